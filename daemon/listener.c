@@ -1,0 +1,428 @@
+/* The listeners: sockets bound before privileges are dropped, one acceptor thread polling
+ * them all, and one thread per SMTP session up to max_clients (the rest get 421 at once). */
+#include "daemon/daemon.h"
+#include "smtp/smtp.h"
+#include "lib/log.h"
+#include "lib/buf.h"
+#include "lib/conn.h"
+#include <pthread.h>
+#include <poll.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <time.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+struct bound {
+  int fd;
+  char *listener;          /* listener name: looked up in the current generation */
+};
+
+struct session {
+  struct daemon *d;
+  struct generation *gen;
+  const struct cfg_listener *listener;
+  int fd;
+  struct session *next, *prev;
+};
+
+struct daemon {
+  pthread_mutex_t mu;
+  pthread_cond_t cond;
+  struct generation *gen;          /* for new sessions */
+  struct generation *relay_gen;    /* the one the relay runs with */
+  struct bound *socks;
+  size_t nsocks;
+  struct store *st;
+  struct relay *relay;
+  int stop_pipe[2];
+  pthread_t acceptor;
+  int acceptor_started;
+  volatile int stopping;
+  struct session *sessions;
+  size_t nsessions;
+};
+
+static struct generation *gen_new(struct config *cfg, int refs)
+{
+  struct generation *g = calloc(1, sizeof(*g));
+  if(!g)
+    log_fatal("out of memory");
+  g->cfg = cfg;
+  g->refs = refs;
+  return g;
+}
+
+/* called with d->mu held */
+static void gen_put(struct generation *g)
+{
+  if(g && --g->refs == 0) {
+    config_free(g->cfg);
+    free(g);
+  }
+}
+
+struct config *daemon_config(struct daemon *d)
+{
+  return d->gen->cfg;
+}
+
+/* "127.0.0.1:587", "[::1]:587", "localhost:587" */
+static int split_address(const char *a, char *host, size_t hostsz, char *port, size_t portsz)
+{
+  const char *colon;
+  if(a[0] == '[') {
+    const char *end = strchr(a, ']');
+    if(!end || end[1] != ':' || (size_t)(end - a - 1) >= hostsz)
+      return -1;
+    memcpy(host, a + 1, (size_t)(end - a - 1));
+    host[end - a - 1] = '\0';
+    colon = end + 1;
+  }
+  else {
+    colon = strrchr(a, ':');
+    if(!colon || (size_t)(colon - a) >= hostsz)
+      return -1;
+    memcpy(host, a, (size_t)(colon - a));
+    host[colon - a] = '\0';
+  }
+  if(!colon[1] || strlen(colon + 1) >= portsz)
+    return -1;
+  str_copy(port, portsz, colon + 1);
+  return 0;
+}
+
+static int bind_one(const char *addr, int *fdout, char *why, size_t whysz)
+{
+  char host[256], port[32];
+  struct addrinfo hints, *res = NULL, *ai;
+  int fd = -1, on = 1, rc;
+  if(split_address(addr, host, sizeof(host), port, sizeof(port))) {
+    snprintf(why, whysz, "address %s is not HOST:PORT or [IPV6]:PORT", addr);
+    return -1;
+  }
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  rc = getaddrinfo(host[0] && strcmp(host, "*") ? host : NULL, port, &hints, &res);
+  if(rc) {
+    snprintf(why, whysz, "address %s: %s", addr, gai_strerror(rc));
+    return -1;
+  }
+  for(ai = res; ai; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+    if(fd < 0)
+      continue;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if(ai->ai_family == AF_INET6)
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+    if(!bind(fd, ai->ai_addr, ai->ai_addrlen) && !listen(fd, 256))
+      break;
+    snprintf(why, whysz, "cannot listen on %s: %s", addr, strerror(errno));
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  if(fd < 0)
+    return -1;
+  *fdout = fd;
+  return 0;
+}
+
+int daemon_bind(struct daemon **out, struct config *cfg, FILE *errs)
+{
+  struct daemon *d = calloc(1, sizeof(*d));
+  size_t i, j, total = 0;
+  int problems = 0;
+  if(!d)
+    log_fatal("out of memory");
+  pthread_mutex_init(&d->mu, NULL);
+  pthread_cond_init(&d->cond, NULL);
+  d->stop_pipe[0] = d->stop_pipe[1] = -1;
+  d->gen = gen_new(cfg, 2);
+  d->relay_gen = d->gen;
+  for(i = 0; i < cfg->nlisteners; i++)
+    total += cfg->listeners[i].naddresses;
+  d->socks = calloc(total ? total : 1, sizeof(*d->socks));
+  if(!d->socks)
+    log_fatal("out of memory");
+  for(i = 0; i < cfg->nlisteners; i++) {
+    const struct cfg_listener *l = &cfg->listeners[i];
+    for(j = 0; j < l->naddresses; j++) {
+      char why[512];
+      int fd;
+      if(bind_one(l->addresses[j], &fd, why, sizeof(why))) {
+        fprintf(errs, "%s:%d: listener %s: %s\n", cfg->path, l->line, l->name, why);
+        problems++;
+        continue;
+      }
+      d->socks[d->nsocks].fd = fd;
+      d->socks[d->nsocks].listener = l->name;
+      d->nsocks++;
+    }
+  }
+  if(pipe2(d->stop_pipe, O_CLOEXEC))
+    log_fatal("pipe: %s", strerror(errno));
+  *out = d;
+  return problems;
+}
+
+static const struct cfg_listener *find_listener(const struct config *cfg, const char *name)
+{
+  size_t i;
+  for(i = 0; i < cfg->nlisteners; i++)
+    if(!strcmp(cfg->listeners[i].name, name))
+      return &cfg->listeners[i];
+  return NULL;
+}
+
+static void *session_main(void *arg)
+{
+  struct session *s = arg;
+  struct daemon *d = s->d;
+  const struct config *cfg = s->gen->cfg;
+  const struct cfg_listener *l = s->listener;
+  struct smtp_server_cfg scfg;
+  struct relay_policy_ctx pctx;
+  struct conn c;
+
+  memset(&scfg, 0, sizeof(scfg));
+  scfg.hostname = cfg->hostname;
+  scfg.listener = l->name;
+  scfg.max_message_size = cfg->max_message_size;
+  scfg.max_recipients = cfg->max_recipients;
+  scfg.max_errors = (int)cfg->max_errors;
+  scfg.idle_ms = (int)(cfg->idle_timeout * 1000);
+  scfg.session_ms = cfg->session_timeout * 1000;
+  scfg.add_missing_headers = l->role == CFG_ROLE_SUBMISSION;
+  scfg.stopping = &d->stopping;
+  pctx.cfg = cfg;
+  pctx.listener = l;
+  pctx.store = d->st;
+  pctx.relay = d->relay;
+
+  conn_init(&c, s->fd, scfg.idle_ms);
+  if(scfg.session_ms > 0)
+    c.deadline_ms = time_mono_ms() + scfg.session_ms;
+  smtp_server_run(&c, &scfg, &relay_submission_policy, &pctx);
+  pthread_mutex_lock(&d->mu);
+  s->fd = -1;         /* daemon_stop must not shut down a descriptor number reused elsewhere */
+  pthread_mutex_unlock(&d->mu);
+  conn_free(&c);      /* closes the socket */
+
+  pthread_mutex_lock(&d->mu);
+  if(s->prev)
+    s->prev->next = s->next;
+  else
+    d->sessions = s->next;
+  if(s->next)
+    s->next->prev = s->prev;
+  d->nsessions--;
+  gen_put(s->gen);
+  pthread_cond_broadcast(&d->cond);
+  pthread_mutex_unlock(&d->mu);
+  free(s);
+  return NULL;
+}
+
+static void refuse_busy(int fd, const char *hostname)
+{
+  char line[300];
+  int n = snprintf(line, sizeof(line), "421 4.3.2 %s Error: too many connections, try again later\r\n",
+                   hostname);
+  /* non-blocking: a peer that does not read must not stall the acceptor */
+  if(n > 0 && send(fd, line, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+    /* it goes away without the reason */
+  }
+  close(fd);
+}
+
+static void *acceptor_main(void *arg)
+{
+  struct daemon *d = arg;
+  struct pollfd *pfd = calloc(d->nsocks + 1, sizeof(*pfd));
+  size_t i;
+  if(!pfd)
+    log_fatal("out of memory");
+  for(i = 0; i < d->nsocks; i++) {
+    pfd[i].fd = d->socks[i].fd;
+    pfd[i].events = POLLIN;
+  }
+  pfd[d->nsocks].fd = d->stop_pipe[0];
+  pfd[d->nsocks].events = POLLIN;
+  while(!d->stopping) {
+    int n = poll(pfd, d->nsocks + 1, -1);
+    if(n < 0) {
+      if(errno == EINTR)
+        continue;
+      log_error("poll: %s", strerror(errno));
+      break;
+    }
+    if(pfd[d->nsocks].revents)
+      break;
+    for(i = 0; i < d->nsocks; i++) {
+      struct session *s;
+      const struct cfg_listener *l;
+      pthread_attr_t attr;
+      pthread_t th;
+      int fd, on = 1;
+      if(!(pfd[i].revents & POLLIN))
+        continue;
+      fd = accept4(d->socks[i].fd, NULL, NULL, SOCK_CLOEXEC);
+      if(fd < 0) {
+        if(errno == EMFILE || errno == ENFILE) {
+          log_warn("accept: %s; pausing", strerror(errno));
+          usleep(100000);
+        }
+        continue;
+      }
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+      pthread_mutex_lock(&d->mu);
+      l = find_listener(d->gen->cfg, d->socks[i].listener);
+      if(!l || d->nsessions >= (size_t)d->gen->cfg->max_clients) {
+        const char *host = d->gen->cfg->hostname;
+        pthread_mutex_unlock(&d->mu);
+        log_warn("too many connections (max_clients=%ld): refused one with 421",
+                 d->gen->cfg->max_clients);
+        refuse_busy(fd, host);
+        continue;
+      }
+      s = calloc(1, sizeof(*s));
+      if(!s) {
+        pthread_mutex_unlock(&d->mu);
+        close(fd);
+        continue;
+      }
+      s->d = d;
+      s->fd = fd;
+      s->gen = d->gen;
+      s->gen->refs++;
+      s->listener = l;
+      s->next = d->sessions;
+      if(d->sessions)
+        d->sessions->prev = s;
+      d->sessions = s;
+      d->nsessions++;
+      pthread_attr_init(&attr);
+      pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+      pthread_attr_setstacksize(&attr, 512 * 1024);
+      if(pthread_create(&th, &attr, session_main, s)) {
+        d->sessions = s->next;
+        if(s->next)
+          s->next->prev = NULL;
+        d->nsessions--;
+        gen_put(s->gen);
+        pthread_mutex_unlock(&d->mu);
+        log_warn("cannot start a session thread: %s", strerror(errno));
+        refuse_busy(fd, d->gen->cfg->hostname);
+        free(s);
+      }
+      else
+        pthread_mutex_unlock(&d->mu);
+      pthread_attr_destroy(&attr);
+    }
+  }
+  free(pfd);
+  return NULL;
+}
+
+int daemon_serve(struct daemon *d, struct store *st, struct relay *r)
+{
+  d->st = st;
+  d->relay = r;
+  if(pthread_create(&d->acceptor, NULL, acceptor_main, d))
+    return -1;
+  d->acceptor_started = 1;
+  return 0;
+}
+
+void daemon_reload(struct daemon *d, struct config *cfg)
+{
+  struct generation *g = gen_new(cfg, 2);   /* current + the relay's */
+  struct generation *oldrelay;
+  size_t i;
+  for(i = 0; i < d->nsocks; i++)
+    if(!find_listener(cfg, d->socks[i].listener))
+      log_warn("reload: listener %s is gone from the configuration; its sockets stay open until a restart",
+               d->socks[i].listener);
+  pthread_mutex_lock(&d->mu);
+  gen_put(d->gen);
+  d->gen = g;
+  pthread_mutex_unlock(&d->mu);
+  /* the relay lets go of the old configuration only when no delivery uses it */
+  if(d->relay)
+    relay_reload(d->relay, cfg);
+  pthread_mutex_lock(&d->mu);
+  oldrelay = d->relay_gen;
+  d->relay_gen = g;
+  gen_put(oldrelay);
+  pthread_mutex_unlock(&d->mu);
+}
+
+void daemon_stop(struct daemon *d, long long grace_ms)
+{
+  struct timespec ts;
+  size_t i;
+  d->stopping = 1;
+  if(d->stop_pipe[1] >= 0 && write(d->stop_pipe[1], "x", 1) < 0)
+    log_warn("stop pipe: %s", strerror(errno));
+  if(d->acceptor_started) {
+    pthread_join(d->acceptor, NULL);
+    d->acceptor_started = 0;
+  }
+  for(i = 0; i < d->nsocks; i++) {
+    close(d->socks[i].fd);
+    d->socks[i].fd = -1;
+  }
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += grace_ms / 1000;
+  ts.tv_nsec += (grace_ms % 1000) * 1000000L;
+  if(ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&d->mu);
+  while(d->nsessions && pthread_cond_timedwait(&d->cond, &d->mu, &ts) != ETIMEDOUT)
+    ;
+  if(d->nsessions) {
+    struct session *s;
+    log_warn("shutdown: %zu session(s) still open after the grace period; closing them", d->nsessions);
+    for(s = d->sessions; s; s = s->next)
+      if(s->fd >= 0)
+        shutdown(s->fd, SHUT_RDWR);
+    while(d->nsessions)
+      pthread_cond_wait(&d->cond, &d->mu);
+  }
+  pthread_mutex_unlock(&d->mu);
+}
+
+void daemon_free(struct daemon *d)
+{
+  size_t i;
+  if(!d)
+    return;
+  for(i = 0; i < d->nsocks; i++)
+    if(d->socks[i].fd >= 0)
+      close(d->socks[i].fd);
+  if(d->stop_pipe[0] >= 0)
+    close(d->stop_pipe[0]);
+  if(d->stop_pipe[1] >= 0)
+    close(d->stop_pipe[1]);
+  pthread_mutex_lock(&d->mu);
+  if(d->relay_gen != d->gen)
+    gen_put(d->relay_gen);
+  else
+    d->gen->refs--;
+  gen_put(d->gen);
+  pthread_mutex_unlock(&d->mu);
+  pthread_mutex_destroy(&d->mu);
+  pthread_cond_destroy(&d->cond);
+  free(d->socks);
+  free(d);
+}

@@ -1,0 +1,240 @@
+/* postern: the daemon. Reads the configuration, binds the listeners, drops root, opens the
+ * store, starts the relay and the sessions, and turns signals into reload and orderly stop. */
+#include "build-config.h"
+#include "daemon/daemon.h"
+#include "lib/log.h"
+#include "lib/buf.h"
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+static void usage(FILE *f)
+{
+  fprintf(f, "usage: postern [-c FILE] [-f] [-n] [-V]\n"
+             "  -c FILE  configuration file (default: $POSTERN_CONFIG, else %s,\n"
+             "           else the embedded default: 127.0.0.1, capture route)\n"
+             "  -f       stay in the foreground and log to stderr\n"
+             "  -n       check the configuration and exit (0 good, 1 with FILE:LINE: lines)\n"
+             "  -V       print the version and exit\n", CONFIG_DEFAULT_PATH);
+}
+
+/* Checks that need the file system: certificate files, listener roles this build serves. */
+static int check_environment(const struct config *cfg, FILE *errs)
+{
+  size_t i;
+  int problems = 0;
+  for(i = 0; i < cfg->nlisteners; i++) {
+    const struct cfg_listener *l = &cfg->listeners[i];
+    if(l->role == CFG_ROLE_MX) {
+      fprintf(errs, "%s:%d: listener %s: role = mx is not available in this build of Postern\n",
+              cfg->path, l->line, l->name);
+      problems++;
+    }
+    if(l->tls != CFG_TLS_NONE) {
+      fprintf(errs, "%s:%d: listener %s: tls = %s is not available in this build of Postern\n",
+              cfg->path, l->line, l->name, l->tls == CFG_TLS_STARTTLS ? "starttls" : "implicit");
+      problems++;
+    }
+  }
+  return problems;
+}
+
+static int make_data_dir(const char *dir, const struct passwd *pw)
+{
+  struct stat st;
+  if(mkdir(dir, 0700) && errno != EEXIST) {
+    log_error("cannot create data_dir %s: %s", dir, strerror(errno));
+    return -1;
+  }
+  if(stat(dir, &st)) {
+    log_error("data_dir %s: %s", dir, strerror(errno));
+    return -1;
+  }
+  if(!S_ISDIR(st.st_mode)) {
+    log_error("data_dir %s is not a directory", dir);
+    return -1;
+  }
+  if(st.st_mode & S_IWOTH) {
+    log_error("data_dir %s is writable by others; refusing to use it (chmod o-w)", dir);
+    return -1;
+  }
+  if(pw && st.st_uid != pw->pw_uid && chown(dir, pw->pw_uid, pw->pw_gid)) {
+    log_error("cannot give data_dir %s to user %s: %s", dir, pw->pw_name, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+static int drop_privileges(const struct passwd *pw)
+{
+  if(setgroups(0, NULL) || setgid(pw->pw_gid) || setuid(pw->pw_uid)) {
+    log_error("cannot drop privileges to user %s: %s", pw->pw_name, strerror(errno));
+    return -1;
+  }
+  if(setuid(0) == 0) {
+    log_error("privileges could be regained after dropping them; refusing to run");
+    return -1;
+  }
+  return 0;
+}
+
+static void detach(void)
+{
+  pid_t pid = fork();
+  int fd;
+  if(pid < 0)
+    log_fatal("fork: %s", strerror(errno));
+  if(pid > 0)
+    _exit(0);
+  if(setsid() < 0)
+    log_fatal("setsid: %s", strerror(errno));
+  fd = open("/dev/null", O_RDWR);
+  if(fd >= 0) {
+    dup2(fd, 0);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    if(fd > 2)
+      close(fd);
+  }
+}
+
+int main(int argc, char **argv)
+{
+  const char *cpath = NULL, *path;
+  int foreground = 0, check_only = 0, opt, problems, result = 1;
+  struct config *cfg = NULL;
+  struct daemon *d = NULL;
+  struct store *st = NULL;
+  struct relay *relay = NULL;
+  struct passwd *pw = NULL;
+  char err[512];
+  char *data_dir = NULL;
+  sigset_t sigs;
+
+  while((opt = getopt(argc, argv, "c:fnVh")) != -1) {
+    switch(opt) {
+    case 'c': cpath = optarg; break;
+    case 'f': foreground = 1; break;
+    case 'n': check_only = 1; break;
+    case 'V': printf("postern %s\n", PACKAGE_VERSION); return 0;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 64;
+    }
+  }
+  if(optind != argc) {
+    usage(stderr);
+    return 64;
+  }
+
+  path = config_choose_path(cpath);
+  problems = config_load(path, stderr, &cfg);
+  if(!problems && cfg)
+    problems += relay_check_config(cfg, stderr) + check_environment(cfg, stderr);
+  if(check_only) {
+    config_free(cfg);
+    return problems ? 1 : 0;
+  }
+  if(problems) {
+    fprintf(stderr, "postern: %d configuration problem(s); not starting\n", problems);
+    config_free(cfg);
+    return 1;
+  }
+
+  log_open("postern", foreground, cfg->debug);
+  /* the data directory is resolved now: detaching and dropping root must not move it */
+  data_dir = realpath(cfg->data_dir, NULL);
+  if(!data_dir) {
+    if(mkdir(cfg->data_dir, 0700) && errno != EEXIST)
+      log_fatal("cannot create data_dir %s: %s", cfg->data_dir, strerror(errno));
+    data_dir = realpath(cfg->data_dir, NULL);
+    if(!data_dir)
+      log_fatal("data_dir %s: %s", cfg->data_dir, strerror(errno));
+  }
+
+  if(geteuid() == 0 && cfg->user && cfg->user[0]) {
+    pw = getpwnam(cfg->user);
+    if(!pw)
+      log_fatal("user %s does not exist (create it, or set user = in [postern])", cfg->user);
+  }
+  else if(geteuid() == 0)
+    log_warn("running as root: set user = in [postern] to drop privileges after binding");
+
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  if(daemon_bind(&d, cfg, stderr)) {
+    log_error("cannot bind the listeners; not starting");
+    goto out;
+  }
+  if(make_data_dir(data_dir, pw))
+    goto out;
+  if(pw && drop_privileges(pw))
+    goto out;
+  if(!foreground)
+    detach();
+
+  if(store_open(data_dir, STORE_OPEN_WRITER | STORE_OPEN_CREATE, &st, err, sizeof(err))) {
+    log_error("cannot open the store in %s: %s", data_dir, err);
+    goto out;
+  }
+  if(relay_start(cfg, st, &relay)) {
+    log_error("cannot start the relay");
+    goto out;
+  }
+  if(daemon_serve(d, st, relay)) {
+    log_error("cannot start the listeners");
+    goto out;
+  }
+  log_info("daemon started -- version %s, configuration %s", PACKAGE_VERSION, cfg->path);
+
+  for(;;) {
+    int sig = 0;
+    if(sigwait(&sigs, &sig))
+      continue;
+    if(sig == SIGHUP) {
+      struct config *ncfg = NULL;
+      int n = config_load(path, stderr, &ncfg);
+      if(!n && ncfg)
+        n = relay_check_config(ncfg, stderr) + check_environment(ncfg, stderr);
+      if(n) {
+        log_error("reload: %d configuration problem(s); keeping the running configuration", n);
+        config_free(ncfg);
+        continue;
+      }
+      daemon_reload(d, ncfg);
+      cfg = ncfg;
+      log_info("reload -- configuration %s", ncfg->path);
+      continue;
+    }
+    log_info("terminating on signal %d", sig);
+    break;
+  }
+  result = 0;
+
+out:
+  if(d)
+    daemon_stop(d, (cfg ? cfg->shutdown_grace : 30) * 1000LL);
+  relay_stop(relay);
+  store_close(st);
+  if(d) {
+    daemon_free(d);         /* frees the configurations it holds */
+    cfg = NULL;
+  }
+  config_free(cfg);
+  free(data_dir);
+  if(!result)
+    log_info("stopped");
+  return result;
+}

@@ -1,0 +1,130 @@
+/* The configuration: one INI file read with inih, checked against one table of
+ * {section, key, type, default, min, max} (Postfix's CONFIG_*_TABLE, redis's static_configs[]).
+ * Adding a setting is one line in config.c plus a field here. */
+#ifndef POSTERN_CONFIG_H
+#define POSTERN_CONFIG_H
+#include <stddef.h>
+#include <stdio.h>
+#include <netinet/in.h>
+
+#define CONFIG_DEFAULT_PATH "/etc/postern/postern.conf"
+
+struct cidr {
+  int family;                 /* AF_INET or AF_INET6 */
+  unsigned char addr[16];
+  int prefix;
+};
+/* Is the address (family, 4 or 16 bytes) inside one of the nets? */
+int cidr_match(const struct cidr *nets, size_t n, int family, const void *addr);
+int cidr_parse(const char *s, struct cidr *out);   /* "10.0.0.0/8", "::1", ...; 0 ok */
+
+enum cfg_role { CFG_ROLE_SUBMISSION = 0, CFG_ROLE_MX };
+enum cfg_tls { CFG_TLS_NONE = 0, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT, CFG_TLS_OPPORTUNISTIC };
+enum cfg_auth { CFG_AUTH_NONE = 0, CFG_AUTH_OPTIONAL, CFG_AUTH_REQUIRED };
+
+struct cfg_listener {
+  char *name;
+  int line;                       /* where the section starts, for messages */
+  char **addresses;               /* "127.0.0.1:587", "[::1]:587" */
+  size_t naddresses;
+  enum cfg_role role;
+  enum cfg_tls tls;
+  char *tls_cert, *tls_key;
+  enum cfg_auth auth;
+  char *auth_mechanisms;          /* "PLAIN LOGIN CRAM-MD5" */
+  struct cidr *trusted;           /* trusted_networks */
+  size_t ntrusted;
+};
+
+struct cfg_upstream {
+  char *name;
+  int line;
+  char *type;                     /* smtp | sendgrid | ses | graph | capture */
+  char *host;
+  long port;
+  char *tls;                      /* starttls | opportunistic | implicit | none */
+  char *verify;                   /* peer | none */
+  char *ca_file;
+  char *helo;
+  char *auth;                     /* none | auto | plain | login | cram-md5 | xoauth2 | oauthbearer */
+  char *username;
+  char *password_file;
+  char *password;                 /* from the environment only (SMTP_PASSWORD); never logged */
+  char *oauth2;
+  char *rate;
+  char *api_key_file;
+  char *api_url;
+  char *region;
+  char *tls_min_version;
+};
+
+struct cfg_route {
+  char *name;
+  int line;
+  char *sender;                   /* glob on the envelope sender, or NULL */
+  char *recipient;                /* glob on the recipient, or NULL */
+  char *upstream;
+};
+
+struct cfg_oauth2 {
+  char *name;
+  int line;
+  char *provider, *flow, *tenant, *client_id, *client_secret_file, *token_url, *scope;
+  char *certificate_file, *private_key_file, *token_file;
+};
+
+struct cfg_inbound {
+  int present;
+  char *domains;
+  char *spf;
+  char *http_address, *http_user, *http_password_file, *event_public_key_file;
+  long long event_max_age;
+  char *twilio_auth_token_file, *public_url, *reply_address, *forward_url, *forward_secret_file;
+  long long max_http_size;
+};
+
+struct config {
+  char *path;
+  /* [postern] */
+  char *hostname;
+  char *data_dir;
+  char *user;
+  long long max_message_size;
+  long max_recipients;
+  long max_clients;
+  long long queue_lifetime;       /* seconds */
+  long long retry_min;            /* seconds */
+  long long retry_max;            /* seconds */
+  long long idle_timeout;         /* seconds */
+  long long session_timeout;      /* seconds */
+  long long shutdown_grace;       /* seconds SIGTERM waits for sessions */
+  long delivery_workers;
+  long max_errors;
+  int debug;
+
+  struct cfg_listener *listeners; size_t nlisteners;
+  struct cfg_upstream *upstreams; size_t nupstreams;
+  struct cfg_route *routes;       size_t nroutes;
+  struct cfg_oauth2 *oauth2s;     size_t noauth2s;
+  struct cfg_inbound inbound;
+};
+
+/* Reads path (or, when path is NULL, the embedded default: one loopback submission listener on
+ * 127.0.0.1:587 — 2525 when not root —, the capture route, data under ./postern-data).
+ * Each problem is written to errs as "FILE:LINE: message\n" and counted; the environment
+ * variables SMTP_HOST ... SMTP_DOMAIN (DESIGN.md) then configure and override the default
+ * upstream. Returns the number of problems; *out is set only when it is 0. */
+int config_load(const char *path, FILE *errs, struct config **out);
+void config_free(struct config *cfg);
+
+/* -c FILE, else $POSTERN_CONFIG, else CONFIG_DEFAULT_PATH; NULL when the chosen default
+ * file does not exist (meaning: the embedded default). */
+const char *config_choose_path(const char *arg);
+
+/* Parsers shared with other settings-like input. Return 0 or -1. */
+int config_parse_size(const char *s, long long *out);       /* 35M, 512K, 100 */
+int config_parse_duration(const char *s, long long *secs);  /* 5d, 1h, 30s, 10m, 90 */
+
+const struct cfg_upstream *config_upstream(const struct config *cfg, const char *name);
+
+#endif

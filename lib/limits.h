@@ -1,0 +1,27 @@
+/* Every cap Postern puts on input, in one place (DESIGN.md: "All caps are named in one header").
+ * Pre-authentication sessions and webhooks get the tighter ones. */
+#ifndef POSTERN_LIMITS_H
+#define POSTERN_LIMITS_H
+
+#define LIM_SMTP_COMMAND_LINE   512      /* RFC 5321 4.5.3.1.4, including CRLF */
+#define LIM_SMTP_TEXT_LINE      1000     /* RFC 5321 4.5.3.1.6, including CRLF */
+#define LIM_SMTP_REPLY_LINE     512      /* RFC 5321 4.5.3.1.5 */
+#define LIM_SMTP_PATH           256      /* RFC 5321 4.5.3.1.3 */
+#define LIM_SMTP_LOCALPART      64
+#define LIM_SMTP_DOMAIN         255
+#define LIM_SMTP_HELO           255
+#define LIM_SMTP_ERRORS         10       /* bad commands before 421 and close */
+#define LIM_SMTP_IDLE_SECONDS   300      /* RFC 5321 4.5.3.2.7: at least 5 minutes */
+#define LIM_SMTP_SESSION_SECONDS 3600    /* total session deadline */
+#define LIM_SMTP_PREAUTH_COMMANDS 100    /* commands before MAIL for an unauthenticated peer */
+#define LIM_SMTP_BDAT_CHUNK     (64u * 1024u * 1024u)
+#define LIM_SMTP_RCPT_DEFAULT   100
+#define LIM_MESSAGE_SIZE_DEFAULT (35u * 1024u * 1024u)
+#define LIM_MESSAGE_SIZE_MAX    (1024u * 1024u * 1024u)
+#define LIM_CLIENTS_DEFAULT     200
+#define LIM_LOG_FIELD           200      /* attacker bytes in one log field */
+#define LIM_CONFIG_VALUE        4096
+#define LIM_QUEUE_ID            24
+#define LIM_HEADER_SCAN         (256u * 1024u) /* header section examined for Message-ID/Date */
+
+#endif

@@ -1,0 +1,105 @@
+/* Log lines in the Postfix shape ("postern[PID]: QUEUEID: key=value, ..."): syslog when
+ * running as a service, stderr in the foreground. One write per line so threads never mix. */
+#include "lib/log.h"
+#include "lib/buf.h"
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+#include <time.h>
+#include <sys/time.h>
+
+static const char *log_ident = "postern";
+static int log_to_stderr = 1;
+static int log_debug_on;
+
+void log_open(const char *ident, int to_stderr, int debug)
+{
+  log_ident = ident;
+  log_to_stderr = to_stderr;
+  log_debug_on = debug;
+  if(!to_stderr)
+    openlog(ident, LOG_PID | LOG_NDELAY, LOG_MAIL);
+}
+
+static void log_vwrite(enum log_level lvl, const char *fmt, va_list ap)
+{
+  static const char *const prefix[] = { "debug: ", "", "warning: ", "error: ", "fatal: ", "panic: " };
+  static const int prio[] = { LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERR, LOG_CRIT, LOG_CRIT };
+  char line[2048];
+  int n;
+  if(lvl == LOG_LVL_DEBUG && !log_debug_on)
+    return;
+  n = vsnprintf(line, sizeof(line), fmt, ap);
+  if(n < 0)
+    return;
+  if(log_to_stderr) {
+    char out[2300];
+    struct timeval tv;
+    struct tm tm;
+    char ts[32];
+    int m;
+    gettimeofday(&tv, NULL);
+    localtime_r(&tv.tv_sec, &tm);
+    strftime(ts, sizeof(ts), "%b %e %H:%M:%S", &tm);
+    m = snprintf(out, sizeof(out), "%s %s[%ld]: %s%s\n", ts, log_ident, (long)getpid(),
+                 prefix[lvl], line);
+    if(m > 0) {
+      size_t len = (size_t)m < sizeof(out) ? (size_t)m : sizeof(out) - 1;
+      if(len == sizeof(out) - 1)
+        out[len - 1] = '\n';
+      if(write(STDERR_FILENO, out, len) < 0) {
+        /* nowhere left to report it */
+      }
+    }
+  }
+  else
+    syslog(prio[lvl], "%s%s", prefix[lvl], line);
+}
+
+void log_msg(enum log_level lvl, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  log_vwrite(lvl, fmt, ap);
+  va_end(ap);
+}
+
+void log_fatal(const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  log_vwrite(LOG_LVL_FATAL, fmt, ap);
+  va_end(ap);
+  exit(1);
+}
+
+void log_panic(const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  log_vwrite(LOG_LVL_PANIC, fmt, ap);
+  va_end(ap);
+  abort();
+}
+
+const char *log_repr(char *out, size_t outsz, const void *p, size_t n)
+{
+  struct buf b;
+  size_t cap = n > LOG_REPR_CAP ? LOG_REPR_CAP : n;
+  buf_init(&b, outsz ? outsz - 1 : 0);
+  if(!outsz)
+    return out;
+  out[0] = '\0';
+  /* each input byte may take 4 output bytes; fit what the output can hold */
+  while(cap && buf_addrepr(&b, p, n, cap) == BUF_TOO_BIG) {
+    buf_reset(&b);
+    cap = cap / 2;
+  }
+  if(b.ptr)
+    str_copy(out, outsz, b.ptr);
+  buf_free(&b);
+  return out;
+}

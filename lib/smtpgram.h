@@ -1,0 +1,84 @@
+/* The SMTP grammar shared by the server and client engines: replies as values, command
+ * parsing with explicit lengths (RFC 5321 4.1), paths and ESMTP parameters. No I/O here. */
+#ifndef POSTERN_SMTPGRAM_H
+#define POSTERN_SMTPGRAM_H
+#include <stddef.h>
+#include "lib/limits.h"
+
+/* A reply, the currency of every error path: a failure deep in a transport becomes the right
+ * SMTP answer, log line and DSN without translation tables. */
+struct smtp_reply {
+  int code;                 /* 0 = none/ok-without-reply */
+  char enh[16];             /* "5.1.1", or "" */
+  char text[LIM_SMTP_REPLY_LINE];
+};
+
+void smtp_reply_set(struct smtp_reply *r, int code, const char *enh, const char *fmt, ...)
+  __attribute__((format(printf, 4, 5)));
+int  smtp_reply_is_temp(const struct smtp_reply *r);   /* 4xx */
+int  smtp_reply_is_perm(const struct smtp_reply *r);   /* 5xx */
+/* "250 2.0.0 text" form, for logs and records */
+const char *smtp_reply_str(const struct smtp_reply *r, char *out, size_t outsz);
+/* Parses one reply line "ddd[- ]d.d.d text"; 0 ok, -1 malformed. *more = continuation. */
+int  smtp_reply_parse_line(const char *p, size_t n, struct smtp_reply *r, int *more);
+
+enum smtp_verb {
+  SMTP_VERB_UNKNOWN = 0, SMTP_VERB_HELO, SMTP_VERB_EHLO, SMTP_VERB_MAIL, SMTP_VERB_RCPT,
+  SMTP_VERB_DATA, SMTP_VERB_BDAT, SMTP_VERB_RSET, SMTP_VERB_NOOP, SMTP_VERB_QUIT,
+  SMTP_VERB_VRFY, SMTP_VERB_EXPN, SMTP_VERB_HELP, SMTP_VERB_STARTTLS, SMTP_VERB_AUTH,
+};
+
+struct smtp_command {
+  enum smtp_verb verb;
+  const char *arg;          /* points into the line; not NUL-terminated */
+  size_t arglen;
+};
+
+/* line excludes CRLF. Returns 0, or -1 if the line holds bytes no command may hold (NUL, CR,
+ * LF, other controls than HT), which is answered 500 5.5.2. */
+int smtp_command_parse(const char *line, size_t len, struct smtp_command *cmd);
+
+/* MAIL FROM / RCPT TO */
+enum smtp_body { SMTP_BODY_7BIT = 0, SMTP_BODY_8BITMIME, SMTP_BODY_BINARYMIME };
+
+struct smtp_path_params {
+  char path[LIM_SMTP_PATH + 1];   /* address without <>; "" for the null reverse-path */
+  size_t pathlen;
+  long long size;                 /* SIZE=, -1 if absent */
+  enum smtp_body body;
+  int smtputf8;
+  char orcpt[LIM_SMTP_PATH + 16]; /* RCPT ORCPT=, kept verbatim */
+  char notify[64];                /* RCPT NOTIFY= */
+  char ret[8];                    /* MAIL RET= */
+  char envid[104];                /* MAIL ENVID= */
+};
+
+enum smtp_path_result {
+  SMTP_PATH_OK = 0,
+  SMTP_PATH_SYNTAX,          /* 501 5.5.2 / 5.1.3 */
+  SMTP_PATH_BAD_ADDRESS,     /* 553 5.1.3 */
+  SMTP_PATH_TOO_LONG,        /* 501 5.1.3 (path over 256) */
+  SMTP_PATH_BAD_PARAM,       /* 555 5.5.4 */
+  SMTP_PATH_NEEDS_UTF8,      /* 553 5.6.7: non-ASCII address without SMTPUTF8 */
+};
+
+/* arg is what follows the verb, e.g. "FROM:<a@b> SIZE=10". is_mail selects MAIL or RCPT rules.
+ * On failure, reply (if non-NULL) holds the answer to send. */
+enum smtp_path_result smtp_path_parse(const char *arg, size_t arglen, int is_mail,
+                                      struct smtp_path_params *out, struct smtp_reply *reply);
+
+/* Checks a mailbox "local@domain" (RFC 5321 4.1.2, with RFC 6531 UTF-8 when utf8 != 0).
+ * 0 good, -1 bad. */
+int smtp_mailbox_valid(const char *p, size_t n, int utf8);
+
+/* HELO/EHLO argument: a domain or an address literal, bounded. 0 good, -1 bad. */
+int smtp_helo_valid(const char *p, size_t n);
+
+/* Does p[0..n) hold only ASCII (no octet >= 0x80)? A RCPT path that does not needs SMTPUTF8
+ * on the transaction's MAIL (RFC 6531 3.4). */
+int smtp_text_is_ascii(const char *p, size_t n);
+
+/* The domain of an address (after the last '@'), or NULL. */
+const char *smtp_address_domain(const char *addr, size_t len, size_t *domlen);
+
+#endif

@@ -1,0 +1,1210 @@
+/* The SQLite store: the schema and its migrations, the group-commit writer thread and every SQL
+ * statement Postern runs. Nothing else in the project speaks SQL, and nothing of SQLite leaks
+ * through store.h, so a PostgreSQL store can later stand behind the same interface. */
+#include "lib/store.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <sqlite3.h>
+
+#define STORE_DB_NAME "postern.db"
+#define STORE_BUSY_TIMEOUT_MS 10000   /* posternctl and the daemon wait for each other's writes */
+#define STORE_LIST_PAGE 256           /* messages store_list holds in memory at once */
+
+/* ---- schema ---------------------------------------------------------------------------------
+ * migrations[v] takes the database from user_version v to v + 1; each runs inside the opening
+ * transaction. Append, never edit: a later issue adds its tables as the next entry. */
+static const char *const migrations[] = {
+  /* 1: the queue. The body is the last column so that reading the envelope never touches the
+   * overflow pages that hold it. */
+  "CREATE TABLE messages("
+  " id TEXT PRIMARY KEY NOT NULL,"
+  " sender TEXT NOT NULL,"
+  " created_ms INTEGER NOT NULL,"
+  " size INTEGER NOT NULL,"
+  " body_8bit INTEGER NOT NULL DEFAULT 0,"
+  " smtputf8 INTEGER NOT NULL DEFAULT 0,"
+  " source TEXT, listener TEXT, client_addr TEXT, helo TEXT, auth_user TEXT,"
+  " envid TEXT, ret TEXT, body_sha256 TEXT,"
+  " body BLOB NOT NULL);"
+  "CREATE INDEX messages_created ON messages(created_ms, id);"
+  "CREATE TABLE recipients("
+  " message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,"
+  " idx INTEGER NOT NULL,"
+  " address TEXT NOT NULL,"
+  " orcpt TEXT, notify TEXT,"
+  " status TEXT NOT NULL"
+  "  CHECK(status IN ('queued','deferred','sent','bounced','held','captured')),"
+  " attempts INTEGER NOT NULL DEFAULT 0,"
+  " next_attempt_ms INTEGER NOT NULL,"
+  " updated_ms INTEGER NOT NULL,"
+  " last_reply TEXT, upstream TEXT,"
+  " PRIMARY KEY(message_id, idx)) WITHOUT ROWID;"
+  "CREATE INDEX recipients_due ON recipients(status, next_attempt_ms);",
+};
+#define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+/* ---- statements: all SQL in one table, prepared once per connection ------------------------ */
+enum stmt {
+  ST_BEGIN, ST_BEGIN_IMMEDIATE, ST_COMMIT, ST_ROLLBACK,
+  ST_SAVEPOINT, ST_RELEASE, ST_ROLLBACK_TO,
+  ST_MSG_INSERT, ST_RCPT_INSERT, ST_RCPT_UPDATE, ST_MSG_EXISTS, ST_MSG_DELETE,
+  ST_RCPT_SET_PENDING,
+  ST_MSG_GET, ST_RCPT_GET, ST_BODY_GET, ST_DUE, ST_NEXT_DUE, ST_LIST,
+  ST_COUNT_ORPHAN_RCPTS, ST_COUNT_EMPTY_MSGS,
+  ST_COUNT
+};
+
+/* the columns msg_from_row() reads, in its order */
+#define MSG_COLUMNS "id, sender, created_ms, size, body_8bit, smtputf8, source, listener," \
+  " client_addr, helo, auth_user, envid, ret, body_sha256"
+#define PENDING "('queued','deferred')"
+
+static const char *const stmt_sql[ST_COUNT] = {
+  [ST_BEGIN] = "BEGIN",
+  [ST_BEGIN_IMMEDIATE] = "BEGIN IMMEDIATE",
+  [ST_COMMIT] = "COMMIT",
+  [ST_ROLLBACK] = "ROLLBACK",
+  [ST_SAVEPOINT] = "SAVEPOINT job",
+  [ST_RELEASE] = "RELEASE job",
+  [ST_ROLLBACK_TO] = "ROLLBACK TO job",
+  [ST_MSG_INSERT] = "INSERT INTO messages(id, sender, created_ms, size, body_8bit, smtputf8,"
+    " source, listener, client_addr, helo, auth_user, envid, ret, body_sha256, body)"
+    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+  [ST_RCPT_INSERT] = "INSERT INTO recipients(message_id, idx, address, orcpt, notify, status,"
+    " attempts, next_attempt_ms, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6)",
+  /* a NULL reply or upstream keeps the one already recorded: no news is not erasure */
+  [ST_RCPT_UPDATE] = "UPDATE recipients SET status = ?1, attempts = attempts + ?2,"
+    " next_attempt_ms = ?3, last_reply = coalesce(?4, last_reply),"
+    " upstream = coalesce(?5, upstream), updated_ms = ?6 WHERE message_id = ?7 AND idx = ?8",
+  [ST_MSG_EXISTS] = "SELECT 1 FROM messages WHERE id = ?1",
+  [ST_MSG_DELETE] = "DELETE FROM messages WHERE id = ?1",
+  [ST_RCPT_SET_PENDING] = "UPDATE recipients SET status = ?1, next_attempt_ms = ?2,"
+    " updated_ms = ?2 WHERE message_id = ?3 AND status IN ('queued','deferred','held')",
+  [ST_MSG_GET] = "SELECT " MSG_COLUMNS " FROM messages WHERE id = ?1",
+  [ST_RCPT_GET] = "SELECT idx, address, orcpt, notify, status, attempts, next_attempt_ms,"
+    " updated_ms, last_reply, upstream FROM recipients WHERE message_id = ?1 ORDER BY idx",
+  [ST_BODY_GET] = "SELECT body FROM messages WHERE id = ?1",
+  [ST_DUE] = "SELECT id FROM messages WHERE id IN (SELECT message_id FROM recipients"
+    " WHERE status IN " PENDING " AND next_attempt_ms <= ?1) ORDER BY created_ms, id LIMIT ?2",
+  /* one min() per status, so each is a single probe of recipients_due instead of a scan */
+  [ST_NEXT_DUE] = "SELECT (SELECT min(next_attempt_ms) FROM recipients WHERE status = 'queued'),"
+    " (SELECT min(next_attempt_ms) FROM recipients WHERE status = 'deferred')",
+  /* keyset pagination on (created_ms, id); addresses compare case-insensitively (ASCII) */
+  [ST_LIST] = "SELECT " MSG_COLUMNS " FROM messages m"
+    " WHERE (created_ms > ?1 OR (created_ms = ?1 AND id > ?2))"
+    " AND (?3 IS NULL OR lower(sender) GLOB lower(?3))"
+    " AND (?4 IS NULL AND ?5 IS NULL OR EXISTS (SELECT 1 FROM recipients r"
+    "  WHERE r.message_id = m.id AND (?4 IS NULL OR lower(r.address) GLOB lower(?4))"
+    "  AND (?5 IS NULL OR r.status = ?5)))"
+    " AND (?6 IS NULL OR created_ms < ?6)"
+    " ORDER BY created_ms, id LIMIT ?7",
+  [ST_COUNT_ORPHAN_RCPTS] = "SELECT count(*) FROM recipients r"
+    " WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = r.message_id)",
+  [ST_COUNT_EMPTY_MSGS] = "SELECT count(*) FROM messages m"
+    " WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id)",
+};
+
+/* One SQLite connection and its prepared statements. Used by one thread at a time: the
+ * writer's by the writer thread (or under wlock without one), the reader's under rlock. */
+struct store_db {
+  sqlite3 *db;
+  sqlite3_stmt *stmt[ST_COUNT];
+};
+
+enum job_kind { JOB_ACCEPT, JOB_UPDATE, JOB_DELETE, JOB_SET_PENDING };
+
+/* One write waiting for the writer; lives on the waiting caller's stack. */
+struct store_job {
+  enum job_kind kind;
+  const char *id;
+  const struct store_msg *msg;            /* JOB_ACCEPT */
+  const void *body;
+  size_t bodylen;
+  const struct store_rcpt_update *u;      /* JOB_UPDATE */
+  size_t nu;
+  enum rcpt_status status;                /* JOB_SET_PENDING */
+  int result;
+  int done;
+  pthread_cond_t cond;
+  struct store_job *next;
+};
+
+struct store {
+  int readonly;
+  struct store_db r;              /* reads */
+  struct store_db w;              /* writes; closed when readonly */
+  pthread_mutex_t rlock;
+  pthread_mutex_t wlock;          /* direct writes when there is no writer thread */
+  int writer_running;
+  pthread_t writer;
+  pthread_mutex_t qlock;          /* guards the queue below and each job's done */
+  pthread_cond_t qcond;           /* the writer waits here for work */
+  struct store_job *head, **tailp;
+  int stopping;
+};
+
+static const char *const status_names[] = {
+  [RCPT_QUEUED] = "queued", [RCPT_DEFERRED] = "deferred", [RCPT_SENT] = "sent",
+  [RCPT_BOUNCED] = "bounced", [RCPT_HELD] = "held", [RCPT_CAPTURED] = "captured",
+};
+#define NSTATUS (sizeof(status_names) / sizeof(status_names[0]))
+
+const char *rcpt_status_name(enum rcpt_status s)
+{
+  if((unsigned)s >= NSTATUS)
+    return "unknown";
+  return status_names[s];
+}
+
+int rcpt_status_parse(const char *s, enum rcpt_status *out)
+{
+  size_t i;
+  for(i = 0; s && i < NSTATUS; i++) {
+    if(!strcmp(s, status_names[i])) {
+      *out = (enum rcpt_status)i;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+static long long now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* 48 random bits: a collision is astronomically unlikely at any real queue size, and if one
+ * happens the PRIMARY KEY refuses the insert, so the client gets a 451 and tries again. */
+void store_new_id(char out[LIM_QUEUE_ID + 1])
+{
+  static const char hex[] = "0123456789ABCDEF";
+  unsigned char r[6];
+  size_t got = 0, i;
+  while(got < sizeof(r)) {
+    ssize_t n = getrandom(r + got, sizeof(r) - got, 0);
+    if(n < 0) {
+      if(errno == EINTR)
+        continue;
+      break;
+    }
+    got += (size_t)n;
+  }
+  if(got < sizeof(r)) {
+    /* no getrandom (ancient kernel): time, pid and a counter still make a workable id */
+    static unsigned counter;
+    struct timespec ts;
+    unsigned long long x;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    x = (unsigned long long)ts.tv_nsec ^ ((unsigned long long)ts.tv_sec << 20) ^
+        ((unsigned long long)getpid() << 32) ^
+        ((unsigned long long)__atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED) << 8);
+    for(i = 0; i < sizeof(r); i++)
+      r[i] = (unsigned char)(x >> (8 * i));
+  }
+  for(i = 0; i < sizeof(r); i++) {
+    out[2 * i] = hex[r[i] >> 4];
+    out[2 * i + 1] = hex[r[i] & 15];
+  }
+  out[2 * sizeof(r)] = '\0';
+}
+
+void store_msg_free(struct store_msg *m)
+{
+  size_t i;
+  if(!m)
+    return;
+  for(i = 0; i < m->nrcpts; i++) {
+    struct store_rcpt *r = &m->rcpts[i];
+    free(r->address);
+    free(r->orcpt);
+    free(r->notify);
+    free(r->last_reply);
+    free(r->upstream);
+  }
+  free(m->rcpts);
+  free(m->sender);
+  free(m->source);
+  free(m->listener);
+  free(m->client_addr);
+  free(m->helo);
+  free(m->auth_user);
+  free(m->envid);
+  free(m->ret);
+  free(m->body_sha256);
+  memset(m, 0, sizeof(*m));
+}
+
+/* ---- connection helpers --------------------------------------------------------------------- */
+
+/* Maps an SQLite result to ours and logs it: disk full must become 452, everything else 451. */
+static int db_fail(struct store_db *d, int rc, const char *what)
+{
+  int prim = rc & 0xff;
+  int sys = d->db ? sqlite3_system_errno(d->db) : 0;
+  log_error("store: %s: %s (%s)", what, d->db ? sqlite3_errmsg(d->db) : "no database",
+            sqlite3_errstr(rc));
+  if(prim == SQLITE_FULL)
+    return STORE_FULL;
+  if(prim == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT))
+    return STORE_FULL;
+  return STORE_ERROR;
+}
+
+/* The cached statement, reset and unbound, or NULL (logged). */
+static sqlite3_stmt *db_stmt(struct store_db *d, enum stmt which)
+{
+  sqlite3_stmt *s = d->stmt[which];
+  if(!s) {
+    int rc = sqlite3_prepare_v3(d->db, stmt_sql[which], -1, SQLITE_PREPARE_PERSISTENT, &s, NULL);
+    if(rc != SQLITE_OK) {
+      db_fail(d, rc, "prepare");
+      sqlite3_finalize(s);
+      return NULL;
+    }
+    d->stmt[which] = s;
+  }
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return s;
+}
+
+/* Runs a statement that returns no rows we need; resets it so it holds no lock. */
+static int db_exec_stmt(struct store_db *d, sqlite3_stmt *s, const char *what)
+{
+  int rc = sqlite3_step(s);
+  int result = STORE_OK;
+  if(rc != SQLITE_DONE && rc != SQLITE_ROW)
+    result = db_fail(d, rc, what);
+  sqlite3_reset(s);
+  return result;
+}
+
+static int db_simple(struct store_db *d, enum stmt which)
+{
+  sqlite3_stmt *s = db_stmt(d, which);
+  if(!s)
+    return STORE_ERROR;
+  return db_exec_stmt(d, s, stmt_sql[which]);
+}
+
+static int bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+  if(!v)
+    return sqlite3_bind_null(s, i);
+  return sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
+}
+
+/* Copies a nullable text column; -1 only when out of memory. */
+static int col_text(sqlite3_stmt *s, int i, char **out)
+{
+  const unsigned char *p = sqlite3_column_text(s, i);
+  *out = NULL;
+  if(!p)
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? 0 : -1;
+  *out = str_dup_n(p, (size_t)sqlite3_column_bytes(s, i));
+  return *out ? 0 : -1;
+}
+
+static void db_close(struct store_db *d)
+{
+  size_t i;
+  for(i = 0; i < ST_COUNT; i++) {
+    sqlite3_finalize(d->stmt[i]);
+    d->stmt[i] = NULL;
+  }
+  if(d->db)
+    sqlite3_close(d->db);
+  d->db = NULL;
+}
+
+static int db_pragma_int(struct store_db *d, const char *sql, long long *out)
+{
+  sqlite3_stmt *s = NULL;
+  int rc = sqlite3_prepare_v2(d->db, sql, -1, &s, NULL);
+  if(rc == SQLITE_OK) {
+    rc = sqlite3_step(s);
+    if(rc == SQLITE_ROW) {
+      *out = sqlite3_column_int64(s, 0);
+      rc = SQLITE_OK;
+    }
+  }
+  sqlite3_finalize(s);
+  return rc;
+}
+
+static int db_open(struct store_db *d, const char *path, int readonly, char *err, size_t errsz)
+{
+  int flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
+  int rc = sqlite3_open_v2(path, &d->db, flags, NULL);
+  if(rc == SQLITE_OK) {
+    sqlite3_extended_result_codes(d->db, 1);
+    rc = sqlite3_busy_timeout(d->db, STORE_BUSY_TIMEOUT_MS);
+  }
+  if(rc == SQLITE_OK)
+    rc = sqlite3_exec(d->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL", NULL, NULL,
+                      NULL);
+  if(rc != SQLITE_OK) {
+    snprintf(err, errsz, "cannot open %s: %s", path,
+             d->db ? sqlite3_errmsg(d->db) : sqlite3_errstr(rc));
+    db_close(d);
+    return STORE_ERROR;
+  }
+  return STORE_OK;
+}
+
+/* Turns WAL on (it is persistent, but a fresh file starts in rollback mode) and applies the
+ * missing migrations in one transaction, so a crash leaves either the old or the new schema. */
+static int db_migrate(struct store_db *d, const char *path, char *err, size_t errsz)
+{
+  sqlite3_stmt *s = NULL;
+  long long version = 0;
+  int rc, v;
+  const char *mode = NULL;
+
+  rc = sqlite3_prepare_v2(d->db, "PRAGMA journal_mode = WAL", -1, &s, NULL);
+  if(rc == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+    mode = (const char *)sqlite3_column_text(s, 0);
+  if(!mode || strcmp(mode, "wal")) {
+    snprintf(err, errsz, "cannot switch %s to WAL mode: %s", path, sqlite3_errmsg(d->db));
+    sqlite3_finalize(s);
+    return STORE_ERROR;
+  }
+  sqlite3_finalize(s);
+
+  rc = sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+  if(rc == SQLITE_OK)
+    rc = db_pragma_int(d, "PRAGMA user_version", &version);
+  if(rc != SQLITE_OK)
+    goto fail;
+  if(version > SCHEMA_VERSION) {
+    snprintf(err, errsz, "%s has schema version %lld, newer than this program knows (%d)",
+             path, version, SCHEMA_VERSION);
+    sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+    return STORE_ERROR;
+  }
+  for(v = (int)version; v < SCHEMA_VERSION; v++) {
+    char sql[64];
+    rc = sqlite3_exec(d->db, migrations[v], NULL, NULL, NULL);
+    if(rc != SQLITE_OK)
+      goto fail;
+    /* PRAGMA takes no parameters; the number is ours, not input */
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", v + 1);
+    rc = sqlite3_exec(d->db, sql, NULL, NULL, NULL);
+    if(rc != SQLITE_OK)
+      goto fail;
+  }
+  rc = sqlite3_exec(d->db, "COMMIT", NULL, NULL, NULL);
+  if(rc != SQLITE_OK)
+    goto fail;
+  return STORE_OK;
+
+fail:
+  snprintf(err, errsz, "cannot migrate %s to schema version %d: %s", path, SCHEMA_VERSION,
+           sqlite3_errmsg(d->db));
+  if(!sqlite3_get_autocommit(d->db))
+    sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+  return (rc & 0xff) == SQLITE_FULL ? STORE_FULL : STORE_ERROR;
+}
+
+/* ---- the write jobs: the same code runs in the writer's batch or directly ------------------- */
+
+static int job_accept(struct store_db *d, const struct store_job *j)
+{
+  const struct store_msg *m = j->msg;
+  long long now = now_ms();
+  sqlite3_stmt *s;
+  size_t i;
+  int rc, result;
+
+  if(!m->id[0] || !m->nrcpts) {
+    log_error("store: accept without %s", m->id[0] ? "recipients" : "an id");
+    return STORE_ERROR;
+  }
+  s = db_stmt(d, ST_MSG_INSERT);
+  if(!s)
+    return STORE_ERROR;
+  rc = bind_text(s, 1, m->id);
+  if(!rc) rc = bind_text(s, 2, m->sender ? m->sender : "");
+  if(!rc) rc = sqlite3_bind_int64(s, 3, m->created_ms > 0 ? m->created_ms : now);
+  if(!rc) rc = sqlite3_bind_int64(s, 4, (sqlite3_int64)j->bodylen);
+  if(!rc) rc = sqlite3_bind_int(s, 5, !!m->body_8bit);
+  if(!rc) rc = sqlite3_bind_int(s, 6, !!m->smtputf8);
+  if(!rc) rc = bind_text(s, 7, m->source);
+  if(!rc) rc = bind_text(s, 8, m->listener);
+  if(!rc) rc = bind_text(s, 9, m->client_addr);
+  if(!rc) rc = bind_text(s, 10, m->helo);
+  if(!rc) rc = bind_text(s, 11, m->auth_user);
+  if(!rc) rc = bind_text(s, 12, m->envid);
+  if(!rc) rc = bind_text(s, 13, m->ret);
+  if(!rc) rc = bind_text(s, 14, m->body_sha256);
+  /* a non-NULL pointer even for 0 bytes, or SQLite would store NULL */
+  if(!rc) rc = sqlite3_bind_blob64(s, 15, j->bodylen ? j->body : (const void *)"",
+                                   (sqlite3_uint64)j->bodylen, SQLITE_STATIC);
+  if(rc) {
+    result = db_fail(d, rc, "bind message");
+    sqlite3_reset(s);
+    return result;
+  }
+  result = db_exec_stmt(d, s, "insert message");
+  sqlite3_clear_bindings(s);      /* drop the pointer to the caller's body */
+
+  for(i = 0; !result && i < m->nrcpts; i++) {
+    const struct store_rcpt *r = &m->rcpts[i];
+    s = db_stmt(d, ST_RCPT_INSERT);
+    if(!s)
+      return STORE_ERROR;
+    /* idx is the position in the envelope as accepted, whatever the caller put in it */
+    rc = bind_text(s, 1, m->id);
+    if(!rc) rc = sqlite3_bind_int64(s, 2, (sqlite3_int64)i);
+    if(!rc) rc = bind_text(s, 3, r->address ? r->address : "");
+    if(!rc) rc = bind_text(s, 4, r->orcpt);
+    if(!rc) rc = bind_text(s, 5, r->notify);
+    if(!rc) rc = sqlite3_bind_int64(s, 6, now);
+    if(rc) {
+      result = db_fail(d, rc, "bind recipient");
+      sqlite3_reset(s);
+      break;
+    }
+    result = db_exec_stmt(d, s, "insert recipient");
+  }
+  return result;
+}
+
+static int job_exists(struct store_db *d, const char *id)
+{
+  sqlite3_stmt *s = db_stmt(d, ST_MSG_EXISTS);
+  int rc;
+  if(!s)
+    return STORE_ERROR;
+  rc = bind_text(s, 1, id);
+  if(!rc)
+    rc = sqlite3_step(s);
+  sqlite3_reset(s);
+  if(rc == SQLITE_ROW)
+    return STORE_OK;
+  if(rc == SQLITE_DONE)
+    return STORE_NOTFOUND;
+  return db_fail(d, rc, "look up message");
+}
+
+static int job_update(struct store_db *d, const struct store_job *j)
+{
+  long long now = now_ms();
+  size_t i;
+  int rc, result = job_exists(d, j->id);
+
+  for(i = 0; !result && i < j->nu; i++) {
+    const struct store_rcpt_update *u = &j->u[i];
+    sqlite3_stmt *s = db_stmt(d, ST_RCPT_UPDATE);
+    if(!s)
+      return STORE_ERROR;
+    rc = bind_text(s, 1, rcpt_status_name(u->status));
+    if(!rc) rc = sqlite3_bind_int(s, 2, u->add_attempt ? 1 : 0);
+    if(!rc) rc = sqlite3_bind_int64(s, 3, u->next_attempt_ms);
+    if(!rc) rc = bind_text(s, 4, u->reply);
+    if(!rc) rc = bind_text(s, 5, u->upstream);
+    if(!rc) rc = sqlite3_bind_int64(s, 6, now);
+    if(!rc) rc = bind_text(s, 7, j->id);
+    if(!rc) rc = sqlite3_bind_int64(s, 8, (sqlite3_int64)u->idx);
+    if(rc) {
+      result = db_fail(d, rc, "bind update");
+      sqlite3_reset(s);
+      break;
+    }
+    result = db_exec_stmt(d, s, "update recipient");
+    if(!result && sqlite3_changes(d->db) != 1)
+      result = STORE_NOTFOUND;     /* no such recipient: the savepoint undoes the others */
+  }
+  return result;
+}
+
+static int job_delete(struct store_db *d, const struct store_job *j)
+{
+  sqlite3_stmt *s = db_stmt(d, ST_MSG_DELETE);
+  int result;
+  if(!s)
+    return STORE_ERROR;
+  if(bind_text(s, 1, j->id))
+    return db_fail(d, SQLITE_ERROR, "bind delete");
+  result = db_exec_stmt(d, s, "delete message");
+  if(!result && sqlite3_changes(d->db) == 0)
+    result = STORE_NOTFOUND;
+  return result;
+}
+
+static int job_set_pending(struct store_db *d, const struct store_job *j)
+{
+  sqlite3_stmt *s;
+  int rc, result = job_exists(d, j->id);
+  if(result)
+    return result;
+  s = db_stmt(d, ST_RCPT_SET_PENDING);
+  if(!s)
+    return STORE_ERROR;
+  rc = bind_text(s, 1, rcpt_status_name(j->status));
+  if(!rc) rc = sqlite3_bind_int64(s, 2, now_ms());
+  if(!rc) rc = bind_text(s, 3, j->id);
+  if(rc) {
+    sqlite3_reset(s);
+    return db_fail(d, rc, "bind set pending");
+  }
+  return db_exec_stmt(d, s, "set pending");
+}
+
+static int job_run(struct store_db *d, const struct store_job *j)
+{
+  switch(j->kind) {
+  case JOB_ACCEPT: return job_accept(d, j);
+  case JOB_UPDATE: return job_update(d, j);
+  case JOB_DELETE: return job_delete(d, j);
+  case JOB_SET_PENDING: return job_set_pending(d, j);
+  }
+  return STORE_ERROR;
+}
+
+static void batch_fail(struct store_job *jobs, int result)
+{
+  struct store_job *j;
+  for(j = jobs; j; j = j->next)
+    j->result = result;
+}
+
+/* Runs a list of jobs in one transaction, each in its own savepoint so that one refused job
+ * (a constraint, an unknown id) does not take the others down. Results are only final once
+ * COMMIT is on disk: if it fails, every job gets its error. */
+static void db_run_batch(struct store_db *d, struct store_job *jobs)
+{
+  struct store_job *j;
+  int result = db_simple(d, ST_BEGIN_IMMEDIATE);
+
+  if(result) {
+    batch_fail(jobs, result);
+    return;
+  }
+  for(j = jobs; j; j = j->next) {
+    result = db_simple(d, ST_SAVEPOINT);
+    if(result)
+      break;
+    j->result = job_run(d, j);
+    if(j->result != STORE_OK) {
+      /* disk full or an I/O error may roll back the whole transaction behind our back */
+      if(sqlite3_get_autocommit(d->db)) {
+        result = j->result;
+        break;
+      }
+      result = db_simple(d, ST_ROLLBACK_TO);
+      if(result)
+        break;
+    }
+    result = db_simple(d, ST_RELEASE);
+    if(result)
+      break;
+  }
+  if(!result)
+    result = db_simple(d, ST_COMMIT);
+  if(result) {
+    if(!sqlite3_get_autocommit(d->db))
+      db_simple(d, ST_ROLLBACK);
+    batch_fail(jobs, result);
+  }
+}
+
+static void *store_writer(void *arg)
+{
+  struct store *st = arg;
+  struct store_job *batch, *j, *next;
+
+  pthread_mutex_lock(&st->qlock);
+  for(;;) {
+    while(!st->head && !st->stopping)
+      pthread_cond_wait(&st->qcond, &st->qlock);
+    if(!st->head)
+      break;                         /* stopping, and drained */
+    batch = st->head;
+    st->head = NULL;
+    st->tailp = &st->head;
+    pthread_mutex_unlock(&st->qlock);
+
+    db_run_batch(&st->w, batch);
+
+    pthread_mutex_lock(&st->qlock);
+    for(j = batch; j; j = next) {
+      next = j->next;                /* j belongs to its waiter once done is set */
+      j->done = 1;
+      pthread_cond_signal(&j->cond);
+    }
+  }
+  pthread_mutex_unlock(&st->qlock);
+  return NULL;
+}
+
+/* Hands a job to the writer and waits for its commit, or runs it directly (posternctl). */
+static int store_submit(struct store *st, struct store_job *j)
+{
+  int result;
+  j->next = NULL;
+  j->done = 0;
+  j->result = STORE_ERROR;
+  if(!st || st->readonly) {
+    log_error("store: write on a read-only store");
+    return STORE_ERROR;
+  }
+  if(!st->writer_running) {
+    pthread_mutex_lock(&st->wlock);
+    db_run_batch(&st->w, j);
+    pthread_mutex_unlock(&st->wlock);
+    return j->result;
+  }
+  pthread_cond_init(&j->cond, NULL);
+  pthread_mutex_lock(&st->qlock);
+  if(st->stopping) {
+    pthread_mutex_unlock(&st->qlock);
+    pthread_cond_destroy(&j->cond);
+    log_error("store: write after close");
+    return STORE_ERROR;
+  }
+  *st->tailp = j;
+  st->tailp = &j->next;
+  pthread_cond_signal(&st->qcond);
+  while(!j->done)
+    pthread_cond_wait(&j->cond, &st->qlock);
+  result = j->result;
+  pthread_mutex_unlock(&st->qlock);
+  pthread_cond_destroy(&j->cond);
+  return result;
+}
+
+int store_accept(struct store *st, const struct store_msg *m, const void *body, size_t bodylen)
+{
+  struct store_job j;
+  memset(&j, 0, sizeof(j));
+  j.kind = JOB_ACCEPT;
+  j.id = m->id;
+  j.msg = m;
+  j.body = body;
+  j.bodylen = bodylen;
+  return store_submit(st, &j);
+}
+
+int store_update(struct store *st, const char *id, const struct store_rcpt_update *u, size_t n)
+{
+  struct store_job j;
+  memset(&j, 0, sizeof(j));
+  j.kind = JOB_UPDATE;
+  j.id = id;
+  j.u = u;
+  j.nu = n;
+  return store_submit(st, &j);
+}
+
+int store_delete(struct store *st, const char *id)
+{
+  struct store_job j;
+  memset(&j, 0, sizeof(j));
+  j.kind = JOB_DELETE;
+  j.id = id;
+  return store_submit(st, &j);
+}
+
+int store_set_pending(struct store *st, const char *id, enum rcpt_status status)
+{
+  struct store_job j;
+  if(status != RCPT_QUEUED && status != RCPT_DEFERRED && status != RCPT_HELD)
+    return STORE_ERROR;
+  memset(&j, 0, sizeof(j));
+  j.kind = JOB_SET_PENDING;
+  j.id = id;
+  j.status = status;
+  return store_submit(st, &j);
+}
+
+/* ---- reads ---------------------------------------------------------------------------------- */
+
+static int msg_from_row(sqlite3_stmt *s, struct store_msg *m)
+{
+  const unsigned char *id = sqlite3_column_text(s, 0);
+  int bad = 0;
+  str_copy(m->id, sizeof(m->id), id ? (const char *)id : "");
+  bad |= col_text(s, 1, &m->sender);
+  m->created_ms = sqlite3_column_int64(s, 2);
+  m->size = sqlite3_column_int64(s, 3);
+  m->body_8bit = sqlite3_column_int(s, 4);
+  m->smtputf8 = sqlite3_column_int(s, 5);
+  bad |= col_text(s, 6, &m->source);
+  bad |= col_text(s, 7, &m->listener);
+  bad |= col_text(s, 8, &m->client_addr);
+  bad |= col_text(s, 9, &m->helo);
+  bad |= col_text(s, 10, &m->auth_user);
+  bad |= col_text(s, 11, &m->envid);
+  bad |= col_text(s, 12, &m->ret);
+  bad |= col_text(s, 13, &m->body_sha256);
+  if(bad || !m->sender) {
+    log_error("store: out of memory reading a message");
+    return STORE_ERROR;
+  }
+  return STORE_OK;
+}
+
+static int db_get_rcpts(struct store_db *d, struct store_msg *m)
+{
+  sqlite3_stmt *s = db_stmt(d, ST_RCPT_GET);
+  size_t alloc = 0;
+  int rc, result = STORE_OK;
+
+  if(!s)
+    return STORE_ERROR;
+  if(bind_text(s, 1, m->id))
+    return db_fail(d, SQLITE_ERROR, "bind recipients");
+  while((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    struct store_rcpt *r;
+    int bad = 0;
+    if(m->nrcpts == alloc) {
+      size_t na = alloc ? alloc * 2 : 4;
+      struct store_rcpt *nr = realloc(m->rcpts, na * sizeof(*nr));
+      if(!nr) {
+        result = STORE_ERROR;
+        break;
+      }
+      m->rcpts = nr;
+      alloc = na;
+    }
+    r = &m->rcpts[m->nrcpts];
+    memset(r, 0, sizeof(*r));
+    m->nrcpts++;
+    r->idx = (unsigned)sqlite3_column_int64(s, 0);
+    bad |= col_text(s, 1, &r->address);
+    bad |= col_text(s, 2, &r->orcpt);
+    bad |= col_text(s, 3, &r->notify);
+    if(rcpt_status_parse((const char *)sqlite3_column_text(s, 4), &r->status)) {
+      log_error("store: message %s has a recipient with an unknown status", m->id);
+      result = STORE_ERROR;
+      break;
+    }
+    r->attempts = sqlite3_column_int(s, 5);
+    r->next_attempt_ms = sqlite3_column_int64(s, 6);
+    r->updated_ms = sqlite3_column_int64(s, 7);
+    bad |= col_text(s, 8, &r->last_reply);
+    bad |= col_text(s, 9, &r->upstream);
+    if(bad || !r->address) {
+      log_error("store: out of memory reading recipients");
+      result = STORE_ERROR;
+      break;
+    }
+  }
+  if(!result && rc != SQLITE_DONE)
+    result = db_fail(d, rc, "read recipients");
+  sqlite3_reset(s);
+  return result;
+}
+
+/* A read transaction makes the envelope and its recipients one snapshot. */
+static int read_begin(struct store *st)
+{
+  pthread_mutex_lock(&st->rlock);
+  return db_simple(&st->r, ST_BEGIN);
+}
+
+static void read_end(struct store *st, int begin_result)
+{
+  if(!begin_result)
+    db_simple(&st->r, ST_COMMIT);
+  pthread_mutex_unlock(&st->rlock);
+}
+
+static int db_get(struct store_db *d, const char *id, struct store_msg *out)
+{
+  sqlite3_stmt *s = db_stmt(d, ST_MSG_GET);
+  int rc, result;
+  if(!s)
+    return STORE_ERROR;
+  if(bind_text(s, 1, id))
+    return db_fail(d, SQLITE_ERROR, "bind get");
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW)
+    result = msg_from_row(s, out);
+  else if(rc == SQLITE_DONE)
+    result = STORE_NOTFOUND;
+  else
+    result = db_fail(d, rc, "read message");
+  sqlite3_reset(s);
+  if(!result)
+    result = db_get_rcpts(d, out);
+  return result;
+}
+
+int store_get(struct store *st, const char *id, struct store_msg *out)
+{
+  int began, result;
+  memset(out, 0, sizeof(*out));
+  began = read_begin(st);
+  result = began ? began : db_get(&st->r, id, out);
+  read_end(st, began);
+  if(result)
+    store_msg_free(out);
+  return result;
+}
+
+int store_body(struct store *st, const char *id, char **body, size_t *len)
+{
+  sqlite3_stmt *s;
+  int rc, result;
+  *body = NULL;
+  *len = 0;
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, ST_BODY_GET);
+  if(!s) {
+    result = STORE_ERROR;
+    goto out;
+  }
+  if(bind_text(s, 1, id)) {
+    result = db_fail(&st->r, SQLITE_ERROR, "bind body");
+    goto out;
+  }
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW) {
+    const void *p = sqlite3_column_blob(s, 0);
+    size_t n = (size_t)sqlite3_column_bytes(s, 0);
+    *body = malloc(n ? n : 1);
+    if(!*body) {
+      log_error("store: out of memory reading the body of %s", id);
+      result = STORE_ERROR;
+    }
+    else {
+      if(n)
+        memcpy(*body, p, n);
+      *len = n;
+      result = STORE_OK;
+    }
+  }
+  else if(rc == SQLITE_DONE)
+    result = STORE_NOTFOUND;
+  else
+    result = db_fail(&st->r, rc, "read body");
+  sqlite3_reset(s);
+out:
+  pthread_mutex_unlock(&st->rlock);
+  return result;
+}
+
+int store_due(struct store *st, long long now, char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n)
+{
+  sqlite3_stmt *s;
+  int rc = SQLITE_DONE, result = STORE_OK;
+  *n = 0;
+  if(!max)
+    return STORE_OK;
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, ST_DUE);
+  if(!s) {
+    result = STORE_ERROR;
+    goto out;
+  }
+  sqlite3_bind_int64(s, 1, now);
+  sqlite3_bind_int64(s, 2, max > (size_t)LLONG_MAX ? LLONG_MAX : (sqlite3_int64)max);
+  while(*n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    const unsigned char *id = sqlite3_column_text(s, 0);
+    str_copy(ids[*n], LIM_QUEUE_ID + 1, id ? (const char *)id : "");
+    (*n)++;
+  }
+  if(*n < max && rc != SQLITE_DONE)
+    result = db_fail(&st->r, rc, "due messages");
+  sqlite3_reset(s);
+out:
+  pthread_mutex_unlock(&st->rlock);
+  return result;
+}
+
+int store_next_due(struct store *st, long long *when_ms)
+{
+  sqlite3_stmt *s;
+  int rc, result = STORE_OK;
+  *when_ms = -1;
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, ST_NEXT_DUE);
+  if(!s) {
+    result = STORE_ERROR;
+    goto out;
+  }
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW) {
+    int i;
+    for(i = 0; i < 2; i++) {
+      long long t;
+      if(sqlite3_column_type(s, i) == SQLITE_NULL)
+        continue;
+      t = sqlite3_column_int64(s, i);
+      if(*when_ms < 0 || t < *when_ms)
+        *when_ms = t;
+    }
+  }
+  else
+    result = db_fail(&st->r, rc, "next due");
+  sqlite3_reset(s);
+out:
+  pthread_mutex_unlock(&st->rlock);
+  return result;
+}
+
+/* Reads up to STORE_LIST_PAGE matching messages after the key (after_ms, after_id). */
+static int db_list_page(struct store_db *d, const struct store_filter *f, long long cutoff,
+                        long long after_ms, const char *after_id, struct store_msg *page,
+                        size_t *n)
+{
+  sqlite3_stmt *s = db_stmt(d, ST_LIST);
+  int rc, result = STORE_OK;
+  *n = 0;
+  if(!s)
+    return STORE_ERROR;
+  rc = sqlite3_bind_int64(s, 1, after_ms);
+  if(!rc) rc = bind_text(s, 2, after_id);
+  if(!rc) rc = bind_text(s, 3, f ? f->sender_glob : NULL);
+  if(!rc) rc = bind_text(s, 4, f ? f->recipient_glob : NULL);
+  if(!rc) rc = bind_text(s, 5, f && f->status >= 0 ? rcpt_status_name(f->status) : NULL);
+  if(!rc && cutoff != LLONG_MIN) rc = sqlite3_bind_int64(s, 6, cutoff);
+  if(!rc) rc = sqlite3_bind_int(s, 7, STORE_LIST_PAGE);
+  if(rc) {
+    sqlite3_reset(s);
+    return db_fail(d, rc, "bind list");
+  }
+  while((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    struct store_msg *m = &page[*n];
+    memset(m, 0, sizeof(*m));
+    (*n)++;
+    result = msg_from_row(s, m);
+    if(!result)
+      result = db_get_rcpts(d, m);
+    if(result)
+      break;
+  }
+  if(!result && rc != SQLITE_DONE)
+    result = db_fail(d, rc, "list messages");
+  sqlite3_reset(s);
+  return result;
+}
+
+int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, void *arg)
+{
+  struct store_msg *page;
+  char after_id[LIM_QUEUE_ID + 1] = "";
+  long long after_ms = LLONG_MIN, cutoff = LLONG_MIN;
+  size_t n = 0, i;
+  int result = STORE_OK, stop = 0;
+
+  if(f && f->status >= (int)NSTATUS)
+    return STORE_ERROR;
+  if(f && f->older_than_ms > 0)
+    cutoff = now_ms() - f->older_than_ms;
+  page = calloc(STORE_LIST_PAGE, sizeof(*page));
+  if(!page)
+    return STORE_ERROR;
+  /* the callback runs without the read lock, so it may call the store itself */
+  while(!stop) {
+    int began = read_begin(st);
+    result = began ? began : db_list_page(&st->r, f, cutoff, after_ms, after_id, page, &n);
+    read_end(st, began);
+    for(i = 0; !result && !stop && i < n; i++)
+      stop = cb(arg, &page[i]);
+    if(n) {
+      after_ms = page[n - 1].created_ms;
+      str_copy(after_id, sizeof(after_id), page[n - 1].id);
+    }
+    for(i = 0; i < n; i++)
+      store_msg_free(&page[i]);
+    if(result || n < STORE_LIST_PAGE)
+      break;
+  }
+  free(page);
+  return result;
+}
+
+static int db_count(struct store_db *d, enum stmt which, long long *count)
+{
+  sqlite3_stmt *s = db_stmt(d, which);
+  int rc, result = STORE_OK;
+  if(!s)
+    return STORE_ERROR;
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW)
+    *count = sqlite3_column_int64(s, 0);
+  else
+    result = db_fail(d, rc, "count");
+  sqlite3_reset(s);
+  return result;
+}
+
+int store_check(struct store *st, char *err, size_t errsz)
+{
+  sqlite3_stmt *s = NULL;
+  long long orphans = 0, empty = 0;
+  int rc, result = STORE_OK;
+
+  snprintf(err, errsz, "ok");
+  pthread_mutex_lock(&st->rlock);
+  rc = sqlite3_prepare_v2(st->r.db, "PRAGMA integrity_check", -1, &s, NULL);
+  if(rc == SQLITE_OK)
+    rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW) {
+    const char *verdict = (const char *)sqlite3_column_text(s, 0);
+    if(!verdict || strcmp(verdict, "ok")) {
+      snprintf(err, errsz, "integrity check failed: %s", verdict ? verdict : "(no answer)");
+      result = STORE_ERROR;
+    }
+  }
+  else {
+    snprintf(err, errsz, "integrity check could not run: %s", sqlite3_errmsg(st->r.db));
+    result = STORE_ERROR;
+  }
+  sqlite3_finalize(s);
+  if(!result) {
+    result = db_count(&st->r, ST_COUNT_ORPHAN_RCPTS, &orphans);
+    if(!result)
+      result = db_count(&st->r, ST_COUNT_EMPTY_MSGS, &empty);
+    if(result)
+      snprintf(err, errsz, "cannot count orphans: %s", sqlite3_errmsg(st->r.db));
+    else if(orphans || empty) {
+      snprintf(err, errsz, "%lld recipient(s) without a message, %lld message(s) without "
+               "recipients", orphans, empty);
+      result = STORE_ERROR;
+    }
+  }
+  pthread_mutex_unlock(&st->rlock);
+  return result;
+}
+
+/* ---- open and close ------------------------------------------------------------------------- */
+
+int store_open(const char *data_dir, int flags, struct store **out, char *err, size_t errsz)
+{
+  struct store *st = NULL;
+  char path[PATH_MAX];
+  int readonly = !!(flags & STORE_OPEN_READONLY);
+  int result = STORE_ERROR, n;
+  long long version = 0;
+
+  *out = NULL;
+  if(errsz)
+    err[0] = '\0';
+  if(readonly && (flags & (STORE_OPEN_WRITER | STORE_OPEN_CREATE))) {
+    snprintf(err, errsz, "a read-only store can neither be created nor written");
+    return STORE_ERROR;
+  }
+  if(!data_dir || !*data_dir) {
+    snprintf(err, errsz, "no data_dir is configured");
+    return STORE_ERROR;
+  }
+  n = snprintf(path, sizeof(path), "%s/%s", data_dir, STORE_DB_NAME);
+  if(n < 0 || (size_t)n >= sizeof(path)) {
+    snprintf(err, errsz, "data_dir is too long");
+    return STORE_ERROR;
+  }
+
+  if(flags & STORE_OPEN_CREATE) {
+    int fd;
+    if(mkdir(data_dir, 0700) && errno != EEXIST) {
+      snprintf(err, errsz, "cannot create %s: %s", data_dir, strerror(errno));
+      return STORE_ERROR;
+    }
+    /* create the file ourselves: the queue holds mail, and SQLite would make it 0644 (its WAL
+     * and shm files copy the database file's mode) */
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if(fd < 0) {
+      snprintf(err, errsz, "cannot create %s: %s", path, strerror(errno));
+      return STORE_ERROR;
+    }
+    close(fd);
+  }
+  else if(access(path, F_OK)) {
+    snprintf(err, errsz, "no store at %s: %s", path, strerror(errno));
+    return STORE_ERROR;
+  }
+
+  st = calloc(1, sizeof(*st));
+  if(!st) {
+    snprintf(err, errsz, "out of memory");
+    return STORE_ERROR;
+  }
+  st->readonly = readonly;
+  st->tailp = &st->head;
+  pthread_mutex_init(&st->rlock, NULL);
+  pthread_mutex_init(&st->wlock, NULL);
+  pthread_mutex_init(&st->qlock, NULL);
+  pthread_cond_init(&st->qcond, NULL);
+
+  if(!readonly) {
+    result = db_open(&st->w, path, 0, err, errsz);
+    if(!result)
+      result = db_migrate(&st->w, path, err, errsz);
+    if(result)
+      goto out;
+  }
+  /* the read connection cannot write even by mistake */
+  result = db_open(&st->r, path, 1, err, errsz);
+  if(result)
+    goto out;
+  if(db_pragma_int(&st->r, "PRAGMA user_version", &version) != SQLITE_OK) {
+    snprintf(err, errsz, "cannot read %s: %s", path, sqlite3_errmsg(st->r.db));
+    result = STORE_ERROR;
+    goto out;
+  }
+  if(version != SCHEMA_VERSION) {
+    if(!version)
+      snprintf(err, errsz, "%s is not a Postern store (no schema)", path);
+    else
+      snprintf(err, errsz, "%s has schema version %lld, this program expects %d%s", path,
+               version, SCHEMA_VERSION,
+               version < SCHEMA_VERSION ? " (start postern once to migrate it)" : "");
+    result = STORE_ERROR;
+    goto out;
+  }
+
+  if(flags & STORE_OPEN_WRITER) {
+    if(pthread_create(&st->writer, NULL, store_writer, st)) {
+      snprintf(err, errsz, "cannot start the store writer thread");
+      result = STORE_ERROR;
+      goto out;
+    }
+    st->writer_running = 1;
+  }
+  result = STORE_OK;
+
+out:
+  if(result) {
+    store_close(st);
+    st = NULL;
+  }
+  *out = st;
+  return result;
+}
+
+void store_close(struct store *st)
+{
+  if(!st)
+    return;
+  if(st->writer_running) {
+    pthread_mutex_lock(&st->qlock);
+    st->stopping = 1;
+    pthread_cond_signal(&st->qcond);
+    pthread_mutex_unlock(&st->qlock);
+    pthread_join(st->writer, NULL);
+  }
+  db_close(&st->r);
+  db_close(&st->w);
+  pthread_cond_destroy(&st->qcond);
+  pthread_mutex_destroy(&st->qlock);
+  pthread_mutex_destroy(&st->wlock);
+  pthread_mutex_destroy(&st->rlock);
+  free(st);
+}

@@ -1,0 +1,113 @@
+/* The store: the only code that speaks SQL. SQLite (WAL, synchronous=FULL) is the embedded
+ * default; the interface is kept free of SQLite so a PostgreSQL store can stand behind it.
+ * All writes of a daemon go through one writer thread that commits whatever is pending in one
+ * transaction (group commit) and then wakes every waiter. */
+#ifndef POSTERN_STORE_H
+#define POSTERN_STORE_H
+#include <stddef.h>
+#include "lib/limits.h"
+
+struct store;
+
+enum store_result {
+  STORE_OK = 0,
+  STORE_NOTFOUND,
+  STORE_FULL,        /* disk full: the listener answers 452 4.3.1 */
+  STORE_ERROR,       /* anything else: 451 4.3.0 */
+};
+
+enum rcpt_status {
+  RCPT_QUEUED = 0, RCPT_DEFERRED, RCPT_SENT, RCPT_BOUNCED, RCPT_HELD, RCPT_CAPTURED,
+};
+const char *rcpt_status_name(enum rcpt_status s);
+int rcpt_status_parse(const char *s, enum rcpt_status *out);   /* 0 ok, -1 unknown */
+
+struct store_rcpt {
+  unsigned idx;              /* position in the envelope, 0-based; stable key */
+  char *address;
+  char *orcpt;               /* DSN ORCPT= as given, or NULL */
+  char *notify;              /* DSN NOTIFY= as given, or NULL */
+  enum rcpt_status status;
+  int attempts;
+  long long next_attempt_ms; /* wall clock, ms since the epoch */
+  long long updated_ms;
+  char *last_reply;          /* "250 2.0.0 ..." or NULL */
+  char *upstream;            /* the upstream that last handled it, or NULL */
+};
+
+struct store_msg {
+  char id[LIM_QUEUE_ID + 1];
+  char *sender;              /* "" for the null reverse-path */
+  long long created_ms;
+  long long size;            /* bytes of the stored message */
+  int body_8bit;             /* BODY=8BITMIME or BINARYMIME */
+  int smtputf8;
+  char *source;              /* "submission" | "mx" | ... */
+  char *listener;
+  char *client_addr;         /* printable address of the peer */
+  char *helo;
+  char *auth_user;           /* NULL if not authenticated */
+  char *envid, *ret;         /* DSN parameters of MAIL, or NULL */
+  char *body_sha256;         /* hex, computed by the store on accept */
+  struct store_rcpt *rcpts;
+  size_t nrcpts;
+};
+
+void store_msg_free(struct store_msg *m);   /* frees members, not m */
+
+#define STORE_OPEN_WRITER   0x1   /* start the group-commit writer thread (the daemon) */
+#define STORE_OPEN_READONLY 0x2   /* tools that only read */
+#define STORE_OPEN_CREATE   0x4   /* create data_dir/postern.db and the schema if missing */
+
+/* Opens (and migrates) data_dir/postern.db. err receives a sentence on failure. */
+int store_open(const char *data_dir, int flags, struct store **out, char *err, size_t errsz);
+void store_close(struct store *st);        /* stops the writer after draining it */
+
+/* Makes a message durable. m->id must be set (store_new_id); m->created_ms, recipients'
+ * addresses/orcpt/notify and the envelope fields are stored, recipients start as RCPT_QUEUED
+ * due now. Blocks until the group commit that holds it is on disk. */
+int store_accept(struct store *st, const struct store_msg *m, const void *body, size_t bodylen);
+
+/* A fresh queue id: 12 upper-case hex digits from time and randomness. */
+void store_new_id(char out[LIM_QUEUE_ID + 1]);
+
+/* Ids of messages that have a recipient in QUEUED or DEFERRED due at or before now_ms, oldest
+ * first, at most max. Returns the count in *n. */
+int store_due(struct store *st, long long now_ms, char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n);
+/* Earliest next_attempt_ms of any QUEUED/DEFERRED recipient, or -1 if none. */
+int store_next_due(struct store *st, long long *when_ms);
+
+/* Reads one message's envelope and recipients (no body). */
+int store_get(struct store *st, const char *id, struct store_msg *out);
+/* Reads the stored message bytes; *body is malloc'd. */
+int store_body(struct store *st, const char *id, char **body, size_t *len);
+
+/* One recipient's outcome after a delivery attempt (through the writer). */
+struct store_rcpt_update {
+  unsigned idx;
+  enum rcpt_status status;
+  int add_attempt;             /* 1: attempts += 1 */
+  long long next_attempt_ms;   /* for DEFERRED */
+  const char *reply;           /* "250 2.0.0 ..." */
+  const char *upstream;
+};
+int store_update(struct store *st, const char *id, const struct store_rcpt_update *u, size_t n);
+
+/* Filters for listing; NULL / 0 fields do not filter. */
+struct store_filter {
+  const char *sender_glob;
+  const char *recipient_glob;
+  int status;                  /* -1 any, else enum rcpt_status: messages with such a recipient */
+  long long older_than_ms;     /* created before now - this */
+};
+typedef int (*store_msg_cb)(void *arg, const struct store_msg *m);  /* non-zero stops */
+int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, void *arg);
+
+int store_delete(struct store *st, const char *id);   /* STORE_NOTFOUND if absent */
+/* Sets every not-final recipient of a message (QUEUED/DEFERRED/HELD) to status, due now. */
+int store_set_pending(struct store *st, const char *id, enum rcpt_status status);
+
+/* Checks the database (PRAGMA integrity_check, orphans); 0 ok, else err says what. */
+int store_check(struct store *st, char *err, size_t errsz);
+
+#endif

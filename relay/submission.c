@@ -1,0 +1,109 @@
+/* The submission policy: who may relay through a role = submission listener, and the
+ * hand-over of an accepted message to the queue — "250" only once it is on disk. */
+#include "relay/relay_int.h"
+#include "tls/tls.h"
+#include "lib/log.h"
+#include "lib/buf.h"
+#include <stdlib.h>
+#include <string.h>
+
+static int sub_connect(void *ctx, const struct smtp_session_info *s, struct smtp_reply *r)
+{
+  return 0;
+}
+
+static int sub_mail(void *ctx, const struct smtp_session_info *s,
+                    const struct smtp_path_params *from, struct smtp_reply *r)
+{
+  struct relay_policy_ctx *p = ctx;
+  if(p->listener->auth == CFG_AUTH_REQUIRED && !s->auth_user) {
+    smtp_reply_set(r, 530, "5.7.0", "Authentication required");
+    return 1;
+  }
+  return 0;
+}
+
+static int peer_trusted(const struct cfg_listener *l, const struct smtp_session_info *s)
+{
+  return cidr_match(l->trusted, l->ntrusted, s->family, s->peer_addr);
+}
+
+static int sub_rcpt(void *ctx, const struct smtp_session_info *s, const struct smtp_envelope *env,
+                    const struct smtp_path_params *to, struct smtp_reply *r)
+{
+  struct relay_policy_ctx *p = ctx;
+  char esc[LIM_LOG_FIELD * 4 + 8];
+  /* never an open relay: a peer outside trusted_networks must have authenticated */
+  if(s->auth_user || peer_trusted(p->listener, s))
+    return 0;
+  smtp_reply_set(r, 554, "5.7.1", "<%s>: Relay access denied",
+                 log_repr(esc, sizeof(esc), to->path, to->pathlen));
+  return 1;
+}
+
+static void sub_message(void *ctx, const struct smtp_session_info *s,
+                        const struct smtp_envelope *env, const char *msg, size_t len,
+                        struct smtp_reply *r)
+{
+  struct relay_policy_ctx *p = ctx;
+  struct store_msg m;
+  struct store_rcpt *rcpts = NULL;
+  char sha[TLS_SHA256_HEX_LEN + 1];
+  char from[LIM_LOG_FIELD * 4 + 8];
+  size_t i;
+  int result;
+
+  memset(&m, 0, sizeof(m));
+  rcpts = calloc(env->nrcpts ? env->nrcpts : 1, sizeof(*rcpts));
+  if(!rcpts) {
+    smtp_reply_set(r, 451, "4.3.0", "Error: out of memory, try again later");
+    return;
+  }
+  str_copy(m.id, sizeof(m.id), env->id);
+  m.sender = (char *)env->mail.path;
+  m.created_ms = time_real_ms();
+  m.size = (long long)len;
+  m.body_8bit = env->mail.body != SMTP_BODY_7BIT;
+  m.smtputf8 = env->mail.smtputf8;
+  m.source = (char *)"submission";
+  m.listener = (char *)p->listener->name;
+  m.client_addr = (char *)s->peer_ip;
+  m.helo = (char *)s->helo;
+  m.auth_user = (char *)s->auth_user;
+  m.envid = env->mail.envid[0] ? (char *)env->mail.envid : NULL;
+  m.ret = env->mail.ret[0] ? (char *)env->mail.ret : NULL;
+  m.body_sha256 = tls_sha256_hex(msg, len, sha) ? NULL : sha;
+  for(i = 0; i < env->nrcpts; i++) {
+    rcpts[i].idx = (unsigned)i;
+    rcpts[i].address = (char *)env->rcpts[i].path;
+    rcpts[i].orcpt = env->rcpts[i].orcpt[0] ? (char *)env->rcpts[i].orcpt : NULL;
+    rcpts[i].notify = env->rcpts[i].notify[0] ? (char *)env->rcpts[i].notify : NULL;
+  }
+  m.rcpts = rcpts;
+  m.nrcpts = env->nrcpts;
+
+  result = store_accept(p->store, &m, msg, len);
+  if(result == STORE_OK) {
+    log_info("%s: from=<%s>, size=%zu, nrcpt=%zu (queue active)", m.id,
+             log_repr(from, sizeof(from), env->mail.path, env->mail.pathlen), len, env->nrcpts);
+    smtp_reply_set(r, 250, "2.0.0", "Ok: queued as %s", m.id);
+    if(p->relay)
+      relay_kick(p->relay);
+  }
+  else if(result == STORE_FULL) {
+    log_warn("%s: queue file write error: disk full", m.id);
+    smtp_reply_set(r, 452, "4.3.1", "Insufficient system storage");
+  }
+  else {
+    log_error("%s: queue file write error", m.id);
+    smtp_reply_set(r, 451, "4.3.0", "Error: queue file write error, try again later");
+  }
+  free(rcpts);
+}
+
+const struct smtp_policy relay_submission_policy = {
+  .connect = sub_connect,
+  .mail = sub_mail,
+  .rcpt = sub_rcpt,
+  .message = sub_message,
+};
