@@ -161,8 +161,12 @@ int main(int argc, char **argv)
 
   if(geteuid() == 0 && cfg->user && cfg->user[0]) {
     pw = getpwnam(cfg->user);
+    /* the default user may not exist yet on a machine where Postern was only built; a user
+     * the operator named must exist */
+    if(!pw && strcmp(cfg->user, "postern"))
+      log_fatal("user %s does not exist (create it, or change user = in [postern])", cfg->user);
     if(!pw)
-      log_fatal("user %s does not exist (create it, or set user = in [postern])", cfg->user);
+      log_warn("user postern does not exist; running as root (create it: useradd --system postern)");
   }
   else if(geteuid() == 0)
     log_warn("running as root: set user = in [postern] to drop privileges after binding");

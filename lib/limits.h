@@ -17,7 +17,7 @@
 #define LIM_SMTP_BDAT_CHUNK     (64u * 1024u * 1024u)
 #define LIM_SMTP_RCPT_DEFAULT   100
 #define LIM_MESSAGE_SIZE_DEFAULT (35u * 1024u * 1024u)
-#define LIM_MESSAGE_SIZE_MAX    (1024u * 1024u * 1024u)
+#define LIM_MESSAGE_SIZE_MAX    (900u * 1024u * 1024u)  /* SQLite keeps a value under 10^9 bytes */
 #define LIM_CLIENTS_DEFAULT     200
 #define LIM_LOG_FIELD           200      /* attacker bytes in one log field */
 #define LIM_CONFIG_VALUE        4096

@@ -24,6 +24,7 @@ void log_open(const char *ident, int to_stderr, int debug)
     openlog(ident, LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
 
+__attribute__((format(printf, 2, 0)))
 static void log_vwrite(enum log_level lvl, const char *fmt, va_list ap)
 {
   static const char *const prefix[] = { "debug: ", "", "warning: ", "error: ", "fatal: ", "panic: " };

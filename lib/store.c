@@ -102,7 +102,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     " (SELECT min(next_attempt_ms) FROM recipients WHERE status = 'deferred')",
   /* keyset pagination on (created_ms, id); addresses compare case-insensitively (ASCII) */
   [ST_LIST] = "SELECT " MSG_COLUMNS " FROM messages m"
-    " WHERE (created_ms > ?1 OR (created_ms = ?1 AND id > ?2))"
+    " WHERE (created_ms, id) > (?1, ?2)"
     " AND (?3 IS NULL OR lower(sender) GLOB lower(?3))"
     " AND (?4 IS NULL AND ?5 IS NULL OR EXISTS (SELECT 1 FROM recipients r"
     "  WHERE r.message_id = m.id AND (?4 IS NULL OR lower(r.address) GLOB lower(?4))"
@@ -847,11 +847,11 @@ static int db_get(struct store_db *d, const char *id, struct store_msg *out)
 
 int store_get(struct store *st, const char *id, struct store_msg *out)
 {
-  int began, result;
+  int begin_result, result;
   memset(out, 0, sizeof(*out));
-  began = read_begin(st);
-  result = began ? began : db_get(&st->r, id, out);
-  read_end(st, began);
+  begin_result = read_begin(st);
+  result = begin_result ? begin_result : db_get(&st->r, id, out);
+  read_end(st, begin_result);
   if(result)
     store_msg_free(out);
   return result;
@@ -1012,9 +1012,11 @@ int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, 
     return STORE_ERROR;
   /* the callback runs without the read lock, so it may call the store itself */
   while(!stop) {
-    int began = read_begin(st);
-    result = began ? began : db_list_page(&st->r, f, cutoff, after_ms, after_id, page, &n);
-    read_end(st, began);
+    int begin_result = read_begin(st);
+    n = 0;
+    result = begin_result ? begin_result
+                          : db_list_page(&st->r, f, cutoff, after_ms, after_id, page, &n);
+    read_end(st, begin_result);
     for(i = 0; !result && !stop && i < n; i++)
       stop = cb(arg, &page[i]);
     if(n) {
@@ -1119,7 +1121,7 @@ int store_open(const char *data_dir, int flags, struct store **out, char *err, s
     }
     /* create the file ourselves: the queue holds mail, and SQLite would make it 0644 (its WAL
      * and shm files copy the database file's mode) */
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if(fd < 0) {
       snprintf(err, errsz, "cannot create %s: %s", path, strerror(errno));
       return STORE_ERROR;

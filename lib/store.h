@@ -68,7 +68,8 @@ void store_close(struct store *st);        /* stops the writer after draining it
  * due now. Blocks until the group commit that holds it is on disk. */
 int store_accept(struct store *st, const struct store_msg *m, const void *body, size_t bodylen);
 
-/* A fresh queue id: 12 upper-case hex digits from time and randomness. */
+/* A fresh queue id: 12 upper-case hex digits, 48 random bits (a collision is refused by the
+ * primary key and answered 451). */
 void store_new_id(char out[LIM_QUEUE_ID + 1]);
 
 /* Ids of messages that have a recipient in QUEUED or DEFERRED due at or before now_ms, oldest
