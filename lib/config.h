@@ -73,6 +73,13 @@ struct cfg_oauth2 {
   char *certificate_file, *private_key_file, *token_file;
 };
 
+/* [user NAME]: what an authenticated submission user may put in MAIL FROM */
+struct cfg_user {
+  char *name;                     /* the SASL user name */
+  int line;
+  char *senders;                  /* globs on the envelope sender, blank-separated, or NULL */
+};
+
 struct cfg_inbound {
   int present;
   char *domains;
@@ -107,6 +114,7 @@ struct config {
   struct cfg_route *routes;       size_t nroutes;
   struct cfg_oauth2 *oauth2s;     size_t noauth2s;
   struct cfg_inbound inbound;
+  struct cfg_user *users;         size_t nusers;
 };
 
 /* Reads path (or, when path is NULL, the embedded default: one loopback submission listener on
@@ -125,6 +133,8 @@ const char *config_choose_path(const char *arg);
 int config_parse_size(const char *s, long long *out);       /* 35M, 512K, 100 */
 int config_parse_duration(const char *s, long long *secs);  /* 5d, 1h, 30s, 10m, 90 */
 
+/* The [upstream NAME] section; "capture" is always there (a built-in one unless the file
+ * defines its own). NULL when there is none. */
 const struct cfg_upstream *config_upstream(const struct config *cfg, const char *name);
 
 #endif
