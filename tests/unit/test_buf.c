@@ -1,0 +1,123 @@
+/* Unit tests of lib/buf.c: the cap is never exceeded, the bounded string helpers, and the
+ * escaping used for attacker bytes in log lines. */
+#include "lib/buf.h"
+#include "lib/log.h"
+#include "tests/unit/unit.h"
+#include <limits.h>
+#include <stdint.h>
+
+static void test_cap_enforced(void)
+{
+  struct buf b;
+  buf_init(&b, 10);
+  CHECK_EQ_INT(buf_add(&b, "0123456789", 10), BUF_OK);
+  CHECK_EQ_INT(buf_add(&b, "x", 1), BUF_TOO_BIG);
+  CHECK_EQ_INT(b.len, 10);
+  CHECK(b.alloc <= 11);
+  buf_reset(&b);
+  CHECK_EQ_INT(buf_addf(&b, "%d-%s", 42, "abcdefgh"), BUF_TOO_BIG);
+  CHECK_EQ_INT(buf_addf(&b, "%d-%s", 42, "abc"), BUF_OK);
+  CHECK_EQ_STR(b.ptr, "42-abc");
+  buf_free(&b);
+}
+
+static void test_growth_and_binary(void)
+{
+  struct buf b;
+  size_t i, len;
+  char *p;
+  buf_init(&b, 1 << 20);
+  for(i = 0; i < 100000; i++)
+    CHECK_EQ_INT(buf_add(&b, "\0\r\n", 3), BUF_OK);
+  CHECK_EQ_INT(b.len, 300000);
+  CHECK(b.ptr[299999] == '\n' && b.ptr[0] == '\0');
+  p = buf_steal(&b, &len);
+  CHECK_EQ_INT(len, 300000);
+  CHECK(b.ptr == NULL && b.len == 0);
+  free(p);
+}
+
+static void test_reserve_overflow(void)
+{
+  struct buf b;
+  buf_init(&b, SIZE_MAX - 1);
+  CHECK_EQ_INT(buf_add(&b, "a", 1), BUF_OK);
+  CHECK_EQ_INT(buf_reserve(&b, SIZE_MAX), BUF_TOO_BIG);
+  buf_free(&b);
+}
+
+static void test_repr(void)
+{
+  static const struct { const char *in; size_t n; size_t cap; const char *out; } rows[] = {
+    { "plain", 5, 100, "plain" },
+    { "a\r\nb", 4, 100, "a\\x0d\\x0ab" },
+    { "back\\slash", 10, 100, "back\\\\slash" },
+    { "\xff\x00z", 3, 100, "\\xff\\x00z" },
+    { "abcdef", 6, 3, "abc..." },
+  };
+  size_t i;
+  for(i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+    struct buf b;
+    buf_init(&b, 1000);
+    CHECK_EQ_INT(buf_addrepr(&b, rows[i].in, rows[i].n, rows[i].cap), BUF_OK);
+    CHECK_EQ_STR(b.ptr, rows[i].out);
+    buf_free(&b);
+  }
+}
+
+static void test_log_repr_bounded(void)
+{
+  char big[5000], out[64];
+  memset(big, '\n', sizeof(big));
+  log_repr(out, sizeof(out), big, sizeof(big));
+  CHECK(strlen(out) < sizeof(out));
+  CHECK(!strncmp(out, "\\x0a", 4));
+  log_repr(out, sizeof(out), "ok", 2);
+  CHECK_EQ_STR(out, "ok");
+}
+
+static void test_str_to_long(void)
+{
+  static const struct { const char *s; long min, max; int ok; long v; } rows[] = {
+    { "0", 0, 10, 0, 0 }, { "10", 0, 10, 0, 10 }, { "11", 0, 10, -1, 0 },
+    { "-5", -10, 10, 0, -5 }, { "-11", -10, 10, -1, 0 }, { "", 0, 10, -1, 0 },
+    { "-", -10, 10, -1, 0 }, { "1a", 0, 100, -1, 0 }, { " 1", 0, 100, -1, 0 },
+    { "99999999999999999999999", 0, LONG_MAX, -1, 0 },
+    { "9223372036854775807", 0, LONG_MAX, 0, LONG_MAX },
+    { "9223372036854775808", 0, LONG_MAX, -1, 0 },
+    { "-9223372036854775808", LONG_MIN, 0, 0, LONG_MIN },
+  };
+  size_t i;
+  for(i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+    long v = 12345;
+    int r = str_to_long(rows[i].s, strlen(rows[i].s), rows[i].min, rows[i].max, &v);
+    CHECK_EQ_INT(r, rows[i].ok);
+    if(!r)
+      CHECK_EQ_INT(v, rows[i].v);
+  }
+}
+
+static void test_str_helpers(void)
+{
+  char small[4];
+  char *d;
+  CHECK_EQ_INT(str_copy(small, sizeof(small), "abcdef"), 3);
+  CHECK_EQ_STR(small, "abc");
+  CHECK_EQ_INT(str_casecmp_n("MAIL", 4, "mail"), 0);
+  CHECK(str_casecmp_n("MAI", 3, "mail") != 0);
+  CHECK(str_casecmp_n("MAILX", 5, "mail") != 0);
+  d = str_dup_n("a\0b", 3);
+  CHECK(d && d[0] == 'a' && d[1] == '\0' && d[2] == 'b' && d[3] == '\0');
+  free(d);
+}
+
+static const struct unit_case cases[] = {
+  { "cap_enforced", test_cap_enforced },
+  { "growth_and_binary", test_growth_and_binary },
+  { "reserve_overflow", test_reserve_overflow },
+  { "repr", test_repr },
+  { "log_repr_bounded", test_log_repr_bounded },
+  { "str_to_long", test_str_to_long },
+  { "str_helpers", test_str_helpers },
+};
+UNIT_MAIN(cases)
