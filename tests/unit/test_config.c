@@ -644,7 +644,7 @@ static void t_syntax(void)
 static void t_bad_values(void)
 {
   static const struct { const char *text; int line; const char *want; } cases[] = {
-    { "[postern]\nmax_message_size = 2G\n", 2, "max_message_size: 2G is out of range (1 to 1G)" },
+    { "[postern]\nmax_message_size = 2G\n", 2, "max_message_size: 2G is out of range (1 to 900M)" },
     { "[postern]\nmax_message_size = 35MB\n", 2, "max_message_size: '35MB' is not a size" },
     { "[postern]\nqueue_lifetime = -1d\n", 2, "queue_lifetime: '-1d' is not a duration" },
     { "[postern]\nqueue_lifetime = 400d\n", 2,

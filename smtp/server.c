@@ -1,0 +1,937 @@
+/* The ESMTP server engine (RFC 5321, with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES,
+ * SMTPUTF8, CHUNKING and DSN): one sequential session over a struct conn, every decision about
+ * who and what is accepted left to the listener's policy object. */
+#include "smtp/smtp.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include "lib/store.h"
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Room kept past max_message_size for what we add in front of a message (Received, and
+ * Message-ID/Date): the added lines are short and bounded, this is generous. */
+#define MSG_MARGIN 8192
+/* A HELO name is recorded in Received bounded to this, so the header stays one sane line. */
+#define HELO_IN_RECEIVED 100
+/* How long the last replies of a session may take to leave, whatever the deadline says. */
+#define FINAL_FLUSH_MS 5000
+
+enum stat_idx {
+  ST_HELO, ST_EHLO, ST_MAIL, ST_RCPT, ST_DATA, ST_BDAT, ST_RSET, ST_NOOP, ST_QUIT, ST_VRFY,
+  ST_EXPN, ST_HELP, ST_STARTTLS, ST_AUTH, ST_UNKNOWN, ST_N
+};
+static const char *const stat_names[ST_N] = {
+  "helo", "ehlo", "mail", "rcpt", "data", "bdat", "rset", "noop", "quit", "vrfy", "expn", "help",
+  "starttls", "auth", "unknown",
+};
+
+/* DATA content problems, in the order of which one is named when several occur */
+#define BAD_LF    0x01
+#define BAD_CR    0x02
+#define BAD_NUL   0x04
+#define BAD_LONG  0x08
+#define BAD_SIZE  0x10
+
+struct session {
+  struct conn *c;
+  const struct smtp_server_cfg *cfg;
+  const struct smtp_policy *pol;
+  void *pctx;
+  const char *host;
+  struct smtp_session_info info;
+  struct smtp_envelope env;
+  size_t rcpt_alloc;
+  int rcpt_tried;         /* RCPT commands in this transaction, accepted or not */
+  long long max_size;
+  long max_rcpt;
+  int max_errors;
+
+  int helo_done;
+  int in_mail;            /* a MAIL was accepted: a transaction is open */
+  int bdat_active;        /* the transaction's content started with BDAT */
+  int bdat_failed;        /* a failed BDAT transaction: absorb its chunks until LAST */
+  struct smtp_reply bdat_fail;
+  long long content_len;
+  struct buf msg;
+  struct buf line;
+
+  int errors;
+  int junk;
+  int done;
+  const char *last;       /* the verb being answered, for "timeout after X" */
+  enum stat_idx cur;
+  unsigned ok[ST_N], total[ST_N];
+};
+
+/* ---- replies and logs ------------------------------------------------------------------ */
+
+static void reply_send(struct session *s, const struct smtp_reply *r, int count_error)
+{
+  /* RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CR LF */
+  int room = LIM_SMTP_REPLY_LINE - 2 - 4 - (r->enh[0] ? (int)strlen(r->enh) + 1 : 0);
+  if(r->enh[0])
+    conn_printf(s->c, "%03d %s %.*s\r\n", r->code, r->enh, room, r->text);
+  else
+    conn_printf(s->c, "%03d %.*s\r\n", r->code, room, r->text);
+  if(r->code >= 200 && r->code < 300)
+    s->ok[s->cur]++;
+  /* every 5xx answer counts toward max_errors, as Postfix's smtpd_hard_error_limit does */
+  if(count_error && r->code >= 500)
+    s->errors++;
+}
+
+static void reply(struct session *s, int code, const char *enh, const char *fmt, ...)
+  __attribute__((format(printf, 4, 5)));
+static void reply(struct session *s, int code, const char *enh, const char *fmt, ...)
+{
+  struct smtp_reply r;
+  va_list ap;
+  char text[LIM_SMTP_REPLY_LINE];
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof(text), fmt, ap);
+  va_end(ap);
+  smtp_reply_set(&r, code, enh, "%s", text);
+  reply_send(s, &r, 1);
+}
+
+static const char *proto_name(const struct session *s)
+{
+  return s->info.esmtp ? "ESMTP" : "SMTP";
+}
+
+/* "reject: RCPT from [ip]: 452 4.5.3 ...; from=<a> to=<b> proto=ESMTP helo=<h>" */
+static void log_reject(struct session *s, const char *what, const struct smtp_reply *r,
+                       const char *to, size_t tolen)
+{
+  char raw[LIM_SMTP_REPLY_LINE + 32], rs[LIM_LOG_FIELD * 4 + 8];
+  char from[LIM_LOG_FIELD * 4 + 8], rcpt[LIM_LOG_FIELD * 4 + 8], helo[LIM_LOG_FIELD * 4 + 8];
+  /* a policy's reply may quote the client's address back: it is attacker bytes too */
+  smtp_reply_str(r, raw, sizeof(raw));
+  log_repr(rs, sizeof(rs), raw, strlen(raw));
+  if(s->in_mail)
+    log_repr(from, sizeof(from), s->env.mail.path, s->env.mail.pathlen);
+  log_repr(helo, sizeof(helo), s->info.helo, strlen(s->info.helo));
+  if(to)
+    log_repr(rcpt, sizeof(rcpt), to, tolen);
+  log_info("%s%sreject: %s from [%s]: %s;%s%s%s%s%s%s proto=%s helo=<%s>",
+           s->env.id[0] ? s->env.id : "", s->env.id[0] ? ": " : "", what, s->info.peer_ip, rs,
+           s->in_mail ? " from=<" : "", s->in_mail ? from : "", s->in_mail ? ">" : "",
+           to ? " to=<" : "", to ? rcpt : "", to ? ">" : "", proto_name(s), helo);
+}
+
+static void transaction_reset(struct session *s)
+{
+  s->in_mail = 0;
+  s->bdat_active = 0;
+  s->env.nrcpts = 0;
+  s->rcpt_tried = 0;
+  s->env.id[0] = '\0';
+  memset(&s->env.mail, 0, sizeof(s->env.mail));
+  s->content_len = 0;
+  /* a finished message gives its memory back; the next one starts small again */
+  buf_free(&s->msg);
+  buf_init(&s->msg, (size_t)s->max_size + MSG_MARGIN);
+}
+
+/* ---- adding headers -------------------------------------------------------------------- */
+
+static void rfc5322_date(char *out, size_t outsz, time_t t)
+{
+  static const char *const days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+  static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+                                        "Sep", "Oct", "Nov", "Dec" };
+  struct tm tm;
+  long off;
+  localtime_r(&t, &tm);
+  off = tm.tm_gmtoff / 60;
+  /* day and month names from tables: strftime's %a/%b follow the locale */
+  snprintf(out, outsz, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld", days[tm.tm_wday % 7],
+           tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+           tm.tm_sec, off < 0 ? '-' : '+', (off < 0 ? -off : off) / 60,
+           (off < 0 ? -off : off) % 60);
+}
+
+/* Where the header section of msg ends (where missing fields go), and whether it has
+ * Message-ID: and Date:. Looks at most LIM_HEADER_SCAN octets. */
+static size_t header_scan(const char *p, size_t len, int *has_mid, int *has_date)
+{
+  size_t pos = 0;
+  *has_mid = *has_date = 0;
+  while(pos < len) {
+    const char *nl;
+    size_t next, llen, k;
+    if(pos >= LIM_HEADER_SCAN)
+      return 0;      /* no end in sight: a place at the top is at least never inside a field */
+    nl = memchr(p + pos, '\n', len - pos);
+    if(!nl)
+      return pos;    /* an unfinished last line: insert before it, not inside it */
+    next = (size_t)(nl - p) + 1;
+    llen = (size_t)(nl - p) - pos;
+    if(llen && p[pos + llen - 1] == '\r')
+      llen--;
+    if(llen == 0)
+      return pos;    /* the empty line that ends the header section */
+    if(p[pos] == ' ' || p[pos] == '\t') {
+      if(pos == 0)
+        return 0;
+      pos = next;    /* a folded continuation of the field before */
+      continue;
+    }
+    /* field-name = 1*ftext (RFC 5322 3.6.8), then obsolete WSP before ':' (4.5.3) */
+    for(k = 0; k < llen; k++) {
+      unsigned char ch = (unsigned char)p[pos + k];
+      if(ch == ':' || ch < 33 || ch > 126)
+        break;
+    }
+    {
+      size_t namelen = k;
+      while(k < llen && (p[pos + k] == ' ' || p[pos + k] == '\t'))
+        k++;
+      if(namelen == 0 || k >= llen || p[pos + k] != ':')
+        return pos;  /* not a header field: the body starts here without an empty line */
+      if(!str_casecmp_n(p + pos, namelen, "message-id"))
+        *has_mid = 1;
+      else if(!str_casecmp_n(p + pos, namelen, "date"))
+        *has_date = 1;
+    }
+    pos = next;
+  }
+  return pos;
+}
+
+/* Inserts add[0..alen) at offset at of s->msg. */
+static int msg_insert(struct session *s, size_t at, const char *add, size_t alen)
+{
+  struct buf *b = &s->msg;
+  if(!alen)
+    return 0;
+  if(buf_reserve(b, alen))
+    return -1;
+  memmove(b->ptr + at + alen, b->ptr + at, b->len - at);
+  memcpy(b->ptr + at, add, alen);
+  b->len += alen;
+  b->ptr[b->len] = '\0';
+  return 0;
+}
+
+static int add_headers(struct session *s)
+{
+  char date[64], helo[HELO_IN_RECEIVED + 4];
+  char rcvd[LIM_SMTP_PATH + LIM_SMTP_HELO + 512];
+  char extra[LIM_QUEUE_ID + 512];
+  const char *proto;
+  size_t i, h = 0, at = 0, elen = 0;
+  int has_mid = 1, has_date = 1, n;
+  time_t now = (time_t)(time_real_ms() / 1000);
+  int utf8 = s->env.mail.smtputf8;
+  int tls = s->info.tls, auth = s->info.auth_user != NULL;
+
+  rfc5322_date(date, sizeof(date), now);
+  /* the HELO name was validated, but it lands inside a comment-free header: keep it to
+   * characters that cannot end the clause or the line, and short */
+  for(i = 0; s->info.helo[i] && h < HELO_IN_RECEIVED; i++) {
+    unsigned char ch = (unsigned char)s->info.helo[i];
+    if(ch > 32 && ch < 127 && ch != '(' && ch != ')' && ch != '\\' && ch != ';')
+      helo[h++] = (char)ch;
+  }
+  helo[h] = '\0';
+  /* RFC 3848 and RFC 6531 3.7.3 protocol names */
+  if(utf8)
+    proto = tls && auth ? "UTF8SMTPSA" : tls ? "UTF8SMTPS" : auth ? "UTF8SMTPA" : "UTF8SMTP";
+  else if(s->info.esmtp)
+    proto = tls && auth ? "ESMTPSA" : tls ? "ESMTPS" : auth ? "ESMTPA" : "ESMTP";
+  else
+    proto = "SMTP";
+  if(s->env.nrcpts == 1)
+    n = snprintf(rcvd, sizeof(rcvd), "Received: from %s (%s [%s%s])\r\n\tby %s (Postern) with %s"
+                 " id %s\r\n\tfor <%s>; %s\r\n", h ? helo : "unknown", s->info.peer_ip,
+                 s->info.family == AF_INET6 ? "IPv6:" : "", s->info.peer_ip, s->host, proto,
+                 s->env.id, s->env.rcpts[0].path, date);
+  else
+    n = snprintf(rcvd, sizeof(rcvd), "Received: from %s (%s [%s%s])\r\n\tby %s (Postern) with %s"
+                 " id %s; %s\r\n", h ? helo : "unknown", s->info.peer_ip,
+                 s->info.family == AF_INET6 ? "IPv6:" : "", s->info.peer_ip, s->host, proto,
+                 s->env.id, date);
+  if(n < 0 || (size_t)n >= sizeof(rcvd))
+    return -1;
+
+  if(s->cfg->add_missing_headers) {
+    at = header_scan(s->msg.ptr ? s->msg.ptr : "", s->msg.len, &has_mid, &has_date);
+    if(!has_mid) {
+      n = snprintf(extra + elen, sizeof(extra) - elen, "Message-ID: <%s.%lld@%s>\r\n",
+                   s->env.id, (long long)now, s->host);
+      if(n < 0 || (size_t)n >= sizeof(extra) - elen)
+        return -1;
+      elen += (size_t)n;
+    }
+    if(!has_date) {
+      n = snprintf(extra + elen, sizeof(extra) - elen, "Date: %s\r\n", date);
+      if(n < 0 || (size_t)n >= sizeof(extra) - elen)
+        return -1;
+      elen += (size_t)n;
+    }
+  }
+  if(msg_insert(s, at, extra, elen) || msg_insert(s, 0, rcvd, strlen(rcvd)))
+    return -1;
+  return 0;
+}
+
+/* The content is complete and clean: add our headers, let the policy make it durable, and
+ * answer what it says. Any outcome ends the transaction. */
+static void message_deliver(struct session *s, const char *what)
+{
+  struct smtp_reply r;
+  memset(&r, 0, sizeof(r));
+  if(add_headers(s))
+    smtp_reply_set(&r, 451, "4.3.0", "Error: insufficient system resources");
+  else if(s->pol->message)
+    s->pol->message(s->pctx, &s->info, &s->env, s->msg.ptr ? s->msg.ptr : "", s->msg.len, &r);
+  if(r.code < 200 || r.code > 599) {
+    /* never a false 250: a policy that said nothing did not make the message durable */
+    smtp_reply_set(&r, 451, "4.3.0", "Error: message not accepted");
+  }
+  reply_send(s, &r, 1);
+  if(r.code >= 400)
+    log_reject(s, what, &r, NULL, 0);
+  transaction_reset(s);
+}
+
+/* ---- commands -------------------------------------------------------------------------- */
+
+static void cmd_helo(struct session *s, const struct smtp_command *cmd, int ehlo)
+{
+  char arg[LIM_SMTP_HELO + 1];
+  if(!cmd->arglen) {
+    reply(s, 501, "5.5.4", "Syntax: %s hostname", ehlo ? "EHLO" : "HELO");
+    return;
+  }
+  if(smtp_helo_valid(cmd->arg, cmd->arglen)) {
+    reply(s, 501, "5.5.2", "Error: invalid %s hostname", ehlo ? "EHLO" : "HELO");
+    return;
+  }
+  memcpy(arg, cmd->arg, cmd->arglen);
+  arg[cmd->arglen] = '\0';
+  /* RFC 5321 4.1.4: a repeated EHLO is a reset */
+  transaction_reset(s);
+  s->bdat_failed = 0;
+  s->helo_done = 1;
+  s->info.esmtp = ehlo;
+  str_copy(s->info.helo, sizeof(s->info.helo), arg);
+  if(!ehlo) {
+    conn_printf(s->c, "250 %s\r\n", s->host);
+    s->ok[s->cur]++;
+    return;
+  }
+  conn_printf(s->c, "250-%s\r\n250-PIPELINING\r\n", s->host);
+  conn_printf(s->c, "250-SIZE %lld\r\n", s->max_size);
+  conn_printf(s->c, "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n"
+              "250-CHUNKING\r\n250 DSN\r\n");
+  s->ok[s->cur]++;
+}
+
+static void cmd_mail(struct session *s, const struct smtp_command *cmd)
+{
+  struct smtp_path_params p;
+  struct smtp_reply r;
+  char raw[LIM_LOG_FIELD * 4 + 8];
+  if(!s->helo_done) {
+    reply(s, 503, "5.5.1", "Error: send HELO/EHLO first");
+    return;
+  }
+  if(s->in_mail) {
+    reply(s, 503, "5.5.1", "Error: nested MAIL command");
+    return;
+  }
+  if(smtp_path_parse(cmd->arg, cmd->arglen, 1, &p, &r)) {
+    reply_send(s, &r, 1);
+    log_info("reject: MAIL from [%s]: %03d %s %s; arg=%s", s->info.peer_ip, r.code, r.enh,
+             r.text, log_repr(raw, sizeof(raw), cmd->arg, cmd->arglen));
+    return;
+  }
+  /* ESMTP parameters, SMTPUTF8 included, exist only after EHLO (RFC 5321 4.1.1.11: 555) */
+  if(!s->info.esmtp && (p.size >= 0 || p.body != SMTP_BODY_7BIT || p.smtputf8 || p.ret[0] ||
+                        p.envid[0]))
+    smtp_reply_set(&r, 555, "5.5.4", "Error: ESMTP parameters require EHLO");
+  /* BINARYMIME (RFC 3030) is not offered: the relay could not pass binary content on */
+  else if(p.body == SMTP_BODY_BINARYMIME)
+    smtp_reply_set(&r, 555, "5.5.4", "Error: BODY=BINARYMIME not supported");
+  else if(p.size > s->max_size)
+    smtp_reply_set(&r, 552, "5.3.4", "Message size exceeds fixed limit");
+  else if(s->pol->mail && s->pol->mail(s->pctx, &s->info, &p, &r)) {
+    if(r.code < 400)
+      smtp_reply_set(&r, 550, "5.7.1", "Error: sender rejected");
+  }
+  else
+    r.code = 0;
+  if(r.code) {
+    reply_send(s, &r, 1);
+    s->env.mail = p;    /* for the log line only */
+    s->in_mail = 1;
+    log_reject(s, "MAIL", &r, NULL, 0);
+    s->in_mail = 0;
+    return;
+  }
+  s->env.mail = p;
+  s->env.nrcpts = 0;
+  s->rcpt_tried = 0;
+  s->in_mail = 1;
+  reply(s, 250, "2.1.0", "Ok");
+}
+
+static void cmd_rcpt(struct session *s, const struct smtp_command *cmd)
+{
+  struct smtp_path_params p;
+  struct smtp_reply r;
+  char raw[LIM_LOG_FIELD * 4 + 8];
+  if(!s->in_mail) {
+    reply(s, 503, "5.5.1", "Error: need MAIL command");
+    return;
+  }
+  if(s->bdat_active) {
+    reply(s, 503, "5.5.1", "Error: RCPT after BDAT");
+    return;
+  }
+  s->rcpt_tried++;
+  if(smtp_path_parse(cmd->arg, cmd->arglen, 0, &p, &r)) {
+    reply_send(s, &r, 1);
+    log_info("reject: RCPT from [%s]: %03d %s %s; arg=%s", s->info.peer_ip, r.code, r.enh,
+             r.text, log_repr(raw, sizeof(raw), cmd->arg, cmd->arglen));
+    return;
+  }
+  if(!s->env.mail.smtputf8 && !smtp_text_is_ascii(p.path, p.pathlen))
+    smtp_reply_set(&r, 553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+  else if(s->env.nrcpts >= (size_t)s->max_rcpt)
+    smtp_reply_set(&r, 452, "4.5.3", "Error: too many recipients");
+  else if(s->pol->rcpt && s->pol->rcpt(s->pctx, &s->info, &s->env, &p, &r)) {
+    if(r.code < 400)
+      smtp_reply_set(&r, 550, "5.1.1", "Error: recipient rejected");
+  }
+  else
+    r.code = 0;
+  if(!r.code && s->env.nrcpts == s->rcpt_alloc) {
+    size_t na = s->rcpt_alloc ? s->rcpt_alloc * 2 : 4;
+    struct smtp_path_params *nr;
+    if(na > (size_t)s->max_rcpt)
+      na = (size_t)s->max_rcpt;
+    nr = realloc(s->env.rcpts, na * sizeof(*nr));
+    if(!nr)
+      smtp_reply_set(&r, 452, "4.3.1", "Error: insufficient system resources");
+    else {
+      s->env.rcpts = nr;
+      s->rcpt_alloc = na;
+    }
+  }
+  if(r.code) {
+    reply_send(s, &r, 1);
+    log_reject(s, "RCPT", &r, p.path, p.pathlen);
+    return;
+  }
+  s->env.rcpts[s->env.nrcpts++] = p;
+  reply(s, 250, "2.1.5", "Ok");
+}
+
+/* Starts the content of a transaction: the queue id exists from here on. */
+static void content_begin(struct session *s)
+{
+  store_new_id(s->env.id);
+  s->content_len = 0;
+  buf_free(&s->msg);
+  buf_init(&s->msg, (size_t)s->max_size + MSG_MARGIN);
+  log_info("%s: client=%s", s->env.id, s->info.peer_ip);
+}
+
+/* Ends the session on a lost or timed-out connection; returns -1 so callers can stop. */
+static int conn_lost(struct session *s, int result, const char *during)
+{
+  if(result == CONN_TIMEOUT) {
+    reply(s, 421, "4.4.2", "%s Error: timeout exceeded", s->host);
+    log_info("timeout after %s from [%s]", during ? during : s->last, s->info.peer_ip);
+  }
+  else
+    log_info("lost connection after %s from [%s]", during ? during : s->last, s->info.peer_ip);
+  s->done = 1;
+  return -1;
+}
+
+/* Reads DATA content up to the end-of-data line. RFC 5321 4.1.1.4 ends it only at CR LF "."
+ * CR LF; anything that other software may read as an end ("\n.\n", "\n.\r\n", "\r\n.\n")
+ * never ends it here, and a message holding bare LF, bare CR or NUL is refused as a whole
+ * once its real end is found (the SMTP smuggling class; Postfix refuses the same way). */
+static int data_read(struct session *s, unsigned *bad)
+{
+  int prev_crlf = 1;     /* the 354 starts the content at a line boundary */
+  *bad = 0;
+  for(;;) {
+    unsigned fl = 0;
+    int result = conn_read_line(s->c, &s->line, LIM_SMTP_TEXT_LINE, &fl);
+    const char *p;
+    size_t n;
+    if(result == CONN_TOO_LONG) {
+      *bad |= BAD_LONG;
+      if(fl & CONN_LINE_EOF)
+        return conn_lost(s, CONN_EOF, "DATA");
+      if(!(fl & CONN_LINE_CRLF))
+        *bad |= BAD_LF;
+      prev_crlf = (fl & CONN_LINE_CRLF) != 0;
+      continue;
+    }
+    if(result)
+      return conn_lost(s, result, "DATA");
+    if(fl & CONN_LINE_EOF)
+      return conn_lost(s, CONN_EOF, "DATA");
+    if(s->line.len == 1 && s->line.ptr[0] == '.' && (fl & CONN_LINE_CRLF) && prev_crlf)
+      return 0;
+    if(!(fl & CONN_LINE_CRLF))
+      *bad |= BAD_LF;
+    if(fl & CONN_LINE_BARE_CR)
+      *bad |= BAD_CR;
+    if(fl & CONN_LINE_NUL)
+      *bad |= BAD_NUL;
+    prev_crlf = (fl & CONN_LINE_CRLF) != 0;
+    if(*bad)
+      continue;      /* the message is lost already: keep reading, stop storing */
+    p = s->line.ptr;
+    n = s->line.len;
+    if(n && p[0] == '.') {     /* RFC 5321 4.5.2 transparency */
+      p++;
+      n--;
+    }
+    s->content_len += (long long)n + 2;
+    if(s->content_len > s->max_size || buf_add(&s->msg, p, n) || buf_add(&s->msg, "\r\n", 2)) {
+      *bad |= BAD_SIZE;
+      buf_free(&s->msg);
+    }
+  }
+}
+
+static void cmd_data(struct session *s, const struct smtp_command *cmd)
+{
+  unsigned bad = 0;
+  struct smtp_reply r;
+  int result;
+  if(!s->in_mail) {
+    reply(s, 503, "5.5.1", "Error: need RCPT command");
+    return;
+  }
+  if(s->bdat_active) {
+    reply(s, 503, "5.5.1", "Error: DATA after BDAT");
+    return;
+  }
+  if(!s->env.nrcpts) {
+    if(s->rcpt_tried)
+      reply(s, 554, "5.5.1", "Error: no valid recipients");
+    else
+      reply(s, 503, "5.5.1", "Error: need RCPT command");
+    return;
+  }
+  if(cmd->arglen) {
+    reply(s, 501, "5.5.4", "Syntax: DATA");
+    return;
+  }
+  content_begin(s);
+  conn_printf(s->c, "354 End data with <CR><LF>.<CR><LF>\r\n");
+  result = conn_flush(s->c);
+  if(result) {
+    conn_lost(s, result, "DATA");
+    return;
+  }
+  if(data_read(s, &bad))
+    return;
+  if(!bad) {
+    message_deliver(s, "DATA");
+    return;
+  }
+  if(bad & BAD_LF)
+    smtp_reply_set(&r, 550, "5.6.0", "Message refused: bare LF not allowed");
+  else if(bad & BAD_CR)
+    smtp_reply_set(&r, 550, "5.6.0", "Message refused: bare CR not allowed");
+  else if(bad & BAD_NUL)
+    smtp_reply_set(&r, 550, "5.6.0", "Message refused: NUL not allowed");
+  else if(bad & BAD_LONG)
+    /* RFC 5321 4.5.3.1.6 caps a text line at 1000 octets with CR LF and 4.5.3.1.10 names
+     * "500 Line too long" as the answer; the enhanced code is a media error (RFC 3463 X.6.0)
+     * because it is the content that cannot be carried, and it ends the transaction. */
+    smtp_reply_set(&r, 500, "5.6.0", "Message refused: line too long");
+  else
+    smtp_reply_set(&r, 552, "5.3.4", "Error: message size exceeds fixed limit");
+  reply_send(s, &r, 1);
+  log_reject(s, "DATA", &r, NULL, 0);
+  transaction_reset(s);
+}
+
+/* "BDAT" SP chunk-size [ SP end-marker ] (RFC 3030 2); 0 ok */
+static int bdat_args(const char *p, size_t n, unsigned long long *size, int *last)
+{
+  size_t i = 0, d = 0;
+  *size = 0;
+  *last = 0;
+  while(i < n && p[i] >= '0' && p[i] <= '9') {
+    if(++d > 18)
+      return -1;
+    *size = *size * 10 + (unsigned)(p[i] - '0');
+    i++;
+  }
+  if(!d)
+    return -1;
+  if(i == n)
+    return 0;
+  if(p[i] != ' ')
+    return -1;
+  while(i < n && p[i] == ' ')
+    i++;
+  if(str_casecmp_n(p + i, n - i, "LAST"))
+    return -1;
+  *last = 1;
+  return 0;
+}
+
+static void cmd_bdat(struct session *s, const struct smtp_command *cmd)
+{
+  unsigned long long n;
+  int last, result;
+  struct smtp_reply r;
+  if(bdat_args(cmd->arg, cmd->arglen, &n, &last)) {
+    /* The chunk cannot be delimited, so what follows can be neither read as commands nor
+     * skipped: answer and end the session (RFC 3030 leaves no other way to resynchronise). */
+    reply(s, 501, "5.5.4", "Syntax: BDAT count [LAST]");
+    log_info("reject: BDAT from [%s]: 501 5.5.4 bad chunk size; closing", s->info.peer_ip);
+    s->done = 1;
+    return;
+  }
+  /* the chunk follows the command whatever we answer: it is read (or skipped) first */
+  if(s->c->rend - s->c->rstart < n) {
+    result = conn_flush(s->c);
+    if(result) {
+      conn_lost(s, result, "BDAT");
+      return;
+    }
+  }
+  if(s->bdat_failed) {
+    result = conn_read_exact(s->c, NULL, (size_t)n);
+    if(result) {
+      conn_lost(s, result, "BDAT");
+      return;
+    }
+    /* one failure, one error: the chunks already on their way do not count again */
+    reply_send(s, &s->bdat_fail, 0);
+    if(last)
+      s->bdat_failed = 0;
+    return;
+  }
+  r.code = 0;
+  if(!s->in_mail)
+    smtp_reply_set(&r, 503, "5.5.1", "Error: need MAIL command");
+  else if(!s->env.nrcpts && s->rcpt_tried)
+    smtp_reply_set(&r, 554, "5.5.1", "Error: no valid recipients");
+  else if(!s->env.nrcpts)
+    smtp_reply_set(&r, 503, "5.5.1", "Error: need RCPT command");
+  if(r.code) {
+    result = conn_read_exact(s->c, NULL, (size_t)n);
+    if(result) {
+      conn_lost(s, result, "BDAT");
+      return;
+    }
+    reply_send(s, &r, 1);
+    return;
+  }
+  if(!s->bdat_active) {
+    s->bdat_active = 1;
+    content_begin(s);
+  }
+  if(n > (unsigned long long)(s->max_size - s->content_len)) {
+    result = conn_read_exact(s->c, NULL, (size_t)n);
+    if(result) {
+      conn_lost(s, result, "BDAT");
+      return;
+    }
+    smtp_reply_set(&r, 552, "5.3.4", "Error: message size exceeds fixed limit");
+    reply_send(s, &r, 1);
+    log_reject(s, "BDAT", &r, NULL, 0);
+    transaction_reset(s);
+    if(!last) {
+      s->bdat_failed = 1;
+      s->bdat_fail = r;
+    }
+    return;
+  }
+  result = conn_read_exact(s->c, &s->msg, (size_t)n);
+  if(result) {
+    conn_lost(s, result == CONN_ERROR ? CONN_EOF : result, "BDAT");
+    return;
+  }
+  s->content_len += (long long)n;
+  if(!last) {
+    reply(s, 250, "2.0.0", "Ok: %llu octets", n);
+    return;
+  }
+  message_deliver(s, "BDAT");
+}
+
+/* ---- the session ----------------------------------------------------------------------- */
+
+static const char *const verb_names[ST_N] = {
+  "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP",
+  "STARTTLS", "AUTH", "UNKNOWN",
+};
+
+static enum stat_idx stat_of(enum smtp_verb v)
+{
+  switch(v) {
+  case SMTP_VERB_HELO: return ST_HELO;
+  case SMTP_VERB_EHLO: return ST_EHLO;
+  case SMTP_VERB_MAIL: return ST_MAIL;
+  case SMTP_VERB_RCPT: return ST_RCPT;
+  case SMTP_VERB_DATA: return ST_DATA;
+  case SMTP_VERB_BDAT: return ST_BDAT;
+  case SMTP_VERB_RSET: return ST_RSET;
+  case SMTP_VERB_NOOP: return ST_NOOP;
+  case SMTP_VERB_QUIT: return ST_QUIT;
+  case SMTP_VERB_VRFY: return ST_VRFY;
+  case SMTP_VERB_EXPN: return ST_EXPN;
+  case SMTP_VERB_HELP: return ST_HELP;
+  case SMTP_VERB_STARTTLS: return ST_STARTTLS;
+  case SMTP_VERB_AUTH: return ST_AUTH;
+  default: return ST_UNKNOWN;
+  }
+}
+
+static void command_run(struct session *s, const char *line, size_t len)
+{
+  struct smtp_command cmd;
+  if(smtp_command_parse(line, len, &cmd)) {
+    s->cur = ST_UNKNOWN;
+    s->total[ST_UNKNOWN]++;
+    reply(s, 500, "5.5.2", "Error: bad characters in command");
+    return;
+  }
+  s->cur = stat_of(cmd.verb);
+  s->total[s->cur]++;
+  s->last = verb_names[s->cur];
+  /* Postfix's smtpd_junk_command_limit: an unauthenticated client that only chatters starts
+   * paying errors, so max_errors ends it */
+  if((cmd.verb == SMTP_VERB_NOOP || cmd.verb == SMTP_VERB_VRFY || cmd.verb == SMTP_VERB_RSET ||
+      cmd.verb == SMTP_VERB_HELP) && !s->info.auth_user &&
+     ++s->junk > LIM_SMTP_PREAUTH_COMMANDS)
+    s->errors++;
+  if(cmd.verb != SMTP_VERB_BDAT)
+    s->bdat_failed = 0;
+  switch(cmd.verb) {
+  case SMTP_VERB_HELO:
+    cmd_helo(s, &cmd, 0);
+    break;
+  case SMTP_VERB_EHLO:
+    cmd_helo(s, &cmd, 1);
+    break;
+  case SMTP_VERB_MAIL:
+    cmd_mail(s, &cmd);
+    break;
+  case SMTP_VERB_RCPT:
+    cmd_rcpt(s, &cmd);
+    break;
+  case SMTP_VERB_DATA:
+    cmd_data(s, &cmd);
+    break;
+  case SMTP_VERB_BDAT:
+    cmd_bdat(s, &cmd);
+    break;
+  case SMTP_VERB_RSET:
+    if(cmd.arglen) {
+      reply(s, 501, "5.5.4", "Syntax: RSET");
+      break;
+    }
+    transaction_reset(s);
+    reply(s, 250, "2.0.0", "Ok");
+    break;
+  case SMTP_VERB_NOOP:
+    reply(s, 250, "2.0.0", "Ok");
+    break;
+  case SMTP_VERB_QUIT:
+    reply(s, 221, "2.0.0", "Bye");
+    s->done = 1;
+    break;
+  case SMTP_VERB_VRFY:
+    if(!cmd.arglen)
+      reply(s, 501, "5.5.4", "Syntax: VRFY address");
+    else
+      reply(s, 252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
+    break;
+  case SMTP_VERB_EXPN:
+    reply(s, 502, "5.5.1", "Error: EXPN not implemented");
+    break;
+  case SMTP_VERB_HELP:
+    reply(s, 214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY");
+    break;
+  case SMTP_VERB_STARTTLS:
+  case SMTP_VERB_AUTH:
+    reply(s, 502, "5.5.1", "Error: command not implemented");
+    break;
+  default:
+    /* an HTTP request is a cross-protocol attack through a browser or proxy: hang up, as
+     * Postfix's smtpd_forbidden_commands does */
+    if(!str_casecmp_n(line, len < 4 ? len : 4, "GET ") ||
+       !str_casecmp_n(line, len < 5 ? len : 5, "POST ") ||
+       !str_casecmp_n(line, len < 8 ? len : 8, "CONNECT ")) {
+      char raw[64];
+      reply(s, 221, "2.7.0", "Error: I can break rules, too. Goodbye.");
+      log_warn("non-SMTP command from [%s]: %s", s->info.peer_ip,
+               log_repr(raw, sizeof(raw), line, len));
+      s->done = 1;
+      break;
+    }
+    reply(s, 500, "5.5.2", "Error: command not recognized");
+    break;
+  }
+}
+
+static void info_fill(struct session *s)
+{
+  const struct conn *c = s->c;
+  s->info.listener = s->cfg->listener ? s->cfg->listener : "smtp";
+  s->info.peer_ip = c->peer_ip;
+  s->info.peer_port = c->peer_port;
+  s->info.family = c->peer.ss_family;
+  if(c->peer.ss_family == AF_INET) {
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)&c->peer;
+    memcpy(s->info.peer_addr, &s4->sin_addr, 4);
+    s->info.peer_loopback = s->info.peer_addr[0] == 127;
+  }
+  else if(c->peer.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&c->peer;
+    memcpy(s->info.peer_addr, &s6->sin6_addr, 16);
+    s->info.peer_loopback = IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr);
+  }
+  else if(c->peer.ss_family == AF_UNIX)
+    s->info.peer_loopback = 1;    /* a local socket (tests, a local submission socket) */
+  s->info.helo[0] = '\0';
+  s->info.esmtp = 0;
+  s->info.tls = 0;
+  s->info.auth_user = NULL;
+}
+
+static void stats_log(struct session *s)
+{
+  char line[512];
+  size_t len = 0;
+  unsigned ok = 0, total = 0;
+  int i, n;
+  line[0] = '\0';
+  for(i = 0; i < ST_N; i++) {
+    if(!s->total[i])
+      continue;
+    ok += s->ok[i] > s->total[i] ? s->total[i] : s->ok[i];
+    total += s->total[i];
+    if(s->ok[i] >= s->total[i])
+      n = snprintf(line + len, sizeof(line) - len, " %s=%u", stat_names[i], s->total[i]);
+    else
+      n = snprintf(line + len, sizeof(line) - len, " %s=%u/%u", stat_names[i], s->ok[i],
+                   s->total[i]);
+    if(n > 0 && (size_t)n < sizeof(line) - len)
+      len += (size_t)n;
+  }
+  if(ok == total)
+    log_info("disconnect from %s%s commands=%u", s->info.peer_ip, line, total);
+  else
+    log_info("disconnect from %s%s commands=%u/%u", s->info.peer_ip, line, ok, total);
+}
+
+static int stopping(const struct session *s)
+{
+  return s->cfg->stopping && *s->cfg->stopping;
+}
+
+void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,
+                     const struct smtp_policy *pol, void *pol_ctx)
+{
+  struct session *s;
+  struct smtp_reply r;
+  int result;
+
+  static const struct smtp_policy accept_nothing = { NULL, NULL, NULL, NULL };
+  if(!pol)
+    pol = &accept_nothing;     /* no message callback: every message gets a 451 */
+  s = calloc(1, sizeof(*s));
+  if(!s) {
+    conn_printf(c, "421 4.3.2 Service not available: out of memory\r\n");
+    conn_flush(c);
+    return;
+  }
+  s->c = c;
+  s->cfg = cfg;
+  s->pol = pol;
+  s->pctx = pol_ctx;
+  s->last = "CONNECT";
+  s->host = cfg->hostname ? cfg->hostname : "localhost";
+  s->max_size = cfg->max_message_size > 0 && cfg->max_message_size <= LIM_MESSAGE_SIZE_MAX ?
+                cfg->max_message_size : LIM_MESSAGE_SIZE_MAX;
+  s->max_rcpt = cfg->max_recipients > 0 ? cfg->max_recipients : LIM_SMTP_RCPT_DEFAULT;
+  s->max_errors = cfg->max_errors > 0 ? cfg->max_errors : LIM_SMTP_ERRORS;
+  c->idle_ms = cfg->idle_ms > 0 ? cfg->idle_ms :
+               c->idle_ms > 0 ? c->idle_ms : LIM_SMTP_IDLE_SECONDS * 1000;
+  if(cfg->session_ms > 0)
+    c->deadline_ms = time_mono_ms() + cfg->session_ms;
+  buf_init(&s->msg, (size_t)s->max_size + MSG_MARGIN);
+  buf_init(&s->line, LIM_SMTP_TEXT_LINE + 16);
+  info_fill(s);
+  log_info("connect from %s", s->info.peer_ip);
+
+  memset(&r, 0, sizeof(r));
+  if(pol->connect && pol->connect(pol_ctx, &s->info, &r)) {
+    if(r.code < 400 || r.code > 599)
+      smtp_reply_set(&r, 554, "5.7.1", "Error: connection refused");
+    reply_send(s, &r, 0);
+    log_info("reject: CONNECT from [%s]: %03d %s %s", s->info.peer_ip, r.code, r.enh, r.text);
+    goto out;
+  }
+  conn_printf(c, "220 %s ESMTP Postern\r\n", s->host);
+
+  while(!s->done) {
+    unsigned fl = 0;
+    if(stopping(s)) {
+      reply(s, 421, "4.3.2", "%s Service shutting down", s->host);
+      break;
+    }
+    /* RFC 2920: replies wait while more pipelined commands are already here */
+    if(!conn_has_input(c) && conn_flush(c))
+      break;
+    result = conn_read_line(c, &s->line, LIM_SMTP_COMMAND_LINE, &fl);
+    if(result == CONN_TOO_LONG && !(fl & CONN_LINE_EOF)) {
+      s->cur = ST_UNKNOWN;
+      s->total[ST_UNKNOWN]++;
+      reply(s, 500, "5.5.2", "Error: line too long");
+    }
+    else if(result) {
+      if(result == CONN_TIMEOUT)
+        conn_lost(s, result, NULL);
+      break;
+    }
+    else if(fl & CONN_LINE_EOF)
+      break;         /* a command cut off by EOF is not a command */
+    else if(stopping(s)) {
+      reply(s, 421, "4.3.2", "%s Service shutting down", s->host);
+      break;
+    }
+    else
+      command_run(s, s->line.ptr, s->line.len);
+    if(!s->done && s->errors >= s->max_errors) {
+      reply(s, 421, "4.7.0", "%s Error: too many errors", s->host);
+      log_info("too many errors from [%s]", s->info.peer_ip);
+      break;
+    }
+  }
+
+out:
+  /* the last words (a 421 for a spent deadline among them) get a short grace of their own */
+  c->deadline_ms = time_mono_ms() + FINAL_FLUSH_MS;
+  if(c->idle_ms <= 0 || c->idle_ms > FINAL_FLUSH_MS)
+    c->idle_ms = FINAL_FLUSH_MS;
+  conn_flush(c);
+  stats_log(s);
+  buf_free(&s->msg);
+  buf_free(&s->line);
+  free(s->env.rcpts);
+  free(s);
+}
