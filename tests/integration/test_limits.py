@@ -1,0 +1,504 @@
+# Every input limit answered with the right code, and the server still serving other clients
+# while (and after) an offending session misbehaves. Nothing refused may end up in the store.
+import base64
+import os
+import random
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import assert_serving, check_stored, dot_stuff, good_message
+
+MSG = b"From: a@clinic.test\r\nTo: b@example.test\r\nSubject: limits\r\n\r\nbody\r\n"
+
+
+def sendall_bg(c, data):
+    """Sends data from a thread (the server may stop reading or close); returns the thread and a
+    list that receives the exception, if any."""
+    errs = []
+
+    def run():
+        try:
+            c.sock.sendall(data)
+        except OSError as e:
+            errs.append(e)
+    c.log.append((">", data[:100] + b"...(%d bytes)" % len(data)))
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, errs
+
+
+def test_command_line_limit(daemon):
+    d = daemon
+    with d.smtp() as c:
+        c.greet()
+        c.cmd_expect("NOOP " + "x" * 505, 250)             # 512 octets with CRLF: the limit
+        c.cmd_expect("NOOP " + "x" * 506, 500, "5.5.2")    # 513 octets
+        cmd = "MAIL FROM:<" + "a" * 574 + "@clinic.test>"
+        assert len(cmd) + 2 == 600
+        c.cmd_expect(cmd, 500, "5.5.2")
+        assert_serving(d, "cmdline")                        # while this session is open
+        # The tail of an overlong line is not taken as a command; the session goes on.
+        c.cmd_expect("NOOP " + "y" * 1500 + " RSET", 500, "5.5.2")
+        assert c.pending(0.5) == b"", "more than one reply to one overlong line"
+        r = c.send_message("a@clinic.test", ["b@example.test"], MSG)
+        assert r.code == 250, r
+        c.cmd_expect("QUIT", 221)
+    check_stored(d.queue_cat(r.queue_id()), MSG)
+
+
+def test_max_recipients(daemon):
+    d = daemon    # max_recipients = 100
+    with d.smtp() as c:
+        c.greet()
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        rcpts = [f"r{i}@example.test" for i in range(101)]
+        for r in rcpts[:100]:
+            c.cmd_expect(f"RCPT TO:<{r}>", 250)
+        c.cmd_expect(f"RCPT TO:<{rcpts[100]}>", 452, "4.5.3")
+        c.cmd_expect(f"RCPT TO:<{rcpts[100]}>", 452, "4.5.3")
+        assert_serving(d, "rcpts")
+        c.cmd_expect("DATA", 354)
+        c.send(dot_stuff(MSG) + b".\r\n")
+        r = c.expect(250)
+        c.cmd_expect("QUIT", 221)
+    e = d.queue_entry(r.queue_id())
+    assert [x["address"] for x in e["recipients"]] == rcpts[:100], \
+        f"stored {len(e['recipients'])} recipients, expected the first 100"
+
+
+def test_size_parameter(daemon):
+    d = daemon
+    limit = 35 * 1024 * 1024
+    with d.smtp() as c:
+        r = c.greet()
+        assert f"250-SIZE {limit}" in [l for l in r.lines] or f"250 SIZE {limit}" in r.lines, r
+        c.cmd_expect(f"MAIL FROM:<a@clinic.test> SIZE={limit + 1}", 552, "5.3.4")
+        c.cmd_expect(f"MAIL FROM:<a@clinic.test> SIZE={10 ** 15}", 552, "5.3.4")
+        assert_serving(d, "sizeparam")
+        c.cmd_expect(f"MAIL FROM:<a@clinic.test> SIZE={limit}", 250)
+        c.cmd_expect("RSET", 250)
+        c.cmd_expect("QUIT", 221)
+
+
+def big_body(n):
+    line = b"0123456789" * 7 + b"abcd\r\n"                # 76 octets
+    return MSG + line * (n // len(line))
+
+
+def test_message_size_enforced(daemon_factory):
+    d = daemon_factory({"max_message_size": "1M"})
+    before = d.stored_ids()
+    with d.smtp(timeout=30) as c:
+        r = c.greet()
+        assert any(l[4:] == "SIZE 1048576" for l in r.lines), f"SIZE not announced as 1M: {r!r}"
+        # Under the limit (leaving room for the added headers): accepted.
+        small = big_body(1024 * 1024 - 16 * 1024)
+        r = c.send_message("a@clinic.test", ["b@example.test"], small)
+        assert r.code == 250, r
+        ok_id = r.queue_id()
+        # Over it, without SIZE=: refused after the data, the session goes on.
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        c.cmd_expect("RCPT TO:<b@example.test>", 250)
+        c.cmd_expect("DATA", 354)
+        t, errs = sendall_bg(c, dot_stuff(big_body(1300 * 1024)) + b".\r\n")
+        c.expect(552, "5.3.4", timeout=30)
+        t.join(30)
+        assert not errs, f"server stopped reading the oversized message: {errs}"
+        assert_serving(d, "bigdata")
+        c.cmd_expect("RSET", 250)
+        # The same with BDAT.
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        c.cmd_expect("RCPT TO:<b@example.test>", 250)
+        chunk = big_body(1300 * 1024)
+        t, errs = sendall_bg(c, b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+        c.expect(552, "5.3.4", timeout=30)
+        t.join(30)
+        c.cmd_expect("RSET", 250)
+        c.cmd_expect("NOOP", 250)
+        c.cmd_expect("QUIT", 221)
+    check_stored(d.queue_cat(ok_id), small)
+    new = d.stored_ids() - before
+    assert len(new) == 2, f"expected the small message and the serving check only, store has {new}"
+
+
+def test_too_many_errors(daemon_factory):
+    d = daemon_factory({"max_errors": "5"})
+    with d.smtp() as c:
+        c.greet()
+        codes = []
+        for i in range(7):
+            try:
+                c.send(b"XYZZY %d\r\n" % i)
+            except OSError:
+                break
+            data = c.pending(0.5)
+            got = [int(l[:3]) for l in data.split(b"\r\n") if l[:3].isdigit()]
+            codes.append(got)
+            if 421 in got or c.eof:
+                break
+        flat = [x for g in codes for x in g]
+        if 421 not in flat:
+            c.fail(f"no 421 after {len(codes)} bad commands (max_errors = 5): {codes}")
+        first421 = next(i for i, g in enumerate(codes) if 421 in g)
+        if not 4 <= first421 <= 5:
+            c.fail(f"421 came with bad command #{first421 + 1}, expected #5 or #6: {codes}")
+        assert all(500 <= x < 600 for g in codes[:first421] for x in g) and all(codes[:first421]), \
+            f"bad commands before the 421 not each answered 5xx: {codes}"
+        if not c.wait_closed(5):
+            c.fail("connection still open after 421")
+    assert_serving(d, "errors")
+
+
+def test_idle_timeout(daemon_factory):
+    d = daemon_factory({"idle_timeout": "2s"})
+    idle = d.smtp()
+    busy = d.smtp()
+    try:
+        idle.greet()
+        busy.greet()
+        t0 = time.monotonic()
+        time.sleep(1.0)
+        assert idle.pending(0) == b"", "idle session answered before the idle timeout"
+        # A session that keeps talking is not idle.
+        while time.monotonic() - t0 < 4.5:
+            busy.cmd_expect("NOOP", 250)
+            time.sleep(0.5)
+        r = idle.expect(421, "4.4.2", timeout=5)
+        if not idle.wait_closed(5):
+            idle.fail("connection still open after the idle-timeout 421")
+        busy.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        busy.cmd_expect("RSET", 250)
+        assert_serving(d, "idle")
+    finally:
+        idle.close()
+        busy.close()
+
+
+def test_session_deadline(daemon_factory):
+    d = daemon_factory({"idle_timeout": "2s", "session_timeout": "4s"})
+    with d.smtp() as c:
+        c.greet()
+        t0 = time.monotonic()
+        got = None
+        while time.monotonic() - t0 < 12:
+            try:
+                c.send(b"NOOP\r\n")
+                r = c.read_reply(5)
+            except (EOFError, OSError):
+                break
+            if r.code == 421:
+                got = time.monotonic() - t0
+                break
+            assert r.code == 250, r
+            time.sleep(0.4)
+        if got is None:
+            c.fail("no 421 from a session older than session_timeout = 4s")
+        assert 3.0 <= got <= 9, f"session ended after {got:.1f}s, session_timeout is 4s"
+        if not c.wait_closed(5):
+            c.fail("connection still open after the session-deadline 421")
+    assert_serving(d, "deadline")
+
+
+def test_max_clients(daemon_factory):
+    d = daemon_factory({"max_clients": "3"})
+    held = []
+    try:
+        # The readiness probe's session may take a moment to be counted out: allow a retry.
+        deadline = time.monotonic() + 5
+        while len(held) < 3:
+            c = d.smtp()
+            r = c.read_reply()
+            if r.code == 220:
+                held.append(c)
+                continue
+            c.close()
+            assert time.monotonic() < deadline, f"only {len(held)} sessions accepted with max_clients = 3: {r!r}"
+            time.sleep(0.1)
+        for c in held:
+            c.cmd_expect("EHLO client.test", 250)
+        with d.smtp() as extra:
+            r = extra.read_reply()
+            if r.code != 421:
+                extra.fail(f"fourth client got {r!r} with max_clients = 3")
+            if not extra.wait_closed(5):
+                extra.fail("fourth client's connection still open after 421")
+        # The held sessions are still served.
+        r = held[0].send_message("a@clinic.test", ["b@example.test"], MSG)
+        assert r.code == 250, r
+        check_stored(d.queue_cat(r.queue_id()), MSG)
+        # Once one leaves, a new client gets in.
+        held[1].cmd_expect("QUIT", 221)
+        held[1].close()
+        deadline = time.monotonic() + 5
+        while True:
+            with d.smtp() as c:
+                r = c.read_reply()
+                if r.code == 220:
+                    c.cmd_expect("QUIT", 221)
+                    break
+            assert time.monotonic() < deadline, f"no room after a client left: {r!r}"
+            time.sleep(0.1)
+    finally:
+        for c in held:
+            c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# SMTP smuggling and other malformed DATA.
+
+SMUGGLED = (b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n"
+            b"From: ceo@clinic.test\r\nSubject: SMUGGLED\r\n\r\nSMUGGLED-BODY\r\n")
+
+SMUGGLE_VARIANTS = {
+    "lf-dot-lf": b"\n.\n",
+    "crlf-dot-lf": b"\r\n.\n",
+    "lf-dot-crlf": b"\n.\r\n",
+    "cr-dot-cr": b"\r.\r",
+    "crlf-dot-cr": b"\r\n.\r",
+    "cr-dot-crlf": b"\r.\r\n",
+    "bare-lf": b"\nx\r\n",
+    "bare-cr": b"\rx\r\n",
+}
+
+
+def refused_data(d, c, payload, expect_code=550, expect_enh="5.6.0", label=""):
+    """Sends a transaction whose content is payload (sent raw, no stuffing) + CRLF.CRLF; checks
+    the content is not ended early, gets exactly one refusal, and the session goes on."""
+    c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+    c.cmd_expect("RCPT TO:<b@example.test>", 250)
+    c.cmd_expect("DATA", 354)
+    c.send(payload)
+    early = c.pending(1.0)
+    if early:
+        c.fail(f"{label}: the server answered before the real end of data: {early!r}")
+    c.send(b"\r\n.\r\n")
+    r = c.read_reply(30)
+    if r.code != expect_code and not (expect_code is None and 500 <= r.code < 600):
+        c.fail(f"{label}: expected {expect_code or '5xx'} {expect_enh or ''}, got {r!r}")
+    if expect_enh and r.enhanced != expect_enh:
+        c.fail(f"{label}: expected enhanced code {expect_enh}, got {r!r}")
+    extra = c.pending(0.7)
+    if extra:
+        c.fail(f"{label}: replies after the refusal (smuggled commands executed?): {extra!r}")
+    c.cmd_expect("RSET", 250)
+    c.cmd_expect("NOOP", 250)
+    return r
+
+
+def assert_nothing_with(d, marker, known):
+    for e in d.queue_list():
+        if e["id"] in known:
+            continue
+        body = d.queue_cat(e["id"])
+        assert marker not in body, f"message {e['id']} holds refused content {marker!r}"
+        assert e["sender"] != "evil@attacker.test", f"smuggled message stored: {e}"
+
+
+@pytest.mark.parametrize("variant", list(SMUGGLE_VARIANTS))
+def test_smuggling_refused(daemon, variant):
+    d = daemon
+    seq = SMUGGLE_VARIANTS[variant]
+    payload = (b"From: a@clinic.test\r\nSubject: carrier\r\n\r\nharmless line" + seq + SMUGGLED)
+    with d.smtp() as c:
+        c.greet()
+        refused_data(d, c, payload, label=variant)
+        good = assert_serving(d, "smuggle")
+        c.cmd_expect("QUIT", 221)
+    assert_nothing_with(d, b"SMUGGLED", {good})
+
+
+def test_nul_refused(daemon):
+    d = daemon
+    payload = b"From: a@clinic.test\r\nSubject: nul\r\n\r\nbefore\x00after NUL-MARKER\r\nmore"
+    with d.smtp() as c:
+        c.greet()
+        refused_data(d, c, payload, label="NUL")
+        good = assert_serving(d, "nul")
+    assert_nothing_with(d, b"NUL-MARKER", {good})
+
+
+def test_text_line_limit(daemon):
+    d = daemon
+    with d.smtp() as c:
+        c.greet()
+        ok = b"From: a@clinic.test\r\nSubject: 1000\r\n\r\n" + b"x" * 998 + b"\r\nend\r\n"
+        r = c.send_message("a@clinic.test", ["b@example.test"], ok)
+        assert r.code == 250, f"a 1000-octet line (with CRLF) was refused: {r!r}"
+        ok_id = r.queue_id()
+        for n in (999, 5000, 200000):
+            payload = b"From: a@clinic.test\r\nSubject: LONG-LINE\r\n\r\n" + b"y" * n + b"\r\nafter"
+            refused_data(d, c, payload, expect_code=None, expect_enh=None, label=f"line of {n + 2}")
+        good = assert_serving(d, "textline")
+        c.cmd_expect("QUIT", 221)
+    check_stored(d.queue_cat(ok_id), ok)
+    assert_nothing_with(d, b"LONG-LINE", {ok_id, good})
+
+
+def test_garbage_input(daemon):
+    d = daemon
+    rnd = random.Random(1234)
+    garbage = rnd.randbytes(256 * 1024)
+    with d.smtp(timeout=10) as c:
+        c.expect(220)
+        t, errs = sendall_bg(c, garbage)
+        deadline = time.monotonic() + 20
+        while not c.eof and time.monotonic() < deadline:
+            try:
+                c._fill(1)
+            except (socket.timeout, OSError):
+                pass
+        t.join(10)
+        replies = [l for l in c.buf.split(b"\r\n") if l[:3].isdigit()]
+        assert replies or c.eof, "no reply at all to 256 KB of garbage"
+        accepted = [l for l in replies if l[:1] == b"2"]
+        assert not accepted, f"garbage accepted as commands: {accepted[:5]}"
+    assert d.running(), "daemon died on garbage input\n" + d.log_tail()
+    assert_serving(d, "garbage")
+
+
+def test_endless_command_line(daemon):
+    d = daemon
+    with d.smtp(timeout=10) as c:
+        c.greet()
+        t, errs = sendall_bg(c, b"A" * (4 * 1024 * 1024) + b"\r\n")
+        deadline = time.monotonic() + 20
+        while not c.eof and time.monotonic() < deadline:
+            try:
+                c._fill(1)
+            except (socket.timeout, OSError):
+                pass
+            if b"\r\n" in c.buf and not t.is_alive():
+                break
+        t.join(10)
+        rest = c.pending(0.5)
+        replies = [l for l in rest.split(b"\r\n") if l[:3].isdigit()]
+        assert replies or c.eof, "neither an answer nor a close after a 4 MB line"
+        assert all(l[:1] in (b"4", b"5") for l in replies), f"4 MB line accepted: {replies[:5]}"
+        if not c.eof:
+            c.cmd_expect("NOOP", 250)
+    assert d.running(), "daemon died on a 4 MB line\n" + d.log_tail()
+    assert_serving(d, "endless")
+
+
+def test_endless_data_line_memory(daemon):
+    """48 MB without a newline inside DATA: refused, and the daemon's peak memory does not
+    grow with it."""
+    d = daemon
+    assert_serving(d, "warm-up")
+    hwm0 = d.vm_hwm_kb()
+    with d.smtp(timeout=30) as c:
+        c.greet()
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        c.cmd_expect("RCPT TO:<b@example.test>", 250)
+        c.cmd_expect("DATA", 354)
+        block = b"Z" * (1024 * 1024)
+        closed = False
+        for _ in range(48):
+            try:
+                c.sock.sendall(block)
+            except OSError:
+                closed = True
+                break
+        if not closed:
+            try:
+                c.send(b"\r\n.\r\n")
+                r = c.read_reply(30)
+                assert 500 <= r.code < 600, f"48 MB line accepted: {r!r}"
+            except (EOFError, OSError):
+                pass
+    grown = d.vm_hwm_kb() - hwm0
+    assert grown < 24 * 1024, f"daemon peak memory grew by {grown} kB for a 48 MB line"
+    assert d.running()
+    assert_serving(d, "endless-data")
+
+
+# ---------------------------------------------------------------------------------------------
+# Store errors.
+
+def test_store_locked_gives_451(daemon):
+    """Another process holds the database's write lock longer than the store waits: 451 4.3.0,
+    never 250, and once the lock is gone mail flows again."""
+    d = daemon
+    db = sqlite3.connect(os.path.join(d.data_dir, "postern.db"), timeout=5, isolation_level=None)
+    try:
+        db.execute("BEGIN EXCLUSIVE")
+        with d.smtp(timeout=60) as c:
+            c.greet()
+            content = good_message("locked").replace(b"good locked", b"LOCKED-MARKER")
+            t0 = time.monotonic()
+            r = c.send_message("a@clinic.test", ["b@example.test"], content)
+            if (r.code, r.enhanced) != (451, "4.3.0"):
+                c.fail(f"store locked: expected 451 4.3.0, got {r!r} after {time.monotonic() - t0:.1f}s")
+            db.execute("ROLLBACK")
+            r = c.send_message("a@clinic.test", ["b@example.test"], good_message("unlocked"))
+            assert r.code == 250, f"no mail accepted after the lock was released: {r!r}"
+    finally:
+        db.close()
+    assert_nothing_with(d, b"LOCKED-MARKER", set())
+    assert_serving(d, "after-lock")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for the full-disk test needs root")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.decode().strip()}")
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_full_disk_gives_452(small_tmpfs, daemon_factory):
+    d = daemon_factory(data_dir=small_tmpfs)
+    assert_serving(d, "tmpfs-start")
+    # Fill the file system, leaving ~400 KB, so the store runs into ENOSPC after a few messages.
+    st = os.statvfs(small_tmpfs)
+    free = st.f_bavail * st.f_frsize
+    filler = os.path.join(small_tmpfs, "filler")
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - 400 * 1024))
+    accepted, full = {}, 0
+    rnd = random.Random(452)
+    with d.smtp(timeout=60) as c:
+        c.greet()
+        for i in range(40):
+            content = (f"From: a@clinic.test\r\nSubject: FULL-{i}\r\n\r\n".encode()
+                       + base64.encodebytes(rnd.randbytes(75 * 1024)).replace(b"\n", b"\r\n"))
+            r = c.send_message("a@clinic.test", ["b@example.test"], content)
+            if r.code == 250:
+                accepted[r.queue_id()] = content
+                continue
+            if (r.code, r.enhanced) != (452, "4.3.1"):
+                c.fail(f"disk full: expected 452 4.3.1, got {r!r}")
+            full += 1
+            if full >= 3:
+                break
+            c.cmd_expect("RSET", 250)
+        assert full, f"the 4 MB file system never filled up ({len(accepted)} messages accepted)"
+        # Free the space: mail flows again, in the same session and in new ones.
+        os.unlink(filler)
+        c.cmd_expect("RSET", 250)
+        content = good_message("after-full")
+        r = c.send_message("a@clinic.test", ["b@example.test"], content)
+        assert r.code == 250, f"still refusing after space was freed: {r!r}"
+        accepted[r.queue_id()] = content
+    assert_serving(d, "tmpfs-freed")
+    # Every acknowledged message intact; nothing else (no half-stored message from the refusals).
+    entries = {e["id"]: e for e in d.queue_list()}
+    for qid, content in accepted.items():
+        assert qid in entries, f"acknowledged message {qid} missing"
+        check_stored(d.queue_cat(qid), content)
+    for qid, e in entries.items():
+        body = d.queue_cat(qid)
+        if qid not in accepted:
+            assert b"Subject: FULL-" not in body, f"refused message stored as {qid}"
