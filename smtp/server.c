@@ -105,21 +105,21 @@ static const char *proto_name(const struct session *s)
 
 /* "reject: RCPT from [ip]: 452 4.5.3 ...; from=<a> to=<b> proto=ESMTP helo=<h>" */
 static void log_reject(struct session *s, const char *what, const struct smtp_reply *r,
-                       const char *to, size_t tolen)
+                       const struct smtp_path_params *mail, const char *to, size_t tolen)
 {
   char raw[LIM_SMTP_REPLY_LINE + 32], rs[LIM_LOG_FIELD * 4 + 8];
   char from[LIM_LOG_FIELD * 4 + 8], rcpt[LIM_LOG_FIELD * 4 + 8], helo[LIM_LOG_FIELD * 4 + 8];
   /* a policy's reply may quote the client's address back: it is attacker bytes too */
   smtp_reply_str(r, raw, sizeof(raw));
   log_repr(rs, sizeof(rs), raw, strlen(raw));
-  if(s->in_mail)
-    log_repr(from, sizeof(from), s->env.mail.path, s->env.mail.pathlen);
+  if(mail)
+    log_repr(from, sizeof(from), mail->path, mail->pathlen);
   log_repr(helo, sizeof(helo), s->info.helo, strlen(s->info.helo));
   if(to)
     log_repr(rcpt, sizeof(rcpt), to, tolen);
   log_info("%s%sreject: %s from [%s]: %s;%s%s%s%s%s%s proto=%s helo=<%s>",
            s->env.id[0] ? s->env.id : "", s->env.id[0] ? ": " : "", what, s->info.peer_ip, rs,
-           s->in_mail ? " from=<" : "", s->in_mail ? from : "", s->in_mail ? ">" : "",
+           mail ? " from=<" : "", mail ? from : "", mail ? ">" : "",
            to ? " to=<" : "", to ? rcpt : "", to ? ">" : "", proto_name(s), helo);
 }
 
@@ -290,13 +290,13 @@ static void message_deliver(struct session *s, const char *what)
     smtp_reply_set(&r, 451, "4.3.0", "Error: insufficient system resources");
   else if(s->pol->message)
     s->pol->message(s->pctx, &s->info, &s->env, s->msg.ptr ? s->msg.ptr : "", s->msg.len, &r);
-  if(r.code < 200 || r.code > 599) {
+  if(r.code < 200 || r.code > 599 || (r.code >= 300 && r.code < 400)) {
     /* never a false 250: a policy that said nothing did not make the message durable */
     smtp_reply_set(&r, 451, "4.3.0", "Error: message not accepted");
   }
   reply_send(s, &r, 1);
   if(r.code >= 400)
-    log_reject(s, what, &r, NULL, 0);
+    log_reject(s, what, &r, &s->env.mail, NULL, 0);
   transaction_reset(s);
 }
 
@@ -362,17 +362,14 @@ static void cmd_mail(struct session *s, const struct smtp_command *cmd)
   else if(p.size > s->max_size)
     smtp_reply_set(&r, 552, "5.3.4", "Message size exceeds fixed limit");
   else if(s->pol->mail && s->pol->mail(s->pctx, &s->info, &p, &r)) {
-    if(r.code < 400)
+    if(r.code < 400 || r.code > 599)
       smtp_reply_set(&r, 550, "5.7.1", "Error: sender rejected");
   }
   else
     r.code = 0;
   if(r.code) {
     reply_send(s, &r, 1);
-    s->env.mail = p;    /* for the log line only */
-    s->in_mail = 1;
-    log_reject(s, "MAIL", &r, NULL, 0);
-    s->in_mail = 0;
+    log_reject(s, "MAIL", &r, &p, NULL, 0);
     return;
   }
   s->env.mail = p;
@@ -407,7 +404,7 @@ static void cmd_rcpt(struct session *s, const struct smtp_command *cmd)
   else if(s->env.nrcpts >= (size_t)s->max_rcpt)
     smtp_reply_set(&r, 452, "4.5.3", "Error: too many recipients");
   else if(s->pol->rcpt && s->pol->rcpt(s->pctx, &s->info, &s->env, &p, &r)) {
-    if(r.code < 400)
+    if(r.code < 400 || r.code > 599)
       smtp_reply_set(&r, 550, "5.1.1", "Error: recipient rejected");
   }
   else
@@ -427,7 +424,7 @@ static void cmd_rcpt(struct session *s, const struct smtp_command *cmd)
   }
   if(r.code) {
     reply_send(s, &r, 1);
-    log_reject(s, "RCPT", &r, p.path, p.pathlen);
+    log_reject(s, "RCPT", &r, &s->env.mail, p.path, p.pathlen);
     return;
   }
   s->env.rcpts[s->env.nrcpts++] = p;
@@ -559,7 +556,7 @@ static void cmd_data(struct session *s, const struct smtp_command *cmd)
   else
     smtp_reply_set(&r, 552, "5.3.4", "Error: message size exceeds fixed limit");
   reply_send(s, &r, 1);
-  log_reject(s, "DATA", &r, NULL, 0);
+  log_reject(s, "DATA", &r, &s->env.mail, NULL, 0);
   transaction_reset(s);
 }
 
@@ -650,7 +647,7 @@ static void cmd_bdat(struct session *s, const struct smtp_command *cmd)
     }
     smtp_reply_set(&r, 552, "5.3.4", "Error: message size exceeds fixed limit");
     reply_send(s, &r, 1);
-    log_reject(s, "BDAT", &r, NULL, 0);
+    log_reject(s, "BDAT", &r, &s->env.mail, NULL, 0);
     transaction_reset(s);
     if(!last) {
       s->bdat_failed = 1;
