@@ -202,6 +202,7 @@ static void *session_main(void *arg)
   scfg.session_ms = cfg->session_timeout * 1000;
   scfg.add_missing_headers = l->role == CFG_ROLE_SUBMISSION;
   scfg.stopping = &d->stopping;
+  scfg.wake_fd = d->stop_pipe[0];
   pctx.cfg = cfg;
   pctx.listener = l;
   pctx.store = d->st;

@@ -72,6 +72,7 @@ void conn_init(struct conn *c, int fd, int idle_ms)
 {
   int fl;
   memset(c, 0, sizeof(*c));
+  c->wake_fd = -1;
   c->fd = fd;
   c->ops = NULL;
   c->ops_ctx = NULL;
@@ -109,7 +110,8 @@ static int conn_wait(struct conn *c, short events, long long start)
   for(;;) {
     long long now = time_mono_ms();
     long long left = -1;
-    struct pollfd pfd;
+    struct pollfd pfd[2];
+    nfds_t n = 1;
     int r;
     if(c->idle_ms > 0) {
       left = start + c->idle_ms - now;
@@ -123,12 +125,20 @@ static int conn_wait(struct conn *c, short events, long long start)
       if(left < 0 || dl < left)
         left = dl;
     }
-    pfd.fd = c->fd;
-    pfd.events = events;
-    pfd.revents = 0;
-    r = poll(&pfd, 1, left < 0 ? -1 : (int)(left > 60000 ? 60000 : left));
-    if(r > 0)
+    pfd[0].fd = c->fd;
+    pfd[0].events = events;
+    pfd[0].revents = 0;
+    if(c->wake_fd >= 0 && (events & POLLIN)) {
+      pfd[1].fd = c->wake_fd;
+      pfd[1].events = POLLIN;
+      pfd[1].revents = 0;
+      n = 2;
+    }
+    r = poll(pfd, n, left < 0 ? -1 : (int)(left > 60000 ? 60000 : left));
+    if(r > 0 && pfd[0].revents)
       return CONN_OK;      /* POLLHUP/POLLERR too: the next read or write tells what */
+    if(r > 0)
+      return CONN_WOKEN;
     if(r < 0 && errno != EINTR)
       return CONN_ERROR;
   }

@@ -23,6 +23,7 @@ enum conn_result {
   CONN_TIMEOUT,      /* idle timeout or session deadline */
   CONN_TOO_LONG,     /* line longer than allowed; the rest of it was discarded */
   CONN_ERROR,        /* I/O error */
+  CONN_WOKEN,        /* wake_fd became readable while waiting for input */
 };
 
 struct conn {
@@ -39,6 +40,8 @@ struct conn {
   char peer_ip[64];                     /* printable peer address */
   int peer_port;
   int eof;
+  int wake_fd;                          /* -1, or an fd whose readability ends a read wait
+                                           (the daemon's stop signal for idle sessions) */
 };
 
 void conn_init(struct conn *c, int fd, int idle_ms);

@@ -835,9 +835,10 @@ static void stats_log(struct session *s)
     log_info("disconnect from %s%s commands=%u/%u", s->info.peer_ip, line, ok, total);
 }
 
+/* A shutdown ends a session between transactions; an open transaction may still finish */
 static int stopping(const struct session *s)
 {
-  return s->cfg->stopping && *s->cfg->stopping;
+  return s->cfg->stopping && *s->cfg->stopping && !s->in_mail && !s->bdat_failed;
 }
 
 void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,
@@ -894,7 +895,15 @@ void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,
     /* RFC 2920: replies wait while more pipelined commands are already here */
     if(!conn_has_input(c) && conn_flush(c))
       break;
+    /* an idle session between transactions is told of a shutdown at once; one inside a
+     * transaction may finish it (the daemon's grace period bounds that) */
+    c->wake_fd = s->cfg->wake_fd > 0 && !s->in_mail && !s->bdat_failed ? s->cfg->wake_fd : -1;
     result = conn_read_line(c, &s->line, LIM_SMTP_COMMAND_LINE, &fl);
+    c->wake_fd = -1;
+    if(result == CONN_WOKEN) {
+      reply(s, 421, "4.3.2", "%s Service shutting down", s->host);
+      break;
+    }
     if(result == CONN_TOO_LONG && !(fl & CONN_LINE_EOF)) {
       s->cur = ST_UNKNOWN;
       s->total[ST_UNKNOWN]++;

@@ -53,10 +53,123 @@ struct smtp_server_cfg {
   long long session_ms;               /* total session deadline */
   int add_missing_headers;            /* add Message-ID: and Date: when absent (submission) */
   volatile int *stopping;             /* when set, a session ends at the next command with 421 */
+  int wake_fd;                        /* readable once stopping is set: wakes sessions that
+                                         wait for a command outside a transaction; 0 none
+                                         (configurations are zero-initialised) */
 };
 
 /* Runs one session to its end on c (already accepted), then returns; c is not freed. */
 void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,
                      const struct smtp_policy *pol, void *pol_ctx);
+
+/* ---- the client engine -------------------------------------------------------------------
+ * One upstream session in steps the smtp transport runs in a row and the doctor
+ * (`posternctl check`) runs one at a time: connect (and implicit TLS) with the greeting, EHLO,
+ * STARTTLS, AUTH, transactions, RSET, QUIT. Every step returns one of enum smtp_client_result
+ * and fills a reply: the server's, or one made up for what happened on our side (a refused
+ * connection, a failed handshake) with the code it maps to. */
+
+enum smtp_client_result {
+  SMTP_CLIENT_OK = 0,
+  SMTP_CLIENT_REPLY,      /* the server answered, not with success: r holds it; the session
+                           * is still usable */
+  SMTP_CLIENT_FAILED,     /* the session is unusable (I/O, timeout, TLS, protocol): r says why */
+  SMTP_CLIENT_AUTH,       /* the server refused our credentials (535 and friends): r holds it */
+  SMTP_CLIENT_STALE,      /* a reused connection was found dead before anything was sent:
+                           * open a new one and try again */
+};
+
+enum smtp_client_tls {
+  SMTP_CLIENT_TLS_NONE = 0, SMTP_CLIENT_TLS_STARTTLS, SMTP_CLIENT_TLS_OPPORTUNISTIC,
+  SMTP_CLIENT_TLS_IMPLICIT,
+};
+
+struct smtp_client_cfg {
+  const char *host;               /* connected to, sent as SNI, checked in the certificate */
+  int port;
+  enum smtp_client_tls tls;
+  int verify_peer;                /* 0: verify = none */
+  const char *ca_file;            /* NULL: the system's CA store */
+  const char *tls_min_version;    /* "TLSv1.2" (NULL) or "TLSv1.3" */
+  const char *helo;               /* our name in EHLO */
+  int connect_timeout_ms;         /* per address; 0: 30 s */
+  int command_timeout_ms;         /* per reply; 0: 300 s (RFC 5321 4.5.3.2) */
+  int data_timeout_ms;            /* the reply to the final "."; 0: 600 s */
+  const char *log_name;           /* the upstream's name in log lines */
+  int trace;                      /* the transcript at debug level, AUTH payloads masked */
+};
+
+#define SMTP_CAP_ESMTP       0x001  /* EHLO worked (else HELO) */
+#define SMTP_CAP_SIZE        0x002
+#define SMTP_CAP_PIPELINING  0x004
+#define SMTP_CAP_STARTTLS    0x008
+#define SMTP_CAP_AUTH        0x010
+#define SMTP_CAP_8BITMIME    0x020
+#define SMTP_CAP_SMTPUTF8    0x040
+#define SMTP_CAP_ENHANCED    0x080  /* ENHANCEDSTATUSCODES */
+#define SMTP_CAP_DSN         0x100
+
+struct smtp_client_caps {
+  unsigned flags;                 /* SMTP_CAP_* */
+  long long size;                 /* SIZE value; 0 when none was given */
+  char auth[256];                 /* the AUTH mechanisms offered, upper case, blank-separated */
+};
+
+/* One recipient of smtp_client_send: its reply is RCPT's when that was not 2xx, else the
+ * reply to the message content. */
+struct smtp_client_rcpt {
+  const char *address;
+  const char *notify;             /* DSN NOTIFY= value or NULL (sent when DSN is offered) */
+  const char *orcpt;              /* DSN ORCPT= value or NULL */
+  struct smtp_reply reply;
+};
+
+struct smtp_client_msg {
+  const char *sender;             /* "" for the null reverse-path */
+  int body_8bit;                  /* BODY=8BITMIME when offered */
+  int smtputf8;                   /* SMTPUTF8 was asked for on submission */
+  const char *envid, *ret;        /* DSN parameters of MAIL, or NULL */
+  const char *body;               /* the message; lines end in CRLF on the wire whatever it uses */
+  size_t len;
+};
+
+struct smtp_client;
+
+int  smtp_client_new(const struct smtp_client_cfg *cfg, struct smtp_client **out);
+/* Closes without QUIT and frees (NULL is fine). */
+void smtp_client_free(struct smtp_client *c);
+/* Resolves host (IPv4 and IPv6), tries each address until one answers, does the handshake for
+ * implicit TLS and reads the greeting. */
+int  smtp_client_connect(struct smtp_client *c, struct smtp_reply *r);
+/* EHLO, falling back to HELO, and the capabilities it announces. */
+int  smtp_client_ehlo(struct smtp_client *c, struct smtp_reply *r);
+/* STARTTLS, the handshake (certificate and host name checked unless verify_peer is 0), then
+ * EHLO again: nothing the server said before the handshake survives it (RFC 3207). */
+int  smtp_client_starttls(struct smtp_client *c, struct smtp_reply *r);
+/* AUTH through auth/: mechs is a preference list (NULL: the strongest both sides have).
+ * PLAIN and LOGIN are never sent over an unencrypted connection. */
+int  smtp_client_auth(struct smtp_client *c, const char *mechs, const char *user,
+                      const char *secret, size_t secretlen, struct smtp_reply *r);
+/* AUTH XOAUTH2 or OAUTHBEARER (mech) with a bearer token. */
+int  smtp_client_auth_bearer(struct smtp_client *c, const char *mech, const char *user,
+                             const char *token, struct smtp_reply *r);
+/* One transaction: MAIL, RCPT for each recipient and the content (pipelined when the server
+ * offers PIPELINING; a reused connection is RSET first). SMTP_CLIENT_OK when the transaction
+ * ran, whatever each recipient's reply says (see rcpts[i].reply). A message larger than the
+ * server's SIZE is not sent: each recipient gets 552 5.3.4. */
+int  smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
+                      struct smtp_client_rcpt *rcpts, size_t n, struct smtp_reply *r);
+int  smtp_client_rset(struct smtp_client *c, struct smtp_reply *r);
+/* QUIT, waiting briefly for the reply; the connection is closed either way. */
+void smtp_client_quit(struct smtp_client *c);
+
+const struct smtp_client_caps *smtp_client_caps(const struct smtp_client *c);
+int  smtp_client_tls_active(const struct smtp_client *c);
+/* "host[address]:port", for relay= in log lines */
+const char *smtp_client_peer(const struct smtp_client *c);
+/* Protocol and cipher of the TLS session ("" without TLS) */
+const char *smtp_client_tls_info(const struct smtp_client *c);
+/* Did the last reply come from the server (not made up on our side)? */
+int  smtp_client_reply_from_server(const struct smtp_client *c);
 
 #endif
