@@ -1,5 +1,6 @@
 /* TLS and the cryptographic primitives the rest of Postern needs, with OpenSSL kept behind
- * this header (DESIGN.md: vendor types stay behind our interfaces). */
+ * this header (DESIGN.md: vendor types stay behind our interfaces). A TLS session slides under
+ * an open struct conn (lib/conn.h) through its stream function table. */
 #ifndef POSTERN_TLS_H
 #define POSTERN_TLS_H
 #include <stddef.h>
@@ -8,5 +9,57 @@
 
 /* Lower-case hex SHA-256 of p[0..n) into out (NUL-terminated). 0 ok, -1 on failure. */
 int tls_sha256_hex(const void *p, size_t n, char out[TLS_SHA256_HEX_LEN + 1]);
+
+struct conn;
+struct tls_server_ctx;
+struct tls_client_ctx;
+
+/* All functions below return 0 on success and -1 on failure with a one-line reason in
+ * err[0..errsz) (never a secret). min_version is NULL or "" (= "1.2"), "1.2" or "1.3".
+ * Contexts may be shared by any number of threads. OpenSSL writes to the socket with write(),
+ * so the process must ignore SIGPIPE (the daemon does). */
+
+/* Server side, for STARTTLS and implicit-TLS listeners: a certificate chain file and its key,
+ * OpenSSL's defaults minus compression and renegotiation, our cipher order, TLS 1.2 at least. */
+int tls_server_ctx_new(const char *cert_file, const char *key_file, const char *min_version,
+                       struct tls_server_ctx **out, char *err, size_t errsz);
+/* Re-reads the certificate and key (SIGHUP). Handshakes that already started keep the old
+ * ones; on failure the old ones stay in use and err says why. */
+int tls_server_ctx_reload(struct tls_server_ctx *sctx, char *err, size_t errsz);
+/* Connections already started keep working after this. NULL is fine. */
+void tls_server_ctx_free(struct tls_server_ctx *sctx);
+/* Runs the server handshake on c->fd within timeout_ms (and c's session deadline), then
+ * installs the TLS stream under c. RFC 3207: the caller calls conn_discard_input(c) after its
+ * "220 Ready to start TLS"; this function discards any buffered input again, so no plaintext
+ * read before the handshake is ever taken as if it came over TLS. Output still buffered in c
+ * is flushed in plaintext first. On failure c stays plaintext and should be closed. */
+int tls_server_start(struct tls_server_ctx *sctx, struct conn *c, int timeout_ms,
+                     char *err, size_t errsz);
+
+/* Client side, for the upstream smtp transport and the doctor. verify is "peer" (certificate
+ * chain against ca_file, or the system store when ca_file is NULL, plus the name check) or
+ * "none" (no verification at all). */
+int tls_client_ctx_new(const char *verify, const char *ca_file, const char *min_version,
+                       struct tls_client_ctx **out, char *err, size_t errsz);
+void tls_client_ctx_free(struct tls_client_ctx *cctx);
+/* Runs the client handshake on c->fd and installs the TLS stream under c. servername is the
+ * name checked in the certificate and sent as SNI; an IP literal (optionally in brackets) is
+ * checked against the IP addresses of the certificate and sends no SNI (RFC 6066 3). On a
+ * verification failure err says why, e.g. "certificate verify failed: hostname mismatch
+ * (certificate is for mail.other.example)". */
+int tls_client_start(struct tls_client_ctx *cctx, struct conn *c, const char *servername,
+                     int timeout_ms, char *err, size_t errsz);
+
+/* Is TLS active on c? */
+int tls_conn_active(struct conn *c);
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384 256/256" (protocol, cipher, used/algorithm bits) for log
+ * lines and Received headers; "" when c is not TLS. */
+void tls_conn_describe(struct conn *c, char *out, size_t outsz);
+/* The peer's certificate: subject and issuer (RFC 2253), its DNS and IP subject alternative
+ * names joined by ", ", its notAfter as a Unix time. Any output may be NULL to skip it.
+ * -1 when c is not TLS or the peer sent no certificate. */
+int tls_conn_peer_cert_info(struct conn *c, char *subject, size_t subjectsz, char *issuer,
+                            size_t issuersz, char *names, size_t namessz,
+                            long long *not_after_epoch);
 
 #endif
