@@ -5,10 +5,11 @@
 # Not part of the test suite; the figures go to BENCHMARKS.md.
 #
 #   tests/bench/bench.sh                 # binaries from $POSTERN_BUILDDIR, else ., else the source tree
-#   MESSAGES=5000 SESSIONS="1 10 50" SIZE=4096 KEEP=1 tests/bench/bench.sh
+#   MESSAGES=5000 SESSIONS="1 10 50" SIZE=4096 REPEAT=5 KEEP=1 tests/bench/bench.sh
 #
 # Each run sends MESSAGES messages; smtp-source opens one connection per message unless
-# REUSE=1 (smtp-source -d: all messages of a session over one connection).
+# REUSE=1 (smtp-source -d: all messages of a session over one connection). Each figure is the
+# median of REPEAT runs (loopback figures are noisy).
 set -euo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -24,6 +25,7 @@ MESSAGES=${MESSAGES:-2000}
 SIZE=${SIZE:-4096}
 SESSIONS=${SESSIONS:-"1 10 50"}
 REUSE=${REUSE:-0}
+REPEAT=${REPEAT:-3}
 
 for b in "$POSTERN" "$POSTERNCTL" "$SOURCE" "$SINK"; do
   [ -x "$b" ] || { echo "bench: $b not found (build Postern; apt-get install postfix for smtp-source/smtp-sink)" >&2; exit 1; }
@@ -85,6 +87,12 @@ EOF
 postern_pid=$!
 wait_port "$port" "$postern_pid"
 
+median() {   # median PORT SESSIONS -> prints the median messages/s of REPEAT runs
+  local i out=()
+  for i in $(seq "$REPEAT"); do out+=("$(run "$1" "$2")") || return 1; done
+  printf '%s\n' "${out[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+
 run() {   # run PORT SESSIONS -> prints messages/s
   local t0 t1 args=(-s "$2" -l "$SIZE" -m "$MESSAGES" -f bench@clinic.test -t rcpt@example.test
                     -M bench.client.test)
@@ -96,18 +104,18 @@ run() {   # run PORT SESSIONS -> prints messages/s
   /usr/bin/python3 -c "print('%.0f' % ($MESSAGES / ($t1 - $t0)))"
 }
 
-echo "Postern $("$POSTERN" -V 2>&1 | head -1) on $(nproc) CPUs; $MESSAGES messages of $SIZE bytes per run;" \
+echo "Postern $("$POSTERN" -V 2>&1 | head -1) on $(nproc) CPUs; $MESSAGES messages of $SIZE bytes per run, median of $REPEAT;" \
      "$([ "$REUSE" = 1 ] && echo "one connection per session" || echo "one connection per message")"
 printf '%-10s %16s %16s %8s %10s\n' sessions "smtp-sink msg/s" "postern msg/s" ratio stored
 before=$(stored)
 for s in $SESSIONS; do
-  ceiling=$(run "$sink_port" "$s")
-  ours=$(run "$port" "$s")
+  ceiling=$(median "$sink_port" "$s")
+  ours=$(median "$port" "$s")
   after=$(stored)
   ratio=$(/usr/bin/python3 -c "print('%.2f' % ($ours / $ceiling))")
   printf '%-10s %16s %16s %8s %10s\n' "$s" "$ceiling" "$ours" "$ratio" "$((after - before))"
-  if [ "$((after - before))" -ne "$MESSAGES" ]; then
-    echo "bench: WARNING: $((after - before)) messages stored for $MESSAGES sent" >&2
+  if [ "$((after - before))" -ne "$((MESSAGES * REPEAT))" ]; then
+    echo "bench: WARNING: $((after - before)) messages stored for $((MESSAGES * REPEAT)) sent" >&2
   fi
   before=$after
 done

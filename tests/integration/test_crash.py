@@ -1,8 +1,9 @@
 # The crash test: 4 clients send 2,000 unique messages while the daemon is SIGKILLed at least
 # 5 times at moments spread over the run and restarted on the same configuration. Afterwards
 # every acknowledged message is in the store exactly as sent, no entry is half-written, and no
-# message that was refused (or never fully sent) is there. A message whose final reply was lost
-# to a kill is "unknown": it may or may not be stored, and is resent under a new X-Seq.
+# message that was refused (about 3% carry a bare LF and must get 550) or never fully sent is
+# there. A message whose final reply was lost to a kill is "unknown": it may or may not be
+# stored, and is resent under a new X-Seq.
 import base64
 import concurrent.futures
 import os
@@ -44,9 +45,13 @@ class Ledger:
                 self.acked += 1
 
 
-def make_content(rnd, seq):
+def make_content(rnd, seq, poison=False):
     size = rnd.randrange(1024, 20 * 1024 + 1)
     body = base64.encodebytes(rnd.randbytes(size * 3 // 4)).replace(b"\n", b"\r\n")
+    if poison:
+        # A bare LF: the server must refuse the message (550 5.6.0), kills or not.
+        cut = body.index(b"\r\n", len(body) // 2)
+        body = body[:cut] + b"\nPOISON\r\n" + body[cut + 2:]
     if rnd.random() < 0.2:
         body = b".leading dot line\r\n.\r\n" + body
     nr = rnd.randrange(1, 4)
@@ -76,7 +81,8 @@ def client(idx, d, ledger, stop, errors):
                     conn = None
                     time.sleep(0.05)
                     continue
-            seq, rec = ledger.new(lambda s: make_content(rnd, s))
+            poison = rnd.random() < 0.03
+            seq, rec = ledger.new(lambda s: make_content(rnd, s, poison))
             try:
                 r = conn.cmd("MAIL FROM:<crash@clinic.test>")
                 if r.code != 250:
@@ -101,7 +107,11 @@ def client(idx, d, ledger, stop, errors):
                 ledger.settle(rec, "unknown")
                 conn.send(dot_stuff(rec["content"]) + b".\r\n")
                 r = conn.read_reply(30)
-                if r.code == 250 and r.queue_id():
+                if poison:
+                    ledger.settle(rec, "refused", reply=repr(r))
+                    if r.code < 400:
+                        errors.append(f"client {idx}: message with a bare LF (X-Seq {seq}) got {r!r}")
+                elif r.code == 250 and r.queue_id():
                     ledger.settle(rec, "acked", qid=r.queue_id(), reply=repr(r))
                     done += 1
                 else:
@@ -216,6 +226,8 @@ def test_crash_durability(daemon):
         if seq in by_seq:
             problems.append(f"X-Seq {seq} stored twice: {by_seq[seq]} and {e['id']}")
         by_seq[seq] = e["id"]
+        if b"POISON" in rec["content"]:
+            problems.append(f"X-Seq {seq}, which holds a bare LF, is stored as {e['id']} ({rec['state']})")
         if rec["state"] in ("refused", "unsent"):
             problems.append(f"X-Seq {seq} is stored as {e['id']} but was {rec['state']} ({rec['reply']})")
         try:

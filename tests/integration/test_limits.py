@@ -130,16 +130,20 @@ def test_too_many_errors(daemon_factory):
     d = daemon_factory({"max_errors": "5"})
     with d.smtp() as c:
         c.greet()
-        codes = []
+        codes = []      # per bad command: the codes of the replies it drew
         for i in range(7):
             try:
                 c.send(b"XYZZY %d\r\n" % i)
-            except OSError:
+                got = [c.read_reply(10).code]
+            except EOFError:
+                codes.append([])
                 break
-            data = c.pending(0.5)
-            got = [int(l[:3]) for l in data.split(b"\r\n") if l[:3].isdigit()]
+            if got[0] != 421:
+                # A 421 may follow the 5xx of the last allowed error at once.
+                more = c.pending(0.3)
+                got += [int(l[:3]) for l in more.split(b"\r\n") if l[:3].isdigit()]
             codes.append(got)
-            if 421 in got or c.eof:
+            if 421 in got:
                 break
         flat = [x for g in codes for x in g]
         if 421 not in flat:
@@ -147,8 +151,8 @@ def test_too_many_errors(daemon_factory):
         first421 = next(i for i, g in enumerate(codes) if 421 in g)
         if not 4 <= first421 <= 5:
             c.fail(f"421 came with bad command #{first421 + 1}, expected #5 or #6: {codes}")
-        assert all(500 <= x < 600 for g in codes[:first421] for x in g) and all(codes[:first421]), \
-            f"bad commands before the 421 not each answered 5xx: {codes}"
+        if not all(g and all(500 <= x < 600 for x in g) for g in codes[:first421]):
+            c.fail(f"bad commands before the 421 not each answered 5xx: {codes}")
         if not c.wait_closed(5):
             c.fail("connection still open after 421")
     assert_serving(d, "errors")

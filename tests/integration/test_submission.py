@@ -10,12 +10,13 @@ import random
 import re
 import shutil
 import smtplib
+import socket
 import subprocess
 import time
 
 import pytest
 
-from conftest import HOSTNAME, Daemon, check_entry, check_stored, dot_stuff
+from conftest import HOSTNAME, Daemon, SMTPConn, check_entry, check_stored, dot_stuff
 
 SWAKS = shutil.which("swaks") or "/usr/bin/swaks"
 CURL = shutil.which("curl") or "/usr/bin/curl"
@@ -354,3 +355,99 @@ def test_json_entry_fields(d):
     assert r.queue_id() not in d.stored_ids()
     p = d.ctl("queue", "cat", r.queue_id(), check=False)
     assert p.returncode != 0, "queue cat of a deleted message succeeded"
+
+
+def test_log_lines(d):
+    content = crlf("From: log@clinic.test\nTo: pat@example.test\nSubject: log\n\nbody\n")
+    with d.smtp() as c:
+        c.greet()
+        r = c.send_message("log@clinic.test", ["pat@example.test", "pat2@example.test"], content)
+        assert r.code == 250, r
+    qid = r.queue_id()
+    d.wait_status(qid, "captured")
+    deadline = time.monotonic() + 5
+    while True:
+        log = d.log_text()
+        tos = re.findall(re.escape(qid) + r": to=<([^>]*)>, relay=capture, delay=[\d.]+, dsn=2\.0\.0, "
+                         r"status=captured\b", log)
+        if len(tos) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert re.search(re.escape(qid) + r": from=<log@clinic\.test>, size=\d+, nrcpt=2\b", log), \
+        f"no Postfix-shaped from= line for {qid}\n{d.log_tail()}"
+    assert sorted(tos) == ["pat2@example.test", "pat@example.test"], \
+        f"no Postfix-shaped to= lines for {qid}: {tos}\n{d.log_tail()}"
+
+
+def test_log_escapes_attacker_bytes(d):
+    with d.smtp() as c:
+        c.expect(220)
+        c.send(b"EHLO evil\x1b[31m\x07\x7f.test\r\n")
+        c.read_reply()
+        c.send(b"MAIL FROM:<x\x1b]0;pwned\x07@clinic.test>\r\n")
+        c.read_reply()
+        c.send(b"XYZZY \x1b[2J\x08\x00\x01\r\n")
+        c.read_reply()
+        c.cmd_expect("EHLO client.test", 250)
+        # Valid UTF-8, a C1 control (U+009B, CSI) in an SMTPUTF8 address: accepted and logged.
+        r = c.send_message("csi\u009b31m@clinic.test", ["pat@example.test"],
+                           b"Subject: c1\r\n\r\nbody\r\n", mail_params="SMTPUTF8")
+        assert r.code == 250, r
+        c.cmd("QUIT")
+    time.sleep(0.3)
+    with open(d.logpath, "rb") as f:
+        raw = f.read()
+    ctl = sorted({b for b in raw if (b < 0x20 and b not in (0x0a, 0x09)) or b == 0x7f})
+    assert not ctl, f"raw control bytes {[hex(b) for b in ctl]} reached the log"
+    assert b"\xc2\x9b" not in raw, "a raw C1 control (CSI) reached the log"
+
+
+def test_ipv6_loopback_and_second_address(daemon_factory):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port6 = s.getsockname()[1]
+    except OSError as e:
+        pytest.skip(f"no ::1 here: {e}")
+    dm = daemon_factory(extra=f"address = [::1]:{port6}\n")
+    content = crlf("From: six@clinic.test\nTo: pat@example.test\nSubject: over IPv6\n\nbody\n")
+    with SMTPConn(port6, host="::1") as c:
+        c.greet()
+        r = c.send_message("six@clinic.test", ["pat@example.test"], content)
+        assert r.code == 250, r
+    body, added = verify(dm, r.queue_id(), "six@clinic.test", ["pat@example.test"], content)
+    assert b"::1" in added["received"][0], added["received"][0]
+    with dm.smtp() as c:       # the IPv4 address of the same listener still works
+        c.greet()
+        c.cmd_expect("QUIT", 221)
+
+
+def test_command_sequence(d):
+    with d.smtp() as c:
+        c.expect(220)
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 503)          # before HELO/EHLO
+        c.cmd_expect("EHLO client.test", 250)
+        c.cmd_expect("RCPT TO:<b@example.test>", 503)           # before MAIL
+        c.cmd_expect("DATA", 503)                               # before MAIL
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 503)          # nested MAIL
+        c.cmd_expect("DATA", 503)                               # no recipient yet
+        c.cmd_expect("RCPT TO:<b@example.test>", 250)
+        c.cmd_expect("RSET", 250)
+        c.cmd_expect("DATA", 503)                               # RSET forgot the transaction
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        c.cmd_expect("RCPT TO:<b@example.test>", 250)
+        c.send(b"BDAT 5\r\nHello")
+        c.expect(250)
+        c.cmd_expect("DATA", 503)                               # DATA after BDAT
+        c.cmd_expect("RSET", 250)
+        c.cmd_expect("MAIL FROM:<>", 250)                       # the null reverse-path
+        c.cmd_expect("RCPT TO:<b@example.test>", 250)
+        content = b"Subject: bounce-like\r\n\r\nnull sender\r\n"
+        c.cmd_expect("DATA", 354)
+        c.send(dot_stuff(content) + b".\r\n")
+        r = c.expect(250)
+        c.cmd_expect("QUIT", 221)
+    verify(d, r.queue_id(), "", ["b@example.test"], content)
