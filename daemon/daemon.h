@@ -5,22 +5,36 @@
 #include "lib/config.h"
 #include "lib/store.h"
 #include "relay/relay.h"
+#include "tls/tls.h"
 
-/* A configuration in use; sessions keep the one they started with until they end. */
+/* A configuration in use; sessions keep the one they started with until they end. With it go
+ * the certificates read for it: a SIGHUP reads them again into a new generation, and a session
+ * that started before keeps (and may still STARTTLS with) the ones of its own. */
 struct generation {
   struct config *cfg;
+  struct tls_server_ctx **tls;     /* per cfg->listeners[i]; NULL where tls = none */
   int refs;
 };
+
+/* The certificate and key of every listener with tls != none, checked as secrets are (a key
+ * others may read, a certificate others may write, is refused) and loaded. errs gets one
+ * "FILE:LINE: message" line per problem; returns the number of problems. *out (NULL when
+ * problems) is an array of cfg->nlisteners for daemon_bind or daemon_reload, which own it. */
+int daemon_tls_load(const struct config *cfg, struct tls_server_ctx ***out, FILE *errs);
+void daemon_tls_free(struct tls_server_ctx **tls, size_t n);
 
 struct daemon;
 
 /* Binds every address of every listener (before privileges are dropped). errs gets one
  * "FILE:LINE: message" line per failure; returns the number of failures. */
-int daemon_bind(struct daemon **out, struct config *cfg, FILE *errs);
-/* Starts accepting: sessions use st and r. */
-int daemon_serve(struct daemon *d, struct store *st, struct relay *r);
-/* Installs a new configuration for new sessions (listener address changes need a restart). */
-void daemon_reload(struct daemon *d, struct config *cfg);
+int daemon_bind(struct daemon **out, struct config *cfg, struct tls_server_ctx **tls,
+                FILE *errs);
+/* Starts accepting: sessions use st and r; auth_ok says the SASL server is set up (AUTH is
+ * offered on listeners with auth != none only then). */
+int daemon_serve(struct daemon *d, struct store *st, struct relay *r, int auth_ok);
+/* Installs a new configuration and its certificates for new sessions (listener address
+ * changes need a restart). */
+void daemon_reload(struct daemon *d, struct config *cfg, struct tls_server_ctx **tls);
 /* Stops accepting, lets sessions finish until the grace period ends, then cuts the rest. */
 void daemon_stop(struct daemon *d, long long grace_ms);
 void daemon_free(struct daemon *d);

@@ -15,18 +15,22 @@
 #include <unistd.h>
 #include <time.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
 struct bound {
   int fd;
   char *listener;          /* listener name: looked up in the current generation */
+  int loopback;            /* bound to a loopback address (not a wildcard) */
 };
 
 struct session {
   struct daemon *d;
   struct generation *gen;
   const struct cfg_listener *listener;
+  struct tls_server_ctx *tls;
+  int loopback;
   int fd;
   struct session *next, *prev;
 };
@@ -44,16 +48,18 @@ struct daemon {
   pthread_t acceptor;
   int acceptor_started;
   volatile int stopping;
+  int auth_ok;
   struct session *sessions;
   size_t nsessions;
 };
 
-static struct generation *gen_new(struct config *cfg, int refs)
+static struct generation *gen_new(struct config *cfg, struct tls_server_ctx **tls, int refs)
 {
   struct generation *g = calloc(1, sizeof(*g));
   if(!g)
     log_fatal("out of memory");
   g->cfg = cfg;
+  g->tls = tls;
   g->refs = refs;
   return g;
 }
@@ -62,9 +68,60 @@ static struct generation *gen_new(struct config *cfg, int refs)
 static void gen_put(struct generation *g)
 {
   if(g && --g->refs == 0) {
+    daemon_tls_free(g->tls, g->cfg->nlisteners);
     config_free(g->cfg);
     free(g);
   }
+}
+
+void daemon_tls_free(struct tls_server_ctx **tls, size_t n)
+{
+  size_t i;
+  if(!tls)
+    return;
+  for(i = 0; i < n; i++)
+    tls_server_ctx_free(tls[i]);
+  free(tls);
+}
+
+int daemon_tls_load(const struct config *cfg, struct tls_server_ctx ***out, FILE *errs)
+{
+  struct tls_server_ctx **tls = calloc(cfg->nlisteners ? cfg->nlisteners : 1, sizeof(*tls));
+  size_t i;
+  int problems = 0;
+  *out = NULL;
+  if(!tls)
+    log_fatal("out of memory");
+  for(i = 0; i < cfg->nlisteners; i++) {
+    const struct cfg_listener *l = &cfg->listeners[i];
+    struct stat st;
+    char err[512];
+    if(l->tls != CFG_TLS_STARTTLS && l->tls != CFG_TLS_IMPLICIT)
+      continue;
+    /* whoever may write the certificate may swap it; whoever may read the key may be us */
+    if(l->tls_cert && !stat(l->tls_cert, &st) && (st.st_mode & S_IWOTH)) {
+      fprintf(errs, "%s:%d: listener %s: tls_cert %s is writable by others (chmod o-w %s)\n",
+              cfg->path, l->line, l->name, l->tls_cert, l->tls_cert);
+      problems++;
+      continue;
+    }
+    if(l->tls_key && !stat(l->tls_key, &st) && (st.st_mode & (S_IROTH | S_IWOTH))) {
+      fprintf(errs, "%s:%d: listener %s: tls_key %s may be read or written by others "
+              "(chmod o-rw %s)\n", cfg->path, l->line, l->name, l->tls_key, l->tls_key);
+      problems++;
+      continue;
+    }
+    if(tls_server_ctx_new(l->tls_cert, l->tls_key, NULL, &tls[i], err, sizeof(err))) {
+      fprintf(errs, "%s:%d: listener %s: %s\n", cfg->path, l->line, l->name, err);
+      problems++;
+    }
+  }
+  if(problems) {
+    daemon_tls_free(tls, cfg->nlisteners);
+    return problems;
+  }
+  *out = tls;
+  return 0;
 }
 
 struct config *daemon_config(struct daemon *d)
@@ -94,6 +151,24 @@ static int split_address(const char *a, char *host, size_t hostsz, char *port, s
   if(!colon[1] || strlen(colon + 1) >= portsz)
     return -1;
   str_copy(port, portsz, colon + 1);
+  return 0;
+}
+
+/* Is the socket bound to a loopback address? A wildcard address is not: anyone may connect. */
+static int bound_to_loopback(int fd)
+{
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  if(getsockname(fd, (struct sockaddr *)&ss, &len))
+    return 0;
+  if(ss.ss_family == AF_INET) {
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ss;
+    return (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
+  }
+  if(ss.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
+    return IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr);
+  }
   return 0;
 }
 
@@ -135,7 +210,8 @@ static int bind_one(const char *addr, int *fdout, char *why, size_t whysz)
   return 0;
 }
 
-int daemon_bind(struct daemon **out, struct config *cfg, FILE *errs)
+int daemon_bind(struct daemon **out, struct config *cfg, struct tls_server_ctx **tls,
+                FILE *errs)
 {
   struct daemon *d = calloc(1, sizeof(*d));
   size_t i, j, total = 0;
@@ -145,7 +221,7 @@ int daemon_bind(struct daemon **out, struct config *cfg, FILE *errs)
   pthread_mutex_init(&d->mu, NULL);
   pthread_cond_init(&d->cond, NULL);
   d->stop_pipe[0] = d->stop_pipe[1] = -1;
-  d->gen = gen_new(cfg, 2);
+  d->gen = gen_new(cfg, tls, 2);
   d->relay_gen = d->gen;
   for(i = 0; i < cfg->nlisteners; i++)
     total += cfg->listeners[i].naddresses;
@@ -164,6 +240,7 @@ int daemon_bind(struct daemon **out, struct config *cfg, FILE *errs)
       }
       d->socks[d->nsocks].fd = fd;
       d->socks[d->nsocks].listener = l->name;
+      d->socks[d->nsocks].loopback = bound_to_loopback(fd);
       d->nsocks++;
     }
   }
@@ -203,6 +280,13 @@ static void *session_main(void *arg)
   scfg.add_missing_headers = l->role == CFG_ROLE_SUBMISSION;
   scfg.stopping = &d->stopping;
   scfg.wake_fd = d->stop_pipe[0];
+  scfg.tls = s->tls;
+  scfg.tls_mode = !s->tls ? SMTP_TLS_NONE :
+                  l->tls == CFG_TLS_IMPLICIT ? SMTP_TLS_IMPLICIT : SMTP_TLS_STARTTLS;
+  scfg.auth_mechs = l->auth != CFG_AUTH_NONE ? l->auth_mechanisms : NULL;
+  scfg.auth_available = d->auth_ok;
+  scfg.loopback_listener = s->loopback;
+  scfg.max_auth_failures = (int)cfg->max_auth_failures;
   pctx.cfg = cfg;
   pctx.listener = l;
   pctx.store = d->st;
@@ -305,6 +389,8 @@ static void *acceptor_main(void *arg)
       s->gen = d->gen;
       s->gen->refs++;
       s->listener = l;
+      s->tls = d->gen->tls ? d->gen->tls[l - d->gen->cfg->listeners] : NULL;
+      s->loopback = d->socks[i].loopback;
       s->next = d->sessions;
       if(d->sessions)
         d->sessions->prev = s;
@@ -333,19 +419,20 @@ static void *acceptor_main(void *arg)
   return NULL;
 }
 
-int daemon_serve(struct daemon *d, struct store *st, struct relay *r)
+int daemon_serve(struct daemon *d, struct store *st, struct relay *r, int auth_ok)
 {
   d->st = st;
   d->relay = r;
+  d->auth_ok = auth_ok;
   if(pthread_create(&d->acceptor, NULL, acceptor_main, d))
     return -1;
   d->acceptor_started = 1;
   return 0;
 }
 
-void daemon_reload(struct daemon *d, struct config *cfg)
+void daemon_reload(struct daemon *d, struct config *cfg, struct tls_server_ctx **tls)
 {
-  struct generation *g = gen_new(cfg, 2);   /* current + the relay's */
+  struct generation *g = gen_new(cfg, tls, 2);   /* current + the relay's */
   struct generation *oldrelay;
   size_t i;
   for(i = 0; i < d->nsocks; i++)

@@ -2,6 +2,7 @@
  * store, starts the relay and the sessions, and turns signals into reload and orderly stop. */
 #include "build-config.h"
 #include "daemon/daemon.h"
+#include "auth/auth.h"
 #include "lib/log.h"
 #include "lib/buf.h"
 #include <errno.h>
@@ -26,9 +27,12 @@ static void usage(FILE *f)
              "  -V       print the version and exit\n", CONFIG_DEFAULT_PATH);
 }
 
-/* Checks that need the file system: certificate files, listener roles this build serves. */
-static int check_environment(const struct config *cfg, FILE *errs)
+/* Checks that need the file system: certificate files (loaded into *tls, or only tried when
+ * tls is NULL), listener roles this build serves. */
+static int check_environment(const struct config *cfg, FILE *errs,
+                             struct tls_server_ctx ***tls)
 {
+  struct tls_server_ctx **loaded = NULL;
   size_t i;
   int problems = 0;
   for(i = 0; i < cfg->nlisteners; i++) {
@@ -38,13 +42,44 @@ static int check_environment(const struct config *cfg, FILE *errs)
               cfg->path, l->line, l->name);
       problems++;
     }
-    if(l->tls != CFG_TLS_NONE) {
-      fprintf(errs, "%s:%d: listener %s: tls = %s is not available in this build of Postern\n",
-              cfg->path, l->line, l->name, l->tls == CFG_TLS_STARTTLS ? "starttls" : "implicit");
-      problems++;
-    }
   }
+  problems += daemon_tls_load(cfg, &loaded, errs);
+  if(tls && !problems)
+    *tls = loaded;
+  else
+    daemon_tls_free(loaded, cfg->nlisteners);
   return problems;
+}
+
+static int auth_wanted(const struct config *cfg)
+{
+  size_t i;
+  for(i = 0; i < cfg->nlisteners; i++)
+    if(cfg->listeners[i].auth != CFG_AUTH_NONE)
+      return 1;
+  return 0;
+}
+
+/* The users of AUTH live in data_dir/sasldb2 (posternctl user add). Set up once, after
+ * privileges are dropped, so that a file created from here on belongs to the daemon's user. */
+static int auth_setup(const char *data_dir, int *auth_ok)
+{
+  char path[4096], err[512];
+  int n = snprintf(path, sizeof(path), "%s/sasldb2", data_dir);
+  *auth_ok = 0;
+  if(n < 0 || (size_t)n >= sizeof(path)) {
+    log_error("data_dir %s: path too long", data_dir);
+    return -1;
+  }
+  if(auth_server_init(path, err, sizeof(err))) {
+    log_error("cannot set up AUTH: %s", err);
+    return -1;
+  }
+  if(access(path, F_OK))
+    log_info("no users for AUTH yet (%s does not exist): add them with posternctl user add",
+             path);
+  *auth_ok = 1;
+  return 0;
 }
 
 static int make_data_dir(const char *dir, const struct passwd *pw)
@@ -115,6 +150,8 @@ int main(int argc, char **argv)
   struct store *st = NULL;
   struct relay *relay = NULL;
   struct passwd *pw = NULL;
+  struct tls_server_ctx **tls = NULL;
+  int auth_ok = 0;
   char err[512];
   char *data_dir = NULL;
   sigset_t sigs;
@@ -137,13 +174,16 @@ int main(int argc, char **argv)
   path = config_choose_path(cpath);
   problems = config_load(path, stderr, &cfg);
   if(!problems && cfg)
-    problems += relay_check_config(cfg, stderr) + check_environment(cfg, stderr);
+    problems += relay_check_config(cfg, stderr) +
+                check_environment(cfg, stderr, check_only ? NULL : &tls);
   if(check_only) {
     config_free(cfg);
     return problems ? 1 : 0;
   }
   if(problems) {
     fprintf(stderr, "postern: %d configuration problem(s); not starting\n", problems);
+    if(cfg)
+      daemon_tls_free(tls, cfg->nlisteners);
     config_free(cfg);
     return 1;
   }
@@ -178,7 +218,10 @@ int main(int argc, char **argv)
   pthread_sigmask(SIG_BLOCK, &sigs, NULL);
   signal(SIGPIPE, SIG_IGN);
 
-  if(daemon_bind(&d, cfg, stderr)) {
+  /* the daemon owns the certificates from here, with the configuration */
+  problems = daemon_bind(&d, cfg, tls, stderr);
+  tls = NULL;
+  if(problems) {
     log_error("cannot bind the listeners; not starting");
     goto out;
   }
@@ -189,6 +232,8 @@ int main(int argc, char **argv)
   if(!foreground)
     detach();
 
+  if(auth_wanted(cfg) && auth_setup(data_dir, &auth_ok))
+    goto out;
   if(store_open(data_dir, STORE_OPEN_WRITER | STORE_OPEN_CREATE, &st, err, sizeof(err))) {
     log_error("cannot open the store in %s: %s", data_dir, err);
     goto out;
@@ -197,7 +242,7 @@ int main(int argc, char **argv)
     log_error("cannot start the relay");
     goto out;
   }
-  if(daemon_serve(d, st, relay)) {
+  if(daemon_serve(d, st, relay, auth_ok)) {
     log_error("cannot start the listeners");
     goto out;
   }
@@ -209,15 +254,19 @@ int main(int argc, char **argv)
       continue;
     if(sig == SIGHUP) {
       struct config *ncfg = NULL;
+      struct tls_server_ctx **ntls = NULL;
       int n = config_load(path, stderr, &ncfg);
       if(!n && ncfg)
-        n = relay_check_config(ncfg, stderr) + check_environment(ncfg, stderr);
+        n = relay_check_config(ncfg, stderr) + check_environment(ncfg, stderr, &ntls);
       if(n) {
         log_error("reload: %d configuration problem(s); keeping the running configuration", n);
         config_free(ncfg);
         continue;
       }
-      daemon_reload(d, ncfg);
+      if(!auth_ok && auth_wanted(ncfg))
+        log_warn("reload: AUTH was not set up at start (all listeners had auth = none); "
+                 "restart to offer it");
+      daemon_reload(d, ncfg, ntls);
       cfg = ncfg;
       log_info("reload -- configuration %s", ncfg->path);
       continue;
@@ -236,8 +285,11 @@ out:
     daemon_free(d);         /* frees the configurations it holds */
     cfg = NULL;
   }
+  if(cfg)
+    daemon_tls_free(tls, cfg->nlisteners);
   config_free(cfg);
   free(data_dir);
+  auth_done();
   if(!result)
     log_info("stopped");
   return result;

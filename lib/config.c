@@ -127,6 +127,7 @@ static const struct opt opts[] = {
   { SEC_POSTERN, "shutdown_grace", T_DURATION, PO(shutdown_grace), 0, "30s", 0, 3600, NULL },
   { SEC_POSTERN, "delivery_workers", T_LONG, PO(delivery_workers), 0, "4", 1, 256, NULL },
   { SEC_POSTERN, "max_errors", T_LONG, PO(max_errors), 0, "10", 1, 1000, NULL },
+  { SEC_POSTERN, "max_auth_failures", T_LONG, PO(max_auth_failures), 0, "5", 1, 1000, NULL },
   { SEC_POSTERN, "debug", T_BOOL, PO(debug), 0, "no", 0, 0, NULL },
 
   { SEC_LISTENER, "address", T_HOSTPORTS, LI(addresses), LI(naddresses), NULL, 0, 0, NULL },

@@ -107,6 +107,7 @@ struct config {
   long long shutdown_grace;       /* seconds SIGTERM waits for sessions */
   long delivery_workers;
   long max_errors;
+  long max_auth_failures;         /* failed AUTHs from one address before 421 and close */
   int debug;
 
   struct cfg_listener *listeners; size_t nlisteners;

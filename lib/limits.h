@@ -14,6 +14,14 @@
 #define LIM_SMTP_IDLE_SECONDS   300      /* RFC 5321 4.5.3.2.7: at least 5 minutes */
 #define LIM_SMTP_SESSION_SECONDS 3600    /* total session deadline */
 #define LIM_SMTP_PREAUTH_COMMANDS 100    /* commands before MAIL for an unauthenticated peer */
+#define LIM_SMTP_AUTH_LINE      12288    /* RFC 4954 4: an AUTH command or response line, CRLF
+                                            included; only where AUTH is offered */
+#define LIM_AUTH_FAILURES_DEFAULT 5      /* failed AUTHs from one address before 421 and close */
+#define LIM_AUTH_FAILURES_FREE  3        /* failures answered at once; later ones wait 1s, 2s... */
+#define LIM_AUTH_DELAY_SECONDS  16       /* the longest wait before a failure reply */
+#define LIM_AUTH_FAILURE_MEMORY 600      /* seconds an address's failures are remembered */
+#define LIM_AUTH_FAILURE_ADDRS  1024     /* addresses remembered (the oldest is forgotten) */
+#define LIM_TLS_HANDSHAKE_SECONDS 60     /* a TLS handshake, within the session deadline */
 #define LIM_SMTP_BDAT_CHUNK     (64u * 1024u * 1024u)
 #define LIM_SMTP_RCPT_DEFAULT   100
 #define LIM_MESSAGE_SIZE_DEFAULT (35u * 1024u * 1024u)

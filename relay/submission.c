@@ -4,6 +4,7 @@
 #include "tls/tls.h"
 #include "lib/log.h"
 #include "lib/buf.h"
+#include <fnmatch.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,12 +13,70 @@ static int sub_connect(void *ctx, const struct smtp_session_info *s, struct smtp
   return 0;
 }
 
+/* Does one `senders` word allow the address? "app@clinic.example" is that address, "@domain"
+ * and "*@domain" any address at the domain, other words are globs ("*@*.clinic.example");
+ * "<>" allows the null sender. Addresses compare case-insensitively, as routes do. */
+static int sender_word_matches(const char *w, size_t wlen, const char *addr)
+{
+  char glob[LIM_SMTP_PATH + 8];
+  if(wlen == 2 && !memcmp(w, "<>", 2))
+    return !addr[0];
+  if(!addr[0] || wlen + 2 > sizeof(glob))
+    return 0;
+  if(w[0] == '@') {
+    glob[0] = '*';
+    memcpy(glob + 1, w, wlen);
+    glob[wlen + 1] = '\0';
+  }
+  else {
+    memcpy(glob, w, wlen);
+    glob[wlen] = '\0';
+  }
+  return !fnmatch(glob, addr, FNM_CASEFOLD);
+}
+
+/* An authenticated user with a [user NAME] section that lists senders may use only those in
+ * MAIL FROM. A user without one (or without senders) may send as anyone: the section is how an
+ * operator opts in, as Postfix's smtpd_sender_login_maps only restricts the logins it lists. */
+static const struct cfg_user *user_restriction(const struct config *cfg, const char *name)
+{
+  size_t i;
+  for(i = 0; i < cfg->nusers; i++)
+    if(cfg->users[i].senders && !strcmp(cfg->users[i].name, name))
+      return &cfg->users[i];
+  return NULL;
+}
+
+static int sender_allowed(const struct cfg_user *u, const char *addr)
+{
+  const char *p = u->senders;
+  for(;;) {
+    size_t n;
+    while(*p == ' ' || *p == '\t' || *p == ',')
+      p++;
+    if(!*p)
+      return 0;
+    n = strcspn(p, " \t,");
+    if(sender_word_matches(p, n, addr))
+      return 1;
+    p += n;
+  }
+}
+
 static int sub_mail(void *ctx, const struct smtp_session_info *s,
                     const struct smtp_path_params *from, struct smtp_reply *r)
 {
   struct relay_policy_ctx *p = ctx;
+  const struct cfg_user *u;
+  char esc[LIM_LOG_FIELD * 4 + 8];
   if(p->listener->auth == CFG_AUTH_REQUIRED && !s->auth_user) {
     smtp_reply_set(r, 530, "5.7.0", "Authentication required");
+    return 1;
+  }
+  if(s->auth_user && (u = user_restriction(p->cfg, s->auth_user)) &&
+     !sender_allowed(u, from->path)) {
+    smtp_reply_set(r, 553, "5.7.1", "<%s>: Sender address rejected: not owned by user %s",
+                   log_repr(esc, sizeof(esc), from->path, from->pathlen), u->name);
     return 1;
   }
   return 0;

@@ -1,11 +1,15 @@
 /* The ESMTP server engine (RFC 5321, with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES,
- * SMTPUTF8, CHUNKING and DSN): one sequential session over a struct conn, every decision about
- * who and what is accepted left to the listener's policy object. */
+ * SMTPUTF8, CHUNKING, DSN, STARTTLS and AUTH): one sequential session over a struct conn, every
+ * decision about who and what is accepted left to the listener's policy object. */
 #include "smtp/smtp.h"
+#include "tls/tls.h"
+#include "auth/auth.h"
 #include "lib/buf.h"
 #include "lib/log.h"
 #include "lib/store.h"
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +62,11 @@ struct session {
   long long content_len;
   struct buf msg;
   struct buf line;
+
+  struct auth_server_session *auth;  /* NULL: AUTH is not offered in this session */
+  char auth_user[AUTH_USER_MAX];      /* info.auth_user points here once AUTH succeeded */
+  int auth_failures;                  /* failed AUTHs in this session */
+  char tls_desc[160];                 /* "TLSv1.3 TLS_AES_256_GCM_SHA384 256/256" */
 
   int errors;
   int junk;
@@ -203,6 +212,24 @@ static size_t header_scan(const char *p, size_t len, int *has_mid, int *has_date
   return pos;
 }
 
+/* The Received clause naming the TLS session, in Postfix's words so that existing tools read
+ * it: "\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))\r\n"; "" without
+ * TLS. */
+static void tls_using(const struct session *s, char *out, size_t outsz)
+{
+  const char *d = s->tls_desc, *sp1, *sp2;
+  out[0] = '\0';
+  if(!s->info.tls || !d[0])
+    return;
+  sp1 = strchr(d, ' ');
+  sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+  if(sp1 && sp2 && !strchr(sp2 + 1, ' '))
+    snprintf(out, outsz, "\t(using %.*s with cipher %.*s (%s bits))\r\n", (int)(sp1 - d), d,
+             (int)(sp2 - sp1 - 1), sp1 + 1, sp2 + 1);
+  else
+    snprintf(out, outsz, "\t(using %s)\r\n", d);
+}
+
 /* Inserts add[0..alen) at offset at of s->msg. */
 static int msg_insert(struct session *s, size_t at, const char *add, size_t alen)
 {
@@ -221,8 +248,9 @@ static int msg_insert(struct session *s, size_t at, const char *add, size_t alen
 static int add_headers(struct session *s)
 {
   char date[64], helo[HELO_IN_RECEIVED + 4];
-  char rcvd[LIM_SMTP_PATH + LIM_SMTP_HELO + 512];
+  char rcvd[LIM_SMTP_PATH + LIM_SMTP_HELO + 768];
   char extra[LIM_QUEUE_ID + 512];
+  char using[sizeof(s->tls_desc) + 64];
   const char *proto;
   size_t i, h = 0, at = 0, elen = 0;
   int has_mid = 1, has_date = 1, n;
@@ -246,15 +274,16 @@ static int add_headers(struct session *s)
     proto = tls && auth ? "ESMTPSA" : tls ? "ESMTPS" : auth ? "ESMTPA" : "ESMTP";
   else
     proto = "SMTP";
+  tls_using(s, using, sizeof(using));
   if(s->env.nrcpts == 1)
-    n = snprintf(rcvd, sizeof(rcvd), "Received: from %s (%s [%s%s])\r\n\tby %s (Postern) with %s"
+    n = snprintf(rcvd, sizeof(rcvd), "Received: from %s (%s [%s%s])\r\n%s\tby %s (Postern) with %s"
                  " id %s\r\n\tfor <%s>; %s\r\n", h ? helo : "unknown", s->info.peer_ip,
-                 s->info.family == AF_INET6 ? "IPv6:" : "", s->info.peer_ip, s->host, proto,
-                 s->env.id, s->env.rcpts[0].path, date);
+                 s->info.family == AF_INET6 ? "IPv6:" : "", s->info.peer_ip, using, s->host,
+                 proto, s->env.id, s->env.rcpts[0].path, date);
   else
-    n = snprintf(rcvd, sizeof(rcvd), "Received: from %s (%s [%s%s])\r\n\tby %s (Postern) with %s"
+    n = snprintf(rcvd, sizeof(rcvd), "Received: from %s (%s [%s%s])\r\n%s\tby %s (Postern) with %s"
                  " id %s; %s\r\n", h ? helo : "unknown", s->info.peer_ip,
-                 s->info.family == AF_INET6 ? "IPv6:" : "", s->info.peer_ip, s->host, proto,
+                 s->info.family == AF_INET6 ? "IPv6:" : "", s->info.peer_ip, using, s->host, proto,
                  s->env.id, date);
   if(n < 0 || (size_t)n >= sizeof(rcvd))
     return -1;
@@ -300,6 +329,123 @@ static void message_deliver(struct session *s, const char *what)
   transaction_reset(s);
 }
 
+/* ---- TLS and AUTH state ----------------------------------------------------------------- */
+
+static int starttls_offered(const struct session *s)
+{
+  return s->cfg->tls_mode == SMTP_TLS_STARTTLS && s->cfg->tls && !s->info.tls;
+}
+
+/* PLAIN and LOGIN show the password to anyone on the path: only over TLS, or between two ends
+ * of a loopback connection (a socket bound to a loopback address, and a loopback peer), where
+ * the path is this host's kernel. A wildcard or network address is not loopback, whoever
+ * connects to it. */
+static int channel_secure(const struct session *s)
+{
+  return s->info.tls || (s->cfg->loopback_listener && s->info.peer_loopback);
+}
+
+/* A fresh SASL session: at the start, and after STARTTLS (which changes what may be offered
+ * and forgets any exchange begun before it). */
+static void auth_open(struct session *s)
+{
+  auth_server_free(s->auth);
+  s->auth = NULL;
+  if(!s->cfg->auth_available || !s->cfg->auth_mechs || !s->cfg->auth_mechs[0])
+    return;
+  if(auth_server_new("smtp", s->host, s->cfg->auth_mechs, channel_secure(s), &s->auth)) {
+    s->auth = NULL;
+    log_warn("AUTH not offered to [%s]: cannot start a SASL session", s->info.peer_ip);
+  }
+}
+
+/* Failed AUTHs per client address, across sessions and listeners, so that reconnecting does
+ * not start a guesser's count again. Small and fixed: when it is full the address that failed
+ * longest ago is forgotten first. */
+struct auth_fail_slot {
+  int family;
+  unsigned char addr[16];
+  unsigned count;                     /* 0: free */
+  long long last_ms;                  /* monotonic, of the latest failure */
+};
+static pthread_mutex_t auth_fail_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct auth_fail_slot auth_fail_table[LIM_AUTH_FAILURE_ADDRS];
+
+/* Counts one more failure from the session's address; returns its count in the window. */
+static unsigned auth_fail_count(const struct session *s)
+{
+  long long now = time_mono_ms();
+  const size_t none = LIM_AUTH_FAILURE_ADDRS;
+  size_t i, pick = none, spare = none;
+  unsigned n;
+  pthread_mutex_lock(&auth_fail_lock);
+  for(i = 0; i < LIM_AUTH_FAILURE_ADDRS; i++) {
+    struct auth_fail_slot *f = &auth_fail_table[i];
+    if(f->count && now - f->last_ms > LIM_AUTH_FAILURE_MEMORY * 1000LL)
+      f->count = 0;
+    if(f->count && f->family == s->info.family &&
+       !memcmp(f->addr, s->info.peer_addr, sizeof(f->addr))) {
+      pick = i;
+      break;
+    }
+    /* the slot to take if the address is new: a free one, else the oldest */
+    if(spare == none || (auth_fail_table[spare].count &&
+                         (!f->count || f->last_ms < auth_fail_table[spare].last_ms)))
+      spare = i;
+  }
+  if(pick == none) {
+    pick = spare;
+    auth_fail_table[pick].family = s->info.family;
+    memcpy(auth_fail_table[pick].addr, s->info.peer_addr, sizeof(auth_fail_table[pick].addr));
+    auth_fail_table[pick].count = 0;
+  }
+  n = ++auth_fail_table[pick].count;
+  auth_fail_table[pick].last_ms = now;
+  pthread_mutex_unlock(&auth_fail_lock);
+  return n;
+}
+
+/* Waits before the answer to the nth failure: nothing for the first few (typing errors), then
+ * 1 s, 2 s, 4 s... up to a cap. A shutdown or the session deadline cuts the wait short. */
+static void auth_fail_delay(struct session *s, unsigned n)
+{
+  long long ms, left;
+  unsigned shift;
+  struct pollfd pfd;
+  if(n <= LIM_AUTH_FAILURES_FREE)
+    return;
+  shift = n - LIM_AUTH_FAILURES_FREE - 1;
+  ms = shift >= 5 ? LIM_AUTH_DELAY_SECONDS * 1000LL : 1000LL << shift;
+  if(ms > LIM_AUTH_DELAY_SECONDS * 1000LL)
+    ms = LIM_AUTH_DELAY_SECONDS * 1000LL;
+  if(s->c->deadline_ms > 0) {
+    left = s->c->deadline_ms - time_mono_ms();
+    if(left < ms)
+      ms = left > 0 ? left : 0;
+  }
+  /* what was answered before this goes out now; only this reply waits */
+  if(conn_flush(s->c))
+    return;
+  pfd.fd = s->cfg->wake_fd > 0 ? s->cfg->wake_fd : -1;
+  pfd.events = POLLIN;
+  pfd.revents = 0;
+  poll(&pfd, 1, (int)ms);
+}
+
+/* The handshake, at connect (implicit TLS) or after "220 Ready to start TLS". */
+static int tls_begin(struct session *s)
+{
+  char err[256];
+  if(tls_server_start(s->cfg->tls, s->c, LIM_TLS_HANDSHAKE_SECONDS * 1000, err, sizeof(err))) {
+    log_info("TLS handshake failed from [%s]: %s", s->info.peer_ip, err);
+    return -1;
+  }
+  s->info.tls = 1;
+  tls_conn_describe(s->c, s->tls_desc, sizeof(s->tls_desc));
+  log_info("TLS connection established from [%s]: %s", s->info.peer_ip, s->tls_desc);
+  return 0;
+}
+
 /* ---- commands -------------------------------------------------------------------------- */
 
 static void cmd_helo(struct session *s, const struct smtp_command *cmd, int ehlo)
@@ -328,6 +474,10 @@ static void cmd_helo(struct session *s, const struct smtp_command *cmd, int ehlo
   }
   conn_printf(s->c, "250-%s\r\n250-PIPELINING\r\n", s->host);
   conn_printf(s->c, "250-SIZE %lld\r\n", s->max_size);
+  if(starttls_offered(s))
+    conn_printf(s->c, "250-STARTTLS\r\n");
+  if(s->auth && !s->info.auth_user && auth_server_mechs(s->auth)[0])
+    conn_printf(s->c, "250-AUTH %s\r\n", auth_server_mechs(s->auth));
   conn_printf(s->c, "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n"
               "250-CHUNKING\r\n250 DSN\r\n");
   s->ok[s->cur]++;
@@ -668,6 +818,238 @@ static void cmd_bdat(struct session *s, const struct smtp_command *cmd)
   message_deliver(s, "BDAT");
 }
 
+/* RFC 3207. Whatever the client pipelined after STARTTLS was sent in the clear and is thrown
+ * away unread (the STARTTLS command injection class); after the handshake the session starts
+ * over: no HELO, no transaction, no authentication, and the client must EHLO again. */
+static void cmd_starttls(struct session *s, const struct smtp_command *cmd)
+{
+  size_t pending;
+  int result;
+  if(s->info.tls) {
+    reply(s, 503, "5.5.1", "Error: TLS already active");
+    return;
+  }
+  if(!starttls_offered(s)) {
+    reply(s, 502, "5.5.1", "Error: command not implemented");
+    return;
+  }
+  if(cmd->arglen) {
+    reply(s, 501, "5.5.4", "Syntax: STARTTLS");
+    return;
+  }
+  if(s->in_mail) {
+    reply(s, 503, "5.5.1", "Error: MAIL transaction in progress");
+    return;
+  }
+  reply(s, 220, "2.0.0", "Ready to start TLS");
+  result = conn_flush(s->c);
+  if(result) {
+    conn_lost(s, result, "STARTTLS");
+    return;
+  }
+  pending = s->c->rend - s->c->rstart;
+  if(pending)
+    log_warn("STARTTLS from [%s]: %zu octets pipelined after STARTTLS discarded", s->info.peer_ip,
+             pending);
+  conn_discard_input(s->c);
+  if(tls_begin(s)) {
+    s->done = 1;
+    return;
+  }
+  transaction_reset(s);
+  s->bdat_failed = 0;
+  s->helo_done = 0;
+  s->info.helo[0] = '\0';
+  s->info.esmtp = 0;
+  s->info.auth_user = NULL;
+  s->auth_user[0] = '\0';
+  auth_open(s);
+}
+
+/* Is word one of the blank-separated words of list (exactly, as the lists are upper case)? */
+static int word_listed(const char *list, const char *word)
+{
+  size_t len = strlen(word);
+  const char *cur = list;
+  while(len && cur && (cur = strstr(cur, word))) {
+    if((cur == list || cur[-1] == ' ') && (cur[len] == ' ' || !cur[len]))
+      return 1;
+    cur += len;
+  }
+  return 0;
+}
+
+/* "AUTH" SP mechanism [SP initial-response] (RFC 4954 4) */
+static int auth_args(const struct smtp_command *cmd, char *mech, size_t mechsz,
+                     const char **ir, size_t *irlen)
+{
+  const char *p = cmd->arg, *sp;
+  size_t n = cmd->arglen;
+  sp = memchr(p, ' ', n);
+  *ir = NULL;
+  *irlen = 0;
+  if(!n || sp == p)
+    return -1;
+  if(sp) {
+    *ir = sp + 1;
+    *irlen = n - (size_t)(sp + 1 - p);
+    n = (size_t)(sp - p);
+  }
+  if(n >= mechsz)
+    n = mechsz - 1;                   /* no mechanism name is this long: it stays unknown */
+  memcpy(mech, p, n);
+  mech[n] = '\0';
+  return 0;
+}
+
+/* "=" is an empty response (RFC 4954 4); anything else must be strict base64. */
+static int auth_decode(const char *p, size_t n, unsigned char **out, size_t *outlen)
+{
+  if(n == 1 && p[0] == '=')
+    p = "", n = 0;
+  return auth_b64_decode(p, n, out, outlen);
+}
+
+static void auth_failed(struct session *s, const char *mech)
+{
+  unsigned n = auth_fail_count(s);
+  int max = s->cfg->max_auth_failures > 0 ? s->cfg->max_auth_failures : LIM_AUTH_FAILURES_DEFAULT;
+  s->auth_failures++;
+  if(n < (unsigned)s->auth_failures)
+    n = (unsigned)s->auth_failures;   /* the shared table forgot this address meanwhile */
+  /* the user name is not logged: it is often the password typed into the wrong field */
+  log_info("authentication failed from [%s]: sasl_method=%s, failures=%u", s->info.peer_ip, mech,
+           n);
+  auth_fail_delay(s, n);
+  if(n >= (unsigned)max) {
+    reply(s, 421, "4.7.0", "%s Error: too many authentication failures", s->host);
+    log_warn("too many authentication failures from [%s]; closing", s->info.peer_ip);
+    s->done = 1;
+    return;
+  }
+  reply(s, 535, "5.7.8", "Error: authentication failed");
+}
+
+static void cmd_auth(struct session *s, const struct smtp_command *cmd)
+{
+  char mech[32], esc[LIM_LOG_FIELD * 4 + 8];
+  const char *ir;
+  const unsigned char *chal;
+  unsigned char *in = NULL;
+  size_t irlen, inlen = 0, challen;
+  int result, first = 1;
+
+  if(!s->auth) {
+    reply(s, 502, "5.5.1", "Error: authentication not enabled");
+    return;
+  }
+  if(!s->helo_done || !s->info.esmtp) {
+    reply(s, 503, "5.5.1", "Error: send EHLO first");
+    return;
+  }
+  if(s->info.auth_user) {
+    reply(s, 503, "5.5.1", "Error: already authenticated");
+    return;
+  }
+  if(s->in_mail) {
+    reply(s, 503, "5.5.1", "Error: MAIL transaction in progress");
+    return;
+  }
+  if(auth_args(cmd, mech, sizeof(mech), &ir, &irlen)) {
+    reply(s, 501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
+    return;
+  }
+  for(result = 0; mech[result]; result++)
+    if(mech[result] >= 'a' && mech[result] <= 'z')
+      mech[result] = (char)(mech[result] - 'a' + 'A');
+  if(!word_listed(auth_server_mechs(s->auth), mech)) {
+    /* RFC 4954 6: a mechanism this listener has, but not without TLS */
+    if(!channel_secure(s) && (!strcmp(mech, "PLAIN") || !strcmp(mech, "LOGIN")) &&
+       word_listed(s->cfg->auth_mechs, mech))
+      reply(s, 538, "5.7.11", "Encryption required for requested authentication mechanism");
+    else
+      reply(s, 504, "5.5.4", "Unrecognized authentication type");
+    return;
+  }
+  if(ir) {
+    result = auth_decode(ir, irlen, &in, &inlen);
+    /* PLAIN's initial response is the password: it does not stay in the line buffer */
+    explicit_bzero(s->line.ptr, s->line.len);
+    if(result) {
+      reply(s, 501, "5.5.2", "Error: malformed authentication response");
+      return;
+    }
+  }
+  for(;;) {
+    unsigned fl = 0;
+    char *enc = NULL;
+    size_t enclen = 0;
+    result = auth_server_step(s->auth, first ? mech : NULL, in, inlen, &chal, &challen,
+                              s->auth_user, sizeof(s->auth_user));
+    auth_secret_free(in, inlen);
+    in = NULL;
+    inlen = 0;
+    first = 0;
+    if(result != AUTH_CONTINUE)
+      break;
+    if(auth_b64_encode(chal, challen, &enc, &enclen)) {
+      result = AUTH_ERROR;
+      break;
+    }
+    conn_printf(s->c, "334 %s\r\n", enc);
+    free(enc);
+    result = conn_flush(s->c);
+    if(result) {
+      conn_lost(s, result, "AUTH");
+      return;
+    }
+    result = conn_read_line(s->c, &s->line, LIM_SMTP_AUTH_LINE, &fl);
+    if(result == CONN_TOO_LONG && !(fl & CONN_LINE_EOF)) {
+      buf_reset(&s->line);
+      reply(s, 500, "5.5.6", "Authentication exchange line is too long");
+      return;
+    }
+    if(result || (fl & CONN_LINE_EOF)) {
+      conn_lost(s, result ? result : CONN_EOF, "AUTH");
+      return;
+    }
+    if(s->line.len == 1 && s->line.ptr[0] == '*') {
+      reply(s, 501, "5.7.0", "Authentication cancelled");
+      return;
+    }
+    result = auth_decode(s->line.ptr, s->line.len, &in, &inlen);
+    /* the line may be a password (LOGIN): it is not kept */
+    if(s->line.len)
+      explicit_bzero(s->line.ptr, s->line.len);
+    buf_reset(&s->line);
+    if(result) {
+      reply(s, 501, "5.5.2", "Error: malformed authentication response");
+      return;
+    }
+  }
+  switch(result) {
+  case AUTH_OK:
+    s->info.auth_user = s->auth_user;
+    /* authenticated clients are not junk talkers (LIM_SMTP_PREAUTH_COMMANDS) */
+    s->junk = 0;
+    reply(s, 235, "2.7.0", "Authentication successful");
+    log_info("client=[%s], sasl_method=%s, sasl_username=%s", s->info.peer_ip, mech,
+             log_repr(esc, sizeof(esc), s->auth_user, strlen(s->auth_user)));
+    break;
+  case AUTH_FAIL:
+    auth_failed(s, mech);
+    break;
+  case AUTH_BAD_MECH:
+    reply(s, 504, "5.5.4", "Unrecognized authentication type");
+    break;
+  default:
+    log_warn("AUTH from [%s]: the SASL library could not check the credentials",
+             s->info.peer_ip);
+    reply(s, 454, "4.7.0", "Temporary authentication failure");
+    break;
+  }
+}
+
 /* ---- the session ----------------------------------------------------------------------- */
 
 static const char *const verb_names[ST_N] = {
@@ -763,8 +1145,10 @@ static void command_run(struct session *s, const char *line, size_t len)
     reply(s, 214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY");
     break;
   case SMTP_VERB_STARTTLS:
+    cmd_starttls(s, &cmd);
+    break;
   case SMTP_VERB_AUTH:
-    reply(s, 502, "5.5.1", "Error: command not implemented");
+    cmd_auth(s, &cmd);
     break;
   default:
     /* an HTTP request is a cross-protocol attack through a browser or proxy: hang up, as
@@ -872,9 +1256,12 @@ void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,
   if(cfg->session_ms > 0)
     c->deadline_ms = time_mono_ms() + cfg->session_ms;
   buf_init(&s->msg, (size_t)s->max_size + MSG_MARGIN);
-  buf_init(&s->line, LIM_SMTP_TEXT_LINE + 16);
+  buf_init(&s->line, LIM_SMTP_AUTH_LINE + 16);
   info_fill(s);
   log_info("connect from %s", s->info.peer_ip);
+  if(cfg->tls_mode == SMTP_TLS_IMPLICIT && (!cfg->tls || tls_begin(s)))
+    goto out;                /* no greeting: a client that cannot speak TLS hears nothing */
+  auth_open(s);
 
   memset(&r, 0, sizeof(r));
   if(pol->connect && pol->connect(pol_ctx, &s->info, &r)) {
@@ -898,7 +1285,9 @@ void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,
     /* an idle session between transactions is told of a shutdown at once; one inside a
      * transaction may finish it (the daemon's grace period bounds that) */
     c->wake_fd = s->cfg->wake_fd > 0 && !s->in_mail && !s->bdat_failed ? s->cfg->wake_fd : -1;
-    result = conn_read_line(c, &s->line, LIM_SMTP_COMMAND_LINE, &fl);
+    /* RFC 4954 4: AUTH lines may be longer; only where AUTH is offered */
+    result = conn_read_line(c, &s->line, s->auth ? LIM_SMTP_AUTH_LINE : LIM_SMTP_COMMAND_LINE,
+                            &fl);
     c->wake_fd = -1;
     if(result == CONN_WOKEN) {
       reply(s, 421, "4.3.2", "%s Service shutting down", s->host);
@@ -916,6 +1305,12 @@ void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,
     }
     else if(fl & CONN_LINE_EOF)
       break;         /* a command cut off by EOF is not a command */
+    else if(s->line.len + ((fl & CONN_LINE_CRLF) ? 2 : 1) > LIM_SMTP_COMMAND_LINE &&
+            str_casecmp_n(s->line.ptr, 5, "AUTH ")) {
+      s->cur = ST_UNKNOWN;
+      s->total[ST_UNKNOWN]++;
+      reply(s, 500, "5.5.2", "Error: line too long");
+    }
     else if(stopping(s)) {
       reply(s, 421, "4.3.2", "%s Service shutting down", s->host);
       break;
@@ -936,7 +1331,10 @@ out:
     c->idle_ms = FINAL_FLUSH_MS;
   conn_flush(c);
   stats_log(s);
+  auth_server_free(s->auth);
   buf_free(&s->msg);
+  if(s->line.ptr)
+    explicit_bzero(s->line.ptr, s->line.len);
   buf_free(&s->line);
   free(s->env.rcpts);
   free(s);

@@ -43,6 +43,14 @@ struct smtp_policy {
                   const char *msg, size_t len, struct smtp_reply *r);
 };
 
+struct tls_server_ctx;
+
+enum smtp_tls_mode {
+  SMTP_TLS_NONE = 0,
+  SMTP_TLS_STARTTLS,                  /* offered after EHLO */
+  SMTP_TLS_IMPLICIT,                  /* the handshake comes before the greeting (port 465) */
+};
+
 struct smtp_server_cfg {
   const char *hostname;               /* greeting, Received, Message-ID */
   const char *listener;               /* name for logs and Received */
@@ -56,6 +64,15 @@ struct smtp_server_cfg {
   int wake_fd;                        /* readable once stopping is set: wakes sessions that
                                          wait for a command outside a transaction; 0 none
                                          (configurations are zero-initialised) */
+
+  /* TLS (RFC 3207) and AUTH (RFC 4954); all zero: neither is offered */
+  enum smtp_tls_mode tls_mode;
+  struct tls_server_ctx *tls;         /* the listener's certificate; NULL: no TLS */
+  const char *auth_mechs;             /* auth_mechanisms; NULL or "": AUTH not offered */
+  int auth_available;                 /* auth_server_init worked (the sasldb is usable) */
+  int loopback_listener;              /* the socket is bound to a loopback address: a loopback
+                                         peer may use PLAIN and LOGIN without TLS */
+  int max_auth_failures;              /* failed AUTHs from one address before 421; 0: default */
 };
 
 /* Runs one session to its end on c (already accepted), then returns; c is not freed. */
