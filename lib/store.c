@@ -51,6 +51,9 @@ static const char *const migrations[] = {
   " last_reply TEXT, upstream TEXT,"
   " PRIMARY KEY(message_id, idx)) WITHOUT ROWID;"
   "CREATE INDEX recipients_due ON recipients(status, next_attempt_ms);",
+  /* 2: who holds a held recipient: the name of the upstream whose login failed (the relay
+   * releases those by itself once a login succeeds), NULL for a hold by hand */
+  "ALTER TABLE recipients ADD COLUMN held_by TEXT;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -62,6 +65,7 @@ enum stmt {
   ST_RCPT_SET_PENDING,
   ST_MSG_GET, ST_RCPT_GET, ST_BODY_GET, ST_DUE, ST_NEXT_DUE, ST_LIST,
   ST_COUNT_ORPHAN_RCPTS, ST_COUNT_EMPTY_MSGS,
+  ST_RELEASE_UPSTREAM, ST_HELD_UPSTREAMS,
   ST_COUNT
 };
 
@@ -86,11 +90,13 @@ static const char *const stmt_sql[ST_COUNT] = {
   /* a NULL reply or upstream keeps the one already recorded: no news is not erasure */
   [ST_RCPT_UPDATE] = "UPDATE recipients SET status = ?1, attempts = attempts + ?2,"
     " next_attempt_ms = ?3, last_reply = coalesce(?4, last_reply),"
-    " upstream = coalesce(?5, upstream), updated_ms = ?6 WHERE message_id = ?7 AND idx = ?8",
+    " upstream = coalesce(?5, upstream), updated_ms = ?6, held_by = ?9"
+    " WHERE message_id = ?7 AND idx = ?8",
   [ST_MSG_EXISTS] = "SELECT 1 FROM messages WHERE id = ?1",
   [ST_MSG_DELETE] = "DELETE FROM messages WHERE id = ?1",
   [ST_RCPT_SET_PENDING] = "UPDATE recipients SET status = ?1, next_attempt_ms = ?2,"
-    " updated_ms = ?2 WHERE message_id = ?3 AND status IN ('queued','deferred','held')",
+    " updated_ms = ?2, held_by = NULL"
+    " WHERE message_id = ?3 AND status IN ('queued','deferred','held')",
   [ST_MSG_GET] = "SELECT " MSG_COLUMNS " FROM messages WHERE id = ?1",
   [ST_RCPT_GET] = "SELECT idx, address, orcpt, notify, status, attempts, next_attempt_ms,"
     " updated_ms, last_reply, upstream FROM recipients WHERE message_id = ?1 ORDER BY idx",
@@ -113,6 +119,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     " WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = r.message_id)",
   [ST_COUNT_EMPTY_MSGS] = "SELECT count(*) FROM messages m"
     " WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id)",
+  [ST_RELEASE_UPSTREAM] = "UPDATE recipients SET status = 'queued', held_by = NULL,"
+    " next_attempt_ms = ?1, updated_ms = ?1 WHERE status = 'held' AND held_by = ?2",
+  [ST_HELD_UPSTREAMS] = "SELECT DISTINCT held_by FROM recipients"
+    " WHERE status = 'held' AND held_by IS NOT NULL",
 };
 
 /* One SQLite connection and its prepared statements. Used by one thread at a time: the
@@ -123,7 +133,7 @@ struct store_db {
   int sync_normal;         /* the connection runs with synchronous=NORMAL right now */
 };
 
-enum job_kind { JOB_ACCEPT, JOB_UPDATE, JOB_DELETE, JOB_SET_PENDING };
+enum job_kind { JOB_ACCEPT, JOB_UPDATE, JOB_DELETE, JOB_SET_PENDING, JOB_RELEASE_UPSTREAM };
 
 /* One write waiting for the writer; lives on the waiting caller's stack. */
 struct store_job {
@@ -135,6 +145,8 @@ struct store_job {
   const struct store_rcpt_update *u;      /* JOB_UPDATE */
   size_t nu;
   enum rcpt_status status;                /* JOB_SET_PENDING */
+  const char *upstream;                   /* JOB_RELEASE_UPSTREAM */
+  size_t changed;                         /* JOB_RELEASE_UPSTREAM: recipients released */
   int result;
   int done;
   pthread_cond_t cond;
@@ -520,6 +532,7 @@ static int job_update(struct store_db *d, const struct store_job *j)
     if(!rc) rc = sqlite3_bind_int64(s, 6, now);
     if(!rc) rc = bind_text(s, 7, j->id);
     if(!rc) rc = sqlite3_bind_int64(s, 8, (sqlite3_int64)u->idx);
+    if(!rc) rc = bind_text(s, 9, u->status == RCPT_HELD ? u->held_by : NULL);
     if(rc) {
       result = db_fail(d, rc, "bind update");
       sqlite3_reset(s);
@@ -565,13 +578,32 @@ static int job_set_pending(struct store_db *d, const struct store_job *j)
   return db_exec_stmt(d, s, "set pending");
 }
 
-static int job_run(struct store_db *d, const struct store_job *j)
+static int job_release_upstream(struct store_db *d, struct store_job *j)
+{
+  sqlite3_stmt *s = db_stmt(d, ST_RELEASE_UPSTREAM);
+  int rc, result;
+  if(!s)
+    return STORE_ERROR;
+  rc = sqlite3_bind_int64(s, 1, now_ms());
+  if(!rc) rc = bind_text(s, 2, j->upstream);
+  if(rc) {
+    sqlite3_reset(s);
+    return db_fail(d, rc, "bind release upstream");
+  }
+  result = db_exec_stmt(d, s, "release upstream");
+  if(!result)
+    j->changed = (size_t)sqlite3_changes(d->db);
+  return result;
+}
+
+static int job_run(struct store_db *d, struct store_job *j)
 {
   switch(j->kind) {
   case JOB_ACCEPT: return job_accept(d, j);
   case JOB_UPDATE: return job_update(d, j);
   case JOB_DELETE: return job_delete(d, j);
   case JOB_SET_PENDING: return job_set_pending(d, j);
+  case JOB_RELEASE_UPSTREAM: return job_release_upstream(d, j);
   }
   return STORE_ERROR;
 }
@@ -746,6 +778,20 @@ int store_set_pending(struct store *st, const char *id, enum rcpt_status status)
   j.id = id;
   j.status = status;
   return store_submit(st, &j);
+}
+
+int store_release_upstream(struct store *st, const char *upstream, size_t *released)
+{
+  struct store_job j;
+  int result;
+  memset(&j, 0, sizeof(j));
+  j.kind = JOB_RELEASE_UPSTREAM;
+  j.id = "";
+  j.upstream = upstream;
+  result = store_submit(st, &j);
+  if(released)
+    *released = result ? 0 : j.changed;
+  return result;
 }
 
 /* ---- reads ---------------------------------------------------------------------------------- */
@@ -941,6 +987,50 @@ int store_due(struct store *st, long long now, char (*ids)[LIM_QUEUE_ID + 1], si
   sqlite3_reset(s);
 out:
   pthread_mutex_unlock(&st->rlock);
+  return result;
+}
+
+int store_held_upstreams(struct store *st, int (*cb)(void *arg, const char *upstream), void *arg)
+{
+  sqlite3_stmt *s;
+  char **names = NULL;
+  size_t n = 0, cap = 0, i;
+  int rc, result = STORE_OK;
+  /* collected first: the callback may well use the store itself */
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, ST_HELD_UPSTREAMS);
+  if(!s) {
+    pthread_mutex_unlock(&st->rlock);
+    return STORE_ERROR;
+  }
+  while((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    char *name = NULL;
+    if(n == cap) {
+      char **nn = realloc(names, (cap ? cap * 2 : 8) * sizeof(*names));
+      if(!nn) {
+        result = STORE_ERROR;
+        break;
+      }
+      names = nn;
+      cap = cap ? cap * 2 : 8;
+    }
+    if(col_text(s, 0, &name) || !name) {
+      result = STORE_ERROR;
+      break;
+    }
+    names[n++] = name;
+  }
+  if(!result && rc != SQLITE_DONE)
+    result = db_fail(&st->r, rc, "held upstreams");
+  sqlite3_reset(s);
+  pthread_mutex_unlock(&st->rlock);
+  for(i = 0; i < n; i++) {
+    if(!result && cb(arg, names[i]))
+      break;
+  }
+  for(i = 0; i < n; i++)
+    free(names[i]);
+  free(names);
   return result;
 }
 

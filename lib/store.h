@@ -91,6 +91,7 @@ struct store_rcpt_update {
   long long next_attempt_ms;   /* for DEFERRED */
   const char *reply;           /* "250 2.0.0 ..." */
   const char *upstream;
+  const char *held_by;         /* RCPT_HELD by the relay: the upstream whose login failed */
 };
 int store_update(struct store *st, const char *id, const struct store_rcpt_update *u, size_t n);
 
@@ -107,6 +108,12 @@ int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, 
 int store_delete(struct store *st, const char *id);   /* STORE_NOTFOUND if absent */
 /* Sets every not-final recipient of a message (QUEUED/DEFERRED/HELD) to status, due now. */
 int store_set_pending(struct store *st, const char *id, enum rcpt_status status);
+
+/* Makes every recipient the relay held for upstream (held_by, after a failed login) due now,
+ * once a login to it works again; holds by hand stay. *released gets the count (may be NULL). */
+int store_release_upstream(struct store *st, const char *upstream, size_t *released);
+/* Calls cb with the name of each upstream that holds recipients (held_by); non-zero stops. */
+int store_held_upstreams(struct store *st, int (*cb)(void *arg, const char *upstream), void *arg);
 
 /* Checks the database (PRAGMA integrity_check, orphans); 0 ok, else err says what. */
 int store_check(struct store *st, char *err, size_t errsz);

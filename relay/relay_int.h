@@ -11,13 +11,25 @@ struct transport_rcpt {
   struct smtp_reply reply;
 };
 
+/* What open and send return. */
+enum transport_result {
+  TRANSPORT_OK = 0,
+  TRANSPORT_FAILED,          /* r applies to every recipient: deferred, or bounced if 5xx */
+  TRANSPORT_AUTH_FAILED,     /* the upstream refused our credentials: the mail is held, not
+                              * bounced, until a login works again (DESIGN.md) */
+  TRANSPORT_THROTTLED,       /* as FAILED, and the upstream asked us to slow down (4.7.x) */
+};
+
 struct transport {
   const char *type;                   /* the `type =` word of an [upstream] */
   enum rcpt_status delivered_status;  /* what a 2xx reply means: SENT, or CAPTURED */
-  /* Opens a session to the upstream. Non-zero: r says why (for every recipient). */
-  int  (*open)(const struct cfg_upstream *up, void **session, struct smtp_reply *r);
-  /* Delivers one message to rcpts; per-recipient replies go in rcpts[i].reply. Non-zero: the
-   * whole attempt failed with r (the session is then closed, not reused). */
+  /* Opens a session to the upstream (for the smtp transport: connected, TLS as configured,
+   * logged in). Non-zero (enum transport_result): r says why. */
+  int  (*open)(const struct config *cfg, const struct cfg_upstream *up, void **session,
+               struct smtp_reply *r);
+  /* Delivers one message to rcpts; per-recipient replies go in rcpts[i].reply. Non-zero (enum
+   * transport_result): the whole attempt failed with r (the session is then closed, not
+   * reused). */
   int  (*send)(void *session, const struct store_msg *m, const char *body, size_t len,
                struct transport_rcpt *rcpts, size_t n, struct smtp_reply *r);
   void (*close)(void *session);
@@ -26,7 +38,54 @@ struct transport {
 };
 
 extern const struct transport transport_capture;
+extern const struct transport transport_smtp;
 const struct transport *transport_for(const char *type);
+
+/* ---- per-upstream state (upstate.c), by name, kept across reloads -------------------- */
+struct upstates;
+int  upstates_new(struct upstates **out);
+void upstates_free(struct upstates *u);
+/* `rate = N/s|m|h|d` as microseconds between messages (0: no rate); 0 ok, -1 malformed. */
+int  rate_interval_us(const char *rate, long long *us);
+/* May message id go to up now? 0: yes (its token is taken); else the wall-clock ms of the slot
+ * kept for it: it waits in the queue until then, no attempt counted. */
+long long upstate_rate_admit(struct upstates *u, const struct cfg_upstream *up, const char *id,
+                             long long now_ms);
+/* The upstream answered 4.7.x: halve its rate for a while. */
+void upstate_throttled(struct upstates *u, const struct cfg_upstream *up, long long now_ms);
+
+enum { UPSTATE_GO = 0, UPSTATE_PROBE, UPSTATE_HELD };
+/* Is the upstream held after a refused login? UPSTATE_HELD: do not try (reply gets the
+ * reason); UPSTATE_PROBE: held, but this caller is to try a login now (due, or by_hand: mail
+ * released by the operator); call login_ok / login_failed / probe_abort after. */
+int  upstate_hold_check(struct upstates *u, const char *name, long long now_ms, int by_hand,
+                        char *reply, size_t replysz);
+int  upstate_is_held(struct upstates *u, const char *name);
+/* A login was refused: hold (1 when it was not held before: log the alarm). The next try
+ * comes after min_ms, doubling up to max_ms. */
+int  upstate_login_failed(struct upstates *u, const char *name, const char *reply,
+                          long long now_ms, long long min_ms, long long max_ms);
+/* A login worked: 1 when the upstream was held (release its mail). */
+int  upstate_login_ok(struct upstates *u, const char *name);
+/* A probe could not tell (no connection): try again at next_ms (0: as planned). */
+void upstate_probe_abort(struct upstates *u, const char *name, long long next_ms);
+/* The store holds mail for name (found at start): held until a login works. */
+void upstate_mark_held(struct upstates *u, const char *name, long long now_ms);
+/* After a reload (new credentials, perhaps): every held upstream is tried at once. */
+void upstate_probe_all_now(struct upstates *u, long long now_ms);
+/* The next held upstream whose login is due (marked as being probed; 1), and when the next one
+ * after it is due (-1: none). */
+int  upstate_probe_next(struct upstates *u, long long now_ms, size_t *idx, long long *wake_ms);
+int  upstate_name(struct upstates *u, size_t idx, char *out, size_t outsz);
+
+/* ---- DSN (dsn.c) --------------------------------------------------------------------------- */
+/* One delivery status notification (RFC 3464) to m's sender for the recipients of upd that
+ * bounced, accepted into the store (sender "", source "dsn") like any message. Nothing for the
+ * null sender or for recipients whose NOTIFY excludes FAILURE. 0 ok (or nothing to do; *id
+ * is then ""), else a store error. */
+int dsn_bounce(struct store *st, const struct config *cfg, const struct store_msg *m,
+               const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
+               char id[LIM_QUEUE_ID + 1]);
 
 /* The implicit upstream used when no route exists: keep the mail in the store. */
 extern const struct cfg_upstream upstream_capture;

@@ -1,6 +1,7 @@
 /* The relay engine: a scheduler thread that finds due messages in the store and a bounded
  * pool of delivery workers that route each recipient, hand it to its transport, and write
- * the per-recipient outcome (sent / captured / deferred with backoff / bounced) back. */
+ * the per-recipient outcome (sent / captured / deferred with backoff / bounced with a DSN /
+ * held after a refused login) back; rate limits and holds are kept per upstream. */
 #include "relay/relay_int.h"
 #include "lib/log.h"
 #include "lib/buf.h"
@@ -23,6 +24,7 @@ struct relay_worker {
   char upname[128];
   void *session;
   int open;
+  unsigned gen;                     /* the configuration generation the session was opened in */
 };
 
 struct relay {
@@ -38,6 +40,8 @@ struct relay {
   int sched_started;
   struct relay_worker *workers;
   size_t nworkers;
+  unsigned gen;                     /* bumped at each reload: sessions of older ones close */
+  struct upstates *ups;
   /* ids handed to workers or waiting for one; never scheduled twice */
   char (*work)[LIM_QUEUE_ID + 1];
   size_t nwork;                     /* waiting, FIFO at the front */
@@ -85,7 +89,7 @@ static void *sched_main(void *arg)
   pthread_mutex_lock(&r->mu);
   while(!r->stopping) {
     size_t n = 0, i;
-    long long now, when = -1, wait_ms = RELAY_MAX_WAIT_MS;
+    long long now, when = -1, wait_ms = RELAY_MAX_WAIT_MS, probe_when = -1;
     int added = 0;
     r->kicked = 0;
     pthread_mutex_unlock(&r->mu);
@@ -100,11 +104,26 @@ static void *sched_main(void *arg)
       memcpy(r->work[r->nwork++], ids[i], sizeof(ids[i]));
       added = 1;
     }
+    /* held upstreams whose login is due for another try */
+    for(;;) {
+      size_t idx;
+      long long wake;
+      if(r->ninflight >= r->cap || !upstate_probe_next(r->ups, now, &idx, &wake)) {
+        if(r->ninflight < r->cap && wake >= 0)
+          probe_when = wake;
+        break;
+      }
+      snprintf(r->inflight[r->ninflight++], LIM_QUEUE_ID + 1, "#%zu", idx);
+      snprintf(r->work[r->nwork++], LIM_QUEUE_ID + 1, "#%zu", idx);
+      added = 1;
+    }
     if(added)
       pthread_cond_broadcast(&r->work_cond);
     pthread_mutex_unlock(&r->mu);
     if(!store_next_due(r->st, &when) && when >= 0)
       wait_ms = when - time_real_ms();
+    if(probe_when >= 0 && probe_when - time_real_ms() < wait_ms)
+      wait_ms = probe_when - time_real_ms() > 0 ? probe_when - time_real_ms() : 1;
     pthread_mutex_lock(&r->mu);
     /* due mail that is already in flight: wait for a worker to finish (it signals) */
     if(wait_ms <= 0)
@@ -146,22 +165,65 @@ static void worker_close_session(struct relay_worker *w)
   w->upname[0] = '\0';
 }
 
+/* A successful login to up: if it was held, its mail goes out again. */
+static void login_worked(struct relay *r, const char *name)
+{
+  size_t released = 0;
+  if(!upstate_login_ok(r->ups, name))
+    return;
+  if(store_release_upstream(r->st, name, &released))
+    log_error("upstream %s: login works again, but its held mail could not be released; "
+              "use posternctl queue release", name);
+  else
+    log_info("upstream %s: login works again; released %zu held recipient(s)", name, released);
+  relay_kick(r);
+}
+
+static void login_refused(struct relay *r, const struct config *cfg, const char *name,
+                          const struct smtp_reply *rep)
+{
+  char text[LIM_SMTP_REPLY_LINE + 32], esc[LIM_LOG_FIELD * 4 + 8];
+  smtp_reply_str(rep, text, sizeof(text));
+  log_repr(esc, sizeof(esc), text, strlen(text));
+  if(upstate_login_failed(r->ups, name, text, time_real_ms(), cfg->retry_min * 1000LL,
+                          cfg->retry_max * 1000LL))
+    log_error("ALARM upstream %s: authentication failed (%s): its mail is held, not bounced; "
+              "fix the credentials and it goes out by itself after the next successful login",
+              name, esc);
+  else
+    log_warn("upstream %s: login still refused (%s); its mail stays held", name, esc);
+}
+
+static int is_throttle_reply(const struct smtp_reply *rep)
+{
+  return rep->code >= 400 && rep->code < 500 && !strncmp(rep->enh, "4.7.", 4);
+}
+
+enum group_mode { GROUP_TRIED, GROUP_RATE_WAIT, GROUP_HELD };
+
 /* Delivers the recipients of one group (same upstream) and fills their updates. */
 static void deliver_group(struct relay_worker *w, const struct config *cfg,
                           const struct store_msg *m, const char *body, size_t len,
                           const struct cfg_upstream *up, struct transport_rcpt *tr, size_t n,
                           struct store_rcpt_update *upd, char (*replies)[LIM_SMTP_REPLY_LINE + 32])
 {
+  struct relay *r = w->relay;
   const struct transport *t = up ? transport_for(up->type) : NULL;
   struct smtp_reply all;
-  char relayname[256] = "none";
-  long long now = time_real_ms();
-  int failed = 0;
+  char relayname[256] = "none", held[LIM_SMTP_REPLY_LINE + 64];
+  long long now = time_real_ms(), slot = 0;
+  int failed = 0, result = TRANSPORT_OK, hold = UPSTATE_GO, by_hand = 0, throttled = 0;
+  enum group_mode mode = GROUP_TRIED;
   size_t i;
 
   memset(&all, 0, sizeof(all));
-  for(i = 0; i < n; i++)
+  for(i = 0; i < n; i++) {
     memset(&tr[i].reply, 0, sizeof(tr[i].reply));
+    /* queued again after an attempt: released or retried by hand (the relay itself retries
+     * as "deferred") */
+    if(tr[i].rcpt->status == RCPT_QUEUED && tr[i].rcpt->attempts > 0)
+      by_hand = 1;
+  }
   if(!up) {
     smtp_reply_set(&all, 451, "4.3.5", "No route matches this recipient (check the [route] sections)");
     failed = 1;
@@ -170,25 +232,49 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
     smtp_reply_set(&all, 451, "4.3.5", "Upstream type %s is not available in this build", up->type);
     failed = 1;
   }
+  else if((hold = upstate_hold_check(r->ups, up->name, now, by_hand, held, sizeof(held))) ==
+          UPSTATE_HELD)
+    mode = GROUP_HELD;
+  else if((slot = upstate_rate_admit(r->ups, up, m->id, now)) > 0) {
+    mode = GROUP_RATE_WAIT;
+    if(hold == UPSTATE_PROBE)
+      upstate_probe_abort(r->ups, up->name, 0);
+  }
   else {
-    if(w->open && (w->t != t || strcmp(w->upname, up->name)))
+    if(w->open && (w->t != t || strcmp(w->upname, up->name) || w->gen != r->gen))
       worker_close_session(w);
     if(!w->open) {
-      if(t->open(up, &w->session, &all))
+      result = t->open(cfg, up, &w->session, &all);
+      if(result)
         failed = 1;
       else {
         w->open = 1;
         w->t = t;
+        w->gen = r->gen;
         str_copy(w->upname, sizeof(w->upname), up->name);
+        login_worked(r, up->name);
       }
     }
+    else if(hold == UPSTATE_PROBE)
+      login_worked(r, up->name);     /* a session that is logged in already */
     if(!failed) {
       t->describe(w->session, relayname, sizeof(relayname));
-      if(t->send(w->session, m, body, len, tr, n, &all)) {
+      result = t->send(w->session, m, body, len, tr, n, &all);
+      if(result) {
         failed = 1;
         worker_close_session(w);
       }
     }
+    if(result == TRANSPORT_AUTH_FAILED)
+      login_refused(r, cfg, up->name, &all);
+    else if(hold == UPSTATE_PROBE && failed)
+      upstate_probe_abort(r->ups, up->name, now + cfg->retry_min * 1000LL);
+    throttled = result == TRANSPORT_THROTTLED;
+    for(i = 0; !failed && i < n; i++)
+      if(is_throttle_reply(&tr[i].reply))
+        throttled = 1;
+    if(throttled)
+      upstate_throttled(r->ups, up, now);
   }
 
   for(i = 0; i < n; i++) {
@@ -197,9 +283,34 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
     struct store_rcpt_update *u = &upd[i];
     char dsn[16], esc[LIM_LOG_FIELD * 4 + 8];
     const char *statusword;
+    memset(u, 0, sizeof(*u));
     u->idx = rc->idx;
-    u->add_attempt = 1;
+    log_repr(esc, sizeof(esc), rc->address, strlen(rc->address));
+    if(mode == GROUP_RATE_WAIT) {
+      /* over the upstream's rate: back in the queue for its slot, no attempt, no failure */
+      u->status = rc->status == RCPT_DEFERRED ? RCPT_DEFERRED : RCPT_QUEUED;
+      u->next_attempt_ms = slot;
+      if(cfg->debug)
+        log_debug("%s: to=<%s>, rate limit of upstream %s: waiting %.2f s", m->id, esc,
+                  up->name, (double)(slot - now) / 1000.0);
+      continue;
+    }
     u->upstream = up ? up->name : NULL;
+    if(mode == GROUP_HELD || result == TRANSPORT_AUTH_FAILED) {
+      /* not the recipient's fault: held (not bounced) until a login to the upstream works */
+      u->status = RCPT_HELD;
+      u->held_by = up->name;
+      u->add_attempt = mode != GROUP_HELD;
+      if(mode == GROUP_HELD)
+        str_copy(replies[i], sizeof(replies[i]), held);
+      else
+        smtp_reply_str(&all, replies[i], sizeof(replies[i]));
+      u->reply = replies[i];
+      log_info("%s: to=<%s>, relay=%s, delay=%.2f, status=held (%s)", m->id, esc, relayname,
+               (double)(now - m->created_ms) / 1000.0, replies[i]);
+      continue;
+    }
+    u->add_attempt = 1;
     if(rep->code >= 200 && rep->code < 300) {
       u->status = t ? t->delivered_status : RCPT_SENT;
     }
@@ -226,9 +337,42 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
       str_copy(dsn, sizeof(dsn), rep->enh);
     else
       snprintf(dsn, sizeof(dsn), "%c.0.0", rep->code >= 500 ? '5' : rep->code >= 400 ? '4' : '2');
-    log_info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", m->id,
-             log_repr(esc, sizeof(esc), rc->address, strlen(rc->address)), relayname,
+    log_info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", m->id, esc, relayname,
              (double)(now - m->created_ms) / 1000.0, dsn, statusword, replies[i]);
+  }
+}
+
+/* Bounced recipients get their DSN before their status is written: a crash in between sends
+ * the DSN twice, never zero times. If the DSN cannot be stored they are deferred instead. */
+static void bounce_notify(struct relay_worker *w, const struct config *cfg,
+                          const struct store_msg *m, const char *body, size_t len,
+                          struct store_rcpt_update *upd, size_t n)
+{
+  char id[LIM_QUEUE_ID + 1] = "";
+  size_t i, bounced = 0;
+  long long now = time_real_ms();
+  for(i = 0; i < n; i++)
+    if(upd[i].status == RCPT_BOUNCED)
+      bounced++;
+  if(!bounced)
+    return;
+  if(!m->sender[0]) {
+    log_info("%s: not sending a non-delivery notification: the sender is the null sender", m->id);
+    return;
+  }
+  if(dsn_bounce(w->relay->st, cfg, m, body, len, upd, n, id)) {
+    log_error("%s: cannot store the non-delivery notification; the bounce waits for the next "
+              "attempt", m->id);
+    for(i = 0; i < n; i++)
+      if(upd[i].status == RCPT_BOUNCED) {
+        upd[i].status = RCPT_DEFERRED;
+        upd[i].next_attempt_ms = now + cfg->retry_min * 1000LL;
+      }
+    return;
+  }
+  if(id[0]) {
+    log_info("%s: sender non-delivery notification: %s", m->id, id);
+    relay_kick(w->relay);
   }
 }
 
@@ -279,8 +423,16 @@ static void deliver(struct relay_worker *w, const char *id)
     deliver_group(w, cfg, &m, body, len, ups[i], tr, n, upd + nupd, replies + nupd);
     nupd += n;
   }
+  bounce_notify(w, cfg, &m, body, len, upd, nupd);
   if(nupd && store_update(r->st, m.id, upd, nupd))
     log_error("%s: cannot record delivery results; the message will be tried again", m.id);
+  /* a login may have worked (and released the upstream's mail) between our look at the hold
+   * and the write of ours: then ours is released too, or it would wait for the next failure */
+  for(i = 0; i < nupd; i++)
+    if(upd[i].status == RCPT_HELD && upd[i].held_by && !upstate_is_held(r->ups, upd[i].held_by)) {
+      store_release_upstream(r->st, upd[i].held_by, NULL);
+      relay_kick(r);
+    }
 out:
   pthread_rwlock_unlock(&r->cfg_lock);
   free(tr);
@@ -290,6 +442,50 @@ out:
   free(done);
   free(body);
   store_msg_free(&m);
+}
+
+/* Tries the login of a held upstream (no message involved); on success its mail is released
+ * and the session stays open for it. */
+static void probe(struct relay_worker *w, size_t idx)
+{
+  struct relay *r = w->relay;
+  const struct config *cfg;
+  const struct cfg_upstream *up;
+  const struct transport *t;
+  struct smtp_reply rep;
+  char name[256], text[LIM_SMTP_REPLY_LINE + 32];
+  int result;
+
+  if(upstate_name(r->ups, idx, name, sizeof(name)))
+    return;
+  pthread_rwlock_rdlock(&r->cfg_lock);
+  cfg = r->cfg;
+  up = config_upstream(cfg, name);
+  t = up ? transport_for(up->type) : NULL;
+  if(!up || !t) {
+    /* gone from the configuration: its mail is routed afresh */
+    login_worked(r, name);
+    goto out;
+  }
+  worker_close_session(w);
+  memset(&rep, 0, sizeof(rep));
+  result = t->open(cfg, up, &w->session, &rep);
+  if(!result) {
+    w->open = 1;
+    w->t = t;
+    w->gen = r->gen;
+    str_copy(w->upname, sizeof(w->upname), up->name);
+    login_worked(r, name);
+  }
+  else if(result == TRANSPORT_AUTH_FAILED)
+    login_refused(r, cfg, name, &rep);
+  else {
+    smtp_reply_str(&rep, text, sizeof(text));
+    log_warn("upstream %s: cannot try the login now (%s); its mail stays held", name, text);
+    upstate_probe_abort(r->ups, name, time_real_ms() + cfg->retry_min * 1000LL);
+  }
+out:
+  pthread_rwlock_unlock(&r->cfg_lock);
 }
 
 static void *worker_main(void *arg)
@@ -315,7 +511,10 @@ static void *worker_main(void *arg)
     memmove(r->work[0], r->work[1], (r->nwork - 1) * sizeof(r->work[0]));
     r->nwork--;
     pthread_mutex_unlock(&r->mu);
-    deliver(w, id);
+    if(id[0] == '#')
+      probe(w, (size_t)strtoul(id + 1, NULL, 10));
+    else
+      deliver(w, id);
     pthread_mutex_lock(&r->mu);
     idx = inflight_find(r, id);
     if(idx >= 0)
@@ -327,6 +526,27 @@ static void *worker_main(void *arg)
   return NULL;
 }
 
+/* DESIGN.md: verify = none is said at every start (and reload), so nobody forgets it. */
+static void warn_unverified(const struct config *cfg)
+{
+  size_t i;
+  for(i = 0; i < cfg->nupstreams; i++) {
+    const struct cfg_upstream *up = &cfg->upstreams[i];
+    if(up->type && !strcmp(up->type, "smtp") && up->verify && !strcmp(up->verify, "none"))
+      log_warn("upstream %s: verify = none: the TLS certificate of %s is not checked; anyone "
+               "on the path can read and change the mail and the password", up->name,
+               up->host ? up->host : "?");
+  }
+}
+
+static int held_found(void *arg, const char *name)
+{
+  struct relay *r = arg;
+  upstate_mark_held(r->ups, name, time_real_ms());
+  log_warn("upstream %s: mail held after a refused login; trying the login again", name);
+  return 0;
+}
+
 int relay_start(const struct config *cfg, struct store *st, struct relay **out)
 {
   struct relay *r = calloc(1, sizeof(*r));
@@ -334,6 +554,11 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out)
   size_t i;
   if(!r)
     return -1;
+  if(upstates_new(&r->ups)) {
+    free(r);
+    return -1;
+  }
+  warn_unverified(cfg);
   r->cfg = cfg;
   r->st = st;
   r->nworkers = cfg->delivery_workers > 0 ? (size_t)cfg->delivery_workers : 1;
@@ -342,6 +567,7 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out)
   r->inflight = calloc(r->cap, sizeof(*r->inflight));
   r->workers = calloc(r->nworkers, sizeof(*r->workers));
   if(!r->work || !r->inflight || !r->workers) {
+    upstates_free(r->ups);
     free(r->work);
     free(r->inflight);
     free(r->workers);
@@ -355,6 +581,9 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out)
   pthread_cond_init(&r->work_cond, &ca);
   pthread_condattr_destroy(&ca);
   pthread_rwlock_init(&r->cfg_lock, NULL);
+  /* mail held by a refused login before a restart: those upstreams are tried first thing */
+  if(store_held_upstreams(st, held_found, r))
+    log_warn("relay: cannot read which upstreams hold mail");
   for(i = 0; i < r->nworkers; i++) {
     r->workers[i].relay = r;
     r->workers[i].seed = (unsigned)(time_real_ms() ^ (long long)(i * 7919));
@@ -374,7 +603,11 @@ const struct config *relay_reload(struct relay *r, const struct config *cfg)
   pthread_rwlock_wrlock(&r->cfg_lock);
   old = r->cfg;
   r->cfg = cfg;
+  r->gen++;
   pthread_rwlock_unlock(&r->cfg_lock);
+  warn_unverified(cfg);
+  /* new credentials, perhaps: held upstreams get a login try now */
+  upstate_probe_all_now(r->ups, time_real_ms());
   relay_kick(r);
   return old;
 }
@@ -400,5 +633,6 @@ void relay_stop(struct relay *r)
   free(r->work);
   free(r->inflight);
   free(r->workers);
+  upstates_free(r->ups);
   free(r);
 }

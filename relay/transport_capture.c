@@ -3,7 +3,8 @@
 #include "relay/relay_int.h"
 #include "lib/buf.h"
 
-static int capture_open(const struct cfg_upstream *up, void **session, struct smtp_reply *r)
+static int capture_open(const struct config *cfg, const struct cfg_upstream *up, void **session,
+                        struct smtp_reply *r)
 {
   *session = NULL;
   return 0;

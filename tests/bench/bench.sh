@@ -119,3 +119,134 @@ for s in $SESSIONS; do
   fi
   before=$after
 done
+
+# ---- Upstream relay ---------------------------------------------------------------------------
+# smtp-source -> relay -> smtp-sink, end to end: from smtp-source's first connection until the
+# last message has left the relay for the sink. The relay is Postern (a route to the sink,
+# tls = none, its default delivery_workers) and then Postfix configured as a relay to the same
+# sink (relayhost = [127.0.0.1]:PORT; a private instance with its own config_directory and
+# queue_directory, started with `postfix -c DIR start`; needs root). "Left" means: Postern's
+# store has no recipient pending (read-only count with the sqlite3 shell), Postfix's
+# incoming/active/deferred queues are empty. UPSTREAM=0 skips this part.
+if [ "${UPSTREAM:-1}" = 1 ]; then
+  relay_port=$(free_port)
+  mkdir -p "$work/relay-data"
+  cat >"$work/relay.conf" <<EOC
+[postern]
+hostname = bench-relay.test.example
+data_dir = $work/relay-data
+max_clients = 500
+retry_min = 1s
+
+[listener submission]
+address = 127.0.0.1:$relay_port
+role = submission
+
+[upstream sink]
+type = smtp
+host = 127.0.0.1
+port = $sink_port
+tls = none
+auth = none
+
+[route default]
+upstream = sink
+EOC
+  "$POSTERN" -c "$work/relay.conf" -f 2>"$work/relay.log" &
+  relay_pid=$!
+  wait_port "$relay_port" "$relay_pid"
+
+  postern_pending() {
+    sqlite3 -readonly "$work/relay-data/postern.db" \
+      "select count(*) from recipients where status in ('queued','deferred')"
+  }
+  postern_sent() {
+    sqlite3 -readonly "$work/relay-data/postern.db" "select count(*) from recipients where status = 'sent'"
+  }
+
+  pf= pf_port=
+  if [ "$(id -u)" = 0 ] && command -v postfix >/dev/null; then
+    pf=$work/postfix
+    pf_port=$(free_port)
+    mkdir -p "$pf/conf" "$pf/queue" "$pf/data"
+    chmod 755 "$work" "$pf"
+    chown postfix "$pf/data"
+    cp /etc/postfix/master.cf "$pf/conf/master.cf"
+    sed -i "s/^smtp      inet  n       -       y       -       -       smtpd/127.0.0.1:$pf_port inet n - n - - smtpd/" \
+      "$pf/conf/master.cf"
+    cat >"$pf/conf/main.cf" <<EOC
+compatibility_level = 3.6
+queue_directory = $pf/queue
+data_directory = $pf/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench-postfix.test.example
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:$sink_port
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+smtputf8_enable = no
+alias_maps =
+alias_database =
+local_recipient_maps =
+maillog_file = $pf/maillog
+maillog_file_prefixes = $pf
+EOC
+    postfix -c "$pf/conf" start >/dev/null 2>&1 || { echo "bench: postfix did not start:" >&2; tail -5 "$pf/maillog" >&2; pf=; }
+    [ -n "$pf" ] && wait_port "$pf_port" "$(cat "$pf/queue/pid/master.pid" | tr -d ' ')"
+  else
+    echo "bench: not root or no postfix: the Postfix relay column is skipped" >&2
+  fi
+  postfix_pending() {
+    find "$pf/queue/incoming" "$pf/queue/active" "$pf/queue/deferred" "$pf/queue/maildrop" -type f 2>/dev/null | wc -l
+  }
+  postfix_sent() { grep -c 'status=sent' "$pf/maillog" 2>/dev/null || true; }
+  cleanup_relays() {
+    [ -n "$pf" ] && postfix -c "$pf/conf" stop >/dev/null 2>&1 || true
+    kill -TERM "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null || true
+    cleanup
+  }
+  trap cleanup_relays EXIT
+
+  relay_run() {   # relay_run PORT SESSIONS PENDINGFN -> messages/s through to the sink
+    local t0 t1 args=(-s "$2" -l "$SIZE" -m "$MESSAGES" -f bench@clinic.test -t rcpt@example.test
+                      -M bench.client.test)
+    [ "$REUSE" = 1 ] && args+=(-d)
+    t0=$(now)
+    "$SOURCE" "${args[@]}" "127.0.0.1:$1" >>"$work/source.log" 2>&1 || {
+      echo "bench: smtp-source against port $1 failed:" >&2; tail -5 "$work/source.log" >&2; return 1; }
+    for _ in $(seq 60000); do
+      [ "$($3)" -eq 0 ] && break
+      sleep 0.01
+    done
+    t1=$(now)
+    /usr/bin/python3 -c "print('%.0f' % ($MESSAGES / ($t1 - $t0)))"
+  }
+  relay_median() {   # relay_median PORT SESSIONS PENDINGFN
+    local i out=()
+    for i in $(seq "$REPEAT"); do out+=("$(relay_run "$1" "$2" "$3")") || return 1; done
+    printf '%s\n' "${out[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+  }
+
+  echo
+  echo "Upstream relay: smtp-source -> relay -> smtp-sink, messages/s until the last one left the relay"
+  printf '%-10s %16s %16s %16s %10s %10s\n' sessions "smtp-sink alone" "postern relay" "postfix relay" \
+    "postern ok" "postfix ok"
+  for s in $SESSIONS; do
+    ceiling=$(median "$sink_port" "$s")
+    p0=$(postern_sent)
+    ours=$(relay_median "$relay_port" "$s" postern_pending)
+    p1=$(postern_sent)
+    theirs=- f0=0 f1=0
+    if [ -n "$pf" ]; then
+      f0=$(postfix_sent)
+      theirs=$(relay_median "$pf_port" "$s" postfix_pending)
+      f1=$(postfix_sent)
+    fi
+    printf '%-10s %16s %16s %16s %10s %10s\n' "$s" "$ceiling" "$ours" "$theirs" "$((p1 - p0))" \
+      "$([ -n "$pf" ] && echo "$((f1 - f0))" || echo -)"
+  done
+fi

@@ -1,0 +1,288 @@
+/* Non-delivery notifications: RFC 3464 delivery status notifications (multipart/report,
+ * report-type=delivery-status) composed with GMime, one per delivery attempt that bounced
+ * recipients, accepted into the store and routed like any other message. */
+#include "relay/relay_int.h"
+#include "tls/tls.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include <gmime/gmime.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* What we quote of the bounced message: its header section (text/rfc822-headers) */
+#define DSN_HEADERS_MAX LIM_HEADER_SCAN
+#define DSN_TEXT_MAX (256u * 1024u)
+
+static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
+
+static void gmime_start(void)
+{
+  g_mime_init();
+}
+
+/* RFC 5322 date of a wall-clock ms time. */
+static char *format_date(long long ms)
+{
+  GDateTime *dt = g_date_time_new_from_unix_local(ms / 1000);
+  char *s = dt ? g_mime_utils_header_format_date(dt) : NULL;
+  if(dt)
+    g_date_time_unref(dt);
+  return s;
+}
+
+/* The header section of a message: up to (not including) the empty line. */
+static size_t header_length(const char *body, size_t len)
+{
+  size_t i, cap = len < DSN_HEADERS_MAX ? len : DSN_HEADERS_MAX;
+  for(i = 0; i < cap; i++) {
+    if(body[i] != '\n')
+      continue;
+    if(i + 1 < len && body[i + 1] == '\n')
+      return i + 1;
+    if(i + 2 < len && body[i + 1] == '\r' && body[i + 2] == '\n')
+      return i + 1;
+  }
+  /* no empty line within the cap: stop after the last whole line */
+  while(cap && body[cap - 1] != '\n')
+    cap--;
+  return cap;
+}
+
+/* ORCPT= is xtext (RFC 3461 4): "rfc822;a+2Bb@example" -> "rfc822;a+b@example" */
+static int xtext_decode(struct buf *out, const char *s)
+{
+  static const char hex[] = "0123456789ABCDEF";
+  size_t i, n = strlen(s);
+  for(i = 0; i < n; i++) {
+    const char *h1, *h2;
+    char ch = s[i];
+    if(ch == '+' && i + 2 < n && (h1 = strchr(hex, s[i + 1])) && (h2 = strchr(hex, s[i + 2]))) {
+      ch = (char)(((h1 - hex) << 4) | (h2 - hex));
+      i += 2;
+    }
+    if((unsigned char)ch < 0x20 || ch == 0x7f)
+      ch = '?';
+    if(buf_add(out, &ch, 1))
+      return -1;
+  }
+  return 0;
+}
+
+/* Does NOTIFY= (absent = the default, which includes FAILURE) ask for this notice? */
+static int wants_failure_notice(const char *notify)
+{
+  const char *p;
+  if(!notify || !notify[0])
+    return 1;
+  for(p = notify; *p; ) {
+    size_t n = strcspn(p, ",");
+    if(!str_casecmp_n(p, n, "FAILURE"))
+      return 1;
+    p += n;
+    if(*p == ',')
+      p++;
+  }
+  return 0;
+}
+
+static const struct store_rcpt *rcpt_of(const struct store_msg *m, unsigned idx)
+{
+  size_t i;
+  for(i = 0; i < m->nrcpts; i++)
+    if(m->rcpts[i].idx == idx)
+      return &m->rcpts[i];
+  return NULL;
+}
+
+/* The Status: of a bounced recipient: the reply's enhanced code when it is permanent, else
+ * what the class of event says (an expired message is 5.4.7). */
+static void status_of(const char *reply, char *out, size_t outsz)
+{
+  struct smtp_reply r;
+  int more = 0;
+  memset(&r, 0, sizeof(r));
+  if(reply && !smtp_reply_parse_line(reply, strlen(reply), &r, &more) && r.enh[0] == '5')
+    str_copy(out, outsz, r.enh);
+  else if(r.code >= 500)
+    str_copy(out, outsz, "5.0.0");
+  else
+    str_copy(out, outsz, "5.4.7");
+}
+
+static GMimeObject *part_with(const char *type, const char *subtype, const char *data, size_t len,
+                              int eightbit)
+{
+  GMimePart *part = g_mime_part_new_with_type(type, subtype);
+  GMimeStream *stream = g_mime_stream_mem_new_with_buffer(data, len);
+  GMimeDataWrapper *content = g_mime_data_wrapper_new_with_stream(stream,
+                                                                  GMIME_CONTENT_ENCODING_DEFAULT);
+  g_mime_part_set_content(part, content);
+  g_mime_part_set_content_encoding(part, eightbit ? GMIME_CONTENT_ENCODING_8BIT
+                                                  : GMIME_CONTENT_ENCODING_7BIT);
+  g_object_unref(content);
+  g_object_unref(stream);
+  return GMIME_OBJECT(part);
+}
+
+int dsn_bounce(struct store *st, const struct config *cfg, const struct store_msg *m,
+               const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
+               char id[LIM_QUEUE_ID + 1])
+{
+  struct buf text, status, orcpt;
+  GMimeMessage *msg = NULL;
+  GMimeMultipart *report = NULL;
+  GMimeTextPart *human = NULL;
+  GMimeFormatOptions *fo = NULL;
+  GMimeStream *out = NULL;
+  GByteArray *bytes;
+  char *arrival = NULL, *now_date = NULL, *msgid = NULL;
+  const char *host = cfg->hostname ? cfg->hostname : "localhost";
+  struct store_msg d;
+  struct store_rcpt to;
+  char qid[LIM_QUEUE_ID + 1], sha[TLS_SHA256_HEX_LEN + 1], from[LIM_SMTP_DOMAIN + 32];
+  size_t i, hlen, notices = 0;
+  int result = STORE_ERROR, eightbit;
+  long long now = time_real_ms();
+
+  id[0] = '\0';
+  if(!m->sender || !m->sender[0])
+    return STORE_OK;              /* never to the null sender: no loops of bounces */
+  pthread_once(&gmime_once, gmime_start);
+  buf_init(&text, DSN_TEXT_MAX);
+  buf_init(&status, DSN_TEXT_MAX);
+  buf_init(&orcpt, LIM_SMTP_PATH * 3 + 16);
+  arrival = format_date(m->created_ms);
+  now_date = format_date(now);
+  if(!arrival || !now_date)
+    goto out;
+
+  if(buf_addf(&text, "This is the mail system at host %s.\n\n"
+              "I'm sorry to have to inform you that your message could not be delivered to "
+              "one or more\nrecipients. Its header section is attached below.\n\n"
+              "For further assistance, please contact your system administrator.\n\n"
+              "                   The mail system\n\n", host) ||
+     buf_addf(&status, "Reporting-MTA: dns; %s\nX-Postern-Queue-ID: %s\n"
+              "X-Postern-Sender: rfc822; %s\n", host, m->id, m->sender) ||
+     (m->envid && buf_addf(&status, "Original-Envelope-Id: %s\n", m->envid)) ||
+     buf_addf(&status, "Arrival-Date: %s\n", arrival))
+    goto out;
+  for(i = 0; i < n; i++) {
+    const struct store_rcpt *rc = rcpt_of(m, upd[i].idx);
+    const struct cfg_upstream *up = upd[i].upstream ? config_upstream(cfg, upd[i].upstream) : NULL;
+    char st_code[16];
+    if(upd[i].status != RCPT_BOUNCED || !rc || !wants_failure_notice(rc->notify))
+      continue;
+    notices++;
+    status_of(upd[i].reply, st_code, sizeof(st_code));
+    if(buf_addf(&text, "<%s>: %s%s%s%s\n\n", rc->address, up && up->host ? "host " : "",
+                up && up->host ? up->host : "", up && up->host ? " said: " : "",
+                upd[i].reply ? upd[i].reply : "(no reply)") ||
+       buf_addf(&status, "\nFinal-Recipient: rfc822; %s\n", rc->address))
+      goto out;
+    if(rc->orcpt) {
+      buf_reset(&orcpt);
+      if(xtext_decode(&orcpt, rc->orcpt) ||
+         buf_addf(&status, "Original-Recipient: %s\n", orcpt.ptr))
+        goto out;
+    }
+    if(buf_addf(&status, "Action: failed\nStatus: %s\n", st_code) ||
+       (up && up->host && buf_addf(&status, "Remote-MTA: dns; %s\n", up->host)) ||
+       (upd[i].reply && buf_addf(&status, "Diagnostic-Code: smtp; %s\n", upd[i].reply)) ||
+       buf_addf(&status, "Last-Attempt-Date: %s\n", now_date))
+      goto out;
+  }
+  if(!notices) {
+    result = STORE_OK;
+    goto out;
+  }
+
+  msg = g_mime_message_new(TRUE);
+  snprintf(from, sizeof(from), "MAILER-DAEMON@%s", host);
+  g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_FROM, "Mail Delivery System", from);
+  g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_TO, NULL, m->sender);
+  g_mime_message_set_subject(msg, "Undelivered Mail Returned to Sender", NULL);
+  {
+    GDateTime *dt = g_date_time_new_from_unix_local(now / 1000);
+    if(dt) {
+      g_mime_message_set_date(msg, dt);
+      g_date_time_unref(dt);
+    }
+  }
+  msgid = g_mime_utils_generate_message_id(host);
+  if(msgid)
+    g_mime_message_set_message_id(msg, msgid);
+  /* RFC 3834: an automatic reply, which nobody should answer automatically in turn */
+  g_mime_object_set_header(GMIME_OBJECT(msg), "Auto-Submitted", "auto-replied", NULL);
+
+  report = g_mime_multipart_new_with_subtype("report");
+  g_mime_object_set_content_type_parameter(GMIME_OBJECT(report), "report-type", "delivery-status");
+  human = g_mime_text_part_new_with_subtype("plain");
+  g_mime_text_part_set_text(human, text.ptr);
+  g_mime_object_set_header(GMIME_OBJECT(human), "Content-Description", "Notification", NULL);
+  g_mime_multipart_add(report, GMIME_OBJECT(human));
+  {
+    GMimeObject *ds = part_with("message", "delivery-status", status.ptr, status.len,
+                                !smtp_text_is_ascii(status.ptr, status.len));
+    g_mime_object_set_header(ds, "Content-Description", "Delivery report", NULL);
+    g_mime_multipart_add(report, ds);
+    g_object_unref(ds);
+  }
+  hlen = header_length(body, len);
+  eightbit = !smtp_text_is_ascii(body, hlen);
+  {
+    GMimeObject *hp = part_with("text", "rfc822-headers", body, hlen, eightbit);
+    g_mime_object_set_header(hp, "Content-Description", "Undelivered Message Headers", NULL);
+    g_mime_multipart_add(report, hp);
+    g_object_unref(hp);
+  }
+  g_mime_message_set_mime_part(msg, GMIME_OBJECT(report));
+
+  fo = g_mime_format_options_new();
+  g_mime_format_options_set_newline_format(fo, GMIME_NEWLINE_FORMAT_DOS);
+  out = g_mime_stream_mem_new();
+  if(g_mime_object_write_to_stream(GMIME_OBJECT(msg), fo, out) < 0)
+    goto out;
+  bytes = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(out));
+
+  memset(&d, 0, sizeof(d));
+  memset(&to, 0, sizeof(to));
+  store_new_id(qid);
+  str_copy(d.id, sizeof(d.id), qid);
+  d.sender = (char *)"";
+  d.created_ms = now;
+  d.size = (long long)bytes->len;
+  d.body_8bit = eightbit || !smtp_text_is_ascii(text.ptr, text.len);
+  d.smtputf8 = !smtp_text_is_ascii(m->sender, strlen(m->sender));
+  d.source = (char *)"dsn";
+  d.body_sha256 = tls_sha256_hex(bytes->data, bytes->len, sha) ? NULL : sha;
+  to.idx = 0;
+  to.address = m->sender;
+  to.notify = (char *)"NEVER";   /* RFC 3461 5.2.1: a DSN asks for no DSN about itself */
+  d.rcpts = &to;
+  d.nrcpts = 1;
+  result = store_accept(st, &d, bytes->data, bytes->len);
+  if(!result) {
+    str_copy(id, LIM_QUEUE_ID + 1, qid);
+    log_info("%s: from=<>, size=%u, nrcpt=1 (non-delivery notification for %s)", qid,
+             bytes->len, m->id);
+  }
+out:
+  if(out)
+    g_object_unref(out);
+  if(fo)
+    g_mime_format_options_free(fo);
+  if(human)
+    g_object_unref(human);
+  if(report)
+    g_object_unref(report);
+  if(msg)
+    g_object_unref(msg);
+  g_free(msgid);
+  g_free(arrival);
+  g_free(now_date);
+  buf_free(&text);
+  buf_free(&status);
+  buf_free(&orcpt);
+  return result;
+}

@@ -1,0 +1,283 @@
+/* The smtp transport: an [upstream] of type = smtp reached with smtp/'s client engine —
+ * connected, upgraded to TLS as its `tls` says, logged in as its `auth` says — and a session
+ * that carries one message after another (providers throttle logins, not messages). */
+#include "relay/relay_int.h"
+#include "auth/auth.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include <stdlib.h>
+#include <string.h>
+
+struct smtp_session {
+  struct smtp_client *c;
+  char name[128];
+  /* what a new login needs when the connection has to be made again (paths, not secrets;
+   * SMTP_PASSWORD from the environment is the exception and is wiped on close) */
+  enum smtp_client_tls tls;
+  char *user, *password_file, *password, *token_file;
+  char *mechs;                 /* NULL: the strongest both sides have */
+  const char *bearer;          /* "XOAUTH2" / "OAUTHBEARER", or NULL */
+  int want_auth;
+};
+
+static enum smtp_client_tls tls_mode(const char *w)
+{
+  if(!w || !strcmp(w, "starttls"))
+    return SMTP_CLIENT_TLS_STARTTLS;
+  if(!strcmp(w, "opportunistic"))
+    return SMTP_CLIENT_TLS_OPPORTUNISTIC;
+  if(!strcmp(w, "implicit"))
+    return SMTP_CLIENT_TLS_IMPLICIT;
+  return SMTP_CLIENT_TLS_NONE;
+}
+
+/* A 4.7.x from the server is how providers say "too fast" (Gmail 4.7.0, Microsoft 4.7.x). */
+static int is_throttle(const struct smtp_client *c, const struct smtp_reply *r)
+{
+  return smtp_client_reply_from_server(c) && r->code >= 400 && r->code < 500 &&
+         !strncmp(r->enh, "4.7.", 4);
+}
+
+static int failed(struct smtp_session *s, const struct smtp_reply *r)
+{
+  return is_throttle(s->c, r) ? TRANSPORT_THROTTLED : TRANSPORT_FAILED;
+}
+
+static void session_free(struct smtp_session *s)
+{
+  if(!s)
+    return;
+  smtp_client_free(s->c);
+  free(s->user);
+  free(s->password_file);
+  if(s->password)
+    auth_secret_free(s->password, strlen(s->password));
+  free(s->token_file);
+  free(s->mechs);
+  free(s);
+}
+
+/* Reads the password or token: from its file each time (a fixed file needs no reload), else
+ * the environment's SMTP_PASSWORD. */
+static int secret_get(struct smtp_session *s, const char *path, char **secret, size_t *len,
+                      struct smtp_reply *r)
+{
+  char err[256];
+  *secret = NULL;
+  *len = 0;
+  if(path) {
+    err[0] = '\0';
+    if(auth_secret_read(path, secret, len, err, sizeof(err))) {
+      smtp_reply_set(r, 454, "4.7.0", "upstream %s: cannot use the secret file: %s", s->name, err);
+      return -1;
+    }
+    return 0;
+  }
+  if(s->password) {
+    *len = strlen(s->password);
+    *secret = str_dup_n(s->password, *len);
+    if(*secret)
+      return 0;
+  }
+  smtp_reply_set(r, 454, "4.7.0", "upstream %s: no password (set password_file)", s->name);
+  return -1;
+}
+
+static int session_login(struct smtp_session *s, struct smtp_reply *r)
+{
+  char *secret = NULL;
+  size_t len = 0;
+  int result;
+  if(s->bearer) {
+    result = secret_get(s, s->token_file ? s->token_file : s->password_file, &secret, &len, r);
+    if(result)
+      return TRANSPORT_AUTH_FAILED;
+    result = smtp_client_auth_bearer(s->c, s->bearer, s->user, secret, r);
+  }
+  else {
+    result = secret_get(s, s->password_file, &secret, &len, r);
+    if(result)
+      return TRANSPORT_AUTH_FAILED;
+    result = smtp_client_auth(s->c, s->mechs, s->user, secret, len, r);
+  }
+  auth_secret_free(secret, len);
+  if(result == SMTP_CLIENT_AUTH)
+    return TRANSPORT_AUTH_FAILED;
+  return result ? failed(s, r) : TRANSPORT_OK;
+}
+
+/* Connect, greeting, EHLO, TLS as configured, AUTH. */
+static int session_connect(struct smtp_session *s, struct smtp_reply *r)
+{
+  int result = smtp_client_connect(s->c, r);
+  if(result)
+    return failed(s, r);
+  result = smtp_client_ehlo(s->c, r);
+  if(result)
+    return failed(s, r);
+  if(s->tls == SMTP_CLIENT_TLS_STARTTLS ||
+     (s->tls == SMTP_CLIENT_TLS_OPPORTUNISTIC &&
+      (smtp_client_caps(s->c)->flags & SMTP_CAP_STARTTLS))) {
+    result = smtp_client_starttls(s->c, r);
+    if(result == SMTP_CLIENT_REPLY && s->tls == SMTP_CLIENT_TLS_STARTTLS &&
+       !(smtp_client_caps(s->c)->flags & SMTP_CAP_STARTTLS))
+      smtp_reply_set(r, 451, "4.7.4", "%s does not offer STARTTLS, which tls = starttls "
+                     "requires; nothing was sent (no password, no mail)", smtp_client_peer(s->c));
+    if(result) {
+      smtp_client_quit(s->c);
+      return TRANSPORT_FAILED;
+    }
+  }
+  if(s->want_auth) {
+    result = session_login(s, r);
+    if(result)
+      return result;
+  }
+  return TRANSPORT_OK;
+}
+
+static int smtp_open(const struct config *cfg, const struct cfg_upstream *up, void **session,
+                     struct smtp_reply *r)
+{
+  struct smtp_session *s = calloc(1, sizeof(*s));
+  struct smtp_client_cfg cc;
+  int result = TRANSPORT_FAILED;
+
+  *session = NULL;
+  if(!s) {
+    smtp_reply_set(r, 451, "4.3.0", "out of memory");
+    return TRANSPORT_FAILED;
+  }
+  str_copy(s->name, sizeof(s->name), up->name);
+  s->tls = tls_mode(up->tls);
+  s->want_auth = up->username && up->auth && strcmp(up->auth, "none");
+  if(s->want_auth) {
+    const struct cfg_oauth2 *oa = NULL;
+    size_t i;
+    for(i = 0; up->oauth2 && i < cfg->noauth2s; i++)
+      if(!strcmp(cfg->oauth2s[i].name, up->oauth2))
+        oa = &cfg->oauth2s[i];
+    s->user = str_dup_n(up->username, strlen(up->username));
+    if(up->password_file)
+      s->password_file = str_dup_n(up->password_file, strlen(up->password_file));
+    if(up->password)
+      s->password = str_dup_n(up->password, strlen(up->password));
+    /* until the OAuth2 token manager: the access token comes from the [oauth2] section's
+     * token_file, else from password_file */
+    if(oa && oa->token_file)
+      s->token_file = str_dup_n(oa->token_file, strlen(oa->token_file));
+    if(!strcmp(up->auth, "xoauth2"))
+      s->bearer = "XOAUTH2";
+    else if(!strcmp(up->auth, "oauthbearer"))
+      s->bearer = "OAUTHBEARER";
+    else if(!strcmp(up->auth, "plain"))
+      s->mechs = str_dup_n("PLAIN", 5);
+    else if(!strcmp(up->auth, "login"))
+      s->mechs = str_dup_n("LOGIN", 5);
+    else if(!strcmp(up->auth, "cram-md5"))
+      s->mechs = str_dup_n("CRAM-MD5", 8);
+  }
+  memset(&cc, 0, sizeof(cc));
+  cc.host = up->host;
+  cc.port = (int)up->port;
+  cc.tls = s->tls;
+  cc.verify_peer = !(up->verify && !strcmp(up->verify, "none"));
+  cc.ca_file = up->ca_file;
+  /* the config says "TLSv1.2" / "TLSv1.3", tls/ takes "1.2" / "1.3" */
+  cc.tls_min_version = up->tls_min_version && !strncmp(up->tls_min_version, "TLSv", 4)
+                       ? up->tls_min_version + 4 : up->tls_min_version;
+  cc.helo = up->helo ? up->helo : cfg->hostname;
+  cc.log_name = up->name;
+  cc.trace = cfg->debug;
+  if(!up->host || smtp_client_new(&cc, &s->c) || (s->want_auth && !s->user)) {
+    smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory or no host", up->name);
+    goto out;
+  }
+  result = session_connect(s, r);
+out:
+  if(result) {
+    if(s->c)
+      smtp_client_quit(s->c);
+    session_free(s);
+    return result;
+  }
+  *session = s;
+  return TRANSPORT_OK;
+}
+
+static int smtp_send(void *session, const struct store_msg *m, const char *body, size_t len,
+                     struct transport_rcpt *rcpts, size_t n, struct smtp_reply *r)
+{
+  struct smtp_session *s = session;
+  struct smtp_client_rcpt *cr = calloc(n ? n : 1, sizeof(*cr));
+  struct smtp_client_msg msg;
+  size_t i;
+  int result, tries;
+
+  if(!cr) {
+    smtp_reply_set(r, 451, "4.3.0", "out of memory");
+    return TRANSPORT_FAILED;
+  }
+  for(i = 0; i < n; i++) {
+    cr[i].address = rcpts[i].rcpt->address;
+    cr[i].notify = rcpts[i].rcpt->notify;
+    cr[i].orcpt = rcpts[i].rcpt->orcpt;
+  }
+  memset(&msg, 0, sizeof(msg));
+  msg.sender = m->sender ? m->sender : "";
+  msg.body_8bit = m->body_8bit;
+  msg.smtputf8 = m->smtputf8;
+  msg.envid = m->envid;
+  msg.ret = m->ret;
+  msg.body = body;
+  msg.len = len;
+  for(tries = 0; ; tries++) {
+    result = s->c ? smtp_client_send(s->c, &msg, cr, n, r) : SMTP_CLIENT_STALE;
+    /* a reused connection the server had closed meanwhile: one new one, then the same */
+    if(result != SMTP_CLIENT_STALE || tries)
+      break;
+    if(!s->c) {
+      smtp_reply_set(r, 451, "4.3.0", "upstream %s: no session", s->name);
+      result = TRANSPORT_FAILED;
+      goto out;
+    }
+    result = session_connect(s, r);
+    if(result)
+      goto out;
+  }
+  if(result == SMTP_CLIENT_OK) {
+    for(i = 0; i < n; i++)
+      rcpts[i].reply = cr[i].reply;
+    result = TRANSPORT_OK;
+  }
+  else
+    result = s->c ? failed(s, r) : TRANSPORT_FAILED;
+out:
+  free(cr);
+  return result;
+}
+
+static void smtp_close(void *session)
+{
+  struct smtp_session *s = session;
+  if(!s)
+    return;
+  if(s->c)
+    smtp_client_quit(s->c);
+  session_free(s);
+}
+
+static void smtp_describe(void *session, char *out, size_t outsz)
+{
+  struct smtp_session *s = session;
+  str_copy(out, outsz, s && s->c ? smtp_client_peer(s->c) : "none");
+}
+
+const struct transport transport_smtp = {
+  .type = "smtp",
+  .delivered_status = RCPT_SENT,
+  .open = smtp_open,
+  .send = smtp_send,
+  .close = smtp_close,
+  .describe = smtp_describe,
+};

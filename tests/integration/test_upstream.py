@@ -1,0 +1,488 @@
+# Upstream delivery through the smtp transport, against a real SMTP server on loopback (aiosmtpd,
+# see upstream.py) with certificates made here with openssl: TLS modes and verification, AUTH
+# mechanisms, retries, bounces with their DSN, per-recipient results, connection reuse, rate
+# limits and holds after a refused login. Every test asserts what the upstream received.
+import email
+import email.policy
+import os
+import re
+import signal
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from conftest import POSTERN, need_binary, sha256
+from upstream import Certs, Upstream, free_port
+
+SENDER = "app@client.test"
+PASSWORD = "s3cret-Passw0rd"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return Certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def upstreams(tmp_path):
+    made = []
+
+    def make(**kw):
+        up = Upstream(tmp_path / f"sink{len(made)}", **kw).start()
+        made.append(up)
+        return up
+
+    yield make
+    for up in made:
+        up.stop()
+
+
+def secret_file(path, content):
+    with open(path, "w") as f:
+        f.write(content + "\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def upstream_conf(port, host="localhost", tls="starttls", verify="peer", ca=None, auth=None,
+                  username=None, password_file=None, rate=None, name="up", extra=""):
+    lines = [f"[upstream {name}]", "type = smtp", f"host = {host}", f"port = {port}",
+             f"tls = {tls}", f"verify = {verify}", "helo = relay.test.example"]
+    if ca:
+        lines.append(f"ca_file = {ca}")
+    if auth:
+        lines.append(f"auth = {auth}")
+    if username:
+        lines.append(f"username = {username}")
+    if password_file:
+        lines.append(f"password_file = {password_file}")
+    if rate:
+        lines.append(f"rate = {rate}")
+    lines += ["", "[route default]", f"upstream = {name}", ""]
+    return "\n".join(lines) + extra
+
+
+FAST = {"retry_min": "1s", "retry_max": "2s", "debug": "yes"}
+
+
+def message(tag, extra_headers=""):
+    return (f"From: App <{SENDER}>\r\nTo: someone@example.net\r\nSubject: test {tag}\r\n"
+            f"Message-ID: <{tag}@client.test>\r\n{extra_headers}\r\n"
+            f"Body of {tag}.\r\n.a line that starts with a dot\r\n").encode()
+
+
+def submit(d, rcpts, content, sender=SENDER):
+    """Sends one message to the daemon; returns its queue id."""
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+        s.ehlo("client.test")
+        code, resp = s.mail(sender)
+        assert code == 250, resp
+        for r in rcpts:
+            code, resp = s.rcpt(r)
+            assert code == 250, resp
+        code, resp = s.data(content)
+        assert code == 250, resp
+    m = re.search(rb"queued as ([0-9A-F]+)", resp)
+    assert m, resp
+    return m.group(1).decode()
+
+
+def submit_many(d, n, rcpt="someone@example.net", tag="m"):
+    ids = []
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+        s.ehlo("client.test")
+        for i in range(n):
+            s.mail(SENDER)
+            s.rcpt(rcpt)
+            code, resp = s.data(message(f"{tag}{i}"))
+            assert code == 250, resp
+            ids.append(re.search(rb"queued as ([0-9A-F]+)", resp).group(1).decode())
+    return ids
+
+
+def wait_for(pred, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+
+
+def rcpt_statuses(d, qid):
+    e = d.queue_entry(qid)
+    return {r["address"]: r for r in e["recipients"]} if e else {}
+
+
+def wait_rcpt(d, qid, address, status, timeout=20):
+    def ok():
+        r = rcpt_statuses(d, qid).get(address)
+        return r if r and r["status"] == status else None
+    try:
+        return wait_for(ok, timeout, f"{qid} {address} -> {status}")
+    except AssertionError:
+        raise AssertionError(f"{qid} <{address}> did not become {status}: "
+                             f"{rcpt_statuses(d, qid)}\n{d.log_tail(60)}")
+
+
+def stored_body_matches(d, qid, received):
+    """What the upstream received is exactly the stored message."""
+    stored = d.queue_cat(qid)
+    assert sha256(received) == sha256(stored), \
+        f"upstream got {len(received)} bytes, the store holds {len(stored)}\n{received[:300]!r}\n{stored[:300]!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# AUTH mechanisms over STARTTLS and over implicit TLS.
+
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+@pytest.mark.parametrize("auth,expect", [("plain", "PLAIN"), ("login", "LOGIN"),
+                                         ("cram-md5", "CRAM-MD5"), ("auto", "CRAM-MD5")])
+def test_auth_mechanisms(daemon_factory, upstreams, certs, tmp_path, tls, auth, expect):
+    up = upstreams(tls=tls, cert=certs.good, users={"app": PASSWORD})
+    pw = secret_file(tmp_path / "pw", PASSWORD)
+    d = daemon_factory(FAST, upstream_conf(up.port, tls=tls, ca=certs.ca, auth=auth,
+                                           username="app", password_file=pw))
+    content = message(f"{tls}-{auth}")
+    qid = submit(d, ["someone@example.net"], content)
+    got = up.wait_messages(1)[0]
+    assert got["tls"], "delivered without TLS"
+    assert got["auth"] == "app"
+    assert got["mail_from"] == SENDER and got["rcpts"] == ["someone@example.net"]
+    assert [(m, u, ok) for m, u, ok, _ in up.auths] == [(expect, "app", True)], up.auths
+    assert all(t for *_, t in up.auths), "AUTH before TLS"
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    stored_body_matches(d, qid, got["data"])
+    assert PASSWORD.encode() not in d.log_text().encode(), "the password is in the log"
+
+
+# ---------------------------------------------------------------------------------------------
+# Certificate verification.
+
+@pytest.mark.parametrize("which,why", [("wrongname", r"certificate verify failed.*(hostname|name)"),
+                                       ("selfsigned", r"certificate verify failed.*(self.signed|issuer|unable to get)")])
+def test_verify_peer_refuses(daemon_factory, upstreams, certs, tmp_path, which, why):
+    up = upstreams(tls="starttls", cert=getattr(certs, which), users={"app": PASSWORD})
+    pw = secret_file(tmp_path / "pw", PASSWORD)
+    d = daemon_factory(FAST, upstream_conf(up.port, ca=certs.ca, auth="plain", username="app",
+                                           password_file=pw))
+    qid = submit(d, ["someone@example.net"], message(which))
+    r = wait_rcpt(d, qid, "someone@example.net", "deferred")
+    assert re.search(why, r["last_reply"], re.I), r["last_reply"]
+    assert r["last_reply"].startswith("451 4.7.5 TLS handshake with localhost"), r["last_reply"]
+    log = d.log_text()
+    assert re.search(r"status=deferred \(451 4\.7\.5 TLS handshake with localhost\[[0-9.:a-f]+\]:%d failed: certificate verify failed"
+                     % up.port, log), d.log_tail()
+    time.sleep(0.5)
+    assert not up.received() and not up.auth_commands, "mail or password went to an unverified server"
+
+
+@pytest.mark.parametrize("which", ["wrongname", "selfsigned"])
+def test_verify_none_accepts(daemon_factory, upstreams, certs, tmp_path, which):
+    up = upstreams(tls="starttls", cert=getattr(certs, which), users={"app": PASSWORD})
+    pw = secret_file(tmp_path / "pw", PASSWORD)
+    d = daemon_factory(FAST, upstream_conf(up.port, verify="none", auth="plain", username="app",
+                                           password_file=pw))
+    qid = submit(d, ["someone@example.net"], message(which))
+    up.wait_messages(1)
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    assert re.search(r"warn.*upstream up: verify = none", d.log_text(), re.I), d.log_tail()
+
+
+def test_starttls_required_but_not_offered(daemon_factory, upstreams, tmp_path):
+    up = upstreams(users={"app": PASSWORD}, auth_require_tls=False)   # offers AUTH in clear
+    pw = secret_file(tmp_path / "pw", PASSWORD)
+    d = daemon_factory(FAST, upstream_conf(up.port, tls="starttls", auth="plain", username="app",
+                                           password_file=pw))
+    qid = submit(d, ["someone@example.net"], message("nostarttls"))
+    r = wait_rcpt(d, qid, "someone@example.net", "deferred")
+    assert "does not offer STARTTLS" in r["last_reply"], r["last_reply"]
+    time.sleep(1.5)     # a retry or two
+    raw = up.raw_bytes()
+    assert not up.auth_commands, f"AUTH was sent: {up.auth_commands}"
+    assert PASSWORD.encode() not in raw
+    assert b"MAIL FROM" not in raw.upper()
+    assert not up.received()
+
+
+def test_opportunistic_without_starttls_sends_no_password_in_clear(daemon_factory, upstreams, tmp_path):
+    up = upstreams(users={"app": PASSWORD}, auth_require_tls=False, mechs=("PLAIN", "LOGIN"))
+    pw = secret_file(tmp_path / "pw", PASSWORD)
+    d = daemon_factory(FAST, upstream_conf(up.port, tls="opportunistic", auth="auto",
+                                           username="app", password_file=pw))
+    qid = submit(d, ["someone@example.net"], message("opportunistic"))
+    r = wait_rcpt(d, qid, "someone@example.net", "deferred")
+    assert "unencrypted" in r["last_reply"], r["last_reply"]
+    assert not up.auth_commands and PASSWORD.encode() not in up.raw_bytes()
+
+
+def test_cleartext_password_config_refused(tmp_path):
+    need_binary(POSTERN)
+    conf = tmp_path / "p.conf"
+    conf.write_text(upstream_conf(2525, tls="none", auth="plain", username="app",
+                                  password_file="/nonexistent/pw"))
+    p = subprocess.run([POSTERN, "-n", "-c", str(conf)], capture_output=True, text=True)
+    assert p.returncode == 1
+    assert re.search(r"p\.conf:1: upstream up: auth = plain with tls = none", p.stderr), p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries and bounces.
+
+def test_upstream_down_then_up(daemon_factory, upstreams, tmp_path):
+    port = free_port()
+    d = daemon_factory(FAST, upstream_conf(port, host="127.0.0.1", tls="none"))
+    content = message("downup") + (b"x" * 70 + b"\r\n") * 40 + b"\xc3\xa9 8-bit line\r\n"
+    qid = submit(d, ["someone@example.net"], content)
+    r = wait_rcpt(d, qid, "someone@example.net", "deferred")
+    assert r["last_reply"].startswith("451 4.4.1 connect to 127.0.0.1[127.0.0.1]:%d: Connection refused" % port), r
+    up = upstreams(port=port)
+    got = up.wait_messages(1, timeout=30)
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    stored_body_matches(d, qid, got[0]["data"])
+    time.sleep(2.5)
+    assert len(up.received()) == 1, "delivered more than once"
+
+
+def test_temporary_failure_then_success(daemon_factory, upstreams):
+    up = upstreams(fail_first=1)
+    d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none"))
+    qid = submit(d, ["someone@example.net"], message("4xx"))
+    r = wait_rcpt(d, qid, "someone@example.net", "sent")
+    assert r["attempts"] == 2, r
+    assert len(up.wait_messages(1)) == 1
+    assert re.search(r"to=<someone@example.net>.*dsn=4\.3\.0, status=deferred \(451 4\.3\.0", d.log_text())
+
+
+def parse(data):
+    return email.message_from_bytes(data, policy=email.policy.compat32)
+
+
+def test_bounce_sends_dsn_and_mixed_recipients(daemon_factory, upstreams):
+    up = upstreams(reject={"nobody@example.net"}, defer={"busy@example.net"})
+    d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none"))
+    content = message("bounce")
+    qid = submit(d, ["ok@example.net", "nobody@example.net", "busy@example.net"], content)
+    wait_rcpt(d, qid, "ok@example.net", "sent")
+    b = wait_rcpt(d, qid, "nobody@example.net", "bounced")
+    assert b["last_reply"].startswith("550 5.1.1 <nobody@example.net>"), b
+    assert b["attempts"] == 1
+    busy = rcpt_statuses(d, qid)["busy@example.net"]
+    assert busy["status"] in ("deferred", "queued") and busy["last_reply"].startswith("450 4.2.1"), busy
+    # the message itself went to ok@ only; then the DSN to the sender, through the same upstream
+    msgs = up.wait_messages(2)
+    orig = [m for m in msgs if m["mail_from"] == SENDER]
+    assert orig and orig[0]["rcpts"] == ["ok@example.net"]
+    dsns = [m for m in msgs if m["mail_from"] == ""]
+    assert len(dsns) == 1, msgs
+    dsn = dsns[0]
+    assert dsn["rcpts"] == [SENDER]
+    raw = dsn["data"]
+    assert b"\n" not in raw.replace(b"\r\n", b""), "bare LF in the DSN"
+    m = parse(raw)
+    assert m.get_content_type() == "multipart/report"
+    assert m.get_param("report-type") == "delivery-status"
+    assert m["Auto-Submitted"] == "auto-replied"
+    assert "MAILER-DAEMON@relay.test.example" in m["From"]
+    assert m["To"].strip("<> ") == SENDER
+    parts = m.get_payload()
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status",
+                                                      "text/rfc822-headers"]
+    human = parts[0].get_payload(decode=True).decode()
+    assert "nobody@example.net" in human and "550 5.1.1" in human
+    status = raw.decode().replace("\r\n", "\n").split("Content-Type: message/delivery-status", 1)[1]
+    status = status.split("Content-Type: text/rfc822-headers", 1)[0]
+    for needle in ("Reporting-MTA: dns; relay.test.example", "Arrival-Date: ",
+                   "Final-Recipient: rfc822; nobody@example.net", "Action: failed",
+                   "Status: 5.1.1", "Remote-MTA: dns; 127.0.0.1",
+                   "Diagnostic-Code: smtp; 550 5.1.1 <nobody@example.net>"):
+        assert needle in status, f"{needle!r} not in\n{status}"
+    assert "ok@example.net" not in status and "busy@example.net" not in status
+    headers = parts[2].get_payload(decode=True) if not parts[2].is_multipart() else b""
+    if isinstance(headers, str):
+        headers = headers.encode()
+    assert b"Subject: test bounce" in headers and b"Body of bounce" not in headers
+    # the DSN is in the queue like any message: null sender, source dsn, delivered
+    entries = [e for e in d.queue_list() if e["sender"] == ""]
+    assert len(entries) == 1
+    assert d.wait_status(entries[0]["id"], "sent")
+
+
+def test_no_dsn_to_the_null_sender(daemon_factory, upstreams):
+    up = upstreams(reject={"nobody@example.net"})
+    d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none"))
+    qid = submit(d, ["nobody@example.net"], message("nullsender"), sender="")
+    wait_rcpt(d, qid, "nobody@example.net", "bounced")
+    time.sleep(1.5)
+    assert not up.received()
+    assert len(d.queue_list()) == 1
+    assert "null sender" in d.log_text()
+
+
+def test_size_limit_bounces_at_once(daemon_factory, upstreams):
+    up = upstreams(size=3000)
+    d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none"))
+    qid = submit(d, ["someone@example.net"], message("big") + (b"y" * 70 + b"\r\n") * 60)
+    r = wait_rcpt(d, qid, "someone@example.net", "bounced")
+    assert r["last_reply"].startswith("552 5.3.4 Message size"), r
+    assert r["attempts"] == 1
+    dsn = up.wait_messages(1)[0]
+    assert dsn["mail_from"] == "" and dsn["rcpts"] == [SENDER]
+    assert b"Status: 5.3.4" in dsn["data"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection reuse and rate limits.
+
+def test_twenty_messages_one_connection(daemon_factory, upstreams, certs, tmp_path):
+    up = upstreams(tls="starttls", cert=certs.good, users={"app": PASSWORD})
+    pw = secret_file(tmp_path / "pw", PASSWORD)
+    d = daemon_factory(dict(FAST, delivery_workers="1"),
+                       upstream_conf(up.port, ca=certs.ca, auth="login", username="app",
+                                     password_file=pw))
+    ids = submit_many(d, 20, tag="reuse")
+    up.wait_messages(20, timeout=60)
+    for q in ids:
+        wait_rcpt(d, q, "someone@example.net", "sent")
+    assert up.connections == 1, f"{up.connections} connections for 20 messages"
+    assert len(up.auths) == 1, f"{len(up.auths)} logins for 20 messages"
+
+
+def test_rate_limit(daemon_factory, upstreams):
+    up = upstreams()
+    d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none", rate="10/s"))
+    ids = submit_many(d, 50, tag="rate")
+    msgs = up.wait_messages(50, timeout=60)
+    span = msgs[-1]["time"] - msgs[0]["time"]
+    assert span >= 4.0, f"50 messages at 10/s took only {span:.2f} s"
+    assert span < 15, f"50 messages at 10/s took {span:.2f} s"
+    # none failed, none was counted as an attempt while it waited
+    for q in ids:
+        r = wait_rcpt(d, q, "someone@example.net", "sent")
+        assert r["attempts"] == 1, r
+    assert "status=deferred" not in d.log_text()
+
+
+def test_throttle_reply_slows_down(daemon_factory, upstreams):
+    up = upstreams(throttle_first=1)
+    d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none"))
+    qid = submit(d, ["someone@example.net"], message("throttle"))
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    assert re.search(r"upstream up asks us to slow down", d.log_text()), d.log_tail()
+
+
+# ---------------------------------------------------------------------------------------------
+# A refused login holds the mail; fixing the password releases it.
+
+def test_auth_failure_holds_then_releases(daemon_factory, upstreams, certs, tmp_path):
+    up = upstreams(tls="starttls", cert=certs.good, users={"app": PASSWORD})
+    pw = secret_file(tmp_path / "pw", "wrong-password")
+    d = daemon_factory(FAST, upstream_conf(up.port, ca=certs.ca, auth="plain", username="app",
+                                           password_file=pw))
+    ids = [submit(d, ["someone@example.net"], message(f"held{i}")) for i in range(3)]
+    for q in ids:
+        r = wait_rcpt(d, q, "someone@example.net", "held")
+        assert r["last_reply"].startswith("535 5.7.8"), r
+    time.sleep(2.5)          # retry_min passes: still held, never bounced, nothing delivered
+    for q in ids:
+        assert rcpt_statuses(d, q)["someone@example.net"]["status"] == "held"
+    assert not up.received()
+    log = d.log_text()
+    assert len(re.findall(r"ALARM upstream up: authentication failed", log)) == 1, d.log_tail(60)
+    assert "wrong-password" not in log
+    logins_while_held = len(up.auths)
+    assert logins_while_held < 6, f"{logins_while_held} login attempts while held"
+    # the operator fixes the password file and reloads; nothing else
+    secret_file(tmp_path / "pw", PASSWORD)
+    d.signal(signal.SIGHUP)
+    up.wait_messages(3, timeout=30)
+    for q in ids:
+        wait_rcpt(d, q, "someone@example.net", "sent")
+    assert re.search(r"upstream up: login works again; released 3 held recipient", d.log_text())
+
+
+def test_held_mail_released_without_reload(daemon_factory, upstreams, tmp_path):
+    up = upstreams(users={"app": PASSWORD}, auth_require_tls=False, mechs=("CRAM-MD5",))
+    pw = secret_file(tmp_path / "pw", "wrong")
+    d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none", auth="cram-md5",
+                                           username="app", password_file=pw))
+    qid = submit(d, ["someone@example.net"], message("held-nohup"))
+    wait_rcpt(d, qid, "someone@example.net", "held")
+    secret_file(tmp_path / "pw", PASSWORD)
+    up.wait_messages(1, timeout=30)
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+
+
+def test_held_mail_survives_restart(daemon_factory, upstreams, tmp_path):
+    up = upstreams(users={"app": PASSWORD}, auth_require_tls=False, mechs=("CRAM-MD5",))
+    pw = secret_file(tmp_path / "pw", "wrong")
+    d = daemon_factory(dict(FAST, retry_min="1m", retry_max="1h"),
+                       upstream_conf(up.port, host="127.0.0.1", tls="none", auth="cram-md5",
+                                     username="app", password_file=pw))
+    qid = submit(d, ["someone@example.net"], message("held-restart"))
+    wait_rcpt(d, qid, "someone@example.net", "held")
+    d.stop_and_check()
+    secret_file(tmp_path / "pw", PASSWORD)
+    d.start()
+    up.wait_messages(1, timeout=30)
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+
+
+def test_hold_by_hand_is_not_released(daemon_factory, upstreams, tmp_path):
+    up = upstreams(users={"app": PASSWORD}, auth_require_tls=False, mechs=("CRAM-MD5",))
+    pw = secret_file(tmp_path / "pw", "wrong")
+    d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none", auth="cram-md5",
+                                           username="app", password_file=pw))
+    held = submit(d, ["someone@example.net"], message("auth-held"))
+    wait_rcpt(d, held, "someone@example.net", "held")
+    mine = submit(d, ["other@example.net"], message("hand-held"))
+    d.ctl("queue", "hold", mine)
+    secret_file(tmp_path / "pw", PASSWORD)
+    up.wait_messages(1, timeout=30)
+    wait_rcpt(d, held, "someone@example.net", "sent")
+    time.sleep(1)
+    assert rcpt_statuses(d, mine)["other@example.net"]["status"] == "held"
+
+
+# ---------------------------------------------------------------------------------------------
+# The provider presets are working configurations.
+
+@pytest.mark.parametrize("preset", ["office365", "gmail", "ses", "sendgrid-smtp", "smarthost-465"])
+def test_presets_pass_check(preset):
+    need_binary(POSTERN)
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "conf", f"{preset}.conf")
+    p = subprocess.run([POSTERN, "-n", "-c", path], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    text = open(path).read()
+    assert "type = smtp" in text and "[route default]" in text
+    assert re.search(r"^; What you must do on the .* side:", text, re.M), "no provider-side steps"
+
+
+# ---------------------------------------------------------------------------------------------
+# IPv6: an upstream on ::1 given as an address literal, its certificate checked against the IP.
+
+def ipv6_loopback():
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6_upstream(daemon_factory, upstreams, certs, tmp_path):
+    up = upstreams(tls="starttls", cert=certs.good, users={"app": PASSWORD}, host="::1")
+    pw = secret_file(tmp_path / "pw", PASSWORD)
+    d = daemon_factory(FAST, upstream_conf(up.port, host="::1", ca=certs.ca, auth="plain",
+                                           username="app", password_file=pw))
+    qid = submit(d, ["someone@example.net"], message("ipv6"))
+    got = up.wait_messages(1)[0]
+    assert got["tls"] and got["auth"] == "app"
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    assert re.search(r"relay=::1\[::1\]:%d" % up.port, d.log_text()), d.log_tail()
