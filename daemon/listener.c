@@ -5,6 +5,7 @@
 #include "lib/log.h"
 #include "lib/buf.h"
 #include "lib/conn.h"
+#include "lib/pool.h"
 #include <pthread.h>
 #include <poll.h>
 #include <errno.h>
@@ -51,7 +52,14 @@ struct daemon {
   int auth_ok;
   struct session *sessions;
   size_t nsessions;
+  struct pool *pool;               /* session threads, kept between connections */
 };
+
+/* Threads beyond max_clients: a session that has just ended still holds its thread for a
+ * moment while the acceptor already admits the next client. */
+#define SESSION_THREAD_SLACK 16
+#define SESSION_THREAD_STACK (512 * 1024)
+#define SESSION_THREAD_IDLE_MS 60000
 
 static struct generation *gen_new(struct config *cfg, struct tls_server_ctx **tls, int refs)
 {
@@ -259,7 +267,7 @@ static const struct cfg_listener *find_listener(const struct config *cfg, const 
   return NULL;
 }
 
-static void *session_main(void *arg)
+static void session_main(void *arg)
 {
   struct session *s = arg;
   struct daemon *d = s->d;
@@ -313,7 +321,6 @@ static void *session_main(void *arg)
   pthread_cond_broadcast(&d->cond);
   pthread_mutex_unlock(&d->mu);
   free(s);
-  return NULL;
 }
 
 static void refuse_busy(int fd, const char *hostname)
@@ -354,8 +361,6 @@ static void *acceptor_main(void *arg)
     for(i = 0; i < d->nsocks; i++) {
       struct session *s;
       const struct cfg_listener *l;
-      pthread_attr_t attr;
-      pthread_t th;
       int fd, on = 1;
       if(!(pfd[i].revents & POLLIN))
         continue;
@@ -396,10 +401,7 @@ static void *acceptor_main(void *arg)
         d->sessions->prev = s;
       d->sessions = s;
       d->nsessions++;
-      pthread_attr_init(&attr);
-      pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-      pthread_attr_setstacksize(&attr, 512 * 1024);
-      if(pthread_create(&th, &attr, session_main, s)) {
+      if(pool_run(d->pool, session_main, s)) {
         d->sessions = s->next;
         if(s->next)
           s->next->prev = NULL;
@@ -412,7 +414,6 @@ static void *acceptor_main(void *arg)
       }
       else
         pthread_mutex_unlock(&d->mu);
-      pthread_attr_destroy(&attr);
     }
   }
   free(pfd);
@@ -424,6 +425,10 @@ int daemon_serve(struct daemon *d, struct store *st, struct relay *r, int auth_o
   d->st = st;
   d->relay = r;
   d->auth_ok = auth_ok;
+  d->pool = pool_new((size_t)d->gen->cfg->max_clients + SESSION_THREAD_SLACK,
+                     SESSION_THREAD_STACK, SESSION_THREAD_IDLE_MS);
+  if(!d->pool)
+    return -1;
   if(pthread_create(&d->acceptor, NULL, acceptor_main, d))
     return -1;
   d->acceptor_started = 1;
@@ -443,6 +448,8 @@ void daemon_reload(struct daemon *d, struct config *cfg, struct tls_server_ctx *
   gen_put(d->gen);
   d->gen = g;
   pthread_mutex_unlock(&d->mu);
+  if(d->pool)
+    pool_set_max(d->pool, (size_t)cfg->max_clients + SESSION_THREAD_SLACK);
   /* the relay lets go of the old configuration only when no delivery uses it */
   if(d->relay)
     relay_reload(d->relay, cfg);
@@ -495,6 +502,7 @@ void daemon_free(struct daemon *d)
   size_t i;
   if(!d)
     return;
+  pool_free(d->pool);      /* sessions have ended (daemon_stop): this joins idle threads */
   for(i = 0; i < d->nsocks; i++)
     if(d->socks[i].fd >= 0)
       close(d->socks[i].fd);

@@ -101,8 +101,11 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_RCPT_GET] = "SELECT idx, address, orcpt, notify, status, attempts, next_attempt_ms,"
     " updated_ms, last_reply, upstream FROM recipients WHERE message_id = ?1 ORDER BY idx",
   [ST_BODY_GET] = "SELECT body FROM messages WHERE id = ?1",
-  [ST_DUE] = "SELECT id FROM messages WHERE id IN (SELECT message_id FROM recipients"
-    " WHERE status IN " PENDING " AND next_attempt_ms <= ?1) ORDER BY created_ms, id LIMIT ?2",
+  /* driven by recipients_due, so the cost follows the due set, not the size of the store
+   * (captured and sent mail stays there); earliest due first */
+  [ST_DUE] = "SELECT message_id, min(next_attempt_ms) AS due FROM recipients"
+    " WHERE status IN " PENDING " AND next_attempt_ms <= ?1"
+    " GROUP BY message_id ORDER BY due, message_id LIMIT ?2",
   /* one min() per status, so each is a single probe of recipients_due instead of a scan */
   [ST_NEXT_DUE] = "SELECT (SELECT min(next_attempt_ms) FROM recipients WHERE status = 'queued'),"
     " (SELECT min(next_attempt_ms) FROM recipients WHERE status = 'deferred')",
@@ -1206,6 +1209,10 @@ int store_open(const char *data_dir, int flags, struct store **out, char *err, s
   *out = NULL;
   if(errsz)
     err[0] = '\0';
+  /* SQLite's allocation statistics take one process-wide mutex on every malloc, which every
+   * session, worker and the writer then queue on; Postern never reads them. (Only possible
+   * before SQLite initialises; later calls are refused harmlessly.) */
+  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
   if(readonly && (flags & (STORE_OPEN_WRITER | STORE_OPEN_CREATE))) {
     snprintf(err, errsz, "a read-only store can neither be created nor written");
     return STORE_ERROR;

@@ -14,6 +14,9 @@
 #define RELAY_BATCH 256
 #define RELAY_MAX_WAIT_MS 60000
 #define RELAY_SESSION_IDLE_MS 30000
+/* Passes over the queue are at least this far apart: under load, one pass picks up the
+ * messages of many sessions instead of one wake-up, query and hand-off per message. */
+#define RELAY_PASS_MIN_MS 10
 
 struct relay_worker {
   struct relay *relay;
@@ -86,11 +89,18 @@ static void *sched_main(void *arg)
   char (*ids)[LIM_QUEUE_ID + 1] = calloc(RELAY_BATCH, sizeof(*ids));
   if(!ids)
     log_fatal("relay: out of memory");
+  long long last_pass = 0;
   pthread_mutex_lock(&r->mu);
   while(!r->stopping) {
     size_t n = 0, i;
     long long now, when = -1, wait_ms = RELAY_MAX_WAIT_MS, probe_when = -1;
+    long long since = time_mono_ms() - last_pass;
     int added = 0;
+    if(since < RELAY_PASS_MIN_MS) {
+      cond_wait_ms(&r->sched_cond, &r->mu, RELAY_PASS_MIN_MS - since);
+      continue;
+    }
+    last_pass = time_mono_ms();
     r->kicked = 0;
     pthread_mutex_unlock(&r->mu);
     now = time_real_ms();
@@ -519,7 +529,8 @@ static void *worker_main(void *arg)
     idx = inflight_find(r, id);
     if(idx >= 0)
       memcpy(r->inflight[idx], r->inflight[--r->ninflight], sizeof(r->inflight[0]));
-    pthread_cond_signal(&r->sched_cond);
+    if(!r->nwork)                 /* the scheduler only needs us once the queue has drained */
+      pthread_cond_signal(&r->sched_cond);
   }
   pthread_mutex_unlock(&r->mu);
   worker_close_session(w);
