@@ -1,9 +1,10 @@
 /* SASL for both directions (Cyrus libsasl2 kept behind this header, like Postfix's xsasl.h),
  * the sasldb user store behind `posternctl user`, XOAUTH2/OAUTHBEARER initial responses and
- * secret files. No Cyrus type crosses this interface. */
+ * secret files, and the OAuth2 token engine (libcurl). No Cyrus type crosses this interface. */
 #ifndef POSTERN_AUTH_H
 #define POSTERN_AUTH_H
 #include <stddef.h>
+#include <stdio.h>
 
 struct buf;
 
@@ -125,6 +126,60 @@ int auth_secret_read(const char *path, char **secret, size_t *len, char *err, si
 
 /* Wipes then frees (NULL is fine). */
 void auth_secret_free(void *secret, size_t len);
+
+/* ---- OAuth2 token engine (oauth2.c): one identity per [oauth2 NAME] with a flow ------------ */
+
+struct config;
+
+enum oauth2_result {
+  OAUTH2_OK = 0,
+  OAUTH2_TRANSIENT,   /* network, HTTP 5xx or 429: defer, it will work again by itself */
+  OAUTH2_REAUTH,      /* invalid_grant, a bad secret, no consent...: the operator must act;
+                       * the upstream's mail is held */
+  OAUTH2_PENDING,     /* device code not approved yet (login only) */
+  OAUTH2_SLOW_DOWN    /* device code: poll less often (login only) */
+};
+
+/* Is [oauth2 name] one the engine manages (it has a flow)? Without one, the upstream's
+ * token_file or password_file holds a ready access token. */
+int oauth2_managed(const struct config *cfg, const char *name);
+
+/* A current access token for [oauth2 name] (*token malloc'd: free with auth_secret_free), and
+ * until when to use it (wall-clock ms: its expiry less a margin for clocks and latency). Served from memory while it has life left; refreshed
+ * in the background before it expires, one request per identity however many callers wait.
+ * rejected: the token an upstream just refused (535), to force one refresh; else NULL. cfg
+ * registers or updates the identity (NULL: as last registered). err is for the log and the SMTP
+ * reply and never holds a secret. Returns enum oauth2_result. */
+int oauth2_token_get(const struct config *cfg, const char *name, const char *rejected,
+                     char **token, long long *expires_ms, char *err, size_t errsz);
+
+/* Registers every [oauth2] identity with a flow and loads its stored tokens, so that the
+ * background refresh keeps them (and their refresh tokens) alive from the start, used or not.
+ * The daemon calls it at start and after a reload. */
+void oauth2_start(const struct config *cfg);
+
+/* Sorts a token endpoint's refusal: OAUTH2_TRANSIENT or OAUTH2_REAUTH. status 0: no answer. */
+int oauth2_classify(long status, const char *error, const char *description);
+
+/* Where [oauth2 name] keeps its tokens (token_file, else DATA_DIR/oauth2/NAME.json) and the
+ * status file the daemon writes next to it. 0 ok, -1 no such section or too long. */
+int oauth2_paths(const struct config *cfg, const char *name, char *store, size_t storesz,
+                 char *status, size_t statussz);
+
+/* Writes a file atomically (temporary file, fsync, rename, fsync of the directory) with the
+ * given mode. 0 ok, -1 with errno set. */
+int oauth2_file_write(const char *path, const char *data, size_t len, int mode);
+
+/* `posternctl oauth2 login NAME`: the device code flow (prints the URL and the code to out, polls
+ * until approved) and stores the tokens where the daemon finds them. */
+int oauth2_login(const struct config *cfg, const char *name, FILE *out, char *err, size_t errsz);
+
+/* `posternctl oauth2 status NAME`: state, expiry and last error from the daemon's status file. */
+int oauth2_status_print(const struct config *cfg, const char *name, FILE *out, char *err,
+                        size_t errsz);
+
+/* Stops the refresh thread and wipes the cached tokens (at exit; called by auth_done). */
+void oauth2_done(void);
 
 /* Releases the Cyrus plugins at exit (optional; keeps valgrind quiet). */
 void auth_done(void);

@@ -118,6 +118,7 @@ void auth_done(void)
   }
   pthread_mutex_unlock(&server_lock);
   auth_sasl_client_done();
+  oauth2_done();
 }
 
 /* ---- mechanism lists ---------------------------------------------------------------------- */

@@ -38,6 +38,8 @@ void daemon_reload(struct daemon *d, struct config *cfg, struct tls_server_ctx *
 /* Stops accepting, lets sessions finish until the grace period ends, then cuts the rest. */
 void daemon_stop(struct daemon *d, long long grace_ms);
 void daemon_free(struct daemon *d);
+/* The socket bound for [inbound] http_address (-1 when none); the caller owns it from here. */
+int daemon_http_fd(struct daemon *d);
 /* The configuration new sessions use (for the relay after a reload). */
 struct config *daemon_config(struct daemon *d);
 

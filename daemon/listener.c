@@ -2,6 +2,7 @@
  * them all, and one thread per SMTP session up to max_clients (the rest get 421 at once). */
 #include "daemon/daemon.h"
 #include "smtp/smtp.h"
+#include "inbound/inbound.h"
 #include "lib/log.h"
 #include "lib/buf.h"
 #include "lib/conn.h"
@@ -53,6 +54,7 @@ struct daemon {
   struct session *sessions;
   size_t nsessions;
   struct pool *pool;               /* session threads, kept between connections */
+  int http_fd;                     /* [inbound] http_address, bound; -1 when none */
 };
 
 /* Threads beyond max_clients: a session that has just ended still holds its thread for a
@@ -130,6 +132,13 @@ int daemon_tls_load(const struct config *cfg, struct tls_server_ctx ***out, FILE
   }
   *out = tls;
   return 0;
+}
+
+int daemon_http_fd(struct daemon *d)
+{
+  int fd = d->http_fd;
+  d->http_fd = -1;
+  return fd;
 }
 
 struct config *daemon_config(struct daemon *d)
@@ -229,6 +238,7 @@ int daemon_bind(struct daemon **out, struct config *cfg, struct tls_server_ctx *
   pthread_mutex_init(&d->mu, NULL);
   pthread_cond_init(&d->cond, NULL);
   d->stop_pipe[0] = d->stop_pipe[1] = -1;
+  d->http_fd = -1;
   d->gen = gen_new(cfg, tls, 2);
   d->relay_gen = d->gen;
   for(i = 0; i < cfg->nlisteners; i++)
@@ -250,6 +260,13 @@ int daemon_bind(struct daemon **out, struct config *cfg, struct tls_server_ctx *
       d->socks[d->nsocks].listener = l->name;
       d->socks[d->nsocks].loopback = bound_to_loopback(fd);
       d->nsocks++;
+    }
+  }
+  if(cfg->inbound.http_address) {
+    char why[512];
+    if(bind_one(cfg->inbound.http_address, &d->http_fd, why, sizeof(why))) {
+      fprintf(errs, "%s:%d: [inbound] http_address: %s\n", cfg->path, cfg->inbound.line, why);
+      problems++;
     }
   }
   if(pipe2(d->stop_pipe, O_CLOEXEC))
@@ -275,6 +292,7 @@ static void session_main(void *arg)
   const struct cfg_listener *l = s->listener;
   struct smtp_server_cfg scfg;
   struct relay_policy_ctx pctx;
+  struct inbound_policy_ctx ictx;
   struct conn c;
 
   memset(&scfg, 0, sizeof(scfg));
@@ -291,7 +309,8 @@ static void session_main(void *arg)
   scfg.tls = s->tls;
   scfg.tls_mode = !s->tls ? SMTP_TLS_NONE :
                   l->tls == CFG_TLS_IMPLICIT ? SMTP_TLS_IMPLICIT : SMTP_TLS_STARTTLS;
-  scfg.auth_mechs = l->auth != CFG_AUTH_NONE ? l->auth_mechanisms : NULL;
+  /* an MX takes mail from anyone for our domains: it never offers AUTH */
+  scfg.auth_mechs = l->auth != CFG_AUTH_NONE && l->role != CFG_ROLE_MX ? l->auth_mechanisms : NULL;
   scfg.auth_available = d->auth_ok;
   scfg.loopback_listener = s->loopback;
   scfg.max_auth_failures = (int)cfg->max_auth_failures;
@@ -299,15 +318,24 @@ static void session_main(void *arg)
   pctx.listener = l;
   pctx.store = d->st;
   pctx.relay = d->relay;
+  memset(&ictx, 0, sizeof(ictx));
+  ictx.cfg = cfg;
+  ictx.listener = l;
+  ictx.store = d->st;
 
   conn_init(&c, s->fd, scfg.idle_ms);
   if(scfg.session_ms > 0)
     c.deadline_ms = time_mono_ms() + scfg.session_ms;
-  smtp_server_run(&c, &scfg, &relay_submission_policy, &pctx);
+  /* the daemon is the only code that knows both paths: the role picks the policy */
+  if(l->role == CFG_ROLE_MX)
+    smtp_server_run(&c, &scfg, &inbound_mx_policy, &ictx);
+  else
+    smtp_server_run(&c, &scfg, &relay_submission_policy, &pctx);
   pthread_mutex_lock(&d->mu);
   s->fd = -1;         /* daemon_stop must not shut down a descriptor number reused elsewhere */
   pthread_mutex_unlock(&d->mu);
   conn_free(&c);      /* closes the socket */
+  tls_thread_done();  /* the pool keeps this thread: free OpenSSL's state for it now */
 
   pthread_mutex_lock(&d->mu);
   if(s->prev)
@@ -506,6 +534,8 @@ void daemon_free(struct daemon *d)
   for(i = 0; i < d->nsocks; i++)
     if(d->socks[i].fd >= 0)
       close(d->socks[i].fd);
+  if(d->http_fd >= 0)
+    close(d->http_fd);
   if(d->stop_pipe[0] >= 0)
     close(d->stop_pipe[0]);
   if(d->stop_pipe[1] >= 0)

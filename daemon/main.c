@@ -3,6 +3,7 @@
 #include "build-config.h"
 #include "daemon/daemon.h"
 #include "auth/auth.h"
+#include "inbound/inbound.h"
 #include "lib/log.h"
 #include "lib/buf.h"
 #include <errno.h>
@@ -29,21 +30,12 @@ static void usage(FILE *f)
 }
 
 /* Checks that need the file system: certificate files (loaded into *tls, or only tried when
- * tls is NULL), listener roles this build serves. */
+ * tls is NULL), and what the inbound path reads (secrets, the event public key). */
 static int check_environment(const struct config *cfg, FILE *errs,
                              struct tls_server_ctx ***tls)
 {
   struct tls_server_ctx **loaded = NULL;
-  size_t i;
-  int problems = 0;
-  for(i = 0; i < cfg->nlisteners; i++) {
-    const struct cfg_listener *l = &cfg->listeners[i];
-    if(l->role == CFG_ROLE_MX) {
-      fprintf(errs, "%s:%d: listener %s: role = mx is not available in this build of Postern\n",
-              cfg->path, l->line, l->name);
-      problems++;
-    }
-  }
+  int problems = inbound_check_config(cfg, errs);
   problems += daemon_tls_load(cfg, &loaded, errs);
   if(tls && !problems)
     *tls = loaded;
@@ -150,6 +142,7 @@ int main(int argc, char **argv)
   struct daemon *d = NULL;
   struct store *st = NULL;
   struct relay *relay = NULL;
+  struct inbound_http *http = NULL;
   struct passwd *pw = NULL;
   struct tls_server_ctx **tls = NULL;
   int auth_ok = 0;
@@ -177,12 +170,16 @@ int main(int argc, char **argv)
   if(!problems && cfg)
     problems += relay_check_config(cfg, stderr) +
                 check_environment(cfg, stderr, check_only ? NULL : &tls);
+  if(!problems && cfg)
+    problems += inbound_init(stderr);
   if(check_only) {
+    inbound_done();
     config_free(cfg);
     return problems ? 1 : 0;
   }
   if(problems) {
     fprintf(stderr, "postern: %d configuration problem(s); not starting\n", problems);
+    inbound_done();
     if(cfg)
       daemon_tls_free(tls, cfg->nlisteners);
     config_free(cfg);
@@ -247,6 +244,12 @@ int main(int argc, char **argv)
     log_error("cannot start the relay");
     goto out;
   }
+  /* the HTTP listener keeps the configuration it started with (a reload does not change it) */
+  if(cfg->inbound.http_address &&
+     inbound_http_start(cfg, st, daemon_http_fd(d), &http)) {
+    log_error("cannot start the HTTP listener");
+    goto out;
+  }
   if(daemon_serve(d, st, relay, auth_ok)) {
     log_error("cannot start the listeners");
     goto out;
@@ -284,6 +287,7 @@ int main(int argc, char **argv)
 out:
   if(d)
     daemon_stop(d, (cfg ? cfg->shutdown_grace : 30) * 1000LL);
+  inbound_http_stop(http);
   relay_stop(relay);
   store_close(st);
   if(d) {
@@ -295,6 +299,7 @@ out:
   config_free(cfg);
   free(data_dir);
   auth_done();
+  inbound_done();
   if(!result)
     log_info("stopped");
   return result;

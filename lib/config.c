@@ -157,6 +157,9 @@ static const struct opt opts[] = {
   { SEC_UPSTREAM, "api_key_file", T_STR, UP(api_key_file), 0, NULL, 0, 0, NULL },
   { SEC_UPSTREAM, "api_url", T_URL, UP(api_url), 0, NULL, 0, 0, NULL },
   { SEC_UPSTREAM, "region", T_STR, UP(region), 0, NULL, 0, 0, NULL },
+  { SEC_UPSTREAM, "access_key_id_file", T_STR, UP(access_key_id_file), 0, NULL, 0, 0, NULL },
+  { SEC_UPSTREAM, "secret_access_key_file", T_STR, UP(secret_access_key_file), 0, NULL, 0, 0, NULL },
+  { SEC_UPSTREAM, "fallback", T_STR, UP(fallback), 0, NULL, 0, 0, NULL },
   { SEC_UPSTREAM, "tls_min_version", T_WORD, UP(tls_min_version), 0, NULL, 0, 0, w_tlsver },
 
   { SEC_ROUTE, "sender", T_STR, RO(sender), 0, NULL, 0, 0, NULL },
@@ -920,8 +923,10 @@ static int header_read(struct loader *ld, const char *s)
       return 0;
     }
     ld->unnamed_line[kind] = line;
-    if(kind == SEC_INBOUND)
+    if(kind == SEC_INBOUND) {
       ld->cfg->inbound.present = 1;
+      ld->cfg->inbound.line = line;
+    }
     ld->cur_index = 0;
     snprintf(ld->label, sizeof(ld->label), "%s", sections[kind].word);
   }

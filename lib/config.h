@@ -55,6 +55,9 @@ struct cfg_upstream {
   char *api_key_file;
   char *api_url;
   char *region;
+  char *access_key_id_file;       /* ses; else AWS_ACCESS_KEY_ID from the environment */
+  char *secret_access_key_file;   /* ses; else AWS_SECRET_ACCESS_KEY from the environment */
+  char *fallback;                 /* the [upstream] that takes the mail while this one is down */
   char *tls_min_version;
 };
 
@@ -82,6 +85,7 @@ struct cfg_user {
 
 struct cfg_inbound {
   int present;
+  int line;                       /* where [inbound] starts, for messages */
   char *domains;
   char *spf;
   char *http_address, *http_user, *http_password_file, *event_public_key_file;

@@ -32,4 +32,11 @@
 #define LIM_QUEUE_ID            24
 #define LIM_HEADER_SCAN         (256u * 1024u) /* header section examined for Message-ID/Date */
 
+/* webhooks (inbound/http.c): the body cap is [inbound] max_http_size */
+#define LIM_WEBHOOK_FIELD       (64u * 1024u)  /* one form field kept in memory (envelope, ...) */
+#define LIM_WEBHOOK_FIELDS      200      /* form fields in one request */
+#define LIM_WEBHOOK_EVENTS      10000    /* events in one Event Webhook batch */
+#define LIM_WEBHOOK_SMALL_BODY  (1024u * 1024u)  /* /events and /sms bodies */
+#define LIM_WEBHOOK_TIMEOUT_SECONDS 120  /* an idle HTTP connection */
+
 #endif

@@ -12,20 +12,49 @@ struct pool_item {
   struct pool_item *next;
 };
 
+/* One per thread, handed to it at creation; the thread links it into dead as its last act so
+ * that somebody joins it: a detached thread may still be running its exit path (thread-local
+ * destructors, OpenSSL's per-thread state) after pool_free returned and the process ended. */
+struct pool_thr {
+  pthread_t th;
+  struct pool *p;
+  struct pool_thr *next;
+};
+
 struct pool {
   pthread_mutex_t mu;
   pthread_cond_t work;         /* idle threads wait here */
   pthread_cond_t gone;         /* pool_free waits here for threads to end */
   struct pool_item *head, **tailp;
+  struct pool_thr *dead;       /* ended threads not joined yet */
   size_t max, threads, idle;
   size_t stack;
   long long idle_ms;
   int stopping;
 };
 
+/* Joins the threads that have ended; called without p->mu held. */
+static void pool_reap(struct pool_thr *t)
+{
+  while(t) {
+    struct pool_thr *next = t->next;
+    pthread_join(t->th, NULL);
+    free(t);
+    t = next;
+  }
+}
+
+static struct pool_thr *pool_take_dead(struct pool *p)
+{
+  struct pool_thr *t = p->dead;
+  p->dead = NULL;
+  return t;
+}
+
 static void *pool_thread(void *arg)
 {
-  struct pool *p = arg;
+  struct pool_thr *self = arg;
+  struct pool *p = self->p;
   pthread_mutex_lock(&p->mu);
   for(;;) {
     struct pool_item *it;
@@ -64,6 +93,8 @@ static void *pool_thread(void *arg)
   }
 out:
   p->threads--;
+  self->next = p->dead;
+  p->dead = self;
   pthread_cond_broadcast(&p->gone);
   pthread_mutex_unlock(&p->mu);
   return NULL;
@@ -93,33 +124,34 @@ int pool_run(struct pool *p, void (*fn)(void *), void *arg)
   struct pool_item *it = malloc(sizeof(*it));
   size_t queued = 0;
   struct pool_item *q;
+  struct pool_thr *dead;
   if(!it)
     return -1;
   it->fn = fn;
   it->arg = arg;
   it->next = NULL;
   pthread_mutex_lock(&p->mu);
+  dead = pool_take_dead(p);
   for(q = p->head; q; q = q->next)
     queued++;
-  if(p->stopping || (queued >= p->idle && p->threads >= p->max)) {
-    pthread_mutex_unlock(&p->mu);
-    free(it);
-    return -1;
-  }
+  if(p->stopping || (queued >= p->idle && p->threads >= p->max))
+    goto refuse;
   if(queued >= p->idle) {
     pthread_attr_t attr;
-    pthread_t th;
+    struct pool_thr *t = malloc(sizeof(*t));
     int rc;
+    if(!t)
+      goto refuse;
+    t->p = p;
+    t->next = NULL;
     pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if(p->stack)
       pthread_attr_setstacksize(&attr, p->stack);
-    rc = pthread_create(&th, &attr, pool_thread, p);
+    rc = pthread_create(&t->th, &attr, pool_thread, t);
     pthread_attr_destroy(&attr);
     if(rc) {
-      pthread_mutex_unlock(&p->mu);
-      free(it);
-      return -1;
+      free(t);
+      goto refuse;
     }
     p->threads++;
   }
@@ -127,7 +159,13 @@ int pool_run(struct pool *p, void (*fn)(void *), void *arg)
   p->tailp = &it->next;
   pthread_cond_signal(&p->work);
   pthread_mutex_unlock(&p->mu);
+  pool_reap(dead);
   return 0;
+refuse:
+  pthread_mutex_unlock(&p->mu);
+  pool_reap(dead);
+  free(it);
+  return -1;
 }
 
 void pool_set_max(struct pool *p, size_t max)
@@ -147,6 +185,7 @@ void pool_free(struct pool *p)
   while(p->threads)
     pthread_cond_wait(&p->gone, &p->mu);
   pthread_mutex_unlock(&p->mu);
+  pool_reap(pool_take_dead(p));
   pthread_cond_destroy(&p->work);
   pthread_cond_destroy(&p->gone);
   pthread_mutex_destroy(&p->mu);

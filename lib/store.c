@@ -54,6 +54,26 @@ static const char *const migrations[] = {
   /* 2: who holds a held recipient: the name of the upstream whose login failed (the relay
    * releases those by itself once a login succeeds), NULL for a hold by hand */
   "ALTER TABLE recipients ADD COLUMN held_by TEXT;",
+  /* 3: what the inbound path received, raw: mail from the MX listener, SendGrid Inbound Parse
+   * posts and Twilio SMS (body as received, content_type saying what it is), and SendGrid
+   * delivery events keyed by sg_event_id so a retried batch is stored once. external_id
+   * (Twilio's MessageSid) makes a repeated SMS post a no-op too. */
+  "CREATE TABLE inbound_messages("
+  " id TEXT PRIMARY KEY NOT NULL,"
+  " source TEXT NOT NULL CHECK(source IN ('mx','inbound-parse','sms')),"
+  " received_ms INTEGER NOT NULL,"
+  " listener TEXT, client_addr TEXT, helo TEXT,"
+  " envelope_from TEXT, envelope_to TEXT,"
+  " spf TEXT, content_type TEXT, external_id TEXT UNIQUE,"
+  " size INTEGER NOT NULL, body_sha256 TEXT,"
+  " body BLOB NOT NULL);"
+  "CREATE INDEX inbound_messages_received ON inbound_messages(received_ms, id);"
+  "CREATE TABLE inbound_events("
+  " event_key TEXT PRIMARY KEY NOT NULL,"
+  " received_ms INTEGER NOT NULL,"
+  " event TEXT, sg_message_id TEXT, email TEXT, timestamp INTEGER,"
+  " payload TEXT NOT NULL);"
+  "CREATE INDEX inbound_events_message ON inbound_events(sg_message_id);",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -66,6 +86,7 @@ enum stmt {
   ST_MSG_GET, ST_RCPT_GET, ST_BODY_GET, ST_DUE, ST_NEXT_DUE, ST_LIST,
   ST_COUNT_ORPHAN_RCPTS, ST_COUNT_EMPTY_MSGS,
   ST_RELEASE_UPSTREAM, ST_HELD_UPSTREAMS,
+  ST_INBOUND_INSERT, ST_EVENT_INSERT, ST_INBOUND_LIST, ST_EVENT_LIST,
   ST_COUNT
 };
 
@@ -86,7 +107,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     " source, listener, client_addr, helo, auth_user, envid, ret, body_sha256, body)"
     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
   [ST_RCPT_INSERT] = "INSERT INTO recipients(message_id, idx, address, orcpt, notify, status,"
-    " attempts, next_attempt_ms, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6)",
+    " attempts, next_attempt_ms, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?7)",
   /* a NULL reply or upstream keeps the one already recorded: no news is not erasure */
   [ST_RCPT_UPDATE] = "UPDATE recipients SET status = ?1, attempts = attempts + ?2,"
     " next_attempt_ms = ?3, last_reply = coalesce(?4, last_reply),"
@@ -126,6 +147,21 @@ static const char *const stmt_sql[ST_COUNT] = {
     " next_attempt_ms = ?1, updated_ms = ?1 WHERE status = 'held' AND held_by = ?2",
   [ST_HELD_UPSTREAMS] = "SELECT DISTINCT held_by FROM recipients"
     " WHERE status = 'held' AND held_by IS NOT NULL",
+  /* a repeated external_id (a retried SMS post) changes nothing: it is already stored */
+  [ST_INBOUND_INSERT] = "INSERT INTO inbound_messages(id, source, received_ms, listener,"
+    " client_addr, helo, envelope_from, envelope_to, spf, content_type, external_id, size,"
+    " body_sha256, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    " ON CONFLICT(external_id) DO NOTHING",
+  [ST_EVENT_INSERT] = "INSERT INTO inbound_events(event_key, received_ms, event, sg_message_id,"
+    " email, timestamp, payload) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    " ON CONFLICT(event_key) DO NOTHING",
+  [ST_INBOUND_LIST] = "SELECT id, source, received_ms, listener, client_addr, helo,"
+    " envelope_from, envelope_to, spf, content_type, external_id, size, body_sha256"
+    " FROM inbound_messages WHERE (received_ms, id) > (?1, ?2)"
+    " ORDER BY received_ms, id LIMIT ?3",
+  [ST_EVENT_LIST] = "SELECT event_key, received_ms, event, sg_message_id, email, timestamp,"
+    " payload FROM inbound_events WHERE (received_ms, event_key) > (?1, ?2)"
+    " ORDER BY received_ms, event_key LIMIT ?3",
 };
 
 /* One SQLite connection and its prepared statements. Used by one thread at a time: the
@@ -136,7 +172,8 @@ struct store_db {
   int sync_normal;         /* the connection runs with synchronous=NORMAL right now */
 };
 
-enum job_kind { JOB_ACCEPT, JOB_UPDATE, JOB_DELETE, JOB_SET_PENDING, JOB_RELEASE_UPSTREAM };
+enum job_kind { JOB_ACCEPT, JOB_UPDATE, JOB_DELETE, JOB_SET_PENDING, JOB_RELEASE_UPSTREAM,
+                JOB_INBOUND, JOB_EVENTS };
 
 /* One write waiting for the writer; lives on the waiting caller's stack. */
 struct store_job {
@@ -149,7 +186,11 @@ struct store_job {
   size_t nu;
   enum rcpt_status status;                /* JOB_SET_PENDING */
   const char *upstream;                   /* JOB_RELEASE_UPSTREAM */
-  size_t changed;                         /* JOB_RELEASE_UPSTREAM: recipients released */
+  size_t changed;                         /* JOB_RELEASE_UPSTREAM: recipients released;
+                                             JOB_INBOUND, JOB_EVENTS: rows added */
+  const struct store_inbound *in;         /* JOB_INBOUND */
+  const struct store_event *ev;           /* JOB_EVENTS */
+  size_t nev;
   int result;
   int done;
   pthread_cond_t cond;
@@ -488,7 +529,9 @@ static int job_accept(struct store_db *d, const struct store_job *j)
     if(!rc) rc = bind_text(s, 3, r->address ? r->address : "");
     if(!rc) rc = bind_text(s, 4, r->orcpt);
     if(!rc) rc = bind_text(s, 5, r->notify);
-    if(!rc) rc = sqlite3_bind_int64(s, 6, now);
+    /* due from arrival, so the first pass takes the queue in the order mail came in */
+    if(!rc) rc = sqlite3_bind_int64(s, 6, m->created_ms > 0 && m->created_ms < now ? m->created_ms : now);
+    if(!rc) rc = sqlite3_bind_int64(s, 7, now);
     if(rc) {
       result = db_fail(d, rc, "bind recipient");
       sqlite3_reset(s);
@@ -599,6 +642,71 @@ static int job_release_upstream(struct store_db *d, struct store_job *j)
   return result;
 }
 
+static int job_inbound(struct store_db *d, struct store_job *j)
+{
+  const struct store_inbound *m = j->in;
+  sqlite3_stmt *s = db_stmt(d, ST_INBOUND_INSERT);
+  int rc, result;
+  if(!s)
+    return STORE_ERROR;
+  rc = bind_text(s, 1, m->id);
+  if(!rc) rc = bind_text(s, 2, m->source);
+  if(!rc) rc = sqlite3_bind_int64(s, 3, m->received_ms > 0 ? m->received_ms : now_ms());
+  if(!rc) rc = bind_text(s, 4, m->listener);
+  if(!rc) rc = bind_text(s, 5, m->client_addr);
+  if(!rc) rc = bind_text(s, 6, m->helo);
+  if(!rc) rc = bind_text(s, 7, m->envelope_from);
+  if(!rc) rc = bind_text(s, 8, m->envelope_to);
+  if(!rc) rc = bind_text(s, 9, m->spf);
+  if(!rc) rc = bind_text(s, 10, m->content_type);
+  if(!rc) rc = bind_text(s, 11, m->external_id);
+  if(!rc) rc = sqlite3_bind_int64(s, 12, (sqlite3_int64)j->bodylen);
+  if(!rc) rc = bind_text(s, 13, m->body_sha256);
+  if(!rc) rc = sqlite3_bind_blob64(s, 14, j->bodylen ? j->body : (const void *)"",
+                                   (sqlite3_uint64)j->bodylen, SQLITE_STATIC);
+  if(rc) {
+    result = db_fail(d, rc, "bind inbound message");
+    sqlite3_reset(s);
+    return result;
+  }
+  result = db_exec_stmt(d, s, "insert inbound message");
+  sqlite3_clear_bindings(s);      /* drop the pointer to the caller's body */
+  if(!result)
+    j->changed = (size_t)sqlite3_changes(d->db);
+  return result;
+}
+
+static int job_events(struct store_db *d, struct store_job *j)
+{
+  long long now = now_ms();
+  size_t i;
+  int rc, result = STORE_OK;
+  j->changed = 0;
+  for(i = 0; !result && i < j->nev; i++) {
+    const struct store_event *e = &j->ev[i];
+    sqlite3_stmt *s = db_stmt(d, ST_EVENT_INSERT);
+    if(!s)
+      return STORE_ERROR;
+    rc = bind_text(s, 1, e->key);
+    if(!rc) rc = sqlite3_bind_int64(s, 2, now);
+    if(!rc) rc = bind_text(s, 3, e->event);
+    if(!rc) rc = bind_text(s, 4, e->sg_message_id);
+    if(!rc) rc = bind_text(s, 5, e->email);
+    if(!rc) rc = e->timestamp ? sqlite3_bind_int64(s, 6, e->timestamp) : sqlite3_bind_null(s, 6);
+    if(!rc) rc = sqlite3_bind_text(s, 7, e->payload ? e->payload : "", (int)e->payloadlen,
+                                   SQLITE_STATIC);
+    if(rc) {
+      result = db_fail(d, rc, "bind event");
+      sqlite3_reset(s);
+      break;
+    }
+    result = db_exec_stmt(d, s, "insert event");
+    if(!result)
+      j->changed += (size_t)sqlite3_changes(d->db);
+  }
+  return result;
+}
+
 static int job_run(struct store_db *d, struct store_job *j)
 {
   switch(j->kind) {
@@ -607,6 +715,8 @@ static int job_run(struct store_db *d, struct store_job *j)
   case JOB_DELETE: return job_delete(d, j);
   case JOB_SET_PENDING: return job_set_pending(d, j);
   case JOB_RELEASE_UPSTREAM: return job_release_upstream(d, j);
+  case JOB_INBOUND: return job_inbound(d, j);
+  case JOB_EVENTS: return job_events(d, j);
   }
   return STORE_ERROR;
 }
@@ -1154,6 +1264,141 @@ static int db_count(struct store_db *d, enum stmt which, long long *count)
   else
     result = db_fail(d, rc, "count");
   sqlite3_reset(s);
+  return result;
+}
+
+/* ---- inbound ------------------------------------------------------------------------------- */
+
+int store_inbound_accept(struct store *st, const struct store_inbound *m, const void *body,
+                         size_t bodylen, int *duplicate)
+{
+  struct store_job j;
+  int result;
+  memset(&j, 0, sizeof(j));
+  j.kind = JOB_INBOUND;
+  j.id = m->id;
+  j.in = m;
+  j.body = body;
+  j.bodylen = bodylen;
+  result = store_submit(st, &j);
+  if(duplicate)
+    *duplicate = !result && j.changed == 0;
+  return result;
+}
+
+int store_events_add(struct store *st, const struct store_event *ev, size_t n, size_t *added)
+{
+  struct store_job j;
+  int result;
+  memset(&j, 0, sizeof(j));
+  j.kind = JOB_EVENTS;
+  j.ev = ev;
+  j.nev = n;
+  result = store_submit(st, &j);
+  if(added)
+    *added = result ? 0 : j.changed;
+  return result;
+}
+
+int store_ping(struct store *st)
+{
+  return store_events_add(st, NULL, 0, NULL);
+}
+
+static const char *col_str(sqlite3_stmt *s, int i)
+{
+  return (const char *)sqlite3_column_text(s, i);
+}
+
+int store_inbound_list(struct store *st, store_inbound_cb cb, void *arg)
+{
+  long long after_ms = -1;
+  char after_id[LIM_QUEUE_ID + 1] = "";
+  int result = STORE_OK, stop = 0;
+  while(!result && !stop) {
+    struct store_inbound page[STORE_LIST_PAGE];
+    char *strs[STORE_LIST_PAGE][10];
+    size_t n = 0, i, k;
+    sqlite3_stmt *s;
+    int rc;
+    memset(strs, 0, sizeof(strs));
+    pthread_mutex_lock(&st->rlock);
+    s = db_stmt(&st->r, ST_INBOUND_LIST);
+    if(!s) {
+      pthread_mutex_unlock(&st->rlock);
+      return STORE_ERROR;
+    }
+    sqlite3_bind_int64(s, 1, after_ms);
+    bind_text(s, 2, after_id);
+    sqlite3_bind_int(s, 3, STORE_LIST_PAGE);
+    while((rc = sqlite3_step(s)) == SQLITE_ROW && n < STORE_LIST_PAGE) {
+      struct store_inbound *m = &page[n];
+      static const int cols[10] = { 1, 3, 4, 5, 6, 7, 8, 9, 10, 12 };
+      memset(m, 0, sizeof(*m));
+      str_copy(m->id, sizeof(m->id), col_str(s, 0) ? col_str(s, 0) : "");
+      m->received_ms = sqlite3_column_int64(s, 2);
+      m->size = sqlite3_column_int64(s, 11);
+      for(k = 0; k < 10; k++)
+        if(col_text(s, cols[k], &strs[n][k]))
+          rc = SQLITE_NOMEM;
+      m->source = strs[n][0]; m->listener = strs[n][1]; m->client_addr = strs[n][2];
+      m->helo = strs[n][3]; m->envelope_from = strs[n][4]; m->envelope_to = strs[n][5];
+      m->spf = strs[n][6]; m->content_type = strs[n][7]; m->external_id = strs[n][8];
+      m->body_sha256 = strs[n][9];
+      n++;
+      if(rc == SQLITE_NOMEM)
+        break;
+    }
+    if(rc != SQLITE_ROW && rc != SQLITE_DONE)
+      result = db_fail(&st->r, rc, "list inbound messages");
+    sqlite3_reset(s);
+    pthread_mutex_unlock(&st->rlock);
+    /* the callback runs without the lock, so it may read the store itself */
+    for(i = 0; i < n; i++) {
+      if(!result && !stop && cb(arg, &page[i]))
+        stop = 1;
+      for(k = 0; k < 10; k++)
+        free(strs[i][k]);
+    }
+    if(n < STORE_LIST_PAGE)
+      break;
+    after_ms = page[n - 1].received_ms;
+    str_copy(after_id, sizeof(after_id), page[n - 1].id);
+  }
+  return result;
+}
+
+int store_inbound_body(struct store *st, const char *id, char **body, size_t *len)
+{
+  sqlite3_stmt *s = NULL;
+  int rc, result = STORE_NOTFOUND;
+  *body = NULL;
+  *len = 0;
+  pthread_mutex_lock(&st->rlock);
+  rc = sqlite3_prepare_v2(st->r.db, "SELECT body FROM inbound_messages WHERE id = ?1", -1, &s,
+                          NULL);
+  if(rc == SQLITE_OK)
+    rc = bind_text(s, 1, id);
+  if(rc == SQLITE_OK)
+    rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW) {
+    size_t n = (size_t)sqlite3_column_bytes(s, 0);
+    const void *p = sqlite3_column_blob(s, 0);
+    *body = malloc(n + 1);
+    if(*body) {
+      if(n)
+        memcpy(*body, p, n);
+      (*body)[n] = '\0';
+      *len = n;
+      result = STORE_OK;
+    }
+    else
+      result = STORE_ERROR;
+  }
+  else if(rc != SQLITE_DONE)
+    result = db_fail(&st->r, rc, "read inbound body");
+  sqlite3_finalize(s);
+  pthread_mutex_unlock(&st->rlock);
   return result;
 }
 

@@ -118,4 +118,48 @@ int store_held_upstreams(struct store *st, int (*cb)(void *arg, const char *upst
 /* Checks the database (PRAGMA integrity_check, orphans); 0 ok, else err says what. */
 int store_check(struct store *st, char *err, size_t errsz);
 
+/* ---- inbound (issue 7): the raw input of the MX listener and the webhooks ------------------ */
+
+/* One received message, SMS or Inbound Parse post, as received. Strings may be NULL. */
+struct store_inbound {
+  char id[LIM_QUEUE_ID + 1];     /* store_new_id */
+  const char *source;            /* "mx" | "inbound-parse" | "sms" */
+  long long received_ms;         /* 0: now */
+  const char *listener;          /* the SMTP listener, or "http" */
+  const char *client_addr;
+  const char *helo;
+  const char *envelope_from;
+  const char *envelope_to;       /* addresses separated by LF (an address never holds one) */
+  const char *spf;               /* pass | fail | softfail | neutral | none | temperror |
+                                    permerror, or NULL when not checked */
+  const char *content_type;      /* of body: "message/rfc822", "multipart/form-data; ..." */
+  const char *external_id;       /* the sender's id (Twilio MessageSid): stored once */
+  const char *body_sha256;       /* hex, or NULL */
+  long long size;                /* filled by store_inbound_list */
+};
+/* Commits one inbound message (through the group-commit writer: durable on return). A second
+ * message with an external_id already stored is not added, and *duplicate (may be NULL) is 1. */
+int store_inbound_accept(struct store *st, const struct store_inbound *m, const void *body,
+                         size_t bodylen, int *duplicate);
+
+/* One SendGrid event. key is its sg_event_id, or a digest of the event when it has none. */
+struct store_event {
+  const char *key;
+  const char *event, *sg_message_id, *email;   /* may be NULL */
+  long long timestamp;                         /* the event's, seconds; 0 when absent */
+  const char *payload;                         /* the event object, JSON */
+  size_t payloadlen;
+};
+/* Commits a batch in one transaction; events whose key is already stored are skipped, and
+ * *added (may be NULL) gets how many were new. */
+int store_events_add(struct store *st, const struct store_event *ev, size_t n, size_t *added);
+/* An empty commit through the writer: is the store writable right now? (/healthz) */
+int store_ping(struct store *st);
+
+typedef int (*store_inbound_cb)(void *arg, const struct store_inbound *m);  /* non-zero stops */
+/* Every inbound message, oldest first (no bodies). */
+int store_inbound_list(struct store *st, store_inbound_cb cb, void *arg);
+/* The stored bytes of one inbound message; *body is malloc'd (NUL-terminated for convenience). */
+int store_inbound_body(struct store *st, const char *id, char **body, size_t *len);
+
 #endif

@@ -3,6 +3,7 @@
 #include "relay/relay_int.h"
 #include <fnmatch.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 const struct cfg_upstream upstream_capture = { .name = (char *)"capture", .type = (char *)"capture" };
@@ -10,6 +11,9 @@ const struct cfg_upstream upstream_capture = { .name = (char *)"capture", .type 
 static const struct transport *const transports[] = {
   &transport_capture,
   &transport_smtp,
+  &transport_sendgrid,
+  &transport_ses,
+  &transport_graph,
 };
 
 const struct transport *transport_for(const char *type)
@@ -96,14 +100,34 @@ static int check_smtp_upstream(const struct config *cfg, const struct cfg_upstre
     for(i = 0; up->oauth2 && i < cfg->noauth2s; i++)
       if(!strcmp(cfg->oauth2s[i].name, up->oauth2))
         oa = &cfg->oauth2s[i];
-    if(!(oa && oa->token_file) && !up->password_file && !up->password) {
+    /* with a flow the token engine gets the tokens; without one they must be there */
+    if(!(oa && (oa->token_file || oa->flow)) && !up->password_file && !up->password) {
       fprintf(errs, "%s:%d: upstream %s: auth = %s needs an access token: token_file in "
               "[oauth2 %s], or password_file\n", cfg->path, up->line, up->name, auth,
               up->oauth2 ? up->oauth2 : "NAME");
       problems++;
     }
-    if(oa && oa->token_file)
+    if(oa && oa->token_file && !oa->flow)
       problems += secret_file_check(cfg, up, "token_file", oa->token_file, errs);
+    if(oa && oa->flow) {
+      problems += secret_file_check(cfg, up, "client_secret_file", oa->client_secret_file, errs);
+      problems += secret_file_check(cfg, up, "private_key_file", oa->private_key_file, errs);
+      if(!oa->client_id) {
+        fprintf(errs, "%s:%d: [oauth2 %s] needs client_id\n", cfg->path, oa->line, oa->name);
+        problems++;
+      }
+      if(!strcmp(oa->flow, "client_credentials") && !oa->client_secret_file &&
+         !(oa->certificate_file && oa->private_key_file)) {
+        fprintf(errs, "%s:%d: [oauth2 %s]: flow = client_credentials needs client_secret_file, "
+                "or certificate_file and private_key_file\n", cfg->path, oa->line, oa->name);
+        problems++;
+      }
+      if((!oa->provider || !strcmp(oa->provider, "generic")) && !oa->token_url) {
+        fprintf(errs, "%s:%d: [oauth2 %s]: provider = generic needs token_url\n", cfg->path,
+                oa->line, oa->name);
+        problems++;
+      }
+    }
   }
   else if(!up->password_file && !up->password) {
     fprintf(errs, "%s:%d: upstream %s: username is set but there is no password: set "
@@ -111,6 +135,54 @@ static int check_smtp_upstream(const struct config *cfg, const struct cfg_upstre
     problems++;
   }
   problems += secret_file_check(cfg, up, "password_file", up->password_file, errs);
+  return problems;
+}
+
+/* An API key sent in clear is a key given away: plain http is for loopback (tests) only. */
+static int api_url_check(const struct config *cfg, const struct cfg_upstream *up, FILE *errs)
+{
+  const char *host;
+  if(!up->api_url || strncasecmp(up->api_url, "http://", 7))
+    return 0;
+  host = up->api_url + 7;
+  if(!strncmp(host, "127.", 4) || !strncasecmp(host, "localhost", 9) || !strncmp(host, "[::1]", 5))
+    return 0;
+  fprintf(errs, "%s:%d: upstream %s: api_url = %s would send the credentials in clear; use "
+          "https://\n", cfg->path, up->line, up->name, up->api_url);
+  return 1;
+}
+
+static int check_api_upstream(const struct config *cfg, const struct cfg_upstream *up, FILE *errs)
+{
+  int problems = api_url_check(cfg, up, errs);
+  const struct cfg_upstream *fb;
+  if(!strcmp(up->type, "sendgrid")) {
+    if(!up->api_key_file) {
+      fprintf(errs, "%s:%d: upstream %s: type = sendgrid needs api_key_file\n", cfg->path,
+              up->line, up->name);
+      problems++;
+    }
+    problems += secret_file_check(cfg, up, "api_key_file", up->api_key_file, errs);
+  }
+  if(!strcmp(up->type, "ses")) {
+    if(!!up->access_key_id_file != !!up->secret_access_key_file) {
+      fprintf(errs, "%s:%d: upstream %s: set both access_key_id_file and "
+              "secret_access_key_file, or neither (then AWS_ACCESS_KEY_ID and "
+              "AWS_SECRET_ACCESS_KEY)\n", cfg->path, up->line, up->name);
+      problems++;
+    }
+    problems += secret_file_check(cfg, up, "access_key_id_file", up->access_key_id_file, errs);
+    problems += secret_file_check(cfg, up, "secret_access_key_file", up->secret_access_key_file,
+                                  errs);
+  }
+  if(up->fallback) {
+    fb = config_upstream(cfg, up->fallback);
+    if(!fb || !strcmp(fb->name, up->name)) {
+      fprintf(errs, "%s:%d: upstream %s: fallback = %s is not another [upstream]\n", cfg->path,
+              up->line, up->name, up->fallback);
+      problems++;
+    }
+  }
   return problems;
 }
 
@@ -127,6 +199,8 @@ int relay_check_config(const struct config *cfg, FILE *errs)
     }
     if(up->type && !strcmp(up->type, "smtp"))
       problems += check_smtp_upstream(cfg, up, errs);
+    if(up->type && (!strcmp(up->type, "sendgrid") || !strcmp(up->type, "ses") || up->fallback))
+      problems += check_api_upstream(cfg, up, errs);
   }
   return problems;
 }

@@ -3,6 +3,7 @@
  * the per-recipient outcome (sent / captured / deferred with backoff / bounced with a DSN /
  * held after a refused login) back; rate limits and holds are kept per upstream. */
 #include "relay/relay_int.h"
+#include "auth/auth.h"
 #include "lib/log.h"
 #include "lib/buf.h"
 #include <pthread.h>
@@ -215,7 +216,46 @@ enum group_mode { GROUP_TRIED, GROUP_RATE_WAIT, GROUP_HELD };
 static void deliver_group(struct relay_worker *w, const struct config *cfg,
                           const struct store_msg *m, const char *body, size_t len,
                           const struct cfg_upstream *up, struct transport_rcpt *tr, size_t n,
-                          struct store_rcpt_update *upd, char (*replies)[LIM_SMTP_REPLY_LINE + 32])
+                          struct store_rcpt_update *upd, char (*replies)[LIM_SMTP_REPLY_LINE + 32],
+                          int may_fall_back);
+
+/* fallback = OTHER: the recipients the primary cannot take now (down, 4xx, held) are tried
+ * there at once instead of waiting; moved to the end of tr, the count that stays is returned. */
+static size_t fall_back(struct relay_worker *w, const struct config *cfg,
+                        const struct store_msg *m, const char *body, size_t len,
+                        const struct cfg_upstream *up, int all_failed, const char *why,
+                        struct transport_rcpt *tr, size_t n, struct store_rcpt_update *upd,
+                        char (*replies)[LIM_SMTP_REPLY_LINE + 32])
+{
+  const struct cfg_upstream *fb = up->fallback ? config_upstream(cfg, up->fallback) : NULL;
+  size_t keep = 0, i;
+  char text[LIM_SMTP_REPLY_LINE + 32], esc[LIM_LOG_FIELD * 4 + 8];
+  if(!fb || fb == up)
+    return n;
+  for(i = 0; i < n; i++) {
+    int code = tr[i].reply.code;
+    if(!all_failed && (code < 400 || code >= 500) && code) {
+      struct transport_rcpt tmp = tr[keep];
+      tr[keep++] = tr[i];
+      tr[i] = tmp;
+    }
+  }
+  for(i = keep; i < n; i++) {
+    log_repr(esc, sizeof(esc), tr[i].rcpt->address, strlen(tr[i].rcpt->address));
+    log_info("%s: to=<%s>, upstream %s cannot take it now (%s); trying its fallback %s", m->id,
+             esc, up->name, why ? why : smtp_reply_str(&tr[i].reply, text, sizeof(text)),
+             fb->name);
+  }
+  if(keep < n)
+    deliver_group(w, cfg, m, body, len, fb, tr + keep, n - keep, upd + keep, replies + keep, 0);
+  return keep;
+}
+
+static void deliver_group(struct relay_worker *w, const struct config *cfg,
+                          const struct store_msg *m, const char *body, size_t len,
+                          const struct cfg_upstream *up, struct transport_rcpt *tr, size_t n,
+                          struct store_rcpt_update *upd, char (*replies)[LIM_SMTP_REPLY_LINE + 32],
+                          int may_fall_back)
 {
   struct relay *r = w->relay;
   const struct transport *t = up ? transport_for(up->type) : NULL;
@@ -229,6 +269,7 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
   memset(&all, 0, sizeof(all));
   for(i = 0; i < n; i++) {
     memset(&tr[i].reply, 0, sizeof(tr[i].reply));
+    tr[i].retry_at_ms = 0;
     /* queued again after an attempt: released or retried by hand (the relay itself retries
      * as "deferred") */
     if(tr[i].rcpt->status == RCPT_QUEUED && tr[i].rcpt->attempts > 0)
@@ -286,6 +327,15 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
     if(throttled)
       upstate_throttled(r->ups, up, now);
   }
+  if(may_fall_back && up && up->fallback && mode != GROUP_RATE_WAIT) {
+    char why[LIM_SMTP_REPLY_LINE + 64];
+    if(mode == GROUP_HELD)
+      str_copy(why, sizeof(why), held);
+    else if(failed)
+      smtp_reply_str(&all, why, sizeof(why));
+    n = fall_back(w, cfg, m, body, len, up, mode == GROUP_HELD || failed,
+                  mode == GROUP_HELD || failed ? why : NULL, tr, n, upd, replies);
+  }
 
   for(i = 0; i < n; i++) {
     const struct smtp_reply *rep = failed ? &all : &tr[i].reply;
@@ -330,6 +380,9 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
     else {
       u->status = RCPT_DEFERRED;
       u->next_attempt_ms = now + backoff_ms(cfg, rc->attempts + 1, &w->seed);
+      /* the upstream named the time (HTTP 429 and its reset): sooner would be refused again */
+      if(!failed && tr[i].retry_at_ms > now)
+        u->next_attempt_ms = tr[i].retry_at_ms;
       if(now - m->created_ms > cfg->queue_lifetime * 1000LL)
         u->status = RCPT_BOUNCED;
     }
@@ -430,7 +483,7 @@ static void deliver(struct relay_worker *w, const char *id)
       tr[n++].rcpt = &m.rcpts[j];
       done[j] = 1;
     }
-    deliver_group(w, cfg, &m, body, len, ups[i], tr, n, upd + nupd, replies + nupd);
+    deliver_group(w, cfg, &m, body, len, ups[i], tr, n, upd + nupd, replies + nupd, 1);
     nupd += n;
   }
   bounce_notify(w, cfg, &m, body, len, upd, nupd);
@@ -570,6 +623,7 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out)
     return -1;
   }
   warn_unverified(cfg);
+  oauth2_start(cfg);             /* tokens are kept fresh from the start, used or not */
   r->cfg = cfg;
   r->st = st;
   r->nworkers = cfg->delivery_workers > 0 ? (size_t)cfg->delivery_workers : 1;
@@ -617,6 +671,7 @@ const struct config *relay_reload(struct relay *r, const struct config *cfg)
   r->gen++;
   pthread_rwlock_unlock(&r->cfg_lock);
   warn_unverified(cfg);
+  oauth2_start(cfg);
   /* new credentials, perhaps: held upstreams get a login try now */
   upstate_probe_all_now(r->ups, time_real_ms());
   relay_kick(r);

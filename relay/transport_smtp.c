@@ -18,6 +18,8 @@ struct smtp_session {
   char *mechs;                 /* NULL: the strongest both sides have */
   const char *bearer;          /* "XOAUTH2" / "OAUTHBEARER", or NULL */
   int want_auth;
+  char *oauth2;                /* the [oauth2] identity the token engine manages, or NULL */
+  long long token_until_ms;    /* the session's login token is good until then; 0: no token */
 };
 
 static enum smtp_client_tls tls_mode(const char *w)
@@ -54,6 +56,7 @@ static void session_free(struct smtp_session *s)
     auth_secret_free(s->password, strlen(s->password));
   free(s->token_file);
   free(s->mechs);
+  free(s->oauth2);
   free(s);
 }
 
@@ -83,11 +86,57 @@ static int secret_get(struct smtp_session *s, const char *path, char **secret, s
   return -1;
 }
 
-static int session_login(struct smtp_session *s, struct smtp_reply *r)
+/* A token from the engine: OAUTH2_TRANSIENT defers the mail, OAUTH2_REAUTH holds it. */
+static int token_get(struct smtp_session *s, const struct config *cfg, const char *rejected,
+                     char **token, struct smtp_reply *r)
+{
+  char err[512];
+  int result = oauth2_token_get(cfg, s->oauth2, rejected, token, &s->token_until_ms, err,
+                                sizeof(err));
+  if(result == OAUTH2_OK)
+    return TRANSPORT_OK;
+  s->token_until_ms = 0;
+  smtp_reply_set(r, 454, "4.7.0", "upstream %s: no OAuth2 access token: %s", s->name, err);
+  return result == OAUTH2_REAUTH ? TRANSPORT_AUTH_FAILED : TRANSPORT_FAILED;
+}
+
+/* XOAUTH2/OAUTHBEARER with the engine's token. A 535 for a token that should be good (revoked,
+ * or the provider's cache disagrees with its expiry) gets one forced refresh and one retry. */
+static int session_login_managed(struct smtp_session *s, const struct config *cfg,
+                                 struct smtp_reply *r)
+{
+  char *token = NULL, *fresh = NULL;
+  int result = token_get(s, cfg, NULL, &token, r), again = TRANSPORT_OK;
+  if(result)
+    return result;
+  result = smtp_client_auth_bearer(s->c, s->bearer, s->user, token, r);
+  if(result == SMTP_CLIENT_AUTH) {
+    again = token_get(s, NULL, token, &fresh, r);
+    if(!again && strcmp(fresh, token)) {
+      log_info("upstream %s: the OAuth2 token was refused (%d %s); trying once more with a new "
+               "one", s->name, r->code, r->enh);
+      result = smtp_client_auth_bearer(s->c, s->bearer, s->user, fresh, r);
+    }
+  }
+  auth_secret_free(token, token ? strlen(token) : 0);
+  auth_secret_free(fresh, fresh ? strlen(fresh) : 0);
+  /* no new token for now (the endpoint is down): defer rather than hold */
+  if(again == TRANSPORT_FAILED)
+    return TRANSPORT_FAILED;
+  if(result == SMTP_CLIENT_AUTH) {
+    s->token_until_ms = 0;
+    return TRANSPORT_AUTH_FAILED;
+  }
+  return result ? failed(s, r) : TRANSPORT_OK;
+}
+
+static int session_login(struct smtp_session *s, const struct config *cfg, struct smtp_reply *r)
 {
   char *secret = NULL;
   size_t len = 0;
   int result;
+  if(s->bearer && s->oauth2)
+    return session_login_managed(s, cfg, r);
   if(s->bearer) {
     result = secret_get(s, s->token_file ? s->token_file : s->password_file, &secret, &len, r);
     if(result)
@@ -106,8 +155,10 @@ static int session_login(struct smtp_session *s, struct smtp_reply *r)
   return result ? failed(s, r) : TRANSPORT_OK;
 }
 
-/* Connect, greeting, EHLO, TLS as configured, AUTH. */
-static int session_connect(struct smtp_session *s, struct smtp_reply *r)
+/* Connect, greeting, EHLO, TLS as configured, AUTH. cfg: at open (NULL on a reconnect, when
+ * the token engine already knows the identity). */
+static int session_connect(struct smtp_session *s, const struct config *cfg,
+                           struct smtp_reply *r)
 {
   int result = smtp_client_connect(s->c, r);
   if(result)
@@ -129,7 +180,7 @@ static int session_connect(struct smtp_session *s, struct smtp_reply *r)
     }
   }
   if(s->want_auth) {
-    result = session_login(s, r);
+    result = session_login(s, cfg, r);
     if(result)
       return result;
   }
@@ -162,9 +213,11 @@ static int smtp_open(const struct config *cfg, const struct cfg_upstream *up, vo
       s->password_file = str_dup_n(up->password_file, strlen(up->password_file));
     if(up->password)
       s->password = str_dup_n(up->password, strlen(up->password));
-    /* until the OAuth2 token manager: the access token comes from the [oauth2] section's
-     * token_file, else from password_file */
-    if(oa && oa->token_file)
+    /* an [oauth2] section with a flow: the token engine; without one, a ready access token in
+     * its token_file, else in password_file */
+    if(oa && oa->flow)
+      s->oauth2 = str_dup_n(oa->name, strlen(oa->name));
+    else if(oa && oa->token_file)
       s->token_file = str_dup_n(oa->token_file, strlen(oa->token_file));
     if(!strcmp(up->auth, "xoauth2"))
       s->bearer = "XOAUTH2";
@@ -193,7 +246,7 @@ static int smtp_open(const struct config *cfg, const struct cfg_upstream *up, vo
     smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory or no host", up->name);
     goto out;
   }
-  result = session_connect(s, r);
+  result = session_connect(s, cfg, r);
 out:
   if(result) {
     if(s->c)
@@ -231,6 +284,14 @@ static int smtp_send(void *session, const struct store_msg *m, const char *body,
   msg.ret = m->ret;
   msg.body = body;
   msg.len = len;
+  /* a kept session never carries mail on an expired token: some providers end such sessions
+   * mid-transaction; a new login takes the current token */
+  if(s->c && s->token_until_ms && time_real_ms() >= s->token_until_ms) {
+    smtp_client_quit(s->c);
+    result = session_connect(s, NULL, r);
+    if(result)
+      goto out;
+  }
   for(tries = 0; ; tries++) {
     result = s->c ? smtp_client_send(s->c, &msg, cr, n, r) : SMTP_CLIENT_STALE;
     /* a reused connection the server had closed meanwhile: one new one, then the same */
@@ -241,7 +302,7 @@ static int smtp_send(void *session, const struct store_msg *m, const char *body,
       result = TRANSPORT_FAILED;
       goto out;
     }
-    result = session_connect(s, r);
+    result = session_connect(s, NULL, r);
     if(result)
       goto out;
   }

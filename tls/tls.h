@@ -62,4 +62,37 @@ int tls_conn_peer_cert_info(struct conn *c, char *subject, size_t subjectsz, cha
                             size_t issuersz, char *names, size_t namessz,
                             long long *not_after_epoch);
 
+/* ---- webhook signatures (tls/verify.c) ---------------------------------------------------- */
+#define TLS_SHA1_LEN 20
+
+/* Base64 (RFC 4648 alphabet, padding optional, blanks and line breaks skipped) into
+ * out[0..outsz); 0 ok, -1 on a character outside the alphabet or when out is too small. */
+int tls_base64_decode(const char *in, size_t inlen, unsigned char *out, size_t outsz,
+                      size_t *outlen);
+/* NUL-terminated base64 of in; outsz must hold 4 * ceil(inlen / 3) + 1. 0 ok, -1 too small. */
+int tls_base64_encode(const unsigned char *in, size_t inlen, char *out, size_t outsz);
+/* Does sig (DER ECDSA) sign SHA-256(data) under key, an EC P-256 public key given as PEM or as
+ * the bare base64 of its DER SubjectPublicKeyInfo? 0 yes, -1 no (or a bad key). */
+int tls_ecdsa_verify_sha256(const char *key, size_t keylen, const void *data, size_t len,
+                            const unsigned char *sig, size_t siglen);
+/* Is key (as above) a usable P-256 public key? 0 yes, -1 no. */
+int tls_public_key_check(const char *key, size_t keylen);
+/* HMAC-SHA1 of data under key. 0 ok, -1 on failure. */
+int tls_hmac_sha1(const void *key, size_t keylen, const void *data, size_t len,
+                  unsigned char out[TLS_SHA1_LEN]);
+/* Frees OpenSSL's per-thread state (its error queue) now. For threads that outlive their
+ * work: a detached thread's own clean-up may otherwise still be running when the process
+ * exits, and the sanitizers report the state as leaked. */
+void tls_thread_done(void);
+/* Constant-time comparison of n bytes: 1 equal, 0 not. */
+int tls_memeq(const void *a, const void *b, size_t n);
+
+/* ---- OAuth2 client assertions (tls/jwt.c) ------------------------------------------------ */
+/* A JWT (RFC 7523) over claims (a JSON object) signed RS256 with the PEM RSA key, its header
+ * naming the PEM certificate by SHA-1 thumbprint (x5t). *out is malloc'd and NUL-terminated. 0
+ * ok, -1 with err saying why (never holding key material). */
+int tls_jwt_sign_rs256(const char *key_pem, size_t keylen, const char *cert_pem, size_t certlen,
+                       const char *claims, size_t claimslen, char **out, char *err,
+                       size_t errsz);
+
 #endif

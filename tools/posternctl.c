@@ -41,6 +41,8 @@ static void usage(FILE *out)
         "       posternctl [-c FILE] queue show|cat|retry|hold|release|delete ID [--json]\n"
         "       posternctl [-c FILE] user add|delete NAME\n"
         "       posternctl [-c FILE] user list [--json]\n"
+        "       posternctl [-c FILE] oauth2 login|status NAME\n"
+        "       posternctl [-c FILE] inbound list [--json]\n"
         "\n"
         "  user add reads the password from standard input (one line), or asks for it twice\n"
         "  when that is a terminal; it is never an argument.\n"
@@ -837,9 +839,123 @@ static int cmd_queue(struct ctl *c)
   return queue_change(c, verb);
 }
 
+/* ---- inbound list: what the MX listener and the webhooks stored, raw ------------------------ */
+
+static int inbound_one(void *arg, const struct store_inbound *m)
+{
+  struct list_state *ls = arg;
+  char when[40];
+  if(ls->json) {
+    json_t *o = json_object(), *to = json_array();
+    const char *p = m->envelope_to;
+    int bad = !o || !to;
+    while(!bad && p && *p) {
+      size_t n = strcspn(p, "\n");
+      char *one = str_dup_n(p, n);
+      bad = !one || json_array_append_new(to, jstr(one));
+      free(one);
+      p += n + (p[n] == '\n');
+    }
+    if(!bad)
+      bad = json_object_set_new(o, "id", json_string(m->id)) ||
+            json_object_set_new(o, "source", jstr(m->source)) ||
+            json_object_set_new(o, "received_at", jtime(m->received_ms)) ||
+            json_object_set_new(o, "listener", jstr(m->listener)) ||
+            json_object_set_new(o, "client_addr", jstr(m->client_addr)) ||
+            json_object_set_new(o, "helo", jstr(m->helo)) ||
+            json_object_set_new(o, "envelope_from", jstr(m->envelope_from)) ||
+            json_object_set_new(o, "envelope_to", to) ||
+            json_object_set_new(o, "spf", jstr(m->spf)) ||
+            json_object_set_new(o, "content_type", jstr(m->content_type)) ||
+            json_object_set_new(o, "external_id", jstr(m->external_id)) ||
+            json_object_set_new(o, "size", json_integer(m->size)) ||
+            json_object_set_new(o, "body_sha256", jstr(m->body_sha256));
+    else
+      json_decref(to);
+    fputs(ls->count ? ",\n" : "\n", stdout);
+    if(bad || json_dumpf(o, stdout, JSON_COMPACT))
+      ls->failed = 1;
+    json_decref(o);
+  }
+  else {
+    time_human(m->received_ms, when, sizeof(when));
+    printf("%-12s %s %-13s %8lld  ", m->id, when, m->source ? m->source : "?", m->size);
+    put_field(stdout, m->envelope_from ? m->envelope_from : "");
+    fputs(" -> ", stdout);
+    put_field(stdout, m->envelope_to ? m->envelope_to : "");
+    if(m->spf) {
+      fputs("  spf=", stdout);
+      put_field(stdout, m->spf);
+    }
+    fputc('\n', stdout);
+  }
+  ls->count++;
+  return 0;
+}
+
+static int cmd_inbound(struct ctl *c)
+{
+  struct list_state ls;
+  int result;
+  if(c->nargs != 2 || strcmp(c->args[1], "list"))
+    return usage_error("inbound takes list", c->nargs > 1 ? c->args[1] : NULL);
+  result = config_and_store(c, STORE_OPEN_READONLY);
+  if(result)
+    return result;
+  memset(&ls, 0, sizeof(ls));
+  ls.json = c->json;
+  if(c->json)
+    fputc('[', stdout);
+  result = store_inbound_list(c->st, inbound_one, &ls);
+  if(c->json)
+    fputs(ls.count ? "\n]\n" : "]\n", stdout);
+  else if(!result && !ls.count)
+    puts("Nothing received");
+  if(result) {
+    fprintf(stderr, "posternctl: reading the inbound store failed\n");
+    return EX_TEMPFAIL;
+  }
+  if(ls.failed) {
+    fprintf(stderr, "posternctl: cannot write the JSON output\n");
+    return EX_IOERR;
+  }
+  return 0;
+}
+
+/* oauth2 login NAME (the device code flow, for refresh_token and device_code identities) and
+ * oauth2 status NAME (what the daemon last wrote next to the tokens). */
+static int cmd_oauth2(struct ctl *c)
+{
+  char err[512] = "";
+  const char *path;
+  int problems, result;
+  if(c->nargs != 3 || (strcmp(c->args[1], "login") && strcmp(c->args[1], "status")))
+    return usage_error("oauth2 takes login NAME or status NAME", c->nargs > 1 ? c->args[1] : NULL);
+  path = config_choose_path(c->config_arg);
+  problems = config_load(path, stderr, &c->cfg);
+  if(problems) {
+    fprintf(stderr, "posternctl: %d problem%s in the configuration\n", problems,
+            problems == 1 ? "" : "s");
+    return EX_CONFIG;
+  }
+  if(!strcmp(c->args[1], "status")) {
+    if(oauth2_status_print(c->cfg, c->args[2], stdout, err, sizeof(err))) {
+      fprintf(stderr, "posternctl: %s\n", err);
+      return EXIT_NOTFOUND;
+    }
+    return 0;
+  }
+  result = oauth2_login(c->cfg, c->args[2], stdout, err, sizeof(err));
+  if(result) {
+    fprintf(stderr, "posternctl: oauth2 login %s: %s\n", c->args[2], err);
+    return result == OAUTH2_TRANSIENT ? EX_TEMPFAIL : EX_NOPERM;
+  }
+  return 0;
+}
+
 int main(int argc, char **argv)
 {
-  static const char *const later[] = { "correspondence", "oauth2", "check" };
+  static const char *const later[] = { "correspondence", "check" };
   struct ctl c;
   size_t i;
   int result;
@@ -855,6 +971,10 @@ int main(int argc, char **argv)
     result = cmd_queue(&c);
   else if(!strcmp(c.args[0], "user"))
     result = cmd_user(&c);
+  else if(!strcmp(c.args[0], "oauth2"))
+    result = cmd_oauth2(&c);
+  else if(!strcmp(c.args[0], "inbound"))
+    result = cmd_inbound(&c);
   else {
     for(i = 0; i < sizeof(later) / sizeof(later[0]); i++)
       if(!strcmp(c.args[0], later[i]))

@@ -21,5 +21,14 @@ build() {
 }
 
 build fuzz_smtpgram "$top/lib/buf.c" "$top/lib/smtpgram.c"
+# shellcheck disable=SC2046
+build fuzz_sendgrid_json "$top/lib/buf.c" "$top/relay/sendgrid_json.c" \
+  $(pkg-config --cflags --libs gmime-3.0 jansson)
 build fuzz_session "$top/lib/buf.c" "$top/lib/log.c" "$top/lib/conn.c" "$top/lib/smtpgram.c" \
   "$top/lib/store.c" "$top/smtp/server.c"
+# shellcheck disable=SC2046
+build fuzz_inbound_events "$top/lib/buf.c" "$top/inbound/webhook.c" "$top/tls/digest.c" \
+  "$top/tls/verify.c" $(pkg-config --cflags --libs jansson openssl)
+# shellcheck disable=SC2046
+build fuzz_inbound_envelope "$top/lib/buf.c" "$top/inbound/webhook.c" "$top/tls/digest.c" \
+  "$top/tls/verify.c" $(pkg-config --cflags --libs jansson openssl)

@@ -2,9 +2,12 @@
 # implicit TLS, AUTH PLAIN/LOGIN/CRAM-MD5 against given credentials, and failure modes (4xx for
 # the first N messages, 5xx or 4xx for chosen recipients, a 4.7.x throttle, a SIZE limit). It counts
 # connections, records every AUTH and every byte received, and writes each message to a directory.
+# With xoauth2=CHECK it offers AUTH XOAUTH2 and accepts a bearer token only when CHECK(token) is
+# true (the OAuth2 tests' token endpoint says which tokens are currently valid).
 # Also runnable on its own:  python3 upstream.py --port 2526 --dir /tmp/sink [--tls starttls ...]
 import argparse
 import asyncio
+import base64
 import hmac
 import json
 import os
@@ -97,7 +100,8 @@ class Upstream:
 
     def __init__(self, directory, tls=None, cert=None, users=None, mechs=("PLAIN", "LOGIN", "CRAM-MD5"),
                  auth_require_tls=True, fail_first=0, temp_reply="451 4.3.0 Temporary failure, try again later",
-                 reject=(), defer=(), throttle_first=0, size=None, port=None, host="127.0.0.1"):
+                 reject=(), defer=(), throttle_first=0, size=None, port=None, host="127.0.0.1",
+                 xoauth2=None):
         self.dir = str(directory)
         os.makedirs(self.dir, exist_ok=True)
         self.tls = tls
@@ -111,6 +115,8 @@ class Upstream:
         self.defer = {a.lower() for a in defer}
         self.throttle_first = throttle_first
         self.size = size
+        self.xoauth2 = xoauth2
+        self.xoauth2_auths = []      # (user, token, ok)
         self.host = host
         self.port = port or free_port()
         self.lock = threading.Lock()
@@ -171,6 +177,30 @@ class Upstream:
                 with open(os.path.join(up.dir, f"{k:05d}.json"), "w") as f:
                     json.dump({k2: v for k2, v in msg.items() if k2 != "data"}, f)
                 return "250 2.0.0 Ok: queued as %05d" % k
+
+            if up.xoauth2 is not None:
+                async def auth_XOAUTH2(self, server, args):
+                    # "user=U^Aauth=Bearer T^A^A", base64, inline or after an empty 334
+                    if len(args) > 1:
+                        try:
+                            raw = base64.b64decode(args[1], validate=True)
+                        except ValueError:
+                            return AuthResult(success=False, handled=False)
+                    else:
+                        raw = await server.challenge_auth("")
+                        if raw is MISSING:
+                            return AuthResult(success=False, handled=True)
+                    fields = dict(f.split("=", 1) for f in raw.decode("utf-8", "replace").split("\x01")
+                                  if "=" in f)
+                    user = fields.get("user", "")
+                    auth = fields.get("auth", "")
+                    token = auth[7:] if auth.startswith("Bearer ") else ""
+                    ok = bool(token) and bool(up.xoauth2(token))
+                    with up.lock:
+                        up.xoauth2_auths.append((user, token, ok))
+                        up.auths.append(("XOAUTH2", user, ok, server.session.ssl is not None))
+                    return AuthResult(success=ok, handled=False,
+                                      auth_data=LoginPassword(user.encode(), b""))
 
         def authenticator(server, session, envelope, mechanism, auth_data):
             login = auth_data.login.decode("utf-8", "replace")

@@ -1,0 +1,586 @@
+/* The HTTP listener (libmicrohttpd, one thread per connection so that each request can wait for
+ * its group commit): SendGrid Inbound Parse, the SendGrid Event Webhook, Twilio SMS, /healthz.
+ * Nothing is answered 2xx before what it acknowledges is committed to the store. */
+#include "inbound/inbound.h"
+#include "auth/auth.h"
+#include "tls/tls.h"
+#include "lib/buf.h"
+#include "lib/conn.h"
+#include "lib/log.h"
+#include <microhttpd.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+struct inbound_http {
+  struct MHD_Daemon *mhd;
+  struct store *st;
+  /* copies: a reload frees the configuration this listener started with */
+  char *http_user, *public_url;
+  long long event_max_age;
+  char *password;               /* http_password_file */
+  size_t passwordlen;
+  char *event_key;              /* event_public_key_file (PEM or base64 DER) */
+  size_t event_keylen;
+  char *twilio_token;
+  size_t twilio_tokenlen;
+  size_t max_size;
+};
+
+enum endpoint { EP_NONE, EP_PARSE, EP_EVENTS, EP_SMS, EP_HEALTH };
+
+/* One request in progress. The raw body is kept once (capped); for Inbound Parse the post
+ * processor reads it as it arrives and keeps only the small fields the record needs. */
+struct request {
+  enum endpoint ep;
+  int answered;                 /* a response was queued on an early call */
+  int too_big;
+  int form_error;
+  struct buf body;
+  struct MHD_PostProcessor *pp;
+  /* Inbound Parse fields */
+  struct buf envelope, spf, sender_ip, attachments;
+  int has_email, has_headers;
+  size_t files;                 /* file parts seen */
+  char last_key[64];            /* the field the post processor is in */
+};
+
+static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const char *type,
+                               const char *text)
+{
+  struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *)text,
+                                                           MHD_RESPMEM_PERSISTENT);
+  enum MHD_Result ret;
+  if(!r)
+    return MHD_NO;
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+  ret = MHD_queue_response(c, status, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned status, const char *text)
+{
+  return respond(c, status, "text/plain; charset=utf-8", text);
+}
+
+static void request_free(struct request *rq)
+{
+  if(!rq)
+    return;
+  if(rq->pp)
+    MHD_destroy_post_processor(rq->pp);
+  buf_free(&rq->body);
+  buf_free(&rq->envelope);
+  buf_free(&rq->spf);
+  buf_free(&rq->sender_ip);
+  buf_free(&rq->attachments);
+  free(rq);
+}
+
+static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                              enum MHD_RequestTerminationCode toe)
+{
+  request_free(*con_cls);
+  *con_cls = NULL;
+}
+
+/* Basic auth against http_user / http_password_file, compared in constant time. */
+static int auth_ok(struct inbound_http *h, struct MHD_Connection *c)
+{
+  const char *want = h->http_user;
+  char *pass = NULL, *user;
+  int ok;
+  if(!want || !want[0])
+    return 1;
+  user = MHD_basic_auth_get_username_password(c, &pass);
+  ok = user && pass && strlen(user) == strlen(want) && tls_memeq(user, want, strlen(want)) &&
+       strlen(pass) == h->passwordlen && tls_memeq(pass, h->password, h->passwordlen);
+  if(pass) {
+    explicit_bzero(pass, strlen(pass));
+    MHD_free(pass);
+  }
+  if(user)
+    MHD_free(user);
+  return ok;
+}
+
+static enum MHD_Result refuse_auth(struct MHD_Connection *c)
+{
+  static const char text[] = "authentication required\n";
+  struct MHD_Response *r = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text,
+                                                           MHD_RESPMEM_PERSISTENT);
+  enum MHD_Result ret;
+  if(!r)
+    return MHD_NO;
+  ret = MHD_queue_basic_auth_fail_response(c, "postern", r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+static enum MHD_Result post_field(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *filename, const char *content_type,
+                                  const char *transfer_encoding, const char *data, uint64_t off,
+                                  size_t size)
+{
+  struct request *rq = cls;
+  struct buf *keep = NULL;
+  if(!key)
+    return MHD_YES;
+  /* a new part begins at offset 0; file parts are counted, their bytes stay in the raw body */
+  if(off == 0 && (strncmp(rq->last_key, key, sizeof(rq->last_key)) || filename)) {
+    str_copy(rq->last_key, sizeof(rq->last_key), key);
+    if(filename)
+      rq->files++;
+    if(!strcmp(key, "email"))
+      rq->has_email = 1;
+    if(!strcmp(key, "headers"))
+      rq->has_headers = 1;
+  }
+  if(filename)
+    return MHD_YES;
+  if(!strcmp(key, "envelope"))
+    keep = &rq->envelope;
+  else if(!strcmp(key, "SPF"))
+    keep = &rq->spf;
+  else if(!strcmp(key, "sender_ip"))
+    keep = &rq->sender_ip;
+  else if(!strcmp(key, "attachments"))
+    keep = &rq->attachments;
+  if(keep && size && buf_add(keep, data, size))
+    rq->form_error = 1;         /* longer than any real field of its kind: malformed */
+  return MHD_YES;
+}
+
+static const char *header(struct MHD_Connection *c, const char *name)
+{
+  return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+}
+
+static enum MHD_Result answer_store(struct MHD_Connection *c, int result, const char *ok_type,
+                                    const char *ok_text)
+{
+  if(result == STORE_OK)
+    return respond(c, MHD_HTTP_OK, ok_type, ok_text);
+  /* SendGrid and Twilio retry on 5xx: the input is not lost */
+  return respond_text(c, result == STORE_FULL ? MHD_HTTP_INSUFFICIENT_STORAGE :
+                      MHD_HTTP_SERVICE_UNAVAILABLE, "store error, try again later\n");
+}
+
+static enum MHD_Result finish_parse(struct inbound_http *h, struct MHD_Connection *c,
+                                    struct request *rq)
+{
+  struct store_inbound m;
+  char sha[TLS_SHA256_HEX_LEN + 1], spf[16] = "", ip[64] = "";
+  char *from = NULL, *to = NULL;
+  const char *ctype = header(c, MHD_HTTP_HEADER_CONTENT_TYPE);
+  int result;
+  size_t i;
+  long nattach = -1;
+
+  if(rq->attachments.len &&
+     str_to_long(rq->attachments.ptr, rq->attachments.len, 0, 100000, &nattach))
+    rq->form_error = 1;
+  if(rq->form_error)
+    return respond_text(c, MHD_HTTP_BAD_REQUEST, "malformed form data\n");
+  if(!rq->has_email && !rq->has_headers)
+    return respond_text(c, MHD_HTTP_BAD_REQUEST,
+                        "neither an email field (raw mode) nor a headers field (parsed mode)\n");
+  if(nattach >= 0 && (size_t)nattach != rq->files)
+    return respond_text(c, MHD_HTTP_BAD_REQUEST,
+                        "the attachments count does not match the files posted\n");
+  if(rq->envelope.len &&
+     inbound_parse_envelope(rq->envelope.ptr, rq->envelope.len, &from, &to))
+    return respond_text(c, MHD_HTTP_BAD_REQUEST, "the envelope field is not valid JSON\n");
+  /* SPF and sender_ip come from SendGrid: kept only in their expected shape */
+  if(rq->spf.len && rq->spf.len < sizeof(spf)) {
+    for(i = 0; i < rq->spf.len; i++) {
+      char ch = rq->spf.ptr[i];
+      if(!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')))
+        break;
+      spf[i] = (char)(ch | 0x20);
+    }
+    spf[i == rq->spf.len ? i : 0] = '\0';
+  }
+  if(rq->sender_ip.len && rq->sender_ip.len < sizeof(ip) &&
+     strspn(rq->sender_ip.ptr, "0123456789abcdefABCDEF.:") == rq->sender_ip.len)
+    memcpy(ip, rq->sender_ip.ptr, rq->sender_ip.len + 1);
+
+  memset(&m, 0, sizeof(m));
+  store_new_id(m.id);
+  m.source = "inbound-parse";
+  m.received_ms = time_real_ms();
+  m.listener = "http";
+  m.client_addr = ip[0] ? ip : NULL;
+  m.envelope_from = from;
+  m.envelope_to = to;
+  m.spf = spf[0] ? spf : NULL;
+  /* the whole post is kept: the next stage reads the fields (or the raw email) from it */
+  m.content_type = ctype;
+  m.body_sha256 = tls_sha256_hex(rq->body.ptr ? rq->body.ptr : "", rq->body.len, sha) ? NULL : sha;
+  result = store_inbound_accept(h->st, &m, rq->body.ptr ? rq->body.ptr : "", rq->body.len, NULL);
+  if(result == STORE_OK)
+    log_info("%s: inbound-parse mode=%s, size=%zu, files=%zu", m.id,
+             rq->has_email ? "raw" : "parsed", rq->body.len, rq->files);
+  else
+    log_error("%s: inbound-parse store write error", m.id);
+  free(from);
+  free(to);
+  return answer_store(c, result, "text/plain; charset=utf-8", "OK\n");
+}
+
+static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connection *c,
+                                     struct request *rq)
+{
+  struct inbound_events *evs = NULL;
+  const struct store_event *ev = NULL;
+  const char *why = NULL;
+  size_t n = 0, added = 0;
+  int result;
+
+  if(h->event_key) {
+    const char *sig64 = header(c, "X-Twilio-Email-Event-Webhook-Signature");
+    const char *ts = header(c, "X-Twilio-Email-Event-Webhook-Timestamp");
+    unsigned char sig[256];
+    size_t siglen = 0, tslen;
+    long t = 0;
+    struct buf signed_data;
+    int bad;
+    if(!sig64 || !ts)
+      return respond_text(c, MHD_HTTP_FORBIDDEN, "signature headers missing\n");
+    tslen = strlen(ts);
+    if(str_to_long(ts, tslen, 0, 0x7fffffffL, &t))
+      return respond_text(c, MHD_HTTP_FORBIDDEN, "bad signature timestamp\n");
+    if(h->event_max_age > 0) {
+      long long now = (long long)time(NULL), age = now - t;
+      /* a timestamp from the future is as suspect as an old one */
+      if(age > h->event_max_age || -age > h->event_max_age)
+        return respond_text(c, MHD_HTTP_FORBIDDEN, "stale signature timestamp\n");
+    }
+    if(tls_base64_decode(sig64, strlen(sig64), sig, sizeof(sig), &siglen))
+      return respond_text(c, MHD_HTTP_FORBIDDEN, "bad signature encoding\n");
+    buf_init(&signed_data, tslen + rq->body.len + 1);
+    bad = buf_add(&signed_data, ts, tslen) || buf_add(&signed_data, rq->body.ptr, rq->body.len) ||
+          tls_ecdsa_verify_sha256(h->event_key, h->event_keylen, signed_data.ptr,
+                                  signed_data.len, sig, siglen);
+    buf_free(&signed_data);
+    if(bad) {
+      log_warn("events: signature verification failed; batch refused");
+      return respond_text(c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
+    }
+  }
+  if(inbound_events_parse(rq->body.ptr ? rq->body.ptr : "", rq->body.len, LIM_WEBHOOK_EVENTS,
+                          &evs, &ev, &n, &why))
+    return respond_text(c, strcmp(why, "out of memory") ? MHD_HTTP_BAD_REQUEST :
+                        MHD_HTTP_SERVICE_UNAVAILABLE, why);   /* why is a static sentence */
+  result = store_events_add(h->st, ev, n, &added);
+  inbound_events_free(evs);
+  if(result == STORE_OK)
+    log_info("events: batch of %zu, %zu new", n, added);
+  else
+    log_error("events: store write error (batch of %zu)", n);
+  return answer_store(c, result, "text/plain; charset=utf-8", "OK\n");
+}
+
+static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection *c,
+                                  struct request *rq, const char *url)
+{
+  struct inbound_param *params = NULL;
+  struct store_inbound m;
+  struct buf full;
+  char *hold = NULL, expect[64], sha[TLS_SHA256_HEX_LEN + 1];
+  const char *sig = header(c, "X-Twilio-Signature");
+  const char *sid = NULL, *from = NULL, *to = NULL;
+  size_t n = 0, i, baselen;
+  int result, dup = 0;
+  enum MHD_Result ret;
+
+  if(!h->twilio_token || !h->public_url)
+    return respond_text(c, MHD_HTTP_FORBIDDEN, "twilio_auth_token_file is not configured\n");
+  if(inbound_form_parse(rq->body.ptr ? rq->body.ptr : "", rq->body.len, LIM_WEBHOOK_FIELDS,
+                        &params, &n, &hold))
+    return respond_text(c, MHD_HTTP_BAD_REQUEST, "malformed form data\n");
+  /* Twilio signs the URL it was given: public_url (Postern is usually behind a proxy) with
+   * this path */
+  baselen = strlen(h->public_url);
+  while(baselen && h->public_url[baselen - 1] == '/')
+    baselen--;
+  buf_init(&full, baselen + strlen(url) + 1);
+  if(buf_add(&full, h->public_url, baselen) || buf_addstr(&full, url) ||
+     inbound_twilio_signature(h->twilio_token, h->twilio_tokenlen, full.ptr, params, n, expect,
+                              sizeof(expect)) ||
+     !sig || strlen(sig) != strlen(expect) || !tls_memeq(sig, expect, strlen(expect))) {
+    buf_free(&full);
+    free(params);
+    free(hold);
+    log_warn("sms: X-Twilio-Signature %s; request refused", sig ? "does not match" : "missing");
+    return respond_text(c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
+  }
+  buf_free(&full);
+  for(i = 0; i < n; i++) {
+    if(!strcmp(params[i].name, "MessageSid") && params[i].valuelen <= 64)
+      sid = params[i].value;
+    else if(!strcmp(params[i].name, "From") && !memchr(params[i].value, '\n', params[i].valuelen))
+      from = params[i].value;
+    else if(!strcmp(params[i].name, "To") && !memchr(params[i].value, '\n', params[i].valuelen))
+      to = params[i].value;
+  }
+  memset(&m, 0, sizeof(m));
+  store_new_id(m.id);
+  m.source = "sms";
+  m.received_ms = time_real_ms();
+  m.listener = "http";
+  m.envelope_from = from;
+  m.envelope_to = to;
+  m.content_type = "application/x-www-form-urlencoded";
+  m.external_id = sid;
+  m.body_sha256 = tls_sha256_hex(rq->body.ptr ? rq->body.ptr : "", rq->body.len, sha) ? NULL : sha;
+  result = store_inbound_accept(h->st, &m, rq->body.ptr ? rq->body.ptr : "", rq->body.len, &dup);
+  if(result == STORE_OK)
+    log_info("%s: sms size=%zu%s", m.id, rq->body.len, dup ? " (a repeat: already stored)" : "");
+  else
+    log_error("%s: sms store write error", m.id);
+  ret = answer_store(c, result, "text/xml", "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>");
+  free(params);
+  free(hold);
+  return ret;
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
+                              const char *method, const char *version, const char *upload,
+                              size_t *upload_size, void **con_cls)
+{
+  struct inbound_http *h = cls;
+  struct request *rq = *con_cls;
+
+  if(!rq) {
+    const char *clen;
+    unsigned long long declared = 0;
+    size_t cap;
+    rq = calloc(1, sizeof(*rq));
+    if(!rq)
+      return MHD_NO;
+    *con_cls = rq;
+    if(!strcmp(url, "/healthz"))
+      rq->ep = EP_HEALTH;
+    else if(!strcmp(url, "/emailInbound"))
+      rq->ep = EP_PARSE;
+    else if(!strcmp(url, "/events"))
+      rq->ep = EP_EVENTS;
+    else if(!strcmp(url, "/sms"))
+      rq->ep = EP_SMS;
+    if(rq->ep == EP_NONE) {
+      rq->answered = 1;
+      return respond_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
+    }
+    if(rq->ep == EP_HEALTH) {
+      if(strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD)) {
+        rq->answered = 1;
+        return respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
+      }
+      return MHD_YES;
+    }
+    if(strcmp(method, MHD_HTTP_METHOD_POST)) {
+      rq->answered = 1;
+      return respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "POST only\n");
+    }
+    if((rq->ep == EP_PARSE || (rq->ep == EP_EVENTS && !h->event_key)) && !auth_ok(h, c)) {
+      rq->answered = 1;
+      return refuse_auth(c);
+    }
+    cap = rq->ep == EP_PARSE ? h->max_size : LIM_WEBHOOK_SMALL_BODY;
+    clen = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if(clen) {
+      char *end = NULL;
+      errno = 0;
+      declared = strtoull(clen, &end, 10);
+      if(errno || !end || *end || declared > cap) {
+        rq->answered = 1;
+        return respond_text(c, MHD_HTTP_CONTENT_TOO_LARGE, "request too large\n");
+      }
+    }
+    buf_init(&rq->body, cap);
+    buf_init(&rq->envelope, LIM_WEBHOOK_FIELD);
+    /* kept whole (finish_parse takes them only in their expected shape) */
+    buf_init(&rq->spf, LIM_WEBHOOK_FIELD);
+    buf_init(&rq->sender_ip, LIM_WEBHOOK_FIELD);
+    buf_init(&rq->attachments, 16);
+    if(rq->ep == EP_PARSE) {
+      rq->pp = MHD_create_post_processor(c, 64 * 1024, post_field, rq);
+      if(!rq->pp) {
+        rq->answered = 1;
+        return respond_text(c, MHD_HTTP_BAD_REQUEST,
+                            "the body must be multipart/form-data\n");
+      }
+    }
+    return MHD_YES;
+  }
+
+  if(*upload_size) {
+    if(!rq->answered && !rq->too_big) {
+      if(buf_add(&rq->body, upload, *upload_size))
+        rq->too_big = 1;
+      else if(rq->pp && MHD_post_process(rq->pp, upload, *upload_size) != MHD_YES)
+        rq->form_error = 1;
+    }
+    *upload_size = 0;           /* consumed (or, past a cap or an answer, dropped) */
+    return MHD_YES;
+  }
+  if(rq->answered)
+    return MHD_YES;
+  rq->answered = 1;
+  if(rq->too_big)
+    return respond_text(c, MHD_HTTP_CONTENT_TOO_LARGE, "request too large\n");
+  switch(rq->ep) {
+  case EP_HEALTH:
+    return store_ping(h->st) ? respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "store error\n")
+                             : respond_text(c, MHD_HTTP_OK, "ok\n");
+  case EP_PARSE:
+    return finish_parse(h, c, rq);
+  case EP_EVENTS:
+    return finish_events(h, c, rq);
+  case EP_SMS:
+    return finish_sms(h, c, rq, url);
+  default:
+    return respond_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
+  }
+}
+
+static void secret_clear(char **p, size_t *len)
+{
+  if(*p)
+    auth_secret_free(*p, *len);
+  *p = NULL;
+  *len = 0;
+}
+
+void inbound_http_stop(struct inbound_http *h)
+{
+  if(!h)
+    return;
+  if(h->mhd)
+    MHD_stop_daemon(h->mhd);
+  secret_clear(&h->password, &h->passwordlen);
+  secret_clear(&h->twilio_token, &h->twilio_tokenlen);
+  free(h->event_key);
+  free(h->http_user);
+  free(h->public_url);
+  free(h);
+}
+
+/* Reads the secrets and the key named in [inbound]; problems go to errs (or the log). */
+static int read_secrets(const struct cfg_inbound *in, struct inbound_http *h, FILE *errs,
+                        const char *path)
+{
+  int line = in->line;
+  char err[512];
+  int problems = 0;
+  if(in->http_user && in->http_user[0]) {
+    if(!in->http_password_file) {
+      fprintf(errs, "%s:%d: [inbound] http_user needs http_password_file\n", path, line);
+      problems++;
+    }
+    else if(auth_secret_read(in->http_password_file, &h->password, &h->passwordlen, err,
+                             sizeof(err))) {
+      fprintf(errs, "%s:%d: [inbound] http_password_file: %s\n", path, line, err);
+      problems++;
+    }
+  }
+  if(in->twilio_auth_token_file) {
+    if(!in->public_url) {
+      fprintf(errs, "%s:%d: [inbound] twilio_auth_token_file needs public_url (the URL Twilio "
+              "signs)\n", path, line);
+      problems++;
+    }
+    if(auth_secret_read(in->twilio_auth_token_file, &h->twilio_token, &h->twilio_tokenlen, err,
+                        sizeof(err))) {
+      fprintf(errs, "%s:%d: [inbound] twilio_auth_token_file: %s\n", path, line, err);
+      problems++;
+    }
+  }
+  if(in->event_public_key_file) {
+    /* a public key is no secret: any permissions will do */
+    FILE *f = fopen(in->event_public_key_file, "r");
+    char key[8192];
+    size_t n = f ? fread(key, 1, sizeof(key), f) : 0;
+    if(f)
+      fclose(f);
+    if(!f || !n || n == sizeof(key) || tls_public_key_check(key, n)) {
+      fprintf(errs, "%s:%d: [inbound] event_public_key_file %s: %s\n", path, line,
+              in->event_public_key_file,
+              !f ? strerror(errno) : "not an EC P-256 public key (PEM or base64)");
+      problems++;
+    }
+    else {
+      h->event_key = str_dup_n(key, n);
+      h->event_keylen = n;
+      if(!h->event_key)
+        problems++;
+    }
+  }
+  return problems;
+}
+
+int inbound_check_config(const struct config *cfg, FILE *errs)
+{
+  struct inbound_http h;
+  int problems;
+  size_t i;
+  memset(&h, 0, sizeof(h));
+  problems = read_secrets(&cfg->inbound, &h, errs, cfg->path);
+  secret_clear(&h.password, &h.passwordlen);
+  secret_clear(&h.twilio_token, &h.twilio_tokenlen);
+  free(h.event_key);
+  for(i = 0; i < cfg->nlisteners; i++) {
+    const struct cfg_listener *l = &cfg->listeners[i];
+    if(l->role == CFG_ROLE_MX && (!cfg->inbound.domains || !cfg->inbound.domains[0])) {
+      fprintf(errs, "%s:%d: listener %s: role = mx needs [inbound] domains\n", cfg->path,
+              l->line, l->name);
+      problems++;
+    }
+  }
+  return problems;
+}
+
+int inbound_http_start(const struct config *cfg, struct store *st, int fd,
+                       struct inbound_http **out)
+{
+  struct inbound_http *h = calloc(1, sizeof(*h));
+  int result = -1;
+  *out = NULL;
+  if(!h)
+    goto out;
+  h->st = st;
+  h->max_size = (size_t)cfg->inbound.max_http_size;
+  h->event_max_age = cfg->inbound.event_max_age;
+  if(cfg->inbound.http_user && cfg->inbound.http_user[0] &&
+     !(h->http_user = str_dup_n(cfg->inbound.http_user, strlen(cfg->inbound.http_user))))
+    goto out;
+  if(cfg->inbound.public_url &&
+     !(h->public_url = str_dup_n(cfg->inbound.public_url, strlen(cfg->inbound.public_url))))
+    goto out;
+  if(read_secrets(&cfg->inbound, h, stderr, cfg->path))
+    goto out;
+  h->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                            MHD_USE_POLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, handle, h,
+                            MHD_OPTION_LISTEN_SOCKET, fd,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_clients,
+                            MHD_OPTION_CONNECTION_TIMEOUT,
+                            (unsigned)LIM_WEBHOOK_TIMEOUT_SECONDS,
+                            MHD_OPTION_NOTIFY_COMPLETED, request_completed, h,
+                            MHD_OPTION_END);
+  if(!h->mhd) {
+    log_error("cannot start the HTTP listener on %s", cfg->inbound.http_address);
+    goto out;
+  }
+  log_info("HTTP listener on %s: /emailInbound /events /sms /healthz",
+           cfg->inbound.http_address);
+  *out = h;
+  h = NULL;
+  result = 0;
+out:
+  inbound_http_stop(h);
+  return result;
+}

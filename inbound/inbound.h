@@ -1,0 +1,80 @@
+/* The inbound path's whole interface: the policy of role = mx listeners (our domains only,
+ * SPF through libspf2) and the HTTP listener for SendGrid and Twilio webhooks. Everything it
+ * receives is committed to the store raw before it is acknowledged. */
+#ifndef POSTERN_INBOUND_H
+#define POSTERN_INBOUND_H
+#include <stdio.h>
+#include "lib/config.h"
+#include "lib/store.h"
+#include "smtp/smtp.h"
+
+/* Process-wide set-up, once before any session: the SPF resolver (or, for the test suite
+ * only, the zone named by $POSTERN_SPF_ZONE_FILE). errs gets a line per problem; returns how
+ * many. */
+int inbound_init(FILE *errs);
+void inbound_done(void);
+
+/* Configuration problems only the inbound path can see (FILE:LINE: message); returns how
+ * many. Reads the secret and key files named in [inbound]. */
+int inbound_check_config(const struct config *cfg, FILE *errs);
+
+/* The policy of role = mx listeners. One context per session (it carries the SPF result of
+ * the transaction in progress). */
+extern const struct smtp_policy inbound_mx_policy;
+struct inbound_policy_ctx {
+  const struct config *cfg;
+  const struct cfg_listener *listener;
+  struct store *store;
+  char spf[16];                  /* result for the current transaction; "" when not checked */
+  char spf_header[1024];         /* the Received-SPF: field to prepend, CRLF-terminated */
+};
+
+/* ---- SPF (inbound/spf.c) ------------------------------------------------------------------- */
+/* Checks the MAIL FROM identity (the HELO identity when from is empty) of a client at
+ * (family, addr) and writes the result name ("pass", "fail", ...) and a complete
+ * Received-SPF: field (RFC 7208 9.1, folded, CRLF-terminated) for receiver. */
+int inbound_spf_check(int family, const unsigned char *addr, const char *helo,
+                      const char *from, const char *receiver, char *result, size_t resultsz,
+                      char *header, size_t headersz);
+
+/* ---- the HTTP listener (inbound/http.c) ---------------------------------------------------- */
+struct inbound_http;
+/* Serves the webhooks on fd (bound and listening, http_address) with cfg's [inbound]; cfg must
+ * outlive the listener. Secrets are read here. */
+int inbound_http_start(const struct config *cfg, struct store *st, int fd,
+                       struct inbound_http **out);
+/* Stops accepting, lets requests in progress finish, frees h (NULL is fine). */
+void inbound_http_stop(struct inbound_http *h);
+
+/* ---- webhook parsing (inbound/webhook.c): pure functions, fuzzed -------------------------- */
+
+/* Twilio's X-Twilio-Signature: base64 HMAC-SHA1, under token, of url followed by each POST
+ * parameter's name and value, sorted by name. out holds at least 29 bytes. */
+struct inbound_param {
+  const char *name, *value;
+  size_t namelen, valuelen;
+};
+int inbound_twilio_signature(const char *token, size_t tokenlen, const char *url,
+                             const struct inbound_param *params, size_t n, char *out,
+                             size_t outsz);
+
+/* A SendGrid Event Webhook batch: a JSON array of objects (a lone object is a batch of one). On success *ev (n entries) points
+ * into *hold, which the caller frees with inbound_events_free. -1 with why set when the body
+ * is not such an array or holds more than max events. */
+struct inbound_events;
+int inbound_events_parse(const char *body, size_t len, size_t max, struct inbound_events **out,
+                         const struct store_event **ev, size_t *n, const char **why);
+void inbound_events_free(struct inbound_events *e);
+
+/* The envelope field of an Inbound Parse post ({"to":["a@x"],"from":"b@y"}): from and the
+ * LF-joined recipients, malloc'd. -1 when it is not such JSON. */
+int inbound_parse_envelope(const char *json, size_t len, char **from, char **to);
+
+/* An application/x-www-form-urlencoded body (Twilio's) split into decoded parameters: names
+ * and values are malloc'd in one block *hold (free it), at most max of them. -1 when the body is
+ * not well formed (a bad %-escape) or holds more. MHD's post processor is not used here because
+ * the signature needs every parameter exactly, empty values included. */
+int inbound_form_parse(const char *body, size_t len, size_t max, struct inbound_param **out,
+                       size_t *n, char **hold);
+
+#endif

@@ -1,0 +1,142 @@
+/* The MX policy: a role = mx listener takes mail for the [inbound] domains only, checks SPF on
+ * MAIL FROM, and commits each message raw to the inbound store before its 250. */
+#include "inbound/inbound.h"
+#include "tls/tls.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static int mx_connect(void *ctx, const struct smtp_session_info *s, struct smtp_reply *r)
+{
+  return 0;
+}
+
+/* Is the domain (dom[0..len), any case) one of the blank- or comma-separated domains? */
+static int domain_accepted(const char *domains, const char *dom, size_t len)
+{
+  const char *p = domains;
+  if(!p)
+    return 0;
+  for(;;) {
+    size_t n;
+    while(*p == ' ' || *p == '\t' || *p == ',')
+      p++;
+    if(!*p)
+      return 0;
+    n = strcspn(p, " \t,");
+    if(n == len && !strncasecmp(p, dom, len))
+      return 1;
+    p += n;
+  }
+}
+
+static int mx_mail(void *ctx, const struct smtp_session_info *s,
+                   const struct smtp_path_params *from, struct smtp_reply *r)
+{
+  struct inbound_policy_ctx *p = ctx;
+  const char *mode = p->cfg->inbound.spf ? p->cfg->inbound.spf : "tag";
+  char esc[LIM_LOG_FIELD * 4 + 8];
+
+  p->spf[0] = '\0';
+  p->spf_header[0] = '\0';
+  if(!strcmp(mode, "off"))
+    return 0;
+  inbound_spf_check(s->family, s->peer_addr, s->helo, from->path, p->cfg->hostname, p->spf,
+                    sizeof(p->spf), p->spf_header, sizeof(p->spf_header));
+  if(!strcmp(mode, "reject")) {
+    if(!strcmp(p->spf, "fail")) {
+      log_info("NOQUEUE: reject: MAIL from %s: SPF fail for <%s>", s->peer_ip,
+               log_repr(esc, sizeof(esc), from->path, from->pathlen));
+      smtp_reply_set(r, 550, "5.7.23", "<%s>: Sender address rejected: SPF check failed",
+                     log_repr(esc, sizeof(esc), from->path, from->pathlen));
+      return 1;
+    }
+    if(!strcmp(p->spf, "temperror")) {
+      smtp_reply_set(r, 451, "4.7.24", "SPF check temporarily failed, try again later");
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int mx_rcpt(void *ctx, const struct smtp_session_info *s, const struct smtp_envelope *env,
+                   const struct smtp_path_params *to, struct smtp_reply *r)
+{
+  struct inbound_policy_ctx *p = ctx;
+  char esc[LIM_LOG_FIELD * 4 + 8];
+  size_t dl = 0;
+  const char *dom = smtp_address_domain(to->path, to->pathlen, &dl);
+  if(dom && dl && domain_accepted(p->cfg->inbound.domains, dom, dl))
+    return 0;
+  smtp_reply_set(r, 550, "5.7.1", "<%s>: Relaying denied",
+                 log_repr(esc, sizeof(esc), to->path, to->pathlen));
+  return 1;
+}
+
+static void mx_message(void *ctx, const struct smtp_session_info *s,
+                       const struct smtp_envelope *env, const char *msg, size_t len,
+                       struct smtp_reply *r)
+{
+  struct inbound_policy_ctx *p = ctx;
+  struct store_inbound m;
+  struct buf to, body;
+  char sha[TLS_SHA256_HEX_LEN + 1];
+  char from[LIM_LOG_FIELD * 4 + 8];
+  const char *data = msg;
+  size_t datalen = len, i, hlen = strlen(p->spf_header);
+  int result = STORE_ERROR;
+
+  memset(&m, 0, sizeof(m));
+  buf_init(&to, env->nrcpts * (LIM_SMTP_PATH + 1) + 1);
+  buf_init(&body, len + hlen + 1);
+  for(i = 0; i < env->nrcpts; i++)
+    if((i && buf_add(&to, "\n", 1)) || buf_add(&to, env->rcpts[i].path, env->rcpts[i].pathlen))
+      goto out;
+  /* RFC 7208 9.1: Received-SPF goes above the Received the engine added, so it is the
+   * first field; one copy of the message is the price of a prepend */
+  if(hlen) {
+    if(buf_add(&body, p->spf_header, hlen) || buf_add(&body, msg, len))
+      goto out;
+    data = body.ptr;
+    datalen = body.len;
+  }
+  str_copy(m.id, sizeof(m.id), env->id);
+  m.source = "mx";
+  m.received_ms = time_real_ms();
+  m.listener = p->listener->name;
+  m.client_addr = s->peer_ip;
+  m.helo = s->helo;
+  m.envelope_from = env->mail.path;
+  m.envelope_to = to.ptr ? to.ptr : "";
+  m.spf = p->spf[0] ? p->spf : NULL;
+  m.content_type = "message/rfc822";
+  m.body_sha256 = tls_sha256_hex(data, datalen, sha) ? NULL : sha;
+  result = store_inbound_accept(p->store, &m, data, datalen, NULL);
+
+out:
+  if(result == STORE_OK) {
+    log_info("%s: inbound from=<%s>, size=%zu, nrcpt=%zu, client=%s, spf=%s", m.id,
+             log_repr(from, sizeof(from), env->mail.path, env->mail.pathlen), datalen,
+             env->nrcpts, s->peer_ip, p->spf[0] ? p->spf : "off");
+    smtp_reply_set(r, 250, "2.0.0", "Ok: queued as %s", m.id);
+  }
+  else if(result == STORE_FULL) {
+    log_warn("%s: inbound store write error: disk full", env->id);
+    smtp_reply_set(r, 452, "4.3.1", "Insufficient system storage");
+  }
+  else {
+    log_error("%s: inbound store write error", env->id);
+    smtp_reply_set(r, 451, "4.3.0", "Error: queue file write error, try again later");
+  }
+  buf_free(&to);
+  buf_free(&body);
+}
+
+const struct smtp_policy inbound_mx_policy = {
+  .connect = mx_connect,
+  .mail = mx_mail,
+  .rcpt = mx_rcpt,
+  .message = mx_message,
+};

@@ -1,0 +1,301 @@
+/* The sendgrid transport: the queued message mapped to SendGrid's v3 mail/send JSON
+ * (sendgrid_json.c) and POSTed, at most 1,000 recipients a request, with SendGrid's answers
+ * turned into per-recipient replies: sent, deferred (until the rate limit resets), bounced, held. */
+#include "relay/relay_int.h"
+#include "auth/auth.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include <stdlib.h>
+#include <string.h>
+
+#define SENDGRID_DEFAULT_URL "https://api.sendgrid.com"
+
+struct sendgrid_session {
+  struct http_client *http;
+  char name[128];
+  char base[512];               /* api_url without a trailing '/' */
+  char *key_file;
+};
+
+static void sg_close(void *session)
+{
+  struct sendgrid_session *s = session;
+  if(!s)
+    return;
+  http_client_free(s->http);
+  free(s->key_file);
+  free(s);
+}
+
+/* The key, read from its file at each use (a new key needs no reload), as an Authorization
+ * header line; wiped by the caller. */
+static int auth_header(struct sendgrid_session *s, char **line, size_t *linelen,
+                       struct smtp_reply *r)
+{
+  char err[256] = "", *key = NULL;
+  size_t keylen = 0;
+  struct buf b;
+  int result = 0;
+  *line = NULL;
+  if(!s->key_file) {
+    smtp_reply_set(r, 454, "4.7.0", "upstream %s: no api_key_file", s->name);
+    return TRANSPORT_AUTH_FAILED;
+  }
+  if(auth_secret_read(s->key_file, &key, &keylen, err, sizeof(err))) {
+    smtp_reply_set(r, 454, "4.7.0", "upstream %s: cannot use the API key file: %s", s->name, err);
+    return TRANSPORT_AUTH_FAILED;
+  }
+  buf_init(&b, keylen + 64);
+  if(buf_addstr(&b, "Authorization: Bearer ") || buf_add(&b, key, keylen)) {
+    smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory", s->name);
+    result = TRANSPORT_FAILED;
+    auth_secret_free(b.ptr, b.alloc);
+    b.ptr = NULL;
+  }
+  auth_secret_free(key, keylen);
+  if(!result)
+    *line = buf_steal(&b, linelen);
+  return result;
+}
+
+/* 401/403: the key is wrong or lacks mail.send; SendGrid's text says which */
+static void key_refused(struct sendgrid_session *s, const struct http_response *resp,
+                        struct smtp_reply *r)
+{
+  char text[300];
+  http_error_text(resp, text, sizeof(text));
+  smtp_reply_set(r, 535, "5.7.8", "SendGrid refused the API key of upstream %s (HTTP %ld): %s",
+                 s->name, resp->status, text[0] ? text : "no reason given");
+}
+
+static int sg_open(const struct config *cfg, const struct cfg_upstream *up, void **session,
+                   struct smtp_reply *r)
+{
+  struct sendgrid_session *s = calloc(1, sizeof(*s));
+  struct http_response resp;
+  char url[600], *auth = NULL;
+  const char *headers[3];
+  size_t authlen = 0, n;
+  int result = TRANSPORT_FAILED;
+
+  memset(&resp, 0, sizeof(resp));
+  *session = NULL;
+  if(!s || http_client_new(up, &s->http)) {
+    smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory", up->name);
+    goto out;
+  }
+  str_copy(s->name, sizeof(s->name), up->name);
+  str_copy(s->base, sizeof(s->base), up->api_url ? up->api_url : SENDGRID_DEFAULT_URL);
+  n = strlen(s->base);
+  while(n && s->base[n - 1] == '/')
+    s->base[--n] = '\0';
+  if(up->api_key_file && !(s->key_file = str_dup_n(up->api_key_file, strlen(up->api_key_file)))) {
+    smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory", up->name);
+    goto out;
+  }
+  /* The "login": a cheap authenticated GET, so that a held upstream is released only when its
+   * key works again (DESIGN.md: held mail goes out by itself after a successful login). */
+  result = auth_header(s, &auth, &authlen, r);
+  if(result)
+    goto out;
+  snprintf(url, sizeof(url), "%s/v3/scopes", s->base);
+  headers[0] = auth;
+  headers[1] = "Accept: application/json";
+  headers[2] = NULL;
+  result = TRANSPORT_FAILED;
+  if(http_client_request(s->http, "GET", url, headers, NULL, 0, &resp)) {
+    smtp_reply_set(r, 451, "4.4.1", "cannot reach SendGrid at %s: %s", s->base, resp.error);
+    goto out;
+  }
+  if(resp.status == 401 || resp.status == 403) {
+    key_refused(s, &resp, r);
+    result = TRANSPORT_AUTH_FAILED;
+    goto out;
+  }
+  if(resp.status == 429 || resp.status >= 500) {
+    smtp_reply_set(r, 451, resp.status == 429 ? "4.7.0" : "4.3.0",
+                   "SendGrid answered HTTP %ld to the key check", resp.status);
+    result = resp.status == 429 ? TRANSPORT_THROTTLED : TRANSPORT_FAILED;
+    goto out;
+  }
+  /* anything else (200, or a 404 from a proxy that only passes mail/send) does not say the key
+   * is wrong: mail/send will tell */
+  *session = s;
+  s = NULL;
+  result = TRANSPORT_OK;
+out:
+  if(auth)
+    auth_secret_free(auth, authlen);
+  http_response_free(&resp);
+  sg_close(s);
+  return result;
+}
+
+/* Sets every reply of rcpts[from..to) that has none yet. */
+static void replies_fill(struct transport_rcpt *rcpts, size_t from, size_t to,
+                         const struct smtp_reply *r, long long retry_at_ms)
+{
+  size_t i;
+  for(i = from; i < to; i++)
+    if(!rcpts[i].reply.code) {
+      rcpts[i].reply = *r;
+      rcpts[i].retry_at_ms = retry_at_ms;
+    }
+}
+
+/* One HTTP answer as the reply of its recipients. Returns TRANSPORT_AUTH_FAILED for a refused
+ * key, else 0. */
+static int answer_map(struct sendgrid_session *s, const struct http_response *resp,
+                      struct smtp_reply *r, long long *retry_at_ms)
+{
+  char text[300];
+  long st = resp->status;
+  *retry_at_ms = 0;
+  http_error_text(resp, text, sizeof(text));
+  if(st >= 200 && st < 300)
+    smtp_reply_set(r, 250, "2.0.0", "Ok: accepted by SendGrid (HTTP %ld), X-Message-Id=%s", st,
+                   resp->message_id[0] ? resp->message_id : "none");
+  else if(st == 401 || st == 403) {
+    key_refused(s, resp, r);
+    return TRANSPORT_AUTH_FAILED;
+  }
+  else if(st == 429) {
+    smtp_reply_set(r, 451, "4.7.0", "SendGrid rate limit (HTTP 429)%s%s", text[0] ? ": " : "",
+                   text);
+    *retry_at_ms = resp->retry_at_ms;
+  }
+  else if(st == 413)
+    smtp_reply_set(r, 552, "5.3.4", "SendGrid refused the message as too large (HTTP 413)%s%s",
+                   text[0] ? ": " : "", text);
+  else if(st == 400)
+    smtp_reply_set(r, 550, "5.6.0", "SendGrid refused the message (HTTP 400): %s",
+                   text[0] ? text : "no reason given");
+  else
+    /* 5xx, and what we do not know (404 from a wrong api_url...): nothing says it is final */
+    smtp_reply_set(r, 451, "4.3.0", "SendGrid answered HTTP %ld%s%s", st, text[0] ? ": " : "",
+                   text);
+  return 0;
+}
+
+static int sg_send(void *session, const struct store_msg *m, const char *body, size_t len,
+                   struct transport_rcpt *rcpts, size_t n, struct smtp_reply *r)
+{
+  struct sendgrid_session *s = session;
+  struct sendgrid_msg *sm = NULL;
+  struct http_response resp;
+  struct smtp_reply one;
+  const char **addrs = NULL;
+  const char *headers[4];
+  char why[300], url[600], *auth = NULL, *json = NULL;
+  size_t authlen = 0, jsonlen = 0, at, k, sent = 0;
+  long long retry_at = 0;
+  int result = TRANSPORT_OK, parsed;
+
+  memset(&resp, 0, sizeof(resp));
+  parsed = sendgrid_msg_parse(body, len, m->id, m->sender, &sm, why, sizeof(why));
+  if(parsed == SENDGRID_REFUSED) {
+    /* decided before anything is sent: every recipient bounces with the reason */
+    smtp_reply_set(&one, 554, "5.6.0", "SendGrid cannot take this message: %s", why);
+    replies_fill(rcpts, 0, n, &one, 0);
+    goto out;
+  }
+  if(parsed) {
+    smtp_reply_set(r, 451, "4.3.0", "cannot map the message for SendGrid: %s", why);
+    result = TRANSPORT_FAILED;
+    goto out;
+  }
+  addrs = calloc(n + 1, sizeof(*addrs));
+  if(!addrs) {
+    smtp_reply_set(r, 451, "4.3.0", "out of memory");
+    result = TRANSPORT_FAILED;
+    goto out;
+  }
+  for(k = 0; k < n; k++)
+    addrs[k] = rcpts[k].rcpt->address;
+  snprintf(url, sizeof(url), "%s/v3/mail/send", s->base);
+  for(at = 0; at < n; at += SENDGRID_MAX_RCPTS) {
+    size_t cnt = n - at < SENDGRID_MAX_RCPTS ? n - at : SENDGRID_MAX_RCPTS;
+    int mapped;
+    free(json);
+    json = sendgrid_msg_request(sm, addrs + at, cnt, &jsonlen, why, sizeof(why));
+    if(!json) {
+      smtp_reply_set(&one, 554, "5.6.0", "SendGrid cannot take this message: %s", why);
+      if(!strcmp(why, "out of memory"))
+        smtp_reply_set(&one, 451, "4.3.0", "cannot map the message for SendGrid: %s", why);
+      replies_fill(rcpts, at, at + cnt, &one, 0);
+      continue;
+    }
+    if(!auth) {
+      result = auth_header(s, &auth, &authlen, r);
+      if(result)
+        goto out_auth;
+    }
+    headers[0] = auth;
+    headers[1] = "Content-Type: application/json";
+    headers[2] = "Accept: application/json";
+    headers[3] = NULL;
+    http_response_free(&resp);
+    if(http_client_request(s->http, "POST", url, headers, json, jsonlen, &resp)) {
+      smtp_reply_set(&one, 451, "4.4.1", "cannot reach SendGrid at %s: %s", s->base, resp.error);
+      if(!sent) {
+        /* nothing went out: the session is suspect, the whole attempt fails */
+        *r = one;
+        result = TRANSPORT_FAILED;
+        goto out;
+      }
+      replies_fill(rcpts, at, n, &one, 0);
+      goto out;
+    }
+    mapped = answer_map(s, &resp, &one, &retry_at);
+    if(mapped == TRANSPORT_AUTH_FAILED) {
+      if(!sent) {
+        *r = one;
+        result = TRANSPORT_AUTH_FAILED;
+        goto out;
+      }
+      /* part went out already: the rest waits (not held: those recipients are sent) */
+      smtp_reply_set(&one, 451, "4.7.0", "SendGrid refused the API key (HTTP %ld) part way",
+                     resp.status);
+      replies_fill(rcpts, at, n, &one, 0);
+      goto out;
+    }
+    replies_fill(rcpts, at, at + cnt, &one, retry_at);
+    if(one.code >= 200 && one.code < 300)
+      sent += cnt;
+    else if(resp.status == 429) {
+      /* the rest would be refused as well: they wait for the same reset */
+      replies_fill(rcpts, at + cnt, n, &one, retry_at);
+      goto out;
+    }
+  }
+  goto out;
+out_auth:
+  /* the key file is gone or unreadable: held, like a refused login, unless part went out */
+  if(sent) {
+    replies_fill(rcpts, 0, n, r, 0);
+    result = TRANSPORT_OK;
+  }
+out:
+  if(auth)
+    auth_secret_free(auth, authlen);
+  http_response_free(&resp);
+  free(json);
+  free(addrs);
+  sendgrid_msg_free(sm);
+  return result;
+}
+
+static void sg_describe(void *session, char *out, size_t outsz)
+{
+  struct sendgrid_session *s = session;
+  http_url_host(s ? s->base : SENDGRID_DEFAULT_URL, out, outsz);
+}
+
+const struct transport transport_sendgrid = {
+  .type = "sendgrid",
+  .delivered_status = RCPT_SENT,
+  .open = sg_open,
+  .send = sg_send,
+  .close = sg_close,
+  .describe = sg_describe,
+};

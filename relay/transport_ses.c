@@ -1,0 +1,272 @@
+/* The ses transport: Amazon SES v2 SendEmail with the queued message as Content.Raw.Data
+ * (byte for byte, base64) and the envelope as Destination, at most 50 recipients a request,
+ * signed with SigV4 by libcurl; credentials from *_file keys or the AWS environment variables. */
+#include "relay/relay_int.h"
+#include "auth/auth.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include <glib.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SES_MAX_RCPTS 50
+#define SES_MAX_SIZE (40u * 1024u * 1024u)      /* SES v2: the whole message, base64 counted */
+
+struct ses_session {
+  struct http_client *http;
+  char name[128];
+  char base[512];
+  char region[64];
+};
+
+static void ses_close(void *session)
+{
+  struct ses_session *s = session;
+  if(!s)
+    return;
+  http_client_free(s->http);
+  free(s);
+}
+
+/* One credential: its file, read at each open (rotated keys need no reload), else the
+ * environment variable. */
+static int cred_get(const char *name, const char *path, const char *env, char **out,
+                    size_t *len, struct smtp_reply *r)
+{
+  char err[256] = "";
+  const char *v;
+  *out = NULL;
+  *len = 0;
+  if(path) {
+    if(auth_secret_read(path, out, len, err, sizeof(err))) {
+      smtp_reply_set(r, 454, "4.7.0", "upstream %s: cannot use the credentials file: %s", name,
+                     err);
+      return -1;
+    }
+    return 0;
+  }
+  v = getenv(env);
+  if(v && *v) {
+    *len = strlen(v);
+    *out = str_dup_n(v, *len);
+    if(*out)
+      return 0;
+  }
+  smtp_reply_set(r, 454, "4.7.0", "upstream %s: no AWS credentials (set access_key_id_file and "
+                 "secret_access_key_file, or %s)", name, env);
+  return -1;
+}
+
+static int ses_open(const struct config *cfg, const struct cfg_upstream *up, void **session,
+                    struct smtp_reply *r)
+{
+  struct ses_session *s = calloc(1, sizeof(*s));
+  char *key = NULL, *secret = NULL, param[128];
+  size_t keylen = 0, secretlen = 0, n;
+  int result = TRANSPORT_FAILED;
+
+  *session = NULL;
+  if(!s || http_client_new(up, &s->http)) {
+    smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory", up->name);
+    goto out;
+  }
+  str_copy(s->name, sizeof(s->name), up->name);
+  str_copy(s->region, sizeof(s->region), up->region ? up->region :
+           getenv("AWS_REGION") ? getenv("AWS_REGION") : "us-east-1");
+  if(up->api_url)
+    str_copy(s->base, sizeof(s->base), up->api_url);
+  else
+    snprintf(s->base, sizeof(s->base), "https://email.%s.amazonaws.com", s->region);
+  n = strlen(s->base);
+  while(n && s->base[n - 1] == '/')
+    s->base[--n] = '\0';
+  if(cred_get(up->name, up->access_key_id_file, "AWS_ACCESS_KEY_ID", &key, &keylen, r) ||
+     cred_get(up->name, up->secret_access_key_file, "AWS_SECRET_ACCESS_KEY", &secret,
+              &secretlen, r)) {
+    result = TRANSPORT_AUTH_FAILED;
+    goto out;
+  }
+  snprintf(param, sizeof(param), "aws:amz:%s:ses", s->region);
+  if(http_client_sigv4(s->http, param, key, secret)) {
+    smtp_reply_set(r, 451, "4.3.0", "upstream %s: this libcurl cannot sign requests (SigV4)",
+                   up->name);
+    goto out;
+  }
+  *session = s;
+  s = NULL;
+  result = TRANSPORT_OK;
+out:
+  auth_secret_free(key, keylen);
+  auth_secret_free(secret, secretlen);
+  ses_close(s);
+  return result;
+}
+
+static void replies_fill(struct transport_rcpt *rcpts, size_t from, size_t to,
+                         const struct smtp_reply *r, long long retry_at_ms)
+{
+  size_t i;
+  for(i = from; i < to; i++)
+    if(!rcpts[i].reply.code) {
+      rcpts[i].reply = *r;
+      rcpts[i].retry_at_ms = retry_at_ms;
+    }
+}
+
+/* SES's error types that are the account's state, not the message's: they pass */
+static int is_temporary_type(const char *type)
+{
+  return !strcmp(type, "TooManyRequestsException") || !strcmp(type, "LimitExceededException") ||
+         !strcmp(type, "SendingPausedException") || !strcmp(type, "AccountSuspendedException") ||
+         !strcmp(type, "ThrottlingException");
+}
+
+static int answer_map(struct ses_session *s, const struct http_response *resp,
+                      struct smtp_reply *r)
+{
+  char text[300];
+  long st = resp->status;
+  http_error_text(resp, text, sizeof(text));
+  if(st >= 200 && st < 300) {
+    json_t *root = json_loadb(resp->body ? resp->body : "", resp->len, 0, NULL);
+    const char *id = json_string_value(json_object_get(root, "MessageId"));
+    char clean[128] = "";
+    size_t i, o = 0;
+    for(i = 0; id && id[i] && o + 1 < sizeof(clean); i++)
+      if(id[i] > 32 && id[i] < 127)
+        clean[o++] = id[i];
+    clean[o] = '\0';
+    smtp_reply_set(r, 250, "2.0.0", "Ok: accepted by SES (HTTP %ld), MessageId=%s", st,
+                   clean[0] ? clean : "none");
+    json_decref(root);
+    return 0;
+  }
+  if(st == 403 || st == 401) {
+    smtp_reply_set(r, 535, "5.7.8", "SES refused the credentials of upstream %s (HTTP %ld %s): %s",
+                   s->name, st, resp->error_type, text[0] ? text : "no reason given");
+    return TRANSPORT_AUTH_FAILED;
+  }
+  if(st == 429 || st >= 500 || is_temporary_type(resp->error_type))
+    smtp_reply_set(r, 451, st == 429 || is_temporary_type(resp->error_type) ? "4.7.0" : "4.3.0",
+                   "SES answered HTTP %ld %s%s%s", st, resp->error_type, text[0] ? ": " : "",
+                   text);
+  else if(st == 400 || st == 413)
+    smtp_reply_set(r, 554, "5.6.0", "SES refused the message (HTTP %ld %s): %s", st,
+                   resp->error_type, text[0] ? text : "no reason given");
+  else
+    smtp_reply_set(r, 451, "4.3.0", "SES answered HTTP %ld %s%s%s", st, resp->error_type,
+                   text[0] ? ": " : "", text);
+  return 0;
+}
+
+/* {"Destination":{"ToAddresses":[...]},"Content":{"Raw":{"Data":B64}},"EmailTags":[...]} */
+static char *request_build(const char *b64, const struct transport_rcpt *rcpts, size_t n,
+                           const char *id, size_t *len)
+{
+  json_t *to = json_array(), *req = NULL;
+  char *out = NULL;
+  size_t i;
+  if(!to)
+    return NULL;
+  for(i = 0; i < n; i++)
+    if(json_array_append_new(to, json_string(rcpts[i].rcpt->address)))
+      goto out;
+  /* the tag lets SES events (through SNS or EventBridge) be matched to the queue entry */
+  req = json_pack("{s:{s:O}, s:{s:{s:s}}, s:[{s:s, s:s}]}", "Destination", "ToAddresses", to,
+                  "Content", "Raw", "Data", b64, "EmailTags", "Name", "postern_id", "Value", id);
+  if(req)
+    out = json_dumps(req, JSON_COMPACT);
+  if(out)
+    *len = strlen(out);
+out:
+  json_decref(to);
+  json_decref(req);
+  return out;
+}
+
+static int ses_send(void *session, const struct store_msg *m, const char *body, size_t len,
+                    struct transport_rcpt *rcpts, size_t n, struct smtp_reply *r)
+{
+  struct ses_session *s = session;
+  struct http_response resp;
+  struct smtp_reply one;
+  const char *headers[3] = { "Content-Type: application/json", "Accept: application/json", NULL };
+  char url[600], *b64 = NULL, *json = NULL;
+  size_t jsonlen = 0, at, sent = 0;
+  int result = TRANSPORT_OK, mapped;
+
+  memset(&resp, 0, sizeof(resp));
+  if(len / 3 * 4 + 4 > SES_MAX_SIZE) {
+    smtp_reply_set(&one, 552, "5.3.4", "message is larger than SES's 40 MB limit (base64 "
+                   "counted)");
+    replies_fill(rcpts, 0, n, &one, 0);
+    goto out;
+  }
+  /* GLib's base64 (GMime's foundation, already linked); the SASL one is sized for AUTH lines */
+  b64 = g_base64_encode((const guchar *)body, len);
+  if(!b64) {
+    smtp_reply_set(r, 451, "4.3.0", "out of memory");
+    result = TRANSPORT_FAILED;
+    goto out;
+  }
+  snprintf(url, sizeof(url), "%s/v2/email/outbound-emails", s->base);
+  for(at = 0; at < n; at += SES_MAX_RCPTS) {
+    size_t cnt = n - at < SES_MAX_RCPTS ? n - at : SES_MAX_RCPTS;
+    free(json);
+    json = request_build(b64, rcpts + at, cnt, m->id, &jsonlen);
+    if(!json) {
+      smtp_reply_set(&one, 451, "4.3.0", "out of memory");
+      replies_fill(rcpts, at, at + cnt, &one, 0);
+      continue;
+    }
+    http_response_free(&resp);
+    if(http_client_request(s->http, "POST", url, headers, json, jsonlen, &resp)) {
+      smtp_reply_set(&one, 451, "4.4.1", "cannot reach SES at %s: %s", s->base, resp.error);
+      if(!sent) {
+        *r = one;
+        result = TRANSPORT_FAILED;
+        goto out;
+      }
+      replies_fill(rcpts, at, n, &one, 0);
+      goto out;
+    }
+    mapped = answer_map(s, &resp, &one);
+    if(mapped == TRANSPORT_AUTH_FAILED && !sent) {
+      *r = one;
+      result = TRANSPORT_AUTH_FAILED;
+      goto out;
+    }
+    if(mapped == TRANSPORT_AUTH_FAILED)
+      smtp_reply_set(&one, 451, "4.7.0", "SES refused the credentials (HTTP %ld) part way",
+                     resp.status);
+    replies_fill(rcpts, at, at + cnt, &one, resp.status == 429 ? resp.retry_at_ms : 0);
+    if(one.code >= 200 && one.code < 300)
+      sent += cnt;
+    else if(one.code < 500) {
+      /* throttled or down: the rest would fare no better now */
+      replies_fill(rcpts, at + cnt, n, &one, resp.status == 429 ? resp.retry_at_ms : 0);
+      goto out;
+    }
+  }
+out:
+  http_response_free(&resp);
+  free(json);
+  g_free(b64);
+  return result;
+}
+
+static void ses_describe(void *session, char *out, size_t outsz)
+{
+  struct ses_session *s = session;
+  http_url_host(s ? s->base : "ses", out, outsz);
+}
+
+const struct transport transport_ses = {
+  .type = "ses",
+  .delivered_status = RCPT_SENT,
+  .open = ses_open,
+  .send = ses_send,
+  .close = ses_close,
+  .describe = ses_describe,
+};
