@@ -244,7 +244,7 @@ int main(int argc, char **argv)
     log_error("cannot start the relay");
     goto out;
   }
-  /* the HTTP listener keeps the configuration it started with (a reload does not change it) */
+  /* the HTTP listener's address is bound once; its credentials and keys follow reloads */
   if(cfg->inbound.http_address &&
      inbound_http_start(cfg, st, daemon_http_fd(d), &http)) {
     log_error("cannot start the HTTP listener");
@@ -274,6 +274,11 @@ int main(int argc, char **argv)
       if(!auth_ok && auth_wanted(ncfg))
         log_warn("reload: AUTH was not set up at start (all listeners had auth = none); "
                  "restart to offer it");
+      if(http && inbound_http_reload(http, ncfg))
+        log_error("reload: the HTTP listener keeps its credentials and keys (see above)");
+      if(!http && ncfg->inbound.http_address)
+        log_warn("reload: [inbound] http_address was not set at start; restart to listen on %s",
+                 ncfg->inbound.http_address);
       daemon_reload(d, ncfg, ntls);
       cfg = ncfg;
       log_info("reload -- configuration %s", ncfg->path);

@@ -8,16 +8,17 @@
 #include "lib/conn.h"
 #include "lib/log.h"
 #include <microhttpd.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
-struct inbound_http {
-  struct MHD_Daemon *mhd;
-  struct store *st;
-  /* copies: a reload frees the configuration this listener started with */
+/* What a reload may change: copies (a reload frees the configuration they came from), shared
+ * by reference count so that a request finishes with the settings it began with. */
+struct http_settings {
+  int refs;                     /* under inbound_http.mu */
   char *http_user, *public_url;
   long long event_max_age;
   char *password;               /* http_password_file */
@@ -29,12 +30,21 @@ struct inbound_http {
   size_t max_size;
 };
 
+struct inbound_http {
+  struct MHD_Daemon *mhd;
+  struct store *st;
+  pthread_mutex_t mu;
+  struct http_settings *set;    /* the current ones; under mu */
+};
+
 enum endpoint { EP_NONE, EP_PARSE, EP_EVENTS, EP_SMS, EP_HEALTH };
 
 /* One request in progress. The raw body is kept once (capped); for Inbound Parse the post
  * processor reads it as it arrives and keeps only the small fields the record needs. */
 struct request {
   enum endpoint ep;
+  struct inbound_http *h;
+  struct http_settings *set;    /* a reference, taken when the request began */
   int answered;                 /* a response was queued on an early call */
   int too_big;
   int form_error;
@@ -66,10 +76,14 @@ static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned status, c
   return respond(c, status, "text/plain; charset=utf-8", text);
 }
 
+static void settings_release(struct inbound_http *h, struct http_settings *set);
+
 static void request_free(struct request *rq)
 {
   if(!rq)
     return;
+  if(rq->set)
+    settings_release(rq->h, rq->set);
   if(rq->pp)
     MHD_destroy_post_processor(rq->pp);
   buf_free(&rq->body);
@@ -88,7 +102,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
 }
 
 /* Basic auth against http_user / http_password_file, compared in constant time. */
-static int auth_ok(struct inbound_http *h, struct MHD_Connection *c)
+static int auth_ok(const struct http_settings *h, struct MHD_Connection *c)
 {
   const char *want = h->http_user;
   char *pass = NULL, *user;
@@ -239,8 +253,9 @@ static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connecti
   const char *why = NULL;
   size_t n = 0, added = 0;
   int result;
+  const struct http_settings *set = rq->set;
 
-  if(h->event_key) {
+  if(set->event_key) {
     const char *sig64 = header(c, "X-Twilio-Email-Event-Webhook-Signature");
     const char *ts = header(c, "X-Twilio-Email-Event-Webhook-Timestamp");
     unsigned char sig[256];
@@ -253,17 +268,17 @@ static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connecti
     tslen = strlen(ts);
     if(str_to_long(ts, tslen, 0, 0x7fffffffL, &t))
       return respond_text(c, MHD_HTTP_FORBIDDEN, "bad signature timestamp\n");
-    if(h->event_max_age > 0) {
+    if(set->event_max_age > 0) {
       long long now = (long long)time(NULL), age = now - t;
       /* a timestamp from the future is as suspect as an old one */
-      if(age > h->event_max_age || -age > h->event_max_age)
+      if(age > set->event_max_age || -age > set->event_max_age)
         return respond_text(c, MHD_HTTP_FORBIDDEN, "stale signature timestamp\n");
     }
     if(tls_base64_decode(sig64, strlen(sig64), sig, sizeof(sig), &siglen))
       return respond_text(c, MHD_HTTP_FORBIDDEN, "bad signature encoding\n");
     buf_init(&signed_data, tslen + rq->body.len + 1);
     bad = buf_add(&signed_data, ts, tslen) || buf_add(&signed_data, rq->body.ptr, rq->body.len) ||
-          tls_ecdsa_verify_sha256(h->event_key, h->event_keylen, signed_data.ptr,
+          tls_ecdsa_verify_sha256(set->event_key, set->event_keylen, signed_data.ptr,
                                   signed_data.len, sig, siglen);
     buf_free(&signed_data);
     if(bad) {
@@ -296,20 +311,21 @@ static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection 
   size_t n = 0, i, baselen;
   int result, dup = 0;
   enum MHD_Result ret;
+  const struct http_settings *set = rq->set;
 
-  if(!h->twilio_token || !h->public_url)
+  if(!set->twilio_token || !set->public_url)
     return respond_text(c, MHD_HTTP_FORBIDDEN, "twilio_auth_token_file is not configured\n");
   if(inbound_form_parse(rq->body.ptr ? rq->body.ptr : "", rq->body.len, LIM_WEBHOOK_FIELDS,
                         &params, &n, &hold))
     return respond_text(c, MHD_HTTP_BAD_REQUEST, "malformed form data\n");
   /* Twilio signs the URL it was given: public_url (Postern is usually behind a proxy) with
    * this path */
-  baselen = strlen(h->public_url);
-  while(baselen && h->public_url[baselen - 1] == '/')
+  baselen = strlen(set->public_url);
+  while(baselen && set->public_url[baselen - 1] == '/')
     baselen--;
   buf_init(&full, baselen + strlen(url) + 1);
-  if(buf_add(&full, h->public_url, baselen) || buf_addstr(&full, url) ||
-     inbound_twilio_signature(h->twilio_token, h->twilio_tokenlen, full.ptr, params, n, expect,
+  if(buf_add(&full, set->public_url, baselen) || buf_addstr(&full, url) ||
+     inbound_twilio_signature(set->twilio_token, set->twilio_tokenlen, full.ptr, params, n, expect,
                               sizeof(expect)) ||
      !sig || strlen(sig) != strlen(expect) || !tls_memeq(sig, expect, strlen(expect))) {
     buf_free(&full);
@@ -363,6 +379,11 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     if(!rq)
       return MHD_NO;
     *con_cls = rq;
+    rq->h = h;
+    pthread_mutex_lock(&h->mu);
+    rq->set = h->set;
+    rq->set->refs++;
+    pthread_mutex_unlock(&h->mu);
     if(!strcmp(url, "/healthz"))
       rq->ep = EP_HEALTH;
     else if(!strcmp(url, "/emailInbound"))
@@ -386,11 +407,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       rq->answered = 1;
       return respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "POST only\n");
     }
-    if((rq->ep == EP_PARSE || (rq->ep == EP_EVENTS && !h->event_key)) && !auth_ok(h, c)) {
+    if((rq->ep == EP_PARSE || (rq->ep == EP_EVENTS && !rq->set->event_key)) &&
+       !auth_ok(rq->set, c)) {
       rq->answered = 1;
       return refuse_auth(c);
     }
-    cap = rq->ep == EP_PARSE ? h->max_size : LIM_WEBHOOK_SMALL_BODY;
+    cap = rq->ep == EP_PARSE ? rq->set->max_size : LIM_WEBHOOK_SMALL_BODY;
     clen = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if(clen) {
       char *end = NULL;
@@ -456,22 +478,42 @@ static void secret_clear(char **p, size_t *len)
   *len = 0;
 }
 
+static void settings_free(struct http_settings *set)
+{
+  if(!set)
+    return;
+  secret_clear(&set->password, &set->passwordlen);
+  secret_clear(&set->twilio_token, &set->twilio_tokenlen);
+  free(set->event_key);
+  free(set->http_user);
+  free(set->public_url);
+  free(set);
+}
+
+static void settings_release(struct inbound_http *h, struct http_settings *set)
+{
+  int last;
+  pthread_mutex_lock(&h->mu);
+  last = --set->refs == 0;
+  pthread_mutex_unlock(&h->mu);
+  if(last)
+    settings_free(set);
+}
+
 void inbound_http_stop(struct inbound_http *h)
 {
   if(!h)
     return;
   if(h->mhd)
-    MHD_stop_daemon(h->mhd);
-  secret_clear(&h->password, &h->passwordlen);
-  secret_clear(&h->twilio_token, &h->twilio_tokenlen);
-  free(h->event_key);
-  free(h->http_user);
-  free(h->public_url);
+    MHD_stop_daemon(h->mhd);      /* requests have completed: theirs references are gone */
+  if(h->set)
+    settings_release(h, h->set);
+  pthread_mutex_destroy(&h->mu);
   free(h);
 }
 
 /* Reads the secrets and the key named in [inbound]; problems go to errs (or the log). */
-static int read_secrets(const struct cfg_inbound *in, struct inbound_http *h, FILE *errs,
+static int read_secrets(const struct cfg_inbound *in, struct http_settings *h, FILE *errs,
                         const char *path)
 {
   int line = in->line;
@@ -525,7 +567,7 @@ static int read_secrets(const struct cfg_inbound *in, struct inbound_http *h, FI
 
 int inbound_check_config(const struct config *cfg, FILE *errs)
 {
-  struct inbound_http h;
+  struct http_settings h;
   int problems;
   size_t i;
   memset(&h, 0, sizeof(h));
@@ -544,6 +586,39 @@ int inbound_check_config(const struct config *cfg, FILE *errs)
   return problems;
 }
 
+/* The settings of cfg's [inbound], secrets read; NULL after a problem (logged). */
+static struct http_settings *settings_new(const struct config *cfg)
+{
+  struct http_settings *set = calloc(1, sizeof(*set));
+  if(!set)
+    return NULL;
+  set->refs = 1;
+  set->max_size = (size_t)cfg->inbound.max_http_size;
+  set->event_max_age = cfg->inbound.event_max_age;
+  if((cfg->inbound.http_user && cfg->inbound.http_user[0] &&
+      !(set->http_user = str_dup_n(cfg->inbound.http_user, strlen(cfg->inbound.http_user)))) ||
+     (cfg->inbound.public_url &&
+      !(set->public_url = str_dup_n(cfg->inbound.public_url, strlen(cfg->inbound.public_url)))) ||
+     read_secrets(&cfg->inbound, set, stderr, cfg->path)) {
+    settings_free(set);
+    return NULL;
+  }
+  return set;
+}
+
+int inbound_http_reload(struct inbound_http *h, const struct config *cfg)
+{
+  struct http_settings *set = settings_new(cfg), *old;
+  if(!set)
+    return -1;
+  pthread_mutex_lock(&h->mu);
+  old = h->set;
+  h->set = set;
+  pthread_mutex_unlock(&h->mu);
+  settings_release(h, old);
+  return 0;
+}
+
 int inbound_http_start(const struct config *cfg, struct store *st, int fd,
                        struct inbound_http **out)
 {
@@ -552,16 +627,9 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
   *out = NULL;
   if(!h)
     goto out;
+  pthread_mutex_init(&h->mu, NULL);
   h->st = st;
-  h->max_size = (size_t)cfg->inbound.max_http_size;
-  h->event_max_age = cfg->inbound.event_max_age;
-  if(cfg->inbound.http_user && cfg->inbound.http_user[0] &&
-     !(h->http_user = str_dup_n(cfg->inbound.http_user, strlen(cfg->inbound.http_user))))
-    goto out;
-  if(cfg->inbound.public_url &&
-     !(h->public_url = str_dup_n(cfg->inbound.public_url, strlen(cfg->inbound.public_url))))
-    goto out;
-  if(read_secrets(&cfg->inbound, h, stderr, cfg->path))
+  if(!(h->set = settings_new(cfg)))
     goto out;
   h->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                             MHD_USE_POLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, handle, h,

@@ -44,6 +44,10 @@ struct inbound_http;
 int inbound_http_start(const struct config *cfg, struct store *st, int fd,
                        struct inbound_http **out);
 /* Stops accepting, lets requests in progress finish, frees h (NULL is fine). */
+/* A reload: credentials, keys, public_url and size limits from cfg take effect for requests
+ * that begin from now on (the address stays: it was bound at start). 0, or -1 when the new
+ * secrets cannot be read (logged; the old ones stay). */
+int inbound_http_reload(struct inbound_http *h, const struct config *cfg);
 void inbound_http_stop(struct inbound_http *h);
 
 /* ---- webhook parsing (inbound/webhook.c): pure functions, fuzzed -------------------------- */

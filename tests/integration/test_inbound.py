@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import shutil
 import sqlite3
 import subprocess
@@ -357,6 +358,28 @@ def test_inbound_parse_both_modes(daemon_factory, tmp_path):
     body = db_rows(d, "SELECT body FROM inbound_messages WHERE id = ?", (r["id"],))[0]["body"]
     assert raw_email().encode() in body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") or \
         raw_email().encode() in body
+
+
+def test_sighup_reloads_http_credentials(daemon_factory, tmp_path):
+    """A new http_password_file takes effect on SIGHUP, without a restart."""
+    pw = secret(tmp_path, "inbound.secret", "first-Secret")
+    d = http_daemon(daemon_factory, tmp_path, f"http_user = sendgrid\nhttp_password_file = {pw}\n")
+    fields = [("email", raw_email()), ("envelope", ENVELOPE)]
+    code, _ = curl_parse(d, fields, (), "sendgrid", "first-Secret")
+    assert code == 200
+    secret(tmp_path, "inbound.secret", "second-Secret")
+    pid = d.proc.pid
+    d.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while curl_parse(d, fields, (), "sendgrid", "first-Secret")[0] != 401:
+        assert time.monotonic() < deadline, "old password still accepted 10 s after SIGHUP"
+        time.sleep(0.2)
+    fields = [("email", raw_email().replace("Re: results", "Re: results, again")),
+              ("envelope", ENVELOPE)]
+    code, _ = curl_parse(d, fields, (), "sendgrid", "second-Secret")
+    assert code == 200
+    assert d.running() and d.proc.pid == pid
+    assert len(inbound(d)) == 2
 
 
 def test_inbound_parse_malformed(daemon_factory, tmp_path):
