@@ -81,4 +81,44 @@ int inbound_parse_envelope(const char *json, size_t len, char **from, char **to)
 int inbound_form_parse(const char *body, size_t len, size_t max, struct inbound_param **out,
                        size_t *n, char **hold);
 
+/* ---- MIME -> correspondence record (inbound/mime.c, inbound/reply.c): pure functions, fuzzed --
+ * The parsing half of correspondence records (issue 8). Given the bytes of one message it
+ * yields the record fields that come from the message itself, as one JSON object text, plus
+ * the decoded attachments. The caller (the record builder) adds what comes from the envelope
+ * and the store: id, direction, source, received_at, envelope_*, thread_id, parent_id, spf,
+ * status, events. */
+struct inbound_attachment {
+  char *filename;                /* UTF-8 (RFC 2231 / 2047 decoded), "" when none */
+  char *content_type;            /* lowercase type/subtype, no parameters */
+  char *content_id;              /* without <>, "" when none */
+  char *disposition;             /* "inline" | "attachment" */
+  char sha256[65];               /* hex of the decoded bytes */
+  unsigned char *data;           /* the decoded bytes (an attached message/rfc822: exact bytes) */
+  size_t size;
+};
+struct inbound_mime {
+  /* {"message_id", "in_reply_to": string|null (no <>), "references": [ids],
+   *  "from": {address, name}|null, "to", "cc", "reply_to": [{address, name}],
+   *  "subject", "date": "YYYY-MM-DDTHH:MM:SSZ"|null, "text", "html", "reply_text": string|null,
+   *  "attachments": [{filename, content_type, size, sha256, content_id, disposition}] (same order
+   *  as att), "auto_submitted": bool, "parse_error": string|null,
+   *  "dsn": null | {"original_message_id", "recipients": [{address, action, status,
+   *  diagnostic}]}} */
+  char *json;
+  struct inbound_attachment *att;
+  size_t natt;
+};
+/* Any bytes give a record: what could not be read is left empty and parse_error says why.
+ * -1 only when memory runs out. */
+int inbound_mime_parse(const void *raw, size_t len, struct inbound_mime **out);
+/* An Inbound Parse post as stored (content_type "multipart/form-data; boundary=..."): raw mode
+ * (an "email" field) goes through inbound_mime_parse; parsed mode is built from the posted
+ * headers, text, html, charsets and attachment files. Same contract as inbound_mime_parse. */
+int inbound_mime_parse_post(const void *body, size_t len, const char *content_type,
+                            struct inbound_mime **out);
+void inbound_mime_free(struct inbound_mime *m);
+/* The reply's own words: text (or, when text is empty, html's text rendering) without quoted
+ * history and signature. malloc'd UTF-8; NULL when memory runs out. */
+char *inbound_reply_text(const char *text, size_t textlen, const char *html, size_t htmllen);
+
 #endif

@@ -1,0 +1,51 @@
+/* The interface between posternctl's command files (tools/ctl_*.c): the parsed command line,
+ * the configuration and store opened the same way for every command, and the output helpers
+ * (terminal-safe fields, JSON conventions). One command = one ctl_NAME(struct ctl *) entry. */
+#ifndef POSTERN_CTL_H
+#define POSTERN_CTL_H
+#include "lib/config.h"
+#include "lib/limits.h"
+#include "lib/store.h"
+#include <stdio.h>
+#include <jansson.h>
+
+#define EXIT_NOTFOUND 1       /* an unknown id: the command ran, the answer is "no such" */
+#define FIELD_CAP 1000        /* bytes of one stored field shown in human output */
+#define CTL_MAX_ARGS 64
+
+struct ctl {
+  const char *config_arg;     /* -c FILE */
+  int json;                   /* --json */
+  const char *args[CTL_MAX_ARGS];  /* the words and command options, in order */
+  char isopt[CTL_MAX_ARGS];   /* args[i] is an option ("-x", "--name"), not a word */
+  size_t nargs;
+  char id[LIM_QUEUE_ID + 1];
+  struct config *cfg;         /* freed by main */
+  struct store *st;           /* closed by main */
+};
+
+/* the commands */
+int ctl_queue(struct ctl *c);
+int ctl_inbound(struct ctl *c);
+int ctl_user(struct ctl *c);
+int ctl_oauth2(struct ctl *c);
+
+/* options of one command: see ctl_common.c */
+int ctl_opt(struct ctl *c, const char *name, const char **value);
+int ctl_no_options(struct ctl *c);
+
+void ctl_usage(FILE *out);                      /* posternctl.c */
+int ctl_usage_error(const char *why, const char *what);   /* prints usage, EX_USAGE */
+int ctl_config(struct ctl *c);                             /* 0 or EX_CONFIG */
+int ctl_config_and_store(struct ctl *c, int flags);        /* 0, EX_CONFIG or EX_TEMPFAIL */
+int ctl_store_failed(const char *what, int result);        /* message, EX_TEMPFAIL */
+
+void ctl_put_field(FILE *out, const char *s);   /* network bytes escaped, capped */
+void ctl_time_iso(long long ms, char *out, size_t outsz);
+void ctl_time_human(long long ms, char *out, size_t outsz);
+json_t *ctl_jstr(const char *s);                /* NULL -> null; bad UTF-8 escaped */
+json_t *ctl_jtime(long long ms);
+void ctl_jset_known(json_t *o, const char *key, const char *value);  /* skips NULL */
+int ctl_print_json_one(json_t *o);              /* [o] to stdout; steals o */
+
+#endif

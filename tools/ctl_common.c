@@ -1,0 +1,169 @@
+/* What every posternctl command shares: its options, the configuration and the store opened
+ * the same way, escaping of network bytes for a terminal, and the JSON output conventions. */
+#include "tools/ctl.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <time.h>
+
+int ctl_usage_error(const char *why, const char *what)
+{
+  char shown[64];
+  if(what)
+    fprintf(stderr, "posternctl: %s: %s\n", why, log_repr(shown, sizeof(shown), what,
+                                                            strlen(what)));
+  else
+    fprintf(stderr, "posternctl: %s\n", why);
+  ctl_usage(stderr);
+  return EX_USAGE;
+}
+
+/* Escapes attacker-controlled bytes (envelopes come from the network) before they reach a
+ * terminal: printable ASCII as is, everything else as \xNN. */
+void ctl_put_field(FILE *out, const char *s)
+{
+  struct buf b;
+  buf_init(&b, FIELD_CAP * 4 + 4);
+  if(s && !buf_addrepr(&b, s, strlen(s), FIELD_CAP) && b.ptr)
+    fwrite(b.ptr, 1, b.len, out);
+  buf_free(&b);
+}
+
+void ctl_time_iso(long long ms, char *out, size_t outsz)
+{
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  if(!gmtime_r(&t, &tm) || !strftime(out, outsz, "%Y-%m-%dT%H:%M:%SZ", &tm))
+    snprintf(out, outsz, "?");
+}
+
+void ctl_time_human(long long ms, char *out, size_t outsz)
+{
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  if(!gmtime_r(&t, &tm) || !strftime(out, outsz, "%Y-%m-%d %H:%M:%S", &tm))
+    snprintf(out, outsz, "?");
+}
+
+/* ---- JSON -------------------------------------------------------------------------------- */
+
+/* jansson refuses invalid UTF-8; an 8-bit envelope then shows escaped rather than vanishing */
+json_t *ctl_jstr(const char *s)
+{
+  json_t *j;
+  struct buf b;
+  if(!s)
+    return json_null();
+  j = json_string(s);
+  if(j)
+    return j;
+  buf_init(&b, strlen(s) * 4 + 4);
+  if(!buf_addrepr(&b, s, strlen(s), strlen(s)) && b.ptr)
+    j = json_string(b.ptr);
+  buf_free(&b);
+  return j ? j : json_null();
+}
+
+json_t *ctl_jtime(long long ms)
+{
+  char t[40];
+  ctl_time_iso(ms, t, sizeof(t));
+  return json_string(t);
+}
+
+void ctl_jset_known(json_t *o, const char *key, const char *value)
+{
+  if(value)
+    json_object_set_new(o, key, ctl_jstr(value));
+}
+int ctl_store_failed(const char *what, int result)
+{
+  fprintf(stderr, "posternctl: %s failed: %s\n", what,
+          result == STORE_FULL ? "the disk is full" : "the store reported an error");
+  return EX_TEMPFAIL;
+}
+
+int ctl_print_json_one(json_t *o)
+{
+  json_t *arr = json_array();
+  int bad = !o || !arr || json_array_append_new(arr, o);
+  if(bad && !arr)
+    json_decref(o);
+  if(!bad)
+    bad = json_dumpf(arr, stdout, JSON_INDENT(2)) || fputc('\n', stdout) == EOF;
+  json_decref(arr);
+  if(bad) {
+    fprintf(stderr, "posternctl: cannot write the JSON output\n");
+    return EX_IOERR;
+  }
+  return 0;
+}
+int ctl_config(struct ctl *c)
+{
+  const char *path = config_choose_path(c->config_arg);
+  int problems = config_load(path, stderr, &c->cfg);
+  if(problems) {
+    fprintf(stderr, "posternctl: %d problem%s in the configuration\n", problems,
+            problems == 1 ? "" : "s");
+    return EX_CONFIG;
+  }
+  return 0;
+}
+
+int ctl_config_and_store(struct ctl *c, int flags)
+{
+  char err[512];
+  const char *path = config_choose_path(c->config_arg);
+  int problems = config_load(path, stderr, &c->cfg);
+  if(problems) {
+    fprintf(stderr, "posternctl: %d problem%s in the configuration\n", problems,
+            problems == 1 ? "" : "s");
+    return EX_CONFIG;
+  }
+  if(store_open(c->cfg->data_dir, flags, &c->st, err, sizeof(err))) {
+    fprintf(stderr, "posternctl: cannot open the queue: %s\n", err);
+    return EX_TEMPFAIL;
+  }
+  return 0;
+}
+
+/* "--name VALUE", "--name=VALUE" (value != NULL) or the flag "--name" (value == NULL), taken
+ * out of c->args wherever it stands. 1 found, 0 absent, -1 when its value is missing. */
+int ctl_opt(struct ctl *c, const char *name, const char **value)
+{
+  size_t i, n = strlen(name), take;
+  for(i = 0; i < c->nargs; i++) {
+    const char *a = c->args[i];
+    if(!c->isopt[i] || strncmp(a, name, n) || (a[n] && (a[n] != '=' || !value)))
+      continue;
+    take = 1;
+    if(value) {
+      if(a[n] == '=')
+        *value = a + n + 1;
+      else if(i + 1 < c->nargs) {
+        *value = c->args[i + 1];
+        take = 2;
+      }
+      else
+        return -1;
+    }
+    memmove(&c->args[i], &c->args[i + take], (c->nargs - i - take) * sizeof(c->args[0]));
+    memmove(&c->isopt[i], &c->isopt[i + take], (c->nargs - i - take) * sizeof(c->isopt[0]));
+    c->nargs -= take;
+    return 1;
+  }
+  return 0;
+}
+
+/* After a command has taken its options: any other one is a usage error. */
+int ctl_no_options(struct ctl *c)
+{
+  size_t i;
+  for(i = 0; i < c->nargs; i++)
+    if(c->isopt[i])
+      return ctl_usage_error("unknown option", c->args[i]);
+  return 0;
+}

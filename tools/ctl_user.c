@@ -1,0 +1,332 @@
+/* posternctl user: the users of AUTH (the sasldb in data_dir), with passwords read from standard
+ * input or a terminal prompt, never from an argument. */
+#include "tools/ctl.h"
+#include "auth/auth.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include <errno.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <termios.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#define PASSWORD_CAP 1024     /* what auth_user_set accepts */
+
+static int sasldb_path(const struct config *cfg, char *out, size_t outsz)
+{
+  int n = snprintf(out, outsz, "%s/sasldb2", cfg->data_dir);
+  if(n < 0 || (size_t)n >= outsz) {
+    fprintf(stderr, "posternctl: data_dir is too long\n");
+    return EX_CONFIG;
+  }
+  return 0;
+}
+
+/* Run as root, files made here must belong to the daemon's user, which reads them after it
+ * has dropped root; as anyone else they already belong to whoever runs the daemon. */
+static const struct passwd *daemon_user(const struct config *cfg)
+{
+  if(geteuid() != 0 || !cfg->user || !cfg->user[0])
+    return NULL;
+  return getpwnam(cfg->user);
+}
+
+static int give_to(const char *path, const struct passwd *pw)
+{
+  if(pw && chown(path, pw->pw_uid, pw->pw_gid)) {
+    fprintf(stderr, "posternctl: cannot give %s to user %s: %s\n", path, pw->pw_name,
+            strerror(errno));
+    return EX_NOPERM;
+  }
+  return 0;
+}
+
+static struct termios tty_saved;
+static volatile sig_atomic_t tty_changed;
+
+static void tty_restore(int sig)
+{
+  if(tty_changed)
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &tty_saved);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+/* One line from fd into pw (at most PASSWORD_CAP bytes, without its LF or CR LF). Returns
+ * its length, or -1 when it is too long or unreadable. */
+static ssize_t line_read(int fd, char *pw, size_t cap)
+{
+  size_t n = 0;
+  int too_long = 0;
+  for(;;) {
+    char ch;
+    ssize_t r = read(fd, &ch, 1);
+    if(r < 0 && errno == EINTR)
+      continue;
+    if(r < 0)
+      return -1;
+    if(r == 0 || ch == '\n')
+      break;
+    if(n < cap)
+      pw[n++] = ch;
+    else
+      too_long = 1;
+  }
+  if(n && pw[n - 1] == '\r')
+    n--;
+  return too_long ? -1 : (ssize_t)n;
+}
+
+/* With echo off; the terminal is put back even when the user presses ^C. */
+static ssize_t tty_prompt(const char *prompt, char *pw, size_t cap)
+{
+  struct termios quiet;
+  ssize_t n;
+  if(tcgetattr(STDIN_FILENO, &tty_saved))
+    return -1;
+  quiet = tty_saved;
+  quiet.c_lflag &= (tcflag_t)~(ECHO | ECHONL);
+  quiet.c_lflag |= ICANON;
+  signal(SIGINT, tty_restore);
+  signal(SIGTERM, tty_restore);
+  signal(SIGQUIT, tty_restore);
+  fputs(prompt, stderr);
+  fflush(stderr);
+  tty_changed = 1;
+  if(tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet)) {
+    tty_changed = 0;
+    return -1;
+  }
+  n = line_read(STDIN_FILENO, pw, cap);
+  tcsetattr(STDIN_FILENO, TCSAFLUSH, &tty_saved);
+  tty_changed = 0;
+  fputc('\n', stderr);
+  return n;
+}
+
+static int password_get(const char *name, char *pw, size_t cap, size_t *len)
+{
+  char again[PASSWORD_CAP + 1], prompt[AUTH_USER_MAX + 64], shown[AUTH_USER_MAX * 4 + 8];
+  ssize_t n, m;
+  int result = 0;
+  if(!isatty(STDIN_FILENO)) {
+    n = line_read(STDIN_FILENO, pw, cap);
+    if(n < 0) {
+      fprintf(stderr, "posternctl: cannot read the password from standard input (at most %d "
+              "bytes on one line)\n", PASSWORD_CAP);
+      return EX_DATAERR;
+    }
+  }
+  else {
+    snprintf(prompt, sizeof(prompt), "Password for %s: ",
+             log_repr(shown, sizeof(shown), name, strlen(name)));
+    n = tty_prompt(prompt, pw, cap);
+    m = n < 0 ? -1 : tty_prompt("Again: ", again, sizeof(again) - 1);
+    if(n < 0 || m < 0) {
+      fprintf(stderr, "posternctl: cannot read the password (at most %d bytes)\n", PASSWORD_CAP);
+      result = EX_DATAERR;
+    }
+    else if(n != m || memcmp(pw, again, (size_t)n)) {
+      fprintf(stderr, "posternctl: the passwords differ; nothing changed\n");
+      result = EX_DATAERR;
+    }
+    explicit_bzero(again, sizeof(again));
+    if(result)
+      return result;
+  }
+  if(n == 0) {
+    fprintf(stderr, "posternctl: an empty password is not allowed\n");
+    return EX_DATAERR;
+  }
+  *len = (size_t)n;
+  return 0;
+}
+
+static int auth_failed_exit(const char *what, int result, const char *err)
+{
+  fprintf(stderr, "posternctl: %s: %s\n", what, err);
+  return result == AUTH_FAIL ? EX_DATAERR : EX_TEMPFAIL;
+}
+
+static int user_add(struct ctl *c, const char *name, const char *path)
+{
+  const struct passwd *owner = daemon_user(c->cfg);
+  char pw[PASSWORD_CAP + 1], err[512], shown[AUTH_USER_MAX * 4 + 8];
+  size_t pwlen = 0;
+  struct stat st;
+  int result;
+
+  /* the data directory may not exist yet when users come before the first start */
+  if(stat(c->cfg->data_dir, &st)) {
+    if(errno != ENOENT || mkdir(c->cfg->data_dir, 0700)) {
+      fprintf(stderr, "posternctl: cannot create data_dir %s: %s\n", c->cfg->data_dir,
+              strerror(errno));
+      return EX_CANTCREAT;
+    }
+    result = give_to(c->cfg->data_dir, owner);
+    if(result)
+      return result;
+  }
+  result = password_get(name, pw, PASSWORD_CAP, &pwlen);
+  if(result)
+    goto out;
+  result = auth_user_set(path, name, c->cfg->hostname, pw, pwlen, err, sizeof(err));
+  if(result) {
+    result = auth_failed_exit("cannot set the password", result, err);
+    goto out;
+  }
+  result = give_to(path, owner);
+  if(result)
+    goto out;
+  printf("%s: password set\n", log_repr(shown, sizeof(shown), name, strlen(name)));
+out:
+  explicit_bzero(pw, sizeof(pw));
+  return result;
+}
+
+static int user_delete(struct ctl *c, const char *name, const char *path)
+{
+  char err[512], shown[AUTH_USER_MAX * 4 + 8];
+  int result = auth_user_delete(path, name, c->cfg->hostname, err, sizeof(err));
+  log_repr(shown, sizeof(shown), name, strlen(name));
+  if(result == AUTH_NOUSER) {
+    fprintf(stderr, "posternctl: no user %s\n", shown);
+    return EXIT_NOTFOUND;
+  }
+  if(result)
+    return auth_failed_exit("cannot delete the user", result, err);
+  printf("%s: deleted\n", shown);
+  return 0;
+}
+
+struct user_list_state {
+  const struct config *cfg;
+  int json;
+  json_t *arr;
+  size_t count;
+};
+
+static const char *user_senders(const struct config *cfg, const char *name)
+{
+  size_t i;
+  for(i = 0; i < cfg->nusers; i++)
+    if(!strcmp(cfg->users[i].name, name))
+      return cfg->users[i].senders;
+  return NULL;
+}
+
+/* "alice" for users of the configured hostname (the realm AUTH checks), "app@clinic.example"
+ * for names added with their own domain: the name a client logs in with either way. */
+static void user_one(void *arg, const char *user, const char *realm)
+{
+  struct user_list_state *ls = arg;
+  struct buf name;
+  const char *senders;
+  buf_init(&name, AUTH_USER_MAX * 2 + 2);
+  if(buf_addstr(&name, user) ||
+     (strcmp(realm, ls->cfg->hostname) && (buf_add(&name, "@", 1) || buf_addstr(&name, realm)))) {
+    buf_free(&name);
+    return;
+  }
+  senders = user_senders(ls->cfg, name.ptr);
+  if(ls->json) {
+    json_t *o = json_object(), *list = senders ? json_array() : json_null();
+    const char *p = senders;
+    while(p && list) {
+      size_t n;
+      while(*p == ' ' || *p == '\t' || *p == ',')
+        p++;
+      if(!*p)
+        break;
+      n = strcspn(p, " \t,");
+      json_array_append_new(list, json_stringn(p, n));
+      p += n;
+    }
+    if(o) {
+      json_object_set_new(o, "name", ctl_jstr(name.ptr));
+      json_object_set_new(o, "realm", ctl_jstr(realm));
+      json_object_set_new(o, "senders", list ? list : json_null());
+      json_array_append_new(ls->arr, o);
+    }
+    else
+      json_decref(list);
+  }
+  else {
+    ctl_put_field(stdout, name.ptr);
+    if(senders) {
+      fputs("  senders: ", stdout);
+      ctl_put_field(stdout, senders);
+    }
+    fputc('\n', stdout);
+  }
+  ls->count++;
+  buf_free(&name);
+}
+
+static int user_list(struct ctl *c, const char *path)
+{
+  struct user_list_state ls;
+  char err[512];
+  int result;
+  memset(&ls, 0, sizeof(ls));
+  ls.cfg = c->cfg;
+  ls.json = c->json;
+  if(c->json && !(ls.arr = json_array()))
+    return EX_OSERR;
+  result = auth_user_list(path, user_one, &ls, err, sizeof(err));
+  if(result) {
+    json_decref(ls.arr);
+    return auth_failed_exit("cannot list the users", result, err);
+  }
+  if(c->json) {
+    result = json_dumpf(ls.arr, stdout, JSON_INDENT(2)) || fputc('\n', stdout) == EOF;
+    json_decref(ls.arr);
+    if(result) {
+      fprintf(stderr, "posternctl: cannot write the JSON output\n");
+      return EX_IOERR;
+    }
+  }
+  else if(!ls.count)
+    puts("No users (add one with: posternctl user add NAME)");
+  return 0;
+}
+
+int ctl_user(struct ctl *c)
+{
+  char path[4096];
+  const char *verb;
+  int result;
+  if(ctl_no_options(c))
+    return EX_USAGE;
+  if(c->nargs < 2)
+    return ctl_usage_error("user needs a command", NULL);
+  verb = c->args[1];
+  if(!strcmp(verb, "list")) {
+    if(c->nargs > 2)
+      return ctl_usage_error("user list takes no argument", c->args[2]);
+  }
+  else if(!strcmp(verb, "add") || !strcmp(verb, "delete")) {
+    if(c->nargs != 3)
+      return ctl_usage_error(c->nargs < 3 ? "this command needs a user NAME" :
+                         "too many arguments (the password is read from standard input)",
+                         c->nargs < 3 ? verb : c->args[3]);
+  }
+  else
+    return ctl_usage_error("unknown user command", verb);
+  result = ctl_config(c);
+  if(!result)
+    result = sasldb_path(c->cfg, path, sizeof(path));
+  if(result)
+    return result;
+  if(!strcmp(verb, "list"))
+    return user_list(c, path);
+  if(!strcmp(verb, "add"))
+    return user_add(c, c->args[2], path);
+  return user_delete(c, c->args[2], path);
+}
+
