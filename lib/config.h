@@ -91,6 +91,8 @@ struct cfg_inbound {
   char *http_address, *http_user, *http_password_file, *event_public_key_file;
   long long event_max_age;
   char *twilio_auth_token_file, *public_url, *reply_address, *forward_url, *forward_secret_file;
+  /* posternctl twilio: the account and the API hosts (tests point them at loopback) */
+  char *twilio_account_sid, *twilio_api_url, *twilio_messaging_url;
   long long max_http_size;
 };
 

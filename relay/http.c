@@ -179,15 +179,18 @@ int http_client_request(struct http_client *c, const char *method, const char *u
     str_copy(resp->error, sizeof(resp->error), "cannot set up the request");
     goto out;
   }
-  if(!strcmp(method, "POST")) {
+  if(strcmp(method, "GET")) {
+    /* PATCH and PUT go as a POST with its verb replaced: the body is sent the same way */
     if(curl_easy_setopt(c->curl, CURLOPT_POST, 1L) ||
+       curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, strcmp(method, "POST") ? method : NULL) ||
        curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body) ||
        curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len)) {
       str_copy(resp->error, sizeof(resp->error), "cannot set up the request");
       goto out;
     }
   }
-  else if(curl_easy_setopt(c->curl, CURLOPT_HTTPGET, 1L)) {
+  else if(curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, NULL) ||
+          curl_easy_setopt(c->curl, CURLOPT_HTTPGET, 1L)) {
     str_copy(resp->error, sizeof(resp->error), "cannot set up the request");
     goto out;
   }
@@ -213,6 +216,15 @@ out:
   curl_slist_free_all(hl);
   c->resp = NULL;
   return result;
+}
+
+int http_client_basic(struct http_client *c, const char *user, const char *password)
+{
+  if(curl_easy_setopt(c->curl, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC) ||
+     curl_easy_setopt(c->curl, CURLOPT_USERNAME, user) ||
+     curl_easy_setopt(c->curl, CURLOPT_PASSWORD, password))
+    return -1;
+  return 0;
 }
 
 void http_response_free(struct http_response *resp)

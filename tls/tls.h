@@ -77,6 +77,11 @@ int tls_ecdsa_verify_sha256(const char *key, size_t keylen, const void *data, si
                             const unsigned char *sig, size_t siglen);
 /* Is key (as above) a usable P-256 public key? 0 yes, -1 no. */
 int tls_public_key_check(const char *key, size_t keylen);
+/* The key (as above) as canonical PEM into out (NUL-terminated): the file format
+ * event_public_key_file is written in, and a way to compare two spellings of one key.
+ * 0 ok, -1 not a P-256 key or out too small (TLS_PUBKEY_PEM_MAX is enough). */
+#define TLS_PUBKEY_PEM_MAX 512
+int tls_public_key_pem(const char *key, size_t keylen, char *out, size_t outsz);
 /* HMAC-SHA1 of data under key. 0 ok, -1 on failure. */
 int tls_hmac_sha1(const void *key, size_t keylen, const void *data, size_t len,
                   unsigned char out[TLS_SHA1_LEN]);

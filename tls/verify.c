@@ -115,6 +115,30 @@ int tls_public_key_check(const char *key, size_t keylen)
   return ok ? 0 : -1;
 }
 
+int tls_public_key_pem(const char *key, size_t keylen, char *out, size_t outsz)
+{
+  EVP_PKEY *pk = keylen <= 8192 ? load_public_key(key, keylen) : NULL;
+  BIO *bio = NULL;
+  char *mem;
+  long n;
+  int result = -1;
+  if(!pk || EVP_PKEY_get_base_id(pk) != EVP_PKEY_EC || EVP_PKEY_get_bits(pk) != 256)
+    goto out;
+  bio = BIO_new(BIO_s_mem());
+  if(!bio || PEM_write_bio_PUBKEY(bio, pk) != 1)
+    goto out;
+  n = BIO_get_mem_data(bio, &mem);
+  if(n <= 0 || (size_t)n >= outsz)
+    goto out;
+  memcpy(out, mem, (size_t)n);
+  out[n] = '\0';
+  result = 0;
+out:
+  BIO_free(bio);
+  EVP_PKEY_free(pk);
+  return result;
+}
+
 int tls_hmac_sha1(const void *key, size_t keylen, const void *data, size_t len,
                   unsigned char out[TLS_SHA1_LEN])
 {

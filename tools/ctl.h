@@ -29,6 +29,8 @@ int ctl_queue(struct ctl *c);
 int ctl_inbound(struct ctl *c);
 int ctl_user(struct ctl *c);
 int ctl_oauth2(struct ctl *c);
+int ctl_sendgrid(struct ctl *c);
+int ctl_twilio(struct ctl *c);
 
 /* options of one command: see ctl_common.c */
 int ctl_opt(struct ctl *c, const char *name, const char **value);
@@ -47,5 +49,35 @@ json_t *ctl_jstr(const char *s);                /* NULL -> null; bad UTF-8 escap
 json_t *ctl_jtime(long long ms);
 void ctl_jset_known(json_t *o, const char *key, const char *value);  /* skips NULL */
 int ctl_print_json_one(json_t *o);              /* [o] to stdout; steals o */
+
+/* ---- provider wiring (sendgrid, twilio): findings, exit codes, logged API calls ----------- */
+#define CTL_EXIT_FINDINGS 1   /* the command ran; something is wrong (each with its fix) */
+#define CTL_EXIT_UNCHECKED 2  /* something could not be checked (network, authentication) */
+
+enum ctl_status { CTL_OK, CTL_CHANGED, CTL_FINDING, CTL_UNCHECKED };
+struct ctl_report {
+  int json;
+  json_t *items;              /* [{check, status, detail, fix}] printed at the end with --json */
+  int findings, unchecked;
+};
+void ctl_report_init(struct ctl_report *r, int json);
+/* One result: logged, printed now as text (or kept for --json). detail and fix never hold a
+ * secret. fix may be NULL. */
+void ctl_report(struct ctl_report *r, enum ctl_status st, const char *check, const char *fix,
+                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Prints the JSON array (with --json), frees r; the exit code: 2 when something could not be
+ * checked, else 1 when something was found, else 0. */
+int ctl_report_finish(struct ctl_report *r);
+
+struct http_client;
+struct http_response;
+/* One API request to base + path, logged (method, URL without credentials, status) and its
+ * answer parsed as JSON into *json when it is (NULL otherwise; decref it). 0 when an HTTP answer
+ * came, -1 when none did (resp->error says why). ctype: the body's Content-Type, or NULL. */
+int ctl_api(struct http_client *hc, const char *auth_header, const char *method,
+            const char *base, const char *path, const char *ctype, const char *body,
+            struct http_response *resp, json_t **json);
+/* base + path without a trailing slash of base doubled; out is malloc'd (NULL: no memory) */
+char *ctl_url_join(const char *base, const char *path);
 
 #endif

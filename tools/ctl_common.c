@@ -3,6 +3,8 @@
 #include "tools/ctl.h"
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "relay/relay.h"
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,4 +168,117 @@ int ctl_no_options(struct ctl *c)
     if(c->isopt[i])
       return ctl_usage_error("unknown option", c->args[i]);
   return 0;
+}
+
+/* ---- provider wiring ----------------------------------------------------------------------- */
+
+static const char *const status_names[] = { "ok", "changed", "finding", "unchecked" };
+
+void ctl_report_init(struct ctl_report *r, int json)
+{
+  memset(r, 0, sizeof(*r));
+  r->json = json;
+  r->items = json_array();
+}
+
+void ctl_report(struct ctl_report *r, enum ctl_status st, const char *check, const char *fix,
+                const char *fmt, ...)
+{
+  char detail[1024];
+  json_t *o;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof(detail), fmt, ap);
+  va_end(ap);
+  if(st == CTL_FINDING)
+    r->findings++;
+  else if(st == CTL_UNCHECKED)
+    r->unchecked++;
+  log_msg(st == CTL_OK || st == CTL_CHANGED ? LOG_LVL_INFO : LOG_LVL_WARN,
+          "check=%s status=%s detail=\"%s\"%s%s%s", check, status_names[st], detail,
+          fix ? " fix=\"" : "", fix ? fix : "", fix ? "\"" : "");
+  if(r->json) {
+    o = json_object();
+    if(o) {
+      json_object_set_new(o, "check", json_string(check));
+      json_object_set_new(o, "status", json_string(status_names[st]));
+      json_object_set_new(o, "detail", ctl_jstr(detail));
+      json_object_set_new(o, "fix", ctl_jstr(fix));
+      if(!r->items || json_array_append_new(r->items, o))
+        r->unchecked++;           /* a report that cannot be shown is not a clean one */
+    }
+    return;
+  }
+  /* the loud ones in capitals: they are what the operator must act on */
+  printf("%-9s %s: %s\n", st == CTL_FINDING ? "PROBLEM" : st == CTL_UNCHECKED ? "UNCHECKED" :
+         status_names[st], check, detail);
+  if(fix)
+    printf("%-9s fix: %s\n", "", fix);
+}
+
+int ctl_report_finish(struct ctl_report *r)
+{
+  int result = r->unchecked ? CTL_EXIT_UNCHECKED : r->findings ? CTL_EXIT_FINDINGS : 0;
+  if(r->json && (!r->items || json_dumpf(r->items, stdout, JSON_INDENT(2)) ||
+                 fputc('\n', stdout) == EOF)) {
+    fprintf(stderr, "posternctl: cannot write the JSON output\n");
+    result = CTL_EXIT_UNCHECKED;
+  }
+  json_decref(r->items);
+  r->items = NULL;
+  if(!r->json)
+    printf("%d problem%s, %d unchecked\n", r->findings, r->findings == 1 ? "" : "s",
+           r->unchecked);
+  return result;
+}
+
+char *ctl_url_join(const char *base, const char *path)
+{
+  struct buf b;
+  size_t n = strlen(base);
+  while(n && base[n - 1] == '/')
+    n--;
+  buf_init(&b, n + strlen(path) + 2);
+  if(buf_add(&b, base, n) || buf_addstr(&b, path)) {
+    buf_free(&b);
+    return NULL;
+  }
+  return buf_steal(&b, &n);
+}
+
+int ctl_api(struct http_client *hc, const char *auth_header, const char *method,
+            const char *base, const char *path, const char *ctype, const char *body,
+            struct http_response *resp, json_t **json)
+{
+  const char *headers[4];
+  char ct[128], shown[LIM_LOG_FIELD + 1];
+  char *url = ctl_url_join(base, path);
+  size_t nh = 0;
+  int result;
+  *json = NULL;
+  if(!url) {
+    memset(resp, 0, sizeof(*resp));
+    str_copy(resp->error, sizeof(resp->error), "out of memory");
+    return -1;
+  }
+  if(auth_header)
+    headers[nh++] = auth_header;
+  headers[nh++] = "Accept: application/json";
+  if(ctype) {
+    snprintf(ct, sizeof(ct), "Content-Type: %s", ctype);
+    headers[nh++] = ct;
+  }
+  headers[nh] = NULL;
+  result = http_client_request(hc, method, url, headers, body, body ? strlen(body) : 0, resp);
+  /* the URLs hold no secret: keys go in headers or basic authentication, never in the URL */
+  log_repr(shown, sizeof(shown), url, strlen(url));
+  if(result)
+    log_msg(LOG_LVL_WARN, "request method=%s url=%s error=\"%s\"", method, shown, resp->error);
+  else {
+    log_msg(LOG_LVL_INFO, "request method=%s url=%s status=%ld", method, shown, resp->status);
+    if(resp->len)
+      *json = json_loadb(resp->body, resp->len, 0, NULL);
+  }
+  free(url);
+  return result;
 }

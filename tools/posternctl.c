@@ -22,6 +22,10 @@ static const struct command {
     "user list [--json]\n" },
   { "oauth2", ctl_oauth2, "oauth2 login|status NAME\n" },
   { "inbound", ctl_inbound, "inbound list [--json]\n" },
+  { "sendgrid", ctl_sendgrid,
+    "sendgrid setup --inbound-host HOST [--raw] [--upstream NAME] [--json]\n"
+    "sendgrid check [--inbound-host HOST] [--upstream NAME] [--json]\n" },
+  { "twilio", ctl_twilio, "twilio check|setup NUMBER [--fix-service] [--json]\n" },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
