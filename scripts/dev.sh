@@ -12,7 +12,7 @@ BUILD_PKGS="build-essential autoconf automake pkg-config libssl-dev libcurl4-ope
   libsasl2-dev libsasl2-modules sasl2-bin libspf2-dev libsqlite3-dev libgmime-3.0-dev
   libjansson-dev libmicrohttpd-dev libinih-dev"
 TEST_PKGS="python3 python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl curl openssl postfix
-  sqlite3 iproute2 clang libclang-rt-14-dev python3-jsonschema"
+  sqlite3 iproute2 clang libclang-rt-14-dev python3-jsonschema dnsmasq-base"
 
 need() {
   local missing=()

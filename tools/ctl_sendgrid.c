@@ -457,7 +457,7 @@ static void sg_check_scopes(struct sg *s)
 {
   json_t *ans = NULL, *v;
   size_t i, j;
-  int found;
+  int found, missing = 0;
   if(sg_call(s, "scopes", "reading the API key's scopes", "GET", "/v3/scopes", NULL, NULL, &ans))
     return;
   for(i = 0; i < sizeof(sg_scopes) / sizeof(sg_scopes[0]); i++) {
@@ -465,6 +465,7 @@ static void sg_check_scopes(struct sg *s)
     json_array_foreach(json_object_get(ans, "scopes"), j, v)
       if(json_is_string(v) && !strcmp(json_string_value(v), sg_scopes[i].scope))
         found = 1;
+    missing += !found;
     if(!found)
       ctl_report(&s->rep, CTL_FINDING, "scopes",
                  i == 0 ? "in SendGrid, Settings > API Keys: edit the key and give it Mail Send "
@@ -473,6 +474,8 @@ static void sg_check_scopes(struct sg *s)
                  "the Event Webhook (Mail Settings) and Sender Authentication",
                  "the API key lacks %s, needed for %s", sg_scopes[i].scope, sg_scopes[i].why);
   }
+  if(!missing)
+    ctl_report(&s->rep, CTL_OK, "scopes", NULL, "the API key may send mail and wire webhooks");
   json_decref(ans);
 }
 
@@ -576,6 +579,8 @@ static void sg_check_parse(struct sg *s, const char *only)
     ctl_report(&s->rep, CTL_FINDING, "inbound-parse", sg_fix_setup,
                "no Inbound Parse setting%s%s: SendGrid does not pass replies on",
                only ? " for " : "", only ? only : "");
+  if(only && !seen)
+    s->hosts[s->nhosts++] = only;   /* its MX still decides where replies go */
   for(i = 0; i < s->nhosts; i++)
     sg_check_mx(s, s->hosts[i]);
   /* the host names point into ans: kept as long as s->hosts is used */
@@ -720,6 +725,7 @@ int ctl_sendgrid(struct ctl *c)
             "it is where the webhook's key goes\n");
     return EX_CONFIG;
   }
+  s.c = c;
   result = sg_open(&s, upname);
   if(result)
     goto out;
