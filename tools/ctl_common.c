@@ -185,6 +185,7 @@ void ctl_report(struct ctl_report *r, enum ctl_status st, const char *check, con
                 const char *fmt, ...)
 {
   char detail[1024];
+  struct buf esc;
   json_t *o;
   va_list ap;
   va_start(ap, fmt);
@@ -194,9 +195,13 @@ void ctl_report(struct ctl_report *r, enum ctl_status st, const char *check, con
     r->findings++;
   else if(st == CTL_UNCHECKED)
     r->unchecked++;
-  log_msg(st == CTL_OK || st == CTL_CHANGED ? LOG_LVL_INFO : LOG_LVL_WARN,
-          "check=%s status=%s detail=\"%s\"%s%s%s", check, status_names[st], detail,
-          fix ? " fix=\"" : "", fix ? fix : "", fix ? "\"" : "");
+  /* details quote the API's answers (host names, URLs): escaped like any network bytes */
+  buf_init(&esc, 4 * sizeof(detail) + 4);
+  if(!buf_addrepr(&esc, detail, strlen(detail), sizeof(detail)) && esc.ptr)
+    log_msg(st == CTL_OK || st == CTL_CHANGED ? LOG_LVL_INFO : LOG_LVL_WARN,
+            "check=%s status=%s detail=\"%s\"%s%s%s", check, status_names[st], esc.ptr,
+            fix ? " fix=\"" : "", fix ? fix : "", fix ? "\"" : "");
+  buf_free(&esc);
   if(r->json) {
     o = json_object();
     if(o) {
@@ -210,10 +215,15 @@ void ctl_report(struct ctl_report *r, enum ctl_status st, const char *check, con
     return;
   }
   /* the loud ones in capitals: they are what the operator must act on */
-  printf("%-9s %s: %s\n", st == CTL_FINDING ? "PROBLEM" : st == CTL_UNCHECKED ? "UNCHECKED" :
-         status_names[st], check, detail);
-  if(fix)
-    printf("%-9s fix: %s\n", "", fix);
+  printf("%-9s %s: ", st == CTL_FINDING ? "PROBLEM" : st == CTL_UNCHECKED ? "UNCHECKED" :
+         status_names[st], check);
+  ctl_put_field(stdout, detail);
+  putchar('\n');
+  if(fix) {
+    printf("%-9s fix: ", "");
+    ctl_put_field(stdout, fix);
+    putchar('\n');
+  }
 }
 
 int ctl_report_finish(struct ctl_report *r)

@@ -52,9 +52,9 @@ struct sg {
   const char *hosts[SG_MAX_HOSTS];   /* the inbound hosts that receive replies */
   size_t nhosts;
   json_t *parse_hold;         /* the answer s->hosts point into */
+  char fix_setup[400];        /* "run: posternctl sendgrid setup --inbound-host HOST" */
 };
 
-static const char *sg_fix_setup = "run: posternctl sendgrid setup --inbound-host HOST";
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -550,6 +550,8 @@ static void sg_check_parse(struct sg *s, const char *only)
   const char *host, *url;
   int seen = 0;
 
+  snprintf(s->fix_setup, sizeof(s->fix_setup), "run: posternctl sendgrid setup "
+           "--inbound-host %s", only ? only : "HOST");
   if(sg_call(s, "inbound-parse", "reading the Inbound Parse settings", "GET",
              "/v3/user/webhooks/parse/settings", NULL, NULL, &ans))
     return;
@@ -566,21 +568,24 @@ static void sg_check_parse(struct sg *s, const char *only)
       ctl_report(&s->rep, CTL_OK, "inbound-parse", NULL, "%s posts to %s", host,
                  s->parse_shown);
     else if(shown && !strcmp(shown, s->parse_shown))
-      ctl_report(&s->rep, CTL_FINDING, "inbound-parse", sg_fix_setup,
+      ctl_report(&s->rep, CTL_FINDING, "inbound-parse", s->fix_setup,
                  "%s posts to this Postern with other credentials than http_user and "
                  "http_password_file: every reply is refused with 401", host);
     else
-      ctl_report(&s->rep, CTL_FINDING, "inbound-parse", sg_fix_setup,
+      ctl_report(&s->rep, CTL_FINDING, "inbound-parse", s->fix_setup,
                  "%s posts to %s, not to this Postern (%s): replies go elsewhere", host,
                  shown ? shown : "?", s->parse_shown);
     free(shown);
   }
   if(!seen)
-    ctl_report(&s->rep, CTL_FINDING, "inbound-parse", sg_fix_setup,
+    ctl_report(&s->rep, CTL_FINDING, "inbound-parse", s->fix_setup,
                "no Inbound Parse setting%s%s: SendGrid does not pass replies on",
                only ? " for " : "", only ? only : "");
   if(only && !seen)
     s->hosts[s->nhosts++] = only;   /* its MX still decides where replies go */
+  if(!only && s->nhosts)
+    snprintf(s->fix_setup, sizeof(s->fix_setup), "run: posternctl sendgrid setup "
+             "--inbound-host %s", s->hosts[0]);
   for(i = 0; i < s->nhosts; i++)
     sg_check_mx(s, s->hosts[i]);
   /* the host names point into ans: kept as long as s->hosts is used */
@@ -655,24 +660,24 @@ static void sg_check_events(struct sg *s)
     return;
   w = event_find(s, all);
   if(!w) {
-    ctl_report(&s->rep, CTL_FINDING, "event-webhook", sg_fix_setup,
+    ctl_report(&s->rep, CTL_FINDING, "event-webhook", s->fix_setup,
                "no Event Webhook posts to %s: deliveries, opens and bounces are not recorded",
                s->events_url);
     goto out;
   }
   event_missing(w, missing, sizeof(missing));
   if(!json_is_true(json_object_get(w, "enabled")))
-    ctl_report(&s->rep, CTL_FINDING, "event-webhook", sg_fix_setup,
+    ctl_report(&s->rep, CTL_FINDING, "event-webhook", s->fix_setup,
                "the Event Webhook to %s is disabled", s->events_url);
   else if(missing[0])
-    ctl_report(&s->rep, CTL_FINDING, "event-webhook", sg_fix_setup,
+    ctl_report(&s->rep, CTL_FINDING, "event-webhook", s->fix_setup,
                "the Event Webhook does not send: %s", missing);
   else
     ctl_report(&s->rep, CTL_OK, "event-webhook", NULL, "enabled, all events go to %s",
                s->events_url);
   key = jstr(w, "public_key");
   if(!key[0]) {
-    ctl_report(&s->rep, CTL_FINDING, "event-signature", sg_fix_setup,
+    ctl_report(&s->rep, CTL_FINDING, "event-signature", s->fix_setup,
                "the Event Webhook is not signed: Postern cannot tell SendGrid's events from "
                "forged ones (and refuses them when event_public_key_file is set)");
     goto out;
@@ -689,7 +694,7 @@ static void sg_check_events(struct sg *s)
     ctl_report(&s->rep, CTL_UNCHECKED, "event-key", NULL,
                "the public key SendGrid returned is not an EC P-256 key");
   else if(strcmp(have, want))
-    ctl_report(&s->rep, CTL_FINDING, "event-key", sg_fix_setup,
+    ctl_report(&s->rep, CTL_FINDING, "event-key", s->fix_setup,
                "%s %s the webhook's key: every signed event is refused (403)", path,
                have[0] ? "does not hold" : "cannot be read as");
   else

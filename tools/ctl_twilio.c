@@ -230,7 +230,7 @@ static void tw_services(struct tw *t, const char *pn, int fix, int fix_service)
     }
     req = jstr(s, "inbound_request_url");
     snprintf(why, sizeof(why), "%s is in Messaging Service %s (%s), whose integration does not "
-             "defer to the number's webhook: Twilio sends replies to %s%s, never to %s — this "
+             "defer to the number's webhook: Twilio sends replies to %s%s, never to %s: this "
              "is why replies get lost", t->number, sid, name, req[0] ? "the service's " : "",
              req[0] ? req : "nowhere (the service drops them)", t->sms_url);
     if(!fix_service) {

@@ -427,7 +427,7 @@ def test_sendgrid_check_reports_each_fault_with_its_fix(sendgrid):
     assert set(f) == {"scopes", "inbound-parse", "mx", "domains", "event-signature"}, out
     assert "mail.send" in f["scopes"]["detail"] and "Mail Send" in f["scopes"]["fix"]
     assert "https://other.example/hooks/parse" in f["inbound-parse"]["detail"]
-    assert "posternctl sendgrid setup" in f["inbound-parse"]["fix"]
+    assert f"posternctl sendgrid setup --inbound-host {WRONG_HOST}" in f["inbound-parse"]["fix"]
     assert "mx.elsewhere.example" in f["mx"]["detail"]
     assert f"{WRONG_HOST}. MX 10 mx.sendgrid.net." in f["mx"]["fix"]
     assert "AUTOMATED SECURITY ON" in f["domains"]["detail"]
