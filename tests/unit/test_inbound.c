@@ -59,6 +59,28 @@ static void test_sendgrid_vector(void)
                                        sig, siglen), -1);
 }
 
+/* sendgrid setup writes the key SendGrid returns (base64 DER) as PEM; check compares keys by it */
+static void test_event_key_pem(void)
+{
+  char pem[TLS_PUBKEY_PEM_MAX], again[TLS_PUBKEY_PEM_MAX], expect[300];
+  unsigned char sig[128];
+  size_t siglen = 0;
+  snprintf(expect, sizeof(expect), "-----BEGIN PUBLIC KEY-----\n%.64s\n%s\n-----END PUBLIC KEY-----\n",
+           sg_key, sg_key + 64);
+  CHECK_EQ_INT(tls_public_key_pem(sg_key, strlen(sg_key), pem, sizeof(pem)), 0);
+  CHECK_EQ_STR(pem, expect);
+  /* the PEM is the same key: it verifies SendGrid's vector, and converts to itself */
+  CHECK_EQ_INT(tls_base64_decode(sg_sig, strlen(sg_sig), sig, sizeof(sig), &siglen), 0);
+  CHECK_EQ_INT(tls_ecdsa_verify_sha256(pem, strlen(pem), sg_signed, strlen(sg_signed), sig,
+                                       siglen), 0);
+  CHECK_EQ_INT(tls_public_key_pem(pem, strlen(pem), again, sizeof(again)), 0);
+  CHECK_EQ_STR(again, pem);
+  /* not a key, or no room for it */
+  CHECK_EQ_INT(tls_public_key_pem("bm90IGEga2V5", 12, pem, sizeof(pem)), -1);
+  CHECK_EQ_INT(tls_public_key_pem("", 0, pem, sizeof(pem)), -1);
+  CHECK_EQ_INT(tls_public_key_pem(sg_key, strlen(sg_key), pem, 100), -1);
+}
+
 static void test_base64(void)
 {
   unsigned char out[16];
@@ -252,6 +274,7 @@ static const struct unit_case cases[] = {
   { "spf_zone", test_spf_zone },
   { "twilio_vector", test_twilio_vector },
   { "sendgrid_vector", test_sendgrid_vector },
+  { "event_key_pem", test_event_key_pem },
   { "base64", test_base64 },
   { "form_parse", test_form_parse },
   { "events_parse", test_events_parse },
