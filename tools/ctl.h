@@ -40,6 +40,11 @@ void ctl_usage(FILE *out);                      /* posternctl.c */
 int ctl_usage_error(const char *why, const char *what);   /* prints usage, EX_USAGE */
 int ctl_config(struct ctl *c);                             /* 0 or EX_CONFIG */
 int ctl_config_and_store(struct ctl *c, int flags);        /* 0, EX_CONFIG or EX_TEMPFAIL */
+struct passwd;
+/* Files posternctl makes for the daemon (sasldb, keys) must be readable by it after it drops
+ * root: the configured user when run as root, NULL (nothing to do) otherwise. */
+const struct passwd *ctl_daemon_user(const struct config *cfg);
+int ctl_give_to(const char *path, const struct passwd *pw);   /* 0 or EX_NOPERM (printed) */
 int ctl_store_failed(const char *what, int result);        /* message, EX_TEMPFAIL */
 
 void ctl_put_field(FILE *out, const char *s);   /* network bytes escaped, capped */

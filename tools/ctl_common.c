@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <pwd.h>
 #include <sysexits.h>
+#include <unistd.h>
 #include <time.h>
 
 int ctl_usage_error(const char *why, const char *what)
@@ -291,4 +294,23 @@ int ctl_api(struct http_client *hc, const char *auth_header, const char *method,
   }
   free(url);
   return result;
+}
+
+/* Run as root, files made here must belong to the daemon's user, which reads them after it
+ * has dropped root; as anyone else they already belong to whoever runs the daemon. */
+const struct passwd *ctl_daemon_user(const struct config *cfg)
+{
+  if(geteuid() != 0 || !cfg->user || !cfg->user[0])
+    return NULL;
+  return getpwnam(cfg->user);
+}
+
+int ctl_give_to(const char *path, const struct passwd *pw)
+{
+  if(pw && chown(path, pw->pw_uid, pw->pw_gid)) {
+    fprintf(stderr, "posternctl: cannot give %s to user %s: %s\n", path, pw->pw_name,
+            strerror(errno));
+    return EX_NOPERM;
+  }
+  return 0;
 }

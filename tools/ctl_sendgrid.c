@@ -376,6 +376,12 @@ static void sg_store_key(struct sg *s, const char *key)
                "cannot write %s", path);
     return;
   }
+  /* the daemon rereads it on SIGHUP, after it has dropped root */
+  if(ctl_give_to(path, ctl_daemon_user(s->c->cfg))) {
+    ctl_report(&s->rep, CTL_UNCHECKED, "event-key", "create the configured user, or chown it",
+               "wrote %s but cannot give it to the daemon's user", path);
+    return;
+  }
   ctl_report(&s->rep, CTL_CHANGED, "event-key", NULL,
              "wrote the webhook's key to %s (reload postern: kill -HUP)", path);
 }

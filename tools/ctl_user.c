@@ -27,25 +27,6 @@ static int sasldb_path(const struct config *cfg, char *out, size_t outsz)
   return 0;
 }
 
-/* Run as root, files made here must belong to the daemon's user, which reads them after it
- * has dropped root; as anyone else they already belong to whoever runs the daemon. */
-static const struct passwd *daemon_user(const struct config *cfg)
-{
-  if(geteuid() != 0 || !cfg->user || !cfg->user[0])
-    return NULL;
-  return getpwnam(cfg->user);
-}
-
-static int give_to(const char *path, const struct passwd *pw)
-{
-  if(pw && chown(path, pw->pw_uid, pw->pw_gid)) {
-    fprintf(stderr, "posternctl: cannot give %s to user %s: %s\n", path, pw->pw_name,
-            strerror(errno));
-    return EX_NOPERM;
-  }
-  return 0;
-}
-
 static struct termios tty_saved;
 static volatile sig_atomic_t tty_changed;
 
@@ -155,7 +136,7 @@ static int auth_failed_exit(const char *what, int result, const char *err)
 
 static int user_add(struct ctl *c, const char *name, const char *path)
 {
-  const struct passwd *owner = daemon_user(c->cfg);
+  const struct passwd *owner = ctl_daemon_user(c->cfg);
   char pw[PASSWORD_CAP + 1], err[512], shown[AUTH_USER_MAX * 4 + 8];
   size_t pwlen = 0;
   struct stat st;
@@ -168,7 +149,7 @@ static int user_add(struct ctl *c, const char *name, const char *path)
               strerror(errno));
       return EX_CANTCREAT;
     }
-    result = give_to(c->cfg->data_dir, owner);
+    result = ctl_give_to(c->cfg->data_dir, owner);
     if(result)
       return result;
   }
@@ -180,7 +161,7 @@ static int user_add(struct ctl *c, const char *name, const char *path)
     result = auth_failed_exit("cannot set the password", result, err);
     goto out;
   }
-  result = give_to(path, owner);
+  result = ctl_give_to(path, owner);
   if(result)
     goto out;
   printf("%s: password set\n", log_repr(shown, sizeof(shown), name, strlen(name)));
