@@ -22,6 +22,11 @@ static const struct command {
     "user list [--json]\n" },
   { "oauth2", ctl_oauth2, "oauth2 login|status NAME\n" },
   { "inbound", ctl_inbound, "inbound list [--json]\n" },
+  { "migrate", ctl_migrate,
+    "migrate postfix [--main-cf FILE] [--sasl-passwd FILE] [--name NAME] [--secret-file FILE]"
+    " [--print-only]\n"
+    "migrate msmtp [--msmtprc FILE] [--account NAME] [--name NAME] [--secret-file FILE]"
+    " [--print-only]\n" },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
