@@ -193,8 +193,18 @@ static int relayhost_parse(const char *v, char *host, size_t hostsz, long *port,
     colon = memchr(v, ':', (size_t)(end - v));
     copy_n(host, hostsz, v, (size_t)((colon ? colon : end) - v));
   }
-  if(colon && str_to_long(colon + 1, (size_t)(end - colon - 1), 1, 65535, port))
-    return -1;
+  if(colon && str_to_long(colon + 1, (size_t)(end - colon - 1), 1, 65535, port)) {
+    /* Postfix also takes a service name from /etc/services */
+    static const struct { const char *name; long port; } services[] = {
+      { "smtp", 25 }, { "submission", 587 }, { "smtps", 465 }, { "submissions", 465 } };
+    size_t i, n = (size_t)(end - colon - 1);
+    for(i = 0; i < sizeof(services) / sizeof(services[0]); i++)
+      if(word_is(colon + 1, n, services[i].name))
+        break;
+    if(i == sizeof(services) / sizeof(services[0]))
+      return -1;
+    *port = services[i].port;
+  }
   return host[0] ? 0 : -1;
 }
 

@@ -129,6 +129,25 @@ def test_unit_passes_systemd_analyze_verify(destdir, tmp_path):
     assert p.returncode == 0 and not ours, f"systemd-analyze verify:\n{p.stdout}\n{p.stderr}"
 
 
+def test_without_libsystemd_the_unit_is_type_simple(tmp_path):
+    """configure --without-systemd makes the other variant of the unit (no compiling needed)"""
+    configure = os.path.join(SRCDIR, "configure")
+    if not os.access(configure, os.X_OK):
+        pytest.skip("no configure script in the source tree (run autoreconf -fi)")
+    if os.path.exists(os.path.join(SRCDIR, "config.status")):
+        pytest.skip("the source tree is configured in place: automake allows no second build tree")
+    p = run([configure, "-q", "--without-systemd", "--prefix=/opt/postern"], cwd=str(tmp_path),
+            timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    with open(tmp_path / "build-config.h") as f:
+        assert not re.search(r"^#define HAVE_SYSTEMD", f.read(), re.M)
+    p = run(["make", "-s", "postern.service"], cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    s = unit_settings((tmp_path / "postern.service").read_text())
+    assert s["Type"] == ["simple"], s["Type"]
+    assert s["ExecStart"][0].startswith("/opt/postern/sbin/postern "), s["ExecStart"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The manual
 
@@ -333,15 +352,15 @@ def test_migrate_postfix_relayhost_and_sasl_passwd(tmp_path, daemon_factory, aut
 
 def test_migrate_postfix_print_only_writes_nothing(tmp_path):
     sasl = tmp_path / "sasl_passwd"
-    sasl.write_text(f"smtp.example.net alice@client.test:{PASSWORD}\n")
+    sasl.write_text(f"smtp.example.net:smtps alice@client.test:{PASSWORD}\n")
     main_cf = tmp_path / "main.cf"
-    main_cf.write_text("relayhost = smtp.example.net\nsmtp_tls_wrappermode = yes\n"
+    main_cf.write_text("relayhost = smtp.example.net:smtps\nsmtp_tls_wrappermode = yes\n"
                        f"smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = {sasl}\n")
     secret = tmp_path / "never.secret"
     p = migrate("postfix", "--main-cf", str(main_cf), "--secret-file", str(secret), "--print-only")
     assert p.returncode == 0, p.stderr
     assert not secret.exists(), "--print-only wrote the secret file"
-    assert re.search(r"^tls = implicit$", p.stdout, re.M) and re.search(r"^port = 25$", p.stdout, re.M), p.stdout
+    assert re.search(r"^tls = implicit$", p.stdout, re.M) and re.search(r"^port = 465$", p.stdout, re.M), p.stdout
     assert f"in {secret}" in p.stdout and str(sasl) in p.stdout, "the operator is not told where the password goes"
     assert "MX" in p.stdout, "the MX lookup of an unbracketed relayhost is not mentioned"
 
