@@ -433,7 +433,8 @@ static int line_is(const char *t, size_t tn, const char *word)
   return tn >= n && !strncmp(t, word, n) && (tn == n || is_space(t[n]));
 }
 
-/* Applies what account NAME gets: the defaults above it, its parents', then its own lines. */
+/* Applies what account NAME gets: the defaults above it, its parents', then its own lines.
+ * -1: no such account; -2: the inheritance loops or is too deep. */
 static int msmtp_resolve(const struct buf *rc, const char *name, struct msmtp_acct *a, int depth)
 {
   struct msmtp_acct defaults;
@@ -441,7 +442,7 @@ static int msmtp_resolve(const struct buf *rc, const char *name, struct msmtp_ac
   const char *s;
   int mode = 0;                          /* 0 defaults, 1 our account, 2 another account */
   if(depth > MIGRATE_DEPTH_MAX)
-    return -1;
+    return -2;
   memset(&defaults, 0, sizeof(defaults));
   while(line_next(rc, &pos, &s, &n)) {
     const char *t = s, *parents;
@@ -473,8 +474,11 @@ static int msmtp_resolve(const struct buf *rc, const char *name, struct msmtp_ac
         pn -= len + (len < pn ? 1 : 0);
         trim(&p, &len);
         copy_n(parent, sizeof(parent), p, len);
-        if(parent[0] && msmtp_resolve(rc, parent, a, depth + 1))
-          return -1;
+        if(parent[0]) {
+          int r = msmtp_resolve(rc, parent, a, depth + 1);
+          if(r)
+            return r;
+        }
       }
       continue;
     }
@@ -608,8 +612,14 @@ static int migrate_msmtp(const struct migrate_opts *o, struct upstream_out *u,
     }
     account = picked;
   }
-  if(msmtp_resolve(&rc, account, a, 0)) {
-    fprintf(stderr, "posternctl: %s has no account %s\n", rcpath, account);
+  result = msmtp_resolve(&rc, account, a, 0);
+  if(result) {
+    if(result == -2)
+      fprintf(stderr, "posternctl: %s: the accounts account %s inherits from loop, or go more "
+              "than %d deep\n", rcpath, account, MIGRATE_DEPTH_MAX);
+    else
+      fprintf(stderr, "posternctl: %s has no account %s (or one it inherits from)\n", rcpath,
+              account);
     result = EX_DATAERR;
     goto out;
   }
