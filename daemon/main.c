@@ -18,6 +18,21 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+/* Tells systemd (Type=notify) where the daemon is: READY=1 only once the listeners are bound
+ * and the store is open, so that units ordered after postern find it accepting mail. Without
+ * libsystemd, or when not started by systemd, nothing happens. */
+static void notify(const char *state)
+{
+#ifdef HAVE_SYSTEMD
+  sd_notify(0, state);
+#else
+  (void)state;
+#endif
+}
 
 static void usage(FILE *f)
 {
@@ -255,6 +270,7 @@ int main(int argc, char **argv)
     goto out;
   }
   log_info("daemon started -- version %s, configuration %s", PACKAGE_VERSION, cfg->path);
+  notify("READY=1\nSTATUS=accepting mail");
 
   for(;;) {
     int sig = 0;
@@ -263,12 +279,15 @@ int main(int argc, char **argv)
     if(sig == SIGHUP) {
       struct config *ncfg = NULL;
       struct tls_server_ctx **ntls = NULL;
-      int n = config_load(path, stderr, &ncfg);
+      int n;
+      notify("RELOADING=1\nSTATUS=reloading the configuration");
+      n = config_load(path, stderr, &ncfg);
       if(!n && ncfg)
         n = relay_check_config(ncfg, stderr) + check_environment(ncfg, stderr, &ntls);
       if(n) {
         log_error("reload: %d configuration problem(s); keeping the running configuration", n);
         config_free(ncfg);
+        notify("READY=1\nSTATUS=accepting mail; the last reload was refused (see the log)");
         continue;
       }
       if(!auth_ok && auth_wanted(ncfg))
@@ -282,9 +301,11 @@ int main(int argc, char **argv)
       daemon_reload(d, ncfg, ntls);
       cfg = ncfg;
       log_info("reload -- configuration %s", ncfg->path);
+      notify("READY=1\nSTATUS=accepting mail");
       continue;
     }
     log_info("terminating on signal %d", sig);
+    notify("STOPPING=1\nSTATUS=finishing the sessions in progress");
     break;
   }
   result = 0;

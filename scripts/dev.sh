@@ -10,9 +10,10 @@ SRC=$PWD
 
 BUILD_PKGS="build-essential autoconf automake pkg-config libssl-dev libcurl4-openssl-dev
   libsasl2-dev libsasl2-modules sasl2-bin libspf2-dev libsqlite3-dev libgmime-3.0-dev
-  libjansson-dev libmicrohttpd-dev libinih-dev"
+  libjansson-dev libmicrohttpd-dev libinih-dev libsystemd-dev"
 TEST_PKGS="python3 python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl curl openssl postfix
-  sqlite3 iproute2 clang libclang-rt-14-dev python3-jsonschema dnsmasq-base"
+  sqlite3 iproute2 clang libclang-rt-14-dev python3-jsonschema dnsmasq-base systemd procps man-db
+  groff-base mandoc"
 
 need() {
   local missing=()

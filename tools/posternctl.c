@@ -26,6 +26,11 @@ static const struct command {
     "sendgrid setup --inbound-host HOST [--raw] [--upstream NAME] [--json]\n"
     "sendgrid check [--inbound-host HOST] [--upstream NAME] [--json]\n" },
   { "twilio", ctl_twilio, "twilio check|setup NUMBER [--fix-service] [--json]\n" },
+  { "migrate", ctl_migrate,
+    "migrate postfix [--main-cf FILE] [--sasl-passwd FILE] [--name NAME] [--secret-file FILE]"
+    " [--print-only]\n"
+    "migrate msmtp [--msmtprc FILE] [--account NAME] [--name NAME] [--secret-file FILE]"
+    " [--print-only]\n" },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
