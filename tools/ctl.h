@@ -29,6 +29,7 @@ int ctl_queue(struct ctl *c);
 int ctl_inbound(struct ctl *c);
 int ctl_user(struct ctl *c);
 int ctl_oauth2(struct ctl *c);
+int ctl_check(struct ctl *c);
 
 /* options of one command: see ctl_common.c */
 int ctl_opt(struct ctl *c, const char *name, const char **value);

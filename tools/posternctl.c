@@ -22,6 +22,9 @@ static const struct command {
     "user list [--json]\n" },
   { "oauth2", ctl_oauth2, "oauth2 login|status NAME\n" },
   { "inbound", ctl_inbound, "inbound list [--json]\n" },
+  { "check", ctl_check,
+    "check [ROUTE] [--rcpt ADDR] [--from ADDR] [--send TO] [--json]   (the doctor: exit 0 all "
+    "good, 1 problems found, 2 could not check)\n" },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
