@@ -498,7 +498,7 @@ static void check_smtp(struct report *rep, const struct config *cfg,
   struct smtp_client *c = NULL;
   struct smtp_reply r;
   char said[LIM_SMTP_REPLY_LINE + 32], caps[600], rcpt[LIM_SMTP_PATH], from[LIM_SMTP_PATH];
-  int ok, result, starttls;
+  int ok, result, starttls, failed_before;
 
   if(!up->host) {
     step_add(rep, "config", 0, "set host (and port) in this [upstream]", "no host configured");
@@ -571,7 +571,7 @@ static void check_smtp(struct report *rep, const struct config *cfg,
     step_add(rep, "tls", 1, NULL, "STARTTLS: %s", smtp_client_tls_info(c));
     step_certificate(rep, cfg, up, c);
     caps_describe(smtp_client_caps(c), caps, sizeof(caps));
-    step_add(rep, "ehlo", 1, NULL, "after TLS: %s", caps);
+    step_add(rep, "ehlo-tls", 1, NULL, "after TLS: %s", caps);
   }
   else if(cc.tls != SMTP_CLIENT_TLS_IMPLICIT)
     step_add(rep, "tls", 1, starttls ? "the server offers STARTTLS: set tls = starttls so that "
@@ -603,9 +603,13 @@ static void check_smtp(struct report *rep, const struct config *cfg,
     if(result == SMTP_CLIENT_FAILED)
       goto out;
   }
+  /* after a refused MAIL or RCPT the RSET is housekeeping (the transcript shows it): a server
+   * that refuses it too (530 before STARTTLS) is not a second finding */
+  failed_before = rep->failed;
   result = smtp_client_rset(c, &r);
   smtp_reply_str(&r, said, sizeof(said));
-  step_add(rep, "rset", !result, NULL, "%s (nothing was sent)", said);
+  if(!failed_before || result == SMTP_CLIENT_FAILED)
+    step_add(rep, "rset", !result, NULL, "%s (nothing was sent)", said);
   if(!result && o->send_to && !rep->failed)
     step_send(rep, up, c, from, o->send_to);
 out:
