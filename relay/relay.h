@@ -22,6 +22,11 @@ void relay_stop(struct relay *r);
  * written as FILE:LINE: message; returns how many. */
 int relay_check_config(const struct config *cfg, FILE *errs);
 
+/* The smtp client settings of an [upstream] of type = smtp (host, port, tls, verify, ca_file,
+ * tls_min_version, helo), as the smtp transport uses them: the doctor connects the same way. */
+void relay_smtp_client_cfg(const struct config *cfg, const struct cfg_upstream *up,
+                           struct smtp_client_cfg *cc);
+
 /* ---- posternctl check: an API upstream's credentials proved without sending anything ---- */
 #define RELAY_CHECK_STEPS 6
 struct relay_check_step {

@@ -162,30 +162,11 @@ static const char *tls_word(const struct cfg_upstream *up)
   return up->tls ? up->tls : "starttls";
 }
 
-static enum smtp_client_tls tls_mode(const char *w)
-{
-  if(!w || !strcmp(w, "starttls"))
-    return SMTP_CLIENT_TLS_STARTTLS;
-  if(!strcmp(w, "opportunistic"))
-    return SMTP_CLIENT_TLS_OPPORTUNISTIC;
-  if(!strcmp(w, "implicit"))
-    return SMTP_CLIENT_TLS_IMPLICIT;
-  return SMTP_CLIENT_TLS_NONE;
-}
-
 static void client_cfg(const struct config *cfg, const struct cfg_upstream *up,
                        struct smtp_client_cfg *cc)
 {
-  memset(cc, 0, sizeof(*cc));
-  cc->host = up->host;
-  cc->port = (int)up->port;
-  cc->tls = tls_mode(up->tls);
-  cc->verify_peer = !(up->verify && !strcmp(up->verify, "none"));
-  cc->ca_file = up->ca_file;
-  cc->tls_min_version = up->tls_min_version && !strncmp(up->tls_min_version, "TLSv", 4)
-                        ? up->tls_min_version + 4 : up->tls_min_version;
-  cc->helo = up->helo ? up->helo : cfg->hostname;
-  cc->log_name = up->name;
+  relay_smtp_client_cfg(cfg, up, cc);
+  cc->trace = 0;                      /* the transcript is printed, not logged */
   cc->connect_timeout_ms = CHECK_CONNECT_MS;
   cc->command_timeout_ms = CHECK_COMMAND_MS;
 }
