@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from apiserver import APIServer
-from conftest import POSTERNCTL, need_binary
+from conftest import BAD_LOG, POSTERNCTL, need_binary
 from upstream import Certs, Upstream, free_port
 
 PASSWORD = "s3cret-Passw0rd"
@@ -79,7 +79,10 @@ def check(conf, *args, timeout=120):
     need_binary(POSTERNCTL)
     p = subprocess.run([POSTERNCTL, "-c", conf, "check", *args], capture_output=True,
                        timeout=timeout)
-    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+    out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+    # exit 1 is also the sanitizers' way out: a finding must not hide one
+    assert not BAD_LOG.search(err), err
+    return p.returncode, out, err
 
 
 def check_json(conf, *args):
@@ -301,10 +304,14 @@ def test_json_shape_and_route(tmp_path, upstreams, certs):
     assert failed_step(report[0])["name"] == "tcp"
 
 
-def test_unknown_route_cannot_check(tmp_path, upstreams, certs):
+def test_cannot_check_exits_2(tmp_path, upstreams, certs):
     up, conf = good_setup(tmp_path, upstreams, certs)
     rc, out, err = check(conf, "nosuchroute")
     assert rc == 2 and "nosuchroute" in err, out + err
+    with open(conf, "a") as f:
+        f.write("[upstream broken]\ntype = smtp\nno_such_key = 1\n")
+    rc, out, err = check(conf)
+    assert rc == 2 and "no_such_key" in err, out + err
     assert up.connections == 0
 
 
