@@ -548,7 +548,7 @@ static int auth_send_initial(struct smtp_client *c, const char *mech, const unsi
   }
   if(inlen && auth_b64_encode(in, inlen, &b64, &b64len))
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.3.0", "out of memory");
-  snprintf(mask, sizeof(mask), "AUTH %s ****", mech);
+  snprintf(mask, sizeof(mask), "AUTH %s ***", mech);
   if(b64len + strlen(mech) + 6 <= CLIENT_AUTH_INLINE) {
     result = send_line(c, mask, "AUTH %s %s", mech, b64len ? b64 : "=");
     result = result ? fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "cannot send AUTH to %s",
@@ -560,7 +560,7 @@ static int auth_send_initial(struct smtp_client *c, const char *mech, const unsi
              ? fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "cannot send AUTH to %s", c->peer)
              : read_reply(c, r, "sending AUTH", 0);
     if(!result && r->code == 334) {
-      result = send_line(c, "****", "%s", b64len ? b64 : "")
+      result = send_line(c, "***", "%s", b64len ? b64 : "")
                ? fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "cannot send AUTH to %s", c->peer)
                : read_reply(c, r, "sending AUTH", 0);
     }
@@ -655,7 +655,7 @@ int smtp_client_auth(struct smtp_client *c, const char *mechs, const char *user,
         result = fail(c, r, SMTP_CLIENT_FAILED, 451, "4.3.0", "out of memory");
         break;
       }
-      result = send_line(c, "****", "%s", b64len ? b64 : "")
+      result = send_line(c, "***", "%s", b64len ? b64 : "")
                ? fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "cannot send AUTH to %s", c->peer)
                : read_reply(c, r, "sending AUTH", 0);
       auth_secret_free(b64, b64len);

@@ -405,12 +405,18 @@ static void step_auth(struct report *rep, const struct config *cfg, const struct
 }
 
 /* The test recipient: --rcpt, else postmaster at the login's domain, else at the host's
- * parent domain (smtp.example.com -> example.com). */
-static void default_rcpt(const struct cfg_upstream *up, char *out, size_t outsz)
+ * parent domain (smtp.example.com -> example.com), else (an address for host) at our own. */
+static void default_rcpt(const struct config *cfg, const struct cfg_upstream *up, char *out,
+                         size_t outsz)
 {
   const char *at = up->username ? strrchr(up->username, '@') : NULL, *dot;
+  unsigned char ip[16];
   if(at && at[1]) {
     snprintf(out, outsz, "postmaster@%s", at + 1);
+    return;
+  }
+  if(inet_pton(AF_INET, up->host, ip) == 1 || inet_pton(AF_INET6, up->host, ip) == 1) {
+    snprintf(out, outsz, "postmaster@%s", up->helo ? up->helo : cfg->hostname);
     return;
   }
   dot = strchr(up->host, '.');
@@ -568,7 +574,7 @@ static void check_smtp(struct report *rep, const struct config *cfg,
   if(o->rcpt)
     str_copy(rcpt, sizeof(rcpt), o->rcpt);
   else
-    default_rcpt(up, rcpt, sizeof(rcpt));
+    default_rcpt(cfg, up, rcpt, sizeof(rcpt));
   result = smtp_client_mail(c, from, &r);
   smtp_reply_str(&r, said, sizeof(said));
   step_add(rep, "mail", !result, result ? hint_for_reply(&r, up) : NULL, "MAIL FROM:<%s>: %s",

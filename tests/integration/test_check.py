@@ -137,13 +137,19 @@ def test_good_upstream_every_step_ok_nothing_sent(tmp_path, upstreams, certs):
 
 
 def test_implicit_tls_good(tmp_path, upstreams, certs):
-    up = upstreams(tls="implicit", cert=certs.good, users={"app": PASSWORD})
+    up = upstreams(tls="implicit", cert=certs.good, users={"app": PASSWORD},
+                   mechs=("LOGIN",))
     pw = secret_file(tmp_path / "pw", PASSWORD)
     conf = write_conf(tmp_path, [smtp_section("up", up.port, tls="implicit", ca=certs.ca,
-                                              password_file=pw)])
+                                              auth="login", password_file=pw,
+                                              host="127.0.0.1")])
     rc, report, text = check_json(conf)
     assert rc == 0, text
+    assert PASSWORD not in text
+    # LOGIN sends the user name and the password as lines of their own: both masked
+    assert report[0]["transcript"].count("> ***") == 2, report[0]["transcript"]
     st = steps_of(report[0])
+    assert st["rcpt"]["detail"].startswith("RCPT TO:<postmaster@relay.test.example>"), st["rcpt"]
     assert st["tls"]["ok"] and "implicit TLS" in st["tls"]["detail"], st
     assert st["certificate"]["ok"] and "CN=localhost" in st["certificate"]["detail"], st
     assert st["auth"]["ok"] and not up.received()
