@@ -22,6 +22,29 @@ void relay_stop(struct relay *r);
  * written as FILE:LINE: message; returns how many. */
 int relay_check_config(const struct config *cfg, FILE *errs);
 
+/* The smtp client settings of an [upstream] of type = smtp (host, port, tls, verify, ca_file,
+ * tls_min_version, helo), as the smtp transport uses them: the doctor connects the same way. */
+void relay_smtp_client_cfg(const struct config *cfg, const struct cfg_upstream *up,
+                           struct smtp_client_cfg *cc);
+
+/* ---- posternctl check: an API upstream's credentials proved without sending anything ---- */
+#define RELAY_CHECK_STEPS 6
+struct relay_check_step {
+  char name[32];              /* "key", "request", "account", "token"... */
+  int ok;                     /* 1 passed (a hint is then a warning), 0 failed */
+  char detail[512];           /* what happened, in plain words; never a secret */
+  char hint[512];             /* what to change and where (config key, provider setting), or "" */
+};
+struct relay_check {
+  struct relay_check_step steps[RELAY_CHECK_STEPS];
+  size_t nsteps;
+};
+/* Runs the check of up's transport (sendgrid: the key's scopes; ses: GetAccount; graph: a
+ * token): 0 every step passed, 1 one failed, -1 the type has no such check (smtp is checked
+ * step by step through smtp/ by the doctor itself). */
+int relay_check_api(const struct config *cfg, const struct cfg_upstream *up,
+                    struct relay_check *out);
+
 /* The policy of role = submission listeners: trusted networks or AUTH may relay; accepted
  * messages are committed to the store before the 250. */
 extern const struct smtp_policy relay_submission_policy;

@@ -37,7 +37,15 @@ struct transport {
   void (*close)(void *session);
   /* "relay=" value for log lines */
   void (*describe)(void *session, char *out, size_t outsz);
+  /* posternctl check (relay_check_api): proves the credentials without sending; NULL: none.
+   * 0 every step passed, 1 one failed. */
+  int  (*check)(const struct config *cfg, const struct cfg_upstream *up, struct relay_check *chk);
 };
+
+/* Appends a step to chk (the last one is overwritten when it is full); hint may be NULL.
+ * Returns !ok, so a check can end with `return relay_check_add(...)`. */
+int relay_check_add(struct relay_check *chk, const char *name, int ok, const char *hint,
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 extern const struct transport transport_capture;
 extern const struct transport transport_smtp;

@@ -310,10 +310,40 @@ static void graph_describe(void *session, char *out, size_t outsz)
   http_url_host(s ? s->base : GRAPH_DEFAULT_URL, out, outsz);
 }
 
+/* posternctl check: Graph has no request that proves Mail.Send without sending, so the check
+ * is the token acquisition the transport's open does. */
+static int graph_check(const struct config *cfg, const struct cfg_upstream *up,
+                       struct relay_check *chk)
+{
+  struct smtp_reply r;
+  void *s = NULL;
+  int result;
+  memset(&r, 0, sizeof(r));
+  result = graph_open(cfg, up, &s, &r);
+  graph_close(s);
+  if(result)
+    return relay_check_add(chk, "token", 0, up->oauth2
+                           ? "check tenant, client_id and client_secret_file (or the certificate) "
+                             "of the [oauth2] section; the Entra app needs the Mail.Send "
+                             "application permission with admin consent"
+                           : "set oauth2 = NAME (an [oauth2] section with a flow) in this "
+                             "[upstream]", "%s", r.text);
+  relay_check_add(chk, "token", 1, NULL, "an access token was obtained%s%s%s",
+                  up->oauth2 ? " for [oauth2 " : "", up->oauth2 ? up->oauth2 : "",
+                  up->oauth2 ? "]" : "");
+  return relay_check_add(chk, "mailbox", 1, up->username ? NULL
+                         : "set username to the mailbox to send as, or each message goes out as "
+                           "its envelope sender's mailbox",
+                         "Graph cannot be asked whether the app may send without sending: "
+                         "Mail.Send is proved by the first message%s%s",
+                         up->username ? "; sends as " : "", up->username ? up->username : "");
+}
+
 const struct transport transport_graph = {
   .type = "graph",
   .delivered_status = RCPT_SENT,
   .open = graph_open,
+  .check = graph_check,
   .send = graph_send,
   .close = graph_close,
   .describe = graph_describe,

@@ -5,6 +5,7 @@
 #include "auth/auth.h"
 #include "lib/buf.h"
 #include "lib/log.h"
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,45 +69,73 @@ static void key_refused(struct sendgrid_session *s, const struct http_response *
                  s->name, resp->status, text[0] ? text : "no reason given");
 }
 
-static int sg_open(const struct config *cfg, const struct cfg_upstream *up, void **session,
-                   struct smtp_reply *r)
+/* The session without any request made yet: HTTP handle, base URL, where the key is. */
+static int sg_session_new(const struct cfg_upstream *up, struct sendgrid_session **out,
+                          struct smtp_reply *r)
 {
   struct sendgrid_session *s = calloc(1, sizeof(*s));
-  struct http_response resp;
-  char url[600], *auth = NULL;
-  const char *headers[3];
-  size_t authlen = 0, n;
-  int result = TRANSPORT_FAILED;
-
-  memset(&resp, 0, sizeof(resp));
-  *session = NULL;
-  if(!s || http_client_new(up, &s->http)) {
-    smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory", up->name);
-    goto out;
-  }
+  size_t n;
+  *out = NULL;
+  if(!s || http_client_new(up, &s->http))
+    goto nomem;
   str_copy(s->name, sizeof(s->name), up->name);
   str_copy(s->base, sizeof(s->base), up->api_url ? up->api_url : SENDGRID_DEFAULT_URL);
   n = strlen(s->base);
   while(n && s->base[n - 1] == '/')
     s->base[--n] = '\0';
-  if(up->api_key_file && !(s->key_file = str_dup_n(up->api_key_file, strlen(up->api_key_file)))) {
-    smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory", up->name);
-    goto out;
-  }
-  /* The "login": a cheap authenticated GET, so that a held upstream is released only when its
-   * key works again (DESIGN.md: held mail goes out by itself after a successful login). */
-  result = auth_header(s, &auth, &authlen, r);
+  if(up->api_key_file && !(s->key_file = str_dup_n(up->api_key_file, strlen(up->api_key_file))))
+    goto nomem;
+  *out = s;
+  return TRANSPORT_OK;
+nomem:
+  smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory", up->name);
+  sg_close(s);
+  return TRANSPORT_FAILED;
+}
+
+/* GET /v3/scopes with the key: the cheapest authenticated request, which sends nothing.
+ * TRANSPORT_OK when SendGrid answered (any status, in resp); else r says why (no key file:
+ * TRANSPORT_AUTH_FAILED; no answer: TRANSPORT_FAILED). */
+static int scopes_get(struct sendgrid_session *s, struct http_response *resp,
+                      struct smtp_reply *r)
+{
+  char url[600], *auth = NULL;
+  const char *headers[3];
+  size_t authlen = 0;
+  int result = auth_header(s, &auth, &authlen, r);
   if(result)
-    goto out;
+    return result;
   snprintf(url, sizeof(url), "%s/v3/scopes", s->base);
   headers[0] = auth;
   headers[1] = "Accept: application/json";
   headers[2] = NULL;
-  result = TRANSPORT_FAILED;
-  if(http_client_request(s->http, "GET", url, headers, NULL, 0, &resp)) {
-    smtp_reply_set(r, 451, "4.4.1", "cannot reach SendGrid at %s: %s", s->base, resp.error);
-    goto out;
+  if(http_client_request(s->http, "GET", url, headers, NULL, 0, resp)) {
+    smtp_reply_set(r, 451, "4.4.1", "cannot reach SendGrid at %s: %s", s->base, resp->error);
+    result = TRANSPORT_FAILED;
   }
+  auth_secret_free(auth, authlen);
+  return result;
+}
+
+static int sg_open(const struct config *cfg, const struct cfg_upstream *up, void **session,
+                   struct smtp_reply *r)
+{
+  struct sendgrid_session *s = NULL;
+  struct http_response resp;
+  int result;
+
+  (void)cfg;
+  memset(&resp, 0, sizeof(resp));
+  *session = NULL;
+  result = sg_session_new(up, &s, r);
+  if(result)
+    goto out;
+  /* The "login": a cheap authenticated GET, so that a held upstream is released only when its
+   * key works again (DESIGN.md: held mail goes out by itself after a successful login). */
+  result = scopes_get(s, &resp, r);
+  if(result)
+    goto out;
+  result = TRANSPORT_FAILED;
   if(resp.status == 401 || resp.status == 403) {
     key_refused(s, &resp, r);
     result = TRANSPORT_AUTH_FAILED;
@@ -124,8 +153,88 @@ static int sg_open(const struct config *cfg, const struct cfg_upstream *up, void
   s = NULL;
   result = TRANSPORT_OK;
 out:
-  if(auth)
-    auth_secret_free(auth, authlen);
+  http_response_free(&resp);
+  sg_close(s);
+  return result;
+}
+
+/* Does the /v3/scopes answer list mail.send? 1 yes, 0 no, -1 not a scopes answer; *n: how
+ * many scopes it lists. */
+static int scopes_have_send(const struct http_response *resp, size_t *n)
+{
+  json_t *root = json_loadb(resp->body ? resp->body : "", resp->len, 0, NULL);
+  json_t *scopes = json_object_get(root, "scopes"), *v;
+  size_t i;
+  int found = json_is_array(scopes) ? 0 : -1;
+  *n = json_is_array(scopes) ? json_array_size(scopes) : 0;
+  json_array_foreach(scopes, i, v)
+    if(json_is_string(v) && !strcmp(json_string_value(v), "mail.send"))
+      found = 1;
+  json_decref(root);
+  return found;
+}
+
+/* posternctl check: the key is read, SendGrid knows it, and it may send (mail.send). */
+static int sg_check(const struct config *cfg, const struct cfg_upstream *up,
+                    struct relay_check *chk)
+{
+  struct sendgrid_session *s = NULL;
+  struct http_response resp;
+  struct smtp_reply r;
+  char text[300];
+  size_t nscopes = 0;
+  int result, send;
+
+  (void)cfg;
+  memset(&resp, 0, sizeof(resp));
+  memset(&r, 0, sizeof(r));
+  if(sg_session_new(up, &s, &r)) {
+    result = relay_check_add(chk, "setup", 0, NULL, "%s", r.text);
+    goto out;
+  }
+  result = scopes_get(s, &resp, &r);
+  if(result == TRANSPORT_AUTH_FAILED) {
+    result = relay_check_add(chk, "key", 0, "set api_key_file in this [upstream] to a file "
+                             "holding the API key, readable by Postern's user only (chmod 600)",
+                             "%s", r.text);
+    goto out;
+  }
+  if(result) {
+    result = relay_check_add(chk, "request", 0, "check api_url (default "
+                             SENDGRID_DEFAULT_URL "), DNS and that HTTPS (443) out is allowed "
+                             "by the firewall or proxy", "%s", r.text);
+    goto out;
+  }
+  relay_check_add(chk, "request", 1, NULL, "GET %s/v3/scopes: HTTP %ld", s->base, resp.status);
+  http_error_text(&resp, text, sizeof(text));
+  if(resp.status == 401)
+    result = relay_check_add(chk, "key", 0, "SendGrid does not know this key (mistyped, revoked "
+                             "or deleted): create one under Settings > API Keys and put it in "
+                             "api_key_file", "SendGrid refused the API key (HTTP 401): %s",
+                             text[0] ? text : "no reason given");
+  else if(resp.status == 403)
+    result = relay_check_add(chk, "key", 0, "the key is known but not allowed: give it the Mail "
+                             "Send permission under Settings > API Keys > Edit, or check the "
+                             "account's IP Access Management list",
+                             "SendGrid refused the API key (HTTP 403): %s",
+                             text[0] ? text : "no reason given");
+  else if(resp.status != 200)
+    result = relay_check_add(chk, "key", 0, "a wrong api_url answers this way, so does "
+                             "SendGrid in trouble (status.sendgrid.com)",
+                             "SendGrid answered HTTP %ld to the key check%s%s", resp.status,
+                             text[0] ? ": " : "", text);
+  else if((send = scopes_have_send(&resp, &nscopes)) == 1)
+    result = relay_check_add(chk, "key", 1, NULL, "the API key is valid and has the mail.send "
+                             "scope (%zu scopes)", nscopes);
+  else if(send == 0)
+    result = relay_check_add(chk, "key", 0, "edit the key under Settings > API Keys: Restricted "
+                             "Access with Mail Send set to Full Access (or a Full Access key)",
+                             "the API key is valid but lacks the mail.send scope (it has %zu)",
+                             nscopes);
+  else
+    result = relay_check_add(chk, "key", 0, "api_url must point at the SendGrid v3 API",
+                             "the answer to GET /v3/scopes is not a scopes list");
+out:
   http_response_free(&resp);
   sg_close(s);
   return result;
@@ -298,4 +407,5 @@ const struct transport transport_sendgrid = {
   .send = sg_send,
   .close = sg_close,
   .describe = sg_describe,
+  .check = sg_check,
 };

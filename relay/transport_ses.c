@@ -256,6 +256,93 @@ out:
   return result;
 }
 
+/* What to change for a refusal of GetAccount, by SES's error type. */
+static const char *refusal_hint(const char *type)
+{
+  if(!strcmp(type, "UnrecognizedClientException") || !strcmp(type, "InvalidClientTokenId"))
+    return "AWS does not know this access key id: put a current one in access_key_id_file "
+           "(IAM > Users > Security credentials), or set AWS_ACCESS_KEY_ID";
+  if(!strcmp(type, "SignatureDoesNotMatch") || !strcmp(type, "InvalidSignatureException"))
+    return "the secret access key does not belong to the key id: fix secret_access_key_file "
+           "(or AWS_SECRET_ACCESS_KEY), and check region";
+  if(!strcmp(type, "AccessDeniedException"))
+    return "the IAM user may not call SES here: allow ses:SendEmail (and ses:GetAccount for "
+           "this check) in its policy, in this region";
+  return "check access_key_id_file, secret_access_key_file and region of this [upstream]";
+}
+
+/* posternctl check: GetAccount (GET /v2/email/account), signed like a send: the credentials
+ * work, sending is enabled, and whether the account is still in the sandbox. */
+static int ses_check(const struct config *cfg, const struct cfg_upstream *up,
+                     struct relay_check *chk)
+{
+  struct ses_session *s = NULL;
+  struct http_response resp;
+  struct smtp_reply r;
+  const char *headers[2] = { "Accept: application/json", NULL };
+  char url[600], text[300];
+  json_t *root = NULL;
+  int result;
+
+  memset(&resp, 0, sizeof(resp));
+  memset(&r, 0, sizeof(r));
+  result = ses_open(cfg, up, (void **)&s, &r);
+  if(result) {
+    result = relay_check_add(chk, "credentials", 0, "set access_key_id_file and "
+                             "secret_access_key_file in this [upstream] (files readable by "
+                             "Postern's user only), or AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY", "%s", r.text);
+    goto out;
+  }
+  snprintf(url, sizeof(url), "%s/v2/email/account", s->base);
+  if(http_client_request(s->http, "GET", url, headers, NULL, 0, &resp)) {
+    result = relay_check_add(chk, "request", 0, "check region (or api_url), DNS and that HTTPS "
+                             "(443) out is allowed by the firewall or proxy",
+                             "cannot reach SES at %s: %s", s->base, resp.error);
+    goto out;
+  }
+  relay_check_add(chk, "request", 1, NULL, "GET %s (GetAccount, region %s): HTTP %ld", url,
+                  s->region, resp.status);
+  http_error_text(&resp, text, sizeof(text));
+  if(resp.status == 401 || resp.status == 403) {
+    result = relay_check_add(chk, "credentials", 0, refusal_hint(resp.error_type),
+                             "SES refused the credentials (HTTP %ld %s): %s", resp.status,
+                             resp.error_type, text[0] ? text : "no reason given");
+    goto out;
+  }
+  if(resp.status != 200) {
+    result = relay_check_add(chk, "credentials", 0, "a wrong region or api_url answers this "
+                             "way", "SES answered HTTP %ld %s%s%s", resp.status,
+                             resp.error_type, text[0] ? ": " : "", text);
+    goto out;
+  }
+  relay_check_add(chk, "credentials", 1, NULL, "the access key is valid in %s", s->region);
+  root = json_loadb(resp.body ? resp.body : "", resp.len, 0, NULL);
+  if(!json_is_true(json_object_get(root, "SendingEnabled")))
+    result = relay_check_add(chk, "account", 0, "sending is paused for this account in this "
+                             "region: see the SES console, Account dashboard (a review after "
+                             "bounces or complaints, or a pause by the owner)",
+                             "SendingEnabled is false: SES will not send");
+  else if(!json_is_true(json_object_get(root, "ProductionAccessEnabled")))
+    result = relay_check_add(chk, "account", 1, "request production access in the SES console "
+                             "(Account dashboard); until then verify each recipient, or mail to "
+                             "others fails with \"Email address is not verified\"",
+                             "sending is enabled, but the account is in the SES sandbox: only "
+                             "verified identities may receive");
+  else
+    result = relay_check_add(chk, "account", 1, NULL, "sending is enabled (production access; "
+                             "%.0f sent of %.0f in the last 24 hours)",
+                             json_number_value(json_object_get(json_object_get(root, "SendQuota"),
+                                                               "SentLast24Hours")),
+                             json_number_value(json_object_get(json_object_get(root, "SendQuota"),
+                                                               "Max24HourSend")));
+out:
+  json_decref(root);
+  http_response_free(&resp);
+  ses_close(s);
+  return result;
+}
+
 static void ses_describe(void *session, char *out, size_t outsz)
 {
   struct ses_session *s = session;
@@ -269,4 +356,5 @@ const struct transport transport_ses = {
   .send = ses_send,
   .close = ses_close,
   .describe = ses_describe,
+  .check = ses_check,
 };

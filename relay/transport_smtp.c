@@ -187,6 +187,23 @@ static int session_connect(struct smtp_session *s, const struct config *cfg,
   return TRANSPORT_OK;
 }
 
+void relay_smtp_client_cfg(const struct config *cfg, const struct cfg_upstream *up,
+                           struct smtp_client_cfg *cc)
+{
+  memset(cc, 0, sizeof(*cc));
+  cc->host = up->host;
+  cc->port = (int)up->port;
+  cc->tls = tls_mode(up->tls);
+  cc->verify_peer = !(up->verify && !strcmp(up->verify, "none"));
+  cc->ca_file = up->ca_file;
+  /* the config says "TLSv1.2" / "TLSv1.3", tls/ takes "1.2" / "1.3" */
+  cc->tls_min_version = up->tls_min_version && !strncmp(up->tls_min_version, "TLSv", 4)
+                        ? up->tls_min_version + 4 : up->tls_min_version;
+  cc->helo = up->helo ? up->helo : cfg->hostname;
+  cc->log_name = up->name;
+  cc->trace = cfg->debug;
+}
+
 static int smtp_open(const struct config *cfg, const struct cfg_upstream *up, void **session,
                      struct smtp_reply *r)
 {
@@ -230,18 +247,7 @@ static int smtp_open(const struct config *cfg, const struct cfg_upstream *up, vo
     else if(!strcmp(up->auth, "cram-md5"))
       s->mechs = str_dup_n("CRAM-MD5", 8);
   }
-  memset(&cc, 0, sizeof(cc));
-  cc.host = up->host;
-  cc.port = (int)up->port;
-  cc.tls = s->tls;
-  cc.verify_peer = !(up->verify && !strcmp(up->verify, "none"));
-  cc.ca_file = up->ca_file;
-  /* the config says "TLSv1.2" / "TLSv1.3", tls/ takes "1.2" / "1.3" */
-  cc.tls_min_version = up->tls_min_version && !strncmp(up->tls_min_version, "TLSv", 4)
-                       ? up->tls_min_version + 4 : up->tls_min_version;
-  cc.helo = up->helo ? up->helo : cfg->hostname;
-  cc.log_name = up->name;
-  cc.trace = cfg->debug;
+  relay_smtp_client_cfg(cfg, up, &cc);
   if(!up->host || smtp_client_new(&cc, &s->c) || (s->want_auth && !s->user)) {
     smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory or no host", up->name);
     goto out;

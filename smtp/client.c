@@ -50,12 +50,33 @@ struct smtp_client {
 
 /* ---- small helpers --------------------------------------------------------------------- */
 
+/* One line of the transcript: dir is ">" (sent; AUTH payloads already masked), "<" (received)
+ * or "*" (what happened on our side: addresses tried, TLS). To the debug log when trace is on,
+ * and to the caller's transcript hook when it has one (the doctor). */
 static void trace(struct smtp_client *c, const char *dir, const char *p, size_t n)
 {
   char esc[LIM_LOG_FIELD * 4 + 8];
+  if(c->cfg.transcript)
+    c->cfg.transcript(c->cfg.transcript_arg, dir[0], p, n);
   if(!c->cfg.trace)
     return;
-  log_debug("upstream %s: %s %s", c->log_name, dir, log_repr(esc, sizeof(esc), p, n));
+  if(dir[0] == '*')
+    log_debug("upstream %s: %.*s", c->log_name, (int)n, p);
+  else
+    log_debug("upstream %s: %s %s", c->log_name, dir, log_repr(esc, sizeof(esc), p, n));
+}
+
+static void note(struct smtp_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(struct smtp_client *c, const char *fmt, ...)
+{
+  char text[LIM_SMTP_REPLY_LINE + 128];
+  va_list ap;
+  if(!c->cfg.trace && !c->cfg.transcript)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof(text), fmt, ap);
+  va_end(ap);
+  trace(c, "*", text, strlen(text));
 }
 
 /* A reply made up on our side: what happened, with the code it maps to. */
@@ -317,8 +338,7 @@ static int tls_begin(struct smtp_client *c, struct smtp_reply *r)
                 c->peer, err);
   c->tls_active = 1;
   tls_conn_describe(&c->conn, c->tls_info, sizeof(c->tls_info));
-  if(c->cfg.trace)
-    log_debug("upstream %s: TLS with %s: %s", c->log_name, c->peer, c->tls_info);
+  note(c, "TLS with %s: %s", c->peer, c->tls_info);
   return SMTP_CLIENT_OK;
 }
 
@@ -399,8 +419,7 @@ int smtp_client_connect(struct smtp_client *c, struct smtp_reply *r)
     }
     snprintf(last, sizeof(last), "connect to %s[%s]:%d: %s", c->host, addr, c->cfg.port,
              strerror(err));
-    if(c->cfg.trace)
-      log_debug("upstream %s: %s", c->log_name, last);
+    note(c, "%s", last);
   }
   freeaddrinfo(res);
   if(fd < 0)
@@ -409,8 +428,7 @@ int smtp_client_connect(struct smtp_client *c, struct smtp_reply *r)
   conn_init(&c->conn, fd, c->cfg.command_timeout_ms);
   c->connected = 1;
   snprintf(c->peer, sizeof(c->peer), "%s[%s]:%d", c->host, c->addr, c->cfg.port);
-  if(c->cfg.trace)
-    log_debug("upstream %s: connected to %s", c->log_name, c->peer);
+  note(c, "connected to %s", c->peer);
   if(c->cfg.tls == SMTP_CLIENT_TLS_IMPLICIT) {
     result = tls_begin(c, r);
     if(result) {
@@ -530,7 +548,7 @@ static int auth_send_initial(struct smtp_client *c, const char *mech, const unsi
   }
   if(inlen && auth_b64_encode(in, inlen, &b64, &b64len))
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.3.0", "out of memory");
-  snprintf(mask, sizeof(mask), "AUTH %s ****", mech);
+  snprintf(mask, sizeof(mask), "AUTH %s ***", mech);
   if(b64len + strlen(mech) + 6 <= CLIENT_AUTH_INLINE) {
     result = send_line(c, mask, "AUTH %s %s", mech, b64len ? b64 : "=");
     result = result ? fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "cannot send AUTH to %s",
@@ -542,7 +560,7 @@ static int auth_send_initial(struct smtp_client *c, const char *mech, const unsi
              ? fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "cannot send AUTH to %s", c->peer)
              : read_reply(c, r, "sending AUTH", 0);
     if(!result && r->code == 334) {
-      result = send_line(c, "****", "%s", b64len ? b64 : "")
+      result = send_line(c, "***", "%s", b64len ? b64 : "")
                ? fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "cannot send AUTH to %s", c->peer)
                : read_reply(c, r, "sending AUTH", 0);
     }
@@ -565,8 +583,7 @@ static int challenge_decode(struct smtp_client *c, unsigned char **out, size_t *
 static int auth_outcome(struct smtp_client *c, struct smtp_reply *r, const char *mech)
 {
   if(r->code == 235) {
-    if(c->cfg.trace)
-      log_debug("upstream %s: authenticated with %s", c->log_name, mech);
+    note(c, "authenticated with %s", mech);
     return SMTP_CLIENT_OK;
   }
   if(auth_refusal(r))
@@ -638,7 +655,7 @@ int smtp_client_auth(struct smtp_client *c, const char *mechs, const char *user,
         result = fail(c, r, SMTP_CLIENT_FAILED, 451, "4.3.0", "out of memory");
         break;
       }
-      result = send_line(c, "****", "%s", b64len ? b64 : "")
+      result = send_line(c, "***", "%s", b64len ? b64 : "")
                ? fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "cannot send AUTH to %s", c->peer)
                : read_reply(c, r, "sending AUTH", 0);
       auth_secret_free(b64, b64len);
@@ -898,19 +915,53 @@ failed:
   return SMTP_CLIENT_FAILED;
 }
 
-int smtp_client_rset(struct smtp_client *c, struct smtp_reply *r)
+/* One command of a transaction on its own, for the doctor: 2xx is SMTP_CLIENT_OK. */
+static int one_command(struct smtp_client *c, const char *what, const char *line,
+                       struct smtp_reply *r)
 {
   int result;
   if(!c->connected)
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "not connected to %s", c->peer);
-  if(send_line(c, NULL, "RSET"))
+  if(send_line(c, NULL, "%s", line))
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "lost connection with %s", c->peer);
-  result = read_reply(c, r, "sending RSET", 0);
-  if(!result && r->code != 250)
+  result = read_reply(c, r, what, 0);
+  if(!result && (r->code < 200 || r->code >= 300))
     result = SMTP_CLIENT_REPLY;
   if(result == SMTP_CLIENT_FAILED)
     close_conn(c);
   return result;
+}
+
+int smtp_client_mail(struct smtp_client *c, const char *sender, struct smtp_reply *r)
+{
+  char line[LIM_SMTP_PATH + 32];
+  snprintf(line, sizeof(line), "MAIL FROM:<%s>", sender);
+  c->used = 1;
+  return one_command(c, "sending MAIL FROM", line, r);
+}
+
+int smtp_client_rcpt(struct smtp_client *c, const char *address, struct smtp_reply *r)
+{
+  char line[LIM_SMTP_PATH + 32];
+  snprintf(line, sizeof(line), "RCPT TO:<%s>", address);
+  return one_command(c, "sending RCPT TO", line, r);
+}
+
+int smtp_client_rset(struct smtp_client *c, struct smtp_reply *r)
+{
+  int result = one_command(c, "sending RSET", "RSET", r);
+  if(!result)
+    c->used = 0;
+  return result;
+}
+
+int smtp_client_peer_cert(struct smtp_client *c, char *subject, size_t subjectsz, char *issuer,
+                          size_t issuersz, char *names, size_t namessz, long long *not_after)
+{
+  if(!c->connected || !c->tls_active)
+    return -1;
+  return tls_conn_peer_cert_info(&c->conn, subject, subjectsz, issuer, issuersz, names, namessz,
+                                 not_after);
 }
 
 void smtp_client_quit(struct smtp_client *c)

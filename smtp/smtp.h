@@ -114,6 +114,11 @@ struct smtp_client_cfg {
   int data_timeout_ms;            /* the reply to the final "."; 0: 600 s */
   const char *log_name;           /* the upstream's name in log lines */
   int trace;                      /* the transcript at debug level, AUTH payloads masked */
+  /* Every line of the session as it goes: dir '>' sent (AUTH payloads masked), '<' received,
+   * '*' what happened on our side (each address tried, TLS). NULL: none. The doctor's
+   * transcript. */
+  void (*transcript)(void *arg, char dir, const char *line, size_t len);
+  void *transcript_arg;
 };
 
 #define SMTP_CAP_ESMTP       0x001  /* EHLO worked (else HELO) */
@@ -176,6 +181,11 @@ int  smtp_client_auth_bearer(struct smtp_client *c, const char *mech, const char
  * server's SIZE is not sent: each recipient gets 552 5.3.4. */
 int  smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
                       struct smtp_client_rcpt *rcpts, size_t n, struct smtp_reply *r);
+/* MAIL FROM and RCPT TO on their own (no parameters), for the doctor to probe an envelope
+ * without sending anything: SMTP_CLIENT_OK on 2xx, SMTP_CLIENT_REPLY with r otherwise. */
+int  smtp_client_mail(struct smtp_client *c, const char *sender, struct smtp_reply *r);
+int  smtp_client_rcpt(struct smtp_client *c, const char *address, struct smtp_reply *r);
+/* RSET: ends a transaction (smtp_client_send then needs no RSET of its own). */
 int  smtp_client_rset(struct smtp_client *c, struct smtp_reply *r);
 /* QUIT, waiting briefly for the reply; the connection is closed either way. */
 void smtp_client_quit(struct smtp_client *c);
@@ -186,6 +196,9 @@ int  smtp_client_tls_active(const struct smtp_client *c);
 const char *smtp_client_peer(const struct smtp_client *c);
 /* Protocol and cipher of the TLS session ("" without TLS) */
 const char *smtp_client_tls_info(const struct smtp_client *c);
+/* The server's certificate (tls_conn_peer_cert_info of tls/tls.h); -1 without TLS. */
+int  smtp_client_peer_cert(struct smtp_client *c, char *subject, size_t subjectsz, char *issuer,
+                           size_t issuersz, char *names, size_t namessz, long long *not_after);
 /* Did the last reply come from the server (not made up on our side)? */
 int  smtp_client_reply_from_server(const struct smtp_client *c);
 

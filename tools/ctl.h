@@ -32,6 +32,7 @@ int ctl_oauth2(struct ctl *c);
 int ctl_sendgrid(struct ctl *c);
 int ctl_twilio(struct ctl *c);
 int ctl_migrate(struct ctl *c);
+int ctl_check(struct ctl *c);
 
 /* options of one command: see ctl_common.c */
 int ctl_opt(struct ctl *c, const char *name, const char **value);

@@ -31,6 +31,9 @@ static const struct command {
     " [--print-only]\n"
     "migrate msmtp [--msmtprc FILE] [--account NAME] [--name NAME] [--secret-file FILE]"
     " [--print-only]\n" },
+  { "check", ctl_check,
+    "check [ROUTE] [--rcpt ADDR] [--from ADDR] [--send TO] [--json]   (the doctor: exit 0 all "
+    "good, 1 problems found, 2 could not check)\n" },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -96,12 +96,15 @@ class Upstream:
     fail_first: the first N messages get temp_reply at the end of DATA.
     reject: recipients answered 550; defer: recipients answered 450.
     throttle_first: the first N MAIL commands get 421 4.7.0 (the connection stays).
-    size: the SIZE limit announced and enforced."""
+    size: the SIZE limit announced and enforced.
+    auth_fail_reply: what a refused AUTH is answered with (a provider's 535/534/550 line; may
+    hold CRLF for a multi-line reply) instead of aiosmtpd's 535 5.7.8.
+    require_starttls: every command but EHLO/HELO/NOOP/QUIT/STARTTLS gets 530 before TLS."""
 
     def __init__(self, directory, tls=None, cert=None, users=None, mechs=("PLAIN", "LOGIN", "CRAM-MD5"),
                  auth_require_tls=True, fail_first=0, temp_reply="451 4.3.0 Temporary failure, try again later",
                  reject=(), defer=(), throttle_first=0, size=None, port=None, host="127.0.0.1",
-                 xoauth2=None):
+                 xoauth2=None, auth_fail_reply=None, require_starttls=False):
         self.dir = str(directory)
         os.makedirs(self.dir, exist_ok=True)
         self.tls = tls
@@ -116,6 +119,8 @@ class Upstream:
         self.throttle_first = throttle_first
         self.size = size
         self.xoauth2 = xoauth2
+        self.auth_fail_reply = auth_fail_reply
+        self.require_starttls = require_starttls
         self.xoauth2_auths = []      # (user, token, ok)
         self.host = host
         self.port = port or free_port()
@@ -207,7 +212,8 @@ class Upstream:
             ok = up.users.get(login) is not None and up.users[login].encode() == auth_data.password
             with up.lock:
                 up.auths.append((mechanism, login, ok, session.ssl is not None))
-            return AuthResult(success=ok, handled=False, auth_data=auth_data)
+            return AuthResult(success=ok, handled=False, auth_data=auth_data,
+                              message=None if ok else up.auth_fail_reply)
 
         class CountingSMTP(SMTP):
             def connection_made(self, transport):
@@ -264,6 +270,7 @@ class Upstream:
             kwargs["auth_exclude_mechanism"] = ["PLAIN", "LOGIN", "CRAM-MD5"]
         if self.tls == "starttls":
             kwargs["tls_context"] = server_context(self.cert)
+            kwargs["require_starttls"] = self.require_starttls
         elif self.tls == "implicit":
             kwargs["ssl_context"] = server_context(self.cert)
         self.controller = UpController(Handler(), **kwargs)
