@@ -2,6 +2,7 @@
  * and the relay engine (scheduler, router, transports) that delivers what the queue holds. */
 #ifndef POSTERN_RELAY_H
 #define POSTERN_RELAY_H
+#include <stdarg.h>
 #include "lib/config.h"
 #include "lib/store.h"
 #include "smtp/smtp.h"
@@ -42,6 +43,11 @@ struct relay_check {
 /* Runs the check of up's transport (sendgrid: the key's scopes; ses: GetAccount; graph: a
  * token): 0 every step passed, 1 one failed, -1 the type has no such check (smtp is checked
  * step by step through smtp/ by the doctor itself). */
+/* Appends one step to a caller's array of cap steps (*n of them used); the doctor keeps more
+ * steps than an API check, hence the array rather than struct relay_check. */
+struct relay_check_step *relay_check_vadd(struct relay_check_step *steps, size_t cap, size_t *n,
+                                          const char *name, int ok, const char *hint,
+                                          const char *fmt, va_list ap);
 int relay_check_api(const struct config *cfg, const struct cfg_upstream *up,
                     struct relay_check *out);
 

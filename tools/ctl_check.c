@@ -52,17 +52,9 @@ static struct relay_check_step *step_add(struct report *rep, const char *name, i
 {
   struct relay_check_step *st;
   va_list ap;
-  if(rep->nsteps < CHECK_STEPS)
-    rep->nsteps++;
-  st = &rep->steps[rep->nsteps - 1];
-  memset(st, 0, sizeof(*st));
-  str_copy(st->name, sizeof(st->name), name);
-  st->ok = ok;
   va_start(ap, fmt);
-  vsnprintf(st->detail, sizeof(st->detail), fmt, ap);
+  st = relay_check_vadd(rep->steps, CHECK_STEPS, &rep->nsteps, name, ok, hint, fmt, ap);
   va_end(ap);
-  if(hint)
-    str_copy(st->hint, sizeof(st->hint), hint);
   if(!ok)
     rep->failed = 1;
   return st;

@@ -573,3 +573,34 @@ def daemon_factory(tmp_path):
 @pytest.fixture
 def daemon(daemon_factory):
     return daemon_factory()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the suites that talk to upstreams: secret files, test certificates, aiosmtpd peers.
+
+def secret_file(path, content):
+    with open(path, "w") as f:
+        f.write(content + "\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    from upstream import Certs
+    return Certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def upstreams(tmp_path):
+    from upstream import Upstream
+    made = []
+
+    def make(**kw):
+        up = Upstream(tmp_path / f"sink{len(made)}", **kw).start()
+        made.append(up)
+        return up
+
+    yield make
+    for up in made:
+        up.stop()

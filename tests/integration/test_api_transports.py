@@ -15,7 +15,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import SRCDIR, sha256
+from conftest import SRCDIR, secret_file, sha256
 from apiserver import APIServer
 from api_corpus import SENDER, corpus
 
@@ -79,12 +79,6 @@ def api():
     yield s
     s.stop()
 
-
-def secret_file(path, content):
-    with open(path, "w") as f:
-        f.write(content + "\n")
-    os.chmod(path, 0o600)
-    return str(path)
 
 
 def sendgrid_conf(api, keyfile, name="sg", extra=""):

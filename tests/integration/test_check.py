@@ -10,29 +10,12 @@ import subprocess
 import pytest
 
 from apiserver import APIServer
-from conftest import BAD_LOG, POSTERNCTL, need_binary
+from conftest import BAD_LOG, POSTERNCTL, need_binary, secret_file
 from upstream import Certs, Upstream, free_port
 
 PASSWORD = "s3cret-Passw0rd"
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return Certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture
-def upstreams(tmp_path):
-    made = []
-
-    def make(**kw):
-        up = Upstream(tmp_path / f"sink{len(made)}", **kw).start()
-        made.append(up)
-        return up
-
-    yield make
-    for up in made:
-        up.stop()
 
 
 @pytest.fixture
@@ -41,12 +24,6 @@ def api():
     yield s
     s.stop()
 
-
-def secret_file(path, content):
-    with open(path, "w") as f:
-        f.write(content + "\n")
-    os.chmod(path, 0o600)
-    return str(path)
 
 
 def smtp_section(name, port, tls="starttls", ca=None, auth="plain", username="app",

@@ -271,10 +271,6 @@ def test_journal_stderr_gets_priorities_not_timestamps(daemon_factory, monkeypat
 # ---------------------------------------------------------------------------------------------
 # Migration
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return Certs(tmp_path_factory.mktemp("certs"))
-
 
 @pytest.fixture
 def auth_upstream(tmp_path, certs):

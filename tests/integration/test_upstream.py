@@ -13,37 +13,14 @@ import time
 
 import pytest
 
-from conftest import POSTERN, need_binary, sha256
+from conftest import POSTERN, need_binary, secret_file, sha256
 from upstream import Certs, Upstream, free_port
 
 SENDER = "app@client.test"
 PASSWORD = "s3cret-Passw0rd"
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return Certs(tmp_path_factory.mktemp("certs"))
 
-
-@pytest.fixture
-def upstreams(tmp_path):
-    made = []
-
-    def make(**kw):
-        up = Upstream(tmp_path / f"sink{len(made)}", **kw).start()
-        made.append(up)
-        return up
-
-    yield make
-    for up in made:
-        up.stop()
-
-
-def secret_file(path, content):
-    with open(path, "w") as f:
-        f.write(content + "\n")
-    os.chmod(path, 0o600)
-    return str(path)
 
 
 def upstream_conf(port, host="localhost", tls="starttls", verify="peer", ca=None, auth=None,
