@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from conftest import POSTERNCTL, need_binary
+from conftest import POSTERNCTL, need_binary, secret_file
 from tokenserver import TokenServer
-from test_upstream import (FAST, certs, message, secret_file, submit, submit_many,  # noqa: F401
-                           upstream_conf, upstreams, wait_for, wait_rcpt)
+from test_upstream import (FAST, message, submit, submit_many, upstream_conf, wait_for,
+                           wait_rcpt)
 
 USER = "noreply@clinic.test"
 CLIENT_ID = "00000000-1111-2222-3333-444444444444"
