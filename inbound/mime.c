@@ -1037,9 +1037,15 @@ static void dsn_parse(struct mime_ctx *c, GMimeMultipart *report)
       for(li = 0; lines[li]; li++) {
         GString *f = g_string_new(lines[li]);
         const char *v;
+        /* folding white space collapses to one space */
         while(lines[li + 1] && (lines[li + 1][0] == ' ' || lines[li + 1][0] == '\t') &&
-              f->len < LIM_MIME_HEADER)
-          g_string_append(f, lines[++li]);
+              f->len < LIM_MIME_HEADER) {
+          const char *cont = lines[++li];
+          while(*cont == ' ' || *cont == '\t')
+            cont++;
+          g_string_append_c(f, ' ');
+          g_string_append(f, cont);
+        }
         if(!f->len) {           /* a blank line ends a group */
           cur = NULL;
         }

@@ -146,7 +146,7 @@ static int tag_is(const char *name, size_t n, const char *want)
 
 static int block_tag(const char *name, size_t n)
 {
-  static const char *const blocks[] = {"p", "div", "tr", "li", "ul", "ol", "table", "h1", "h2",
+  static const char *const blocks[] = {"div", "tr", "li", "ul", "ol", "table", "h1", "h2",
                                        "h3", "h4", "h5", "h6", "pre", "section", "article",
                                        "header", "footer", "dl", "dt", "dd", "address"};
   size_t i;
@@ -229,6 +229,14 @@ static int render_html(const char *h, size_t n, struct buf *out)
       else if(tag_is(h + ns, ne - ns, "hr")) {
         /* Outlook separates the quoted message with a rule: keep it as its text form */
         if((!r.at_line_start && newline(&r)) || emit(&r, "________________________________", 32) ||
+           newline(&r))
+          goto nomem;
+      }
+      else if(tag_is(h + ns, ne - ns, "p")) {
+        /* a paragraph is set off by a blank line */
+        if(!r.at_line_start && newline(&r))
+          goto nomem;
+        if(r.out.len >= 1 && !(r.out.len >= 2 && r.out.ptr[r.out.len - 2] == '\n') &&
            newline(&r))
           goto nomem;
       }
