@@ -640,57 +640,58 @@ static int provides(GMimeObject *o, const char *sub, int depth)
   return GMIME_IS_PART(o) && is_type(o, "text", sub) && !disposition_attachment(o);
 }
 
-/* The decoded content of a leaf part. Base64 with its final padding missing is completed
- * first: GMime drops an unpadded last quantum. */
+/* The decoded content of a leaf part, decoded chunk by chunk (a 10 MB attachment is not held
+ * twice). Base64 with its final padding missing is completed: GMime drops an unpadded last
+ * quantum. */
 int mime_part_bytes(GMimePart *p, struct buf *out)
 {
   GMimeDataWrapper *w = g_mime_part_get_content(p);
   GMimeStream *s = w ? g_mime_data_wrapper_get_stream(w) : NULL;
   GMimeContentEncoding enc = w ? g_mime_data_wrapper_get_encoding(w) : GMIME_CONTENT_ENCODING_DEFAULT;
-  struct buf raw;
-  int result = -1;
-  char chunk[16384];
+  int decode = enc == GMIME_CONTENT_ENCODING_BASE64 || enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
+               enc == GMIME_CONTENT_ENCODING_UUENCODE;
+  GMimeEncoding st;
+  size_t sig = 0;
+  int padded = 0;
+  char chunk[65536];
   gssize got;
-  buf_init(&raw, SIZE_MAX / 2);
   if(!s)
     return 0;
+  if(decode)
+    g_mime_encoding_init_decode(&st, enc);
   g_mime_stream_reset(s);
-  while((got = g_mime_stream_read(s, chunk, sizeof(chunk))) > 0)
-    if(buf_add(&raw, chunk, (size_t)got))
-      goto out;
-  if(enc == GMIME_CONTENT_ENCODING_BASE64 || enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
-     enc == GMIME_CONTENT_ENCODING_UUENCODE) {
-    GMimeEncoding st;
-    size_t n;
+  while((got = g_mime_stream_read(s, chunk, sizeof(chunk))) > 0) {
+    if(!decode) {
+      if(buf_add(out, chunk, (size_t)got))
+        return -1;
+      continue;
+    }
     if(enc == GMIME_CONTENT_ENCODING_BASE64) {
-      size_t i, sig = 0;
-      int padded = 0;
-      for(i = 0; i < raw.len && !padded; i++) {
-        unsigned char ch = (unsigned char)raw.ptr[i];
+      gssize i;
+      for(i = 0; i < got && !padded; i++) {
+        unsigned char ch = (unsigned char)chunk[i];
         if(ch == '=')
           padded = 1;
         else if((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
                 (ch >= '0' && ch <= '9') || ch == '+' || ch == '/')
           sig++;
       }
-      if(!padded && (sig % 4 == 2 || sig % 4 == 3) && buf_add(&raw, "==", 4 - sig % 4))
-        goto out;
     }
-    g_mime_encoding_init_decode(&st, enc);
-    if(buf_reserve(out, g_mime_encoding_outlen(&st, raw.len) + 16))
-      goto out;
-    n = g_mime_encoding_step(&st, raw.ptr ? raw.ptr : "", raw.len, out->ptr + out->len);
-    out->len += n;
-    n = g_mime_encoding_flush(&st, "", 0, out->ptr + out->len);
-    out->len += n;
+    if(buf_reserve(out, g_mime_encoding_outlen(&st, (size_t)got) + 16))
+      return -1;
+    out->len += g_mime_encoding_step(&st, chunk, (size_t)got, out->ptr + out->len);
     out->ptr[out->len] = '\0';
   }
-  else if(raw.len && buf_add(out, raw.ptr, raw.len))
-    goto out;
-  result = 0;
-out:
-  buf_free(&raw);
-  return result;
+  if(decode) {
+    static const char pad[] = "==";
+    size_t padn = enc == GMIME_CONTENT_ENCODING_BASE64 && !padded &&
+                  (sig % 4 == 2 || sig % 4 == 3) ? 4 - sig % 4 : 0;
+    if(buf_reserve(out, g_mime_encoding_outlen(&st, padn) + 16))
+      return -1;
+    out->len += g_mime_encoding_flush(&st, pad, padn, out->ptr + out->len);
+    out->ptr[out->len] = '\0';
+  }
+  return 0;
 }
 
 /* filename: an RFC 2231 filename* beats a plain filename (GMime returns whichever came
@@ -981,7 +982,10 @@ static void walk(struct mime_ctx *c, GMimeObject *o, int depth, int can_text, in
       buf_free(&b);
     else {
       size_t len;
-      char *data = buf_steal(&b, &len);
+      char *data = buf_steal(&b, &len), *fit;
+      /* the buffer grew by doubling: give back the slack, the record may live a while */
+      if(data && (fit = realloc(data, len ? len : 1)))
+        data = fit;
       add_attachment(c, o, (unsigned char *)data, len);
     }
   }

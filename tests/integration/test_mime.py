@@ -129,6 +129,14 @@ def test_reply_text_cases(tmp_path):
         assert rec["reply_text"] == text, name
 
 
+@pytest.mark.parametrize("name", ["nested_mixed_alt_related", "outlook_reply", "dsn_bounce"])
+def test_parse_in_threads(name):
+    """Eight threads parse at once from a cold start (GMime started once, options per call)
+    and every record equals the one made alone."""
+    rec, _, _, _ = dump(os.path.join(CORPUS, name + ".eml"), "--threads", "8")
+    assert rec["message_id"]
+
+
 # ---- limits -------------------------------------------------------------------------------
 
 HEAD = ("From: a@example.net\r\nTo: b@example.org\r\nSubject: limits\r\nMIME-Version: 1.0\r\n")
