@@ -886,6 +886,63 @@ static int attach_message(struct mime_ctx *c, GMimeObject *o, const struct bound
   return add_attachment(c, o, data, len);
 }
 
+/* format=flowed (RFC 3676): what a reader shows is the paragraphs re-joined. Applied to
+ * b[start..] after the charset conversion; lines keep their quote depth. */
+static int unflow(struct buf *b, size_t start, int delsp)
+{
+  struct buf o;
+  size_t i = start;
+  int prev_flowed = 0, prev_depth = -1, first = 1;
+  buf_init(&o, SIZE_MAX / 2);
+  while(i < b->len) {
+    const char *l = b->ptr + i, *nl = memchr(l, '\n', b->len - i);
+    size_t n = nl ? (size_t)(nl - l) : b->len - i, k = 0, depth;
+    const char *t;
+    size_t tn;
+    int flowed;
+    while(k < n && l[k] == '>')
+      k++;
+    depth = k;
+    t = l + k;
+    tn = n - k;
+    if(tn && *t == ' ') {        /* space-stuffing */
+      t++;
+      tn--;
+    }
+    flowed = tn && t[tn - 1] == ' ' && !(tn == 3 && !memcmp(t, "-- ", 3));
+    if(flowed && delsp)
+      tn--;
+    if(!(prev_flowed && (int)depth == prev_depth)) {
+      size_t q;
+      if(!first && buf_add(&o, "\n", 1))
+        goto nomem;
+      for(q = 0; q < depth; q++)
+        if(buf_add(&o, ">", 1))
+          goto nomem;
+      if(depth && buf_add(&o, " ", 1))
+        goto nomem;
+    }
+    if(tn && buf_add(&o, t, tn))
+      goto nomem;
+    first = 0;
+    prev_flowed = flowed;
+    prev_depth = (int)depth;
+    i += n + (nl ? 1 : 0);
+    if(nl && i == b->len && buf_add(&o, "\n", 1))
+      goto nomem;
+  }
+  b->len = start;
+  if(o.len && buf_add(b, o.ptr, o.len))
+    goto nomem;
+  if(b->ptr)
+    b->ptr[b->len] = '\0';
+  buf_free(&o);
+  return 0;
+nomem:
+  buf_free(&o);
+  return -1;
+}
+
 static void dsn_parse(struct mime_ctx *c, GMimeMultipart *report);
 
 static void walk(struct mime_ctx *c, GMimeObject *o, int depth, int can_text, int can_html,
@@ -973,8 +1030,14 @@ static void walk(struct mime_ctx *c, GMimeObject *o, int depth, int can_text, in
       }
       if(dst) {
         const char *cs = g_mime_object_get_content_type_parameter(o, "charset");
+        const char *fmt = g_mime_object_get_content_type_parameter(o, "format");
+        const char *delsp = g_mime_object_get_content_type_parameter(o, "delsp");
+        size_t start = dst->len;
         body = 1;
         if(mime_add_text(dst, cs, b.ptr ? b.ptr : "", b.len))
+          c->nomem = 1;
+        else if(dst == &c->text && fmt && !g_ascii_strcasecmp(fmt, "flowed") &&
+                unflow(dst, start, delsp && !g_ascii_strcasecmp(delsp, "yes")))
           c->nomem = 1;
       }
     }
