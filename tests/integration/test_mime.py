@@ -129,6 +129,39 @@ def test_reply_text_cases(tmp_path):
         assert rec["reply_text"] == text, name
 
 
+CHARSETS = [
+    # (label, body bytes, text a reader sees) -- WHATWG Encoding Standard readings
+    ("iso-8859-1", b"\x93quoted\x94 \x80", "\u201cquoted\u201d \u20ac"),
+    ("Latin1", b"caf\xe9", "caf\u00e9"),
+    ("us-ascii", b"it\x92s", "it\u2019s"),
+    ("ANSI_X3.4-1968", b"\x85", "\u2026"),
+    ("windows-1252", b"\x81\x8d\x8f\x90\x9d", "\u0081\u008d\u008f\u0090\u009d"),
+    ("iso-8859-15", b"\xa4 5", "\u20ac 5"),
+    ("iso-8859-2", b"\xb1", "\u0105"),
+    ("iso-8859-9", b"\x80\xfd", "\u20ac\u0131"),       # read as windows-1254
+    ("koi8-r", b"\xf0\xd2\xc9\xd7\xc5\xd4", "\u041f\u0440\u0438\u0432\u0435\u0442"),
+    ("gb2312", "\u4f60\u597d".encode("gbk"), "\u4f60\u597d"),
+    ("big5", "\u4f60\u597d".encode("big5"), "\u4f60\u597d"),
+    ("ks_c_5601-1987", "\uc548\ub155".encode("cp949"), "\uc548\ub155"),
+    ("euc-jp", "\u65e5\u672c".encode("euc_jp"), "\u65e5\u672c"),
+    ("utf-16le", "hi\u00e9".encode("utf-16-le"), "hi\u00e9"),
+    ("iso-2022-kr", b"\x1b$)Cabc", "\ufffd"),              # WHATWG: replacement
+    ("x-no-such-charset", "na\u00efve".encode(), "na\u00efve"),   # unknown: undeclared, UTF-8
+    ("x-no-such-charset", b"na\xefve", "na\u00efve"),       # ... not UTF-8: windows-1252
+    ("utf-8", b"bad \xff\xfe end", "bad \ufffd\ufffd end"),
+]
+
+
+@pytest.mark.parametrize("label,body,text", CHARSETS, ids=[f"{c[0]}-{i}" for i, c in enumerate(CHARSETS)])
+def test_charset_labels(label, body, text, tmp_path):
+    path = tmp_path / "cs.eml"
+    path.write_bytes(b"From: a@example.net\r\nSubject: cs\r\nMIME-Version: 1.0\r\n"
+                     b"Content-Type: text/plain; charset=\"" + label.encode() + b"\"\r\n"
+                     b"Content-Transfer-Encoding: 8bit\r\n\r\n" + body)
+    rec, _, _, _ = dump(str(path))
+    assert rec["text"] == text
+
+
 @pytest.mark.parametrize("name", ["nested_mixed_alt_related", "outlook_reply", "dsn_bounce"])
 def test_parse_in_threads(name):
     """Eight threads parse at once from a cold start (GMime started once, options per call)
