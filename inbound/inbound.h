@@ -103,13 +103,19 @@ struct inbound_mime {
    *  "attachments": [{filename, content_type, size, sha256, content_id, disposition}] (same order
    *  as att), "auto_submitted": bool, "parse_error": string|null,
    *  "dsn": null | {"original_message_id", "recipients": [{address, action, status,
-   *  diagnostic}]}} */
+   *  diagnostic}]}}
+   * Strings are UTF-8 without NUL; what is missing is "" (subject, text, html, names,
+   * filename, content_id, dsn fields) or null (message_id, in_reply_to, from, date,
+   * reply_text when there is neither text nor html, original_message_id). text and html have
+   * LF line ends (format=flowed re-joined); dsn is set for multipart/report;
+   * report-type=delivery-status, action lowercase, diagnostic without its "smtp;" type. */
   char *json;
   struct inbound_attachment *att;
   size_t natt;
 };
-/* Any bytes give a record: what could not be read is left empty and parse_error says why.
- * -1 only when memory runs out. */
+/* Any bytes give a record: what could not be read is left empty and parse_error says why
+ * (caps of lib/limits.h LIM_MIME_*, an unreadable header section). -1 only when memory runs
+ * out. Callable from any thread. */
 int inbound_mime_parse(const void *raw, size_t len, struct inbound_mime **out);
 /* An Inbound Parse post as stored (content_type "multipart/form-data; boundary=..."): raw mode
  * (an "email" field) goes through inbound_mime_parse; parsed mode is built from the posted

@@ -39,4 +39,17 @@
 #define LIM_WEBHOOK_SMALL_BODY  (1024u * 1024u)  /* /events and /sms bodies */
 #define LIM_WEBHOOK_TIMEOUT_SECONDS 120  /* an idle HTTP connection */
 
+/* MIME -> correspondence records (inbound/mime.c): a message past these still becomes a record,
+ * with what was read before the cap and a parse_error saying which cap */
+#define LIM_MIME_PARTS          1000     /* entities (parts, multiparts) walked in one message */
+#define LIM_MIME_DEPTH          64       /* nesting of multiparts and attached messages walked */
+#define LIM_MIME_NESTING        128      /* multipart/message Content-Type fields handed to GMime,
+                                            whose parser recurses once per level */
+#define LIM_MIME_BOUNDARY_LINES 4096     /* lines starting "--" handed to GMime (bounds its part
+                                            objects: a 35 MB message of empty parts is ~5M) */
+#define LIM_MIME_HEADER         (64u * 1024u)  /* one header field's value read into a field */
+#define LIM_MIME_ADDRESSES      1000     /* addresses kept from one To/Cc/Reply-To field */
+#define LIM_MIME_REFERENCES     500      /* message ids kept from References */
+#define LIM_MIME_DSN_RECIPIENTS 1000     /* per-recipient groups read from one DSN */
+
 #endif
