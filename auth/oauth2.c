@@ -2,6 +2,7 @@
  * rename), refreshed in the background before expiry with one request in flight, refusals sorted
  * into "retry later" and "re-authorise", and the status file `posternctl oauth2 status` reads. */
 #include "auth/auth.h"
+#include "lib/vendor.h"
 #include "lib/buf.h"
 #include "lib/config.h"
 #include "lib/log.h"
@@ -57,13 +58,6 @@ static pthread_cond_t reg_cv = PTHREAD_COND_INITIALIZER;
 static struct identity *registry;
 static pthread_t refresher;
 static int refresher_started, stopping, kicked;
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-
-static void curl_start(void)
-{
-  curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
 static long long now_ms(void)
 {
   struct timespec ts;
@@ -433,7 +427,7 @@ static void endpoint_post(const char *url, const char *form, size_t formlen, lon
 
   *status = 0;
   *json = NULL;
-  pthread_once(&curl_once, curl_start);
+  vendor_curl_start();
   buf_init(&body, OAUTH2_BODY_MAX);
   if(!strncasecmp(url, "http://", 7) && !loopback_url(url)) {
     snprintf(err, errsz, "token_url %s would send the credentials in clear; use https://", url);
@@ -697,7 +691,7 @@ static int grant_request(const char *name, const struct settings *s, const char 
 
   *access = *refresh = NULL;
   buf_init(&form, 64 * 1024);
-  pthread_once(&curl_once, curl_start);
+  vendor_curl_start();
   if(endpoint_url(s, "token", url, sizeof(url))) {
     snprintf(err, errsz, "no token endpoint: set token_url (or provider = microsoft | google)");
     goto out;
@@ -1156,7 +1150,7 @@ int oauth2_login(const struct config *cfg, const char *name, FILE *out, char *er
              "set provider = microsoft | google");
     goto out;
   }
-  pthread_once(&curl_once, curl_start);
+  vendor_curl_start();
   esc = curl_easy_init();
   if(!esc || !oa->client_id || form_add(esc, &form, "client_id", oa->client_id) ||
      form_add(esc, &form, "scope", default_scope(&id.s))) {

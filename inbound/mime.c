@@ -13,23 +13,16 @@
 #include <gmime/gmime.h>
 #include <jansson.h>
 #include "inbound/inbound.h"
+#include "lib/vendor.h"
 #include "inbound/mime_int.h"
 #include "lib/buf.h"
 #include "lib/limits.h"
 #include "tls/tls.h"
 
-/* relay/ starts GMime with its own once-guard; g_mime_init counts its callers, so a second
- * start is harmless. GMime objects are per call: parsing from several threads is fine. */
-static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
-
-static void gmime_start(void)
-{
-  g_mime_init();
-}
-
+/* GMime objects are per call: parsing from several threads is fine once GMime has started. */
 void mime_gmime_start(void)
 {
-  pthread_once(&gmime_once, gmime_start);
+  vendor_gmime_start();
 }
 
 /* ---- charsets ------------------------------------------------------------------------------ */

@@ -2,6 +2,7 @@
  * report-type=delivery-status) composed with GMime, one per delivery attempt that bounced
  * recipients, accepted into the store and routed like any other message. */
 #include "relay/relay_int.h"
+#include "lib/vendor.h"
 #include "tls/tls.h"
 #include "lib/buf.h"
 #include "lib/log.h"
@@ -13,13 +14,6 @@
 /* What we quote of the bounced message: its header section (text/rfc822-headers) */
 #define DSN_HEADERS_MAX LIM_HEADER_SCAN
 #define DSN_TEXT_MAX (256u * 1024u)
-
-static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
-
-static void gmime_start(void)
-{
-  g_mime_init();
-}
 
 /* RFC 5322 date of a wall-clock ms time. */
 static char *format_date(long long ms)
@@ -148,7 +142,7 @@ int dsn_bounce(struct store *st, const struct config *cfg, const struct store_ms
   id[0] = '\0';
   if(!m->sender || !m->sender[0])
     return STORE_OK;              /* never to the null sender: no loops of bounces */
-  pthread_once(&gmime_once, gmime_start);
+  vendor_gmime_start();
   buf_init(&text, DSN_TEXT_MAX);
   buf_init(&status, DSN_TEXT_MAX);
   buf_init(&orcpt, LIM_SMTP_PATH * 3 + 16);

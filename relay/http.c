@@ -2,6 +2,7 @@
  * session so connections are reused, bounded answers, the rate-limit headers, TLS always
  * verified. Nothing here knows a provider. */
 #include "relay/relay_int.h"
+#include "lib/vendor.h"
 #include "lib/buf.h"
 #include <curl/curl.h>
 #include <jansson.h>
@@ -22,19 +23,12 @@ struct http_client {
   char errbuf[CURL_ERROR_SIZE];
 };
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-
-static void curl_start(void)
-{
-  curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
 int http_client_new(const struct cfg_upstream *up, struct http_client **out)
 {
   struct http_client *c;
   int result = -1;
   *out = NULL;
-  pthread_once(&curl_once, curl_start);
+  vendor_curl_start();
   c = calloc(1, sizeof(*c));
   if(!c)
     return -1;

@@ -2,6 +2,7 @@
  * JSON request per slice of at most 1,000 envelope recipients. Kept apart from the HTTP side so
  * that it can be unit-tested and fuzzed on its own. */
 #include "relay/relay_int.h"
+#include "lib/vendor.h"
 #include "lib/buf.h"
 #include <gmime/gmime.h>
 #include <jansson.h>
@@ -21,13 +22,6 @@ struct sendgrid_msg {
   size_t nto, ncc;
   size_t base_len;              /* serialized size of base, for the size limit */
 };
-
-static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
-
-static void gmime_start(void)
-{
-  g_mime_init();
-}
 
 static void why_set(char *why, size_t whysz, const char *fmt, ...)
   __attribute__((format(printf, 3, 4)));
@@ -347,7 +341,7 @@ int sendgrid_msg_parse(const char *body, size_t len, const char *queue_id, const
   w.whysz = whysz;
   *out = NULL;
   why_set(why, whysz, "out of memory");
-  pthread_once(&gmime_once, gmime_start);
+  vendor_gmime_start();
   if(len > SENDGRID_MAX_SIZE) {
     why_set(why, whysz, "message is larger than SendGrid's 30 MB limit");
     return SENDGRID_REFUSED;

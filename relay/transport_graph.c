@@ -2,6 +2,7 @@
  * tenants where SMTP AUTH is off; the bearer token comes from the OAuth2 engine ([oauth2 NAME]
  * with a flow) or from a token file kept fresh by something else. */
 #include "relay/relay_int.h"
+#include "lib/vendor.h"
 #include "auth/auth.h"
 #include "lib/buf.h"
 #include "lib/log.h"
@@ -22,13 +23,6 @@ struct graph_session {
   char *token_file;             /* else: a file holding a ready access token */
   char *mailbox;                /* username: the mailbox to send as; NULL: the envelope sender */
 };
-
-static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
-
-static void gmime_start(void)
-{
-  g_mime_init();
-}
 
 static void graph_close(void *session)
 {
@@ -141,7 +135,7 @@ static int bcc_prefix(const char *body, size_t len, struct transport_rcpt *rcpts
   size_t i, added = 0;
   int j, count, result = -1;
 
-  pthread_once(&gmime_once, gmime_start);
+  vendor_gmime_start();
   stream = g_mime_stream_mem_new_with_buffer(body, len);
   if(!stream)
     return -1;
