@@ -42,5 +42,25 @@ void daemon_free(struct daemon *d);
 int daemon_http_fd(struct daemon *d);
 /* The configuration new sessions use (for the relay after a reload). */
 struct config *daemon_config(struct daemon *d);
+/* SMTP sessions in progress (the control socket's live stats). */
+size_t daemon_sessions(struct daemon *d);
+
+/* The control socket (control.c): data_dir/control.sock, mode 0600, owned by the daemon's
+ * user; one command line in, one JSON line out (flush, reload, stats, kick). */
+#define CONTROL_SOCKET_NAME "control.sock"
+struct control;
+struct control_env {
+  struct daemon *d;
+  struct store *st;
+  struct relay *relay;
+  /* the same reload as SIGHUP; 0 when the new configuration is in use, else err says why */
+  int (*reload)(void *arg, char *err, size_t errsz);
+  void *reload_arg;
+};
+/* Binds data_dir/control.sock (refused when another daemon answers on it) and starts its
+ * thread. Call after privileges are dropped, so the socket belongs to the daemon's user. */
+int control_start(const char *data_dir, const struct control_env *env, struct control **out);
+/* Stops the thread, closes and unlinks the socket (NULL is fine). */
+void control_stop(struct control *c);
 
 #endif

@@ -147,6 +147,15 @@ struct config *daemon_config(struct daemon *d)
 }
 
 /* "127.0.0.1:587", "[::1]:587", "localhost:587" */
+size_t daemon_sessions(struct daemon *d)
+{
+  size_t n;
+  pthread_mutex_lock(&d->mu);
+  n = d->nsessions;
+  pthread_mutex_unlock(&d->mu);
+  return n;
+}
+
 static int split_address(const char *a, char *host, size_t hostsz, char *port, size_t portsz)
 {
   const char *colon;

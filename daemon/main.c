@@ -10,6 +10,7 @@
 #include <grp.h>
 #include <malloc.h>
 #include <pwd.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,6 +150,55 @@ static void detach(void)
   }
 }
 
+/* What a reload touches; SIGHUP (main thread) and the control socket's reload (its thread)
+ * both come through reload_run, one at a time. */
+struct reloader {
+  pthread_mutex_t mu;
+  const char *path;
+  struct daemon *d;
+  struct inbound_http *http;
+  int auth_ok;
+  struct config *cfg;           /* the one in use; the daemon owns it */
+};
+
+static int reload_run(void *arg, char *err, size_t errsz)
+{
+  struct reloader *rl = arg;
+  struct config *ncfg = NULL;
+  struct tls_server_ctx **ntls = NULL;
+  int n, result = -1;
+  pthread_mutex_lock(&rl->mu);
+  notify("RELOADING=1\nSTATUS=reloading the configuration");
+  n = config_load(rl->path, stderr, &ncfg);
+  if(!n && ncfg)
+    n = relay_check_config(ncfg, stderr) + check_environment(ncfg, stderr, &ntls);
+  if(n) {
+    log_error("reload: %d configuration problem(s); keeping the running configuration", n);
+    if(err)
+      snprintf(err, errsz, "%d configuration problem(s) (see the log: postern -n shows them); "
+               "the running configuration stays", n);
+    config_free(ncfg);
+    notify("READY=1\nSTATUS=accepting mail; the last reload was refused (see the log)");
+    goto out;
+  }
+  if(!rl->auth_ok && auth_wanted(ncfg))
+    log_warn("reload: AUTH was not set up at start (all listeners had auth = none); "
+             "restart to offer it");
+  if(rl->http && inbound_http_reload(rl->http, ncfg))
+    log_error("reload: the HTTP listener keeps its credentials and keys (see above)");
+  if(!rl->http && ncfg->inbound.http_address)
+    log_warn("reload: [inbound] http_address was not set at start; restart to listen on %s",
+             ncfg->inbound.http_address);
+  daemon_reload(rl->d, ncfg, ntls);
+  rl->cfg = ncfg;
+  log_info("reload -- configuration %s", ncfg->path);
+  notify("READY=1\nSTATUS=accepting mail");
+  result = 0;
+out:
+  pthread_mutex_unlock(&rl->mu);
+  return result;
+}
+
 int main(int argc, char **argv)
 {
   const char *cpath = NULL, *path;
@@ -160,6 +210,9 @@ int main(int argc, char **argv)
   struct inbound_http *http = NULL;
   struct passwd *pw = NULL;
   struct tls_server_ctx **tls = NULL;
+  struct control *control = NULL;
+  struct control_env cenv;
+  struct reloader rl;
   int auth_ok = 0;
   char err[512];
   char *data_dir = NULL;
@@ -269,6 +322,24 @@ int main(int argc, char **argv)
     log_error("cannot start the listeners");
     goto out;
   }
+  memset(&rl, 0, sizeof(rl));
+  pthread_mutex_init(&rl.mu, NULL);
+  rl.path = path;
+  rl.d = d;
+  rl.http = http;
+  rl.auth_ok = auth_ok;
+  rl.cfg = cfg;
+  memset(&cenv, 0, sizeof(cenv));
+  cenv.d = d;
+  cenv.st = st;
+  cenv.relay = relay;
+  cenv.reload = reload_run;
+  cenv.reload_arg = &rl;
+  /* after dropping root: the socket belongs to the daemon's user */
+  if(control_start(data_dir, &cenv, &control)) {
+    pthread_mutex_destroy(&rl.mu);
+    goto out;
+  }
   log_info("daemon started -- version %s, configuration %s", PACKAGE_VERSION, cfg->path);
   notify("READY=1\nSTATUS=accepting mail");
 
@@ -277,37 +348,17 @@ int main(int argc, char **argv)
     if(sigwait(&sigs, &sig))
       continue;
     if(sig == SIGHUP) {
-      struct config *ncfg = NULL;
-      struct tls_server_ctx **ntls = NULL;
-      int n;
-      notify("RELOADING=1\nSTATUS=reloading the configuration");
-      n = config_load(path, stderr, &ncfg);
-      if(!n && ncfg)
-        n = relay_check_config(ncfg, stderr) + check_environment(ncfg, stderr, &ntls);
-      if(n) {
-        log_error("reload: %d configuration problem(s); keeping the running configuration", n);
-        config_free(ncfg);
-        notify("READY=1\nSTATUS=accepting mail; the last reload was refused (see the log)");
-        continue;
-      }
-      if(!auth_ok && auth_wanted(ncfg))
-        log_warn("reload: AUTH was not set up at start (all listeners had auth = none); "
-                 "restart to offer it");
-      if(http && inbound_http_reload(http, ncfg))
-        log_error("reload: the HTTP listener keeps its credentials and keys (see above)");
-      if(!http && ncfg->inbound.http_address)
-        log_warn("reload: [inbound] http_address was not set at start; restart to listen on %s",
-                 ncfg->inbound.http_address);
-      daemon_reload(d, ncfg, ntls);
-      cfg = ncfg;
-      log_info("reload -- configuration %s", ncfg->path);
-      notify("READY=1\nSTATUS=accepting mail");
+      reload_run(&rl, NULL, 0);
       continue;
     }
     log_info("terminating on signal %d", sig);
     notify("STOPPING=1\nSTATUS=finishing the sessions in progress");
     break;
   }
+  control_stop(control);
+  control = NULL;
+  pthread_mutex_destroy(&rl.mu);
+  cfg = rl.cfg;
   result = 0;
 
 out:

@@ -87,6 +87,7 @@ enum stmt {
   ST_COUNT_ORPHAN_RCPTS, ST_COUNT_EMPTY_MSGS,
   ST_RELEASE_UPSTREAM, ST_HELD_UPSTREAMS,
   ST_INBOUND_INSERT, ST_EVENT_INSERT, ST_INBOUND_LIST, ST_EVENT_LIST,
+  ST_FLUSH, ST_COUNT_BY_STATUS, ST_COUNT_MESSAGES, ST_OLDEST_UNFINISHED,
   ST_COUNT
 };
 
@@ -147,6 +148,13 @@ static const char *const stmt_sql[ST_COUNT] = {
     " next_attempt_ms = ?1, updated_ms = ?1 WHERE status = 'held' AND held_by = ?2",
   [ST_HELD_UPSTREAMS] = "SELECT DISTINCT held_by FROM recipients"
     " WHERE status = 'held' AND held_by IS NOT NULL",
+  /* flush: deferred mail is due now; held mail stays held (release is a decision) */
+  [ST_FLUSH] = "UPDATE recipients SET next_attempt_ms = ?1, updated_ms = ?1"
+    " WHERE status = 'deferred' AND next_attempt_ms > ?1",
+  [ST_COUNT_BY_STATUS] = "SELECT status, count(*) FROM recipients GROUP BY status",
+  [ST_COUNT_MESSAGES] = "SELECT count(*), coalesce(sum(size), 0) FROM messages",
+  [ST_OLDEST_UNFINISHED] = "SELECT min(created_ms) FROM messages m WHERE EXISTS (SELECT 1"
+    " FROM recipients r WHERE r.message_id = m.id AND r.status IN ('queued','deferred','held'))",
   /* a repeated external_id (a retried SMS post) changes nothing: it is already stored */
   [ST_INBOUND_INSERT] = "INSERT INTO inbound_messages(id, source, received_ms, listener,"
     " client_addr, helo, envelope_from, envelope_to, spf, content_type, external_id, size,"
@@ -173,7 +181,7 @@ struct store_db {
 };
 
 enum job_kind { JOB_ACCEPT, JOB_UPDATE, JOB_DELETE, JOB_SET_PENDING, JOB_RELEASE_UPSTREAM,
-                JOB_INBOUND, JOB_EVENTS };
+                JOB_INBOUND, JOB_EVENTS, JOB_FLUSH };
 
 /* One write waiting for the writer; lives on the waiting caller's stack. */
 struct store_job {
@@ -186,7 +194,7 @@ struct store_job {
   size_t nu;
   enum rcpt_status status;                /* JOB_SET_PENDING */
   const char *upstream;                   /* JOB_RELEASE_UPSTREAM */
-  size_t changed;                         /* JOB_RELEASE_UPSTREAM: recipients released;
+  size_t changed;                         /* JOB_RELEASE_UPSTREAM, JOB_FLUSH: recipients;
                                              JOB_INBOUND, JOB_EVENTS: rows added */
   const struct store_inbound *in;         /* JOB_INBOUND */
   const struct store_event *ev;           /* JOB_EVENTS */
@@ -624,14 +632,15 @@ static int job_set_pending(struct store_db *d, const struct store_job *j)
   return db_exec_stmt(d, s, "set pending");
 }
 
+/* JOB_RELEASE_UPSTREAM, and JOB_FLUSH (the same shape without an upstream) */
 static int job_release_upstream(struct store_db *d, struct store_job *j)
 {
-  sqlite3_stmt *s = db_stmt(d, ST_RELEASE_UPSTREAM);
+  sqlite3_stmt *s = db_stmt(d, j->kind == JOB_FLUSH ? ST_FLUSH : ST_RELEASE_UPSTREAM);
   int rc, result;
   if(!s)
     return STORE_ERROR;
   rc = sqlite3_bind_int64(s, 1, now_ms());
-  if(!rc) rc = bind_text(s, 2, j->upstream);
+  if(!rc && j->kind != JOB_FLUSH) rc = bind_text(s, 2, j->upstream);
   if(rc) {
     sqlite3_reset(s);
     return db_fail(d, rc, "bind release upstream");
@@ -714,7 +723,8 @@ static int job_run(struct store_db *d, struct store_job *j)
   case JOB_UPDATE: return job_update(d, j);
   case JOB_DELETE: return job_delete(d, j);
   case JOB_SET_PENDING: return job_set_pending(d, j);
-  case JOB_RELEASE_UPSTREAM: return job_release_upstream(d, j);
+  case JOB_RELEASE_UPSTREAM:
+  case JOB_FLUSH: return job_release_upstream(d, j);
   case JOB_INBOUND: return job_inbound(d, j);
   case JOB_EVENTS: return job_events(d, j);
   }
@@ -904,6 +914,19 @@ int store_release_upstream(struct store *st, const char *upstream, size_t *relea
   result = store_submit(st, &j);
   if(released)
     *released = result ? 0 : j.changed;
+  return result;
+}
+
+int store_flush(struct store *st, size_t *flushed)
+{
+  struct store_job j;
+  int result;
+  memset(&j, 0, sizeof(j));
+  j.kind = JOB_FLUSH;
+  j.id = "";
+  result = store_submit(st, &j);
+  if(flushed)
+    *flushed = result ? 0 : j.changed;
   return result;
 }
 
@@ -1264,6 +1287,51 @@ static int db_count(struct store_db *d, enum stmt which, long long *count)
   else
     result = db_fail(d, rc, "count");
   sqlite3_reset(s);
+  return result;
+}
+
+static int db_counts(struct store_db *d, struct store_counts *out)
+{
+  sqlite3_stmt *s = db_stmt(d, ST_COUNT_BY_STATUS);
+  int rc, result = STORE_OK;
+  enum rcpt_status status;
+  if(!s)
+    return STORE_ERROR;
+  while((rc = sqlite3_step(s)) == SQLITE_ROW)
+    if(!rcpt_status_parse((const char *)sqlite3_column_text(s, 0), &status))
+      out->rcpts[status] = sqlite3_column_int64(s, 1);
+  if(rc != SQLITE_DONE)
+    result = db_fail(d, rc, "count by status");
+  sqlite3_reset(s);
+  if(result || !(s = db_stmt(d, ST_COUNT_MESSAGES)))
+    return result ? result : STORE_ERROR;
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW) {
+    out->messages = sqlite3_column_int64(s, 0);
+    out->bytes = sqlite3_column_int64(s, 1);
+  }
+  else
+    result = db_fail(d, rc, "count messages");
+  sqlite3_reset(s);
+  if(result || !(s = db_stmt(d, ST_OLDEST_UNFINISHED)))
+    return result ? result : STORE_ERROR;
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
+    out->oldest_unfinished_ms = sqlite3_column_int64(s, 0);
+  else if(rc != SQLITE_ROW)
+    result = db_fail(d, rc, "oldest message");
+  sqlite3_reset(s);
+  return result;
+}
+
+int store_counts(struct store *st, struct store_counts *out)
+{
+  int begin_result, result;
+  memset(out, 0, sizeof(*out));
+  out->oldest_unfinished_ms = -1;
+  begin_result = read_begin(st);
+  result = begin_result ? begin_result : db_counts(&st->r, out);
+  read_end(st, begin_result);
   return result;
 }
 

@@ -115,6 +115,18 @@ int store_release_upstream(struct store *st, const char *upstream, size_t *relea
 /* Calls cb with the name of each upstream that holds recipients (held_by); non-zero stops. */
 int store_held_upstreams(struct store *st, int (*cb)(void *arg, const char *upstream), void *arg);
 
+/* Makes every deferred recipient due now (held ones stay held); *flushed gets the count. */
+int store_flush(struct store *st, size_t *flushed);
+
+/* The queue at a glance, in one read snapshot. */
+struct store_counts {
+  long long rcpts[RCPT_CAPTURED + 1];  /* recipients by enum rcpt_status */
+  long long messages, bytes;           /* stored messages and their size */
+  long long oldest_unfinished_ms;      /* created_ms of the oldest message with a queued,
+                                          deferred or held recipient; -1 when none */
+};
+int store_counts(struct store *st, struct store_counts *out);
+
 /* Checks the database (PRAGMA integrity_check, orphans); 0 ok, else err says what. */
 int store_check(struct store *st, char *err, size_t errsz);
 

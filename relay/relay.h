@@ -16,6 +16,13 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out);
 const struct config *relay_reload(struct relay *r, const struct config *cfg);
 /* New mail was committed: look at the queue now instead of at the next timer. */
 void relay_kick(struct relay *r);
+/* Messages handed to delivery workers or waiting for one (the control socket's live stats). */
+size_t relay_inflight(struct relay *r);
+/* The upstream the router picks for a sender/recipient pair ("capture" when mail is kept),
+ * or NULL when routes exist and none matches: what posternctl's --upstream filter and queue
+ * stats attribute a recipient not yet tried to. */
+const char *relay_upstream_for(const struct config *cfg, const char *sender,
+                               const char *recipient);
 /* Stops taking new work, waits for deliveries in progress, frees r. */
 void relay_stop(struct relay *r);
 

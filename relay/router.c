@@ -51,6 +51,13 @@ const struct cfg_upstream *route_for(const struct config *cfg, const char *sende
   return NULL;
 }
 
+const char *relay_upstream_for(const struct config *cfg, const char *sender,
+                               const char *recipient)
+{
+  const struct cfg_upstream *up = route_for(cfg, sender, recipient);
+  return up ? up->name : NULL;
+}
+
 /* Secrets must not be readable by others (DESIGN.md): refuse to start rather than use one
  * that is. A missing file is not refused here: the mail waits, held, until it appears. */
 static int secret_file_check(const struct config *cfg, const struct cfg_upstream *up,

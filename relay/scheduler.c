@@ -71,6 +71,15 @@ void relay_kick(struct relay *r)
   pthread_mutex_unlock(&r->mu);
 }
 
+size_t relay_inflight(struct relay *r)
+{
+  size_t n;
+  pthread_mutex_lock(&r->mu);
+  n = r->ninflight;
+  pthread_mutex_unlock(&r->mu);
+  return n;
+}
+
 static void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, long long ms)
 {
   struct timespec ts;

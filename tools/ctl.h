@@ -33,6 +33,15 @@ int ctl_sendgrid(struct ctl *c);
 int ctl_twilio(struct ctl *c);
 int ctl_migrate(struct ctl *c);
 int ctl_check(struct ctl *c);
+int ctl_flush(struct ctl *c);                   /* ctl_daemon.c */
+int ctl_reload(struct ctl *c);
+int ctl_stats(struct ctl *c);
+int ctl_queue_stats(struct ctl *c, int not_live);   /* every message; c->cfg loaded */
+
+/* the daemon's control socket (ctl_daemon.c); c->cfg must be loaded */
+#define CTL_DAEMON_DOWN (-1)  /* nothing answers on data_dir/control.sock */
+int ctl_control_call(struct ctl *c, const char *cmd, json_t **reply);
+void ctl_wake_daemon(struct ctl *c);            /* after a queue change; down is fine */
 
 /* options of one command: see ctl_common.c */
 int ctl_opt(struct ctl *c, const char *name, const char **value);
@@ -47,11 +56,13 @@ struct passwd;
  * root: the configured user when run as root, NULL (nothing to do) otherwise. */
 const struct passwd *ctl_daemon_user(const struct config *cfg);
 int ctl_give_to(const char *path, const struct passwd *pw);   /* 0 or EX_NOPERM (printed) */
+int ctl_store(struct ctl *c, int flags);         /* after ctl_config: 0 or EX_TEMPFAIL */
 int ctl_store_failed(const char *what, int result);        /* message, EX_TEMPFAIL */
 
 void ctl_put_field(FILE *out, const char *s);   /* network bytes escaped, capped */
 void ctl_time_iso(long long ms, char *out, size_t outsz);
 void ctl_time_human(long long ms, char *out, size_t outsz);
+void ctl_age_human(long long secs, char *out, size_t outsz);
 json_t *ctl_jstr(const char *s);                /* NULL -> null; bad UTF-8 escaped */
 json_t *ctl_jtime(long long ms);
 void ctl_jset_known(json_t *o, const char *key, const char *value);  /* skips NULL */

@@ -53,6 +53,21 @@ void ctl_time_human(long long ms, char *out, size_t outsz)
     snprintf(out, outsz, "?");
 }
 
+/* "3d 4h", "2h 5m", "4m 10s", "12s": an age or uptime for people */
+void ctl_age_human(long long secs, char *out, size_t outsz)
+{
+  if(secs < 0)
+    secs = 0;
+  if(secs >= 86400)
+    snprintf(out, outsz, "%lldd %lldh", secs / 86400, secs % 86400 / 3600);
+  else if(secs >= 3600)
+    snprintf(out, outsz, "%lldh %lldm", secs / 3600, secs % 3600 / 60);
+  else if(secs >= 60)
+    snprintf(out, outsz, "%lldm %llds", secs / 60, secs % 60);
+  else
+    snprintf(out, outsz, "%llds", secs);
+}
+
 /* ---- JSON -------------------------------------------------------------------------------- */
 
 /* jansson refuses invalid UTF-8; an 8-bit envelope then shows escaped rather than vanishing */
@@ -118,21 +133,20 @@ int ctl_config(struct ctl *c)
   return 0;
 }
 
-int ctl_config_and_store(struct ctl *c, int flags)
+int ctl_store(struct ctl *c, int flags)
 {
   char err[512];
-  const char *path = config_choose_path(c->config_arg);
-  int problems = config_load(path, stderr, &c->cfg);
-  if(problems) {
-    fprintf(stderr, "posternctl: %d problem%s in the configuration\n", problems,
-            problems == 1 ? "" : "s");
-    return EX_CONFIG;
-  }
   if(store_open(c->cfg->data_dir, flags, &c->st, err, sizeof(err))) {
     fprintf(stderr, "posternctl: cannot open the queue: %s\n", err);
     return EX_TEMPFAIL;
   }
   return 0;
+}
+
+int ctl_config_and_store(struct ctl *c, int flags)
+{
+  int result = ctl_config(c);
+  return result ? result : ctl_store(c, flags);
 }
 
 /* "--name VALUE", "--name=VALUE" (value != NULL) or the flag "--name" (value == NULL), taken

@@ -1,14 +1,18 @@
-/* posternctl queue: list, show, cat, retry, hold, release and delete messages, and inbound list:
- * what the inbound path stored raw. Through the store interface (never SQL), so it works the
- * same while the daemon runs. */
+/* posternctl queue: list (with filters), show, cat, stats, and retry, hold, release and delete
+ * one message or every message a filter selects; and inbound list: what the inbound path stored
+ * raw. Through the store interface (never SQL), so it works the same while the daemon runs;
+ * after a change the daemon's scheduler is woken through its control socket. */
 #include "tools/ctl.h"
 #include "lib/buf.h"
 #include "lib/limits.h"
+#include "relay/relay.h"
 #include <errno.h>
+#include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sysexits.h>
+#include <time.h>
 
 static int status_pending(enum rcpt_status s)
 {
@@ -111,12 +115,97 @@ struct list_state {
   size_t count;
   long long bytes;
   int failed;                 /* a JSON element could not be built or written */
+  const struct queue_sel *sel;
 };
+
+/* Which messages a list, stats or bulk action is about: the store filters what it can, the
+ * upstream is the router's business (a recipient not tried yet goes where the routes say). */
+struct queue_sel {
+  struct store_filter f;
+  const char *upstream;
+  const struct config *cfg;
+  int all;                    /* --all */
+  int filtered;               /* any filter given */
+};
+
+#define NO_ROUTE "(no route)"
+
+/* The upstream a recipient belongs to: the one that last handled it, else the route's. */
+static const char *rcpt_upstream(const struct config *cfg, const struct store_msg *m,
+                                 const struct store_rcpt *r)
+{
+  const char *up = r->upstream;
+  if(!up)
+    up = relay_upstream_for(cfg, m->sender, r->address);
+  return up ? up : NO_ROUTE;
+}
+
+static int sel_matches(const struct queue_sel *q, const struct store_msg *m)
+{
+  size_t i;
+  if(!q->upstream)
+    return 1;
+  /* the recipient that is on this upstream must be the one the other filters chose */
+  for(i = 0; i < m->nrcpts; i++) {
+    const struct store_rcpt *r = &m->rcpts[i];
+    if(q->f.status >= 0 && (int)r->status != q->f.status)
+      continue;
+    if(q->f.recipient_glob && fnmatch(q->f.recipient_glob, r->address, FNM_CASEFOLD))
+      continue;
+    if(!strcmp(rcpt_upstream(q->cfg, m, r), q->upstream))
+      return 1;
+  }
+  return 0;
+}
+
+/* Takes the filter options (and --all) out of c->args. 0 or EX_USAGE. */
+static int sel_parse(struct ctl *c, struct queue_sel *q)
+{
+  const char *v;
+  int r;
+  memset(q, 0, sizeof(*q));
+  q->f.status = -1;
+#define SEL_OPT(name, dest) \
+  if((r = ctl_opt(c, name, &v)) < 0) \
+    return ctl_usage_error(name " needs a value", NULL); \
+  if(r) { \
+    dest = v; \
+    q->filtered = 1; \
+  }
+  SEL_OPT("--sender", q->f.sender_glob);
+  SEL_OPT("--recipient", q->f.recipient_glob);
+  SEL_OPT("--upstream", q->upstream);
+  v = NULL;
+  if((r = ctl_opt(c, "--state", &v)) < 0)
+    return ctl_usage_error("--state needs a value", NULL);
+  if(r) {
+    enum rcpt_status st;
+    if(rcpt_status_parse(v, &st))
+      return ctl_usage_error("--state is one of queued, deferred, sent, bounced, held, captured",
+                             v);
+    q->f.status = (int)st;
+    q->filtered = 1;
+  }
+  if((r = ctl_opt(c, "--older-than", &v)) < 0)
+    return ctl_usage_error("--older-than needs a duration", NULL);
+  if(r) {
+    long long secs;
+    if(config_parse_duration(v, &secs) || secs <= 0)
+      return ctl_usage_error("--older-than takes a duration like 90, 30s, 10m, 1h or 5d", v);
+    q->f.older_than_ms = secs * 1000;
+    q->filtered = 1;
+  }
+#undef SEL_OPT
+  q->all = ctl_opt(c, "--all", NULL) == 1;
+  return ctl_no_options(c) ? EX_USAGE : 0;
+}
 
 static int list_one(void *arg, const struct store_msg *m)
 {
   struct list_state *ls = arg;
   size_t i;
+  if(ls->sel && !sel_matches(ls->sel, m))
+    return 0;
   if(ls->json) {
     json_t *o = msg_json(m);
     fputs(ls->count ? ",\n" : "\n", stdout);
@@ -164,19 +253,20 @@ static int list_one(void *arg, const struct store_msg *m)
   return 0;
 }
 
-static int queue_list(struct ctl *c)
+static int queue_list(struct ctl *c, const struct queue_sel *q)
 {
   struct list_state ls;
   int result;
   memset(&ls, 0, sizeof(ls));
   ls.json = c->json;
+  ls.sel = q;
   if(c->json)
     fputc('[', stdout);
-  result = store_list(c->st, NULL, list_one, &ls);
+  result = store_list(c->st, q ? &q->f : NULL, list_one, &ls);
   if(c->json)
     fputs(ls.count ? "\n]\n" : "]\n", stdout);
   else if(!result && !ls.count)
-    puts("Mail queue is empty");
+    puts(q && q->filtered ? "No message matches" : "Mail queue is empty");
   else if(!result)
     printf("-- %lld Kbytes in %zu Request%s.\n", (ls.bytes + 1023) / 1024, ls.count,
            ls.count == 1 ? "" : "s");
@@ -233,27 +323,31 @@ static int queue_cat(struct ctl *c)
   return result;
 }
 
+/* One message's change; *done says it for people. A store result. */
+static int change_one(struct store *st, const char *id, const char *verb, const char **done)
+{
+  if(!strcmp(verb, "delete")) {
+    *done = "deleted";
+    return store_delete(st, id);
+  }
+  if(!strcmp(verb, "hold")) {
+    *done = "held";
+    return store_set_pending(st, id, RCPT_HELD);
+  }
+  /* retry and release both make every unfinished recipient due now */
+  *done = !strcmp(verb, "retry") ? "queued for delivery now" : "released";
+  return store_set_pending(st, id, RCPT_QUEUED);
+}
+
 static int queue_change(struct ctl *c, const char *verb)
 {
-  int result;
   const char *done;
-  if(!strcmp(verb, "delete")) {
-    result = store_delete(c->st, c->id);
-    done = "deleted";
-  }
-  else if(!strcmp(verb, "hold")) {
-    result = store_set_pending(c->st, c->id, RCPT_HELD);
-    done = "held";
-  }
-  else {
-    /* retry and release both make every unfinished recipient due now */
-    result = store_set_pending(c->st, c->id, RCPT_QUEUED);
-    done = !strcmp(verb, "retry") ? "queued for delivery now" : "released";
-  }
+  int result = change_one(c->st, c->id, verb, &done);
   if(result == STORE_NOTFOUND)
     return not_found(c);
   if(result)
     return ctl_store_failed(verb, result);
+  ctl_wake_daemon(c);
   if(!c->json) {
     printf("%s: %s\n", c->id, done);
     return 0;
@@ -268,6 +362,234 @@ static int queue_change(struct ctl *c, const char *verb)
   }
   return queue_show(c);       /* the message as it is now */
 }
+
+/* ---- bulk actions: every message a filter (or --all) selects ----------------------------- */
+
+struct id_list {
+  const struct queue_sel *sel;
+  char (*ids)[LIM_QUEUE_ID + 1];
+  size_t n, cap;
+  int oom;
+};
+
+static int collect_one(void *arg, const struct store_msg *m)
+{
+  struct id_list *l = arg;
+  if(!sel_matches(l->sel, m))
+    return 0;
+  if(l->n == l->cap) {
+    size_t ncap = l->cap ? l->cap * 2 : 64;
+    void *p = realloc(l->ids, ncap * sizeof(*l->ids));
+    if(!p) {
+      l->oom = 1;
+      return 1;
+    }
+    l->ids = p;
+    l->cap = ncap;
+  }
+  memcpy(l->ids[l->n++], m->id, sizeof(m->id));
+  return 0;
+}
+
+/* The ids are read first and changed after: a change never runs inside the list's snapshot,
+ * and a message that went away in between is skipped, not an error. */
+static int queue_bulk(struct ctl *c, const struct queue_sel *q, const char *verb)
+{
+  struct id_list l;
+  json_t *arr = NULL;
+  const char *done = "";
+  size_t i, changed = 0;
+  int result;
+  memset(&l, 0, sizeof(l));
+  l.sel = q;
+  result = store_list(c->st, &q->f, collect_one, &l);
+  if(result || l.oom) {
+    free(l.ids);
+    return l.oom ? EX_OSERR : ctl_store_failed("reading the queue", result);
+  }
+  if(c->json && !(arr = json_array())) {
+    free(l.ids);
+    return EX_OSERR;
+  }
+  for(i = 0; i < l.n; i++) {
+    result = change_one(c->st, l.ids[i], verb, &done);
+    if(result == STORE_NOTFOUND)
+      continue;
+    if(result)
+      break;
+    changed++;
+    if(arr) {
+      json_t *o = json_object();
+      if(o) {
+        json_object_set_new(o, "id", json_string(l.ids[i]));
+        json_object_set_new(o, "done", json_string(verb));
+        json_array_append_new(arr, o);
+      }
+    }
+    else
+      printf("%s: %s\n", l.ids[i], done);
+  }
+  free(l.ids);
+  if(changed)
+    ctl_wake_daemon(c);
+  if(result) {
+    json_decref(arr);
+    fprintf(stderr, "posternctl: stopped after %zu message(s)\n", changed);
+    return ctl_store_failed(verb, result);
+  }
+  if(arr) {
+    int bad = json_dumpf(arr, stdout, JSON_INDENT(2)) || fputc('\n', stdout) == EOF;
+    json_decref(arr);
+    if(bad) {
+      fprintf(stderr, "posternctl: cannot write the JSON output\n");
+      return EX_IOERR;
+    }
+  }
+  else
+    printf("%zu message%s %s\n", changed, changed == 1 ? "" : "s",
+           !strcmp(verb, "retry") ? "queued for delivery now" : done);
+  return 0;
+}
+
+/* ---- queue stats ------------------------------------------------------------------------- */
+
+#define NSTATES (RCPT_CAPTURED + 1)
+
+struct up_count {
+  char *name;
+  long long n[NSTATES];
+};
+
+struct stats_state {
+  const struct queue_sel *sel;
+  long long by_state[NSTATES];
+  struct up_count *ups;
+  size_t nups;
+  long long messages, bytes, oldest_ms;
+  char oldest_id[LIM_QUEUE_ID + 1];
+  int oom;
+};
+
+static int stats_one(void *arg, const struct store_msg *m)
+{
+  struct stats_state *ss = arg;
+  size_t i, j;
+  int unfinished = 0;
+  if(!sel_matches(ss->sel, m))
+    return 0;
+  ss->messages++;
+  ss->bytes += m->size;
+  for(i = 0; i < m->nrcpts; i++) {
+    const struct store_rcpt *r = &m->rcpts[i];
+    const char *up = rcpt_upstream(ss->sel->cfg, m, r);
+    if((unsigned)r->status >= NSTATES)
+      continue;
+    ss->by_state[r->status]++;
+    unfinished |= status_pending(r->status) || r->status == RCPT_HELD;
+    for(j = 0; j < ss->nups && strcmp(ss->ups[j].name, up); j++)
+      ;
+    if(j == ss->nups) {
+      struct up_count *p = realloc(ss->ups, (ss->nups + 1) * sizeof(*p));
+      if(!p || !(up = strdup(up))) {
+        if(p)
+          ss->ups = p;
+        ss->oom = 1;
+        return 1;
+      }
+      ss->ups = p;
+      memset(&p[j], 0, sizeof(p[j]));
+      p[j].name = (char *)up;
+      ss->nups++;
+    }
+    ss->ups[j].n[r->status]++;
+  }
+  /* oldest first from the store: the first unfinished one is the oldest */
+  if(unfinished && ss->oldest_ms < 0) {
+    ss->oldest_ms = m->created_ms;
+    memcpy(ss->oldest_id, m->id, sizeof(m->id));
+  }
+  return 0;
+}
+
+static json_t *states_json(const long long *n)
+{
+  json_t *o = json_object();
+  int i;
+  for(i = 0; o && i < NSTATES; i++)
+    json_object_set_new(o, rcpt_status_name((enum rcpt_status)i), json_integer(n[i]));
+  return o;
+}
+
+static int stats_print(struct ctl *c, const struct stats_state *ss, int not_live)
+{
+  long long now = (long long)time(NULL) * 1000;
+  size_t j;
+  int i;
+  char age[64];
+  if(c->json) {
+    json_t *o = json_object(), *ups = json_object();
+    if(!o || !ups) {
+      json_decref(o);
+      json_decref(ups);
+      return EX_OSERR;
+    }
+    json_object_set_new(o, "messages", json_integer(ss->messages));
+    json_object_set_new(o, "bytes", json_integer(ss->bytes));
+    json_object_set_new(o, "oldest_age", ss->oldest_ms < 0 ? json_null() :
+                        json_integer((now - ss->oldest_ms) / 1000));
+    json_object_set_new(o, "oldest_id", ss->oldest_ms < 0 ? json_null() :
+                        json_string(ss->oldest_id));
+    json_object_set_new(o, "by_state", states_json(ss->by_state));
+    for(j = 0; j < ss->nups; j++)
+      json_object_set_new(ups, ss->ups[j].name, states_json(ss->ups[j].n));
+    json_object_set_new(o, "by_upstream", ups);
+    if(not_live)
+      json_object_set_new(o, "live", json_false());
+    return ctl_print_json_one(o);
+  }
+  printf("messages: %lld (%lld Kbytes)\n", ss->messages, (ss->bytes + 1023) / 1024);
+  if(ss->oldest_ms >= 0) {
+    ctl_age_human((now - ss->oldest_ms) / 1000, age, sizeof(age));
+    printf("oldest unfinished: %s (%s)\n", age, ss->oldest_id);
+  }
+  printf("\n%-24s", "recipients by upstream");
+  for(i = 0; i < NSTATES; i++)
+    printf(" %9s", rcpt_status_name((enum rcpt_status)i));
+  putchar('\n');
+  for(j = 0; j < ss->nups; j++) {
+    char name[25];
+    snprintf(name, sizeof(name), "%s", ss->ups[j].name);
+    printf("%-24s", name);
+    for(i = 0; i < NSTATES; i++)
+      printf(" %9lld", ss->ups[j].n[i]);
+    putchar('\n');
+  }
+  printf("%-24s", "total");
+  for(i = 0; i < NSTATES; i++)
+    printf(" %9lld", ss->by_state[i]);
+  putchar('\n');
+  return 0;
+}
+
+static int queue_stats(struct ctl *c, const struct queue_sel *q, int not_live)
+{
+  struct stats_state ss;
+  size_t j;
+  int result;
+  memset(&ss, 0, sizeof(ss));
+  ss.sel = q;
+  ss.oldest_ms = -1;
+  result = store_list(c->st, &q->f, stats_one, &ss);
+  if(!result && !ss.oom)
+    result = stats_print(c, &ss, not_live);
+  else
+    result = ss.oom ? EX_OSERR : ctl_store_failed("reading the queue", result);
+  for(j = 0; j < ss.nups; j++)
+    free(ss.ups[j].name);
+  free(ss.ups);
+  return result;
+}
+
 static int id_parse(const char *arg, char out[LIM_QUEUE_ID + 1])
 {
   size_t i, n = strlen(arg);
@@ -285,32 +607,75 @@ static int id_parse(const char *arg, char out[LIM_QUEUE_ID + 1])
   return 0;
 }
 
+/* posternctl stats with the daemon down: every message, from the store */
+int ctl_queue_stats(struct ctl *c, int not_live)
+{
+  struct queue_sel q;
+  memset(&q, 0, sizeof(q));
+  q.f.status = -1;
+  q.cfg = c->cfg;
+  if(ctl_store(c, STORE_OPEN_READONLY))
+    return EX_TEMPFAIL;
+  return queue_stats(c, &q, not_live);
+}
+
+static int is_change(const char *verb)
+{
+  return !strcmp(verb, "retry") || !strcmp(verb, "hold") || !strcmp(verb, "release") ||
+         !strcmp(verb, "delete");
+}
+
 int ctl_queue(struct ctl *c)
 {
-  static const char *const with_id[] = { "show", "cat", "retry", "hold", "release", "delete" };
+  struct queue_sel q;
   const char *verb;
-  size_t i;
   int result, reads;
-  if(ctl_no_options(c))
-    return EX_USAGE;
 
+  result = sel_parse(c, &q);
+  if(result)
+    return result;
   if(c->nargs < 2)
     return ctl_usage_error("queue needs a command", NULL);
   verb = c->args[1];
-  if(!strcmp(verb, "list")) {
-    if(c->nargs > 2)
-      return ctl_usage_error("queue list takes no argument", c->args[2]);
-    result = ctl_config_and_store(c, STORE_OPEN_READONLY);
-    return result ? result : queue_list(c);
+  if(!strcmp(verb, "flush")) {
+    if(q.filtered || q.all)
+      return ctl_usage_error("queue flush takes no filter (it flushes every deferred message)",
+                             NULL);
+    return ctl_flush(c);
   }
-  for(i = 0; i < sizeof(with_id) / sizeof(with_id[0]); i++)
-    if(!strcmp(verb, with_id[i]))
-      break;
-  if(i == sizeof(with_id) / sizeof(with_id[0]))
+  if(!strcmp(verb, "list") || !strcmp(verb, "stats")) {
+    if(c->nargs > 2)
+      return ctl_usage_error("too many arguments", c->args[2]);
+    if(q.all)
+      return ctl_usage_error("--all is for retry, hold, release and delete", NULL);
+    result = ctl_config_and_store(c, STORE_OPEN_READONLY);
+    if(result)
+      return result;
+    q.cfg = c->cfg;
+    return !strcmp(verb, "list") ? queue_list(c, &q) : queue_stats(c, &q, 0);
+  }
+  if(strcmp(verb, "show") && strcmp(verb, "cat") && !is_change(verb))
     return ctl_usage_error("unknown queue command", verb);
+  if(q.all || q.filtered) {
+    /* a bulk action: filters or --all stand for the ID, never both */
+    if(!is_change(verb))
+      return ctl_usage_error("filters are for list, stats and the bulk actions", verb);
+    if(c->nargs > 2)
+      return ctl_usage_error("a bulk action takes --all or filters instead of an ID",
+                             c->args[2]);
+    if(q.all && q.filtered)
+      return ctl_usage_error("--all or filters, not both", NULL);
+    result = ctl_config_and_store(c, 0);
+    if(result)
+      return result;
+    q.cfg = c->cfg;
+    return queue_bulk(c, &q, verb);
+  }
   if(c->nargs != 3)
-    return ctl_usage_error(c->nargs < 3 ? "this command needs a queue ID" : "too many arguments",
-                       c->nargs < 3 ? verb : c->args[3]);
+    return ctl_usage_error(c->nargs < 3 ? (is_change(verb) ? "this command needs a queue ID, "
+                           "or --all or filters for every message they select"
+                           : "this command needs a queue ID") : "too many arguments",
+                           c->nargs < 3 ? verb : c->args[3]);
   if(id_parse(c->args[2], c->id))
     return ctl_usage_error("not a queue ID (1 to 24 hex digits)", c->args[2]);
 

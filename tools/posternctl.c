@@ -15,8 +15,17 @@ static const struct command {
   const char *usage;          /* its lines of the usage text */
 } commands[] = {
   { "queue", ctl_queue,
-    "queue list [--json]\n"
-    "queue show|cat|retry|hold|release|delete ID [--json]\n" },
+    "queue list [FILTERS] [--json]\n"
+    "queue show|cat|retry|hold|release|delete ID [--json]\n"
+    "queue retry|hold|release|delete --all|FILTERS [--json]\n"
+    "queue stats [FILTERS] [--json]\n"
+    "queue flush   (the same as flush)\n"
+    "  FILTERS: --sender GLOB --recipient GLOB --upstream NAME --state STATE\n"
+    "           --older-than DURATION (90, 30s, 10m, 1h, 5d)\n" },
+  { "flush", ctl_flush, "flush   (the running daemon tries every deferred message now)\n" },
+  { "reload", ctl_reload, "reload   (the running daemon reads its configuration again)\n" },
+  { "stats", ctl_stats,
+    "stats [--live] [--json]   (the daemon's live counters; the store's when it is down)\n" },
   { "user", ctl_user,
     "user add|delete NAME   (the password is read from standard input or asked for twice)\n"
     "user list [--json]\n" },
@@ -45,6 +54,10 @@ void ctl_usage(FILE *out)
   for(i = 0; i < NCOMMANDS; i++)
     for(line = commands[i].usage; *line; line = nl + 1) {
       nl = strchr(line, '\n');
+      if(*line == ' ') {        /* a note under the command above */
+        fprintf(out, "%27s%.*s\n", "", (int)(nl - line), line);
+        continue;
+      }
       fprintf(out, "%s posternctl [-c FILE] %.*s\n", first ? "usage:" : "      ",
               (int)(nl - line), line);
       first = 0;
