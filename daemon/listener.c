@@ -266,7 +266,10 @@ int daemon_bind(struct daemon **out, struct config *cfg, struct tls_server_ctx *
         continue;
       }
       d->socks[d->nsocks].fd = fd;
-      d->socks[d->nsocks].listener = l->name;
+      /* a copy: the configuration it comes from is freed by the second reload */
+      d->socks[d->nsocks].listener = strdup(l->name);
+      if(!d->socks[d->nsocks].listener)
+        log_fatal("out of memory");
       d->socks[d->nsocks].loopback = bound_to_loopback(fd);
       d->nsocks++;
     }
@@ -540,9 +543,11 @@ void daemon_free(struct daemon *d)
   if(!d)
     return;
   pool_free(d->pool);      /* sessions have ended (daemon_stop): this joins idle threads */
-  for(i = 0; i < d->nsocks; i++)
+  for(i = 0; i < d->nsocks; i++) {
     if(d->socks[i].fd >= 0)
       close(d->socks[i].fd);
+    free(d->socks[i].listener);
+  }
   if(d->http_fd >= 0)
     close(d->http_fd);
   if(d->stop_pipe[0] >= 0)

@@ -1,0 +1,352 @@
+# The administrator's tools: postern-sendmail (the sendmail(1) interface) against a running
+# daemon and a real aiosmtpd upstream, posternctl's queue filters, bulk actions and stats, and
+# the daemon's control socket (flush, reload, stats, hostile input). Every test asserts what
+# the upstream received, what the store holds or what the socket answered.
+import email
+import email.policy
+import json
+import os
+import socket
+import stat
+import subprocess
+import time
+
+import pytest
+
+from conftest import BUILDDIR, HOSTNAME, assert_serving
+from upstream import Upstream, free_port
+
+SENDMAIL = os.path.join(BUILDDIR, "postern-sendmail")
+EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL = 64, 65, 69, 75
+
+
+@pytest.fixture
+def upstreams(tmp_path):
+    made = []
+
+    def make(**kw):
+        up = Upstream(tmp_path / f"sink{len(made)}", **kw).start()
+        made.append(up)
+        return up
+
+    yield make
+    for up in made:
+        up.stop()
+
+
+def plain_upstream(name, port, route=None):
+    lines = [f"[upstream {name}]", "type = smtp", "host = 127.0.0.1", f"port = {port}",
+             "tls = none", "helo = relay.test.example", ""]
+    if route is not None:
+        lines += [f"[route {name}]", route, f"upstream = {name}", ""]
+    return "\n".join(lines)
+
+
+def default_route(name):
+    return f"[route default]\nupstream = {name}\n"
+
+
+def sendmail(d, *args, stdin=b"", timeout=60):
+    assert os.access(SENDMAIL, os.X_OK), f"{SENDMAIL} is not built"
+    return subprocess.run([SENDMAIL, "-C", d.conf, *args], input=stdin, capture_output=True,
+                          timeout=timeout, cwd=d.workdir)
+
+
+def control(d, payload, timeout=15):
+    """One exchange on the control socket: the raw bytes sent, the reply line parsed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(os.path.join(d.data_dir, "control.sock"))
+        s.sendall(payload)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+def ids_of(d, *args):
+    p = d.ctl("queue", "list", "--json", *args)
+    return {e["id"] for e in json.loads(p.stdout)}
+
+
+def wait_for(pred, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- postern-sendmail -----------------------------------------------------------------------
+
+def test_sendmail_t_strips_bcc_and_delivers(daemon_factory, upstreams):
+    up = upstreams()
+    d = daemon_factory(extra=plain_upstream("up", up.port) + default_route("up"))
+    msg = (b"To: Ann <ann@example.net>, bob@example.net\n"
+           b"Cc: carol@example.org\n"
+           b"Bcc: hidden@example.com,\n"
+           b"  hidden2@example.com\n"
+           b"Subject: from cron\n"
+           b"\n"
+           b"first line\n"
+           b".\n"
+           b"after a lone dot (kept with -i)\n")
+    p = sendmail(d, "-t", "-i", "-f", "cron@client.test", "-F", "Cron Daemon", stdin=msg)
+    assert p.returncode == 0, p.stderr
+    got = up.wait_messages(1)[0]
+    assert got["mail_from"] == "cron@client.test"
+    assert sorted(got["rcpts"]) == sorted(["ann@example.net", "bob@example.net",
+                                           "carol@example.org", "hidden@example.com",
+                                           "hidden2@example.com"])
+    parsed = email.message_from_bytes(got["data"], policy=email.policy.default)
+    assert parsed["Bcc"] is None
+    assert b"hidden" not in got["data"], got["data"]
+    assert parsed["Subject"] == "from cron"
+    # no From: in the message: one is added with -F's name and the envelope sender
+    assert parsed["From"].addresses[0].display_name == "Cron Daemon"
+    assert parsed["From"].addresses[0].addr_spec == "cron@client.test"
+    body = parsed.get_content()
+    assert "\n.\n" in body.replace("\r\n", "\n") and "after a lone dot" in body
+    assert b"\n" not in got["data"].replace(b"\r\n", b"")   # CRLF only on the wire
+
+
+def test_sendmail_recipients_as_arguments_and_dot_ends(daemon):
+    # without -i a line with a single dot ends the message; recipients come from the arguments
+    msg = b"From: me@client.test\nSubject: dot\n\nkept\n.\nnot part of the message\n"
+    p = sendmail(daemon, "-f", "<sender@client.test>", "x@example.net, Y <y@example.net>",
+                 "root", stdin=msg)
+    assert p.returncode == 0, p.stderr
+    [entry] = daemon.queue_list()
+    assert entry["sender"] == "sender@client.test"
+    assert sorted(r["address"] for r in entry["recipients"]) == \
+        sorted(["x@example.net", "y@example.net", f"root@{HOSTNAME}"])
+    stored = daemon.queue_cat(entry["id"])
+    assert b"kept\r\n" in stored
+    assert b"not part" not in stored
+    assert stored.count(b"From:") == 1            # the message had one: none added
+
+
+def test_sendmail_ignores_legacy_options(daemon):
+    p = sendmail(daemon, "-odi", "-oem", "-v", "-oi", "-U", "-m", "-Am", "-B", "8BITMIME",
+                 "-h", "20", "--", "z@example.net",
+                 stdin=b"Subject: legacy\n\nhello\n")
+    assert p.returncode == 0, p.stderr
+    [entry] = daemon.queue_list()
+    assert [r["address"] for r in entry["recipients"]] == ["z@example.net"]
+    p = sendmail(daemon, "-k", "z@example.net", stdin=b"x\n")
+    assert p.returncode == EX_USAGE
+
+
+def test_sendmail_bs_speaks_smtp(daemon):
+    dialogue = (b"EHLO script.test\n"
+                b"MAIL FROM:<bs@client.test>\n"
+                b"RCPT TO:<bs-rcpt@example.net>\n"
+                b"DATA\n"
+                b"Subject: via -bs\n"
+                b"\n"
+                b"hello over stdin\n"
+                b".\n"
+                b"QUIT\n")
+    p = sendmail(daemon, "-bs", stdin=dialogue)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    assert out.startswith("220 "), out
+    assert "221 " in out, out
+    qid = [l for l in out.splitlines() if "queued as" in l][0].split()[-1]
+    entry = daemon.queue_entry(qid)
+    assert entry["sender"] == "bs@client.test"
+    assert [r["address"] for r in entry["recipients"]] == ["bs-rcpt@example.net"]
+    assert b"hello over stdin\r\n" in daemon.queue_cat(qid)
+
+
+def test_sendmail_exit_codes(daemon_factory):
+    d = daemon_factory()
+    p = sendmail(d, "not an address@@", stdin=b"Subject: x\n\nx\n")
+    assert p.returncode == EX_DATAERR, (p.returncode, p.stderr)
+    assert b"bad address" in p.stderr
+    p = sendmail(d, "-f", "bad sender@@", "ok@example.net", stdin=b"x\n")
+    assert p.returncode == EX_DATAERR, (p.returncode, p.stderr)
+    p = sendmail(d, "-t", stdin=b"Subject: nobody\n\nx\n")
+    assert p.returncode == EX_USAGE, (p.returncode, p.stderr)
+    assert d.queue_list() == []                   # nothing was submitted
+    # the daemon down: a temporary failure, and -bs says 421
+    down = daemon_factory(start=False)
+    p = sendmail(down, "ok@example.net", stdin=b"Subject: x\n\nx\n")
+    assert p.returncode == EX_TEMPFAIL, (p.returncode, p.stderr)
+    assert b"is it running" in p.stderr
+    p = sendmail(down, "-bs", stdin=b"QUIT\n")
+    assert p.returncode == EX_TEMPFAIL
+    assert p.stdout.startswith(b"421 ")
+
+
+def test_sendmail_bp_lists_the_queue(daemon):
+    qid = assert_serving(daemon, "bp")
+    p = sendmail(daemon, "-bp")
+    assert p.returncode == 0, p.stderr
+    assert qid in p.stdout.decode()
+    assert p.stdout == daemon.ctl("queue", "list").stdout
+
+
+# ---- posternctl queue: filters, bulk actions, stats -------------------------------------------
+
+def submit(d, sender, rcpt, tag):
+    """Through postern-sendmail; returns the new queue id."""
+    before = d.stored_ids()
+    p = sendmail(d, "-f", sender, rcpt, stdin=f"Subject: {tag}\n\n{tag}\n".encode())
+    assert p.returncode == 0, p.stderr
+    [qid] = d.stored_ids() - before
+    return qid
+
+
+def test_queue_filters_bulk_and_stats(daemon_factory):
+    dead = free_port()                            # nothing listens: mail to "slow" defers
+    d = daemon_factory({"retry_min": "1h", "retry_max": "2h"},
+                       extra=plain_upstream("slow", dead, route="sender = *@a.test")
+                       + default_route("capture"))
+    ids = {}
+    for tag, sender, rcpt in (("m1", "x@a.test", "r1@example.net"),
+                              ("m2", "y@b.test", "r2@example.org"),
+                              ("m3", "x@a.test", "r3@example.org")):
+        ids[tag] = submit(d, sender, rcpt, tag)
+    d.wait_status(ids["m1"], "deferred")
+    d.wait_status(ids["m3"], "deferred")
+    d.wait_status(ids["m2"], "captured")
+
+    assert ids_of(d, "--sender", "*@A.test") == {ids["m1"], ids["m3"]}
+    assert ids_of(d, "--recipient", "r2@*") == {ids["m2"]}
+    assert ids_of(d, "--upstream", "slow") == {ids["m1"], ids["m3"]}
+    assert ids_of(d, "--upstream", "capture") == {ids["m2"]}
+    assert ids_of(d, "--state", "captured") == {ids["m2"]}
+    assert ids_of(d, "--state", "deferred", "--recipient", "*@example.org") == {ids["m3"]}
+    assert ids_of(d, "--older-than", "1h") == set()
+    assert d.ctl("queue", "list", "--older-than=0s", check=False).returncode == EX_USAGE
+    human = d.ctl("queue", "list", "--upstream", "slow").stdout.decode()
+    assert ids["m1"] in human and ids["m3"] in human and ids["m2"] not in human
+    assert d.ctl("queue", "list", "--older-than", "soon", check=False).returncode == EX_USAGE
+    assert d.ctl("queue", "list", "--state", "lost", check=False).returncode == EX_USAGE
+
+    # stats, human and JSON
+    st = json.loads(d.ctl("queue", "stats", "--json").stdout)[0]
+    assert st["messages"] == 3
+    assert st["by_state"]["deferred"] == 2 and st["by_state"]["captured"] == 1
+    assert st["by_upstream"]["slow"]["deferred"] == 2
+    assert st["by_upstream"]["capture"]["captured"] == 1
+    assert st["oldest_id"] == ids["m1"] and st["oldest_age"] >= 0
+    assert st["bytes"] > 0
+    text = d.ctl("queue", "stats").stdout.decode()
+    assert "slow" in text and "capture" in text and ids["m1"] in text
+
+    # bulk actions refuse to run on nothing in particular
+    p = d.ctl("queue", "hold", check=False)
+    assert p.returncode == EX_USAGE
+    p = d.ctl("queue", "delete", ids["m1"], "--all", check=False)
+    assert p.returncode == EX_USAGE
+    p = d.ctl("queue", "hold", "--upstream", "slow", "--json")
+    assert {o["id"] for o in json.loads(p.stdout)} == {ids["m1"], ids["m3"]}
+    assert ids_of(d, "--state", "held") == {ids["m1"], ids["m3"]}
+    assert d.queue_entry(ids["m2"])["recipients"][0]["status"] == "captured"
+    p = d.ctl("queue", "release", "--state", "held", "--sender", "x@a.test")
+    assert "2 messages released" in p.stdout.decode()
+    assert ids_of(d, "--state", "held") == set()
+    p = d.ctl("queue", "delete", "--recipient", "r3@*")
+    assert ids["m3"] in p.stdout.decode()
+    assert d.stored_ids() == {ids["m1"], ids["m2"]}
+    d.ctl("queue", "delete", "--all")
+    assert d.stored_ids() == set()
+
+
+# ---- the control socket --------------------------------------------------------------------
+
+def test_control_socket_stats_mode_and_garbage(daemon):
+    path = os.path.join(daemon.data_dir, "control.sock")
+    st = os.stat(path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.geteuid()
+
+    r = control(daemon, b"stats\n")
+    assert r["ok"] is True
+    for k in ("uptime", "sessions", "deliveries_in_flight", "messages", "by_state"):
+        assert k in r, r
+    assert_serving(daemon, "stats")
+    live = json.loads(daemon.ctl("stats", "--live", "--json").stdout)[0]
+    assert live["live"] is True and live["messages"] == 1
+    assert "sessions:" in daemon.ctl("stats").stdout.decode()
+
+    # garbage is answered, not obeyed, and the daemon keeps serving
+    assert control(daemon, b"\x00\xff\xfe rm -rf /\n")["ok"] is False
+    assert control(daemon, b"FLUSH please\n")["ok"] is False
+    assert control(daemon, b"A" * 100000 + b"\n")["ok"] is False
+    # a client that says nothing does not hold the socket for long, nor the mail at all
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(path)
+    try:
+        assert_serving(daemon, "silent")
+        t0 = time.monotonic()
+        assert control(daemon, b"stats\n", timeout=30)["ok"] is True
+        assert time.monotonic() - t0 < 20
+    finally:
+        silent.close()
+    assert control(daemon, b"stats\n")["messages"] == 2
+
+    # SIGTERM: the socket goes with the daemon
+    daemon.stop_and_check()
+    assert not os.path.exists(path)
+    p = daemon.ctl("stats", "--json")
+    assert b"not running" in p.stderr
+    assert json.loads(p.stdout)[0]["live"] is False
+    assert daemon.ctl("stats", "--live", check=False).returncode == EX_UNAVAILABLE
+    assert daemon.ctl("reload", check=False).returncode == EX_UNAVAILABLE
+
+
+def test_control_reload(daemon):
+    with daemon.smtp() as c:
+        c.greet()
+        c.cmd_expect("MAIL FROM:<a@client.test>", 250)
+        c.cmd_expect("RCPT TO:<one@example.net>", 250)
+        c.cmd_expect("RCPT TO:<two@example.net>", 250)
+        c.cmd("QUIT")
+    daemon.write_config({"max_recipients": "1"})
+    p = daemon.ctl("reload")
+    assert b"reloaded" in p.stdout
+    assert "reload -- configuration" in daemon.log_text()
+    with daemon.smtp() as c:
+        c.greet()
+        c.cmd_expect("MAIL FROM:<a@client.test>", 250)
+        c.cmd_expect("RCPT TO:<one@example.net>", 250)
+        r = c.cmd("RCPT TO:<two@example.net>")
+        assert r.code in (452, 552), r
+        c.cmd("QUIT")
+    assert control(daemon, b"reload\n")["ok"] is True
+    # a second reload frees the first configuration: the listeners must not have kept
+    # pointers into it (new sessions were refused with 421 after it)
+    assert_serving(daemon, "after two reloads")
+
+
+def test_flush_and_retry_wake_the_scheduler(daemon_factory, upstreams):
+    up = upstreams(fail_first=2)                  # the first two tries are deferred
+    d = daemon_factory({"retry_min": "1h", "retry_max": "2h"},
+                       extra=plain_upstream("up", up.port) + default_route("up"))
+    qid = submit(d, "app@client.test", "someone@example.net", "flush")
+    d.wait_status(qid, "deferred")
+    assert up.received() == []
+    r = json.loads(d.ctl("flush", "--json").stdout)[0]
+    assert r["live"] is True and r["flushed"] == 1
+    # the next try comes now, not in an hour: the upstream defers it once more
+    wait_for(lambda: d.queue_entry(qid)["recipients"][0]["attempts"] >= 2, 20, "second attempt")
+    d.wait_status(qid, "deferred")
+    # queue retry marks it due and wakes the scheduler (without the kick it waits its timer)
+    d.ctl("queue", "retry", qid)
+    up.wait_messages(1, timeout=20)
+    d.wait_status(qid, "sent")
+    # queue flush is the same command
+    assert b"0 deferred" in d.ctl("queue", "flush").stdout
+    d.stop_and_check()
+    # with the daemon down, flush still makes mail due and says nobody is there to send it
+    p = d.ctl("flush", check=False)
+    assert p.returncode == EX_UNAVAILABLE and b"not running" in p.stderr
