@@ -55,7 +55,7 @@ void ctl_usage(FILE *out)
     for(line = commands[i].usage; *line; line = nl + 1) {
       nl = strchr(line, '\n');
       if(*line == ' ') {        /* a note under the command above */
-        fprintf(out, "%27s%.*s\n", "", (int)(nl - line), line);
+        fprintf(out, "%7s%.*s\n", "", (int)(nl - line), line);
         continue;
       }
       fprintf(out, "%s posternctl [-c FILE] %.*s\n", first ? "usage:" : "      ",
