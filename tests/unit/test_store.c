@@ -824,6 +824,69 @@ static void test_full_maps_to_store_full(void)
   dir_remove();
 }
 
+/* store_flush makes deferred mail due and nothing else; store_counts sees one snapshot */
+static void test_flush_and_counts(void)
+{
+  struct store *st;
+  struct store_msg m, got;
+  struct store_rcpt r[4];
+  const char *addrs[4] = { "a@y", "b@y", "c@y", "d@y" };
+  struct store_rcpt_update u[3];
+  struct store_counts sc;
+  char ids[4][LIM_QUEUE_ID + 1];
+  size_t n = 99;
+
+  dir_make();
+  st = open_new(0);
+  CHECK_EQ_INT(store_counts(st, &sc), STORE_OK);
+  CHECK_EQ_INT(sc.messages, 0);
+  CHECK_EQ_INT(sc.oldest_unfinished_ms, -1);
+  CHECK_EQ_INT(store_flush(st, &n), STORE_OK);
+  CHECK_EQ_INT(n, 0);
+
+  msg_fill(&m, r, "FL0000000001", "s@x", 1000, addrs, 4);
+  CHECK_EQ_INT(store_accept(st, &m, "body", 4), STORE_OK);
+  CHECK_EQ_INT(accept_simple(st, "FL0000000002", "s@x", 2000, "e@y"), STORE_OK);
+  memset(u, 0, sizeof(u));
+  u[0].idx = 0;
+  u[0].status = RCPT_SENT;
+  u[1].idx = 1;
+  u[1].status = RCPT_DEFERRED;
+  u[1].next_attempt_ms = wall_ms() + 3600000;
+  u[2].idx = 2;
+  u[2].status = RCPT_HELD;
+  CHECK_EQ_INT(store_update(st, "FL0000000001", u, 3), STORE_OK);
+  u[0].status = RCPT_CAPTURED;
+  CHECK_EQ_INT(store_update(st, "FL0000000002", u, 1), STORE_OK);
+
+  CHECK_EQ_INT(store_counts(st, &sc), STORE_OK);
+  CHECK_EQ_INT(sc.messages, 2);
+  CHECK_EQ_INT(sc.bytes, 4 + 18);
+  CHECK_EQ_INT(sc.rcpts[RCPT_SENT], 1);
+  CHECK_EQ_INT(sc.rcpts[RCPT_DEFERRED], 1);
+  CHECK_EQ_INT(sc.rcpts[RCPT_HELD], 1);
+  CHECK_EQ_INT(sc.rcpts[RCPT_QUEUED], 1);
+  CHECK_EQ_INT(sc.rcpts[RCPT_CAPTURED], 1);
+  CHECK_EQ_INT(sc.oldest_unfinished_ms, 1000);   /* the second one is finished */
+
+  /* the deferred one (not the held one) is due now; a second flush finds nothing */
+  CHECK_EQ_INT(store_due(st, wall_ms() + 1000, ids, 4, &n), STORE_OK);
+  CHECK_EQ_INT(n, 1);                            /* the queued recipient d@y */
+  CHECK_EQ_INT(store_flush(st, &n), STORE_OK);
+  CHECK_EQ_INT(n, 1);
+  CHECK_EQ_INT(store_get(st, "FL0000000001", &got), STORE_OK);
+  if(got.nrcpts == 4) {
+    CHECK_EQ_INT(got.rcpts[1].status, RCPT_DEFERRED);
+    CHECK(got.rcpts[1].next_attempt_ms <= wall_ms());
+    CHECK_EQ_INT(got.rcpts[2].status, RCPT_HELD);
+  }
+  store_msg_free(&got);
+  CHECK_EQ_INT(store_flush(st, &n), STORE_OK);
+  CHECK_EQ_INT(n, 0);
+  store_close(st);
+  dir_remove();
+}
+
 static const struct unit_case cases[] = {
   { "open_create_migrate", test_open_create_migrate },
   { "new_id", test_new_id },
@@ -833,6 +896,7 @@ static const struct unit_case cases[] = {
   { "list_filters", test_list_filters },
   { "delete_cascade", test_delete_cascade },
   { "set_pending", test_set_pending },
+  { "flush_and_counts", test_flush_and_counts },
   { "group_commit", test_group_commit },
   { "batch_isolation", test_batch_isolation },
   { "reopen_keeps_data", test_reopen_keeps_data },
