@@ -50,6 +50,7 @@ static const char usage_text[] =
   " 67  a recipient refused by the listener (EX_NOUSER); the others got the message\n"
   " 69  refused for another reason, or -q with postern not running (EX_UNAVAILABLE)\n"
   " 75  postern is not running or answered 4xx: try again later (EX_TEMPFAIL)\n"
+  " 77  the listener wants AUTH, or refused the login (EX_NOPERM)\n"
   " 78  the configuration has problems, or no submission listener (EX_CONFIG)\n";
 
 void ctl_usage(FILE *out)     /* what ctl_usage_error prints, here */
@@ -451,6 +452,8 @@ static int reply_exit(const struct smtp_reply *r)
 {
   if(r->code >= 400 && r->code < 500)
     return EX_TEMPFAIL;
+  if(r->code == 530)          /* authentication required: nobody's address is at fault */
+    return EX_NOPERM;
   if(!strncmp(r->enh, "5.1.", 4) || !strncmp(r->enh, "5.7.", 4))
     return EX_NOUSER;
   if(!strncmp(r->enh, "5.3.4", 5) || !strncmp(r->enh, "5.6.", 4))
@@ -553,6 +556,12 @@ static int submit(struct sm *s, const char *sender, const struct buf *msg)
     }
     /* every refusal is told; the exit code is the first one's (4xx wins: try again) */
     code = reply_fail(s->rcpts[i], &rcpts[i].reply, reply_exit(&rcpts[i].reply));
+    if(code == EX_NOPERM && !user) {
+      fprintf(stderr, "postern-sendmail: listener %s requires AUTH: set POSTERN_SENDMAIL_USER "
+              "and POSTERN_SENDMAIL_PASSWORD_FILE\n", l->name);
+      result = code;
+      break;
+    }
     if(!result || code == EX_TEMPFAIL)
       result = code;
   }

@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from conftest import BUILDDIR, HOSTNAME, assert_serving
+from conftest import BUILDDIR, HOSTNAME, POSTERNCTL, assert_serving
 from upstream import Upstream, free_port
 
 SENDMAIL = os.path.join(BUILDDIR, "postern-sendmail")
-EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL = 64, 65, 69, 75
+EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM = 64, 65, 69, 75, 77
 
 
 @pytest.fixture
@@ -46,10 +46,11 @@ def default_route(name):
     return f"[route default]\nupstream = {name}\n"
 
 
-def sendmail(d, *args, stdin=b"", timeout=60):
+def sendmail(d, *args, stdin=b"", timeout=60, env=None):
     assert os.access(SENDMAIL, os.X_OK), f"{SENDMAIL} is not built"
     return subprocess.run([SENDMAIL, "-C", d.conf, *args], input=stdin, capture_output=True,
-                          timeout=timeout, cwd=d.workdir)
+                          timeout=timeout, cwd=d.workdir,
+                          env=None if env is None else dict(os.environ, **env))
 
 
 def control(d, payload, timeout=15):
@@ -182,6 +183,31 @@ def test_sendmail_exit_codes(daemon_factory):
     p = sendmail(down, "-bs", stdin=b"QUIT\n")
     assert p.returncode == EX_TEMPFAIL
     assert p.stdout.startswith(b"421 ")
+
+
+def test_sendmail_auth_when_the_listener_requires_it(daemon_factory, tmp_path):
+    password = "sendmail-Pw-0"
+    d = daemon_factory(extra="auth = required\n", start=False)
+    subprocess.run([POSTERNCTL, "-c", d.conf, "user", "add", "cron"], check=True,
+                   input=(password + "\n").encode(), capture_output=True, timeout=60)
+    d.start()
+    msg = b"Subject: with auth\n\nhello\n"
+    p = sendmail(d, "to@example.net", stdin=msg)
+    assert p.returncode == EX_NOPERM, (p.returncode, p.stderr)
+    assert b"POSTERN_SENDMAIL_USER" in p.stderr
+    pwfile = tmp_path / "pw"
+    pwfile.write_text(password + "\n")
+    os.chmod(pwfile, 0o600)
+    env = {"POSTERN_SENDMAIL_USER": "cron", "POSTERN_SENDMAIL_PASSWORD_FILE": str(pwfile)}
+    p = sendmail(d, "to@example.net", stdin=msg, env=env)
+    assert p.returncode == 0, p.stderr
+    [entry] = d.queue_list()
+    assert entry["auth_user"] == "cron"
+    pwfile.write_text("wrong\n")
+    p = sendmail(d, "to@example.net", stdin=msg, env=env)
+    assert p.returncode == EX_NOPERM, (p.returncode, p.stderr)
+    assert b"wrong" not in p.stderr                  # the password is never shown
+    assert len(d.queue_list()) == 1
 
 
 def test_sendmail_bp_lists_the_queue(daemon):
