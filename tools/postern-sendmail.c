@@ -99,7 +99,7 @@ static int parse_args(struct sm *s, int argc, char **argv)
   else if(!strcmp(base, "newaliases"))
     s->mode = SM_NOTHING;
   for(i = 1; i < argc; i++) {
-    const char *a = argv[i];
+    const char *a = argv[i], *ignored = NULL;
     const char **value = NULL;
     if(!strcmp(a, "--")) {
       i++;
@@ -148,11 +148,9 @@ static int parse_args(struct sm *s, int argc, char **argv)
     case 'I': if(a[2]) goto unknown; s->mode = SM_NOTHING; continue;
     case 'v': case 'm': case 'n': case 'U': case 'G': case 'A':
       continue;
-    case 'B': case 'h': case 'L': case 'N': case 'R': case 'V': case 'X': {
-      const char *ignored = NULL;
-      value = &ignored;
+    case 'B': case 'h': case 'L': case 'N': case 'R': case 'V': case 'X':
+      value = &ignored;        /* the value is read and dropped, as Postfix does */
       break;
-    }
     default:
       goto unknown;
     }
