@@ -405,8 +405,14 @@ static int message_prepare(struct sm *s, const char *sender, const char *p, size
       goto out;
     }
   }
-  if((fields.len && buf_add(out, fields.ptr, fields.len)) ||
-     (len > body && buf_add(out, p + body, len - body)))
+  if(fields.len && buf_add(out, fields.ptr, fields.len))
+    result = EX_DATAERR;
+  /* a message that is all body ("echo text | sendmail root") gets the empty line that ends
+   * the header section: its first line must not pass for a header */
+  if(!result && !(len > body && (p[body] == '\n' || (p[body] == '\r' && len > body + 1 &&
+                                                     p[body + 1] == '\n'))))
+    result = buf_add(out, "\r\n", 2) ? EX_DATAERR : 0;
+  if(result || (len > body && buf_add(out, p + body, len - body)))
     result = sm_fail(EX_DATAERR, "message larger than max_message_size");
 out:
   buf_free(&fields);

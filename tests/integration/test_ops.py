@@ -143,6 +143,19 @@ def test_sendmail_ignores_legacy_options(daemon):
     assert p.returncode == EX_USAGE
 
 
+def test_sendmail_body_only_message(daemon):
+    # what "echo text | sendmail root" gives: no header at all; a From: and the empty line
+    # that ends the header section come first, so the text stays body
+    p = sendmail(daemon, "-f", "cron@client.test", "root", stdin=b"disk is full on /var\nline 2: more\n")
+    assert p.returncode == 0, p.stderr
+    [entry] = daemon.queue_list()
+    stored = daemon.queue_cat(entry["id"])
+    assert b"\r\n\r\ndisk is full on /var\r\nline 2: more\r\n" in stored, stored
+    parsed = email.message_from_bytes(stored, policy=email.policy.default)
+    assert parsed["From"].addresses[0].addr_spec == "cron@client.test"
+    assert parsed.get_content().replace("\r\n", "\n") == "disk is full on /var\nline 2: more\n"
+
+
 def test_sendmail_bs_speaks_smtp(daemon):
     dialogue = (b"EHLO script.test\n"
                 b"MAIL FROM:<bs@client.test>\n"
