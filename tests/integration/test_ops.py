@@ -11,27 +11,11 @@ import stat
 import subprocess
 import time
 
-import pytest
-
 from conftest import BUILDDIR, HOSTNAME, POSTERNCTL, assert_serving
-from upstream import Upstream, free_port
+from upstream import free_port
 
 SENDMAIL = os.path.join(BUILDDIR, "postern-sendmail")
 EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM = 64, 65, 69, 75, 77
-
-
-@pytest.fixture
-def upstreams(tmp_path):
-    made = []
-
-    def make(**kw):
-        up = Upstream(tmp_path / f"sink{len(made)}", **kw).start()
-        made.append(up)
-        return up
-
-    yield make
-    for up in made:
-        up.stop()
 
 
 def plain_upstream(name, port, route=None):
