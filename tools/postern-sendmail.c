@@ -7,6 +7,7 @@
 #include "smtp/smtp.h"
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "lib/vendor.h"
 #include <gmime/gmime.h>
 #include <errno.h>
 #include <netdb.h>
@@ -711,7 +712,7 @@ int main(int argc, char **argv)
     result = smtp_relay(&s);
     goto out;
   }
-  g_mime_init();
+  vendor_gmime_start();
   result = sender_make(&s, &sender);
   for(i = 0; !result && i < s.nrcpt_args; i++)
     result = address_list_add(&s, s.rcpt_args[i]);
@@ -724,7 +725,6 @@ int main(int argc, char **argv)
                      : "recipients must be given on the command line or with -t");
   if(!result)
     result = submit(&s, sender, &msg);
-  g_mime_shutdown();
 out:
   for(i = 0; i < s.nrcpts; i++)
     free(s.rcpts[i]);
