@@ -208,6 +208,7 @@ int main(int argc, char **argv)
   struct store *st = NULL;
   struct relay *relay = NULL;
   struct inbound_http *http = NULL;
+  struct inbound_records *records = NULL;
   struct passwd *pw = NULL;
   struct tls_server_ctx **tls = NULL;
   struct control *control = NULL;
@@ -318,6 +319,12 @@ int main(int argc, char **argv)
     log_error("cannot start the HTTP listener");
     goto out;
   }
+  /* correspondence records: made from what the store holds, so mail accepted while the
+   * daemon was down becomes records too */
+  if(inbound_records_start(cfg, st, &records)) {
+    log_error("cannot start the record builder");
+    goto out;
+  }
   if(daemon_serve(d, st, relay, auth_ok)) {
     log_error("cannot start the listeners");
     goto out;
@@ -365,6 +372,7 @@ out:
   if(d)
     daemon_stop(d, (cfg ? cfg->shutdown_grace : 30) * 1000LL);
   inbound_http_stop(http);
+  inbound_records_stop(records);
   relay_stop(relay);
   store_close(st);
   if(d) {

@@ -565,6 +565,40 @@ static int read_secrets(const struct cfg_inbound *in, struct http_settings *h, F
   return problems;
 }
 
+/* reply_address and forward_url: the settings of correspondence records */
+static int records_check_config(const struct cfg_inbound *in, FILE *errs, const char *path)
+{
+  const char *tok = in->reply_address ? strstr(in->reply_address, "{token}") : NULL;
+  char err[512], *secret = NULL;
+  size_t len = 0;
+  int problems = 0;
+  if(in->reply_address && (!tok || strstr(tok + 7, "{token}") || !strchr(tok + 7, '@') ||
+                           strchr(in->reply_address, '<') || strchr(in->reply_address, '>') ||
+                           strpbrk(in->reply_address, " \t\r\n\"") || tok == in->reply_address)) {
+    fprintf(errs, "%s:%d: [inbound] reply_address must be an address with one {token} in its "
+            "local part, like reply+{token}@reply.example.org\n", path, in->line);
+    problems++;
+  }
+  if(in->forward_url && in->forward_url[0]) {
+    if(!in->forward_secret_file) {
+      fprintf(errs, "%s:%d: [inbound] forward_url needs forward_secret_file (the key of the "
+              "X-Postern-Signature header)\n", path, in->line);
+      problems++;
+    }
+    else if(auth_secret_read(in->forward_secret_file, &secret, &len, err, sizeof(err))) {
+      fprintf(errs, "%s:%d: [inbound] forward_secret_file: %s\n", path, in->line, err);
+      problems++;
+    }
+    else if(!len) {
+      fprintf(errs, "%s:%d: [inbound] forward_secret_file is empty\n", path, in->line);
+      problems++;
+    }
+    if(secret)
+      auth_secret_free(secret, len);
+  }
+  return problems;
+}
+
 int inbound_check_config(const struct config *cfg, FILE *errs)
 {
   struct http_settings h;
@@ -575,6 +609,7 @@ int inbound_check_config(const struct config *cfg, FILE *errs)
   secret_clear(&h.password, &h.passwordlen);
   secret_clear(&h.twilio_token, &h.twilio_tokenlen);
   free(h.event_key);
+  problems += records_check_config(&cfg->inbound, errs, cfg->path);
   for(i = 0; i < cfg->nlisteners; i++) {
     const struct cfg_listener *l = &cfg->listeners[i];
     if(l->role == CFG_ROLE_MX && (!cfg->inbound.domains || !cfg->inbound.domains[0])) {

@@ -127,4 +127,19 @@ void inbound_mime_free(struct inbound_mime *m);
  * history and signature. malloc'd UTF-8; NULL when memory runs out. */
 char *inbound_reply_text(const char *text, size_t textlen, const char *html, size_t htmllen);
 
+/* ---- correspondence records (inbound/records.c) --------------------------------------------
+ * The record builder (a thread: new queue and inbound messages become records, threaded;
+ * outbound recipients' states, DSNs and SendGrid events update outbound records) and, with
+ * forward_url, the forwarder (a thread: each new record POSTed once a 2xx says so, in record
+ * order, signed X-Postern-Signature: sha256=HEX, the HMAC-SHA256 of the body under
+ * forward_secret_file). What they need of cfg is copied at start. */
+struct inbound_records;
+int inbound_records_start(const struct config *cfg, struct store *st,
+                          struct inbound_records **out);
+void inbound_records_stop(struct inbound_records *r);     /* NULL is fine */
+/* A record as the application sees it (the stored record with its status and events): a
+ * jansson object the caller decrefs, NULL when memory runs out. */
+struct json_t;
+struct json_t *inbound_record_object(struct store *st, const struct store_record *rec);
+
 #endif

@@ -52,4 +52,10 @@
 #define LIM_MIME_REFERENCES     500      /* message ids kept from References */
 #define LIM_MIME_DSN_RECIPIENTS 1000     /* per-recipient groups read from one DSN */
 
+/* correspondence records (inbound/records.c) */
+#define LIM_INBOUND_ROW         (1024u * 1024u)  /* the text fields of one stored inbound row */
+#define LIM_RECORD_REFS         100      /* References ids tried when threading a reply */
+#define LIM_FORWARD_ANSWER      (64u * 1024u)    /* what is kept of forward_url's answer */
+#define LIM_FORWARD_TIMEOUT_SECONDS 60   /* one POST to forward_url */
+
 #endif

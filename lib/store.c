@@ -74,6 +74,60 @@ static const char *const migrations[] = {
   " event TEXT, sg_message_id TEXT, email TEXT, timestamp INTEGER,"
   " payload TEXT NOT NULL);"
   "CREATE INDEX inbound_events_message ON inbound_events(sg_message_id);",
+  /* 4: correspondence records (issue 8). One row per record, made from one queue message
+   * (direction out) or one inbound message (direction in) in the same transaction that sets
+   * the source row's `recorded` mark, so a crash never makes a record twice or never. json is
+   * the record as made; status and events change afterwards (status_rank only rises, so
+   * events applied out of order cannot move a record back). record_addresses serves
+   * --address, attachments are kept once per sha256, forward_queue is the durable list of
+   * records still owed to forward_url (seq is the record order), and applied marks which
+   * SendGrid events have been applied. */
+  "ALTER TABLE messages ADD COLUMN recorded INTEGER NOT NULL DEFAULT 0;"
+  "ALTER TABLE messages ADD COLUMN reply_token TEXT;"
+  "CREATE INDEX messages_unrecorded ON messages(created_ms, id) WHERE recorded = 0;"
+  "ALTER TABLE inbound_messages ADD COLUMN recorded INTEGER NOT NULL DEFAULT 0;"
+  "CREATE INDEX inbound_messages_unrecorded ON inbound_messages(received_ms, id)"
+  " WHERE recorded = 0;"
+  "ALTER TABLE inbound_events ADD COLUMN applied INTEGER NOT NULL DEFAULT 0;"
+  "CREATE INDEX inbound_events_unapplied ON inbound_events(received_ms, event_key)"
+  " WHERE applied = 0;"
+  "CREATE TABLE records("
+  " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+  " id TEXT UNIQUE NOT NULL,"
+  " direction TEXT NOT NULL CHECK(direction IN ('in','out')),"
+  " source TEXT NOT NULL CHECK(source IN ('submission','mx','inbound-parse','sms')),"
+  " received_ms INTEGER NOT NULL,"
+  " message_id TEXT, thread_id TEXT NOT NULL, parent_id TEXT,"
+  " status TEXT, status_rank INTEGER NOT NULL DEFAULT 0,"
+  " reply_token TEXT, provider_id TEXT,"
+  " relay_done INTEGER NOT NULL DEFAULT 1,"
+  " json TEXT NOT NULL);"
+  "CREATE INDEX records_message_id ON records(message_id);"
+  "CREATE INDEX records_thread ON records(thread_id, seq);"
+  "CREATE UNIQUE INDEX records_reply_token ON records(reply_token);"
+  "CREATE INDEX records_provider ON records(provider_id);"
+  "CREATE INDEX records_relay_pending ON records(seq) WHERE relay_done = 0;"
+  "CREATE TABLE record_addresses("
+  " record_id TEXT NOT NULL REFERENCES records(id) ON DELETE CASCADE,"
+  " address TEXT NOT NULL,"
+  " PRIMARY KEY(address, record_id)) WITHOUT ROWID;"
+  "CREATE TABLE record_events("
+  " record_id TEXT NOT NULL REFERENCES records(id) ON DELETE CASCADE,"
+  " event_key TEXT NOT NULL,"
+  " n INTEGER NOT NULL,"
+  " at_ms INTEGER NOT NULL,"
+  " event TEXT NOT NULL, recipient TEXT, detail TEXT,"
+  " PRIMARY KEY(record_id, event_key)) WITHOUT ROWID;"
+  "CREATE TABLE attachments("
+  " sha256 TEXT PRIMARY KEY NOT NULL,"
+  " size INTEGER NOT NULL,"
+  " data BLOB NOT NULL);"
+  "CREATE TABLE forward_queue("
+  " seq INTEGER PRIMARY KEY NOT NULL,"
+  " record_id TEXT NOT NULL,"
+  " attempts INTEGER NOT NULL DEFAULT 0,"
+  " next_attempt_ms INTEGER NOT NULL,"
+  " last_error TEXT);",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -88,12 +142,19 @@ enum stmt {
   ST_RELEASE_UPSTREAM, ST_HELD_UPSTREAMS,
   ST_INBOUND_INSERT, ST_EVENT_INSERT, ST_INBOUND_LIST, ST_EVENT_LIST,
   ST_FLUSH, ST_COUNT_BY_STATUS, ST_COUNT_MESSAGES, ST_OLDEST_UNFINISHED,
+  ST_REC_INSERT, ST_REC_ADDR, ST_REC_BLOB, ST_REC_FWD, ST_REC_MARK_QUEUE, ST_REC_MARK_INBOUND,
+  ST_UNREC_QUEUE, ST_UNREC_INBOUND, ST_INBOUND_GET,
+  ST_REC_BY_MSGID, ST_REC_BY_TOKEN, ST_REC_BY_PROVIDER, ST_REC_BY_ID, ST_REC_GET,
+  ST_REV_INSERT, ST_REV_STATUS, ST_REC_RELAY, ST_REC_RELAY_PENDING, ST_REV_LIST,
+  ST_REC_LIST, ST_EV_UNAPPLIED, ST_EV_APPLIED, ST_FWD_HEAD, ST_FWD_DONE, ST_FWD_RETRY,
   ST_COUNT
 };
 
 /* the columns msg_from_row() reads, in its order */
 #define MSG_COLUMNS "id, sender, created_ms, size, body_8bit, smtputf8, source, listener," \
-  " client_addr, helo, auth_user, envid, ret, body_sha256"
+  " client_addr, helo, auth_user, envid, ret, body_sha256, reply_token"
+#define REC_COLUMNS "seq, id, direction, source, received_ms, message_id, thread_id," \
+  " parent_id, status, reply_token, provider_id, json"
 #define PENDING "('queued','deferred')"
 
 static const char *const stmt_sql[ST_COUNT] = {
@@ -105,8 +166,8 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_RELEASE] = "RELEASE job",
   [ST_ROLLBACK_TO] = "ROLLBACK TO job",
   [ST_MSG_INSERT] = "INSERT INTO messages(id, sender, created_ms, size, body_8bit, smtputf8,"
-    " source, listener, client_addr, helo, auth_user, envid, ret, body_sha256, body)"
-    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    " source, listener, client_addr, helo, auth_user, envid, ret, body_sha256, body,"
+    " reply_token) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
   [ST_RCPT_INSERT] = "INSERT INTO recipients(message_id, idx, address, orcpt, notify, status,"
     " attempts, next_attempt_ms, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?7)",
   /* a NULL reply or upstream keeps the one already recorded: no news is not erasure */
@@ -170,6 +231,55 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_EVENT_LIST] = "SELECT event_key, received_ms, event, sg_message_id, email, timestamp,"
     " payload FROM inbound_events WHERE (received_ms, event_key) > (?1, ?2)"
     " ORDER BY received_ms, event_key LIMIT ?3",
+  [ST_REC_INSERT] = "INSERT INTO records(id, direction, source, received_ms, message_id,"
+    " thread_id, parent_id, status, status_rank, reply_token, provider_id, relay_done, json)"
+    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12)"
+    " ON CONFLICT(id) DO NOTHING",
+  [ST_REC_ADDR] = "INSERT INTO record_addresses(record_id, address) VALUES(?1, lower(?2))"
+    " ON CONFLICT DO NOTHING",
+  [ST_REC_BLOB] = "INSERT INTO attachments(sha256, size, data) VALUES(?1, ?2, ?3)"
+    " ON CONFLICT(sha256) DO NOTHING",
+  [ST_REC_FWD] = "INSERT INTO forward_queue(seq, record_id, next_attempt_ms)"
+    " SELECT seq, id, ?2 FROM records WHERE id = ?1",
+  [ST_REC_MARK_QUEUE] = "UPDATE messages SET recorded = 1 WHERE id = ?1",
+  [ST_REC_MARK_INBOUND] = "UPDATE inbound_messages SET recorded = 1 WHERE id = ?1",
+  [ST_UNREC_QUEUE] = "SELECT id FROM messages WHERE recorded = 0"
+    " ORDER BY created_ms, id LIMIT ?1",
+  [ST_UNREC_INBOUND] = "SELECT id FROM inbound_messages WHERE recorded = 0"
+    " ORDER BY received_ms, id LIMIT ?1",
+  [ST_INBOUND_GET] = "SELECT id, source, received_ms, listener, client_addr, helo,"
+    " envelope_from, envelope_to, spf, content_type, external_id, size, body_sha256"
+    " FROM inbound_messages WHERE id = ?1",
+  [ST_REC_BY_MSGID] = "SELECT id, thread_id FROM records WHERE message_id = ?1"
+    " ORDER BY seq LIMIT 1",
+  [ST_REC_BY_TOKEN] = "SELECT id, thread_id FROM records WHERE reply_token = ?1",
+  [ST_REC_BY_PROVIDER] = "SELECT id, thread_id FROM records WHERE provider_id = ?1"
+    " ORDER BY seq LIMIT 1",
+  [ST_REC_BY_ID] = "SELECT id, thread_id FROM records WHERE id = ?1",
+  [ST_REC_GET] = "SELECT " REC_COLUMNS " FROM records WHERE id = ?1",
+  [ST_REV_INSERT] = "INSERT INTO record_events(record_id, event_key, n, at_ms, event,"
+    " recipient, detail) SELECT ?1, ?2, (SELECT count(*) FROM record_events WHERE"
+    " record_id = ?1), ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM records WHERE id = ?1)"
+    " ON CONFLICT DO NOTHING",
+  [ST_REV_STATUS] = "UPDATE records SET status = ?2, status_rank = ?3"
+    " WHERE id = ?1 AND status_rank < ?3",
+  [ST_REC_RELAY] = "UPDATE records SET provider_id = coalesce(?2, provider_id),"
+    " relay_done = ?3 WHERE id = ?1",
+  [ST_REC_RELAY_PENDING] = "SELECT id FROM records WHERE relay_done = 0 ORDER BY seq LIMIT ?1",
+  [ST_REV_LIST] = "SELECT event_key, at_ms, event, recipient, detail FROM record_events"
+    " WHERE record_id = ?1 ORDER BY at_ms, n",
+  [ST_REC_LIST] = "SELECT " REC_COLUMNS " FROM records r WHERE seq > ?1"
+    " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM record_addresses a"
+    "  WHERE a.address = lower(?2) AND a.record_id = r.id))"
+    " AND (?3 IS NULL OR thread_id = ?3) ORDER BY seq LIMIT ?4",
+  [ST_EV_UNAPPLIED] = "SELECT event_key, received_ms, event, sg_message_id, email, timestamp,"
+    " payload FROM inbound_events WHERE applied = 0 ORDER BY received_ms, event_key LIMIT ?1",
+  [ST_EV_APPLIED] = "UPDATE inbound_events SET applied = 1 WHERE event_key = ?1",
+  [ST_FWD_HEAD] = "SELECT seq, record_id, attempts, next_attempt_ms FROM forward_queue"
+    " ORDER BY seq LIMIT 1",
+  [ST_FWD_DONE] = "DELETE FROM forward_queue WHERE seq = ?1",
+  [ST_FWD_RETRY] = "UPDATE forward_queue SET attempts = attempts + 1, next_attempt_ms = ?2,"
+    " last_error = ?3 WHERE seq = ?1",
 };
 
 /* One SQLite connection and its prepared statements. Used by one thread at a time: the
@@ -181,7 +291,9 @@ struct store_db {
 };
 
 enum job_kind { JOB_ACCEPT, JOB_UPDATE, JOB_DELETE, JOB_SET_PENDING, JOB_RELEASE_UPSTREAM,
-                JOB_INBOUND, JOB_EVENTS, JOB_FLUSH };
+                JOB_INBOUND, JOB_EVENTS, JOB_FLUSH, JOB_CALL };
+struct store_db;
+struct store_job;
 
 /* One write waiting for the writer; lives on the waiting caller's stack. */
 struct store_job {
@@ -199,6 +311,8 @@ struct store_job {
   const struct store_inbound *in;         /* JOB_INBOUND */
   const struct store_event *ev;           /* JOB_EVENTS */
   size_t nev;
+  int (*call)(struct store_db *d, struct store_job *j);   /* JOB_CALL */
+  void *arg;
   int result;
   int done;
   pthread_cond_t cond;
@@ -309,6 +423,7 @@ void store_msg_free(struct store_msg *m)
   free(m->envid);
   free(m->ret);
   free(m->body_sha256);
+  free(m->reply_token);
   memset(m, 0, sizeof(*m));
 }
 
@@ -518,6 +633,7 @@ static int job_accept(struct store_db *d, const struct store_job *j)
   /* a non-NULL pointer even for 0 bytes, or SQLite would store NULL */
   if(!rc) rc = sqlite3_bind_blob64(s, 15, j->bodylen ? j->body : (const void *)"",
                                    (sqlite3_uint64)j->bodylen, SQLITE_STATIC);
+  if(!rc) rc = bind_text(s, 16, m->reply_token);
   if(rc) {
     result = db_fail(d, rc, "bind message");
     sqlite3_reset(s);
@@ -727,6 +843,7 @@ static int job_run(struct store_db *d, struct store_job *j)
   case JOB_FLUSH: return job_release_upstream(d, j);
   case JOB_INBOUND: return job_inbound(d, j);
   case JOB_EVENTS: return job_events(d, j);
+  case JOB_CALL: return j->call(d, j);
   }
   return STORE_ERROR;
 }
@@ -950,6 +1067,7 @@ static int msg_from_row(sqlite3_stmt *s, struct store_msg *m)
   bad |= col_text(s, 11, &m->envid);
   bad |= col_text(s, 12, &m->ret);
   bad |= col_text(s, 13, &m->body_sha256);
+  bad |= col_text(s, 14, &m->reply_token);
   if(bad || !m->sender) {
     log_error("store: out of memory reading a message");
     return STORE_ERROR;
@@ -1468,6 +1586,676 @@ int store_inbound_body(struct store *st, const char *id, char **body, size_t *le
   sqlite3_finalize(s);
   pthread_mutex_unlock(&st->rlock);
   return result;
+}
+
+/* ---- correspondence records ---------------------------------------------------------------- */
+
+void store_record_free(struct store_record *r)
+{
+  if(!r)
+    return;
+  free(r->direction);
+  free(r->source);
+  free(r->message_id);
+  free(r->thread_id);
+  free(r->parent_id);
+  free(r->status);
+  free(r->reply_token);
+  free(r->provider_id);
+  free(r->json);
+  memset(r, 0, sizeof(*r));
+}
+
+struct record_add {
+  enum store_origin origin;
+  const struct store_record *r;
+  const char *addresses;
+  const struct store_blob *att;
+  size_t natt;
+  int forward;
+};
+
+/* Binds text parameters 1..n (NULL binds NULL) and runs the statement. */
+static int db_run_text(struct store_db *d, enum stmt which, const char *const *v, int n)
+{
+  sqlite3_stmt *s = db_stmt(d, which);
+  int i, rc = SQLITE_OK;
+  if(!s)
+    return STORE_ERROR;
+  for(i = 0; !rc && i < n; i++)
+    rc = bind_text(s, i + 1, v[i]);
+  if(rc) {
+    sqlite3_reset(s);
+    return db_fail(d, rc, "bind");
+  }
+  return db_exec_stmt(d, s, stmt_sql[which]);
+}
+
+static int job_record_mark(struct store_db *d, enum store_origin origin, const char *id)
+{
+  const char *v[1] = { id };
+  return db_run_text(d, origin == STORE_ORIGIN_QUEUE ? ST_REC_MARK_QUEUE : ST_REC_MARK_INBOUND,
+                     v, 1);
+}
+
+static int job_record_add(struct store_db *d, struct store_job *j)
+{
+  const struct record_add *a = j->arg;
+  const struct store_record *r = a->r;
+  sqlite3_stmt *s = db_stmt(d, ST_REC_INSERT);
+  const char *p;
+  size_t i;
+  int rc, result;
+
+  if(!s)
+    return STORE_ERROR;
+  rc = bind_text(s, 1, r->id);
+  if(!rc) rc = bind_text(s, 2, r->direction);
+  if(!rc) rc = bind_text(s, 3, r->source);
+  if(!rc) rc = sqlite3_bind_int64(s, 4, r->received_ms > 0 ? r->received_ms : now_ms());
+  if(!rc) rc = bind_text(s, 5, r->message_id);
+  if(!rc) rc = bind_text(s, 6, r->thread_id ? r->thread_id : r->id);
+  if(!rc) rc = bind_text(s, 7, r->parent_id);
+  if(!rc) rc = bind_text(s, 8, r->status);
+  if(!rc) rc = bind_text(s, 9, r->reply_token);
+  if(!rc) rc = bind_text(s, 10, r->provider_id);
+  if(!rc) rc = sqlite3_bind_int(s, 11, strcmp(r->direction, "out") ? 1 : 0);
+  if(!rc) rc = bind_text(s, 12, r->json);
+  if(rc) {
+    sqlite3_reset(s);
+    return db_fail(d, rc, "bind record");
+  }
+  result = db_exec_stmt(d, s, "insert record");
+  if(result)
+    return result;
+  j->changed = (size_t)sqlite3_changes(d->db);
+  if(j->changed) {
+    /* addresses: LF-separated, each stored once */
+    for(p = a->addresses ? a->addresses : ""; !result && *p;) {
+      size_t n = strcspn(p, "\n");
+      if(n) {
+        char *addr = str_dup_n(p, n);
+        const char *v[2] = { r->id, addr };
+        result = addr ? db_run_text(d, ST_REC_ADDR, v, 2) : STORE_ERROR;
+        free(addr);
+      }
+      p += n;
+      if(*p)
+        p++;
+    }
+    for(i = 0; !result && i < a->natt; i++) {
+      s = db_stmt(d, ST_REC_BLOB);
+      if(!s)
+        return STORE_ERROR;
+      rc = bind_text(s, 1, a->att[i].sha256);
+      if(!rc) rc = sqlite3_bind_int64(s, 2, (sqlite3_int64)a->att[i].size);
+      if(!rc) rc = sqlite3_bind_blob64(s, 3, a->att[i].size ? a->att[i].data : (const void *)"",
+                                       (sqlite3_uint64)a->att[i].size, SQLITE_STATIC);
+      if(rc) {
+        sqlite3_reset(s);
+        return db_fail(d, rc, "bind attachment");
+      }
+      result = db_exec_stmt(d, s, "insert attachment");
+      sqlite3_clear_bindings(s);
+    }
+    if(!result && a->forward) {
+      s = db_stmt(d, ST_REC_FWD);
+      if(!s)
+        return STORE_ERROR;
+      rc = bind_text(s, 1, r->id);
+      if(!rc) rc = sqlite3_bind_int64(s, 2, now_ms());
+      if(rc) {
+        sqlite3_reset(s);
+        return db_fail(d, rc, "bind forward");
+      }
+      result = db_exec_stmt(d, s, "queue forward");
+    }
+  }
+  if(!result)
+    result = job_record_mark(d, a->origin, r->id);
+  return result;
+}
+
+static int store_call(struct store *st, int (*call)(struct store_db *, struct store_job *),
+                      void *arg, size_t *changed)
+{
+  struct store_job j;
+  int result;
+  memset(&j, 0, sizeof(j));
+  j.kind = JOB_CALL;
+  j.id = "";
+  j.call = call;
+  j.arg = arg;
+  result = store_submit(st, &j);
+  if(changed)
+    *changed = result ? 0 : j.changed;
+  return result;
+}
+
+int store_record_add(struct store *st, enum store_origin origin, const struct store_record *r,
+                     const char *addresses, const struct store_blob *att, size_t natt,
+                     int forward, int *made)
+{
+  struct record_add a = { origin, r, addresses, att, natt, forward };
+  size_t changed = 0;
+  int result;
+  if(!r->id[0] || !r->direction || !r->source || !r->json)
+    return STORE_ERROR;
+  result = store_call(st, job_record_add, &a, &changed);
+  if(made)
+    *made = changed != 0;
+  return result;
+}
+
+struct record_skip {
+  enum store_origin origin;
+  const char *id;
+};
+
+static int job_record_skip(struct store_db *d, struct store_job *j)
+{
+  const struct record_skip *k = j->arg;
+  return job_record_mark(d, k->origin, k->id);
+}
+
+int store_record_skip(struct store *st, enum store_origin origin, const char *id)
+{
+  struct record_skip k = { origin, id };
+  return store_call(st, job_record_skip, &k, NULL);
+}
+
+/* Ids from a one-column query with LIMIT ?1. */
+static int read_ids(struct store *st, enum stmt which, char (*ids)[LIM_QUEUE_ID + 1],
+                    size_t max, size_t *n)
+{
+  sqlite3_stmt *s;
+  int rc = SQLITE_DONE, result = STORE_OK;
+  *n = 0;
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, which);
+  if(!s) {
+    pthread_mutex_unlock(&st->rlock);
+    return STORE_ERROR;
+  }
+  sqlite3_bind_int64(s, 1, (sqlite3_int64)max);
+  while(*n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    str_copy(ids[*n], LIM_QUEUE_ID + 1, col_str(s, 0) ? col_str(s, 0) : "");
+    (*n)++;
+  }
+  if(*n < max && rc != SQLITE_DONE)
+    result = db_fail(&st->r, rc, stmt_sql[which]);
+  sqlite3_reset(s);
+  pthread_mutex_unlock(&st->rlock);
+  return result;
+}
+
+int store_unrecorded(struct store *st, enum store_origin origin, char (*ids)[LIM_QUEUE_ID + 1],
+                     size_t max, size_t *n)
+{
+  return read_ids(st, origin == STORE_ORIGIN_QUEUE ? ST_UNREC_QUEUE : ST_UNREC_INBOUND, ids,
+                  max, n);
+}
+
+int store_records_relay_pending(struct store *st, char (*ids)[LIM_QUEUE_ID + 1], size_t max,
+                                size_t *n)
+{
+  return read_ids(st, ST_REC_RELAY_PENDING, ids, max, n);
+}
+
+int store_inbound_get(struct store *st, const char *id, struct store_inbound *m, char **hold)
+{
+  sqlite3_stmt *s;
+  struct buf b;
+  const char **fields[9];
+  size_t offs[9], k;
+  int rc, result = STORE_OK;
+  static const int cols[9] = { 1, 3, 4, 5, 6, 7, 8, 9, 10 };
+
+  memset(m, 0, sizeof(*m));
+  *hold = NULL;
+  buf_init(&b, LIM_INBOUND_ROW);
+  fields[0] = &m->source; fields[1] = &m->listener; fields[2] = &m->client_addr;
+  fields[3] = &m->helo; fields[4] = &m->envelope_from; fields[5] = &m->envelope_to;
+  fields[6] = &m->spf; fields[7] = &m->content_type; fields[8] = &m->external_id;
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, ST_INBOUND_GET);
+  if(!s) {
+    pthread_mutex_unlock(&st->rlock);
+    return STORE_ERROR;
+  }
+  bind_text(s, 1, id);
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW) {
+    str_copy(m->id, sizeof(m->id), col_str(s, 0) ? col_str(s, 0) : "");
+    m->received_ms = sqlite3_column_int64(s, 2);
+    m->size = sqlite3_column_int64(s, 11);
+    /* the strings go into one block: offsets now, pointers once it stops moving */
+    for(k = 0; k < 9; k++) {
+      offs[k] = (size_t)-1;
+      if(col_str(s, cols[k])) {
+        offs[k] = b.len;
+        if(buf_add(&b, col_str(s, cols[k]), (size_t)sqlite3_column_bytes(s, cols[k]) + 1))
+          result = STORE_ERROR;
+      }
+    }
+  }
+  else if(rc == SQLITE_DONE)
+    result = STORE_NOTFOUND;
+  else
+    result = db_fail(&st->r, rc, "read inbound message");
+  sqlite3_reset(s);
+  pthread_mutex_unlock(&st->rlock);
+  if(!result) {
+    size_t len;
+    char *p = buf_steal(&b, &len);
+    if(!p && len)
+      result = STORE_ERROR;
+    for(k = 0; !result && k < 9; k++)
+      *fields[k] = offs[k] == (size_t)-1 ? NULL : p + offs[k];
+    *hold = p;
+  }
+  buf_free(&b);
+  if(result)
+    memset(m, 0, sizeof(*m));
+  return result;
+}
+
+int store_record_find(struct store *st, enum store_record_key key, const char *value,
+                      char id[LIM_QUEUE_ID + 1], char thread[LIM_QUEUE_ID + 1])
+{
+  static const enum stmt which[] = { [STORE_BY_MESSAGE_ID] = ST_REC_BY_MSGID,
+    [STORE_BY_REPLY_TOKEN] = ST_REC_BY_TOKEN, [STORE_BY_PROVIDER_ID] = ST_REC_BY_PROVIDER,
+    [STORE_BY_ID] = ST_REC_BY_ID };
+  sqlite3_stmt *s;
+  int rc, result;
+  if(!value || !*value)
+    return STORE_NOTFOUND;
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, which[key]);
+  if(!s) {
+    pthread_mutex_unlock(&st->rlock);
+    return STORE_ERROR;
+  }
+  bind_text(s, 1, value);
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW) {
+    str_copy(id, LIM_QUEUE_ID + 1, col_str(s, 0) ? col_str(s, 0) : "");
+    str_copy(thread, LIM_QUEUE_ID + 1, col_str(s, 1) ? col_str(s, 1) : "");
+    result = STORE_OK;
+  }
+  else if(rc == SQLITE_DONE)
+    result = STORE_NOTFOUND;
+  else
+    result = db_fail(&st->r, rc, "find record");
+  sqlite3_reset(s);
+  pthread_mutex_unlock(&st->rlock);
+  return result;
+}
+
+static int record_from_row(sqlite3_stmt *s, struct store_record *r)
+{
+  int bad = 0;
+  memset(r, 0, sizeof(*r));
+  r->seq = sqlite3_column_int64(s, 0);
+  str_copy(r->id, sizeof(r->id), col_str(s, 1) ? col_str(s, 1) : "");
+  bad |= col_text(s, 2, &r->direction);
+  bad |= col_text(s, 3, &r->source);
+  r->received_ms = sqlite3_column_int64(s, 4);
+  bad |= col_text(s, 5, &r->message_id);
+  bad |= col_text(s, 6, &r->thread_id);
+  bad |= col_text(s, 7, &r->parent_id);
+  bad |= col_text(s, 8, &r->status);
+  bad |= col_text(s, 9, &r->reply_token);
+  bad |= col_text(s, 10, &r->provider_id);
+  bad |= col_text(s, 11, &r->json);
+  if(bad || !r->json) {
+    store_record_free(r);
+    return STORE_ERROR;
+  }
+  return STORE_OK;
+}
+
+int store_record_get(struct store *st, const char *id, struct store_record *out)
+{
+  sqlite3_stmt *s;
+  int rc, result;
+  memset(out, 0, sizeof(*out));
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, ST_REC_GET);
+  if(!s) {
+    pthread_mutex_unlock(&st->rlock);
+    return STORE_ERROR;
+  }
+  bind_text(s, 1, id);
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW)
+    result = record_from_row(s, out);
+  else if(rc == SQLITE_DONE)
+    result = STORE_NOTFOUND;
+  else
+    result = db_fail(&st->r, rc, "read record");
+  sqlite3_reset(s);
+  pthread_mutex_unlock(&st->rlock);
+  return result;
+}
+
+struct record_event_add {
+  const char *record_id;
+  const struct store_record_event *e;
+};
+
+static int job_record_event(struct store_db *d, struct store_job *j)
+{
+  const struct record_event_add *a = j->arg;
+  const struct store_record_event *e = a->e;
+  sqlite3_stmt *s = db_stmt(d, ST_REV_INSERT);
+  int rc, result;
+  if(!s)
+    return STORE_ERROR;
+  rc = bind_text(s, 1, a->record_id);
+  if(!rc) rc = bind_text(s, 2, e->key);
+  if(!rc) rc = sqlite3_bind_int64(s, 3, e->at_ms > 0 ? e->at_ms : now_ms());
+  if(!rc) rc = bind_text(s, 4, e->event);
+  if(!rc) rc = bind_text(s, 5, e->recipient);
+  if(!rc) rc = bind_text(s, 6, e->detail);
+  if(rc) {
+    sqlite3_reset(s);
+    return db_fail(d, rc, "bind record event");
+  }
+  result = db_exec_stmt(d, s, "insert record event");
+  if(result)
+    return result;
+  j->changed = (size_t)sqlite3_changes(d->db);
+  if(j->changed && e->status) {
+    s = db_stmt(d, ST_REV_STATUS);
+    if(!s)
+      return STORE_ERROR;
+    rc = bind_text(s, 1, a->record_id);
+    if(!rc) rc = bind_text(s, 2, e->status);
+    if(!rc) rc = sqlite3_bind_int(s, 3, e->rank);
+    if(rc) {
+      sqlite3_reset(s);
+      return db_fail(d, rc, "bind record status");
+    }
+    result = db_exec_stmt(d, s, "record status");
+  }
+  return result;
+}
+
+int store_record_event_add(struct store *st, const char *record_id,
+                           const struct store_record_event *e, int *added)
+{
+  struct record_event_add a = { record_id, e };
+  size_t changed = 0;
+  int result = store_call(st, job_record_event, &a, &changed);
+  if(added)
+    *added = changed != 0;
+  return result;
+}
+
+struct record_relay {
+  const char *id, *provider_id;
+  int done;
+};
+
+static int job_record_relay(struct store_db *d, struct store_job *j)
+{
+  const struct record_relay *a = j->arg;
+  sqlite3_stmt *s = db_stmt(d, ST_REC_RELAY);
+  int rc;
+  if(!s)
+    return STORE_ERROR;
+  rc = bind_text(s, 1, a->id);
+  if(!rc) rc = bind_text(s, 2, a->provider_id);
+  if(!rc) rc = sqlite3_bind_int(s, 3, a->done ? 1 : 0);
+  if(rc) {
+    sqlite3_reset(s);
+    return db_fail(d, rc, "bind record relay");
+  }
+  return db_exec_stmt(d, s, "record relay");
+}
+
+int store_record_relay(struct store *st, const char *record_id, const char *provider_id,
+                       int relay_done)
+{
+  struct record_relay a = { record_id, provider_id, relay_done };
+  return store_call(st, job_record_relay, &a, NULL);
+}
+
+int store_record_events(struct store *st, const char *record_id, store_record_event_cb cb,
+                        void *arg)
+{
+  sqlite3_stmt *s;
+  struct store_record_event *ev = NULL;
+  char **strs = NULL;
+  size_t n = 0, cap = 0, i;
+  int rc, result = STORE_OK;
+  /* collected first so that the callback runs without the read lock */
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, ST_REV_LIST);
+  if(!s) {
+    pthread_mutex_unlock(&st->rlock);
+    return STORE_ERROR;
+  }
+  bind_text(s, 1, record_id);
+  while((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    int bad = 0;
+    if(n == cap) {
+      size_t nc = cap ? cap * 2 : 8;
+      struct store_record_event *ne = realloc(ev, nc * sizeof(*ev));
+      char **ns = ne ? realloc(strs, nc * 4 * sizeof(*strs)) : NULL;
+      if(ne)
+        ev = ne;
+      if(!ns) {
+        result = STORE_ERROR;
+        break;
+      }
+      strs = ns;
+      cap = nc;
+    }
+    memset(&ev[n], 0, sizeof(ev[n]));
+    bad |= col_text(s, 0, &strs[4 * n]);
+    ev[n].at_ms = sqlite3_column_int64(s, 1);
+    bad |= col_text(s, 2, &strs[4 * n + 1]);
+    bad |= col_text(s, 3, &strs[4 * n + 2]);
+    bad |= col_text(s, 4, &strs[4 * n + 3]);
+    ev[n].key = strs[4 * n];
+    ev[n].event = strs[4 * n + 1];
+    ev[n].recipient = strs[4 * n + 2];
+    ev[n].detail = strs[4 * n + 3];
+    n++;
+    if(bad) {
+      result = STORE_ERROR;
+      break;
+    }
+  }
+  if(!result && rc != SQLITE_DONE)
+    result = db_fail(&st->r, rc, "record events");
+  sqlite3_reset(s);
+  pthread_mutex_unlock(&st->rlock);
+  for(i = 0; !result && i < n; i++)
+    if(cb(arg, &ev[i]))
+      break;
+  for(i = 0; i < 4 * n; i++)
+    free(strs[i]);
+  free(strs);
+  free(ev);
+  return result;
+}
+
+int store_record_list(struct store *st, const char *address, const char *thread,
+                      store_record_cb cb, void *arg)
+{
+  long long after = -1;
+  int result = STORE_OK, stop = 0;
+  while(!result && !stop) {
+    struct store_record page[64];
+    size_t n = 0, i;
+    sqlite3_stmt *s;
+    int rc;
+    pthread_mutex_lock(&st->rlock);
+    s = db_stmt(&st->r, ST_REC_LIST);
+    if(!s) {
+      pthread_mutex_unlock(&st->rlock);
+      return STORE_ERROR;
+    }
+    sqlite3_bind_int64(s, 1, after);
+    bind_text(s, 2, address);
+    bind_text(s, 3, thread);
+    sqlite3_bind_int(s, 4, 64);
+    while(n < 64 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+      if(record_from_row(s, &page[n])) {
+        result = STORE_ERROR;
+        break;
+      }
+      n++;
+    }
+    if(!result && n < 64 && rc != SQLITE_DONE)
+      result = db_fail(&st->r, rc, "list records");
+    sqlite3_reset(s);
+    pthread_mutex_unlock(&st->rlock);
+    for(i = 0; i < n; i++) {
+      if(!result && !stop && cb(arg, &page[i]))
+        stop = 1;
+      after = page[i].seq;
+      store_record_free(&page[i]);
+    }
+    if(n < 64)
+      break;
+  }
+  return result;
+}
+
+int store_events_unapplied(struct store *st, size_t max, store_event_cb cb, void *arg)
+{
+  struct store_event *ev;
+  long long *rcv;
+  char **strs;
+  size_t n = 0, i;
+  sqlite3_stmt *s;
+  int rc = SQLITE_DONE, result = STORE_OK;
+  if(!max)
+    return STORE_OK;
+  ev = calloc(max, sizeof(*ev));
+  rcv = calloc(max, sizeof(*rcv));
+  strs = calloc(max * 5, sizeof(*strs));
+  if(!ev || !rcv || !strs) {
+    result = STORE_ERROR;
+    goto out;
+  }
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, ST_EV_UNAPPLIED);
+  if(!s) {
+    pthread_mutex_unlock(&st->rlock);
+    result = STORE_ERROR;
+    goto out;
+  }
+  sqlite3_bind_int64(s, 1, (sqlite3_int64)max);
+  while(n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    int bad = 0;
+    bad |= col_text(s, 0, &strs[5 * n]);
+    rcv[n] = sqlite3_column_int64(s, 1);
+    bad |= col_text(s, 2, &strs[5 * n + 1]);
+    bad |= col_text(s, 3, &strs[5 * n + 2]);
+    bad |= col_text(s, 4, &strs[5 * n + 3]);
+    ev[n].timestamp = sqlite3_column_int64(s, 5);
+    bad |= col_text(s, 6, &strs[5 * n + 4]);
+    ev[n].key = strs[5 * n];
+    ev[n].event = strs[5 * n + 1];
+    ev[n].sg_message_id = strs[5 * n + 2];
+    ev[n].email = strs[5 * n + 3];
+    ev[n].payload = strs[5 * n + 4] ? strs[5 * n + 4] : "";
+    ev[n].payloadlen = strlen(ev[n].payload);
+    n++;
+    if(bad || !ev[n - 1].key) {
+      result = STORE_ERROR;
+      break;
+    }
+  }
+  if(!result && n < max && rc != SQLITE_DONE)
+    result = db_fail(&st->r, rc, "unapplied events");
+  sqlite3_reset(s);
+  pthread_mutex_unlock(&st->rlock);
+  for(i = 0; !result && i < n; i++)
+    if(cb(arg, &ev[i], rcv[i]))
+      break;
+out:
+  if(strs)
+    for(i = 0; i < 5 * n; i++)
+      free(strs[i]);
+  free(strs);
+  free(rcv);
+  free(ev);
+  return result;
+}
+
+static int job_event_applied(struct store_db *d, struct store_job *j)
+{
+  const char *v[1] = { j->arg };
+  return db_run_text(d, ST_EV_APPLIED, v, 1);
+}
+
+int store_event_applied(struct store *st, const char *key)
+{
+  return store_call(st, job_event_applied, (void *)key, NULL);
+}
+
+int store_forward_head(struct store *st, long long *seq, char id[LIM_QUEUE_ID + 1],
+                       int *attempts, long long *next_ms)
+{
+  sqlite3_stmt *s;
+  int rc, result;
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, ST_FWD_HEAD);
+  if(!s) {
+    pthread_mutex_unlock(&st->rlock);
+    return STORE_ERROR;
+  }
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW) {
+    *seq = sqlite3_column_int64(s, 0);
+    str_copy(id, LIM_QUEUE_ID + 1, col_str(s, 1) ? col_str(s, 1) : "");
+    *attempts = sqlite3_column_int(s, 2);
+    *next_ms = sqlite3_column_int64(s, 3);
+    result = STORE_OK;
+  }
+  else if(rc == SQLITE_DONE)
+    result = STORE_NOTFOUND;
+  else
+    result = db_fail(&st->r, rc, "forward queue");
+  sqlite3_reset(s);
+  pthread_mutex_unlock(&st->rlock);
+  return result;
+}
+
+struct forward_result {
+  long long seq, next_ms;
+  int done;
+  const char *error;
+};
+
+static int job_forward_result(struct store_db *d, struct store_job *j)
+{
+  const struct forward_result *a = j->arg;
+  sqlite3_stmt *s = db_stmt(d, a->done ? ST_FWD_DONE : ST_FWD_RETRY);
+  int rc;
+  if(!s)
+    return STORE_ERROR;
+  rc = sqlite3_bind_int64(s, 1, a->seq);
+  if(!rc && !a->done) rc = sqlite3_bind_int64(s, 2, a->next_ms);
+  if(!rc && !a->done) rc = bind_text(s, 3, a->error);
+  if(rc) {
+    sqlite3_reset(s);
+    return db_fail(d, rc, "bind forward result");
+  }
+  return db_exec_stmt(d, s, "forward result");
+}
+
+int store_forward_result(struct store *st, long long seq, int done, long long next_ms,
+                         const char *error)
+{
+  struct forward_result a = { seq, next_ms, done, error };
+  return store_call(st, job_forward_result, &a, NULL);
 }
 
 int store_check(struct store *st, char *err, size_t errsz)

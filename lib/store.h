@@ -49,6 +49,7 @@ struct store_msg {
   char *auth_user;           /* NULL if not authenticated */
   char *envid, *ret;         /* DSN parameters of MAIL, or NULL */
   char *body_sha256;         /* hex, computed by the store on accept */
+  char *reply_token;         /* the token of its per-message Reply-To, or NULL */
   struct store_rcpt *rcpts;
   size_t nrcpts;
 };
@@ -173,5 +174,100 @@ typedef int (*store_inbound_cb)(void *arg, const struct store_inbound *m);  /* n
 int store_inbound_list(struct store *st, store_inbound_cb cb, void *arg);
 /* The stored bytes of one inbound message; *body is malloc'd (NUL-terminated for convenience). */
 int store_inbound_body(struct store *st, const char *id, char **body, size_t *len);
+
+/* ---- correspondence records (issue 8) ------------------------------------------------------
+ * A record is made once from one queue message (direction out) or one inbound message
+ * (direction in); its JSON is kept as made, status and events change afterwards. */
+
+enum store_origin { STORE_ORIGIN_QUEUE, STORE_ORIGIN_INBOUND };
+
+struct store_blob {
+  const char *sha256;            /* hex */
+  const void *data;
+  size_t size;
+};
+
+struct store_record {
+  char id[LIM_QUEUE_ID + 1];     /* the id of the message it was made from */
+  char *direction;               /* "in" | "out" */
+  char *source;                  /* submission | mx | inbound-parse | sms */
+  long long received_ms;
+  char *message_id, *thread_id, *parent_id;   /* parent_id may be NULL */
+  char *status;                  /* outbound: queued, sent, ...; NULL for inbound */
+  char *reply_token, *provider_id;            /* may be NULL */
+  char *json;                    /* the record as made (a JSON object) */
+  long long seq;                 /* the record order (read side) */
+};
+void store_record_free(struct store_record *r);   /* frees members, not r */
+
+/* Makes a record, in one transaction with: its addresses (LF-separated, for --address), its
+ * attachments (kept once per sha256), a place in the forward queue when forward is set, the
+ * recorded mark of the message it was made from (origin) and, for outbound records,
+ * relay_done = 0 so the record follows its recipients' states. A record whose id exists is
+ * not made again (STORE_OK, *made = 0). */
+int store_record_add(struct store *st, enum store_origin origin, const struct store_record *r,
+                     const char *addresses, const struct store_blob *att, size_t natt,
+                     int forward, int *made);
+/* Marks a message that cannot become a record (it is gone, or a DSN we sent) as recorded. */
+int store_record_skip(struct store *st, enum store_origin origin, const char *id);
+/* Ids of messages not yet made into records, oldest first, at most max: queue messages that
+ * came through a submission listener, or inbound messages. */
+int store_unrecorded(struct store *st, enum store_origin origin, char (*ids)[LIM_QUEUE_ID + 1],
+                     size_t max, size_t *n);
+/* One inbound message's row (strings malloc'd in *hold, which the caller frees). */
+int store_inbound_get(struct store *st, const char *id, struct store_inbound *out, char **hold);
+
+/* The record with that Message-ID (without <>), reply token or provider message id:
+ * id and thread id copied out. STORE_NOTFOUND when there is none. */
+enum store_record_key { STORE_BY_MESSAGE_ID, STORE_BY_REPLY_TOKEN, STORE_BY_PROVIDER_ID,
+                        STORE_BY_ID };
+int store_record_find(struct store *st, enum store_record_key key, const char *value,
+                      char id[LIM_QUEUE_ID + 1], char thread[LIM_QUEUE_ID + 1]);
+int store_record_get(struct store *st, const char *id, struct store_record *out);
+
+/* Appends an event to a record's history unless one with the same key is there (so applying
+ * it twice changes nothing), and moves its status to status when rank is above the current
+ * one. *added (may be NULL) says whether it was new. */
+struct store_record_event {
+  const char *key;               /* unique per record: "sg:EVENT_KEY", "rcpt:0:sent", ... */
+  long long at_ms;               /* when it happened */
+  const char *event;             /* delivered, open, bounce, sent, ... */
+  const char *recipient;         /* may be NULL */
+  const char *detail;            /* a JSON object, or NULL */
+  const char *status;            /* the record status it implies, or NULL */
+  int rank;
+};
+int store_record_event_add(struct store *st, const char *record_id,
+                           const struct store_record_event *e, int *added);
+/* The provider's message id (SendGrid X-Message-Id) of an outbound record, once known, and
+ * whether its recipients have all reached a final state (no more relay events to follow). */
+int store_record_relay(struct store *st, const char *record_id, const char *provider_id,
+                       int relay_done);
+/* Outbound records whose recipients are still moving (relay_done = 0), oldest first. */
+int store_records_relay_pending(struct store *st, char (*ids)[LIM_QUEUE_ID + 1], size_t max,
+                                size_t *n);
+/* A record's events, oldest first (at_ms, then the order applied). */
+typedef int (*store_record_event_cb)(void *arg, const struct store_record_event *e);
+int store_record_events(struct store *st, const char *record_id, store_record_event_cb cb,
+                        void *arg);
+/* Records in record order; address (any address it carries, case-insensitive) and thread
+ * filter when not NULL. */
+typedef int (*store_record_cb)(void *arg, const struct store_record *r);
+int store_record_list(struct store *st, const char *address, const char *thread,
+                      store_record_cb cb, void *arg);
+
+/* SendGrid events not applied to records yet, oldest first (at most max); the callback gets
+ * each event (payload NUL-terminated) and returns non-zero to stop. */
+typedef int (*store_event_cb)(void *arg, const struct store_event *e, long long received_ms);
+int store_events_unapplied(struct store *st, size_t max, store_event_cb cb, void *arg);
+int store_event_applied(struct store *st, const char *key);
+
+/* The forward queue: the oldest record still owed to forward_url (STORE_NOTFOUND when none);
+ * *next_ms says when it is due. */
+int store_forward_head(struct store *st, long long *seq, char id[LIM_QUEUE_ID + 1],
+                       int *attempts, long long *next_ms);
+/* Done (a 2xx came): it leaves the queue. Not done: attempts + 1, due again at next_ms. */
+int store_forward_result(struct store *st, long long seq, int done, long long next_ms,
+                         const char *error);
 
 #endif

@@ -100,6 +100,53 @@ static int sub_rcpt(void *ctx, const struct smtp_session_info *s, const struct s
   return 1;
 }
 
+/* Does the header section of msg hold a Reply-To field? The application's own Reply-To wins:
+ * replies then go where it asked, and thread by In-Reply-To alone. */
+static int has_reply_to(const char *msg, size_t len)
+{
+  size_t pos = 0;
+  while(pos < len && pos < LIM_HEADER_SCAN) {
+    const char *nl = memchr(msg + pos, '\n', len - pos);
+    size_t llen = (nl ? (size_t)(nl - msg) : len) - pos;
+    if(llen == 0 || (llen == 1 && msg[pos] == '\r'))
+      return 0;                 /* the empty line that ends the header section */
+    if(llen > 9 && !str_casecmp_n(msg + pos, 9, "reply-to:"))
+      return 1;
+    if(!nl)
+      break;
+    pos = (size_t)(nl - msg) + 1;
+  }
+  return 0;
+}
+
+/* With [inbound] reply_address = reply+{token}@domain, the message gets a Reply-To naming a
+ * fresh random token, which the store keeps with the message: a reply to it finds its way
+ * back to this message even when the replying client dropped In-Reply-To and References.
+ * *out is the message with the field in front (malloc'd), or NULL when none is added. */
+static int reply_to_add(const char *pattern, const char *msg, size_t len, char *token,
+                        char **out, size_t *outlen)
+{
+  const char *at = pattern ? strstr(pattern, "{token}") : NULL;
+  struct buf b;
+  size_t i;
+  *out = NULL;
+  *outlen = 0;
+  if(!at || has_reply_to(msg, len))
+    return 0;
+  store_new_id(token);
+  for(i = 0; token[i]; i++)
+    if(token[i] >= 'A' && token[i] <= 'Z')
+      token[i] = (char)(token[i] - 'A' + 'a');   /* local parts meet case-folding MTAs */
+  buf_init(&b, len + LIM_CONFIG_VALUE + 64);
+  if(buf_addf(&b, "Reply-To: <%.*s%s%s>\r\n", (int)(at - pattern), pattern, token,
+              at + 7) || buf_add(&b, msg, len)) {
+    buf_free(&b);
+    return -1;
+  }
+  *out = buf_steal(&b, outlen);
+  return *out ? 0 : -1;
+}
+
 static void sub_message(void *ctx, const struct smtp_session_info *s,
                         const struct smtp_envelope *env, const char *msg, size_t len,
                         struct smtp_reply *r)
@@ -107,16 +154,25 @@ static void sub_message(void *ctx, const struct smtp_session_info *s,
   struct relay_policy_ctx *p = ctx;
   struct store_msg m;
   struct store_rcpt *rcpts = NULL;
-  char sha[TLS_SHA256_HEX_LEN + 1];
+  char sha[TLS_SHA256_HEX_LEN + 1], token[LIM_QUEUE_ID + 1];
+  char *withreply = NULL;
+  size_t withlen = 0;
   char from[LIM_LOG_FIELD * 4 + 8];
   size_t i;
   int result;
 
   memset(&m, 0, sizeof(m));
   rcpts = calloc(env->nrcpts ? env->nrcpts : 1, sizeof(*rcpts));
-  if(!rcpts) {
+  if(!rcpts || reply_to_add(p->cfg->inbound.reply_address, msg, len, token, &withreply,
+                            &withlen)) {
+    free(rcpts);
     smtp_reply_set(r, 451, "4.3.0", "Error: out of memory, try again later");
     return;
+  }
+  if(withreply) {
+    msg = withreply;
+    len = withlen;
+    m.reply_token = token;
   }
   str_copy(m.id, sizeof(m.id), env->id);
   m.sender = (char *)env->mail.path;
@@ -157,6 +213,7 @@ static void sub_message(void *ctx, const struct smtp_session_info *s,
     log_error("%s: queue file write error", m.id);
     smtp_reply_set(r, 451, "4.3.0", "Error: queue file write error, try again later");
   }
+  free(withreply);
   free(rcpts);
 }
 

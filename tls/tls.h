@@ -85,6 +85,9 @@ int tls_public_key_pem(const char *key, size_t keylen, char *out, size_t outsz);
 /* HMAC-SHA1 of data under key. 0 ok, -1 on failure. */
 int tls_hmac_sha1(const void *key, size_t keylen, const void *data, size_t len,
                   unsigned char out[TLS_SHA1_LEN]);
+/* Lower-case hex HMAC-SHA256 of data under key (forward_url signatures). 0 ok, -1 on failure. */
+int tls_hmac_sha256_hex(const void *key, size_t keylen, const void *data, size_t len,
+                        char out[TLS_SHA256_HEX_LEN + 1]);
 /* Frees OpenSSL's per-thread state (its error queue) now. For threads that outlive their
  * work: a detached thread's own clean-up may otherwise still be running when the process
  * exits, and the sanitizers report the state as leaked. */

@@ -150,6 +150,24 @@ int tls_hmac_sha1(const void *key, size_t keylen, const void *data, size_t len,
   return 0;
 }
 
+int tls_hmac_sha256_hex(const void *key, size_t keylen, const void *data, size_t len,
+                        char out[TLS_SHA256_HEX_LEN + 1])
+{
+  static const char hex[] = "0123456789abcdef";
+  unsigned char mac[32];
+  unsigned int outlen = 0, i;
+  if(keylen > 0x7fffffff)
+    return -1;
+  if(!HMAC(EVP_sha256(), key, (int)keylen, data, len, mac, &outlen) || outlen != sizeof(mac))
+    return -1;
+  for(i = 0; i < outlen; i++) {
+    out[2 * i] = hex[mac[i] >> 4];
+    out[2 * i + 1] = hex[mac[i] & 15];
+  }
+  out[2 * outlen] = '\0';
+  return 0;
+}
+
 int tls_memeq(const void *a, const void *b, size_t n)
 {
   return CRYPTO_memcmp(a, b, n) == 0;

@@ -42,6 +42,7 @@ int ctl_queue_stats(struct ctl *c, int not_live);   /* every message; c->cfg loa
 #define CTL_DAEMON_DOWN (-1)  /* nothing answers on data_dir/control.sock */
 int ctl_control_call(struct ctl *c, const char *cmd, json_t **reply);
 void ctl_wake_daemon(struct ctl *c);            /* after a queue change; down is fine */
+int ctl_correspondence(struct ctl *c);
 
 /* options of one command: see ctl_common.c */
 int ctl_opt(struct ctl *c, const char *name, const char **value);
@@ -59,6 +60,7 @@ int ctl_give_to(const char *path, const struct passwd *pw);   /* 0 or EX_NOPERM 
 int ctl_store(struct ctl *c, int flags);         /* after ctl_config: 0 or EX_TEMPFAIL */
 int ctl_store_failed(const char *what, int result);        /* message, EX_TEMPFAIL */
 
+int ctl_id_parse(const char *arg, char out[LIM_QUEUE_ID + 1]);   /* hex id, upper-cased */
 void ctl_put_field(FILE *out, const char *s);   /* network bytes escaped, capped */
 void ctl_time_iso(long long ms, char *out, size_t outsz);
 void ctl_time_human(long long ms, char *out, size_t outsz);

@@ -328,3 +328,20 @@ int ctl_give_to(const char *path, const struct passwd *pw)
   }
   return 0;
 }
+
+int ctl_id_parse(const char *arg, char out[LIM_QUEUE_ID + 1])
+{
+  size_t i, n = strlen(arg);
+  if(!n || n > LIM_QUEUE_ID)
+    return -1;
+  for(i = 0; i < n; i++) {
+    char ch = arg[i];
+    if(ch >= 'a' && ch <= 'f')
+      ch = (char)(ch - 'a' + 'A');
+    else if(!((ch >= '0' && ch <= '9') || (ch >= 'A' && ch <= 'F')))
+      return -1;
+    out[i] = ch;
+  }
+  out[n] = '\0';
+  return 0;
+}

@@ -590,23 +590,6 @@ static int queue_stats(struct ctl *c, const struct queue_sel *q, int not_live)
   return result;
 }
 
-static int id_parse(const char *arg, char out[LIM_QUEUE_ID + 1])
-{
-  size_t i, n = strlen(arg);
-  if(!n || n > LIM_QUEUE_ID)
-    return -1;
-  for(i = 0; i < n; i++) {
-    char ch = arg[i];
-    if(ch >= 'a' && ch <= 'f')
-      ch = (char)(ch - 'a' + 'A');
-    else if(!((ch >= '0' && ch <= '9') || (ch >= 'A' && ch <= 'F')))
-      return -1;
-    out[i] = ch;
-  }
-  out[n] = '\0';
-  return 0;
-}
-
 /* posternctl stats with the daemon down: every message, from the store */
 int ctl_queue_stats(struct ctl *c, int not_live)
 {
@@ -676,7 +659,7 @@ int ctl_queue(struct ctl *c)
                            "or --all or filters for every message they select"
                            : "this command needs a queue ID") : "too many arguments",
                            c->nargs < 3 ? verb : c->args[3]);
-  if(id_parse(c->args[2], c->id))
+  if(ctl_id_parse(c->args[2], c->id))
     return ctl_usage_error("not a queue ID (1 to 24 hex digits)", c->args[2]);
 
   /* reads never take the write lock, so they cannot slow the daemon down */

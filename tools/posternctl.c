@@ -43,6 +43,9 @@ static const struct command {
   { "check", ctl_check,
     "check [ROUTE] [--rcpt ADDR] [--from ADDR] [--send TO] [--json]   (the doctor: exit 0 all "
     "good, 1 problems found, 2 could not check)\n" },
+  { "correspondence", ctl_correspondence,
+    "correspondence list [--json] [--address A] [--thread T]\n"
+    "correspondence show ID [--json]\n" },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -1,0 +1,867 @@
+/* The record builder: a thread beside the HTTP listener that turns every new queue message
+ * (outbound) and inbound message into a correspondence record, threads replies to what they
+ * answer, follows outbound recipients' states, DSNs and SendGrid events, and a second thread
+ * that hands each new record to forward_url, signed, in record order, until a 2xx. */
+#include "inbound/inbound.h"
+#include "auth/auth.h"
+#include "tls/tls.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include <curl/curl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define RECORDS_BATCH 32            /* messages made into records per look at the store */
+#define RECORDS_POLL_MS 200         /* how often the builder looks for new work when idle */
+#define RELAY_FOLLOW_EVERY 5        /* idle polls between looks at outbound recipients */
+#define EVENT_WAIT_MS 60000         /* an event whose record is not known yet waits this long */
+#define FORWARD_POLL_MS 200
+
+struct inbound_records {
+  struct store *st;
+  char *reply_prefix, *reply_suffix;   /* reply_address around {token}, or NULL */
+  char *forward_url;
+  char *secret;
+  size_t secretlen;
+  long long retry_max_ms;
+  pthread_t builder, forwarder;
+  int builder_running, forwarder_running;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int stopping;
+};
+
+static long long now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sleeps up to ms unless stopping; returns 1 when stopping. */
+static int records_wait(struct inbound_records *r, long long ms)
+{
+  struct timespec ts;
+  int stop;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += (time_t)(ms / 1000);
+  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if(ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&r->lock);
+  if(!r->stopping)
+    pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+  stop = r->stopping;
+  pthread_mutex_unlock(&r->lock);
+  return stop;
+}
+
+static int records_stopping(struct inbound_records *r)
+{
+  int stop;
+  pthread_mutex_lock(&r->lock);
+  stop = r->stopping;
+  pthread_mutex_unlock(&r->lock);
+  return stop;
+}
+
+static void time_iso(long long ms, char *out, size_t outsz)
+{
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  if(!gmtime_r(&t, &tm) || !strftime(out, outsz, "%Y-%m-%dT%H:%M:%SZ", &tm))
+    str_copy(out, outsz, "");
+}
+
+/* A JSON string, or null when s is NULL or not UTF-8 (what the store holds came off the
+ * network). */
+static json_t *jstr(const char *s)
+{
+  json_t *j = s ? json_string(s) : NULL;
+  return j ? j : json_null();
+}
+
+static const char *jget(const json_t *o, const char *key)
+{
+  return json_string_value(json_object_get(o, key));
+}
+
+/* ---- threading ---------------------------------------------------------------------------- */
+
+/* The token of a reply address (reply+TOKEN@domain), lower-cased into tok; 0 when addr is one. */
+static int token_of(const struct inbound_records *r, const char *addr, char *tok, size_t toksz)
+{
+  size_t plen, slen, alen, n, i;
+  if(!r->reply_prefix || !addr)
+    return -1;
+  plen = strlen(r->reply_prefix);
+  slen = strlen(r->reply_suffix);
+  alen = strlen(addr);
+  if(alen <= plen + slen || strncasecmp(addr, r->reply_prefix, plen) ||
+     strcasecmp(addr + alen - slen, r->reply_suffix))
+    return -1;
+  n = alen - plen - slen;
+  if(n >= toksz)
+    return -1;
+  for(i = 0; i < n; i++) {
+    char c = addr[plen + i];
+    if(c >= 'A' && c <= 'Z')
+      c = (char)(c - 'A' + 'a');
+    if(!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+      return -1;
+    tok[i] = c;
+  }
+  tok[n] = '\0';
+  return 0;
+}
+
+static int find_by_addresses(struct inbound_records *r, const json_t *list, char *id,
+                             char *thread)
+{
+  size_t i;
+  json_t *v;
+  json_array_foreach(list, i, v) {
+    char tok[LIM_QUEUE_ID + 1];
+    const char *a = json_is_string(v) ? json_string_value(v) : jget(v, "address");
+    if(!token_of(r, a, tok, sizeof(tok)) &&
+       !store_record_find(r->st, STORE_BY_REPLY_TOKEN, tok, id, thread))
+      return 0;
+  }
+  return -1;
+}
+
+/* The record rec answers: by In-Reply-To, then References (nearest first), then the reply
+ * token in the envelope recipients, To or Cc. 0 with parent and thread set when found. */
+static int thread_find(struct inbound_records *r, const json_t *rec, char *parent,
+                       char *thread)
+{
+  const json_t *refs = json_object_get(rec, "references");
+  size_t n = json_array_size(refs), k;
+  if(!store_record_find(r->st, STORE_BY_MESSAGE_ID, jget(rec, "in_reply_to"), parent, thread))
+    return 0;
+  for(k = 0; k < n && k < LIM_RECORD_REFS; k++) {
+    const char *id = json_string_value(json_array_get(refs, n - 1 - k));
+    if(!store_record_find(r->st, STORE_BY_MESSAGE_ID, id, parent, thread))
+      return 0;
+  }
+  if(!find_by_addresses(r, json_object_get(rec, "envelope_to"), parent, thread) ||
+     !find_by_addresses(r, json_object_get(rec, "to"), parent, thread) ||
+     !find_by_addresses(r, json_object_get(rec, "cc"), parent, thread))
+    return 0;
+  return -1;
+}
+
+/* ---- events ------------------------------------------------------------------------------- */
+
+/* What an event does to an outbound record's status: the name it gives and its rank (a status
+ * only ever moves up, so events applied out of order cannot move a record back). */
+static const struct {
+  const char *event, *status;
+  int rank;
+} event_status[] = {
+  { "captured", "captured", 1 }, { "sent", "sent", 1 }, { "processed", "sent", 1 },
+  { "delivered", "delivered", 2 }, { "open", "opened", 3 }, { "click", "clicked", 4 },
+  { "bounce", "bounced", 5 }, { "dropped", "bounced", 5 }, { "bounced", "bounced", 5 },
+  { "spamreport", "spamreport", 6 },
+};
+
+static void event_map(struct store_record_event *e)
+{
+  size_t i;
+  for(i = 0; i < sizeof(event_status) / sizeof(event_status[0]); i++)
+    if(!strcmp(e->event, event_status[i].event)) {
+      e->status = event_status[i].status;
+      e->rank = event_status[i].rank;
+    }
+}
+
+static int event_add(struct inbound_records *r, const char *record_id,
+                     struct store_record_event *e)
+{
+  int result;
+  event_map(e);
+  result = store_record_event_add(r->st, record_id, e, NULL);
+  if(result)
+    log_error("%s: cannot record event %s", record_id, e->event);
+  return result;
+}
+
+/* A DSN arrived: each failed recipient bounces the outbound record it reports on. */
+static void dsn_apply(struct inbound_records *r, const char *dsn_record, const json_t *dsn,
+                      const char *parent)
+{
+  char id[LIM_QUEUE_ID + 1], thread[LIM_QUEUE_ID + 1];
+  const char *orig = jget(dsn, "original_message_id");
+  const json_t *rcpts = json_object_get(dsn, "recipients");
+  json_t *v;
+  size_t i;
+  /* the reported Message-ID, else whatever the DSN itself was threaded to */
+  if(store_record_find(r->st, STORE_BY_MESSAGE_ID, orig, id, thread)) {
+    if(!parent)
+      return;
+    str_copy(id, sizeof(id), parent);
+  }
+  json_array_foreach(rcpts, i, v) {
+    struct store_record_event e;
+    const char *action = jget(v, "action");
+    char key[LIM_QUEUE_ID + 32];
+    char *detail;
+    if(!action)
+      continue;
+    memset(&e, 0, sizeof(e));
+    snprintf(key, sizeof(key), "dsn:%s:%zu", dsn_record, i);
+    detail = json_dumps(v, JSON_COMPACT);
+    e.key = key;
+    e.at_ms = now_ms();
+    e.event = !strcasecmp(action, "failed") ? "bounced"
+            : !strcasecmp(action, "delayed") ? "deferred" : "dsn";
+    e.recipient = jget(v, "address");
+    e.detail = detail;
+    event_add(r, id, &e);
+    free(detail);
+  }
+}
+
+/* One stored SendGrid event onto its outbound record: found by the postern_id custom arg
+ * Postern puts in every request, else by the X-Message-Id SendGrid answered the request
+ * with (the sg_message_id prefix). Returns 1 when it should stay for a later pass. */
+static int event_apply(void *arg, const struct store_event *ev, long long received_ms)
+{
+  struct inbound_records *r = arg;
+  char id[LIM_QUEUE_ID + 1], thread[LIM_QUEUE_ID + 1], key[300], prov[128];
+  json_t *payload = json_loadb(ev->payload, ev->payloadlen, 0, NULL);
+  int found = !store_record_find(r->st, STORE_BY_ID, jget(payload, "postern_id"), id, thread);
+  if(!found && ev->sg_message_id) {
+    str_copy(prov, sizeof(prov), ev->sg_message_id);
+    prov[strcspn(prov, ".")] = '\0';
+    found = !store_record_find(r->st, STORE_BY_PROVIDER_ID, prov, id, thread);
+  }
+  if(found && ev->event) {
+    struct store_record_event e;
+    memset(&e, 0, sizeof(e));
+    snprintf(key, sizeof(key), "sg:%s", ev->key);
+    e.key = key;
+    e.at_ms = ev->timestamp > 0 ? ev->timestamp * 1000 : received_ms;
+    e.event = ev->event;
+    e.recipient = ev->email;
+    e.detail = ev->payload;
+    if(event_add(r, id, &e))
+      found = -1;
+  }
+  json_decref(payload);
+  /* an event may come before its record is made (the builder is a pass behind): it waits a
+   * while; one for mail Postern never sent is let go */
+  if(found < 0 || (!found && received_ms > now_ms() - EVENT_WAIT_MS))
+    return 0;
+  store_event_applied(r->st, ev->key);
+  return 0;
+}
+
+/* ---- outbound recipients ------------------------------------------------------------------ */
+
+struct keys {
+  char **v;
+  size_t n;
+};
+
+static int keys_collect(void *arg, const struct store_record_event *e)
+{
+  struct keys *k = arg;
+  char **nv = realloc(k->v, (k->n + 1) * sizeof(*nv));
+  if(!nv)
+    return 1;
+  k->v = nv;
+  k->v[k->n] = str_dup_n(e->key, strlen(e->key));
+  if(k->v[k->n])
+    k->n++;
+  return 0;
+}
+
+static int keys_have(const struct keys *k, const char *key)
+{
+  size_t i;
+  for(i = 0; i < k->n; i++)
+    if(!strcmp(k->v[i], key))
+      return 1;
+  return 0;
+}
+
+static void keys_free(struct keys *k)
+{
+  size_t i;
+  for(i = 0; i < k->n; i++)
+    free(k->v[i]);
+  free(k->v);
+}
+
+/* The relay's results for one outbound record's recipients become its events; once every
+ * recipient is final the record stops being followed. */
+static void relay_follow_one(struct inbound_records *r, const char *id)
+{
+  struct store_msg m;
+  struct keys have = { NULL, 0 };
+  char provider[128] = "";
+  size_t i;
+  int done = 1, result = store_get(r->st, id, &m);
+  if(result == STORE_NOTFOUND) {
+    store_record_relay(r->st, id, NULL, 1);     /* deleted from the queue */
+    return;
+  }
+  if(result)
+    return;
+  store_record_events(r->st, id, keys_collect, &have);
+  for(i = 0; i < m.nrcpts; i++) {
+    const struct store_rcpt *rc = &m.rcpts[i];
+    struct store_record_event e;
+    char key[64], *detail;
+    const char *x;
+    json_t *d;
+    if(rc->status == RCPT_QUEUED || rc->status == RCPT_HELD) {
+      done = 0;
+      continue;
+    }
+    if(rc->status == RCPT_DEFERRED) {
+      done = 0;
+      snprintf(key, sizeof(key), "rcpt:%u:deferred:%d", rc->idx, rc->attempts);
+    }
+    else
+      snprintf(key, sizeof(key), "rcpt:%u:%s", rc->idx, rcpt_status_name(rc->status));
+    x = rc->last_reply ? strstr(rc->last_reply, "X-Message-Id=") : NULL;
+    if(x && !provider[0] && strncmp(x + 13, "none", 4)) {
+      str_copy(provider, sizeof(provider), x + 13);
+      provider[strcspn(provider, " \t\r\n")] = '\0';
+    }
+    if(keys_have(&have, key))
+      continue;
+    memset(&e, 0, sizeof(e));
+    d = json_pack("{s:o, s:o}", "reply", jstr(rc->last_reply), "upstream", jstr(rc->upstream));
+    detail = d ? json_dumps(d, JSON_COMPACT) : NULL;
+    json_decref(d);
+    e.key = key;
+    e.at_ms = rc->updated_ms;
+    e.event = rcpt_status_name(rc->status);
+    e.recipient = rc->address;
+    e.detail = detail;
+    if(event_add(r, id, &e))
+      done = 0;
+    free(detail);
+  }
+  if(done || provider[0])
+    store_record_relay(r->st, id, provider[0] ? provider : NULL, done);
+  keys_free(&have);
+  store_msg_free(&m);
+}
+
+static int relay_follow(struct inbound_records *r)
+{
+  char ids[RECORDS_BATCH][LIM_QUEUE_ID + 1];
+  size_t n = 0, i;
+  if(store_records_relay_pending(r->st, ids, RECORDS_BATCH, &n))
+    return 0;
+  for(i = 0; i < n && !records_stopping(r); i++)
+    relay_follow_one(r, ids[i]);
+  return 0;
+}
+
+/* ---- making records ----------------------------------------------------------------------- */
+
+static void addresses_add(struct buf *b, const json_t *v)
+{
+  size_t i;
+  json_t *x;
+  const char *a;
+  if(json_is_array(v)) {
+    json_array_foreach(v, i, x)
+      addresses_add(b, x);
+    return;
+  }
+  a = json_is_string(v) ? json_string_value(v) : jget(v, "address");
+  if(a && *a && !strchr(a, '\n')) {
+    buf_addstr(b, a);
+    buf_add(b, "\n", 1);
+  }
+}
+
+/* The message's record: the parser's fields plus what comes from the envelope and the store,
+ * threaded, with its addresses and attachments, made in one transaction with the mark on
+ * the message it came from. */
+static int record_make(struct inbound_records *r, enum store_origin origin, const char *id,
+                       const char *direction, const char *source, long long received_ms,
+                       const char *env_from, const json_t *env_to, const char *spf,
+                       const char *reply_token, json_t *parsed,
+                       const struct inbound_attachment *att, size_t natt)
+{
+  struct store_record rec;
+  struct store_blob *blobs = NULL;
+  struct buf addrs;
+  char when[32], parent[LIM_QUEUE_ID + 1], thread[LIM_QUEUE_ID + 1];
+  json_t *o = json_object();
+  int result = STORE_ERROR, linked;
+  size_t i;
+
+  buf_init(&addrs, LIM_INBOUND_ROW);
+  if(!o)
+    goto out;
+  time_iso(received_ms, when, sizeof(when));
+  json_object_set_new(o, "id", json_string(id));
+  json_object_set_new(o, "direction", json_string(direction));
+  json_object_set_new(o, "source", json_string(source));
+  json_object_set_new(o, "received_at", json_string(when));
+  json_object_set_new(o, "envelope_from", jstr(env_from));
+  json_object_set(o, "envelope_to", (json_t *)env_to);
+  json_object_update(o, parsed);
+  linked = !thread_find(r, o, parent, thread);
+  json_object_set_new(o, "thread_id", json_string(linked ? thread : id));
+  json_object_set_new(o, "parent_id", linked ? json_string(parent) : json_null());
+  json_object_set_new(o, "spf", jstr(spf));
+
+  if(env_from && *env_from && !strchr(env_from, '\n')) {
+    buf_addstr(&addrs, env_from);
+    buf_add(&addrs, "\n", 1);
+  }
+  addresses_add(&addrs, env_to);
+  addresses_add(&addrs, json_object_get(o, "from"));
+  addresses_add(&addrs, json_object_get(o, "to"));
+  addresses_add(&addrs, json_object_get(o, "cc"));
+  addresses_add(&addrs, json_object_get(o, "reply_to"));
+
+  if(natt && !(blobs = calloc(natt, sizeof(*blobs))))
+    goto out;
+  for(i = 0; i < natt; i++) {
+    blobs[i].sha256 = att[i].sha256;
+    blobs[i].data = att[i].data;
+    blobs[i].size = att[i].size;
+  }
+  memset(&rec, 0, sizeof(rec));
+  str_copy(rec.id, sizeof(rec.id), id);
+  rec.direction = (char *)direction;
+  rec.source = (char *)source;
+  rec.received_ms = received_ms;
+  rec.message_id = (char *)jget(o, "message_id");
+  rec.thread_id = linked ? thread : rec.id;
+  rec.parent_id = linked ? parent : NULL;
+  rec.status = !strcmp(direction, "out") ? (char *)"queued" : NULL;
+  rec.reply_token = (char *)reply_token;
+  rec.json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  if(!rec.json)
+    goto out;
+  result = store_record_add(r->st, origin, &rec, addrs.ptr, blobs, natt, r->forward_url != NULL,
+                            NULL);
+  if(!result) {
+    log_info("%s: record direction=%s, source=%s, thread=%s%s%s", id, direction, source,
+             rec.thread_id, linked ? ", parent=" : "", linked ? parent : "");
+    if(json_is_object(json_object_get(o, "dsn")))
+      dsn_apply(r, id, json_object_get(o, "dsn"), linked ? parent : NULL);
+  }
+  free(rec.json);
+out:
+  free(blobs);
+  buf_free(&addrs);
+  json_decref(o);
+  return result;
+}
+
+static int build_outbound(struct inbound_records *r, const char *id)
+{
+  struct store_msg m;
+  struct inbound_mime *mime = NULL;
+  json_t *parsed = NULL, *to = NULL;
+  char *body = NULL;
+  size_t len = 0, i;
+  int result = store_get(r->st, id, &m);
+  if(result == STORE_NOTFOUND)
+    return STORE_OK;           /* deleted meanwhile: nothing to record */
+  if(result)
+    return result;
+  /* only what an application submitted is correspondence; DSNs the relay wrote are not */
+  if(!m.source || strcmp(m.source, "submission")) {
+    result = store_record_skip(r->st, STORE_ORIGIN_QUEUE, id);
+    goto out;
+  }
+  result = store_body(r->st, id, &body, &len);
+  if(result == STORE_NOTFOUND) {
+    result = store_record_skip(r->st, STORE_ORIGIN_QUEUE, id);
+    goto out;
+  }
+  if(result)
+    goto out;
+  result = STORE_ERROR;
+  if(inbound_mime_parse(body, len, &mime) || !(parsed = json_loads(mime->json, 0, NULL)) ||
+     !(to = json_array()))
+    goto out;
+  for(i = 0; i < m.nrcpts; i++)
+    json_array_append_new(to, jstr(m.rcpts[i].address));
+  result = record_make(r, STORE_ORIGIN_QUEUE, id, "out", "submission", m.created_ms, m.sender,
+                       to, NULL, m.reply_token, parsed, mime->att, mime->natt);
+out:
+  json_decref(to);
+  json_decref(parsed);
+  inbound_mime_free(mime);
+  free(body);
+  store_msg_free(&m);
+  return result;
+}
+
+/* A Twilio SMS: the record is its form fields. */
+static int sms_parse(const char *body, size_t len, json_t **out)
+{
+  struct inbound_param *params = NULL;
+  char *hold = NULL;
+  size_t n = 0, i;
+  const char *from = NULL, *to = NULL, *text = NULL, *sid = NULL;
+  json_t *o;
+  *out = NULL;
+  if(inbound_form_parse(body, len, LIM_WEBHOOK_FIELDS, &params, &n, &hold))
+    n = 0;                     /* stored, so it was well formed; if not, an empty record */
+  for(i = 0; i < n; i++) {
+    if(!strcmp(params[i].name, "From")) from = params[i].value;
+    else if(!strcmp(params[i].name, "To")) to = params[i].value;
+    else if(!strcmp(params[i].name, "Body")) text = params[i].value;
+    else if(!strcmp(params[i].name, "MessageSid")) sid = params[i].value;
+  }
+  o = json_pack("{s:o, s:o, s:[], s:o, s:[o], s:[], s:[], s:n, s:n, s:o, s:n, s:o, s:[],"
+                " s:b, s:o}",
+                "message_id", jstr(sid), "in_reply_to", json_null(), "references",
+                "from", from ? json_pack("{s:o, s:n}", "address", jstr(from), "name") : json_null(),
+                "to", json_pack("{s:o, s:n}", "address", jstr(to), "name"),
+                "cc", "reply_to", "subject", "date", "text", jstr(text), "html",
+                "reply_text", jstr(text), "attachments", "auto_submitted", 0,
+                "parse_error", n ? json_null() : json_string("not a form"));
+  free(params);
+  free(hold);
+  *out = o;
+  return o ? 0 : -1;
+}
+
+static json_t *lines_array(const char *s)
+{
+  json_t *a = json_array();
+  while(a && s && *s) {
+    size_t n = strcspn(s, "\n");
+    char *one = str_dup_n(s, n);
+    if(n)
+      json_array_append_new(a, jstr(one));
+    free(one);
+    s += n;
+    if(*s)
+      s++;
+  }
+  return a;
+}
+
+static int build_inbound(struct inbound_records *r, const char *id)
+{
+  struct store_inbound m;
+  struct inbound_mime *mime = NULL;
+  json_t *parsed = NULL, *to = NULL;
+  char *hold = NULL, *body = NULL;
+  size_t len = 0;
+  int result = store_inbound_get(r->st, id, &m, &hold);
+  if(result == STORE_NOTFOUND)
+    return STORE_OK;
+  if(result)
+    return result;
+  result = store_inbound_body(r->st, id, &body, &len);
+  if(result)
+    goto out;
+  result = STORE_ERROR;
+  if(!strcmp(m.source, "sms")) {
+    if(sms_parse(body, len, &parsed))
+      goto out;
+  }
+  else {
+    int bad = !strcmp(m.source, "inbound-parse")
+                ? inbound_mime_parse_post(body, len, m.content_type ? m.content_type : "", &mime)
+                : inbound_mime_parse(body, len, &mime);
+    if(bad || !(parsed = json_loads(mime->json, 0, NULL)))
+      goto out;
+  }
+  to = lines_array(m.envelope_to);
+  if(!to)
+    goto out;
+  result = record_make(r, STORE_ORIGIN_INBOUND, id, "in", m.source, m.received_ms,
+                       m.envelope_from, to, m.spf, NULL, parsed, mime ? mime->att : NULL,
+                       mime ? mime->natt : 0);
+out:
+  json_decref(to);
+  json_decref(parsed);
+  inbound_mime_free(mime);
+  free(body);
+  free(hold);
+  return result;
+}
+
+/* New messages of one origin into records; returns how many were looked at. */
+static size_t build_new(struct inbound_records *r, enum store_origin origin)
+{
+  char ids[RECORDS_BATCH][LIM_QUEUE_ID + 1];
+  size_t n = 0, i;
+  if(store_unrecorded(r->st, origin, ids, RECORDS_BATCH, &n))
+    return 0;
+  for(i = 0; i < n && !records_stopping(r); i++) {
+    int result = origin == STORE_ORIGIN_QUEUE ? build_outbound(r, ids[i])
+                                              : build_inbound(r, ids[i]);
+    if(result) {
+      log_error("%s: cannot make its correspondence record; will try again", ids[i]);
+      return 0;                /* the store or memory: wait a poll before trying again */
+    }
+  }
+  return n;
+}
+
+static void *builder_main(void *arg)
+{
+  struct inbound_records *r = arg;
+  unsigned idle = 0;
+  while(!records_stopping(r)) {
+    /* queue first: an inbound reply or an event finds the outbound record it belongs to */
+    size_t work = build_new(r, STORE_ORIGIN_QUEUE);
+    work += build_new(r, STORE_ORIGIN_INBOUND);
+    if(work || idle % RELAY_FOLLOW_EVERY == 0)
+      relay_follow(r);
+    store_events_unapplied(r->st, RECORDS_BATCH * 4, event_apply, r);
+    if(work) {
+      idle = 0;
+      continue;
+    }
+    idle++;
+    if(records_wait(r, RECORDS_POLL_MS))
+      break;
+  }
+  tls_thread_done();
+  return NULL;
+}
+
+/* ---- the record as the application sees it ---------------------------------------------- */
+
+static int event_json(void *arg, const struct store_record_event *e)
+{
+  json_t *events = arg, *o, *detail = e->detail ? json_loads(e->detail, 0, NULL) : NULL;
+  char when[32];
+  time_iso(e->at_ms, when, sizeof(when));
+  o = json_pack("{s:s, s:o, s:s, s:o}", "event", e->event, "recipient", jstr(e->recipient),
+                "at", when, "detail", detail ? detail : json_null());
+  if(o)
+    json_array_append_new(events, o);
+  return 0;
+}
+
+struct json_t *inbound_record_object(struct store *st, const struct store_record *rec)
+{
+  json_t *o = json_loads(rec->json, 0, NULL), *events = json_array();
+  if(!o || !events) {
+    json_decref(o);
+    json_decref(events);
+    return NULL;
+  }
+  json_object_set_new(o, "status", jstr(rec->status));
+  if(!strcmp(rec->direction, "out"))
+    store_record_events(st, rec->id, event_json, events);
+  json_object_set_new(o, "events", events);
+  return o;
+}
+
+/* ---- forward_url -------------------------------------------------------------------------- */
+
+static size_t answer_discard(char *p, size_t size, size_t n, void *arg)
+{
+  size_t *got = arg;
+  (void)p;
+  *got += size * n;
+  return *got > LIM_FORWARD_ANSWER ? 0 : size * n;   /* nobody needs a long answer */
+}
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+
+static void curl_start(void)
+{
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* POSTs body; the HTTP status, or 0 when no answer came (err says why). */
+static long forward_post(struct inbound_records *r, CURL *c, const char *id, const char *body,
+                         size_t len, char *err, size_t errsz)
+{
+  struct curl_slist *h = NULL;
+  char sig[TLS_SHA256_HEX_LEN + 1], line[TLS_SHA256_HEX_LEN + 64], idline[64];
+  char cerr[CURL_ERROR_SIZE] = "";
+  size_t got = 0;
+  long status = 0;
+  CURLcode rc;
+  err[0] = '\0';
+  if(tls_hmac_sha256_hex(r->secret, r->secretlen, body, len, sig)) {
+    str_copy(err, errsz, "cannot sign");
+    return 0;
+  }
+  snprintf(line, sizeof(line), "X-Postern-Signature: sha256=%s", sig);
+  snprintf(idline, sizeof(idline), "X-Postern-Record: %s", id);
+  h = curl_slist_append(h, "Content-Type: application/json");
+  if(h)
+    h = curl_slist_append(h, line);
+  if(h)
+    h = curl_slist_append(h, idline);
+  if(!h) {
+    str_copy(err, errsz, "out of memory");
+    return 0;
+  }
+  curl_easy_reset(c);
+  if(curl_easy_setopt(c, CURLOPT_URL, r->forward_url) ||
+     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http") ||
+     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L) ||
+     curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)LIM_FORWARD_TIMEOUT_SECONDS) ||
+     curl_easy_setopt(c, CURLOPT_USERAGENT, "Postern") ||
+     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h) ||
+     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body) ||
+     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len) ||
+     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, answer_discard) ||
+     curl_easy_setopt(c, CURLOPT_WRITEDATA, &got) ||
+     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr)) {
+    str_copy(err, errsz, "cannot set up the request");
+    goto out;
+  }
+  rc = curl_easy_perform(c);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  if(rc != CURLE_OK && rc != CURLE_WRITE_ERROR)
+    snprintf(err, errsz, "%s", cerr[0] ? cerr : curl_easy_strerror(rc));
+  else if(status < 200 || status > 299)
+    snprintf(err, errsz, "HTTP %ld", status);
+out:
+  curl_slist_free_all(h);
+  return status;
+}
+
+static void *forwarder_main(void *arg)
+{
+  struct inbound_records *r = arg;
+  CURL *c = curl_easy_init();
+  while(c && !records_stopping(r)) {
+    struct store_record rec;
+    char id[LIM_QUEUE_ID + 1], err[CURL_ERROR_SIZE + 32];
+    long long seq, next_ms, now = now_ms();
+    json_t *o;
+    char *body;
+    long status;
+    int attempts, result = store_forward_head(r->st, &seq, id, &attempts, &next_ms);
+    if(result || next_ms > now) {
+      long long wait = result ? FORWARD_POLL_MS : next_ms - now;
+      if(records_wait(r, wait < 1000 ? wait : 1000))
+        break;
+      continue;
+    }
+    result = store_record_get(r->st, id, &rec);
+    if(result == STORE_NOTFOUND) {
+      store_forward_result(r->st, seq, 1, 0, NULL);
+      continue;
+    }
+    if(result) {
+      records_wait(r, 1000);
+      continue;
+    }
+    o = inbound_record_object(r->st, &rec);
+    body = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    store_record_free(&rec);
+    if(!body) {
+      records_wait(r, 1000);
+      continue;
+    }
+    status = forward_post(r, c, id, body, strlen(body), err, sizeof(err));
+    free(body);
+    if(status >= 200 && status <= 299) {
+      log_info("%s: forwarded, status=%ld, attempts=%d", id, status, attempts + 1);
+      store_forward_result(r->st, seq, 1, 0, NULL);
+    }
+    else {
+      /* 1 s doubling up to retry_max: the application is usually only restarting */
+      long long delay = 1000;
+      int k;
+      for(k = 0; k < attempts && delay < r->retry_max_ms; k++)
+        delay *= 2;
+      if(delay > r->retry_max_ms)
+        delay = r->retry_max_ms;
+      log_warn("%s: forward deferred (%s), attempts=%d, next in %llds", id, err, attempts + 1,
+               delay / 1000);
+      store_forward_result(r->st, seq, 0, now_ms() + delay, err);
+    }
+  }
+  if(c)
+    curl_easy_cleanup(c);
+  tls_thread_done();
+  return NULL;
+}
+
+/* ---- start and stop ----------------------------------------------------------------------- */
+
+int inbound_records_start(const struct config *cfg, struct store *st,
+                          struct inbound_records **out)
+{
+  struct inbound_records *r = calloc(1, sizeof(*r));
+  const char *ra = cfg->inbound.reply_address, *tok;
+  char err[512];
+  *out = NULL;
+  if(!r)
+    return -1;
+  r->st = st;
+  r->retry_max_ms = cfg->retry_max > 0 ? cfg->retry_max * 1000LL : 3600000LL;
+  pthread_mutex_init(&r->lock, NULL);
+  pthread_cond_init(&r->cond, NULL);
+  tok = ra ? strstr(ra, "{token}") : NULL;
+  if(tok) {
+    r->reply_prefix = str_dup_n(ra, (size_t)(tok - ra));
+    r->reply_suffix = str_dup_n(tok + 7, strlen(tok + 7));
+    if(!r->reply_prefix || !r->reply_suffix)
+      goto fail;
+  }
+  if(cfg->inbound.forward_url && cfg->inbound.forward_url[0]) {
+    r->forward_url = str_dup_n(cfg->inbound.forward_url, strlen(cfg->inbound.forward_url));
+    if(!r->forward_url)
+      goto fail;
+    if(auth_secret_read(cfg->inbound.forward_secret_file, &r->secret, &r->secretlen, err,
+                        sizeof(err))) {
+      log_error("[inbound] forward_secret_file: %s", err);
+      goto fail;
+    }
+    pthread_once(&curl_once, curl_start);
+  }
+  if(pthread_create(&r->builder, NULL, builder_main, r))
+    goto fail;
+  r->builder_running = 1;
+  if(r->forward_url) {
+    if(pthread_create(&r->forwarder, NULL, forwarder_main, r))
+      goto fail;
+    r->forwarder_running = 1;
+  }
+  *out = r;
+  return 0;
+fail:
+  inbound_records_stop(r);
+  return -1;
+}
+
+void inbound_records_stop(struct inbound_records *r)
+{
+  if(!r)
+    return;
+  pthread_mutex_lock(&r->lock);
+  r->stopping = 1;
+  pthread_cond_broadcast(&r->cond);
+  pthread_mutex_unlock(&r->lock);
+  if(r->builder_running)
+    pthread_join(r->builder, NULL);
+  if(r->forwarder_running)
+    pthread_join(r->forwarder, NULL);
+  pthread_cond_destroy(&r->cond);
+  pthread_mutex_destroy(&r->lock);
+  if(r->secret)
+    auth_secret_free(r->secret, r->secretlen);
+  free(r->forward_url);
+  free(r->reply_prefix);
+  free(r->reply_suffix);
+  free(r);
+}

@@ -1,0 +1,163 @@
+/* posternctl correspondence: list and show correspondence records (what was received and
+ * sent, threaded, with outbound status and events), filtered by address or thread. Through
+ * the store and the inbound path's record view, so it shows what forward_url receives. */
+#include "tools/ctl.h"
+#include "inbound/inbound.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+
+struct corr_list {
+  struct store *st;
+  int json;
+  size_t count;
+  int failed;
+};
+
+static const char *jval(const json_t *o, const char *key)
+{
+  const char *s = json_string_value(json_object_get(o, key));
+  return s ? s : "";
+}
+
+/* One line: id, when, direction and source, from -> first recipient, status, subject. */
+static void record_line(const struct store_record *r, const json_t *o)
+{
+  char t[40];
+  const json_t *to = json_array_get(json_object_get(o, "to"), 0);
+  ctl_time_human(r->received_ms, t, sizeof(t));
+  printf("%s  %s  %-3s %-13s ", r->id, t, r->direction, r->source);
+  ctl_put_field(stdout, jval(json_object_get(o, "from"), "address"));
+  fputs(" -> ", stdout);
+  ctl_put_field(stdout, jval(to, "address"));
+  printf("  thread=%s", r->thread_id ? r->thread_id : "");
+  if(r->status)
+    printf("  status=%s", r->status);
+  fputs("  ", stdout);
+  ctl_put_field(stdout, jval(o, "subject"));
+  fputc('\n', stdout);
+}
+
+static int list_one(void *arg, const struct store_record *r)
+{
+  struct corr_list *l = arg;
+  json_t *o = inbound_record_object(l->st, r);
+  if(!o) {
+    l->failed = 1;
+    return 1;
+  }
+  if(l->json) {
+    fputs(l->count ? ",\n" : "\n", stdout);
+    if(json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER))
+      l->failed = 1;
+  }
+  else
+    record_line(r, o);
+  json_decref(o);
+  l->count++;
+  return l->failed;
+}
+
+static void show_human(const struct store_record *r, const json_t *o)
+{
+  static const char *const fields[] = { "direction", "source", "received_at", "envelope_from",
+    "message_id", "in_reply_to", "thread_id", "parent_id", "subject", "date", "spf", "status",
+    "parse_error", NULL };
+  const json_t *events = json_object_get(o, "events"), *e;
+  size_t i;
+  printf("id: %s\n", r->id);
+  for(i = 0; fields[i]; i++) {
+    const char *v = json_string_value(json_object_get(o, fields[i]));
+    if(!v)
+      continue;
+    printf("%s: ", fields[i]);
+    ctl_put_field(stdout, v);
+    fputc('\n', stdout);
+  }
+  printf("from: ");
+  ctl_put_field(stdout, jval(json_object_get(o, "from"), "address"));
+  printf("\nattachments: %zu\n", json_array_size(json_object_get(o, "attachments")));
+  json_array_foreach(events, i, e) {
+    printf("event: %s %s ", jval(e, "at"), jval(e, "event"));
+    ctl_put_field(stdout, jval(e, "recipient"));
+    fputc('\n', stdout);
+  }
+  fputs("\n", stdout);
+  ctl_put_field(stdout, json_string_value(json_object_get(o, "reply_text")) ?
+                        jval(o, "reply_text") : jval(o, "text"));
+  fputc('\n', stdout);
+}
+
+static int corr_show(struct ctl *c)
+{
+  struct store_record r;
+  json_t *o;
+  int result = store_record_get(c->st, c->id, &r);
+  if(result == STORE_NOTFOUND) {
+    fprintf(stderr, "posternctl: no correspondence record %s\n", c->id);
+    return EXIT_NOTFOUND;
+  }
+  if(result)
+    return ctl_store_failed("reading the record", result);
+  o = inbound_record_object(c->st, &r);
+  if(!o) {
+    store_record_free(&r);
+    return ctl_store_failed("reading the record", STORE_ERROR);
+  }
+  if(c->json)
+    result = ctl_print_json_one(o);
+  else {
+    show_human(&r, o);
+    json_decref(o);
+  }
+  store_record_free(&r);
+  return result;
+}
+
+int ctl_correspondence(struct ctl *c)
+{
+  const char *address = NULL, *thread = NULL;
+  char tid[LIM_QUEUE_ID + 1];
+  struct corr_list l;
+  int result;
+
+  if(ctl_opt(c, "--address", &address) < 0 || ctl_opt(c, "--thread", &thread) < 0)
+    return ctl_usage_error("this option needs a value", NULL);
+  if(ctl_no_options(c))
+    return EX_USAGE;
+  if(c->nargs < 2)
+    return ctl_usage_error("correspondence needs a command", NULL);
+  if(thread && ctl_id_parse(thread, tid))
+    return ctl_usage_error("not a record ID", thread);
+  if(!strcmp(c->args[1], "show")) {
+    if(c->nargs != 3 || address || thread)
+      return ctl_usage_error("correspondence show takes one record ID", NULL);
+    if(ctl_id_parse(c->args[2], c->id))
+      return ctl_usage_error("not a record ID", c->args[2]);
+    result = ctl_config_and_store(c, STORE_OPEN_READONLY);
+    return result ? result : corr_show(c);
+  }
+  if(strcmp(c->args[1], "list") || c->nargs != 2)
+    return ctl_usage_error("correspondence takes list or show ID", c->args[1]);
+  result = ctl_config_and_store(c, STORE_OPEN_READONLY);
+  if(result)
+    return result;
+  memset(&l, 0, sizeof(l));
+  l.st = c->st;
+  l.json = c->json;
+  if(c->json)
+    fputc('[', stdout);
+  result = store_record_list(c->st, address, thread ? tid : NULL, list_one, &l);
+  if(c->json)
+    fputs(l.count ? "\n]\n" : "]\n", stdout);
+  else if(!result && !l.failed && !l.count)
+    puts("No correspondence");
+  if(result)
+    return ctl_store_failed("listing records", result);
+  if(l.failed) {
+    fprintf(stderr, "posternctl: cannot write the output\n");
+    return EX_IOERR;
+  }
+  return 0;
+}
