@@ -1,0 +1,360 @@
+# Correspondence records end to end with real peers on loopback: Postern sends a message to an
+# aiosmtpd sink upstream, replies come back through the MX listener (swaks/smtplib, SPF from a
+# hermetic zone) and SendGrid Inbound Parse (curl, multipart/form-data), signed Event Webhook
+# batches move the outbound record's status, a DSN bounces it, and a small HTTP server on
+# loopback plays the application behind forward_url (answering 500 at first, checking the
+# HMAC of every body).
+import hashlib
+import hmac
+import json
+import os
+import smtplib
+import subprocess
+import threading
+import time
+from email.utils import make_msgid
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from conftest import free_port
+from test_inbound import CURL, ZONE, make_key, post, secret, sign, wait_http
+from upstream import Upstream
+
+FORWARD_SECRET = "fw-secret-0123456789"
+FAST = {"retry_min": "1s", "retry_max": "2s", "debug": "yes"}
+
+
+class App:
+    """The application behind forward_url: answers 500 to the first `fail_first` requests
+    (or while `failing` is set), 200 after; keeps every request."""
+
+    def __init__(self, fail_first=0):
+        self.fail_first = fail_first
+        self.failing = False
+        self.requests = []            # (status answered, headers dict, body bytes)
+        self.lock = threading.Lock()
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n)
+                with app.lock:
+                    status = 500 if (len(app.requests) < app.fail_first or app.failing) else 200
+                    app.requests.append((status, dict(self.headers), body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/correspondence"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def accepted(self):
+        """Records answered 2xx, in the order they came."""
+        with self.lock:
+            return [json.loads(b) for s, h, b in self.requests if s == 200]
+
+    def all(self):
+        with self.lock:
+            return list(self.requests)
+
+    def wait_accepted(self, n, timeout=40):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.accepted()
+            if len(got) >= n:
+                return got
+            time.sleep(0.1)
+        raise AssertionError(f"forward_url got {len(self.accepted())} record(s) with a 2xx, "
+                             f"expected {n}: {[(s, b[:200]) for s, h, b in self.all()]}")
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def app():
+    made = []
+
+    def make(**kw):
+        a = App(**kw)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        a.stop()
+
+
+@pytest.fixture
+def sink(tmp_path):
+    up = Upstream(tmp_path / "sink").start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def spf_env(tmp_path, monkeypatch):
+    zone = tmp_path / "spf.zone"
+    zone.write_text(ZONE)
+    monkeypatch.setenv("POSTERN_SPF_ZONE_FILE", str(zone))
+    monkeypatch.setenv("POSTERN_SPF_TEST_CLIENT_IP", "192.0.2.10")
+
+
+def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None):
+    mx, http = free_port(), free_port()
+    priv, pub = make_key(tmp_path)
+    fw = secret(tmp_path, "forward.secret", FORWARD_SECRET)
+    extra = (f"\n[listener mx]\naddress = 127.0.0.1:{mx}\nrole = mx\n\n"
+             f"[upstream sink]\ntype = smtp\nhost = 127.0.0.1\nport = {sink.port}\ntls = none\n"
+             "helo = relay.test.example\n\n[route default]\nupstream = sink\n\n"
+             "[inbound]\ndomains = reply.test\nspf = tag\n"
+             f"http_address = 127.0.0.1:{http}\nevent_public_key_file = {pub}\n"
+             "reply_address = reply+{token}@reply.test\n")
+    if forward_url:
+        extra += f"forward_url = {forward_url}\nforward_secret_file = {fw}\n"
+    d = daemon_factory(FAST, extra, name=name)
+    d.mx_port, d.http, d.event_key = mx, f"http://127.0.0.1:{http}", priv
+    wait_http(d)
+    return d
+
+
+def records(d, *args):
+    return json.loads(d.ctl("correspondence", "list", "--json", *args).stdout)
+
+
+def record(d, rid):
+    p = d.ctl("correspondence", "show", rid, "--json", check=False)
+    return json.loads(p.stdout)[0] if p.returncode == 0 else None
+
+
+def wait_record(d, rid, pred=lambda r: True, timeout=30, what="record"):
+    deadline = time.monotonic() + timeout
+    r = None
+    while time.monotonic() < deadline:
+        r = record(d, rid)
+        if r is not None and pred(r):
+            return r
+        time.sleep(0.2)
+    raise AssertionError(f"{what} {rid} not as expected: {r}\n{d.log_tail()}")
+
+
+def wait_records(d, n, timeout=30):
+    deadline = time.monotonic() + timeout
+    got = []
+    while time.monotonic() < deadline:
+        got = records(d)
+        if len(got) >= n:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"{len(got)} record(s), expected {n}: {got}\n{d.log_tail()}")
+
+
+def send_out(d, subject="Appointment reminder", to="pat@example.test"):
+    msg = (f"From: Clinic <app@clinic.test>\r\nTo: Pat <{to}>\r\nSubject: {subject}\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           "Your appointment is on Tuesday at 10:00.\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", d.port, local_hostname="app.test", timeout=15) as s:
+        s.ehlo()
+        assert s.mail("app@clinic.test")[0] == 250
+        assert s.rcpt(to)[0] == 250
+        code, text = s.data(msg)
+    assert code == 250, text
+    return text.decode().rsplit(" ", 1)[1]
+
+
+def header(raw, name):
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    for line in head.split("\r\n"):
+        if line.lower().startswith(name.lower() + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def mx_send(d, sender, rcpt, content):
+    with smtplib.SMTP("127.0.0.1", d.mx_port, local_hostname="client.test", timeout=15) as s:
+        s.sendmail(sender, [rcpt], content)
+
+
+def sg_events(d, events):
+    body = json.dumps(events).encode()
+    ts = str(int(time.time()))
+    code, _, text = post(d.http + "/events", body, {
+        "Content-Type": "application/json",
+        "X-Twilio-Email-Event-Webhook-Signature": sign(d.event_key, ts, body),
+        "X-Twilio-Email-Event-Webhook-Timestamp": ts})
+    assert code == 200, text
+
+
+def parse_post(d, email, to):
+    env = json.dumps({"to": [to], "from": "pat@example.test"})
+    p = subprocess.run([CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30",
+                        "--form-string", f"envelope={env}", "--form-string", f"to={to}",
+                        "--form-string", "from=Pat <pat@example.test>",
+                        "--form-string", f"email={email}", d.http + "/emailInbound"],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == b"200", (p.stdout, p.stderr)
+
+
+def hmac_ok(headers, body):
+    want = "sha256=" + hmac.new(FORWARD_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(headers.get("X-Postern-Signature", ""), want)
+
+
+def sent_message(sink, n):
+    raw = sink.wait_messages(n)[n - 1]["data"]
+    return raw, header(raw, "Message-ID").strip("<>"), header(raw, "Reply-To").strip("<>")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_end_to_end(daemon_factory, tmp_path, sink, spf_env, app):
+    fwd = app(fail_first=2)
+    d = corr_daemon(daemon_factory, tmp_path, sink, fwd.url)
+    qid = send_out(d)
+    raw, msgid, reply_to = sent_message(sink, 1)
+    # Postern's Message-ID and a per-message Reply-To went out with it
+    assert msgid and msgid.endswith("@relay.test.example"), raw[:600]
+    assert reply_to.startswith("reply+") and reply_to.endswith("@reply.test"), raw[:600]
+    out = wait_record(d, qid, lambda r: r["status"] == "sent", what="outbound record")
+    assert out["direction"] == "out" and out["source"] == "submission"
+    assert out["message_id"] == msgid and out["thread_id"] == qid and out["parent_id"] is None
+    assert out["envelope_from"] == "app@clinic.test" and out["envelope_to"] == ["pat@example.test"]
+    assert out["subject"] == "Appointment reminder"
+    assert [e["event"] for e in out["events"]] == ["sent"]
+
+    # a reply through the MX listener, threaded by In-Reply-To
+    mx_reply = (f"From: Pat <pat@pass.test>\r\nTo: <{reply_to}>\r\nSubject: Re: Appointment reminder\r\n"
+                f"Message-ID: {make_msgid(domain='pass.test')}\r\nIn-Reply-To: <{msgid}>\r\n"
+                f"References: <{msgid}>\r\nMIME-Version: 1.0\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+                "Yes, Tuesday works.\r\n\r\nOn Mon, Clinic wrote:\r\n> Your appointment is on Tuesday.\r\n")
+    mx_send(d, "pat@pass.test", reply_to, mx_reply.encode())
+    # another through Inbound Parse (raw mode), threaded by References only
+    parse_reply = (f"From: Pat <pat@example.test>\r\nTo: {reply_to}\r\nSubject: Re: Appointment reminder\r\n"
+                   f"Message-ID: <parse-1@example.test>\r\nReferences: <other@example.test> <{msgid}>\r\n"
+                   "Content-Type: text/plain; charset=utf-8\r\n\r\nCan we make it 11:00 instead?\r\n")
+    parse_post(d, parse_reply, reply_to)
+    recs = wait_records(d, 3)
+    ins = [r for r in recs if r["direction"] == "in"]
+    assert [r["source"] for r in ins] == ["mx", "inbound-parse"], recs
+    for r in ins:
+        assert r["parent_id"] == qid and r["thread_id"] == qid, r
+    assert ins[0]["spf"] == "pass" and ins[0]["envelope_from"] == "pat@pass.test"
+    assert ins[0]["in_reply_to"] == msgid
+    assert "Yes, Tuesday works." in ins[0]["text"]
+
+    # signed SendGrid events: delivered, then open
+    now = int(time.time())
+    sg_events(d, [{"email": "pat@example.test", "event": "delivered", "sg_event_id": "ev-delivered",
+                   "sg_message_id": "sgid1.filter0001", "timestamp": now, "postern_id": qid}])
+    wait_record(d, qid, lambda r: r["status"] == "delivered", what="delivered record")
+    sg_events(d, [{"email": "pat@example.test", "event": "open", "sg_event_id": "ev-open",
+                   "sg_message_id": "sgid1.filter0001", "timestamp": now + 5, "postern_id": qid}])
+    out = wait_record(d, qid, lambda r: r["status"] == "opened", what="opened record")
+    assert [e["event"] for e in out["events"]] == ["sent", "delivered", "open"], out["events"]
+    # a replayed batch changes nothing
+    sg_events(d, [{"email": "pat@example.test", "event": "delivered", "sg_event_id": "ev-delivered",
+                   "sg_message_id": "sgid1.filter0001", "timestamp": now, "postern_id": qid}])
+    time.sleep(1)
+    out = record(d, qid)
+    assert out["status"] == "opened" and len(out["events"]) == 3
+
+    # forward_url: 500 twice, then every record once, in record order, each signed
+    got = fwd.wait_accepted(3)
+    time.sleep(1.5)
+    reqs = fwd.all()
+    assert [s for s, h, b in reqs[:2]] == [500, 500]
+    assert [r["id"] for r in fwd.accepted()] == [qid, ins[0]["id"], ins[1]["id"]], reqs
+    assert json.loads(reqs[0][2])["id"] == qid     # the head waits: order is kept
+    for s, h, b in reqs:
+        assert hmac_ok(h, b), h
+        assert h.get("Content-Type") == "application/json"
+    assert got[1]["parent_id"] == qid and got[2]["thread_id"] == qid
+
+    # the filters
+    assert {r["id"] for r in records(d, "--thread", qid)} == {qid, ins[0]["id"], ins[1]["id"]}
+    assert [r["id"] for r in records(d, "--address", "PAT@pass.test")] == [ins[0]["id"]]
+    assert {r["id"] for r in records(d, "--address", "pat@example.test")} == {qid, ins[1]["id"]}
+    assert records(d, "--address", "nobody@example.test") == []
+    text = d.ctl("correspondence", "list").stdout.decode()
+    assert qid in text and "status=opened" in text
+
+
+def test_reply_token_only_and_dsn(daemon_factory, tmp_path, sink, spf_env):
+    d = corr_daemon(daemon_factory, tmp_path, sink)
+    q1 = send_out(d, "First")
+    q2 = send_out(d, "Second", to="gone@example.test")
+    sink.wait_messages(2)
+    msgs = {header(m["data"], "Subject"): m["data"] for m in sink.received()}
+    tok1 = header(msgs["First"], "Reply-To").strip("<>")
+    id2 = header(msgs["Second"], "Message-ID").strip("<>")
+    wait_record(d, q2, lambda r: r["status"] == "sent")
+
+    # a reply whose client dropped In-Reply-To and References: the token still links it
+    mx_send(d, "pat@pass.test", tok1, (f"From: pat@pass.test\r\nTo: {tok1}\r\nSubject: ok\r\n\r\n"
+                                       "Fine by me.\r\n").encode())
+    # a DSN for the second message
+    dsn = ("From: Mail Delivery System <MAILER-DAEMON@pass.test>\r\nTo: app@clinic.test\r\n"
+           "Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n"
+           "--b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+           "--b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.pass.test\r\n\r\n"
+           "Final-Recipient: rfc822; gone@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+           "Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n\r\n"
+           f"--b1\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{id2}>\r\nSubject: Second\r\n\r\n"
+           "--b1--\r\n")
+    mx_send(d, "", "bounces@reply.test", dsn.encode())
+    recs = wait_records(d, 4)
+    by_subject = {r["subject"]: r for r in recs}
+    assert by_subject["ok"]["parent_id"] == q1 and by_subject["ok"]["thread_id"] == q1
+    out2 = wait_record(d, q2, lambda r: r["status"] == "bounced", what="bounced record")
+    b = [e for e in out2["events"] if e["event"] == "bounced"]
+    assert b and b[0]["recipient"] == "gone@example.test", out2["events"]
+    assert record(d, q1)["status"] == "sent"
+    # show without --json, and an unknown id
+    assert b"Fine by me." in d.ctl("correspondence", "show", by_subject["ok"]["id"]).stdout
+    assert d.ctl("correspondence", "show", "ABCDEF123456", check=False).returncode == 1
+
+
+def test_forward_restart_exactly_once(daemon_factory, tmp_path, sink, spf_env, app):
+    fwd = app()
+    d = corr_daemon(daemon_factory, tmp_path, sink, fwd.url)
+    q1 = send_out(d, "One")
+    fwd.wait_accepted(1)
+    # the application goes down; two more records wait in the forward queue
+    fwd.failing = True
+    q2 = send_out(d, "Two")
+    q3 = send_out(d, "Three")
+    deadline = time.monotonic() + 30
+    while len(fwd.all()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    d.kill()
+    assert [r["id"] for r in fwd.accepted()] == [q1]
+    # back up, and a fresh daemon on the same store carries on where it stopped
+    fwd.failing = False
+    d.start()
+    got = fwd.wait_accepted(3)
+    time.sleep(2)
+    assert [r["id"] for r in fwd.accepted()] == [q1, q2, q3]
+    for s, h, b in fwd.all():
+        assert hmac_ok(h, b)
+
+
+def test_forward_needs_secret(tmp_path):
+    from conftest import POSTERN, render_config
+    conf = tmp_path / "p.conf"
+    conf.write_text(render_config(free_port(), str(tmp_path / "data")) +
+                    "\n[inbound]\nforward_url = http://127.0.0.1:9/x\n"
+                    "reply_address = reply@reply.test\n")
+    p = subprocess.run([POSTERN, "-n", "-c", str(conf)], capture_output=True)
+    assert p.returncode == 1
+    assert b"forward_url needs forward_secret_file" in p.stderr
+    assert b"reply_address must be an address with one {token}" in p.stderr
