@@ -266,8 +266,9 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_REC_RELAY] = "UPDATE records SET provider_id = coalesce(?2, provider_id),"
     " relay_done = ?3 WHERE id = ?1",
   [ST_REC_RELAY_PENDING] = "SELECT id FROM records WHERE relay_done = 0 ORDER BY seq LIMIT ?1",
+  /* SendGrid's timestamps are whole seconds: within one second, the order applied */
   [ST_REV_LIST] = "SELECT event_key, at_ms, event, recipient, detail FROM record_events"
-    " WHERE record_id = ?1 ORDER BY at_ms, n",
+    " WHERE record_id = ?1 ORDER BY at_ms / 1000, n",
   [ST_REC_LIST] = "SELECT " REC_COLUMNS " FROM records r WHERE seq > ?1"
     " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM record_addresses a"
     "  WHERE a.address = lower(?2) AND a.record_id = r.id))"

@@ -246,7 +246,7 @@ int store_record_relay(struct store *st, const char *record_id, const char *prov
 /* Outbound records whose recipients are still moving (relay_done = 0), oldest first. */
 int store_records_relay_pending(struct store *st, char (*ids)[LIM_QUEUE_ID + 1], size_t max,
                                 size_t *n);
-/* A record's events, oldest first (at_ms, then the order applied). */
+/* A record's events, oldest first (by the second of at_ms, then the order applied). */
 typedef int (*store_record_event_cb)(void *arg, const struct store_record_event *e);
 int store_record_events(struct store *st, const char *record_id, store_record_event_cb cb,
                         void *arg);
