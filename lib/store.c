@@ -868,8 +868,11 @@ static void db_run_batch(struct store_db *d, struct store_job *jobs)
    * (the next accepted message) syncs them too, and losing one to a crash only means the
    * message is delivered again — the at-least-once side of the durability contract. Anything
    * else (an accepted message above all) is committed with synchronous=FULL. */
+  /* The same holds for the correspondence jobs (JOB_CALL): a record lost to a crash loses
+   * its source's recorded mark with it and is made again; an event, its applied mark; a
+   * forward_url result, so the record is forwarded again (at least once). */
   for(j = jobs; j; j = j->next)
-    if(j->kind != JOB_UPDATE)
+    if(j->kind != JOB_UPDATE && j->kind != JOB_CALL)
       relaxed = 0;
   if(relaxed != d->sync_normal &&
      sqlite3_exec(d->db, relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL",

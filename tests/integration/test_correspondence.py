@@ -4,11 +4,12 @@
 # batches move the outbound record's status, a DSN bounces it, and a small HTTP server on
 # loopback plays the application behind forward_url (answering 500 at first, checking the
 # HMAC of every body).
+import base64
 import hashlib
 import hmac
 import json
-import os
 import smtplib
+import urllib.parse
 import subprocess
 import threading
 import time
@@ -18,10 +19,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from conftest import free_port
-from test_inbound import CURL, ZONE, make_key, post, secret, sign, wait_http
+from test_inbound import CURL, ZONE, db_rows, make_key, post, secret, sign, twilio_sig, wait_http
 from upstream import Upstream
 
 FORWARD_SECRET = "fw-secret-0123456789"
+CSV = b"day,time\nTuesday,10:00\nTuesday,11:00\n"
 FAST = {"retry_min": "1s", "retry_max": "2s", "debug": "yes"}
 
 
@@ -117,7 +119,9 @@ def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None):
              "helo = relay.test.example\n\n[route default]\nupstream = sink\n\n"
              "[inbound]\ndomains = reply.test\nspf = tag\n"
              f"http_address = 127.0.0.1:{http}\nevent_public_key_file = {pub}\n"
-             "reply_address = reply+{token}@reply.test\n")
+             "reply_address = reply+{token}@reply.test\n"
+             f"twilio_auth_token_file = {secret(tmp_path, 'twilio.token', 'tw-token-123')}\n"
+             "public_url = https://relay.test.example/hooks/\n")
     if forward_url:
         extra += f"forward_url = {forward_url}\nforward_secret_file = {fw}\n"
     d = daemon_factory(FAST, extra, name=name)
@@ -234,8 +238,12 @@ def test_end_to_end(daemon_factory, tmp_path, sink, spf_env, app):
     mx_reply = (f"From: Pat <pat@pass.test>\r\nTo: <{reply_to}>\r\nSubject: Re: Appointment reminder\r\n"
                 f"Message-ID: {make_msgid(domain='pass.test')}\r\nIn-Reply-To: <{msgid}>\r\n"
                 f"References: <{msgid}>\r\nMIME-Version: 1.0\r\n"
-                "Content-Type: text/plain; charset=utf-8\r\n\r\n"
-                "Yes, Tuesday works.\r\n\r\nOn Mon, Clinic wrote:\r\n> Your appointment is on Tuesday.\r\n")
+                "Content-Type: multipart/mixed; boundary=\"m1\"\r\n\r\n"
+                "--m1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                "Yes, Tuesday works.\r\n\r\nOn Mon, Clinic wrote:\r\n> Your appointment is on Tuesday.\r\n"
+                "--m1\r\nContent-Type: text/csv\r\nContent-Disposition: attachment; filename=slots.csv\r\n"
+                "Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(CSV).decode() + "\r\n"
+                "--m1--\r\n")
     mx_send(d, "pat@pass.test", reply_to, mx_reply.encode())
     # another through Inbound Parse (raw mode), threaded by References only
     parse_reply = (f"From: Pat <pat@example.test>\r\nTo: {reply_to}\r\nSubject: Re: Appointment reminder\r\n"
@@ -250,6 +258,11 @@ def test_end_to_end(daemon_factory, tmp_path, sink, spf_env, app):
     assert ins[0]["spf"] == "pass" and ins[0]["envelope_from"] == "pat@pass.test"
     assert ins[0]["in_reply_to"] == msgid
     assert "Yes, Tuesday works." in ins[0]["text"]
+    assert ins[0]["reply_text"].strip() == "Yes, Tuesday works."
+    (att,) = ins[0]["attachments"]
+    assert att["filename"] == "slots.csv" and att["sha256"] == hashlib.sha256(CSV).hexdigest()
+    stored = db_rows(d, "SELECT sha256, size, data FROM attachments")
+    assert [(r["sha256"], r["data"]) for r in stored] == [(att["sha256"], CSV)]
 
     # signed SendGrid events: delivered, then open
     now = int(time.time())
@@ -319,6 +332,17 @@ def test_reply_token_only_and_dsn(daemon_factory, tmp_path, sink, spf_env):
     b = [e for e in out2["events"] if e["event"] == "bounced"]
     assert b and b[0]["recipient"] == "gone@example.test", out2["events"]
     assert record(d, q1)["status"] == "sent"
+    # an SMS becomes a record of its own
+    params = {"MessageSid": "SM0123456789", "From": "+14158675309", "To": "+18005551212",
+              "Body": "Running 10 minutes late", "NumMedia": "0"}
+    code, _, _ = post(d.http + "/sms", urllib.parse.urlencode(params).encode(), {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Twilio-Signature": twilio_sig("tw-token-123", "https://relay.test.example/hooks/sms", params)})
+    assert code == 200
+    sms = [r for r in wait_records(d, 5) if r["source"] == "sms"]
+    assert len(sms) == 1 and sms[0]["text"] == "Running 10 minutes late", sms
+    assert sms[0]["from"]["address"] == "+14158675309" and sms[0]["envelope_to"] == ["+18005551212"]
+    assert [r["id"] for r in records(d, "--address", "+14158675309")] == [sms[0]["id"]]
     # show without --json, and an unknown id
     assert b"Fine by me." in d.ctl("correspondence", "show", by_subject["ok"]["id"]).stdout
     assert d.ctl("correspondence", "show", "ABCDEF123456", check=False).returncode == 1
