@@ -677,6 +677,17 @@ static size_t answer_discard(char *p, size_t size, size_t n, void *arg)
   return *got > LIM_FORWARD_ANSWER ? 0 : size * n;   /* nobody needs a long answer */
 }
 
+/* A POST in progress gives way to shutdown instead of holding it for the whole timeout. */
+static int forward_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                            curl_off_t ulnow)
+{
+  (void)dltotal;
+  (void)dlnow;
+  (void)ultotal;
+  (void)ulnow;
+  return records_stopping(arg);
+}
+
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 
 static void curl_start(void)
@@ -721,6 +732,9 @@ static long forward_post(struct inbound_records *r, CURL *c, const char *id, con
      curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len) ||
      curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, answer_discard) ||
      curl_easy_setopt(c, CURLOPT_WRITEDATA, &got) ||
+     curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L) ||
+     curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, forward_progress) ||
+     curl_easy_setopt(c, CURLOPT_XFERINFODATA, r) ||
      curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr)) {
     str_copy(err, errsz, "cannot set up the request");
     goto out;

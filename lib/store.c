@@ -104,7 +104,7 @@ static const char *const migrations[] = {
   " json TEXT NOT NULL);"
   "CREATE INDEX records_message_id ON records(message_id);"
   "CREATE INDEX records_thread ON records(thread_id, seq);"
-  "CREATE UNIQUE INDEX records_reply_token ON records(reply_token);"
+  "CREATE INDEX records_reply_token ON records(reply_token);"
   "CREATE INDEX records_provider ON records(provider_id);"
   "CREATE INDEX records_relay_pending ON records(seq) WHERE relay_done = 0;"
   "CREATE TABLE record_addresses("

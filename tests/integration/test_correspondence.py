@@ -20,6 +20,7 @@ import pytest
 
 from conftest import free_port
 from test_inbound import CURL, ZONE, db_rows, make_key, post, secret, sign, twilio_sig, wait_http
+from apiserver import APIServer
 from upstream import Upstream
 
 FORWARD_SECRET = "fw-secret-0123456789"
@@ -110,13 +111,14 @@ def spf_env(tmp_path, monkeypatch):
     monkeypatch.setenv("POSTERN_SPF_TEST_CLIENT_IP", "192.0.2.10")
 
 
-def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None):
+def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None, upstream=None):
     mx, http = free_port(), free_port()
     priv, pub = make_key(tmp_path)
     fw = secret(tmp_path, "forward.secret", FORWARD_SECRET)
-    extra = (f"\n[listener mx]\naddress = 127.0.0.1:{mx}\nrole = mx\n\n"
-             f"[upstream sink]\ntype = smtp\nhost = 127.0.0.1\nport = {sink.port}\ntls = none\n"
-             "helo = relay.test.example\n\n[route default]\nupstream = sink\n\n"
+    upstream = upstream or (f"[upstream sink]\ntype = smtp\nhost = 127.0.0.1\nport = {sink.port}\n"
+                            "tls = none\nhelo = relay.test.example\n")
+    extra = (f"\n[listener mx]\naddress = 127.0.0.1:{mx}\nrole = mx\n\n{upstream}\n"
+             "[route default]\nupstream = sink\n\n"
              "[inbound]\ndomains = reply.test\nspf = tag\n"
              f"http_address = 127.0.0.1:{http}\nevent_public_key_file = {pub}\n"
              "reply_address = reply+{token}@reply.test\n"
@@ -370,6 +372,41 @@ def test_forward_restart_exactly_once(daemon_factory, tmp_path, sink, spf_env, a
     assert [r["id"] for r in fwd.accepted()] == [q1, q2, q3]
     for s, h, b in fwd.all():
         assert hmac_ok(h, b)
+
+
+def test_sendgrid_events_by_x_message_id(daemon_factory, tmp_path, spf_env):
+    # through the SendGrid transport: the request carries the queue id in custom_args and
+    # the per-message Reply-To; an event that only has sg_message_id (the 202's X-Message-Id
+    # plus SendGrid's suffix) still finds the record
+    api = APIServer().start()
+    try:
+        key = secret(tmp_path, "sg.key", api.key)
+        d = corr_daemon(daemon_factory, tmp_path, None, upstream=(
+            f"[upstream sink]\ntype = sendgrid\napi_key_file = {key}\napi_url = {api.url}\n"))
+        qid = send_out(d)
+        deadline = time.monotonic() + 30
+        while not api.posts("/v3/mail/send") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (req,) = api.posts("/v3/mail/send")
+        body = req.json()
+        assert body["custom_args"] == {"postern_id": qid}
+        assert body["reply_to"]["email"].startswith("reply+"), body.get("reply_to")
+        out = wait_record(d, qid, lambda r: r["status"] == "sent")
+        assert "X-Message-Id=sgmsg" in out["events"][0]["detail"]["reply"]
+        xid = out["events"][0]["detail"]["reply"].split("X-Message-Id=")[1].split()[0]
+        sg_events(d, [{"email": "pat@example.test", "event": "bounce", "sg_event_id": "ev-b",
+                       "sg_message_id": f"{xid}.filterdrecv-1.0", "timestamp": int(time.time()),
+                       "reason": "550 5.1.1 unknown user"}])
+        out = wait_record(d, qid, lambda r: r["status"] == "bounced")
+        assert out["events"][-1]["event"] == "bounce"
+        assert out["events"][-1]["detail"]["reason"] == "550 5.1.1 unknown user"
+        # an event for mail Postern never sent is kept in inbound_events, applied to nothing
+        sg_events(d, [{"email": "x@example.test", "event": "delivered", "sg_event_id": "ev-x",
+                       "sg_message_id": "unknown.filter", "timestamp": int(time.time())}])
+        time.sleep(1)
+        assert len(record(d, qid)["events"]) == 2
+    finally:
+        api.stop()
 
 
 def test_forward_needs_secret(tmp_path):
