@@ -787,6 +787,8 @@ static void *forwarder_main(void *arg)
     }
     status = forward_post(r, c, id, body, strlen(body), err, sizeof(err));
     free(body);
+    if((status < 200 || status > 299) && records_stopping(r))
+      break;                   /* cut short by shutdown: not an attempt that failed */
     if(status >= 200 && status <= 299) {
       log_info("%s: forwarded, status=%ld, attempts=%d", id, status, attempts + 1);
       store_forward_result(r->st, seq, 1, 0, NULL);
