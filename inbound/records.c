@@ -87,6 +87,13 @@ static json_t *jstr(const char *s)
   return j ? j : json_null();
 }
 
+/* A JSON string, "" when s is NULL or not UTF-8. */
+static json_t *jtext(const char *s)
+{
+  json_t *j = s ? json_string(s) : NULL;
+  return j ? j : json_string("");
+}
+
 static const char *jget(const json_t *o, const char *key)
 {
   return json_string_value(json_object_get(o, key));
@@ -525,14 +532,16 @@ static int sms_parse(const char *body, size_t len, json_t **out)
     else if(!strcmp(params[i].name, "Body")) text = params[i].value;
     else if(!strcmp(params[i].name, "MessageSid")) sid = params[i].value;
   }
-  o = json_pack("{s:o, s:o, s:[], s:o, s:[o], s:[], s:[], s:n, s:n, s:o, s:n, s:o, s:[],"
-                " s:b, s:o}",
-                "message_id", jstr(sid), "in_reply_to", json_null(), "references",
-                "from", from ? json_pack("{s:o, s:n}", "address", jstr(from), "name") : json_null(),
-                "to", json_pack("{s:o, s:n}", "address", jstr(to), "name"),
-                "cc", "reply_to", "subject", "date", "text", jstr(text), "html",
-                "reply_text", jstr(text), "attachments", "auto_submitted", 0,
-                "parse_error", n ? json_null() : json_string("not a form"));
+  /* the parser's contract: what a message lacks is "" (texts, names) or null */
+  o = json_pack("{s:o, s:n, s:[], s:o, s:[o], s:[], s:[], s:s, s:n, s:o, s:s, s:o, s:[],"
+                " s:b, s:o, s:n}",
+                "message_id", jstr(sid), "in_reply_to", "references",
+                "from", from ? json_pack("{s:o, s:s}", "address", jstr(from), "name", "")
+                             : json_null(),
+                "to", json_pack("{s:o, s:s}", "address", jstr(to), "name", ""),
+                "cc", "reply_to", "subject", "", "date", "text", jtext(text),
+                "html", "", "reply_text", jstr(text), "attachments", "auto_submitted", 0,
+                "parse_error", n ? json_null() : json_string("not a form"), "dsn");
   free(params);
   free(hold);
   *out = o;
@@ -597,22 +606,25 @@ out:
   return result;
 }
 
-/* New messages of one origin into records; returns how many were looked at. */
+/* New messages of one origin into records; returns how many were made. One that cannot be
+ * made now (memory, the store) does not hold up the others; it is tried again next poll. */
 static size_t build_new(struct inbound_records *r, enum store_origin origin)
 {
   char ids[RECORDS_BATCH][LIM_QUEUE_ID + 1];
-  size_t n = 0, i;
+  size_t n = 0, i, made = 0;
   if(store_unrecorded(r->st, origin, ids, RECORDS_BATCH, &n))
     return 0;
   for(i = 0; i < n && !records_stopping(r); i++) {
     int result = origin == STORE_ORIGIN_QUEUE ? build_outbound(r, ids[i])
                                               : build_inbound(r, ids[i]);
-    if(result) {
+    if(result)
       log_error("%s: cannot make its correspondence record; will try again", ids[i]);
-      return 0;                /* the store or memory: wait a poll before trying again */
-    }
+    else
+      made++;
   }
-  return n;
+  /* a batch that only failed waits a poll, or it would be retried in a tight loop; a full
+   * batch that did not all fail is followed at once by the next */
+  return made;
 }
 
 static void *builder_main(void *arg)
