@@ -143,8 +143,9 @@ static int find_by_addresses(struct inbound_records *r, const json_t *list, char
   return -1;
 }
 
-/* The record rec answers: by In-Reply-To, then References (nearest first), then the reply
- * token in the envelope recipients, To or Cc. 0 with parent and thread set when found. */
+/* The record rec answers: by In-Reply-To, then References (nearest first), then (a DSN) the
+ * Message-ID it reports on, then the reply token in the envelope recipients, To or Cc. 0 with
+ * parent and thread set when found. */
 static int thread_find(struct inbound_records *r, const json_t *rec, char *parent,
                        char *thread)
 {
@@ -157,6 +158,10 @@ static int thread_find(struct inbound_records *r, const json_t *rec, char *paren
     if(!store_record_find(r->st, STORE_BY_MESSAGE_ID, id, parent, thread))
       return 0;
   }
+  /* a DSN belongs to the thread of the message it reports on */
+  if(!store_record_find(r->st, STORE_BY_MESSAGE_ID,
+                        jget(json_object_get(rec, "dsn"), "original_message_id"), parent, thread))
+    return 0;
   if(!find_by_addresses(r, json_object_get(rec, "envelope_to"), parent, thread) ||
      !find_by_addresses(r, json_object_get(rec, "to"), parent, thread) ||
      !find_by_addresses(r, json_object_get(rec, "cc"), parent, thread))

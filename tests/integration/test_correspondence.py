@@ -330,6 +330,7 @@ def test_reply_token_only_and_dsn(daemon_factory, tmp_path, sink, spf_env):
     recs = wait_records(d, 4)
     by_subject = {r["subject"]: r for r in recs}
     assert by_subject["ok"]["parent_id"] == q1 and by_subject["ok"]["thread_id"] == q1
+    assert by_subject["Undelivered Mail Returned to Sender"]["parent_id"] == q2
     out2 = wait_record(d, q2, lambda r: r["status"] == "bounced", what="bounced record")
     b = [e for e in out2["events"] if e["event"] == "bounced"]
     assert b and b[0]["recipient"] == "gone@example.test", out2["events"]
