@@ -7,6 +7,7 @@
 #include "tls/tls.h"
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "lib/vendor.h"
 #include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -705,13 +706,6 @@ static int forward_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, cur
   return records_stopping(arg);
 }
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-
-static void curl_start(void)
-{
-  curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
 /* POSTs body; the HTTP status, or 0 when no answer came (err says why). */
 static long forward_post(struct inbound_records *r, CURL *c, const char *id, const char *body,
                          size_t len, char *err, size_t errsz)
@@ -860,7 +854,7 @@ int inbound_records_start(const struct config *cfg, struct store *st,
       log_error("[inbound] forward_secret_file: %s", err);
       goto fail;
     }
-    pthread_once(&curl_once, curl_start);
+    vendor_curl_start();
   }
   if(pthread_create(&r->builder, NULL, builder_main, r))
     goto fail;
