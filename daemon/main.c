@@ -157,6 +157,7 @@ struct reloader {
   const char *path;
   struct daemon *d;
   struct inbound_http *http;
+  struct inbound_records *records;
   int auth_ok;
   struct config *cfg;           /* the one in use; the daemon owns it */
 };
@@ -184,6 +185,8 @@ static int reload_run(void *arg, char *err, size_t errsz)
   if(!rl->auth_ok && auth_wanted(ncfg))
     log_warn("reload: AUTH was not set up at start (all listeners had auth = none); "
              "restart to offer it");
+  if(rl->records && inbound_records_reload(rl->records, ncfg))
+    log_error("reload: correspondence records keep the previous forward_url settings");
   if(rl->http && inbound_http_reload(rl->http, ncfg))
     log_error("reload: the HTTP listener keeps its credentials and keys (see above)");
   if(!rl->http && ncfg->inbound.http_address)
@@ -334,6 +337,7 @@ int main(int argc, char **argv)
   rl.path = path;
   rl.d = d;
   rl.http = http;
+  rl.records = records;
   rl.auth_ok = auth_ok;
   rl.cfg = cfg;
   memset(&cenv, 0, sizeof(cenv));

@@ -132,10 +132,14 @@ char *inbound_reply_text(const char *text, size_t textlen, const char *html, siz
  * outbound recipients' states, DSNs and SendGrid events update outbound records) and, with
  * forward_url, the forwarder (a thread: each new record POSTed once a 2xx says so, in record
  * order, signed X-Postern-Signature: sha256=HEX, the HMAC-SHA256 of the body under
- * forward_secret_file). What they need of cfg is copied at start. */
+ * forward_secret_file). What they need of cfg is copied (at start and on reload). */
 struct inbound_records;
 int inbound_records_start(const struct config *cfg, struct store *st,
                           struct inbound_records **out);
+/* A reload: reply_address, forward_url, its secret and retry_max from cfg, for records made
+ * and POSTs begun from now on. 0, or -1 when the new secret cannot be read (logged; the old
+ * settings stay). */
+int inbound_records_reload(struct inbound_records *r, const struct config *cfg);
 void inbound_records_stop(struct inbound_records *r);     /* NULL is fine */
 /* A record as the application sees it (the stored record with its status and events): a
  * jansson object the caller decrefs, NULL when memory runs out. */

@@ -22,13 +22,21 @@
 #define EVENT_WAIT_MS 60000         /* an event whose record is not known yet waits this long */
 #define FORWARD_POLL_MS 200
 
-struct inbound_records {
-  struct store *st;
+/* What the threads need of the configuration; replaced whole on reload, and kept by a
+ * reference for the length of a pass or a POST. */
+struct records_settings {
+  int refs;                        /* under inbound_records.lock */
   char *reply_prefix, *reply_suffix;   /* reply_address around {token}, or NULL */
-  char *forward_url;
+  char *forward_url;               /* NULL: records are not forwarded */
   char *secret;
   size_t secretlen;
   long long retry_max_ms;
+};
+
+struct inbound_records {
+  struct store *st;
+  struct records_settings *set;    /* under lock */
+  long long relay_cursor;          /* where relay_follow goes on from (builder thread only) */
   pthread_t builder, forwarder;
   int builder_running, forwarder_running;
   pthread_mutex_t lock;
@@ -72,6 +80,71 @@ static int records_stopping(struct inbound_records *r)
   return stop;
 }
 
+static void settings_put(struct inbound_records *r, struct records_settings *set)
+{
+  int last;
+  if(!set)
+    return;
+  pthread_mutex_lock(&r->lock);
+  last = --set->refs == 0;
+  pthread_mutex_unlock(&r->lock);
+  if(!last)
+    return;
+  if(set->secret)
+    auth_secret_free(set->secret, set->secretlen);
+  free(set->forward_url);
+  free(set->reply_prefix);
+  free(set->reply_suffix);
+  free(set);
+}
+
+static struct records_settings *settings_get(struct inbound_records *r)
+{
+  struct records_settings *set;
+  pthread_mutex_lock(&r->lock);
+  set = r->set;
+  set->refs++;
+  pthread_mutex_unlock(&r->lock);
+  return set;
+}
+
+/* The settings of cfg, the forward secret read; NULL after a problem (logged). */
+static struct records_settings *settings_new(const struct config *cfg)
+{
+  struct records_settings *set = calloc(1, sizeof(*set));
+  const char *ra = cfg->inbound.reply_address, *tok = ra ? strstr(ra, "{token}") : NULL;
+  char err[512];
+  if(!set)
+    return NULL;
+  set->refs = 1;
+  set->retry_max_ms = cfg->retry_max > 0 ? cfg->retry_max * 1000LL : 3600000LL;
+  if(tok) {
+    set->reply_prefix = str_dup_n(ra, (size_t)(tok - ra));
+    set->reply_suffix = str_dup_n(tok + 7, strlen(tok + 7));
+    if(!set->reply_prefix || !set->reply_suffix)
+      goto fail;
+  }
+  if(cfg->inbound.forward_url && cfg->inbound.forward_url[0]) {
+    set->forward_url = str_dup_n(cfg->inbound.forward_url, strlen(cfg->inbound.forward_url));
+    if(!set->forward_url)
+      goto fail;
+    if(auth_secret_read(cfg->inbound.forward_secret_file, &set->secret, &set->secretlen, err,
+                        sizeof(err))) {
+      log_error("[inbound] forward_secret_file: %s", err);
+      goto fail;
+    }
+  }
+  return set;
+fail:
+  if(set->secret)
+    auth_secret_free(set->secret, set->secretlen);
+  free(set->forward_url);
+  free(set->reply_prefix);
+  free(set->reply_suffix);
+  free(set);
+  return NULL;
+}
+
 static void time_iso(long long ms, char *out, size_t outsz)
 {
   time_t t = (time_t)(ms / 1000);
@@ -103,16 +176,17 @@ static const char *jget(const json_t *o, const char *key)
 /* ---- threading ---------------------------------------------------------------------------- */
 
 /* The token of a reply address (reply+TOKEN@domain), lower-cased into tok; 0 when addr is one. */
-static int token_of(const struct inbound_records *r, const char *addr, char *tok, size_t toksz)
+static int token_of(const struct records_settings *set, const char *addr, char *tok,
+                    size_t toksz)
 {
   size_t plen, slen, alen, n, i;
-  if(!r->reply_prefix || !addr)
+  if(!set->reply_prefix || !addr)
     return -1;
-  plen = strlen(r->reply_prefix);
-  slen = strlen(r->reply_suffix);
+  plen = strlen(set->reply_prefix);
+  slen = strlen(set->reply_suffix);
   alen = strlen(addr);
-  if(alen <= plen + slen || strncasecmp(addr, r->reply_prefix, plen) ||
-     strcasecmp(addr + alen - slen, r->reply_suffix))
+  if(alen <= plen + slen || strncasecmp(addr, set->reply_prefix, plen) ||
+     strcasecmp(addr + alen - slen, set->reply_suffix))
     return -1;
   n = alen - plen - slen;
   if(n >= toksz)
@@ -129,15 +203,15 @@ static int token_of(const struct inbound_records *r, const char *addr, char *tok
   return 0;
 }
 
-static int find_by_addresses(struct inbound_records *r, const json_t *list, char *id,
-                             char *thread)
+static int find_by_addresses(struct inbound_records *r, const struct records_settings *set,
+                             const json_t *list, char *id, char *thread)
 {
   size_t i;
   json_t *v;
   json_array_foreach(list, i, v) {
     char tok[LIM_QUEUE_ID + 1];
     const char *a = json_is_string(v) ? json_string_value(v) : jget(v, "address");
-    if(!token_of(r, a, tok, sizeof(tok)) &&
+    if(!token_of(set, a, tok, sizeof(tok)) &&
        !store_record_find(r->st, STORE_BY_REPLY_TOKEN, tok, id, thread))
       return 0;
   }
@@ -147,8 +221,8 @@ static int find_by_addresses(struct inbound_records *r, const json_t *list, char
 /* The record rec answers: by In-Reply-To, then References (nearest first), then (a DSN) the
  * Message-ID it reports on, then the reply token in the envelope recipients, To or Cc. 0 with
  * parent and thread set when found. */
-static int thread_find(struct inbound_records *r, const json_t *rec, char *parent,
-                       char *thread)
+static int thread_find(struct inbound_records *r, const struct records_settings *set,
+                       const json_t *rec, char *parent, char *thread)
 {
   const json_t *refs = json_object_get(rec, "references");
   size_t n = json_array_size(refs), k;
@@ -163,9 +237,9 @@ static int thread_find(struct inbound_records *r, const json_t *rec, char *paren
   if(!store_record_find(r->st, STORE_BY_MESSAGE_ID,
                         jget(json_object_get(rec, "dsn"), "original_message_id"), parent, thread))
     return 0;
-  if(!find_by_addresses(r, json_object_get(rec, "envelope_to"), parent, thread) ||
-     !find_by_addresses(r, json_object_get(rec, "to"), parent, thread) ||
-     !find_by_addresses(r, json_object_get(rec, "cc"), parent, thread))
+  if(!find_by_addresses(r, set, json_object_get(rec, "envelope_to"), parent, thread) ||
+     !find_by_addresses(r, set, json_object_get(rec, "to"), parent, thread) ||
+     !find_by_addresses(r, set, json_object_get(rec, "cc"), parent, thread))
     return 0;
   return -1;
 }
@@ -375,7 +449,7 @@ static int relay_follow(struct inbound_records *r)
 {
   char ids[RECORDS_BATCH][LIM_QUEUE_ID + 1];
   size_t n = 0, i;
-  if(store_records_relay_pending(r->st, ids, RECORDS_BATCH, &n))
+  if(store_records_relay_pending(r->st, &r->relay_cursor, ids, RECORDS_BATCH, &n))
     return 0;
   for(i = 0; i < n && !records_stopping(r); i++)
     relay_follow_one(r, ids[i]);
@@ -415,6 +489,7 @@ static int record_make(struct inbound_records *r, enum store_origin origin, cons
   struct buf addrs;
   char when[32], parent[LIM_QUEUE_ID + 1], thread[LIM_QUEUE_ID + 1];
   json_t *o = json_object();
+  struct records_settings *set = settings_get(r);
   int result = STORE_ERROR, linked;
   size_t i;
 
@@ -429,7 +504,7 @@ static int record_make(struct inbound_records *r, enum store_origin origin, cons
   json_object_set_new(o, "envelope_from", jstr(env_from));
   json_object_set(o, "envelope_to", (json_t *)env_to);
   json_object_update(o, parsed);
-  linked = !thread_find(r, o, parent, thread);
+  linked = !thread_find(r, set, o, parent, thread);
   json_object_set_new(o, "thread_id", json_string(linked ? thread : id));
   json_object_set_new(o, "parent_id", linked ? json_string(parent) : json_null());
   json_object_set_new(o, "spf", jstr(spf));
@@ -464,8 +539,8 @@ static int record_make(struct inbound_records *r, enum store_origin origin, cons
   rec.json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
   if(!rec.json)
     goto out;
-  result = store_record_add(r->st, origin, &rec, addrs.ptr, blobs, natt, r->forward_url != NULL,
-                            NULL);
+  result = store_record_add(r->st, origin, &rec, addrs.ptr, blobs, natt,
+                            set->forward_url != NULL, NULL);
   if(!result) {
     log_info("%s: record direction=%s, source=%s, thread=%s%s%s", id, direction, source,
              rec.thread_id, linked ? ", parent=" : "", linked ? parent : "");
@@ -474,6 +549,7 @@ static int record_make(struct inbound_records *r, enum store_origin origin, cons
   }
   free(rec.json);
 out:
+  settings_put(r, set);
   free(blobs);
   buf_free(&addrs);
   json_decref(o);
@@ -707,8 +783,8 @@ static int forward_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, cur
 }
 
 /* POSTs body; the HTTP status, or 0 when no answer came (err says why). */
-static long forward_post(struct inbound_records *r, CURL *c, const char *id, const char *body,
-                         size_t len, char *err, size_t errsz)
+static long forward_post(struct inbound_records *r, const struct records_settings *set, CURL *c,
+                         const char *id, const char *body, size_t len, char *err, size_t errsz)
 {
   struct curl_slist *h = NULL;
   char sig[TLS_SHA256_HEX_LEN + 1], line[TLS_SHA256_HEX_LEN + 64], idline[64];
@@ -717,7 +793,7 @@ static long forward_post(struct inbound_records *r, CURL *c, const char *id, con
   long status = 0;
   CURLcode rc;
   err[0] = '\0';
-  if(tls_hmac_sha256_hex(r->secret, r->secretlen, body, len, sig)) {
+  if(tls_hmac_sha256_hex(set->secret, set->secretlen, body, len, sig)) {
     str_copy(err, errsz, "cannot sign");
     return 0;
   }
@@ -733,7 +809,7 @@ static long forward_post(struct inbound_records *r, CURL *c, const char *id, con
     return 0;
   }
   curl_easy_reset(c);
-  if(curl_easy_setopt(c, CURLOPT_URL, r->forward_url) ||
+  if(curl_easy_setopt(c, CURLOPT_URL, set->forward_url) ||
      curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http") ||
      curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L) ||
      curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)LIM_FORWARD_TIMEOUT_SECONDS) ||
@@ -767,8 +843,9 @@ static void *forwarder_main(void *arg)
   CURL *c = curl_easy_init();
   while(c && !records_stopping(r)) {
     struct store_record rec;
+    struct records_settings *set;
     char id[LIM_QUEUE_ID + 1], err[CURL_ERROR_SIZE + 32];
-    long long seq, next_ms, now = now_ms();
+    long long seq, next_ms, now = now_ms(), retry_max_ms;
     json_t *o;
     char *body;
     long status;
@@ -796,7 +873,17 @@ static void *forwarder_main(void *arg)
       records_wait(r, 1000);
       continue;
     }
-    status = forward_post(r, c, id, body, strlen(body), err, sizeof(err));
+    set = settings_get(r);
+    if(!set->forward_url) {
+      /* forward_url was taken out by a reload: what was queued waits for it to come back */
+      settings_put(r, set);
+      free(body);
+      records_wait(r, 1000);
+      continue;
+    }
+    status = forward_post(r, set, c, id, body, strlen(body), err, sizeof(err));
+    retry_max_ms = set->retry_max_ms;
+    settings_put(r, set);
     free(body);
     if((status < 200 || status > 299) && records_stopping(r))
       break;                   /* cut short by shutdown: not an attempt that failed */
@@ -808,10 +895,10 @@ static void *forwarder_main(void *arg)
       /* 1 s doubling up to retry_max: the application is usually only restarting */
       long long delay = 1000;
       int k;
-      for(k = 0; k < attempts && delay < r->retry_max_ms; k++)
+      for(k = 0; k < attempts && delay < retry_max_ms; k++)
         delay *= 2;
-      if(delay > r->retry_max_ms)
-        delay = r->retry_max_ms;
+      if(delay > retry_max_ms)
+        delay = retry_max_ms;
       log_warn("%s: forward deferred (%s), attempts=%d, next in %llds", id, err, attempts + 1,
                delay / 1000);
       store_forward_result(r->st, seq, 0, now_ms() + delay, err);
@@ -825,50 +912,55 @@ static void *forwarder_main(void *arg)
 
 /* ---- start and stop ----------------------------------------------------------------------- */
 
+/* The forwarder runs once forward_url is set, at start or by a reload; it stays (idle) when a
+ * reload takes forward_url out again. */
+static int forwarder_ensure(struct inbound_records *r, const struct records_settings *set)
+{
+  if(!set->forward_url || r->forwarder_running)
+    return 0;
+  vendor_curl_start();
+  if(pthread_create(&r->forwarder, NULL, forwarder_main, r))
+    return -1;
+  r->forwarder_running = 1;
+  return 0;
+}
+
 int inbound_records_start(const struct config *cfg, struct store *st,
                           struct inbound_records **out)
 {
   struct inbound_records *r = calloc(1, sizeof(*r));
-  const char *ra = cfg->inbound.reply_address, *tok;
-  char err[512];
   *out = NULL;
   if(!r)
     return -1;
   r->st = st;
-  r->retry_max_ms = cfg->retry_max > 0 ? cfg->retry_max * 1000LL : 3600000LL;
   pthread_mutex_init(&r->lock, NULL);
   pthread_cond_init(&r->cond, NULL);
-  tok = ra ? strstr(ra, "{token}") : NULL;
-  if(tok) {
-    r->reply_prefix = str_dup_n(ra, (size_t)(tok - ra));
-    r->reply_suffix = str_dup_n(tok + 7, strlen(tok + 7));
-    if(!r->reply_prefix || !r->reply_suffix)
-      goto fail;
-  }
-  if(cfg->inbound.forward_url && cfg->inbound.forward_url[0]) {
-    r->forward_url = str_dup_n(cfg->inbound.forward_url, strlen(cfg->inbound.forward_url));
-    if(!r->forward_url)
-      goto fail;
-    if(auth_secret_read(cfg->inbound.forward_secret_file, &r->secret, &r->secretlen, err,
-                        sizeof(err))) {
-      log_error("[inbound] forward_secret_file: %s", err);
-      goto fail;
-    }
-    vendor_curl_start();
-  }
+  r->set = settings_new(cfg);
+  if(!r->set)
+    goto fail;
   if(pthread_create(&r->builder, NULL, builder_main, r))
     goto fail;
   r->builder_running = 1;
-  if(r->forward_url) {
-    if(pthread_create(&r->forwarder, NULL, forwarder_main, r))
-      goto fail;
-    r->forwarder_running = 1;
-  }
+  if(forwarder_ensure(r, r->set))
+    goto fail;
   *out = r;
   return 0;
 fail:
   inbound_records_stop(r);
   return -1;
+}
+
+int inbound_records_reload(struct inbound_records *r, const struct config *cfg)
+{
+  struct records_settings *set = settings_new(cfg), *old;
+  if(!set)
+    return -1;
+  pthread_mutex_lock(&r->lock);
+  old = r->set;
+  r->set = set;
+  pthread_mutex_unlock(&r->lock);
+  settings_put(r, old);
+  return forwarder_ensure(r, set);
 }
 
 void inbound_records_stop(struct inbound_records *r)
@@ -883,12 +975,8 @@ void inbound_records_stop(struct inbound_records *r)
     pthread_join(r->builder, NULL);
   if(r->forwarder_running)
     pthread_join(r->forwarder, NULL);
+  settings_put(r, r->set);
   pthread_cond_destroy(&r->cond);
   pthread_mutex_destroy(&r->lock);
-  if(r->secret)
-    auth_secret_free(r->secret, r->secretlen);
-  free(r->forward_url);
-  free(r->reply_prefix);
-  free(r->reply_suffix);
   free(r);
 }

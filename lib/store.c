@@ -265,7 +265,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     " WHERE id = ?1 AND status_rank < ?3",
   [ST_REC_RELAY] = "UPDATE records SET provider_id = coalesce(?2, provider_id),"
     " relay_done = ?3 WHERE id = ?1",
-  [ST_REC_RELAY_PENDING] = "SELECT id FROM records WHERE relay_done = 0 ORDER BY seq LIMIT ?1",
+  [ST_REC_RELAY_PENDING] = "SELECT id, seq FROM records WHERE relay_done = 0 AND seq > ?2"
+    " ORDER BY seq LIMIT ?1",
   /* SendGrid's timestamps are whole seconds: within one second, the order applied */
   [ST_REV_LIST] = "SELECT event_key, at_ms, event, recipient, detail FROM record_events"
     " WHERE record_id = ?1 ORDER BY at_ms / 1000, n",
@@ -1768,9 +1769,9 @@ int store_record_skip(struct store *st, enum store_origin origin, const char *id
   return store_call(st, job_record_skip, &k, NULL);
 }
 
-/* Ids from a one-column query with LIMIT ?1. */
+/* Ids from a query with LIMIT ?1 (and, with after, seq > ?2 and the last seq as column 1). */
 static int read_ids(struct store *st, enum stmt which, char (*ids)[LIM_QUEUE_ID + 1],
-                    size_t max, size_t *n)
+                    size_t max, size_t *n, long long *after)
 {
   sqlite3_stmt *s;
   int rc = SQLITE_DONE, result = STORE_OK;
@@ -1782,8 +1783,12 @@ static int read_ids(struct store *st, enum stmt which, char (*ids)[LIM_QUEUE_ID 
     return STORE_ERROR;
   }
   sqlite3_bind_int64(s, 1, (sqlite3_int64)max);
+  if(after)
+    sqlite3_bind_int64(s, 2, *after);
   while(*n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
     str_copy(ids[*n], LIM_QUEUE_ID + 1, col_str(s, 0) ? col_str(s, 0) : "");
+    if(after)
+      *after = sqlite3_column_int64(s, 1);
     (*n)++;
   }
   if(*n < max && rc != SQLITE_DONE)
@@ -1797,13 +1802,16 @@ int store_unrecorded(struct store *st, enum store_origin origin, char (*ids)[LIM
                      size_t max, size_t *n)
 {
   return read_ids(st, origin == STORE_ORIGIN_QUEUE ? ST_UNREC_QUEUE : ST_UNREC_INBOUND, ids,
-                  max, n);
+                  max, n, NULL);
 }
 
-int store_records_relay_pending(struct store *st, char (*ids)[LIM_QUEUE_ID + 1], size_t max,
-                                size_t *n)
+int store_records_relay_pending(struct store *st, long long *after,
+                                char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n)
 {
-  return read_ids(st, ST_REC_RELAY_PENDING, ids, max, n);
+  int result = read_ids(st, ST_REC_RELAY_PENDING, ids, max, n, after);
+  if(!result && *n < max)
+    *after = 0;                  /* the end: the next call starts from the oldest again */
+  return result;
 }
 
 int store_inbound_get(struct store *st, const char *id, struct store_inbound *m, char **hold)

@@ -243,9 +243,11 @@ int store_record_event_add(struct store *st, const char *record_id,
  * whether its recipients have all reached a final state (no more relay events to follow). */
 int store_record_relay(struct store *st, const char *record_id, const char *provider_id,
                        int relay_done);
-/* Outbound records whose recipients are still moving (relay_done = 0), oldest first. */
-int store_records_relay_pending(struct store *st, char (*ids)[LIM_QUEUE_ID + 1], size_t max,
-                                size_t *n);
+/* Outbound records whose recipients are still moving (relay_done = 0), in record order after
+ * the cursor *after (0: from the start), which moves on; it goes back to 0 at the end, so
+ * calls in a row walk all of them however many wait for a long-deferred recipient. */
+int store_records_relay_pending(struct store *st, long long *after,
+                                char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n);
 /* A record's events, oldest first (by the second of at_ms, then the order applied). */
 typedef int (*store_record_event_cb)(void *arg, const struct store_record_event *e);
 int store_record_events(struct store *st, const char *record_id, store_record_event_cb cb,

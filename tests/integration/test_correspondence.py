@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import signal
 import smtplib
 import urllib.parse
 import subprocess
@@ -127,7 +128,7 @@ def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None, ups
     if forward_url:
         extra += f"forward_url = {forward_url}\nforward_secret_file = {fw}\n"
     d = daemon_factory(FAST, extra, name=name)
-    d.mx_port, d.http, d.event_key = mx, f"http://127.0.0.1:{http}", priv
+    d.mx_port, d.http, d.event_key, d.extra_conf = mx, f"http://127.0.0.1:{http}", priv, extra
     wait_http(d)
     return d
 
@@ -408,6 +409,27 @@ def test_sendgrid_events_by_x_message_id(daemon_factory, tmp_path, spf_env):
         assert len(record(d, qid)["events"]) == 2
     finally:
         api.stop()
+
+
+def test_reload_starts_forwarding(daemon_factory, tmp_path, sink, spf_env, app):
+    fwd = app()
+    d = corr_daemon(daemon_factory, tmp_path, sink)
+    q1 = send_out(d, "Before")
+    wait_record(d, q1)
+    d.write_config(FAST, d.extra_conf + f"forward_url = {fwd.url}\n"
+                   f"forward_secret_file = {tmp_path / 'forward.secret'}\n")
+    d.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "reload -- configuration" not in d.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # (a reply through Inbound Parse: the HTTP listener follows reloads)
+    parse_post(d, "From: pat@example.test\r\nTo: someone@reply.test\r\nSubject: After\r\n\r\nhi\r\n",
+               "someone@reply.test")
+    got = fwd.wait_accepted(1)
+    time.sleep(1)
+    # records made from now on are forwarded; the one made before was never owed
+    assert len(fwd.accepted()) == 1 and got[0]["subject"] == "After" and got[0]["id"] != q1
+    assert hmac_ok(fwd.all()[0][1], fwd.all()[0][2])
 
 
 def test_forward_needs_secret(tmp_path):
