@@ -317,7 +317,8 @@ static void dsn_apply(struct inbound_records *r, const char *dsn_record, const j
 
 /* One stored SendGrid event onto its outbound record: found by the postern_id custom arg
  * Postern puts in every request, else by the X-Message-Id SendGrid answered the request
- * with (the sg_message_id prefix). Returns 1 when it should stay for a later pass. */
+ * with (the sg_message_id prefix). One whose record is not known stays unapplied for a
+ * while (it may be a pass ahead of its record). Always 0: the next event follows. */
 static int event_apply(void *arg, const struct store_event *ev, long long received_ms)
 {
   struct inbound_records *r = arg;
@@ -539,14 +540,15 @@ static int record_make(struct inbound_records *r, enum store_origin origin, cons
   rec.json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
   if(!rec.json)
     goto out;
+  /* a DSN's bounces go in first: they are idempotent, so a crash before the record is made
+   * only means they are applied again when it is made again */
+  if(json_is_object(json_object_get(o, "dsn")))
+    dsn_apply(r, id, json_object_get(o, "dsn"), linked ? parent : NULL);
   result = store_record_add(r->st, origin, &rec, addrs.ptr, blobs, natt,
                             set->forward_url != NULL, NULL);
-  if(!result) {
+  if(!result)
     log_info("%s: record direction=%s, source=%s, thread=%s%s%s", id, direction, source,
              rec.thread_id, linked ? ", parent=" : "", linked ? parent : "");
-    if(json_is_object(json_object_get(o, "dsn")))
-      dsn_apply(r, id, json_object_get(o, "dsn"), linked ? parent : NULL);
-  }
   free(rec.json);
 out:
   settings_put(r, set);

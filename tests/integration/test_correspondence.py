@@ -99,7 +99,7 @@ def app():
 
 @pytest.fixture
 def sink(tmp_path):
-    up = Upstream(tmp_path / "sink").start()
+    up = Upstream(tmp_path / "sink", reject=("nobody@example.test",)).start()
     yield up
     up.stop()
 
@@ -347,6 +347,13 @@ def test_reply_token_only_and_dsn(daemon_factory, tmp_path, sink, spf_env):
     assert len(sms) == 1 and sms[0]["text"] == "Running 10 minutes late", sms
     assert sms[0]["from"]["address"] == "+14158675309" and sms[0]["envelope_to"] == ["+18005551212"]
     assert [r["id"] for r in records(d, "--address", "+14158675309")] == [sms[0]["id"]]
+    # a recipient the upstream refuses: the relay's bounce is the record's status
+    q3 = send_out(d, "Third", to="nobody@example.test")
+    out3 = wait_record(d, q3, lambda r: r["status"] == "bounced", what="relay-bounced record")
+    assert out3["events"][0]["event"] == "bounced" and out3["events"][0]["detail"]["reply"].startswith("550")
+    # the DSN the relay sent to the application is not correspondence of its own
+    time.sleep(1)
+    assert not [r for r in records(d) if r["source"] == "submission" and r["id"] not in (q1, q2, q3)]
     # show without --json, and an unknown id
     assert b"Fine by me." in d.ctl("correspondence", "show", by_subject["ok"]["id"]).stdout
     assert d.ctl("correspondence", "show", "ABCDEF123456", check=False).returncode == 1
