@@ -286,3 +286,95 @@ void http_error_text(const struct http_response *resp, char *out, size_t outsz)
     text_add(out, outsz, json_string_value(json_object_get(v, "message")));
   json_decref(root);
 }
+
+/* ---- answers -> replies: the same for every API --------------------------------------------- */
+
+void http_replies_fill(struct transport_rcpt *rcpts, size_t from, size_t to,
+                       const struct smtp_reply *r, long long retry_at_ms)
+{
+  size_t i;
+  for(i = from; i < to; i++)
+    if(!rcpts[i].reply.code) {
+      rcpts[i].reply = *r;
+      rcpts[i].retry_at_ms = retry_at_ms;
+    }
+}
+
+int http_answer_reply(const char *api, const char *upstream, const struct http_response *resp,
+                      int temporary, const char *accepted, struct smtp_reply *r)
+{
+  char text[300], type[140] = "";
+  long st = resp->status;
+  http_error_text(resp, text, sizeof(text));
+  if(resp->error_type[0])
+    snprintf(type, sizeof(type), " %s", resp->error_type);
+  if(st >= 200 && st < 300)
+    smtp_reply_set(r, 250, "2.0.0", "Ok: accepted by %s (HTTP %ld)%s%s", api, st,
+                   accepted && *accepted ? ", " : "", accepted ? accepted : "");
+  else if(st == 401 || st == 403) {
+    /* the key or token, not the recipient: the upstream's mail is held (DESIGN.md) */
+    smtp_reply_set(r, 535, "5.7.8", "%s refused the credentials of upstream %s (HTTP %ld%s): %s",
+                   api, upstream, st, type, text[0] ? text : "no reason given");
+    return TRANSPORT_AUTH_FAILED;
+  }
+  else if(st == 429 || temporary)
+    smtp_reply_set(r, 451, "4.7.0", "%s rate limit or sending pause (HTTP %ld%s)%s%s", api,
+                   st, type, text[0] ? ": " : "", text);
+  else if(st == 413)
+    smtp_reply_set(r, 552, "5.3.4", "%s refused the message as too large (HTTP 413%s)%s%s",
+                   api, type, text[0] ? ": " : "", text);
+  else if(st == 400)
+    smtp_reply_set(r, 550, "5.6.0", "%s refused the message (HTTP 400%s): %s", api, type,
+                   text[0] ? text : "no reason given");
+  else
+    /* 5xx, and what we do not know (404 from a wrong api_url...): nothing says it is final */
+    smtp_reply_set(r, 451, "4.3.0", "%s answered HTTP %ld%s%s%s", api, st, type,
+                   text[0] ? ": " : "", text);
+  return 0;
+}
+
+int http_batch_answer(struct http_batch *b, size_t at, size_t cnt, int got_answer,
+                      const struct http_response *resp, int temporary, const char *accepted)
+{
+  struct smtp_reply one;
+  long long retry_at = 0;
+  int auth_failed;
+  if(!got_answer) {
+    smtp_reply_set(&one, 451, "4.4.1", "cannot reach %s at %s: %s", b->api, b->base,
+                   resp->error);
+    if(!b->sent) {
+      /* nothing went out: the session is suspect, the whole attempt fails */
+      *b->r = one;
+      b->result = TRANSPORT_FAILED;
+      return 0;
+    }
+    http_replies_fill(b->rcpts, at, b->n, &one, 0);
+    return 0;
+  }
+  auth_failed = http_answer_reply(b->api, b->upstream, resp, temporary, accepted, &one);
+  if(auth_failed) {
+    if(!b->sent) {
+      *b->r = one;
+      b->result = TRANSPORT_AUTH_FAILED;
+      return 0;
+    }
+    /* part went out already: the rest waits (not held: those recipients are sent) */
+    smtp_reply_set(&one, 451, "4.7.0", "%s refused the credentials (HTTP %ld) part way", b->api,
+                   resp->status);
+    http_replies_fill(b->rcpts, at, b->n, &one, 0);
+    return 0;
+  }
+  if(resp->status == 429)
+    retry_at = resp->retry_at_ms;
+  http_replies_fill(b->rcpts, at, at + cnt, &one, retry_at);
+  if(one.code >= 200 && one.code < 300) {
+    b->sent += cnt;
+    return 1;
+  }
+  if(one.code < 500) {
+    /* throttled or down: the rest would fare no better now, and waits for the same reset */
+    http_replies_fill(b->rcpts, at + cnt, b->n, &one, retry_at);
+    return 0;
+  }
+  return 1;
+}

@@ -100,6 +100,37 @@ int dsn_bounce(struct store *st, const struct config *cfg, const struct store_ms
                const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
                char id[LIM_QUEUE_ID + 1]);
 
+/* ---- API transports' answers -> replies (http.c; the client itself is in relay.h) ------- */
+/* Sets every reply of rcpts[from..to) that has none yet. */
+void http_replies_fill(struct transport_rcpt *rcpts, size_t from, size_t to,
+                       const struct smtp_reply *r, long long retry_at_ms);
+
+/* The reply for one API answer (the rules of http_batch_answer below); TRANSPORT_AUTH_FAILED
+ * for refused credentials (401/403), else 0. */
+int http_answer_reply(const char *api, const char *upstream, const struct http_response *resp,
+                      int temporary, const char *accepted, struct smtp_reply *r);
+
+/* One send attempt of an API transport, made of one request per batch of recipients; the
+ * answers become replies the same way for every API (http_batch_answer). */
+struct http_batch {
+  const char *api;             /* "SendGrid", "SES", "Microsoft Graph": for the texts */
+  const char *upstream;        /* the [upstream] name */
+  const char *base;            /* the API's URL, for "cannot reach" */
+  struct transport_rcpt *rcpts;
+  size_t n, sent;              /* recipients in all; accepted so far */
+  int result;                  /* the attempt's TRANSPORT_* result */
+  struct smtp_reply *r;        /* the attempt's reply when result is not TRANSPORT_OK */
+};
+/* Records the answer to rcpts[at..at+cnt): got_answer 0 means no HTTP answer (resp->error).
+ * 2xx: sent ("Ok: accepted by API (HTTP 202)" then accepted, e.g. "X-Message-Id=..."); 401/403:
+ * the credentials (the whole attempt held when nothing went out yet); 429 (until its reset),
+ * 5xx and other statuses: deferred; 400 and 413: bounced with the API's error text. temporary:
+ * the API says beyond its status that it is its account's state (SES's throttling types).
+ * Returns 1 to go on with the next batch, 0 to stop: a deferral or a failure applies to the
+ * rest as well. */
+int http_batch_answer(struct http_batch *b, size_t at, size_t cnt, int got_answer,
+                      const struct http_response *resp, int temporary, const char *accepted);
+
 /* ---- SendGrid v3 mail/send mapping (sendgrid_json.c) ----------------------------------- */
 #define SENDGRID_MAX_RCPTS 1000
 #define SENDGRID_MAX_SIZE (30u * 1024u * 1024u)

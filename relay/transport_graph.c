@@ -186,16 +186,6 @@ static void url_escape_add(struct buf *b, const char *s)
   }
 }
 
-static void replies_fill(struct transport_rcpt *rcpts, size_t n, const struct smtp_reply *r,
-                         long long retry_at_ms)
-{
-  size_t i;
-  for(i = 0; i < n; i++) {
-    rcpts[i].reply = *r;
-    rcpts[i].retry_at_ms = retry_at_ms;
-  }
-}
-
 static int graph_send(void *session, const struct store_msg *m, const char *body, size_t len,
                       struct transport_rcpt *rcpts, size_t n, struct smtp_reply *r)
 {
@@ -204,9 +194,10 @@ static int graph_send(void *session, const struct store_msg *m, const char *body
   struct smtp_reply one;
   struct buf mime, url, auth;
   const char *headers[4], *from = s->mailbox ? s->mailbox : m->sender;
-  char *tok = NULL, *b64 = NULL, text[300];
+  struct http_batch batch;
+  char *tok = NULL, *b64 = NULL;
   size_t toklen = 0;
-  int result = TRANSPORT_OK, tries;
+  int result = TRANSPORT_OK, tries, answered = 0;
 
   memset(&resp, 0, sizeof(resp));
   buf_init(&mime, (size_t)len + (LIM_SMTP_PATH + 8) * (n + 1) + 16);
@@ -215,7 +206,7 @@ static int graph_send(void *session, const struct store_msg *m, const char *body
   if(!from || !*from) {
     smtp_reply_set(&one, 550, "5.1.7", "upstream %s: Graph needs a mailbox to send as: set "
                    "username (the null sender has none)", s->name);
-    replies_fill(rcpts, n, &one, 0);
+    http_replies_fill(rcpts, 0, n, &one, 0);
     goto out;
   }
   if(bcc_prefix(body, len, rcpts, n, &mime) || buf_add(&mime, body, len) ||
@@ -233,7 +224,7 @@ static int graph_send(void *session, const struct store_msg *m, const char *body
   if(mime.len / 3 * 4 + 4 > GRAPH_MAX_SIZE) {
     smtp_reply_set(&one, 552, "5.3.4", "message is larger than Graph's 4 MB sendMail limit "
                    "(base64 counted)");
-    replies_fill(rcpts, n, &one, 0);
+    http_replies_fill(rcpts, 0, n, &one, 0);
     goto out;
   }
   b64 = g_base64_encode((const guchar *)mime.ptr, mime.len);
@@ -263,30 +254,21 @@ static int graph_send(void *session, const struct store_msg *m, const char *body
     headers[2] = "Accept: application/json";
     headers[3] = NULL;
     http_response_free(&resp);
-    if(http_client_request(s->http, "POST", url.ptr, headers, b64, strlen(b64), &resp)) {
-      smtp_reply_set(r, 451, "4.4.1", "cannot reach Graph at %s: %s", s->base, resp.error);
-      result = TRANSPORT_FAILED;
-      goto out;
-    }
-    if(resp.status != 401 || !s->oauth2)
+    answered = !http_client_request(s->http, "POST", url.ptr, headers, b64, strlen(b64), &resp);
+    if(!answered || resp.status != 401 || !s->oauth2)
       break;
   }
-  http_error_text(&resp, text, sizeof(text));
-  if(resp.status >= 200 && resp.status < 300)
-    smtp_reply_set(&one, 250, "2.0.0", "Ok: accepted by Microsoft Graph (HTTP %ld)", resp.status);
-  else if(resp.status == 401 || resp.status == 403) {
-    smtp_reply_set(r, 535, "5.7.8", "Graph refused the token of upstream %s (HTTP %ld): %s",
-                   s->name, resp.status, text[0] ? text : "no reason given");
-    result = TRANSPORT_AUTH_FAILED;
-    goto out;
-  }
-  else if(resp.status == 400 || resp.status == 413)
-    smtp_reply_set(&one, 554, "5.6.0", "Graph refused the message (HTTP %ld): %s", resp.status,
-                   text[0] ? text : "no reason given");
-  else
-    smtp_reply_set(&one, 451, resp.status == 429 ? "4.7.0" : "4.3.0", "Graph answered HTTP %ld%s%s",
-                   resp.status, text[0] ? ": " : "", text);
-  replies_fill(rcpts, n, &one, resp.status == 429 ? resp.retry_at_ms : 0);
+  batch.api = "Microsoft Graph";
+  batch.upstream = s->name;
+  batch.base = s->base;
+  batch.rcpts = rcpts;
+  batch.n = n;
+  batch.sent = 0;
+  batch.result = TRANSPORT_OK;
+  batch.r = r;
+  /* one request for every recipient: sendMail takes them from the MIME */
+  http_batch_answer(&batch, 0, n, answered, &resp, 0, NULL);
+  result = batch.result;
 out:
   auth_secret_free(tok, toklen);
   if(auth.ptr)

@@ -59,16 +59,6 @@ static int auth_header(struct sendgrid_session *s, char **line, size_t *linelen,
   return result;
 }
 
-/* 401/403: the key is wrong or lacks mail.send; SendGrid's text says which */
-static void key_refused(struct sendgrid_session *s, const struct http_response *resp,
-                        struct smtp_reply *r)
-{
-  char text[300];
-  http_error_text(resp, text, sizeof(text));
-  smtp_reply_set(r, 535, "5.7.8", "SendGrid refused the API key of upstream %s (HTTP %ld): %s",
-                 s->name, resp->status, text[0] ? text : "no reason given");
-}
-
 /* The session without any request made yet: HTTP handle, base URL, where the key is. */
 static int sg_session_new(const struct cfg_upstream *up, struct sendgrid_session **out,
                           struct smtp_reply *r)
@@ -137,8 +127,7 @@ static int sg_open(const struct config *cfg, const struct cfg_upstream *up, void
     goto out;
   result = TRANSPORT_FAILED;
   if(resp.status == 401 || resp.status == 403) {
-    key_refused(s, &resp, r);
-    result = TRANSPORT_AUTH_FAILED;
+    result = http_answer_reply("SendGrid", s->name, &resp, 0, NULL, r);
     goto out;
   }
   if(resp.status == 429 || resp.status >= 500) {
@@ -240,52 +229,6 @@ out:
   return result;
 }
 
-/* Sets every reply of rcpts[from..to) that has none yet. */
-static void replies_fill(struct transport_rcpt *rcpts, size_t from, size_t to,
-                         const struct smtp_reply *r, long long retry_at_ms)
-{
-  size_t i;
-  for(i = from; i < to; i++)
-    if(!rcpts[i].reply.code) {
-      rcpts[i].reply = *r;
-      rcpts[i].retry_at_ms = retry_at_ms;
-    }
-}
-
-/* One HTTP answer as the reply of its recipients. Returns TRANSPORT_AUTH_FAILED for a refused
- * key, else 0. */
-static int answer_map(struct sendgrid_session *s, const struct http_response *resp,
-                      struct smtp_reply *r, long long *retry_at_ms)
-{
-  char text[300];
-  long st = resp->status;
-  *retry_at_ms = 0;
-  http_error_text(resp, text, sizeof(text));
-  if(st >= 200 && st < 300)
-    smtp_reply_set(r, 250, "2.0.0", "Ok: accepted by SendGrid (HTTP %ld), X-Message-Id=%s", st,
-                   resp->message_id[0] ? resp->message_id : "none");
-  else if(st == 401 || st == 403) {
-    key_refused(s, resp, r);
-    return TRANSPORT_AUTH_FAILED;
-  }
-  else if(st == 429) {
-    smtp_reply_set(r, 451, "4.7.0", "SendGrid rate limit (HTTP 429)%s%s", text[0] ? ": " : "",
-                   text);
-    *retry_at_ms = resp->retry_at_ms;
-  }
-  else if(st == 413)
-    smtp_reply_set(r, 552, "5.3.4", "SendGrid refused the message as too large (HTTP 413)%s%s",
-                   text[0] ? ": " : "", text);
-  else if(st == 400)
-    smtp_reply_set(r, 550, "5.6.0", "SendGrid refused the message (HTTP 400): %s",
-                   text[0] ? text : "no reason given");
-  else
-    /* 5xx, and what we do not know (404 from a wrong api_url...): nothing says it is final */
-    smtp_reply_set(r, 451, "4.3.0", "SendGrid answered HTTP %ld%s%s", st, text[0] ? ": " : "",
-                   text);
-  return 0;
-}
-
 static int sg_send(void *session, const struct store_msg *m, const char *body, size_t len,
                    struct transport_rcpt *rcpts, size_t n, struct smtp_reply *r)
 {
@@ -295,9 +238,9 @@ static int sg_send(void *session, const struct store_msg *m, const char *body, s
   struct smtp_reply one;
   const char **addrs = NULL;
   const char *headers[4];
-  char why[300], url[600], *auth = NULL, *json = NULL;
-  size_t authlen = 0, jsonlen = 0, at, k, sent = 0;
-  long long retry_at = 0;
+  struct http_batch batch;
+  char why[300], url[600], accepted[160], *auth = NULL, *json = NULL;
+  size_t authlen = 0, jsonlen = 0, at, k;
   int result = TRANSPORT_OK, parsed;
 
   memset(&resp, 0, sizeof(resp));
@@ -305,7 +248,7 @@ static int sg_send(void *session, const struct store_msg *m, const char *body, s
   if(parsed == SENDGRID_REFUSED) {
     /* decided before anything is sent: every recipient bounces with the reason */
     smtp_reply_set(&one, 554, "5.6.0", "SendGrid cannot take this message: %s", why);
-    replies_fill(rcpts, 0, n, &one, 0);
+    http_replies_fill(rcpts, 0, n, &one, 0);
     goto out;
   }
   if(parsed) {
@@ -322,16 +265,24 @@ static int sg_send(void *session, const struct store_msg *m, const char *body, s
   for(k = 0; k < n; k++)
     addrs[k] = rcpts[k].rcpt->address;
   snprintf(url, sizeof(url), "%s/v3/mail/send", s->base);
+  batch.api = "SendGrid";
+  batch.upstream = s->name;
+  batch.base = s->base;
+  batch.rcpts = rcpts;
+  batch.n = n;
+  batch.sent = 0;
+  batch.result = TRANSPORT_OK;
+  batch.r = r;
   for(at = 0; at < n; at += SENDGRID_MAX_RCPTS) {
     size_t cnt = n - at < SENDGRID_MAX_RCPTS ? n - at : SENDGRID_MAX_RCPTS;
-    int mapped;
+    int answered;
     free(json);
     json = sendgrid_msg_request(sm, addrs + at, cnt, &jsonlen, why, sizeof(why));
     if(!json) {
       smtp_reply_set(&one, 554, "5.6.0", "SendGrid cannot take this message: %s", why);
       if(!strcmp(why, "out of memory"))
         smtp_reply_set(&one, 451, "4.3.0", "cannot map the message for SendGrid: %s", why);
-      replies_fill(rcpts, at, at + cnt, &one, 0);
+      http_replies_fill(rcpts, at, at + cnt, &one, 0);
       continue;
     }
     if(!auth) {
@@ -344,44 +295,18 @@ static int sg_send(void *session, const struct store_msg *m, const char *body, s
     headers[2] = "Accept: application/json";
     headers[3] = NULL;
     http_response_free(&resp);
-    if(http_client_request(s->http, "POST", url, headers, json, jsonlen, &resp)) {
-      smtp_reply_set(&one, 451, "4.4.1", "cannot reach SendGrid at %s: %s", s->base, resp.error);
-      if(!sent) {
-        /* nothing went out: the session is suspect, the whole attempt fails */
-        *r = one;
-        result = TRANSPORT_FAILED;
-        goto out;
-      }
-      replies_fill(rcpts, at, n, &one, 0);
-      goto out;
-    }
-    mapped = answer_map(s, &resp, &one, &retry_at);
-    if(mapped == TRANSPORT_AUTH_FAILED) {
-      if(!sent) {
-        *r = one;
-        result = TRANSPORT_AUTH_FAILED;
-        goto out;
-      }
-      /* part went out already: the rest waits (not held: those recipients are sent) */
-      smtp_reply_set(&one, 451, "4.7.0", "SendGrid refused the API key (HTTP %ld) part way",
-                     resp.status);
-      replies_fill(rcpts, at, n, &one, 0);
-      goto out;
-    }
-    replies_fill(rcpts, at, at + cnt, &one, retry_at);
-    if(one.code >= 200 && one.code < 300)
-      sent += cnt;
-    else if(resp.status == 429) {
-      /* the rest would be refused as well: they wait for the same reset */
-      replies_fill(rcpts, at + cnt, n, &one, retry_at);
-      goto out;
-    }
+    answered = !http_client_request(s->http, "POST", url, headers, json, jsonlen, &resp);
+    snprintf(accepted, sizeof(accepted), "X-Message-Id=%s",
+             resp.message_id[0] ? resp.message_id : "none");
+    if(!http_batch_answer(&batch, at, cnt, answered, &resp, 0, accepted))
+      break;
   }
+  result = batch.result;
   goto out;
 out_auth:
   /* the key file is gone or unreadable: held, like a refused login, unless part went out */
-  if(sent) {
-    replies_fill(rcpts, 0, n, r, 0);
+  if(batch.sent) {
+    http_replies_fill(rcpts, 0, n, r, 0);
     result = TRANSPORT_OK;
   }
 out:

@@ -103,17 +103,6 @@ out:
   return result;
 }
 
-static void replies_fill(struct transport_rcpt *rcpts, size_t from, size_t to,
-                         const struct smtp_reply *r, long long retry_at_ms)
-{
-  size_t i;
-  for(i = from; i < to; i++)
-    if(!rcpts[i].reply.code) {
-      rcpts[i].reply = *r;
-      rcpts[i].retry_at_ms = retry_at_ms;
-    }
-}
-
 /* SES's error types that are the account's state, not the message's: they pass */
 static int is_temporary_type(const char *type)
 {
@@ -122,42 +111,19 @@ static int is_temporary_type(const char *type)
          !strcmp(type, "ThrottlingException");
 }
 
-static int answer_map(struct ses_session *s, const struct http_response *resp,
-                      struct smtp_reply *r)
+/* The MessageId of a 2xx answer as "MessageId=..." (printable, capped). */
+static void accepted_text(const struct http_response *resp, char *out, size_t outsz)
 {
-  char text[300];
-  long st = resp->status;
-  http_error_text(resp, text, sizeof(text));
-  if(st >= 200 && st < 300) {
-    json_t *root = json_loadb(resp->body ? resp->body : "", resp->len, 0, NULL);
-    const char *id = json_string_value(json_object_get(root, "MessageId"));
-    char clean[128] = "";
-    size_t i, o = 0;
-    for(i = 0; id && id[i] && o + 1 < sizeof(clean); i++)
-      if(id[i] > 32 && id[i] < 127)
-        clean[o++] = id[i];
-    clean[o] = '\0';
-    smtp_reply_set(r, 250, "2.0.0", "Ok: accepted by SES (HTTP %ld), MessageId=%s", st,
-                   clean[0] ? clean : "none");
-    json_decref(root);
-    return 0;
-  }
-  if(st == 403 || st == 401) {
-    smtp_reply_set(r, 535, "5.7.8", "SES refused the credentials of upstream %s (HTTP %ld %s): %s",
-                   s->name, st, resp->error_type, text[0] ? text : "no reason given");
-    return TRANSPORT_AUTH_FAILED;
-  }
-  if(st == 429 || st >= 500 || is_temporary_type(resp->error_type))
-    smtp_reply_set(r, 451, st == 429 || is_temporary_type(resp->error_type) ? "4.7.0" : "4.3.0",
-                   "SES answered HTTP %ld %s%s%s", st, resp->error_type, text[0] ? ": " : "",
-                   text);
-  else if(st == 400 || st == 413)
-    smtp_reply_set(r, 554, "5.6.0", "SES refused the message (HTTP %ld %s): %s", st,
-                   resp->error_type, text[0] ? text : "no reason given");
-  else
-    smtp_reply_set(r, 451, "4.3.0", "SES answered HTTP %ld %s%s%s", st, resp->error_type,
-                   text[0] ? ": " : "", text);
-  return 0;
+  json_t *root = json_loadb(resp->body ? resp->body : "", resp->len, 0, NULL);
+  const char *id = json_string_value(json_object_get(root, "MessageId"));
+  char clean[128] = "";
+  size_t i, o = 0;
+  for(i = 0; id && id[i] && o + 1 < sizeof(clean); i++)
+    if(id[i] > 32 && id[i] < 127)
+      clean[o++] = id[i];
+  clean[o] = '\0';
+  snprintf(out, outsz, "MessageId=%s", clean[0] ? clean : "none");
+  json_decref(root);
 }
 
 /* {"Destination":{"ToAddresses":[...]},"Content":{"Raw":{"Data":B64}},"EmailTags":[...]} */
@@ -192,15 +158,16 @@ static int ses_send(void *session, const struct store_msg *m, const char *body, 
   struct http_response resp;
   struct smtp_reply one;
   const char *headers[3] = { "Content-Type: application/json", "Accept: application/json", NULL };
-  char url[600], *b64 = NULL, *json = NULL;
-  size_t jsonlen = 0, at, sent = 0;
-  int result = TRANSPORT_OK, mapped;
+  struct http_batch batch;
+  char url[600], accepted[160], *b64 = NULL, *json = NULL;
+  size_t jsonlen = 0, at;
+  int result = TRANSPORT_OK;
 
   memset(&resp, 0, sizeof(resp));
   if(len / 3 * 4 + 4 > SES_MAX_SIZE) {
     smtp_reply_set(&one, 552, "5.3.4", "message is larger than SES's 40 MB limit (base64 "
                    "counted)");
-    replies_fill(rcpts, 0, n, &one, 0);
+    http_replies_fill(rcpts, 0, n, &one, 0);
     goto out;
   }
   /* GLib's base64 (GMime's foundation, already linked); the SASL one is sized for AUTH lines */
@@ -211,44 +178,34 @@ static int ses_send(void *session, const struct store_msg *m, const char *body, 
     goto out;
   }
   snprintf(url, sizeof(url), "%s/v2/email/outbound-emails", s->base);
+  batch.api = "SES";
+  batch.upstream = s->name;
+  batch.base = s->base;
+  batch.rcpts = rcpts;
+  batch.n = n;
+  batch.sent = 0;
+  batch.result = TRANSPORT_OK;
+  batch.r = r;
   for(at = 0; at < n; at += SES_MAX_RCPTS) {
     size_t cnt = n - at < SES_MAX_RCPTS ? n - at : SES_MAX_RCPTS;
+    int answered;
     free(json);
     json = request_build(b64, rcpts + at, cnt, m->id, &jsonlen);
     if(!json) {
       smtp_reply_set(&one, 451, "4.3.0", "out of memory");
-      replies_fill(rcpts, at, at + cnt, &one, 0);
+      http_replies_fill(rcpts, at, at + cnt, &one, 0);
       continue;
     }
     http_response_free(&resp);
-    if(http_client_request(s->http, "POST", url, headers, json, jsonlen, &resp)) {
-      smtp_reply_set(&one, 451, "4.4.1", "cannot reach SES at %s: %s", s->base, resp.error);
-      if(!sent) {
-        *r = one;
-        result = TRANSPORT_FAILED;
-        goto out;
-      }
-      replies_fill(rcpts, at, n, &one, 0);
-      goto out;
-    }
-    mapped = answer_map(s, &resp, &one);
-    if(mapped == TRANSPORT_AUTH_FAILED && !sent) {
-      *r = one;
-      result = TRANSPORT_AUTH_FAILED;
-      goto out;
-    }
-    if(mapped == TRANSPORT_AUTH_FAILED)
-      smtp_reply_set(&one, 451, "4.7.0", "SES refused the credentials (HTTP %ld) part way",
-                     resp.status);
-    replies_fill(rcpts, at, at + cnt, &one, resp.status == 429 ? resp.retry_at_ms : 0);
-    if(one.code >= 200 && one.code < 300)
-      sent += cnt;
-    else if(one.code < 500) {
-      /* throttled or down: the rest would fare no better now */
-      replies_fill(rcpts, at + cnt, n, &one, resp.status == 429 ? resp.retry_at_ms : 0);
-      goto out;
-    }
+    answered = !http_client_request(s->http, "POST", url, headers, json, jsonlen, &resp);
+    accepted[0] = '\0';
+    if(answered && resp.status >= 200 && resp.status < 300)
+      accepted_text(&resp, accepted, sizeof(accepted));
+    if(!http_batch_answer(&batch, at, cnt, answered, &resp,
+                          answered && is_temporary_type(resp.error_type), accepted))
+      break;
   }
+  result = batch.result;
 out:
   http_response_free(&resp);
   free(json);

@@ -101,12 +101,15 @@ static int token_get(struct smtp_session *s, const struct config *cfg, const cha
 }
 
 /* XOAUTH2/OAUTHBEARER with the engine's token. A 535 for a token that should be good (revoked,
- * or the provider's cache disagrees with its expiry) gets one forced refresh and one retry. */
+ * or the provider's cache disagrees with its expiry) gets one forced refresh and one retry; a
+ * 535 for that fresh token too defers the mail (issue 5): the endpoint still issues tokens, so
+ * the grant is alive, and the provider's side (propagation of a new consent, a cache) is the
+ * likelier cause than anything the operator must do. A refused refresh holds it instead. */
 static int session_login_managed(struct smtp_session *s, const struct config *cfg,
                                  struct smtp_reply *r)
 {
-  char *token = NULL, *fresh = NULL;
-  int result = token_get(s, cfg, NULL, &token, r), again = TRANSPORT_OK;
+  char *token = NULL, *fresh = NULL, why[32];
+  int result = token_get(s, cfg, NULL, &token, r), again = TRANSPORT_OK, retried = 0;
   if(result)
     return result;
   result = smtp_client_auth_bearer(s->c, s->bearer, s->user, token, r);
@@ -116,16 +119,24 @@ static int session_login_managed(struct smtp_session *s, const struct config *cf
       log_info("upstream %s: the OAuth2 token was refused (%d %s); trying once more with a new "
                "one", s->name, r->code, r->enh);
       result = smtp_client_auth_bearer(s->c, s->bearer, s->user, fresh, r);
+      retried = 1;
     }
   }
   auth_secret_free(token, token ? strlen(token) : 0);
   auth_secret_free(fresh, fresh ? strlen(fresh) : 0);
-  /* no new token for now (the endpoint is down): defer rather than hold */
-  if(again == TRANSPORT_FAILED)
-    return TRANSPORT_FAILED;
+  /* no new token: the endpoint is down (defer) or refuses the grant (hold) */
+  if(again)
+    return again;
   if(result == SMTP_CLIENT_AUTH) {
     s->token_until_ms = 0;
-    return TRANSPORT_AUTH_FAILED;
+    if(!retried)
+      return TRANSPORT_AUTH_FAILED;     /* the endpoint gave the same token back */
+    snprintf(why, sizeof(why), "%d %s", r->code, r->enh);
+    log_warn("upstream %s: a freshly obtained OAuth2 token was refused as well (%s); deferring "
+             "the mail", s->name, why);
+    smtp_reply_set(r, 454, "4.7.0", "upstream %s refused a new OAuth2 token too (%s); will try "
+                   "again", s->name, why);
+    return TRANSPORT_FAILED;
   }
   return result ? failed(s, r) : TRANSPORT_OK;
 }
