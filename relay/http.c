@@ -333,6 +333,20 @@ int http_answer_reply(const char *api, const char *upstream, const struct http_r
   return 0;
 }
 
+void http_batch_init(struct http_batch *b, const char *api, const char *upstream,
+                     const char *base, struct transport_rcpt *rcpts, size_t n,
+                     struct smtp_reply *r)
+{
+  b->api = api;
+  b->upstream = upstream;
+  b->base = base;
+  b->rcpts = rcpts;
+  b->n = n;
+  b->sent = 0;
+  b->result = TRANSPORT_OK;
+  b->r = r;
+}
+
 int http_batch_answer(struct http_batch *b, size_t at, size_t cnt, int got_answer,
                       const struct http_response *resp, int temporary, const char *accepted)
 {

@@ -121,6 +121,9 @@ struct http_batch {
   int result;                  /* the attempt's TRANSPORT_* result */
   struct smtp_reply *r;        /* the attempt's reply when result is not TRANSPORT_OK */
 };
+void http_batch_init(struct http_batch *b, const char *api, const char *upstream,
+                     const char *base, struct transport_rcpt *rcpts, size_t n,
+                     struct smtp_reply *r);
 /* Records the answer to rcpts[at..at+cnt): got_answer 0 means no HTTP answer (resp->error).
  * 2xx: sent ("Ok: accepted by API (HTTP 202)" then accepted, e.g. "X-Message-Id=..."); 401/403:
  * the credentials (the whole attempt held when nothing went out yet); 429 (until its reset),

@@ -258,14 +258,7 @@ static int graph_send(void *session, const struct store_msg *m, const char *body
     if(!answered || resp.status != 401 || !s->oauth2)
       break;
   }
-  batch.api = "Microsoft Graph";
-  batch.upstream = s->name;
-  batch.base = s->base;
-  batch.rcpts = rcpts;
-  batch.n = n;
-  batch.sent = 0;
-  batch.result = TRANSPORT_OK;
-  batch.r = r;
+  http_batch_init(&batch, "Microsoft Graph", s->name, s->base, rcpts, n, r);
   /* one request for every recipient: sendMail takes them from the MIME */
   http_batch_answer(&batch, 0, n, answered, &resp, 0, NULL);
   result = batch.result;

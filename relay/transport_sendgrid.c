@@ -265,14 +265,7 @@ static int sg_send(void *session, const struct store_msg *m, const char *body, s
   for(k = 0; k < n; k++)
     addrs[k] = rcpts[k].rcpt->address;
   snprintf(url, sizeof(url), "%s/v3/mail/send", s->base);
-  batch.api = "SendGrid";
-  batch.upstream = s->name;
-  batch.base = s->base;
-  batch.rcpts = rcpts;
-  batch.n = n;
-  batch.sent = 0;
-  batch.result = TRANSPORT_OK;
-  batch.r = r;
+  http_batch_init(&batch, "SendGrid", s->name, s->base, rcpts, n, r);
   for(at = 0; at < n; at += SENDGRID_MAX_RCPTS) {
     size_t cnt = n - at < SENDGRID_MAX_RCPTS ? n - at : SENDGRID_MAX_RCPTS;
     int answered;

@@ -178,14 +178,7 @@ static int ses_send(void *session, const struct store_msg *m, const char *body, 
     goto out;
   }
   snprintf(url, sizeof(url), "%s/v2/email/outbound-emails", s->base);
-  batch.api = "SES";
-  batch.upstream = s->name;
-  batch.base = s->base;
-  batch.rcpts = rcpts;
-  batch.n = n;
-  batch.sent = 0;
-  batch.result = TRANSPORT_OK;
-  batch.r = r;
+  http_batch_init(&batch, "SES", s->name, s->base, rcpts, n, r);
   for(at = 0; at < n; at += SES_MAX_RCPTS) {
     size_t cnt = n - at < SES_MAX_RCPTS ? n - at : SES_MAX_RCPTS;
     int answered;

@@ -705,8 +705,9 @@ int smtp_client_auth_bearer(struct smtp_client *c, const char *mech, const char 
   }
   result = auth_send_initial(c, mech, (const unsigned char *)b.ptr, b.len, 1, r);
   if(!result && r->code == 334) {
-    /* the server's error details (JSON); an empty line gets the final reply (RFC 7628 3.2.3) */
-    result = send_line(c, NULL, "%s", "")
+    /* the server's error details (JSON); the final reply comes after a dummy response: ^A for
+     * OAUTHBEARER (RFC 7628 3.2.3), an empty line for XOAUTH2 (Google's and Microsoft's docs) */
+    result = send_line(c, NULL, "%s", oauthbearer ? "AQ==" : "")
              ? fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "cannot send AUTH to %s", c->peer)
              : read_reply(c, r, "sending AUTH", 0);
   }

@@ -45,12 +45,14 @@ def oauth2_conf(ts, flow, name="idp", secret=None, token_file=None):
 
 
 def make_env(daemon_factory, upstreams, certs, tokens, tmp_path, flow, lifetime=3600, rotate=True,
-          start=True, settings=None, seed_refresh=False):
+          start=True, settings=None, seed_refresh=False, mech="xoauth2", check=None):
+    """mech: the SASL mechanism the upstream offers (xoauth2 | oauthbearer); check(token): what
+    the upstream accepts (default: the tokens the endpoint says are currently valid)."""
     ts = tokens(clients={CLIENT_ID: CLIENT_SECRET}, lifetime=lifetime, rotate=rotate)
-    up = upstreams(tls="starttls", cert=certs.good, xoauth2=ts.valid)
+    up = upstreams(tls="starttls", cert=certs.good, **{mech: check or ts.valid})
     secret = secret_file(tmp_path / "client.secret", CLIENT_SECRET)
     extra = "\n" + oauth2_conf(ts, flow, secret=secret)
-    conf = upstream_conf(up.port, ca=certs.ca, auth="xoauth2", username=USER,
+    conf = upstream_conf(up.port, ca=certs.ca, auth=mech, username=USER,
                          extra=extra).replace("[route default]", "oauth2 = idp\n\n[route default]")
     d = daemon_factory(postern=settings or FAST, extra="\n" + conf, start=False)
     if seed_refresh:
@@ -69,8 +71,8 @@ def assert_no_secrets(d, ts, up):
     text = d.log_text()
     for s in ts.secrets_issued() + [CLIENT_SECRET]:
         assert s not in text, "a token or secret appears in the daemon log"
-    for _, token, _ in up.xoauth2_auths:
-        assert token not in text
+    for a in up.xoauth2_auths + up.oauthbearer_auths:
+        assert a[1] not in text
 
 
 def test_client_credentials_delivers(daemon_factory, upstreams, certs, tokens, tmp_path):
@@ -265,4 +267,50 @@ def test_client_credentials_with_certificate(daemon_factory, upstreams, certs, t
     assert header["alg"] == "RS256" and claims["iss"] == CLIENT_ID
     text = d.log_text()
     assert "eyJ" not in text                      # no JWT, whole or in part
+    assert_no_secrets(d, ts, up)
+
+
+def test_oauthbearer_delivers(daemon_factory, upstreams, certs, tokens, tmp_path):
+    """RFC 7628 OAUTHBEARER against an upstream that offers only it and checks the token."""
+    d, up, ts = make_env(daemon_factory, upstreams, certs, tokens, tmp_path, "refresh_token",
+                         lifetime=3, seed_refresh=True, mech="oauthbearer")
+    first = submit(d, ["someone@example.net"], message("ob0"))
+    wait_rcpt(d, first, "someone@example.net", "sent")
+    time.sleep(3.5)                     # past an expiry: a refreshed token logs in as well
+    second = submit(d, ["someone@example.net"], message("ob1"))
+    wait_rcpt(d, second, "someone@example.net", "sent")
+    auths = up.oauthbearer_auths
+    assert auths and all(ok for _, _, ok, _, _, _ in auths), auths
+    assert len({tok for _, tok, _, _, _, _ in auths}) >= 2, auths
+    authzid, _, _, host, port, _ = auths[0]
+    assert authzid == USER and host == "localhost" and port == str(up.port), auths[0]
+    assert up.auth_commands and set(up.auth_commands) == {"OAUTHBEARER"}, up.auth_commands
+    assert up.received()[0]["auth"] == USER
+    assert_no_secrets(d, ts, up)
+
+
+def test_token_refused_twice_defers(daemon_factory, upstreams, certs, tokens, tmp_path):
+    """A 535 for a token the endpoint says is valid: one forced refresh, one retry with the new
+    token; refused again, the mail is deferred (not held, not bounced) and goes out later."""
+    accept = {"on": False}
+    ts_box = {}
+    d, up, ts = make_env(daemon_factory, upstreams, certs, tokens, tmp_path, "client_credentials",
+                         mech="oauthbearer",
+                         check=lambda t: accept["on"] and ts_box["ts"].valid(t), start=False)
+    ts_box["ts"] = ts
+    d.start()
+    qid = submit(d, ["someone@example.net"], message("twice"))
+    r = wait_rcpt(d, qid, "someone@example.net", "deferred")
+    assert r["last_reply"].startswith("454 4.7.0") and "new OAuth2 token" in r["last_reply"], r
+    first = up.oauthbearer_auths[:2]
+    assert [ok for _, _, ok, _, _, _ in first] == [False, False], first
+    assert first[0][1] != first[1][1], "the retry did not use a new token"
+    # the client finished each refused exchange with RFC 7628's dummy ^A
+    assert all(dummy == b"\x01" for _, _, _, _, _, dummy in first), first
+    assert len(ts.token_requests()) >= 2
+    assert d.queue_entry(qid)["recipients"][0]["status"] != "held"
+    text = d.log_text()
+    assert "trying once more with a new one" in text and "deferring the mail" in text
+    accept["on"] = True
+    wait_rcpt(d, qid, "someone@example.net", "sent", timeout=30)
     assert_no_secrets(d, ts, up)

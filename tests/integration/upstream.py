@@ -2,8 +2,9 @@
 # implicit TLS, AUTH PLAIN/LOGIN/CRAM-MD5 against given credentials, and failure modes (4xx for
 # the first N messages, 5xx or 4xx for chosen recipients, a 4.7.x throttle, a SIZE limit). It counts
 # connections, records every AUTH and every byte received, and writes each message to a directory.
-# With xoauth2=CHECK it offers AUTH XOAUTH2 and accepts a bearer token only when CHECK(token) is
-# true (the OAuth2 tests' token endpoint says which tokens are currently valid).
+# With xoauth2=CHECK (or oauthbearer=CHECK, RFC 7628) it offers AUTH XOAUTH2 (OAUTHBEARER) and
+# accepts a bearer token only when CHECK(token) is true (the OAuth2 tests' token endpoint says
+# which tokens are currently valid).
 # Also runnable on its own:  python3 upstream.py --port 2526 --dir /tmp/sink [--tls starttls ...]
 import argparse
 import asyncio
@@ -81,6 +82,18 @@ def _login(session):
     return login.decode("utf-8", "replace") if isinstance(login, bytes) else login
 
 
+async def _initial_response(server, args):
+    """An AUTH command's initial response, inline or after an empty 334: the decoded bytes, or
+    the AuthResult that ends the exchange."""
+    if len(args) > 1:
+        try:
+            return base64.b64decode(args[1], validate=True)
+        except ValueError:
+            return AuthResult(success=False, handled=False)
+    raw = await server.challenge_auth("")
+    return AuthResult(success=False, handled=True) if raw is MISSING else raw
+
+
 def server_context(cert):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert[0], cert[1])
@@ -104,7 +117,7 @@ class Upstream:
     def __init__(self, directory, tls=None, cert=None, users=None, mechs=("PLAIN", "LOGIN", "CRAM-MD5"),
                  auth_require_tls=True, fail_first=0, temp_reply="451 4.3.0 Temporary failure, try again later",
                  reject=(), defer=(), throttle_first=0, size=None, port=None, host="127.0.0.1",
-                 xoauth2=None, auth_fail_reply=None, require_starttls=False):
+                 xoauth2=None, auth_fail_reply=None, require_starttls=False, oauthbearer=None):
         self.dir = str(directory)
         os.makedirs(self.dir, exist_ok=True)
         self.tls = tls
@@ -122,6 +135,8 @@ class Upstream:
         self.auth_fail_reply = auth_fail_reply
         self.require_starttls = require_starttls
         self.xoauth2_auths = []      # (user, token, ok)
+        self.oauthbearer = oauthbearer
+        self.oauthbearer_auths = []  # (authzid, token, ok, host, port, dummy reply after the error)
         self.host = host
         self.port = port or free_port()
         self.lock = threading.Lock()
@@ -186,15 +201,9 @@ class Upstream:
             if up.xoauth2 is not None:
                 async def auth_XOAUTH2(self, server, args):
                     # "user=U^Aauth=Bearer T^A^A", base64, inline or after an empty 334
-                    if len(args) > 1:
-                        try:
-                            raw = base64.b64decode(args[1], validate=True)
-                        except ValueError:
-                            return AuthResult(success=False, handled=False)
-                    else:
-                        raw = await server.challenge_auth("")
-                        if raw is MISSING:
-                            return AuthResult(success=False, handled=True)
+                    raw = await _initial_response(server, args)
+                    if isinstance(raw, AuthResult):
+                        return raw
                     fields = dict(f.split("=", 1) for f in raw.decode("utf-8", "replace").split("\x01")
                                   if "=" in f)
                     user = fields.get("user", "")
@@ -206,6 +215,38 @@ class Upstream:
                         up.auths.append(("XOAUTH2", user, ok, server.session.ssl is not None))
                     return AuthResult(success=ok, handled=False,
                                       auth_data=LoginPassword(user.encode(), b""))
+
+            if up.oauthbearer is not None:
+                async def auth_OAUTHBEARER(self, server, args):
+                    # RFC 7628: "n,a=U,^Ahost=H^Aport=P^Aauth=Bearer T^A^A"; a refusal is a 334
+                    # with a JSON error, the client's ^A, then 535
+                    raw = await _initial_response(server, args)
+                    if isinstance(raw, AuthResult):
+                        return raw
+                    text = raw.decode("utf-8", "replace")
+                    gs2, _, rest = text.partition("\x01")
+                    parts = gs2.split(",")
+                    authzid = ""
+                    if len(parts) >= 2 and parts[1].startswith("a="):
+                        authzid = parts[1][2:].replace("=2C", ",").replace("=3D", "=")
+                    fields = dict(f.split("=", 1) for f in rest.split("\x01") if "=" in f)
+                    auth = fields.get("auth", "")
+                    token = auth[7:] if auth.startswith("Bearer ") else ""
+                    ok = parts[0] == "n" and text.endswith("\x01\x01") and bool(token) and \
+                        bool(up.oauthbearer(token))
+                    dummy = None
+                    if not ok:
+                        err = json.dumps({"status": "invalid_token", "scope": "mail",
+                                          "schemes": "bearer"}).encode()
+                        dummy = await server.challenge_auth(err)
+                    with up.lock:
+                        up.oauthbearer_auths.append((authzid, token, ok, fields.get("host"),
+                                                     fields.get("port"), dummy))
+                        up.auths.append(("OAUTHBEARER", authzid, ok, server.session.ssl is not None))
+                    if dummy is MISSING:
+                        return AuthResult(success=False, handled=True)
+                    return AuthResult(success=ok, handled=False,
+                                      auth_data=LoginPassword(authzid.encode(), b""))
 
         def authenticator(server, session, envelope, mechanism, auth_data):
             login = auth_data.login.decode("utf-8", "replace")
