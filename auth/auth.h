@@ -174,9 +174,15 @@ int oauth2_file_write(const char *path, const char *data, size_t len, int mode);
  * until approved) and stores the tokens where the daemon finds them. */
 int oauth2_login(const struct config *cfg, const char *name, FILE *out, char *err, size_t errsz);
 
-/* `posternctl oauth2 status NAME`: state, expiry and last error from the daemon's status file. */
-int oauth2_status_print(const struct config *cfg, const char *name, FILE *out, char *err,
-                        size_t errsz);
+/* Microsoft Graph's base URL in the cloud of [oauth2 name] (its cloud = key; the global
+ * https://graph.microsoft.com when unset or unknown). */
+const char *oauth2_graph_url(const struct config *cfg, const char *name);
+
+/* `posternctl oauth2 status NAME [--json]`: state, expiry and last error from the daemon's
+ * status file, and the token endpoint and scope the configuration gives. json: one object in
+ * an array (DESIGN.md's --json convention). -1 (err set) when there is no such section. */
+int oauth2_status_print(const struct config *cfg, const char *name, int json, FILE *out,
+                        char *err, size_t errsz);
 
 /* Stops the refresh thread and wipes the cached tokens (at exit; called by auth_done). */
 void oauth2_done(void);

@@ -34,8 +34,9 @@ static const char *const state_words[] = { "no-token", "ok", "retrying", "reauth
 /* What a refresh needs, copied from the configuration (the thread outlives reloads). */
 struct settings {
   char *provider, *flow, *tenant, *client_id, *client_secret_file, *token_url, *scope;
-  char *certificate_file, *private_key_file;
+  char *certificate_file, *private_key_file, *cloud;
   char *store_path, *status_path, *dir;
+  int graph;                    /* a graph upstream uses it: Graph's scope, not Exchange's */
 };
 
 struct identity {
@@ -81,7 +82,7 @@ static void settings_free(struct settings *s)
 {
   free(s->provider); free(s->flow); free(s->tenant); free(s->client_id);
   free(s->client_secret_file); free(s->token_url); free(s->scope);
-  free(s->certificate_file); free(s->private_key_file);
+  free(s->certificate_file); free(s->private_key_file); free(s->cloud);
   free(s->store_path); free(s->status_path); free(s->dir);
   memset(s, 0, sizeof(*s));
 }
@@ -101,6 +102,8 @@ static int settings_copy(struct settings *dst, const struct settings *src)
   dst->store_path = dup_or_null(src->store_path);
   dst->status_path = dup_or_null(src->status_path);
   dst->dir = dup_or_null(src->dir);
+  dst->cloud = dup_or_null(src->cloud);
+  dst->graph = src->graph;
   if(!dst->store_path || !dst->status_path || !dst->flow) {
     settings_free(dst);
     return -1;
@@ -134,6 +137,16 @@ int oauth2_paths(const struct config *cfg, const char *name, char *store, size_t
   return n < 0 || (size_t)n >= statussz ? -1 : 0;
 }
 
+static int used_by_graph(const struct config *cfg, const char *name)
+{
+  size_t i;
+  for(i = 0; i < cfg->nupstreams; i++)
+    if(cfg->upstreams[i].type && !strcmp(cfg->upstreams[i].type, "graph") &&
+       cfg->upstreams[i].oauth2 && !strcmp(cfg->upstreams[i].oauth2, name))
+      return 1;
+  return 0;
+}
+
 static int settings_from(const struct config *cfg, const struct cfg_oauth2 *oa, struct settings *s)
 {
   char store[4096], status[4200];
@@ -153,6 +166,8 @@ static int settings_from(const struct config *cfg, const struct cfg_oauth2 *oa, 
   tmp.store_path = store;
   tmp.status_path = status;
   tmp.dir = NULL;
+  tmp.cloud = oa->cloud;
+  tmp.graph = used_by_graph(cfg, oa->name);
   if(settings_copy(s, &tmp))
     return -1;
   slash = strrchr(s->store_path, '/');
@@ -173,6 +188,7 @@ static int settings_same(const struct settings *a, const struct settings *b)
          str_eq(a->token_url, b->token_url) && str_eq(a->scope, b->scope) &&
          str_eq(a->certificate_file, b->certificate_file) &&
          str_eq(a->private_key_file, b->private_key_file) &&
+         str_eq(a->cloud, b->cloud) && a->graph == b->graph &&
          str_eq(a->store_path, b->store_path);
 }
 
@@ -518,20 +534,58 @@ static void refusal_words(const char *name, const struct settings *s, long statu
            error ? error : "no error code", esc[0] ? ": " : "", esc, action);
 }
 
-static const char *default_scope(const struct settings *s)
+/* Microsoft's national clouds: where to log in, the Exchange Online resource SMTP tokens are
+ * for (app-only and delegated), and the Graph host. */
+struct ms_cloud {
+  const char *name, *login, *exchange_app, *exchange_user, *graph;
+};
+static const struct ms_cloud ms_clouds[] = {
+  { "global", "https://login.microsoftonline.com", "https://outlook.office365.com",
+    "https://outlook.office.com", "https://graph.microsoft.com" },
+  { "usgov", "https://login.microsoftonline.us", "https://outlook.office365.us",
+    "https://outlook.office365.us", "https://graph.microsoft.us" },
+  { "usgov-dod", "https://login.microsoftonline.us", "https://outlook-dod.office365.us",
+    "https://outlook-dod.office365.us", "https://dod-graph.microsoft.us" },
+  { "china", "https://login.chinacloudapi.cn", "https://partner.outlook.cn",
+    "https://partner.outlook.cn", "https://microsoftgraph.chinacloudapi.cn" },
+};
+
+static const struct ms_cloud *cloud_of(const char *name)
 {
-  int app = !strcmp(s->flow, "client_credentials");
-  if(s->scope)
-    return s->scope;
-  if(s->provider && !strcmp(s->provider, "google"))
-    return "https://mail.google.com/";
-  if(s->provider && !strcmp(s->provider, "microsoft"))
-    return app ? "https://outlook.office365.com/.default"
-               : "https://outlook.office.com/SMTP.Send offline_access";
-  return NULL;
+  size_t i;
+  for(i = 0; name && i < sizeof(ms_clouds) / sizeof(ms_clouds[0]); i++)
+    if(!strcmp(ms_clouds[i].name, name))
+      return &ms_clouds[i];
+  return &ms_clouds[0];
 }
 
-/* kind: "token" or "devicecode" */
+static int is_provider(const struct settings *s, const char *p)
+{
+  return s->provider && !strcmp(s->provider, p);
+}
+
+/* The scope asked for: scope =, else the provider's for SMTP (or for Graph when a graph
+ * upstream uses the identity), in the identity's cloud. NULL: none (generic provider). */
+static const char *default_scope(const struct settings *s, char *buf, size_t bufsz)
+{
+  int app = !strcmp(s->flow, "client_credentials");
+  const struct ms_cloud *c = cloud_of(s->cloud);
+  if(s->scope)
+    return s->scope;
+  if(is_provider(s, "google"))
+    return "https://mail.google.com/";
+  if(!is_provider(s, "microsoft"))
+    return NULL;
+  if(s->graph)
+    snprintf(buf, bufsz, app ? "%s/.default" : "%s/Mail.Send offline_access", c->graph);
+  else
+    snprintf(buf, bufsz, app ? "%s/.default" : "%s/SMTP.Send offline_access",
+             app ? c->exchange_app : c->exchange_user);
+  return buf;
+}
+
+/* kind: "token" or "devicecode". Microsoft's endpoints are per tenant ("organizations", any
+ * work account, when none is set) in the identity's cloud. */
 static int endpoint_url(const struct settings *s, const char *kind, char *out, size_t outsz)
 {
   int dev = !strcmp(kind, "devicecode");
@@ -546,14 +600,20 @@ static int endpoint_url(const struct settings *s, const char *kind, char *out, s
              ? -1 : 0;
     return -1;
   }
-  if(s->provider && !strcmp(s->provider, "google"))
+  if(is_provider(s, "google"))
     return snprintf(out, outsz, "%s", dev ? "https://oauth2.googleapis.com/device/code"
                                           : "https://oauth2.googleapis.com/token") >= (int)outsz
            ? -1 : 0;
-  if(s->provider && !strcmp(s->provider, "microsoft"))
-    return snprintf(out, outsz, "https://login.microsoftonline.com/%s/oauth2/v2.0/%s", tenant,
+  if(is_provider(s, "microsoft"))
+    return snprintf(out, outsz, "%s/%s/oauth2/v2.0/%s", cloud_of(s->cloud)->login, tenant,
                     kind) >= (int)outsz ? -1 : 0;
   return -1;
+}
+
+const char *oauth2_graph_url(const struct config *cfg, const char *name)
+{
+  const struct cfg_oauth2 *oa = name ? section(cfg, name) : NULL;
+  return cloud_of(oa ? oa->cloud : NULL)->graph;
 }
 
 /* Reads a public file (a certificate) of at most OAUTH2_BODY_MAX bytes; *out NUL-terminated. */
@@ -683,7 +743,7 @@ static int grant_request(const char *name, const struct settings *s, const char 
 {
   CURL *esc = NULL;
   struct buf form;
-  char url[2048];
+  char url[2048], scope[512];
   long status = 0;
   json_t *j = NULL;
   const char *at, *rt;
@@ -713,7 +773,7 @@ static int grant_request(const char *name, const struct settings *s, const char 
   }
   else if(!strcmp(s->flow, "client_credentials")) {
     if(form_add(esc, &form, "grant_type", "client_credentials") ||
-       form_add(esc, &form, "scope", default_scope(s)))
+       form_add(esc, &form, "scope", default_scope(s, scope, sizeof(scope))))
       goto nomem;
   }
   else {
@@ -723,7 +783,7 @@ static int grant_request(const char *name, const struct settings *s, const char 
     }
     if(form_add(esc, &form, "grant_type", "refresh_token") ||
        form_add(esc, &form, "refresh_token", refresh_in) ||
-       form_add(esc, &form, "scope", default_scope(s)))
+       form_add(esc, &form, "scope", default_scope(s, scope, sizeof(scope))))
       goto nomem;
   }
   if(form_add(esc, &form, "client_id", s->client_id))
@@ -1121,7 +1181,7 @@ int oauth2_login(const struct config *cfg, const char *name, FILE *out, char *er
   struct identity id;
   CURL *esc = NULL;
   struct buf form;
-  char url[2048];
+  char url[2048], scope[512];
   long status = 0;
   json_t *j = NULL;
   const char *dc, *uc, *vu;
@@ -1153,7 +1213,7 @@ int oauth2_login(const struct config *cfg, const char *name, FILE *out, char *er
   vendor_curl_start();
   esc = curl_easy_init();
   if(!esc || !oa->client_id || form_add(esc, &form, "client_id", oa->client_id) ||
-     form_add(esc, &form, "scope", default_scope(&id.s))) {
+     form_add(esc, &form, "scope", default_scope(&id.s, scope, sizeof(scope)))) {
     snprintf(err, errsz, oa->client_id ? "out of memory" : "client_id is not set");
     goto out;
   }
@@ -1238,48 +1298,119 @@ static void when_words(long long at_s, char *out, size_t outsz)
     snprintf(out, outsz, "%s (%lld min %lld s ago)", stamp, -d / 60, -d % 60);
 }
 
-int oauth2_status_print(const struct config *cfg, const char *name, FILE *out, char *err,
-                        size_t errsz)
+static json_t *iso_time(long long at_s)
 {
-  char store[4096], status[4200], when[128];
-  json_t *j;
-  const char *state, *last;
-  long long exp, last_refresh;
+  time_t t = (time_t)at_s;
+  struct tm tm;
+  char stamp[40];
+  if(!at_s || !gmtime_r(&t, &tm) || !strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm))
+    return json_null();
+  return json_string(stamp);
+}
 
-  if(oauth2_paths(cfg, name, store, sizeof(store), status, sizeof(status))) {
+/* What the state word means, for people. */
+static const char *state_sentence(const char *state)
+{
+  if(!state)
+    return "the daemon has not used this identity yet";
+  if(!strcmp(state, "ok"))
+    return "an access token is at hand and refreshed before it expires";
+  if(!strcmp(state, "retrying"))
+    return "the token endpoint cannot be reached or is failing; retrying with backoff, mail "
+           "waits (deferred)";
+  if(!strcmp(state, "reauthorize"))
+    return "the token endpoint refused the grant; mail for upstreams using it is held until a "
+           "token is obtained";
+  return "no access token yet";
+}
+
+int oauth2_status_print(const struct config *cfg, const char *name, int json, FILE *out,
+                        char *err, size_t errsz)
+{
+  const struct cfg_oauth2 *oa = section(cfg, name);
+  char store[4096], status[4200], when[128], url[2048] = "", scope[512];
+  struct settings s;
+  json_t *j = NULL, *o = NULL, *arr = NULL;
+  const char *state = NULL, *last = NULL, *sc = NULL;
+  long long exp = 0, last_refresh = 0;
+  int have, result = -1;
+
+  memset(&s, 0, sizeof(s));
+  if(!oa || oauth2_paths(cfg, name, store, sizeof(store), status, sizeof(status))) {
     snprintf(err, errsz, "no [oauth2 %s] section in the configuration", name);
     return -1;
   }
-  j = json_load_file(status, 0, NULL);
-  if(!json_is_object(j)) {
-    json_decref(j);
-    fprintf(out, "oauth2 %s: state=unknown\n  the daemon has not used this identity yet "
-            "(no %s)\n  token file: %s%s\n", name, status, store,
-            access(store, F_OK) ? " (none: run `posternctl oauth2 login` for delegated flows)"
-                                : "");
-    return 0;
+  if(oa->flow && !settings_from(cfg, oa, &s)) {
+    if(endpoint_url(&s, "token", url, sizeof(url)))
+      url[0] = '\0';
+    sc = default_scope(&s, scope, sizeof(scope));
   }
-  state = jstr(j, "state");
-  last = jstr(j, "last_error");
-  exp = jnum(j, "expires_at", 0);
-  last_refresh = jnum(j, "last_refresh", 0);
-  fprintf(out, "oauth2 %s: state=%s\n", name, state ? state : "unknown");
-  if(state && !strcmp(state, "reauthorize"))
-    fprintf(out, "  mail for upstreams using it is held until a token is obtained\n");
-  if(exp) {
-    when_words(exp, when, sizeof(when));
-    fprintf(out, "  access token expires: %s\n", when);
+  j = json_load_file(status, 0, NULL);
+  have = json_is_object(j);
+  if(have) {
+    state = jstr(j, "state");
+    last = jstr(j, "last_error");
+    exp = jnum(j, "expires_at", 0);
+    last_refresh = jnum(j, "last_refresh", 0);
+  }
+  if(json) {
+    o = json_object();
+    arr = json_array();
+    if(!o || !arr) {
+      snprintf(err, errsz, "out of memory");
+      goto out;
+    }
+    json_object_set_new(o, "name", json_string(name));
+    json_object_set_new(o, "state", json_string(state ? state : "unknown"));
+    json_object_set_new(o, "state_text", json_string(state_sentence(state)));
+    json_object_set_new(o, "flow", oa->flow ? json_string(oa->flow) : json_null());
+    json_object_set_new(o, "provider", oa->provider ? json_string(oa->provider) : json_null());
+    json_object_set_new(o, "cloud", json_string(cloud_of(oa->cloud)->name));
+    json_object_set_new(o, "token_endpoint", url[0] ? json_string(url) : json_null());
+    json_object_set_new(o, "scope", sc ? json_string(sc) : json_null());
+    json_object_set_new(o, "expires_at", iso_time(exp));
+    json_object_set_new(o, "expires_in_s", exp ? json_integer(exp - now_ms() / 1000) : json_null());
+    json_object_set_new(o, "last_refresh", iso_time(last_refresh));
+    json_object_set_new(o, "has_refresh_token",
+                        json_boolean(json_is_true(json_object_get(j, "has_refresh_token"))));
+    json_object_set_new(o, "mail_held", json_boolean(state && !strcmp(state, "reauthorize")));
+    json_object_set_new(o, "last_error", last && last[0] ? json_string(last) : json_null());
+    json_object_set_new(o, "token_file", json_string(store));
+    json_array_append(arr, o);
+    json_dumpf(arr, out, JSON_INDENT(2));
+    fputc('\n', out);
+    result = 0;
+    goto out;
+  }
+  fprintf(out, "oauth2 %s: state=%s\n  %s\n", name, state ? state : "unknown",
+          state_sentence(state));
+  if(have) {
+    if(exp) {
+      when_words(exp, when, sizeof(when));
+      fprintf(out, "  access token expires: %s\n", when);
+    }
+    else
+      fprintf(out, "  access token: none\n");
+    if(last_refresh) {
+      when_words(last_refresh, when, sizeof(when));
+      fprintf(out, "  last refresh attempt: %s\n", when);
+    }
+    fprintf(out, "  refresh token stored: %s\n",
+            json_is_true(json_object_get(j, "has_refresh_token")) ? "yes" : "no");
+    fprintf(out, "  last error: %s\n", last && last[0] ? last : "none");
   }
   else
-    fprintf(out, "  access token: none\n");
-  if(last_refresh) {
-    when_words(last_refresh, when, sizeof(when));
-    fprintf(out, "  last refresh attempt: %s\n", when);
-  }
-  fprintf(out, "  refresh token stored: %s\n",
-          json_is_true(json_object_get(j, "has_refresh_token")) ? "yes" : "no");
-  fprintf(out, "  last error: %s\n", last && last[0] ? last : "none");
-  fprintf(out, "  token file: %s\n", store);
+    fprintf(out, "  (no %s)\n", status);
+  if(url[0])
+    fprintf(out, "  token endpoint: %s\n", url);
+  fprintf(out, "  token file: %s%s\n", store,
+          !have && access(store, F_OK) ? " (none: run `posternctl oauth2 login` for delegated "
+                                         "flows)" : "");
+  result = 0;
+out:
   json_decref(j);
-  return 0;
+  json_decref(o);
+  json_decref(arr);
+  settings_free(&s);
+  return result;
 }

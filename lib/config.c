@@ -99,6 +99,7 @@ static const char *const w_uauth[] = {
 static const char *const w_tlsver[] = { "TLSv1.2", "TLSv1.3", NULL };
 static const char *const w_provider[] = { "microsoft", "google", "generic", NULL };
 static const char *const w_flow[] = { "client_credentials", "refresh_token", "device_code", NULL };
+static const char *const w_cloud[] = { "global", "usgov", "usgov-dod", "china", NULL };
 static const char *const w_spf[] = { "off", "tag", "reject", NULL };
 
 #define PO(f) offsetof(struct config, f)
@@ -176,6 +177,7 @@ static const struct opt opts[] = {
   { SEC_OAUTH2, "certificate_file", T_STR, OA(certificate_file), 0, NULL, 0, 0, NULL },
   { SEC_OAUTH2, "private_key_file", T_STR, OA(private_key_file), 0, NULL, 0, 0, NULL },
   { SEC_OAUTH2, "token_file", T_STR, OA(token_file), 0, NULL, 0, 0, NULL },
+  { SEC_OAUTH2, "cloud", T_WORD, OA(cloud), 0, NULL, 0, 0, w_cloud },
 
   { SEC_INBOUND, "domains", T_STR, IN(domains), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "spf", T_WORD, IN(spf), 0, "tag", 0, 0, w_spf },

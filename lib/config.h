@@ -74,6 +74,7 @@ struct cfg_oauth2 {
   int line;
   char *provider, *flow, *tenant, *client_id, *client_secret_file, *token_url, *scope;
   char *certificate_file, *private_key_file, *token_file;
+  char *cloud;                    /* microsoft: global | usgov | usgov-dod | china */
 };
 
 /* [user NAME]: what an authenticated submission user may put in MAIL FROM */

@@ -1,4 +1,4 @@
-/* posternctl oauth2: login NAME (the device code flow) and status NAME. */
+/* posternctl oauth2: login NAME (the device code flow) and status NAME [--json]. */
 #include "tools/ctl.h"
 #include "auth/auth.h"
 #include <stdio.h>
@@ -17,7 +17,7 @@ int ctl_oauth2(struct ctl *c)
   if(problems)
     return problems;
   if(!strcmp(c->args[1], "status")) {
-    if(oauth2_status_print(c->cfg, c->args[2], stdout, err, sizeof(err))) {
+    if(oauth2_status_print(c->cfg, c->args[2], c->json, stdout, err, sizeof(err))) {
       fprintf(stderr, "posternctl: %s\n", err);
       return EXIT_NOTFOUND;
     }

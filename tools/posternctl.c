@@ -29,7 +29,7 @@ static const struct command {
   { "user", ctl_user,
     "user add|delete NAME   (the password is read from standard input or asked for twice)\n"
     "user list [--json]\n" },
-  { "oauth2", ctl_oauth2, "oauth2 login|status NAME\n" },
+  { "oauth2", ctl_oauth2, "oauth2 login NAME\noauth2 status NAME [--json]\n" },
   { "inbound", ctl_inbound, "inbound list [--json]\n" },
   { "sendgrid", ctl_sendgrid,
     "sendgrid setup --inbound-host HOST [--raw] [--upstream NAME] [--json]\n"

@@ -201,6 +201,10 @@ def test_invalid_grant_holds_then_recovers(daemon_factory, upstreams, certs, tok
     st = status(d)
     assert "state=reauthorize" in st, st
     assert "AADSTS70043" in st and "posternctl oauth2 login idp" in st, st
+    js = status_json(d)
+    assert js["state"] == "reauthorize" and js["mail_held"] is True, js
+    assert "AADSTS70043" in js["last_error"] and "posternctl oauth2 login idp" in js["last_error"]
+    assert js["has_refresh_token"] is True and js["token_endpoint"] == ts.url, js
     text = d.log_text()
     assert re.search(r"oauth2 idp: token endpoint refused .*AADSTS70043.*run `posternctl oauth2 "
                      r"login idp`.*held", text), d.log_tail(40)
@@ -212,6 +216,9 @@ def test_invalid_grant_holds_then_recovers(daemon_factory, upstreams, certs, tok
     for q in qids:
         wait_rcpt(d, q, "someone@example.net", "sent", timeout=40)
     assert "state=ok" in status(d)
+    js = status_json(d)
+    assert js["state"] == "ok" and js["last_error"] is None and not js["mail_held"], js
+    assert js["expires_in_s"] <= 3 and js["expires_at"].endswith("Z"), js
     assert_no_secrets(d, ts, up)
 
 
@@ -222,6 +229,8 @@ def test_transient_endpoint_error_defers(daemon_factory, upstreams, certs, token
     r = wait_rcpt(d, qid, "someone@example.net", "deferred")
     assert r["last_reply"].startswith("454"), r
     assert "state=retrying" in status(d)
+    js = status_json(d)
+    assert js["state"] == "retrying" and "HTTP 500" in js["last_error"] and not js["mail_held"], js
     ts.fail = None
     wait_rcpt(d, qid, "someone@example.net", "sent", timeout=30)
 
@@ -314,3 +323,88 @@ def test_token_refused_twice_defers(daemon_factory, upstreams, certs, tokens, tm
     accept["on"] = True
     wait_rcpt(d, qid, "someone@example.net", "sent", timeout=30)
     assert_no_secrets(d, ts, up)
+
+
+def status_json(d, name="idp"):
+    out = json.loads(d.ctl("oauth2", "status", name, "--json").stdout)
+    assert isinstance(out, list) and len(out) == 1
+    return out[0]
+
+
+def test_status_json_endpoints_and_clouds(daemon_factory, tmp_path):
+    """Token endpoints and scopes by provider, tenant and national cloud, as status --json
+    shows them (no daemon needed: nothing is requested)."""
+    conf = f"""
+[oauth2 gov]
+provider = microsoft
+flow = client_credentials
+cloud = usgov
+tenant = contoso.onmicrosoft.us
+client_id = {CLIENT_ID}
+
+[oauth2 dod]
+provider = microsoft
+flow = client_credentials
+cloud = usgov-dod
+tenant = army.onmicrosoft.us
+client_id = {CLIENT_ID}
+
+[oauth2 cn]
+provider = microsoft
+flow = refresh_token
+cloud = china
+tenant = contoso.partner.onmschina.cn
+client_id = {CLIENT_ID}
+
+[oauth2 world]
+provider = microsoft
+flow = device_code
+client_id = {CLIENT_ID}
+
+[oauth2 gmail]
+provider = google
+flow = refresh_token
+client_id = 1-x.apps.googleusercontent.com
+
+[oauth2 mailer]
+provider = microsoft
+flow = client_credentials
+cloud = china
+tenant = contoso.partner.onmschina.cn
+client_id = {CLIENT_ID}
+
+[upstream graph]
+type = graph
+oauth2 = mailer
+username = noreply@clinic.test
+
+[route default]
+upstream = graph
+"""
+    d = daemon_factory(postern=FAST, extra=conf, start=False)
+    want = {
+        "gov": ("usgov", "https://login.microsoftonline.us/contoso.onmicrosoft.us/oauth2/v2.0/token",
+                "https://outlook.office365.us/.default"),
+        "dod": ("usgov-dod", "https://login.microsoftonline.us/army.onmicrosoft.us/oauth2/v2.0/token",
+                "https://outlook-dod.office365.us/.default"),
+        "cn": ("china",
+               "https://login.chinacloudapi.cn/contoso.partner.onmschina.cn/oauth2/v2.0/token",
+               "https://partner.outlook.cn/SMTP.Send offline_access"),
+        "world": ("global", "https://login.microsoftonline.com/organizations/oauth2/v2.0/token",
+                  "https://outlook.office.com/SMTP.Send offline_access"),
+        "gmail": ("global", "https://oauth2.googleapis.com/token", "https://mail.google.com/"),
+        # a graph upstream uses it: Graph's resource in its cloud, not Exchange's
+        "mailer": ("china",
+                   "https://login.chinacloudapi.cn/contoso.partner.onmschina.cn/oauth2/v2.0/token",
+                   "https://microsoftgraph.chinacloudapi.cn/.default"),
+    }
+    for name, (cloud, url, scope) in want.items():
+        st = status_json(d, name)
+        assert (st["cloud"], st["token_endpoint"], st["scope"]) == (cloud, url, scope), st
+        assert st["state"] == "unknown" and st["last_error"] is None and not st["mail_held"], st
+    p = d.ctl("oauth2", "status", "gov", check=False)
+    assert p.returncode == 0 and b"token endpoint: https://login.microsoftonline.us/" in p.stdout
+    # a cloud Postern does not know is a configuration error with its line
+    d.write_config(postern=FAST, extra=conf.replace("cloud = usgov\n", "cloud = mars\n", 1))
+    p = d.ctl("oauth2", "status", "gov", check=False)
+    assert p.returncode != 0 and b"cloud" in p.stderr, p.stderr
