@@ -1,6 +1,7 @@
-/* Message digests through OpenSSL's EVP interface. */
+/* Message digests and HMAC through OpenSSL. */
 #include "tls/tls.h"
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 int tls_sha256_hex(const void *p, size_t n, char out[TLS_SHA256_HEX_LEN + 1])
 {
@@ -14,5 +15,14 @@ int tls_sha256_hex(const void *p, size_t n, char out[TLS_SHA256_HEX_LEN + 1])
     out[2 * i + 1] = hex[md[i] & 15];
   }
   out[2 * mdlen] = '\0';
+  return 0;
+}
+
+int tls_hmac_sha256(const void *key, size_t keylen, const void *p, size_t n,
+                    unsigned char out[32])
+{
+  unsigned int outlen = 0;
+  if(!HMAC(EVP_sha256(), key, (int)keylen, p, n, out, &outlen) || outlen != 32)
+    return -1;
   return 0;
 }

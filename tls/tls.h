@@ -9,6 +9,9 @@
 
 /* Lower-case hex SHA-256 of p[0..n) into out (NUL-terminated). 0 ok, -1 on failure. */
 int tls_sha256_hex(const void *p, size_t n, char out[TLS_SHA256_HEX_LEN + 1]);
+/* HMAC-SHA256 of p[0..n) with key (keylen < 2^31) into out. 0 ok, -1 on failure. */
+int tls_hmac_sha256(const void *key, size_t keylen, const void *p, size_t n,
+                    unsigned char out[32]);
 
 struct conn;
 struct tls_server_ctx;

@@ -33,6 +33,7 @@ int ctl_sendgrid(struct ctl *c);
 int ctl_twilio(struct ctl *c);
 int ctl_migrate(struct ctl *c);
 int ctl_check(struct ctl *c);
+int ctl_ses(struct ctl *c);
 int ctl_flush(struct ctl *c);                   /* ctl_daemon.c */
 int ctl_reload(struct ctl *c);
 int ctl_stats(struct ctl *c);
@@ -47,6 +48,13 @@ int ctl_correspondence(struct ctl *c);
 /* options of one command: see ctl_common.c */
 int ctl_opt(struct ctl *c, const char *name, const char **value);
 int ctl_no_options(struct ctl *c);
+
+/* A secret (what: "password", for messages): one line of standard input, or typed at a
+ * terminal after prompt with echo off (twice: asked again and compared). At most cap (and
+ * CTL_SECRET_CAP) bytes into pw, not NUL-terminated; *len > 0. 0 or EX_DATAERR (said why). */
+#define CTL_SECRET_CAP 1024
+int ctl_secret_get(const char *what, const char *prompt, int twice, char *pw, size_t cap,
+                   size_t *len);
 
 void ctl_usage(FILE *out);                      /* posternctl.c */
 int ctl_usage_error(const char *why, const char *what);   /* prints usage, EX_USAGE */

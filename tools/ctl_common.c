@@ -10,9 +10,11 @@
 #include <string.h>
 #include <errno.h>
 #include <pwd.h>
+#include <signal.h>
 #include <sysexits.h>
-#include <unistd.h>
+#include <termios.h>
 #include <time.h>
+#include <unistd.h>
 
 int ctl_usage_error(const char *why, const char *what)
 {
@@ -343,5 +345,109 @@ int ctl_id_parse(const char *arg, char out[LIM_QUEUE_ID + 1])
     out[i] = ch;
   }
   out[n] = '\0';
+  return 0;
+}
+
+/* ---- secrets from standard input or a terminal, never from an argument ------------------- */
+
+static struct termios tty_saved;
+static volatile sig_atomic_t tty_changed;
+
+static void tty_restore(int sig)
+{
+  if(tty_changed)
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &tty_saved);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+/* One line from fd into pw (at most cap bytes, without its LF or CR LF). Returns
+ * its length, or -1 when it is too long or unreadable. */
+static ssize_t line_read(int fd, char *pw, size_t cap)
+{
+  size_t n = 0;
+  int too_long = 0;
+  for(;;) {
+    char ch;
+    ssize_t r = read(fd, &ch, 1);
+    if(r < 0 && errno == EINTR)
+      continue;
+    if(r < 0)
+      return -1;
+    if(r == 0 || ch == '\n')
+      break;
+    if(n < cap)
+      pw[n++] = ch;
+    else
+      too_long = 1;
+  }
+  if(n && pw[n - 1] == '\r')
+    n--;
+  return too_long ? -1 : (ssize_t)n;
+}
+
+/* With echo off; the terminal is put back even when the user presses ^C. */
+static ssize_t tty_prompt(const char *prompt, char *pw, size_t cap)
+{
+  struct termios quiet;
+  ssize_t n;
+  if(tcgetattr(STDIN_FILENO, &tty_saved))
+    return -1;
+  quiet = tty_saved;
+  quiet.c_lflag &= (tcflag_t)~(ECHO | ECHONL);
+  quiet.c_lflag |= ICANON;
+  signal(SIGINT, tty_restore);
+  signal(SIGTERM, tty_restore);
+  signal(SIGQUIT, tty_restore);
+  fputs(prompt, stderr);
+  fflush(stderr);
+  tty_changed = 1;
+  if(tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet)) {
+    tty_changed = 0;
+    return -1;
+  }
+  n = line_read(STDIN_FILENO, pw, cap);
+  tcsetattr(STDIN_FILENO, TCSAFLUSH, &tty_saved);
+  tty_changed = 0;
+  fputc('\n', stderr);
+  return n;
+}
+
+int ctl_secret_get(const char *what, const char *prompt, int twice, char *pw, size_t cap,
+                   size_t *len)
+{
+  char again[CTL_SECRET_CAP + 1];
+  ssize_t n, m;
+  int result = 0;
+  if(cap > CTL_SECRET_CAP)
+    cap = CTL_SECRET_CAP;
+  if(!isatty(STDIN_FILENO)) {
+    n = line_read(STDIN_FILENO, pw, cap);
+    if(n < 0) {
+      fprintf(stderr, "posternctl: cannot read the %s from standard input (at most %zu bytes "
+              "on one line)\n", what, cap);
+      return EX_DATAERR;
+    }
+  }
+  else {
+    n = tty_prompt(prompt, pw, cap);
+    m = n < 0 || !twice ? n : tty_prompt("Again: ", again, sizeof(again) - 1);
+    if(n < 0 || m < 0) {
+      fprintf(stderr, "posternctl: cannot read the %s (at most %zu bytes)\n", what, cap);
+      result = EX_DATAERR;
+    }
+    else if(twice && (n != m || memcmp(pw, again, (size_t)n))) {
+      fprintf(stderr, "posternctl: the %ss differ; nothing changed\n", what);
+      result = EX_DATAERR;
+    }
+    explicit_bzero(again, sizeof(again));
+    if(result)
+      return result;
+  }
+  if(n == 0) {
+    fprintf(stderr, "posternctl: an empty %s is not allowed\n", what);
+    return EX_DATAERR;
+  }
+  *len = (size_t)n;
   return 0;
 }

@@ -6,12 +6,10 @@
 #include "lib/log.h"
 #include <errno.h>
 #include <pwd.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sysexits.h>
-#include <termios.h>
 #include <unistd.h>
 #include <sys/stat.h>
 
@@ -27,107 +25,6 @@ static int sasldb_path(const struct config *cfg, char *out, size_t outsz)
   return 0;
 }
 
-static struct termios tty_saved;
-static volatile sig_atomic_t tty_changed;
-
-static void tty_restore(int sig)
-{
-  if(tty_changed)
-    tcsetattr(STDIN_FILENO, TCSAFLUSH, &tty_saved);
-  signal(sig, SIG_DFL);
-  raise(sig);
-}
-
-/* One line from fd into pw (at most PASSWORD_CAP bytes, without its LF or CR LF). Returns
- * its length, or -1 when it is too long or unreadable. */
-static ssize_t line_read(int fd, char *pw, size_t cap)
-{
-  size_t n = 0;
-  int too_long = 0;
-  for(;;) {
-    char ch;
-    ssize_t r = read(fd, &ch, 1);
-    if(r < 0 && errno == EINTR)
-      continue;
-    if(r < 0)
-      return -1;
-    if(r == 0 || ch == '\n')
-      break;
-    if(n < cap)
-      pw[n++] = ch;
-    else
-      too_long = 1;
-  }
-  if(n && pw[n - 1] == '\r')
-    n--;
-  return too_long ? -1 : (ssize_t)n;
-}
-
-/* With echo off; the terminal is put back even when the user presses ^C. */
-static ssize_t tty_prompt(const char *prompt, char *pw, size_t cap)
-{
-  struct termios quiet;
-  ssize_t n;
-  if(tcgetattr(STDIN_FILENO, &tty_saved))
-    return -1;
-  quiet = tty_saved;
-  quiet.c_lflag &= (tcflag_t)~(ECHO | ECHONL);
-  quiet.c_lflag |= ICANON;
-  signal(SIGINT, tty_restore);
-  signal(SIGTERM, tty_restore);
-  signal(SIGQUIT, tty_restore);
-  fputs(prompt, stderr);
-  fflush(stderr);
-  tty_changed = 1;
-  if(tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet)) {
-    tty_changed = 0;
-    return -1;
-  }
-  n = line_read(STDIN_FILENO, pw, cap);
-  tcsetattr(STDIN_FILENO, TCSAFLUSH, &tty_saved);
-  tty_changed = 0;
-  fputc('\n', stderr);
-  return n;
-}
-
-static int password_get(const char *name, char *pw, size_t cap, size_t *len)
-{
-  char again[PASSWORD_CAP + 1], prompt[AUTH_USER_MAX + 64], shown[AUTH_USER_MAX * 4 + 8];
-  ssize_t n, m;
-  int result = 0;
-  if(!isatty(STDIN_FILENO)) {
-    n = line_read(STDIN_FILENO, pw, cap);
-    if(n < 0) {
-      fprintf(stderr, "posternctl: cannot read the password from standard input (at most %d "
-              "bytes on one line)\n", PASSWORD_CAP);
-      return EX_DATAERR;
-    }
-  }
-  else {
-    snprintf(prompt, sizeof(prompt), "Password for %s: ",
-             log_repr(shown, sizeof(shown), name, strlen(name)));
-    n = tty_prompt(prompt, pw, cap);
-    m = n < 0 ? -1 : tty_prompt("Again: ", again, sizeof(again) - 1);
-    if(n < 0 || m < 0) {
-      fprintf(stderr, "posternctl: cannot read the password (at most %d bytes)\n", PASSWORD_CAP);
-      result = EX_DATAERR;
-    }
-    else if(n != m || memcmp(pw, again, (size_t)n)) {
-      fprintf(stderr, "posternctl: the passwords differ; nothing changed\n");
-      result = EX_DATAERR;
-    }
-    explicit_bzero(again, sizeof(again));
-    if(result)
-      return result;
-  }
-  if(n == 0) {
-    fprintf(stderr, "posternctl: an empty password is not allowed\n");
-    return EX_DATAERR;
-  }
-  *len = (size_t)n;
-  return 0;
-}
-
 static int auth_failed_exit(const char *what, int result, const char *err)
 {
   fprintf(stderr, "posternctl: %s: %s\n", what, err);
@@ -137,7 +34,7 @@ static int auth_failed_exit(const char *what, int result, const char *err)
 static int user_add(struct ctl *c, const char *name, const char *path)
 {
   const struct passwd *owner = ctl_daemon_user(c->cfg);
-  char pw[PASSWORD_CAP + 1], err[512], shown[AUTH_USER_MAX * 4 + 8];
+  char pw[PASSWORD_CAP + 1], err[512], shown[AUTH_USER_MAX * 4 + 8], prompt[AUTH_USER_MAX * 4 + 32];
   size_t pwlen = 0;
   struct stat st;
   int result;
@@ -153,7 +50,9 @@ static int user_add(struct ctl *c, const char *name, const char *path)
     if(result)
       return result;
   }
-  result = password_get(name, pw, PASSWORD_CAP, &pwlen);
+  snprintf(prompt, sizeof(prompt), "Password for %s: ",
+           log_repr(shown, sizeof(shown), name, strlen(name)));
+  result = ctl_secret_get("password", prompt, 1, pw, PASSWORD_CAP, &pwlen);
   if(result)
     goto out;
   result = auth_user_set(path, name, c->cfg->hostname, pw, pwlen, err, sizeof(err));

@@ -30,6 +30,8 @@ static const struct command {
     "user add|delete NAME   (the password is read from standard input or asked for twice)\n"
     "user list [--json]\n" },
   { "oauth2", ctl_oauth2, "oauth2 login NAME\noauth2 status NAME [--json]\n" },
+  { "ses", ctl_ses,
+    "ses smtp-password --region REGION [--key-file FILE]   (the AWS secret key: standard input)\n" },
   { "inbound", ctl_inbound, "inbound list [--json]\n" },
   { "sendgrid", ctl_sendgrid,
     "sendgrid setup --inbound-host HOST [--raw] [--upstream NAME] [--json]\n"

@@ -9,13 +9,15 @@ import hmac
 import json
 import os
 import re
+import secrets
 import smtplib
+import subprocess
 import time
 import urllib.parse
 
 import pytest
 
-from conftest import SRCDIR, secret_file, sha256
+from conftest import POSTERNCTL, SRCDIR, need_binary, secret_file, sha256
 from apiserver import APIServer
 from api_corpus import SENDER, corpus
 
@@ -521,3 +523,51 @@ def test_graph_401_holds(daemon_factory, api, tmp_path):
     assert "Access token is empty or invalid" in e["recipients"][0]["last_reply"]
     secret_file(tmp_path / "graph.token", api.graph_token)
     wait_all(d, qid, "sent")
+
+
+# ---------------------------------------------------------------------------------------------
+# posternctl ses smtp-password
+
+def ses_smtp_password(secret, region):
+    """AWS's published derivation, written here independently of Postern's C."""
+    def sign(key, msg):
+        return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
+    sig = sign(("AWS4" + secret).encode("utf-8"), "11111111")
+    for part in (region, "ses", "aws4_request", "SendRawEmail"):
+        sig = sign(sig, part)
+    return base64.b64encode(bytes([0x04]) + sig).decode("ascii")
+
+
+def ctl_ses(*args, stdin=b""):
+    need_binary(POSTERNCTL)
+    return subprocess.run([POSTERNCTL, "ses", "smtp-password", *args], input=stdin,
+                          capture_output=True, timeout=30)
+
+
+def test_ses_smtp_password(tmp_path):
+    cases = [("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "us-east-1"),
+             ("je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY", "eu-west-1"),
+             (secrets.token_urlsafe(30), "us-gov-west-1")]
+    for secret, region in cases:
+        want = ses_smtp_password(secret, region)
+        for fed in (secret.encode() + b"\n", secret.encode() + b"\r\n", secret.encode()):
+            p = ctl_ses("--region", region, stdin=fed)
+            assert p.returncode == 0, p.stderr
+            assert p.stdout.decode() == want + "\n", (region, p.stdout)
+        assert secret.encode() not in p.stdout + p.stderr
+    # from a 0600 file; a file others may read is refused
+    kf = tmp_path / "aws.secret"
+    kf.write_text(cases[1][0] + "\n")
+    os.chmod(kf, 0o600)
+    p = ctl_ses("--region", "eu-west-1", "--key-file", str(kf))
+    assert p.returncode == 0 and p.stdout.decode().strip() == ses_smtp_password(*cases[1]), p
+    os.chmod(kf, 0o644)
+    p = ctl_ses("--region", "eu-west-1", "--key-file", str(kf))
+    assert p.returncode != 0 and not p.stdout, p
+    # never from an argument, and an argument is not echoed back
+    p = ctl_ses("--region", "eu-west-1", "SECRETKEYINARGV")
+    assert p.returncode == 64 and b"SECRETKEYINARGV" not in p.stdout + p.stderr, p
+    # a region is required and must look like one; an empty key is refused
+    assert ctl_ses(stdin=b"k\n").returncode == 64
+    assert ctl_ses("--region", "eu west", stdin=b"k\n").returncode == 64
+    assert ctl_ses("--region", "eu-west-1", stdin=b"\n").returncode == 65
