@@ -52,6 +52,12 @@ int http_client_new(const struct cfg_upstream *up, struct http_client **out)
      curl_easy_setopt(c->curl, CURLOPT_USERAGENT, "Postern") ||
      curl_easy_setopt(c->curl, CURLOPT_ERRORBUFFER, c->errbuf))
     goto out;
+  /* A benchmark knob, not a setting: tests/bench/bench_sendgrid.py measures what keep-alive
+   * is worth by turning it off (a new connection, and TLS handshake, for every request). */
+  if(getenv("POSTERN_BENCH_HTTP_NO_REUSE") &&
+     (curl_easy_setopt(c->curl, CURLOPT_FORBID_REUSE, 1L) ||
+      curl_easy_setopt(c->curl, CURLOPT_FRESH_CONNECT, 1L)))
+    goto out;
   if(up->tls_min_version &&
      curl_easy_setopt(c->curl, CURLOPT_SSLVERSION, !strcmp(up->tls_min_version, "TLSv1.3") ?
                       (long)CURL_SSLVERSION_TLSv1_3 : (long)CURL_SSLVERSION_TLSv1_2))

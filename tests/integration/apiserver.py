@@ -42,6 +42,7 @@ class APIServer:
         self.graph_token = "eyJ0eXAi.graph-token.sig"
         self.lock = threading.Lock()
         self.counter = 0
+        self.connections = 0                    # TCP connections accepted
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,6 +50,11 @@ class APIServer:
 
             def log_message(self, *a):
                 pass
+
+            def setup(self):
+                super().setup()
+                with server.lock:
+                    server.connections += 1
 
             def _serve(self):
                 n = int(self.headers.get("Content-Length") or 0)

@@ -10,14 +10,16 @@ import json
 import os
 import re
 import secrets
+import shutil
 import smtplib
+import socket
 import subprocess
 import time
 import urllib.parse
 
 import pytest
 
-from conftest import POSTERNCTL, SRCDIR, need_binary, secret_file, sha256
+from conftest import POSTERNCTL, SRCDIR, free_port, need_binary, secret_file, sha256
 from apiserver import APIServer
 from api_corpus import SENDER, corpus
 
@@ -82,9 +84,10 @@ def api():
     s.stop()
 
 
-
 def sendgrid_conf(api, keyfile, name="sg", extra=""):
-    return (f"[upstream {name}]\ntype = sendgrid\napi_key_file = {keyfile}\napi_url = {api.url}\n"
+    """api: an APIServer, or the api_url itself."""
+    url = getattr(api, "url", api)
+    return (f"[upstream {name}]\ntype = sendgrid\napi_key_file = {keyfile}\napi_url = {url}\n"
             f"{extra}\n[route default]\nupstream = {name}\n")
 
 
@@ -278,9 +281,7 @@ def test_sendgrid_500_defers_then_sends(daemon_factory, api, tmp_path):
 
 def test_sendgrid_network_error_defers(daemon_factory, tmp_path):
     key = secret_file(tmp_path / "sg.key", "SG.k")
-    from conftest import free_port
-    conf = (f"[upstream sg]\ntype = sendgrid\napi_key_file = {key}\n"
-            f"api_url = http://127.0.0.1:{free_port()}\n\n[route default]\nupstream = sg\n")
+    conf = sendgrid_conf(f"http://127.0.0.1:{free_port()}", key)
     d = daemon_factory(postern=FAST, extra=conf)
     qid = submit(d, ["x@example.net"], simple("x@example.net"))
     e = wait_all(d, qid, "deferred")
@@ -571,3 +572,67 @@ def test_ses_smtp_password(tmp_path):
     assert ctl_ses(stdin=b"k\n").returncode == 64
     assert ctl_ses("--region", "eu west", stdin=b"k\n").returncode == 64
     assert ctl_ses("--region", "eu-west-1", stdin=b"\n").returncode == 65
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTTP client: keep-alive, TLS always verified, HTTP/2 where offered
+
+def test_sendgrid_keepalive_one_connection_per_worker(daemon_factory, api, tmp_path):
+    key = secret_file(tmp_path / "sg.key", api.key)
+    d = daemon_factory(postern=dict(FAST, delivery_workers="1"), extra=sendgrid_conf(api, key))
+    qids = [submit(d, [f"k{i}@example.net"], simple(f"k{i}@example.net")) for i in range(6)]
+    for q in qids:
+        wait_all(d, q, "sent")
+    assert len(api.posts(SEND)) == 6
+    # the key check and six requests over the worker's one kept-alive connection
+    assert api.connections == 1, api.connections
+
+
+def test_sendgrid_https_verified_and_http2(daemon_factory, certs, tmp_path):
+    """TLS is verified whatever the configuration says (a private CA needs ca_file), and
+    HTTP/2 is used where the server offers it: nghttpd speaks nothing else."""
+    nghttpd = shutil.which("nghttpd") or "/usr/sbin/nghttpd"
+    if not os.access(nghttpd, os.X_OK):
+        pytest.fail("nghttpd is not installed (Debian package nghttp2-server, in TEST_PKGS)")
+    docroot = tmp_path / "htdocs"
+    (docroot / "v3").mkdir(parents=True)
+    (docroot / "v3" / "scopes").write_text('{"scopes": ["mail.send"]}')
+    (docroot / "v3" / "mail").mkdir()
+    (docroot / "v3" / "mail" / "send").write_text("")
+    port = free_port()
+    crt, keyf = certs.good
+    out = open(tmp_path / "nghttpd.log", "wb")
+    srv = subprocess.Popen([nghttpd, "-a", "127.0.0.1", "-d", str(docroot), "--echo-upload",
+                            "-v", str(port), keyf, crt], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and srv.poll() is None, "nghttpd did not start"
+                time.sleep(0.05)
+        key = secret_file(tmp_path / "sg.key", "SG.h2-key")
+        conf = sendgrid_conf(f"https://localhost:{port}", key)
+        d = daemon_factory(postern=FAST, extra=conf)
+        qid = submit(d, ["h2@example.net"], simple("h2@example.net"))
+        e = wait_all(d, qid, "deferred")
+        assert "cannot reach SendGrid" in e["recipients"][0]["last_reply"], e
+        assert re.search(r"certificate|SSL", e["recipients"][0]["last_reply"]), e
+        log = (tmp_path / "nghttpd.log").read_bytes()
+        assert b"/v3/mail/send" not in log        # nothing was sent over an unverified channel
+        # the private CA named: verified, and over HTTP/2
+        d.stop()
+        d.write_config(postern=FAST, extra=sendgrid_conf(f"https://localhost:{port}", key,
+                                                         extra=f"ca_file = {certs.ca}\n"))
+        d.start()
+        e = wait_all(d, qid, "sent", timeout=30)
+        assert "accepted by SendGrid (HTTP 200)" in e["recipients"][0]["last_reply"], e
+        log = (tmp_path / "nghttpd.log").read_bytes()
+        assert b":path: /v3/mail/send" in log and b":method: POST" in log, log[-2000:]
+        assert b"SG.h2-key" not in d.log_text().encode()
+    finally:
+        srv.terminate()
+        srv.wait(timeout=10)
+        out.close()
