@@ -6,6 +6,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from conftest import register_secret
+
 
 class Request:
     def __init__(self, method, path, headers, body):
@@ -39,7 +41,7 @@ class APIServer:
         self.requests = []
         self.rules = []
         self.key = key
-        self.graph_token = "eyJ0eXAi.graph-token.sig"
+        self.graph_token = register_secret("eyJ0eXAi.graph-token.sig")
         self.lock = threading.Lock()
         self.counter = 0
         self.connections = 0                    # TCP connections accepted

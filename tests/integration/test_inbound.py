@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, secret_file
 
 SWAKS = shutil.which("swaks") or "/usr/bin/swaks"
 CURL = shutil.which("curl") or "/usr/bin/curl"
@@ -205,10 +205,7 @@ def test_mx_needs_domains(tmp_path):
 # The HTTP listener.
 
 def secret(tmp_path, name, value):
-    p = tmp_path / name
-    p.write_text(value + "\n")
-    os.chmod(p, 0o600)
-    return str(p)
+    return secret_file(tmp_path / name, value)
 
 
 def http_daemon(daemon_factory, tmp_path, settings=""):

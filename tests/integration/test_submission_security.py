@@ -22,6 +22,7 @@ import time
 import pytest
 
 from conftest import (HOSTNAME, POSTERN, POSTERNCTL, Daemon, SMTPConn, check_stored, free_port,
+                      register_secret,
                       need_binary)
 
 SWAKS = shutil.which("swaks") or "/usr/bin/swaks"
@@ -104,6 +105,7 @@ def main_keys(**keys):
 
 def ctl_user(conf, *args, password=None, check=True):
     need_binary(POSTERNCTL)
+    register_secret(password)
     p = subprocess.run([POSTERNCTL, "-c", conf, "user", *args], capture_output=True, timeout=60,
                        input=None if password is None else (password + "\n").encode())
     if check:

@@ -10,6 +10,8 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from conftest import register_secret
+
 
 class TokenServer:
     """clients: {client_id: client_secret or None}. lifetime: seconds an access token lives.
@@ -18,6 +20,8 @@ class TokenServer:
 
     def __init__(self, clients, lifetime=3600, rotate=True, delay=0.0):
         self.clients = dict(clients)
+        for secret in self.clients.values():
+            register_secret(secret)
         self.assertion_certs = {}    # client_id -> PEM certificate: a signed assertion is required
         self.assertions = []         # decoded (header, claims) of every assertion received
         self.lifetime = lifetime
@@ -45,7 +49,7 @@ class TokenServer:
             return exp is not None and time.monotonic() < exp
 
     def add_refresh_token(self):
-        t = "rt-" + secrets.token_urlsafe(24)
+        t = register_secret("rt-" + secrets.token_urlsafe(24))
         with self.lock:
             self.refresh.add(t)
             self.issued.append(t)
@@ -69,12 +73,12 @@ class TokenServer:
 
     # -- the grants (called with lock held); return (status, body)
     def _issue(self, with_refresh):
-        at = "at-" + secrets.token_urlsafe(24)
+        at = register_secret("at-" + secrets.token_urlsafe(24))
         self.access[at] = time.monotonic() + self.lifetime
         self.issued.append(at)
         body = {"token_type": "Bearer", "access_token": at, "expires_in": self.lifetime}
         if with_refresh:
-            rt = "rt-" + secrets.token_urlsafe(24)
+            rt = register_secret("rt-" + secrets.token_urlsafe(24))
             self.refresh.add(rt)
             self.issued.append(rt)
             body["refresh_token"] = rt
@@ -131,6 +135,7 @@ class TokenServer:
             return base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
         if f.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
             return "wrong client_assertion_type"
+        register_secret(f.get("client_assertion"))
         parts = f.get("client_assertion", "").split(".")
         if len(parts) != 3:
             return "not a JWT"
