@@ -19,7 +19,8 @@ import urllib.parse
 
 import pytest
 
-from conftest import POSTERNCTL, SRCDIR, free_port, need_binary, secret_file, sha256
+from conftest import (POSTERNCTL, SRCDIR, free_port, need_binary, register_secret, secret_file,
+                      sha256)
 from apiserver import APIServer
 from api_corpus import SENDER, corpus
 
@@ -524,6 +525,45 @@ def test_graph_401_holds(daemon_factory, api, tmp_path):
     assert "Access token is empty or invalid" in e["recipients"][0]["last_reply"]
     secret_file(tmp_path / "graph.token", api.graph_token)
     wait_all(d, qid, "sent")
+
+
+def test_graph_429_defers_until_retry_after(daemon_factory, api, tmp_path):
+    tok = secret_file(tmp_path / "graph.token", api.graph_token)
+    # the body is base64 MIME: the rule looks for the To inside it
+    api.rule(lambda r: r.path.endswith("/sendMail") and
+             b"slowgraph@example.net" in base64.b64decode(r.body),
+             (429, {"Retry-After": "3"}, {"error": {"code": "ApplicationThrottled", "message":
+                                                    "Application is over its MailboxConcurrency limit."}}),
+             (202, {}, b""))
+    conf = (f"[upstream graph]\ntype = graph\napi_url = {api.url}\nusername = noreply@client.test\n"
+            f"oauth2 = static\n\n[oauth2 static]\ntoken_file = {tok}\n\n"
+            f"[route default]\nupstream = graph\n")
+    d = daemon_factory(postern=FAST, extra=conf)
+    t0 = time.time()
+    qid = submit(d, ["slowgraph@example.net"], simple("slowgraph@example.net"))
+    e = wait_all(d, qid, "deferred")
+    r = e["recipients"][0]
+    assert r["last_reply"].startswith("451 4.7.0") and "MailboxConcurrency" in r["last_reply"], r
+    # not before Retry-After, although retry_min is 1 s
+    assert iso_ms(r["next_attempt"]) >= t0 + 2.5, (r["next_attempt"], t0)
+    e = wait_all(d, qid, "sent", timeout=20)
+    posts = graph_posts(api)
+    assert len(posts) == 2 and posts[1].time - posts[0].time >= 2.5, [p.time for p in posts]
+
+
+def test_ses_credentials_from_environment(daemon_factory, api, tmp_path, monkeypatch):
+    """No *_file keys: the usual AWS environment variables, region included."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV456")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", register_secret("envSecretKeyEXAMPLE/abc+123"))
+    monkeypatch.setenv("AWS_REGION", "ap-southeast-2")
+    conf = (f"[upstream ses]\ntype = ses\napi_url = {api.url}\n\n"
+            f"[route default]\nupstream = ses\n")
+    d = daemon_factory(postern=FAST, extra=conf)
+    qid = submit(d, ["env@example.net"], simple("env@example.net"))
+    wait_all(d, qid, "sent")
+    reqs = [r for r in api.posts(SES) if "env@example.net" in r.ses_rcpts()]
+    assert len(reqs) == 1
+    sigv4_check(reqs[0], "AKIDFROMENV456", "envSecretKeyEXAMPLE/abc+123", "ap-southeast-2")
 
 
 # ---------------------------------------------------------------------------------------------
