@@ -284,6 +284,8 @@ static void ensure_dir(const char *dir)
     log_warn("oauth2: cannot create %s: %s", dir, strerror(errno));
 }
 
+static long long refresh_due(const struct identity *id);
+
 /* Writes what posternctl shows. Called with id->mu held. */
 static void status_write(struct identity *id)
 {
@@ -297,6 +299,7 @@ static void status_write(struct identity *id)
   json_object_set_new(o, "expires_at", json_integer(id->access ? id->expires_ms / 1000 : 0));
   json_object_set_new(o, "last_refresh", json_integer(id->last_refresh_ms / 1000));
   json_object_set_new(o, "next_try", json_integer(id->next_try_ms / 1000));
+  json_object_set_new(o, "refresh_due", json_integer(refresh_due(id) / 1000));
   json_object_set_new(o, "has_refresh_token", json_boolean(id->refresh != NULL));
   json_object_set_new(o, "last_error", json_string(id->last_error));
   json_object_set_new(o, "updated", json_integer(now_ms() / 1000));
@@ -393,6 +396,7 @@ static void store_load(struct identity *id)
       id->last_error[0] = '\0';
       log_info("oauth2 %s: new tokens in %s (a new login); using them", id->name,
                id->s.store_path);
+      status_write(id);
     }
   }
 out:
@@ -859,6 +863,23 @@ static long long use_until(const struct identity *id)
   return id->expires_ms - skew;
 }
 
+/* When the background refresh of id is due (wall-clock ms; -1: not in the background). An
+ * identity with no access token but a refresh token (put there by hand, or the access token
+ * was refused) or an app's credentials gets one at once: a refresh token nobody uses must still
+ * be exercised, or inactivity kills it (AADSTS70043). One that needs a login first waits until
+ * someone asks (the token file is read again then). */
+static long long refresh_due(const struct identity *id)
+{
+  long long due;
+  if(id->access)
+    due = refresh_at(id);
+  else if(id->loaded && (id->refresh || !strcmp(id->s.flow, "client_credentials")))
+    due = 0;
+  else
+    return -1;
+  return id->next_try_ms > due ? id->next_try_ms : due;
+}
+
 static int usable(const struct identity *id, long long now)
 {
   return id->access && now < use_until(id);
@@ -940,6 +961,8 @@ static void refresher_kick(void)
   pthread_mutex_unlock(&reg_mu);
 }
 
+static void identity_load(struct identity *id);
+
 static void *refresher_main(void *arg)
 {
   (void)arg;
@@ -952,10 +975,10 @@ static void *refresher_main(void *arg)
     for(id = registry; id; id = id->next) {
       long long due;
       pthread_mutex_lock(&id->mu);
-      /* an identity never obtained, or needing a login, is retried when someone asks */
-      due = id->access ? refresh_at(id) : -1;
-      if(due >= 0 && id->next_try_ms > due)
-        due = id->next_try_ms;
+      /* a login may have written new tokens: refreshing the old ones would undo it */
+      if(!id->refreshing)
+        identity_load(id);
+      due = refresh_due(id);
       if(due >= 0 && due <= now && !id->refreshing) {
         pthread_mutex_unlock(&reg_mu);
         log_debug("oauth2 %s: refreshing the access token in the background", id->name);
@@ -1332,7 +1355,7 @@ int oauth2_status_print(const struct config *cfg, const char *name, int json, FI
   struct settings s;
   json_t *j = NULL, *o = NULL, *arr = NULL;
   const char *state = NULL, *last = NULL, *sc = NULL;
-  long long exp = 0, last_refresh = 0;
+  long long exp = 0, last_refresh = 0, due = 0;
   int have, result = -1;
 
   memset(&s, 0, sizeof(s));
@@ -1352,6 +1375,7 @@ int oauth2_status_print(const struct config *cfg, const char *name, int json, FI
     last = jstr(j, "last_error");
     exp = jnum(j, "expires_at", 0);
     last_refresh = jnum(j, "last_refresh", 0);
+    due = jnum(j, "refresh_due", 0);
   }
   if(json) {
     o = json_object();
@@ -1371,6 +1395,7 @@ int oauth2_status_print(const struct config *cfg, const char *name, int json, FI
     json_object_set_new(o, "expires_at", iso_time(exp));
     json_object_set_new(o, "expires_in_s", exp ? json_integer(exp - now_ms() / 1000) : json_null());
     json_object_set_new(o, "last_refresh", iso_time(last_refresh));
+    json_object_set_new(o, "next_refresh", iso_time(due > 0 ? due : 0));
     json_object_set_new(o, "has_refresh_token",
                         json_boolean(json_is_true(json_object_get(j, "has_refresh_token"))));
     json_object_set_new(o, "mail_held", json_boolean(state && !strcmp(state, "reauthorize")));
@@ -1394,6 +1419,10 @@ int oauth2_status_print(const struct config *cfg, const char *name, int json, FI
     if(last_refresh) {
       when_words(last_refresh, when, sizeof(when));
       fprintf(out, "  last refresh attempt: %s\n", when);
+    }
+    if(due > 0) {
+      when_words(due, when, sizeof(when));
+      fprintf(out, "  next refresh: %s\n", when);
     }
     fprintf(out, "  refresh token stored: %s\n",
             json_is_true(json_object_get(j, "has_refresh_token")) ? "yes" : "no");

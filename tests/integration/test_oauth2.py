@@ -2,6 +2,7 @@
 # aiosmtpd upstream that takes XOAUTH2 only with a currently valid token: the three flows, tokens
 # that expire every few seconds, invalid_grant holding the mail until the endpoint recovers, the
 # status posternctl shows, and no secret in the log at debug verbosity.
+import datetime
 import json
 import os
 import re
@@ -147,8 +148,9 @@ def test_device_code_login(daemon_factory, upstreams, certs, tokens, tmp_path):
 
 def test_login_again_releases_held_mail(daemon_factory, upstreams, certs, tokens, tmp_path):
     d, up, ts = make_env(daemon_factory, upstreams, certs, tokens, tmp_path, "refresh_token",
-                         seed_refresh=True)
+                         seed_refresh=True, start=False)
     ts.fail, ts.fail_grant = "invalid_grant", "refresh_token"
+    d.start()                    # the background refresh at start is refused already
     qid = submit(d, ["someone@example.net"], message("relogin"))
     wait_rcpt(d, qid, "someone@example.net", "held")
     assert "state=reauthorize" in status(d)
@@ -223,8 +225,10 @@ def test_invalid_grant_holds_then_recovers(daemon_factory, upstreams, certs, tok
 
 
 def test_transient_endpoint_error_defers(daemon_factory, upstreams, certs, tokens, tmp_path):
-    d, up, ts = make_env(daemon_factory, upstreams, certs, tokens, tmp_path, "client_credentials")
+    d, up, ts = make_env(daemon_factory, upstreams, certs, tokens, tmp_path, "client_credentials",
+                         start=False)
     ts.fail = "server_error"
+    d.start()
     qid = submit(d, ["someone@example.net"], message("transient"))
     r = wait_rcpt(d, qid, "someone@example.net", "deferred")
     assert r["last_reply"].startswith("454"), r
@@ -408,3 +412,56 @@ upstream = graph
     d.write_config(postern=FAST, extra=conf.replace("cloud = usgov\n", "cloud = mars\n", 1))
     p = d.ctl("oauth2", "status", "gov", check=False)
     assert p.returncode != 0 and b"cloud" in p.stderr, p.stderr
+
+
+def iso_s(s):
+    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def test_refresh_planned_ten_minutes_early(daemon_factory, upstreams, certs, tokens, tmp_path):
+    """An hour-long token is refreshed 10 minutes before it expires (Microsoft's high-volume
+    endpoint refuses tokens close to expiry), in the background."""
+    d, up, ts = make_env(daemon_factory, upstreams, certs, tokens, tmp_path, "client_credentials")
+    qid = submit(d, ["someone@example.net"], message("early"))
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    js = status_json(d)
+    assert js["state"] == "ok" and js["next_refresh"], js
+    lead = iso_s(js["expires_at"]) - iso_s(js["next_refresh"])
+    assert 598 <= lead <= 602, js
+    assert 3590 - 10 <= js["expires_in_s"] <= 3600, js
+
+
+def test_one_refresh_in_flight_under_concurrency(daemon_factory, upstreams, certs, tokens,
+                                                 tmp_path):
+    """Eight workers need a token while a slow endpoint is still answering the first request:
+    they wait for that one request instead of each sending their own."""
+    d, up, ts = make_env(daemon_factory, upstreams, certs, tokens, tmp_path, "client_credentials",
+                         settings=dict(FAST, delivery_workers="8"), start=False)
+    ts.delay = 2.0
+    d.start()
+    qids = submit_many(d, 16, tag="conc-")
+    for q in qids:
+        wait_rcpt(d, q, "someone@example.net", "sent", timeout=40)
+    assert len(ts.token_requests()) == 1, ts.token_requests()
+    assert up.xoauth2_auths and all(ok for _, _, ok in up.xoauth2_auths)
+    assert len({t for _, t, _ in up.xoauth2_auths}) == 1
+
+
+def test_unused_refresh_token_kept_alive(daemon_factory, upstreams, certs, tokens, tmp_path):
+    """No mail at all: the refresh token is still exercised (and rotated) in the background, so
+    inactivity never kills it."""
+    d, up, ts = make_env(daemon_factory, upstreams, certs, tokens, tmp_path, "refresh_token",
+                         lifetime=2, seed_refresh=True)
+    deadline = time.monotonic() + 30
+    while len(ts.token_requests("refresh_token")) < 3:
+        assert time.monotonic() < deadline, ts.token_requests()
+        time.sleep(0.2)
+    assert all(st == 200 for _, _, st in ts.token_requests("refresh_token")), ts.token_requests()
+    assert not up.received() and not up.xoauth2_auths
+    wait_for(lambda: status_json(d)["state"] == "ok", what="state ok")
+    assert d.stop() == 0
+    # what is stored is the newest refresh token, never one rotated away
+    with open(os.path.join(d.data_dir, "oauth2", "idp.json")) as f:
+        stored = json.load(f)["refresh_token"]
+    assert stored in ts.refresh and stored not in ts.dead_refresh
+    assert_no_secrets(d, ts, up)
