@@ -91,7 +91,8 @@ static int graph_open(const struct config *cfg, const struct cfg_upstream *up, v
     goto nomem;
   str_copy(s->name, sizeof(s->name), up->name);
   /* the Graph of the identity's cloud (national clouds have their own) unless api_url says */
-  str_copy(s->base, sizeof(s->base), up->api_url ? up->api_url : oauth2_graph_url(cfg, up->oauth2));
+  str_copy(s->base, sizeof(s->base),
+           up->api_url ? up->api_url : oauth2_graph_url(cfg, up->oauth2));
   n = strlen(s->base);
   while(n && s->base[n - 1] == '/')
     s->base[--n] = '\0';
