@@ -428,12 +428,6 @@ static int form_add(CURL *curl, struct buf *b, const char *key, const char *valu
   return result;
 }
 
-static int loopback_url(const char *url)
-{
-  const char *h = url + 7;
-  return !strncmp(h, "127.", 4) || !strncmp(h, "localhost", 9) || !strncmp(h, "[::1]", 5);
-}
-
 /* POSTs form to url; fills *status (0: no answer, err says why) and *json (NULL when the answer
  * is not a JSON object). */
 static void endpoint_post(const char *url, const char *form, size_t formlen, long *status,
@@ -449,7 +443,7 @@ static void endpoint_post(const char *url, const char *form, size_t formlen, lon
   *json = NULL;
   vendor_curl_start();
   buf_init(&body, OAUTH2_BODY_MAX);
-  if(!strncasecmp(url, "http://", 7) && !loopback_url(url)) {
+  if(config_url_cleartext(url)) {
     snprintf(err, errsz, "token_url %s would send the credentials in clear; use https://", url);
     return;
   }

@@ -1409,3 +1409,32 @@ out:
     *out = ld.cfg;
   return ld.nerr;
 }
+
+int config_url_cleartext(const char *url)
+{
+  const char *h, *end;
+  char host[64];
+  struct in_addr a4;
+  size_t n;
+  if(!url || strncasecmp(url, "http://", 7))
+    return 0;
+  h = url + 7;
+  end = h + strcspn(h, "/?#");
+  if(memchr(h, '@', (size_t)(end - h)))      /* userinfo: the host follows the last '@' */
+    for(const char *p = h; p < end; p++)
+      if(*p == '@')
+        h = p + 1;
+  if(*h == '[')
+    n = strcspn(h, "]") + 1;
+  else
+    n = strcspn(h, ":/?#");
+  if(n >= sizeof(host) || h + n > end || (h + n < end && h[n] != ':'))
+    return 1;
+  memcpy(host, h, n);
+  host[n] = '\0';
+  if(!strcasecmp(host, "localhost") || !strcmp(host, "[::1]"))
+    return 0;
+  if(inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127)
+    return 0;
+  return 1;
+}

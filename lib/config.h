@@ -140,6 +140,9 @@ const char *config_choose_path(const char *arg);
 /* Parsers shared with other settings-like input. Return 0 or -1. */
 int config_parse_size(const char *s, long long *out);       /* 35M, 512K, 100 */
 int config_parse_duration(const char *s, long long *secs);  /* 5d, 1h, 30s, 10m, 90 */
+/* 1 when sending credentials to url would put them on the network in clear: http:// to a host
+ * other than localhost, an IPv4 literal in 127.0.0.0/8 or [::1] (plain http is for tests). */
+int config_url_cleartext(const char *url);
 
 /* The [upstream NAME] section; "capture" is always there (a built-in one unless the file
  * defines its own). NULL when there is none. */

@@ -148,11 +148,7 @@ static int check_smtp_upstream(const struct config *cfg, const struct cfg_upstre
 /* An API key sent in clear is a key given away: plain http is for loopback (tests) only. */
 static int api_url_check(const struct config *cfg, const struct cfg_upstream *up, FILE *errs)
 {
-  const char *host;
-  if(!up->api_url || strncasecmp(up->api_url, "http://", 7))
-    return 0;
-  host = up->api_url + 7;
-  if(!strncmp(host, "127.", 4) || !strncasecmp(host, "localhost", 9) || !strncmp(host, "[::1]", 5))
+  if(!config_url_cleartext(up->api_url))
     return 0;
   fprintf(errs, "%s:%d: upstream %s: api_url = %s would send the credentials in clear; use "
           "https://\n", cfg->path, up->line, up->name, up->api_url);

@@ -162,6 +162,27 @@ static void t_sizes(void)
   CHECK(config_parse_size(NULL, &(long long){0}) == -1);
 }
 
+/* Credentials may go over plain http only to this machine: the host part must be exactly a
+ * loopback name or literal, not merely begin like one. */
+static void t_url_cleartext(void)
+{
+  static const struct { const char *url; int want; } t[] = {
+    { "https://api.sendgrid.com", 0 }, { "HTTPS://x.example/", 0 },
+    { "http://127.0.0.1:8080/v3", 0 }, { "http://127.1.2.3", 0 }, { "http://localhost:99/x", 0 },
+    { "http://LOCALHOST", 0 }, { "http://[::1]:8025/token", 0 }, { "http://user@127.0.0.1/", 0 },
+    { "http://api.sendgrid.com", 1 }, { "http://localhost.evil.example/", 1 },
+    { "http://127.evil.example/", 1 }, { "http://127.0.0.1.evil.example/", 1 },
+    { "http://[::1].evil.example/", 1 }, { "http://127.0.0.1@evil.example/", 1 },
+    { "http://10.0.0.1/", 1 }, { "http://", 1 }, { "http://[::2]/", 1 },
+  };
+  size_t i;
+  for(i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+    if(config_url_cleartext(t[i].url) != t[i].want) {
+      fprintf(stderr, "config_url_cleartext(%s) != %d\n", t[i].url, t[i].want);
+      unit_failed = 1;
+    }
+}
+
 static void t_durations(void)
 {
   static const struct num_case cases[] = {
@@ -948,6 +969,7 @@ static void t_example(void)
 static const struct unit_case cases[] = {
   { "sizes", t_sizes },
   { "durations", t_durations },
+    { "url_cleartext", t_url_cleartext },
   { "cidr_parse", t_cidr_parse },
   { "cidr_match", t_cidr_match },
   { "full", t_full },
