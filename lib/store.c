@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,8 +317,7 @@ struct store_job {
   int (*call)(struct store_db *d, struct store_job *j);   /* JOB_CALL */
   void *arg;
   int result;
-  int done;
-  pthread_cond_t cond;
+  sem_t done;                     /* posted by the writer once result is final */
   struct store_job *next;
 };
 
@@ -329,7 +329,7 @@ struct store {
   pthread_mutex_t wlock;          /* direct writes when there is no writer thread */
   int writer_running;
   pthread_t writer;
-  pthread_mutex_t qlock;          /* guards the queue below and each job's done */
+  pthread_mutex_t qlock;          /* guards the queue below */
   pthread_cond_t qcond;           /* the writer waits here for work */
   struct store_job *head, **tailp;
   int stopping;
@@ -934,12 +934,13 @@ static void *store_writer(void *arg)
 
     db_run_batch(&st->w, batch);
 
-    pthread_mutex_lock(&st->qlock);
+    /* Woken without qlock held: waking each waiter under the lock made every one of them
+     * block on it again at once (half the futex calls of a busy listener). */
     for(j = batch; j; j = next) {
-      next = j->next;                /* j belongs to its waiter once done is set */
-      j->done = 1;
-      pthread_cond_signal(&j->cond);
+      next = j->next;                /* j belongs to its waiter once posted */
+      sem_post(&j->done);
     }
+    pthread_mutex_lock(&st->qlock);
   }
   pthread_mutex_unlock(&st->qlock);
   return NULL;
@@ -950,7 +951,6 @@ static int store_submit(struct store *st, struct store_job *j)
 {
   int result;
   j->next = NULL;
-  j->done = 0;
   j->result = STORE_ERROR;
   if(!st || st->readonly) {
     log_error("store: write on a read-only store");
@@ -962,22 +962,23 @@ static int store_submit(struct store *st, struct store_job *j)
     pthread_mutex_unlock(&st->wlock);
     return j->result;
   }
-  pthread_cond_init(&j->cond, NULL);
+  if(sem_init(&j->done, 0, 0))
+    return STORE_ERROR;
   pthread_mutex_lock(&st->qlock);
   if(st->stopping) {
     pthread_mutex_unlock(&st->qlock);
-    pthread_cond_destroy(&j->cond);
+    sem_destroy(&j->done);
     log_error("store: write after close");
     return STORE_ERROR;
   }
   *st->tailp = j;
   st->tailp = &j->next;
   pthread_cond_signal(&st->qcond);
-  while(!j->done)
-    pthread_cond_wait(&j->cond, &st->qlock);
-  result = j->result;
   pthread_mutex_unlock(&st->qlock);
-  pthread_cond_destroy(&j->cond);
+  while(sem_wait(&j->done) && errno == EINTR)
+    ;
+  result = j->result;
+  sem_destroy(&j->done);
   return result;
 }
 
