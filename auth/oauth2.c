@@ -6,6 +6,7 @@
 #include "lib/buf.h"
 #include "lib/config.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "tls/tls.h"
 #include <curl/curl.h>
 #include <jansson.h>
@@ -906,6 +907,7 @@ static int refresh_locked(struct identity *id)
     id->access = access;
     id->obtained_ms = now;
     id->expires_ms = expires;
+    metrics_oauth2_expiry(id->name, expires);   /* the background refresh too */
     if(refresh) {               /* rotation: the old refresh token may be dead already */
       secret_drop(&id->refresh);
       id->refresh = refresh;
@@ -1134,6 +1136,7 @@ int oauth2_token_get(const struct config *cfg, const char *name, const char *rej
       *expires_ms = use_until(id);
   }
   changed = expires_before != id->expires_ms;
+  metrics_oauth2_expiry(id->name, id->access ? id->expires_ms : 0);
   pthread_mutex_unlock(&id->mu);
   /* new tokens from this call: the background refresh is planned from them */
   if(changed)

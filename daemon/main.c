@@ -5,6 +5,7 @@
 #include "auth/auth.h"
 #include "inbound/inbound.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "lib/buf.h"
 #include <errno.h>
 #include <grp.h>
@@ -192,6 +193,7 @@ static int reload_run(void *arg, char *err, size_t errsz)
   if(!rl->http && ncfg->inbound.http_address)
     log_warn("reload: [inbound] http_address was not set at start; restart to listen on %s",
              ncfg->inbound.http_address);
+  metrics_configure(ncfg);
   daemon_reload(rl->d, ncfg, ntls);
   rl->cfg = ncfg;
   log_info("reload -- configuration %s", ncfg->path);
@@ -308,6 +310,7 @@ int main(int argc, char **argv)
 
   if(auth_wanted(cfg) && auth_setup(data_dir, &auth_ok))
     goto out;
+  metrics_configure(cfg);      /* the label values of /metrics, before any traffic */
   if(store_open(data_dir, STORE_OPEN_WRITER | STORE_OPEN_CREATE, &st, err, sizeof(err))) {
     log_error("cannot open the store in %s: %s", data_dir, err);
     goto out;

@@ -4,6 +4,7 @@
 #include "tls/tls.h"
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -117,6 +118,7 @@ static void mx_message(void *ctx, const struct smtp_session_info *s,
 
 out:
   if(result == STORE_OK) {
+    metrics_inbound(METRICS_SRC_MX);
     log_info("%s: inbound from=<%s>, size=%zu, nrcpt=%zu, client=%s, spf=%s", m.id,
              log_repr(from, sizeof(from), env->mail.path, env->mail.pathlen), datalen,
              env->nrcpts, s->peer_ip, p->spf[0] ? p->spf : "off");

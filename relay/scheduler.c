@@ -5,6 +5,7 @@
 #include "relay/relay_int.h"
 #include "auth/auth.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "lib/buf.h"
 #include <pthread.h>
 #include <stdlib.h>
@@ -199,10 +200,19 @@ static void login_worked(struct relay *r, const char *name)
   relay_kick(r);
 }
 
+/* delivery latency wants finer steps than time_mono_ms() */
+static long long mono_us(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void login_refused(struct relay *r, const struct config *cfg, const char *name,
                           const struct smtp_reply *rep)
 {
   char text[LIM_SMTP_REPLY_LINE + 32], esc[LIM_LOG_FIELD * 4 + 8];
+  metrics_auth_failure(METRICS_SIDE_UPSTREAM);
   smtp_reply_str(rep, text, sizeof(text));
   log_repr(esc, sizeof(esc), text, strlen(text));
   if(upstate_login_failed(r->ups, name, text, time_real_ms(), cfg->retry_min * 1000LL,
@@ -301,6 +311,7 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
       upstate_probe_abort(r->ups, up->name, 0);
   }
   else {
+    long long t0 = mono_us();
     if(w->open && (w->t != t || strcmp(w->upname, up->name) || w->gen != r->gen))
       worker_close_session(w);
     if(!w->open) {
@@ -325,6 +336,7 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
         worker_close_session(w);
       }
     }
+    metrics_delivery_time(up->name, mono_us() - t0);
     if(result == TRANSPORT_AUTH_FAILED)
       login_refused(r, cfg, up->name, &all);
     else if(hold == UPSTATE_PROBE && failed)
@@ -414,6 +426,27 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
   }
 }
 
+/* The outcomes just recorded, for /metrics; a recipient only waiting for the rate limit's slot
+ * was not attempted and is not counted. */
+static void count_results(const struct store_rcpt_update *upd, size_t n)
+{
+  size_t i;
+  for(i = 0; i < n; i++) {
+    enum metrics_result res;
+    switch(upd[i].status) {
+    case RCPT_SENT: res = METRICS_SENT; break;
+    case RCPT_CAPTURED: res = METRICS_CAPTURED; break;
+    case RCPT_BOUNCED: res = METRICS_BOUNCED; break;
+    case RCPT_HELD: res = METRICS_HELD; break;
+    case RCPT_DEFERRED: res = METRICS_DEFERRED; break;
+    default: continue;
+    }
+    if(!upd[i].add_attempt && upd[i].status != RCPT_HELD)
+      continue;
+    metrics_rcpt_result(upd[i].upstream, res);
+  }
+}
+
 /* Bounced recipients get their DSN before their status is written: a crash in between sends
  * the DSN twice, never zero times. If the DSN cannot be stored they are deferred instead. */
 static void bounce_notify(struct relay_worker *w, const struct config *cfg,
@@ -498,6 +531,8 @@ static void deliver(struct relay_worker *w, const char *id)
   bounce_notify(w, cfg, &m, body, len, upd, nupd);
   if(nupd && store_update(r->st, m.id, upd, nupd))
     log_error("%s: cannot record delivery results; the message will be tried again", m.id);
+  else
+    count_results(upd, nupd);
   /* a login may have worked (and released the upstream's mail) between our look at the hold
    * and the write of ours: then ours is released too, or it would wait for the next failure */
   for(i = 0; i < nupd; i++)

@@ -6,6 +6,7 @@
 #include "auth/auth.h"
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "lib/store.h"
 #include <netinet/in.h>
 #include <poll.h>
@@ -915,6 +916,7 @@ static void auth_failed(struct session *s, const char *mech)
   unsigned n = auth_fail_count(s);
   int max = s->cfg->max_auth_failures > 0 ? s->cfg->max_auth_failures : LIM_AUTH_FAILURES_DEFAULT;
   s->auth_failures++;
+  metrics_auth_failure(METRICS_SIDE_LISTENER);
   if(n < (unsigned)s->auth_failures)
     n = (unsigned)s->auth_failures;   /* the shared table forgot this address meanwhile */
   /* the user name is not logged: it is often the password typed into the wrong field */
