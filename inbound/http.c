@@ -261,7 +261,8 @@ static enum MHD_Result finish_parse(struct inbound_http *h, struct MHD_Connectio
     log_info("%s: inbound-parse mode=%s, size=%zu, files=%zu", m.id,
              rq->has_email ? "raw" : "parsed", rq->body.len, rq->files);
   else
-    log_error("%s: inbound-parse store write error", m.id);
+    log_error("%s: inbound-parse store write error (see the store error above; free space in "
+              "data_dir): answered 5xx, SendGrid posts it again", m.id);
   free(from);
   free(to);
   return answer_store(rq, c, result, "text/plain; charset=utf-8", "OK\n");
@@ -304,7 +305,8 @@ static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connecti
                                   signed_data.len, sig, siglen);
     buf_free(&signed_data);
     if(bad) {
-      log_warn("events: signature verification failed; batch refused");
+      log_warn("events: signature verification failed; batch refused (if SendGrid sent it, "
+               "event_public_key_file in [inbound] is not its current verification key)");
       return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
     }
   }
@@ -317,7 +319,8 @@ static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connecti
   if(result == STORE_OK)
     log_info("events: batch of %zu, %zu new", n, added);
   else
-    log_error("events: store write error (batch of %zu)", n);
+    log_error("events: store write error (batch of %zu; see the store error above, free space in "
+              "data_dir): answered 5xx, SendGrid posts it again", n);
   return answer_store(rq, c, result, "text/plain; charset=utf-8", "OK\n");
 }
 
@@ -353,7 +356,9 @@ static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection 
     buf_free(&full);
     free(params);
     free(hold);
-    log_warn("sms: X-Twilio-Signature %s; request refused", sig ? "does not match" : "missing");
+    log_warn("sms: X-Twilio-Signature %s; request refused (if Twilio sent it, check "
+             "twilio_auth_token_file and public_url in [inbound]: public_url must be the URL "
+             "configured in Twilio, before any proxy)", sig ? "does not match" : "missing");
     return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
   }
   buf_free(&full);
@@ -381,7 +386,8 @@ static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection 
   if(result == STORE_OK)
     log_info("%s: sms size=%zu%s", m.id, rq->body.len, dup ? " (a repeat: already stored)" : "");
   else
-    log_error("%s: sms store write error", m.id);
+    log_error("%s: sms store write error (see the store error above; free space in data_dir): "
+              "answered 5xx, Twilio posts it again", m.id);
   ret = answer_store(rq, c, result, "text/xml", "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>");
   free(params);
   free(hold);
@@ -766,7 +772,8 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
                             MHD_OPTION_NOTIFY_COMPLETED, request_completed, h,
                             MHD_OPTION_END);
   if(!h->mhd) {
-    log_error("cannot start the HTTP listener on %s", cfg->inbound.http_address);
+    log_error("cannot start the HTTP listener on %s (check http_address in [inbound])",
+              cfg->inbound.http_address);
     goto out;
   }
   log_info("HTTP listener on %s: /emailInbound /events /sms /healthz /metrics",

@@ -125,11 +125,13 @@ out:
     smtp_reply_set(r, 250, "2.0.0", "Ok: queued as %s", m.id);
   }
   else if(result == STORE_FULL) {
-    log_warn("%s: inbound store write error: disk full", env->id);
+    log_warn("%s: inbound store write error: disk full (free space in data_dir; the sender was "
+             "told 452 and retries)", env->id);
     smtp_reply_set(r, 452, "4.3.1", "Insufficient system storage");
   }
   else {
-    log_error("%s: inbound store write error", env->id);
+    log_error("%s: inbound store write error (see the store error above; the sender was told 451 "
+              "and retries)", env->id);
     smtp_reply_set(r, 451, "4.3.0", "Error: queue file write error, try again later");
   }
   buf_free(&to);

@@ -436,8 +436,13 @@ static int db_fail(struct store_db *d, int rc, const char *what)
 {
   int prim = rc & 0xff;
   int sys = d->db ? sqlite3_system_errno(d->db) : 0;
-  log_error("store: %s: %s (%s)", what, d->db ? sqlite3_errmsg(d->db) : "no database",
-            sqlite3_errstr(rc));
+  /* disk full is the usual cause; anything else is the file itself */
+  log_error("store: %s: %s (%s); %s", what, d->db ? sqlite3_errmsg(d->db) : "no database",
+            sqlite3_errstr(rc),
+            prim == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT ?
+            "free space in data_dir" :
+            "check data_dir/postern.db: its permissions, and `sqlite3 postern.db \"PRAGMA "
+            "integrity_check\"`");
   if(prim == SQLITE_FULL)
     return STORE_FULL;
   if(prim == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT))
@@ -612,7 +617,8 @@ static int job_accept(struct store_db *d, const struct store_job *j)
   int rc, result;
 
   if(!m->id[0] || !m->nrcpts) {
-    log_error("store: accept without %s", m->id[0] ? "recipients" : "an id");
+    log_error("store: accept without %s (a bug in Postern: please report it)",
+              m->id[0] ? "recipients" : "an id");
     return STORE_ERROR;
   }
   s = db_stmt(d, ST_MSG_INSERT);
@@ -953,7 +959,7 @@ static int store_submit(struct store *st, struct store_job *j)
   j->done = 0;
   j->result = STORE_ERROR;
   if(!st || st->readonly) {
-    log_error("store: write on a read-only store");
+    log_error("store: write on a read-only store (a bug in Postern: please report it)");
     return STORE_ERROR;
   }
   if(!st->writer_running) {
@@ -967,7 +973,7 @@ static int store_submit(struct store *st, struct store_job *j)
   if(st->stopping) {
     pthread_mutex_unlock(&st->qlock);
     pthread_cond_destroy(&j->cond);
-    log_error("store: write after close");
+    log_error("store: write after close (a bug in Postern: please report it)");
     return STORE_ERROR;
   }
   *st->tailp = j;
@@ -1074,7 +1080,8 @@ static int msg_from_row(sqlite3_stmt *s, struct store_msg *m)
   bad |= col_text(s, 13, &m->body_sha256);
   bad |= col_text(s, 14, &m->reply_token);
   if(bad || !m->sender) {
-    log_error("store: out of memory reading a message");
+    log_error("store: out of memory reading a message (free memory or lower max_clients in "
+              "[postern])");
     return STORE_ERROR;
   }
   return STORE_OK;
@@ -1111,7 +1118,8 @@ static int db_get_rcpts(struct store_db *d, struct store_msg *m)
     bad |= col_text(s, 2, &r->orcpt);
     bad |= col_text(s, 3, &r->notify);
     if(rcpt_status_parse((const char *)sqlite3_column_text(s, 4), &r->status)) {
-      log_error("store: message %s has a recipient with an unknown status", m->id);
+      log_error("store: message %s has a recipient with an unknown status (the database was "
+              "changed outside Postern: `posternctl queue delete %s` removes it)", m->id, m->id);
       result = STORE_ERROR;
       break;
     }
@@ -1121,7 +1129,8 @@ static int db_get_rcpts(struct store_db *d, struct store_msg *m)
     bad |= col_text(s, 8, &r->last_reply);
     bad |= col_text(s, 9, &r->upstream);
     if(bad || !r->address) {
-      log_error("store: out of memory reading recipients");
+      log_error("store: out of memory reading recipients (free memory or lower max_clients in "
+              "[postern])");
       result = STORE_ERROR;
       break;
     }
@@ -1201,7 +1210,8 @@ int store_body(struct store *st, const char *id, char **body, size_t *len)
     size_t n = (size_t)sqlite3_column_bytes(s, 0);
     *body = malloc(n ? n : 1);
     if(!*body) {
-      log_error("store: out of memory reading the body of %s", id);
+      log_error("store: out of memory reading the body of %s (free memory or lower "
+                "max_clients in [postern])", id);
       result = STORE_ERROR;
     }
     else {
