@@ -60,7 +60,6 @@ struct request {
   struct inbound_http *h;
   struct http_settings *set;    /* a reference, taken when the request began */
   int answered;                 /* a response was queued on an early call */
-  unsigned status;              /* the HTTP status answered, for the metrics; 0 none */
   int too_big;
   int form_error;
   struct buf body;
@@ -72,6 +71,12 @@ struct request {
   char last_key[64];            /* the field the post processor is in */
 };
 
+/* Counted as the answer is queued, so that a client that has its answer sees it counted. */
+static void counted(const struct request *rq, unsigned status)
+{
+  metrics_webhook(endpoint_path[rq->ep], status);
+}
+
 static enum MHD_Result respond(struct request *rq, struct MHD_Connection *c, unsigned status,
                                const char *type, const char *text)
 {
@@ -80,7 +85,7 @@ static enum MHD_Result respond(struct request *rq, struct MHD_Connection *c, uns
   enum MHD_Result ret;
   if(!r)
     return MHD_NO;
-  rq->status = status;
+  counted(rq, status);
   MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
   ret = MHD_queue_response(c, status, r);
   MHD_destroy_response(r);
@@ -99,8 +104,6 @@ static void request_free(struct request *rq)
 {
   if(!rq)
     return;
-  if(rq->status)
-    metrics_webhook(endpoint_path[rq->ep], rq->status);
   if(rq->set)
     settings_release(rq->h, rq->set);
   if(rq->pp)
@@ -148,7 +151,7 @@ static enum MHD_Result refuse_auth(struct request *rq, struct MHD_Connection *c)
   enum MHD_Result ret;
   if(!r)
     return MHD_NO;
-  rq->status = MHD_HTTP_UNAUTHORIZED;
+  counted(rq, MHD_HTTP_UNAUTHORIZED);
   ret = MHD_queue_basic_auth_fail_response(c, "postern", r);
   MHD_destroy_response(r);
   return ret;
@@ -443,7 +446,7 @@ static enum MHD_Result finish_metrics(struct inbound_http *h, struct MHD_Connect
   }
   MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
                           "text/plain; version=0.0.4; charset=utf-8");
-  rq->status = MHD_HTTP_OK;
+  counted(rq, MHD_HTTP_OK);
   ret = MHD_queue_response(c, MHD_HTTP_OK, r);
   MHD_destroy_response(r);
   return ret;

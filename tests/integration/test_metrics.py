@@ -1,12 +1,15 @@
 # GET /metrics on the HTTP listener, read with the Prometheus client library's own text-format
 # parser (Debian's python3-prometheus-client): the exposition parses, and its counters move as
 # real traffic flows: messages through the submission listener to a capture route and to an
-# aiosmtpd upstream that accepts some recipients and refuses others (4xx, 5xx), a TLS handshake
-# to an upstream with the wrong certificate name, a failed AUTH at the listener, Inbound Parse
-# and signed Event Webhook posts. The queue gauges are compared with posternctl's view.
+# aiosmtpd upstream that accepts some recipients and refuses others (4xx, 5xx), TLS handshakes
+# that fail on both sides, a failed AUTH at the listener and a refused login upstream, an
+# OAuth2 token from a loopback token endpoint, Inbound Parse and signed Event Webhook posts.
+# The queue gauges are compared with posternctl's view.
 import base64
 import json
+import os
 import smtplib
+import socket
 import subprocess
 import time
 import urllib.error
@@ -16,6 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import POSTERNCTL, need_binary
+from test_oauth2 import CLIENT_ID, CLIENT_SECRET, USER, oauth2_conf, tokens  # noqa: F401
+from test_upstream import certs  # noqa: F401
 from upstream import Certs, Upstream, free_port
 
 SENDER = "app@client.test"
@@ -235,20 +240,55 @@ def test_counters_move_as_mail_flows(daemon_factory, tmp_path, upstreams):
 
 def test_tls_and_auth_failures(daemon_factory, tmp_path, upstreams):
     certs = Certs(tmp_path / "certs")
+    os.chmod(certs.good[1], 0o600)
     bad_tls = upstreams(tls="implicit", cert=certs.wrongname)
+    locked = upstreams(users={"app": "the-right-one"}, auth_require_tls=False, mechs=("CRAM-MD5",))
     ok = upstreams()
+    wrong_pw = secret_file(tmp_path / "locked.secret", "a-wrong-Password")
+    tls_port = free_port()
     routes = (f"[upstream wrongname]\ntype = smtp\nhost = localhost\nport = {bad_tls.port}\n"
               f"tls = implicit\nverify = peer\nca_file = {certs.ca}\nhelo = relay.test.example\n\n"
-              "[route wrongname]\nrecipient = *@wrongname.test\nupstream = wrongname\n\n")
+              f"[upstream locked]\ntype = smtp\nhost = 127.0.0.1\nport = {locked.port}\n"
+              "tls = none\nauth = cram-md5\nusername = app\n"
+              f"password_file = {wrong_pw}\nhelo = relay.test.example\n\n"
+              "[route wrongname]\nrecipient = *@wrongname.test\nupstream = wrongname\n\n"
+              "[route locked]\nrecipient = *@locked.test\nupstream = locked\n\n")
+    listener = (f"\n[listener tls]\naddress = 127.0.0.1:{tls_port}\nrole = submission\n"
+                f"tls = implicit\ntls_cert = {certs.good[0]}\ntls_key = {certs.good[1]}\n")
     d = metrics_daemon(daemon_factory, tmp_path, ok.port, users=(("alice", PASSWORD),),
-                       routes=routes)
+                       routes=routes, extra=listener)
     before, _ = scrape(d)
+
+    def delta(s, name, **labels):
+        return val(s, name, **labels) - val(before, name, **labels)
+
+    # to an upstream whose certificate names another host
     submit(d.port, ["x@wrongname.test"], "tls")
-    s = wait_metric(d, lambda s: val(s, "postern_tls_handshake_failures_total", side="upstream") >
-                    val(before, "postern_tls_handshake_failures_total", side="upstream"),
-                    "an upstream TLS handshake failure")
-    assert val(s, "postern_recipients_total", upstream="wrongname", result="deferred") >= 1
+    # the failure is counted at the handshake, the deferral once the store has it
+    wait_metric(d, lambda s: delta(s, "postern_tls_handshake_failures_total", side="upstream")
+                >= 1 and val(s, "postern_recipients_total", upstream="wrongname",
+                             result="deferred") >= 1,
+                "an upstream TLS handshake failure and the recipient deferred")
     assert bad_tls.messages == []
+    # plaintext to our implicit-TLS listener
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=15) as c:
+        c.sendall(b"EHLO not-tls.example\r\n")
+        c.settimeout(15)
+        try:
+            while c.recv(4096):
+                pass
+        except OSError:
+            pass
+    s = wait_metric(d, lambda s: delta(s, "postern_tls_handshake_failures_total", side="listener")
+                    == 1, "a listener TLS handshake failure")
+    # an upstream that refuses our login: held, counted as an upstream AUTH failure
+    submit(d.port, ["y@locked.test"], "locked")
+    s = wait_metric(d, lambda s: delta(s, "postern_auth_failures_total", side="upstream") >= 1 and
+                    val(s, "postern_recipients_total", upstream="locked", result="held") >= 1,
+                    "an upstream AUTH failure holding the mail")
+    assert locked.messages == []
+    s = wait_metric(d, lambda s: val(s, "postern_queue_recipients", state="held") ==
+                    queue_counts(d)["held"] == 1, "the held gauge matching posternctl")
 
     # one wrong password at the listener (smtplib's login() would try every mechanism)
     with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as c:
@@ -266,7 +306,8 @@ def test_tls_and_auth_failures(daemon_factory, tmp_path, upstreams):
     s, _ = scrape(d)
     assert (val(s, "postern_auth_failures_total", side="listener") -
             val(before, "postern_auth_failures_total", side="listener")) == 1
-    assert PASSWORD not in d.log_text() and "not-the-password" not in d.log_text()
+    log = d.log_text()
+    assert PASSWORD not in log and "not-the-password" not in log and "a-wrong-Password" not in log
 
 
 def test_inbound_and_webhook_counters(daemon_factory, tmp_path, upstreams):
@@ -316,3 +357,33 @@ def test_inbound_and_webhook_counters(daemon_factory, tmp_path, upstreams):
     assert delta("postern_webhook_requests_total", path="other", code="404") == 1
     # the scrape before this one was counted too
     assert delta("postern_webhook_requests_total", path="/metrics", code="200") >= 1
+
+
+def test_oauth2_token_expiry_gauge(daemon_factory, tmp_path, upstreams, certs, tokens):
+    ts = tokens(clients={CLIENT_ID: CLIENT_SECRET}, lifetime=3600)
+    up = upstreams(tls="starttls", cert=certs.good, xoauth2=ts.valid)
+    secret = secret_file(tmp_path / "client.secret", CLIENT_SECRET)
+    http_port = free_port()
+    pw = secret_file(tmp_path / "http.secret", HTTP_PASSWORD)
+    conf = (f"\n[upstream o365]\ntype = smtp\nhost = localhost\nport = {up.port}\n"
+            f"tls = starttls\nca_file = {certs.ca}\nauth = xoauth2\nusername = {USER}\n"
+            "oauth2 = idp\nhelo = relay.test.example\n\n"
+            "[route default]\nupstream = o365\n\n" + oauth2_conf(ts, "client_credentials",
+                                                                secret=secret) +
+            f"\n[inbound]\nhttp_address = 127.0.0.1:{http_port}\n"
+            f"http_user = {HTTP_USER}\nhttp_password_file = {pw}\n")
+    d = daemon_factory(postern={"retry_min": "1s", "retry_max": "2s"}, extra=conf)
+    d.http = f"http://127.0.0.1:{http_port}"
+    s, families = scrape(d)
+    # no token yet: no sample (a zero would read as "expires now")
+    assert not any(k[0] == "postern_oauth2_token_expiry_seconds" for k in s)
+    assert families["postern_oauth2_token_expiry_seconds"].type == "gauge"
+    submit(d.port, ["someone@example.net"], "oauth2")
+    s = wait_metric(d, lambda s: (("postern_oauth2_token_expiry_seconds",
+                                   frozenset({("identity", "idp")})) in s),
+                    "the expiry of the idp token")
+    left = val(s, "postern_oauth2_token_expiry_seconds", identity="idp")
+    assert 3000 < left <= 3600, left
+    wait_metric(d, lambda s: val(s, "postern_recipients_total", upstream="o365", result="sent")
+                >= 1, "the message sent with that token")
+    assert up.received() and up.received()[0]["auth"] == USER
