@@ -18,35 +18,14 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import POSTERNCTL, need_binary
+from conftest import POSTERNCTL, need_binary, secret_file
 from test_oauth2 import CLIENT_ID, CLIENT_SECRET, USER, oauth2_conf, tokens  # noqa: F401
-from test_upstream import certs  # noqa: F401
-from upstream import Certs, Upstream, free_port
+from upstream import free_port
 
 SENDER = "app@client.test"
 PASSWORD = "alice-Passw0rd"
 HTTP_USER = "prom"
 HTTP_PASSWORD = "scrape-S3cret"
-
-
-def secret_file(path, value):
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return str(path)
-
-
-@pytest.fixture
-def upstreams(tmp_path):
-    made = []
-
-    def make(**kw):
-        up = Upstream(tmp_path / f"sink{len(made)}", **kw).start()
-        made.append(up)
-        return up
-
-    yield make
-    for up in made:
-        up.stop()
 
 
 def metrics_daemon(daemon_factory, tmp_path, upstream_port, extra="", users=(), routes=""):
@@ -238,9 +217,8 @@ def test_counters_move_as_mail_flows(daemon_factory, tmp_path, upstreams):
     assert 0 <= age <= time.time() - t0 + 2, age
 
 
-def test_tls_and_auth_failures(daemon_factory, tmp_path, upstreams):
-    certs = Certs(tmp_path / "certs")
-    os.chmod(certs.good[1], 0o600)
+def test_tls_and_auth_failures(daemon_factory, tmp_path, upstreams, certs):
+    os.chmod(certs.good[1], 0o600)       # a listener's key must be private
     bad_tls = upstreams(tls="implicit", cert=certs.wrongname)
     locked = upstreams(users={"app": "the-right-one"}, auth_require_tls=False, mechs=("CRAM-MD5",))
     ok = upstreams()
