@@ -214,8 +214,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     " WHERE status = 'deferred' AND next_attempt_ms > ?1",
   [ST_COUNT_BY_STATUS] = "SELECT status, count(*) FROM recipients GROUP BY status",
   [ST_COUNT_MESSAGES] = "SELECT count(*), coalesce(sum(size), 0) FROM messages",
-  [ST_OLDEST_UNFINISHED] = "SELECT min(created_ms) FROM messages m WHERE EXISTS (SELECT 1"
-    " FROM recipients r WHERE r.message_id = m.id AND r.status IN ('queued','deferred','held'))",
+  /* driven by recipients_due over the waiting states: GET /metrics reads it every scrape, and
+   * sent or captured mail (which stays in the store) must not make it slower */
+  [ST_OLDEST_UNFINISHED] = "SELECT min(m.created_ms) FROM recipients r"
+    " JOIN messages m ON m.id = r.message_id WHERE r.status IN ('queued','deferred','held')",
   /* a repeated external_id (a retried SMS post) changes nothing: it is already stored */
   [ST_INBOUND_INSERT] = "INSERT INTO inbound_messages(id, source, received_ms, listener,"
     " client_addr, helo, envelope_from, envelope_to, spf, content_type, external_id, size,"
@@ -431,18 +433,39 @@ void store_msg_free(struct store_msg *m)
 
 /* ---- connection helpers --------------------------------------------------------------------- */
 
+/* What the operator can do about a failed statement, by its class. */
+static const char *db_fail_hint(int prim, int sys)
+{
+  if(prim == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT)
+    return "free space in data_dir";
+  switch(prim) {
+  case SQLITE_CONSTRAINT:
+    return "nothing to change: the write was refused and answered as a temporary error";
+  case SQLITE_BUSY:
+  case SQLITE_LOCKED:
+    return "another program holds postern.db (a long sqlite3 or posternctl session?)";
+  case SQLITE_READONLY:
+  case SQLITE_PERM:
+  case SQLITE_CANTOPEN:
+  case SQLITE_AUTH:
+    return "data_dir and postern.db must be writable by Postern's user";
+  case SQLITE_CORRUPT:
+  case SQLITE_NOTADB:
+    return "postern.db is damaged: stop postern, keep a copy, and run `sqlite3 postern.db "
+           "\"PRAGMA integrity_check\"`";
+  default:
+    return "check data_dir/postern.db (permissions, disk) and `sqlite3 postern.db \"PRAGMA "
+           "integrity_check\"`";
+  }
+}
+
 /* Maps an SQLite result to ours and logs it: disk full must become 452, everything else 451. */
 static int db_fail(struct store_db *d, int rc, const char *what)
 {
   int prim = rc & 0xff;
   int sys = d->db ? sqlite3_system_errno(d->db) : 0;
-  /* disk full is the usual cause; anything else is the file itself */
   log_error("store: %s: %s (%s); %s", what, d->db ? sqlite3_errmsg(d->db) : "no database",
-            sqlite3_errstr(rc),
-            prim == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT ?
-            "free space in data_dir" :
-            "check data_dir/postern.db: its permissions, and `sqlite3 postern.db \"PRAGMA "
-            "integrity_check\"`");
+            sqlite3_errstr(rc), db_fail_hint(prim, sys));
   if(prim == SQLITE_FULL)
     return STORE_FULL;
   if(prim == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT))
