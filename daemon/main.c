@@ -194,7 +194,8 @@ static int reload_run(void *arg, char *err, size_t errsz)
     log_warn("reload: AUTH was not set up at start (all listeners had auth = none); "
              "restart to offer it");
   if(rl->records && inbound_records_reload(rl->records, ncfg))
-    log_error("reload: correspondence records keep the previous forward_url settings");
+    log_error("reload: correspondence records keep the previous forward_url settings (see above: "
+              "fix forward_url / forward_secret_file in [inbound] and send SIGHUP again)");
   if(rl->http && inbound_http_reload(rl->http, ncfg))
     log_error("reload: the HTTP listener keeps its credentials and keys (see above: fix the "
               "files named in [inbound] and send SIGHUP again)");
@@ -339,7 +340,8 @@ int main(int argc, char **argv)
   /* correspondence records: made from what the store holds, so mail accepted while the
    * daemon was down becomes records too */
   if(inbound_records_start(cfg, st, &records)) {
-    log_error("cannot start the record builder");
+    log_error("cannot start the record builder (see above; check forward_url and "
+              "forward_secret_file in [inbound])");
     goto out;
   }
   if(daemon_serve(d, st, relay, auth_ok)) {
