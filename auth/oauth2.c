@@ -6,6 +6,7 @@
 #include "lib/buf.h"
 #include "lib/config.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "tls/tls.h"
 #include <curl/curl.h>
 #include <jansson.h>
@@ -281,7 +282,8 @@ out:
 static void ensure_dir(const char *dir)
 {
   if(mkdir(dir, 0700) && errno != EEXIST)
-    log_warn("oauth2: cannot create %s: %s", dir, strerror(errno));
+    log_warn("oauth2: cannot create %s: %s; tokens are not kept across restarts: make data_dir "
+             "writable by Postern's user (user = in [postern])", dir, strerror(errno));
 }
 
 static long long refresh_due(const struct identity *id);
@@ -307,7 +309,9 @@ static void status_write(struct identity *id)
   json_decref(o);
   ensure_dir(id->s.dir);
   if(text && oauth2_file_write(id->s.status_path, text, strlen(text), 0644))
-    log_warn("oauth2 %s: cannot write %s: %s", id->name, id->s.status_path, strerror(errno));
+    log_warn("oauth2 %s: cannot write %s: %s; `posternctl oauth2 status %s` shows stale data "
+             "until data_dir is writable by Postern's user", id->name, id->s.status_path,
+             strerror(errno), id->name);
   free(text);
 }
 
@@ -355,7 +359,8 @@ static void store_load(struct identity *id)
     return;
   id->store_st = st;
   if(auth_secret_read(id->s.store_path, &text, &len, err, sizeof(err))) {
-    log_warn("oauth2 %s: cannot use the token file: %s", id->name, err);
+    log_warn("oauth2 %s: cannot use the token file: %s; fix its owner and mode (0600, Postern's "
+             "user) or run `posternctl oauth2 login %s` again", id->name, err, id->name);
     return;
   }
   if(text[0] != '{') {
@@ -370,8 +375,8 @@ static void store_load(struct identity *id)
   }
   o = json_loadb(text, len, 0, NULL);
   if(!json_is_object(o)) {
-    log_warn("oauth2 %s: %s is not a token file Postern wrote; ignoring it", id->name,
-             id->s.store_path);
+    log_warn("oauth2 %s: %s is not a token file Postern wrote; ignoring it (remove it and run "
+             "`posternctl oauth2 login %s`)", id->name, id->s.store_path, id->name);
     goto out;
   }
   secret_drop(&id->access);
@@ -906,6 +911,7 @@ static int refresh_locked(struct identity *id)
     id->access = access;
     id->obtained_ms = now;
     id->expires_ms = expires;
+    metrics_oauth2_expiry(id->name, expires);   /* the background refresh too */
     if(refresh) {               /* rotation: the old refresh token may be dead already */
       secret_drop(&id->refresh);
       id->refresh = refresh;
@@ -916,7 +922,8 @@ static int refresh_locked(struct identity *id)
     id->last_error[0] = '\0';
     if(store_write(id))
       log_error("oauth2 %s: cannot write the token file %s (%s); the new tokens are kept in "
-                "memory only", id->name, s.store_path, strerror(errno));
+                "memory only: make data_dir writable by Postern's user", id->name, s.store_path,
+                strerror(errno));
     if(before == ST_REAUTH || before == ST_RETRYING)
       log_info("oauth2 %s: the token endpoint works again; new access token valid for %lld s",
                id->name, (expires - now) / 1000);
@@ -933,11 +940,13 @@ static int refresh_locked(struct identity *id)
     id->state = result == OAUTH2_REAUTH ? ST_REAUTH : ST_RETRYING;
     str_copy(id->last_error, sizeof(id->last_error), err);
     if(id->state == ST_REAUTH && before != ST_REAUTH)
+      /* err already says what to do (refusal_words) */
       log_error("oauth2 %s: %s; mail for upstreams using it is held (not bounced) and goes out "
                 "by itself once a token is obtained", id->name, err);
     else if(id->state == ST_RETRYING && before != ST_RETRYING)
-      log_warn("oauth2 %s: cannot refresh the access token now (%s); retrying with backoff",
-               id->name, err);
+      log_warn("oauth2 %s: cannot refresh the access token now (%s); retrying with backoff "
+               "(if it lasts, check the token endpoint of [oauth2 %s] and `posternctl oauth2 "
+               "status %s`)", id->name, err, id->name, id->name);
   }
   status_write(id);
   settings_free(&s);
@@ -1052,7 +1061,8 @@ static struct identity *identity_get(const struct config *cfg, const char *name,
   registry = id;
   if(!refresher_started && !stopping) {
     if(pthread_create(&refresher, NULL, refresher_main, NULL))
-      log_warn("oauth2: cannot start the refresh thread; tokens are refreshed when needed");
+      log_warn("oauth2: cannot start the refresh thread; tokens are refreshed when needed "
+               "(the system is short of threads or memory: check ulimit -u and free memory)");
     else
       refresher_started = 1;
   }
@@ -1134,6 +1144,7 @@ int oauth2_token_get(const struct config *cfg, const char *name, const char *rej
       *expires_ms = use_until(id);
   }
   changed = expires_before != id->expires_ms;
+  metrics_oauth2_expiry(id->name, id->access ? id->expires_ms : 0);
   pthread_mutex_unlock(&id->mu);
   /* new tokens from this call: the background refresh is planned from them */
   if(changed)

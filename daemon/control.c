@@ -164,7 +164,8 @@ static void *control_main(void *arg)
     if(poll(pfd, 2, -1) < 0) {
       if(errno == EINTR)
         continue;
-      log_error("control socket: poll: %s", strerror(errno));
+      log_error("control socket: poll: %s; posternctl flush/reload/stats stop working until a "
+                "restart (systemctl restart postern)", strerror(errno));
       break;
     }
     if(pfd[1].revents)
@@ -174,7 +175,8 @@ static void *control_main(void *arg)
     fd = accept4(c->fd, NULL, NULL, SOCK_CLOEXEC);
     if(fd < 0) {
       if(errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
-        log_warn("control socket: accept: %s", strerror(errno));
+        log_warn("control socket: accept: %s (raise the open-file limit, LimitNOFILE= or "
+                 "ulimit -n, if it repeats)", strerror(errno));
       continue;
     }
     serve_one(c, fd);
@@ -209,7 +211,8 @@ int control_start(const char *data_dir, const struct control_env *env, struct co
   c->started_ms = time_real_ms();
   n = snprintf(c->path, sizeof(c->path), "%s/%s", data_dir, CONTROL_SOCKET_NAME);
   if(n < 0 || (size_t)n >= sizeof(c->path)) {
-    log_error("control socket: data_dir %s is too long for a socket path (at most %zu bytes)",
+    log_error("control socket: data_dir %s is too long for a socket path (at most %zu bytes; "
+              "choose a shorter data_dir in [postern])",
               data_dir, sizeof(c->path) - sizeof(CONTROL_SOCKET_NAME) - 1);
     goto out;
   }
@@ -217,7 +220,8 @@ int control_start(const char *data_dir, const struct control_env *env, struct co
   sa.sun_family = AF_UNIX;
   memcpy(sa.sun_path, c->path, (size_t)n + 1);
   if(socket_alive(&sa)) {
-    log_error("control socket %s: another postern answers there (same data_dir?)", c->path);
+    log_error("control socket %s: another postern answers there (same data_dir? give each "
+              "daemon its own data_dir in [postern], or stop the other one)", c->path);
     goto out;
   }
   {
@@ -230,7 +234,8 @@ int control_start(const char *data_dir, const struct control_env *env, struct co
   }
   c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if(c->fd < 0 || pipe2(c->stop_pipe, O_CLOEXEC)) {
-    log_error("control socket: %s", strerror(errno));
+    log_error("control socket: %s (short of file descriptors or memory: check ulimit -n)",
+              strerror(errno));
     goto out;
   }
   /* owner-only from the moment it exists: no window where others may connect */
@@ -238,11 +243,13 @@ int control_start(const char *data_dir, const struct control_env *env, struct co
   n = bind(c->fd, (struct sockaddr *)&sa, sizeof(sa));
   umask(old_mask);
   if(n || chmod(c->path, 0600) || listen(c->fd, 16)) {
-    log_error("control socket %s: %s", c->path, strerror(errno));
+    log_error("control socket %s: %s (data_dir must be writable by Postern's user)", c->path,
+              strerror(errno));
     goto out;
   }
   if(pthread_create(&c->thread, NULL, control_main, c)) {
-    log_error("control socket: cannot start its thread");
+    log_error("control socket: cannot start its thread (check ulimit -u / TasksMax= and free "
+              "memory)");
     goto out;
   }
   c->started = 1;
@@ -261,7 +268,8 @@ void control_stop(struct control *c)
     return;
   if(c->started) {
     if(write(c->stop_pipe[1], "x", 1) < 0)
-      log_warn("control socket: stop pipe: %s", strerror(errno));
+      log_warn("control socket: stop pipe: %s; if postern does not exit, stop it with SIGKILL",
+               strerror(errno));
     pthread_join(c->thread, NULL);
   }
   if(c->fd >= 0) {

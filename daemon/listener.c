@@ -393,7 +393,7 @@ static void *acceptor_main(void *arg)
     if(n < 0) {
       if(errno == EINTR)
         continue;
-      log_error("poll: %s", strerror(errno));
+      log_error("poll: %s; the listeners stop accepting: restart postern", strerror(errno));
       break;
     }
     if(pfd[d->nsocks].revents)
@@ -407,7 +407,8 @@ static void *acceptor_main(void *arg)
       fd = accept4(d->socks[i].fd, NULL, NULL, SOCK_CLOEXEC);
       if(fd < 0) {
         if(errno == EMFILE || errno == ENFILE) {
-          log_warn("accept: %s; pausing", strerror(errno));
+          log_warn("accept: %s; pausing (raise the open-file limit, LimitNOFILE= in the systemd "
+                   "unit or ulimit -n, or lower max_clients in [postern])", strerror(errno));
           usleep(100000);
         }
         continue;
@@ -418,8 +419,8 @@ static void *acceptor_main(void *arg)
       if(!l || d->nsessions >= (size_t)d->gen->cfg->max_clients) {
         const char *host = d->gen->cfg->hostname;
         pthread_mutex_unlock(&d->mu);
-        log_warn("too many connections (max_clients=%ld): refused one with 421",
-                 d->gen->cfg->max_clients);
+        log_warn("too many connections (max_clients=%ld): refused one with 421 (raise "
+                 "max_clients in [postern] if this is normal load)", d->gen->cfg->max_clients);
         refuse_busy(fd, host);
         continue;
       }
@@ -448,7 +449,8 @@ static void *acceptor_main(void *arg)
         d->nsessions--;
         gen_put(s->gen);
         pthread_mutex_unlock(&d->mu);
-        log_warn("cannot start a session thread: %s", strerror(errno));
+        log_warn("cannot start a session thread: %s; refused with 421 (check ulimit -u / "
+                 "TasksMax= and free memory, or lower max_clients in [postern])", strerror(errno));
         refuse_busy(fd, d->gen->cfg->hostname);
         free(s);
       }
@@ -482,8 +484,8 @@ void daemon_reload(struct daemon *d, struct config *cfg, struct tls_server_ctx *
   size_t i;
   for(i = 0; i < d->nsocks; i++)
     if(!find_listener(cfg, d->socks[i].listener))
-      log_warn("reload: listener %s is gone from the configuration; its sockets stay open until a restart",
-               d->socks[i].listener);
+      log_warn("reload: listener %s is gone from the configuration; its sockets stay open until a "
+               "restart (systemctl restart postern)", d->socks[i].listener);
   pthread_mutex_lock(&d->mu);
   gen_put(d->gen);
   d->gen = g;
@@ -506,7 +508,7 @@ void daemon_stop(struct daemon *d, long long grace_ms)
   size_t i;
   d->stopping = 1;
   if(d->stop_pipe[1] >= 0 && write(d->stop_pipe[1], "x", 1) < 0)
-    log_warn("stop pipe: %s", strerror(errno));
+    log_warn("stop pipe: %s; if postern does not exit, stop it with SIGKILL", strerror(errno));
   if(d->acceptor_started) {
     pthread_join(d->acceptor, NULL);
     d->acceptor_started = 0;
@@ -527,7 +529,8 @@ void daemon_stop(struct daemon *d, long long grace_ms)
     ;
   if(d->nsessions) {
     struct session *s;
-    log_warn("shutdown: %zu session(s) still open after the grace period; closing them", d->nsessions);
+    log_warn("shutdown: %zu session(s) still open after the grace period; closing them (their "
+             "clients retry: nothing acknowledged is lost)", d->nsessions);
     for(s = d->sessions; s; s = s->next)
       if(s->fd >= 0)
         shutdown(s->fd, SHUT_RDWR);

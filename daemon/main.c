@@ -5,6 +5,7 @@
 #include "auth/auth.h"
 #include "inbound/inbound.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "lib/buf.h"
 #include <errno.h>
 #include <grp.h>
@@ -77,11 +78,12 @@ static int auth_setup(const char *data_dir, int *auth_ok)
   int n = snprintf(path, sizeof(path), "%s/sasldb2", data_dir);
   *auth_ok = 0;
   if(n < 0 || (size_t)n >= sizeof(path)) {
-    log_error("data_dir %s: path too long", data_dir);
+    log_error("data_dir %s: path too long; choose a shorter data_dir in [postern]", data_dir);
     return -1;
   }
   if(auth_server_init(path, err, sizeof(err))) {
-    log_error("cannot set up AUTH: %s", err);
+    log_error("cannot set up AUTH: %s (is libsasl2-modules installed, and data_dir writable by "
+              "Postern's user?)", err);
     return -1;
   }
   if(access(path, F_OK))
@@ -95,15 +97,17 @@ static int make_data_dir(const char *dir, const struct passwd *pw)
 {
   struct stat st;
   if(mkdir(dir, 0700) && errno != EEXIST) {
-    log_error("cannot create data_dir %s: %s", dir, strerror(errno));
+    log_error("cannot create data_dir %s: %s; create it (owned by Postern's user, mode 0700) or "
+              "set data_dir in [postern]", dir, strerror(errno));
     return -1;
   }
   if(stat(dir, &st)) {
-    log_error("data_dir %s: %s", dir, strerror(errno));
+    log_error("data_dir %s: %s; check data_dir in [postern] and its permissions", dir,
+              strerror(errno));
     return -1;
   }
   if(!S_ISDIR(st.st_mode)) {
-    log_error("data_dir %s is not a directory", dir);
+    log_error("data_dir %s is not a directory; set data_dir in [postern] to a directory", dir);
     return -1;
   }
   if(st.st_mode & S_IWOTH) {
@@ -111,7 +115,8 @@ static int make_data_dir(const char *dir, const struct passwd *pw)
     return -1;
   }
   if(pw && st.st_uid != pw->pw_uid && chown(dir, pw->pw_uid, pw->pw_gid)) {
-    log_error("cannot give data_dir %s to user %s: %s", dir, pw->pw_name, strerror(errno));
+    log_error("cannot give data_dir %s to user %s: %s; chown it to that user by hand", dir,
+              pw->pw_name, strerror(errno));
     return -1;
   }
   return 0;
@@ -120,11 +125,13 @@ static int make_data_dir(const char *dir, const struct passwd *pw)
 static int drop_privileges(const struct passwd *pw)
 {
   if(setgroups(0, NULL) || setgid(pw->pw_gid) || setuid(pw->pw_uid)) {
-    log_error("cannot drop privileges to user %s: %s", pw->pw_name, strerror(errno));
+    log_error("cannot drop privileges to user %s: %s; check the user (user = in [postern]) "
+              "and that postern starts as root", pw->pw_name, strerror(errno));
     return -1;
   }
   if(setuid(0) == 0) {
-    log_error("privileges could be regained after dropping them; refusing to run");
+    log_error("privileges could be regained after dropping them; refusing to run (start postern "
+              "as root with user = in [postern], or as that user directly)");
     return -1;
   }
   return 0;
@@ -174,7 +181,8 @@ static int reload_run(void *arg, char *err, size_t errsz)
   if(!n && ncfg)
     n = relay_check_config(ncfg, stderr) + check_environment(ncfg, stderr, &ntls);
   if(n) {
-    log_error("reload: %d configuration problem(s); keeping the running configuration", n);
+    log_error("reload: %d configuration problem(s); keeping the running configuration (`postern "
+              "-n -c %s` lists them)", n, rl->path);
     if(err)
       snprintf(err, errsz, "%d configuration problem(s) (see the log: postern -n shows them); "
                "the running configuration stays", n);
@@ -186,12 +194,15 @@ static int reload_run(void *arg, char *err, size_t errsz)
     log_warn("reload: AUTH was not set up at start (all listeners had auth = none); "
              "restart to offer it");
   if(rl->records && inbound_records_reload(rl->records, ncfg))
-    log_error("reload: correspondence records keep the previous forward_url settings");
+    log_error("reload: correspondence records keep the previous forward_url settings (see above: "
+              "fix forward_url / forward_secret_file in [inbound] and send SIGHUP again)");
   if(rl->http && inbound_http_reload(rl->http, ncfg))
-    log_error("reload: the HTTP listener keeps its credentials and keys (see above)");
+    log_error("reload: the HTTP listener keeps its credentials and keys (see above: fix the "
+              "files named in [inbound] and send SIGHUP again)");
   if(!rl->http && ncfg->inbound.http_address)
     log_warn("reload: [inbound] http_address was not set at start; restart to listen on %s",
              ncfg->inbound.http_address);
+  metrics_configure(ncfg);
   daemon_reload(rl->d, ncfg, ntls);
   rl->cfg = ncfg;
   log_info("reload -- configuration %s", ncfg->path);
@@ -296,7 +307,8 @@ int main(int argc, char **argv)
   problems = daemon_bind(&d, cfg, tls, stderr);
   tls = NULL;
   if(problems) {
-    log_error("cannot bind the listeners; not starting");
+    log_error("cannot bind the listeners; not starting (see above: another program on the "
+              "address, or a port below 1024 without root; change address = in [listener])");
     goto out;
   }
   if(make_data_dir(data_dir, pw))
@@ -308,28 +320,32 @@ int main(int argc, char **argv)
 
   if(auth_wanted(cfg) && auth_setup(data_dir, &auth_ok))
     goto out;
+  metrics_configure(cfg);      /* the label values of /metrics, before any traffic */
   if(store_open(data_dir, STORE_OPEN_WRITER | STORE_OPEN_CREATE, &st, err, sizeof(err))) {
     log_error("cannot open the store in %s: %s", data_dir, err);
     goto out;
   }
   if(relay_start(cfg, st, &relay)) {
-    log_error("cannot start the relay");
+    log_error("cannot start the relay (see the messages above; `postern -n` checks the "
+              "configuration)");
     goto out;
   }
   /* the HTTP listener's address is bound once; its credentials and keys follow reloads */
   if(cfg->inbound.http_address &&
      inbound_http_start(cfg, st, daemon_http_fd(d), &http)) {
-    log_error("cannot start the HTTP listener");
+    log_error("cannot start the HTTP listener (see above; check http_address and the secrets "
+              "in [inbound])");
     goto out;
   }
   /* correspondence records: made from what the store holds, so mail accepted while the
    * daemon was down becomes records too */
   if(inbound_records_start(cfg, st, &records)) {
-    log_error("cannot start the record builder");
+    log_error("cannot start the record builder (see above; check forward_url and "
+              "forward_secret_file in [inbound])");
     goto out;
   }
   if(daemon_serve(d, st, relay, auth_ok)) {
-    log_error("cannot start the listeners");
+    log_error("cannot start the listeners (see above; check ulimit -u and free memory)");
     goto out;
   }
   memset(&rl, 0, sizeof(rl));

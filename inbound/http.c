@@ -1,5 +1,6 @@
 /* The HTTP listener (libmicrohttpd, one thread per connection so that each request can wait for
- * its group commit): SendGrid Inbound Parse, the SendGrid Event Webhook, Twilio SMS, /healthz.
+ * its group commit): SendGrid Inbound Parse, the SendGrid Event Webhook, Twilio SMS, /healthz
+ * and /metrics (Prometheus).
  * Nothing is answered 2xx before what it acknowledges is committed to the store. */
 #include "inbound/inbound.h"
 #include "auth/auth.h"
@@ -7,6 +8,7 @@
 #include "lib/buf.h"
 #include "lib/conn.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include <microhttpd.h>
 #include <pthread.h>
 #include <errno.h>
@@ -35,9 +37,21 @@ struct inbound_http {
   struct store *st;
   pthread_mutex_t mu;
   struct http_settings *set;    /* the current ones; under mu */
+  /* queue figures for /metrics, read at most once a second whatever the scrape rate */
+  pthread_mutex_t qmu;
+  long long q_at_ms;            /* monotonic time of the last read; 0 never */
+  int q_ok;
+  struct metrics_queue q;
 };
 
-enum endpoint { EP_NONE, EP_PARSE, EP_EVENTS, EP_SMS, EP_HEALTH };
+#define QUEUE_STATS_CACHE_MS 1000
+
+enum endpoint { EP_NONE, EP_PARSE, EP_EVENTS, EP_SMS, EP_HEALTH, EP_METRICS };
+static const enum metrics_path endpoint_path[] = {
+  [EP_NONE] = METRICS_PATH_OTHER, [EP_PARSE] = METRICS_PATH_PARSE,
+  [EP_EVENTS] = METRICS_PATH_EVENTS, [EP_SMS] = METRICS_PATH_SMS,
+  [EP_HEALTH] = METRICS_PATH_HEALTHZ, [EP_METRICS] = METRICS_PATH_METRICS,
+};
 
 /* One request in progress. The raw body is kept once (capped); for Inbound Parse the post
  * processor reads it as it arrives and keeps only the small fields the record needs. */
@@ -57,23 +71,31 @@ struct request {
   char last_key[64];            /* the field the post processor is in */
 };
 
-static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const char *type,
-                               const char *text)
+/* Counted as the answer is queued, so that a client that has its answer sees it counted. */
+static void counted(const struct request *rq, unsigned status)
+{
+  metrics_webhook(endpoint_path[rq->ep], status);
+}
+
+static enum MHD_Result respond(struct request *rq, struct MHD_Connection *c, unsigned status,
+                               const char *type, const char *text)
 {
   struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *)text,
                                                            MHD_RESPMEM_PERSISTENT);
   enum MHD_Result ret;
   if(!r)
     return MHD_NO;
+  counted(rq, status);
   MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
   ret = MHD_queue_response(c, status, r);
   MHD_destroy_response(r);
   return ret;
 }
 
-static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned status, const char *text)
+static enum MHD_Result respond_text(struct request *rq, struct MHD_Connection *c, unsigned status,
+                                    const char *text)
 {
-  return respond(c, status, "text/plain; charset=utf-8", text);
+  return respond(rq, c, status, "text/plain; charset=utf-8", text);
 }
 
 static void settings_release(struct inbound_http *h, struct http_settings *set);
@@ -121,7 +143,7 @@ static int auth_ok(const struct http_settings *h, struct MHD_Connection *c)
   return ok;
 }
 
-static enum MHD_Result refuse_auth(struct MHD_Connection *c)
+static enum MHD_Result refuse_auth(struct request *rq, struct MHD_Connection *c)
 {
   static const char text[] = "authentication required\n";
   struct MHD_Response *r = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text,
@@ -129,6 +151,7 @@ static enum MHD_Result refuse_auth(struct MHD_Connection *c)
   enum MHD_Result ret;
   if(!r)
     return MHD_NO;
+  counted(rq, MHD_HTTP_UNAUTHORIZED);
   ret = MHD_queue_basic_auth_fail_response(c, "postern", r);
   MHD_destroy_response(r);
   return ret;
@@ -173,13 +196,13 @@ static const char *header(struct MHD_Connection *c, const char *name)
   return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
 }
 
-static enum MHD_Result answer_store(struct MHD_Connection *c, int result, const char *ok_type,
-                                    const char *ok_text)
+static enum MHD_Result answer_store(struct request *rq, struct MHD_Connection *c, int result,
+                                    const char *ok_type, const char *ok_text)
 {
   if(result == STORE_OK)
-    return respond(c, MHD_HTTP_OK, ok_type, ok_text);
+    return respond(rq, c, MHD_HTTP_OK, ok_type, ok_text);
   /* SendGrid and Twilio retry on 5xx: the input is not lost */
-  return respond_text(c, result == STORE_FULL ? MHD_HTTP_INSUFFICIENT_STORAGE :
+  return respond_text(rq, c, result == STORE_FULL ? MHD_HTTP_INSUFFICIENT_STORAGE :
                       MHD_HTTP_SERVICE_UNAVAILABLE, "store error, try again later\n");
 }
 
@@ -198,16 +221,16 @@ static enum MHD_Result finish_parse(struct inbound_http *h, struct MHD_Connectio
      str_to_long(rq->attachments.ptr, rq->attachments.len, 0, 100000, &nattach))
     rq->form_error = 1;
   if(rq->form_error)
-    return respond_text(c, MHD_HTTP_BAD_REQUEST, "malformed form data\n");
+    return respond_text(rq, c, MHD_HTTP_BAD_REQUEST, "malformed form data\n");
   if(!rq->has_email && !rq->has_headers)
-    return respond_text(c, MHD_HTTP_BAD_REQUEST,
+    return respond_text(rq, c, MHD_HTTP_BAD_REQUEST,
                         "neither an email field (raw mode) nor a headers field (parsed mode)\n");
   if(nattach >= 0 && (size_t)nattach != rq->files)
-    return respond_text(c, MHD_HTTP_BAD_REQUEST,
+    return respond_text(rq, c, MHD_HTTP_BAD_REQUEST,
                         "the attachments count does not match the files posted\n");
   if(rq->envelope.len &&
      inbound_parse_envelope(rq->envelope.ptr, rq->envelope.len, &from, &to))
-    return respond_text(c, MHD_HTTP_BAD_REQUEST, "the envelope field is not valid JSON\n");
+    return respond_text(rq, c, MHD_HTTP_BAD_REQUEST, "the envelope field is not valid JSON\n");
   /* SPF and sender_ip come from SendGrid: kept only in their expected shape */
   if(rq->spf.len && rq->spf.len < sizeof(spf)) {
     for(i = 0; i < rq->spf.len; i++) {
@@ -236,13 +259,16 @@ static enum MHD_Result finish_parse(struct inbound_http *h, struct MHD_Connectio
   m.body_sha256 = tls_sha256_hex(rq->body.ptr ? rq->body.ptr : "", rq->body.len, sha) ? NULL : sha;
   result = store_inbound_accept(h->st, &m, rq->body.ptr ? rq->body.ptr : "", rq->body.len, NULL);
   if(result == STORE_OK)
+    metrics_inbound(METRICS_SRC_PARSE);
+  if(result == STORE_OK)
     log_info("%s: inbound-parse mode=%s, size=%zu, files=%zu", m.id,
              rq->has_email ? "raw" : "parsed", rq->body.len, rq->files);
   else
-    log_error("%s: inbound-parse store write error", m.id);
+    log_error("%s: inbound-parse store write error (see the store error above; free space in "
+              "data_dir): answered 5xx, SendGrid posts it again", m.id);
   free(from);
   free(to);
-  return answer_store(c, result, "text/plain; charset=utf-8", "OK\n");
+  return answer_store(rq, c, result, "text/plain; charset=utf-8", "OK\n");
 }
 
 static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connection *c,
@@ -264,39 +290,41 @@ static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connecti
     struct buf signed_data;
     int bad;
     if(!sig64 || !ts)
-      return respond_text(c, MHD_HTTP_FORBIDDEN, "signature headers missing\n");
+      return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature headers missing\n");
     tslen = strlen(ts);
     if(str_to_long(ts, tslen, 0, 0x7fffffffL, &t))
-      return respond_text(c, MHD_HTTP_FORBIDDEN, "bad signature timestamp\n");
+      return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "bad signature timestamp\n");
     if(set->event_max_age > 0) {
       long long now = (long long)time(NULL), age = now - t;
       /* a timestamp from the future is as suspect as an old one */
       if(age > set->event_max_age || -age > set->event_max_age)
-        return respond_text(c, MHD_HTTP_FORBIDDEN, "stale signature timestamp\n");
+        return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "stale signature timestamp\n");
     }
     if(tls_base64_decode(sig64, strlen(sig64), sig, sizeof(sig), &siglen))
-      return respond_text(c, MHD_HTTP_FORBIDDEN, "bad signature encoding\n");
+      return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "bad signature encoding\n");
     buf_init(&signed_data, tslen + rq->body.len + 1);
     bad = buf_add(&signed_data, ts, tslen) || buf_add(&signed_data, rq->body.ptr, rq->body.len) ||
           tls_ecdsa_verify_sha256(set->event_key, set->event_keylen, signed_data.ptr,
                                   signed_data.len, sig, siglen);
     buf_free(&signed_data);
     if(bad) {
-      log_warn("events: signature verification failed; batch refused");
-      return respond_text(c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
+      log_warn("events: signature verification failed; batch refused (if SendGrid sent it, "
+               "event_public_key_file in [inbound] is not its current verification key)");
+      return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
     }
   }
   if(inbound_events_parse(rq->body.ptr ? rq->body.ptr : "", rq->body.len, LIM_WEBHOOK_EVENTS,
                           &evs, &ev, &n, &why))
-    return respond_text(c, strcmp(why, "out of memory") ? MHD_HTTP_BAD_REQUEST :
+    return respond_text(rq, c, strcmp(why, "out of memory") ? MHD_HTTP_BAD_REQUEST :
                         MHD_HTTP_SERVICE_UNAVAILABLE, why);   /* why is a static sentence */
   result = store_events_add(h->st, ev, n, &added);
   inbound_events_free(evs);
   if(result == STORE_OK)
     log_info("events: batch of %zu, %zu new", n, added);
   else
-    log_error("events: store write error (batch of %zu)", n);
-  return answer_store(c, result, "text/plain; charset=utf-8", "OK\n");
+    log_error("events: store write error (batch of %zu; see the store error above, free space in "
+              "data_dir): answered 5xx, SendGrid posts it again", n);
+  return answer_store(rq, c, result, "text/plain; charset=utf-8", "OK\n");
 }
 
 static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection *c,
@@ -314,10 +342,10 @@ static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection 
   const struct http_settings *set = rq->set;
 
   if(!set->twilio_token || !set->public_url)
-    return respond_text(c, MHD_HTTP_FORBIDDEN, "twilio_auth_token_file is not configured\n");
+    return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "twilio_auth_token_file is not configured\n");
   if(inbound_form_parse(rq->body.ptr ? rq->body.ptr : "", rq->body.len, LIM_WEBHOOK_FIELDS,
                         &params, &n, &hold))
-    return respond_text(c, MHD_HTTP_BAD_REQUEST, "malformed form data\n");
+    return respond_text(rq, c, MHD_HTTP_BAD_REQUEST, "malformed form data\n");
   /* Twilio signs the URL it was given: public_url (Postern is usually behind a proxy) with
    * this path */
   baselen = strlen(set->public_url);
@@ -331,8 +359,10 @@ static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection 
     buf_free(&full);
     free(params);
     free(hold);
-    log_warn("sms: X-Twilio-Signature %s; request refused", sig ? "does not match" : "missing");
-    return respond_text(c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
+    log_warn("sms: X-Twilio-Signature %s; request refused (if Twilio sent it, check "
+             "twilio_auth_token_file and public_url in [inbound]: public_url must be the URL "
+             "configured in Twilio, before any proxy)", sig ? "does not match" : "missing");
+    return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
   }
   buf_free(&full);
   for(i = 0; i < n; i++) {
@@ -354,13 +384,71 @@ static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection 
   m.external_id = sid;
   m.body_sha256 = tls_sha256_hex(rq->body.ptr ? rq->body.ptr : "", rq->body.len, sha) ? NULL : sha;
   result = store_inbound_accept(h->st, &m, rq->body.ptr ? rq->body.ptr : "", rq->body.len, &dup);
+  if(result == STORE_OK && !dup)
+    metrics_inbound(METRICS_SRC_SMS);
   if(result == STORE_OK)
     log_info("%s: sms size=%zu%s", m.id, rq->body.len, dup ? " (a repeat: already stored)" : "");
   else
-    log_error("%s: sms store write error", m.id);
-  ret = answer_store(c, result, "text/xml", "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>");
+    log_error("%s: sms store write error (see the store error above; free space in data_dir): "
+              "answered 5xx, Twilio posts it again", m.id);
+  ret = answer_store(rq, c, result, "text/xml", "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>");
   free(params);
   free(hold);
+  return ret;
+}
+
+/* The queue figures, at most a second old; NULL when the store cannot be read. */
+static const struct metrics_queue *queue_figures(struct inbound_http *h, struct metrics_queue *out)
+{
+  long long now = time_mono_ms();
+  int ok;
+  pthread_mutex_lock(&h->qmu);
+  if(!h->q_at_ms || now - h->q_at_ms >= QUEUE_STATS_CACHE_MS) {
+    struct store_counts sc;
+    h->q_ok = !store_counts(h->st, &sc);
+    h->q.queued = sc.rcpts[RCPT_QUEUED];
+    h->q.deferred = sc.rcpts[RCPT_DEFERRED];
+    h->q.held = sc.rcpts[RCPT_HELD];
+    h->q.oldest_created_ms = sc.oldest_unfinished_ms > 0 ? sc.oldest_unfinished_ms : 0;
+    h->q_at_ms = now;
+  }
+  ok = h->q_ok;
+  *out = h->q;
+  pthread_mutex_unlock(&h->qmu);
+  return ok ? out : NULL;
+}
+
+static enum MHD_Result finish_metrics(struct inbound_http *h, struct MHD_Connection *c,
+                                      struct request *rq)
+{
+  struct metrics_queue q;
+  struct MHD_Response *r;
+  struct buf out;
+  char *body;
+  size_t len;
+  enum MHD_Result ret;
+  const struct metrics_queue *qp = queue_figures(h, &q);
+  buf_init(&out, LIM_METRICS_BODY);
+  if(metrics_render(&out, qp, time_real_ms())) {
+    buf_free(&out);
+    log_error("metrics: the exposition does not fit in LIM_METRICS_BODY (lib/limits.h) or "
+              "memory ran out; raise the cap and rebuild");
+    return respond_text(rq, c, MHD_HTTP_INTERNAL_SERVER_ERROR, "metrics unavailable\n");
+  }
+  if(!qp)
+    log_warn("metrics: the queue gauges are left out: the store cannot be read (see the store "
+             "error above; `posternctl queue list` shows whether it opens)");
+  body = buf_steal(&out, &len);
+  r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+  if(!r) {
+    free(body);
+    return MHD_NO;
+  }
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                          "text/plain; version=0.0.4; charset=utf-8");
+  counted(rq, MHD_HTTP_OK);
+  ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+  MHD_destroy_response(r);
   return ret;
 }
 
@@ -386,6 +474,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     pthread_mutex_unlock(&h->mu);
     if(!strcmp(url, "/healthz"))
       rq->ep = EP_HEALTH;
+    else if(!strcmp(url, "/metrics"))
+      rq->ep = EP_METRICS;
     else if(!strcmp(url, "/emailInbound"))
       rq->ep = EP_PARSE;
     else if(!strcmp(url, "/events"))
@@ -394,23 +484,29 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       rq->ep = EP_SMS;
     if(rq->ep == EP_NONE) {
       rq->answered = 1;
-      return respond_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
+      return respond_text(rq, c, MHD_HTTP_NOT_FOUND, "not found\n");
     }
-    if(rq->ep == EP_HEALTH) {
+    if(rq->ep == EP_HEALTH || rq->ep == EP_METRICS) {
       if(strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD)) {
         rq->answered = 1;
-        return respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
+        return respond_text(rq, c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n");
+      }
+      /* /healthz stays open for load balancers; /metrics names the upstreams and the traffic,
+       * and this listener often faces the internet for the webhooks: it takes http_user */
+      if(rq->ep == EP_METRICS && !auth_ok(rq->set, c)) {
+        rq->answered = 1;
+        return refuse_auth(rq, c);
       }
       return MHD_YES;
     }
     if(strcmp(method, MHD_HTTP_METHOD_POST)) {
       rq->answered = 1;
-      return respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "POST only\n");
+      return respond_text(rq, c, MHD_HTTP_METHOD_NOT_ALLOWED, "POST only\n");
     }
     if((rq->ep == EP_PARSE || (rq->ep == EP_EVENTS && !rq->set->event_key)) &&
        !auth_ok(rq->set, c)) {
       rq->answered = 1;
-      return refuse_auth(c);
+      return refuse_auth(rq, c);
     }
     cap = rq->ep == EP_PARSE ? rq->set->max_size : LIM_WEBHOOK_SMALL_BODY;
     clen = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -420,7 +516,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       declared = strtoull(clen, &end, 10);
       if(errno || !end || *end || declared > cap) {
         rq->answered = 1;
-        return respond_text(c, MHD_HTTP_CONTENT_TOO_LARGE, "request too large\n");
+        return respond_text(rq, c, MHD_HTTP_CONTENT_TOO_LARGE, "request too large\n");
       }
     }
     buf_init(&rq->body, cap);
@@ -433,7 +529,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       rq->pp = MHD_create_post_processor(c, 64 * 1024, post_field, rq);
       if(!rq->pp) {
         rq->answered = 1;
-        return respond_text(c, MHD_HTTP_BAD_REQUEST,
+        return respond_text(rq, c, MHD_HTTP_BAD_REQUEST,
                             "the body must be multipart/form-data\n");
       }
     }
@@ -454,11 +550,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     return MHD_YES;
   rq->answered = 1;
   if(rq->too_big)
-    return respond_text(c, MHD_HTTP_CONTENT_TOO_LARGE, "request too large\n");
+    return respond_text(rq, c, MHD_HTTP_CONTENT_TOO_LARGE, "request too large\n");
   switch(rq->ep) {
   case EP_HEALTH:
-    return store_ping(h->st) ? respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "store error\n")
-                             : respond_text(c, MHD_HTTP_OK, "ok\n");
+    return store_ping(h->st) ? respond_text(rq, c, MHD_HTTP_SERVICE_UNAVAILABLE, "store error\n")
+                             : respond_text(rq, c, MHD_HTTP_OK, "ok\n");
+  case EP_METRICS:
+    return finish_metrics(h, c, rq);
   case EP_PARSE:
     return finish_parse(h, c, rq);
   case EP_EVENTS:
@@ -466,7 +564,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
   case EP_SMS:
     return finish_sms(h, c, rq, url);
   default:
-    return respond_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
+    return respond_text(rq, c, MHD_HTTP_NOT_FOUND, "not found\n");
   }
 }
 
@@ -509,6 +607,7 @@ void inbound_http_stop(struct inbound_http *h)
   if(h->set)
     settings_release(h, h->set);
   pthread_mutex_destroy(&h->mu);
+  pthread_mutex_destroy(&h->qmu);
   free(h);
 }
 
@@ -663,6 +762,7 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
   if(!h)
     goto out;
   pthread_mutex_init(&h->mu, NULL);
+  pthread_mutex_init(&h->qmu, NULL);
   h->st = st;
   if(!(h->set = settings_new(cfg)))
     goto out;
@@ -675,10 +775,11 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
                             MHD_OPTION_NOTIFY_COMPLETED, request_completed, h,
                             MHD_OPTION_END);
   if(!h->mhd) {
-    log_error("cannot start the HTTP listener on %s", cfg->inbound.http_address);
+    log_error("cannot start the HTTP listener on %s (check http_address in [inbound])",
+              cfg->inbound.http_address);
     goto out;
   }
-  log_info("HTTP listener on %s: /emailInbound /events /sms /healthz",
+  log_info("HTTP listener on %s: /emailInbound /events /sms /healthz /metrics",
            cfg->inbound.http_address);
   *out = h;
   h = NULL;

@@ -4,6 +4,7 @@
 #include "tls/tls.h"
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -117,17 +118,20 @@ static void mx_message(void *ctx, const struct smtp_session_info *s,
 
 out:
   if(result == STORE_OK) {
+    metrics_inbound(METRICS_SRC_MX);
     log_info("%s: inbound from=<%s>, size=%zu, nrcpt=%zu, client=%s, spf=%s", m.id,
              log_repr(from, sizeof(from), env->mail.path, env->mail.pathlen), datalen,
              env->nrcpts, s->peer_ip, p->spf[0] ? p->spf : "off");
     smtp_reply_set(r, 250, "2.0.0", "Ok: queued as %s", m.id);
   }
   else if(result == STORE_FULL) {
-    log_warn("%s: inbound store write error: disk full", env->id);
+    log_warn("%s: inbound store write error: disk full (free space in data_dir; the sender was "
+             "told 452 and retries)", env->id);
     smtp_reply_set(r, 452, "4.3.1", "Insufficient system storage");
   }
   else {
-    log_error("%s: inbound store write error", env->id);
+    log_error("%s: inbound store write error (see the store error above; the sender was told 451 "
+              "and retries)", env->id);
     smtp_reply_set(r, 451, "4.3.0", "Error: queue file write error, try again later");
   }
   buf_free(&to);

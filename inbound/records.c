@@ -130,7 +130,8 @@ static struct records_settings *settings_new(const struct config *cfg)
       goto fail;
     if(auth_secret_read(cfg->inbound.forward_secret_file, &set->secret, &set->secretlen, err,
                         sizeof(err))) {
-      log_error("[inbound] forward_secret_file: %s", err);
+      log_error("[inbound] forward_secret_file: %s (make it readable by Postern's user only, mode "
+                "0600)", err);
       goto fail;
     }
   }
@@ -275,7 +276,8 @@ static int event_add(struct inbound_records *r, const char *record_id,
   event_map(e);
   result = store_record_event_add(r->st, record_id, e, NULL);
   if(result)
-    log_error("%s: cannot record event %s", record_id, e->event);
+    log_error("%s: cannot record event %s (see the store error above; free space in data_dir)",
+              record_id, e->event);
   return result;
 }
 
@@ -702,7 +704,8 @@ static size_t build_new(struct inbound_records *r, enum store_origin origin)
     int result = origin == STORE_ORIGIN_QUEUE ? build_outbound(r, ids[i])
                                               : build_inbound(r, ids[i]);
     if(result)
-      log_error("%s: cannot make its correspondence record; will try again", ids[i]);
+      log_error("%s: cannot make its correspondence record; will try again (see the error above; "
+                "`posternctl inbound list` shows the raw message)", ids[i]);
     else
       made++;
   }
@@ -901,8 +904,9 @@ static void *forwarder_main(void *arg)
         delay *= 2;
       if(delay > retry_max_ms)
         delay = retry_max_ms;
-      log_warn("%s: forward deferred (%s), attempts=%d, next in %llds", id, err, attempts + 1,
-               delay / 1000);
+      log_warn("%s: forward deferred (%s), attempts=%d, next in %llds (if it lasts, check that "
+               "forward_url in [inbound] answers 2xx and forward_secret_file matches the app's)",
+               id, err, attempts + 1, delay / 1000);
       store_forward_result(r->st, seq, 0, now_ms() + delay, err);
     }
   }

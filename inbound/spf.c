@@ -113,7 +113,7 @@ int inbound_init(FILE *errs)
   }
   if(!problems)
     log_warn("SPF uses the test zone %s instead of DNS (POSTERN_SPF_ZONE_FILE is for the test "
-             "suite only)", zone);
+             "suite only: unset it outside tests)", zone);
   return problems;
 }
 

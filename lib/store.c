@@ -215,8 +215,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     " WHERE status = 'deferred' AND next_attempt_ms > ?1",
   [ST_COUNT_BY_STATUS] = "SELECT status, count(*) FROM recipients GROUP BY status",
   [ST_COUNT_MESSAGES] = "SELECT count(*), coalesce(sum(size), 0) FROM messages",
-  [ST_OLDEST_UNFINISHED] = "SELECT min(created_ms) FROM messages m WHERE EXISTS (SELECT 1"
-    " FROM recipients r WHERE r.message_id = m.id AND r.status IN ('queued','deferred','held'))",
+  /* driven by recipients_due over the waiting states: GET /metrics reads it every scrape, and
+   * sent or captured mail (which stays in the store) must not make it slower */
+  [ST_OLDEST_UNFINISHED] = "SELECT min(m.created_ms) FROM recipients r"
+    " JOIN messages m ON m.id = r.message_id WHERE r.status IN ('queued','deferred','held')",
   /* a repeated external_id (a retried SMS post) changes nothing: it is already stored */
   [ST_INBOUND_INSERT] = "INSERT INTO inbound_messages(id, source, received_ms, listener,"
     " client_addr, helo, envelope_from, envelope_to, spf, content_type, external_id, size,"
@@ -431,13 +433,39 @@ void store_msg_free(struct store_msg *m)
 
 /* ---- connection helpers --------------------------------------------------------------------- */
 
+/* What the operator can do about a failed statement, by its class. */
+static const char *db_fail_hint(int prim, int sys)
+{
+  if(prim == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT)
+    return "free space in data_dir";
+  switch(prim) {
+  case SQLITE_CONSTRAINT:
+    return "nothing to change: the write was refused and answered as a temporary error";
+  case SQLITE_BUSY:
+  case SQLITE_LOCKED:
+    return "another program holds postern.db (a long sqlite3 or posternctl session?)";
+  case SQLITE_READONLY:
+  case SQLITE_PERM:
+  case SQLITE_CANTOPEN:
+  case SQLITE_AUTH:
+    return "data_dir and postern.db must be writable by Postern's user";
+  case SQLITE_CORRUPT:
+  case SQLITE_NOTADB:
+    return "postern.db is damaged: stop postern, keep a copy, and run `sqlite3 postern.db "
+           "\"PRAGMA integrity_check\"`";
+  default:
+    return "check data_dir/postern.db (permissions, disk) and `sqlite3 postern.db \"PRAGMA "
+           "integrity_check\"`";
+  }
+}
+
 /* Maps an SQLite result to ours and logs it: disk full must become 452, everything else 451. */
 static int db_fail(struct store_db *d, int rc, const char *what)
 {
   int prim = rc & 0xff;
   int sys = d->db ? sqlite3_system_errno(d->db) : 0;
-  log_error("store: %s: %s (%s)", what, d->db ? sqlite3_errmsg(d->db) : "no database",
-            sqlite3_errstr(rc));
+  log_error("store: %s: %s (%s); %s", what, d->db ? sqlite3_errmsg(d->db) : "no database",
+            sqlite3_errstr(rc), db_fail_hint(prim, sys));
   if(prim == SQLITE_FULL)
     return STORE_FULL;
   if(prim == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT))
@@ -612,7 +640,8 @@ static int job_accept(struct store_db *d, const struct store_job *j)
   int rc, result;
 
   if(!m->id[0] || !m->nrcpts) {
-    log_error("store: accept without %s", m->id[0] ? "recipients" : "an id");
+    log_error("store: accept without %s (a bug in Postern: please report it)",
+              m->id[0] ? "recipients" : "an id");
     return STORE_ERROR;
   }
   s = db_stmt(d, ST_MSG_INSERT);
@@ -953,7 +982,7 @@ static int store_submit(struct store *st, struct store_job *j)
   j->next = NULL;
   j->result = STORE_ERROR;
   if(!st || st->readonly) {
-    log_error("store: write on a read-only store");
+    log_error("store: write on a read-only store (a bug in Postern: please report it)");
     return STORE_ERROR;
   }
   if(!st->writer_running) {
@@ -968,7 +997,7 @@ static int store_submit(struct store *st, struct store_job *j)
   if(st->stopping) {
     pthread_mutex_unlock(&st->qlock);
     sem_destroy(&j->done);
-    log_error("store: write after close");
+    log_error("store: write after close (a bug in Postern: please report it)");
     return STORE_ERROR;
   }
   *st->tailp = j;
@@ -1075,7 +1104,8 @@ static int msg_from_row(sqlite3_stmt *s, struct store_msg *m)
   bad |= col_text(s, 13, &m->body_sha256);
   bad |= col_text(s, 14, &m->reply_token);
   if(bad || !m->sender) {
-    log_error("store: out of memory reading a message");
+    log_error("store: out of memory reading a message (free memory or lower max_clients in "
+              "[postern])");
     return STORE_ERROR;
   }
   return STORE_OK;
@@ -1112,7 +1142,8 @@ static int db_get_rcpts(struct store_db *d, struct store_msg *m)
     bad |= col_text(s, 2, &r->orcpt);
     bad |= col_text(s, 3, &r->notify);
     if(rcpt_status_parse((const char *)sqlite3_column_text(s, 4), &r->status)) {
-      log_error("store: message %s has a recipient with an unknown status", m->id);
+      log_error("store: message %s has a recipient with an unknown status (the database was "
+              "changed outside Postern: `posternctl queue delete %s` removes it)", m->id, m->id);
       result = STORE_ERROR;
       break;
     }
@@ -1122,7 +1153,8 @@ static int db_get_rcpts(struct store_db *d, struct store_msg *m)
     bad |= col_text(s, 8, &r->last_reply);
     bad |= col_text(s, 9, &r->upstream);
     if(bad || !r->address) {
-      log_error("store: out of memory reading recipients");
+      log_error("store: out of memory reading recipients (free memory or lower max_clients in "
+              "[postern])");
       result = STORE_ERROR;
       break;
     }
@@ -1202,7 +1234,8 @@ int store_body(struct store *st, const char *id, char **body, size_t *len)
     size_t n = (size_t)sqlite3_column_bytes(s, 0);
     *body = malloc(n ? n : 1);
     if(!*body) {
-      log_error("store: out of memory reading the body of %s", id);
+      log_error("store: out of memory reading the body of %s (free memory or lower "
+                "max_clients in [postern])", id);
       result = STORE_ERROR;
     }
     else {

@@ -5,6 +5,7 @@
 #include "relay/relay_int.h"
 #include "auth/auth.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "lib/buf.h"
 #include <pthread.h>
 #include <stdlib.h>
@@ -115,7 +116,7 @@ static void *sched_main(void *arg)
     pthread_mutex_unlock(&r->mu);
     now = time_real_ms();
     if(store_due(r->st, now, ids, RELAY_BATCH, &n))
-      log_warn("relay: cannot read the queue; will try again");
+      log_warn("relay: cannot read the queue; will try again (see the store error above)");
     pthread_mutex_lock(&r->mu);
     for(i = 0; i < n && r->ninflight < r->cap; i++) {
       if(inflight_find(r, ids[i]) >= 0)
@@ -199,19 +200,29 @@ static void login_worked(struct relay *r, const char *name)
   relay_kick(r);
 }
 
+/* delivery latency wants finer steps than time_mono_ms() */
+static long long mono_us(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void login_refused(struct relay *r, const struct config *cfg, const char *name,
                           const struct smtp_reply *rep)
 {
   char text[LIM_SMTP_REPLY_LINE + 32], esc[LIM_LOG_FIELD * 4 + 8];
+  metrics_auth_failure(METRICS_SIDE_UPSTREAM);
   smtp_reply_str(rep, text, sizeof(text));
   log_repr(esc, sizeof(esc), text, strlen(text));
   if(upstate_login_failed(r->ups, name, text, time_real_ms(), cfg->retry_min * 1000LL,
                           cfg->retry_max * 1000LL))
     log_error("ALARM upstream %s: authentication failed (%s): its mail is held, not bounced; "
-              "fix the credentials and it goes out by itself after the next successful login",
-              name, esc);
+              "fix username and password_file (or [oauth2]) of [upstream %s] and send SIGHUP: it goes "
+              "out by itself after the next successful login", name, esc, name);
   else
-    log_warn("upstream %s: login still refused (%s); its mail stays held", name, esc);
+    log_warn("upstream %s: login still refused (%s); its mail stays held until the credentials of "
+             "[upstream %s] are fixed (then SIGHUP)", name, esc, name);
 }
 
 static int is_throttle_reply(const struct smtp_reply *rep)
@@ -301,6 +312,7 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
       upstate_probe_abort(r->ups, up->name, 0);
   }
   else {
+    long long t0 = mono_us();
     if(w->open && (w->t != t || strcmp(w->upname, up->name) || w->gen != r->gen))
       worker_close_session(w);
     if(!w->open) {
@@ -325,6 +337,7 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
         worker_close_session(w);
       }
     }
+    metrics_delivery_time(up->name, mono_us() - t0);
     if(result == TRANSPORT_AUTH_FAILED)
       login_refused(r, cfg, up->name, &all);
     else if(hold == UPSTATE_PROBE && failed)
@@ -414,6 +427,27 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
   }
 }
 
+/* The outcomes just recorded, for /metrics; a recipient only waiting for the rate limit's slot
+ * was not attempted and is not counted. */
+static void count_results(const struct store_rcpt_update *upd, size_t n)
+{
+  size_t i;
+  for(i = 0; i < n; i++) {
+    enum metrics_result res;
+    switch(upd[i].status) {
+    case RCPT_SENT: res = METRICS_SENT; break;
+    case RCPT_CAPTURED: res = METRICS_CAPTURED; break;
+    case RCPT_BOUNCED: res = METRICS_BOUNCED; break;
+    case RCPT_HELD: res = METRICS_HELD; break;
+    case RCPT_DEFERRED: res = METRICS_DEFERRED; break;
+    default: continue;
+    }
+    if(!upd[i].add_attempt && upd[i].status != RCPT_HELD)
+      continue;
+    metrics_rcpt_result(upd[i].upstream, res);
+  }
+}
+
 /* Bounced recipients get their DSN before their status is written: a crash in between sends
  * the DSN twice, never zero times. If the DSN cannot be stored they are deferred instead. */
 static void bounce_notify(struct relay_worker *w, const struct config *cfg,
@@ -434,7 +468,7 @@ static void bounce_notify(struct relay_worker *w, const struct config *cfg,
   }
   if(dsn_bounce(w->relay->st, cfg, m, body, len, upd, n, id)) {
     log_error("%s: cannot store the non-delivery notification; the bounce waits for the next "
-              "attempt", m->id);
+              "attempt (see the store error above; free space in data_dir)", m->id);
     for(i = 0; i < n; i++)
       if(upd[i].status == RCPT_BOUNCED) {
         upd[i].status = RCPT_DEFERRED;
@@ -497,7 +531,10 @@ static void deliver(struct relay_worker *w, const char *id)
   }
   bounce_notify(w, cfg, &m, body, len, upd, nupd);
   if(nupd && store_update(r->st, m.id, upd, nupd))
-    log_error("%s: cannot record delivery results; the message will be tried again", m.id);
+    log_error("%s: cannot record delivery results; the message will be tried again and may "
+              "arrive twice (see the store error above; free space in data_dir)", m.id);
+  else
+    count_results(upd, nupd);
   /* a login may have worked (and released the upstream's mail) between our look at the hold
    * and the write of ours: then ours is released too, or it would wait for the next failure */
   for(i = 0; i < nupd; i++)
@@ -553,7 +590,8 @@ static void probe(struct relay_worker *w, size_t idx)
     login_refused(r, cfg, name, &rep);
   else {
     smtp_reply_str(&rep, text, sizeof(text));
-    log_warn("upstream %s: cannot try the login now (%s); its mail stays held", name, text);
+    log_warn("upstream %s: cannot try the login now (%s); its mail stays held (check host and "
+             "port of [upstream %s] and the network)", name, text, name);
     upstate_probe_abort(r->ups, name, time_real_ms() + cfg->retry_min * 1000LL);
   }
 out:
@@ -607,8 +645,9 @@ static void warn_unverified(const struct config *cfg)
     const struct cfg_upstream *up = &cfg->upstreams[i];
     if(up->type && !strcmp(up->type, "smtp") && up->verify && !strcmp(up->verify, "none"))
       log_warn("upstream %s: verify = none: the TLS certificate of %s is not checked; anyone "
-               "on the path can read and change the mail and the password", up->name,
-               up->host ? up->host : "?");
+               "on the path can read and change the mail and the password: set verify = peer (and "
+               "ca_file if needed) in [upstream %s]", up->name, up->host ? up->host : "?",
+               up->name);
   }
 }
 
@@ -616,7 +655,8 @@ static int held_found(void *arg, const char *name)
 {
   struct relay *r = arg;
   upstate_mark_held(r->ups, name, time_real_ms());
-  log_warn("upstream %s: mail held after a refused login; trying the login again", name);
+  log_warn("upstream %s: mail held after a refused login; trying the login again (if it is "
+           "refused, fix the credentials of [upstream %s])", name, name);
   return 0;
 }
 
@@ -657,7 +697,8 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out)
   pthread_rwlock_init(&r->cfg_lock, NULL);
   /* mail held by a refused login before a restart: those upstreams are tried first thing */
   if(store_held_upstreams(st, held_found, r))
-    log_warn("relay: cannot read which upstreams hold mail");
+    log_warn("relay: cannot read which upstreams hold mail (see the store error above); held "
+             "mail waits for `posternctl queue release ID`");
   for(i = 0; i < r->nworkers; i++) {
     r->workers[i].relay = r;
     r->workers[i].seed = (unsigned)(time_real_ms() ^ (long long)(i * 7919));

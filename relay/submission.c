@@ -3,6 +3,7 @@
 #include "relay/relay_int.h"
 #include "tls/tls.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "lib/buf.h"
 #include <fnmatch.h>
 #include <stdlib.h>
@@ -199,6 +200,7 @@ static void sub_message(void *ctx, const struct smtp_session_info *s,
 
   result = store_accept(p->store, &m, msg, len);
   if(result == STORE_OK) {
+    metrics_accepted(p->listener->name);
     log_info("%s: from=<%s>, size=%zu, nrcpt=%zu (queue active)", m.id,
              log_repr(from, sizeof(from), env->mail.path, env->mail.pathlen), len, env->nrcpts);
     smtp_reply_set(r, 250, "2.0.0", "Ok: queued as %s", m.id);
@@ -206,11 +208,13 @@ static void sub_message(void *ctx, const struct smtp_session_info *s,
       relay_kick(p->relay);
   }
   else if(result == STORE_FULL) {
-    log_warn("%s: queue file write error: disk full", m.id);
+    log_warn("%s: queue file write error: disk full (free space in data_dir; the client was told "
+             "452 and retries)", m.id);
     smtp_reply_set(r, 452, "4.3.1", "Insufficient system storage");
   }
   else {
-    log_error("%s: queue file write error", m.id);
+    log_error("%s: queue file write error (see the store error above; the client was told 451 and "
+              "retries)", m.id);
     smtp_reply_set(r, 451, "4.3.0", "Error: queue file write error, try again later");
   }
   free(withreply);

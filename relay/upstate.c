@@ -209,9 +209,9 @@ void upstate_throttled(struct upstates *u, const struct cfg_upstream *up, long l
       s->slow_factor *= 2;
       s->slow_step_ms = now_ms + SLOW_STEP_MS;
       log_warn("upstream %s asks us to slow down: at most one message every %.1f s for the "
-               "next %lld minutes", up->name,
+               "next %lld minutes (a lower rate = in [upstream %s] avoids it)", up->name,
                (double)((base ? base : UNRATED_BASE_US) * s->slow_factor) / 1e6,
-               SLOW_FOR_MS / 60000);
+               SLOW_FOR_MS / 60000, up->name);
     }
   }
   pthread_mutex_unlock(&u->mu);

@@ -6,6 +6,7 @@
 #include "auth/auth.h"
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "lib/store.h"
 #include <netinet/in.h>
 #include <poll.h>
@@ -355,7 +356,8 @@ static void auth_open(struct session *s)
     return;
   if(auth_server_new("smtp", s->host, s->cfg->auth_mechs, channel_secure(s), &s->auth)) {
     s->auth = NULL;
-    log_warn("AUTH not offered to [%s]: cannot start a SASL session", s->info.peer_ip);
+    log_warn("AUTH not offered to [%s]: cannot start a SASL session (is libsasl2-modules "
+             "installed? `posternctl user list` checks the user database)", s->info.peer_ip);
   }
 }
 
@@ -849,8 +851,8 @@ static void cmd_starttls(struct session *s, const struct smtp_command *cmd)
   }
   pending = s->c->rend - s->c->rstart;
   if(pending)
-    log_warn("STARTTLS from [%s]: %zu octets pipelined after STARTTLS discarded", s->info.peer_ip,
-             pending);
+    log_warn("STARTTLS from [%s]: %zu octets pipelined after STARTTLS discarded (an injection "
+             "attempt or a broken client; nothing to change here)", s->info.peer_ip, pending);
   conn_discard_input(s->c);
   if(tls_begin(s)) {
     s->done = 1;
@@ -915,6 +917,7 @@ static void auth_failed(struct session *s, const char *mech)
   unsigned n = auth_fail_count(s);
   int max = s->cfg->max_auth_failures > 0 ? s->cfg->max_auth_failures : LIM_AUTH_FAILURES_DEFAULT;
   s->auth_failures++;
+  metrics_auth_failure(METRICS_SIDE_LISTENER);
   if(n < (unsigned)s->auth_failures)
     n = (unsigned)s->auth_failures;   /* the shared table forgot this address meanwhile */
   /* the user name is not logged: it is often the password typed into the wrong field */
@@ -923,7 +926,9 @@ static void auth_failed(struct session *s, const char *mech)
   auth_fail_delay(s, n);
   if(n >= (unsigned)max) {
     reply(s, 421, "4.7.0", "%s Error: too many authentication failures", s->host);
-    log_warn("too many authentication failures from [%s]; closing", s->info.peer_ip);
+    log_warn("too many authentication failures from [%s]; closing (if it is one of ours, set its "
+             "password again with `posternctl user add`; the limit is max_auth_failures in "
+             "[postern])", s->info.peer_ip);
     s->done = 1;
     return;
   }
@@ -1043,8 +1048,9 @@ static void cmd_auth(struct session *s, const struct smtp_command *cmd)
     reply(s, 504, "5.5.4", "Unrecognized authentication type");
     break;
   default:
-    log_warn("AUTH from [%s]: the SASL library could not check the credentials",
-             s->info.peer_ip);
+    log_warn("AUTH from [%s]: the SASL library could not check the credentials (the user database "
+             "sasldb2 in data_dir must be readable by Postern's user; `posternctl user list` "
+             "checks it)", s->info.peer_ip);
     reply(s, 454, "4.7.0", "Temporary authentication failure");
     break;
   }
@@ -1158,8 +1164,9 @@ static void command_run(struct session *s, const char *line, size_t len)
        !str_casecmp_n(line, len < 8 ? len : 8, "CONNECT ")) {
       char raw[64];
       reply(s, 221, "2.7.0", "Error: I can break rules, too. Goodbye.");
-      log_warn("non-SMTP command from [%s]: %s", s->info.peer_ip,
-               log_repr(raw, sizeof(raw), line, len));
+      log_warn("non-SMTP command from [%s]: %s (a client speaking another protocol, HTTP or "
+               "TLS, to this port: point it at the right port, or tls = implicit on the "
+               "listener)", s->info.peer_ip, log_repr(raw, sizeof(raw), line, len));
       s->done = 1;
       break;
     }

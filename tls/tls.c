@@ -4,6 +4,7 @@
 #include "tls/tls.h"
 #include "lib/buf.h"
 #include "lib/conn.h"
+#include "lib/metrics.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -511,8 +512,10 @@ static int stream_start(SSL *ssl, struct conn *c, int is_server, int verify_peer
     errf(err, errsz, "TLS: cannot attach the socket: %s", ossl_reason(why, sizeof(why)));
     goto out;
   }
-  if(handshake_run(ssl, c, is_server, verify_peer, timeout_ms, err, errsz))
+  if(handshake_run(ssl, c, is_server, verify_peer, timeout_ms, err, errsz)) {
+    metrics_tls_failure(is_server ? METRICS_SIDE_LISTENER : METRICS_SIDE_UPSTREAM);
     goto out;
+  }
   st = calloc(1, sizeof(*st));
   if(!st) {
     errf(err, errsz, "out of memory");
