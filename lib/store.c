@@ -172,9 +172,16 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_RCPT_INSERT] = "INSERT INTO recipients(message_id, idx, address, orcpt, notify, status,"
     " attempts, next_attempt_ms, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?7)",
   /* a NULL reply or upstream keeps the one already recorded: no news is not erasure */
-  [ST_RCPT_UPDATE] = "UPDATE recipients SET status = ?1, attempts = attempts + ?2,"
+  /* A hold by hand (held, held_by NULL) made while the delivery was in flight outlives a
+   * result that leaves the recipient pending: only sent or bounced end it. */
+  [ST_RCPT_UPDATE] = "UPDATE recipients SET"
+    " status = CASE WHEN status = 'held' AND held_by IS NULL"
+    "   AND ?1 IN ('queued','deferred','held') THEN 'held' ELSE ?1 END,"
+    " held_by = CASE WHEN status = 'held' AND held_by IS NULL"
+    "   AND ?1 IN ('queued','deferred','held') THEN NULL ELSE ?9 END,"
+    " attempts = attempts + ?2,"
     " next_attempt_ms = ?3, last_reply = coalesce(?4, last_reply),"
-    " upstream = coalesce(?5, upstream), updated_ms = ?6, held_by = ?9"
+    " upstream = coalesce(?5, upstream), updated_ms = ?6"
     " WHERE message_id = ?7 AND idx = ?8",
   [ST_MSG_EXISTS] = "SELECT 1 FROM messages WHERE id = ?1",
   [ST_MSG_DELETE] = "DELETE FROM messages WHERE id = ?1",

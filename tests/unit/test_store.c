@@ -564,6 +564,32 @@ static void test_set_pending(void)
   CHECK_EQ_INT(store_due(st, wall_ms(), ids, 4, &n), STORE_OK);
   CHECK_EQ_INT(n, 1);
 
+  /* a hold by hand while a delivery is in flight: its pending result (deferred, or held by an
+   * upstream's AUTH failure) leaves the hand's hold; a final one (sent) ends it */
+  CHECK_EQ_INT(store_set_pending(st, "SP0000000001", RCPT_HELD), STORE_OK);
+  memset(u, 0, sizeof(u));
+  u[0].idx = 1;
+  u[0].status = RCPT_DEFERRED;
+  u[0].next_attempt_ms = wall_ms();
+  u[1].idx = 2;
+  u[1].status = RCPT_HELD;
+  u[1].held_by = "up";
+  CHECK_EQ_INT(store_update(st, "SP0000000001", u, 2), STORE_OK);
+  CHECK_EQ_INT(store_get(st, "SP0000000001", &got), STORE_OK);
+  if(got.nrcpts == 3) {
+    CHECK_EQ_INT(got.rcpts[1].status, RCPT_HELD);
+    CHECK_EQ_INT(got.rcpts[2].status, RCPT_HELD);
+  }
+  store_msg_free(&got);
+  CHECK_EQ_INT(store_release_upstream(st, "up", &n), STORE_OK);
+  CHECK_EQ_INT(n, 0);                                 /* not the upstream's hold to release */
+  u[0].status = RCPT_SENT;
+  CHECK_EQ_INT(store_update(st, "SP0000000001", u, 1), STORE_OK);
+  CHECK_EQ_INT(store_get(st, "SP0000000001", &got), STORE_OK);
+  if(got.nrcpts == 3)
+    CHECK_EQ_INT(got.rcpts[1].status, RCPT_SENT);
+  store_msg_free(&got);
+
   CHECK_EQ_INT(store_set_pending(st, "FFFFFFFFFFFF", RCPT_QUEUED), STORE_NOTFOUND);
   CHECK_EQ_INT(store_set_pending(st, "SP0000000001", RCPT_SENT), STORE_ERROR);
   store_close(st);
