@@ -80,6 +80,16 @@ static int records_stopping(struct inbound_records *r)
   return stop;
 }
 
+static void settings_free(struct records_settings *set)
+{
+  if(set->secret)
+    auth_secret_free(set->secret, set->secretlen);
+  free(set->forward_url);
+  free(set->reply_prefix);
+  free(set->reply_suffix);
+  free(set);
+}
+
 static void settings_put(struct inbound_records *r, struct records_settings *set)
 {
   int last;
@@ -88,14 +98,8 @@ static void settings_put(struct inbound_records *r, struct records_settings *set
   pthread_mutex_lock(&r->lock);
   last = --set->refs == 0;
   pthread_mutex_unlock(&r->lock);
-  if(!last)
-    return;
-  if(set->secret)
-    auth_secret_free(set->secret, set->secretlen);
-  free(set->forward_url);
-  free(set->reply_prefix);
-  free(set->reply_suffix);
-  free(set);
+  if(last)
+    settings_free(set);
 }
 
 static struct records_settings *settings_get(struct inbound_records *r)
@@ -137,12 +141,7 @@ static struct records_settings *settings_new(const struct config *cfg)
   }
   return set;
 fail:
-  if(set->secret)
-    auth_secret_free(set->secret, set->secretlen);
-  free(set->forward_url);
-  free(set->reply_prefix);
-  free(set->reply_suffix);
-  free(set);
+  settings_free(set);
   return NULL;
 }
 
