@@ -54,7 +54,8 @@ struct relay_check {
  * steps than an API check, hence the array rather than struct relay_check. */
 struct relay_check_step *relay_check_vadd(struct relay_check_step *steps, size_t cap, size_t *n,
                                           const char *name, int ok, const char *hint,
-                                          const char *fmt, va_list ap);
+                                          const char *fmt, va_list ap)
+  __attribute__((format(printf, 7, 0)));
 int relay_check_api(const struct config *cfg, const struct cfg_upstream *up,
                     struct relay_check *out);
 
