@@ -20,6 +20,7 @@
 #define RECORDS_POLL_MS 200         /* how often the builder looks for new work when idle */
 #define RELAY_FOLLOW_EVERY 5        /* idle polls between looks at outbound recipients */
 #define EVENT_WAIT_MS 60000         /* an event whose record is not known yet waits this long */
+#define EVENT_TIME_MAX 253402300799LL  /* 9999-12-31T23:59:59Z: the last time RFC 3339 writes */
 #define FORWARD_POLL_MS 200
 
 /* What the threads need of the configuration; replaced whole on reload, and kept by a
@@ -336,7 +337,10 @@ static int event_apply(void *arg, const struct store_event *ev, long long receiv
     memset(&e, 0, sizeof(e));
     snprintf(key, sizeof(key), "sg:%s", ev->key);
     e.key = key;
-    e.at_ms = ev->timestamp > 0 ? ev->timestamp * 1000 : received_ms;
+    /* the batch's integer, unchecked: past EVENT_TIME_MAX it is no time (and * 1000 could
+     * overflow), so the event counts from its arrival */
+    e.at_ms = ev->timestamp > 0 && ev->timestamp <= EVENT_TIME_MAX ? ev->timestamp * 1000
+                                                                   : received_ms;
     e.event = ev->event;
     e.recipient = ev->email;
     e.detail = ev->payload;

@@ -449,3 +449,23 @@ def test_forward_needs_secret(tmp_path):
     assert p.returncode == 1
     assert b"forward_url needs forward_secret_file" in p.stderr
     assert b"reply_address must be an address with one {token}" in p.stderr
+
+
+def test_event_timestamp_out_of_range(daemon_factory, tmp_path, sink, spf_env):
+    # SendGrid's timestamp is whatever integer the batch carries: one past year 9999 (or past
+    # what milliseconds hold in 64 bits) is no time; the event is applied at its arrival
+    # instead of overflowing (undefined behaviour) or giving an "at" no RFC 3339 reader takes
+    from datetime import datetime, timezone
+    d = corr_daemon(daemon_factory, tmp_path, sink)
+    qid = send_out(d)
+    wait_record(d, qid, lambda r: r["status"] == "sent")
+    before = time.time()
+    sg_events(d, [{"email": "pat@example.test", "event": "delivered", "sg_event_id": "ev-huge",
+                   "timestamp": 2**63 - 1, "postern_id": qid},
+                  {"email": "pat@example.test", "event": "open", "sg_event_id": "ev-far",
+                   "timestamp": 10**15, "postern_id": qid}])
+    out = wait_record(d, qid, lambda r: r["status"] == "opened", what="opened record")
+    got = {e["event"]: e["at"] for e in out["events"]}
+    for name in ("delivered", "open"):
+        at = datetime.strptime(got[name], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        assert before - 60 <= at.timestamp() <= time.time() + 60, (name, got)
