@@ -752,6 +752,12 @@ int mime_attach(struct mime_ctx *c, const char *filename, const char *type, cons
   memset(a, 0, sizeof(*a));
   buf_init(&fn, SIZE_MAX / 2);
   buf_init(&ct, 256);
+  /* longer than any registered type (RFC 6838: 127/127): the sender's doing, not ours to fail
+   * on (a failure here is taken for memory, and the message would never be recorded) */
+  if(type && strlen(type) > ct.max) {
+    mime_note(c, "a Content-Type longer than 256 characters: listed as application/octet-stream");
+    type = NULL;
+  }
   if(mime_add_utf8(&fn, filename ? filename : "", filename ? strlen(filename) : 0) ||
      buf_addstr(&ct, type && *type ? type : "application/octet-stream")) {
     buf_free(&fn);

@@ -469,3 +469,18 @@ def test_event_timestamp_out_of_range(daemon_factory, tmp_path, sink, spf_env):
     for name in ("delivered", "open"):
         at = datetime.strptime(got[name], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
         assert before - 60 <= at.timestamp() <= time.time() + 60, (name, got)
+
+
+def test_overlong_attachment_type_still_recorded(daemon_factory, tmp_path, sink, spf_env):
+    # anyone may send to the MX: an attachment whose Content-Type no buffer of the parser holds
+    # must not leave its message unrecorded (tried again every poll, forever)
+    d = corr_daemon(daemon_factory, tmp_path, sink)
+    msg = ("From: pat@pass.test\r\nTo: someone@reply.test\r\nSubject: long type\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+           "--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+           "--b\r\nContent-Type: application/" + "x" * 300 + "\r\n"
+           "Content-Disposition: attachment; filename=a.bin\r\n\r\ndata\r\n--b--\r\n")
+    mx_send(d, "pat@pass.test", "someone@reply.test", msg.encode())
+    (rec,) = wait_records(d, 1, timeout=20)
+    assert rec["subject"] == "long type" and rec["attachments"][0]["filename"] == "a.bin"
+    assert "cannot make its correspondence record" not in d.log_text()

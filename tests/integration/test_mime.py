@@ -360,3 +360,20 @@ def test_post_that_is_not_a_form(tmp_path):
     rec, _, _, _ = post_record("application/json", b'{"a": 1}', tmp_path)
     assert "not multipart/form-data" in rec["parse_error"]
     assert rec["text"] == "" and rec["attachments"] == []
+
+
+def test_overlong_attachment_type(tmp_path):
+    """A Content-Type longer than any real one (RFC 6838: 127 + 1 + 127) on an attachment is
+    the sender's, not a shortage of memory: the file is listed as application/octet-stream,
+    parse_error says why, and the rest of the record is made."""
+    msg = (HEAD + "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+           "--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+           "--b\r\nContent-Type: application/" + "x" * 300 + "\r\n"
+           "Content-Disposition: attachment; filename=a.bin\r\n\r\ndata\r\n--b--\r\n")
+    path = tmp_path / "longtype.eml"
+    path.write_bytes(msg.encode())
+    rec, atts, _, _ = dump(str(path))
+    assert rec["text"].strip() == "hello"
+    (att,) = rec["attachments"]
+    assert att["filename"] == "a.bin" and att["content_type"] == "application/octet-stream", att
+    assert "Content-Type" in (rec["parse_error"] or ""), rec["parse_error"]
