@@ -38,6 +38,7 @@ struct inbound_records {
   struct store *st;
   struct records_settings *set;    /* under lock */
   long long relay_cursor;          /* where relay_follow goes on from (builder thread only) */
+  struct store_cursor unrec[2];    /* where build_new goes on from, by origin (builder only) */
   pthread_t builder, forwarder;
   int builder_running, forwarder_running;
   pthread_mutex_t lock;
@@ -701,7 +702,8 @@ static size_t build_new(struct inbound_records *r, enum store_origin origin)
 {
   char ids[RECORDS_BATCH][LIM_QUEUE_ID + 1];
   size_t n = 0, i, made = 0;
-  if(store_unrecorded(r->st, origin, ids, RECORDS_BATCH, &n))
+  if(store_unrecorded(r->st, origin, &r->unrec[origin == STORE_ORIGIN_QUEUE], ids,
+                      RECORDS_BATCH, &n))
     return 0;
   for(i = 0; i < n && !records_stopping(r); i++) {
     int result = origin == STORE_ORIGIN_QUEUE ? build_outbound(r, ids[i])

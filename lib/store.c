@@ -253,10 +253,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     " SELECT seq, id, ?2 FROM records WHERE id = ?1",
   [ST_REC_MARK_QUEUE] = "UPDATE messages SET recorded = 1 WHERE id = ?1",
   [ST_REC_MARK_INBOUND] = "UPDATE inbound_messages SET recorded = 1 WHERE id = ?1",
-  [ST_UNREC_QUEUE] = "SELECT id FROM messages WHERE recorded = 0"
-    " ORDER BY created_ms, id LIMIT ?1",
-  [ST_UNREC_INBOUND] = "SELECT id FROM inbound_messages WHERE recorded = 0"
-    " ORDER BY received_ms, id LIMIT ?1",
+  [ST_UNREC_QUEUE] = "SELECT id, created_ms FROM messages WHERE recorded = 0"
+    " AND (created_ms, id) > (?2, ?3) ORDER BY created_ms, id LIMIT ?1",
+  [ST_UNREC_INBOUND] = "SELECT id, received_ms FROM inbound_messages WHERE recorded = 0"
+    " AND (received_ms, id) > (?2, ?3) ORDER BY received_ms, id LIMIT ?1",
   [ST_INBOUND_GET] = "SELECT id, source, received_ms, listener, client_addr, helo,"
     " envelope_from, envelope_to, spf, content_type, external_id, size, body_sha256"
     " FROM inbound_messages WHERE id = ?1",
@@ -1839,11 +1839,35 @@ static int read_ids(struct store *st, enum stmt which, char (*ids)[LIM_QUEUE_ID 
   return result;
 }
 
-int store_unrecorded(struct store *st, enum store_origin origin, char (*ids)[LIM_QUEUE_ID + 1],
-                     size_t max, size_t *n)
+int store_unrecorded(struct store *st, enum store_origin origin, struct store_cursor *at,
+                     char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n)
 {
-  return read_ids(st, origin == STORE_ORIGIN_QUEUE ? ST_UNREC_QUEUE : ST_UNREC_INBOUND, ids,
-                  max, n, NULL);
+  enum stmt which = origin == STORE_ORIGIN_QUEUE ? ST_UNREC_QUEUE : ST_UNREC_INBOUND;
+  sqlite3_stmt *s;
+  int rc = SQLITE_DONE, result = STORE_OK;
+  *n = 0;
+  pthread_mutex_lock(&st->rlock);
+  s = db_stmt(&st->r, which);
+  if(!s) {
+    pthread_mutex_unlock(&st->rlock);
+    return STORE_ERROR;
+  }
+  sqlite3_bind_int64(s, 1, (sqlite3_int64)max);
+  sqlite3_bind_int64(s, 2, at->ms);
+  bind_text(s, 3, at->id);
+  while(*n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    str_copy(ids[*n], LIM_QUEUE_ID + 1, col_str(s, 0) ? col_str(s, 0) : "");
+    str_copy(at->id, sizeof(at->id), ids[*n]);
+    at->ms = sqlite3_column_int64(s, 1);
+    (*n)++;
+  }
+  if(*n < max && rc != SQLITE_DONE)
+    result = db_fail(&st->r, rc, stmt_sql[which]);
+  sqlite3_reset(s);
+  pthread_mutex_unlock(&st->rlock);
+  if(result || *n < max)
+    memset(at, 0, sizeof(*at));  /* the end: the next walk starts from the oldest again */
+  return result;
 }
 
 int store_records_relay_pending(struct store *st, long long *after,

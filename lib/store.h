@@ -210,10 +210,17 @@ int store_record_add(struct store *st, enum store_origin origin, const struct st
                      int forward, int *made);
 /* Marks a message that cannot become a record (it is gone, or a DSN we sent) as recorded. */
 int store_record_skip(struct store *st, enum store_origin origin, const char *id);
-/* Ids of messages not yet made into records, oldest first, at most max: queue messages that
- * came through a submission listener, or inbound messages. */
-int store_unrecorded(struct store *st, enum store_origin origin, char (*ids)[LIM_QUEUE_ID + 1],
-                     size_t max, size_t *n);
+/* Where a walk over unrecorded messages goes on from: zeroed, the oldest. */
+struct store_cursor {
+  long long ms;
+  char id[LIM_QUEUE_ID + 1];
+};
+/* Ids of messages not yet made into records, oldest first, at most max, after *at (which is
+ * moved past them, and back to the start once the walk reaches the end): queue messages that
+ * came through a submission listener, or inbound messages. A message that keeps failing is
+ * then met once per walk instead of standing in front of the ones behind it. */
+int store_unrecorded(struct store *st, enum store_origin origin, struct store_cursor *at,
+                     char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n);
 /* One inbound message's row (strings malloc'd in *hold, which the caller frees). */
 int store_inbound_get(struct store *st, const char *id, struct store_inbound *out, char **hold);
 

@@ -936,6 +936,7 @@ static void test_records(void)
   struct store_record r, got;
   struct store_record_event e;
   struct store_blob blob = { "aa11", "data", 4 };
+  struct store_cursor cur;
   char ids[4][LIM_QUEUE_ID + 1], id[LIM_QUEUE_ID + 1], thread[LIM_QUEUE_ID + 1], names[256];
   size_t n = 0, count = 0;
   long long seq = 0, next;
@@ -944,9 +945,22 @@ static void test_records(void)
   dir_make();
   st = open_new(0);
   CHECK_EQ_INT(accept_simple(st, "00000000000A", "app@x", 1, "pat@y"), STORE_OK);
-  CHECK_EQ_INT(store_unrecorded(st, STORE_ORIGIN_QUEUE, ids, 4, &n), STORE_OK);
+  memset(&cur, 0, sizeof(cur));
+  CHECK_EQ_INT(store_unrecorded(st, STORE_ORIGIN_QUEUE, &cur, ids, 4, &n), STORE_OK);
   CHECK_EQ_INT(n, 1);
   CHECK_EQ_STR(ids[0], "00000000000A");
+  CHECK_EQ_STR(cur.id, "");           /* fewer than asked: the walk starts again */
+  /* a walk in batches of one goes past a message still unrecorded, then starts again */
+  CHECK_EQ_INT(accept_simple(st, "00000000000B", "app@x", 1, "pat@y"), STORE_OK);
+  CHECK_EQ_INT(store_unrecorded(st, STORE_ORIGIN_QUEUE, &cur, ids, 1, &n), STORE_OK);
+  CHECK_EQ_STR(ids[0], "00000000000A");
+  CHECK_EQ_INT(store_unrecorded(st, STORE_ORIGIN_QUEUE, &cur, ids, 1, &n), STORE_OK);
+  CHECK_EQ_STR(ids[0], "00000000000B");
+  CHECK_EQ_INT(store_unrecorded(st, STORE_ORIGIN_QUEUE, &cur, ids, 1, &n), STORE_OK);
+  CHECK_EQ_INT(n, 0);
+  CHECK_EQ_INT(store_unrecorded(st, STORE_ORIGIN_QUEUE, &cur, ids, 1, &n), STORE_OK);
+  CHECK_EQ_STR(ids[0], "00000000000A");
+  memset(&cur, 0, sizeof(cur));
 
   memset(&r, 0, sizeof(r));
   snprintf(r.id, sizeof(r.id), "00000000000A");
@@ -960,8 +974,9 @@ static void test_records(void)
   CHECK_EQ_INT(store_record_add(st, STORE_ORIGIN_QUEUE, &r, "App@X\npat@y\n", &blob, 1, 1,
                                 &made), STORE_OK);
   CHECK_EQ_INT(made, 1);
-  CHECK_EQ_INT(store_unrecorded(st, STORE_ORIGIN_QUEUE, ids, 4, &n), STORE_OK);
-  CHECK_EQ_INT(n, 0);
+  CHECK_EQ_INT(store_unrecorded(st, STORE_ORIGIN_QUEUE, &cur, ids, 4, &n), STORE_OK);
+  CHECK_EQ_INT(n, 1);                 /* B, not yet recorded */
+  CHECK_EQ_STR(ids[0], "00000000000B");
   CHECK_EQ_INT(store_record_add(st, STORE_ORIGIN_QUEUE, &r, NULL, NULL, 0, 1, &made), STORE_OK);
   CHECK_EQ_INT(made, 0);
 
