@@ -700,27 +700,29 @@ out:
 
 /* ---- output ------------------------------------------------------------------------------ */
 
-/* O_NOFOLLOW and 0600 from the first byte; given to the postern user when we are root, since
- * the daemon reads it after dropping root (or runs as that user under systemd). */
+/* Written aside at 0600 and renamed over the name (oauth2_file_write): an old file there, or a
+ * hard link planted at that name, is replaced, never written through, and a failure leaves the
+ * old secret whole. Given to the postern user when we are root, since the daemon reads it after
+ * dropping root (or runs as that user under systemd). */
 static int secret_write(const char *path, const char *secret, size_t len)
 {
   struct passwd *pw = geteuid() == 0 ? getpwnam("postern") : NULL;
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+  char *line = malloc(len + 1);
   int result = 0;
-  if(fd < 0) {
+  if(!line)
+    return EX_OSERR;
+  memcpy(line, secret, len);
+  line[len] = '\n';
+  if(oauth2_file_write(path, line, len + 1, 0600)) {
     fprintf(stderr, "posternctl: cannot write %s: %s (choose another file with --secret-file, "
             "or --print-only)\n", path, strerror(errno));
-    return EX_CANTCREAT;
+    result = EX_CANTCREAT;
   }
-  if(fchmod(fd, 0600) || (pw && fchown(fd, pw->pw_uid, pw->pw_gid)) ||
-     write(fd, secret, len) != (ssize_t)len || write(fd, "\n", 1) != 1 || fsync(fd)) {
+  else if(pw && lchown(path, pw->pw_uid, pw->pw_gid)) {
     fprintf(stderr, "posternctl: %s: %s\n", path, strerror(errno));
     result = EX_IOERR;
   }
-  if(close(fd) && !result) {
-    fprintf(stderr, "posternctl: %s: %s\n", path, strerror(errno));
-    result = EX_IOERR;
-  }
+  auth_secret_free(line, len + 1);
   if(!result)
     fprintf(stderr, "posternctl: wrote the password to %s (mode 0600%s)\n", path,
             pw ? ", owner postern" : "");

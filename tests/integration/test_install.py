@@ -410,3 +410,27 @@ def test_migrate_msmtp_needs_a_choice_of_account(tmp_path):
     p = migrate("msmtp", "--msmtprc", str(rc), "--account", "a", "--print-only")
     assert p.returncode == 0 and "host = a.example" in p.stdout, p
     assert re.search(r"^tls = starttls$", p.stdout, re.M), "a password must not go out in clear"
+
+
+def test_migrate_replaces_the_secret_file_never_writes_through_it(tmp_path):
+    """The secret file is replaced by a new 0600 file (written aside, then renamed): an old file
+    at that name that is a hard link to another file (a world-readable one, say) is not written
+    through, so the password never lands in the other file nor changes its mode."""
+    sasl = tmp_path / "sasl_passwd"
+    sasl.write_text(f"[smtp.example.net]:587 alice@client.test:{PASSWORD}\n")
+    os.chmod(sasl, 0o600)
+    main_cf = tmp_path / "main.cf"
+    main_cf.write_text("relayhost = [smtp.example.net]:587\nsmtp_sasl_auth_enable = yes\n"
+                       f"smtp_sasl_password_maps = hash:{sasl}\n")
+    other = tmp_path / "public.txt"
+    other.write_text("public text\n")
+    os.chmod(other, 0o644)
+    secret = tmp_path / "postfix.secret"
+    os.link(other, secret)
+    p = migrate("postfix", "--main-cf", str(main_cf), "--secret-file", str(secret))
+    assert p.returncode == 0, p.stderr
+    secret_ok(secret)
+    assert other.read_text() == "public text\n", "the password went into another file through a hard link"
+    assert stat.S_IMODE(os.stat(other).st_mode) == 0o644
+    assert os.stat(other).st_nlink == 1
+    assert not [f for f in os.listdir(tmp_path) if ".tmp." in f], "a temporary file was left behind"
