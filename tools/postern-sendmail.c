@@ -332,6 +332,17 @@ static int name_is(const char *p, size_t n, const char *name)
   return strlen(name) == n && !strncasecmp(p, name, n);
 }
 
+/* A field name is printable US-ASCII without blanks or ':' (RFC 5322 ftext), as Postfix's
+ * is_header has it: a first line with a colon elsewhere is the body. */
+static int name_valid(const char *p, size_t n)
+{
+  size_t i;
+  for(i = 0; i < n; i++)
+    if((unsigned char)p[i] <= 32 || (unsigned char)p[i] >= 127)
+      return 0;
+  return n > 0;
+}
+
 /* Walks the header section: Bcc fields are left out of what is sent (whatever -t says: the
  * field would tell every recipient who else got it), -t takes To, Cc and Bcc, and a From: is
  * added when there is none. out receives the message to send. */
@@ -363,6 +374,8 @@ static int message_prepare(struct sm *s, const char *sender, const char *p, size
     namelen = (size_t)(colon - line);
     while(namelen && (line[namelen - 1] == ' ' || line[namelen - 1] == '\t'))
       namelen--;
+    if(!name_valid(line, namelen))
+      break;                              /* "Backup finished: 3 errors" is text, not a field */
     fieldlen = linelen;
     while(body + fieldlen < len && (line[fieldlen] == ' ' || line[fieldlen] == '\t')) {
       end = memchr(line + fieldlen, '\n', len - body - fieldlen);

@@ -140,6 +140,26 @@ def test_sendmail_body_only_message(daemon):
     assert parsed.get_content().replace("\r\n", "\n") == "disk is full on /var\nline 2: more\n"
 
 
+def test_sendmail_text_with_a_colon_is_not_a_header(daemon):
+    # a first line such as cron's "Backup of db1 finished: 3 errors" has a colon but no field
+    # name (names have no spaces, RFC 5322 ftext): it is body, as Postfix's is_header says,
+    # not a header field that mail readers never show
+    p = sendmail(daemon, "-f", "cron@client.test", "root",
+                 stdin=b"Backup of db1 finished: 3 errors\nsecond line\n")
+    assert p.returncode == 0, p.stderr
+    [entry] = daemon.queue_list()
+    stored = daemon.queue_cat(entry["id"])
+    parsed = email.message_from_bytes(stored, policy=email.policy.default)
+    assert parsed.get_content().replace("\r\n", "\n") == \
+        "Backup of db1 finished: 3 errors\nsecond line\n", stored
+    # "Subject : x" (blanks before the colon, obsolete syntax) is still a header
+    p = sendmail(daemon, "-f", "cron@client.test", "root", stdin=b"Subject : spaced\n\nbody\n")
+    assert p.returncode == 0, p.stderr
+    entry = [e for e in daemon.queue_list() if e["id"] != entry["id"]][0]
+    stored = daemon.queue_cat(entry["id"])
+    assert b"\r\n\r\nbody\r\n" in stored and b"Subject : spaced\r\n" in stored, stored
+
+
 def test_sendmail_bs_speaks_smtp(daemon):
     dialogue = (b"EHLO script.test\n"
                 b"MAIL FROM:<bs@client.test>\n"
