@@ -391,10 +391,14 @@ static int message_prepare(struct sm *s, const char *sender, const char *p, size
         result = EX_OSERR;
       else {
         char *c;
-        for(c = value; *c; c++)             /* unfold */
+        int blank = 1;
+        for(c = value; *c; c++) {           /* unfold */
           if(*c == '\r' || *c == '\n')
             *c = ' ';
-        result = address_list_add(s, value);
+          blank = blank && (*c == ' ' || *c == '\t');
+        }
+        /* "Cc: " with nobody in it (PHP's mail() writes them): no recipient, as for Postfix */
+        result = blank ? 0 : address_list_add(s, value);
         free(value);
       }
       if(result)

@@ -160,6 +160,15 @@ def test_sendmail_text_with_a_colon_is_not_a_header(daemon):
     assert b"\r\n\r\nbody\r\n" in stored and b"Subject : spaced\r\n" in stored, stored
 
 
+def test_sendmail_t_with_an_empty_cc(daemon):
+    # PHP's mail() and scripts write "Cc: " with nobody in it: no recipient there, not an error
+    p = sendmail(daemon, "-t", "-f", "app@client.test",
+                 stdin=b"To: a@example.net\nCc: \nBcc:\nSubject: e\n\nx\n")
+    assert p.returncode == 0, p.stderr
+    [entry] = daemon.queue_list()
+    assert [r["address"] for r in entry["recipients"]] == ["a@example.net"]
+
+
 def test_sendmail_bs_speaks_smtp(daemon):
     dialogue = (b"EHLO script.test\n"
                 b"MAIL FROM:<bs@client.test>\n"
