@@ -186,6 +186,9 @@ static int reload_run(void *arg, char *err, size_t errsz)
     if(err)
       snprintf(err, errsz, "%d configuration problem(s) (see the log: postern -n shows them); "
                "the running configuration stays", n);
+    /* the certificates load even when the relay's checks failed: they go with ncfg */
+    if(ncfg)
+      daemon_tls_free(ntls, ncfg->nlisteners);
     config_free(ncfg);
     notify("READY=1\nSTATUS=accepting mail; the last reload was refused (see the log)");
     goto out;
