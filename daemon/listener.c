@@ -401,6 +401,8 @@ static void *acceptor_main(void *arg)
     for(i = 0; i < d->nsocks; i++) {
       struct session *s;
       const struct cfg_listener *l;
+      char host[256];           /* copied under the lock: a reload may free the generation */
+      long max_clients;
       int fd, on = 1;
       if(!(pfd[i].revents & POLLIN))
         continue;
@@ -416,11 +418,12 @@ static void *acceptor_main(void *arg)
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
       pthread_mutex_lock(&d->mu);
       l = find_listener(d->gen->cfg, d->socks[i].listener);
-      if(!l || d->nsessions >= (size_t)d->gen->cfg->max_clients) {
-        const char *host = d->gen->cfg->hostname;
+      str_copy(host, sizeof(host), d->gen->cfg->hostname);
+      max_clients = d->gen->cfg->max_clients;
+      if(!l || d->nsessions >= (size_t)max_clients) {
         pthread_mutex_unlock(&d->mu);
         log_warn("too many connections (max_clients=%ld): refused one with 421 (raise "
-                 "max_clients in [postern] if this is normal load)", d->gen->cfg->max_clients);
+                 "max_clients in [postern] if this is normal load)", max_clients);
         refuse_busy(fd, host);
         continue;
       }
@@ -451,7 +454,7 @@ static void *acceptor_main(void *arg)
         pthread_mutex_unlock(&d->mu);
         log_warn("cannot start a session thread: %s; refused with 421 (check ulimit -u / "
                  "TasksMax= and free memory, or lower max_clients in [postern])", strerror(errno));
-        refuse_busy(fd, d->gen->cfg->hostname);
+        refuse_busy(fd, host);
         free(s);
       }
       else

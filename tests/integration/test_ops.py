@@ -394,6 +394,44 @@ def test_refused_reload_frees_the_certificates_it_loaded(daemon_factory, certs):
     assert_serving(d, "after a refused reload")
 
 
+def test_reloads_while_refusing_busy_connections(daemon_factory):
+    # the acceptor answers 421 with the hostname and max_clients of the configuration in use;
+    # a reload at that moment frees the previous one: nothing of it may be read after the lock
+    # is let go (AddressSanitizer reports a use after free in the sanitizer build)
+    import threading
+    d = daemon_factory({"max_clients": "1"})
+    holder = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    assert holder.recv(512).startswith(b"220")
+    stop = threading.Event()
+    refused = [0]
+
+    def knock():
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+                    if s.recv(512).startswith(b"421"):
+                        refused[0] += 1
+            except OSError:
+                pass
+
+    knockers = [threading.Thread(target=knock) for _ in range(2)]
+    for t in knockers:
+        t.start()
+    try:
+        deadline = time.monotonic() + 6
+        n = 0
+        while time.monotonic() < deadline:
+            assert control(d, b"reload\n")["ok"] is True
+            n += 1
+    finally:
+        stop.set()
+        for t in knockers:
+            t.join()
+    holder.close()
+    assert refused[0] > 0 and n > 0
+    assert_serving(d, "after reloads under load")
+
+
 def test_flush_and_retry_wake_the_scheduler(daemon_factory, upstreams):
     up = upstreams(fail_first=2)                  # the first two tries are deferred
     d = daemon_factory({"retry_min": "1h", "retry_max": "2h"},
