@@ -218,8 +218,11 @@ static int bind_one(const char *addr, int *fdout, char *why, size_t whysz)
   }
   for(ai = res; ai; ai = ai->ai_next) {
     fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
-    if(fd < 0)
+    if(fd < 0) {
+      /* the caller prints why: it must be written on every way out */
+      snprintf(why, whysz, "cannot listen on %s: %s", addr, strerror(errno));
       continue;
+    }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
     if(ai->ai_family == AF_INET6)
       setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));

@@ -432,6 +432,27 @@ def test_reloads_while_refusing_busy_connections(daemon_factory):
     assert_serving(d, "after reloads under load")
 
 
+def test_a_listener_that_cannot_get_a_socket_says_why(tmp_path):
+    # with no descriptor left for the second address, socket() itself fails: the error line
+    # must say so, not print whatever the stack held (the reason was never written)
+    import resource
+    from conftest import POSTERN, render_config
+    from upstream import free_port
+    port2 = free_port()
+    conf = tmp_path / "postern.conf"
+    conf.write_text(render_config(free_port(), str(tmp_path / "data")).replace(
+        "role = submission", f"address = 127.0.0.1:{port2}\nrole = submission"))
+
+    def few_fds():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4, 4))
+    p = subprocess.run([POSTERN, "-f", "-c", str(conf)], capture_output=True, timeout=30,
+                       preexec_fn=few_fds)
+    assert p.returncode != 0
+    line = [l for l in p.stderr.decode("utf-8", "replace").splitlines() if "listener submission" in l]
+    assert line, p.stderr
+    assert f"127.0.0.1:{port2}: Too many open files" in line[0], line[0]
+
+
 def test_flush_and_retry_wake_the_scheduler(daemon_factory, upstreams):
     up = upstreams(fail_first=2)                  # the first two tries are deferred
     d = daemon_factory({"retry_min": "1h", "retry_max": "2h"},
