@@ -199,7 +199,6 @@ int control_start(const char *data_dir, const struct control_env *env, struct co
 {
   struct control *c = calloc(1, sizeof(*c));
   struct sockaddr_un sa;
-  mode_t old_mask;
   int n, result = -1;
 
   *out = NULL;
@@ -238,11 +237,12 @@ int control_start(const char *data_dir, const struct control_env *env, struct co
               strerror(errno));
     goto out;
   }
-  /* owner-only from the moment it exists: no window where others may connect */
-  old_mask = umask(0177);
-  n = bind(c->fd, (struct sockaddr *)&sa, sizeof(sa));
-  umask(old_mask);
-  if(n || chmod(c->path, 0600) || listen(c->fd, 16)) {
+  /* owner-only from the moment it exists: Linux makes the file with the socket's own mode
+   * (less the umask), so it is set on the descriptor first. Neither umask(), which every
+   * other thread would share meanwhile, nor chmod() by name, which follows a symlink put
+   * there after bind(). */
+  if(fchmod(c->fd, 0600) || bind(c->fd, (struct sockaddr *)&sa, sizeof(sa)) ||
+     listen(c->fd, 16)) {
     log_error("control socket %s: %s (data_dir must be writable by Postern's user)", c->path,
               strerror(errno));
     goto out;

@@ -453,6 +453,71 @@ def test_a_listener_that_cannot_get_a_socket_says_why(tmp_path):
     assert f"127.0.0.1:{port2}: Too many open files" in line[0], line[0]
 
 
+BIND_SWAP_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+/* bind(), then what someone with write access to data_dir could do next: the new socket's
+ * name becomes a symlink to another file */
+int bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+  int (*real)(int, const struct sockaddr *, socklen_t) =
+    (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "bind");
+  int rc = real(fd, sa, len);
+  const char *target = getenv("SWAP_TARGET");
+  if(!rc && target && sa->sa_family == AF_UNIX) {
+    const char *path = ((const struct sockaddr_un *)sa)->sun_path;
+    char moved[200];
+    snprintf(moved, sizeof(moved), "%s.moved", path);
+    if(strstr(path, "control.sock") && !rename(path, moved))
+      symlink(target, path);
+  }
+  return rc;
+}
+"""
+
+
+def test_control_socket_mode_never_follows_a_symlink(tmp_path):
+    # the socket is made 0600 without a chmod by name: a name swapped for a symlink between
+    # bind() and that chmod would have made its target (any file the daemon's user owns, or
+    # any file at all for a daemon left running as root) 0600
+    import shutil
+    from conftest import POSTERN, render_config
+    from upstream import free_port
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "a C compiler builds the test's bind() shim"
+    if "libasan" in subprocess.run(["ldd", POSTERN], capture_output=True, text=True).stdout:
+        import pytest
+        pytest.skip("LD_PRELOAD cannot come before the ASan runtime")
+    shim = tmp_path / "shim.so"
+    src = tmp_path / "shim.c"
+    src.write_text(BIND_SWAP_SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(shim), str(src), "-ldl"], check=True)
+    target = tmp_path / "victim.txt"
+    target.write_text("not the daemon's to change\n")
+    os.chmod(target, 0o644)
+    conf = tmp_path / "postern.conf"
+    conf.write_text(render_config(free_port(), str(tmp_path / "data")))
+    log = tmp_path / "log"
+    with open(log, "wb") as lf:
+        proc = subprocess.Popen([POSTERN, "-f", "-c", str(conf)], stdout=lf, stderr=lf,
+                                env=dict(os.environ, LD_PRELOAD=str(shim), SWAP_TARGET=str(target)))
+    try:
+        wait_for(lambda: b"daemon started" in log.read_bytes() or proc.poll() is not None, 20,
+                 "the daemon to start")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o644, log.read_text()
+    moved = tmp_path / "data" / "control.sock.moved"
+    assert stat.S_IMODE(os.lstat(moved).st_mode) == 0o600, oct(os.lstat(moved).st_mode)
+
+
 def test_flush_and_retry_wake_the_scheduler(daemon_factory, upstreams):
     up = upstreams(fail_first=2)                  # the first two tries are deferred
     d = daemon_factory({"retry_min": "1h", "retry_max": "2h"},
