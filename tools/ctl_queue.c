@@ -8,6 +8,7 @@
 #include "relay/relay.h"
 #include <errno.h>
 #include <fnmatch.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,7 +193,9 @@ static int sel_parse(struct ctl *c, struct queue_sel *q)
     long long secs;
     if(config_parse_duration(v, &secs) || secs <= 0)
       return ctl_usage_error("--older-than takes a duration like 90, 30s, 10m, 1h or 5d", v);
-    q->f.older_than_ms = secs * 1000;
+    /* past LLONG_MAX ms the product would wrap to "no age limit" for a bulk delete; that
+     * long ago is before any message anyway */
+    q->f.older_than_ms = secs > LLONG_MAX / 1000 ? LLONG_MAX / 1000 * 1000 : secs * 1000;
     q->filtered = 1;
   }
 #undef SEL_OPT

@@ -312,6 +312,17 @@ def test_queue_filters_bulk_and_stats(daemon_factory):
     assert d.stored_ids() == set()
 
 
+def test_queue_delete_older_than_a_huge_duration_deletes_nothing(daemon):
+    # 10^16 seconds passes the duration parser, but in milliseconds it overflows a long long:
+    # the filter must not wrap to "no age limit" and let a bulk delete take the whole queue
+    qid = submit(daemon, "app@client.test", "keep@example.net", "keep")
+    p = daemon.ctl("queue", "delete", "--older-than", "10000000000000000", check=False)
+    assert p.returncode == 0, p
+    assert daemon.stored_ids() == {qid}, p.stdout
+    assert ids_of(daemon, "--older-than", "100000000000000d") == set()
+    assert ids_of(daemon) == {qid}
+
+
 # ---- the control socket --------------------------------------------------------------------
 
 def test_control_socket_stats_mode_and_garbage(daemon):
