@@ -79,7 +79,10 @@ static void show_human(const struct store_record *r, const json_t *o)
   ctl_put_field(stdout, jval(json_object_get(o, "from"), "address"));
   printf("\nattachments: %zu\n", json_array_size(json_object_get(o, "attachments")));
   json_array_foreach(events, i, e) {
-    printf("event: %s %s ", jval(e, "at"), jval(e, "event"));
+    /* the name is the webhook's text, like the recipient */
+    printf("event: %s ", jval(e, "at"));
+    ctl_put_field(stdout, jval(e, "event"));
+    fputc(' ', stdout);
     ctl_put_field(stdout, jval(e, "recipient"));
     fputc('\n', stdout);
   }

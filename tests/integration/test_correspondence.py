@@ -484,3 +484,17 @@ def test_overlong_attachment_type_still_recorded(daemon_factory, tmp_path, sink,
     (rec,) = wait_records(d, 1, timeout=20)
     assert rec["subject"] == "long type" and rec["attachments"][0]["filename"] == "a.bin"
     assert "cannot make its correspondence record" not in d.log_text()
+
+
+def test_show_escapes_event_names(daemon_factory, tmp_path, sink, spf_env):
+    # an event's name is the webhook's text: `correspondence show` writes it to a terminal,
+    # so control bytes (here a title-setting escape sequence) are shown escaped, never raw
+    d = corr_daemon(daemon_factory, tmp_path, sink)
+    qid = send_out(d)
+    wait_record(d, qid, lambda r: r["status"] == "sent", what="outbound record")
+    sg_events(d, [{"email": "pat@example.test", "event": "odd\x1b]2;owned\x07", "sg_event_id": "ev-odd",
+                   "sg_message_id": "sgid9.filter0001", "timestamp": int(time.time()), "postern_id": qid}])
+    wait_record(d, qid, lambda r: len(r["events"]) == 2, what="record with the odd event")
+    out = d.ctl("correspondence", "show", qid).stdout
+    assert b"odd" in out, out
+    assert b"\x1b" not in out and b"\x07" not in out, out
