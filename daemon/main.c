@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #ifdef HAVE_SYSTEMD
@@ -120,6 +121,29 @@ static int make_data_dir(const char *dir, const struct passwd *pw)
     return -1;
   }
   return 0;
+}
+
+/* One daemon per store: a second one on the same data_dir would take the first one's
+ * deliveries in flight for leftovers of a crash and send them again. The lock is on the
+ * directory itself, held (by the descriptor, never closed) until the process ends. */
+static int data_dir_lock(const char *dir)
+{
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if(fd < 0) {
+    log_error("data_dir %s: %s; check data_dir in [postern] and its permissions", dir,
+              strerror(errno));
+    return -1;
+  }
+  if(flock(fd, LOCK_EX | LOCK_NB)) {
+    if(errno == EWOULDBLOCK)
+      log_error("data_dir %s is in use by another postern (give each daemon its own data_dir "
+                "in [postern], or stop the other one)", dir);
+    else
+      log_error("data_dir %s: cannot lock it: %s", dir, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 static int drop_privileges(const struct passwd *pw)
@@ -320,6 +344,8 @@ int main(int argc, char **argv)
     goto out;
   if(!foreground)
     detach();
+  if(data_dir_lock(data_dir) < 0)
+    goto out;
 
   if(auth_wanted(cfg) && auth_setup(data_dir, &auth_ok))
     goto out;

@@ -533,6 +533,38 @@ def test_control_socket_mode_never_follows_a_symlink(tmp_path):
     assert stat.S_IMODE(os.lstat(moved).st_mode) == 0o600, oct(os.lstat(moved).st_mode)
 
 
+def test_second_daemon_on_the_same_data_dir_sends_nothing(daemon_factory, upstreams):
+    # one store, one daemon: a second postern started on the same data_dir (another port,
+    # another upstream) must give up before its relay starts, or it takes the first one's
+    # in-flight message as left over from a crash and sends it a second time
+    from conftest import Daemon
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(8)                          # accepts, never greets: A's delivery hangs
+    up = upstreams()
+    a = daemon_factory(extra=plain_upstream("slow", tarpit.getsockname()[1]) + default_route("slow"))
+    qid = submit(a, "app@client.test", "once@example.net", "once")
+    conn, _ = tarpit.accept()                 # A is delivering it now
+    os.makedirs(a.workdir + "-b")
+    b = Daemon(a.workdir + "-b", extra=plain_upstream("up", up.port) + default_route("up"),
+               data_dir=a.data_dir)
+    try:
+        b.start(wait=False)
+        assert b.proc.wait(timeout=30) != 0, b.log_tail()
+        time.sleep(1)
+        assert up.received() == [], "the second daemon sent the first one's message"
+        assert "data_dir" in b.log_text(), b.log_tail()
+        assert os.path.exists(os.path.join(a.data_dir, "control.sock"))
+        assert control(a, b"stats\n")["ok"] is True
+        assert a.queue_entry(qid)["recipients"][0]["attempts"] <= 1
+    finally:
+        if b.proc.poll() is None:
+            b.proc.kill()
+            b.proc.wait()
+        conn.close()
+        tarpit.close()
+
+
 def test_flush_and_retry_wake_the_scheduler(daemon_factory, upstreams):
     up = upstreams(fail_first=2)                  # the first two tries are deferred
     d = daemon_factory({"retry_min": "1h", "retry_max": "2h"},
