@@ -13,6 +13,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -707,6 +708,9 @@ int main(int argc, char **argv)
   buf_init(&raw, 0);
   buf_init(&msg, 0);
   log_open("postern-sendmail", 1, 0);
+  /* a daemon or peer closing mid-exchange is an error to report with our exit code, not a
+   * signal that kills us with 141 */
+  signal(SIGPIPE, SIG_IGN);
   result = parse_args(&s, argc, argv);
   if(result || s.mode == SM_NOTHING)
     return result;

@@ -3,6 +3,7 @@
 #include "tools/ctl.h"
 #include "auth/auth.h"
 #include "lib/log.h"
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,6 +120,9 @@ int main(int argc, char **argv)
 
   memset(&c, 0, sizeof(c));
   log_open("posternctl", 1, 0);
+  /* a daemon or peer closing mid-exchange is an error to report with our exit code, not a
+   * signal that kills us with 141 */
+  signal(SIGPIPE, SIG_IGN);
   result = parse_args(&c, argc, argv);
   if(result)
     return result;
