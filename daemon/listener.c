@@ -146,7 +146,6 @@ struct config *daemon_config(struct daemon *d)
   return d->gen->cfg;
 }
 
-/* "127.0.0.1:587", "[::1]:587", "localhost:587" */
 size_t daemon_sessions(struct daemon *d)
 {
   size_t n;
@@ -156,6 +155,7 @@ size_t daemon_sessions(struct daemon *d)
   return n;
 }
 
+/* "127.0.0.1:587", "[::1]:587", "localhost:587" */
 static int split_address(const char *a, char *host, size_t hostsz, char *port, size_t portsz)
 {
   const char *colon;

@@ -11,7 +11,7 @@ import pytest
 
 from apiserver import APIServer
 from conftest import BAD_LOG, POSTERNCTL, need_binary, secret_file
-from upstream import Certs, Upstream, free_port
+from upstream import free_port, upstream_section
 
 PASSWORD = "s3cret-Passw0rd"
 
@@ -28,17 +28,8 @@ def api():
 
 def smtp_section(name, port, tls="starttls", ca=None, auth="plain", username="app",
                  password_file=None, host="localhost"):
-    lines = [f"[upstream {name}]", "type = smtp", f"host = {host}", f"port = {port}",
-             f"tls = {tls}", "helo = relay.test.example"]
-    if ca:
-        lines.append(f"ca_file = {ca}")
-    if auth:
-        lines.append(f"auth = {auth}")
-    if username:
-        lines.append(f"username = {username}")
-    if password_file:
-        lines.append(f"password_file = {password_file}")
-    return "\n".join(lines) + "\n\n"
+    return upstream_section(name, port, host=host, tls=tls, ca=ca, auth=auth, username=username,
+                            password_file=password_file) + "\n"
 
 
 def write_conf(tmp_path, sections, routes=None):

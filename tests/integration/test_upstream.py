@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import POSTERN, need_binary, secret_file, sha256
-from upstream import Certs, Upstream, free_port
+from upstream import Upstream, free_port, upstream_section
 
 SENDER = "app@client.test"
 PASSWORD = "s3cret-Passw0rd"
@@ -25,20 +25,9 @@ PASSWORD = "s3cret-Passw0rd"
 
 def upstream_conf(port, host="localhost", tls="starttls", verify="peer", ca=None, auth=None,
                   username=None, password_file=None, rate=None, name="up", extra=""):
-    lines = [f"[upstream {name}]", "type = smtp", f"host = {host}", f"port = {port}",
-             f"tls = {tls}", f"verify = {verify}", "helo = relay.test.example"]
-    if ca:
-        lines.append(f"ca_file = {ca}")
-    if auth:
-        lines.append(f"auth = {auth}")
-    if username:
-        lines.append(f"username = {username}")
-    if password_file:
-        lines.append(f"password_file = {password_file}")
-    if rate:
-        lines.append(f"rate = {rate}")
-    lines += ["", "[route default]", f"upstream = {name}", ""]
-    return "\n".join(lines) + extra
+    return (upstream_section(name, port, host=host, tls=tls, verify=verify, ca=ca, auth=auth,
+                             username=username, password_file=password_file, rate=rate)
+            + f"\n[route default]\nupstream = {name}\n" + extra)
 
 
 FAST = {"retry_min": "1s", "retry_max": "2s", "debug": "yes"}

@@ -372,3 +372,15 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def upstream_section(name, port, host="localhost", tls="starttls", verify="peer", ca=None,
+                     auth=None, username=None, password_file=None, rate=None):
+    """One [upstream NAME] section of type smtp, as the tests write them, newline-terminated."""
+    lines = [f"[upstream {name}]", "type = smtp", f"host = {host}", f"port = {port}",
+             f"tls = {tls}", f"verify = {verify}", "helo = relay.test.example"]
+    for key, value in (("ca_file", ca), ("auth", auth), ("username", username),
+                       ("password_file", password_file), ("rate", rate)):
+        if value:
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
