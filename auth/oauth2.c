@@ -4,9 +4,9 @@
 #include "auth/auth.h"
 #include "lib/vendor.h"
 #include "lib/buf.h"
-#include "lib/config.h"
+#include "global/config.h"
 #include "lib/log.h"
-#include "lib/metrics.h"
+#include "global/metrics.h"
 #include "tls/tls.h"
 #include <curl/curl.h>
 #include <jansson.h>

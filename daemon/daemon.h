@@ -2,8 +2,8 @@
  * session) and the configuration generations sessions hold while they run. */
 #ifndef POSTERN_DAEMON_H
 #define POSTERN_DAEMON_H
-#include "lib/config.h"
-#include "lib/store.h"
+#include "global/config.h"
+#include "store/store.h"
 #include "relay/relay.h"
 #include "tls/tls.h"
 

@@ -5,7 +5,7 @@
 #include "auth/auth.h"
 #include "inbound/inbound.h"
 #include "lib/log.h"
-#include "lib/metrics.h"
+#include "global/metrics.h"
 #include "lib/buf.h"
 #include <errno.h>
 #include <grp.h>

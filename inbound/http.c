@@ -8,7 +8,7 @@
 #include "lib/buf.h"
 #include "lib/conn.h"
 #include "lib/log.h"
-#include "lib/metrics.h"
+#include "global/metrics.h"
 #include <microhttpd.h>
 #include <pthread.h>
 #include <errno.h>

@@ -4,8 +4,8 @@
 #ifndef POSTERN_INBOUND_H
 #define POSTERN_INBOUND_H
 #include <stdio.h>
-#include "lib/config.h"
-#include "lib/store.h"
+#include "global/config.h"
+#include "store/store.h"
 #include "smtp/smtp.h"
 
 /* Process-wide set-up, once before any session: the SPF resolver (or, for the test suite

@@ -4,7 +4,7 @@
 #include "tls/tls.h"
 #include "lib/buf.h"
 #include "lib/log.h"
-#include "lib/metrics.h"
+#include "global/metrics.h"
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>

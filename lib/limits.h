@@ -58,7 +58,7 @@
 #define LIM_FORWARD_ANSWER      (64u * 1024u)    /* what is kept of forward_url's answer */
 #define LIM_FORWARD_TIMEOUT_SECONDS 60   /* one POST to forward_url */
 
-/* metrics (lib/metrics.c): label values come from the configuration, so their number is known
+/* metrics (global/metrics.c): label values come from the configuration, so their number is known
  * at start; past the cap (or for a name never registered) they count as "other" */
 #define LIM_METRICS_NAMES       64       /* listeners, upstreams or OAuth2 identities each */
 #define LIM_METRICS_NAME        64       /* bytes of one label value */

@@ -3,8 +3,8 @@
 #ifndef POSTERN_RELAY_H
 #define POSTERN_RELAY_H
 #include <stdarg.h>
-#include "lib/config.h"
-#include "lib/store.h"
+#include "global/config.h"
+#include "store/store.h"
 #include "smtp/smtp.h"
 
 struct relay;

@@ -5,7 +5,7 @@
 #include "relay/relay_int.h"
 #include "auth/auth.h"
 #include "lib/log.h"
-#include "lib/metrics.h"
+#include "global/metrics.h"
 #include "lib/buf.h"
 #include <pthread.h>
 #include <stdlib.h>

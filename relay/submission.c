@@ -3,7 +3,7 @@
 #include "relay/relay_int.h"
 #include "tls/tls.h"
 #include "lib/log.h"
-#include "lib/metrics.h"
+#include "global/metrics.h"
 #include "lib/buf.h"
 #include <fnmatch.h>
 #include <stdlib.h>

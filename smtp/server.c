@@ -6,8 +6,8 @@
 #include "auth/auth.h"
 #include "lib/buf.h"
 #include "lib/log.h"
-#include "lib/metrics.h"
-#include "lib/store.h"
+#include "global/metrics.h"
+#include "store/store.h"
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>

@@ -6,7 +6,7 @@
 #define POSTERN_SMTP_H
 #include <stddef.h>
 #include "lib/conn.h"
-#include "lib/smtpgram.h"
+#include "global/smtpgram.h"
 #include "lib/limits.h"
 
 /* What a policy may read about the session it is asked about. */

@@ -4,7 +4,7 @@
 #include "tls/tls.h"
 #include "lib/buf.h"
 #include "lib/conn.h"
-#include "lib/metrics.h"
+#include "global/metrics.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -3,9 +3,9 @@
  * (terminal-safe fields, JSON conventions). One command = one ctl_NAME(struct ctl *) entry. */
 #ifndef POSTERN_CTL_H
 #define POSTERN_CTL_H
-#include "lib/config.h"
+#include "global/config.h"
 #include "lib/limits.h"
-#include "lib/store.h"
+#include "store/store.h"
 #include <stdio.h>
 #include <jansson.h>
 

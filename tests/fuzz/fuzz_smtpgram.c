@@ -1,7 +1,7 @@
-/* Fuzz target for the SMTP grammar: every parser of lib/smtpgram.c gets the same bytes (command
+/* Fuzz target for the SMTP grammar: every parser of global/smtpgram.c gets the same bytes (command
  * lines, MAIL/RCPT arguments, reply lines, mailboxes, HELO names), and the results are checked
  * against the invariants callers rely on. */
-#include "lib/smtpgram.h"
+#include "global/smtpgram.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,11 +1,11 @@
-/* Unit tests for lib/config.c: value parsers, networks, whole files good and bad (each
+/* Unit tests for global/config.c: value parsers, networks, whole files good and bad (each
  * mistake one FILE:LINE line), the SMTP_* environment, the embedded default and the shipped
  * example conf/postern.conf. */
 #if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
 #include "tests/unit/unit.h"
-#include "lib/config.h"
+#include "global/config.h"
 #include "lib/buf.h"
 
 #include <arpa/inet.h>

@@ -3,7 +3,7 @@
  * tables of the store (idempotent events, SMS by MessageSid). */
 #include "inbound/inbound.h"
 #include "tls/tls.h"
-#include "lib/store.h"
+#include "store/store.h"
 #include "tests/unit/unit.h"
 #include <stdlib.h>
 #include <unistd.h>

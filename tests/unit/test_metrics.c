@@ -1,7 +1,7 @@
-/* Unit tests of lib/metrics.c: label values escaped as the Prometheus text format 0.0.4 wants,
+/* Unit tests of global/metrics.c: label values escaped as the Prometheus text format 0.0.4 wants,
  * histogram buckets cumulative with +Inf equal to _count, unknown and excess names folded into
  * "other", and the cap of the output buffer answered, not overrun. */
-#include "lib/metrics.h"
+#include "global/metrics.h"
 #include "lib/limits.h"
 #include "tests/unit/unit.h"
 

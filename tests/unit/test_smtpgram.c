@@ -2,7 +2,7 @@
  * and of the server engine, driven over a socketpair with a fake policy: dot-stuffing, the
  * smuggling endings, bare CR, NUL, long lines, pipelining, BDAT and every session limit. */
 #include "unit.h"
-#include "lib/smtpgram.h"
+#include "global/smtpgram.h"
 #include "lib/conn.h"
 #include "lib/buf.h"
 #include "lib/log.h"

@@ -1,7 +1,7 @@
 /* Unit tests of the SQLite store: schema creation, byte-exact bodies, the due/update/list/delete
  * cycle, the group-commit writer under concurrent accepts, and the mapping of a full disk to
  * STORE_FULL. Each case works in its own mkdtemp directory. */
-#include "lib/store.h"
+#include "store/store.h"
 #include "tests/unit/unit.h"
 #include <limits.h>
 #include <pthread.h>

@@ -1,7 +1,7 @@
 /* The SQLite store: the schema and its migrations, the group-commit writer thread and every SQL
  * statement Postern runs. Nothing else in the project speaks SQL, and nothing of SQLite leaks
  * through store.h, so a PostgreSQL store can later stand behind the same interface. */
-#include "lib/store.h"
+#include "store/store.h"
 #include "lib/buf.h"
 #include "lib/log.h"
 #include <errno.h>

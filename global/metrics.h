@@ -4,7 +4,7 @@
 #ifndef POSTERN_METRICS_H
 #define POSTERN_METRICS_H
 #include "lib/buf.h"
-#include "lib/config.h"
+#include "global/config.h"
 
 /* Label values taken from the configuration. Each set holds up to LIM_METRICS_NAMES names;
  * a name that was never registered (or came past the cap) is counted as "other". */

@@ -1,7 +1,7 @@
 /* The SMTP grammar (RFC 5321 4.1, RFC 6531, RFC 3461, RFC 1870, RFC 6152): replies as values,
  * commands, paths with their ESMTP parameters, mailboxes and HELO names. Every parser takes
  * an explicit length and never relies on NUL termination of network data. */
-#include "lib/smtpgram.h"
+#include "global/smtpgram.h"
 #include "lib/buf.h"
 #include <arpa/inet.h>
 #include <limits.h>

@@ -4,7 +4,7 @@
 #if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L   /* gethostname, getpwnam, inet_pton under -std=c11 */
 #endif
-#include "lib/config.h"
+#include "global/config.h"
 #include "lib/buf.h"
 #include "lib/limits.h"
 

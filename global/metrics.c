@@ -2,7 +2,7 @@
  * count is a C11 atomic in a fixed array indexed by small enums and by the slot of a label value
  * registered from the configuration; the name tables only grow, so a reader may scan them
  * without a lock (a slot is written before the count that publishes it). */
-#include "lib/metrics.h"
+#include "global/metrics.h"
 #include "lib/limits.h"
 #include <pthread.h>
 #include <stdatomic.h>
