@@ -101,6 +101,8 @@ static const char *const w_provider[] = { "microsoft", "google", "generic", NULL
 static const char *const w_flow[] = { "client_credentials", "refresh_token", "device_code", NULL };
 static const char *const w_cloud[] = { "global", "usgov", "usgov-dod", "china", NULL };
 static const char *const w_spf[] = { "off", "tag", "reject", NULL };
+static const char *const w_http_auth[] = { "basic", "none", NULL };
+static const char *const w_events_auth[] = { "signature", "basic", NULL };
 
 #define PO(f) offsetof(struct config, f)
 #define LI(f) offsetof(struct cfg_listener, f)
@@ -184,6 +186,8 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "http_address", T_HOSTPORT, IN(http_address), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "http_user", T_STR, IN(http_user), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "http_password_file", T_STR, IN(http_password_file), 0, NULL, 0, 0, NULL },
+  { SEC_INBOUND, "http_auth", T_WORD, IN(http_auth), 0, "basic", 0, 0, w_http_auth },
+  { SEC_INBOUND, "events_auth", T_WORD, IN(events_auth), 0, "signature", 0, 0, w_events_auth },
   { SEC_INBOUND, "event_public_key_file", T_STR, IN(event_public_key_file), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "event_max_age", T_DURATION, IN(event_max_age), 0, "10m", 0, 365 * DAY, NULL },
   { SEC_INBOUND, "twilio_auth_token_file", T_STR, IN(twilio_auth_token_file), 0, NULL,
@@ -197,7 +201,7 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "reply_address", T_STR, IN(reply_address), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "forward_url", T_URL, IN(forward_url), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "forward_secret_file", T_STR, IN(forward_secret_file), 0, NULL, 0, 0, NULL },
-  { SEC_INBOUND, "max_http_size", T_SIZE, IN(max_http_size), 0, "30M",
+  { SEC_INBOUND, "max_http_size", T_SIZE, IN(max_http_size), 0, NULL,
     1, LIM_MESSAGE_SIZE_MAX, NULL },
 
   { SEC_USER, "senders", T_STR, US(senders), 0, NULL, 0, 0, NULL },
