@@ -48,7 +48,8 @@ static const struct command {
     "good, 1 problems found, 2 could not check)\n" },
   { "correspondence", ctl_correspondence,
     "correspondence list [--json] [--address A] [--thread T]\n"
-    "correspondence show ID [--json]\n" },
+    "correspondence show ID [--json]\n"
+    "correspondence forward list [--json] | forward retry ID|--all\n" },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
