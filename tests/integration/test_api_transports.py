@@ -221,6 +221,48 @@ def test_sendgrid_corpus(daemon_factory, api, tmp_path, validator):
     assert api.key not in d.log_text()
 
 
+def test_sendgrid_inline_images_as_python_writes_them(daemon_factory, api, tmp_path, validator):
+    # EmailMessage.add_related(..., cid=..., filename=...) puts the picture in multipart/related
+    # with "Content-Disposition: attachment": it used to go to SendGrid as a plain attachment
+    # without content_id, and the HTML's <img src="cid:..."> broke
+    import email.message
+    import email.policy
+    import email.utils
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    logo_cid = email.utils.make_msgid(domain="client.test")       # "<...@client.test>"
+    m = email.message.EmailMessage(policy=email.policy.SMTP)
+    m["From"], m["To"], m["Subject"] = SENDER, "pics@example.net", "inline pictures"
+    m.set_content("Our logo is in the HTML part.")
+    m.add_alternative(f'<p>Logo: <img src="cid:{logo_cid[1:-1]}"></p>'
+                      '<p>Chart: <img src="cid:chart@client.test"></p>', subtype="html")
+    m.get_payload()[1].add_related(png, "image", "png", cid=logo_cid, filename="logo.png")
+    # a picture the HTML names by cid: but that sits outside multipart/related
+    m.add_attachment(png[::-1], "image", "png", cid="<chart@client.test>", filename="chart.png")
+    # an attachment with a Content-ID the HTML does not name: stays an attachment
+    m.add_attachment(b"a,b\r\n1,2\r\n", "text", "csv", cid="<data@client.test>",
+                     filename="data.csv")
+    raw = m.as_bytes()
+    assert b'Content-Disposition: attachment; filename="logo.png"' in raw    # as Python writes it
+    key = secret_file(tmp_path / "sg.key", api.key)
+    d = daemon_factory(postern=FAST, extra=sendgrid_conf(api, key))
+    qid = submit(d, ["pics@example.net"], raw)
+    wait_all(d, qid, "sent")
+    (req,) = by_postern_id(api, qid)
+    body = req.json()
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
+    assert not errors, "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+    atts = {a["filename"]: a for a in body["attachments"]}
+    assert set(atts) == {"logo.png", "chart.png", "data.csv"}, atts.keys()
+    assert atts["logo.png"]["disposition"] == "inline", atts["logo.png"]
+    assert atts["logo.png"]["content_id"] == logo_cid[1:-1]
+    assert base64.b64decode(atts["logo.png"]["content"]) == png
+    assert atts["chart.png"]["disposition"] == "inline"
+    assert atts["chart.png"]["content_id"] == "chart@client.test"
+    assert atts["data.csv"]["disposition"] == "attachment" and "content_id" not in atts["data.csv"]
+    html = [c["value"] for c in body["content"] if c["type"] == "text/html"][0]
+    assert f"cid:{logo_cid[1:-1]}" in html
+
+
 def test_sendgrid_1500_recipients_split(daemon_factory, api, tmp_path, validator):
     key = secret_file(tmp_path / "sg.key", api.key)
     d = daemon_factory(postern=dict(FAST, max_recipients="2000"), extra=sendgrid_conf(api, key))
