@@ -84,6 +84,17 @@ struct cfg_user {
   char *senders;                  /* globs on the envelope sender, blank-separated, or NULL */
 };
 
+/* [dkim NAME]: a key that signs mail leaving through an smtp upstream */
+struct cfg_dkim {
+  char *name;
+  int line;
+  char *domain, *selector, *key_file;
+  char *algorithm;                /* rsa-sha256 | ed25519-sha256 */
+  char *headers;                  /* field names to sign (over-signed), blank- or colon-separated */
+  char *canonicalization;         /* header/body: relaxed/relaxed, simple/simple, ... */
+  char *match;                    /* from (the From: domain) | sender (the envelope sender's) */
+};
+
 struct cfg_inbound {
   int present;
   int line;                       /* where [inbound] starts, for messages */
@@ -123,6 +134,7 @@ struct config {
   struct cfg_oauth2 *oauth2s;     size_t noauth2s;
   struct cfg_inbound inbound;
   struct cfg_user *users;         size_t nusers;
+  struct cfg_dkim *dkims;         size_t ndkims;
 };
 
 /* Reads path (or, when path is NULL, the embedded default: one loopback submission listener on
