@@ -1202,6 +1202,51 @@ static void check_routes(struct loader *ld)
   }
 }
 
+/* An [upstream] with no [route] used to be silently unused: every message stayed in the store
+ * as captured while the operator believed it was relayed. With no route, the one upstream no
+ * other names as its fallback carries all mail; with several, which one is the operator's to
+ * say. */
+static void implicit_route(struct loader *ld)
+{
+  struct config *cfg = ld->cfg;
+  const struct cfg_upstream *only = NULL;
+  struct cfg_route *r;
+  char names[256];
+  size_t i, j, n = 0, used = 0;
+  if(cfg->nroutes || !cfg->nupstreams || ld->nerr)
+    return;
+  names[0] = '\0';
+  for(i = 0; i < cfg->nupstreams; i++) {
+    const struct cfg_upstream *u = &cfg->upstreams[i];
+    int fallback_of_other = 0;
+    for(j = 0; j < cfg->nupstreams; j++)
+      if(j != i && cfg->upstreams[j].fallback && !strcmp(cfg->upstreams[j].fallback, u->name))
+        fallback_of_other = 1;
+    if(fallback_of_other)
+      continue;
+    only = u;
+    n++;
+    if(used < sizeof(names)) {
+      int w = snprintf(names + used, sizeof(names) - used, "%s%s", n > 1 ? ", " : "", u->name);
+      used += w > 0 ? (size_t)w : 0;
+    }
+  }
+  if(n > 1) {
+    report(ld, cfg->upstreams[0].line, "%zu upstreams (%s) and no [route]: say which carries the "
+           "mail, e.g. [route default] with upstream = %s (a route with neither sender nor "
+           "recipient takes all mail)", n, names, cfg->upstreams[0].name);
+    return;
+  }
+  if(!only)
+    return;
+  r = (struct cfg_route *)(void *)section_add(ld, SEC_ROUTE, "default", 7, 0);
+  if(!r || set_str(&r->upstream, only->name, strlen(only->name))) {
+    nomem(ld, 0);
+    return;
+  }
+  cfg->implicit_route = 1;
+}
+
 /* ---- the environment ------------------------------------------------------------------- */
 
 static const char *env_get(const char *name)
@@ -1408,6 +1453,7 @@ int config_load(const char *path, FILE *errs, struct config **out)
   check_sections(&ld);
   env_apply(&ld);
   check_routes(&ld);                     /* after the environment: it may add upstream "env" */
+  implicit_route(&ld);
 
 out:
   if(ld.fp)

@@ -128,6 +128,7 @@ struct config {
   struct cfg_listener *listeners; size_t nlisteners;
   struct cfg_upstream *upstreams; size_t nupstreams;
   struct cfg_route *routes;       size_t nroutes;
+  int implicit_route;             /* no [route]: the one upstream got the catch-all "default" */
   struct cfg_oauth2 *oauth2s;     size_t noauth2s;
   struct cfg_inbound inbound;
   struct cfg_user *users;         size_t nusers;
