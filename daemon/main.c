@@ -193,6 +193,27 @@ struct reloader {
   struct config *cfg;           /* the one in use; the daemon owns it */
 };
 
+static void warn_to_file(void *arg, const char *line)
+{
+  fprintf((FILE *)arg, "warning: %s\n", line);
+}
+
+static void warn_to_log(void *arg, const char *line)
+{
+  (void)arg;
+  log_warn("%s", line);
+}
+
+/* Where mail goes, said once at start and at each reload: a configuration that keeps mail
+ * in the store, or an upstream nothing routes to, shows in the first lines of the log. */
+static void log_routes(const struct config *cfg)
+{
+  char where[1024];
+  relay_route_warnings(cfg, warn_to_log, NULL);
+  relay_describe_routes(cfg, where, sizeof(where));
+  log_info("%s", where);
+}
+
 static int reload_run(void *arg, char *err, size_t errsz)
 {
   struct reloader *rl = arg;
@@ -233,6 +254,7 @@ static int reload_run(void *arg, char *err, size_t errsz)
   daemon_reload(rl->d, ncfg, ntls);
   rl->cfg = ncfg;
   log_info("reload -- configuration %s", ncfg->path);
+  log_routes(ncfg);
   notify("READY=1\nSTATUS=accepting mail");
   result = 0;
 out:
@@ -283,6 +305,8 @@ int main(int argc, char **argv)
   if(!problems && cfg)
     problems += inbound_init(stderr);
   if(check_only) {
+    if(!problems && cfg)
+      relay_route_warnings(cfg, warn_to_file, stderr);
     inbound_done();
     config_free(cfg);
     return problems ? 1 : 0;
@@ -397,6 +421,7 @@ int main(int argc, char **argv)
     goto out;
   }
   log_info("daemon started -- version %s, configuration %s", PACKAGE_VERSION, cfg->path);
+  log_routes(cfg);
   notify("READY=1\nSTATUS=accepting mail");
 
   for(;;) {

@@ -101,6 +101,8 @@ static const char *const w_provider[] = { "microsoft", "google", "generic", NULL
 static const char *const w_flow[] = { "client_credentials", "refresh_token", "device_code", NULL };
 static const char *const w_cloud[] = { "global", "usgov", "usgov-dod", "china", NULL };
 static const char *const w_spf[] = { "off", "tag", "reject", NULL };
+static const char *const w_http_auth[] = { "basic", "none", NULL };
+static const char *const w_events_auth[] = { "signature", "basic", NULL };
 
 #define PO(f) offsetof(struct config, f)
 #define LI(f) offsetof(struct cfg_listener, f)
@@ -184,6 +186,8 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "http_address", T_HOSTPORT, IN(http_address), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "http_user", T_STR, IN(http_user), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "http_password_file", T_STR, IN(http_password_file), 0, NULL, 0, 0, NULL },
+  { SEC_INBOUND, "http_auth", T_WORD, IN(http_auth), 0, "basic", 0, 0, w_http_auth },
+  { SEC_INBOUND, "events_auth", T_WORD, IN(events_auth), 0, "signature", 0, 0, w_events_auth },
   { SEC_INBOUND, "event_public_key_file", T_STR, IN(event_public_key_file), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "event_max_age", T_DURATION, IN(event_max_age), 0, "10m", 0, 365 * DAY, NULL },
   { SEC_INBOUND, "twilio_auth_token_file", T_STR, IN(twilio_auth_token_file), 0, NULL,
@@ -197,7 +201,7 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "reply_address", T_STR, IN(reply_address), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "forward_url", T_URL, IN(forward_url), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "forward_secret_file", T_STR, IN(forward_secret_file), 0, NULL, 0, 0, NULL },
-  { SEC_INBOUND, "max_http_size", T_SIZE, IN(max_http_size), 0, "30M",
+  { SEC_INBOUND, "max_http_size", T_SIZE, IN(max_http_size), 0, NULL,
     1, LIM_MESSAGE_SIZE_MAX, NULL },
 
   { SEC_USER, "senders", T_STR, US(senders), 0, NULL, 0, 0, NULL },
@@ -1192,6 +1196,51 @@ static void check_routes(struct loader *ld)
   }
 }
 
+/* An [upstream] with no [route] used to be silently unused: every message stayed in the store
+ * as captured while the operator believed it was relayed. With no route, the one upstream no
+ * other names as its fallback carries all mail; with several, which one is the operator's to
+ * say. */
+static void implicit_route(struct loader *ld)
+{
+  struct config *cfg = ld->cfg;
+  const struct cfg_upstream *only = NULL;
+  struct cfg_route *r;
+  char names[256];
+  size_t i, j, n = 0, used = 0;
+  if(cfg->nroutes || !cfg->nupstreams || ld->nerr)
+    return;
+  names[0] = '\0';
+  for(i = 0; i < cfg->nupstreams; i++) {
+    const struct cfg_upstream *u = &cfg->upstreams[i];
+    int fallback_of_other = 0;
+    for(j = 0; j < cfg->nupstreams; j++)
+      if(j != i && cfg->upstreams[j].fallback && !strcmp(cfg->upstreams[j].fallback, u->name))
+        fallback_of_other = 1;
+    if(fallback_of_other)
+      continue;
+    only = u;
+    n++;
+    if(used < sizeof(names)) {
+      int w = snprintf(names + used, sizeof(names) - used, "%s%s", n > 1 ? ", " : "", u->name);
+      used += w > 0 ? (size_t)w : 0;
+    }
+  }
+  if(n > 1) {
+    report(ld, cfg->upstreams[0].line, "%zu upstreams (%s) and no [route]: say which carries the "
+           "mail, e.g. [route default] with upstream = %s (a route with neither sender nor "
+           "recipient takes all mail)", n, names, cfg->upstreams[0].name);
+    return;
+  }
+  if(!only)
+    return;
+  r = (struct cfg_route *)(void *)section_add(ld, SEC_ROUTE, "default", 7, 0);
+  if(!r || set_str(&r->upstream, only->name, strlen(only->name))) {
+    nomem(ld, 0);
+    return;
+  }
+  cfg->implicit_route = 1;
+}
+
 /* ---- the environment ------------------------------------------------------------------- */
 
 static const char *env_get(const char *name)
@@ -1398,6 +1447,7 @@ int config_load(const char *path, FILE *errs, struct config **out)
   check_sections(&ld);
   env_apply(&ld);
   check_routes(&ld);                     /* after the environment: it may add upstream "env" */
+  implicit_route(&ld);
 
 out:
   if(ld.fp)

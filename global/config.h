@@ -90,11 +90,13 @@ struct cfg_inbound {
   char *domains;
   char *spf;
   char *http_address, *http_user, *http_password_file, *event_public_key_file;
+  char *http_auth;                /* basic | none (the webhooks open on purpose) */
+  char *events_auth;              /* signature | basic (accounts without signed events) */
   long long event_max_age;
   char *twilio_auth_token_file, *public_url, *reply_address, *forward_url, *forward_secret_file;
   /* posternctl twilio: the account and the API hosts (tests point them at loopback) */
   char *twilio_account_sid, *twilio_api_url, *twilio_messaging_url;
-  long long max_http_size;
+  long long max_http_size;        /* 0: max_message_size plus LIM_WEBHOOK_FORM_OVERHEAD */
 };
 
 struct config {
@@ -120,6 +122,7 @@ struct config {
   struct cfg_listener *listeners; size_t nlisteners;
   struct cfg_upstream *upstreams; size_t nupstreams;
   struct cfg_route *routes;       size_t nroutes;
+  int implicit_route;             /* no [route]: the one upstream got the catch-all "default" */
   struct cfg_oauth2 *oauth2s;     size_t noauth2s;
   struct cfg_inbound inbound;
   struct cfg_user *users;         size_t nusers;

@@ -23,10 +23,19 @@ struct http_settings {
   int refs;                     /* under inbound_http.mu */
   char *http_user, *public_url;
   long long event_max_age;
+  int auth_none;                /* http_auth = none: no basic auth anywhere */
+  int events_basic;             /* events_auth = basic: /events takes basic auth, not a signature */
+  /* the digest of "user:password" (HMAC under a fixed key): what a request's credentials are
+   * compared with, so that the comparison takes the same time whatever their lengths */
+  unsigned char cred_digest[32];
   char *password;               /* http_password_file */
   size_t passwordlen;
   char *event_key;              /* event_public_key_file (PEM or base64 DER) */
   size_t event_keylen;
+  /* event_public_key_file is named but not written yet (a first install, before `posternctl
+   * sendgrid setup`): /events answers 503 until a SIGHUP finds it */
+  char *event_key_missing;
+  int event_key_warned;         /* under inbound_http.mu: warned once per settings */
   char *twilio_token;
   size_t twilio_tokenlen;
   size_t max_size;
@@ -63,6 +72,11 @@ struct request {
   int too_big;
   int form_error;
   struct buf body;
+  /* /events: the signature, decoded from its header before the body is read, and the check
+   * fed with the timestamp and then the body as it arrives (no copy of the body is made) */
+  struct tls_verifier *verifier;
+  unsigned char sig[256];
+  size_t siglen;
   struct MHD_PostProcessor *pp;
   /* Inbound Parse fields */
   struct buf envelope, spf, sender_ip, attachments;
@@ -108,6 +122,7 @@ static void request_free(struct request *rq)
     settings_release(rq->h, rq->set);
   if(rq->pp)
     MHD_destroy_post_processor(rq->pp);
+  tls_verifier_free(rq->verifier);
   buf_free(&rq->body);
   buf_free(&rq->envelope);
   buf_free(&rq->spf);
@@ -123,17 +138,38 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
   *con_cls = NULL;
 }
 
-/* Basic auth against http_user / http_password_file, compared in constant time. */
+static const char cred_key[] = "postern basic auth";
+
+/* The digest credentials are compared by: user ":" password. */
+static int cred_digest(const char *user, size_t userlen, const char *pass, size_t passlen,
+                       unsigned char out[32])
+{
+  struct buf b;
+  int result;
+  buf_init(&b, userlen + passlen + 2);
+  result = buf_add(&b, user, userlen) || buf_add(&b, ":", 1) || buf_add(&b, pass, passlen) ||
+           tls_hmac_sha256(cred_key, sizeof(cred_key) - 1, b.ptr, b.len, out) ? -1 : 0;
+  if(b.ptr)
+    explicit_bzero(b.ptr, b.len);
+  buf_free(&b);
+  return result;
+}
+
+/* Basic auth against http_user / http_password_file. The digests are compared, in constant
+ * time: neither the lengths nor the first differing byte show in the time taken. */
 static int auth_ok(const struct http_settings *h, struct MHD_Connection *c)
 {
-  const char *want = h->http_user;
   char *pass = NULL, *user;
+  unsigned char got[32];
   int ok;
-  if(!want || !want[0])
+  if(h->auth_none)
     return 1;
+  if(!h->http_user)
+    return 0;
   user = MHD_basic_auth_get_username_password(c, &pass);
-  ok = user && pass && strlen(user) == strlen(want) && tls_memeq(user, want, strlen(want)) &&
-       strlen(pass) == h->passwordlen && tls_memeq(pass, h->password, h->passwordlen);
+  ok = user && pass && !cred_digest(user, strlen(user), pass, strlen(pass), got) &&
+       tls_memeq(got, h->cred_digest, sizeof(got));
+  explicit_bzero(got, sizeof(got));
   if(pass) {
     explicit_bzero(pass, strlen(pass));
     MHD_free(pass);
@@ -279,39 +315,13 @@ static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connecti
   const char *why = NULL;
   size_t n = 0, added = 0;
   int result;
-  const struct http_settings *set = rq->set;
 
-  if(set->event_key) {
-    const char *sig64 = header(c, "X-Twilio-Email-Event-Webhook-Signature");
-    const char *ts = header(c, "X-Twilio-Email-Event-Webhook-Timestamp");
-    unsigned char sig[256];
-    size_t siglen = 0, tslen;
-    long t = 0;
-    struct buf signed_data;
-    int bad;
-    if(!sig64 || !ts)
-      return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature headers missing\n");
-    tslen = strlen(ts);
-    if(str_to_long(ts, tslen, 0, 0x7fffffffL, &t))
-      return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "bad signature timestamp\n");
-    if(set->event_max_age > 0) {
-      long long now = (long long)time(NULL), age = now - t;
-      /* a timestamp from the future is as suspect as an old one */
-      if(age > set->event_max_age || -age > set->event_max_age)
-        return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "stale signature timestamp\n");
-    }
-    if(tls_base64_decode(sig64, strlen(sig64), sig, sizeof(sig), &siglen))
-      return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "bad signature encoding\n");
-    buf_init(&signed_data, tslen + rq->body.len + 1);
-    bad = buf_add(&signed_data, ts, tslen) || buf_add(&signed_data, rq->body.ptr, rq->body.len) ||
-          tls_ecdsa_verify_sha256(set->event_key, set->event_keylen, signed_data.ptr,
-                                  signed_data.len, sig, siglen);
-    buf_free(&signed_data);
-    if(bad) {
-      log_warn("events: signature verification failed; batch refused (if SendGrid sent it, "
-               "event_public_key_file in [inbound] is not its current verification key)");
-      return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
-    }
+  if(rq->form_error)
+    return respond_text(rq, c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory\n");
+  if(rq->verifier && tls_verifier_end(rq->verifier, rq->sig, rq->siglen)) {
+    log_warn("events: signature verification failed; batch refused (if SendGrid sent it, "
+             "event_public_key_file in [inbound] is not its current verification key)");
+    return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
   }
   if(inbound_events_parse(rq->body.ptr ? rq->body.ptr : "", rq->body.len, LIM_WEBHOOK_EVENTS,
                           &evs, &ev, &n, &why))
@@ -452,6 +462,71 @@ static enum MHD_Result finish_metrics(struct inbound_http *h, struct MHD_Connect
   return ret;
 }
 
+/* /events before its body is read: basic auth (events_auth = basic), or the signature headers
+ * decoded and their timestamp judged, the check started. 0 go on, 1 answered. */
+static int events_begin(struct request *rq, struct MHD_Connection *c, enum MHD_Result *ret)
+{
+  const struct http_settings *set = rq->set;
+  const char *sig64, *ts;
+  long t = 0;
+  size_t tslen;
+  *ret = MHD_YES;
+  if(set->events_basic) {
+    if(auth_ok(set, c))
+      return 0;
+    *ret = refuse_auth(rq, c);
+    return 1;
+  }
+  if(set->event_key_missing) {
+    int warn;
+    pthread_mutex_lock(&rq->h->mu);
+    warn = !rq->set->event_key_warned;
+    rq->set->event_key_warned = 1;
+    pthread_mutex_unlock(&rq->h->mu);
+    if(warn)
+      log_warn("events: event_public_key_file %s does not exist yet: /events answers 503 (SendGrid "
+               "retries) until `posternctl sendgrid setup` writes it and the daemon reloads "
+               "(SIGHUP)", set->event_key_missing);
+    *ret = respond_text(rq, c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                        "the Event Webhook key is not installed yet (posternctl sendgrid setup)\n");
+    return 1;
+  }
+  if(!set->event_key) {
+    *ret = respond_text(rq, c, MHD_HTTP_FORBIDDEN, "events are not accepted: set "
+                        "event_public_key_file (or events_auth = basic) in [inbound]\n");
+    return 1;
+  }
+  sig64 = header(c, "X-Twilio-Email-Event-Webhook-Signature");
+  ts = header(c, "X-Twilio-Email-Event-Webhook-Timestamp");
+  if(!sig64 || !ts) {
+    *ret = respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature headers missing\n");
+    return 1;
+  }
+  tslen = strlen(ts);
+  if(str_to_long(ts, tslen, 0, 0x7fffffffL, &t)) {
+    *ret = respond_text(rq, c, MHD_HTTP_FORBIDDEN, "bad signature timestamp\n");
+    return 1;
+  }
+  if(set->event_max_age > 0) {
+    long long now = (long long)time(NULL), age = now - t;
+    /* a timestamp from the future is as suspect as an old one */
+    if(age > set->event_max_age || -age > set->event_max_age) {
+      *ret = respond_text(rq, c, MHD_HTTP_FORBIDDEN, "stale signature timestamp\n");
+      return 1;
+    }
+  }
+  if(tls_base64_decode(sig64, strlen(sig64), rq->sig, sizeof(rq->sig), &rq->siglen)) {
+    *ret = respond_text(rq, c, MHD_HTTP_FORBIDDEN, "bad signature encoding\n");
+    return 1;
+  }
+  rq->verifier = tls_ecdsa_verifier_new(set->event_key, set->event_keylen);
+  if(!rq->verifier || tls_verifier_add(rq->verifier, ts, tslen)) {
+    *ret = respond_text(rq, c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory\n");
+    return 1;
+  }
+  return 0;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
                               const char *method, const char *version, const char *upload,
                               size_t *upload_size, void **con_cls)
@@ -503,12 +578,30 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       rq->answered = 1;
       return respond_text(rq, c, MHD_HTTP_METHOD_NOT_ALLOWED, "POST only\n");
     }
-    if((rq->ep == EP_PARSE || (rq->ep == EP_EVENTS && !rq->set->event_key)) &&
-       !auth_ok(rq->set, c)) {
+    /* who may post is decided here, from the headers, before any of the body is read (a
+     * client sending Expect: 100-continue sends none of it) */
+    if(rq->ep == EP_PARSE && !auth_ok(rq->set, c)) {
       rq->answered = 1;
       return refuse_auth(rq, c);
     }
-    cap = rq->ep == EP_PARSE ? rq->set->max_size : LIM_WEBHOOK_SMALL_BODY;
+    if(rq->ep == EP_EVENTS) {
+      enum MHD_Result ret;
+      if(events_begin(rq, c, &ret)) {
+        rq->answered = 1;
+        return ret;
+      }
+    }
+    if(rq->ep == EP_SMS && (!rq->set->twilio_token || !rq->set->public_url)) {
+      rq->answered = 1;
+      return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "twilio_auth_token_file is not configured\n");
+    }
+    if(rq->ep == EP_SMS && !header(c, "X-Twilio-Signature")) {
+      rq->answered = 1;
+      log_warn("sms: X-Twilio-Signature missing; request refused");
+      return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
+    }
+    cap = rq->ep == EP_PARSE ? rq->set->max_size :
+          rq->ep == EP_EVENTS ? LIM_WEBHOOK_EVENTS_BODY : LIM_WEBHOOK_SMS_BODY;
     clen = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if(clen) {
       char *end = NULL;
@@ -540,6 +633,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     if(!rq->answered && !rq->too_big) {
       if(buf_add(&rq->body, upload, *upload_size))
         rq->too_big = 1;
+      else if(rq->verifier && tls_verifier_add(rq->verifier, upload, *upload_size))
+        rq->form_error = 1;
       else if(rq->pp && MHD_post_process(rq->pp, upload, *upload_size) != MHD_YES)
         rq->form_error = 1;
     }
@@ -583,6 +678,8 @@ static void settings_free(struct http_settings *set)
   secret_clear(&set->password, &set->passwordlen);
   secret_clear(&set->twilio_token, &set->twilio_tokenlen);
   free(set->event_key);
+  free(set->event_key_missing);
+  explicit_bzero(set->cred_digest, sizeof(set->cred_digest));
   free(set->http_user);
   free(set->public_url);
   free(set);
@@ -618,7 +715,23 @@ static int read_secrets(const struct cfg_inbound *in, struct http_settings *h, F
   int line = in->line;
   char err[512];
   int problems = 0;
-  if(in->http_user && in->http_user[0]) {
+  int has_user = in->http_user && in->http_user[0];
+  h->auth_none = in->http_auth && !strcmp(in->http_auth, "none");
+  h->events_basic = in->events_auth && !strcmp(in->events_auth, "basic");
+  if(h->auth_none && has_user) {
+    fprintf(errs, "%s:%d: [inbound] http_auth = none and http_user contradict each other: "
+            "remove http_auth = none to require the credentials, or http_user to leave the "
+            "webhooks open\n", path, line);
+    problems++;
+  }
+  /* this listener faces the internet for the webhooks: open only when the file says so */
+  if(in->http_address && !h->auth_none && !has_user) {
+    fprintf(errs, "%s:%d: [inbound] http_address needs http_user and http_password_file (the "
+            "basic auth /emailInbound and /metrics require); to leave them open on purpose "
+            "(a proxy in front authenticates), set http_auth = none\n", path, line);
+    problems++;
+  }
+  if(has_user) {
     if(!in->http_password_file) {
       fprintf(errs, "%s:%d: [inbound] http_user needs http_password_file\n", path, line);
       problems++;
@@ -626,6 +739,11 @@ static int read_secrets(const struct cfg_inbound *in, struct http_settings *h, F
     else if(auth_secret_read(in->http_password_file, &h->password, &h->passwordlen, err,
                              sizeof(err))) {
       fprintf(errs, "%s:%d: [inbound] http_password_file: %s\n", path, line, err);
+      problems++;
+    }
+    else if(cred_digest(in->http_user, strlen(in->http_user), h->password, h->passwordlen,
+                        h->cred_digest)) {
+      fprintf(errs, "%s:%d: [inbound] http_password_file: out of memory\n", path, line);
       problems++;
     }
   }
@@ -648,7 +766,18 @@ static int read_secrets(const struct cfg_inbound *in, struct http_settings *h, F
     size_t n = f ? fread(key, 1, sizeof(key), f) : 0;
     if(f)
       fclose(f);
-    if(!f || !n || n == sizeof(key) || tls_public_key_check(key, n)) {
+    if(!f && errno == ENOENT) {
+      /* written by `posternctl sendgrid setup`, which a first install runs after starting the
+       * daemon: not a reason to refuse to start */
+      fprintf(errs, "%s:%d: warning: [inbound] event_public_key_file %s does not exist yet: "
+              "/events answers 503 until `posternctl sendgrid setup` writes it and the daemon "
+              "reloads (SIGHUP)\n", path, line, in->event_public_key_file);
+      h->event_key_missing = str_dup_n(in->event_public_key_file,
+                                       strlen(in->event_public_key_file));
+      if(!h->event_key_missing)
+        problems++;
+    }
+    else if(!f || !n || n == sizeof(key) || tls_public_key_check(key, n)) {
       fprintf(errs, "%s:%d: [inbound] event_public_key_file %s: %s\n", path, line,
               in->event_public_key_file,
               !f ? strerror(errno) : "not an EC P-256 public key (PEM or base64)");
@@ -708,6 +837,8 @@ int inbound_check_config(const struct config *cfg, FILE *errs)
   secret_clear(&h.password, &h.passwordlen);
   secret_clear(&h.twilio_token, &h.twilio_tokenlen);
   free(h.event_key);
+  free(h.event_key_missing);
+  explicit_bzero(h.cred_digest, sizeof(h.cred_digest));
   problems += records_check_config(&cfg->inbound, errs, cfg->path);
   for(i = 0; i < cfg->nlisteners; i++) {
     const struct cfg_listener *l = &cfg->listeners[i];
@@ -727,7 +858,8 @@ static struct http_settings *settings_new(const struct config *cfg)
   if(!set)
     return NULL;
   set->refs = 1;
-  set->max_size = (size_t)cfg->inbound.max_http_size;
+  set->max_size = cfg->inbound.max_http_size ? (size_t)cfg->inbound.max_http_size :
+                  (size_t)cfg->max_message_size + LIM_WEBHOOK_FORM_OVERHEAD;
   set->event_max_age = cfg->inbound.event_max_age;
   if((cfg->inbound.http_user && cfg->inbound.http_user[0] &&
       !(set->http_user = str_dup_n(cfg->inbound.http_user, strlen(cfg->inbound.http_user)))) ||
@@ -737,6 +869,10 @@ static struct http_settings *settings_new(const struct config *cfg)
     settings_free(set);
     return NULL;
   }
+  if(set->event_key_missing)
+    log_warn("event_public_key_file %s does not exist yet: /events answers 503 until "
+             "`posternctl sendgrid setup` writes it and the daemon reloads (SIGHUP)",
+             set->event_key_missing);
   return set;
 }
 

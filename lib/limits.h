@@ -36,7 +36,11 @@
 #define LIM_WEBHOOK_FIELD       (64u * 1024u)  /* one form field kept in memory (envelope, ...) */
 #define LIM_WEBHOOK_FIELDS      200      /* form fields in one request */
 #define LIM_WEBHOOK_EVENTS      10000    /* events in one Event Webhook batch */
-#define LIM_WEBHOOK_SMALL_BODY  (1024u * 1024u)  /* /events and /sms bodies */
+#define LIM_WEBHOOK_EVENTS_BODY (1024u * 1024u)  /* an Event Webhook batch */
+#define LIM_WEBHOOK_SMS_BODY    (64u * 1024u)    /* a Twilio SMS post (1600 characters, media URLs) */
+/* /emailInbound without max_http_size: the message (raw mode's email field, or parsed mode's
+ * decoded parts) plus the other fields and the multipart framing */
+#define LIM_WEBHOOK_FORM_OVERHEAD (1024u * 1024u)
 #define LIM_WEBHOOK_TIMEOUT_SECONDS 120  /* an idle HTTP connection */
 
 /* MIME -> correspondence records (inbound/mime.c): a message past these still becomes a record,

@@ -30,6 +30,15 @@ void relay_stop(struct relay *r);
  * written as FILE:LINE: message; returns how many. */
 int relay_check_config(const struct config *cfg, FILE *errs);
 
+/* An upstream that neither a route nor another upstream's fallback reaches carries no mail:
+ * one "FILE:LINE: message" line for each to warn(), which the daemon logs at start and
+ * postern -n prints. Returns how many. */
+int relay_route_warnings(const struct config *cfg, void (*warn)(void *arg, const char *line),
+                         void *arg);
+/* Where mail goes, in one line for the start-up log: "all mail -> upstream office365,
+ * smtp.office365.com:587 STARTTLS, XOAUTH2", or each route in file order. */
+void relay_describe_routes(const struct config *cfg, char *out, size_t outsz);
+
 /* The smtp client settings of an [upstream] of type = smtp (host, port, tls, verify, ca_file,
  * tls_min_version, helo), as the smtp transport uses them: the doctor connects the same way. */
 void relay_smtp_client_cfg(const struct config *cfg, const struct cfg_upstream *up,

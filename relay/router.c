@@ -58,6 +58,107 @@ const char *relay_upstream_for(const struct config *cfg, const char *sender,
   return up ? up->name : NULL;
 }
 
+int relay_route_warnings(const struct config *cfg, void (*warn)(void *arg, const char *line),
+                         void *arg)
+{
+  size_t i, j;
+  int n = 0, reached;
+  char line[512];
+  for(i = 0; i < cfg->nupstreams; i++) {
+    const struct cfg_upstream *up = &cfg->upstreams[i];
+    reached = 0;
+    for(j = 0; j < cfg->nroutes && !reached; j++)
+      reached = cfg->routes[j].upstream && !strcmp(cfg->routes[j].upstream, up->name);
+    for(j = 0; j < cfg->nupstreams && !reached; j++)
+      reached = j != i && cfg->upstreams[j].fallback &&
+                !strcmp(cfg->upstreams[j].fallback, up->name);
+    if(reached)
+      continue;
+    snprintf(line, sizeof(line), "%s:%d: upstream %s carries no mail: no [route] names "
+             "it (add upstream = %s to a [route], or remove the section)", cfg->path, up->line,
+             up->name, up->name);
+    warn(arg, line);
+    n++;
+  }
+  return n;
+}
+
+/* "upstream office365, smtp.office365.com:587 STARTTLS, XOAUTH2" */
+static void describe_upstream(const struct cfg_upstream *up, char *out, size_t outsz)
+{
+  const char *type = up->type ? up->type : "smtp", *tls, *auth;
+  char mech[32];
+  size_t i;
+  if(!strcmp(type, "capture")) {
+    snprintf(out, outsz, "%s (kept in the store: posternctl queue list shows it)",
+             strcmp(up->name, "capture") ? up->name : "capture");
+    return;
+  }
+  if(strcmp(type, "smtp")) {
+    snprintf(out, outsz, "upstream %s, %s API%s%s", up->name, type, up->api_url ? " " : "",
+             up->api_url ? up->api_url : "");
+    return;
+  }
+  tls = !up->tls || !strcmp(up->tls, "starttls") ? "STARTTLS"
+        : !strcmp(up->tls, "implicit") ? "TLS" : !strcmp(up->tls, "none") ? "no TLS"
+        : up->tls;
+  auth = up->auth ? up->auth : "auto";
+  if(!up->username || !strcmp(auth, "none"))
+    auth = "no AUTH";
+  else if(!strcmp(auth, "auto"))
+    auth = "AUTH (the best mechanism offered)";
+  else {
+    for(i = 0; auth[i] && i + 1 < sizeof(mech); i++)
+      mech[i] = (char)((auth[i] >= 'a' && auth[i] <= 'z') ? auth[i] - 'a' + 'A' : auth[i]);
+    mech[i] = '\0';
+    auth = mech;
+  }
+  snprintf(out, outsz, "upstream %s, %s:%ld %s, %s", up->name, up->host ? up->host : "?",
+           up->port ? up->port : (up->tls && !strcmp(up->tls, "implicit") ? 465 : 587), tls,
+           auth);
+}
+
+void relay_describe_routes(const struct config *cfg, char *out, size_t outsz)
+{
+  char up[256];
+  size_t i, used = 0;
+  int w;
+  if(!outsz)
+    return;
+  out[0] = '\0';
+  if(!cfg->nroutes) {
+    describe_upstream(&upstream_capture, up, sizeof(up));
+    snprintf(out, outsz, "all mail -> %s", up);
+    return;
+  }
+  for(i = 0; i < cfg->nroutes && used < outsz; i++) {
+    const struct cfg_route *rt = &cfg->routes[i];
+    const struct cfg_upstream *u = config_upstream(cfg, rt->upstream);
+    describe_upstream(u ? u : &upstream_capture, up, sizeof(up));
+    if(!rt->sender && !rt->recipient && i == 0)
+      w = snprintf(out + used, outsz - used, "all mail -> %s", up);
+    else if(!rt->sender && !rt->recipient)
+      w = snprintf(out + used, outsz - used, "; other mail -> %s", up);
+    else
+      w = snprintf(out + used, outsz - used, "%sroute %s (%s%s%s%s%s) -> %s", i ? "; " : "",
+                   rt->name, rt->sender ? "sender " : "", rt->sender ? rt->sender : "",
+                   rt->sender && rt->recipient ? ", " : "", rt->recipient ? "recipient " : "",
+                   rt->recipient ? rt->recipient : "", up);
+    if(w < 0)
+      break;
+    used += (size_t)w;
+    if(!rt->sender && !rt->recipient)
+      break;                           /* later routes are never reached */
+  }
+  if(cfg->implicit_route && used < outsz)
+    snprintf(out + used, outsz - used, " (the only [upstream]; no [route] in %s)", cfg->path);
+  for(i = 0; i < cfg->nroutes && (cfg->routes[i].sender || cfg->routes[i].recipient); i++)
+    ;
+  used = strlen(out);
+  if(i == cfg->nroutes && used < outsz)
+    snprintf(out + used, outsz - used, "; other mail is deferred (no route matches it)");
+}
+
 /* Secrets must not be readable by others (DESIGN.md): refuse to start rather than use one
  * that is. A missing file is not refused here: the mail waits, held, until it appears. */
 static int secret_file_check(const struct config *cfg, const struct cfg_upstream *up,

@@ -130,14 +130,9 @@ static int sg_open(const struct config *cfg, const struct cfg_upstream *up, void
     result = http_answer_reply("SendGrid", s->name, &resp, 0, NULL, r);
     goto out;
   }
-  if(resp.status == 429 || resp.status >= 500) {
-    smtp_reply_set(r, 451, resp.status == 429 ? "4.7.0" : "4.3.0",
-                   "SendGrid answered HTTP %ld to the key check", resp.status);
-    result = resp.status == 429 ? TRANSPORT_THROTTLED : TRANSPORT_FAILED;
-    goto out;
-  }
-  /* anything else (200, or a 404 from a proxy that only passes mail/send) does not say the key
-   * is wrong: mail/send will tell */
+  /* Only 401 and 403 prove the key wrong. Anything else (a 404 or 501 from a proxy or a
+   * regional endpoint that only passes mail/send, a 429, a 5xx) says nothing about the key:
+   * mail/send answers for itself, with its own deferral when SendGrid is in trouble. */
   *session = s;
   s = NULL;
   result = TRANSPORT_OK;

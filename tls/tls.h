@@ -78,6 +78,14 @@ int tls_base64_encode(const unsigned char *in, size_t inlen, char *out, size_t o
  * the bare base64 of its DER SubjectPublicKeyInfo? 0 yes, -1 no (or a bad key). */
 int tls_ecdsa_verify_sha256(const char *key, size_t keylen, const void *data, size_t len,
                             const unsigned char *sig, size_t siglen);
+/* The same check fed in pieces, so that a signed body need not be copied to be verified:
+ * new (NULL on a bad key or no memory), add the data in order, end with the signature
+ * (0 valid, -1 not), free. */
+struct tls_verifier;
+struct tls_verifier *tls_ecdsa_verifier_new(const char *key, size_t keylen);
+int tls_verifier_add(struct tls_verifier *v, const void *data, size_t len);
+int tls_verifier_end(struct tls_verifier *v, const unsigned char *sig, size_t siglen);
+void tls_verifier_free(struct tls_verifier *v);
 /* Is key (as above) a usable P-256 public key? 0 yes, -1 no. */
 int tls_public_key_check(const char *key, size_t keylen);
 /* The key (as above) as canonical PEM into out (NUL-terminated): the file format

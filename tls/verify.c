@@ -85,25 +85,51 @@ static EVP_PKEY *load_public_key(const char *key, size_t keylen)
   return pk;
 }
 
+struct tls_verifier {
+  EVP_PKEY *pk;
+  EVP_MD_CTX *md;
+};
+
+void tls_verifier_free(struct tls_verifier *v)
+{
+  if(!v)
+    return;
+  EVP_MD_CTX_free(v->md);
+  EVP_PKEY_free(v->pk);
+  free(v);
+}
+
+struct tls_verifier *tls_ecdsa_verifier_new(const char *key, size_t keylen)
+{
+  struct tls_verifier *v = keylen <= 8192 ? calloc(1, sizeof(*v)) : NULL;
+  if(!v)
+    return NULL;
+  v->pk = load_public_key(key, keylen);
+  if(!v->pk || EVP_PKEY_get_base_id(v->pk) != EVP_PKEY_EC || EVP_PKEY_get_bits(v->pk) != 256 ||
+     !(v->md = EVP_MD_CTX_new()) ||
+     EVP_DigestVerifyInit(v->md, NULL, EVP_sha256(), NULL, v->pk) != 1) {
+    tls_verifier_free(v);
+    return NULL;
+  }
+  return v;
+}
+
+int tls_verifier_add(struct tls_verifier *v, const void *data, size_t len)
+{
+  return EVP_DigestVerifyUpdate(v->md, data, len) == 1 ? 0 : -1;
+}
+
+int tls_verifier_end(struct tls_verifier *v, const unsigned char *sig, size_t siglen)
+{
+  return EVP_DigestVerifyFinal(v->md, sig, siglen) == 1 ? 0 : -1;
+}
+
 int tls_ecdsa_verify_sha256(const char *key, size_t keylen, const void *data, size_t len,
                             const unsigned char *sig, size_t siglen)
 {
-  EVP_PKEY *pk = NULL;
-  EVP_MD_CTX *md = NULL;
-  int result = -1;
-  if(keylen > 8192)
-    goto out;
-  pk = load_public_key(key, keylen);
-  if(!pk || EVP_PKEY_get_base_id(pk) != EVP_PKEY_EC || EVP_PKEY_get_bits(pk) != 256)
-    goto out;
-  md = EVP_MD_CTX_new();
-  if(!md || EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pk) != 1)
-    goto out;
-  if(EVP_DigestVerify(md, sig, siglen, data, len) == 1)
-    result = 0;
-out:
-  EVP_MD_CTX_free(md);
-  EVP_PKEY_free(pk);
+  struct tls_verifier *v = tls_ecdsa_verifier_new(key, keylen);
+  int result = v && !tls_verifier_add(v, data, len) && !tls_verifier_end(v, sig, siglen) ? 0 : -1;
+  tls_verifier_free(v);
   return result;
 }
 

@@ -53,6 +53,9 @@ static struct relay_check_step *step_add(struct report *rep, const char *name, i
   struct relay_check_step *st;
   va_list ap;
   va_start(ap, fmt);
+  /* a failure no rule explains says so, rather than guess */
+  if(!ok && !hint)
+    hint = "no rule of the doctor fits this; the detail and the transcript show what happened";
   st = relay_check_vadd(rep->steps, CHECK_STEPS, &rep->nsteps, name, ok, hint, fmt, ap);
   va_end(ap);
   if(!ok)
@@ -107,8 +110,10 @@ static const char *hint_for_reply(const struct smtp_reply *r, const struct cfg_u
   if(r->code == 535)
     return "the server refused the credentials: check username and the password in "
            "password_file (or SMTP_PASSWORD), and auth = the mechanism the provider wants";
-  if(r->code == 530 && (strcasestr(r->text, "STARTTLS") || tls_off))
+  if(r->code == 530 && tls_off)
     return "the server wants TLS first: set tls = starttls (or tls = implicit on port 465)";
+  if(r->code == 530 && strcasestr(r->text, "STARTTLS"))
+    return NULL;                  /* it asks for TLS that is already on: no rule fits */
   if(r->code == 530 || !strcmp(r->enh, "5.7.57"))
     return "the server wants a login before mail: set auth, username and password_file in this "
            "[upstream]";
@@ -124,8 +129,9 @@ static const char *hint_for_reply(const struct smtp_reply *r, const struct cfg_u
   return NULL;
 }
 
-static const char *hint_for_tls(const char *text)
+static const char *hint_for_tls(const struct cfg_upstream *up, const char *text)
 {
+  int implicit = up->tls && !strcmp(up->tls, "implicit");
   if(strstr(text, "hostname mismatch") || strstr(text, "IP address mismatch"))
     return "the certificate does not name the host we connect to: set host to one of the names "
            "it lists (above), or fix the server's certificate";
@@ -137,14 +143,17 @@ static const char *hint_for_tls(const char *text)
     return "the server's certificate has expired: its operator must renew it";
   if(strstr(text, "not yet valid"))
     return "the certificate is not valid yet: check this machine's clock";
-  if(strstr(text, "wrong version number") || strstr(text, "packet length") ||
-     strstr(text, "record layer failure"))
+  if(implicit && (strstr(text, "wrong version number") || strstr(text, "packet length") ||
+                  strstr(text, "record layer failure")))
     return "the port does not start with TLS: tls = implicit is for port 465; for 587 or 25 set "
            "tls = starttls";
-  if(strstr(text, "timed out"))
+  if(implicit && strstr(text, "timed out"))
     return "the TLS handshake got no answer: tls = implicit on a port that waits for EHLO? "
            "(587 and 25 want tls = starttls)";
-  return "check tls, tls_min_version and ca_file of this [upstream]";
+  if(strstr(text, "protocol version") || strstr(text, "no protocols available"))
+    return "no TLS version in common: check tls_min_version of this [upstream] (the server may "
+           "speak only older TLS)";
+  return NULL;
 }
 
 /* ---- the SMTP walk ------------------------------------------------------------------------ */
@@ -264,11 +273,11 @@ static void tls_failed(struct report *rep, const struct config *cfg, const struc
   if(strstr(r->text, "certificate verify failed")) {
     step_add(rep, "tls", 1, NULL, "the handshake ran up to the certificate check");
     cert_peek(cfg, up, desc, sizeof(desc));
-    step_add(rep, "certificate", 0, hint_for_tls(r->text), "%s%s%s", r->text,
+    step_add(rep, "certificate", 0, hint_for_tls(up, r->text), "%s%s%s", r->text,
              desc[0] ? "; the server presents: " : "", desc);
   }
   else
-    step_add(rep, "tls", 0, hint_for_tls(r->text), "%s", r->text);
+    step_add(rep, "tls", 0, hint_for_tls(up, r->text), "%s", r->text);
 }
 
 static void caps_describe(const struct smtp_client_caps *k, char *out, size_t outsz)
@@ -341,6 +350,31 @@ static int secret_get(struct report *rep, const struct config *cfg, const struct
   return -1;
 }
 
+/* The login ended without the server's word on it: our client refused to go on, or the
+ * connection timed out or broke. The hint follows from what was configured and what happened;
+ * a server that goes silent after the credentials fits no rule, and the doctor says so. */
+static const char *hint_for_local_auth(const struct cfg_upstream *up, int result,
+                                       const char *text)
+{
+  int tls_off = up->tls && (!strcmp(up->tls, "none") || !strcmp(up->tls, "opportunistic"));
+  if(result == SMTP_CLIENT_FAILED)
+    return strstr(text, "timed out")
+           ? "no rule fits: the server went silent during AUTH (it had the credentials; TLS "
+             "was already on). The transcript above shows the last exchange; the provider's "
+             "sign-in log for this username may say why"
+           : "no rule fits: the server closed the connection during AUTH. The transcript above "
+             "shows the last exchange; the provider's sign-in log for this username may say why";
+  if(tls_off && (strstr(text, "unencrypted") || strstr(text, "before TLS")))
+    return "set tls = starttls (or implicit on port 465): servers offer AUTH, and Postern sends "
+           "passwords, only over TLS";
+  if(strstr(text, "no SASL mechanism in common") || strstr(text, "does not offer AUTH"))
+    return "set auth to a mechanism the server offers (EHLO above), or auth = auto";
+  if(strstr(text, "offers no AUTH"))
+    return "the server offers no AUTH here: it may take mail without a login (auth = none), or "
+           "this is not its submission port (587 with tls = starttls, 465 with tls = implicit)";
+  return "no rule fits this refusal; the transcript above shows what was said";
+}
+
 static void step_auth(struct report *rep, const struct config *cfg, const struct cfg_upstream *up,
                       struct smtp_client *c, int *ok)
 {
@@ -391,9 +425,7 @@ static void step_auth(struct report *rep, const struct config *cfg, const struct
              : "the server refused the login: check username, password_file and auth",
              "the server refused the login of %s: %s", up->username, said);
   else
-    step_add(rep, "auth", 0, smtp_client_tls_active(c) ? "set auth to a mechanism the server "
-             "offers (EHLO above), or auth = auto" : "set tls = starttls (or implicit): servers "
-             "offer AUTH, and we send passwords, only over TLS", "%s", r.text);
+    step_add(rep, "auth", 0, hint_for_local_auth(up, result, r.text), "%s", r.text);
 }
 
 /* The test recipient: --rcpt, else postmaster at the login's domain, else at the host's

@@ -280,6 +280,28 @@ def test_sendgrid_500_defers_then_sends(daemon_factory, api, tmp_path):
     assert "status=deferred" in d.log_text() and "internal error" in d.log_text()
 
 
+@pytest.mark.parametrize("status", [404, 429, 501])
+def test_sendgrid_odd_key_check_answer_lets_the_send_decide(daemon_factory, api, tmp_path, status):
+    # a proxy or regional endpoint that answers GET /v3/scopes with something other than
+    # 401/403 proves nothing about the key; it used to defer every message with "SendGrid
+    # answered HTTP 501 to the key check"
+    key = secret_file(tmp_path / "sg.key", api.key)
+    api.rule(lambda r: r.path == "/v3/scopes", (status, {}, b"Not Implemented"))
+    d = daemon_factory(postern=FAST, extra=sendgrid_conf(api, key))
+    qid = submit(d, ["odd@example.net"], simple("odd@example.net"))
+    e = wait_all(d, qid, "sent")
+    assert e["recipients"][0]["attempts"] == 1, e
+    assert len(by_postern_id(api, qid)) == 1
+    assert "to the key check" not in d.log_text()
+    # 401 and 403 still hold the upstream's mail before anything is sent
+    api.rule(lambda r: r.path == "/v3/scopes", (403, {}, {"errors": [{"message": "access forbidden"}]}))
+    api.rules.insert(0, api.rules.pop())
+    d2 = daemon_factory(postern=FAST, extra=sendgrid_conf(api, key))
+    qid = submit(d2, ["odd@example.net"], simple("odd@example.net"))
+    wait_all(d2, qid, "held")
+    assert not by_postern_id(api, qid)
+
+
 def test_sendgrid_network_error_defers(daemon_factory, tmp_path):
     key = secret_file(tmp_path / "sg.key", "SG.k")
     conf = sendgrid_conf(f"http://127.0.0.1:{free_port()}", key)

@@ -163,6 +163,21 @@ def test_provider_refusals_explained(tmp_path, upstreams, certs, reply, hint):
     assert "wrong-one" not in text
 
 
+@pytest.mark.parametrize("silent,what", [(40, "timed out"), (1, "lost connection")])
+def test_silence_inside_auth_gets_no_wrong_fix(tmp_path, upstreams, certs, silent, what):
+    # the upstream takes the credentials over STARTTLS and then says nothing (or hangs up);
+    # the doctor used to answer "fix: set tls = starttls" on an upstream that has exactly that
+    up, conf = good_setup(tmp_path, upstreams, certs, auth_silent=silent)
+    rc, out, err = check(conf)
+    assert rc == 1, out + err
+    m = re.search(r"^  \[FAIL\] auth +(.*)\n +fix: +(.*)$", out, re.M)
+    assert m, out
+    assert what in m.group(1), m.group(1)
+    assert "tls = starttls" not in m.group(2) and "no rule fits" in m.group(2), m.group(2)
+    assert re.search(r"^  \[ ok \] tls ", out, re.M), out
+    assert up.auth_commands == ["PLAIN"]
+
+
 def test_no_starttls_offered(tmp_path, upstreams):
     up = upstreams(users={"app": PASSWORD}, auth_require_tls=False)   # AUTH offered in clear
     pw = secret_file(tmp_path / "pw", PASSWORD)

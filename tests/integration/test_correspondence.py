@@ -122,6 +122,7 @@ def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None, ups
              "[route default]\nupstream = sink\n\n"
              "[inbound]\ndomains = reply.test\nspf = tag\n"
              f"http_address = 127.0.0.1:{http}\nevent_public_key_file = {pub}\n"
+             "http_auth = none\n"
              "reply_address = reply+{token}@reply.test\n"
              f"twilio_auth_token_file = {secret(tmp_path, 'twilio.token', 'tw-token-123')}\n"
              "public_url = https://relay.test.example/hooks/\n")

@@ -380,7 +380,7 @@ def test_sighup_reloads_http_credentials(daemon_factory, tmp_path):
 
 
 def test_inbound_parse_malformed(daemon_factory, tmp_path):
-    d = http_daemon(daemon_factory, tmp_path)
+    d = http_daemon(daemon_factory, tmp_path, "http_auth = none\n")
     files = parse_files(tmp_path)
     # no email and no headers field
     code, text = curl_parse(d, [("subject", "x")])
@@ -407,7 +407,7 @@ def test_inbound_parse_malformed(daemon_factory, tmp_path):
 
 
 def test_inbound_parse_size_cap(daemon_factory, tmp_path):
-    d = http_daemon(daemon_factory, tmp_path, "max_http_size = 4K\n")
+    d = http_daemon(daemon_factory, tmp_path, "http_auth = none\nmax_http_size = 4K\n")
     fields = parsed_fields(0) + [("text", "x" * 8000)]
     code, _ = curl_parse(d, fields)
     assert code == 413
@@ -431,7 +431,8 @@ def events(d):
 def test_events_published_vector(daemon_factory, tmp_path):
     key = tmp_path / "sg.key"
     key.write_text(SG_KEY + "\n")
-    d = http_daemon(daemon_factory, tmp_path, f"event_public_key_file = {key}\nevent_max_age = 0\n")
+    d = http_daemon(daemon_factory, tmp_path,
+                    f"http_auth = none\nevent_public_key_file = {key}\nevent_max_age = 0\n")
     hdr = {"Content-Type": "application/json", "X-Twilio-Email-Event-Webhook-Signature": SG_SIG,
            "X-Twilio-Email-Event-Webhook-Timestamp": SG_TS}
     code, _, text = post(d.http + "/events", SG_BODY, hdr)
@@ -474,7 +475,8 @@ def batch(*ids):
 
 def test_events_openssl_keys(daemon_factory, tmp_path):
     priv, pub = make_key(tmp_path)
-    d = http_daemon(daemon_factory, tmp_path, f"event_public_key_file = {pub}\nevent_max_age = 10m\n")
+    d = http_daemon(daemon_factory, tmp_path,
+                    f"http_auth = none\nevent_public_key_file = {pub}\nevent_max_age = 10m\n")
 
     def send(body, ts=None, sig=None):
         ts = ts or str(int(time.time()))
@@ -525,7 +527,8 @@ def test_twilio_published_vector():
 def test_sms(daemon_factory, tmp_path):
     tok = secret(tmp_path, "twilio.token", "tw-token-123")
     d = http_daemon(daemon_factory, tmp_path,
-                    f"twilio_auth_token_file = {tok}\npublic_url = https://relay.test.example/hooks/\n")
+                    f"http_auth = none\ntwilio_auth_token_file = {tok}\n"
+                    "public_url = https://relay.test.example/hooks/\n")
     params = {"MessageSid": "SM0123456789", "From": "+14158675309", "To": "+18005551212",
               "Body": "Yes, Tuesday works & thanks!", "NumMedia": "0", "Empty": ""}
     body = urllib.parse.urlencode(params).encode()
@@ -556,7 +559,8 @@ def test_sms(daemon_factory, tmp_path):
 # Durability: a 200 means committed.
 
 def test_kill_during_webhook_burst(daemon_factory, tmp_path):
-    d = http_daemon(daemon_factory, tmp_path)
+    # unsigned, unauthenticated events (said so explicitly): the test is about durability
+    d = http_daemon(daemon_factory, tmp_path, "http_auth = none\nevents_auth = basic\n")
     acked, lock = [], threading.Lock()
     stop = threading.Event()
 
@@ -597,7 +601,7 @@ def test_store_error_is_not_acknowledged(daemon_factory, tmp_path, spf_env):
     # a trigger makes every inbound write fail: nothing may be acknowledged (SendGrid and Twilio
     # retry on 5xx, SMTP clients on 4xx)
     port = free_port()
-    d = http_daemon(daemon_factory, tmp_path,
+    d = http_daemon(daemon_factory, tmp_path, "http_auth = none\nevents_auth = basic\n"
                     f"\n[listener mx]\naddress = 127.0.0.1:{port}\nrole = mx\n")
     con = sqlite3.connect(f"{d.data_dir}/postern.db")
     con.executescript("CREATE TRIGGER t1 BEFORE INSERT ON inbound_messages BEGIN SELECT RAISE(ABORT, 'test'); END;"

@@ -169,7 +169,7 @@ def test_man_page_renders_without_warnings(destdir, page):
 
 
 def config_keys():
-    with open(os.path.join(SRCDIR, "lib", "config.c")) as f:
+    with open(os.path.join(SRCDIR, "global", "config.c")) as f:
         keys = re.findall(r'\{ SEC_(\w+), "(\w+)"', f.read())
     assert len(keys) > 50, "global/config.c's table was not found"
     return keys

@@ -9,3 +9,22 @@ def test_no_banned_calls_and_layers_hold():
     r = subprocess.run([os.path.join(SRC, 'tests', 'check-source')], cwd=SRC,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_layer_check_catches_an_upward_include(tmp_path):
+    """The in-tree checker is the one the suite relies on: it must fail on a lib/ file that
+    includes relay/ and on relay/ including inbound/, and pass the same tree without them."""
+    for d in ('lib', 'relay', 'inbound'):
+        (tmp_path / d).mkdir()
+    (tmp_path / 'relay' / 'relay.h').write_text('#pragma once\n')
+    (tmp_path / 'inbound' / 'inbound.h').write_text('#pragma once\n')
+    (tmp_path / 'lib' / 'buf.c').write_text('#include "lib/buf.h"\n')
+    (tmp_path / 'lib' / 'buf.h').write_text('#pragma once\n')
+    check = os.path.join(SRC, 'tests', 'check-layers')
+    assert subprocess.run([check, str(tmp_path)], capture_output=True).returncode == 0
+    (tmp_path / 'lib' / 'bad.c').write_text('#include "relay/relay.h"\n')
+    (tmp_path / 'relay' / 'bad.c').write_text('#include "../inbound/inbound.h"\n')
+    r = subprocess.run([check, str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert 'lib/bad.c:1: lib/ includes relay/relay.h' in r.stdout
+    assert 'relay/bad.c:1: relay/ includes inbound/inbound.h' in r.stdout

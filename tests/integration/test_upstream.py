@@ -452,3 +452,66 @@ def test_ipv6_upstream(daemon_factory, upstreams, certs, tmp_path):
     assert got["tls"] and got["auth"] == "app"
     wait_rcpt(d, qid, "someone@example.net", "sent")
     assert re.search(r"relay=::1\[::1\]:%d" % up.port, d.log_text()), d.log_tail()
+
+
+# ---------------------------------------------------------------------------------------------
+# An [upstream] without a [route]. It used to be silently unused: postern -n passed, the daemon
+# answered 250 and kept every message in the store as "captured".
+
+def test_one_upstream_without_route_carries_all_mail(daemon_factory, upstreams, certs, tmp_path):
+    up = upstreams(tls="starttls", cert=certs.good, users={"app": PASSWORD})
+    pw = secret_file(tmp_path / "pw", PASSWORD)
+    section = upstream_section("office365", up.port, ca=certs.ca, auth="plain", username="app",
+                               password_file=pw)
+    d = daemon_factory(FAST, "\n" + section, start=False)
+    p = subprocess.run([POSTERN, "-n", "-c", d.conf], capture_output=True, timeout=30)
+    assert p.returncode == 0 and not p.stderr, p.stderr.decode()
+    d.start()
+    qid = submit(d, ["someone@example.net"], message("no-route"))
+    got = up.wait_messages(1)[0]
+    assert got["rcpts"] == ["someone@example.net"] and got["auth"] == "app"
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    # the start-up log says where mail goes, in one line
+    assert re.search(rf"all mail -> upstream office365, localhost:{up.port} STARTTLS, PLAIN",
+                     d.log_text()), d.log_tail()
+
+
+def test_several_upstreams_without_route_fail_the_check(tmp_path, upstreams):
+    need_binary(POSTERN)
+    conf = tmp_path / "p.conf"
+    conf.write_text(f"[postern]\ndata_dir = {tmp_path / 'data'}\n\n"
+                    f"[listener s]\naddress = 127.0.0.1:{free_port()}\n\n"
+                    + upstream_section("office365", 587, tls="starttls")
+                    + "\n" + upstream_section("backup", 25, tls="none"))
+    p = subprocess.run([POSTERN, "-n", "-c", str(conf)], capture_output=True, timeout=30)
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert re.search(rf"^{re.escape(str(conf))}:\d+: 2 upstreams \(office365, backup\) and no "
+                     r"\[route\].*\[route default\] with upstream = office365", err, re.M), err
+    # the daemon does not start on it either
+    p = subprocess.run([POSTERN, "-f", "-c", str(conf)], capture_output=True, timeout=30)
+    assert p.returncode == 1 and "no [route]" in p.stderr.decode(), p.stderr.decode()
+
+
+def test_unrouted_upstream_is_a_warning(daemon_factory, upstreams, tmp_path):
+    up = upstreams()
+    extra = ("\n" + upstream_section("used", up.port, tls="none")
+             + "\n" + upstream_section("forgotten", 25, tls="none")
+             + "\n[route default]\nrecipient = *@example.net\nupstream = used\n")
+    d = daemon_factory(FAST, extra, start=False)
+    p = subprocess.run([POSTERN, "-n", "-c", d.conf], capture_output=True, timeout=30)
+    err = p.stderr.decode()
+    assert p.returncode == 0, err
+    assert re.search(rf"^warning: {re.escape(d.conf)}:\d+: upstream forgotten carries no mail",
+                     err, re.M), err
+    assert "upstream used" not in err, err
+    d.start()
+    log = d.log_text()
+    assert re.search(r"warning: .*upstream forgotten carries no mail", log), log
+    assert re.search(rf"route default \(recipient \*@example\.net\) -> upstream used, "
+                     rf"localhost:{up.port} no TLS, no AUTH; other mail is deferred", log), log
+    # a fallback is reached: no warning for it
+    d.stop()
+    d.write_config(FAST, extra.replace("[upstream used]\n", "[upstream used]\nfallback = forgotten\n"))
+    p = subprocess.run([POSTERN, "-n", "-c", d.conf], capture_output=True, timeout=30)
+    assert p.returncode == 0 and not p.stderr, p.stderr.decode()

@@ -112,13 +112,17 @@ class Upstream:
     size: the SIZE limit announced and enforced.
     auth_fail_reply: what a refused AUTH is answered with (a provider's 535/534/550 line; may
     hold CRLF for a multi-line reply) instead of aiosmtpd's 535 5.7.8.
-    require_starttls: every command but EHLO/HELO/NOOP/QUIT/STARTTLS gets 530 before TLS."""
+    require_starttls: every command but EHLO/HELO/NOOP/QUIT/STARTTLS gets 530 before TLS.
+    auth_silent: seconds the server says nothing after an AUTH command before it closes the
+    connection (a provider that hangs on the login)."""
 
     def __init__(self, directory, tls=None, cert=None, users=None, mechs=("PLAIN", "LOGIN", "CRAM-MD5"),
                  auth_require_tls=True, fail_first=0, temp_reply="451 4.3.0 Temporary failure, try again later",
                  reject=(), defer=(), throttle_first=0, size=None, port=None, host="127.0.0.1",
-                 xoauth2=None, auth_fail_reply=None, require_starttls=False, oauthbearer=None):
+                 xoauth2=None, auth_fail_reply=None, require_starttls=False, oauthbearer=None,
+                 auth_silent=0):
         self.dir = str(directory)
+        self.auth_silent = auth_silent
         os.makedirs(self.dir, exist_ok=True)
         self.tls = tls
         self.cert = cert
@@ -274,6 +278,10 @@ class Upstream:
             async def smtp_AUTH(self, arg):
                 with up.lock:
                     up.auth_commands.append(arg.split()[0].upper() if arg else "")
+                if up.auth_silent:
+                    await asyncio.sleep(up.auth_silent)
+                    self.transport.close()
+                    return
                 return await super().smtp_AUTH(arg)
 
             async def auth_CRAM__MD5(self, _, args):

@@ -568,7 +568,9 @@ static void t_defaults(void)
   CHECK_EQ_INT(c->inbound.present, 0);
   CHECK_EQ_STR(c->inbound.spf, "tag");
   CHECK_EQ_INT(c->inbound.event_max_age, 600);
-  CHECK_EQ_INT(c->inbound.max_http_size, 30 << 20);
+  CHECK_EQ_INT(c->inbound.max_http_size, 0);   /* derived from max_message_size */
+  CHECK_EQ_STR(c->inbound.http_auth, "basic");
+  CHECK_EQ_STR(c->inbound.events_auth, "signature");
   CHECK_EQ_INT(c->nroutes, 0);
   loaded_free(&l);
 

@@ -1,0 +1,255 @@
+# The HTTP listener faces the internet (SendGrid and Twilio post to it): who may post is decided
+# from the headers before any of the body is read, bodies are capped per endpoint, and a
+# configuration that would leave the webhooks open says so explicitly or does not start.
+import base64
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+
+import pytest
+
+from conftest import POSTERN, free_port, render_config
+from test_inbound import (CURL, batch, db_rows, events, http_daemon, inbound, make_key, post,
+                          raw_email, secret, sign, twilio_sig, wait_http, ENVELOPE)
+
+USER, PASSWORD = "sendgrid", "s3cret-Hook"
+PUBLIC = "https://relay.test.example/hooks/"
+
+
+def check_config(tmp_path, inbound_settings):
+    conf = tmp_path / "p.conf"
+    conf.write_text(render_config(free_port(), str(tmp_path / "data")) +
+                    f"\n[inbound]\ndomains = reply.test\nhttp_address = 127.0.0.1:{free_port()}\n"
+                    + inbound_settings)
+    return subprocess.run([POSTERN, "-n", "-c", str(conf)], capture_output=True, text=True)
+
+
+def test_webhooks_without_credentials_fail_the_check(tmp_path):
+    p = check_config(tmp_path, "")
+    assert p.returncode == 1
+    # the message names the fix
+    assert "http_address needs http_user and http_password_file" in p.stderr, p.stderr
+    assert "http_auth = none" in p.stderr
+    # a user without the password file is no better
+    p = check_config(tmp_path, "http_user = sendgrid\n")
+    assert p.returncode == 1 and "http_user needs http_password_file" in p.stderr
+    # credentials, or open on purpose: accepted
+    pw = secret(tmp_path, "pw", PASSWORD)
+    assert check_config(tmp_path, f"http_user = {USER}\nhttp_password_file = {pw}\n").returncode == 0
+    p = check_config(tmp_path, "http_auth = none\n")
+    assert p.returncode == 0, p.stderr
+    # both at once contradict each other
+    p = check_config(tmp_path, f"http_auth = none\nhttp_user = {USER}\nhttp_password_file = {pw}\n")
+    assert p.returncode == 1 and "contradict" in p.stderr
+    p = check_config(tmp_path, "http_auth = maybe\n")
+    assert p.returncode == 1
+
+
+def raw_request(port, head, body=b"", wait=5.0):
+    """Sends the request head (and body, if any) and returns what the server answers within
+    wait seconds, reading until it closes or the answer is complete."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(head + body)
+        data = b""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            data += chunk
+            if b"\r\n\r\n" in data:
+                headers, rest = data.split(b"\r\n\r\n", 1)
+                for line in headers.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:") and \
+                            len(rest) >= int(line.split(b":")[1]):
+                        return data
+        return data
+
+
+def status(answer):
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer.split(b" ", 2)[1])
+
+
+def head(path, length, extra=b"", method=b"POST"):
+    return (method + b" " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra +
+            b"Content-Length: " + str(length).encode() + b"\r\n\r\n")
+
+
+@pytest.fixture
+def guarded(daemon_factory, tmp_path):
+    """A listener with every credential: basic auth, the event key, the Twilio token."""
+    priv, pub = make_key(tmp_path)
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+    tok = secret(tmp_path, "twilio.token", "tw-token-123")
+    d = http_daemon(daemon_factory, tmp_path,
+                    f"http_user = {USER}\nhttp_password_file = {pw}\n"
+                    f"event_public_key_file = {pub}\nevent_max_age = 10m\n"
+                    f"twilio_auth_token_file = {tok}\npublic_url = {PUBLIC}\n")
+    d.http_port = int(d.http.rsplit(":", 1)[1])
+    d.priv = priv
+    return d
+
+
+def auth_header(user, password):
+    return b"Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()) + b"\r\n"
+
+
+def test_refused_before_the_body_is_read(guarded):
+    """The answer comes from the headers alone: the client has sent none of its (declared 20 MB)
+    body, and a client asking Expect: 100-continue is never told to send it."""
+    d = guarded
+    big = 20 * 1024 * 1024
+    ts = str(int(time.time()))
+    cases = [
+        (b"/emailInbound", b"Content-Type: multipart/form-data; boundary=x\r\n", 401),
+        (b"/emailInbound", auth_header(USER, "wrong"), 401),
+        (b"/events", b"Content-Type: application/json\r\n", 403),          # no signature
+        (b"/events", b"X-Twilio-Email-Event-Webhook-Signature: AAAA\r\n"
+                     b"X-Twilio-Email-Event-Webhook-Timestamp: 1000\r\n", 403),   # stale
+        (b"/events", b"X-Twilio-Email-Event-Webhook-Signature: !!\r\n"
+                     b"X-Twilio-Email-Event-Webhook-Timestamp: " + ts.encode() + b"\r\n", 403),
+        (b"/sms", b"Content-Type: application/x-www-form-urlencoded\r\n", 403),   # no signature
+    ]
+    for path, extra, want in cases:
+        for expect in (b"", b"Expect: 100-continue\r\n"):
+            answer = raw_request(d.http_port, head(path, big, extra + expect))
+            assert status(answer) == want, (path, extra, answer[:300])
+            assert b"100 Continue" not in answer
+    # /metrics needs the credentials too; /healthz stays open
+    answer = raw_request(d.http_port, head(b"/metrics", 0, method=b"GET"))
+    assert status(answer) == 401
+    answer = raw_request(d.http_port, head(b"/metrics", 0, auth_header(USER, PASSWORD), b"GET"))
+    assert status(answer) == 200 and b"postern_webhook_requests_total" in answer
+    assert status(raw_request(d.http_port, head(b"/healthz", 0, method=b"GET"))) == 200
+    assert inbound(d) == [] and events(d) == []
+
+
+def test_body_caps_per_endpoint(guarded):
+    """/sms 64 KiB, /events 1 MiB, /emailInbound max_message_size plus the form's overhead: a
+    declared length beyond the cap gets 413 from the headers, a chunked one is cut."""
+    d = guarded
+    ts = str(int(time.time()))
+    sig = b"X-Twilio-Email-Event-Webhook-Signature: " + sign(d.priv, ts, b"[]").encode() + \
+        b"\r\nX-Twilio-Email-Event-Webhook-Timestamp: " + ts.encode() + b"\r\n"
+    sms = b"X-Twilio-Signature: RSOYDt4T1cUTdK1PDd93/VVr8B8=\r\n"
+    for path, extra, cap in ((b"/sms", sms, 64 * 1024), (b"/events", sig, 1024 * 1024),
+                             (b"/emailInbound", auth_header(USER, PASSWORD),
+                              35 * 1024 * 1024 + 1024 * 1024)):
+        answer = raw_request(d.http_port, head(path, cap + 1, extra))
+        assert status(answer) == 413, (path, answer[:300])
+    # within the cap the same request is read (and judged on its content)
+    answer = raw_request(d.http_port, head(b"/sms", 5, sms), b"a=b&c")
+    assert status(answer) == 403          # the signature does not match
+    # chunked past the cap: 413, nothing stored
+    body = urllib.parse.urlencode({"Body": "x" * (70 * 1024)}).encode()
+    params = {"Body": "x" * (70 * 1024)}
+    p = subprocess.run([CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                        "-H", "Transfer-Encoding: chunked",
+                        "-H", "X-Twilio-Signature: " + twilio_sig("tw-token-123", PUBLIC + "sms", params),
+                        "--data-binary", "@-", d.http + "/sms"],
+                       input=body, capture_output=True, timeout=60)
+    assert p.stdout == b"413", p
+    assert inbound(d) == []
+
+
+def test_email_inbound_cap_follows_max_message_size(daemon_factory, tmp_path):
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+    port = free_port()
+    d = daemon_factory(postern={"max_message_size": "100K"},
+                       extra=f"\n[inbound]\ndomains = reply.test\nhttp_address = 127.0.0.1:{port}\n"
+                             f"http_user = {USER}\nhttp_password_file = {pw}\n")
+    d.http = f"http://127.0.0.1:{port}"
+    wait_http(d)
+    cap = 100 * 1024 + 1024 * 1024
+    assert status(raw_request(port, head(b"/emailInbound", cap + 1, auth_header(USER, PASSWORD)))) == 413
+    # a message at max_message_size, raw mode, fits
+    email = raw_email() + "x" * (100 * 1024 - len(raw_email()) - 10)
+    p = subprocess.run([CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", f"{USER}:{PASSWORD}",
+                        "--form-string", f"envelope={ENVELOPE}", "--form-string", f"email={email}",
+                        d.http + "/emailInbound"], capture_output=True, timeout=60)
+    assert p.stdout == b"200", p
+    assert len(inbound(d)) == 1
+
+
+def test_events_need_a_key_or_basic_auth_on_purpose(daemon_factory, tmp_path):
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+    creds = f"http_user = {USER}\nhttp_password_file = {pw}\n"
+    # no key: refused whatever the client sends, basic credentials included
+    d = http_daemon(daemon_factory, tmp_path, creds)
+    hdr = {"Content-Type": "application/json",
+           "Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
+    code, _, text = post(d.http + "/events", batch("ev-1"), hdr)
+    assert code == 403 and b"event_public_key_file" in text
+    assert events(d) == []
+    d.stop_and_check()
+    # events_auth = basic: the credentials, as for /emailInbound
+    d = http_daemon(daemon_factory, tmp_path, creds + "events_auth = basic\n")
+    code, _, _ = post(d.http + "/events", batch("ev-1"), {"Content-Type": "application/json"})
+    assert code == 401
+    code, _, _ = post(d.http + "/events", batch("ev-1"),
+                      dict(hdr, Authorization="Basic " + base64.b64encode(b"sendgrid:nope").decode()))
+    assert code == 401
+    assert events(d) == []
+    code, _, text = post(d.http + "/events", batch("ev-1"), hdr)
+    assert code == 200, text
+    assert [e["event_key"] for e in events(d)] == ["ev-1"]
+
+
+def test_open_on_purpose(daemon_factory, tmp_path):
+    """http_auth = none: what the file says, /emailInbound and /metrics answer anyone."""
+    d = http_daemon(daemon_factory, tmp_path, "http_auth = none\n")
+    p = subprocess.run([CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                        "--form-string", f"envelope={ENVELOPE}", "--form-string", f"email={raw_email()}",
+                        d.http + "/emailInbound"], capture_output=True, timeout=60)
+    assert p.stdout == b"200"
+    answer = raw_request(int(d.http.rsplit(":", 1)[1]), head(b"/metrics", 0, method=b"GET"))
+    assert status(answer) == 200
+
+
+def test_event_key_written_after_start(daemon_factory, tmp_path):
+    """A first install: the daemon starts before `posternctl sendgrid setup` writes the key;
+    /events answers 503 (SendGrid retries) and the log names the fix until a SIGHUP finds it."""
+    priv, pub = make_key(tmp_path)
+    later = tmp_path / "keys" / "sendgrid-event.pem"
+    later.parent.mkdir()
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+    settings = (f"http_user = {USER}\nhttp_password_file = {pw}\n"
+                f"event_public_key_file = {later}\nevent_max_age = 10m\n")
+    p = check_config(tmp_path, settings)
+    assert p.returncode == 0, p.stderr
+    assert "does not exist yet" in p.stderr and "posternctl sendgrid setup" in p.stderr
+    d = http_daemon(daemon_factory, tmp_path, settings)
+
+    def send(key):
+        body = batch(key)
+        ts = str(int(time.time()))
+        return post(d.http + "/events", body, {
+            "Content-Type": "application/json",
+            "X-Twilio-Email-Event-Webhook-Signature": sign(priv, ts, body),
+            "X-Twilio-Email-Event-Webhook-Timestamp": ts})
+
+    code, _, text = send("ev-1")
+    assert code == 503 and b"posternctl sendgrid setup" in text
+    assert "event_public_key_file" in d.log_text() and "posternctl sendgrid setup" in d.log_text()
+    # the file appears; without a reload nothing changes
+    later.write_text(pub.read_text())
+    assert send("ev-1")[0] == 503
+    d.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while (code := send("ev-1")[0]) == 503:
+        assert time.monotonic() < deadline, "key not picked up 10 s after SIGHUP"
+        time.sleep(0.2)
+    assert code == 200
+    assert [e["event_key"] for e in events(d)] == ["ev-1"]
+    # a key that is there but is no key still fails the check (and the start)
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a key\n")
+    p = check_config(tmp_path, f"http_auth = none\nevent_public_key_file = {bad}\n")
+    assert p.returncode == 1 and "not an EC P-256 public key" in p.stderr
