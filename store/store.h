@@ -1,13 +1,29 @@
-/* The store: the only code that speaks SQL. SQLite (WAL, synchronous=FULL) is the embedded
- * default; the interface is kept free of SQLite so a PostgreSQL store can stand behind it.
- * All writes of a daemon go through one writer thread that commits whatever is pending in one
- * transaction (group commit) and then wakes every waiter. */
+/* The store: the one interface to Postern's durable state, and the only code that speaks SQL.
+ * The SQLite store (the files of store/: WAL, synchronous=FULL) is the embedded default;
+ * nothing here names SQLite, so a second backend (PostgreSQL) implements these same functions
+ * in its own files.
+ *
+ * The contract every backend keeps:
+ *  - Results are enum store_result: STORE_FULL only when the disk (or quota) is full, so the
+ *    listener can answer 452 4.3.1; any other failure is STORE_ERROR (451 4.3.0).
+ *  - A write returns once it is committed. store_accept, store_inbound_accept and
+ *    store_events_add are durable on return (they acknowledge data to a peer); delivery
+ *    results and the correspondence bookkeeping may be lost to a power cut, which only repeats
+ *    work (a delivery or a forward happens again: at least once, never lost).
+ *  - Every function may be called from any thread. A daemon's writes go through one writer
+ *    that commits whatever is pending in one transaction (group commit); one refused write in
+ *    a group does not fail the others.
+ *  - Callbacks (store_list, store_inbound_list, ...) run without any store lock held, so they
+ *    may call the store themselves; strings they get live until they return.
+ *  - Times are wall-clock milliseconds since the epoch unless a field says otherwise. */
 #ifndef POSTERN_STORE_H
 #define POSTERN_STORE_H
 #include <stddef.h>
 #include "lib/limits.h"
 
 struct store;
+
+/* ---- results and the queue's types --------------------------------------------------------- */
 
 enum store_result {
   STORE_OK = 0,
@@ -56,6 +72,8 @@ struct store_msg {
 
 void store_msg_free(struct store_msg *m);   /* frees members, not m */
 
+/* ---- opening, closing, the whole store ------------------------------------------------------ */
+
 #define STORE_OPEN_WRITER   0x1   /* start the group-commit writer thread (the daemon) */
 #define STORE_OPEN_READONLY 0x2   /* tools that only read */
 #define STORE_OPEN_CREATE   0x4   /* create data_dir/postern.db and the schema if missing */
@@ -63,6 +81,14 @@ void store_msg_free(struct store_msg *m);   /* frees members, not m */
 /* Opens (and migrates) data_dir/postern.db. err receives a sentence on failure. */
 int store_open(const char *data_dir, int flags, struct store **out, char *err, size_t errsz);
 void store_close(struct store *st);        /* stops the writer after draining it */
+
+/* An empty durable commit through the writer: is the store writable right now? (/healthz) */
+int store_ping(struct store *st);
+
+/* Checks the database (integrity, orphans); 0 ok, else err says what. */
+int store_check(struct store *st, char *err, size_t errsz);
+
+/* ---- the queue: writes ---------------------------------------------------------------------- */
 
 /* Makes a message durable. m->id must be set (store_new_id); m->created_ms, recipients'
  * addresses/orcpt/notify and the envelope fields are stored, recipients start as RCPT_QUEUED
@@ -72,17 +98,6 @@ int store_accept(struct store *st, const struct store_msg *m, const void *body, 
 /* A fresh queue id: 12 upper-case hex digits, 48 random bits (a collision is refused by the
  * primary key and answered 451). */
 void store_new_id(char out[LIM_QUEUE_ID + 1]);
-
-/* Ids of messages that have a recipient in QUEUED or DEFERRED due at or before now_ms, oldest
- * first, at most max. Returns the count in *n. */
-int store_due(struct store *st, long long now_ms, char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n);
-/* Earliest next_attempt_ms of any QUEUED/DEFERRED recipient, or -1 if none. */
-int store_next_due(struct store *st, long long *when_ms);
-
-/* Reads one message's envelope and recipients (no body). */
-int store_get(struct store *st, const char *id, struct store_msg *out);
-/* Reads the stored message bytes; *body is malloc'd. */
-int store_body(struct store *st, const char *id, char **body, size_t *len);
 
 /* One recipient's outcome after a delivery attempt (through the writer). */
 struct store_rcpt_update {
@@ -96,6 +111,30 @@ struct store_rcpt_update {
 };
 int store_update(struct store *st, const char *id, const struct store_rcpt_update *u, size_t n);
 
+int store_delete(struct store *st, const char *id);   /* STORE_NOTFOUND if absent */
+/* Sets every not-final recipient of a message (QUEUED/DEFERRED/HELD) to status, due now. */
+int store_set_pending(struct store *st, const char *id, enum rcpt_status status);
+
+/* Makes every recipient the relay held for upstream (held_by, after a failed login) due now,
+ * once a login to it works again; holds by hand stay. *released gets the count (may be NULL). */
+int store_release_upstream(struct store *st, const char *upstream, size_t *released);
+
+/* Makes every deferred recipient due now (held ones stay held); *flushed gets the count. */
+int store_flush(struct store *st, size_t *flushed);
+
+/* ---- the queue: reads ----------------------------------------------------------------------- */
+
+/* Ids of messages that have a recipient in QUEUED or DEFERRED due at or before now_ms, oldest
+ * first, at most max. Returns the count in *n. */
+int store_due(struct store *st, long long now_ms, char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n);
+/* Earliest next_attempt_ms of any QUEUED/DEFERRED recipient, or -1 if none. */
+int store_next_due(struct store *st, long long *when_ms);
+
+/* Reads one message's envelope and recipients (no body). */
+int store_get(struct store *st, const char *id, struct store_msg *out);
+/* Reads the stored message bytes; *body is malloc'd. */
+int store_body(struct store *st, const char *id, char **body, size_t *len);
+
 /* Filters for listing; NULL / 0 fields do not filter. */
 struct store_filter {
   const char *sender_glob;
@@ -106,18 +145,8 @@ struct store_filter {
 typedef int (*store_msg_cb)(void *arg, const struct store_msg *m);  /* non-zero stops */
 int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, void *arg);
 
-int store_delete(struct store *st, const char *id);   /* STORE_NOTFOUND if absent */
-/* Sets every not-final recipient of a message (QUEUED/DEFERRED/HELD) to status, due now. */
-int store_set_pending(struct store *st, const char *id, enum rcpt_status status);
-
-/* Makes every recipient the relay held for upstream (held_by, after a failed login) due now,
- * once a login to it works again; holds by hand stay. *released gets the count (may be NULL). */
-int store_release_upstream(struct store *st, const char *upstream, size_t *released);
 /* Calls cb with the name of each upstream that holds recipients (held_by); non-zero stops. */
 int store_held_upstreams(struct store *st, int (*cb)(void *arg, const char *upstream), void *arg);
-
-/* Makes every deferred recipient due now (held ones stay held); *flushed gets the count. */
-int store_flush(struct store *st, size_t *flushed);
 
 /* The queue at a glance, in one read snapshot. */
 struct store_counts {
@@ -128,10 +157,7 @@ struct store_counts {
 };
 int store_counts(struct store *st, struct store_counts *out);
 
-/* Checks the database (PRAGMA integrity_check, orphans); 0 ok, else err says what. */
-int store_check(struct store *st, char *err, size_t errsz);
-
-/* ---- inbound (issue 7): the raw input of the MX listener and the webhooks ------------------ */
+/* ---- inbound: the raw input of the MX listener and the webhooks, and provider events -------- */
 
 /* One received message, SMS or Inbound Parse post, as received. Strings may be NULL. */
 struct store_inbound {
@@ -166,8 +192,6 @@ struct store_event {
 /* Commits a batch in one transaction; events whose key is already stored are skipped, and
  * *added (may be NULL) gets how many were new. */
 int store_events_add(struct store *st, const struct store_event *ev, size_t n, size_t *added);
-/* An empty commit through the writer: is the store writable right now? (/healthz) */
-int store_ping(struct store *st);
 
 typedef int (*store_inbound_cb)(void *arg, const struct store_inbound *m);  /* non-zero stops */
 /* Every inbound message, oldest first (no bodies). */
@@ -175,7 +199,7 @@ int store_inbound_list(struct store *st, store_inbound_cb cb, void *arg);
 /* The stored bytes of one inbound message; *body is malloc'd (NUL-terminated for convenience). */
 int store_inbound_body(struct store *st, const char *id, char **body, size_t *len);
 
-/* ---- correspondence records (issue 8) ------------------------------------------------------
+/* ---- correspondence records -----------------------------------------------------------------
  * A record is made once from one queue message (direction out) or one inbound message
  * (direction in); its JSON is kept as made, status and events change afterwards. */
 
@@ -270,6 +294,8 @@ int store_record_list(struct store *st, const char *address, const char *thread,
 typedef int (*store_event_cb)(void *arg, const struct store_event *e, long long received_ms);
 int store_events_unapplied(struct store *st, size_t max, store_event_cb cb, void *arg);
 int store_event_applied(struct store *st, const char *key);
+
+/* ---- the forward queue: records owed to forward_url ----------------------------------------- */
 
 /* The forward queue: the oldest record still owed to forward_url (STORE_NOTFOUND when none);
  * *next_ms says when it is due. */

@@ -1,0 +1,184 @@
+# The README as a new user reads it: every command its code blocks show runs as written (the
+# exceptions below say why they cannot run here, and what runs instead), after what
+# `scripts/dev.sh run` starts — the daemon on its embedded default, 127.0.0.1:587 as root,
+# capturing — in a network namespace of its own, so the port is free and nothing leaves it.
+# And no document names a file the repository lacks.
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import BUILDDIR, POSTERN, SRCDIR, need_binary
+
+IP = shutil.which("ip") or "/usr/sbin/ip"
+
+# Commands of README.md's code blocks that this test does not run, and why.
+EXCEPTIONS = {
+    "bash scripts/dev.sh run":
+        "installs packages, builds in the source tree and execs `_build/release/postern -f` "
+        "in the foreground: the test runs that daemon, the same way, from the same directory",
+    "bash scripts/dev.sh test":
+        "runs the whole suite, of which this test is part",
+    "autoreconf -fi && ./configure && make && make check && make install":
+        "builds in the source tree and installs into the system; test_install.py runs "
+        "`make install DESTDIR=...` of the build under test",
+}
+
+
+def code_blocks(path):
+    """[(language, [lines])] of the fenced code blocks of a Markdown file."""
+    blocks, lang, lines = [], None, None
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"^```(\w*)\s*$", line)
+            if m and lines is None:
+                lang, lines = m.group(1), []
+            elif m:
+                blocks.append((lang, lines))
+                lines = None
+            elif lines is not None:
+                lines.append(line.rstrip("\n"))
+    assert lines is None, f"{path}: a code block is not closed"
+    return blocks
+
+
+def readme_commands():
+    cmds = []
+    for lang, lines in code_blocks(os.path.join(SRCDIR, "README.md")):
+        if lang in ("sh", "bash", "console", "shell", ""):
+            for line in lines:
+                cmd = re.sub(r"\s+#\s.*$", "", line).strip()    # a trailing shell comment
+                if cmd and not cmd.startswith("#"):
+                    cmds.append(cmd)
+    return cmds
+
+
+def test_every_exception_is_still_in_the_readme():
+    # an exception that no longer matches a command would silently let a new one through
+    cmds = readme_commands()
+    for cmd in EXCEPTIONS:
+        assert cmd in cmds, f"EXCEPTIONS names {cmd!r}, which README.md no longer shows"
+
+
+@pytest.fixture
+def netns():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a network namespace, and port 587 as `scripts/dev.sh run` has it")
+    name = f"preadme{os.getpid()}"
+    p = subprocess.run([IP, "netns", "add", name], capture_output=True)
+    if p.returncode:
+        pytest.skip(f"this container cannot create network namespaces: {p.stderr.decode().strip()}")
+    try:
+        assert subprocess.run([IP, "-n", name, "link", "set", "lo", "up"]).returncode == 0
+        yield name
+    finally:
+        subprocess.run([IP, "netns", "del", name], capture_output=True)
+
+
+def wait_port(ns, port, proc, log, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"postern exited with {proc.returncode}:\n{log.read_text()}"
+        out = subprocess.run([IP, "netns", "exec", ns, "ss", "-Hltn"], capture_output=True,
+                             text=True).stdout
+        if f"127.0.0.1:{port} " in out:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}:\n{log.read_text()}")
+
+
+def test_readme_try_it_runs_as_written(tmp_path, netns):
+    need_binary(POSTERN)
+    if os.path.exists("/etc/postern/postern.conf"):
+        pytest.skip("/etc/postern/postern.conf exists: the programs would use it, not the "
+                    "embedded default the README shows")
+    # the repository's directory as `scripts/dev.sh run` leaves it: the build in _build/release
+    repo = tmp_path / "repo"
+    (repo / "_build").mkdir(parents=True)
+    os.symlink(BUILDDIR, repo / "_build" / "release")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTERN_", "SMTP_"))}
+    log = tmp_path / "postern.log"
+    daemon = subprocess.Popen([IP, "netns", "exec", netns, "_build/release/postern", "-f"],
+                              cwd=repo, env=env, stdin=subprocess.DEVNULL,
+                              stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_port(netns, 587, daemon, log)
+        text = log.read_text()
+        assert "configuration (embedded default)" in text, text
+        assert "all mail -> capture" in text, text
+        ran = []
+        qid = None
+        for cmd in readme_commands():
+            if cmd in EXCEPTIONS:
+                continue
+            if re.search(r"\bID\b", cmd):
+                assert qid, f"{cmd!r} needs a queue ID, and no command before it made a message"
+                cmd = re.sub(r"\bID\b", qid, cmd)
+            p = subprocess.run([IP, "netns", "exec", netns, "bash", "-c", cmd], cwd=repo,
+                               env=env, capture_output=True, text=True, timeout=60)
+            assert p.returncode == 0, f"{cmd!r} exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
+            ran.append((cmd, p.stdout))
+            if qid is None:
+                q = subprocess.run([IP, "netns", "exec", netns, "_build/release/posternctl",
+                                    "queue", "list", "--json"], cwd=repo, env=env,
+                                   capture_output=True, text=True, timeout=60)
+                if q.returncode == 0 and json.loads(q.stdout):
+                    qid = json.loads(q.stdout)[0]["id"]
+        assert qid, f"no command of the README put a message in the queue: {[c for c, _ in ran]}"
+        outs = "\n".join(o for _, o in ran)
+        assert re.search(rf"^{qid}\b", outs, re.M) and "captured  someone@example.net" in outs, outs
+        assert "Subject: hello" in outs and "It works." in outs, outs
+        # the mail is where the README says: ./postern-data of the repository's directory
+        assert (repo / "postern-data" / "postern.db").exists()
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents stand alone: none names a file the repository lacks.
+
+DOCS = ["README.md"] + [os.path.join(d, f) for d in ("doc", "conf")
+                        for f in sorted(os.listdir(os.path.join(SRCDIR, d)))]
+
+
+def named_files(text):
+    """Repository paths a text names: X.md, a path below a top-level directory of the
+    repository (or _build/release, the build), anything reached through ../"""
+    found = set(re.findall(r"(?<![\w/.-])(\.\./[\w./-]*)", text))
+    found |= set(re.findall(r"(?<![\w/.-])([A-Z][\w-]*\.md)\b", text))
+    tops = {e for e in os.listdir(SRCDIR) if os.path.isdir(os.path.join(SRCDIR, e))} | {"_build"}
+    for m in re.finditer(r"(?<![\w/.$@-])((\.?[\w-]+)/[\w./-]*[\w-])", text):
+        # "auth/password_file" is prose (auth or password_file); a file has an extension, or
+        # lives where scripts and build outputs do
+        if m.group(2) in tops and ("." in m.group(1).rsplit("/", 1)[1] or
+                                   m.group(2) in (".ci", "scripts", "tests", "_build")):
+            found.add(m.group(1))
+    return found
+
+
+def exists(path):
+    if path.startswith("_build/release/"):
+        return os.path.exists(os.path.join(BUILDDIR, path[len("_build/release/"):]))
+    return not path.startswith("../") and os.path.exists(os.path.join(SRCDIR, path))
+
+
+def test_no_document_names_a_missing_file():
+    missing = {}
+    for doc in DOCS:
+        with open(os.path.join(SRCDIR, doc), errors="replace") as f:
+            for name in named_files(f.read()):
+                if not exists(name):
+                    missing.setdefault(doc, []).append(name)
+    assert not missing, f"documents name files the repository does not have: {missing}"
+
+
+def test_missing_file_detection_can_fail():
+    assert named_files("see DESIGN.md and ../shared/specs, or scripts/dev.sh") == {
+        "DESIGN.md", "../shared/specs", "scripts/dev.sh"}
+    assert not exists("DESIGN.md") and not exists("../shared/specs") and exists("scripts/dev.sh")
