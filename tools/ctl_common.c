@@ -466,13 +466,14 @@ static ssize_t tty_prompt(const char *prompt, char *pw, size_t cap)
   signal(SIGINT, tty_restore);
   signal(SIGTERM, tty_restore);
   signal(SIGQUIT, tty_restore);
-  fputs(prompt, stderr);
-  fflush(stderr);
   tty_changed = 1;
   if(tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet)) {
     tty_changed = 0;
     return -1;
   }
+  /* only now: what is typed after the prompt shows must not be flushed with the type-ahead */
+  fputs(prompt, stderr);
+  fflush(stderr);
   n = line_read(STDIN_FILENO, pw, cap);
   tcsetattr(STDIN_FILENO, TCSAFLUSH, &tty_saved);
   tty_changed = 0;
