@@ -70,6 +70,10 @@ static const struct {
   {"utf-16be", "UTF-16BE"}, {"unicodefffe", "UTF-16BE"}, {"utf-16le", "UTF-16LE"},
   {"utf-16", "UTF-16LE"}, {"unicode", "UTF-16LE"}, {"unicodefeff", "UTF-16LE"},
   {"ucs-2", "UTF-16LE"}, {"csunicode", "UTF-16LE"}, {"iso-10646-ucs-2", "UTF-16LE"},
+  /* not a WHATWG label (browsers refuse it in HTML), but a registered mail charset (RFC 2152)
+   * that some clients still send: its text is read, not shown as "+AD4-" */
+  {"utf-7", "UTF-7"}, {"unicode-1-1-utf-7", "UTF-7"}, {"csunicode11utf7", "UTF-7"},
+  {"x-unicode-2-0-utf-7", "UTF-7"},
   /* WHATWG: these decode to one U+FFFD (their escapes can smuggle markup) */
   {"iso-2022-kr", "REPLACEMENT"}, {"csiso2022kr", "REPLACEMENT"}, {"hz-gb-2312", "REPLACEMENT"},
   {"iso-2022-cn", "REPLACEMENT"}, {"iso-2022-cn-ext", "REPLACEMENT"},
@@ -353,10 +357,11 @@ void mime_note(struct mime_ctx *c, const char *what)
 static void on_warning(gint64 offset, GMimeParserWarning code, const gchar *item, gpointer data)
 {
   struct mime_ctx *c = data;
-  (void)offset;
   (void)item;
   if(code < 32)
     c->warn |= 1u << code;
+  if(code == GMIME_CRIT_INVALID_HEADER_NAME && c->nbad++ < G_N_ELEMENTS(c->bad_header))
+    c->bad_header[c->nbad - 1] = offset;
 }
 
 static GMimeParserOptions *options_new(struct mime_ctx *c)
@@ -458,43 +463,178 @@ json_t *mime_decode_unstructured(struct mime_ctx *c, const char *v)
   return j;
 }
 
-static json_t *address_obj(InternetAddressMailbox *mb)
+/* The length of the RFC 2047 encoded word at p ("=?charset?e?text?="), 0 when there is none. */
+static size_t encoded_word_len(const char *p)
 {
-  const char *name = internet_address_get_name(INTERNET_ADDRESS(mb));
-  const char *addr = internet_address_mailbox_get_addr(mb);
-  return json_pack("{s:o,s:o}", "address", jstr(addr), "name", jstr(name));
+  size_t i = 2, q = 0;
+  if(p[0] != '=' || p[1] != '?')
+    return 0;
+  for(; p[i] && p[i] != ' ' && p[i] != '\t' && i < 256; i++) {
+    if(p[i] != '?')
+      continue;
+    if(++q >= 3 && p[i + 1] == '=')
+      return i + 2;
+  }
+  return 0;
 }
 
-/* an address list as [{address, name}], groups flattened */
+static int is_wsp(char ch)
+{
+  return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
+}
+
+/* s[0..n) without white space, as a JSON string */
+static json_t *jstr_nows(const char *s, size_t n)
+{
+  char *t = g_malloc(n + 1);
+  size_t i, k = 0;
+  json_t *j;
+  for(i = 0; i < n; i++)
+    if(!is_wsp(s[i]))
+      t[k++] = s[i];
+  j = jstr_utf8(t, k);
+  g_free(t);
+  return j;
+}
+
+/* One mailbox of a list, read alone. GMime reads what is well formed; what it cannot read
+ * (". <user@example.com>": a phrase of one special) still gives its <address>. The address is
+ * never decoded or relabelled: encoded words are allowed in display names only (RFC 2047 5). */
+static void address_element(struct mime_ctx *c, const char *e, size_t n, json_t *arr)
+{
+  char *el, *re;
+  InternetAddressList *l;
+  InternetAddressMailbox *mb = NULL;
+  json_t *addr = NULL, *name = NULL;
+  while(n && is_wsp(*e)) {
+    e++;
+    n--;
+  }
+  while(n && is_wsp(e[n - 1]))
+    n--;
+  if(!n)
+    return;
+  el = g_strndup(e, n);
+  re = relabel_words(el);
+  l = internet_address_list_parse(c->opts, re);
+  if(l && internet_address_list_length(l) > 0 &&
+     INTERNET_ADDRESS_IS_MAILBOX(internet_address_list_get_address(l, 0)))
+    mb = INTERNET_ADDRESS_MAILBOX(internet_address_list_get_address(l, 0));
+  if(mb && strcmp(re, el) && strstr(internet_address_mailbox_get_addr(mb), "=?")) {
+    /* relabelling touched the address itself: read it again as written */
+    InternetAddressList *raw = internet_address_list_parse(c->opts, el);
+    if(raw && internet_address_list_length(raw) > 0 &&
+       INTERNET_ADDRESS_IS_MAILBOX(internet_address_list_get_address(raw, 0)))
+      addr = jstr(internet_address_mailbox_get_addr(
+        INTERNET_ADDRESS_MAILBOX(internet_address_list_get_address(raw, 0))));
+    if(raw)
+      g_object_unref(raw);
+  }
+  if(mb) {
+    if(!addr)
+      addr = jstr(internet_address_mailbox_get_addr(mb));
+    name = jstr(internet_address_get_name(INTERNET_ADDRESS(mb)));
+  }
+  else {
+    const char *lt = strrchr(el, '<'), *gt = lt ? strchr(lt, '>') : NULL;
+    if(lt && gt) {
+      /* "phrase <address>": the phrase unquoted, then decoded as text */
+      const char *a = lt + 1, *colon;
+      GString *ph = g_string_new(NULL);
+      const char *p;
+      /* an obsolete route (<@relay:user@host>) is not part of the address */
+      if(*a == '@' && (colon = memchr(a, ':', (size_t)(gt - a))))
+        a = colon + 1;
+      addr = jstr_nows(a, (size_t)(gt - a));
+      for(p = el; p < lt; p++) {
+        if(*p == '"')
+          continue;
+        if(*p == '\\' && p + 1 < lt)
+          p++;
+        g_string_append_c(ph, *p);
+      }
+      name = mime_decode_unstructured(c, ph->str);
+      g_string_free(ph, TRUE);
+    }
+    else if(strchr(el, '@') && !strpbrk(el, " \t<>\"")) {
+      addr = jstr(el);
+      name = json_string("");
+    }
+  }
+  if(addr && json_string_length(addr) && name)
+    json_array_append_new(arr, json_pack("{s:o,s:o}", "address", addr, "name", name));
+  else {
+    json_decref(addr);
+    json_decref(name);
+  }
+  if(l)
+    g_object_unref(l);
+  g_free(re);
+  g_free(el);
+}
+
+/* An address list as [{address, name}], groups flattened. The list is split at its top-level
+ * commas (not inside quotes, comments, <> or an encoded word) and each mailbox is read alone,
+ * so one GMime cannot read does not take the rest with it. 8-bit bytes that are not UTF-8 are
+ * read as windows-1252 first, as undeclared text is. */
 json_t *mime_address_list(struct mime_ctx *c, const char *v)
 {
   json_t *arr = json_array();
-  char *re;
-  InternetAddressList *l;
-  int i, n;
+  struct buf u;
+  const char *s;
+  size_t i, start = 0;
+  int quote = 0, comment = 0, angle = 0;
   if(!v || !arr)
     return arr;
-  re = relabel_words(v);
-  l = internet_address_list_parse(c->opts, re);
-  g_free(re);
-  if(!l)
+  buf_init(&u, SIZE_MAX / 2);
+  if(mime_add_text(&u, NULL, v, strlen(v))) {
+    c->nomem = 1;
+    buf_free(&u);
     return arr;
-  n = internet_address_list_length(l);
-  for(i = 0; i < n && json_array_size(arr) < LIM_MIME_ADDRESSES; i++) {
-    InternetAddress *a = internet_address_list_get_address(l, i);
-    if(INTERNET_ADDRESS_IS_MAILBOX(a))
-      json_array_append_new(arr, address_obj(INTERNET_ADDRESS_MAILBOX(a)));
-    else if(INTERNET_ADDRESS_IS_GROUP(a)) {
-      InternetAddressList *m = internet_address_group_get_members(INTERNET_ADDRESS_GROUP(a));
-      int k, mn = m ? internet_address_list_length(m) : 0;
-      for(k = 0; k < mn && json_array_size(arr) < LIM_MIME_ADDRESSES; k++) {
-        InternetAddress *ma = internet_address_list_get_address(m, k);
-        if(INTERNET_ADDRESS_IS_MAILBOX(ma))
-          json_array_append_new(arr, address_obj(INTERNET_ADDRESS_MAILBOX(ma)));
-      }
-    }
   }
-  g_object_unref(l);
+  s = u.ptr ? u.ptr : "";
+  for(i = 0; json_array_size(arr) < LIM_MIME_ADDRESSES; i++) {
+    char ch = s[i];
+    size_t ew;
+    if(ch && (quote || comment) && ch == '\\' && s[i + 1]) {
+      i++;
+      continue;
+    }
+    if(ch && quote) {
+      quote = ch != '"';
+      continue;
+    }
+    if(ch && comment) {
+      comment += ch == '(' ? 1 : ch == ')' ? -1 : 0;
+      continue;
+    }
+    if(ch == '"' || ch == '(') {
+      quote = ch == '"';
+      comment = ch == '(';
+      continue;
+    }
+    if(ch == '<' || ch == '>') {
+      angle = ch == '<';
+      continue;
+    }
+    if(ch && angle)
+      continue;
+    if(ch == '=' && (ew = encoded_word_len(s + i))) {
+      i += ew - 1;
+      continue;
+    }
+    if(ch == ':') {            /* a group's name is not a mailbox */
+      start = i + 1;
+      continue;
+    }
+    if(ch && ch != ',' && ch != ';')
+      continue;
+    address_element(c, s + start, i - start, arr);
+    start = i + 1;
+    if(!ch)
+      break;
+  }
+  buf_free(&u);
   return arr;
 }
 
@@ -506,41 +646,76 @@ static json_t *addresses(struct mime_ctx *c, GMimeObject *o, const char *field)
   return arr;
 }
 
-static json_t *message_id(struct mime_ctx *c, GMimeObject *o, const char *field)
+/* Every <...> token of v in order, white space removed, at most max of them: how mutt and
+ * Thunderbird read In-Reply-To and References, where the obsolete syntax (RFC 5322 4.5.4) puts
+ * phrases ("Message from x of ...") between the ids. An id is compared with its white space
+ * removed, so one folded or typed with a space in it still threads. */
+static void id_tokens(const char *v, json_t *arr, size_t max)
 {
-  char *v = header_first(c, o, field), *id;
-  json_t *j;
-  if(!v)
-    return json_null();
-  id = g_mime_utils_decode_message_id(v);
-  g_free(v);
-  j = id && *id ? jstr(id) : json_null();
-  g_free(id);
-  return j;
+  const char *p = v;
+  while(json_array_size(arr) < max && (p = strchr(p, '<'))) {
+    const char *q = p + 1;
+    json_t *id;
+    while(*q && *q != '>' && *q != '<')
+      q++;
+    if(*q != '>') {
+      if(!*q)
+        break;
+      p = q;                   /* "<a <b@c>": the inner one */
+      continue;
+    }
+    id = jstr_nows(p + 1, (size_t)(q - p - 1));
+    if(id && json_string_length(id))
+      json_array_append_new(arr, id);
+    else
+      json_decref(id);
+    p = q + 1;
+  }
 }
 
-static json_t *references(struct mime_ctx *c, GMimeObject *o, const char *field, int first)
+/* The ids of a field: its <...> tokens, or, when it has none, GMime's reading of the bare ids
+ * some clients write. */
+static json_t *field_ids(struct mime_ctx *c, GMimeObject *o, const char *field, size_t max)
 {
   char *v = header_first(c, o, field);
-  GMimeReferences *r;
-  json_t *arr = first ? NULL : json_array();
-  int i, n;
-  if(!v)
-    return first ? json_null() : arr;
-  r = g_mime_references_parse(c->opts, v);
-  g_free(v);
-  n = r ? g_mime_references_length(r) : 0;
-  if(first) {
-    json_t *j = n ? jstr(g_mime_references_get_message_id(r, 0)) : json_null();
+  json_t *arr = json_array();
+  if(!v || !arr) {
+    g_free(v);
+    return arr;
+  }
+  id_tokens(v, arr, max);
+  if(!json_array_size(arr)) {
+    GMimeReferences *r = g_mime_references_parse(c->opts, v);
+    int i, n = r ? g_mime_references_length(r) : 0;
+    for(i = 0; i < n && (size_t)i < max; i++) {
+      const char *id = g_mime_references_get_message_id(r, i);
+      json_t *j = jstr_nows(id, strlen(id));
+      if(j && json_string_length(j))
+        json_array_append_new(arr, j);
+      else
+        json_decref(j);
+    }
     if(r)
       g_mime_references_free(r);
-    return j;
+    if(!n && max == 1) {
+      /* a lone id without <> (Message-ID: abc@host) */
+      char *id = g_mime_utils_decode_message_id(v);
+      if(id && *id)
+        json_array_append_new(arr, jstr_nows(id, strlen(id)));
+      g_free(id);
+    }
   }
-  for(i = 0; i < n && i < LIM_MIME_REFERENCES; i++)
-    json_array_append_new(arr, jstr(g_mime_references_get_message_id(r, i)));
-  if(r)
-    g_mime_references_free(r);
+  g_free(v);
   return arr;
+}
+
+/* the first id of a field, null when it has none */
+static json_t *message_id(struct mime_ctx *c, GMimeObject *o, const char *field)
+{
+  json_t *arr = field_ids(c, o, field, 1);
+  json_t *j = json_array_size(arr) ? json_incref(json_array_get(arr, 0)) : json_null();
+  json_decref(arr);
+  return j;
 }
 
 static json_t *date_field(struct mime_ctx *c, GMimeObject *o)
@@ -633,30 +808,83 @@ static int provides(GMimeObject *o, const char *sub, int depth)
   return GMIME_IS_PART(o) && is_type(o, "text", sub) && !disposition_attachment(o);
 }
 
+/* Quoted-printable input with the white space at the end of each line taken out before
+ * GMime decodes it (RFC 2045 6.7 (3): it was added in transport and must be deleted), which
+ * also makes "=" followed by spaces a soft line break. ws holds the run of white space at the
+ * end of the previous chunk, which belongs to the line until something else follows it. */
+static int qp_trim(const char *p, size_t n, struct buf *ws, struct buf *in)
+{
+  size_t i, run = 0, k = 0;
+  buf_reset(in);
+  if(buf_reserve(in, n + ws->len))
+    return -1;
+  for(i = 0; i < n; i++) {
+    char ch = p[i];
+    if(ch == ' ' || ch == '\t') {
+      run++;
+      continue;
+    }
+    if(ch == '\r' || ch == '\n')
+      buf_reset(ws);
+    else {
+      if(ws->len) {
+        memcpy(in->ptr + k, ws->ptr, ws->len);
+        k += ws->len;
+        buf_reset(ws);
+      }
+      memcpy(in->ptr + k, p + i - run, run);
+      k += run;
+    }
+    in->ptr[k++] = ch;
+    run = 0;
+  }
+  in->len = k;
+  in->ptr[k] = '\0';
+  return run ? buf_add(ws, p + n - run, run) : 0;
+}
+
 /* The decoded content of a leaf part, decoded chunk by chunk (a 10 MB attachment is not held
  * twice). Base64 with its final padding missing is completed: GMime drops an unpadded last
- * quantum. */
+ * quantum. x-uuencode goes through GMime's filter, which skips to the "begin" line (the
+ * encoding step alone would decode that line too). */
 int mime_part_bytes(GMimePart *p, struct buf *out)
 {
   GMimeDataWrapper *w = g_mime_part_get_content(p);
   GMimeStream *s = w ? g_mime_data_wrapper_get_stream(w) : NULL;
   GMimeContentEncoding enc = w ? g_mime_data_wrapper_get_encoding(w) : GMIME_CONTENT_ENCODING_DEFAULT;
-  int decode = enc == GMIME_CONTENT_ENCODING_BASE64 || enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
-               enc == GMIME_CONTENT_ENCODING_UUENCODE;
+  int decode = enc == GMIME_CONTENT_ENCODING_BASE64 || enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE;
+  GMimeFilter *uu = enc == GMIME_CONTENT_ENCODING_UUENCODE
+                      ? g_mime_filter_basic_new(GMIME_CONTENT_ENCODING_UUENCODE, FALSE) : NULL;
   GMimeEncoding st;
+  struct buf ws, qp;
   size_t sig = 0;
-  int padded = 0;
+  int padded = 0, result = -1;
   char chunk[65536];
   gssize got;
-  if(!s)
+  if(!s) {
+    if(uu)
+      g_object_unref(uu);
     return 0;
+  }
+  buf_init(&ws, SIZE_MAX / 2);
+  buf_init(&qp, SIZE_MAX / 2);
   if(decode)
     g_mime_encoding_init_decode(&st, enc);
   g_mime_stream_reset(s);
   while((got = g_mime_stream_read(s, chunk, sizeof(chunk))) > 0) {
+    const char *in = chunk;
+    size_t inlen = (size_t)got;
+    if(uu) {
+      char *fo;
+      size_t folen, pre;
+      g_mime_filter_filter(uu, chunk, (size_t)got, 0, &fo, &folen, &pre);
+      if(buf_add(out, fo, folen))
+        goto out;
+      continue;
+    }
     if(!decode) {
       if(buf_add(out, chunk, (size_t)got))
-        return -1;
+        goto out;
       continue;
     }
     if(enc == GMIME_CONTENT_ENCODING_BASE64) {
@@ -670,21 +898,40 @@ int mime_part_bytes(GMimePart *p, struct buf *out)
           sig++;
       }
     }
-    if(buf_reserve(out, g_mime_encoding_outlen(&st, (size_t)got) + 16))
-      return -1;
-    out->len += g_mime_encoding_step(&st, chunk, (size_t)got, out->ptr + out->len);
+    else {
+      if(qp_trim(chunk, (size_t)got, &ws, &qp))
+        goto out;
+      in = qp.ptr ? qp.ptr : "";
+      inlen = qp.len;
+    }
+    if(buf_reserve(out, g_mime_encoding_outlen(&st, inlen) + 16))
+      goto out;
+    out->len += g_mime_encoding_step(&st, in, inlen, out->ptr + out->len);
     out->ptr[out->len] = '\0';
+  }
+  if(uu) {
+    char *fo;
+    size_t folen, pre;
+    g_mime_filter_complete(uu, (char *)"", 0, 0, &fo, &folen, &pre);
+    if(buf_add(out, fo, folen))
+      goto out;
   }
   if(decode) {
     static const char pad[] = "==";
     size_t padn = enc == GMIME_CONTENT_ENCODING_BASE64 && !padded &&
                   (sig % 4 == 2 || sig % 4 == 3) ? 4 - sig % 4 : 0;
     if(buf_reserve(out, g_mime_encoding_outlen(&st, padn) + 16))
-      return -1;
+      goto out;
     out->len += g_mime_encoding_flush(&st, pad, padn, out->ptr + out->len);
     out->ptr[out->len] = '\0';
   }
-  return 0;
+  result = 0;
+out:
+  if(uu)
+    g_object_unref(uu);
+  buf_free(&ws);
+  buf_free(&qp);
+  return result;
 }
 
 /* filename: an RFC 2231 filename* beats a plain filename (GMime returns whichever came
@@ -830,43 +1077,96 @@ static int line_is_boundary(const unsigned char *l, size_t n, const struct bound
   return 0;
 }
 
-/* An attached message as the exact bytes it arrived in: from its first header (GMime records
- * each header's offset) to the CRLF before the next boundary of an enclosing multipart. */
+/* Where the body of entity o starts in the caller's bytes: after the blank line that ends the
+ * header section holding o's own header fields (GMime records each field's offset). 0 when o has
+ * no field to anchor on. */
+static int body_start(struct mime_ctx *c, GMimeObject *o, size_t *start)
+{
+  GMimeHeaderList *hl = g_mime_object_get_header_list(o);
+  int i, n = hl ? g_mime_header_list_get_count(hl) : 0;
+  gint64 last = -1;
+  size_t at;
+  for(i = 0; i < n; i++) {
+    gint64 off = g_mime_header_get_offset(g_mime_header_list_get_header_at(hl, i));
+    if(off > last)
+      last = off;
+  }
+  if(last < 0 || (size_t)last >= c->parsedlen)
+    return 0;
+  at = (size_t)last;
+  while(at < c->parsedlen) {
+    const unsigned char *l = c->orig + at, *nl = memchr(l, '\n', c->parsedlen - at);
+    size_t ll = nl ? (size_t)(nl - l) + 1 : c->parsedlen - at;
+    int blank = ll == 1 || (ll == 2 && l[0] == '\r');
+    at += ll;
+    if(blank && at - ll > (size_t)last)       /* not the field's own line */
+      break;
+  }
+  *start = at;
+  return 1;
+}
+
+/* Invalid header lines inside [start, end), an attached message kept as its bytes, are not
+ * the record's loss ("Message removed" where a bounce leaves the message out). */
+static void forgive_headers(struct mime_ctx *c, size_t start, size_t end)
+{
+  size_t i, k = 0, n = c->nbad < G_N_ELEMENTS(c->bad_header) ? c->nbad : 0;
+  for(i = 0; i < n; i++)
+    if(c->bad_header[i] < (gint64)start || c->bad_header[i] >= (gint64)end)
+      c->bad_header[k++] = c->bad_header[i];
+  if(n) {
+    c->nbad = k;
+    if(!k)
+      c->warn &= ~(1u << GMIME_CRIT_INVALID_HEADER_NAME);
+  }
+}
+
+/* An attached message as the exact bytes it arrived in: the part's body, from after its own
+ * header section (Content-Type: message/rfc822) to the CRLF before the next boundary of an
+ * enclosing multipart. The embedded message may have no header section ("Message removed" in a
+ * bounce) or begin with Content-* fields: its bytes are copied all the same. */
 static int attach_message(struct mime_ctx *c, GMimeObject *o, const struct bounds *bd)
 {
   GMimeMessage *m = g_mime_message_part_get_message(GMIME_MESSAGE_PART(o));
   GMimeHeaderList *hl = m ? g_mime_object_get_header_list(GMIME_OBJECT(m)) : NULL;
   unsigned char *data = NULL;
-  size_t len = 0;
-  if(hl && g_mime_header_list_get_count(hl) > 0) {
-    gint64 start = g_mime_header_get_offset(g_mime_header_list_get_header_at(hl, 0));
-    if(start >= 0 && (size_t)start <= c->parsedlen) {
-      size_t i = (size_t)start, end = c->parsedlen;
-      while(i < c->parsedlen) {
-        const unsigned char *l = c->orig + i;
-        const unsigned char *nl = memchr(l, '\n', c->parsedlen - i);
-        size_t ll = nl ? (size_t)(nl - l) + 1 : c->parsedlen - i;
-        if(line_is_boundary(l, ll, bd)) {
-          end = i;
-          if(end > (size_t)start && c->orig[end - 1] == '\n')
-            end--;
-          if(end > (size_t)start && c->orig[end - 1] == '\r')
-            end--;
-          break;
-        }
-        i += ll;
-      }
-      len = end - (size_t)start;
-      data = malloc(len ? len : 1);
-      if(!data) {
-        c->nomem = 1;
-        return -1;
-      }
-      memcpy(data, c->orig + start, len);
-      return add_attachment(c, o, data, len);
+  size_t len = 0, start = 0;
+  int anchored = body_start(c, o, &start);
+  if(!anchored && hl && g_mime_header_list_get_count(hl) > 0) {
+    /* no field of its own (a multipart/digest member): from the embedded message's first */
+    gint64 first = g_mime_header_get_offset(g_mime_header_list_get_header_at(hl, 0));
+    if(first >= 0 && (size_t)first <= c->parsedlen) {
+      start = (size_t)first;
+      anchored = 1;
     }
   }
-  /* no header to anchor on: GMime's own rendering of it */
+  if(anchored) {
+    size_t i = start, end = c->parsedlen;
+    while(i < c->parsedlen) {
+      const unsigned char *l = c->orig + i;
+      const unsigned char *nl = memchr(l, '\n', c->parsedlen - i);
+      size_t ll = nl ? (size_t)(nl - l) + 1 : c->parsedlen - i;
+      if(line_is_boundary(l, ll, bd)) {
+        end = i;
+        if(end > start && c->orig[end - 1] == '\n')
+          end--;
+        if(end > start && c->orig[end - 1] == '\r')
+          end--;
+        break;
+      }
+      i += ll;
+    }
+    len = end - start;
+    forgive_headers(c, start, end);
+    data = malloc(len ? len : 1);
+    if(!data) {
+      c->nomem = 1;
+      return -1;
+    }
+    memcpy(data, c->orig + start, len);
+    return add_attachment(c, o, data, len);
+  }
+  /* nothing to anchor on: GMime's own rendering of it */
   if(m) {
     GMimeStream *ms = g_mime_stream_mem_new();
     GByteArray *ba;
@@ -1253,6 +1553,52 @@ static void find_duplicates(GMimeObject *o, int depth, GArray *offs, size_t *see
                     depth + 1, offs, seen);
 }
 
+/* Does a Content-Type value begin with type "/" subtype (RFC 2045 5.1)? */
+static int content_type_valid(const char *v)
+{
+  static const char tspecials[] = "()<>@,;:\\\"/[]?=";
+  int k;
+  for(k = 0; k < 2; k++) {
+    size_t n = 0;
+    while(*v == ' ' || *v == '\t')
+      v++;
+    while(v[n] > ' ' && (unsigned char)v[n] < 0x7f && !strchr(tspecials, v[n]))
+      n++;
+    if(!n)
+      return 0;
+    v += n;
+    while(*v == ' ' || *v == '\t')
+      v++;
+    if(!k && *v++ != '/')
+      return 0;
+  }
+  return 1;
+}
+
+/* A leaf whose Content-Type cannot be read is text/plain, the type a missing field has (RFC
+ * 2045 5.2); GMime makes it application/octet-stream, and the body would become an
+ * attachment. Without a charset parameter the text is read as undeclared, as a message without
+ * the field is (us-ascii's bytes read the same). */
+static void fix_content_types(struct mime_ctx *c, GMimeObject *o, int depth, size_t *seen)
+{
+  if(!o || depth > LIM_MIME_DEPTH || ++*seen > LIM_MIME_PARTS)
+    return;
+  if(GMIME_IS_MULTIPART(o)) {
+    int i, n = g_mime_multipart_get_count(GMIME_MULTIPART(o));
+    for(i = 0; i < n; i++)
+      fix_content_types(c, g_mime_multipart_get_part(GMIME_MULTIPART(o), i), depth + 1, seen);
+  }
+  else if(GMIME_IS_PART(o)) {
+    char *v = header_first(c, o, "Content-Type");
+    if(v && !content_type_valid(v)) {
+      GMimeContentType *ct = g_mime_content_type_new("text", "plain");
+      g_mime_object_set_content_type(o, ct);
+      g_object_unref(ct);
+    }
+    g_free(v);
+  }
+}
+
 GMimeMessage *mime_gmime_parse(struct mime_ctx *c, GByteArray *ba)
 {
   GMimeStream *s = g_mime_stream_mem_new_with_byte_array(ba);
@@ -1263,6 +1609,7 @@ GMimeMessage *mime_gmime_parse(struct mime_ctx *c, GByteArray *ba)
   g_mime_parser_set_format(p, GMIME_FORMAT_MESSAGE);
   g_mime_parser_set_persist_stream(p, TRUE);
   c->warn = 0;
+  c->nbad = 0;
   m = g_mime_parser_construct_message(p, c->opts);
   g_object_unref(p);
   g_object_unref(s);
@@ -1301,8 +1648,8 @@ void mime_header_fields(struct mime_ctx *c, GMimeObject *mo, json_t *rec)
   json_t *from = addresses(c, mo, "From");
   char *subj = header_first(c, mo, "Subject");
   json_object_set_new(rec, "message_id", message_id(c, mo, "Message-ID"));
-  json_object_set_new(rec, "in_reply_to", references(c, mo, "In-Reply-To", 1));
-  json_object_set_new(rec, "references", references(c, mo, "References", 0));
+  json_object_set_new(rec, "in_reply_to", message_id(c, mo, "In-Reply-To"));
+  json_object_set_new(rec, "references", field_ids(c, mo, "References", LIM_MIME_REFERENCES));
   json_object_set_new(rec, "from", json_array_size(from) ? json_incref(json_array_get(from, 0))
                                                          : json_null());
   json_decref(from);
@@ -1410,8 +1757,11 @@ int inbound_mime_parse(const void *raw, size_t len, struct inbound_mime **out)
   if(!m)
     mime_note(&c, "not a message GMime could read");
   mime_header_fields(&c, m ? GMIME_OBJECT(m) : NULL, rec);
-  if(m && g_mime_message_get_mime_part(m))
+  if(m && g_mime_message_get_mime_part(m)) {
+    size_t seen = 0;
+    fix_content_types(&c, g_mime_message_get_mime_part(m), 0, &seen);
     walk(&c, g_mime_message_get_mime_part(m), 0, 1, 1, NULL);
+  }
   result = mime_finish(&c, rec, m ? GMIME_OBJECT(m) : NULL, out);
 out:
   json_decref(rec);

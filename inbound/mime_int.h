@@ -27,6 +27,8 @@ struct mime_ctx {
   int have_text, have_html;
   size_t entities;
   unsigned warn;                 /* GMime's critical warnings seen (bits) */
+  gint64 bad_header[8];          /* where GMime found invalid header lines (the first few) */
+  size_t nbad;                   /* how many it found */
   struct buf err;                /* parse_error, "; "-joined */
   json_t *dsn;
   int nomem;

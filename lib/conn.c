@@ -233,7 +233,7 @@ static int stream_write_all(struct conn *c, const char *p, size_t n)
 }
 
 /* Reads more input into rbuf, making room first. */
-static int conn_fill(struct conn *c)
+int conn_fill(struct conn *c)
 {
   size_t got = 0;
   int result;

@@ -61,6 +61,9 @@ void conn_set_stream(struct conn *c, const struct conn_stream_ops *ops, void *ct
 int conn_read_line(struct conn *c, struct buf *line, size_t max, unsigned *flags);
 /* Reads exactly n bytes, appending them to out (out == NULL discards them). */
 int conn_read_exact(struct conn *c, struct buf *out, size_t n);
+/* Waits for more input and appends it to rbuf[rstart..rend), for readers that scan the
+ * buffer in place and advance rstart past what they consumed. */
+int conn_fill(struct conn *c);
 /* Reads up to n bytes that are available or arrive within the timeout. */
 ssize_t conn_read_some(struct conn *c, void *p, size_t n);
 /* Is unread input already buffered (pipelining)? */

@@ -4,7 +4,10 @@
 #define POSTERN_LIMITS_H
 
 #define LIM_SMTP_COMMAND_LINE   512      /* RFC 5321 4.5.3.1.4, including CRLF */
-#define LIM_SMTP_TEXT_LINE      1000     /* RFC 5321 4.5.3.1.6, including CRLF */
+#define LIM_SMTP_TEXT_LINE      1000     /* RFC 5321 4.5.3.1.6, including CRLF: what goes out */
+#define LIM_SMTP_CONTENT_LINE   (4u * 1024u * 1024u) /* one line of received content, kept as
+                                            legacy applications write it (one-line HTML, CSV);
+                                            never more than max_message_size */
 #define LIM_SMTP_REPLY_LINE     512      /* RFC 5321 4.5.3.1.5 */
 #define LIM_SMTP_PATH           256      /* RFC 5321 4.5.3.1.3 */
 #define LIM_SMTP_LOCALPART      64

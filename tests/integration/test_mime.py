@@ -109,6 +109,75 @@ def test_attached_message_is_exact(tmp_path):
     assert b"Content-Type: text/plain;   charset=utf-8\r\n" in atts[0]
 
 
+def test_attached_message_without_header_or_with_content_fields(tmp_path):
+    """An attached message/rfc822 is the part's body byte for byte even when it has no header
+    section ("Message removed" in a Postfix bounce) or begins with Content-* fields."""
+    for name, first, last in [("rfc822_message_removed", b"Message removed", b"Message removed"),
+                              ("rfc822_leading_content_fields", b"Content-Type: text/plain",
+                               b"All values are in range.")]:
+        path = os.path.join(CORPUS, name + ".eml")
+        raw = open(path, "rb").read()
+        rec, atts, _, _ = dump(path, "--att", str(tmp_path))
+        start = raw.rindex(first)
+        assert atts[0] == raw[start:raw.index(last) + len(last)], name
+        assert rec["parse_error"] is None, rec["parse_error"]
+
+
+def test_obsolete_reference_phrases():
+    """In-Reply-To and References: every <id> token, phrases between them skipped (RFC 5322
+    4.5.4), an id ending in "." does not end the list, white space inside an id removed."""
+    rec, _, _, _ = dump(os.path.join(CORPUS, "obsolete_in_reply_to.eml"))
+    assert rec["in_reply_to"] == "200208261822.g7QIMk7P005756@turing-police.cc.vt.example.edu"
+    assert rec["references"] == ["first-1@relay.clinic.example", "thread-007.@example.org",
+                                 "200208261822.g7QIMk7P005756@turing-police.cc.vt.example.edu"]
+    rec, _, _, _ = dump(os.path.join(CORPUS, "message_id_space.eml"))
+    assert rec["message_id"] == "Pine.LNX.4.44.0303031002330.1234@watcher.mithral.com"
+    assert rec["in_reply_to"] == "appt-42@relay.clinic.example"
+
+
+def test_from_shapes():
+    """From: a phrase of one ".", 8-bit bytes that are not UTF-8, an encoded word inside the
+    address (decoded in the display name only, the address kept as written)."""
+    rec, _, _, _ = dump(os.path.join(CORPUS, "from_dot_phrase.eml"))
+    assert rec["from"] == {"address": "user@example.com", "name": "."}
+    assert [a["address"] for a in rec["to"]] == ["appointments@reply.clinic.example",
+                                                 "desk@reply.clinic.example"]
+    rec, _, _, _ = dump(os.path.join(CORPUS, "from_8bit_local_part.eml"))
+    assert rec["from"] == {"address": "j\u00fcrgen@example.de", "name": "J\u00fcrgen M\u00fcller"}
+    assert rec["cc"] == [{"address": "m\u00fcller@example.de", "name": ""}]
+    rec, _, _, _ = dump(os.path.join(CORPUS, "from_encoded_word_address.eml"))
+    assert rec["from"] == {"address": "=?utf-8?q?j=C3=BCrgen?=@example.de", "name": "J\u00fcrgen"}
+
+
+def test_quoted_printable_trailing_white_space():
+    """RFC 2045 6.7: white space at the end of an encoded line is deleted, so "=" followed by
+    spaces is a soft line break; an encoded =20 stays."""
+    rec, _, _, _ = dump(os.path.join(CORPUS, "qp_trailing_whitespace.eml"))
+    assert rec["text"] == ("A line a gateway padded\nA soft break with spaces after the equals "
+                           "sign, and one with a tab here.\nAn encoded trailing space is kept: \n"
+                           "Last line")
+
+
+def test_invalid_content_type_is_text(tmp_path):
+    """RFC 2045 5.2: an unreadable Content-Type is text/plain, not an attachment."""
+    rec, _, _, _ = dump(os.path.join(CORPUS, "invalid_content_type.eml"))
+    assert rec["text"] == "Please call me back.\n" and rec["attachments"] == []
+    for ct in (b'"text/plain"', b"; charset=utf-8", b"text"):
+        path = tmp_path / "ct.eml"
+        path.write_bytes(b"From: a@example.net\r\nContent-Type: " + ct + b"\r\n\r\nhello\r\n")
+        rec, _, _, _ = dump(str(path))
+        assert rec["text"] == "hello\n" and rec["attachments"] == [], ct
+
+
+def test_utf7_and_uuencode(tmp_path):
+    rec, _, _, _ = dump(os.path.join(CORPUS, "utf7_body.eml"))
+    assert rec["text"].startswith("Merci, c\u00e9tait parfait.\n\n> On 3/1/19 Clinic wrote:\n")
+    assert rec["reply_text"] == "Merci, c\u00e9tait parfait."
+    rec, atts, _, _ = dump(os.path.join(CORPUS, "uuencode_attachment.eml"), "--att", str(tmp_path))
+    assert rec["attachments"][0]["filename"] == "form.txt"
+    assert atts[0] == b"Patient: Pat\nResult: negative\n" * 4
+
+
 def test_reply_text_cases(tmp_path):
     """reply_text on the client shapes, from the corpus records."""
     want = {
