@@ -65,6 +65,10 @@
 #define LIM_FORWARD_ANSWER      (64u * 1024u)    /* what is kept of forward_url's answer */
 #define LIM_FORWARD_TIMEOUT_SECONDS 60   /* one POST to forward_url */
 
+/* HTTP clients (global/http.h) */
+#define LIM_HTTP_BODY           (64u * 1024u)    /* what is kept of an API's answer */
+#define LIM_OAUTH2_BODY         (64u * 1024u)    /* a token endpoint's answer; a certificate */
+
 /* metrics (global/metrics.c): label values come from the configuration, so their number is known
  * at start; past the cap (or for a name never registered) they count as "other" */
 #define LIM_METRICS_NAMES       64       /* listeners, upstreams or OAuth2 identities each */

@@ -202,7 +202,7 @@ static int sg_open(struct sg *s, const char *upname)
   }
   s->authlen = keylen + 64;
   s->auth = malloc(s->authlen);
-  if(!s->auth || http_client_new(up, &s->hc)) {
+  if(!s->auth || relay_http_new(up, &s->hc)) {
     fprintf(stderr, "posternctl: sendgrid: out of memory\n");
     result = EX_OSERR;
     goto out;
