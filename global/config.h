@@ -92,6 +92,12 @@ struct cfg_inbound {
   char *http_address, *http_user, *http_password_file, *event_public_key_file;
   char *http_auth;                /* basic | none (the webhooks open on purpose) */
   char *events_auth;              /* signature | basic (accounts without signed events) */
+  /* per client (IPv4 address, IPv6 /64): connections at once, requests a minute (0 = no
+   * limit), wrong credentials before a lockout of http_auth_lockout seconds */
+  long http_clients_per_ip, http_request_rate, http_auth_failures;
+  long long http_auth_lockout;
+  struct cidr *http_exempt;       /* http_exempt_networks: clients no per-client limit applies to */
+  size_t nhttp_exempt;
   long long event_max_age;
   char *twilio_auth_token_file, *public_url, *reply_address, *forward_url, *forward_secret_file;
   /* posternctl twilio: the account and the API hosts (tests point them at loopback) */
