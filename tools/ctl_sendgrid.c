@@ -7,10 +7,7 @@
 #include "tls/tls.h"
 #include "lib/buf.h"
 #include "lib/log.h"
-#include <arpa/nameser.h>
 #include <curl/curl.h>
-#include <netdb.h>
-#include <resolv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -489,44 +486,23 @@ static void sg_check_scopes(struct sg *s)
  * lookup failed (err says why). */
 static int mx_lookup(const char *host, char *found, size_t foundsz, char *err, size_t errsz)
 {
-  unsigned char ans[4096];
-  char name[NS_MAXDNAME];
-  ns_msg msg;
-  ns_rr rr;
-  int n, i, count, ours = 0, others = 0;
-  size_t o = 0;
+  struct ctl_dns_rr rr[CTL_DNS_MAX];
+  size_t n, i, o = 0;
+  int ours = 0, others = 0;
 
   found[0] = '\0';
-  h_errno = 0;
-  n = res_query(host, ns_c_in, ns_t_mx, ans, sizeof(ans));
-  if(n < 0) {
-    if(h_errno == HOST_NOT_FOUND || h_errno == NO_DATA) {
-      str_copy(found, foundsz, h_errno == NO_DATA ? "no MX record" : "no such name");
-      return 0;
-    }
-    snprintf(err, errsz, "the MX lookup failed (%s)", hstrerror(h_errno));
+  if(ctl_dns_query(host, CTL_DNS_MX, rr, CTL_DNS_MAX, &n, err, errsz))
     return -1;
-  }
-  if(ns_initparse(ans, n, &msg)) {
-    snprintf(err, errsz, "the DNS answer could not be read");
-    return -1;
-  }
-  count = ns_msg_count(msg, ns_s_an);
-  for(i = 0; i < count; i++) {
-    if(ns_parserr(&msg, ns_s_an, i, &rr) || ns_rr_type(rr) != ns_t_mx || ns_rr_rdlen(rr) < 3)
-      continue;
-    if(dn_expand(ns_msg_base(msg), ns_msg_end(msg), ns_rr_rdata(rr) + 2, name,
-                 sizeof(name)) < 0)
-      continue;
-    if(!strcasecmp(name, SG_MX_HOST))
+  for(i = 0; i < n; i++) {
+    if(!strcasecmp(rr[i].name, SG_MX_HOST))
       ours++;
     else
       others++;
-    if(o + strlen(name) + 3 < foundsz)
-      o += (size_t)snprintf(found + o, foundsz - o, "%s%s", o ? ", " : "", name);
+    if(o + strlen(rr[i].name) + 3 < foundsz)
+      o += (size_t)snprintf(found + o, foundsz - o, "%s%s", o ? ", " : "", rr[i].name);
   }
   if(!o)
-    str_copy(found, foundsz, "no MX record");
+    str_copy(found, foundsz, !strcmp(err, "no such name") ? err : "no MX record");
   return ours && !others;
 }
 

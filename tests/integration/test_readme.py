@@ -26,6 +26,13 @@ EXCEPTIONS = {
     "autoreconf -fi && ./configure && make && make check && make install":
         "builds in the source tree and installs into the system; test_install.py runs "
         "`make install DESTDIR=...` of the build under test",
+    "posternctl init noreply@clinic.example --dry-run":
+        "asks its questions on a terminal and looks up clinic.example's MX: test_init.py runs it "
+        "as written through a pseudo-terminal in a namespace whose dnsmasq serves that domain",
+    "posternctl init app@clinic.example --provider sendgrid --api-key-file sendgrid.key "
+    "--app-user app --dry-run":
+        "reads sendgrid.key, a 0600 file of the reader's: test_init.py runs it as written in a "
+        "directory that has one",
 }
 
 
