@@ -112,7 +112,8 @@ def spf_env(tmp_path, monkeypatch):
     monkeypatch.setenv("POSTERN_SPF_TEST_CLIENT_IP", "192.0.2.10")
 
 
-def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None, upstream=None):
+def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None, upstream=None,
+                inbound=""):
     mx, http = free_port(), free_port()
     priv, pub = make_key(tmp_path)
     fw = secret(tmp_path, "forward.secret", FORWARD_SECRET)
@@ -125,7 +126,7 @@ def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None, ups
              "http_auth = none\n"
              "reply_address = reply+{token}@reply.test\n"
              f"twilio_auth_token_file = {secret(tmp_path, 'twilio.token', 'tw-token-123')}\n"
-             "public_url = https://relay.test.example/hooks/\n")
+             "public_url = https://relay.test.example/hooks/\n" + inbound)
     if forward_url:
         extra += f"forward_url = {forward_url}\nforward_secret_file = {fw}\n"
     d = daemon_factory(FAST, extra, name=name)
@@ -499,3 +500,20 @@ def test_show_escapes_event_names(daemon_factory, tmp_path, sink, spf_env):
     out = d.ctl("correspondence", "show", qid).stdout
     assert b"odd" in out, out
     assert b"\x1b" not in out and b"\x07" not in out, out
+
+
+def test_record_text_max(daemon_factory, tmp_path, sink, spf_env):
+    # a long message through the MX: its record keeps record_text_max bytes of text and says
+    # so; the raw message stays whole in the store
+    d = corr_daemon(daemon_factory, tmp_path, sink, inbound="record_text_max = 64K\n")
+    body = "Caf\u00e9 au lait, line after line of a long letter.\r\n" * 8000
+    msg = ("From: pat@pass.test\r\nTo: someone@reply.test\r\nSubject: long letter\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           "Content-Transfer-Encoding: 8bit\r\n\r\n" + body).encode()
+    mx_send(d, "pat@pass.test", "someone@reply.test", msg)
+    (rec,) = wait_records(d, 1, timeout=20)
+    assert 64 * 1024 - 3 <= len(rec["text"].encode()) <= 64 * 1024
+    assert body.replace("\r\n", "\n").startswith(rec["text"])
+    assert rec["truncated"] == ["text"]
+    (raw,) = json.loads(d.ctl("inbound", "list", "--json").stdout)
+    assert raw["size"] >= len(msg)
