@@ -742,3 +742,105 @@ enum smtp_path_result smtp_path_parse(const char *arg, size_t arglen, int is_mai
     return path_fail(reply, is_mail, SMTP_PATH_NEEDS_UTF8);
   return SMTP_PATH_OK;
 }
+
+/* ---- message content ------------------------------------------------------------------- */
+
+void smtp_content_init(struct smtp_content *sc, int dot, size_t max_line,
+                       unsigned long long max_size)
+{
+  memset(sc, 0, sizeof(*sc));
+  sc->dot = dot;
+  sc->max_line = max_line;
+  sc->max_size = max_size;
+  sc->bol = 1;
+  sc->crlf_before = 1;     /* DATA's 354, like the start of a BDAT transaction, is a boundary */
+}
+
+static void content_emit(struct smtp_content *sc, struct buf *out, const char *p, size_t n)
+{
+  sc->size += n;
+  if(sc->size > sc->max_size)
+    sc->bad |= SMTP_CONTENT_BAD_SIZE;
+  if(!sc->bad && out && buf_add(out, p, n))
+    sc->bad |= SMTP_CONTENT_BAD_SIZE;
+}
+
+static void content_line_end(struct smtp_content *sc, struct buf *out, int crlf)
+{
+  if(sc->dot_held) {
+    sc->dot_held = 0;
+    if(sc->dot && crlf && sc->crlf_before) {
+      sc->ended = 1;
+      return;
+    }
+    /* a lone dot that does not end the data is content; the relay stuffs it again */
+    content_emit(sc, out, ".", 1);
+  }
+  content_emit(sc, out, "\r\n", 2);
+  sc->line = 0;
+  sc->bol = 1;
+  sc->crlf_before = crlf;
+}
+
+size_t smtp_content_scan(struct smtp_content *sc, const char *p, size_t n, struct buf *out)
+{
+  size_t i = 0, j;
+  while(i < n && !sc->ended) {
+    unsigned char ch = (unsigned char)p[i];
+    if(sc->cr) {
+      sc->cr = 0;
+      if(ch == '\n') {
+        i++;
+        content_line_end(sc, out, 1);
+        continue;
+      }
+      /* a CR inside a line: what other software might take as a line end is refused */
+      sc->bad |= SMTP_CONTENT_BAD_CR;
+      sc->dot_held = 0;
+      sc->bol = 0;
+      sc->line++;
+      sc->size++;
+    }
+    if(ch == '\r') {
+      sc->cr = 1;
+      i++;
+      continue;
+    }
+    if(ch == '\n') {
+      i++;
+      content_line_end(sc, out, 0);
+      continue;
+    }
+    if(sc->dot_held)
+      sc->dot_held = 0;         /* RFC 5321 4.5.2: the first of a line's dots goes */
+    else if(sc->bol && sc->dot && ch == '.') {
+      sc->dot_held = 1;
+      sc->bol = 0;
+      i++;
+      continue;
+    }
+    sc->bol = 0;
+    if(ch == '\0') {
+      sc->bad |= SMTP_CONTENT_BAD_NUL;
+      sc->line++;
+      sc->size++;
+      i++;
+      continue;
+    }
+    for(j = i; j < n && p[j] != '\r' && p[j] != '\n' && p[j] != '\0'; j++)
+      ;
+    sc->line += j - i;
+    if(sc->line > sc->max_line)
+      sc->bad |= SMTP_CONTENT_BAD_LONG;
+    content_emit(sc, out, p + i, j - i);
+    i = j;
+  }
+  return i;
+}
+
+void smtp_content_finish(struct smtp_content *sc)
+{
+  if(sc->cr)
+    sc->bad |= SMTP_CONTENT_BAD_CR;
+  sc->cr = 0;
+}

@@ -81,4 +81,40 @@ int smtp_text_is_ascii(const char *p, size_t n);
 /* The domain of an address (after the last '@'), or NULL. */
 const char *smtp_address_domain(const char *addr, size_t len, size_t *domlen);
 
+/* ---- message content (DATA and BDAT) -------------------------------------------------------
+ * One scanner for both ways a message arrives, fed in pieces of any size (the state carries
+ * across reads and BDAT chunks). A bare LF is taken as a line end and stored as CR LF, as
+ * Postfix's smtpd_forbid_bare_newline = normalize does; a bare CR or a NUL spoils the message
+ * (the SMTP smuggling class), and so does a line past max_line or content past max_size. With
+ * dot set (DATA) the RFC 5321 4.5.2 transparency dot is removed and the content ends only at
+ * CR LF "." CR LF: a "." line ended by a bare LF, or after one, is content and is kept as ".". */
+struct buf;
+
+#define SMTP_CONTENT_BAD_CR   0x01
+#define SMTP_CONTENT_BAD_NUL  0x02
+#define SMTP_CONTENT_BAD_LONG 0x04
+#define SMTP_CONTENT_BAD_SIZE 0x08
+
+struct smtp_content {
+  int dot;                        /* DATA: dot transparency and the CR LF . CR LF end */
+  size_t max_line;                /* longest line, its end not counted */
+  unsigned long long max_size;    /* the stored (normalised) content */
+  unsigned long long size;        /* stored octets so far, counted on after a violation */
+  size_t line;                    /* octets of the current line so far */
+  unsigned bad;                   /* SMTP_CONTENT_BAD_*; once set nothing more is stored */
+  int bol;                        /* at the start of a line */
+  int cr;                         /* the last octet was a CR, its LF not seen yet */
+  int dot_held;                   /* DATA: the line so far is a single '.' */
+  int crlf_before;                /* the line before ended in CR LF (an end needs that) */
+  int ended;                      /* DATA: the end line was read */
+};
+
+void   smtp_content_init(struct smtp_content *sc, int dot, size_t max_line,
+                         unsigned long long max_size);
+/* Scans p[0..n), appending the stored form to out (NULL: count only) while nothing is wrong.
+ * Returns the octets consumed: n, or with dot set up to and including the end line. */
+size_t smtp_content_scan(struct smtp_content *sc, const char *p, size_t n, struct buf *out);
+/* BDAT LAST: the content ends here; a CR still waiting for its LF was a bare one. */
+void   smtp_content_finish(struct smtp_content *sc);
+
 #endif

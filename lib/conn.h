@@ -44,6 +44,15 @@ struct conn {
                                            (the daemon's stop signal for idle sessions) */
 };
 
+/* The key per-client limits count under: an IPv4 address (also when v4-mapped), or the /64 an
+ * IPv6 address is in (one host usually holds a whole /64, so counting /128s would let it rotate
+ * addresses past any limit). 16 bytes; printable with conn_client_key_text. 0 ok, -1 for a
+ * family that is neither. */
+#define CONN_CLIENT_KEY_LEN 16
+int conn_client_key(const struct sockaddr *sa, unsigned char key[CONN_CLIENT_KEY_LEN]);
+/* "192.0.2.7" or "2001:db8:1:2::/64" */
+void conn_client_key_text(const unsigned char key[CONN_CLIENT_KEY_LEN], char *out, size_t outsz);
+
 void conn_init(struct conn *c, int fd, int idle_ms);
 void conn_free(struct conn *c);          /* closes stream ops and fd */
 void conn_set_stream(struct conn *c, const struct conn_stream_ops *ops, void *ctx);
@@ -61,6 +70,9 @@ void conn_set_stream(struct conn *c, const struct conn_stream_ops *ops, void *ct
 int conn_read_line(struct conn *c, struct buf *line, size_t max, unsigned *flags);
 /* Reads exactly n bytes, appending them to out (out == NULL discards them). */
 int conn_read_exact(struct conn *c, struct buf *out, size_t n);
+/* Waits for more input and appends it to rbuf[rstart..rend), for readers that scan the
+ * buffer in place and advance rstart past what they consumed. */
+int conn_fill(struct conn *c);
 /* Reads up to n bytes that are available or arrive within the timeout. */
 ssize_t conn_read_some(struct conn *c, void *p, size_t n);
 /* Is unread input already buffered (pipelining)? */

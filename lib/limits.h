@@ -4,7 +4,10 @@
 #define POSTERN_LIMITS_H
 
 #define LIM_SMTP_COMMAND_LINE   512      /* RFC 5321 4.5.3.1.4, including CRLF */
-#define LIM_SMTP_TEXT_LINE      1000     /* RFC 5321 4.5.3.1.6, including CRLF */
+#define LIM_SMTP_TEXT_LINE      1000     /* RFC 5321 4.5.3.1.6, including CRLF: what goes out */
+#define LIM_SMTP_CONTENT_LINE   (4u * 1024u * 1024u) /* one line of received content, kept as
+                                            legacy applications write it (one-line HTML, CSV);
+                                            never more than max_message_size */
 #define LIM_SMTP_REPLY_LINE     512      /* RFC 5321 4.5.3.1.5 */
 #define LIM_SMTP_PATH           256      /* RFC 5321 4.5.3.1.3 */
 #define LIM_SMTP_LOCALPART      64
@@ -42,6 +45,7 @@
  * decoded parts) plus the other fields and the multipart framing */
 #define LIM_WEBHOOK_FORM_OVERHEAD (1024u * 1024u)
 #define LIM_WEBHOOK_TIMEOUT_SECONDS 120  /* an idle HTTP connection */
+#define LIM_HTTP_CLIENTS        4096     /* clients the HTTP listener remembers beyond its slots */
 
 /* MIME -> correspondence records (inbound/mime.c): a message past these still becomes a record,
  * with what was read before the cap and a parse_error saying which cap */
@@ -61,6 +65,10 @@
 #define LIM_RECORD_REFS         100      /* References ids tried when threading a reply */
 #define LIM_FORWARD_ANSWER      (64u * 1024u)    /* what is kept of forward_url's answer */
 #define LIM_FORWARD_TIMEOUT_SECONDS 60   /* one POST to forward_url */
+
+/* HTTP clients (global/http.h) */
+#define LIM_HTTP_BODY           (64u * 1024u)    /* what is kept of an API's answer */
+#define LIM_OAUTH2_BODY         (64u * 1024u)    /* a token endpoint's answer; a certificate */
 
 /* metrics (global/metrics.c): label values come from the configuration, so their number is known
  * at start; past the cap (or for a name never registered) they count as "other" */

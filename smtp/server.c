@@ -34,13 +34,6 @@ static const char *const stat_names[ST_N] = {
   "starttls", "auth", "unknown",
 };
 
-/* DATA content problems, in the order of which one is named when several occur */
-#define BAD_LF    0x01
-#define BAD_CR    0x02
-#define BAD_NUL   0x04
-#define BAD_LONG  0x08
-#define BAD_SIZE  0x10
-
 struct session {
   struct conn *c;
   const struct smtp_server_cfg *cfg;
@@ -60,7 +53,7 @@ struct session {
   int bdat_active;        /* the transaction's content started with BDAT */
   int bdat_failed;        /* a failed BDAT transaction: absorb its chunks until LAST */
   struct smtp_reply bdat_fail;
-  long long content_len;
+  struct smtp_content scan;  /* the content of the transaction (DATA or every BDAT chunk) */
   struct buf msg;
   struct buf line;
 
@@ -141,7 +134,7 @@ static void transaction_reset(struct session *s)
   s->rcpt_tried = 0;
   s->env.id[0] = '\0';
   memset(&s->env.mail, 0, sizeof(s->env.mail));
-  s->content_len = 0;
+  memset(&s->scan, 0, sizeof(s->scan));
   /* a finished message gives its memory back; the next one starts small again */
   buf_free(&s->msg);
   buf_init(&s->msg, (size_t)s->max_size + MSG_MARGIN);
@@ -587,7 +580,6 @@ static void cmd_rcpt(struct session *s, const struct smtp_command *cmd)
 static void content_begin(struct session *s)
 {
   store_new_id(s->env.id);
-  s->content_len = 0;
   buf_free(&s->msg);
   buf_init(&s->msg, (size_t)s->max_size + MSG_MARGIN);
   log_info("%s: client=%s", s->env.id, s->info.peer_ip);
@@ -606,60 +598,63 @@ static int conn_lost(struct session *s, int result, const char *during)
   return -1;
 }
 
+/* The scanner for a transaction's content: lines up to LIM_SMTP_CONTENT_LINE (never more
+ * than the message may hold), the message up to its size limit. */
+static void content_scan_init(struct session *s, int dot)
+{
+  size_t max_line = LIM_SMTP_CONTENT_LINE;
+  if((long long)max_line > s->max_size)
+    max_line = (size_t)s->max_size;
+  smtp_content_init(&s->scan, dot, max_line, (unsigned long long)s->max_size);
+}
+
+/* Feeds p[0..n) to the transaction's scanner; a spoilt message stops holding memory. */
+static size_t content_feed(struct session *s, const char *p, size_t n)
+{
+  size_t used = smtp_content_scan(&s->scan, p, n, &s->msg);
+  if(s->scan.bad && s->msg.ptr)
+    buf_free(&s->msg);
+  return used;
+}
+
+/* The answer to content the scanner refused, the same for DATA and BDAT. */
+static void content_refusal(const struct smtp_content *sc, struct smtp_reply *r)
+{
+  if(sc->bad & SMTP_CONTENT_BAD_CR)
+    smtp_reply_set(r, 550, "5.6.0", "Message refused: bare CR not allowed");
+  else if(sc->bad & SMTP_CONTENT_BAD_NUL)
+    smtp_reply_set(r, 550, "5.6.0", "Message refused: NUL not allowed");
+  else if(sc->bad & SMTP_CONTENT_BAD_LONG)
+    /* the enhanced code is a media error (RFC 3463 X.6.0): it is the content that cannot be
+     * carried, and it ends the transaction */
+    smtp_reply_set(r, 500, "5.6.0", "Message refused: line longer than %zu octets",
+                   sc->max_line);
+  else
+    smtp_reply_set(r, 552, "5.3.4", "Error: message size exceeds fixed limit");
+}
+
 /* Reads DATA content up to the end-of-data line. RFC 5321 4.1.1.4 ends it only at CR LF "."
  * CR LF; anything that other software may read as an end ("\n.\n", "\n.\r\n", "\r\n.\n")
- * never ends it here, and a message holding bare LF, bare CR or NUL is refused as a whole
- * once its real end is found (the SMTP smuggling class; Postfix refuses the same way). */
-static int data_read(struct session *s, unsigned *bad)
+ * never ends it here: a bare LF is a line end inside the content, and a message holding a bare
+ * CR or a NUL is refused as a whole once its real end is found (the SMTP smuggling class). */
+static int data_read(struct session *s)
 {
-  int prev_crlf = 1;     /* the 354 starts the content at a line boundary */
-  *bad = 0;
+  struct conn *c = s->c;
+  content_scan_init(s, 1);
   for(;;) {
-    unsigned fl = 0;
-    int result = conn_read_line(s->c, &s->line, LIM_SMTP_TEXT_LINE, &fl);
-    const char *p;
-    size_t n;
-    if(result == CONN_TOO_LONG) {
-      *bad |= BAD_LONG;
-      if(fl & CONN_LINE_EOF)
-        return conn_lost(s, CONN_EOF, "DATA");
-      if(!(fl & CONN_LINE_CRLF))
-        *bad |= BAD_LF;
-      prev_crlf = (fl & CONN_LINE_CRLF) != 0;
-      continue;
+    if(c->rstart == c->rend) {
+      int result = conn_fill(c);
+      if(result)
+        return conn_lost(s, result, "DATA");
     }
-    if(result)
-      return conn_lost(s, result, "DATA");
-    if(fl & CONN_LINE_EOF)
-      return conn_lost(s, CONN_EOF, "DATA");
-    if(s->line.len == 1 && s->line.ptr[0] == '.' && (fl & CONN_LINE_CRLF) && prev_crlf)
+    c->rstart += content_feed(s, c->rbuf + c->rstart, c->rend - c->rstart);
+    if(s->scan.ended)
       return 0;
-    if(!(fl & CONN_LINE_CRLF))
-      *bad |= BAD_LF;
-    if(fl & CONN_LINE_BARE_CR)
-      *bad |= BAD_CR;
-    if(fl & CONN_LINE_NUL)
-      *bad |= BAD_NUL;
-    prev_crlf = (fl & CONN_LINE_CRLF) != 0;
-    if(*bad)
-      continue;      /* the message is lost already: keep reading, stop storing */
-    p = s->line.ptr;
-    n = s->line.len;
-    if(n && p[0] == '.') {     /* RFC 5321 4.5.2 transparency */
-      p++;
-      n--;
-    }
-    s->content_len += (long long)n + 2;
-    if(s->content_len > s->max_size || buf_add(&s->msg, p, n) || buf_add(&s->msg, "\r\n", 2)) {
-      *bad |= BAD_SIZE;
-      buf_free(&s->msg);
-    }
   }
 }
 
 static void cmd_data(struct session *s, const struct smtp_command *cmd)
 {
-  unsigned bad = 0;
   struct smtp_reply r;
   int result;
   if(!s->in_mail) {
@@ -688,25 +683,13 @@ static void cmd_data(struct session *s, const struct smtp_command *cmd)
     conn_lost(s, result, "DATA");
     return;
   }
-  if(data_read(s, &bad))
+  if(data_read(s))
     return;
-  if(!bad) {
+  if(!s->scan.bad) {
     message_deliver(s, "DATA");
     return;
   }
-  if(bad & BAD_LF)
-    smtp_reply_set(&r, 550, "5.6.0", "Message refused: bare LF not allowed");
-  else if(bad & BAD_CR)
-    smtp_reply_set(&r, 550, "5.6.0", "Message refused: bare CR not allowed");
-  else if(bad & BAD_NUL)
-    smtp_reply_set(&r, 550, "5.6.0", "Message refused: NUL not allowed");
-  else if(bad & BAD_LONG)
-    /* RFC 5321 4.5.3.1.6 caps a text line at 1000 octets with CR LF and 4.5.3.1.10 names
-     * "500 Line too long" as the answer; the enhanced code is a media error (RFC 3463 X.6.0)
-     * because it is the content that cannot be carried, and it ends the transaction. */
-    smtp_reply_set(&r, 500, "5.6.0", "Message refused: line too long");
-  else
-    smtp_reply_set(&r, 552, "5.3.4", "Error: message size exceeds fixed limit");
+  content_refusal(&s->scan, &r);
   reply_send(s, &r, 1);
   log_reject(s, "DATA", &r, &s->env.mail, NULL, 0);
   transaction_reset(s);
@@ -736,6 +719,27 @@ static int bdat_args(const char *p, size_t n, unsigned long long *size, int *las
     return -1;
   *last = 1;
   return 0;
+}
+
+/* Reads one BDAT chunk of n octets through the content scanner, in place. */
+static int bdat_read(struct session *s, size_t n)
+{
+  struct conn *c = s->c;
+  while(n) {
+    size_t take;
+    if(c->rstart == c->rend) {
+      int result = conn_fill(c);
+      if(result)
+        return result;
+    }
+    take = c->rend - c->rstart;
+    if(take > n)
+      take = n;
+    content_feed(s, c->rbuf + c->rstart, take);
+    c->rstart += take;
+    n -= take;
+  }
+  return CONN_OK;
 }
 
 static void cmd_bdat(struct session *s, const struct smtp_command *cmd)
@@ -790,8 +794,9 @@ static void cmd_bdat(struct session *s, const struct smtp_command *cmd)
   if(!s->bdat_active) {
     s->bdat_active = 1;
     content_begin(s);
+    content_scan_init(s, 0);
   }
-  if(n > (unsigned long long)(s->max_size - s->content_len)) {
+  if(n > (unsigned long long)s->max_size - s->scan.size) {
     result = conn_read_exact(s->c, NULL, (size_t)n);
     if(result) {
       conn_lost(s, result, "BDAT");
@@ -807,17 +812,25 @@ static void cmd_bdat(struct session *s, const struct smtp_command *cmd)
     }
     return;
   }
-  result = conn_read_exact(s->c, &s->msg, (size_t)n);
+  result = bdat_read(s, (size_t)n);
   if(result) {
-    conn_lost(s, result == CONN_ERROR ? CONN_EOF : result, "BDAT");
+    conn_lost(s, result, "BDAT");
     return;
   }
-  s->content_len += (long long)n;
   if(!last) {
+    /* a spoilt chunk is answered at LAST, as DATA answers at its end */
     reply(s, 250, "2.0.0", "Ok: %llu octets", n);
     return;
   }
-  message_deliver(s, "BDAT");
+  smtp_content_finish(&s->scan);
+  if(!s->scan.bad) {
+    message_deliver(s, "BDAT");
+    return;
+  }
+  content_refusal(&s->scan, &r);
+  reply_send(s, &r, 1);
+  log_reject(s, "BDAT", &r, &s->env.mail, NULL, 0);
+  transaction_reset(s);
 }
 
 /* RFC 3207. Whatever the client pipelined after STARTTLS was sent in the clear and is thrown

@@ -258,16 +258,27 @@ def test_max_clients(daemon_factory):
 SMUGGLED = (b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n"
             b"From: ceo@clinic.test\r\nSubject: SMUGGLED\r\n\r\nSMUGGLED-BODY\r\n")
 
-SMUGGLE_VARIANTS = {
-    "lf-dot-lf": b"\n.\n",
-    "crlf-dot-lf": b"\r\n.\n",
-    "lf-dot-crlf": b"\n.\r\n",
+# Bare CR in any position is refused; a bare LF is a line end (Postfix's
+# smtpd_forbid_bare_newline = normalize), so the LF variants are neutralised instead: the end of
+# data is still only CR LF . CR LF, and what follows the fake end stays content of the one message.
+SMUGGLE_REFUSED = {
     "cr-dot-cr": b"\r.\r",
     "crlf-dot-cr": b"\r\n.\r",
     "cr-dot-crlf": b"\r.\r\n",
-    "bare-lf": b"\nx\r\n",
     "bare-cr": b"\rx\r\n",
 }
+SMUGGLE_NEUTRALISED = {
+    "lf-dot-lf": b"\n.\n",
+    "crlf-dot-lf": b"\r\n.\n",
+    "lf-dot-crlf": b"\n.\r\n",
+    "bare-lf": b"\nx\r\n",
+}
+SMUGGLE_VARIANTS = {**SMUGGLE_REFUSED, **SMUGGLE_NEUTRALISED}
+
+
+def normalised(raw):
+    """What the server stores for raw DATA-free content: every bare LF a CR LF."""
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def refused_data(d, c, payload, expect_code=550, expect_enh="5.6.0", label=""):
@@ -294,6 +305,27 @@ def refused_data(d, c, payload, expect_code=550, expect_enh="5.6.0", label=""):
     return r
 
 
+def neutralised_data(d, c, payload, label=""):
+    """As refused_data, but the content is accepted as ONE message: one 250 after the real end,
+    no reply to any smuggled command. Returns the queue id."""
+    c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+    c.cmd_expect("RCPT TO:<b@example.test>", 250)
+    c.cmd_expect("DATA", 354)
+    c.send(payload)
+    early = c.pending(1.0)
+    if early:
+        c.fail(f"{label}: the server answered before the real end of data: {early!r}")
+    c.send(b"\r\n.\r\n")
+    r = c.read_reply(30)
+    if r.code != 250 or not r.queue_id():
+        c.fail(f"{label}: expected the one message accepted, got {r!r}")
+    extra = c.pending(0.7)
+    if extra:
+        c.fail(f"{label}: replies after the end (smuggled commands executed?): {extra!r}")
+    c.cmd_expect("NOOP", 250)
+    return r.queue_id()
+
+
 def assert_nothing_with(d, marker, known):
     for e in d.queue_list():
         if e["id"] in known:
@@ -303,6 +335,17 @@ def assert_nothing_with(d, marker, known):
         assert e["sender"] != "evil@attacker.test", f"smuggled message stored: {e}"
 
 
+def assert_one_carrier(d, qid, payload, known):
+    """The carrier was stored as one message from its real sender, the smuggled transaction
+    inside it as content lines, every line ended CR LF; no other message exists."""
+    stored = d.queue_cat(qid)
+    check_stored(stored, normalised(payload) + b"\r\n")
+    assert b"\n" not in stored.replace(b"\r\n", b""), "a bare LF was stored"
+    entries = [e for e in d.queue_list() if e["id"] not in known]
+    assert [e["id"] for e in entries] == [qid], f"more than the one carrier stored: {entries}"
+    assert entries[0]["sender"] == "a@clinic.test", entries[0]
+
+
 @pytest.mark.parametrize("variant", list(SMUGGLE_VARIANTS))
 def test_smuggling_refused(daemon, variant):
     d = daemon
@@ -310,10 +353,94 @@ def test_smuggling_refused(daemon, variant):
     payload = (b"From: a@clinic.test\r\nSubject: carrier\r\n\r\nharmless line" + seq + SMUGGLED)
     with d.smtp() as c:
         c.greet()
-        refused_data(d, c, payload, label=variant)
+        if variant in SMUGGLE_REFUSED:
+            refused_data(d, c, payload, label=variant)
+            carrier = None
+        else:
+            carrier = neutralised_data(d, c, payload, label=variant)
         good = assert_serving(d, "smuggle")
         c.cmd_expect("QUIT", 221)
-    assert_nothing_with(d, b"SMUGGLED", {good})
+    if carrier is None:
+        assert_nothing_with(d, b"SMUGGLED", {good})
+    else:
+        assert_one_carrier(d, carrier, payload, {good})
+
+
+def bdat_split_every_byte(c, payload, marker_at, marker_len):
+    """Sends payload as BDAT chunks, once for every cut position inside the end marker (and
+    one before and after it); returns the replies to LAST."""
+    out = []
+    for cut in range(marker_at, marker_at + marker_len + 1):
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        c.cmd_expect("RCPT TO:<b@example.test>", 250)
+        a, b = payload[:cut], payload[cut:]
+        c.send(b"BDAT %d\r\n" % len(a) + a)
+        c.expect(250)
+        c.send(b"BDAT %d LAST\r\n" % len(b) + b)
+        r = c.read_reply(30)
+        extra = c.pending(0.3)
+        if extra:
+            c.fail(f"cut {cut}: replies after LAST (smuggled commands executed?): {extra!r}")
+        out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("variant", list(SMUGGLE_VARIANTS))
+def test_bdat_smuggling(daemon, variant):
+    """The DATA smuggling cases sent as BDAT chunks, split at every byte of the fake end marker:
+    a bare CR is refused at LAST with DATA's code, a bare LF is stored as CR LF, and a smuggled
+    transaction is never a second message."""
+    d = daemon
+    seq = SMUGGLE_VARIANTS[variant]
+    # Both the content and what follows it, as a client that lost sync might put them.
+    payload = (b"From: a@clinic.test\r\nSubject: carrier\r\n\r\nharmless line" + seq + SMUGGLED
+               + b".\r\n")
+    at = payload.index(seq)
+    with d.smtp() as c:
+        c.greet()
+        replies = bdat_split_every_byte(c, payload, at, len(seq))
+        c.cmd_expect("NOOP", 250)
+        good = assert_serving(d, "bdat-smuggle")
+        c.cmd_expect("QUIT", 221)
+    if variant in SMUGGLE_REFUSED:
+        for r in replies:
+            assert (r.code, r.enhanced) == (550, "5.6.0"), replies
+        assert_nothing_with(d, b"SMUGGLED", {good})
+        return
+    ids = [r.queue_id() for r in replies]
+    assert all(r.code == 250 for r in replies) and all(ids), replies
+    entries = [e for e in d.queue_list() if e["id"] != good]
+    assert sorted(e["id"] for e in entries) == sorted(ids), "a smuggled message was stored"
+    assert all(e["sender"] == "a@clinic.test" for e in entries), entries
+    for qid in ids:
+        check_stored(d.queue_cat(qid), normalised(payload))
+
+
+def test_bdat_bad_content_refused_at_last(daemon):
+    """NUL, bare CR (also one split from its would-be LF by a chunk boundary, and one ending
+    the last chunk) and an over-long line in BDAT: 250 to each chunk, DATA's refusal at LAST,
+    nothing stored, the session in sync."""
+    d = daemon
+    cases = [
+        ([b"Subject: x\r\n\r\nNUL\x00", b"BDAT-BAD-A\r\n"], 550),
+        ([b"Subject: x\r\n\r\nBDAT-BAD-B\r", b"x\r\n"], 550),
+        ([b"Subject: x\r\n\r\nBDAT-BAD-C\r\n", b"tail\r"], 550),
+        ([b"Subject: x\r\n\r\nBDAT-BAD-D ", b"y" * (5 * 1024 * 1024) + b"\r\n"], 500),
+    ]
+    with d.smtp(timeout=60) as c:
+        c.greet()
+        for chunks, code in cases:
+            c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+            c.cmd_expect("RCPT TO:<b@example.test>", 250)
+            for ch in chunks[:-1]:
+                c.send(b"BDAT %d\r\n" % len(ch) + ch)
+                c.expect(250)
+            c.sock.sendall(b"BDAT %d LAST\r\n" % len(chunks[-1]) + chunks[-1])
+            r = c.read_reply(60)
+            assert (r.code, r.enhanced) == (code, "5.6.0"), r
+            c.cmd_expect("NOOP", 250)
+        good = assert_serving(d, "bdat-bad")
+    assert_nothing_with(d, b"BDAT-BAD", {good})
 
 
 def test_nul_refused(daemon):
@@ -326,21 +453,50 @@ def test_nul_refused(daemon):
     assert_nothing_with(d, b"NUL-MARKER", {good})
 
 
-def test_text_line_limit(daemon):
+def test_long_lines_accepted(daemon):
+    """Lines past RFC 5321's 1,000 octets, as legacy applications write them (one-line HTML,
+    CSV), are accepted and stored as sent up to a generous cap; past the cap the message is
+    refused whole, and the session goes on."""
     d = daemon
-    with d.smtp() as c:
+    with d.smtp(timeout=60) as c:
         c.greet()
-        ok = b"From: a@clinic.test\r\nSubject: 1000\r\n\r\n" + b"x" * 998 + b"\r\nend\r\n"
-        r = c.send_message("a@clinic.test", ["b@example.test"], ok)
-        assert r.code == 250, f"a 1000-octet line (with CRLF) was refused: {r!r}"
-        ok_id = r.queue_id()
-        for n in (999, 5000, 200000):
-            payload = b"From: a@clinic.test\r\nSubject: LONG-LINE\r\n\r\n" + b"y" * n + b"\r\nafter"
-            refused_data(d, c, payload, expect_code=None, expect_enh=None, label=f"line of {n + 2}")
+        kept = []
+        for n in (998, 999, 5000, 100 * 1024, 200000):
+            msg = (b"From: a@clinic.test\r\nSubject: %d\r\n\r\n" % n + b"x" * n
+                   + b"\r\nend\r\n")
+            r = c.send_message("a@clinic.test", ["b@example.test"], msg)
+            assert r.code == 250, f"a line of {n + 2} octets was refused: {r!r}"
+            kept.append((r.queue_id(), msg))
+        payload = (b"From: a@clinic.test\r\nSubject: LONG-LINE\r\n\r\n" + b"y" * (5 * 1024 * 1024)
+                   + b"\r\nafter")
+        r = refused_data(d, c, payload, expect_code=500, expect_enh="5.6.0", label="5 MB line")
+        assert "line longer than" in r.text, r
         good = assert_serving(d, "textline")
         c.cmd_expect("QUIT", 221)
-    check_stored(d.queue_cat(ok_id), ok)
-    assert_nothing_with(d, b"LONG-LINE", {ok_id, good})
+    for qid, msg in kept:
+        check_stored(d.queue_cat(qid), msg)
+    assert_nothing_with(d, b"LONG-LINE", {good} | {q for q, _ in kept})
+
+
+def test_lf_only_message_stored_with_crlf(daemon):
+    """A script that ends its lines with a bare LF (and CRLF.CRLF at the end) gets its message
+    accepted and stored with CR LF line ends; its dot-stuffed lines are unstuffed as usual."""
+    d = daemon
+    raw = (b"From: script@clinic.test\nTo: b@example.test\nSubject: LF only\n\n"
+           b"line one\n..leading dot\n\nlast\r\n")
+    with d.smtp() as c:
+        c.greet()
+        c.cmd_expect("MAIL FROM:<script@clinic.test>", 250)
+        c.cmd_expect("RCPT TO:<b@example.test>", 250)
+        c.cmd_expect("DATA", 354)
+        c.send(raw + b".\r\n")
+        r = c.expect(250)
+        c.cmd_expect("QUIT", 221)
+    stored = d.queue_cat(r.queue_id())
+    want = (b"From: script@clinic.test\r\nTo: b@example.test\r\nSubject: LF only\r\n\r\n"
+            b"line one\r\n.leading dot\r\n\r\nlast\r\n")
+    check_stored(stored, want)
+    assert b"\n" not in stored.replace(b"\r\n", b""), stored
 
 
 def test_garbage_input(daemon):

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import subprocess
 import time
 
@@ -515,3 +516,43 @@ def test_unrouted_upstream_is_a_warning(daemon_factory, upstreams, tmp_path):
     d.write_config(FAST, extra.replace("[upstream used]\n", "[upstream used]\nfallback = forgotten\n"))
     p = subprocess.run([POSTERN, "-n", "-c", d.conf], capture_output=True, timeout=30)
     assert p.returncode == 0 and not p.stderr, p.stderr.decode()
+
+
+def test_lf_smuggling_carrier_relayed_as_one_message(daemon_factory, upstreams):
+    """A DATA content with "\\n.\\n" and a smuggled transaction after it is taken as one message
+    (a bare LF is a line end, the end of data only CR LF . CR LF). The lone dot it now holds
+    as a line is dot-stuffed on the way out, so the upstream, too, sees one message from the
+    real sender with the smuggled text as content and never a second transaction."""
+    up = upstreams()
+    d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none"))
+    content = (f"From: {SENDER}\r\nTo: someone@example.net\r\nSubject: carrier\r\n"
+               "Message-ID: <carrier@client.test>\r\n\r\nharmless line\n.\n"
+               "MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n"
+               "Subject: SMUGGLED\r\n\r\nSMUGGLED-BODY\r\n").encode()
+    with socket.create_connection(("127.0.0.1", d.port), timeout=30) as s:
+        f = s.makefile("rb")
+        def cmd(line, code):
+            if line is not None:
+                s.sendall(line)
+            while True:
+                r = f.readline()
+                if r[3:4] != b"-":
+                    break
+            assert r[:3] == str(code).encode(), (line, r)
+            return r
+        cmd(None, 220)
+        cmd(b"EHLO client.test\r\n", 250)
+        cmd(f"MAIL FROM:<{SENDER}>\r\n".encode(), 250)
+        cmd(b"RCPT TO:<someone@example.net>\r\n", 250)
+        cmd(b"DATA\r\n", 354)
+        r = cmd(content + b".\r\n", 250)
+        cmd(b"QUIT\r\n", 221)
+    qid = re.search(rb"queued as ([0-9A-F]+)", r).group(1).decode()
+    got = up.wait_messages(1)
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    time.sleep(1)
+    assert len(up.received()) == 1, up.received()
+    assert got[0]["mail_from"] == SENDER and got[0]["rcpts"] == ["someone@example.net"]
+    stored_body_matches(d, qid, got[0]["data"])
+    assert b"harmless line\r\n.\r\nMAIL FROM:<evil@attacker.test>\r\n" in got[0]["data"]
+    assert b"harmless line\r\n..\r\nMAIL FROM:" in bytes(up.raw), "the lone dot went out unstuffed"

@@ -711,19 +711,40 @@ static void smuggle_case(const char *content, const char *expect_text)
   free(f.last);
 }
 
+static void neutralised_case(const char *content, const char *stored)
+{
+  struct fake f = { 0 };
+  char codes[256];
+  char in[1024];
+  char *out;
+  snprintf(in, sizeof(in), HDR "%s", content);
+  out = run_codes(in, NULL, &f, codes, sizeof(codes));
+  CHECK_EQ_STR(codes, "220 250 250 250 354 250 221");
+  CHECK_EQ_INT(f.nmsg, 1);
+  CHECK(f.last && memmem(f.last, f.lastlen, stored, strlen(stored)));
+  free(out);
+  free(f.last);
+}
+
 static void test_session_smuggling(void)
 {
-  /* the embedded MAIL/RCPT/DATA must never run as commands */
-  smuggle_case("Subject: x\r\n\r\nbody\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@x.example>"
-               "\r\nDATA\r\nevil\r\n.\r\nQUIT\r\n", "550 5.6.0 Message refused: bare LF not allowed");
-  smuggle_case("body\n.\r\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@x.example>\r\nDATA\r\nevil"
-               "\r\n.\r\nQUIT\r\n", "bare LF not allowed");
-  smuggle_case("body\r\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@x.example>\r\nDATA\r\nevil"
-               "\r\n.\r\nQUIT\r\n", "bare LF not allowed");
+  /* the embedded MAIL/RCPT/DATA must never run as commands: a bare LF is a line end, so the
+   * fake ends and what follows them are content of the one message */
+  neutralised_case("Subject: x\r\n\r\nbody\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@x.example>"
+                   "\r\nDATA\r\nevil\r\n.\r\nQUIT\r\n",
+                   "\r\nbody\r\n.\r\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@x.example>\r\n"
+                   "DATA\r\nevil\r\n");
+  neutralised_case("body\n.\r\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@x.example>\r\nDATA\r\nevil"
+                   "\r\n.\r\nQUIT\r\n", "\r\nbody\r\n.\r\nMAIL FROM:<evil@x.example>\r\n");
+  neutralised_case("body\r\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@x.example>\r\nDATA\r\nevil"
+                   "\r\n.\r\nQUIT\r\n", "\r\nbody\r\n.\r\nMAIL FROM:<evil@x.example>\r\n");
+  /* a stuffed dot line ended by a bare LF is unstuffed like any other */
+  neutralised_case("a\n..b\n..\r\n.\r\nQUIT\r\n", "\r\na\r\n.b\r\n.\r\n");
   smuggle_case("body\r.\r\nMAIL FROM:<evil@x.example>\r\n.\r\nQUIT\r\n",
                "550 5.6.0 Message refused: bare CR not allowed");
   smuggle_case("body\r\n.\rMAIL FROM:<evil@x.example>\r\n.\r\nQUIT\r\n", "bare CR not allowed");
   smuggle_case("bare cr\r in text\r\n.\r\nQUIT\r\n", "bare CR not allowed");
+  smuggle_case("cr before crlf\r\r\n.\r\nQUIT\r\n", "bare CR not allowed");
 }
 
 static void test_session_nul_and_long(void)
@@ -749,15 +770,26 @@ static void test_session_nul_and_long(void)
   CHECK_EQ_STR(codes, "220 250 250 250 354 250 221");
   CHECK_EQ_INT(f.nmsg, 1);
   free(out);
-  /* 999 + CR LF: refused after the real end, and the session goes on */
+  /* 999 + CR LF: accepted, as Postfix does (legacy applications write such lines) */
   n = (size_t)snprintf(big, 5000, "%s", HDR);
   memset(big + n, 'x', 999);
   n += 999;
   n += (size_t)snprintf(big + n, 5000 - n, "\r\n.\r\nNOOP\r\nQUIT\r\n");
   out = run_codes(big, NULL, &f, codes, sizeof(codes));
+  CHECK_EQ_STR(codes, "220 250 250 250 354 250 250 221");
+  CHECK_EQ_INT(f.nmsg, 2);
+  free(out);
+  free(big);
+  /* a line longer than the message may be: refused after the real end, the session goes on */
+  big = malloc(200000);
+  n = (size_t)snprintf(big, 200000, "%s", HDR);
+  memset(big + n, 'x', 150000);
+  n += 150000;
+  n += (size_t)snprintf(big + n, 200000 - n, "\r\n.\r\nNOOP\r\nQUIT\r\n");
+  out = run_codes(big, NULL, &f, codes, sizeof(codes));
   CHECK_EQ_STR(codes, "220 250 250 250 354 500 250 221");
-  CHECK(strstr(out, "500 5.6.0 Message refused: line too long"));
-  CHECK_EQ_INT(f.nmsg, 1);
+  CHECK(strstr(out, "500 5.6.0 Message refused: line longer than 100000 octets"));
+  CHECK_EQ_INT(f.nmsg, 2);
   free(out);
   /* a command line over 512 octets */
   memset(big, 'N', 600);
@@ -787,20 +819,104 @@ static void test_session_pipelining(void)
   free(f.last);
 }
 
+/* The content scanner on its own: what is stored, the verdict and where DATA ends, fed whole
+ * and one octet at a time. */
+static const struct {
+  int dot;
+  const char *in;
+  const char *stored;       /* NULL: spoilt */
+  unsigned bad;
+  int ended;
+  size_t used;              /* (size_t)-1: all of it */
+} content_cases[] = {
+  { 1, "a\r\nb\r\n.\r\nNEXT", "a\r\nb\r\n", 0, 1, 9 },
+  { 1, ".\r\n", "", 0, 1, 3 },
+  { 1, "a\nb\n.\r\n", "a\r\nb\r\n.\r\n", 0, 0, (size_t)-1 },   /* after a bare LF: content */
+  { 1, "a\r\n.\nb\r\n.\r\n", "a\r\n.\r\nb\r\n", 0, 1, (size_t)-1 },
+  { 1, "..x\r\n..\r\n", ".x\r\n.\r\n", 0, 0, (size_t)-1 },
+  { 1, "a\rb\r\n.\r\n", NULL, SMTP_CONTENT_BAD_CR, 1, (size_t)-1 },
+  { 1, "a\r\r\n.\r\n", NULL, SMTP_CONTENT_BAD_CR, 1, (size_t)-1 },
+  { 1, "12345678901\r\n.\r\n", NULL, SMTP_CONTENT_BAD_LONG, 1, (size_t)-1 },
+  { 1, "1234567890\r\n.\r\n", "1234567890\r\n", 0, 1, (size_t)-1 },
+  { 0, "a\nb\r\n.\n", "a\r\nb\r\n.\r\n", 0, 0, (size_t)-1 },
+  { 0, "no end", "no end", 0, 0, (size_t)-1 },
+  { 0, "end\r", NULL, SMTP_CONTENT_BAD_CR, 0, (size_t)-1 },
+  { 0, "1234567890\n1234567890\n123", NULL, SMTP_CONTENT_BAD_SIZE, 0, (size_t)-1 },
+};
+
+static void test_content_scanner(void)
+{
+  size_t i, k;
+  for(i = 0; i < sizeof(content_cases) / sizeof(content_cases[0]); i++) {
+    size_t n = strlen(content_cases[i].in);
+    size_t want_used = content_cases[i].used == (size_t)-1 ? n : content_cases[i].used;
+    for(k = 0; k < 2; k++) {
+      struct smtp_content sc;
+      struct buf out;
+      size_t used = 0;
+      buf_init(&out, 1000);
+      smtp_content_init(&sc, content_cases[i].dot, 10, 24);
+      if(k == 0)
+        used = smtp_content_scan(&sc, content_cases[i].in, n, &out);
+      else
+        while(used < n && !sc.ended)
+          used += smtp_content_scan(&sc, content_cases[i].in + used, 1, &out);
+      if(!content_cases[i].dot)
+        smtp_content_finish(&sc);
+      CHECK_EQ_INT(sc.bad, content_cases[i].bad);
+      CHECK_EQ_INT(sc.ended, content_cases[i].ended);
+      CHECK_EQ_INT(used, want_used);
+      if(content_cases[i].stored) {
+        CHECK_EQ_INT(out.len, strlen(content_cases[i].stored));
+        CHECK(out.len == strlen(content_cases[i].stored) &&
+              !memcmp(out.ptr ? out.ptr : "", content_cases[i].stored, out.len));
+      }
+      buf_free(&out);
+    }
+  }
+}
+
 static void test_session_bdat(void)
 {
   struct fake f = { 0 };
   struct run_opts o = { 0 };
   char codes[256];
   static const char in[] = "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
-                           "BDAT 12\r\nSubject: x\r\n" "BDAT 7 LAST\r\nb\0i\nn\r\n" "QUIT\r\n";
+                           "BDAT 12\r\nSubject: x\r\n" "BDAT 7 LAST\r\nb\x80i\nn\r\n" "QUIT\r\n";
   char *out = session_run(in, sizeof(in) - 1, &o, &f);
   reply_codes(out, codes, sizeof(codes));
   CHECK_EQ_STR(codes, "220 250 250 250 250 250 221");
   CHECK(strstr(out, "250 2.0.0 Ok: 12 octets\r\n"));
   CHECK_EQ_INT(f.nmsg, 1);
-  /* binary content is kept as it came */
-  CHECK(f.last && f.lastlen > 19 && !memcmp(f.last + f.lastlen - 19, "Subject: x\r\nb\0i\nn\r\n", 19));
+  /* 8-bit content is kept as it came, a bare LF made a CR LF */
+  CHECK(f.last && f.lastlen > 20 &&
+        !memcmp(f.last + f.lastlen - 20, "Subject: x\r\nb\x80i\r\nn\r\n", 20));
+  free(out);
+  /* NUL, and a bare CR whose would-be LF starts the next chunk: 250 to the chunk, DATA's
+   * refusal at LAST, nothing delivered */
+  f.nmsg = 0;
+  {
+    static const char nul[] = "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>"
+                              "\r\nBDAT 3\r\na\0b" "BDAT 2 LAST\r\n\r\n" "NOOP\r\nQUIT\r\n";
+    out = session_run(nul, sizeof(nul) - 1, &o, &f);
+    reply_codes(out, codes, sizeof(codes));
+    CHECK_EQ_STR(codes, "220 250 250 250 250 550 250 221");
+    CHECK(strstr(out, "550 5.6.0 Message refused: NUL not allowed\r\n"));
+    free(out);
+  }
+  out = run_codes("EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+                  "BDAT 2\r\na\rBDAT 2 LAST\r\nx\n" "NOOP\r\nQUIT\r\n", NULL, &f, codes,
+                  sizeof(codes));
+  CHECK_EQ_STR(codes, "220 250 250 250 250 550 250 221");
+  CHECK(strstr(out, "550 5.6.0 Message refused: bare CR not allowed\r\n"));
+  CHECK_EQ_INT(f.nmsg, 0);
+  free(out);
+  /* a CR at the end of one chunk and its LF at the start of the next is a line end */
+  out = run_codes("EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+                  "BDAT 2\r\na\rBDAT 3 LAST\r\n\nb\n" "QUIT\r\n", NULL, &f, codes,
+                  sizeof(codes));
+  CHECK_EQ_STR(codes, "220 250 250 250 250 250 221");
+  CHECK(f.last && f.lastlen > 6 && !memcmp(f.last + f.lastlen - 6, "a\r\nb\r\n", 6));
   free(out);
   /* chunk of 0 LAST; DATA after BDAT is a bad sequence */
   out = run_codes("EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
@@ -1187,6 +1303,7 @@ static const struct unit_case cases[] = {
   { "session_nul_and_long", test_session_nul_and_long },
   { "session_pipelining", test_session_pipelining },
   { "session_bdat", test_session_bdat },
+  { "content_scanner", test_content_scanner },
   { "session_limits", test_session_limits },
   { "session_sequence", test_session_sequence },
   { "session_utf8", test_session_utf8 },
