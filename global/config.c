@@ -213,6 +213,9 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "reply_address", T_STR, IN(reply_address), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "forward_url", T_URL, IN(forward_url), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "forward_secret_file", T_STR, IN(forward_secret_file), 0, NULL, 0, 0, NULL },
+  { SEC_INBOUND, "forward_max_attempts", T_LONG, IN(forward_max_attempts), 0, "20", 1, 1000000,
+    NULL },
+  { SEC_INBOUND, "forward_max_age", T_DURATION, IN(forward_max_age), 0, "0", 0, 365 * DAY, NULL },
   { SEC_INBOUND, "max_http_size", T_SIZE, IN(max_http_size), 0, NULL,
     1, LIM_MESSAGE_SIZE_MAX, NULL },
 

@@ -111,6 +111,8 @@ struct cfg_inbound {
   size_t nhttp_exempt;
   long long event_max_age;
   char *twilio_auth_token_file, *public_url, *reply_address, *forward_url, *forward_secret_file;
+  long forward_max_attempts;      /* refusals before a record is set aside */
+  long long forward_max_age;      /* seconds of refusals before it is set aside; 0: no limit */
   /* posternctl twilio: the account and the API hosts (tests point them at loopback) */
   char *twilio_account_sid, *twilio_api_url, *twilio_messaging_url;
   long long max_http_size;        /* 0: max_message_size plus LIM_WEBHOOK_FORM_OVERHEAD */

@@ -56,7 +56,8 @@ static const struct command {
     "dkim check [DOMAIN] [--json]   (is each [dkim] key published in DNS, and is it that key)\n" },
   { "correspondence", ctl_correspondence,
     "correspondence list [--json] [--address A] [--thread T]\n"
-    "correspondence show ID [--json]\n" },
+    "correspondence show ID [--json]\n"
+    "correspondence forward list [--json] | forward retry ID|--all\n" },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
