@@ -662,3 +662,31 @@ def test_full_disk_gives_452(small_tmpfs, daemon_factory):
         body = d.queue_cat(qid)
         if qid not in accepted:
             assert b"Subject: FULL-" not in body, f"refused message stored as {qid}"
+
+
+def test_dsn_parameters_with_controls_refused(daemon):
+    """ENVID and ORCPT whose xtext decodes to CR, LF, NUL or another control: 501 5.5.4 (RFC 3461
+    allows printable US-ASCII only; such a value would end up in the header fields of a DSN),
+    the session stays in sync, nothing is stored. Printable encoded values still pass."""
+    d = daemon
+    with d.smtp() as c:
+        c.greet()
+        for bad in ("ENVID=x+0D+0Ay", "ENVID=x+00", "ENVID=+0ABcc:+20evil@x", "ENVID=a+7F"):
+            c.cmd_expect(f"MAIL FROM:<a@clinic.test> {bad}", 501, "5.5.4")
+        c.cmd_expect("NOOP", 250)
+        c.cmd_expect("MAIL FROM:<a@clinic.test> ENVID=ok+2Bfine", 250)
+        for bad in ("ORCPT=rfc822;b@example.test+0D+0ABcc:+20x@y", "ORCPT=rfc822;b+00@example.test",
+                    "ORCPT=rfc822;b+09@example.test"):
+            c.cmd_expect(f"RCPT TO:<b@example.test> {bad}", 501, "5.5.4")
+        c.cmd_expect("RSET", 250)
+        # 20-digit numbers: SIZE is simply too big, a BDAT count cannot be read (and the chunk
+        # not delimited): 501 and the session ends rather than read content as commands
+        c.cmd_expect("MAIL FROM:<a@clinic.test> SIZE=92233720368547758080", 552, "5.3.4")
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        c.cmd_expect("RCPT TO:<b@example.test>", 250)
+        c.send(b"BDAT 92233720368547758080 LAST\r\nMAIL FROM:<evil@attacker.test>\r\n")
+        r = c.read_reply()
+        assert (r.code, r.enhanced) == (501, "5.5.4"), r
+        c.wait_closed()
+    good = assert_serving(d, "dsn")
+    assert [e["id"] for e in d.queue_list()] == [good]
