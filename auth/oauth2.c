@@ -2,13 +2,13 @@
  * rename), refreshed in the background before expiry with one request in flight, refusals sorted
  * into "retry later" and "re-authorise", and the status file `posternctl oauth2 status` reads. */
 #include "auth/auth.h"
-#include "lib/vendor.h"
+#include "lib/limits.h"
+#include "global/http.h"
 #include "lib/buf.h"
 #include "global/config.h"
 #include "lib/log.h"
 #include "global/metrics.h"
 #include "tls/tls.h"
-#include <curl/curl.h>
 #include <jansson.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -20,7 +20,6 @@
 #include <unistd.h>
 #include <sys/stat.h>
 
-#define OAUTH2_BODY_MAX (64u * 1024u)         /* what we keep of an endpoint's answer */
 #define OAUTH2_EARLY_MS (10LL * 60 * 1000)    /* Microsoft refuses tokens close to expiry */
 #define OAUTH2_SKEW_MAX_MS 30000LL            /* a token this close to expiry is not handed out */
 #define OAUTH2_BACKOFF_MIN_MS 1000LL
@@ -412,75 +411,33 @@ out:
 
 /* ---- the token endpoint --------------------------------------------------------------------- */
 
-static size_t body_cb(char *p, size_t size, size_t n, void *arg)
-{
-  struct buf *b = arg;
-  return buf_add(b, p, size * n) ? 0 : size * n;
-}
-
-/* Adds "&key=value" (form-encoded) to b. */
-static int form_add(CURL *curl, struct buf *b, const char *key, const char *value)
-{
-  char *e;
-  int result;
-  if(!value)
-    return 0;
-  e = curl_easy_escape(curl, value, 0);
-  if(!e)
-    return -1;
-  result = buf_addf(b, "%s%s=%s", b->len ? "&" : "", key, e);
-  auth_secret_free(e, strlen(e));
-  return result;
-}
-
 /* POSTs form to url; fills *status (0: no answer, err says why) and *json (NULL when the answer
  * is not a JSON object). */
 static void endpoint_post(const char *url, const char *form, size_t formlen, long *status,
                           json_t **json, char *err, size_t errsz)
 {
-  CURL *curl;
-  struct buf body;
-  struct curl_slist *hdr = NULL;
-  char ebuf[CURL_ERROR_SIZE] = "";
-  CURLcode rc;
+  static const char *const headers[] = { "Accept: application/json", NULL };
+  struct http_client *c = NULL;
+  struct http_response resp;
+  struct http_opts o;
 
   *status = 0;
   *json = NULL;
-  vendor_curl_start();
-  buf_init(&body, OAUTH2_BODY_MAX);
-  if(config_url_cleartext(url)) {
-    snprintf(err, errsz, "token_url %s would send the credentials in clear; use https://", url);
+  memset(&resp, 0, sizeof(resp));
+  memset(&o, 0, sizeof(o));
+  o.timeout_s = OAUTH2_HTTP_TIMEOUT_S;
+  o.max_body = LIM_OAUTH2_BODY;
+  o.wipe = 1;                  /* tokens */
+  if(http_client_new(&o, &c)) {
+    snprintf(err, errsz, "out of memory");
     return;
   }
-  curl = curl_easy_init();
-  hdr = curl_slist_append(NULL, "Accept: application/json");
-  if(!curl || !hdr) {
-    snprintf(err, errsz, "out of memory");
+  if(http_client_request(c, "POST", url, headers, form, formlen, &resp)) {
+    snprintf(err, errsz, "no answer from %s: %s", url, resp.error);
     goto out;
   }
-  if(curl_easy_setopt(curl, CURLOPT_URL, url) ||
-     curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https,http") ||
-     curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L) ||
-     curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L) ||
-     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L) ||
-     curl_easy_setopt(curl, CURLOPT_TIMEOUT, OAUTH2_HTTP_TIMEOUT_S) ||
-     curl_easy_setopt(curl, CURLOPT_USERAGENT, "Postern") ||
-     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdr) ||
-     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, form) ||
-     curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)formlen) ||
-     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, body_cb) ||
-     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body) ||
-     curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, ebuf)) {
-    snprintf(err, errsz, "cannot set up the HTTP request");
-    goto out;
-  }
-  rc = curl_easy_perform(curl);
-  if(rc) {
-    snprintf(err, errsz, "no answer from %s: %s", url, ebuf[0] ? ebuf : curl_easy_strerror(rc));
-    goto out;
-  }
-  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, status);
-  *json = json_loadb(body.ptr ? body.ptr : "", body.len, 0, NULL);
+  *status = resp.status;
+  *json = json_loadb(resp.body, resp.len, 0, NULL);
   if(*json && !json_is_object(*json)) {
     json_decref(*json);
     *json = NULL;
@@ -488,12 +445,8 @@ static void endpoint_post(const char *url, const char *form, size_t formlen, lon
   if(!*json)
     snprintf(err, errsz, "%s answered HTTP %ld without a JSON object", url, *status);
 out:
-  if(body.ptr)
-    memset(body.ptr, 0, body.alloc);
-  buf_free(&body);
-  curl_slist_free_all(hdr);
-  if(curl)
-    curl_easy_cleanup(curl);
+  http_response_free(&resp);
+  http_client_free(c);
 }
 
 static const char *jstr(json_t *o, const char *key)
@@ -619,7 +572,7 @@ const char *oauth2_graph_url(const struct config *cfg, const char *name)
   return cloud_of(oa ? oa->cloud : NULL)->graph;
 }
 
-/* Reads a public file (a certificate) of at most OAUTH2_BODY_MAX bytes; *out NUL-terminated. */
+/* Reads a public file (a certificate) of at most LIM_OAUTH2_BODY bytes; *out NUL-terminated. */
 static int public_read(const char *path, char **out, size_t *len, char *err, size_t errsz)
 {
   struct buf b;
@@ -632,10 +585,10 @@ static int public_read(const char *path, char **out, size_t *len, char *err, siz
     snprintf(err, errsz, "%s: %s", path, strerror(errno));
     return -1;
   }
-  buf_init(&b, OAUTH2_BODY_MAX);
+  buf_init(&b, LIM_OAUTH2_BODY);
   while((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
     if(buf_add(&b, chunk, n)) {
-      snprintf(err, errsz, "%s: larger than %u bytes", path, OAUTH2_BODY_MAX);
+      snprintf(err, errsz, "%s: larger than %u bytes", path, LIM_OAUTH2_BODY);
       fclose(f);
       buf_free(&b);
       return -1;
@@ -678,7 +631,7 @@ static char *assertion_claims(const struct settings *s, const char *url)
 }
 
 /* A certificate's signed assertion instead of a secret (client_assertion). */
-static int form_assertion(CURL *curl, struct buf *form, const struct settings *s,
+static int form_assertion(struct buf *form, const struct settings *s,
                           const char *url, char *err, size_t errsz)
 {
   char *key = NULL, *cert = NULL, *claims = NULL, *jwt = NULL, why[256];
@@ -700,9 +653,9 @@ static int form_assertion(CURL *curl, struct buf *form, const struct settings *s
   }
   if(tls_jwt_sign_rs256(key, keylen, cert, certlen, claims, strlen(claims), &jwt, err, errsz))
     goto out;
-  if(form_add(curl, form, "client_assertion_type",
+  if(http_form_add(form, "client_assertion_type",
               "urn:ietf:params:oauth:client-assertion-type:jwt-bearer") ||
-     form_add(curl, form, "client_assertion", jwt)) {
+     http_form_add(form, "client_assertion", jwt)) {
     snprintf(err, errsz, "out of memory");
     goto out;
   }
@@ -717,21 +670,21 @@ out:
 
 /* The client's credentials (when configured) added to form: a certificate's assertion, else
  * the client secret. Public clients (device code without a secret) send neither. */
-static int form_secret(CURL *curl, struct buf *form, const struct settings *s,
+static int form_secret(struct buf *form, const struct settings *s,
                        const char *url, char *err, size_t errsz)
 {
   char *secret = NULL, why[256];
   size_t len = 0;
   int result;
   if(s->certificate_file && s->private_key_file)
-    return form_assertion(curl, form, s, url, err, errsz);
+    return form_assertion(form, s, url, err, errsz);
   if(!s->client_secret_file)
     return 0;
   if(auth_secret_read(s->client_secret_file, &secret, &len, why, sizeof(why))) {
     snprintf(err, errsz, "cannot use client_secret_file: %s", why);
     return -1;
   }
-  result = form_add(curl, form, "client_secret", secret);
+  result = http_form_add(form, "client_secret", secret);
   auth_secret_free(secret, len);
   if(result)
     snprintf(err, errsz, "out of memory");
@@ -744,7 +697,6 @@ static int grant_request(const char *name, const struct settings *s, const char 
                          const char *device_code, char **access, char **refresh,
                          long long *expires_ms, char *err, size_t errsz)
 {
-  CURL *esc = NULL;
   struct buf form;
   char url[2048], scope[512];
   long status = 0;
@@ -754,7 +706,6 @@ static int grant_request(const char *name, const struct settings *s, const char 
 
   *access = *refresh = NULL;
   buf_init(&form, 64 * 1024);
-  vendor_curl_start();
   if(endpoint_url(s, "token", url, sizeof(url))) {
     snprintf(err, errsz, "no token endpoint: set token_url (or provider = microsoft | google)");
     goto out;
@@ -763,20 +714,14 @@ static int grant_request(const char *name, const struct settings *s, const char 
     snprintf(err, errsz, "client_id is not set");
     goto out;
   }
-  esc = curl_easy_init();
-  if(!esc) {
-    snprintf(err, errsz, "out of memory");
-    result = OAUTH2_TRANSIENT;
-    goto out;
-  }
   if(device_code) {
-    if(form_add(esc, &form, "grant_type", "urn:ietf:params:oauth:grant-type:device_code") ||
-       form_add(esc, &form, "device_code", device_code))
+    if(http_form_add(&form, "grant_type", "urn:ietf:params:oauth:grant-type:device_code") ||
+       http_form_add(&form, "device_code", device_code))
       goto nomem;
   }
   else if(!strcmp(s->flow, "client_credentials")) {
-    if(form_add(esc, &form, "grant_type", "client_credentials") ||
-       form_add(esc, &form, "scope", default_scope(s, scope, sizeof(scope))))
+    if(http_form_add(&form, "grant_type", "client_credentials") ||
+       http_form_add(&form, "scope", default_scope(s, scope, sizeof(scope))))
       goto nomem;
   }
   else {
@@ -784,14 +729,14 @@ static int grant_request(const char *name, const struct settings *s, const char 
       snprintf(err, errsz, "no refresh token stored; run `posternctl oauth2 login %s`", name);
       goto out;
     }
-    if(form_add(esc, &form, "grant_type", "refresh_token") ||
-       form_add(esc, &form, "refresh_token", refresh_in) ||
-       form_add(esc, &form, "scope", default_scope(s, scope, sizeof(scope))))
+    if(http_form_add(&form, "grant_type", "refresh_token") ||
+       http_form_add(&form, "refresh_token", refresh_in) ||
+       http_form_add(&form, "scope", default_scope(s, scope, sizeof(scope))))
       goto nomem;
   }
-  if(form_add(esc, &form, "client_id", s->client_id))
+  if(http_form_add(&form, "client_id", s->client_id))
     goto nomem;
-  if(form_secret(esc, &form, s, url, err, errsz))
+  if(form_secret(&form, s, url, err, errsz))
     goto out;
   endpoint_post(url, form.ptr, form.len, &status, &j, err, errsz);
   at = jstr(j, "access_token");
@@ -831,8 +776,6 @@ out:
   if(form.ptr)
     memset(form.ptr, 0, form.alloc);
   buf_free(&form);
-  if(esc)
-    curl_easy_cleanup(esc);
   return result;
 }
 
@@ -1207,7 +1150,6 @@ int oauth2_login(const struct config *cfg, const char *name, FILE *out, char *er
 {
   const struct cfg_oauth2 *oa = section(cfg, name);
   struct identity id;
-  CURL *esc = NULL;
   struct buf form;
   char url[2048], scope[512];
   long status = 0;
@@ -1238,10 +1180,8 @@ int oauth2_login(const struct config *cfg, const char *name, FILE *out, char *er
              "set provider = microsoft | google");
     goto out;
   }
-  vendor_curl_start();
-  esc = curl_easy_init();
-  if(!esc || !oa->client_id || form_add(esc, &form, "client_id", oa->client_id) ||
-     form_add(esc, &form, "scope", default_scope(&id.s, scope, sizeof(scope)))) {
+  if(!oa->client_id || http_form_add(&form, "client_id", oa->client_id) ||
+     http_form_add(&form, "scope", default_scope(&id.s, scope, sizeof(scope)))) {
     snprintf(err, errsz, oa->client_id ? "out of memory" : "client_id is not set");
     goto out;
   }
@@ -1307,8 +1247,6 @@ out:
   if(form.ptr)
     memset(form.ptr, 0, form.alloc);
   buf_free(&form);
-  if(esc)
-    curl_easy_cleanup(esc);
   return result;
 }
 

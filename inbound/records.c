@@ -5,10 +5,11 @@
 #include "inbound/inbound.h"
 #include "auth/auth.h"
 #include "tls/tls.h"
+#include "global/http.h"
+#include "global/metrics.h"
 #include "lib/buf.h"
 #include "lib/log.h"
 #include "lib/vendor.h"
-#include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -32,6 +33,8 @@ struct records_settings {
   char *secret;
   size_t secretlen;
   long long retry_max_ms;
+  int forward_max_attempts;        /* refusals before a record is set aside */
+  long long forward_max_age_ms;    /* 0: no limit */
 };
 
 struct inbound_records {
@@ -124,6 +127,9 @@ static struct records_settings *settings_new(const struct config *cfg)
     return NULL;
   set->refs = 1;
   set->retry_max_ms = cfg->retry_max > 0 ? cfg->retry_max * 1000LL : 3600000LL;
+  set->forward_max_attempts = cfg->inbound.forward_max_attempts > 0
+                              ? (int)cfg->inbound.forward_max_attempts : 20;
+  set->forward_max_age_ms = cfg->inbound.forward_max_age * 1000LL;
   if(tok) {
     set->reply_prefix = str_dup_n(ra, (size_t)(tok - ra));
     set->reply_suffix = str_dup_n(tok + 7, strlen(tok + 7));
@@ -773,35 +779,20 @@ struct json_t *inbound_record_object(struct store *st, const struct store_record
 
 /* ---- forward_url -------------------------------------------------------------------------- */
 
-static size_t answer_discard(char *p, size_t size, size_t n, void *arg)
-{
-  size_t *got = arg;
-  (void)p;
-  *got += size * n;
-  return *got > LIM_FORWARD_ANSWER ? 0 : size * n;   /* nobody needs a long answer */
-}
-
 /* A POST in progress gives way to shutdown instead of holding it for the whole timeout. */
-static int forward_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
-                            curl_off_t ulnow)
+static int forward_stop(void *arg)
 {
-  (void)dltotal;
-  (void)dlnow;
-  (void)ultotal;
-  (void)ulnow;
   return records_stopping(arg);
 }
 
 /* POSTs body; the HTTP status, or 0 when no answer came (err says why). */
-static long forward_post(struct inbound_records *r, const struct records_settings *set, CURL *c,
+static long forward_post(const struct records_settings *set, struct http_client *c,
                          const char *id, const char *body, size_t len, char *err, size_t errsz)
 {
-  struct curl_slist *h = NULL;
   char sig[TLS_SHA256_HEX_LEN + 1], line[TLS_SHA256_HEX_LEN + 64], idline[64];
-  char cerr[CURL_ERROR_SIZE] = "";
-  size_t got = 0;
+  const char *headers[] = { "Content-Type: application/json", line, idline, NULL };
+  struct http_response resp;
   long status = 0;
-  CURLcode rc;
   err[0] = '\0';
   if(tls_hmac_sha256_hex(set->secret, set->secretlen, body, len, sig)) {
     str_copy(err, errsz, "cannot sign");
@@ -809,66 +800,69 @@ static long forward_post(struct inbound_records *r, const struct records_setting
   }
   snprintf(line, sizeof(line), "X-Postern-Signature: sha256=%s", sig);
   snprintf(idline, sizeof(idline), "X-Postern-Record: %s", id);
-  h = curl_slist_append(h, "Content-Type: application/json");
-  if(h)
-    h = curl_slist_append(h, line);
-  if(h)
-    h = curl_slist_append(h, idline);
-  if(!h) {
-    str_copy(err, errsz, "out of memory");
-    return 0;
-  }
-  curl_easy_reset(c);
-  if(curl_easy_setopt(c, CURLOPT_URL, set->forward_url) ||
-     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http") ||
-     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L) ||
-     curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)LIM_FORWARD_TIMEOUT_SECONDS) ||
-     curl_easy_setopt(c, CURLOPT_USERAGENT, "Postern") ||
-     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h) ||
-     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body) ||
-     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len) ||
-     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, answer_discard) ||
-     curl_easy_setopt(c, CURLOPT_WRITEDATA, &got) ||
-     curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L) ||
-     curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, forward_progress) ||
-     curl_easy_setopt(c, CURLOPT_XFERINFODATA, r) ||
-     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr)) {
-    str_copy(err, errsz, "cannot set up the request");
-    goto out;
-  }
-  rc = curl_easy_perform(c);
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-  if(rc != CURLE_OK && rc != CURLE_WRITE_ERROR)
-    snprintf(err, errsz, "%s", cerr[0] ? cerr : curl_easy_strerror(rc));
-  else if(status < 200 || status > 299)
-    snprintf(err, errsz, "HTTP %ld", status);
-out:
-  curl_slist_free_all(h);
+  if(http_client_request(c, "POST", set->forward_url, headers, body, len, &resp))
+    snprintf(err, errsz, "%s", resp.error);
+  else if(resp.status < 200 || resp.status > 299)
+    snprintf(err, errsz, "HTTP %ld", resp.status);
+  status = resp.status;
+  http_response_free(&resp);
   return status;
+}
+
+/* An answer that refuses this record, as opposed to one that says the application is away
+ * (a gateway without it, a rate limit) or no answer at all: only refusals set a record aside. */
+static int forward_refused(long status)
+{
+  return status >= 300 && status != 429 && status != 502 && status != 503 && status != 504;
+}
+
+/* What a refusal of the head record f does: it waits, or it has been refused often (or long)
+ * enough to be set aside. */
+static enum store_forward_outcome forward_refusal(const struct records_settings *set,
+                                                  const struct store_forward *f)
+{
+  if(f->refusals + 1 >= set->forward_max_attempts)
+    return STORE_FORWARD_SET_ASIDE;
+  if(set->forward_max_age_ms > 0 && f->queued_ms > 0 &&
+     now_ms() - f->queued_ms >= set->forward_max_age_ms)
+    return STORE_FORWARD_SET_ASIDE;
+  return STORE_FORWARD_REFUSED;
 }
 
 static void *forwarder_main(void *arg)
 {
   struct inbound_records *r = arg;
-  CURL *c = curl_easy_init();
+  struct http_client *c = NULL;
+  struct http_opts opts;
+  memset(&opts, 0, sizeof(opts));
+  opts.timeout_s = LIM_FORWARD_TIMEOUT_SECONDS;
+  opts.max_body = LIM_FORWARD_ANSWER;     /* nobody needs a long answer */
+  opts.stop = forward_stop;
+  opts.stop_arg = r;
+  if(http_client_new(&opts, &c))
+    log_error("the record forwarder cannot start: out of memory");
   while(c && !records_stopping(r)) {
     struct store_record rec;
     struct records_settings *set;
-    char id[LIM_QUEUE_ID + 1], err[CURL_ERROR_SIZE + 32];
-    long long seq, next_ms, now = now_ms(), retry_max_ms;
+    struct store_forward f;
+    char err[300];
+    const char *id = f.id;
+    long long now = now_ms(), retry_max_ms;
     json_t *o;
     char *body;
     long status;
-    int attempts, result = store_forward_head(r->st, &seq, id, &attempts, &next_ms);
-    if(result || next_ms > now) {
-      long long wait = result ? FORWARD_POLL_MS : next_ms - now;
+    enum store_forward_outcome outcome = STORE_FORWARD_RETRY;
+    int attempts, result = store_forward_head(r->st, &f);
+    attempts = f.attempts;
+    if(result || f.next_ms > now) {
+      long long wait = result ? FORWARD_POLL_MS : f.next_ms - now;
       if(records_wait(r, wait < 1000 ? wait : 1000))
         break;
       continue;
     }
     result = store_record_get(r->st, id, &rec);
     if(result == STORE_NOTFOUND) {
-      store_forward_result(r->st, seq, 1, 0, NULL);
+      store_forward_result(r->st, f.seq, STORE_FORWARD_DONE, 0, NULL);
       continue;
     }
     if(result) {
@@ -891,15 +885,24 @@ static void *forwarder_main(void *arg)
       records_wait(r, 1000);
       continue;
     }
-    status = forward_post(r, set, c, id, body, strlen(body), err, sizeof(err));
+    status = forward_post(set, c, id, body, strlen(body), err, sizeof(err));
     retry_max_ms = set->retry_max_ms;
+    if(forward_refused(status))
+      outcome = forward_refusal(set, &f);
     settings_put(r, set);
     free(body);
     if((status < 200 || status > 299) && records_stopping(r))
       break;                   /* cut short by shutdown: not an attempt that failed */
     if(status >= 200 && status <= 299) {
       log_info("%s: forwarded, status=%ld, attempts=%d", id, status, attempts + 1);
-      store_forward_result(r->st, seq, 1, 0, NULL);
+      store_forward_result(r->st, f.seq, STORE_FORWARD_DONE, 0, NULL);
+    }
+    else if(outcome == STORE_FORWARD_SET_ASIDE) {
+      log_warn("%s: forward set aside after %d attempts (%s): the records behind it go on; "
+               "`posternctl correspondence forward retry %s` sends it again once the "
+               "application takes it", id, attempts + 1, err, id);
+      metrics_forward_set_aside();
+      store_forward_result(r->st, f.seq, outcome, 0, err);
     }
     else {
       /* 1 s doubling up to retry_max: the application is usually only restarting */
@@ -912,11 +915,10 @@ static void *forwarder_main(void *arg)
       log_warn("%s: forward deferred (%s), attempts=%d, next in %llds (if it lasts, check that "
                "forward_url in [inbound] answers 2xx and forward_secret_file matches the app's)",
                id, err, attempts + 1, delay / 1000);
-      store_forward_result(r->st, seq, 0, now_ms() + delay, err);
+      store_forward_result(r->st, f.seq, outcome, now_ms() + delay, err);
     }
   }
-  if(c)
-    curl_easy_cleanup(c);
+  http_client_free(c);
   tls_thread_done();
   return NULL;
 }

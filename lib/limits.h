@@ -54,6 +54,7 @@
  * decoded parts) plus the other fields and the multipart framing */
 #define LIM_WEBHOOK_FORM_OVERHEAD (1024u * 1024u)
 #define LIM_WEBHOOK_TIMEOUT_SECONDS 120  /* an idle HTTP connection */
+#define LIM_HTTP_CLIENTS        4096     /* clients the HTTP listener remembers beyond its slots */
 
 /* MIME -> correspondence records (inbound/mime.c): a message past these still becomes a record,
  * with what was read before the cap and a parse_error saying which cap */
@@ -73,6 +74,10 @@
 #define LIM_RECORD_REFS         100      /* References ids tried when threading a reply */
 #define LIM_FORWARD_ANSWER      (64u * 1024u)    /* what is kept of forward_url's answer */
 #define LIM_FORWARD_TIMEOUT_SECONDS 60   /* one POST to forward_url */
+
+/* HTTP clients (global/http.h) */
+#define LIM_HTTP_BODY           (64u * 1024u)    /* what is kept of an API's answer */
+#define LIM_OAUTH2_BODY         (64u * 1024u)    /* a token endpoint's answer; a certificate */
 
 /* metrics (global/metrics.c): label values come from the configuration, so their number is known
  * at start; past the cap (or for a name never registered) they count as "other" */

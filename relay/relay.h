@@ -6,6 +6,7 @@
 #include "global/config.h"
 #include "store/store.h"
 #include "smtp/smtp.h"
+#include "global/http.h"
 
 struct relay;
 
@@ -78,36 +79,19 @@ struct relay_policy_ctx {
   struct relay *relay;
 };
 
-/* ---- HTTP API client (http.c): one libcurl easy handle per session, kept alive. Shared with
- * posternctl's provider wiring (tools/ctl_sendgrid.c, tools/ctl_twilio.c). ---------------- */
-#define HTTP_BODY_MAX (64u * 1024u)        /* what we keep of an API's answer */
-struct http_client;
-struct http_response {
-  long status;                 /* HTTP status; 0: no answer (error says why) */
-  char *body;                  /* NUL-terminated, at most HTTP_BODY_MAX bytes kept */
-  size_t len;
-  long long retry_at_ms;       /* from X-RateLimit-Reset or Retry-After, wall clock; 0: none */
-  char message_id[128];        /* X-Message-Id, or "" */
-  char error_type[128];        /* x-amzn-ErrorType up to its ':', or "" */
-  char error[256];             /* curl's reason when status is 0 */
+/* ---- API clients (http.c): global/http.h's client set up for one [upstream] (its ca_file and
+ * tls_min_version), keeping the answer headers the APIs report in. Shared with posternctl's
+ * provider wiring (tools/ctl_sendgrid.c, tools/ctl_twilio.c). ---------------------------- */
+enum api_header {
+  API_MESSAGE_ID = 0,          /* http_response.kept[]: X-Message-Id, or "" */
+  API_ERROR_TYPE = 1,          /* x-amzn-ErrorType up to its ':', or "" */
 };
-/* TLS is always verified (up->ca_file for a private CA). 0 ok, -1 out of memory. */
-int  http_client_new(const struct cfg_upstream *up, struct http_client **out);
-/* Signs requests with SigV4 (CURLOPT_AWS_SIGV4, e.g. "aws:amz:eu-west-1:ses"); libcurl keeps
- * its own copies, so the caller may wipe key and secret at once. */
-int  http_client_sigv4(struct http_client *c, const char *param, const char *key,
-                       const char *secret);
-/* Basic authentication (Twilio's account SID and auth token); libcurl keeps copies. */
-int  http_client_basic(struct http_client *c, const char *user, const char *password);
-/* method "GET", "POST" or another with a body ("PATCH", "PUT"); headers NULL-terminated
- * "Name: value" lines. 0 when an HTTP answer came (any status), -1 when none did (resp->error). Free resp after. */
-int  http_client_request(struct http_client *c, const char *method, const char *url,
-                         const char *const *headers, const char *body, size_t len,
-                         struct http_response *resp);
-void http_response_free(struct http_response *resp);
-void http_client_free(struct http_client *c);
-/* "https://host[:port]" of a URL, for relay= in log lines */
-void http_url_host(const char *url, char *out, size_t outsz);
+/* up NULL: a client of no upstream (the system's CAs). HTTP_OK, or HTTP_FAILED (no memory). */
+enum http_result relay_http_new(const struct cfg_upstream *up, struct http_client **out);
+/* http_client_request, with kept[API_ERROR_TYPE] cut at its ':' */
+enum http_result relay_http_request(struct http_client *c, const char *method, const char *url,
+                                    const char *const *headers, const char *body, size_t len,
+                                    struct http_response *resp);
 /* errors[].message (SendGrid), message/Message (AWS), error.message (Graph) of a JSON answer,
  * as printable ASCII joined with "; "; "" when there is none. */
 void http_error_text(const struct http_response *resp, char *out, size_t outsz);

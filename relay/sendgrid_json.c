@@ -163,6 +163,7 @@ static json_t *first_mailbox(InternetAddressList *list)
 
 struct walk {
   json_t *content_plain, *content_html, *content_other, *attachments;
+  json_t *cids;                 /* [index in attachments, Content-ID] of parts sent as attachments */
   int count;                    /* leaves seen, for generated file names */
   int failed;                   /* out of memory */
   char *why;
@@ -203,7 +204,14 @@ out:
   return out;
 }
 
-static void walk_leaf(struct walk *w, GMimeObject *part)
+/* Is parent a multipart/related? Its parts with a Content-ID are the HTML's pictures. */
+static int in_related(GMimeObject *parent)
+{
+  GMimeContentType *ct = parent ? g_mime_object_get_content_type(parent) : NULL;
+  return ct && g_mime_content_type_is_type(ct, "multipart", "related");
+}
+
+static void walk_leaf(struct walk *w, GMimeObject *parent, GMimeObject *part)
 {
   GMimeContentType *ct = g_mime_object_get_content_type(part);
   GMimeContentDisposition *cd = g_mime_object_get_content_disposition(part);
@@ -250,8 +258,12 @@ static void walk_leaf(struct walk *w, GMimeObject *part)
   }
   if(!rawlen)
     goto out;     /* SendGrid refuses empty content; an empty file carries nothing anyway */
-  /* SendGrid wants a content_id for every inline part: without one it is an attachment */
-  inline_part = cid && *cid && !(cd && g_mime_content_disposition_is_attachment(cd));
+  /* SendGrid wants a content_id for every inline part: without one it is an attachment. A part
+   * with a Content-ID inside multipart/related is the HTML's picture whatever its disposition
+   * says (Python's EmailMessage.add_related writes "attachment" there); one the HTML names by
+   * cid: is found after the walk, once the HTML is known. */
+  inline_part = cid && *cid && text_ok(cid) &&
+                (in_related(parent) || !(cd && g_mime_content_disposition_is_attachment(cd)));
   if(!filename) {
     if(GMIME_IS_MESSAGE_PART(part))
       snprintf(gen, sizeof(gen), "message-%d.eml", w->count);
@@ -261,7 +273,10 @@ static void walk_leaf(struct walk *w, GMimeObject *part)
   }
   o = json_pack("{s:s, s:s, s:s, s:s}", "content", b64, "type", mime, "filename", filename,
                 "disposition", inline_part ? "inline" : "attachment");
-  if(!o || (inline_part && text_ok(cid) && json_object_set_new(o, "content_id", json_string(cid))) ||
+  if(!o || (inline_part && json_object_set_new(o, "content_id", json_string(cid))) ||
+     (!inline_part && cid && *cid && text_ok(cid) &&
+      json_array_append_new(w->cids, json_pack("[i,s]", (json_int_t)json_array_size(w->attachments),
+                                               cid))) ||
      json_array_append_new(w->attachments, o)) {
     w->failed = 1;
     goto out;
@@ -276,7 +291,31 @@ static void walk_cb(GMimeObject *parent, GMimeObject *part, gpointer data)
   struct walk *w = data;
   if(w->failed || GMIME_IS_MULTIPART(part))
     return;
-  walk_leaf(w, part);
+  walk_leaf(w, parent, part);
+}
+
+/* An attachment the HTML shows with <img src="cid:ID"> goes inline with its content_id, or
+ * SendGrid sends it as a file and the picture breaks. 0, or -1 out of memory. */
+static int cids_referenced(struct walk *w)
+{
+  const char *html = json_string_value(json_object_get(w->content_html, "value"));
+  size_t i;
+  json_t *v;
+  if(!html)
+    return 0;
+  json_array_foreach(w->cids, i, v) {
+    json_t *att = json_array_get(w->attachments, (size_t)json_integer_value(json_array_get(v, 0)));
+    const char *cid = json_string_value(json_array_get(v, 1));
+    char *ref = g_strconcat("cid:", cid, NULL);
+    int found = ref && strcasestr(html, ref) != NULL;
+    g_free(ref);
+    if(!ref)
+      return -1;
+    if(found && att && (json_object_set_new(att, "disposition", json_string("inline")) ||
+                        json_object_set_new(att, "content_id", json_string(cid))))
+      return -1;
+  }
+  return 0;
 }
 
 static int headers_add(json_t *base, GMimeObject *top, char *why, size_t whysz)
@@ -351,8 +390,9 @@ int sendgrid_msg_parse(const char *body, size_t len, const char *queue_id, const
     goto out;
   sm->base = json_object();
   w.attachments = json_array();
+  w.cids = json_array();
   stream = g_mime_stream_mem_new_with_buffer(body, len);
-  if(!sm->base || !w.attachments || !stream)
+  if(!sm->base || !w.attachments || !w.cids || !stream)
     goto out;
   parser = g_mime_parser_new_with_stream(stream);
   msg = parser ? g_mime_parser_construct_message(parser, NULL) : NULL;
@@ -421,6 +461,8 @@ int sendgrid_msg_parse(const char *body, size_t len, const char *queue_id, const
     result = w.failed == 2 ? SENDGRID_REFUSED : SENDGRID_NOMEM;
     goto out;
   }
+  if(cids_referenced(&w))
+    goto out;
   content = json_array();
   if(!content)
     goto out;
@@ -468,6 +510,7 @@ out:
   json_decref(w.content_html);
   json_decref(w.content_other);
   json_decref(w.attachments);
+  json_decref(w.cids);
   json_decref(content);
   if(msg)
     g_object_unref(msg);

@@ -87,7 +87,7 @@ static int graph_open(const struct config *cfg, const struct cfg_upstream *up, v
   int result = TRANSPORT_FAILED;
 
   *session = NULL;
-  if(!s || http_client_new(up, &s->http))
+  if(!s || relay_http_new(up, &s->http))
     goto nomem;
   str_copy(s->name, sizeof(s->name), up->name);
   /* the Graph of the identity's cloud (national clouds have their own) unless api_url says */
@@ -256,7 +256,7 @@ static int graph_send(void *session, const struct store_msg *m, const char *body
     headers[2] = "Accept: application/json";
     headers[3] = NULL;
     http_response_free(&resp);
-    answered = !http_client_request(s->http, "POST", url.ptr, headers, b64, strlen(b64), &resp);
+    answered = !relay_http_request(s->http, "POST", url.ptr, headers, b64, strlen(b64), &resp);
     if(!answered || resp.status != 401 || !s->oauth2)
       break;
   }

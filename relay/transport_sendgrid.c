@@ -66,7 +66,7 @@ static int sg_session_new(const struct cfg_upstream *up, struct sendgrid_session
   struct sendgrid_session *s = calloc(1, sizeof(*s));
   size_t n;
   *out = NULL;
-  if(!s || http_client_new(up, &s->http))
+  if(!s || relay_http_new(up, &s->http))
     goto nomem;
   str_copy(s->name, sizeof(s->name), up->name);
   str_copy(s->base, sizeof(s->base), up->api_url ? up->api_url : SENDGRID_DEFAULT_URL);
@@ -99,7 +99,7 @@ static int scopes_get(struct sendgrid_session *s, struct http_response *resp,
   headers[0] = auth;
   headers[1] = "Accept: application/json";
   headers[2] = NULL;
-  if(http_client_request(s->http, "GET", url, headers, NULL, 0, resp)) {
+  if(relay_http_request(s->http, "GET", url, headers, NULL, 0, resp)) {
     smtp_reply_set(r, 451, "4.4.1", "cannot reach SendGrid at %s: %s", s->base, resp->error);
     result = TRANSPORT_FAILED;
   }
@@ -283,9 +283,9 @@ static int sg_send(void *session, const struct store_msg *m, const char *body, s
     headers[2] = "Accept: application/json";
     headers[3] = NULL;
     http_response_free(&resp);
-    answered = !http_client_request(s->http, "POST", url, headers, json, jsonlen, &resp);
+    answered = !relay_http_request(s->http, "POST", url, headers, json, jsonlen, &resp);
     snprintf(accepted, sizeof(accepted), "X-Message-Id=%s",
-             resp.message_id[0] ? resp.message_id : "none");
+             resp.kept[API_MESSAGE_ID][0] ? resp.kept[API_MESSAGE_ID] : "none");
     if(!http_batch_answer(&batch, at, cnt, answered, &resp, 0, accepted))
       break;
   }

@@ -67,7 +67,7 @@ static int ses_open(const struct config *cfg, const struct cfg_upstream *up, voi
   int result = TRANSPORT_FAILED;
 
   *session = NULL;
-  if(!s || http_client_new(up, &s->http)) {
+  if(!s || relay_http_new(up, &s->http)) {
     smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory", up->name);
     goto out;
   }
@@ -190,12 +190,12 @@ static int ses_send(void *session, const struct store_msg *m, const char *body, 
       continue;
     }
     http_response_free(&resp);
-    answered = !http_client_request(s->http, "POST", url, headers, json, jsonlen, &resp);
+    answered = !relay_http_request(s->http, "POST", url, headers, json, jsonlen, &resp);
     accepted[0] = '\0';
     if(answered && resp.status >= 200 && resp.status < 300)
       accepted_text(&resp, accepted, sizeof(accepted));
     if(!http_batch_answer(&batch, at, cnt, answered, &resp,
-                          answered && is_temporary_type(resp.error_type), accepted))
+                          answered && is_temporary_type(resp.kept[API_ERROR_TYPE]), accepted))
       break;
   }
   result = batch.result;
@@ -245,7 +245,7 @@ static int ses_check(const struct config *cfg, const struct cfg_upstream *up,
     goto out;
   }
   snprintf(url, sizeof(url), "%s/v2/email/account", s->base);
-  if(http_client_request(s->http, "GET", url, headers, NULL, 0, &resp)) {
+  if(relay_http_request(s->http, "GET", url, headers, NULL, 0, &resp)) {
     result = relay_check_add(chk, "request", 0, "check region (or api_url), DNS and that HTTPS "
                              "(443) out is allowed by the firewall or proxy",
                              "cannot reach SES at %s: %s", s->base, resp.error);
@@ -255,15 +255,15 @@ static int ses_check(const struct config *cfg, const struct cfg_upstream *up,
                   s->region, resp.status);
   http_error_text(&resp, text, sizeof(text));
   if(resp.status == 401 || resp.status == 403) {
-    result = relay_check_add(chk, "credentials", 0, refusal_hint(resp.error_type),
+    result = relay_check_add(chk, "credentials", 0, refusal_hint(resp.kept[API_ERROR_TYPE]),
                              "SES refused the credentials (HTTP %ld %s): %s", resp.status,
-                             resp.error_type, text[0] ? text : "no reason given");
+                             resp.kept[API_ERROR_TYPE], text[0] ? text : "no reason given");
     goto out;
   }
   if(resp.status != 200) {
     result = relay_check_add(chk, "credentials", 0, "a wrong region or api_url answers this "
                              "way", "SES answered HTTP %ld %s%s%s", resp.status,
-                             resp.error_type, text[0] ? ": " : "", text);
+                             resp.kept[API_ERROR_TYPE], text[0] ? ": " : "", text);
     goto out;
   }
   relay_check_add(chk, "credentials", 1, NULL, "the access key is valid in %s", s->region);

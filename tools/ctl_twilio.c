@@ -5,7 +5,7 @@
 #include "auth/auth.h"
 #include "relay/relay.h"
 #include "lib/buf.h"
-#include <curl/curl.h>
+#include "lib/limits.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,7 +96,7 @@ static int tw_call(struct tw *t, const char *check, const char *what, const char
 
 static int tw_open(struct tw *t)
 {
-  struct cfg_upstream none;   /* a client of no upstream: default CAs, no options */
+  struct http_opts o;
   char err[256], *token = NULL;
   size_t tokenlen = 0;
   int result = EX_CONFIG;
@@ -115,9 +115,10 @@ static int tw_open(struct tw *t)
     fprintf(stderr, "posternctl: twilio: twilio_auth_token_file: %s\n", err);
     return EX_CONFIG;
   }
-  memset(&none, 0, sizeof(none));
+  memset(&o, 0, sizeof(o));
+  o.max_body = LIM_HTTP_BODY;
   t->sms_url = ctl_url_join(t->in->public_url, "/sms");
-  if(!t->sms_url || http_client_new(&none, &t->hc) ||
+  if(!t->sms_url || http_client_new(&o, &t->hc) ||
      http_client_basic(t->hc, t->in->twilio_account_sid, token)) {
     fprintf(stderr, "posternctl: twilio: out of memory\n");
     result = EX_OSERR;
@@ -132,15 +133,13 @@ out:
 /* "Name=value" with value form-encoded, into a malloc'd string */
 static char *form1(const char *name, const char *value, const char *name2, const char *value2)
 {
-  char *v = curl_easy_escape(NULL, value, 0), *v2 = curl_easy_escape(NULL, value2, 0), *r = NULL;
+  char *r = NULL;
   struct buf b;
   size_t n;
   buf_init(&b, 4096);
-  if(v && v2 && !buf_addf(&b, "%s=%s&%s=%s", name, v, name2, v2))
+  if(!http_form_add(&b, name, value) && !http_form_add(&b, name2, value2))
     r = buf_steal(&b, &n);
   buf_free(&b);
-  curl_free(v);
-  curl_free(v2);
   return r;
 }
 

@@ -14,6 +14,7 @@ import shutil
 import smtplib
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 
@@ -29,7 +30,8 @@ try:
 except ImportError:             # a missing test package must not pass as a skipped check
     jsonschema = None
 
-SPEC = os.environ.get("SENDGRID_SPEC", os.path.join(SRCDIR, "..", "shared", "specs",
+# SendGrid's published OpenAPI description, vendored with its MIT licence (tests/specs/)
+SPEC = os.environ.get("SENDGRID_SPEC", os.path.join(SRCDIR, "tests", "specs",
                                                     "sendgrid_tsg_mail_v3.json"))
 FAST = {"retry_min": "1s", "retry_max": "2s", "debug": "yes"}
 SEND = "/v3/mail/send"
@@ -219,6 +221,48 @@ def test_sendgrid_corpus(daemon_factory, api, tmp_path, validator):
     assert api.key not in d.log_text()
 
 
+def test_sendgrid_inline_images_as_python_writes_them(daemon_factory, api, tmp_path, validator):
+    # EmailMessage.add_related(..., cid=..., filename=...) puts the picture in multipart/related
+    # with "Content-Disposition: attachment": it used to go to SendGrid as a plain attachment
+    # without content_id, and the HTML's <img src="cid:..."> broke
+    import email.message
+    import email.policy
+    import email.utils
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    logo_cid = email.utils.make_msgid(domain="client.test")       # "<...@client.test>"
+    m = email.message.EmailMessage(policy=email.policy.SMTP)
+    m["From"], m["To"], m["Subject"] = SENDER, "pics@example.net", "inline pictures"
+    m.set_content("Our logo is in the HTML part.")
+    m.add_alternative(f'<p>Logo: <img src="cid:{logo_cid[1:-1]}"></p>'
+                      '<p>Chart: <img src="cid:chart@client.test"></p>', subtype="html")
+    m.get_payload()[1].add_related(png, "image", "png", cid=logo_cid, filename="logo.png")
+    # a picture the HTML names by cid: but that sits outside multipart/related
+    m.add_attachment(png[::-1], "image", "png", cid="<chart@client.test>", filename="chart.png")
+    # an attachment with a Content-ID the HTML does not name: stays an attachment
+    m.add_attachment(b"a,b\r\n1,2\r\n", "text", "csv", cid="<data@client.test>",
+                     filename="data.csv")
+    raw = m.as_bytes()
+    assert b'Content-Disposition: attachment; filename="logo.png"' in raw    # as Python writes it
+    key = secret_file(tmp_path / "sg.key", api.key)
+    d = daemon_factory(postern=FAST, extra=sendgrid_conf(api, key))
+    qid = submit(d, ["pics@example.net"], raw)
+    wait_all(d, qid, "sent")
+    (req,) = by_postern_id(api, qid)
+    body = req.json()
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
+    assert not errors, "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+    atts = {a["filename"]: a for a in body["attachments"]}
+    assert set(atts) == {"logo.png", "chart.png", "data.csv"}, atts.keys()
+    assert atts["logo.png"]["disposition"] == "inline", atts["logo.png"]
+    assert atts["logo.png"]["content_id"] == logo_cid[1:-1]
+    assert base64.b64decode(atts["logo.png"]["content"]) == png
+    assert atts["chart.png"]["disposition"] == "inline"
+    assert atts["chart.png"]["content_id"] == "chart@client.test"
+    assert atts["data.csv"]["disposition"] == "attachment" and "content_id" not in atts["data.csv"]
+    html = [c["value"] for c in body["content"] if c["type"] == "text/html"][0]
+    assert f"cid:{logo_cid[1:-1]}" in html
+
+
 def test_sendgrid_1500_recipients_split(daemon_factory, api, tmp_path, validator):
     key = secret_file(tmp_path / "sg.key", api.key)
     d = daemon_factory(postern=dict(FAST, max_recipients="2000"), extra=sendgrid_conf(api, key))
@@ -309,6 +353,78 @@ def test_sendgrid_network_error_defers(daemon_factory, tmp_path):
     qid = submit(d, ["x@example.net"], simple("x@example.net"))
     e = wait_all(d, qid, "deferred")
     assert "cannot reach SendGrid" in e["recipients"][0]["last_reply"]
+
+
+class BigAnswerServer:
+    """An API on loopback that answers every POST with 202 and a body far larger than anyone
+    keeps, and counts what it managed to send before the client went away."""
+    TOTAL = 200 * 1024 * 1024
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.sent = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
+
+    def one(self, conn):
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+            while m and len(body) < int(m.group(1)):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                body += chunk
+            if head.startswith(b"GET"):
+                j = b'{"scopes": ["mail.send"]}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(j), j))
+                return
+            conn.sendall(b"HTTP/1.1 202 Accepted\r\nX-Message-Id: capped\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % self.TOTAL)
+            n, block = 0, b"x" * 65536
+            try:
+                while n < self.TOTAL:
+                    conn.sendall(block)
+                    n += len(block)
+            except OSError:
+                pass
+            self.sent.append(n)
+
+    def stop(self):
+        self.sock.close()
+
+
+def test_answer_past_the_cap_is_not_downloaded(daemon_factory, tmp_path):
+    """An answer longer than the client keeps ends the transfer at the cap: its status still
+    counts (the message is sent), and the other 200 MB are never read."""
+    key = secret_file(tmp_path / "sg.key", "SG.cap-test-key")
+    big = BigAnswerServer()
+    try:
+        d = daemon_factory(postern=FAST, extra=sendgrid_conf(big.url, key))
+        qid = submit(d, ["cap@example.net"], simple("cap@example.net"))
+        e = wait_all(d, qid, "sent")
+        assert "X-Message-Id=capped" in e["recipients"][0]["last_reply"], e
+        wait_for(lambda: big.sent, what="the server to see the client go")
+        assert big.sent[0] < 32 * 1024 * 1024, f"the client read {big.sent[0]} bytes"
+    finally:
+        big.stop()
 
 
 @pytest.mark.parametrize("status,code,text", [
@@ -403,6 +519,28 @@ def sigv4_check(req, key_id, secret, region, service="ses"):
         k = hmac.new(k, part.encode(), hashlib.sha256).digest()
     want = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
     assert sig == want, "SigV4 signature does not verify"
+    sigv4_botocore(req, key_id, secret, region, service)
+
+
+def sigv4_botocore(req, key_id, secret, region, service):
+    """The same signature made by an independent signer, AWS's own botocore, over the headers
+    the request carried: a header that was signed but not sent (libcurl 7.88 signs an empty
+    "Expect:" and drops it) makes the lists, and so the signatures, differ."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    m = re.search(r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})",
+                  req.headers.get("Authorization", ""))
+    signed, sig = m.groups()
+    carried = {n: req.headers[n] for n in signed.split(";") if req.headers.get(n) is not None}
+    r = AWSRequest(method=req.method, url=f"http://{req.headers['Host']}{req.path}",
+                   data=req.body, headers=carried)
+    r.context["timestamp"] = req.headers["X-Amz-Date"]
+    auth = SigV4Auth(Credentials(key_id, secret), service, region)
+    names = auth.signed_headers(auth.headers_to_sign(r))
+    want = auth.signature(auth.string_to_sign(r, auth.canonical_request(r)), r)
+    assert (signed, sig) == (names, want), \
+        f"botocore does not verify the signature (signed {signed!r}, carried {sorted(carried)!r})"
 
 
 def ses_conf(api, tmp_path, name="ses"):

@@ -571,7 +571,11 @@ static void t_defaults(void)
   CHECK_EQ_INT(c->inbound.max_http_size, 0);   /* derived from max_message_size */
   CHECK_EQ_STR(c->inbound.http_auth, "basic");
   CHECK_EQ_STR(c->inbound.events_auth, "signature");
-  CHECK_EQ_INT(c->nroutes, 0);
+  /* the one upstream and no [route]: it carries all mail, through an implicit catch-all */
+  CHECK_EQ_INT(c->nroutes, 1);
+  CHECK_EQ_INT(c->implicit_route, 1);
+  CHECK_EQ_STR(c->routes[0].upstream, "up");
+  CHECK(!c->routes[0].sender && !c->routes[0].recipient);
   loaded_free(&l);
 
   /* an empty [inbound] is still there; an empty value unsets a string */
