@@ -24,38 +24,6 @@ struct auth_client_session {
   int secure;
 };
 
-static pthread_mutex_t client_lock = PTHREAD_MUTEX_INITIALIZER;
-static int client_ready;
-
-static const sasl_callback_t client_global_cbs[] = {
-  { SASL_CB_LOG, AUTH_SASL_CB(auth_sasl_log), NULL },
-  { SASL_CB_LIST_END, NULL, NULL }
-};
-
-static int client_init(void)
-{
-  int result = AUTH_OK;
-  pthread_mutex_lock(&client_lock);
-  if(!client_ready) {
-    if(sasl_client_init(client_global_cbs) == SASL_OK)
-      client_ready = 1;
-    else
-      result = AUTH_ERROR;
-  }
-  pthread_mutex_unlock(&client_lock);
-  return result;
-}
-
-void auth_sasl_client_done(void)
-{
-  pthread_mutex_lock(&client_lock);
-  if(client_ready) {
-    sasl_client_done();
-    client_ready = 0;
-  }
-  pthread_mutex_unlock(&client_lock);
-}
-
 static int get_simple(void *context, int id, const char **result, unsigned *len)
 {
   struct auth_client_session *c = context;
@@ -105,7 +73,7 @@ int auth_client_new(const char *service, const char *server_host, const char *us
   if(!service || !server_host || !username || !*username || has_ctl(username) ||
      (!password && pwlen) || pwlen > UINT_MAX / 2)
     return AUTH_FAIL;
-  result = client_init();
+  result = auth_sasl_client_ready();
   if(result)
     return result;
   c = calloc(1, sizeof(*c));

@@ -19,6 +19,8 @@
 #define LIM_SMTP_PREAUTH_COMMANDS 100    /* commands before MAIL for an unauthenticated peer */
 #define LIM_SMTP_AUTH_LINE      12288    /* RFC 4954 4: an AUTH command or response line, CRLF
                                             included; only where AUTH is offered */
+#define LIM_SASL_B64_IN         (1u << 20)  /* base64 through Cyrus: far beyond any SMTP line,
+                                            and within its unsigned lengths */
 #define LIM_AUTH_FAILURES_DEFAULT 5      /* failed AUTHs from one address before 421 and close */
 #define LIM_AUTH_FAILURES_FREE  3        /* failures answered at once; later ones wait 1s, 2s... */
 #define LIM_AUTH_DELAY_SECONDS  16       /* the longest wait before a failure reply */
@@ -68,6 +70,8 @@
 /* HTTP clients (global/http.h) */
 #define LIM_HTTP_BODY           (64u * 1024u)    /* what is kept of an API's answer */
 #define LIM_OAUTH2_BODY         (64u * 1024u)    /* a token endpoint's answer; a certificate */
+#define LIM_OAUTH2_DEVICE_INTERVAL_SECONDS 60    /* the longest wait between device code polls */
+#define LIM_OAUTH2_DEVICE_CODE_SECONDS 3600      /* the longest a device code is waited for */
 
 /* metrics (global/metrics.c): label values come from the configuration, so their number is known
  * at start; past the cap (or for a name never registered) they count as "other" */
