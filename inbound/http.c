@@ -11,6 +11,7 @@
 #include "global/metrics.h"
 #include <microhttpd.h>
 #include <pthread.h>
+#include <netinet/in.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,9 @@ struct http_settings {
   char *twilio_token;
   size_t twilio_tokenlen;
   size_t max_size;
+  struct http_limits lim;
+  struct cidr *exempt;          /* http_exempt_networks */
+  size_t nexempt;
 };
 
 struct inbound_http {
@@ -46,6 +50,7 @@ struct inbound_http {
   struct store *st;
   pthread_mutex_t mu;
   struct http_settings *set;    /* the current ones; under mu */
+  struct http_clients *clients; /* per-client limits */
   /* queue figures for /metrics, read at most once a second whatever the scrape rate */
   pthread_mutex_t qmu;
   long long q_at_ms;            /* monotonic time of the last read; 0 never */
@@ -68,6 +73,8 @@ struct request {
   enum endpoint ep;
   struct inbound_http *h;
   struct http_settings *set;    /* a reference, taken when the request began */
+  unsigned char client[CONN_CLIENT_KEY_LEN];
+  int has_client;               /* a client the per-client limits apply to */
   int answered;                 /* a response was queued on an early call */
   int too_big;
   int form_error;
@@ -179,9 +186,24 @@ static int auth_ok(const struct http_settings *h, struct MHD_Connection *c)
   return ok;
 }
 
+static const char *header(struct MHD_Connection *c, const char *name)
+{
+  return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+}
+
 static enum MHD_Result refuse_auth(struct request *rq, struct MHD_Connection *c)
 {
   static const char text[] = "authentication required\n";
+  /* wrong credentials count towards the client's lockout; none at all (a client that waits
+   * for the challenge) do not */
+  if(rq->has_client && header(c, MHD_HTTP_HEADER_AUTHORIZATION) &&
+     http_clients_auth_failed(rq->h->clients, rq->client, &rq->set->lim, time_mono_ms())) {
+    char who[64];
+    conn_client_key_text(rq->client, who, sizeof(who));
+    log_warn("http: %s sent wrong credentials %ld times; its requests get 429 for %llds "
+             "(http_auth_failures, http_auth_lockout in [inbound])", who,
+             rq->set->lim.auth_failures, rq->set->lim.lockout_ms / 1000);
+  }
   struct MHD_Response *r = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text,
                                                            MHD_RESPMEM_PERSISTENT);
   enum MHD_Result ret;
@@ -225,11 +247,6 @@ static enum MHD_Result post_field(void *cls, enum MHD_ValueKind kind, const char
   if(keep && size && buf_add(keep, data, size))
     rq->form_error = 1;         /* longer than any real field of its kind: malformed */
   return MHD_YES;
-}
-
-static const char *header(struct MHD_Connection *c, const char *name)
-{
-  return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
 }
 
 static enum MHD_Result answer_store(struct request *rq, struct MHD_Connection *c, int result,
@@ -527,6 +544,100 @@ static int events_begin(struct request *rq, struct MHD_Connection *c, enum MHD_R
   return 0;
 }
 
+/* 429 with the seconds to wait. */
+static enum MHD_Result respond_wait(struct request *rq, struct MHD_Connection *c, long wait,
+                                    int locked)
+{
+  static const char busy[] = "too many requests from this client\n";
+  static const char lock[] = "too many wrong credentials from this client\n";
+  struct MHD_Response *r = MHD_create_response_from_buffer(
+    locked ? sizeof(lock) - 1 : sizeof(busy) - 1, (void *)(locked ? lock : busy),
+    MHD_RESPMEM_PERSISTENT);
+  char secs[24];
+  enum MHD_Result ret;
+  if(!r)
+    return MHD_NO;
+  snprintf(secs, sizeof(secs), "%ld", wait);
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+  MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, secs);
+  counted(rq, MHD_HTTP_TOO_MANY_REQUESTS);
+  ret = MHD_queue_response(c, MHD_HTTP_TOO_MANY_REQUESTS, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+/* Is the client in http_exempt_networks (by default loopback: local processes, or a proxy in
+ * front that keeps its own limits)? */
+static int exempt(const struct http_settings *set, const struct sockaddr *sa)
+{
+  if(sa->sa_family == AF_INET)
+    return cidr_match(set->exempt, set->nexempt, AF_INET,
+                      &((const struct sockaddr_in *)(const void *)sa)->sin_addr);
+  if(sa->sa_family == AF_INET6)
+    return cidr_match(set->exempt, set->nexempt, AF_INET6,
+                      &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr);
+  return 0;
+}
+
+static int client_key_of(struct MHD_Connection *c, unsigned char key[CONN_CLIENT_KEY_LEN])
+{
+  const union MHD_ConnectionInfo *ci =
+    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  return ci && ci->client_addr ? conn_client_key(ci->client_addr, key) : -1;
+}
+
+/* The client's key, when the per-client limits apply to it. 0 yes, -1 no. */
+static int limited_client(const struct http_settings *set, struct MHD_Connection *c,
+                          unsigned char key[CONN_CLIENT_KEY_LEN])
+{
+  const union MHD_ConnectionInfo *ci =
+    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if(!ci || !ci->client_addr || exempt(set, ci->client_addr))
+    return -1;
+  return conn_client_key(ci->client_addr, key);
+}
+
+/* A client over http_clients_per_ip is refused at accept, before it takes a thread. */
+static enum MHD_Result accept_client(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+  struct inbound_http *h = cls;
+  unsigned char key[CONN_CLIENT_KEY_LEN];
+  struct http_limits lim;
+  int log_now = 0, free_pass;
+  if(!addr || conn_client_key(addr, key))
+    return MHD_YES;
+  pthread_mutex_lock(&h->mu);
+  lim = h->set->lim;
+  free_pass = exempt(h->set, addr);
+  pthread_mutex_unlock(&h->mu);
+  if(free_pass)
+    return MHD_YES;
+  if(!http_clients_admit(h->clients, key, &lim, time_mono_ms(), &log_now))
+    return MHD_YES;
+  metrics_webhook(METRICS_PATH_OTHER, MHD_HTTP_TOO_MANY_REQUESTS);
+  if(log_now) {
+    char who[64];
+    conn_client_key_text(key, who, sizeof(who));
+    log_warn("http: %s has %ld connections open (http_clients_per_ip in [inbound]); further "
+             "ones are closed at once (logged once a minute)", who, lim.per_ip);
+  }
+  return MHD_NO;
+}
+
+static void connection_event(void *cls, struct MHD_Connection *c, void **socket_context,
+                             enum MHD_ConnectionNotificationCode toe)
+{
+  struct inbound_http *h = cls;
+  unsigned char key[CONN_CLIENT_KEY_LEN];
+  (void)socket_context;
+  if(client_key_of(c, key))
+    return;
+  if(toe == MHD_CONNECTION_NOTIFY_STARTED)
+    http_clients_connected(h->clients, key, time_mono_ms());
+  else if(toe == MHD_CONNECTION_NOTIFY_CLOSED)
+    http_clients_closed(h->clients, key, time_mono_ms());
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
                               const char *method, const char *version, const char *upload,
                               size_t *upload_size, void **con_cls)
@@ -557,6 +668,24 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       rq->ep = EP_EVENTS;
     else if(!strcmp(url, "/sms"))
       rq->ep = EP_SMS;
+    rq->has_client = !limited_client(rq->set, c, rq->client);
+    /* /healthz stays cheap and open for load balancers and probes */
+    if(rq->ep != EP_HEALTH && rq->has_client) {
+      int locked = 0, log_now = 0;
+      long wait = http_clients_request(h->clients, rq->client, &rq->set->lim, time_mono_ms(),
+                                       &locked, &log_now);
+      if(wait) {
+        if(log_now && !locked) {
+          char who[64];
+          conn_client_key_text(rq->client, who, sizeof(who));
+          log_warn("http: %s sends more than %ld requests a minute (http_request_rate in "
+                   "[inbound]); answered 429 (logged once a minute)", who,
+                   rq->set->lim.rate_per_minute);
+        }
+        rq->answered = 1;
+        return respond_wait(rq, c, wait, locked);
+      }
+    }
     if(rq->ep == EP_NONE) {
       rq->answered = 1;
       return respond_text(rq, c, MHD_HTTP_NOT_FOUND, "not found\n");
@@ -679,6 +808,7 @@ static void settings_free(struct http_settings *set)
   secret_clear(&set->twilio_token, &set->twilio_tokenlen);
   free(set->event_key);
   free(set->event_key_missing);
+  free(set->exempt);
   explicit_bzero(set->cred_digest, sizeof(set->cred_digest));
   free(set->http_user);
   free(set->public_url);
@@ -705,6 +835,7 @@ void inbound_http_stop(struct inbound_http *h)
     settings_release(h, h->set);
   pthread_mutex_destroy(&h->mu);
   pthread_mutex_destroy(&h->qmu);
+  http_clients_free(h->clients);
   free(h);
 }
 
@@ -861,6 +992,20 @@ static struct http_settings *settings_new(const struct config *cfg)
   set->max_size = cfg->inbound.max_http_size ? (size_t)cfg->inbound.max_http_size :
                   (size_t)cfg->max_message_size + LIM_WEBHOOK_FORM_OVERHEAD;
   set->event_max_age = cfg->inbound.event_max_age;
+  set->lim.per_ip = cfg->inbound.http_clients_per_ip;
+  set->lim.rate_per_minute = cfg->inbound.http_request_rate;
+  set->lim.auth_failures = cfg->inbound.http_auth_failures;
+  set->lim.lockout_ms = cfg->inbound.http_auth_lockout * 1000;
+  if(cfg->inbound.nhttp_exempt) {
+    set->exempt = calloc(cfg->inbound.nhttp_exempt, sizeof(*set->exempt));
+    if(!set->exempt) {
+      settings_free(set);
+      return NULL;
+    }
+    memcpy(set->exempt, cfg->inbound.http_exempt,
+           cfg->inbound.nhttp_exempt * sizeof(*set->exempt));
+    set->nexempt = cfg->inbound.nhttp_exempt;
+  }
   if((cfg->inbound.http_user && cfg->inbound.http_user[0] &&
       !(set->http_user = str_dup_n(cfg->inbound.http_user, strlen(cfg->inbound.http_user)))) ||
      (cfg->inbound.public_url &&
@@ -900,15 +1045,18 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
   pthread_mutex_init(&h->mu, NULL);
   pthread_mutex_init(&h->qmu, NULL);
   h->st = st;
-  if(!(h->set = settings_new(cfg)))
+  /* room for every connection slot, and as many clients again that are only remembered */
+  if(!(h->set = settings_new(cfg)) ||
+     !(h->clients = http_clients_new((size_t)cfg->max_clients + LIM_HTTP_CLIENTS)))
     goto out;
   h->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                            MHD_USE_POLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, handle, h,
+                            MHD_USE_POLL | MHD_USE_ERROR_LOG, 0, accept_client, h, handle, h,
                             MHD_OPTION_LISTEN_SOCKET, fd,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_clients,
                             MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)LIM_WEBHOOK_TIMEOUT_SECONDS,
                             MHD_OPTION_NOTIFY_COMPLETED, request_completed, h,
+                            MHD_OPTION_NOTIFY_CONNECTION, connection_event, h,
                             MHD_OPTION_END);
   if(!h->mhd) {
     log_error("cannot start the HTTP listener on %s (check http_address in [inbound])",

@@ -47,6 +47,7 @@
  * decoded parts) plus the other fields and the multipart framing */
 #define LIM_WEBHOOK_FORM_OVERHEAD (1024u * 1024u)
 #define LIM_WEBHOOK_TIMEOUT_SECONDS 120  /* an idle HTTP connection */
+#define LIM_HTTP_CLIENTS        4096     /* clients the HTTP listener remembers beyond its slots */
 
 /* MIME -> correspondence records (inbound/mime.c): a message past these still becomes a record,
  * with what was read before the cap and a parse_error saying which cap */

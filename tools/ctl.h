@@ -34,6 +34,7 @@ int ctl_twilio(struct ctl *c);
 int ctl_migrate(struct ctl *c);
 int ctl_check(struct ctl *c);
 int ctl_ses(struct ctl *c);
+int ctl_init(struct ctl *c);
 int ctl_flush(struct ctl *c);                   /* ctl_daemon.c */
 int ctl_reload(struct ctl *c);
 int ctl_stats(struct ctl *c);                   /* ctl_stats.c */
@@ -60,6 +61,15 @@ int ctl_no_options(struct ctl *c);
 int ctl_secret_get(const char *what, const char *prompt, int twice, char *pw, size_t cap,
                    size_t *len);
 
+/* A user of AUTH in data_dir/sasldb2 with this password (data_dir made when missing); prints
+ * "NAME: password set". 0 or an exit code (said why). */
+int ctl_user_set(const struct config *cfg, const char *name, const char *pw, size_t pwlen);
+
+/* A visible answer typed at the terminal (the caller checks isatty): one line into out, at
+ * most outsz - 1 bytes, NUL-terminated, blanks trimmed; def when the line is empty (def may be
+ * NULL). 0, or -1 at the end of input or when the line is too long. */
+int ctl_ask(const char *prompt, const char *def, char *out, size_t outsz);
+
 /* Each program (posternctl, postern-sendmail) hands its usage text's printer over at start. */
 void ctl_usage_init(void (*usage)(FILE *out));
 int ctl_usage_error(const char *why, const char *what);   /* prints usage, EX_USAGE */
@@ -70,6 +80,12 @@ struct passwd;
  * root: the configured user when run as root, NULL (nothing to do) otherwise. */
 const struct passwd *ctl_daemon_user(const struct config *cfg);
 int ctl_give_to(const char *path, const struct passwd *pw);   /* 0 or EX_NOPERM (printed) */
+/* data_dir made (0700, given to the daemon's user) when it does not exist: 0 or an exit code */
+int ctl_data_dir_make(const struct config *cfg);
+/* A secret (what: "password", for messages) alone on one line in a new 0600 file at path,
+ * owned by the postern user when run as root. hint: what to do when it cannot be written. */
+int ctl_secret_write(const char *path, const char *what, const char *secret, size_t len,
+                     const char *hint);
 int ctl_store(struct ctl *c, int flags);         /* after ctl_config: 0 or EX_TEMPFAIL */
 int ctl_store_failed(const char *what, int result);        /* message, EX_TEMPFAIL */
 
@@ -112,5 +128,25 @@ int ctl_api(struct http_client *hc, const char *auth_header, const char *method,
             struct http_response *resp, json_t **json);
 /* base + path without a trailing slash of base doubled; out is malloc'd (NULL: no memory) */
 char *ctl_url_join(const char *base, const char *path);
+
+/* ---- Amazon SES (ctl_ses.c) ----------------------------------------------------------------- */
+#define SES_KEY_CAP 512               /* AWS secret keys are 40 characters */
+int ctl_ses_region_ok(const char *region);      /* "eu-west-1", "us-gov-west-1": 1, else 0 */
+/* The SES SMTP password for an IAM secret access key in region (AWS's derivation); *out is
+ * malloc'd (free with auth_secret_free). 0 or -1. */
+int ctl_ses_smtp_password(const char *key, size_t keylen, const char *region, char **out);
+
+/* ---- DNS through this machine's resolver (ctl_dns.c) --------------------------------------- */
+enum { CTL_DNS_MX = 15, CTL_DNS_SRV = 33 };     /* the RR types, as ns_t_mx and ns_t_srv */
+#define CTL_DNS_MAX 16                          /* records of one answer looked at */
+struct ctl_dns_rr {
+  char name[1025];            /* the target host (NS_MAXDNAME), without the final dot */
+  unsigned prio;              /* MX preference, SRV priority */
+  unsigned weight, port;      /* SRV only */
+};
+/* The type's records of name into rr (at most max). 0: *n records, and when there are none err
+ * says "no such name" or "no record"; -1: the lookup failed (err says why). */
+int ctl_dns_query(const char *name, int type, struct ctl_dns_rr *rr, size_t max, size_t *n,
+                  char *err, size_t errsz);
 
 #endif

@@ -1,6 +1,7 @@
 /* What every posternctl command shares: its options, the configuration and the store opened
  * the same way, escaping of network bytes for a terminal, and the JSON output conventions. */
 #include "tools/ctl.h"
+#include "auth/auth.h"
 #include "lib/buf.h"
 #include "lib/log.h"
 #include "relay/relay.h"
@@ -11,6 +12,7 @@
 #include <errno.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sysexits.h>
 #include <termios.h>
 #include <time.h>
@@ -329,6 +331,19 @@ const struct passwd *ctl_daemon_user(const struct config *cfg)
   return getpwnam(cfg->user);
 }
 
+int ctl_data_dir_make(const struct config *cfg)
+{
+  struct stat st;
+  if(!stat(cfg->data_dir, &st))
+    return 0;
+  if(errno != ENOENT || mkdir(cfg->data_dir, 0700)) {
+    fprintf(stderr, "posternctl: cannot create data_dir %s: %s\n", cfg->data_dir,
+            strerror(errno));
+    return EX_CANTCREAT;
+  }
+  return ctl_give_to(cfg->data_dir, ctl_daemon_user(cfg));
+}
+
 int ctl_give_to(const char *path, const struct passwd *pw)
 {
   if(pw && chown(path, pw->pw_uid, pw->pw_gid)) {
@@ -337,6 +352,35 @@ int ctl_give_to(const char *path, const struct passwd *pw)
     return EX_NOPERM;
   }
   return 0;
+}
+
+/* Written aside at 0600 and renamed over the name (oauth2_file_write): an old file there, or a
+ * hard link planted at that name, is replaced, never written through, and a failure leaves the
+ * old secret whole. Given to the postern user when we are root, since the daemon reads it after
+ * dropping root (or runs as that user under systemd). */
+int ctl_secret_write(const char *path, const char *what, const char *secret, size_t len,
+                     const char *hint)
+{
+  struct passwd *pw = geteuid() == 0 ? getpwnam("postern") : NULL;
+  char *line = malloc(len + 1);
+  int result = 0;
+  if(!line)
+    return EX_OSERR;
+  memcpy(line, secret, len);
+  line[len] = '\n';
+  if(oauth2_file_write(path, line, len + 1, 0600)) {
+    fprintf(stderr, "posternctl: cannot write %s: %s (%s)\n", path, strerror(errno), hint);
+    result = EX_CANTCREAT;
+  }
+  else if(pw && lchown(path, pw->pw_uid, pw->pw_gid)) {
+    fprintf(stderr, "posternctl: %s: %s\n", path, strerror(errno));
+    result = EX_IOERR;
+  }
+  auth_secret_free(line, len + 1);
+  if(!result)
+    fprintf(stderr, "posternctl: wrote the %s to %s (mode 0600%s)\n", what, path,
+            pw ? ", owner postern" : "");
+  return result;
 }
 
 int ctl_id_parse(const char *arg, char out[LIM_QUEUE_ID + 1])
@@ -394,6 +438,29 @@ static ssize_t line_read(int fd, char *pw, size_t cap)
   return too_long ? -1 : (ssize_t)n;
 }
 
+int ctl_ask(const char *prompt, const char *def, char *out, size_t outsz)
+{
+  ssize_t n;
+  size_t b = 0;
+  if(def && *def)
+    fprintf(stderr, "%s [%s]: ", prompt, def);
+  else
+    fprintf(stderr, "%s: ", prompt);
+  fflush(stderr);
+  n = outsz ? line_read(STDIN_FILENO, out, outsz - 1) : -1;
+  if(n < 0)
+    return -1;
+  while(n && (out[n - 1] == ' ' || out[n - 1] == '\t'))
+    n--;
+  while(b < (size_t)n && (out[b] == ' ' || out[b] == '\t'))
+    b++;
+  memmove(out, out + b, (size_t)n - b);
+  out[(size_t)n - b] = '\0';
+  if(!out[0] && def)
+    str_copy(out, outsz, def);
+  return 0;
+}
+
 /* With echo off; the terminal is put back even when the user presses ^C. */
 static ssize_t tty_prompt(const char *prompt, char *pw, size_t cap)
 {
@@ -407,13 +474,14 @@ static ssize_t tty_prompt(const char *prompt, char *pw, size_t cap)
   signal(SIGINT, tty_restore);
   signal(SIGTERM, tty_restore);
   signal(SIGQUIT, tty_restore);
-  fputs(prompt, stderr);
-  fflush(stderr);
   tty_changed = 1;
   if(tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet)) {
     tty_changed = 0;
     return -1;
   }
+  /* only now: what is typed after the prompt shows must not be flushed with the type-ahead */
+  fputs(prompt, stderr);
+  fflush(stderr);
   n = line_read(STDIN_FILENO, pw, cap);
   tcsetattr(STDIN_FILENO, TCSAFLUSH, &tty_saved);
   tty_changed = 0;

@@ -700,35 +700,6 @@ out:
 
 /* ---- output ------------------------------------------------------------------------------ */
 
-/* Written aside at 0600 and renamed over the name (oauth2_file_write): an old file there, or a
- * hard link planted at that name, is replaced, never written through, and a failure leaves the
- * old secret whole. Given to the postern user when we are root, since the daemon reads it after
- * dropping root (or runs as that user under systemd). */
-static int secret_write(const char *path, const char *secret, size_t len)
-{
-  struct passwd *pw = geteuid() == 0 ? getpwnam("postern") : NULL;
-  char *line = malloc(len + 1);
-  int result = 0;
-  if(!line)
-    return EX_OSERR;
-  memcpy(line, secret, len);
-  line[len] = '\n';
-  if(oauth2_file_write(path, line, len + 1, 0600)) {
-    fprintf(stderr, "posternctl: cannot write %s: %s (choose another file with --secret-file, "
-            "or --print-only)\n", path, strerror(errno));
-    result = EX_CANTCREAT;
-  }
-  else if(pw && lchown(path, pw->pw_uid, pw->pw_gid)) {
-    fprintf(stderr, "posternctl: %s: %s\n", path, strerror(errno));
-    result = EX_IOERR;
-  }
-  auth_secret_free(line, len + 1);
-  if(!result)
-    fprintf(stderr, "posternctl: wrote the password to %s (mode 0600%s)\n", path,
-            pw ? ", owner postern" : "");
-  return result;
-}
-
 static void upstream_print(const struct upstream_out *u, const char *secret_file)
 {
   if(u->notes.ptr)
@@ -797,7 +768,8 @@ int ctl_migrate(struct ctl *c)
     secret_file = secret_default;
   }
   if(strcmp(u.auth, "none") && u.password && !o.print_only) {
-    result = secret_write(secret_file, u.password, u.passwordlen);
+    result = ctl_secret_write(secret_file, "password", u.password, u.passwordlen,
+                              "choose another file with --secret-file, or --print-only");
     if(result)
       goto out;
   }

@@ -7,10 +7,7 @@
 #include "tls/tls.h"
 #include "lib/buf.h"
 #include "lib/log.h"
-#include <arpa/nameser.h>
 #include <curl/curl.h>
-#include <netdb.h>
-#include <resolv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -489,44 +486,23 @@ static void sg_check_scopes(struct sg *s)
  * lookup failed (err says why). */
 static int mx_lookup(const char *host, char *found, size_t foundsz, char *err, size_t errsz)
 {
-  unsigned char ans[4096];
-  char name[NS_MAXDNAME];
-  ns_msg msg;
-  ns_rr rr;
-  int n, i, count, ours = 0, others = 0;
-  size_t o = 0;
+  struct ctl_dns_rr rr[CTL_DNS_MAX];
+  size_t n, i, o = 0;
+  int ours = 0, others = 0;
 
   found[0] = '\0';
-  h_errno = 0;
-  n = res_query(host, ns_c_in, ns_t_mx, ans, sizeof(ans));
-  if(n < 0) {
-    if(h_errno == HOST_NOT_FOUND || h_errno == NO_DATA) {
-      str_copy(found, foundsz, h_errno == NO_DATA ? "no MX record" : "no such name");
-      return 0;
-    }
-    snprintf(err, errsz, "the MX lookup failed (%s)", hstrerror(h_errno));
+  if(ctl_dns_query(host, CTL_DNS_MX, rr, CTL_DNS_MAX, &n, err, errsz))
     return -1;
-  }
-  if(ns_initparse(ans, n, &msg)) {
-    snprintf(err, errsz, "the DNS answer could not be read");
-    return -1;
-  }
-  count = ns_msg_count(msg, ns_s_an);
-  for(i = 0; i < count; i++) {
-    if(ns_parserr(&msg, ns_s_an, i, &rr) || ns_rr_type(rr) != ns_t_mx || ns_rr_rdlen(rr) < 3)
-      continue;
-    if(dn_expand(ns_msg_base(msg), ns_msg_end(msg), ns_rr_rdata(rr) + 2, name,
-                 sizeof(name)) < 0)
-      continue;
-    if(!strcasecmp(name, SG_MX_HOST))
+  for(i = 0; i < n; i++) {
+    if(!strcasecmp(rr[i].name, SG_MX_HOST))
       ours++;
     else
       others++;
-    if(o + strlen(name) + 3 < foundsz)
-      o += (size_t)snprintf(found + o, foundsz - o, "%s%s", o ? ", " : "", name);
+    if(o + strlen(rr[i].name) + 3 < foundsz)
+      o += (size_t)snprintf(found + o, foundsz - o, "%s%s", o ? ", " : "", rr[i].name);
   }
   if(!o)
-    str_copy(found, foundsz, "no MX record");
+    str_copy(found, foundsz, !strcmp(err, "no such name") ? err : "no MX record");
   return ours && !others;
 }
 
@@ -618,6 +594,19 @@ static int receives_replies(struct sg *s, const char *d)
   return at && !strcasecmp(at + 1, d);
 }
 
+/* A receiving host below the authenticated domain d (reply.clinic.test under clinic.test), or
+ * NULL. */
+static const char *host_below(struct sg *s, const char *d)
+{
+  size_t i, n = strlen(d), h;
+  for(i = 0; i < s->nhosts; i++) {
+    h = strlen(s->hosts[i]);
+    if(h > n + 1 && s->hosts[i][h - n - 1] == '.' && !strcasecmp(s->hosts[i] + h - n, d))
+      return s->hosts[i];
+  }
+  return NULL;
+}
+
 static void sg_check_domains(struct sg *s)
 {
   json_t *ans = NULL, *d;
@@ -651,6 +640,15 @@ static void sg_check_domains(struct sg *s)
                  "SendGrid then owns its DNS through CNAMEs, so outbound mail and opens work "
                  "while replies never arrive", name);
     }
+    /* Automated Security puts three CNAMEs on names of SendGrid's own below the domain
+     * (emNNNN., s1._domainkey., s2._domainkey.); Inbound Parse on a host below it needs
+     * only that host's MX to mx.sendgrid.net and an authenticated parent: nothing to fix */
+    else if(json_is_true(json_object_get(d, "automatic_security")) && host_below(s, name))
+      ctl_report(&s->rep, CTL_OK, "domains", NULL, "%s has Automated Security on; its CNAMEs "
+                 "(%s., s1._domainkey., s2._domainkey.) leave %s alone, whose MX record alone "
+                 "brings replies to Inbound Parse", name,
+                 *jstr(d, "subdomain") ? jstr(d, "subdomain") : "emNNNN",
+                 host_below(s, name));
   }
   json_decref(ans);
 }

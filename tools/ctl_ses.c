@@ -11,11 +11,10 @@
 #include <string.h>
 #include <sysexits.h>
 
-#define SES_KEY_CAP 512               /* AWS secret keys are 40 characters */
 #define SES_REGION_MAX 32
 
 /* a region name as AWS spells them: "eu-west-1", "us-gov-west-1" */
-static int region_ok(const char *r)
+int ctl_ses_region_ok(const char *r)
 {
   size_t i, n = strlen(r);
   if(!n || n > SES_REGION_MAX || r[0] == '-' || r[n - 1] == '-')
@@ -28,13 +27,15 @@ static int region_ok(const char *r)
 
 /* sig = HMAC("AWS4" + key, "11111111"), then over region, "ses", "aws4_request" and
  * "SendRawEmail" in turn; the password is base64(0x04 || sig). */
-static int smtp_password(const char *key, size_t keylen, const char *region, char **out)
+int ctl_ses_smtp_password(const char *key, size_t keylen, const char *region, char **out)
 {
   static const char *const chain[] = { "11111111", NULL, "ses", "aws4_request",
                                        "SendRawEmail" };
   unsigned char k[4 + SES_KEY_CAP], sig[32], versioned[33];
   size_t i, outlen = 0;
   int result = -1;
+  if(keylen > SES_KEY_CAP)
+    return -1;
   memcpy(k, "AWS4", 4);
   memcpy(k + 4, key, keylen);
   if(tls_hmac_sha256(k, 4 + keylen, chain[0], strlen(chain[0]), sig))
@@ -72,7 +73,7 @@ int ctl_ses(struct ctl *c)
   if(!region)
     return ctl_usage_error("ses smtp-password needs --region (the SES SMTP endpoint's region, "
                            "e.g. eu-west-1)", NULL);
-  if(!region_ok(region))
+  if(!ctl_ses_region_ok(region))
     return ctl_usage_error("not an AWS region name", region);
   if(key_file) {
     /* the same rules as every secret file: a regular file only its owner may read */
@@ -102,7 +103,7 @@ int ctl_ses(struct ctl *c)
     result = EX_DATAERR;
     goto out;
   }
-  if(smtp_password(key, keylen, region, &pw)) {
+  if(ctl_ses_smtp_password(key, keylen, region, &pw)) {
     fprintf(stderr, "posternctl: cannot compute the SMTP password\n");
     result = EX_SOFTWARE;
     goto out;

@@ -31,40 +31,37 @@ static int auth_failed_exit(const char *what, int result, const char *err)
   return result == AUTH_FAIL ? EX_DATAERR : EX_TEMPFAIL;
 }
 
-static int user_add(struct ctl *c, const char *name, const char *path)
+int ctl_user_set(const struct config *cfg, const char *name, const char *pw, size_t pwlen)
 {
-  const struct passwd *owner = ctl_daemon_user(c->cfg);
-  char pw[PASSWORD_CAP + 1], err[512], shown[AUTH_USER_MAX * 4 + 8], prompt[AUTH_USER_MAX * 4 + 32];
-  size_t pwlen = 0;
-  struct stat st;
-  int result;
+  const struct passwd *owner = ctl_daemon_user(cfg);
+  char path[4096], err[512], shown[AUTH_USER_MAX * 4 + 8];
+  int result = sasldb_path(cfg, path, sizeof(path));
 
   /* the data directory may not exist yet when users come before the first start */
-  if(stat(c->cfg->data_dir, &st)) {
-    if(errno != ENOENT || mkdir(c->cfg->data_dir, 0700)) {
-      fprintf(stderr, "posternctl: cannot create data_dir %s: %s\n", c->cfg->data_dir,
-              strerror(errno));
-      return EX_CANTCREAT;
-    }
-    result = ctl_give_to(c->cfg->data_dir, owner);
-    if(result)
-      return result;
-  }
+  if(!result)
+    result = ctl_data_dir_make(cfg);
+  if(result)
+    return result;
+  result = auth_user_set(path, name, cfg->hostname, pw, pwlen, err, sizeof(err));
+  if(result)
+    return auth_failed_exit("cannot set the password", result, err);
+  result = ctl_give_to(path, owner);
+  if(!result)
+    printf("%s: password set\n", log_repr(shown, sizeof(shown), name, strlen(name)));
+  return result;
+}
+
+static int user_add(struct ctl *c, const char *name)
+{
+  char pw[PASSWORD_CAP + 1], shown[AUTH_USER_MAX * 4 + 8], prompt[AUTH_USER_MAX * 4 + 32];
+  size_t pwlen = 0;
+  int result;
+
   snprintf(prompt, sizeof(prompt), "Password for %s: ",
            log_repr(shown, sizeof(shown), name, strlen(name)));
   result = ctl_secret_get("password", prompt, 1, pw, PASSWORD_CAP, &pwlen);
-  if(result)
-    goto out;
-  result = auth_user_set(path, name, c->cfg->hostname, pw, pwlen, err, sizeof(err));
-  if(result) {
-    result = auth_failed_exit("cannot set the password", result, err);
-    goto out;
-  }
-  result = ctl_give_to(path, owner);
-  if(result)
-    goto out;
-  printf("%s: password set\n", log_repr(shown, sizeof(shown), name, strlen(name)));
-out:
+  if(!result)
+    result = ctl_user_set(c->cfg, name, pw, pwlen);
   explicit_bzero(pw, sizeof(pw));
   return result;
 }
@@ -206,7 +203,7 @@ int ctl_user(struct ctl *c)
   if(!strcmp(verb, "list"))
     return user_list(c, path);
   if(!strcmp(verb, "add"))
-    return user_add(c, c->args[2], path);
+    return user_add(c, c->args[2]);
   return user_delete(c, c->args[2], path);
 }
 

@@ -46,9 +46,14 @@ static const struct command {
   { "check", ctl_check,
     "check [ROUTE] [--rcpt ADDR] [--from ADDR] [--send TO] [--json]   (the doctor: exit 0 all "
     "good, 1 problems found, 2 could not check)\n" },
+  { "init", ctl_init,
+    "init [ADDRESS] [--provider microsoft|google|ses|sendgrid|smtp] [--output FILE] [--dry-run]\n"
+    "  [--yes] [--app-user NAME] [--no-check] and the provider's flags: see posternctl(8)\n"
+    "   (a first configuration: the provider told from ADDRESS, what is missing asked for)\n" },
   { "correspondence", ctl_correspondence,
     "correspondence list [--json] [--address A] [--thread T]\n"
-    "correspondence show ID [--json]\n" },
+    "correspondence show ID [--json]\n"
+    "correspondence forward list [--json] | forward retry ID|--all\n" },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -203,8 +203,11 @@ def test_events_need_a_key_or_basic_auth_on_purpose(daemon_factory, tmp_path):
 
 
 def test_open_on_purpose(daemon_factory, tmp_path):
-    """http_auth = none: what the file says, /emailInbound and /metrics answer anyone."""
-    d = http_daemon(daemon_factory, tmp_path, "http_auth = none\n")
+    """http_auth = none: what the file says, /emailInbound and /metrics answer anyone. Loopback
+    (a proxy in front, local processes) is exempt from the per-client limits by default."""
+    d = http_daemon(daemon_factory, tmp_path, "http_auth = none\nhttp_request_rate = 2\n")
+    for _ in range(5):
+        assert get_from("127.0.0.1", int(d.http.rsplit(":", 1)[1]), "/metrics")[0] == 200
     p = subprocess.run([CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}",
                         "--form-string", f"envelope={ENVELOPE}", "--form-string", f"email={raw_email()}",
                         d.http + "/emailInbound"], capture_output=True, timeout=60)
@@ -253,3 +256,86 @@ def test_event_key_written_after_start(daemon_factory, tmp_path):
     bad.write_text("not a key\n")
     p = check_config(tmp_path, f"http_auth = none\nevent_public_key_file = {bad}\n")
     assert p.returncode == 1 and "not an EC P-256 public key" in p.stderr
+
+
+def get_from(src, port, path, auth=None):
+    """GET path from the loopback address src; (status, headers)."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(src, 0))
+    hdr = {}
+    if auth:
+        hdr["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    try:
+        c.request("GET", path, headers=hdr)
+        r = c.getresponse()
+        r.read()
+        return r.status, r.headers
+    finally:
+        c.close()
+
+
+def test_per_client_limits(daemon_factory, tmp_path):
+    """Connections at once, requests a minute and wrong passwords are counted per client: the
+    one over a limit is refused, another client is not."""
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+    d = http_daemon(daemon_factory, tmp_path,
+                    f"http_user = {USER}\nhttp_password_file = {pw}\n"
+                    "http_clients_per_ip = 3\nhttp_request_rate = 10\n"
+                    "http_exempt_networks = 192.0.2.0/24\n"     # loopback is exempt by default
+                    "http_auth_failures = 3\nhttp_auth_lockout = 3s\n")
+    port = int(d.http.rsplit(":", 1)[1])
+    good, wrong = (USER, PASSWORD), (USER, "guess")
+
+    # three silent connections from 127.0.0.4: a fourth is closed at once, unanswered; another
+    # client is served meanwhile
+    idle = []
+    for _ in range(3):
+        s = socket.socket()
+        s.bind(("127.0.0.4", 0))
+        s.connect(("127.0.0.1", port))
+        idle.append(s)
+    time.sleep(0.3)
+    s = socket.socket()
+    s.bind(("127.0.0.4", 0))
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(100) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    s.close()
+    assert get_from("127.0.0.5", port, "/healthz")[0] == 200
+    for s in idle:
+        s.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if get_from("127.0.0.4", port, "/healthz")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "connections not given back after they closed"
+        time.sleep(0.2)
+    assert "127.0.0.4 has 3 connections open (http_clients_per_ip" in d.log_text()
+
+    # requests a minute: the eleventh gets 429 with Retry-After; /healthz and others go on
+    for _ in range(10):
+        assert get_from("127.0.0.6", port, "/metrics", good)[0] == 200
+    code, hdr = get_from("127.0.0.6", port, "/metrics", good)
+    assert code == 429 and 0 < int(hdr["Retry-After"]) <= 60
+    assert get_from("127.0.0.6", port, "/healthz")[0] == 200
+    assert get_from("127.0.0.7", port, "/metrics", good)[0] == 200
+
+    # wrong passwords: after the third, the right one is refused without being checked until
+    # the lockout ends; a request without credentials does not count
+    assert get_from("127.0.0.8", port, "/metrics")[0] == 401
+    for _ in range(3):
+        assert get_from("127.0.0.8", port, "/metrics", wrong)[0] == 401
+    code, hdr = get_from("127.0.0.8", port, "/metrics", good)
+    assert code == 429 and 1 <= int(hdr["Retry-After"]) <= 3
+    assert get_from("127.0.0.9", port, "/metrics", good)[0] == 200
+    assert "127.0.0.8 sent wrong credentials 3 times" in d.log_text()
+    assert PASSWORD not in d.log_text() and "guess" not in d.log_text()
+    time.sleep(3.2)
+    assert get_from("127.0.0.8", port, "/metrics", good)[0] == 200

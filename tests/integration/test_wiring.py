@@ -4,8 +4,6 @@
 # dnsmasq serves the MX records (the API server listens on that namespace's loopback); the key
 # setup stores must then verify real signed event batches posted to a running Postern.
 import base64
-import ctypes
-import itertools
 import json
 import os
 import shutil
@@ -20,12 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import POSTERNCTL, need_binary
+from dnsns import IP, dns_namespace, in_netns
 from test_inbound import batch, events, post, secret, sign, wait_http, free_port
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
-IP = shutil.which("ip") or "/usr/sbin/ip"
-DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-CLONE_NEWNET = 0x40000000
 
 SG_KEY = "SG.wiring-test-key"
 ALL_SCOPES = ["mail.send", "user.webhooks.parse.settings.read", "user.webhooks.parse.settings.create",
@@ -98,20 +94,8 @@ class Provider:
 
         if not netns:
             return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        # the socket is made inside the namespace (a thread's network namespace is its own):
-        # posternctl, run there, reaches it on that namespace's loopback
-        libc = ctypes.CDLL(None, use_errno=True)
-        here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        there = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            assert libc.setns(there, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
-            try:
-                return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-            finally:
-                assert libc.setns(here, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
-        finally:
-            os.close(here)
-            os.close(there)
+        # posternctl, run in the namespace, reaches it on that namespace's loopback
+        return in_netns(netns, lambda: ThreadingHTTPServer(("127.0.0.1", 0), Handler))
 
     def stop(self):
         for s in self.servers:
@@ -233,48 +217,12 @@ class Provider:
 # ---------------------------------------------------------------------------------------------
 # The namespace with its resolver.
 
-_ns_counter = itertools.count()
-
-
-def _run(*args, **kw):
-    return subprocess.run(list(args), capture_output=True, timeout=60, **kw)
-
-
 @pytest.fixture
 def netns(tmp_path):
     """A network namespace with loopback up and dnsmasq answering the MX records on it."""
-    if not os.path.exists(DNSMASQ):
-        pytest.fail("dnsmasq is not installed (dnsmasq-base, TEST_PKGS in scripts/dev.sh)")
-    name = f"pwiring{os.getpid()}x{next(_ns_counter)}"
-    p = _run(IP, "netns", "add", name)
-    if p.returncode:
-        pytest.skip(f"this container cannot create network namespaces: {p.stderr.decode().strip()}")
-    etc = f"/etc/netns/{name}"
-    dns = None
-    try:
-        assert _run(IP, "-n", name, "link", "set", "lo", "up").returncode == 0
-        os.makedirs(etc, exist_ok=True)
-        with open(f"{etc}/resolv.conf", "w") as f:
-            f.write("nameserver 127.0.0.1\noptions timeout:2 attempts:2\n")
-        dns = subprocess.Popen([IP, "netns", "exec", name, DNSMASQ, "--keep-in-foreground",
-                                "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root",
-                                "--pid-file=", "--listen-address=127.0.0.1", "--bind-interfaces",
-                                "--port=53", "--local=/test.example/",
-                                f"--mx-host={GOOD_HOST},mx.sendgrid.net,10",
-                                f"--mx-host={WRONG_HOST},mx.elsewhere.example,10"],
-                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "dnsmasq.log", "wb"))
-        deadline = time.monotonic() + 20
-        while b":53" not in _run(IP, "netns", "exec", name, "ss", "-Hlun").stdout:
-            assert dns.poll() is None, (tmp_path / "dnsmasq.log").read_text()
-            assert time.monotonic() < deadline, "dnsmasq did not start"
-            time.sleep(0.05)
+    with dns_namespace(tmp_path, [f"--mx-host={GOOD_HOST},mx.sendgrid.net,10",
+                                  f"--mx-host={WRONG_HOST},mx.elsewhere.example,10"]) as name:
         yield name
-    finally:
-        if dns:
-            dns.terminate()
-            dns.wait(timeout=30)
-        _run(IP, "netns", "del", name)
-        shutil.rmtree(etc, ignore_errors=True)
 
 
 def ctl(conf, *args, netns=None):
@@ -450,6 +398,29 @@ def test_sendgrid_check_reports_each_fault_with_its_fix(sendgrid):
                        netns=d.netns)
     f = {x["check"]: x for x in findings(out)}
     assert "event-key" in f and "403" in f["event-key"]["detail"]
+
+
+def test_sendgrid_automated_security_on_the_parent_domain_is_fine(sendgrid):
+    # test.example authenticated with Automated Security on, replies to reply.test.example:
+    # SendGrid's CNAMEs (em1234., s1._domainkey., s2._domainkey.) do not touch the reply host,
+    # whose MX alone brings replies to Inbound Parse (SendGrid's domain authentication and
+    # Inbound Parse documentation) — check says so instead of leaving the user to wonder
+    prov, d = sendgrid
+    assert ctl(d.conf, "sendgrid", "setup", "--inbound-host", GOOD_HOST, netns=d.netns)[0] == 0
+    parent = GOOD_HOST.split(".", 1)[1]
+    prov.domains[0].update(domain=parent, automatic_security=True)
+    rc, out, err = ctl(d.conf, "sendgrid", "check", "--json", "--inbound-host", GOOD_HOST,
+                       netns=d.netns)
+    assert rc == 0, out + err
+    items = json.loads(out)
+    assert not findings(out), out
+    assert any(i["check"] == "domains" and "Automated Security on" in i["detail"]
+               and GOOD_HOST in i["detail"] and "em1234." in i["detail"] for i in items), out
+    # the reply host itself authenticated with Automated Security on is still flagged
+    prov.domains[0].update(domain=GOOD_HOST)
+    rc, out, err = ctl(d.conf, "sendgrid", "check", "--json", "--inbound-host", GOOD_HOST,
+                       netns=d.netns)
+    assert rc == 1 and "AUTOMATED SECURITY ON" in out, out
 
 
 def test_sendgrid_could_not_check(sendgrid, tmp_path):
