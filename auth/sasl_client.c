@@ -2,6 +2,7 @@
  * strongest mechanism both sides have, never PLAIN or LOGIN in the clear; and the XOAUTH2 and
  * OAUTHBEARER initial responses, which are not Cyrus mechanisms but two string formats. */
 #include "auth/auth.h"
+#include "lib/limits.h"
 #include "auth/auth_int.h"
 #include "lib/buf.h"
 #include <limits.h>
@@ -11,7 +12,6 @@
 #include <string.h>
 
 #define MECH_LIST_MAX 128
-#define CHALLENGE_MAX (64u * 1024u)
 
 struct auth_client_session {
   sasl_conn_t *conn;
@@ -196,7 +196,7 @@ int auth_client_step(struct auth_client_session *c, const unsigned char *challen
   *outlen = 0;
   if(!c || !c->conn || !c->mech)
     return AUTH_ERROR;
-  if(len > CHALLENGE_MAX || (!challenge && len))
+  if(len > LIM_SASL_CHALLENGE || (!challenge && len))
     return AUTH_FAIL;
   rc = sasl_client_step(c->conn, challenge ? (const char *)challenge : "", (unsigned)len,
                         &interact, &cout, &coutlen);

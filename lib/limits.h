@@ -27,6 +27,9 @@
 #define LIM_AUTH_FAILURE_MEMORY 600      /* seconds an address's failures are remembered */
 #define LIM_AUTH_FAILURE_ADDRS  1024     /* addresses remembered (the oldest is forgotten) */
 #define LIM_TLS_HANDSHAKE_SECONDS 60     /* a TLS handshake, within the session deadline */
+#define LIM_SMTP_CLIENT_LINE    4096     /* one reply line from an upstream, CRLF included
+                                            (RFC 5321 says 512: servers send longer) */
+#define LIM_SASL_CHALLENGE      (64u * 1024u)  /* one decoded SASL challenge from an upstream */
 #define LIM_SMTP_BDAT_CHUNK     (64u * 1024u * 1024u)
 #define LIM_SMTP_RCPT_DEFAULT   100
 #define LIM_MESSAGE_SIZE_DEFAULT (35u * 1024u * 1024u)
@@ -46,6 +49,8 @@
 /* /emailInbound without max_http_size: the message (raw mode's email field, or parsed mode's
  * decoded parts) plus the other fields and the multipart framing */
 #define LIM_WEBHOOK_FORM_OVERHEAD (1024u * 1024u)
+#define LIM_WEBHOOK_SIGNED      (64u * 1024u * 1024u)  /* the text a Twilio signature covers
+                                            (the URL and the sorted parameters) */
 #define LIM_WEBHOOK_TIMEOUT_SECONDS 120  /* an idle HTTP connection */
 #define LIM_HTTP_CLIENTS        4096     /* clients the HTTP listener remembers beyond its slots */
 
@@ -67,6 +72,10 @@
 #define LIM_RECORD_REFS         100      /* References ids tried when threading a reply */
 #define LIM_FORWARD_ANSWER      (64u * 1024u)    /* what is kept of forward_url's answer */
 #define LIM_FORWARD_TIMEOUT_SECONDS 60   /* one POST to forward_url */
+
+/* the control socket (daemon/control.c, tools/ctl_control.c) */
+#define LIM_CONTROL_LINE        512      /* one command line, LF included */
+#define LIM_CONTROL_REPLY       4096     /* one JSON reply line */
 
 /* HTTP clients (global/http.h) */
 #define LIM_HTTP_BODY           (64u * 1024u)    /* what is kept of an API's answer */

@@ -14,7 +14,6 @@
 #include <sys/un.h>
 
 #define CONTROL_SOCKET_NAME "control.sock"   /* daemon/daemon.h says the same */
-#define CONTROL_REPLY_MAX 4096
 #define CONTROL_TIMEOUT_MS 30000             /* a reload reads certificates: give it time */
 
 static long long mono_ms(void)
@@ -29,7 +28,7 @@ static long long mono_ms(void)
 int ctl_control_call(struct ctl *c, const char *cmd, json_t **reply)
 {
   struct sockaddr_un sa;
-  char buf[CONTROL_REPLY_MAX + 1];
+  char buf[LIM_CONTROL_REPLY + 1];
   size_t got = 0;
   long long deadline = mono_ms() + CONTROL_TIMEOUT_MS;
   int fd = -1, n, result = EX_PROTOCOL;
@@ -59,7 +58,7 @@ int ctl_control_call(struct ctl *c, const char *cmd, json_t **reply)
     fprintf(stderr, "posternctl: writing to %s: %s\n", sa.sun_path, strerror(errno));
     goto out;
   }
-  while(got < CONTROL_REPLY_MAX && !memchr(buf, '\n', got)) {
+  while(got < LIM_CONTROL_REPLY && !memchr(buf, '\n', got)) {
     struct pollfd p = { .fd = fd, .events = POLLIN };
     long long left = deadline - mono_ms();
     ssize_t r;
@@ -68,7 +67,7 @@ int ctl_control_call(struct ctl *c, const char *cmd, json_t **reply)
       result = EX_TEMPFAIL;
       goto out;
     }
-    r = read(fd, buf + got, CONTROL_REPLY_MAX - got);
+    r = read(fd, buf + got, LIM_CONTROL_REPLY - got);
     if(r <= 0)
       break;
     got += (size_t)r;

@@ -705,8 +705,9 @@ int main(int argc, char **argv)
   int result;
 
   memset(&s, 0, sizeof(s));
-  buf_init(&raw, 0);
-  buf_init(&msg, 0);
+  /* message_read and message_prepare set the caps (max_message_size) */
+  memset(&raw, 0, sizeof(raw));
+  memset(&msg, 0, sizeof(msg));
   log_open("postern-sendmail", 1, 0);
   ctl_usage_init(usage);
   /* a daemon or peer closing mid-exchange is an error to report with our exit code, not a
