@@ -8,6 +8,8 @@
 #include "store/store.h"
 #include "smtp/smtp.h"
 #include "lib/conn.h"
+#include "lib/buf.h"
+#include <stdint.h>
 
 /* Process-wide set-up, once before any session: the SPF resolver (or, for the test suite
  * only, the zone named by $POSTERN_SPF_ZONE_FILE). errs gets a line per problem; returns how
@@ -80,6 +82,29 @@ int http_clients_auth_failed(struct http_clients *t, const unsigned char *key,
 
 /* ---- webhook parsing (inbound/webhook.c): pure functions, fuzzed -------------------------- */
 
+/* The fields of an Inbound Parse post (multipart/form-data) the listener keeps, fed part by
+ * part as libmicrohttpd's post processor reads them. The whole post is stored; of its fields
+ * only these are taken out, each within LIM_WEBHOOK_FIELD. */
+struct inbound_parse_form {
+  struct buf envelope, spf, sender_ip, attachments;
+  int has_email, has_headers;
+  int error;                    /* a kept field longer than any real one, or a bad form */
+  size_t files;                 /* file parts seen */
+  char last_key[64];            /* the field the post processor is in */
+  /* set by inbound_parse_form_finish */
+  char *from, *to;              /* from the envelope: the sender, the recipients one a line */
+  char spf_result[16];          /* the SPF field in its expected shape (lower case), or "" */
+  char ip[64];                  /* sender_ip in its expected shape, or "" */
+};
+void inbound_parse_form_init(struct inbound_parse_form *f);
+void inbound_parse_form_free(struct inbound_parse_form *f);
+/* One piece of a field: data[0..size) at offset off of field key (filename set for a file). */
+void inbound_parse_form_field(struct inbound_parse_form *f, const char *key,
+                              const char *filename, const char *data, uint64_t off, size_t size);
+/* After the last piece: NULL when the post is one SendGrid could have sent (the results set),
+ * else the reason, a static sentence ending in a newline (answered 400). */
+const char *inbound_parse_form_finish(struct inbound_parse_form *f);
+
 /* Twilio's X-Twilio-Signature: base64 HMAC-SHA1, under token, of url followed by each POST
  * parameter's name and value, sorted by name. out holds at least 29 bytes. */
 struct inbound_param {
@@ -131,7 +156,7 @@ struct inbound_mime {
    *  "attachments": [{filename, content_type, size, sha256, content_id, disposition}] (same order
    *  as att), "auto_submitted": bool, "parse_error": string|null,
    *  "dsn": null | {"original_message_id", "recipients": [{address, action, status,
-   *  diagnostic}]}}
+   *  diagnostic}]}, "truncated": ["text"|"html"|"reply_text"]}
    * Strings are UTF-8 without NUL; what is missing is "" (subject, text, html, names,
    * filename, content_id, dsn fields) or null (message_id, in_reply_to, from, date,
    * reply_text when there is neither text nor html, original_message_id). text and html have
@@ -142,14 +167,16 @@ struct inbound_mime {
   size_t natt;
 };
 /* Any bytes give a record: what could not be read is left empty and parse_error says why
- * (caps of lib/limits.h LIM_MIME_*, an unreadable header section). -1 only when memory runs
- * out. Callable from any thread. */
-int inbound_mime_parse(const void *raw, size_t len, struct inbound_mime **out);
+ * (caps of lib/limits.h LIM_MIME_*, an unreadable header section). text, html and reply_text
+ * keep at most text_max bytes each (0: all; cut at a character), and "truncated" lists those
+ * that were cut; a body part is decoded only as far as that. -1 only when memory runs out.
+ * Callable from any thread. */
+int inbound_mime_parse(const void *raw, size_t len, size_t text_max, struct inbound_mime **out);
 /* An Inbound Parse post as stored (content_type "multipart/form-data; boundary=..."): raw mode
  * (an "email" field) goes through inbound_mime_parse; parsed mode is built from the posted
  * headers, text, html, charsets and attachment files. Same contract as inbound_mime_parse. */
 int inbound_mime_parse_post(const void *body, size_t len, const char *content_type,
-                            struct inbound_mime **out);
+                            size_t text_max, struct inbound_mime **out);
 void inbound_mime_free(struct inbound_mime *m);
 /* The reply's own words: text (or, when text is empty, html's text rendering) without quoted
  * history and signature. malloc'd UTF-8; NULL when memory runs out. */
