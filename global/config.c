@@ -26,7 +26,7 @@
 
 enum sec_kind {
   SEC_POSTERN, SEC_LISTENER, SEC_UPSTREAM, SEC_ROUTE, SEC_OAUTH2, SEC_INBOUND, SEC_USER,
-  SEC_COUNT
+  SEC_DKIM, SEC_COUNT
 };
 
 struct sec_desc {
@@ -51,6 +51,7 @@ static const struct sec_desc sections[SEC_COUNT] = {
   [SEC_OAUTH2]   = SEC_NAMED("oauth2", cfg_oauth2, oauth2s, noauth2s),
   [SEC_INBOUND]  = SEC_ONE("inbound", offsetof(struct config, inbound)),
   [SEC_USER]     = SEC_NAMED("user", cfg_user, users, nusers),
+  [SEC_DKIM]     = SEC_NAMED("dkim", cfg_dkim, dkims, ndkims),
 };
 
 /* ---- the settings ---------------------------------------------------------------------- */
@@ -101,6 +102,10 @@ static const char *const w_provider[] = { "microsoft", "google", "generic", NULL
 static const char *const w_flow[] = { "client_credentials", "refresh_token", "device_code", NULL };
 static const char *const w_cloud[] = { "global", "usgov", "usgov-dod", "china", NULL };
 static const char *const w_spf[] = { "off", "tag", "reject", NULL };
+static const char *const w_dkalg[] = { "rsa-sha256", "ed25519-sha256", NULL };
+static const char *const w_dkcanon[] = { "relaxed/relaxed", "relaxed/simple", "simple/relaxed",
+  "simple/simple", "relaxed", "simple", NULL };
+static const char *const w_dkmatch[] = { "from", "sender", NULL };
 static const char *const w_http_auth[] = { "basic", "none", NULL };
 static const char *const w_events_auth[] = { "signature", "basic", NULL };
 
@@ -111,6 +116,7 @@ static const char *const w_events_auth[] = { "signature", "basic", NULL };
 #define OA(f) offsetof(struct cfg_oauth2, f)
 #define IN(f) offsetof(struct cfg_inbound, f)
 #define US(f) offsetof(struct cfg_user, f)
+#define DK(f) offsetof(struct cfg_dkim, f)
 
 /* Adding a setting is one line here (and its field in config.h). */
 static const struct opt opts[] = {
@@ -207,10 +213,25 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "reply_address", T_STR, IN(reply_address), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "forward_url", T_URL, IN(forward_url), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "forward_secret_file", T_STR, IN(forward_secret_file), 0, NULL, 0, 0, NULL },
+  { SEC_INBOUND, "forward_max_attempts", T_LONG, IN(forward_max_attempts), 0, "20", 1, 1000000,
+    NULL },
+  { SEC_INBOUND, "forward_max_age", T_DURATION, IN(forward_max_age), 0, "0", 0, 365 * DAY, NULL },
   { SEC_INBOUND, "max_http_size", T_SIZE, IN(max_http_size), 0, NULL,
     1, LIM_MESSAGE_SIZE_MAX, NULL },
 
   { SEC_USER, "senders", T_STR, US(senders), 0, NULL, 0, 0, NULL },
+
+  { SEC_DKIM, "domain", T_STR, DK(domain), 0, NULL, 0, 0, NULL },
+  { SEC_DKIM, "selector", T_STR, DK(selector), 0, NULL, 0, 0, NULL },
+  { SEC_DKIM, "key_file", T_STR, DK(key_file), 0, NULL, 0, 0, NULL },
+  { SEC_DKIM, "algorithm", T_WORD, DK(algorithm), 0, "rsa-sha256", 0, 0, w_dkalg },
+  /* every name is signed once more than it occurs (RFC 6376 8.15): nobody can add one */
+  { SEC_DKIM, "headers", T_STR, DK(headers), 0, "From Reply-To Sender To Cc Subject Date "
+    "Message-ID In-Reply-To References MIME-Version Content-Type Content-Transfer-Encoding "
+    "Content-Disposition Content-ID List-Unsubscribe List-Unsubscribe-Post", 0, 0, NULL },
+  { SEC_DKIM, "canonicalization", T_WORD, DK(canonicalization), 0, "relaxed/relaxed", 0, 0,
+    w_dkcanon },
+  { SEC_DKIM, "match", T_WORD, DK(match), 0, "from", 0, 0, w_dkmatch },
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 

@@ -84,6 +84,17 @@ struct cfg_user {
   char *senders;                  /* globs on the envelope sender, blank-separated, or NULL */
 };
 
+/* [dkim NAME]: a key that signs mail leaving through an smtp upstream */
+struct cfg_dkim {
+  char *name;
+  int line;
+  char *domain, *selector, *key_file;
+  char *algorithm;                /* rsa-sha256 | ed25519-sha256 */
+  char *headers;                  /* field names to sign (over-signed), blank- or colon-separated */
+  char *canonicalization;         /* header/body: relaxed/relaxed, simple/simple, ... */
+  char *match;                    /* from (the From: domain) | sender (the envelope sender's) */
+};
+
 struct cfg_inbound {
   int present;
   int line;                       /* where [inbound] starts, for messages */
@@ -100,6 +111,8 @@ struct cfg_inbound {
   size_t nhttp_exempt;
   long long event_max_age;
   char *twilio_auth_token_file, *public_url, *reply_address, *forward_url, *forward_secret_file;
+  long forward_max_attempts;      /* refusals before a record is set aside */
+  long long forward_max_age;      /* seconds of refusals before it is set aside; 0: no limit */
   /* posternctl twilio: the account and the API hosts (tests point them at loopback) */
   char *twilio_account_sid, *twilio_api_url, *twilio_messaging_url;
   long long max_http_size;        /* 0: max_message_size plus LIM_WEBHOOK_FORM_OVERHEAD */
@@ -132,6 +145,7 @@ struct config {
   struct cfg_oauth2 *oauth2s;     size_t noauth2s;
   struct cfg_inbound inbound;
   struct cfg_user *users;         size_t nusers;
+  struct cfg_dkim *dkims;         size_t ndkims;
 };
 
 /* Reads path (or, when path is NULL, the embedded default: one loopback submission listener on

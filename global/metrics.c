@@ -36,6 +36,7 @@ static atomic_ullong auth_failures[METRICS_NSIDES];
 static atomic_ullong inbound[METRICS_NSOURCES];
 static atomic_ullong webhook[METRICS_NPATHS][NSTATUS];
 static atomic_llong token_expiry_ms[NSLOTS];
+static atomic_ullong forward_set_aside;
 
 static const char *const result_names[METRICS_NRESULTS] = {
   [METRICS_SENT] = "sent", [METRICS_DEFERRED] = "deferred", [METRICS_BOUNCED] = "bounced",
@@ -107,6 +108,7 @@ void metrics_reset(void)
   memset(inbound, 0, sizeof(inbound));
   memset(webhook, 0, sizeof(webhook));
   memset(token_expiry_ms, 0, sizeof(token_expiry_ms));
+  atomic_store(&forward_set_aside, 0);
   pthread_mutex_unlock(&reg_lock);
 }
 
@@ -164,6 +166,11 @@ void metrics_webhook(enum metrics_path path, unsigned status)
   if((unsigned)path >= METRICS_NPATHS || status < MIN_STATUS || status >= MIN_STATUS + NSTATUS)
     return;
   inc(&webhook[path][status - MIN_STATUS]);
+}
+
+void metrics_forward_set_aside(void)
+{
+  inc(&forward_set_aside);
 }
 
 void metrics_oauth2_expiry(const char *identity, long long expires_ms)
@@ -288,6 +295,11 @@ static int render_counters(struct buf *out)
   for(s = 0; !result && s < METRICS_NSOURCES; s++)
     result = sample_u(out, "postern_inbound_messages_total", "source", source_names[s], NULL,
                       NULL, get(&inbound[s]));
+  if(!result)
+    result = family(out, "postern_forward_set_aside_total", "counter",
+                    "Correspondence records set aside after forward_max_attempts refusals or "
+                    "forward_max_age.") ||
+             buf_addf(out, "postern_forward_set_aside_total %llu\n", get(&forward_set_aside));
   if(!result)
     result = family(out, "postern_webhook_requests_total", "counter",
                     "HTTP requests answered by the HTTP listener, by path and status code.");

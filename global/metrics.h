@@ -35,6 +35,8 @@ void metrics_tls_failure(enum metrics_side side);
 void metrics_auth_failure(enum metrics_side side);
 void metrics_inbound(enum metrics_source src);
 void metrics_webhook(enum metrics_path path, unsigned status);
+/* A correspondence record the application kept refusing was set aside. */
+void metrics_forward_set_aside(void);
 /* The expiry of an identity's current access token (wall clock ms), 0 when it has none. */
 void metrics_oauth2_expiry(const char *identity, long long expires_ms);
 

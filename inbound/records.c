@@ -6,6 +6,7 @@
 #include "auth/auth.h"
 #include "tls/tls.h"
 #include "global/http.h"
+#include "global/metrics.h"
 #include "lib/buf.h"
 #include "lib/log.h"
 #include "lib/vendor.h"
@@ -32,6 +33,8 @@ struct records_settings {
   char *secret;
   size_t secretlen;
   long long retry_max_ms;
+  int forward_max_attempts;        /* refusals before a record is set aside */
+  long long forward_max_age_ms;    /* 0: no limit */
 };
 
 struct inbound_records {
@@ -124,6 +127,9 @@ static struct records_settings *settings_new(const struct config *cfg)
     return NULL;
   set->refs = 1;
   set->retry_max_ms = cfg->retry_max > 0 ? cfg->retry_max * 1000LL : 3600000LL;
+  set->forward_max_attempts = cfg->inbound.forward_max_attempts > 0
+                              ? (int)cfg->inbound.forward_max_attempts : 20;
+  set->forward_max_age_ms = cfg->inbound.forward_max_age * 1000LL;
   if(tok) {
     set->reply_prefix = str_dup_n(ra, (size_t)(tok - ra));
     set->reply_suffix = str_dup_n(tok + 7, strlen(tok + 7));
@@ -803,6 +809,26 @@ static long forward_post(const struct records_settings *set, struct http_client 
   return status;
 }
 
+/* An answer that refuses this record, as opposed to one that says the application is away
+ * (a gateway without it, a rate limit) or no answer at all: only refusals set a record aside. */
+static int forward_refused(long status)
+{
+  return status >= 300 && status != 429 && status != 502 && status != 503 && status != 504;
+}
+
+/* What a refusal of the head record f does: it waits, or it has been refused often (or long)
+ * enough to be set aside. */
+static enum store_forward_outcome forward_refusal(const struct records_settings *set,
+                                                  const struct store_forward *f)
+{
+  if(f->refusals + 1 >= set->forward_max_attempts)
+    return STORE_FORWARD_SET_ASIDE;
+  if(set->forward_max_age_ms > 0 && f->queued_ms > 0 &&
+     now_ms() - f->queued_ms >= set->forward_max_age_ms)
+    return STORE_FORWARD_SET_ASIDE;
+  return STORE_FORWARD_REFUSED;
+}
+
 static void *forwarder_main(void *arg)
 {
   struct inbound_records *r = arg;
@@ -818,21 +844,25 @@ static void *forwarder_main(void *arg)
   while(c && !records_stopping(r)) {
     struct store_record rec;
     struct records_settings *set;
-    char id[LIM_QUEUE_ID + 1], err[300];
-    long long seq, next_ms, now = now_ms(), retry_max_ms;
+    struct store_forward f;
+    char err[300];
+    const char *id = f.id;
+    long long now = now_ms(), retry_max_ms;
     json_t *o;
     char *body;
     long status;
-    int attempts, result = store_forward_head(r->st, &seq, id, &attempts, &next_ms);
-    if(result || next_ms > now) {
-      long long wait = result ? FORWARD_POLL_MS : next_ms - now;
+    enum store_forward_outcome outcome = STORE_FORWARD_RETRY;
+    int attempts, result = store_forward_head(r->st, &f);
+    attempts = f.attempts;
+    if(result || f.next_ms > now) {
+      long long wait = result ? FORWARD_POLL_MS : f.next_ms - now;
       if(records_wait(r, wait < 1000 ? wait : 1000))
         break;
       continue;
     }
     result = store_record_get(r->st, id, &rec);
     if(result == STORE_NOTFOUND) {
-      store_forward_result(r->st, seq, 1, 0, NULL);
+      store_forward_result(r->st, f.seq, STORE_FORWARD_DONE, 0, NULL);
       continue;
     }
     if(result) {
@@ -857,13 +887,22 @@ static void *forwarder_main(void *arg)
     }
     status = forward_post(set, c, id, body, strlen(body), err, sizeof(err));
     retry_max_ms = set->retry_max_ms;
+    if(forward_refused(status))
+      outcome = forward_refusal(set, &f);
     settings_put(r, set);
     free(body);
     if((status < 200 || status > 299) && records_stopping(r))
       break;                   /* cut short by shutdown: not an attempt that failed */
     if(status >= 200 && status <= 299) {
       log_info("%s: forwarded, status=%ld, attempts=%d", id, status, attempts + 1);
-      store_forward_result(r->st, seq, 1, 0, NULL);
+      store_forward_result(r->st, f.seq, STORE_FORWARD_DONE, 0, NULL);
+    }
+    else if(outcome == STORE_FORWARD_SET_ASIDE) {
+      log_warn("%s: forward set aside after %d attempts (%s): the records behind it go on; "
+               "`posternctl correspondence forward retry %s` sends it again once the "
+               "application takes it", id, attempts + 1, err, id);
+      metrics_forward_set_aside();
+      store_forward_result(r->st, f.seq, outcome, 0, err);
     }
     else {
       /* 1 s doubling up to retry_max: the application is usually only restarting */
@@ -876,7 +915,7 @@ static void *forwarder_main(void *arg)
       log_warn("%s: forward deferred (%s), attempts=%d, next in %llds (if it lasts, check that "
                "forward_url in [inbound] answers 2xx and forward_secret_file matches the app's)",
                id, err, attempts + 1, delay / 1000);
-      store_forward_result(r->st, seq, 0, now_ms() + delay, err);
+      store_forward_result(r->st, f.seq, outcome, now_ms() + delay, err);
     }
   }
   http_client_free(c);

@@ -91,6 +91,29 @@ void upstate_probe_all_now(struct upstates *u, long long now_ms);
 int  upstate_probe_next(struct upstates *u, long long now_ms, size_t *idx, long long *wake_ms);
 int  upstate_name(struct upstates *u, size_t idx, char *out, size_t outsz);
 
+/* ---- DKIM signing (dkim.c) ------------------------------------------------------------------ */
+/* The [dkim] sections of cfg as signers for one smtp session (NULL when there are none); keys
+ * are read at their first use. 0 ok, -1 out of memory. */
+struct dkim_signers;
+int  dkim_signers_new(const struct config *cfg, struct dkim_signers **out);
+void dkim_signers_free(struct dkim_signers *ds);
+/* Signs body (the message as it will be sent) with every signer whose domain is its From:
+ * domain (or, with match = sender, the envelope sender's) and that has not signed it already.
+ * *out: the message to send instead (DKIM-Signature fields in front, line ends CRLF), malloc'd;
+ * NULL when nothing was signed. 0 ok; -1 with r (a 4xx: the mail waits rather than leaving
+ * unsigned). max caps the message's growth. */
+int  dkim_sign_message(struct dkim_signers *ds, const char *id, const char *sender,
+                       const char *body, size_t len, long long max, char **out, size_t *outlen,
+                       struct smtp_reply *r);
+/* postern -n: the [dkim] sections are complete and their keys usable; problems counted. */
+int  dkim_check_config(const struct config *cfg, FILE *errs);
+/* The header section of msg[0..len), one field at a time from *pos (start at 0): 1 with the
+ * name and the (folded) value, 0 at its end. */
+int  dkim_header_next(const char *msg, size_t len, size_t *pos, const char **name,
+                      size_t *namelen, const char **value, size_t *valuelen);
+/* The value of tag in an RFC 6376 tag-list; 0 found, -1 not. */
+int  dkim_tag_find(const char *v, size_t len, const char *tag, const char **out, size_t *outlen);
+
 /* ---- DSN (dsn.c) --------------------------------------------------------------------------- */
 /* One delivery status notification (RFC 3464) to m's sender for the recipients of upd that
  * bounced, accepted into the store (sender "", source "dsn") like any message. Nothing for the

@@ -306,5 +306,5 @@ int relay_check_config(const struct config *cfg, FILE *errs)
     if(up->type && (!strcmp(up->type, "sendgrid") || !strcmp(up->type, "ses") || up->fallback))
       problems += check_api_upstream(cfg, up, errs);
   }
-  return problems;
+  return problems + dkim_check_config(cfg, errs);
 }

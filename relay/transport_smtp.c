@@ -20,6 +20,8 @@ struct smtp_session {
   int want_auth;
   char *oauth2;                /* the [oauth2] identity the token engine manages, or NULL */
   long long token_until_ms;    /* the session's login token is good until then; 0: no token */
+  struct dkim_signers *dkim;   /* the [dkim] keys, or NULL */
+  long long max_size;          /* what a signed message may grow to */
 };
 
 static enum smtp_client_tls tls_mode(const char *w)
@@ -57,6 +59,7 @@ static void session_free(struct smtp_session *s)
   free(s->token_file);
   free(s->mechs);
   free(s->oauth2);
+  dkim_signers_free(s->dkim);
   free(s);
 }
 
@@ -259,6 +262,11 @@ static int smtp_open(const struct config *cfg, const struct cfg_upstream *up, vo
       s->mechs = str_dup_n("CRAM-MD5", 8);
   }
   relay_smtp_client_cfg(cfg, up, &cc);
+  s->max_size = cfg->max_message_size;
+  if(dkim_signers_new(cfg, &s->dkim)) {
+    smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory", up->name);
+    goto out;
+  }
   if(!up->host || smtp_client_new(&cc, &s->c) || (s->want_auth && !s->user)) {
     smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory or no host", up->name);
     goto out;
@@ -281,12 +289,24 @@ static int smtp_send(void *session, const struct store_msg *m, const char *body,
   struct smtp_session *s = session;
   struct smtp_client_rcpt *cr = calloc(n ? n : 1, sizeof(*cr));
   struct smtp_client_msg msg;
-  size_t i;
+  char *signed_body = NULL;
+  size_t i, signed_len = 0;
   int result, tries;
 
   if(!cr) {
     smtp_reply_set(r, 451, "4.3.0", "out of memory");
     return TRANSPORT_FAILED;
+  }
+  /* the last change to the message: a signature covers what goes on the wire */
+  if(dkim_sign_message(s->dkim, m->id, m->sender, body, len,
+                       2 * (long long)len + s->max_size / 8 + 65536, &signed_body, &signed_len,
+                       r)) {
+    result = TRANSPORT_FAILED;
+    goto out;
+  }
+  if(signed_body) {
+    body = signed_body;
+    len = signed_len;
   }
   for(i = 0; i < n; i++) {
     cr[i].address = rcpts[i].rcpt->address;
@@ -332,6 +352,7 @@ static int smtp_send(void *session, const struct store_msg *m, const char *body,
     result = s->c ? failed(s, r) : TRANSPORT_FAILED;
 out:
   free(cr);
+  free(signed_body);
   return result;
 }
 

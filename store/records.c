@@ -19,8 +19,8 @@ static const char *const sql[ST_COUNT] = {
     " ON CONFLICT DO NOTHING",
   [ST_REC_BLOB] = "INSERT INTO attachments(sha256, size, data) VALUES(?1, ?2, ?3)"
     " ON CONFLICT(sha256) DO NOTHING",
-  [ST_REC_FWD] = "INSERT INTO forward_queue(seq, record_id, next_attempt_ms)"
-    " SELECT seq, id, ?2 FROM records WHERE id = ?1",
+  [ST_REC_FWD] = "INSERT INTO forward_queue(seq, record_id, next_attempt_ms, queued_ms)"
+    " SELECT seq, id, ?2, ?2 FROM records WHERE id = ?1",
   [ST_REC_MARK_QUEUE] = "UPDATE messages SET recorded = 1 WHERE id = ?1",
   [ST_REC_MARK_INBOUND] = "UPDATE inbound_messages SET recorded = 1 WHERE id = ?1",
   [ST_UNREC_QUEUE] = "SELECT id, created_ms FROM messages WHERE recorded = 0"
@@ -51,11 +51,24 @@ static const char *const sql[ST_COUNT] = {
     " AND (?2 IS NULL OR EXISTS (SELECT 1 FROM record_addresses a"
     "  WHERE a.address = lower(?2) AND a.record_id = r.id))"
     " AND (?3 IS NULL OR thread_id = ?3) ORDER BY seq LIMIT ?4",
-  [ST_FWD_HEAD] = "SELECT seq, record_id, attempts, next_attempt_ms FROM forward_queue"
-    " ORDER BY seq LIMIT 1",
+  /* set-aside rows are few (each one a record the application refused many times) */
+  [ST_FWD_HEAD] = "SELECT seq, record_id, attempts, refusals, next_attempt_ms, queued_ms,"
+    " set_aside_ms, NULL FROM forward_queue WHERE set_aside_ms IS NULL ORDER BY seq LIMIT 1",
   [ST_FWD_DONE] = "DELETE FROM forward_queue WHERE seq = ?1",
   [ST_FWD_RETRY] = "UPDATE forward_queue SET attempts = attempts + 1, next_attempt_ms = ?2,"
     " last_error = ?3 WHERE seq = ?1",
+  [ST_FWD_REFUSED] = "UPDATE forward_queue SET attempts = attempts + 1,"
+    " refusals = refusals + 1, next_attempt_ms = ?2, last_error = ?3 WHERE seq = ?1",
+  [ST_FWD_SET_ASIDE] = "UPDATE forward_queue SET attempts = attempts + 1,"
+    " refusals = refusals + 1, set_aside_ms = ?2, last_error = ?3 WHERE seq = ?1",
+  /* back in the queue with fresh counts: the operator decided it is worth trying again */
+  [ST_FWD_RETRY_ASIDE] = "UPDATE forward_queue SET set_aside_ms = NULL, attempts = 0, refusals = 0,"
+    " next_attempt_ms = ?1, queued_ms = ?1"
+    " WHERE set_aside_ms IS NOT NULL AND (?2 IS NULL OR record_id = ?2)",
+  [ST_FWD_COUNTS] = "SELECT count(*) - count(set_aside_ms), count(set_aside_ms)"
+    " FROM forward_queue",
+  [ST_FWD_ASIDE_LIST] = "SELECT seq, record_id, attempts, refusals, next_attempt_ms, queued_ms,"
+    " set_aside_ms, last_error FROM forward_queue WHERE set_aside_ms IS NOT NULL ORDER BY seq",
 };
 
 void store_record_free(struct store_record *r)
@@ -541,8 +554,21 @@ int store_record_list(struct store *st, const char *address, const char *thread,
   return result;
 }
 
-int store_forward_head(struct store *st, long long *seq, char id[LIM_QUEUE_ID + 1],
-                       int *attempts, long long *next_ms)
+/* One forward_queue row from the columns of ST_FWD_HEAD and ST_FWD_ASIDE_LIST; -1: no memory. */
+static int forward_from_row(sqlite3_stmt *s, struct store_forward *f)
+{
+  memset(f, 0, sizeof(*f));
+  f->seq = sqlite3_column_int64(s, 0);
+  str_copy(f->id, sizeof(f->id), db_col_str(s, 1) ? db_col_str(s, 1) : "");
+  f->attempts = sqlite3_column_int(s, 2);
+  f->refusals = sqlite3_column_int(s, 3);
+  f->next_ms = sqlite3_column_int64(s, 4);
+  f->queued_ms = sqlite3_column_int64(s, 5);
+  f->set_aside_ms = sqlite3_column_int64(s, 6);
+  return db_col_text(s, 7, &f->last_error);
+}
+
+int store_forward_head(struct store *st, struct store_forward *out)
 {
   struct store_db *d;
   sqlite3_stmt *s;
@@ -554,13 +580,8 @@ int store_forward_head(struct store *st, long long *seq, char id[LIM_QUEUE_ID + 
     return STORE_ERROR;
   }
   rc = sqlite3_step(s);
-  if(rc == SQLITE_ROW) {
-    *seq = sqlite3_column_int64(s, 0);
-    str_copy(id, LIM_QUEUE_ID + 1, db_col_str(s, 1) ? db_col_str(s, 1) : "");
-    *attempts = sqlite3_column_int(s, 2);
-    *next_ms = sqlite3_column_int64(s, 3);
-    result = STORE_OK;
-  }
+  if(rc == SQLITE_ROW)
+    result = forward_from_row(s, out) ? STORE_ERROR : STORE_OK;
   else if(rc == SQLITE_DONE)
     result = STORE_NOTFOUND;
   else
@@ -572,20 +593,28 @@ int store_forward_head(struct store *st, long long *seq, char id[LIM_QUEUE_ID + 
 
 struct forward_result {
   long long seq, next_ms;
-  int done;
+  enum store_forward_outcome outcome;
   const char *error;
 };
 
 static int job_forward_result(struct store_db *d, void *arg, size_t *changed)
 {
+  static const enum stmt which[] = { [STORE_FORWARD_RETRY] = ST_FWD_RETRY,
+    [STORE_FORWARD_DONE] = ST_FWD_DONE, [STORE_FORWARD_REFUSED] = ST_FWD_REFUSED,
+    [STORE_FORWARD_SET_ASIDE] = ST_FWD_SET_ASIDE };
   const struct forward_result *a = arg;
-  sqlite3_stmt *s = db_stmt(d, a->done ? ST_FWD_DONE : ST_FWD_RETRY, sql);
+  int done = a->outcome == STORE_FORWARD_DONE;
+  sqlite3_stmt *s;
   int rc;
+  if((unsigned)a->outcome > STORE_FORWARD_SET_ASIDE)
+    return STORE_ERROR;
+  s = db_stmt(d, which[a->outcome], sql);
   if(!s)
     return STORE_ERROR;
   rc = sqlite3_bind_int64(s, 1, a->seq);
-  if(!rc && !a->done) rc = sqlite3_bind_int64(s, 2, a->next_ms);
-  if(!rc && !a->done) rc = db_bind_text(s, 3, a->error);
+  if(!rc && !done) rc = sqlite3_bind_int64(s, 2, a->outcome == STORE_FORWARD_SET_ASIDE
+                                                   ? store_now_ms() : a->next_ms);
+  if(!rc && !done) rc = db_bind_text(s, 3, a->error);
   if(rc) {
     sqlite3_reset(s);
     return db_fail(d, rc, "bind forward result");
@@ -593,9 +622,99 @@ static int job_forward_result(struct store_db *d, void *arg, size_t *changed)
   return db_exec_stmt(d, s, "forward result");
 }
 
-int store_forward_result(struct store *st, long long seq, int done, long long next_ms,
-                         const char *error)
+int store_forward_result(struct store *st, long long seq, enum store_forward_outcome outcome,
+                         long long next_ms, const char *error)
 {
-  struct forward_result a = { seq, next_ms, done, error };
+  struct forward_result a = { seq, next_ms, outcome, error };
   return store_call(st, job_forward_result, &a, STORE_SYNC_RELAXED, NULL);
+}
+
+static int job_forward_retry(struct store_db *d, void *arg, size_t *changed)
+{
+  const char *id = arg;
+  sqlite3_stmt *s = db_stmt(d, ST_FWD_RETRY_ASIDE, sql);
+  int rc, result;
+  if(!s)
+    return STORE_ERROR;
+  rc = sqlite3_bind_int64(s, 1, store_now_ms());
+  if(!rc) rc = db_bind_text(s, 2, id);
+  if(rc) {
+    sqlite3_reset(s);
+    return db_fail(d, rc, "bind forward retry");
+  }
+  result = db_exec_stmt(d, s, "forward retry");
+  if(!result)
+    *changed = (size_t)sqlite3_changes(d->db);
+  return result;
+}
+
+int store_forward_retry(struct store *st, const char *id, size_t *n)
+{
+  size_t changed = 0;
+  int result = store_call(st, job_forward_retry, (void *)id, STORE_SYNC_FULL, &changed);
+  if(n)
+    *n = changed;
+  return result;
+}
+
+int store_forward_counts(struct store *st, long long *waiting, long long *set_aside)
+{
+  struct store_db *d = store_reader(st);
+  sqlite3_stmt *s = db_stmt(d, ST_FWD_COUNTS, sql);
+  int rc, result = STORE_OK;
+  *waiting = *set_aside = 0;
+  if(!s) {
+    store_reader_done(st, d);
+    return STORE_ERROR;
+  }
+  rc = sqlite3_step(s);
+  if(rc == SQLITE_ROW) {
+    *waiting = sqlite3_column_int64(s, 0);
+    *set_aside = sqlite3_column_int64(s, 1);
+  }
+  else
+    result = db_fail(d, rc, "forward counts");
+  sqlite3_reset(s);
+  store_reader_done(st, d);
+  return result;
+}
+
+int store_forward_set_aside_list(struct store *st, store_forward_cb cb, void *arg)
+{
+  struct store_forward *ev = NULL;
+  size_t n = 0, cap = 0, i;
+  struct store_db *d = store_reader(st);
+  sqlite3_stmt *s = db_stmt(d, ST_FWD_ASIDE_LIST, sql);
+  int rc = SQLITE_DONE, result = STORE_OK;
+  /* collected first so that the callback runs without the read connection */
+  while(s && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if(n == cap) {
+      size_t nc = cap ? cap * 2 : 8;
+      struct store_forward *ne = realloc(ev, nc * sizeof(*ev));
+      if(!ne) {
+        result = STORE_ERROR;
+        break;
+      }
+      ev = ne;
+      cap = nc;
+    }
+    if(forward_from_row(s, &ev[n++])) {
+      result = STORE_ERROR;
+      break;
+    }
+  }
+  if(!s)
+    result = STORE_ERROR;
+  else if(!result && rc != SQLITE_DONE)
+    result = db_fail(d, rc, "set-aside forwards");
+  if(s)
+    sqlite3_reset(s);
+  store_reader_done(st, d);
+  for(i = 0; !result && i < n; i++)
+    if(cb(arg, &ev[i]))
+      break;
+  for(i = 0; i < n; i++)
+    free(ev[i].last_error);
+  free(ev);
+  return result;
 }

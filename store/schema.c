@@ -110,6 +110,16 @@ static const char *const migrations[] = {
   " attempts INTEGER NOT NULL DEFAULT 0,"
   " next_attempt_ms INTEGER NOT NULL,"
   " last_error TEXT);",
+  /* 5: the forward queue sets aside a record the application keeps refusing, so the ones
+   * behind it move on: refusals counts the attempts it answered with a refusal (not those
+   * when it was away), queued_ms dates its place in the queue (forward_max_age; existing rows
+   * start their count now) and set_aside_ms says since when it waits for `posternctl
+   * correspondence forward retry` (NULL: in the queue). */
+  "ALTER TABLE forward_queue ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;"
+  "ALTER TABLE forward_queue ADD COLUMN queued_ms INTEGER NOT NULL DEFAULT 0;"
+  "ALTER TABLE forward_queue ADD COLUMN set_aside_ms INTEGER;"
+  "UPDATE forward_queue SET queued_ms = CAST((julianday('now') - 2440587.5) * 86400000"
+  " AS INTEGER);",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 

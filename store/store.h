@@ -297,12 +297,35 @@ int store_event_applied(struct store *st, const char *key);
 
 /* ---- the forward queue: records owed to forward_url ----------------------------------------- */
 
-/* The forward queue: the oldest record still owed to forward_url (STORE_NOTFOUND when none);
- * *next_ms says when it is due. */
-int store_forward_head(struct store *st, long long *seq, char id[LIM_QUEUE_ID + 1],
-                       int *attempts, long long *next_ms);
-/* Done (a 2xx came): it leaves the queue. Not done: attempts + 1, due again at next_ms. */
-int store_forward_result(struct store *st, long long seq, int done, long long next_ms,
-                         const char *error);
+/* One record in the forward queue. */
+struct store_forward {
+  long long seq;                 /* its place: record order */
+  char id[LIM_QUEUE_ID + 1];
+  int attempts;                  /* every attempt */
+  int refusals;                  /* attempts the application answered with a refusal */
+  long long next_ms;             /* when it is due */
+  long long queued_ms;           /* since when it waits (or since the last retry by hand) */
+  long long set_aside_ms;        /* 0: in the queue */
+  char *last_error;              /* the last answer (set-aside list only), or NULL */
+};
+/* The oldest record still owed to forward_url and not set aside (STORE_NOTFOUND: none). */
+int store_forward_head(struct store *st, struct store_forward *out);
+enum store_forward_outcome {
+  STORE_FORWARD_RETRY = 0,     /* attempts + 1, due again at next_ms, error kept */
+  STORE_FORWARD_DONE = 1,      /* a 2xx came: it leaves the queue */
+  STORE_FORWARD_REFUSED,       /* RETRY, and refusals + 1 */
+  STORE_FORWARD_SET_ASIDE,     /* attempts and refusals + 1, error kept, and no more tries
+                                  until store_forward_retry: the records behind it move on */
+};
+int store_forward_result(struct store *st, long long seq, enum store_forward_outcome outcome,
+                         long long next_ms, const char *error);
+/* Puts the set-aside record id (NULL: every one) back in the queue, due now, attempts and age
+ * counted afresh; *n (may be NULL) gets how many. Durable on return. */
+int store_forward_retry(struct store *st, const char *id, size_t *n);
+/* Records in the forward queue, and how many of them are set aside. */
+int store_forward_counts(struct store *st, long long *waiting, long long *set_aside);
+typedef int (*store_forward_cb)(void *arg, const struct store_forward *e);
+/* The set-aside records, in record order; non-zero from cb stops. */
+int store_forward_set_aside_list(struct store *st, store_forward_cb cb, void *arg);
 
 #endif

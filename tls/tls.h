@@ -114,4 +114,21 @@ int tls_jwt_sign_rs256(const char *key_pem, size_t keylen, const char *cert_pem,
                        const char *claims, size_t claimslen, char **out, char *err,
                        size_t errsz);
 
+/* ---- DKIM keys (tls/dkimkey.c) ------------------------------------------------------------ */
+#define TLS_DKIM_P_MAX 1024
+struct tls_dkim_key {
+  char kind[8];                   /* "rsa" | "ed25519": the k= of the DNS record */
+  int bits;
+  char p[TLS_DKIM_P_MAX];         /* the p= of the DNS record (base64) */
+};
+/* Reads a PEM private key (RSA or Ed25519) from path: what it is and its public half. With pem,
+ * the file's text is handed over too (free it with tls_dkim_key_free, which wipes it). */
+int tls_dkim_key_read(const char *path, char **pem, size_t *pemlen, struct tls_dkim_key *info,
+                      char *err, size_t errsz);
+void tls_dkim_key_free(char *pem, size_t len);
+/* Makes a new key of kind "rsa" (bits) or "ed25519" in path (created 0600, never over an
+ * existing file), PKCS#8 PEM, and describes it in info. */
+int tls_dkim_keygen(const char *kind, int bits, const char *path, struct tls_dkim_key *info,
+                    char *err, size_t errsz);
+
 #endif

@@ -118,12 +118,88 @@ static int corr_show(struct ctl *c)
   return result;
 }
 
+/* ---- correspondence forward: the records set aside from the forward queue ----------------- */
+
+static int aside_line(void *arg, const struct store_forward *e)
+{
+  json_t *a = arg, *o;
+  char t[40];
+  if(a) {
+    o = json_object();
+    if(!o)
+      return 1;
+    json_object_set_new(o, "id", json_string(e->id));
+    json_object_set_new(o, "attempts", json_integer(e->attempts));
+    json_object_set_new(o, "refusals", json_integer(e->refusals));
+    json_object_set_new(o, "queued", ctl_jtime(e->queued_ms));
+    json_object_set_new(o, "set_aside", ctl_jtime(e->set_aside_ms));
+    json_object_set_new(o, "last_error", ctl_jstr(e->last_error));
+    return json_array_append_new(a, o) ? 1 : 0;
+  }
+  ctl_time_human(e->set_aside_ms, t, sizeof(t));
+  printf("%s  set aside %s  attempts=%d refusals=%d  ", e->id, t, e->attempts, e->refusals);
+  ctl_put_field(stdout, e->last_error ? e->last_error : "");
+  fputc('\n', stdout);
+  return 0;
+}
+
+/* forward list | forward retry ID | forward retry --all */
+static int corr_forward(struct ctl *c)
+{
+  int all = ctl_opt(c, "--all", NULL) == 1, result;
+  size_t n = 0;
+  if(ctl_no_options(c))
+    return EX_USAGE;
+  if(c->nargs == 3 && !strcmp(c->args[2], "list") && !all) {
+    json_t *a = c->json ? json_array() : NULL;
+    result = ctl_config_and_store(c, STORE_OPEN_READONLY);
+    if(result) {
+      json_decref(a);
+      return result;
+    }
+    result = store_forward_set_aside_list(c->st, aside_line, a);
+    if(result) {
+      json_decref(a);
+      return ctl_store_failed("reading the forward queue", result);
+    }
+    if(a) {
+      if(json_dumpf(a, stdout, JSON_INDENT(2)) || fputc('\n', stdout) == EOF)
+        result = EX_IOERR;
+      json_decref(a);
+    }
+    return 0;
+  }
+  if(c->nargs == 3 && !strcmp(c->args[2], "retry") && all)
+    c->id[0] = '\0';
+  else if(c->nargs == 4 && !strcmp(c->args[2], "retry") && !all) {
+    if(ctl_id_parse(c->args[3], c->id))
+      return ctl_usage_error("not a record ID", c->args[3]);
+  }
+  else
+    return ctl_usage_error("correspondence forward takes list, retry ID or retry --all", NULL);
+  result = ctl_config_and_store(c, 0);
+  if(result)
+    return result;
+  result = store_forward_retry(c->st, c->id[0] ? c->id : NULL, &n);
+  if(result)
+    return ctl_store_failed("changing the forward queue", result);
+  if(!n && c->id[0]) {
+    fprintf(stderr, "posternctl: record %s is not set aside\n", c->id);
+    return EXIT_NOTFOUND;
+  }
+  printf("%zu record(s) back in the forward queue\n", n);
+  return 0;
+}
+
 int ctl_correspondence(struct ctl *c)
 {
   const char *address = NULL, *thread = NULL;
   char tid[LIM_QUEUE_ID + 1];
   struct corr_list l;
   int result;
+
+  if(c->nargs >= 2 && !strcmp(c->args[1], "forward"))
+    return corr_forward(c);
 
   if(ctl_opt(c, "--address", &address) < 0 || ctl_opt(c, "--thread", &thread) < 0)
     return ctl_usage_error("this option needs a value", NULL);

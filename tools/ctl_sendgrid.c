@@ -595,6 +595,19 @@ static int receives_replies(struct sg *s, const char *d)
   return at && !strcasecmp(at + 1, d);
 }
 
+/* A receiving host below the authenticated domain d (reply.clinic.test under clinic.test), or
+ * NULL. */
+static const char *host_below(struct sg *s, const char *d)
+{
+  size_t i, n = strlen(d), h;
+  for(i = 0; i < s->nhosts; i++) {
+    h = strlen(s->hosts[i]);
+    if(h > n + 1 && s->hosts[i][h - n - 1] == '.' && !strcasecmp(s->hosts[i] + h - n, d))
+      return s->hosts[i];
+  }
+  return NULL;
+}
+
 static void sg_check_domains(struct sg *s)
 {
   json_t *ans = NULL, *d;
@@ -628,6 +641,15 @@ static void sg_check_domains(struct sg *s)
                  "SendGrid then owns its DNS through CNAMEs, so outbound mail and opens work "
                  "while replies never arrive", name);
     }
+    /* Automated Security puts three CNAMEs on names of SendGrid's own below the domain
+     * (emNNNN., s1._domainkey., s2._domainkey.); Inbound Parse on a host below it needs
+     * only that host's MX to mx.sendgrid.net and an authenticated parent: nothing to fix */
+    else if(json_is_true(json_object_get(d, "automatic_security")) && host_below(s, name))
+      ctl_report(&s->rep, CTL_OK, "domains", NULL, "%s has Automated Security on; its CNAMEs "
+                 "(%s., s1._domainkey., s2._domainkey.) leave %s alone, whose MX record alone "
+                 "brings replies to Inbound Parse", name,
+                 *jstr(d, "subdomain") ? jstr(d, "subdomain") : "emNNNN",
+                 host_below(s, name));
   }
   json_decref(ans);
 }

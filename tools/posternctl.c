@@ -52,7 +52,8 @@ static const struct command {
     "   (a first configuration: the provider told from ADDRESS, what is missing asked for)\n" },
   { "correspondence", ctl_correspondence,
     "correspondence list [--json] [--address A] [--thread T]\n"
-    "correspondence show ID [--json]\n" },
+    "correspondence show ID [--json]\n"
+    "correspondence forward list [--json] | forward retry ID|--all\n" },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -11,6 +11,7 @@ import json
 import signal
 import smtplib
 import urllib.parse
+import urllib.request
 import subprocess
 import threading
 import time
@@ -33,9 +34,10 @@ class App:
     """The application behind forward_url: answers 500 to the first `fail_first` requests
     (or while `failing` is set), 200 after; keeps every request."""
 
-    def __init__(self, fail_first=0):
+    def __init__(self, fail_first=0, answer=None):
         self.fail_first = fail_first
         self.failing = False
+        self.answer = answer          # answer(record) -> a status for it, or None: the usual
         self.requests = []            # (status answered, headers dict, body bytes)
         self.lock = threading.Lock()
         app = self
@@ -46,6 +48,8 @@ class App:
                 body = self.rfile.read(n)
                 with app.lock:
                     status = 500 if (len(app.requests) < app.fail_first or app.failing) else 200
+                    if app.answer and status == 200:
+                        status = app.answer(json.loads(body)) or 200
                     app.requests.append((status, dict(self.headers), body))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -112,7 +116,8 @@ def spf_env(tmp_path, monkeypatch):
     monkeypatch.setenv("POSTERN_SPF_TEST_CLIENT_IP", "192.0.2.10")
 
 
-def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None, upstream=None):
+def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None, upstream=None,
+                inbound_extra=""):
     mx, http = free_port(), free_port()
     priv, pub = make_key(tmp_path)
     fw = secret(tmp_path, "forward.secret", FORWARD_SECRET)
@@ -128,6 +133,7 @@ def corr_daemon(daemon_factory, tmp_path, sink, forward_url=None, name=None, ups
              "public_url = https://relay.test.example/hooks/\n")
     if forward_url:
         extra += f"forward_url = {forward_url}\nforward_secret_file = {fw}\n"
+    extra += inbound_extra
     d = daemon_factory(FAST, extra, name=name)
     d.mx_port, d.http, d.event_key, d.extra_conf = mx, f"http://127.0.0.1:{http}", priv, extra
     wait_http(d)
@@ -382,6 +388,49 @@ def test_forward_restart_exactly_once(daemon_factory, tmp_path, sink, spf_env, a
     assert [r["id"] for r in fwd.accepted()] == [q1, q2, q3]
     for s, h, b in fwd.all():
         assert hmac_ok(h, b)
+
+
+def test_forward_sets_aside_a_refused_record(daemon_factory, tmp_path, sink, spf_env, app):
+    # one record the application always refuses (422) no longer blocks the ones behind it:
+    # after forward_max_attempts refusals it is set aside, listed, counted and sent again by
+    # hand; answers that say the application is away (503) do not count towards that
+    away = [4]
+
+    def answer(rec):
+        if rec.get("subject") != "Poison":
+            return None
+        if away[0] > 0:
+            away[0] -= 1
+            return 503
+        return 422 if refusing[0] else None
+    refusing = [True]
+    fwd = app(answer=answer)
+    d = corr_daemon(daemon_factory, tmp_path, sink, fwd.url,
+                    inbound_extra="forward_max_attempts = 3\n")
+    poison = send_out(d, "Poison")
+    fine = send_out(d, "Fine")
+    got = fwd.wait_accepted(1, timeout=60)
+    assert got[0]["id"] == fine
+    statuses = [s for s, h, b in fwd.all() if json.loads(b)["id"] == poison]
+    assert statuses == [503, 503, 503, 503, 422, 422, 422], statuses
+    assert f"{poison}: forward set aside after 7 attempts (HTTP 422)" in d.log_text()
+    listed = json.loads(d.ctl("correspondence", "forward", "list", "--json").stdout)
+    assert [(e["id"], e["attempts"], e["last_error"]) for e in listed] == \
+        [(poison, 7, "HTTP 422")], listed
+    assert poison in d.ctl("correspondence", "forward", "list").stdout.decode()
+    with urllib.request.urlopen(d.http + "/metrics", timeout=10) as r:
+        assert "postern_forward_set_aside_total 1\n" in r.read().decode()
+
+    # the application is fixed: retry by id sends it once; it is no longer set aside after
+    refusing[0] = False
+    p = d.ctl("correspondence", "forward", "retry", poison)
+    assert b"1 record(s) back in the forward queue" in p.stdout
+    fwd.wait_accepted(2)
+    assert [r["id"] for r in fwd.accepted()] == [fine, poison]
+    p = d.ctl("correspondence", "forward", "retry", poison, check=False)
+    assert p.returncode == 1 and b"is not set aside" in p.stderr
+    assert b"0 record(s)" in d.ctl("correspondence", "forward", "retry", "--all").stdout
+    assert json.loads(d.ctl("correspondence", "forward", "list", "--json").stdout) == []
 
 
 def test_sendgrid_events_by_x_message_id(daemon_factory, tmp_path, spf_env):

@@ -400,6 +400,29 @@ def test_sendgrid_check_reports_each_fault_with_its_fix(sendgrid):
     assert "event-key" in f and "403" in f["event-key"]["detail"]
 
 
+def test_sendgrid_automated_security_on_the_parent_domain_is_fine(sendgrid):
+    # test.example authenticated with Automated Security on, replies to reply.test.example:
+    # SendGrid's CNAMEs (em1234., s1._domainkey., s2._domainkey.) do not touch the reply host,
+    # whose MX alone brings replies to Inbound Parse (SendGrid's domain authentication and
+    # Inbound Parse documentation) — check says so instead of leaving the user to wonder
+    prov, d = sendgrid
+    assert ctl(d.conf, "sendgrid", "setup", "--inbound-host", GOOD_HOST, netns=d.netns)[0] == 0
+    parent = GOOD_HOST.split(".", 1)[1]
+    prov.domains[0].update(domain=parent, automatic_security=True)
+    rc, out, err = ctl(d.conf, "sendgrid", "check", "--json", "--inbound-host", GOOD_HOST,
+                       netns=d.netns)
+    assert rc == 0, out + err
+    items = json.loads(out)
+    assert not findings(out), out
+    assert any(i["check"] == "domains" and "Automated Security on" in i["detail"]
+               and GOOD_HOST in i["detail"] and "em1234." in i["detail"] for i in items), out
+    # the reply host itself authenticated with Automated Security on is still flagged
+    prov.domains[0].update(domain=GOOD_HOST)
+    rc, out, err = ctl(d.conf, "sendgrid", "check", "--json", "--inbound-host", GOOD_HOST,
+                       netns=d.netns)
+    assert rc == 1 and "AUTOMATED SECURITY ON" in out, out
+
+
 def test_sendgrid_could_not_check(sendgrid, tmp_path):
     prov, d = sendgrid
     # a key SendGrid refuses: exit 2 with the reason

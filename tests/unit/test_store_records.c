@@ -30,8 +30,9 @@ static void test_records(void)
   struct store_cursor cur;
   char ids[4][LIM_QUEUE_ID + 1], id[LIM_QUEUE_ID + 1], thread[LIM_QUEUE_ID + 1], names[256];
   size_t n = 0, count = 0;
-  long long seq = 0, next;
-  int made = -1, added = -1, attempts;
+  struct store_forward f;
+  long long seq = 0;
+  int made = -1, added = -1;
 
   dir_make();
   st = open_new(0);
@@ -132,22 +133,104 @@ static void test_records(void)
   CHECK_EQ_STR(names, "delivered,open");
 
   /* the forward queue: record order, retry keeps the head, done moves on */
-  CHECK_EQ_INT(store_forward_head(st, &seq, id, &attempts, &next), STORE_OK);
-  CHECK_EQ_STR(id, "00000000000A");
-  CHECK_EQ_INT(store_forward_result(st, seq, 0, 99, "HTTP 500"), STORE_OK);
-  CHECK_EQ_INT(store_forward_head(st, &seq, id, &attempts, &next), STORE_OK);
-  CHECK_EQ_STR(id, "00000000000A");
-  CHECK_EQ_INT(attempts, 1);
-  CHECK_EQ_INT(next, 99);
-  CHECK_EQ_INT(store_forward_result(st, seq, 1, 0, NULL), STORE_OK);
-  CHECK_EQ_INT(store_forward_head(st, &seq, id, &attempts, &next), STORE_OK);
-  CHECK_EQ_STR(id, "00000000000B");
-  CHECK_EQ_INT(store_forward_result(st, seq, 1, 0, NULL), STORE_OK);
-  CHECK_EQ_INT(store_forward_head(st, &seq, id, &attempts, &next), STORE_NOTFOUND);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_STR(f.id, "00000000000A");
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_RETRY, 99, "HTTP 500"), STORE_OK);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_STR(f.id, "00000000000A");
+  CHECK_EQ_INT(f.attempts, 1);
+  CHECK_EQ_INT(f.next_ms, 99);
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_DONE, 0, NULL), STORE_OK);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_STR(f.id, "00000000000B");
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_DONE, 0, NULL), STORE_OK);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_NOTFOUND);
   store_close(st);
   dir_remove();
 }
+/* A record made from the queue message id, owed to forward_url. */
+static void record_forwarded(struct store *st, const char *id)
+{
+  struct store_record r;
+  int made = 0;
+  CHECK_EQ_INT(accept_simple(st, id, "app@x", 1, "pat@y"), STORE_OK);
+  memset(&r, 0, sizeof(r));
+  snprintf(r.id, sizeof(r.id), "%s", id);
+  r.direction = (char *)"out";
+  r.source = (char *)"submission";
+  r.received_ms = 1000;
+  r.json = (char *)"{}";
+  CHECK_EQ_INT(store_record_add(st, STORE_ORIGIN_QUEUE, &r, NULL, NULL, 0, 1, &made), STORE_OK);
+  CHECK_EQ_INT(made, 1);
+}
+
+static int aside_ids(void *arg, const struct store_forward *e)
+{
+  char *out = arg;
+  size_t n = strlen(out);
+  snprintf(out + n, 256 - n, "%s%s:%d:%d:%s", n ? "," : "", e->id, e->attempts, e->refusals,
+           e->last_error ? e->last_error : "");
+  return 0;
+}
+
+/* A record set aside leaves the head to the next one, is listed with its last answer and
+ * counted, and comes back at the head with fresh attempts when retried (by id or all). */
+static void test_forward_set_aside(void)
+{
+  struct store *st;
+  struct store_forward f;
+  char listed[256] = "";
+  long long before = wall_ms(), waiting = -1, aside = -1;
+  size_t n = 99;
+
+  dir_make();
+  st = open_new(0);
+  record_forwarded(st, "00000000000A");
+  record_forwarded(st, "00000000000B");
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_STR(f.id, "00000000000A");
+  CHECK(f.queued_ms >= before && f.queued_ms <= wall_ms());
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_RETRY, 5, "HTTP 503"), STORE_OK);
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_REFUSED, 5, "HTTP 422"), STORE_OK);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_INT(f.attempts, 2);
+  CHECK_EQ_INT(f.refusals, 1);
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_SET_ASIDE, 0, "HTTP 400"), STORE_OK);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_STR(f.id, "00000000000B");
+  CHECK_EQ_INT(store_forward_counts(st, &waiting, &aside), STORE_OK);
+  CHECK_EQ_INT(waiting, 1);
+  CHECK_EQ_INT(aside, 1);
+  CHECK_EQ_INT(store_forward_set_aside_list(st, aside_ids, listed), STORE_OK);
+  CHECK_EQ_STR(listed, "00000000000A:3:2:HTTP 400");
+
+  /* B is not set aside: nothing to retry */
+  CHECK_EQ_INT(store_forward_retry(st, "00000000000B", &n), STORE_OK);
+  CHECK_EQ_INT(n, 0);
+  CHECK_EQ_INT(store_forward_retry(st, "00000000000A", &n), STORE_OK);
+  CHECK_EQ_INT(n, 1);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_STR(f.id, "00000000000A");
+  CHECK_EQ_INT(f.attempts, 0);
+  CHECK_EQ_INT(f.refusals, 0);
+  CHECK(f.next_ms >= before);
+
+  /* both set aside: the queue is empty for the forwarder, --all brings both back */
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_SET_ASIDE, 0, "HTTP 500"), STORE_OK);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_SET_ASIDE, 0, NULL), STORE_OK);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_NOTFOUND);
+  CHECK_EQ_INT(store_forward_retry(st, NULL, &n), STORE_OK);
+  CHECK_EQ_INT(n, 2);
+  CHECK_EQ_INT(store_forward_counts(st, &waiting, &aside), STORE_OK);
+  CHECK_EQ_INT(waiting, 2);
+  CHECK_EQ_INT(aside, 0);
+  store_close(st);
+  dir_remove();
+}
+
 static const struct unit_case cases[] = {
   { "records", test_records },
+  { "forward_set_aside", test_forward_set_aside },
 };
 UNIT_MAIN(cases)

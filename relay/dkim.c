@@ -1,0 +1,465 @@
+/* DKIM signing (RFC 6376; Ed25519 by RFC 8463) of mail leaving through an smtp upstream, with
+ * libopendkim. The message is signed exactly as it goes on the wire: line ends made CRLF the
+ * way the client's DATA writer makes them, after every change Postern makes to it. */
+#include "relay/relay_int.h"
+#include "lib/buf.h"
+#include "lib/log.h"
+#include "lib/vendor.h"
+#include "tls/tls.h"
+#include <gmime/gmime.h>
+#include <opendkim/dkim.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#define DKIM_HEADERS_MAX 64       /* field names in one `headers =` */
+
+struct dkim_signer {
+  char *name, *domain, *selector, *key_file;
+  int ed25519, match_sender;
+  dkim_canon_t hcanon, bcanon;
+  char *names;                    /* the `headers` list, NUL-separated */
+  const char *hdrs[DKIM_HEADERS_MAX + 1];
+  DKIM_LIB *lib;                  /* one per signer: over-signed names are a library option */
+  char *key;                      /* PEM, read at first use */
+  size_t keylen;
+};
+
+struct dkim_signers {
+  struct dkim_signer *v;
+  size_t n;
+};
+
+/* ---- the header section, as it will be sent ------------------------------------------------ */
+
+/* The next header field of msg[0..len) from *pos: name and the value (folded lines included,
+ * without the final CRLF). 0 at the end of the header section (or of msg). */
+int dkim_header_next(const char *msg, size_t len, size_t *pos, const char **name,
+                     size_t *namelen, const char **value, size_t *valuelen)
+{
+  size_t p = *pos, colon, end;
+  if(p >= len || msg[p] == '\r' || msg[p] == '\n')
+    return 0;
+  for(colon = p; colon < len && msg[colon] != ':' && msg[colon] != '\n'; colon++)
+    ;
+  if(colon >= len || msg[colon] != ':')
+    return 0;                      /* not a field: the body starts here */
+  end = colon;
+  for(;;) {
+    while(end < len && msg[end] != '\n')
+      end++;
+    if(end >= len || end + 1 >= len || (msg[end + 1] != ' ' && msg[end + 1] != '\t'))
+      break;
+    end++;
+  }
+  *name = msg + p;
+  *namelen = colon - p;
+  while(*namelen && (msg[p + *namelen - 1] == ' ' || msg[p + *namelen - 1] == '\t'))
+    (*namelen)--;
+  *value = msg + colon + 1;
+  *valuelen = end - colon - 1;
+  if(*valuelen && (*value)[*valuelen - 1] == '\r')
+    (*valuelen)--;
+  *pos = end < len ? end + 1 : len;
+  return 1;
+}
+
+/* The value of tag in a tag-list (RFC 6376 3.2: "d=example.com; s=sel"), blanks around it
+ * taken off. 0 found, -1 not. */
+int dkim_tag_find(const char *v, size_t len, const char *tag, const char **out, size_t *outlen)
+{
+  size_t i = 0, tl = strlen(tag);
+  while(i < len) {
+    size_t start, eq, end;
+    while(i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == '\r' || v[i] == '\n'))
+      i++;
+    start = i;
+    while(i < len && v[i] != ';')
+      i++;
+    end = i;
+    i++;                            /* past the ';' */
+    for(eq = start; eq < end && v[eq] != '='; eq++)
+      ;
+    if(eq >= end)
+      continue;
+    {
+      size_t ne = eq;
+      while(ne > start && (v[ne - 1] == ' ' || v[ne - 1] == '\t' || v[ne - 1] == '\r' ||
+                           v[ne - 1] == '\n'))
+        ne--;
+      if(ne - start != tl || memcmp(v + start, tag, tl))
+        continue;
+    }
+    eq++;
+    while(eq < end && (v[eq] == ' ' || v[eq] == '\t' || v[eq] == '\r' || v[eq] == '\n'))
+      eq++;
+    while(end > eq && (v[end - 1] == ' ' || v[end - 1] == '\t' || v[end - 1] == '\r' ||
+                       v[end - 1] == '\n'))
+      end--;
+    *out = v + eq;
+    *outlen = end - eq;
+    return 0;
+  }
+  return -1;
+}
+
+/* The domain of the first mailbox of a From: value (GMime's RFC 5322 parser), into out. */
+static int from_domain(const char *value, size_t len, char *out, size_t outsz)
+{
+  char *v = str_dup_n(value, len);
+  InternetAddressList *list;
+  int i, count, result = -1;
+  if(!v)
+    return -1;
+  vendor_gmime_start();
+  list = internet_address_list_parse(NULL, v);
+  count = list ? internet_address_list_length(list) : 0;
+  for(i = 0; i < count && result; i++) {
+    InternetAddress *ia = internet_address_list_get_address(list, i);
+    const char *addr, *at;
+    if(!INTERNET_ADDRESS_IS_MAILBOX(ia))
+      continue;
+    addr = internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(ia));
+    at = addr ? strrchr(addr, '@') : NULL;
+    if(at && at[1] && strlen(at + 1) < outsz) {
+      str_copy(out, outsz, at + 1);
+      result = 0;
+    }
+  }
+  if(list)
+    g_object_unref(list);
+  free(v);
+  return result;
+}
+
+/* The message with every line ended by CRLF and a CRLF at the end: what send_body() of the
+ * smtp client puts on the wire (less the dot-stuffing), so the signature covers those bytes. */
+static int crlf_copy(const char *p, size_t n, struct buf *out)
+{
+  size_t i = 0;
+  if(buf_reserve(out, n + n / 16 + 2))
+    return -1;
+  while(i < n) {
+    size_t j = i;
+    while(j < n && p[j] != '\r' && p[j] != '\n')
+      j++;
+    if(buf_add(out, p + i, j - i) || (j < n && buf_add(out, "\r\n", 2)))
+      return -1;
+    if(j == n)
+      return buf_add(out, "\r\n", 2);
+    i = (p[j] == '\r' && j + 1 < n && p[j + 1] == '\n') ? j + 2 : j + 1;
+  }
+  return 0;
+}
+
+/* ---- signers ------------------------------------------------------------------------------- */
+
+static void signer_clear(struct dkim_signer *s)
+{
+  free(s->name);
+  free(s->domain);
+  free(s->selector);
+  free(s->key_file);
+  free(s->names);
+  if(s->lib)
+    dkim_close(s->lib);
+  tls_dkim_key_free(s->key, s->keylen);
+}
+
+void dkim_signers_free(struct dkim_signers *ds)
+{
+  size_t i;
+  if(!ds)
+    return;
+  for(i = 0; i < ds->n; i++)
+    signer_clear(&ds->v[i]);
+  free(ds->v);
+  free(ds);
+}
+
+/* `headers = From To ...` (blanks, commas or colons between names) into s->hdrs. */
+static int headers_split(struct dkim_signer *s, const char *list)
+{
+  size_t n = 0, i, len = strlen(list);
+  s->names = str_dup_n(list, len);
+  if(!s->names)
+    return -1;
+  for(i = 0; i < len; i++) {
+    char c = s->names[i];
+    if(c == ' ' || c == '\t' || c == ',' || c == ':')
+      s->names[i] = '\0';
+  }
+  for(i = 0; i < len; i++)
+    if(s->names[i] && (i == 0 || !s->names[i - 1])) {
+      if(n == DKIM_HEADERS_MAX)
+        return -1;
+      s->hdrs[n++] = s->names + i;
+    }
+  s->hdrs[n] = NULL;
+  return n ? 0 : -1;
+}
+
+static int signer_init(struct dkim_signer *s, const struct cfg_dkim *d)
+{
+  const char *canon = d->canonicalization ? d->canonicalization : "relaxed/relaxed";
+  const char *slash = strchr(canon, '/');
+  unsigned int flags = DKIM_LIBFLAGS_DEFAULT;
+  s->name = str_dup_n(d->name, strlen(d->name));
+  s->domain = str_dup_n(d->domain, strlen(d->domain));
+  s->selector = str_dup_n(d->selector, strlen(d->selector));
+  s->key_file = str_dup_n(d->key_file, strlen(d->key_file));
+  s->ed25519 = d->algorithm && !strcmp(d->algorithm, "ed25519-sha256");
+  s->match_sender = d->match && !strcmp(d->match, "sender");
+  /* "relaxed" alone is relaxed/simple (RFC 6376 3.5, c=) */
+  s->hcanon = !strncmp(canon, "relaxed", 7) ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
+  s->bcanon = slash && !strcmp(slash + 1, "relaxed") ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
+  if(!s->name || !s->domain || !s->selector || !s->key_file ||
+     headers_split(s, d->headers ? d->headers : "From"))
+    return -1;
+  s->lib = dkim_init(NULL, NULL);
+  if(!s->lib)
+    return -1;
+  if(dkim_options(s->lib, DKIM_OP_SETOPT, DKIM_OPTS_FLAGS, &flags, sizeof(flags)) ||
+     /* lists are passed as the array itself, sized as a pointer (libopendkim checks that) */
+     dkim_options(s->lib, DKIM_OP_SETOPT, DKIM_OPTS_SIGNHDRS, s->hdrs, sizeof(char **)) ||
+     dkim_options(s->lib, DKIM_OP_SETOPT, DKIM_OPTS_OVERSIGNHDRS, s->hdrs, sizeof(char **)))
+    return -1;
+  return 0;
+}
+
+int dkim_signers_new(const struct config *cfg, struct dkim_signers **out)
+{
+  struct dkim_signers *ds;
+  size_t i;
+  *out = NULL;
+  if(!cfg->ndkims)
+    return 0;
+  ds = calloc(1, sizeof(*ds));
+  if(!ds)
+    return -1;
+  ds->v = calloc(cfg->ndkims, sizeof(*ds->v));
+  if(!ds->v) {
+    free(ds);
+    return -1;
+  }
+  for(i = 0; i < cfg->ndkims; i++) {
+    ds->n++;
+    if(signer_init(&ds->v[i], &cfg->dkims[i])) {
+      dkim_signers_free(ds);
+      return -1;
+    }
+  }
+  *out = ds;
+  return 0;
+}
+
+/* The key, read at its first use in a session (by the daemon's user, after root is dropped). */
+static int signer_key(struct dkim_signer *s, struct smtp_reply *r)
+{
+  struct tls_dkim_key info;
+  char err[256];
+  if(s->key)
+    return 0;
+  if(tls_dkim_key_read(s->key_file, &s->key, &s->keylen, &info, err, sizeof(err))) {
+    log_error("[dkim %s]: %s", s->name, err);
+    smtp_reply_set(r, 451, "4.3.0", "DKIM key of [dkim %s] cannot be used: %s", s->name, err);
+    return -1;
+  }
+  if(strcmp(info.kind, s->ed25519 ? "ed25519" : "rsa")) {
+    log_error("[dkim %s]: key_file %s holds an %s key, not what algorithm says", s->name,
+              s->key_file, info.kind);
+    smtp_reply_set(r, 451, "4.3.0", "DKIM key of [dkim %s] is of the wrong kind", s->name);
+    tls_dkim_key_free(s->key, s->keylen);
+    s->key = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+/* One DKIM-Signature field for msg (CRLF form), appended to sigs. */
+static int signer_sign(struct dkim_signer *s, const char *id, const struct buf *msg,
+                       struct buf *sigs, struct smtp_reply *r)
+{
+  DKIM_STAT st;
+  DKIM *d;
+  unsigned char *hdr = NULL;
+  size_t hlen = 0, i;
+  int result = -1;
+
+  if(signer_key(s, r))
+    return -1;
+  d = dkim_sign(s->lib, (const unsigned char *)id, NULL, (unsigned char *)s->key,
+                (const unsigned char *)s->selector, (const unsigned char *)s->domain, s->hcanon,
+                s->bcanon, s->ed25519 ? DKIM_SIGN_ED25519SHA256 : DKIM_SIGN_RSASHA256, -1, &st);
+  if(!d) {
+    smtp_reply_set(r, 451, "4.3.0", "DKIM signing with [dkim %s] failed (%s)", s->name,
+                   dkim_getresultstr(st));
+    return -1;
+  }
+  /* libopendkim 2.11 folds an Ed25519 signature field differently when it hashes it than when
+   * it writes it, which only simple header canonicalization notices: unfolded, both agree */
+  if(s->ed25519 && s->hcanon == DKIM_CANON_SIMPLE)
+    st = dkim_set_margin(d, 0);
+  st = dkim_chunk(d, (unsigned char *)msg->ptr, msg->len);
+  if(st == DKIM_STAT_OK)
+    st = dkim_chunk(d, NULL, 0);
+  if(st == DKIM_STAT_OK)
+    st = dkim_eom(d, NULL);
+  if(st == DKIM_STAT_OK)
+    st = dkim_getsighdr_d(d, strlen(DKIM_SIGNHEADER ": "), &hdr, &hlen);
+  if(st != DKIM_STAT_OK) {
+    const char *why = dkim_geterror(d);
+    smtp_reply_set(r, 451, "4.3.0", "DKIM signing with [dkim %s] failed: %s", s->name,
+                   why && *why ? why : dkim_getresultstr(st));
+    goto out;
+  }
+  /* libopendkim folds with CRLF or bare LF as its flags say; the field goes out with CRLF
+   * like every line */
+  if(buf_addstr(sigs, DKIM_SIGNHEADER ": "))
+    goto nomem;
+  for(i = 0; i < hlen; i++)
+    if(hdr[i] != '\r' && (hdr[i] == '\n' ? buf_add(sigs, "\r\n", 2) : buf_add(sigs, hdr + i, 1)))
+      goto nomem;
+  if(buf_add(sigs, "\r\n", 2))
+    goto nomem;
+  result = 0;
+  goto out;
+nomem:
+  smtp_reply_set(r, 451, "4.3.0", "out of memory");
+out:
+  dkim_free(d);
+  return result;
+}
+
+/* Does the header section carry a DKIM-Signature of domain and selector already? */
+static int signed_by(const char *msg, size_t len, const char *domain, const char *selector)
+{
+  size_t pos = 0, nl, vl, dl, sl;
+  const char *n, *v, *dv, *sv;
+  while(dkim_header_next(msg, len, &pos, &n, &nl, &v, &vl))
+    if(!str_casecmp_n(n, nl, DKIM_SIGNHEADER) &&
+       !dkim_tag_find(v, vl, "d", &dv, &dl) && !str_casecmp_n(dv, dl, domain) &&
+       !dkim_tag_find(v, vl, "s", &sv, &sl) && sl == strlen(selector) &&
+       !memcmp(sv, selector, sl))
+      return 1;
+  return 0;
+}
+
+static const char *address_domain(const char *addr)
+{
+  const char *at = addr ? strrchr(addr, '@') : NULL;
+  return at && at[1] ? at + 1 : NULL;
+}
+
+int dkim_sign_message(struct dkim_signers *ds, const char *id, const char *sender,
+                      const char *body, size_t len, long long max, char **out, size_t *outlen,
+                      struct smtp_reply *r)
+{
+  struct buf msg, sigs;
+  char from[LIM_SMTP_DOMAIN + 1] = "";
+  const char *n, *v, *env = address_domain(sender);
+  size_t pos = 0, nl, vl, i;
+  int result = -1;
+
+  *out = NULL;
+  *outlen = 0;
+  if(!ds || !ds->n)
+    return 0;
+  buf_init(&msg, (size_t)max);
+  buf_init(&sigs, 64u * 1024u);
+  if(crlf_copy(body, len, &msg)) {
+    smtp_reply_set(r, 451, "4.3.0", "out of memory");
+    goto out;
+  }
+  while(dkim_header_next(msg.ptr, msg.len, &pos, &n, &nl, &v, &vl))
+    if(!str_casecmp_n(n, nl, "From")) {
+      if(from_domain(v, vl, from, sizeof(from)))
+        from[0] = '\0';
+      break;
+    }
+  for(i = 0; i < ds->n; i++) {
+    struct dkim_signer *s = &ds->v[i];
+    const char *want = s->match_sender ? env : from;
+    if(!want || !*want || strcasecmp(want, s->domain) ||
+       signed_by(msg.ptr, msg.len, s->domain, s->selector))
+      continue;
+    if(signer_sign(s, id, &msg, &sigs, r))
+      goto out;
+  }
+  if(!sigs.len) {
+    result = 0;
+    goto out;
+  }
+  if(buf_add(&sigs, msg.ptr, msg.len)) {
+    smtp_reply_set(r, 451, "4.3.0", "out of memory");
+    goto out;
+  }
+  *out = buf_steal(&sigs, outlen);
+  result = 0;
+out:
+  buf_free(&msg);
+  buf_free(&sigs);
+  return result;
+}
+
+/* [dkim] sections at start (postern -n, SIGHUP): complete, keys there, private and of the kind
+ * algorithm names. */
+int dkim_check_config(const struct config *cfg, FILE *errs)
+{
+  size_t i, j;
+  int problems = 0;
+  for(i = 0; i < cfg->ndkims; i++) {
+    const struct cfg_dkim *d = &cfg->dkims[i];
+    struct tls_dkim_key info;
+    struct stat st;
+    char err[256];
+    const char *want = d->algorithm && !strcmp(d->algorithm, "ed25519-sha256") ? "ed25519" : "rsa";
+    if(!d->domain || !d->selector || !d->key_file) {
+      fprintf(errs, "%s:%d: [dkim %s] needs domain, selector and key_file\n", cfg->path,
+              d->line, d->name);
+      problems++;
+      continue;
+    }
+    for(j = 0; j < i; j++)
+      if(cfg->dkims[j].domain && cfg->dkims[j].selector &&
+         !strcasecmp(cfg->dkims[j].domain, d->domain) &&
+         !strcmp(cfg->dkims[j].selector, d->selector)) {
+        fprintf(errs, "%s:%d: [dkim %s]: domain %s and selector %s are those of [dkim %s]; "
+                "two keys cannot share one DNS record\n", cfg->path, d->line, d->name,
+                d->domain, d->selector, cfg->dkims[j].name);
+        problems++;
+      }
+    if(stat(d->key_file, &st)) {
+      fprintf(errs, "%s:%d: [dkim %s]: key_file %s does not exist (make one: posternctl dkim "
+              "keygen %s %s --algorithm %s)\n", cfg->path, d->line, d->name, d->key_file,
+              d->domain, d->selector, d->algorithm ? d->algorithm : "rsa-sha256");
+      problems++;
+      continue;
+    }
+    if(!S_ISREG(st.st_mode) || (st.st_mode & (S_IRWXG | S_IRWXO))) {
+      fprintf(errs, "%s:%d: [dkim %s]: key_file %s must be a regular file that only its owner "
+              "may read or write (chmod 600 %s)\n", cfg->path, d->line, d->name, d->key_file,
+              d->key_file);
+      problems++;
+      continue;
+    }
+    if(tls_dkim_key_read(d->key_file, NULL, NULL, &info, err, sizeof(err))) {
+      fprintf(errs, "%s:%d: [dkim %s]: %s\n", cfg->path, d->line, d->name, err);
+      problems++;
+    }
+    else if(strcmp(info.kind, want)) {
+      fprintf(errs, "%s:%d: [dkim %s]: key_file %s is an %s key; algorithm = %s needs an %s "
+              "key\n", cfg->path, d->line, d->name, d->key_file, info.kind,
+              d->algorithm ? d->algorithm : "rsa-sha256", want);
+      problems++;
+    }
+    else if(!strcmp(info.kind, "rsa") && info.bits < 1024) {
+      fprintf(errs, "%s:%d: [dkim %s]: the RSA key has %d bits; verifiers ignore keys under "
+              "1024 bits (RFC 8301): make a 2048-bit one\n", cfg->path, d->line, d->name,
+              info.bits);
+      problems++;
+    }
+  }
+  return problems;
+}

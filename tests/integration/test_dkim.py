@@ -1,0 +1,302 @@
+# DKIM signing of mail leaving through an smtp upstream: what the upstream (aiosmtpd on loopback)
+# receives is checked by two independent verifiers, dkimpy and OpenDKIM's opendkim-testmsg, each
+# looking the public keys up in real DNS: dnsmasq in a network namespace the test creates serves
+# the TXT records, and the verifiers run inside that namespace. RSA and Ed25519 (RFC 8463),
+# relaxed and simple canonicalization, long lines, 8-bit bodies, SMTPUTF8, folded headers.
+import base64
+import itertools
+import os
+import re
+import shutil
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from conftest import POSTERN, POSTERNCTL, need_binary
+from test_upstream import FAST, wait_rcpt
+from upstream import upstream_section
+
+PY = "/usr/bin/python3"
+IP = shutil.which("ip") or "/usr/sbin/ip"
+DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+TESTMSG = shutil.which("opendkim-testmsg") or "/usr/sbin/opendkim-testmsg"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
+DOMAIN = "sign.test.example"
+OTHER = "other.test.example"
+SENDER = f"app@{DOMAIN}"
+_ns_counter = itertools.count()
+
+
+def _run(*args, **kw):
+    return subprocess.run(list(args), capture_output=True, timeout=60, **kw)
+
+
+def make_key(path, kind):
+    args = ["genpkey", "-algorithm", "ed25519"] if kind == "ed25519" else \
+        ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+    assert _run(OPENSSL, *args, "-out", str(path)).returncode == 0
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def dns_txt(keyfile, kind):
+    """The DKIM TXT record of a private key, as an operator publishes it."""
+    der = _run(OPENSSL, "pkey", "-in", keyfile, "-pubout", "-outform", "DER").stdout
+    p = base64.b64encode(der[-32:] if kind == "ed25519" else der).decode()
+    return f"v=DKIM1; k={'ed25519' if kind == 'ed25519' else 'rsa'}; p={p}"
+
+
+class DNS:
+    """A network namespace whose loopback has dnsmasq answering TXT records; run() executes a
+    command inside it (its resolv.conf points at that dnsmasq)."""
+
+    def __init__(self, tmp, records):
+        if not os.path.exists(DNSMASQ):
+            pytest.fail("dnsmasq is not installed (dnsmasq-base, TEST_PKGS in scripts/dev.sh)")
+        self.name = f"pdkim{os.getpid()}x{next(_ns_counter)}"
+        self.etc = f"/etc/netns/{self.name}"
+        self.proc = None
+        p = _run(IP, "netns", "add", self.name)
+        if p.returncode:
+            pytest.skip(f"this container cannot create network namespaces: {p.stderr.decode().strip()}")
+        try:
+            assert _run(IP, "-n", self.name, "link", "set", "lo", "up").returncode == 0
+            os.makedirs(self.etc, exist_ok=True)
+            with open(f"{self.etc}/resolv.conf", "w") as f:
+                f.write("nameserver 127.0.0.1\noptions timeout:2 attempts:2\n")
+            args = [IP, "netns", "exec", self.name, DNSMASQ, "--keep-in-foreground",
+                    "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root",
+                    "--pid-file=", "--listen-address=127.0.0.1", "--bind-interfaces", "--port=53",
+                    "--local=/test.example/"]
+            for name, text in records.items():
+                # one character-string holds at most 255 octets (RFC 1035 3.3.14); dnsmasq
+                # takes each comma-separated piece as one (quotes would be kept as text)
+                assert "," not in text
+                parts = ",".join(text[i:i + 250] for i in range(0, len(text), 250))
+                args.append(f"--txt-record={name},{parts}")
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                         stderr=open(os.path.join(tmp, "dnsmasq.log"), "wb"))
+            deadline = time.monotonic() + 20
+            while b":53" not in _run(IP, "netns", "exec", self.name, "ss", "-Hlun").stdout:
+                assert self.proc.poll() is None, open(os.path.join(tmp, "dnsmasq.log")).read()
+                assert time.monotonic() < deadline, "dnsmasq did not start"
+                time.sleep(0.05)
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, *args, **kw):
+        return _run(IP, "netns", "exec", self.name, *args, **kw)
+
+    def close(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        _run(IP, "netns", "del", self.name)
+        shutil.rmtree(self.etc, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dkimkeys")
+    return {"rsa": make_key(d / "rsa.pem", "rsa"), "ed25519": make_key(d / "ed.pem", "ed25519"),
+            "other": make_key(d / "other.pem", "rsa")}
+
+
+@pytest.fixture(scope="module")
+def dns(tmp_path_factory, keys):
+    d = DNS(str(tmp_path_factory.mktemp("dkimdns")), {
+        f"rsa1._domainkey.{DOMAIN}": dns_txt(keys["rsa"], "rsa"),
+        f"ed1._domainkey.{DOMAIN}": dns_txt(keys["ed25519"], "ed25519"),
+        f"rsa1._domainkey.{OTHER}": dns_txt(keys["other"], "rsa"),
+    })
+    yield d
+    d.close()
+
+
+def dkim_sections(keys, canon="relaxed/relaxed", match=None, which=("rsa", "ed25519")):
+    out = ""
+    for kind in which:
+        sel, alg = ("rsa1", "rsa-sha256") if kind == "rsa" else ("ed1", "ed25519-sha256")
+        out += (f"\n[dkim {kind}]\ndomain = {DOMAIN}\nselector = {sel}\nkey_file = {keys[kind]}\n"
+                f"algorithm = {alg}\ncanonicalization = {canon}\n")
+        if match:
+            out += f"match = {match}\n"
+    return out
+
+
+def relay_conf(port, extra):
+    return upstream_section("up", port, tls="none") + "\n[route default]\nupstream = up\n" + extra
+
+
+def header_fields(raw):
+    """The header section of raw as a list of whole fields (folded lines kept)."""
+    head = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    return re.findall(rb"[^ \t\r\n][^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*", head)
+
+
+def signatures(raw):
+    return [f for f in header_fields(raw) if f.lower().startswith(b"dkim-signature:")]
+
+
+def only_signature(raw, i):
+    """raw with every DKIM-Signature but the i-th taken out (each verifier checks one)."""
+    sigs = signatures(raw)
+    out = raw
+    for j, s in enumerate(sigs):
+        if j != i:
+            out = out.replace(s, b"", 1)
+    return out
+
+
+DKIMPY = r"""
+import sys, dkim
+raw = open(sys.argv[1], 'rb').read()
+try:
+    print(dkim.DKIM(raw).verify())
+except dkim.ValidationError as e:     # a body hash mismatch is raised, not returned
+    print('False', e)
+"""
+
+
+def verdicts(dns, tmp_path, raw):
+    """For each DKIM-Signature of raw: (d=, s=, dkimpy's verdict, opendkim-testmsg's)."""
+    out = []
+    for i, sig in enumerate(signatures(raw)):
+        one = only_signature(raw, i)
+        path = tmp_path / f"verify{i}.eml"
+        path.write_bytes(one)
+        py = dns.run(PY, "-c", DKIMPY, str(path))
+        assert py.returncode == 0, py.stderr.decode()
+        with open(path, "rb") as f:
+            od = dns.run(TESTMSG, stdin=f)
+        tags = dict(re.findall(rb"\b([ds])=([^;\s]+)", re.sub(rb"\s+", b" ", sig)))
+        out.append((tags[b"d"].decode(), tags[b"s"].decode(), py.stdout.strip() == b"True",
+                    od.returncode == 0 and not od.stdout.strip() and not od.stderr.strip()))
+    return out
+
+
+def submit(d, sender, rcpts, content, options=()):
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+        s.ehlo("client.test")
+        code, resp = s.mail(sender, list(options))
+        assert code == 250, resp
+        for r in rcpts:
+            assert s.rcpt(r)[0] == 250
+        code, resp = s.data(content)
+        assert code == 250, resp
+    return re.search(rb"queued as ([0-9A-F]+)", resp).group(1).decode()
+
+
+LONG = "x" * 998          # the longest line RFC 5321 allows
+MESSAGES = {
+    "plain": (f"From: App <{SENDER}>\r\nTo: someone@example.net\r\nSubject: plain\r\n\r\n"
+              "Hello.\r\n.a line that starts with a dot\r\n\r\n\r\n").encode(),
+    "folded": (f"From:\r\n  \"App, the clinic one\"\r\n\t<{SENDER}>\r\nTo: a@example.net,\r\n"
+               "    b@example.net\r\nSubject: a subject folded\r\n  over   two lines \r\n"
+               "Content-Type: text/plain;\r\n\tcharset=us-ascii\r\n\r\nBody  with   blanks \t\r\n"
+               "trailing blanks   \r\n").encode(),
+    "long": (f"From: {SENDER}\r\nTo: someone@example.net\r\nSubject: long lines\r\n\r\n"
+             f"{LONG}\r\nshort\r\n{'word ' * 199}abc\r\n").encode(),
+    "8bit": (f"From: {SENDER}\r\nTo: someone@example.net\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n"
+             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             "Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Zürich, ½ € ✓\r\n").encode(),
+    "smtputf8": (f"From: Jörg <jörg@{DOMAIN}>\r\nTo: pépé@example.net\r\nSubject: Grüße\r\n"
+                 "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                 "Content-Transfer-Encoding: 8bit\r\n\r\nÜmlauts everywhere\r\n").encode(),
+}
+
+
+@pytest.mark.parametrize("canon", ["relaxed/relaxed", "simple/simple"])
+def test_signed_for_both_verifiers(daemon_factory, upstreams, keys, dns, tmp_path, canon):
+    need_binary(TESTMSG)
+    up = upstreams()
+    d = daemon_factory(FAST, relay_conf(up.port, dkim_sections(keys, canon)))
+    for n, (tag, content) in enumerate(MESSAGES.items(), 1):
+        opts = {"8bit": ["BODY=8BITMIME"], "smtputf8": ["SMTPUTF8", "BODY=8BITMIME"]}.get(tag, [])
+        sender = f"jörg@{DOMAIN}" if tag == "smtputf8" else SENDER
+        rcpt = "pépé@example.net" if tag == "smtputf8" else "someone@example.net"
+        qid = submit(d, sender, [rcpt], content, opts)
+        got = up.wait_messages(n)[-1]["data"]
+        wait_rcpt(d, qid, rcpt, "sent")
+        sigs = signatures(got)
+        assert len(sigs) == 2, (tag, got[:800])
+        assert any(b"a=rsa-sha256" in s for s in sigs) and any(b"a=ed25519-sha256" in s for s in sigs)
+        assert all(f"c={canon}".encode() in re.sub(rb"\s+", b"", s) for s in sigs), sigs
+        got_v = sorted(verdicts(dns, tmp_path, got))
+        assert got_v == [(DOMAIN, "ed1", True, True), (DOMAIN, "rsa1", True, True)], (tag, got_v, got[:600])
+        # a verifier that says yes to everything would pass the above: a changed body fails
+        tampered = got.replace(b"\r\n\r\n", b"\r\n\r\nInserted line.\r\n", 1)
+        assert [v[2:] for v in verdicts(dns, tmp_path, tampered)] == [(False, False)] * 2, tag
+
+
+def test_oversigned_headers(daemon_factory, upstreams, keys, dns, tmp_path):
+    """From, Subject, To... are signed once more than they occur: a second From or a Subject
+    added on the way breaks the signature."""
+    up = upstreams()
+    d = daemon_factory(FAST, relay_conf(up.port, dkim_sections(keys, which=("rsa",))))
+    submit(d, SENDER, ["someone@example.net"], MESSAGES["plain"])
+    got = up.wait_messages(1)[0]["data"]
+    h = re.search(rb"\bh=([^;]+)", re.sub(rb"\s+", b"", signatures(got)[0])).group(1).lower().split(b":")
+    for name in (b"from", b"to", b"subject", b"date", b"message-id", b"reply-to", b"cc",
+                 b"mime-version", b"content-type"):
+        assert h.count(name) == got.lower().count(b"\r\n" + name + b":") + \
+            got.lower().startswith(name + b":") + 1, (name, h)
+    assert verdicts(dns, tmp_path, got)[0][2:] == (True, True)
+    added = got.replace(b"\r\n\r\n", b"\r\nFrom: ceo@" + DOMAIN.encode() + b"\r\n\r\n", 1)
+    assert verdicts(dns, tmp_path, added)[0][2:] == (False, False)
+
+
+def test_what_is_signed_and_what_not(daemon_factory, upstreams, keys, dns, tmp_path):
+    """Only a From: domain with a key is signed; a message that already has a signature of the
+    same domain and selector is not signed again; match = sender follows the envelope."""
+    import dkim
+    up = upstreams()
+    d = daemon_factory(FAST, relay_conf(up.port, dkim_sections(keys)))
+    submit(d, SENDER, ["someone@example.net"],
+           b"From: someone@" + OTHER.encode() + b"\r\nTo: x@example.net\r\nSubject: s\r\n\r\nbody\r\n")
+    assert signatures(up.wait_messages(1)[0]["data"]) == []
+    # the application signed with rsa1 itself: Postern adds ed1 only
+    msg = (f"From: {SENDER}\r\nTo: x@example.net\r\nSubject: pre-signed\r\n\r\nbody\r\n").encode()
+    with open(keys["rsa"], "rb") as f:
+        pre = dkim.sign(msg, b"rsa1", DOMAIN.encode(), f.read(), include_headers=[b"from", b"subject"])
+    submit(d, SENDER, ["someone@example.net"], pre + msg)
+    got = up.wait_messages(2)[1]["data"]
+    assert sorted(v[:2] for v in verdicts(dns, tmp_path, got)) == [(DOMAIN, "ed1"), (DOMAIN, "rsa1")]
+    assert all(v[2] and v[3] for v in verdicts(dns, tmp_path, got))
+    assert got.count(b"s=rsa1") == 1
+
+    up2 = upstreams()
+    d2 = daemon_factory(FAST, relay_conf(up2.port, dkim_sections(keys, match="sender",
+                                                                 which=("rsa",))))
+    submit(d2, SENDER, ["someone@example.net"],
+           b"From: someone@" + OTHER.encode() + b"\r\nTo: x@example.net\r\nSubject: s\r\n\r\nbody\r\n")
+    got = up2.wait_messages(1)[0]["data"]
+    assert [v for v in verdicts(dns, tmp_path, got)] == [(DOMAIN, "rsa1", True, True)]
+
+
+def test_key_file_checked_at_start(tmp_path, keys):
+    need_binary(POSTERN)
+    key = tmp_path / "k.pem"
+    key.write_bytes(open(keys["rsa"], "rb").read())
+    conf = tmp_path / "p.conf"
+
+    def check(extra):
+        conf.write_text(f"[postern]\ndata_dir = {tmp_path}/data\n" + extra)
+        p = _run(POSTERN, "-n", "-c", str(conf))
+        return p.returncode, p.stdout.decode() + p.stderr.decode()
+
+    sec = f"[dkim a]\ndomain = {DOMAIN}\nselector = s1\nkey_file = {key}\n"
+    os.chmod(key, 0o644)
+    rc, out = check(sec)
+    assert rc == 1 and f"chmod 600 {key}" in out, out
+    os.chmod(key, 0o600)
+    assert check(sec)[0] == 0
+    rc, out = check(sec + "algorithm = ed25519-sha256\n")
+    assert rc == 1 and "needs an ed25519 key" in out, out
+    rc, out = check(f"[dkim a]\ndomain = {DOMAIN}\nselector = s1\nkey_file = {tmp_path}/none.pem\n")
+    assert rc == 1 and f"posternctl dkim keygen {DOMAIN} s1" in out, out
+    rc, out = check(f"[dkim a]\ndomain = {DOMAIN}\n")
+    assert rc == 1 and "needs domain, selector and key_file" in out, out
