@@ -4,7 +4,7 @@
 #define POSTERN_DNS_H
 #include <stddef.h>
 
-enum { DNS_MX = 15, DNS_SRV = 33 };   /* the RR types, as ns_t_mx and ns_t_srv */
+enum { DNS_MX = 15, DNS_TXT = 16, DNS_SRV = 33 };   /* the RR types, as ns_t_mx ... */
 #define DNS_RR_MAX 16                 /* records of one answer looked at */
 
 struct dns_rr {
@@ -22,5 +22,15 @@ int dns_answer_parse(const unsigned char *ans, size_t len, int type, struct dns_
  * or "no record"; -1: the look-up failed (err says why). */
 int dns_query(const char *name, int type, struct dns_rr *rr, size_t max, size_t *n, char *err,
               size_t errsz);
+
+/* TXT records: each record's character-strings joined (RFC 7208 3.3 and RFC 6376 3.6.2.2 read
+ * them so), cut at the end of text. */
+struct dns_txt {
+  char text[4096];            /* NUL-terminated */
+};
+int dns_txt_parse(const unsigned char *ans, size_t len, struct dns_txt *txt, size_t max,
+                  size_t *n);                 /* 0, or -1 when the message cannot be read */
+int dns_txt_query(const char *name, struct dns_txt *txt, size_t max, size_t *n, char *err,
+                  size_t errsz);              /* as dns_query answers */
 
 #endif

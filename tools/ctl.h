@@ -131,5 +131,7 @@ int ctl_ses_region_ok(const char *region);      /* "eu-west-1", "us-gov-west-1":
  * malloc'd (free with auth_secret_free). 0 or -1. */
 int ctl_ses_smtp_password(const char *key, size_t keylen, const char *region, char **out);
 
+/* ---- DKIM keys (ctl_dkim.c) ---------------------------------------------------------------- */
+int ctl_dkim(struct ctl *c);
 
 #endif
