@@ -131,7 +131,7 @@ struct inbound_mime {
    *  "attachments": [{filename, content_type, size, sha256, content_id, disposition}] (same order
    *  as att), "auto_submitted": bool, "parse_error": string|null,
    *  "dsn": null | {"original_message_id", "recipients": [{address, action, status,
-   *  diagnostic}]}}
+   *  diagnostic}]}, "truncated": ["text"|"html"|"reply_text"]}
    * Strings are UTF-8 without NUL; what is missing is "" (subject, text, html, names,
    * filename, content_id, dsn fields) or null (message_id, in_reply_to, from, date,
    * reply_text when there is neither text nor html, original_message_id). text and html have
@@ -142,14 +142,16 @@ struct inbound_mime {
   size_t natt;
 };
 /* Any bytes give a record: what could not be read is left empty and parse_error says why
- * (caps of lib/limits.h LIM_MIME_*, an unreadable header section). -1 only when memory runs
- * out. Callable from any thread. */
-int inbound_mime_parse(const void *raw, size_t len, struct inbound_mime **out);
+ * (caps of lib/limits.h LIM_MIME_*, an unreadable header section). text, html and reply_text
+ * keep at most text_max bytes each (0: all; cut at a character), and "truncated" lists those
+ * that were cut; a body part is decoded only as far as that. -1 only when memory runs out.
+ * Callable from any thread. */
+int inbound_mime_parse(const void *raw, size_t len, size_t text_max, struct inbound_mime **out);
 /* An Inbound Parse post as stored (content_type "multipart/form-data; boundary=..."): raw mode
  * (an "email" field) goes through inbound_mime_parse; parsed mode is built from the posted
  * headers, text, html, charsets and attachment files. Same contract as inbound_mime_parse. */
 int inbound_mime_parse_post(const void *body, size_t len, const char *content_type,
-                            struct inbound_mime **out);
+                            size_t text_max, struct inbound_mime **out);
 void inbound_mime_free(struct inbound_mime *m);
 /* The reply's own words: text (or, when text is empty, html's text rendering) without quoted
  * history and signature. malloc'd UTF-8; NULL when memory runs out. */

@@ -849,6 +849,11 @@ static int qp_trim(const char *p, size_t n, struct buf *ws, struct buf *in)
  * encoding step alone would decode that line too). */
 int mime_part_bytes(GMimePart *p, struct buf *out)
 {
+  return mime_part_bytes_max(p, out, SIZE_MAX, NULL);
+}
+
+int mime_part_bytes_max(GMimePart *p, struct buf *out, size_t max, int *cut)
+{
   GMimeDataWrapper *w = g_mime_part_get_content(p);
   GMimeStream *s = w ? g_mime_data_wrapper_get_stream(w) : NULL;
   GMimeContentEncoding enc = w ? g_mime_data_wrapper_get_encoding(w) : GMIME_CONTENT_ENCODING_DEFAULT;
@@ -871,7 +876,7 @@ int mime_part_bytes(GMimePart *p, struct buf *out)
   if(decode)
     g_mime_encoding_init_decode(&st, enc);
   g_mime_stream_reset(s);
-  while((got = g_mime_stream_read(s, chunk, sizeof(chunk))) > 0) {
+  while(out->len < max && (got = g_mime_stream_read(s, chunk, sizeof(chunk))) > 0) {
     const char *in = chunk;
     size_t inlen = (size_t)got;
     if(uu) {
@@ -924,6 +929,12 @@ int mime_part_bytes(GMimePart *p, struct buf *out)
       goto out;
     out->len += g_mime_encoding_flush(&st, pad, padn, out->ptr + out->len);
     out->ptr[out->len] = '\0';
+  }
+  if(out->len > max || (out->len == max && g_mime_stream_read(s, chunk, 1) > 0)) {
+    out->len = max;
+    out->ptr[max] = '\0';
+    if(cut)
+      *cut = 1;
   }
   result = 0;
 out:
@@ -1309,16 +1320,9 @@ static void walk(struct mime_ctx *c, GMimeObject *o, int depth, int can_text, in
     return;
   }
   if(GMIME_IS_PART(o)) {
-    struct buf b;
-    int body = 0;
-    buf_init(&b, SIZE_MAX / 2);
-    if(mime_part_bytes(GMIME_PART(o), &b)) {
-      buf_free(&b);
-      c->nomem = 1;
-      return;
-    }
+    struct buf b, *dst = NULL;
+    int body = 0, cut = 0;
     if(!disposition_attachment(o)) {
-      struct buf *dst = NULL;
       if(can_text && !c->have_text && is_type(o, "text", "plain")) {
         dst = &c->text;
         c->have_text = 1;
@@ -1327,18 +1331,30 @@ static void walk(struct mime_ctx *c, GMimeObject *o, int depth, int can_text, in
         dst = &c->html;
         c->have_html = 1;
       }
-      if(dst) {
-        const char *cs = g_mime_object_get_content_type_parameter(o, "charset");
-        const char *fmt = g_mime_object_get_content_type_parameter(o, "format");
-        const char *delsp = g_mime_object_get_content_type_parameter(o, "delsp");
-        size_t start = dst->len;
-        body = 1;
-        if(mime_add_text(dst, cs, b.ptr ? b.ptr : "", b.len))
-          c->nomem = 1;
-        else if(dst == &c->text && fmt && !g_ascii_strcasecmp(fmt, "flowed") &&
-                unflow(dst, start, delsp && !g_ascii_strcasecmp(delsp, "yes")))
-          c->nomem = 1;
-      }
+    }
+    buf_init(&b, SIZE_MAX / 2);
+    /* a body is decoded only as far as the record keeps of it (no charset takes more than
+     * four bytes to a character of UTF-8): a 30 MB text part costs record_text_max, not 30 MB
+     * and its conversions */
+    if(mime_part_bytes_max(GMIME_PART(o), &b,
+                           dst && c->text_max ? c->text_max * 4 + 4 : SIZE_MAX, &cut)) {
+      buf_free(&b);
+      c->nomem = 1;
+      return;
+    }
+    if(dst) {
+      const char *cs = g_mime_object_get_content_type_parameter(o, "charset");
+      const char *fmt = g_mime_object_get_content_type_parameter(o, "format");
+      const char *delsp = g_mime_object_get_content_type_parameter(o, "delsp");
+      size_t start = dst->len;
+      body = 1;
+      if(cut)
+        *(dst == &c->text ? &c->text_cut : &c->html_cut) = 1;
+      if(mime_add_text(dst, cs, b.ptr ? b.ptr : "", b.len))
+        c->nomem = 1;
+      else if(dst == &c->text && fmt && !g_ascii_strcasecmp(fmt, "flowed") &&
+              unflow(dst, start, delsp && !g_ascii_strcasecmp(delsp, "yes")))
+        c->nomem = 1;
     }
     if(body)
       buf_free(&b);
@@ -1661,23 +1677,53 @@ void mime_header_fields(struct mime_ctx *c, GMimeObject *mo, json_t *rec)
   json_object_set_new(rec, "date", date_field(c, mo));
 }
 
+/* b cut to at most max bytes (0: no cap) at a character boundary; 1 when it was cut */
+static int text_cap(struct buf *b, size_t max)
+{
+  size_t n = max;
+  if(!max || b->len <= max)
+    return 0;
+  while(n && ((unsigned char)b->ptr[n] & 0xc0) == 0x80)
+    n--;
+  b->len = n;
+  b->ptr[n] = '\0';
+  return 1;
+}
+
 int mime_finish(struct mime_ctx *c, json_t *rec, GMimeObject *mo, struct inbound_mime **out)
 {
   struct inbound_mime *res = NULL;
   char *reply;
-  if(c->nomem)
+  json_t *truncated = json_array();
+  if(c->nomem || !truncated) {
+    json_decref(truncated);
     return -1;
+  }
+  c->text_cut |= text_cap(&c->text, c->text_max);
+  c->html_cut |= text_cap(&c->html, c->text_max);
   json_object_set_new(rec, "text", json_stringn(c->text.ptr ? c->text.ptr : "", c->text.len));
   json_object_set_new(rec, "html", json_stringn(c->html.ptr ? c->html.ptr : "", c->html.len));
   if(c->text.len || c->html.len) {
+    struct buf r;
     reply = inbound_reply_text(c->text.ptr, c->text.len, c->html.ptr, c->html.len);
-    if(!reply)
+    if(!reply) {
+      json_decref(truncated);
       return -1;
+    }
+    memset(&r, 0, sizeof(r));
+    r.ptr = reply;
+    r.len = strlen(reply);
+    if(text_cap(&r, c->text_max))
+      json_array_append_new(truncated, json_string("reply_text"));
     json_object_set_new(rec, "reply_text", jstr(reply));
     free(reply);
   }
   else
     json_object_set_new(rec, "reply_text", json_null());
+  if(c->html_cut)
+    json_array_insert_new(truncated, 0, json_string("html"));
+  if(c->text_cut)
+    json_array_insert_new(truncated, 0, json_string("text"));
   json_object_set_new(rec, "attachments", json_incref(c->atts));
   json_object_set_new(rec, "auto_submitted", json_boolean((mo && auto_submitted(c, mo)) || c->dsn));
   if(c->warn & (1u << GMIME_CRIT_INVALID_HEADER_NAME))
@@ -1689,6 +1735,7 @@ int mime_finish(struct mime_ctx *c, json_t *rec, GMimeObject *mo, struct inbound
   json_object_set_new(rec, "parse_error",
                       c->err.len ? jstr_utf8(c->err.ptr, c->err.len) : json_null());
   json_object_set_new(rec, "dsn", c->dsn ? json_incref(c->dsn) : json_null());
+  json_object_set_new(rec, "truncated", truncated);
   res = calloc(1, sizeof(*res));
   if(!res)
     return -1;
@@ -1705,7 +1752,7 @@ int mime_finish(struct mime_ctx *c, json_t *rec, GMimeObject *mo, struct inbound
   return 0;
 }
 
-int inbound_mime_parse(const void *raw, size_t len, struct inbound_mime **out)
+int inbound_mime_parse(const void *raw, size_t len, size_t text_max, struct inbound_mime **out)
 {
   struct mime_ctx c;
   GByteArray *ba = NULL;
@@ -1717,6 +1764,7 @@ int inbound_mime_parse(const void *raw, size_t len, struct inbound_mime **out)
   *out = NULL;
   if(mime_ctx_init(&c))
     goto out;
+  c.text_max = text_max;
   c.orig = raw ? raw : (const void *)"";
   c.origlen = raw ? len : 0;
   c.parsedlen = mime_prescan(c.orig, c.origlen, &why);

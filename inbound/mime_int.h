@@ -25,6 +25,8 @@ struct mime_ctx {
   size_t natt, attcap;
   struct buf text, html;
   int have_text, have_html;
+  size_t text_max;               /* record_text_max: bytes kept of text, html, reply_text; 0 all */
+  int text_cut, html_cut;        /* a body was cut at text_max */
   size_t entities;
   unsigned warn;                 /* GMime's critical warnings seen (bits) */
   gint64 bad_header[8];          /* where GMime found invalid header lines (the first few) */
@@ -54,6 +56,8 @@ json_t *mime_address_list(struct mime_ctx *c, const char *v);
 
 /* decoded content of a leaf part (transfer encoding undone, bad base64 padding tolerated) */
 int mime_part_bytes(GMimePart *p, struct buf *out);
+/* the same, stopping at max bytes; *cut (if given) set when there was more */
+int mime_part_bytes_max(GMimePart *p, struct buf *out, size_t max, int *cut);
 /* filename, RFC 2231 filename* first */
 const char *mime_part_filename(GMimeObject *o);
 /* how much of p to hand GMime (caps of lib/limits.h); why says what was cut */

@@ -163,7 +163,7 @@ out:
 }
 
 int inbound_mime_parse_post(const void *body, size_t len, const char *content_type,
-                            struct inbound_mime **out)
+                            size_t text_max, struct inbound_mime **out)
 {
   struct mime_ctx c;
   GByteArray *ba = NULL;
@@ -177,6 +177,7 @@ int inbound_mime_parse_post(const void *body, size_t len, const char *content_ty
   *out = NULL;
   if(mime_ctx_init(&c))
     goto out;
+  c.text_max = text_max;
   if(!body)
     body = "";
   cut = mime_prescan(body, len, &why);
@@ -204,7 +205,7 @@ int inbound_mime_parse_post(const void *body, size_t len, const char *content_ty
       struct buf raw;
       buf_init(&raw, SIZE_MAX / 2);
       if(!mime_part_bytes(GMIME_PART(email), &raw))
-        result = inbound_mime_parse(raw.ptr ? raw.ptr : "", raw.len, out);
+        result = inbound_mime_parse(raw.ptr ? raw.ptr : "", raw.len, text_max, out);
       buf_free(&raw);
       goto out;
     }

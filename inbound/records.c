@@ -33,6 +33,7 @@ struct records_settings {
   char *secret;
   size_t secretlen;
   long long retry_max_ms;
+  size_t text_max;                 /* record_text_max */
   int forward_max_attempts;        /* refusals before a record is set aside */
   long long forward_max_age_ms;    /* 0: no limit */
 };
@@ -127,6 +128,7 @@ static struct records_settings *settings_new(const struct config *cfg)
     return NULL;
   set->refs = 1;
   set->retry_max_ms = cfg->retry_max > 0 ? cfg->retry_max * 1000LL : 3600000LL;
+  set->text_max = (size_t)cfg->inbound.record_text_max;
   set->forward_max_attempts = cfg->inbound.forward_max_attempts > 0
                               ? (int)cfg->inbound.forward_max_attempts : 20;
   set->forward_max_age_ms = cfg->inbound.forward_max_age * 1000LL;
@@ -571,6 +573,14 @@ out:
   return result;
 }
 
+static size_t text_max(struct inbound_records *r)
+{
+  struct records_settings *set = settings_get(r);
+  size_t max = set->text_max;
+  settings_put(r, set);
+  return max;
+}
+
 static int build_outbound(struct inbound_records *r, const char *id)
 {
   struct store_msg m;
@@ -596,8 +606,8 @@ static int build_outbound(struct inbound_records *r, const char *id)
   if(result)
     goto out;
   result = STORE_ERROR;
-  if(inbound_mime_parse(body, len, &mime) || !(parsed = json_loads(mime->json, 0, NULL)) ||
-     !(to = json_array()))
+  if(inbound_mime_parse(body, len, text_max(r), &mime) ||
+     !(parsed = json_loads(mime->json, 0, NULL)) || !(to = json_array()))
     goto out;
   for(i = 0; i < m.nrcpts; i++)
     json_array_append_new(to, jstr(m.rcpts[i].address));
@@ -639,6 +649,8 @@ static int sms_parse(const char *body, size_t len, json_t **out)
                 "cc", "reply_to", "subject", "", "date", "text", jtext(text),
                 "html", "", "reply_text", jstr(text), "attachments", "auto_submitted", 0,
                 "parse_error", n ? json_null() : json_string("not a form"), "dsn");
+  if(o)
+    json_object_set_new(o, "truncated", json_array());
   free(params);
   free(hold);
   *out = o;
@@ -683,8 +695,9 @@ static int build_inbound(struct inbound_records *r, const char *id)
   }
   else {
     int bad = !strcmp(m.source, "inbound-parse")
-                ? inbound_mime_parse_post(body, len, m.content_type ? m.content_type : "", &mime)
-                : inbound_mime_parse(body, len, &mime);
+                ? inbound_mime_parse_post(body, len, m.content_type ? m.content_type : "",
+                                          text_max(r), &mime)
+                : inbound_mime_parse(body, len, text_max(r), &mime);
     if(bad || !(parsed = json_loads(mime->json, 0, NULL)))
       goto out;
   }

@@ -33,12 +33,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   struct inbound_mime *m = NULL;
   char *r;
-  if(!inbound_mime_parse(data, size, &m)) {
+  /* a text cap below the input's size now and then: the cut lands anywhere in a character */
+  if(!inbound_mime_parse(data, size, size > 64 && (data[0] & 1) ? size / 3 : 0, &m)) {
     check(m);
     inbound_mime_free(m);
   }
   m = NULL;
-  if(!inbound_mime_parse_post(data, size, "multipart/form-data; boundary=xYzZY", &m)) {
+  if(!inbound_mime_parse_post(data, size, "multipart/form-data; boundary=xYzZY", 0, &m)) {
     check(m);
     inbound_mime_free(m);
   }

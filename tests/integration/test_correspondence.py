@@ -548,3 +548,20 @@ def test_show_escapes_event_names(daemon_factory, tmp_path, sink, spf_env):
     out = d.ctl("correspondence", "show", qid).stdout
     assert b"odd" in out, out
     assert b"\x1b" not in out and b"\x07" not in out, out
+
+
+def test_record_text_max(daemon_factory, tmp_path, sink, spf_env):
+    # a long message through the MX: its record keeps record_text_max bytes of text and says
+    # so; the raw message stays whole in the store
+    d = corr_daemon(daemon_factory, tmp_path, sink, inbound_extra="record_text_max = 64K\n")
+    body = "Caf\u00e9 au lait, line after line of a long letter.\r\n" * 8000
+    msg = ("From: pat@pass.test\r\nTo: someone@reply.test\r\nSubject: long letter\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           "Content-Transfer-Encoding: 8bit\r\n\r\n" + body).encode()
+    mx_send(d, "pat@pass.test", "someone@reply.test", msg)
+    (rec,) = wait_records(d, 1, timeout=20)
+    assert 64 * 1024 - 3 <= len(rec["text"].encode()) <= 64 * 1024
+    assert body.replace("\r\n", "\n").startswith(rec["text"])
+    assert rec["truncated"] == ["text"]
+    (raw,) = json.loads(d.ctl("inbound", "list", "--json").stdout)
+    assert raw["size"] >= len(msg)

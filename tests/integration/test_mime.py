@@ -198,6 +198,40 @@ def test_reply_text_cases(tmp_path):
         assert rec["reply_text"] == text, name
 
 
+def test_record_text_max(tmp_path):
+    """record_text_max: text, html and reply_text keep at most that many bytes each, cut at a
+    character, and "truncated" names those cut; a body is decoded only as far as that, so a 10 MB
+    message of text costs far less memory than with no cap."""
+    line = "Caf\u00e9 \u2013 r\u00e9sum\u00e9 of the visit, line after line.\r\n"
+    text = line * (5 * 1024 * 1024 // len(line.encode()))
+    msg = (HEAD + "Content-Type: multipart/alternative; boundary=\"t\"\r\n\r\n"
+           "--t\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+           + text + "--t\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>" + text +
+           "</p>\r\n--t--\r\n")
+    path = tmp_path / "big.eml"
+    path.write_bytes(msg.encode())
+    full, _, _, _ = dump(str(path), "--text-max", "0")
+    assert full["truncated"] == [] and len(full["text"].encode()) > 5 * 1000 * 1000
+    for cap in (1000, 1001, 1002, 1024 * 1024):
+        rec, _, _, _ = dump(str(path), "--text-max", str(cap))
+        for field in ("text", "html", "reply_text"):
+            n = len(rec[field].encode())
+            assert cap - 3 <= n <= cap, (field, cap, n)
+        assert full["text"].startswith(rec["text"]) and full["html"].startswith(rec["html"])
+        # reply_text is read from the text kept: it is listed only when it is cut itself
+        assert rec["truncated"] == ["text", "html"], rec["truncated"]
+        assert rec["parse_error"] is None
+    hwm = {}
+    for cap in ("0", str(1024 * 1024)):
+        p = subprocess.run([DUMP, "--hwm", "--text-max", cap, str(path)], capture_output=True,
+                           timeout=60, check=True)
+        hwm[cap] = int(p.stderr.split(b"VmHWM:")[1].split()[0])
+    assert hwm[str(1024 * 1024)] < hwm["0"] / 2, hwm
+    # below the cap nothing is marked
+    rec, _, _, _ = dump(os.path.join(CORPUS, "gmail_reply.eml"), "--text-max", "1000")
+    assert rec["truncated"] == []
+
+
 CHARSETS = [
     # (label, body bytes, text a reader sees) -- WHATWG Encoding Standard readings
     ("iso-8859-1", b"\x93quoted\x94 \x80", "\u201cquoted\u201d \u20ac"),

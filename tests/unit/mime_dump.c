@@ -1,7 +1,7 @@
 /* Prints the record inbound_mime_parse makes of a message file (or, with --post
  * CONTENT-TYPE, the record inbound_mime_parse_post makes of a stored Inbound Parse body) as
  * one JSON object; with --att DIR it also writes each attachment's decoded bytes to
- * DIR/N; with --threads N it first parses the file 50 times in each of N threads at once and
+ * DIR/N; --text-max BYTES is record_text_max; --hwm prints the peak memory (VmHWM) on stderr; with --threads N it first parses the file 50 times in each of N threads at once and
  * fails unless every record equals the single-threaded one (GMime's start and use are
  * thread-safe). tests/integration/test_mime.py compares the output with the corpus's
  * expectations. */
@@ -10,6 +10,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include "inbound/inbound.h"
+
+static size_t text_max;         /* --text-max: record_text_max */
+
+/* --hwm: this process's peak memory on stderr (a child's rusage would count the memory of
+ * the process that forked it) */
+static void print_hwm(void)
+{
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  while(f && fgets(line, sizeof(line), f))
+    if(!strncmp(line, "VmHWM:", 6))
+      fputs(line, stderr);
+  if(f)
+    fclose(f);
+}
 
 static unsigned char *slurp(const char *path, size_t *len)
 {
@@ -55,8 +70,8 @@ static void *worker(void *arg)
   int i;
   for(i = 0; i < 50; i++) {
     struct inbound_mime *m = NULL;
-    int r = j->post ? inbound_mime_parse_post(j->data, j->len, j->post, &m)
-                    : inbound_mime_parse(j->data, j->len, &m);
+    int r = j->post ? inbound_mime_parse_post(j->data, j->len, j->post, text_max, &m)
+                    : inbound_mime_parse(j->data, j->len, text_max, &m);
     if(r || !m || (j->want && strcmp(m->json, j->want)))
       j->bad = 1;
     inbound_mime_free(m);
@@ -86,7 +101,8 @@ static int run_threads(const unsigned char *data, size_t len, const char *post, 
     pthread_join(t[i], NULL);
     bad |= jobs[i].bad;
   }
-  if(post ? inbound_mime_parse_post(data, len, post, &ref) : inbound_mime_parse(data, len, &ref))
+  if(post ? inbound_mime_parse_post(data, len, post, text_max, &ref)
+          : inbound_mime_parse(data, len, text_max, &ref))
     return 1;
   for(i = 0; i < n; i++) {
     jobs[i].want = ref->json;
@@ -106,7 +122,7 @@ static int run_threads(const unsigned char *data, size_t len, const char *post, 
 int main(int argc, char **argv)
 {
   const char *post = NULL, *attdir = NULL, *path = NULL;
-  int threads = 0;
+  int threads = 0, hwm = 0;
   struct inbound_mime *m = NULL;
   unsigned char *data;
   size_t len, i;
@@ -116,13 +132,17 @@ int main(int argc, char **argv)
       post = argv[++a];
     else if(!strcmp(argv[a], "--att") && a + 1 < argc)
       attdir = argv[++a];
+    else if(!strcmp(argv[a], "--hwm"))
+      hwm = 1;
+    else if(!strcmp(argv[a], "--text-max") && a + 1 < argc)
+      text_max = (size_t)strtoull(argv[++a], NULL, 10);
     else if(!strcmp(argv[a], "--threads") && a + 1 < argc)
       threads = (int)strtol(argv[++a], NULL, 10);
     else
       path = argv[a];
   }
   if(!path) {
-    fprintf(stderr, "usage: %s [--post CONTENT-TYPE] [--att DIR] [--threads N] FILE|-\n", argv[0]);
+    fprintf(stderr, "usage: %s [--post CONTENT-TYPE] [--att DIR] [--text-max BYTES] [--hwm] [--threads N] FILE|-\n", argv[0]);
     return 2;
   }
   data = slurp(path, &len);
@@ -134,7 +154,8 @@ int main(int argc, char **argv)
     free(data);
     return 1;
   }
-  r = post ? inbound_mime_parse_post(data, len, post, &m) : inbound_mime_parse(data, len, &m);
+  r = post ? inbound_mime_parse_post(data, len, post, text_max, &m)
+           : inbound_mime_parse(data, len, text_max, &m);
   free(data);
   if(r || !m) {
     fprintf(stderr, "%s: out of memory\n", path);
@@ -154,5 +175,7 @@ int main(int argc, char **argv)
       fclose(f);
   }
   inbound_mime_free(m);
+  if(hwm)
+    print_hwm();
   return r ? 1 : 0;
 }
