@@ -1,6 +1,7 @@
 /* Capped, growable byte buffers and the bounded string helpers that replace the unbounded C
  * library calls DESIGN.md bans. */
 #include "lib/buf.h"
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -10,6 +11,8 @@
 
 void buf_init(struct buf *b, size_t max)
 {
+  /* a cap of 0 is a forgotten cap, not a buffer meant to stay empty */
+  assert(max > 0);
   b->ptr = NULL;
   b->len = 0;
   b->alloc = 0;
@@ -164,11 +167,15 @@ int str_to_long(const char *s, size_t n, long min, long max, long *out)
       return -1;
   }
   for(; i < n; i++) {
+    unsigned d;
     if(s[i] < '0' || s[i] > '9')
       return -1;
-    v = v * 10 + (unsigned)(s[i] - '0');
-    if(v > (unsigned long long)LONG_MAX + 1)
+    d = (unsigned)(s[i] - '0');
+    /* checked before the multiplication: with 20 digits v * 10 would wrap (to 0 for
+     * "92233720368547758080") and come out as a small, valid number */
+    if(v > ((unsigned long long)LONG_MAX + 1 - d) / 10)
       return -1;
+    v = v * 10 + d;
   }
   if(neg) {
     if(v > (unsigned long long)LONG_MAX + 1)
