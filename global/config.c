@@ -151,6 +151,8 @@ static const struct opt opts[] = {
   { SEC_LISTENER, "auth", T_ENUM, LI(auth), 0, "optional", 0, 0, w_lauth },
   { SEC_LISTENER, "auth_mechanisms", T_WORDLIST, LI(auth_mechanisms), 0, "PLAIN LOGIN CRAM-MD5",
     0, 0, w_mechs },
+  { SEC_LISTENER, "auth_plaintext_mechanisms", T_WORDLIST, LI(auth_plaintext_mechanisms), 0, NULL,
+    0, 0, w_mechs },
   { SEC_LISTENER, "trusted_networks", T_CIDRS, LI(trusted), LI(ntrusted), "127.0.0.0/8 ::1/128",
     0, 0, NULL },
   /* unset (0): the [postern] value, or the role's default (daemon/listener.c) */

@@ -31,6 +31,16 @@ struct inbound_policy_ctx {
   struct store *store;
   char spf[16];                  /* result for the current transaction; "" when not checked */
   char spf_header[1024];         /* the Received-SPF: field to prepend, CRLF-terminated */
+  /* this session's latest evaluations (the client does not change): a transaction with a
+   * sender and HELO seen before reuses the result instead of paying the look-ups again */
+  struct inbound_spf_cached {
+    int used;
+    char sender[LIM_SMTP_PATH + 1];
+    char helo[LIM_SMTP_HELO + 1];
+    char result[16];
+    char header[1024];
+  } spf_cache[4];
+  unsigned spf_cache_next;
 };
 
 /* ---- SPF (inbound/spf.c) ------------------------------------------------------------------- */

@@ -39,13 +39,38 @@ static int mx_mail(void *ctx, const struct smtp_session_info *s,
   struct inbound_policy_ctx *p = ctx;
   const char *mode = p->cfg->inbound.spf ? p->cfg->inbound.spf : "tag";
   char esc[LIM_LOG_FIELD * 4 + 8];
+  struct inbound_spf_cached *c = NULL;
+  size_t i;
 
   p->spf[0] = '\0';
   p->spf_header[0] = '\0';
   if(!strcmp(mode, "off"))
     return 0;
-  inbound_spf_check(s->family, s->peer_addr, s->helo, from->path, p->cfg->hostname, p->spf,
-                    sizeof(p->spf), p->spf_header, sizeof(p->spf_header));
+  /* the sender picks the record, and a record may cost up to 10 look-ups: a session that
+   * repeats its sender does not get to have them repeated */
+  for(i = 0; i < sizeof(p->spf_cache) / sizeof(p->spf_cache[0]); i++) {
+    c = &p->spf_cache[i];
+    if(c->used && !strcmp(c->sender, from->path) && !strcmp(c->helo, s->helo))
+      break;
+  }
+  if(i < sizeof(p->spf_cache) / sizeof(p->spf_cache[0])) {
+    str_copy(p->spf, sizeof(p->spf), c->result);
+    str_copy(p->spf_header, sizeof(p->spf_header), c->header);
+  }
+  else {
+    inbound_spf_check(s->family, s->peer_addr, s->helo, from->path, p->cfg->hostname, p->spf,
+                      sizeof(p->spf), p->spf_header, sizeof(p->spf_header));
+    log_debug("SPF evaluated for <%s> from [%s]: %s",
+              log_repr(esc, sizeof(esc), from->path, from->pathlen), s->peer_ip, p->spf);
+    if(strcmp(p->spf, "temperror")) {     /* a passing DNS outage is asked again */
+      c = &p->spf_cache[p->spf_cache_next++ % (sizeof(p->spf_cache) / sizeof(p->spf_cache[0]))];
+      c->used = 1;
+      str_copy(c->sender, sizeof(c->sender), from->path);
+      str_copy(c->helo, sizeof(c->helo), s->helo);
+      str_copy(c->result, sizeof(c->result), p->spf);
+      str_copy(c->header, sizeof(c->header), p->spf_header);
+    }
+  }
   if(!strcmp(mode, "reject")) {
     if(!strcmp(p->spf, "fail")) {
       log_info("NOQUEUE: reject: MAIL from %s: SPF fail for <%s>", s->peer_ip,
