@@ -112,6 +112,7 @@ struct cfg_inbound {
   int line;                       /* where [inbound] starts, for messages */
   char *domains;
   char *spf;
+  char *dmarc;                    /* off | tag | enforce */
   char *http_address, *http_user, *http_password_file, *event_public_key_file;
   char *http_auth;                /* basic | none (the webhooks open on purpose) */
   char *events_auth;              /* signature | basic (accounts without signed events) */

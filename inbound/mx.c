@@ -101,6 +101,34 @@ static int mx_rcpt(void *ctx, const struct smtp_session_info *s, const struct sm
   return 1;
 }
 
+/* DKIM and DMARC ([inbound] dmarc = tag | enforce): the verdicts in *auth (malloc'd; NULL
+ * with dmarc = off). 1 with r set when enforce refuses the message: a DMARC failure under
+ * p=reject; a p=quarantine failure is kept, its verdict in the record. */
+static int mx_authenticate(struct inbound_policy_ctx *p, const struct smtp_session_info *s,
+                           const struct smtp_envelope *env, const char *msg, size_t len,
+                           struct inbound_auth **auth, struct smtp_reply *r)
+{
+  const char *mode = p->cfg->inbound.dmarc ? p->cfg->inbound.dmarc : "off";
+  struct inbound_auth_in in = { env->id, p->cfg->hostname, env->mail.path, s->helo,
+                                p->spf[0] ? p->spf : NULL, s->family, s->peer_addr };
+  struct inbound_auth *a;
+  *auth = NULL;
+  if(!strcmp(mode, "off"))
+    return 0;
+  a = malloc(sizeof(*a));
+  if(!a)
+    return 0;                    /* the message is kept without verdicts rather than lost */
+  inbound_auth_check(&in, msg, len, a);
+  *auth = a;
+  if(strcmp(mode, "enforce") || strcmp(a->dmarc, "fail") || strcmp(a->dmarc_policy, "reject"))
+    return 0;
+  log_info("%s: reject: DMARC policy of %s (p=reject): no aligned SPF or DKIM pass; client=%s",
+           env->id, a->from_domain, s->peer_ip);
+  smtp_reply_set(r, 550, "5.7.1", "Message rejected: it fails the DMARC policy of %s",
+                 a->from_domain);
+  return 1;
+}
+
 static void mx_message(void *ctx, const struct smtp_session_info *s,
                        const struct smtp_envelope *env, const char *msg, size_t len,
                        struct smtp_reply *r)
@@ -111,19 +139,25 @@ static void mx_message(void *ctx, const struct smtp_session_info *s,
   char sha[TLS_SHA256_HEX_LEN + 1];
   char from[LIM_LOG_FIELD * 4 + 8];
   const char *data = msg;
-  size_t datalen = len, i, hlen = strlen(p->spf_header);
+  size_t datalen = len, i, hlen = strlen(p->spf_header), alen = 0;
   int result = STORE_ERROR;
+  struct inbound_auth *auth = NULL;
 
   memset(&m, 0, sizeof(m));
   buf_init(&to, env->nrcpts * (LIM_SMTP_PATH + 1) + 1);
-  buf_init(&body, len + hlen + 1);
+  if(mx_authenticate(p, s, env, msg, len, &auth, r))
+    goto done;
+  alen = auth ? strlen(auth->header) : 0;
+  buf_init(&body, len + hlen + alen + 1);
   for(i = 0; i < env->nrcpts; i++)
     if((i && buf_add(&to, "\n", 1)) || buf_add(&to, env->rcpts[i].path, env->rcpts[i].pathlen))
       goto out;
   /* RFC 7208 9.1: Received-SPF goes above the Received the engine added, so it is the
    * first field; one copy of the message is the price of a prepend */
-  if(hlen) {
-    if(buf_add(&body, p->spf_header, hlen) || buf_add(&body, msg, len))
+  if(hlen || alen) {
+    /* Authentication-Results right below it (RFC 8601 5), where the record builder reads it */
+    if(buf_add(&body, p->spf_header, hlen) || buf_add(&body, auth ? auth->header : "", alen) ||
+       buf_add(&body, msg, len))
       goto out;
     data = body.ptr;
     datalen = body.len;
@@ -159,8 +193,10 @@ out:
               "and retries)", env->id);
     smtp_reply_set(r, 451, "4.3.0", "Error: queue file write error, try again later");
   }
-  buf_free(&to);
   buf_free(&body);
+done:
+  free(auth);
+  buf_free(&to);
 }
 
 const struct smtp_policy inbound_mx_policy = {
