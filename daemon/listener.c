@@ -7,6 +7,8 @@
 #include "lib/buf.h"
 #include "lib/conn.h"
 #include "lib/pool.h"
+#include "global/metrics.h"
+#include <arpa/inet.h>
 #include <pthread.h>
 #include <poll.h>
 #include <errno.h>
@@ -31,6 +33,8 @@ struct session {
   struct daemon *d;
   struct generation *gen;
   const struct cfg_listener *listener;
+  unsigned anvil_service;          /* 0: the client is exempt from the per-client limits */
+  unsigned char anvil_key[ANVIL_KEY_LEN];
   struct tls_server_ctx *tls;
   int loopback;
   int fd;
@@ -55,6 +59,7 @@ struct daemon {
   size_t nsessions;
   struct pool *pool;               /* session threads, kept between connections */
   int http_fd;                     /* [inbound] http_address, bound; -1 when none */
+  long long busy_logged_ms;        /* a full listener is logged once a minute */
 };
 
 /* Threads beyond max_clients: a session that has just ended still holds its thread for a
@@ -299,6 +304,97 @@ static const struct cfg_listener *find_listener(const struct config *cfg, const 
   return NULL;
 }
 
+/* The per-client limits of a listener, its role's defaults filled in. */
+static void listener_limits(const struct cfg_listener *l, struct anvil_limits *a)
+{
+  a->max_conc = l->max_clients_per_ip ? l->max_clients_per_ip :
+                l->role == CFG_ROLE_MX ? LIM_ANVIL_PER_IP_MX : LIM_ANVIL_PER_IP_SUBMISSION;
+  a->conn_rate = l->connection_rate;
+  a->msg_rate = l->message_rate;
+  a->rcpt_rate = l->recipient_rate;
+}
+
+static long listener_max_clients(const struct config *cfg, const struct cfg_listener *l)
+{
+  return l->max_clients ? l->max_clients : cfg->max_clients;
+}
+
+/* Sessions of the pool: every listener's max_clients */
+static size_t pool_size(const struct config *cfg)
+{
+  size_t i, n = 0;
+  for(i = 0; i < cfg->nlisteners; i++)
+    n += (size_t)listener_max_clients(cfg, &cfg->listeners[i]);
+  return n ? n : (size_t)cfg->max_clients;
+}
+
+/* Does this client escape the per-client limits of l? limits_exempt = auto spares loopback
+ * and trusted_networks on submission (the applications Postern exists for), nobody on mx. */
+static int limits_exempt(const struct cfg_listener *l, const struct sockaddr_storage *ss)
+{
+  int family = ss->ss_family;
+  const void *addr = NULL;
+  int loopback = 0;
+  enum cfg_exempt e = l->limits_exempt;
+  if(e == CFG_EXEMPT_AUTO)
+    e = l->role == CFG_ROLE_MX ? CFG_EXEMPT_NONE : CFG_EXEMPT_TRUSTED;
+  if(e == CFG_EXEMPT_NONE)
+    return 0;
+  if(family == AF_INET) {
+    addr = &((const struct sockaddr_in *)ss)->sin_addr;
+    loopback = ((const unsigned char *)addr)[0] == 127;
+  }
+  else if(family == AF_INET6) {
+    addr = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+    loopback = IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)addr);
+  }
+  else
+    return 1;                        /* a local socket */
+  if(loopback)
+    return 1;
+  return e == CFG_EXEMPT_TRUSTED && cidr_match(l->trusted, l->ntrusted, family, addr);
+}
+
+/* The peer of an accepted socket, an IPv4-mapped IPv6 address made IPv4 */
+static void peer_of(int fd, struct sockaddr_storage *ss, unsigned char addr[16])
+{
+  socklen_t len = sizeof(*ss);
+  memset(ss, 0, sizeof(*ss));
+  memset(addr, 0, 16);
+  if(getpeername(fd, (struct sockaddr *)ss, &len))
+    return;
+  if(ss->ss_family == AF_INET6) {
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+    if(IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+      struct sockaddr_in s4;
+      memset(&s4, 0, sizeof(s4));
+      s4.sin_family = AF_INET;
+      memcpy(&s4.sin_addr, &s6->sin6_addr.s6_addr[12], 4);
+      memset(ss, 0, sizeof(*ss));
+      memcpy(ss, &s4, sizeof(s4));
+    }
+  }
+  if(ss->ss_family == AF_INET)
+    memcpy(addr, &((struct sockaddr_in *)ss)->sin_addr, 4);
+  else if(ss->ss_family == AF_INET6)
+    memcpy(addr, &((struct sockaddr_in6 *)ss)->sin6_addr, 16);
+}
+
+static size_t listener_sessions(const struct daemon *d, const char *name)
+{
+  const struct session *s;
+  size_t n = 0;
+  for(s = d->sessions; s; s = s->next)
+    if(!strcmp(s->listener->name, name))
+      n++;
+  return n;
+}
+
+static const char *const limit_words[] = {
+  "", "max_clients_per_ip", "connection_rate", "message_rate", "recipient_rate",
+  "the client table is full",
+};
+
 static void session_main(void *arg)
 {
   struct session *s = arg;
@@ -329,6 +425,13 @@ static void session_main(void *arg)
   scfg.auth_available = d->auth_ok;
   scfg.loopback_listener = s->loopback;
   scfg.max_auth_failures = (int)cfg->max_auth_failures;
+  scfg.auth_lockout_ms = cfg->auth_lockout * 1000;
+  scfg.max_transactions = (unsigned)cfg->max_transactions;
+  /* an MX hears from anyone: who has not said HELO within a short time is not a mail server */
+  scfg.helo_ms = (l->helo_timeout ? l->helo_timeout :
+                  l->role == CFG_ROLE_MX ? LIM_SMTP_HELO_TIMEOUT_MX : cfg->idle_timeout) * 1000;
+  scfg.anvil_service = s->anvil_service;
+  listener_limits(l, &scfg.anvil);
   pctx.cfg = cfg;
   pctx.listener = l;
   pctx.store = d->st;
@@ -350,6 +453,8 @@ static void session_main(void *arg)
   s->fd = -1;         /* daemon_stop must not shut down a descriptor number reused elsewhere */
   pthread_mutex_unlock(&d->mu);
   conn_free(&c);      /* closes the socket */
+  if(s->anvil_service)
+    anvil_disconnect(s->anvil_service, s->anvil_key, time_mono_ms());
   tls_thread_done();  /* the pool keeps this thread: free OpenSSL's state for it now */
 
   pthread_mutex_lock(&d->mu);
@@ -366,11 +471,11 @@ static void session_main(void *arg)
   free(s);
 }
 
-static void refuse_busy(int fd, const char *hostname)
+static void refuse_busy(int fd, const char *hostname, const char *enh, const char *why)
 {
   char line[300];
-  int n = snprintf(line, sizeof(line), "421 4.3.2 %s Error: too many connections, try again later\r\n",
-                   hostname);
+  int n = snprintf(line, sizeof(line), "421 %s %s Error: %s, try again later\r\n", enh,
+                   hostname, why);
   /* non-blocking: a peer that does not read must not stall the acceptor */
   if(n > 0 && send(fd, line, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
     /* it goes away without the reason */
@@ -405,8 +510,13 @@ static void *acceptor_main(void *arg)
       struct session *s;
       const struct cfg_listener *l;
       char host[256];           /* copied under the lock: a reload may free the generation */
+      char lname[128];
       long max_clients;
-      int fd, on = 1;
+      int fd, on = 1, report = 0;
+      struct sockaddr_storage ss;
+      unsigned char addr[16], key[ANVIL_KEY_LEN];
+      unsigned service = 0;
+      enum anvil_verdict v = ANVIL_OK;
       if(!(pfd[i].revents & POLLIN))
         continue;
       fd = accept4(d->socks[i].fd, NULL, NULL, SOCK_CLOEXEC);
@@ -422,13 +532,48 @@ static void *acceptor_main(void *arg)
       pthread_mutex_lock(&d->mu);
       l = find_listener(d->gen->cfg, d->socks[i].listener);
       str_copy(host, sizeof(host), d->gen->cfg->hostname);
-      max_clients = d->gen->cfg->max_clients;
-      if(!l || d->nsessions >= (size_t)max_clients) {
+      /* slots are per listener: a flood on the MX port never starves submission */
+      max_clients = l ? listener_max_clients(d->gen->cfg, l) : 0;
+      if(!l || listener_sessions(d, l->name) >= (size_t)max_clients) {
+        long long now = time_mono_ms();
+        int due = now - d->busy_logged_ms >= 60000 || !d->busy_logged_ms;
+        str_copy(lname, sizeof(lname), l ? l->name : "?");
+        if(due)
+          d->busy_logged_ms = now;
         pthread_mutex_unlock(&d->mu);
-        log_warn("too many connections (max_clients=%ld): refused one with 421 (raise "
-                 "max_clients in [postern] if this is normal load)", max_clients);
-        refuse_busy(fd, host);
+        metrics_limit_refused(lname, METRICS_LIMIT_MAX_CLIENTS);
+        if(due)
+          log_warn("too many connections on listener %s (max_clients=%ld): refusing with 421 "
+                   "(raise max_clients in [listener %s] or [postern] if this is normal load)",
+                   lname, max_clients, lname);
+        refuse_busy(fd, host, "4.3.2", "too many connections");
         continue;
+      }
+      /* per client: concurrency and connection rate (Postfix's anvil) */
+      peer_of(fd, &ss, addr);
+      if(!limits_exempt(l, &ss)) {
+        struct anvil_limits lim;
+        listener_limits(l, &lim);
+        service = anvil_service(l->name);
+        anvil_key(ss.ss_family, addr, key);
+        v = anvil_connect(service, key, &lim, time_mono_ms(), &report);
+        if(v) {
+          char ip[64] = "unknown";
+          enum metrics_limit why = v == ANVIL_CONCURRENCY ? METRICS_LIMIT_PER_IP :
+                                   v == ANVIL_CONN_RATE ? METRICS_LIMIT_CONN_RATE :
+                                   METRICS_LIMIT_TABLE;
+          str_copy(lname, sizeof(lname), l->name);
+          pthread_mutex_unlock(&d->mu);
+          metrics_limit_refused(lname, why);
+          if(report) {
+            inet_ntop(ss.ss_family, addr, ip, sizeof(ip));
+            log_warn("client [%s] refused on listener %s: %s exceeded (%ld; logged once a "
+                     "minute per client)", ip, lname, limit_words[v],
+                     v == ANVIL_CONCURRENCY ? lim.max_conc : lim.conn_rate);
+          }
+          refuse_busy(fd, host, "4.7.0", "too many connections from your address");
+          continue;
+        }
       }
       s = calloc(1, sizeof(*s));
       if(!s) {
@@ -441,6 +586,8 @@ static void *acceptor_main(void *arg)
       s->gen = d->gen;
       s->gen->refs++;
       s->listener = l;
+      s->anvil_service = service;
+      memcpy(s->anvil_key, key, sizeof(key));
       s->tls = d->gen->tls ? d->gen->tls[l - d->gen->cfg->listeners] : NULL;
       s->loopback = d->socks[i].loopback;
       s->next = d->sessions;
@@ -455,9 +602,11 @@ static void *acceptor_main(void *arg)
         d->nsessions--;
         gen_put(s->gen);
         pthread_mutex_unlock(&d->mu);
+        if(service)
+          anvil_disconnect(service, key, time_mono_ms());
         log_warn("cannot start a session thread: %s; refused with 421 (check ulimit -u / "
                  "TasksMax= and free memory, or lower max_clients in [postern])", strerror(errno));
-        refuse_busy(fd, host);
+        refuse_busy(fd, host, "4.3.2", "too many connections");
         free(s);
       }
       else
@@ -473,7 +622,7 @@ int daemon_serve(struct daemon *d, struct store *st, struct relay *r, int auth_o
   d->st = st;
   d->relay = r;
   d->auth_ok = auth_ok;
-  d->pool = pool_new((size_t)d->gen->cfg->max_clients + SESSION_THREAD_SLACK,
+  d->pool = pool_new(pool_size(d->gen->cfg) + SESSION_THREAD_SLACK,
                      SESSION_THREAD_STACK, SESSION_THREAD_IDLE_MS);
   if(!d->pool)
     return -1;
@@ -497,7 +646,7 @@ void daemon_reload(struct daemon *d, struct config *cfg, struct tls_server_ctx *
   d->gen = g;
   pthread_mutex_unlock(&d->mu);
   if(d->pool)
-    pool_set_max(d->pool, (size_t)cfg->max_clients + SESSION_THREAD_SLACK);
+    pool_set_max(d->pool, pool_size(cfg) + SESSION_THREAD_SLACK);
   /* the relay lets go of the old configuration only when no delivery uses it */
   if(d->relay)
     relay_reload(d->relay, cfg);

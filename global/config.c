@@ -107,6 +107,7 @@ static const char *const w_dkcanon[] = { "relaxed/relaxed", "relaxed/simple", "s
   "simple/simple", "relaxed", "simple", NULL };
 static const char *const w_dkmatch[] = { "from", "sender", NULL };
 static const char *const w_http_auth[] = { "basic", "none", NULL };
+static const char *const w_exempt[] = { "auto", "none", "loopback", "trusted", NULL };
 static const char *const w_events_auth[] = { "signature", "basic", NULL };
 
 #define PO(f) offsetof(struct config, f)
@@ -137,6 +138,8 @@ static const struct opt opts[] = {
   { SEC_POSTERN, "delivery_workers", T_LONG, PO(delivery_workers), 0, "4", 1, 256, NULL },
   { SEC_POSTERN, "max_errors", T_LONG, PO(max_errors), 0, "10", 1, 1000, NULL },
   { SEC_POSTERN, "max_auth_failures", T_LONG, PO(max_auth_failures), 0, "5", 1, 1000, NULL },
+  { SEC_POSTERN, "auth_lockout", T_DURATION, PO(auth_lockout), 0, "10m", 1, 7 * DAY, NULL },
+  { SEC_POSTERN, "max_transactions", T_LONG, PO(max_transactions), 0, "100", 1, 100000, NULL },
   { SEC_POSTERN, "debug", T_BOOL, PO(debug), 0, "no", 0, 0, NULL },
 
   { SEC_LISTENER, "address", T_HOSTPORTS, LI(addresses), LI(naddresses), NULL, 0, 0, NULL },
@@ -149,6 +152,14 @@ static const struct opt opts[] = {
     0, 0, w_mechs },
   { SEC_LISTENER, "trusted_networks", T_CIDRS, LI(trusted), LI(ntrusted), "127.0.0.0/8 ::1/128",
     0, 0, NULL },
+  /* unset (0): the [postern] value, or the role's default (daemon/listener.c) */
+  { SEC_LISTENER, "max_clients", T_LONG, LI(max_clients), 0, NULL, 1, 100000, NULL },
+  { SEC_LISTENER, "max_clients_per_ip", T_LONG, LI(max_clients_per_ip), 0, NULL, 1, 100000, NULL },
+  { SEC_LISTENER, "connection_rate", T_LONG, LI(connection_rate), 0, "0", 0, 1000000, NULL },
+  { SEC_LISTENER, "message_rate", T_LONG, LI(message_rate), 0, "0", 0, 1000000, NULL },
+  { SEC_LISTENER, "recipient_rate", T_LONG, LI(recipient_rate), 0, "0", 0, 10000000, NULL },
+  { SEC_LISTENER, "limits_exempt", T_ENUM, LI(limits_exempt), 0, "auto", 0, 0, w_exempt },
+  { SEC_LISTENER, "helo_timeout", T_DURATION, LI(helo_timeout), 0, NULL, 1, DAY, NULL },
 
   { SEC_UPSTREAM, "type", T_WORD, UP(type), 0, NULL, 0, 0, w_utype },
   { SEC_UPSTREAM, "host", T_STR, UP(host), 0, NULL, 0, 0, NULL },

@@ -22,6 +22,8 @@ enum cfg_role { CFG_ROLE_SUBMISSION = 0, CFG_ROLE_MX };
 enum cfg_tls { CFG_TLS_NONE = 0, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT, CFG_TLS_OPPORTUNISTIC };
 enum cfg_auth { CFG_AUTH_NONE = 0, CFG_AUTH_OPTIONAL, CFG_AUTH_REQUIRED };
 
+enum cfg_exempt { CFG_EXEMPT_AUTO = 0, CFG_EXEMPT_NONE, CFG_EXEMPT_LOOPBACK, CFG_EXEMPT_TRUSTED };
+
 struct cfg_listener {
   char *name;
   int line;                       /* where the section starts, for messages */
@@ -34,6 +36,14 @@ struct cfg_listener {
   char *auth_mechanisms;          /* "PLAIN LOGIN CRAM-MD5" */
   struct cidr *trusted;           /* trusted_networks */
   size_t ntrusted;
+  /* per-listener limits; 0 = unset, the daemon applies the [postern] value or the role's */
+  long max_clients;               /* sessions on this listener at once */
+  long max_clients_per_ip;        /* sessions from one client (IPv4 address, IPv6 /64) */
+  long connection_rate;           /* connections per client per minute; 0 none */
+  long message_rate;              /* MAIL transactions per client per minute; 0 none */
+  long recipient_rate;            /* accepted RCPTs per client per minute; 0 none */
+  enum cfg_exempt limits_exempt;  /* who the per-client limits spare */
+  long long helo_timeout;         /* seconds from connect to HELO/EHLO */
 };
 
 struct cfg_upstream {
@@ -137,6 +147,8 @@ struct config {
   long delivery_workers;
   long max_errors;
   long max_auth_failures;         /* failed AUTHs from one address before 421 and close */
+  long max_transactions;          /* MAIL transactions in one SMTP session */
+  long long auth_lockout;         /* seconds a client stays locked out after max_auth_failures */
   int debug;
 
   struct cfg_listener *listeners; size_t nlisteners;

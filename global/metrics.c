@@ -33,6 +33,11 @@ static atomic_ullong lat_buckets[NSLOTS][NBUCKETS + 1];   /* not cumulative; [NB
 static atomic_ullong lat_sum_us[NSLOTS];
 static atomic_ullong tls_failures[METRICS_NSIDES];
 static atomic_ullong auth_failures[METRICS_NSIDES];
+static atomic_ullong limit_refused[NSLOTS][METRICS_NLIMITS];
+static const char *const limit_names[METRICS_NLIMITS] = {
+  "max_clients", "max_clients_per_ip", "connection_rate", "message_rate", "recipient_rate",
+  "table_full",
+};
 static atomic_ullong inbound[METRICS_NSOURCES];
 static atomic_ullong webhook[METRICS_NPATHS][NSTATUS];
 static atomic_llong token_expiry_ms[NSLOTS];
@@ -105,6 +110,7 @@ void metrics_reset(void)
   memset(lat_sum_us, 0, sizeof(lat_sum_us));
   memset(tls_failures, 0, sizeof(tls_failures));
   memset(auth_failures, 0, sizeof(auth_failures));
+  memset(limit_refused, 0, sizeof(limit_refused));
   memset(inbound, 0, sizeof(inbound));
   memset(webhook, 0, sizeof(webhook));
   memset(token_expiry_ms, 0, sizeof(token_expiry_ms));
@@ -153,6 +159,12 @@ void metrics_auth_failure(enum metrics_side side)
 {
   if((unsigned)side < METRICS_NSIDES)
     inc(&auth_failures[side]);
+}
+
+void metrics_limit_refused(const char *listener, enum metrics_limit why)
+{
+  if((unsigned)why < METRICS_NLIMITS)
+    inc(&limit_refused[slot_of(METRICS_LISTENERS, listener)][why]);
 }
 
 void metrics_inbound(enum metrics_source src)
@@ -289,6 +301,19 @@ static int render_counters(struct buf *out)
   for(s = 0; !result && s < METRICS_NSIDES; s++)
     result = sample_u(out, "postern_auth_failures_total", "side", side_names[s], NULL, NULL,
                       get(&auth_failures[s]));
+  if(!result)
+    result = family(out, "postern_client_limit_refusals_total", "counter",
+                    "Connections, messages and recipients refused by a listener's limits "
+                    "(max_clients, and per client: max_clients_per_ip, connection_rate, "
+                    "message_rate, recipient_rate).");
+  for(s = 0; !result && s < NSLOTS; s++)
+    for(r = 0; !result && r < METRICS_NLIMITS; r++) {
+      unsigned long long v = get(&limit_refused[s][r]);
+      if(!v)
+        continue;
+      result = sample_u(out, "postern_client_limit_refusals_total", "listener",
+                        slot_name(METRICS_LISTENERS, s), "limit", limit_names[r], v);
+    }
   if(!result)
     result = family(out, "postern_inbound_messages_total", "counter",
                     "Inbound messages stored, by source.");

@@ -16,6 +16,11 @@ enum metrics_result {
 };
 enum metrics_side { METRICS_SIDE_LISTENER, METRICS_SIDE_UPSTREAM, METRICS_NSIDES };
 enum metrics_source { METRICS_SRC_MX, METRICS_SRC_PARSE, METRICS_SRC_SMS, METRICS_NSOURCES };
+/* Why a client was refused by a per-listener or per-client limit */
+enum metrics_limit {
+  METRICS_LIMIT_MAX_CLIENTS, METRICS_LIMIT_PER_IP, METRICS_LIMIT_CONN_RATE,
+  METRICS_LIMIT_MSG_RATE, METRICS_LIMIT_RCPT_RATE, METRICS_LIMIT_TABLE, METRICS_NLIMITS
+};
 enum metrics_path {
   METRICS_PATH_PARSE, METRICS_PATH_EVENTS, METRICS_PATH_SMS, METRICS_PATH_HEALTHZ,
   METRICS_PATH_METRICS, METRICS_PATH_OTHER, METRICS_NPATHS
@@ -33,6 +38,7 @@ void metrics_rcpt_result(const char *upstream, enum metrics_result r);
 void metrics_delivery_time(const char *upstream, long long usec);
 void metrics_tls_failure(enum metrics_side side);
 void metrics_auth_failure(enum metrics_side side);
+void metrics_limit_refused(const char *listener, enum metrics_limit why);
 void metrics_inbound(enum metrics_source src);
 void metrics_webhook(enum metrics_path path, unsigned status);
 /* A correspondence record the application kept refusing was set aside. */

@@ -394,21 +394,49 @@ static int is_upper_hex(unsigned char c)
   return is_digit(c) || (c >= 'A' && c <= 'F');
 }
 
-/* xtext (RFC 3461 4): chars 33-126 but "+" and "=", or "+" two upper-case hex digits */
+static unsigned hex_value(unsigned char c)
+{
+  return is_digit(c) ? (unsigned)(c - '0') : (unsigned)(c - 'A' + 10);
+}
+
+/* xtext (RFC 3461 4): chars 33-126 but "+" and "=", or "+" two upper-case hex digits. The
+ * decoded value must be printable too (RFC 3461 4.2, 4.4): a "+0D+0A" would otherwise become
+ * a line break in the header fields of a DSN. */
 static int xtext_valid(const char *p, size_t n)
 {
   size_t i;
   for(i = 0; i < n; i++) {
     unsigned char ch = (unsigned char)p[i];
     if(ch == '+') {
+      unsigned v;
       if(n - i < 3 || !is_upper_hex((unsigned char)p[i + 1]) ||
          !is_upper_hex((unsigned char)p[i + 2]))
+        return -1;
+      v = hex_value((unsigned char)p[i + 1]) << 4 | hex_value((unsigned char)p[i + 2]);
+      if(v < 0x20 || v == 0x7f)
         return -1;
       i += 2;
     }
     else if(ch < 33 || ch > 126 || ch == '=')
       return -1;
   }
+  return 0;
+}
+
+int smtp_dsn_value_valid(const char *v, size_t vlen, int orcpt)
+{
+  size_t semi = 0, i;
+  if(!orcpt)    /* RFC 3461 4.4: at most 100 characters of xtext */
+    return vlen == 0 || vlen > 100 || xtext_valid(v, vlen) ? -1 : 0;
+  while(semi < vlen && v[semi] != ';')
+    semi++;
+  /* addr-type is an atom; the address after ';' is xtext for rfc822 and for utf-8
+   * (RFC 6533 3: utf-8-addr-xtext keeps to the xtext alphabet) */
+  if(semi == 0 || semi + 1 >= vlen || xtext_valid(v + semi + 1, vlen - semi - 1))
+    return -1;
+  for(i = 0; i < semi; i++)
+    if(!is_atext((unsigned char)v[i]))
+      return -1;
   return 0;
 }
 
@@ -537,8 +565,7 @@ static enum smtp_path_result param_parse(const char *p, size_t n, int is_mail, u
   }
   else if(is_mail && !str_casecmp_n(p, klen, "ENVID")) {
     bit = P_ENVID;
-    /* RFC 3461 4.4: at most 100 characters of xtext */
-    if(!v || vlen > 100 || xtext_valid(v, vlen))
+    if(!v || smtp_dsn_value_valid(v, vlen, 0))
       goto badvalue;
     if(*seen & bit)
       goto duplicate;
@@ -554,19 +581,9 @@ static enum smtp_path_result param_parse(const char *p, size_t n, int is_mail, u
     upcase_copy(out->notify, sizeof(out->notify), v, vlen);
   }
   else if(!is_mail && !str_casecmp_n(p, klen, "ORCPT")) {
-    size_t semi = 0;
     bit = P_ORCPT;
-    if(!v || vlen >= sizeof(out->orcpt))
+    if(!v || vlen >= sizeof(out->orcpt) || smtp_dsn_value_valid(v, vlen, 1))
       goto badvalue;
-    while(semi < vlen && v[semi] != ';')
-      semi++;
-    /* addr-type is an atom; the address after ';' is xtext for rfc822 and for utf-8
-     * (RFC 6533 3: utf-8-addr-xtext keeps to the xtext alphabet) */
-    if(semi == 0 || semi + 1 >= vlen || xtext_valid(v + semi + 1, vlen - semi - 1))
-      goto badvalue;
-    for(i = 0; i < semi; i++)
-      if(!is_atext((unsigned char)v[i]))
-        goto badvalue;
     if(*seen & bit)
       goto duplicate;
     memcpy(out->orcpt, v, vlen);

@@ -67,6 +67,11 @@ enum smtp_path_result {
 enum smtp_path_result smtp_path_parse(const char *arg, size_t arglen, int is_mail,
                                       struct smtp_path_params *out, struct smtp_reply *reply);
 
+/* A DSN value as it travels in SMTP: ENVID (orcpt 0) or ORCPT's "type;xtext" (orcpt 1), with
+ * no control character once decoded. 0 good, -1 bad. Checked on the way in and again before a
+ * stored value goes out. */
+int smtp_dsn_value_valid(const char *v, size_t vlen, int orcpt);
+
 /* Checks a mailbox "local@domain" (RFC 5321 4.1.2, with RFC 6531 UTF-8 when utf8 != 0).
  * 0 good, -1 bad. */
 int smtp_mailbox_valid(const char *p, size_t n, int utf8);

@@ -77,7 +77,7 @@ struct request {
   int has_client;               /* a client the per-client limits apply to */
   int answered;                 /* a response was queued on an early call */
   int too_big;
-  int form_error;
+  int form_error;               /* /events: the signature check failed to take the body */
   struct buf body;
   /* /events: the signature, decoded from its header before the body is read, and the check
    * fed with the timestamp and then the body as it arrives (no copy of the body is made) */
@@ -85,11 +85,7 @@ struct request {
   unsigned char sig[256];
   size_t siglen;
   struct MHD_PostProcessor *pp;
-  /* Inbound Parse fields */
-  struct buf envelope, spf, sender_ip, attachments;
-  int has_email, has_headers;
-  size_t files;                 /* file parts seen */
-  char last_key[64];            /* the field the post processor is in */
+  struct inbound_parse_form form;   /* Inbound Parse fields */
 };
 
 /* Counted as the answer is queued, so that a client that has its answer sees it counted. */
@@ -131,10 +127,7 @@ static void request_free(struct request *rq)
     MHD_destroy_post_processor(rq->pp);
   tls_verifier_free(rq->verifier);
   buf_free(&rq->body);
-  buf_free(&rq->envelope);
-  buf_free(&rq->spf);
-  buf_free(&rq->sender_ip);
-  buf_free(&rq->attachments);
+  inbound_parse_form_free(&rq->form);
   free(rq);
 }
 
@@ -221,31 +214,7 @@ static enum MHD_Result post_field(void *cls, enum MHD_ValueKind kind, const char
                                   size_t size)
 {
   struct request *rq = cls;
-  struct buf *keep = NULL;
-  if(!key)
-    return MHD_YES;
-  /* a new part begins at offset 0; file parts are counted, their bytes stay in the raw body */
-  if(off == 0 && (strncmp(rq->last_key, key, sizeof(rq->last_key)) || filename)) {
-    str_copy(rq->last_key, sizeof(rq->last_key), key);
-    if(filename)
-      rq->files++;
-    if(!strcmp(key, "email"))
-      rq->has_email = 1;
-    if(!strcmp(key, "headers"))
-      rq->has_headers = 1;
-  }
-  if(filename)
-    return MHD_YES;
-  if(!strcmp(key, "envelope"))
-    keep = &rq->envelope;
-  else if(!strcmp(key, "SPF"))
-    keep = &rq->spf;
-  else if(!strcmp(key, "sender_ip"))
-    keep = &rq->sender_ip;
-  else if(!strcmp(key, "attachments"))
-    keep = &rq->attachments;
-  if(keep && size && buf_add(keep, data, size))
-    rq->form_error = 1;         /* longer than any real field of its kind: malformed */
+  inbound_parse_form_field(&rq->form, key, filename, data, off, size);
   return MHD_YES;
 }
 
@@ -263,50 +232,23 @@ static enum MHD_Result finish_parse(struct inbound_http *h, struct MHD_Connectio
                                     struct request *rq)
 {
   struct store_inbound m;
-  char sha[TLS_SHA256_HEX_LEN + 1], spf[16] = "", ip[64] = "";
-  char *from = NULL, *to = NULL;
+  struct inbound_parse_form *f = &rq->form;
+  char sha[TLS_SHA256_HEX_LEN + 1];
   const char *ctype = header(c, MHD_HTTP_HEADER_CONTENT_TYPE);
+  const char *why = inbound_parse_form_finish(f);
   int result;
-  size_t i;
-  long nattach = -1;
 
-  if(rq->attachments.len &&
-     str_to_long(rq->attachments.ptr, rq->attachments.len, 0, 100000, &nattach))
-    rq->form_error = 1;
-  if(rq->form_error)
-    return respond_text(rq, c, MHD_HTTP_BAD_REQUEST, "malformed form data\n");
-  if(!rq->has_email && !rq->has_headers)
-    return respond_text(rq, c, MHD_HTTP_BAD_REQUEST,
-                        "neither an email field (raw mode) nor a headers field (parsed mode)\n");
-  if(nattach >= 0 && (size_t)nattach != rq->files)
-    return respond_text(rq, c, MHD_HTTP_BAD_REQUEST,
-                        "the attachments count does not match the files posted\n");
-  if(rq->envelope.len &&
-     inbound_parse_envelope(rq->envelope.ptr, rq->envelope.len, &from, &to))
-    return respond_text(rq, c, MHD_HTTP_BAD_REQUEST, "the envelope field is not valid JSON\n");
-  /* SPF and sender_ip come from SendGrid: kept only in their expected shape */
-  if(rq->spf.len && rq->spf.len < sizeof(spf)) {
-    for(i = 0; i < rq->spf.len; i++) {
-      char ch = rq->spf.ptr[i];
-      if(!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')))
-        break;
-      spf[i] = (char)(ch | 0x20);
-    }
-    spf[i == rq->spf.len ? i : 0] = '\0';
-  }
-  if(rq->sender_ip.len && rq->sender_ip.len < sizeof(ip) &&
-     strspn(rq->sender_ip.ptr, "0123456789abcdefABCDEF.:") == rq->sender_ip.len)
-    memcpy(ip, rq->sender_ip.ptr, rq->sender_ip.len + 1);
-
+  if(why)
+    return respond_text(rq, c, MHD_HTTP_BAD_REQUEST, why);   /* a static sentence */
   memset(&m, 0, sizeof(m));
   store_new_id(m.id);
   m.source = "inbound-parse";
   m.received_ms = time_real_ms();
   m.listener = "http";
-  m.client_addr = ip[0] ? ip : NULL;
-  m.envelope_from = from;
-  m.envelope_to = to;
-  m.spf = spf[0] ? spf : NULL;
+  m.client_addr = f->ip[0] ? f->ip : NULL;
+  m.envelope_from = f->from;
+  m.envelope_to = f->to;
+  m.spf = f->spf_result[0] ? f->spf_result : NULL;
   /* the whole post is kept: the next stage reads the fields (or the raw email) from it */
   m.content_type = ctype;
   m.body_sha256 = tls_sha256_hex(rq->body.ptr ? rq->body.ptr : "", rq->body.len, sha) ? NULL : sha;
@@ -315,12 +257,10 @@ static enum MHD_Result finish_parse(struct inbound_http *h, struct MHD_Connectio
     metrics_inbound(METRICS_SRC_PARSE);
   if(result == STORE_OK)
     log_info("%s: inbound-parse mode=%s, size=%zu, files=%zu", m.id,
-             rq->has_email ? "raw" : "parsed", rq->body.len, rq->files);
+             f->has_email ? "raw" : "parsed", rq->body.len, f->files);
   else
     log_error("%s: inbound-parse store write error (see the store error above; free space in "
               "data_dir): answered 5xx, SendGrid posts it again", m.id);
-  free(from);
-  free(to);
   return answer_store(rq, c, result, "text/plain; charset=utf-8", "OK\n");
 }
 
@@ -742,11 +682,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       }
     }
     buf_init(&rq->body, cap);
-    buf_init(&rq->envelope, LIM_WEBHOOK_FIELD);
-    /* kept whole (finish_parse takes them only in their expected shape) */
-    buf_init(&rq->spf, LIM_WEBHOOK_FIELD);
-    buf_init(&rq->sender_ip, LIM_WEBHOOK_FIELD);
-    buf_init(&rq->attachments, 16);
+    inbound_parse_form_init(&rq->form);
     if(rq->ep == EP_PARSE) {
       rq->pp = MHD_create_post_processor(c, 64 * 1024, post_field, rq);
       if(!rq->pp) {
@@ -765,7 +701,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       else if(rq->verifier && tls_verifier_add(rq->verifier, upload, *upload_size))
         rq->form_error = 1;
       else if(rq->pp && MHD_post_process(rq->pp, upload, *upload_size) != MHD_YES)
-        rq->form_error = 1;
+        rq->form.error = 1;
     }
     *upload_size = 0;           /* consumed (or, past a cap or an answer, dropped) */
     return MHD_YES;

@@ -8,6 +8,8 @@
 #include "store/store.h"
 #include "smtp/smtp.h"
 #include "lib/conn.h"
+#include "lib/buf.h"
+#include <stdint.h>
 
 /* Process-wide set-up, once before any session: the SPF resolver (or, for the test suite
  * only, the zone named by $POSTERN_SPF_ZONE_FILE). errs gets a line per problem; returns how
@@ -79,6 +81,29 @@ int http_clients_auth_failed(struct http_clients *t, const unsigned char *key,
                              const struct http_limits *lim, long long now);
 
 /* ---- webhook parsing (inbound/webhook.c): pure functions, fuzzed -------------------------- */
+
+/* The fields of an Inbound Parse post (multipart/form-data) the listener keeps, fed part by
+ * part as libmicrohttpd's post processor reads them. The whole post is stored; of its fields
+ * only these are taken out, each within LIM_WEBHOOK_FIELD. */
+struct inbound_parse_form {
+  struct buf envelope, spf, sender_ip, attachments;
+  int has_email, has_headers;
+  int error;                    /* a kept field longer than any real one, or a bad form */
+  size_t files;                 /* file parts seen */
+  char last_key[64];            /* the field the post processor is in */
+  /* set by inbound_parse_form_finish */
+  char *from, *to;              /* from the envelope: the sender, the recipients one a line */
+  char spf_result[16];          /* the SPF field in its expected shape (lower case), or "" */
+  char ip[64];                  /* sender_ip in its expected shape, or "" */
+};
+void inbound_parse_form_init(struct inbound_parse_form *f);
+void inbound_parse_form_free(struct inbound_parse_form *f);
+/* One piece of a field: data[0..size) at offset off of field key (filename set for a file). */
+void inbound_parse_form_field(struct inbound_parse_form *f, const char *key,
+                              const char *filename, const char *data, uint64_t off, size_t size);
+/* After the last piece: NULL when the post is one SendGrid could have sent (the results set),
+ * else the reason, a static sentence ending in a newline (answered 400). */
+const char *inbound_parse_form_finish(struct inbound_parse_form *f);
 
 /* Twilio's X-Twilio-Signature: base64 HMAC-SHA1, under token, of url followed by each POST
  * parameter's name and value, sorted by name. out holds at least 29 bytes. */

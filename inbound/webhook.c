@@ -291,3 +291,89 @@ fail:
   free(mem);
   return -1;
 }
+
+void inbound_parse_form_init(struct inbound_parse_form *f)
+{
+  memset(f, 0, sizeof(*f));
+  buf_init(&f->envelope, LIM_WEBHOOK_FIELD);
+  /* kept whole (finish takes them only in their expected shape) */
+  buf_init(&f->spf, LIM_WEBHOOK_FIELD);
+  buf_init(&f->sender_ip, LIM_WEBHOOK_FIELD);
+  buf_init(&f->attachments, 16);
+}
+
+void inbound_parse_form_free(struct inbound_parse_form *f)
+{
+  buf_free(&f->envelope);
+  buf_free(&f->spf);
+  buf_free(&f->sender_ip);
+  buf_free(&f->attachments);
+  free(f->from);
+  free(f->to);
+  f->from = f->to = NULL;
+}
+
+void inbound_parse_form_field(struct inbound_parse_form *f, const char *key,
+                              const char *filename, const char *data, uint64_t off, size_t size)
+{
+  struct buf *keep = NULL;
+  if(!key)
+    return;
+  /* a new part begins at offset 0; file parts are counted, their bytes stay in the raw body */
+  if(off == 0 && (strncmp(f->last_key, key, sizeof(f->last_key)) || filename)) {
+    str_copy(f->last_key, sizeof(f->last_key), key);
+    if(filename)
+      f->files++;
+    if(!strcmp(key, "email"))
+      f->has_email = 1;
+    if(!strcmp(key, "headers"))
+      f->has_headers = 1;
+  }
+  if(filename)
+    return;
+  if(!strcmp(key, "envelope"))
+    keep = &f->envelope;
+  else if(!strcmp(key, "SPF"))
+    keep = &f->spf;
+  else if(!strcmp(key, "sender_ip"))
+    keep = &f->sender_ip;
+  else if(!strcmp(key, "attachments"))
+    keep = &f->attachments;
+  if(keep && size && buf_add(keep, data, size))
+    f->error = 1;               /* longer than any real field of its kind: malformed */
+}
+
+const char *inbound_parse_form_finish(struct inbound_parse_form *f)
+{
+  long nattach = -1;
+  size_t i;
+  if(f->attachments.len &&
+     str_to_long(f->attachments.ptr, f->attachments.len, 0, 100000, &nattach))
+    f->error = 1;
+  if(f->error)
+    return "malformed form data\n";
+  if(!f->has_email && !f->has_headers)
+    return "neither an email field (raw mode) nor a headers field (parsed mode)\n";
+  if(nattach >= 0 && (size_t)nattach != f->files)
+    return "the attachments count does not match the files posted\n";
+  if(f->envelope.len && inbound_parse_envelope(f->envelope.ptr, f->envelope.len, &f->from, &f->to))
+    return "the envelope field is not valid JSON\n";
+  /* SPF and sender_ip come from SendGrid: kept only in their expected shape */
+  f->spf_result[0] = f->ip[0] = '\0';
+  if(f->spf.len && f->spf.len < sizeof(f->spf_result)) {
+    for(i = 0; i < f->spf.len; i++) {
+      char ch = f->spf.ptr[i];
+      if(!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')))
+        break;
+      f->spf_result[i] = (char)(ch | 0x20);
+    }
+    f->spf_result[i == f->spf.len ? i : 0] = '\0';
+  }
+  if(f->sender_ip.len && f->sender_ip.len < sizeof(f->ip) &&
+     memchr(f->sender_ip.ptr, '\0', f->sender_ip.len) == NULL &&
+     strspn(f->sender_ip.ptr, "0123456789abcdefABCDEF.:") == f->sender_ip.len) {
+    memcpy(f->ip, f->sender_ip.ptr, f->sender_ip.len);
+    f->ip[f->sender_ip.len] = '\0';
+  }
+  return NULL;
+}

@@ -239,11 +239,15 @@ int str_to_long(const char *s, size_t n, long min, long max, long *out)
       return -1;
   }
   for(; i < n; i++) {
+    unsigned d;
     if(s[i] < '0' || s[i] > '9')
       return -1;
-    v = v * 10 + (unsigned)(s[i] - '0');
-    if(v > (unsigned long long)LONG_MAX + 1)
+    d = (unsigned)(s[i] - '0');
+    /* checked before the multiplication: with 20 digits v * 10 would wrap (to 0 for
+     * "92233720368547758080") and come out as a small, valid number */
+    if(v > ((unsigned long long)LONG_MAX + 1 - d) / 10)
       return -1;
+    v = v * 10 + d;
   }
   if(neg) {
     if(v > (unsigned long long)LONG_MAX + 1)

@@ -140,6 +140,16 @@ void conn_set_stream(struct conn *c, const struct conn_stream_ops *ops, void *ct
   c->ops_ctx = ctx;
 }
 
+/* The earlier of the session's and the record's deadline; 0 none. */
+static long long conn_deadline(const struct conn *c)
+{
+  if(!c->record_deadline_ms)
+    return c->deadline_ms;
+  if(!c->deadline_ms || c->record_deadline_ms < c->deadline_ms)
+    return c->record_deadline_ms;
+  return c->deadline_ms;
+}
+
 /* Waits until fd is ready for events, the idle time (counted from start) runs out, or the
  * session deadline passes. */
 static int conn_wait(struct conn *c, short events, long long start)
@@ -155,8 +165,8 @@ static int conn_wait(struct conn *c, short events, long long start)
       if(left <= 0)
         return CONN_TIMEOUT;
     }
-    if(c->deadline_ms) {
-      long long dl = c->deadline_ms - now;
+    if(conn_deadline(c)) {
+      long long dl = conn_deadline(c) - now;
       if(dl <= 0)
         return CONN_TIMEOUT;
       if(left < 0 || dl < left)
@@ -183,7 +193,7 @@ static int conn_wait(struct conn *c, short events, long long start)
 
 static int deadline_passed(struct conn *c)
 {
-  return c->deadline_ms && time_mono_ms() >= c->deadline_ms;
+  return conn_deadline(c) && time_mono_ms() >= conn_deadline(c);
 }
 
 /* Reads what is available into p; *got > 0, or CONN_EOF / CONN_TIMEOUT / CONN_ERROR. */

@@ -35,6 +35,10 @@ struct conn {
   struct buf wbuf;                      /* replies waiting for conn_flush() */
   int idle_ms;                          /* per-read/write timeout */
   long long deadline_ms;                /* absolute monotonic ms, 0 = none */
+  long long record_deadline_ms;         /* the same for the record being read (a command line,
+                                           a DATA line, a BDAT chunk): the idle timeout bounds
+                                           the whole of it, not the gap between two bytes;
+                                           0 = none */
   struct sockaddr_storage peer;
   socklen_t peerlen;
   char peer_ip[64];                     /* printable peer address */

@@ -23,10 +23,19 @@
 #define LIM_AUTH_FAILURES_FREE  3        /* failures answered at once; later ones wait 1s, 2s... */
 #define LIM_AUTH_DELAY_SECONDS  16       /* the longest wait before a failure reply */
 #define LIM_AUTH_FAILURE_MEMORY 600      /* seconds an address's failures are remembered */
-#define LIM_AUTH_FAILURE_ADDRS  1024     /* addresses remembered (the oldest is forgotten) */
+#define LIM_AUTH_FAILURE_ADDRS  4096     /* clients remembered (the oldest unlocked one is
+                                            forgotten first, a locked one never) */
+#define LIM_AUTH_LOCKOUT_DEFAULT 600     /* seconds a client is locked out after
+                                            max_auth_failures */
+#define LIM_ANVIL_CLIENTS       8192     /* clients (per listener) whose sessions and rates
+                                            are counted */
+#define LIM_ANVIL_PER_IP_MX     20       /* max_clients_per_ip defaults */
+#define LIM_ANVIL_PER_IP_SUBMISSION 50
 #define LIM_TLS_HANDSHAKE_SECONDS 60     /* a TLS handshake, within the session deadline */
 #define LIM_SMTP_BDAT_CHUNK     (64u * 1024u * 1024u)
 #define LIM_SMTP_RCPT_DEFAULT   100
+#define LIM_SMTP_TRANSACTIONS_DEFAULT 100 /* MAIL transactions in one session */
+#define LIM_SMTP_HELO_TIMEOUT_MX 30      /* seconds from connect to HELO/EHLO on an mx listener */
 #define LIM_MESSAGE_SIZE_DEFAULT (35u * 1024u * 1024u)
 #define LIM_MESSAGE_SIZE_MAX    (900u * 1024u * 1024u)  /* SQLite keeps a value under 10^9 bytes */
 #define LIM_CLIENTS_DEFAULT     200

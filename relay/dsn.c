@@ -2,6 +2,7 @@
  * report-type=delivery-status) composed with GMime, one per delivery attempt that bounced
  * recipients, accepted into the store and routed like any other message. */
 #include "relay/relay_int.h"
+#include "global/smtpgram.h"
 #include "lib/vendor.h"
 #include "tls/tls.h"
 #include "lib/buf.h"
@@ -158,7 +159,8 @@ int dsn_bounce(struct store *st, const struct config *cfg, const struct store_ms
               "                   The mail system\n\n", host) ||
      buf_addf(&status, "Reporting-MTA: dns; %s\nX-Postern-Queue-ID: %s\n"
               "X-Postern-Sender: rfc822; %s\n", host, m->id, m->sender) ||
-     (m->envid && buf_addf(&status, "Original-Envelope-Id: %s\n", m->envid)) ||
+     (m->envid && !smtp_dsn_value_valid(m->envid, strlen(m->envid), 0) &&
+      buf_addf(&status, "Original-Envelope-Id: %s\n", m->envid)) ||
      buf_addf(&status, "Arrival-Date: %s\n", arrival))
     goto out;
   for(i = 0; i < n; i++) {

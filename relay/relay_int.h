@@ -107,12 +107,6 @@ int  dkim_sign_message(struct dkim_signers *ds, const char *id, const char *send
                        struct smtp_reply *r);
 /* postern -n: the [dkim] sections are complete and their keys usable; problems counted. */
 int  dkim_check_config(const struct config *cfg, FILE *errs);
-/* The header section of msg[0..len), one field at a time from *pos (start at 0): 1 with the
- * name and the (folded) value, 0 at its end. */
-int  dkim_header_next(const char *msg, size_t len, size_t *pos, const char **name,
-                      size_t *namelen, const char **value, size_t *valuelen);
-/* The value of tag in an RFC 6376 tag-list; 0 found, -1 not. */
-int  dkim_tag_find(const char *v, size_t len, const char *tag, const char **out, size_t *outlen);
 
 /* ---- DSN (dsn.c) --------------------------------------------------------------------------- */
 /* One delivery status notification (RFC 3464) to m's sender for the recipients of upd that

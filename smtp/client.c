@@ -752,12 +752,20 @@ static int send_body(struct smtp_client *c, const char *p, size_t n)
   return conn_write(&c->conn, ".\r\n", 3) ? -1 : 0;
 }
 
+/* A stored DSN value goes out only in its checked xtext form; one that is not (a row written
+ * before the check existed) is left out rather than sent as command-line bytes. */
+static const char *dsn_value(const char *v, int orcpt)
+{
+  return v && !smtp_dsn_value_valid(v, strlen(v), orcpt) ? v : NULL;
+}
+
 static int rcpt_send(struct smtp_client *c, const struct smtp_client_rcpt *rc)
 {
   int dsn = (c->caps.flags & SMTP_CAP_DSN) != 0;
+  const char *orcpt = dsn_value(rc->orcpt, 1);
   return send_line(c, NULL, "RCPT TO:<%s>%s%s%s%s", rc->address,
                    dsn && rc->notify ? " NOTIFY=" : "", dsn && rc->notify ? rc->notify : "",
-                   dsn && rc->orcpt ? " ORCPT=" : "", dsn && rc->orcpt ? rc->orcpt : "");
+                   dsn && orcpt ? " ORCPT=" : "", dsn && orcpt ? orcpt : "");
 }
 
 static int needs_utf8(const struct smtp_client_msg *m, const struct smtp_client_rcpt *rcpts,
@@ -829,7 +837,8 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
   if(send_line(c, NULL, "MAIL FROM:<%s>%s%s%s%s%s%s%s", m->sender, size,
                m->body_8bit && (c->caps.flags & SMTP_CAP_8BITMIME) ? " BODY=8BITMIME" : "",
                utf8 ? " SMTPUTF8" : "", dsn && m->ret ? " RET=" : "", dsn && m->ret ? m->ret : "",
-               dsn && m->envid ? " ENVID=" : "", dsn && m->envid ? m->envid : ""))
+               dsn && dsn_value(m->envid, 0) ? " ENVID=" : "",
+               dsn && dsn_value(m->envid, 0) ? m->envid : ""))
     goto lost;
   if(pipelining) {
     /* RFC 2920: the whole envelope and DATA in one go, then the replies in order */

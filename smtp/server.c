@@ -60,7 +60,11 @@ struct session {
   struct auth_server_session *auth;  /* NULL: AUTH is not offered in this session */
   char auth_user[AUTH_USER_MAX];      /* info.auth_user points here once AUTH succeeded */
   int auth_failures;                  /* failed AUTHs in this session */
+  int lock_logged;                    /* the lockout was logged for this session */
   char tls_desc[160];                 /* "TLSv1.3 TLS_AES_256_GCM_SHA384 256/256" */
+
+  long long helo_deadline_ms;         /* until HELO/EHLO is done (helo_ms); 0 none */
+  unsigned transactions;              /* MAIL commands accepted in this session */
 
   int errors;
   int junk;
@@ -138,6 +142,23 @@ static void transaction_reset(struct session *s)
   /* a finished message gives its memory back; the next one starts small again */
   buf_free(&s->msg);
   buf_init(&s->msg, (size_t)s->max_size + MSG_MARGIN);
+}
+
+/* The idle timeout bounds the whole of the next record (command line, AUTH line, DATA line,
+ * BDAT chunk), not the gap between two of its bytes (Postfix's smtpd_per_record_deadline):
+ * a client that sends a byte now and then does not keep its slot. Before HELO/EHLO the
+ * listener's helo_timeout caps it too. */
+static void record_begin(struct session *s)
+{
+  long long now = time_mono_ms(), dl = now + s->c->idle_ms;
+  if(!s->helo_done && s->helo_deadline_ms && s->helo_deadline_ms < dl)
+    dl = s->helo_deadline_ms;
+  s->c->record_deadline_ms = dl;
+}
+
+static void record_end(struct session *s)
+{
+  s->c->record_deadline_ms = 0;
 }
 
 /* ---- adding headers -------------------------------------------------------------------- */
@@ -354,52 +375,6 @@ static void auth_open(struct session *s)
   }
 }
 
-/* Failed AUTHs per client address, across sessions and listeners, so that reconnecting does
- * not start a guesser's count again. Small and fixed: when it is full the address that failed
- * longest ago is forgotten first. */
-struct auth_fail_slot {
-  int family;
-  unsigned char addr[16];
-  unsigned count;                     /* 0: free */
-  long long last_ms;                  /* monotonic, of the latest failure */
-};
-static pthread_mutex_t auth_fail_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct auth_fail_slot auth_fail_table[LIM_AUTH_FAILURE_ADDRS];
-
-/* Counts one more failure from the session's address; returns its count in the window. */
-static unsigned auth_fail_count(const struct session *s)
-{
-  long long now = time_mono_ms();
-  const size_t none = LIM_AUTH_FAILURE_ADDRS;
-  size_t i, pick = none, spare = none;
-  unsigned n;
-  pthread_mutex_lock(&auth_fail_lock);
-  for(i = 0; i < LIM_AUTH_FAILURE_ADDRS; i++) {
-    struct auth_fail_slot *f = &auth_fail_table[i];
-    if(f->count && now - f->last_ms > LIM_AUTH_FAILURE_MEMORY * 1000LL)
-      f->count = 0;
-    if(f->count && f->family == s->info.family &&
-       !memcmp(f->addr, s->info.peer_addr, sizeof(f->addr))) {
-      pick = i;
-      break;
-    }
-    /* the slot to take if the address is new: a free one, else the oldest */
-    if(spare == none || (auth_fail_table[spare].count &&
-                         (!f->count || f->last_ms < auth_fail_table[spare].last_ms)))
-      spare = i;
-  }
-  if(pick == none) {
-    pick = spare;
-    auth_fail_table[pick].family = s->info.family;
-    memcpy(auth_fail_table[pick].addr, s->info.peer_addr, sizeof(auth_fail_table[pick].addr));
-    auth_fail_table[pick].count = 0;
-  }
-  n = ++auth_fail_table[pick].count;
-  auth_fail_table[pick].last_ms = now;
-  pthread_mutex_unlock(&auth_fail_lock);
-  return n;
-}
-
 /* Waits before the answer to the nth failure: nothing for the first few (typing errors), then
  * 1 s, 2 s, 4 s... up to a cap. A shutdown or the session deadline cuts the wait short. */
 static void auth_fail_delay(struct session *s, unsigned n)
@@ -431,7 +406,13 @@ static void auth_fail_delay(struct session *s, unsigned n)
 static int tls_begin(struct session *s)
 {
   char err[256];
-  if(tls_server_start(s->cfg->tls, s->c, LIM_TLS_HANDSHAKE_SECONDS * 1000, err, sizeof(err))) {
+  long long ms = LIM_TLS_HANDSHAKE_SECONDS * 1000;
+  if(!s->helo_done && s->helo_deadline_ms) {
+    long long left = s->helo_deadline_ms - time_mono_ms();
+    if(left < ms)
+      ms = left > 1 ? left : 1;
+  }
+  if(tls_server_start(s->cfg->tls, s->c, (int)ms, err, sizeof(err))) {
     log_info("TLS handshake failed from [%s]: %s", s->info.peer_ip, err);
     return -1;
   }
@@ -478,6 +459,28 @@ static void cmd_helo(struct session *s, const struct smtp_command *cmd, int ehlo
   s->ok[s->cur]++;
 }
 
+/* The listener's message (rcpt 0) or recipient rate per client; logged once a minute. */
+static int anvil_refuses(struct session *s, int rcpt)
+{
+  unsigned char key[ANVIL_KEY_LEN];
+  enum anvil_verdict v;
+  int report = 0;
+  if(!s->cfg->anvil_service)
+    return 0;
+  anvil_key(s->info.family, s->info.peer_addr, key);
+  v = rcpt ? anvil_rcpt(s->cfg->anvil_service, key, &s->cfg->anvil, time_mono_ms(), &report) :
+             anvil_message(s->cfg->anvil_service, key, &s->cfg->anvil, time_mono_ms(), &report);
+  if(v == ANVIL_OK)
+    return 0;
+  metrics_limit_refused(s->info.listener, rcpt ? METRICS_LIMIT_RCPT_RATE : METRICS_LIMIT_MSG_RATE);
+  if(report)
+    log_warn("%s rate limit exceeded for [%s] on listener %s (%ld per minute; %s in "
+             "[listener %s])", rcpt ? "recipient" : "message", s->info.peer_ip,
+             s->info.listener, rcpt ? s->cfg->anvil.rcpt_rate : s->cfg->anvil.msg_rate,
+             rcpt ? "recipient_rate" : "message_rate", s->info.listener);
+  return 1;
+}
+
 static void cmd_mail(struct session *s, const struct smtp_command *cmd)
 {
   struct smtp_path_params p;
@@ -489,6 +492,16 @@ static void cmd_mail(struct session *s, const struct smtp_command *cmd)
   }
   if(s->in_mail) {
     reply(s, 503, "5.5.1", "Error: nested MAIL command");
+    return;
+  }
+  /* each transaction may cost a policy its look-ups (SPF): a session does not get to run
+   * them without end; a new connection goes through the per-client limits again */
+  if(s->transactions >= (s->cfg->max_transactions ? s->cfg->max_transactions :
+                         LIM_SMTP_TRANSACTIONS_DEFAULT)) {
+    reply(s, 421, "4.7.0", "%s Error: too many transactions in one session", s->host);
+    log_info("too many transactions from [%s]; closing (max_transactions in [postern])",
+             s->info.peer_ip);
+    s->done = 1;
     return;
   }
   if(smtp_path_parse(cmd->arg, cmd->arglen, 1, &p, &r)) {
@@ -512,6 +525,11 @@ static void cmd_mail(struct session *s, const struct smtp_command *cmd)
   }
   else
     r.code = 0;
+  if(!r.code && anvil_refuses(s, 0)) {
+    smtp_reply_set(&r, 421, "4.7.0", "%s Error: too much mail from [%s]", s->host,
+                   s->info.peer_ip);
+    s->done = 1;
+  }
   if(r.code) {
     reply_send(s, &r, 1);
     log_reject(s, "MAIL", &r, &p, NULL, 0);
@@ -521,6 +539,7 @@ static void cmd_mail(struct session *s, const struct smtp_command *cmd)
   s->env.nrcpts = 0;
   s->rcpt_tried = 0;
   s->in_mail = 1;
+  s->transactions++;
   reply(s, 250, "2.1.0", "Ok");
 }
 
@@ -554,6 +573,9 @@ static void cmd_rcpt(struct session *s, const struct smtp_command *cmd)
   }
   else
     r.code = 0;
+  if(!r.code && anvil_refuses(s, 1))
+    smtp_reply_set(&r, 452, "4.7.0", "Error: too many recipients from [%s]; try again later",
+                   s->info.peer_ip);
   if(!r.code && s->env.nrcpts == s->rcpt_alloc) {
     size_t na = s->rcpt_alloc ? s->rcpt_alloc * 2 : 4;
     struct smtp_path_params *nr;
@@ -641,15 +663,25 @@ static int data_read(struct session *s)
 {
   struct conn *c = s->c;
   content_scan_init(s, 1);
+  record_begin(s);
   for(;;) {
+    size_t used;
     if(c->rstart == c->rend) {
       int result = conn_fill(c);
-      if(result)
+      if(result) {
+        record_end(s);
         return conn_lost(s, result, "DATA");
+      }
     }
-    c->rstart += content_feed(s, c->rbuf + c->rstart, c->rend - c->rstart);
-    if(s->scan.ended)
+    used = content_feed(s, c->rbuf + c->rstart, c->rend - c->rstart);
+    /* each line of content is a record of its own */
+    if(memchr(c->rbuf + c->rstart, '\n', used))
+      record_begin(s);
+    c->rstart += used;
+    if(s->scan.ended) {
+      record_end(s);
       return 0;
+    }
   }
 }
 
@@ -764,7 +796,9 @@ static void cmd_bdat(struct session *s, const struct smtp_command *cmd)
     }
   }
   if(s->bdat_failed) {
+    record_begin(s);
     result = conn_read_exact(s->c, NULL, (size_t)n);
+    record_end(s);
     if(result) {
       conn_lost(s, result, "BDAT");
       return;
@@ -783,7 +817,9 @@ static void cmd_bdat(struct session *s, const struct smtp_command *cmd)
   else if(!s->env.nrcpts)
     smtp_reply_set(&r, 503, "5.5.1", "Error: need RCPT command");
   if(r.code) {
+    record_begin(s);
     result = conn_read_exact(s->c, NULL, (size_t)n);
+    record_end(s);
     if(result) {
       conn_lost(s, result, "BDAT");
       return;
@@ -797,7 +833,9 @@ static void cmd_bdat(struct session *s, const struct smtp_command *cmd)
     content_scan_init(s, 0);
   }
   if(n > (unsigned long long)s->max_size - s->scan.size) {
+    record_begin(s);
     result = conn_read_exact(s->c, NULL, (size_t)n);
+    record_end(s);
     if(result) {
       conn_lost(s, result, "BDAT");
       return;
@@ -812,7 +850,9 @@ static void cmd_bdat(struct session *s, const struct smtp_command *cmd)
     }
     return;
   }
+  record_begin(s);      /* a chunk is one record */
   result = bdat_read(s, (size_t)n);
+  record_end(s);
   if(result) {
     conn_lost(s, result, "BDAT");
     return;
@@ -925,10 +965,23 @@ static int auth_decode(const char *p, size_t n, unsigned char **out, size_t *out
   return auth_b64_decode(p, n, out, outlen);
 }
 
+static int auth_max_failures(const struct session *s)
+{
+  return s->cfg->max_auth_failures > 0 ? s->cfg->max_auth_failures : LIM_AUTH_FAILURES_DEFAULT;
+}
+
+/* Failed AUTHs count per client (an IPv4 address or an IPv6 /64) across sessions and
+ * listeners; at max_auth_failures the client is locked out for auth_lockout, and while it is
+ * no credentials of its are checked at all (cmd_auth asks before the exchange starts). */
 static void auth_failed(struct session *s, const char *mech)
 {
-  unsigned n = auth_fail_count(s);
-  int max = s->cfg->max_auth_failures > 0 ? s->cfg->max_auth_failures : LIM_AUTH_FAILURES_DEFAULT;
+  unsigned char key[ANVIL_KEY_LEN];
+  int max = auth_max_failures(s);
+  unsigned n;
+  anvil_key(s->info.family, s->info.peer_addr, key);
+  n = anvil_auth_failure(key, (unsigned)max, s->cfg->auth_lockout_ms > 0 ?
+                         s->cfg->auth_lockout_ms : LIM_AUTH_LOCKOUT_DEFAULT * 1000LL,
+                         time_mono_ms());
   s->auth_failures++;
   metrics_auth_failure(METRICS_SIDE_LISTENER);
   if(n < (unsigned)s->auth_failures)
@@ -939,9 +992,9 @@ static void auth_failed(struct session *s, const char *mech)
   auth_fail_delay(s, n);
   if(n >= (unsigned)max) {
     reply(s, 421, "4.7.0", "%s Error: too many authentication failures", s->host);
-    log_warn("too many authentication failures from [%s]; closing (if it is one of ours, set its "
-             "password again with `posternctl user add`; the limit is max_auth_failures in "
-             "[postern])", s->info.peer_ip);
+    log_warn("too many authentication failures from [%s]; closing and locking the client out "
+             "(if it is one of ours, set its password again with `posternctl user add`; the "
+             "limits are max_auth_failures and auth_lockout in [postern])", s->info.peer_ip);
     s->done = 1;
     return;
   }
@@ -972,6 +1025,24 @@ static void cmd_auth(struct session *s, const struct smtp_command *cmd)
   if(s->in_mail) {
     reply(s, 503, "5.5.1", "Error: MAIL transaction in progress");
     return;
+  }
+  {
+    /* a locked-out client has nothing checked: no guess costs us a hash or tells it anything */
+    unsigned char key[ANVIL_KEY_LEN];
+    long long left;
+    anvil_key(s->info.family, s->info.peer_addr, key);
+    left = anvil_auth_locked(key, time_mono_ms());
+    if(left > 0) {
+      explicit_bzero(s->line.ptr, s->line.len);
+      metrics_auth_failure(METRICS_SIDE_LISTENER);
+      reply(s, 454, "4.7.0", "Error: too many authentication failures; try again later");
+      s->errors++;     /* asking again and again ends the session like other errors do */
+      if(!s->lock_logged)
+        log_info("AUTH from [%s] refused: locked out for %llds more after max_auth_failures",
+                 s->info.peer_ip, (left + 999) / 1000);
+      s->lock_logged = 1;
+      return;
+    }
   }
   if(auth_args(cmd, mech, sizeof(mech), &ir, &irlen)) {
     reply(s, 501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
@@ -1021,7 +1092,9 @@ static void cmd_auth(struct session *s, const struct smtp_command *cmd)
       conn_lost(s, result, "AUTH");
       return;
     }
+    record_begin(s);
     result = conn_read_line(s->c, &s->line, LIM_SMTP_AUTH_LINE, &fl);
+    record_end(s);
     if(result == CONN_TOO_LONG && !(fl & CONN_LINE_EOF)) {
       buf_reset(&s->line);
       reply(s, 500, "5.5.6", "Authentication exchange line is too long");
@@ -1275,6 +1348,8 @@ void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,
                c->idle_ms > 0 ? c->idle_ms : LIM_SMTP_IDLE_SECONDS * 1000;
   if(cfg->session_ms > 0)
     c->deadline_ms = time_mono_ms() + cfg->session_ms;
+  if(cfg->helo_ms > 0)
+    s->helo_deadline_ms = time_mono_ms() + cfg->helo_ms;
   buf_init(&s->msg, (size_t)s->max_size + MSG_MARGIN);
   buf_init(&s->line, LIM_SMTP_AUTH_LINE + 16);
   info_fill(s);
@@ -1306,8 +1381,10 @@ void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,
      * transaction may finish it (the daemon's grace period bounds that) */
     c->wake_fd = s->cfg->wake_fd > 0 && !s->in_mail && !s->bdat_failed ? s->cfg->wake_fd : -1;
     /* RFC 4954 4: AUTH lines may be longer; only where AUTH is offered */
+    record_begin(s);
     result = conn_read_line(c, &s->line, s->auth ? LIM_SMTP_AUTH_LINE : LIM_SMTP_COMMAND_LINE,
                             &fl);
+    record_end(s);
     c->wake_fd = -1;
     if(result == CONN_WOKEN) {
       reply(s, 421, "4.3.2", "%s Service shutting down", s->host);
@@ -1347,6 +1424,7 @@ void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,
 out:
   /* the last words (a 421 for a spent deadline among them) get a short grace of their own */
   c->deadline_ms = time_mono_ms() + FINAL_FLUSH_MS;
+  c->record_deadline_ms = 0;
   if(c->idle_ms <= 0 || c->idle_ms > FINAL_FLUSH_MS)
     c->idle_ms = FINAL_FLUSH_MS;
   conn_flush(c);

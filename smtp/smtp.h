@@ -43,6 +43,41 @@ struct smtp_policy {
                   const char *msg, size_t len, struct smtp_reply *r);
 };
 
+/* ---- anvil: per-client limits shared by all sessions (smtp/anvil.c) ---------------------- */
+#define ANVIL_KEY_LEN 9               /* family, then an IPv4 address or an IPv6 /64 */
+
+struct anvil_limits {
+  long max_conc;                      /* sessions per client at once; 0 none */
+  long conn_rate, msg_rate, rcpt_rate; /* per client per minute; 0 none */
+};
+
+enum anvil_verdict {
+  ANVIL_OK = 0, ANVIL_CONCURRENCY, ANVIL_CONN_RATE, ANVIL_MSG_RATE, ANVIL_RCPT_RATE,
+  ANVIL_FULL,                         /* the table holds only clients with sessions open */
+};
+
+/* The client a peer address counts as (family AF_INET/AF_INET6, addr its 4 or 16 bytes). */
+void anvil_key(int family, const unsigned char *addr, unsigned char key[ANVIL_KEY_LEN]);
+/* A listener's id in the table, from its name. */
+unsigned anvil_service(const char *name);
+/* A new connection: counted, and admitted (a session held until anvil_disconnect) only on
+ * ANVIL_OK. *report is set when the refusal should be logged (once a minute per client). */
+enum anvil_verdict anvil_connect(unsigned service, const unsigned char *key,
+                                 const struct anvil_limits *l, long long now_ms, int *report);
+void anvil_disconnect(unsigned service, const unsigned char *key, long long now_ms);
+/* A MAIL transaction / an accepted recipient, against the message and recipient rates. */
+enum anvil_verdict anvil_message(unsigned service, const unsigned char *key,
+                                 const struct anvil_limits *l, long long now_ms, int *report);
+enum anvil_verdict anvil_rcpt(unsigned service, const unsigned char *key,
+                              const struct anvil_limits *l, long long now_ms, int *report);
+/* AUTH: how long the client stays locked out (0: not locked); a failure counted, locking the
+ * client for lock_ms once it reaches max; returns the client's failures. */
+long long anvil_auth_locked(const unsigned char *key, long long now_ms);
+unsigned  anvil_auth_failure(const unsigned char *key, unsigned max, long long lock_ms,
+                             long long now_ms);
+/* Forgets everything (tests, fuzzing). */
+void anvil_reset(void);
+
 struct tls_server_ctx;
 
 enum smtp_tls_mode {
@@ -57,7 +92,10 @@ struct smtp_server_cfg {
   long long max_message_size;
   long max_recipients;
   int max_errors;                     /* bad commands before 421 and close */
-  int idle_ms;                        /* per-command idle timeout */
+  int idle_ms;                        /* the time to receive one command line, DATA line or
+                                         BDAT chunk (not the gap between two bytes) */
+  long long helo_ms;                  /* from connect until HELO/EHLO is done; 0: none */
+  unsigned max_transactions;          /* MAIL transactions per session; 0: the default */
   long long session_ms;               /* total session deadline */
   int add_missing_headers;            /* add Message-ID: and Date: when absent (submission) */
   volatile int *stopping;             /* when set, a session ends at the next command with 421 */
@@ -72,7 +110,12 @@ struct smtp_server_cfg {
   int auth_available;                 /* auth_server_init worked (the sasldb is usable) */
   int loopback_listener;              /* the socket is bound to a loopback address: a loopback
                                          peer may use PLAIN and LOGIN without TLS */
-  int max_auth_failures;              /* failed AUTHs from one address before 421; 0: default */
+  int max_auth_failures;              /* failed AUTHs from one client before 421 and a lockout;
+                                         0: default */
+  long long auth_lockout_ms;          /* how long a client is locked out; 0: default */
+  /* per-client limits (anvil); anvil_service 0: none apply to this session */
+  unsigned anvil_service;
+  struct anvil_limits anvil;
 };
 
 /* Runs one session to its end on c (already accepted), then returns; c is not freed. */

@@ -146,5 +146,14 @@ struct ctl_dns_rr {
  * says "no such name" or "no record"; -1: the lookup failed (err says why). */
 int ctl_dns_query(const char *name, int type, struct ctl_dns_rr *rr, size_t max, size_t *n,
                   char *err, size_t errsz);
+struct ctl_dns_txt {
+  char text[4096];            /* one record's strings joined; NUL-terminated */
+};
+/* The TXT records of name, as ctl_dns_query answers. */
+int ctl_dns_txt(const char *name, struct ctl_dns_txt *txt, size_t max, size_t *n, char *err,
+                size_t errsz);
+
+/* ---- DKIM keys (ctl_dkim.c) ---------------------------------------------------------------- */
+int ctl_dkim(struct ctl *c);
 
 #endif

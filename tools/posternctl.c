@@ -50,6 +50,10 @@ static const struct command {
     "init [ADDRESS] [--provider microsoft|google|ses|sendgrid|smtp] [--output FILE] [--dry-run]\n"
     "  [--yes] [--app-user NAME] [--no-check] and the provider's flags: see posternctl(8)\n"
     "   (a first configuration: the provider told from ADDRESS, what is missing asked for)\n" },
+  { "dkim", ctl_dkim,
+    "dkim keygen DOMAIN SELECTOR [--algorithm rsa-sha256|ed25519-sha256] [--bits N]"
+    " [--key-file FILE]\n"
+    "dkim check [DOMAIN] [--json]   (is each [dkim] key published in DNS, and is it that key)\n" },
   { "correspondence", ctl_correspondence,
     "correspondence list [--json] [--address A] [--thread T]\n"
     "correspondence show ID [--json]\n"

@@ -1,7 +1,7 @@
 # The crash test: 4 clients send 2,000 unique messages while the daemon is SIGKILLed at least
 # 5 times at moments spread over the run and restarted on the same configuration. Afterwards
 # every acknowledged message is in the store exactly as sent, no entry is half-written, and no
-# message that was refused (about 3% carry a bare LF and must get 550) or never fully sent is
+# message that was refused (about 3% carry a bare CR and must get 550) or never fully sent is
 # there. A message whose final reply was lost to a kill is "unknown": it may or may not be
 # stored, and is resent under a new X-Seq.
 import base64
@@ -49,9 +49,10 @@ def make_content(rnd, seq, poison=False):
     size = rnd.randrange(1024, 20 * 1024 + 1)
     body = base64.encodebytes(rnd.randbytes(size * 3 // 4)).replace(b"\n", b"\r\n")
     if poison:
-        # A bare LF: the server must refuse the message (550 5.6.0), kills or not.
+        # A bare CR: the server must refuse the message (550 5.6.0), kills or not. (A bare LF
+        # is a line end now, as Postfix's smtpd_forbid_bare_newline = normalize has it.)
         cut = body.index(b"\r\n", len(body) // 2)
-        body = body[:cut] + b"\nPOISON\r\n" + body[cut + 2:]
+        body = body[:cut] + b"\rPOISON\r\n" + body[cut + 2:]
     if rnd.random() < 0.2:
         body = b".leading dot line\r\n.\r\n" + body
     nr = rnd.randrange(1, 4)
@@ -110,7 +111,7 @@ def client(idx, d, ledger, stop, errors):
                 if poison:
                     ledger.settle(rec, "refused", reply=repr(r))
                     if r.code < 400:
-                        errors.append(f"client {idx}: message with a bare LF (X-Seq {seq}) got {r!r}")
+                        errors.append(f"client {idx}: message with a bare CR (X-Seq {seq}) got {r!r}")
                 elif r.code == 250 and r.queue_id():
                     ledger.settle(rec, "acked", qid=r.queue_id(), reply=repr(r))
                     done += 1
@@ -227,7 +228,7 @@ def test_crash_durability(daemon):
             problems.append(f"X-Seq {seq} stored twice: {by_seq[seq]} and {e['id']}")
         by_seq[seq] = e["id"]
         if b"POISON" in rec["content"]:
-            problems.append(f"X-Seq {seq}, which holds a bare LF, is stored as {e['id']} ({rec['state']})")
+            problems.append(f"X-Seq {seq}, which holds a bare CR, is stored as {e['id']} ({rec['state']})")
         if rec["state"] in ("refused", "unsent"):
             problems.append(f"X-Seq {seq} is stored as {e['id']} but was {rec['state']} ({rec['reply']})")
         try:

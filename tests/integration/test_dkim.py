@@ -300,3 +300,75 @@ def test_key_file_checked_at_start(tmp_path, keys):
     assert rc == 1 and f"posternctl dkim keygen {DOMAIN} s1" in out, out
     rc, out = check(f"[dkim a]\ndomain = {DOMAIN}\n")
     assert rc == 1 and "needs domain, selector and key_file" in out, out
+
+
+# ---------------------------------------------------------------------------------------------
+# posternctl dkim keygen and dkim check, against the namespace's DNS
+
+def zone_record(out):
+    """The TXT record text of keygen's zone-file line: its quoted strings joined."""
+    line = next(l for l in out.splitlines() if "._domainkey." in l and " IN TXT " in l)
+    return line.split(" IN TXT ")[0].rstrip("."), "".join(re.findall(r'"([^"]*)"', line))
+
+
+def test_keygen_and_check(tmp_path):
+    need_binary(POSTERNCTL)
+    conf = tmp_path / "p.conf"
+    conf.write_text(f"[postern]\ndata_dir = {tmp_path}/data\nuser = nobody\n"
+                    f"[dkim rsa]\ndomain = {DOMAIN}\nselector = k1\nkey_file = {tmp_path}/k1.pem\n"
+                    f"[dkim ed]\ndomain = {DOMAIN}\nselector = k2\nkey_file = {tmp_path}/k2.pem\n"
+                    "algorithm = ed25519-sha256\n"
+                    f"[dkim stale]\ndomain = {DOMAIN}\nselector = k3\nkey_file = {tmp_path}/k3.pem\n"
+                    f"[dkim unpublished]\ndomain = {OTHER}\nselector = k4\nkey_file = {tmp_path}/k4.pem\n")
+
+    def ctl(*args):
+        p = _run(POSTERNCTL, "-c", str(conf), "dkim", *args)
+        return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+    records = {}
+    for sel in ("k1", "k2", "k3", "k4"):
+        rc, out, err = ctl("keygen", DOMAIN if sel != "k4" else OTHER, sel)
+        assert rc == 0, err
+        st = os.stat(tmp_path / f"{sel}.pem")
+        assert st.st_mode & 0o777 == 0o600 and st.st_uid == 65534, (oct(st.st_mode), st.st_uid)
+        assert "and sign with it" not in out, out          # its [dkim] section is there already
+        name, text = zone_record(out)
+        records[name] = text
+    assert records[f"k1._domainkey.{DOMAIN}"].startswith("v=DKIM1; k=rsa; p=MIIB")
+    assert re.fullmatch(r"v=DKIM1; k=ed25519; p=[A-Za-z0-9+/]{43}=", records[f"k2._domainkey.{DOMAIN}"])
+    # a key is never replaced, and one of another kind than its section says is refused
+    rc, _, err = ctl("keygen", DOMAIN, "k1")
+    assert rc != 0 and "never replaced" in err, err
+    rc, _, err = ctl("keygen", DOMAIN, "k2", "--algorithm", "rsa-sha256")
+    assert rc != 0 and "algorithm = ed25519-sha256" in err, err
+    # outside a section: the key file named, and the section to add printed
+    rc, out, err = ctl("keygen", "new.test.example", "s9", "--key-file", str(tmp_path / "n.pem"),
+                       "--algorithm", "ed25519-sha256")
+    assert rc == 0 and f"[dkim new.test.example-s9]\ndomain = new.test.example\nselector = s9\n" \
+        f"key_file = {tmp_path}/n.pem\nalgorithm = ed25519-sha256" in out, out
+
+    stale_key = make_key(tmp_path / "other.pem", "rsa")
+    published = {n: t for n, t in records.items() if not n.endswith(OTHER)}
+    published[f"k3._domainkey.{DOMAIN}"] = dns_txt(stale_key, "rsa")   # not k3's key
+    dns = DNS(str(tmp_path), published)
+    try:
+        p = dns.run(POSTERNCTL, "-c", str(conf), "dkim", "check")
+        out = p.stdout.decode()
+        assert p.returncode == 1, out + p.stderr.decode()
+        assert re.search(rf"^ok\s+dkim rsa: k1._domainkey.{DOMAIN} publishes the key", out, re.M), out
+        assert re.search(rf"^ok\s+dkim ed: k2._domainkey.{DOMAIN} publishes the key", out, re.M), out
+        assert re.search(rf"^PROBLEM\s+dkim stale: k3._domainkey.{DOMAIN} publishes another key", out, re.M), out
+        assert "replace the record with: k3._domainkey." + DOMAIN + '. IN TXT ( "v=DKIM1; k=rsa; p=' in out
+        assert re.search(rf"^PROBLEM\s+dkim unpublished: k4._domainkey.{OTHER}: ", out, re.M), out
+        assert "publish: k4._domainkey." + OTHER + ". IN TXT (" in out
+        # one domain, as JSON; every one of its keys good: exit 0
+        p = dns.run(POSTERNCTL, "-c", str(conf), "--json", "dkim", "check", OTHER)
+        assert p.returncode == 1
+        import json
+        items = json.loads(p.stdout)
+        assert [i["status"] for i in items] == ["finding"], items
+        conf.write_text(conf.read_text().split("[dkim stale]")[0])
+        p = dns.run(POSTERNCTL, "-c", str(conf), "dkim", "check", DOMAIN)
+        assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
+    finally:
+        dns.close()

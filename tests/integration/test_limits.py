@@ -662,3 +662,157 @@ def test_full_disk_gives_452(small_tmpfs, daemon_factory):
         body = d.queue_cat(qid)
         if qid not in accepted:
             assert b"Subject: FULL-" not in body, f"refused message stored as {qid}"
+
+
+def test_dsn_parameters_with_controls_refused(daemon):
+    """ENVID and ORCPT whose xtext decodes to CR, LF, NUL or another control: 501 5.5.4 (RFC 3461
+    allows printable US-ASCII only; such a value would end up in the header fields of a DSN),
+    the session stays in sync, nothing is stored. Printable encoded values still pass."""
+    d = daemon
+    with d.smtp() as c:
+        c.greet()
+        for bad in ("ENVID=x+0D+0Ay", "ENVID=x+00", "ENVID=+0ABcc:+20evil@x", "ENVID=a+7F"):
+            c.cmd_expect(f"MAIL FROM:<a@clinic.test> {bad}", 501, "5.5.4")
+        c.cmd_expect("NOOP", 250)
+        c.cmd_expect("MAIL FROM:<a@clinic.test> ENVID=ok+2Bfine", 250)
+        for bad in ("ORCPT=rfc822;b@example.test+0D+0ABcc:+20x@y", "ORCPT=rfc822;b+00@example.test",
+                    "ORCPT=rfc822;b+09@example.test"):
+            c.cmd_expect(f"RCPT TO:<b@example.test> {bad}", 501, "5.5.4")
+        c.cmd_expect("RSET", 250)
+        # 20-digit numbers: SIZE is simply too big, a BDAT count cannot be read (and the chunk
+        # not delimited): 501 and the session ends rather than read content as commands
+        c.cmd_expect("MAIL FROM:<a@clinic.test> SIZE=92233720368547758080", 552, "5.3.4")
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        c.cmd_expect("RCPT TO:<b@example.test>", 250)
+        c.send(b"BDAT 92233720368547758080 LAST\r\nMAIL FROM:<evil@attacker.test>\r\n")
+        r = c.read_reply()
+        assert (r.code, r.enhanced) == (501, "5.5.4"), r
+        c.wait_closed()
+    good = assert_serving(d, "dsn")
+    assert [e["id"] for e in d.queue_list()] == [good]
+
+
+# ---------------------------------------------------------------------------------------------
+# Facing the internet: per-command deadlines, slots per listener, per-client limits.
+
+def open_silent(port, n, host="127.0.0.1", source=None):
+    """n connections that never say anything; returns (sockets, their first reply lines)."""
+    socks, firsts = [], []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if source:
+            s.bind((source, 0))
+        s.settimeout(10)
+        s.connect((host, port))
+        socks.append(s)
+    for s in socks:
+        try:
+            firsts.append(s.recv(200).split(b"\r\n")[0])
+        except OSError:
+            firsts.append(b"")
+    return socks, firsts
+
+
+def test_slowloris_command_cut_off(daemon_factory):
+    """idle_timeout bounds the whole command line, not the gap between two bytes: a client that
+    sends one byte every second is cut off once idle_timeout has passed, with 421 4.4.2. The
+    same inside DATA, per line."""
+    d = daemon_factory({"idle_timeout": "3s"})
+    for inside_data in (False, True):
+        with d.smtp(timeout=30) as c:
+            c.greet()
+            if inside_data:
+                c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+                c.cmd_expect("RCPT TO:<b@example.test>", 250)
+                c.cmd_expect("DATA", 354)
+            start = time.monotonic()
+            line = b"NOOP" + b"x" * 100 if not inside_data else b"Subject: " + b"y" * 100
+            got = b""
+            for ch in line:
+                try:
+                    c.sock.sendall(bytes([ch]))
+                except OSError:
+                    break
+                time.sleep(1)
+                got += c.pending(0.01)
+                if got or time.monotonic() - start > 40:
+                    break
+            got += c.pending(2)
+            assert got.startswith(b"421 4.4.2"), f"dribbling client not cut off: {got!r}"
+            assert time.monotonic() - start < 40
+    assert "timeout after" in d.log_text()
+    assert_serving(d, "slowloris")
+
+
+def test_helo_timeout_on_mx(daemon_factory):
+    """An mx listener gives a client helo_timeout (default 30s; here 2s) to introduce itself,
+    however busy it keeps the line with other commands; after EHLO the idle timeout rules."""
+    mx = free_port_local()
+    d = daemon_factory({"idle_timeout": "30s"},
+                       extra=f"\n[listener mx]\naddress = 127.0.0.1:{mx}\nrole = mx\nhelo_timeout = 2s\n"
+                             "\n[inbound]\ndomains = reply.clinic.test\n")
+    from conftest import SMTPConn
+    with SMTPConn(mx, timeout=15) as c:
+        c.expect(220)
+        start = time.monotonic()
+        for _ in range(3):
+            c.cmd_expect("NOOP", 250)
+            time.sleep(0.5)
+        got = c.pending(4)
+        assert got.startswith(b"421 4.4.2"), got
+        assert time.monotonic() - start < 10
+    with SMTPConn(mx, timeout=15) as c:
+        c.greet()
+        time.sleep(3)
+        c.cmd_expect("NOOP", 250)
+        c.cmd_expect("QUIT", 221)
+
+
+def free_port_local():
+    from conftest import free_port
+    return free_port()
+
+
+def test_max_transactions(daemon_factory):
+    d = daemon_factory({"max_transactions": "3"})
+    with d.smtp() as c:
+        c.greet()
+        for i in range(3):
+            r = c.send_message("a@clinic.test", ["b@example.test"], MSG)
+            assert r.code == 250, r
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 421, "4.7.0")
+        assert c.wait_closed(5)
+    assert_serving(d, "transactions")
+
+
+def test_mx_flood_does_not_starve_submission(daemon_factory):
+    """200 silent connections to the mx listener from one client: its per-client limit (20 on
+    mx) and the listener's own max_clients refuse the rest with 421 4.7.0 at connect, while
+    submission on 127.0.0.1 still answers 220 and delivers. Refusals are counted in /metrics
+    and logged once a minute, not once per connection."""
+    mx = free_port_local()
+    d = daemon_factory({"max_clients": "100"},
+                       extra=f"\n[listener mx]\naddress = 127.0.0.1:{mx}\nrole = mx\nmax_clients = 30\n"
+                             "\n[inbound]\ndomains = reply.clinic.test\n")
+    socks, firsts = open_silent(mx, 200, source="127.0.0.9")
+    try:
+        ok = [f for f in firsts if f.startswith(b"220")]
+        refused = [f for f in firsts if f.startswith(b"421 4.7.0")]
+        assert len(ok) == 20, f"{len(ok)} sessions from one client on mx (limit 20)"
+        assert len(refused) == 180, firsts[:30]
+        # from other clients the mx listener fills up to its own max_clients only
+        socks2, firsts2 = [], []
+        for i in range(20):
+            s2, f2 = open_silent(mx, 1, source=f"127.0.1.{i + 1}")
+            socks2 += s2
+            firsts2 += f2
+        assert sum(f.startswith(b"220") for f in firsts2) == 10, firsts2
+        assert all(f.startswith(b"421 4.3.2") for f in firsts2 if not f.startswith(b"220")), firsts2
+        # submission is untouched
+        assert_serving(d, "flood")
+        log = d.log_text()
+        assert log.count("client [127.0.0.9] refused on listener mx") == 1, \
+            "per-client refusals not logged once a minute"
+    finally:
+        for s in socks + locals().get("socks2", []):
+            s.close()

@@ -560,7 +560,7 @@ def test_sender_restriction(tls_daemon):
 # Repeated failures: delayed, then cut off, and remembered across connections.
 
 def test_repeated_failures_delay_then_close(daemon_factory):
-    d = make_daemon(daemon_factory, postern={"max_auth_failures": "5"})
+    d = make_daemon(daemon_factory, postern={"max_auth_failures": "5", "auth_lockout": "4s"})
     src = "127.0.0.3"
     with Client(d.port, source=src, timeout=30) as c:
         c.greet()
@@ -577,19 +577,25 @@ def test_repeated_failures_delay_then_close(daemon_factory):
         assert time.monotonic() - t >= 1.8              # the fifth 2 s, then the end
         assert (r.code, r.enhanced) == (421, "4.7.0"), r
         assert c.wait_closed(5)
-    # reconnecting does not start the count again: the first failure is the sixth
+    # reconnecting does not start the count again: the client is locked out, and while it is
+    # nothing it sends is checked: wrong or right, the answer is 454 at once
     with Client(d.port, source=src, timeout=30) as c:
         c.greet()
         t = time.monotonic()
         r = c.auth_plain("alice", "wrong5")
-        assert time.monotonic() - t >= 3.5
-        assert (r.code, r.enhanced) == (421, "4.7.0"), r
-    # another address is not punished, and the right password still works for this one
+        assert time.monotonic() - t < 0.8
+        assert (r.code, r.enhanced) == (454, "4.7.0"), r
+        r = c.auth_plain("alice", PASSWORD)
+        assert (r.code, r.enhanced) == (454, "4.7.0"), r
+        c.cmd_expect("NOOP", 250)
+    # another address is not punished
     with Client(d.port, source="127.0.0.4") as c:
         c.greet()
         t = time.monotonic()
         assert c.auth_plain("alice", "wrong").code == 535
         assert time.monotonic() - t < 0.8
+    # once the lockout is over, the right password works for this one again
+    time.sleep(4.5)
     with Client(d.port, source=src) as c:
         c.greet()
         assert c.auth_plain("alice", PASSWORD).code == 235

@@ -274,17 +274,15 @@ def get_from(src, port, path, auth=None):
         c.close()
 
 
-def test_per_client_limits(daemon_factory, tmp_path):
+def test_per_client_connections(daemon_factory, tmp_path):
     """Connections at once, requests a minute and wrong passwords are counted per client: the
-    one over a limit is refused, another client is not."""
+    one over a limit is refused, another client is not. First, connections at once."""
     pw = secret(tmp_path, "inbound.secret", PASSWORD)
     d = http_daemon(daemon_factory, tmp_path,
                     f"http_user = {USER}\nhttp_password_file = {pw}\n"
-                    "http_clients_per_ip = 3\nhttp_request_rate = 10\n"
-                    "http_exempt_networks = 192.0.2.0/24\n"     # loopback is exempt by default
-                    "http_auth_failures = 3\nhttp_auth_lockout = 3s\n")
+                    "http_clients_per_ip = 3\n"
+                    "http_exempt_networks = 192.0.2.0/24\n")    # loopback is exempt by default
     port = int(d.http.rsplit(":", 1)[1])
-    good, wrong = (USER, PASSWORD), (USER, "guess")
 
     # three silent connections from 127.0.0.4: a fourth is closed at once, unanswered; another
     # client is served meanwhile
@@ -318,6 +316,19 @@ def test_per_client_limits(daemon_factory, tmp_path):
         assert time.monotonic() < deadline, "connections not given back after they closed"
         time.sleep(0.2)
     assert "127.0.0.4 has 3 connections open (http_clients_per_ip" in d.log_text()
+
+
+def test_per_client_request_rate_and_lockout(daemon_factory, tmp_path):
+    # no limit on connections at once here: a client's closed connection is counted until the
+    # listener's thread notices, and these requests follow each other closely
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+    d = http_daemon(daemon_factory, tmp_path,
+                    f"http_user = {USER}\nhttp_password_file = {pw}\n"
+                    "http_clients_per_ip = 0\nhttp_request_rate = 10\n"
+                    "http_auth_failures = 3\nhttp_auth_lockout = 3s\n"
+                    "http_exempt_networks = 192.0.2.0/24\n")
+    port = int(d.http.rsplit(":", 1)[1])
+    good, wrong = (USER, PASSWORD), (USER, "guess")
 
     # requests a minute: the eleventh gets 429 with Retry-After; /healthz and others go on
     for _ in range(10):

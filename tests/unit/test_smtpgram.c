@@ -90,6 +90,12 @@ static const struct path_row path_rows[] = {
   { M, "FROM:<a@b.c> ENVID=a+2Bb", SMTP_PATH_OK, "a@b.c", 0, -1, 0, 0, NULL, NULL, NULL, "a+2Bb" },
   { M, "FROM:<a@b.c> ENVID=a+2b", SMTP_PATH_SYNTAX, NULL, 501 },
   { M, "FROM:<a@b.c> ENVID=a+", SMTP_PATH_SYNTAX, NULL, 501 },
+  /* RFC 3461 4.4: the decoded value is printable; CR LF would land in a DSN's header fields */
+  { M, "FROM:<a@b.c> ENVID=x+0D+0Ay", SMTP_PATH_SYNTAX, NULL, 501 },
+  { M, "FROM:<a@b.c> ENVID=x+00", SMTP_PATH_SYNTAX, NULL, 501 },
+  { M, "FROM:<a@b.c> ENVID=x+09", SMTP_PATH_SYNTAX, NULL, 501 },
+  { M, "FROM:<a@b.c> ENVID=x+7F", SMTP_PATH_SYNTAX, NULL, 501 },
+  { M, "FROM:<a@b.c> ENVID=x+20y", SMTP_PATH_OK, "a@b.c", 0, -1, 0, 0, NULL, NULL, NULL, "x+20y" },
   { M, "FROM:a@b.c", SMTP_PATH_OK, "a@b.c", 0 },
   { M, "FROM:a@b.c SIZE=7", SMTP_PATH_OK, "a@b.c", 0, 7 },
   { M, "FROM:", SMTP_PATH_SYNTAX, NULL, 501 },
@@ -129,6 +135,9 @@ static const struct path_row path_rows[] = {
   { R, "TO:<b@c.d> ORCPT=b@c.d", SMTP_PATH_SYNTAX, NULL, 501 },
   { R, "TO:<b@c.d> ORCPT=rfc822;", SMTP_PATH_SYNTAX, NULL, 501 },
   { R, "TO:<b@c.d> ORCPT=rfc822;a+zz", SMTP_PATH_SYNTAX, NULL, 501 },
+  { R, "TO:<b@c.d> ORCPT=rfc822;b@c.d+0D+0ABcc:x@y", SMTP_PATH_SYNTAX, NULL, 501 },
+  { R, "TO:<b@c.d> ORCPT=rfc822;b+0A@c.d", SMTP_PATH_SYNTAX, NULL, 501 },
+  { R, "TO:<b@c.d> ORCPT=rfc822;b+1F@c.d", SMTP_PATH_SYNTAX, NULL, 501 },
   { R, "TO:<b@c.d> SIZE=10", SMTP_PATH_BAD_PARAM, NULL, 555 },
   { R, "TO:<b@c.d> SMTPUTF8", SMTP_PATH_BAD_PARAM, NULL, 555 },
   /* the RCPT's need for SMTPUTF8 is decided against the transaction, by the server */
