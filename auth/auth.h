@@ -170,19 +170,46 @@ int oauth2_paths(const struct config *cfg, const char *name, char *store, size_t
  * given mode. 0 ok, -1 with errno set. */
 int oauth2_file_write(const char *path, const char *data, size_t len, int mode);
 
-/* `posternctl oauth2 login NAME`: the device code flow (prints the URL and the code to out, polls
- * until approved) and stores the tokens where the daemon finds them. */
-int oauth2_login(const struct config *cfg, const char *name, FILE *out, char *err, size_t errsz);
+/* `posternctl oauth2 login NAME` is the device code flow in two steps the tool drives (it
+ * shows the code and waits between polls). Start: asks the device authorisation endpoint for
+ * a code (interval and lifetime bounded); OAUTH2_OK, else err says why. */
+struct oauth2_device {
+  char *device_code;            /* a secret: wiped by oauth2_device_free */
+  char *user_code, *verification_uri;
+  long long interval_s;         /* between polls; a SLOW_DOWN answer asks for 5 s more */
+  long long expires_at_ms;      /* wall clock: the code is no good after */
+};
+int  oauth2_device_start(const struct config *cfg, const char *name, struct oauth2_device *dev,
+                         char *err, size_t errsz);
+/* One poll: OAUTH2_PENDING, OAUTH2_SLOW_DOWN, OAUTH2_OK (the tokens are stored where the daemon
+ * finds them, in stored; *got_refresh says whether a refresh token came), or a failure. */
+int  oauth2_device_poll(const struct config *cfg, const char *name,
+                        const struct oauth2_device *dev, char *stored, size_t storedsz,
+                        int *got_refresh, char *err, size_t errsz);
+void oauth2_device_free(struct oauth2_device *dev);
 
 /* Microsoft Graph's base URL in the cloud of [oauth2 name] (its cloud = key; the global
  * https://graph.microsoft.com when unset or unknown). */
 const char *oauth2_graph_url(const struct config *cfg, const char *name);
 
-/* `posternctl oauth2 status NAME [--json]`: state, expiry and last error from the daemon's
- * status file, and the token endpoint and scope the configuration gives. json: one object in
- * an array (DESIGN.md's --json convention). -1 (err set) when there is no such section. */
-int oauth2_status_print(const struct config *cfg, const char *name, int json, FILE *out,
-                        char *err, size_t errsz);
+/* For `posternctl oauth2 status NAME`: state, expiry and last error from the daemon's status
+ * file, and the token endpoint and scope the configuration gives. -1 (err set) when there is no
+ * such section. */
+struct oauth2_status {
+  int have;                     /* the daemon's status file was read */
+  char state[32];               /* "ok", "retrying", "reauthorize", "no-token"; "": unknown */
+  char last_error[512];
+  long long expires_at, last_refresh, refresh_due;   /* epoch seconds; 0: none */
+  int has_refresh_token;
+  const char *flow, *provider;  /* the configuration's words, or NULL */
+  const char *cloud;            /* the Microsoft cloud's name */
+  char token_endpoint[2048];    /* "" when unknown */
+  char scope[512];
+  int has_scope;
+  char token_file[4096], status_file[4200];
+};
+int oauth2_status_get(const struct config *cfg, const char *name, struct oauth2_status *st,
+                      char *err, size_t errsz);
 
 /* Stops the refresh thread and wipes the cached tokens (at exit; called by auth_done). */
 void oauth2_done(void);

@@ -1,5 +1,5 @@
-/* What the files of auth/ share and nothing outside auth/ may include: the Cyrus callback
- * tables and the mechanism-list helpers (relay/relay_int.h is the precedent). */
+/* What the files of auth/ share and nothing outside auth/ may include: the Cyrus set-up, callback
+ * tables and mechanism-list helpers of sasl_common.c (relay/relay_int.h is the precedent). */
 #ifndef POSTERN_AUTH_INT_H
 #define POSTERN_AUTH_INT_H
 #include <stddef.h>
@@ -25,7 +25,14 @@ int auth_sasl_log(void *context, int level, const char *message);
 /* sasl_server_init once per process (auth_server_init or, in tools, the first user call). */
 int auth_sasl_server_ready(char *err, size_t errsz);
 
-/* sasl_client_done when the client side was initialised (called by auth_done). */
+/* The sasldb every server connection reads (auth_server_init sets it once; a second, different
+ * path is refused); NULL before. */
+int  auth_sasl_sasldb_set(const char *sasldb_path, char *err, size_t errsz);
+const char *auth_sasl_sasldb(void);
+/* sasl_server_done / sasl_client_done when that side was initialised (called by auth_done). */
+void auth_sasl_server_done(void);
+/* sasl_client_init once per process. AUTH_OK or AUTH_ERROR. */
+int  auth_sasl_client_ready(void);
 void auth_sasl_client_done(void);
 
 /* Walks a space-separated mechanism list: returns the next token and its length, NULL at

@@ -1144,44 +1144,59 @@ void oauth2_done(void)
   registry = NULL;
 }
 
-/* ---- posternctl: login and status ------------------------------------------------------- */
+/* ---- posternctl: the device code flow and the status, for tools/ctl_oauth2.c --------------- */
 
-int oauth2_login(const struct config *cfg, const char *name, FILE *out, char *err, size_t errsz)
+/* The settings of [oauth2 name] for a login: err set and -1 when it has none or needs none. */
+static int login_settings(const struct config *cfg, const char *name, struct settings *s,
+                          char *err, size_t errsz)
 {
   const struct cfg_oauth2 *oa = section(cfg, name);
-  struct identity id;
+  if(!oa) {
+    snprintf(err, errsz, "no [oauth2 %s] section in the configuration", name);
+    return -1;
+  }
+  if(!oa->flow || !strcmp(oa->flow, "client_credentials")) {
+    snprintf(err, errsz, "[oauth2 %s] uses flow = %s: no login is needed (or possible); the "
+             "daemon gets its tokens itself", name, oa->flow ? oa->flow : "(none)");
+    return -1;
+  }
+  if(settings_from(cfg, oa, s)) {
+    snprintf(err, errsz, "out of memory");
+    return -1;
+  }
+  return 0;
+}
+
+static long long clamp(long long v, long long lo, long long hi)
+{
+  return v < lo ? lo : v > hi ? hi : v;
+}
+
+int oauth2_device_start(const struct config *cfg, const char *name, struct oauth2_device *dev,
+                        char *err, size_t errsz)
+{
+  const struct cfg_oauth2 *oa = section(cfg, name);
+  struct settings s;
   struct buf form;
   char url[2048], scope[512];
   long status = 0;
   json_t *j = NULL;
   const char *dc, *uc, *vu;
-  long long interval, deadline;
   int result = OAUTH2_REAUTH;
 
-  memset(&id, 0, sizeof(id));
+  memset(dev, 0, sizeof(*dev));
+  memset(&s, 0, sizeof(s));
   buf_init(&form, 64 * 1024);
   err[0] = '\0';
-  if(!oa) {
-    snprintf(err, errsz, "no [oauth2 %s] section in the configuration", name);
+  if(login_settings(cfg, name, &s, err, errsz))
     goto out;
-  }
-  if(!oa->flow || !strcmp(oa->flow, "client_credentials")) {
-    snprintf(err, errsz, "[oauth2 %s] uses flow = %s: no login is needed (or possible); the "
-             "daemon gets its tokens itself", name, oa->flow ? oa->flow : "(none)");
-    goto out;
-  }
-  id.name = (char *)name;
-  if(settings_from(cfg, oa, &id.s)) {
-    snprintf(err, errsz, "out of memory");
-    goto out;
-  }
-  if(endpoint_url(&id.s, "devicecode", url, sizeof(url))) {
+  if(endpoint_url(&s, "devicecode", url, sizeof(url))) {
     snprintf(err, errsz, "no device authorisation endpoint: token_url must end in /token, or "
              "set provider = microsoft | google");
     goto out;
   }
   if(!oa->client_id || http_form_add(&form, "client_id", oa->client_id) ||
-     http_form_add(&form, "scope", default_scope(&id.s, scope, sizeof(scope)))) {
+     http_form_add(&form, "scope", default_scope(&s, scope, sizeof(scope)))) {
     snprintf(err, errsz, oa->client_id ? "out of memory" : "client_id is not set");
     goto out;
   }
@@ -1193,196 +1208,121 @@ int oauth2_login(const struct config *cfg, const char *name, FILE *out, char *er
     vu = jstr(j, "verification_url");          /* Google's spelling */
   if(status != 200 || !dc || !uc || !vu) {
     if(j)
-      refusal_words(name, &id.s, status, j, OAUTH2_REAUTH, err, errsz);
+      refusal_words(name, &s, status, j, OAUTH2_REAUTH, err, errsz);
     result = status && status < 500 ? OAUTH2_REAUTH : OAUTH2_TRANSIENT;
     goto out;
   }
-  interval = jnum(j, "interval", 5);
-  if(interval < 1)
-    interval = 1;
-  deadline = now_ms() + jnum(j, "expires_in", 900) * 1000;
-  fprintf(out, "To authorise Postern for [oauth2 %s], open\n\n    %s\n\nand enter the code\n\n"
-          "    %s\n\nWaiting for the approval...\n", name, vu, uc);
-  fflush(out);
-  for(;;) {
-    char *access = NULL, *refresh = NULL;
-    long long expires = 0;
-    if(now_ms() > deadline) {
-      snprintf(err, errsz, "the code expired before it was approved; run the login again");
-      result = OAUTH2_REAUTH;
-      goto out;
-    }
-    sleep((unsigned)interval);
-    result = grant_request(name, &id.s, NULL, dc, &access, &refresh, &expires, err, errsz);
-    if(result == OAUTH2_PENDING)
-      continue;
-    if(result == OAUTH2_SLOW_DOWN) {
-      interval += 5;
-      continue;
-    }
-    if(result)
-      goto out;
-    id.access = access;
-    id.refresh = refresh;
-    id.obtained_ms = now_ms();
-    id.expires_ms = expires;
-    if(store_write(&id)) {
-      snprintf(err, errsz, "cannot write %s: %s", id.s.store_path, strerror(errno));
-      result = OAUTH2_TRANSIENT;
-      goto out;
-    }
-    id.state = ST_OK;
-    id.last_refresh_ms = id.obtained_ms;
-    status_write(&id);
-    fprintf(out, "Authorised. The tokens are stored in %s%s.\n", id.s.store_path,
-            refresh ? "" : " (the endpoint gave no refresh token: ask for offline_access)");
-    result = OAUTH2_OK;
+  dev->device_code = str_dup_n(dc, strlen(dc));
+  dev->user_code = str_dup_n(uc, strlen(uc));
+  dev->verification_uri = str_dup_n(vu, strlen(vu));
+  if(!dev->device_code || !dev->user_code || !dev->verification_uri) {
+    oauth2_device_free(dev);
+    snprintf(err, errsz, "out of memory");
+    result = OAUTH2_TRANSIENT;
     goto out;
   }
+  /* the endpoint's numbers bound a loop: a polling storm or a wait of years is not obeyed */
+  dev->interval_s = clamp(jnum(j, "interval", 5), 1, LIM_OAUTH2_DEVICE_INTERVAL_SECONDS);
+  dev->expires_at_ms = now_ms() + clamp(jnum(j, "expires_in", 900), 1,
+                                        LIM_OAUTH2_DEVICE_CODE_SECONDS) * 1000;
+  result = OAUTH2_OK;
 out:
   json_decref(j);
-  secret_drop(&id.access);
-  secret_drop(&id.refresh);
-  settings_free(&id.s);
+  settings_free(&s);
   if(form.ptr)
     memset(form.ptr, 0, form.alloc);
   buf_free(&form);
   return result;
 }
 
-static void when_words(long long at_s, char *out, size_t outsz)
+int oauth2_device_poll(const struct config *cfg, const char *name,
+                       const struct oauth2_device *dev, char *stored, size_t storedsz,
+                       int *got_refresh, char *err, size_t errsz)
 {
-  time_t t = (time_t)at_s;
-  struct tm tm;
-  char stamp[64];
-  long long d = at_s - now_ms() / 1000;
-  gmtime_r(&t, &tm);
-  strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S UTC", &tm);
-  if(d >= 0)
-    snprintf(out, outsz, "%s (in %lld min %lld s)", stamp, d / 60, d % 60);
-  else
-    snprintf(out, outsz, "%s (%lld min %lld s ago)", stamp, -d / 60, -d % 60);
+  struct identity id;
+  char *access = NULL, *refresh = NULL;
+  long long expires = 0;
+  int result;
+
+  memset(&id, 0, sizeof(id));
+  err[0] = '\0';
+  *got_refresh = 0;
+  if(login_settings(cfg, name, &id.s, err, errsz))
+    return OAUTH2_REAUTH;
+  result = grant_request(name, &id.s, NULL, dev->device_code, &access, &refresh, &expires, err,
+                         errsz);
+  if(result)
+    goto out;
+  id.name = (char *)name;
+  id.access = access;
+  id.refresh = refresh;
+  id.obtained_ms = now_ms();
+  id.expires_ms = expires;
+  if(store_write(&id)) {
+    snprintf(err, errsz, "cannot write %s: %s", id.s.store_path, strerror(errno));
+    result = OAUTH2_TRANSIENT;
+    goto out;
+  }
+  id.state = ST_OK;
+  id.last_refresh_ms = id.obtained_ms;
+  status_write(&id);
+  str_copy(stored, storedsz, id.s.store_path);
+  *got_refresh = refresh != NULL;
+out:
+  secret_drop(&id.access);
+  secret_drop(&id.refresh);
+  settings_free(&id.s);
+  return result;
 }
 
-static json_t *iso_time(long long at_s)
+void oauth2_device_free(struct oauth2_device *dev)
 {
-  time_t t = (time_t)at_s;
-  struct tm tm;
-  char stamp[40];
-  if(!at_s || !gmtime_r(&t, &tm) || !strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm))
-    return json_null();
-  return json_string(stamp);
+  secret_drop(&dev->device_code);
+  free(dev->user_code);
+  free(dev->verification_uri);
+  dev->user_code = dev->verification_uri = NULL;
 }
 
-/* What the state word means, for people. */
-static const char *state_sentence(const char *state)
-{
-  if(!state)
-    return "the daemon has not used this identity yet";
-  if(!strcmp(state, "ok"))
-    return "an access token is at hand and refreshed before it expires";
-  if(!strcmp(state, "retrying"))
-    return "the token endpoint cannot be reached or is failing; retrying with backoff, mail "
-           "waits (deferred)";
-  if(!strcmp(state, "reauthorize"))
-    return "the token endpoint refused the grant; mail for upstreams using it is held until a "
-           "token is obtained";
-  return "no access token yet";
-}
-
-int oauth2_status_print(const struct config *cfg, const char *name, int json, FILE *out,
-                        char *err, size_t errsz)
+int oauth2_status_get(const struct config *cfg, const char *name, struct oauth2_status *st,
+                      char *err, size_t errsz)
 {
   const struct cfg_oauth2 *oa = section(cfg, name);
-  char store[4096], status[4200], when[128], url[2048] = "", scope[512];
   struct settings s;
-  json_t *j = NULL, *o = NULL, *arr = NULL;
-  const char *state = NULL, *last = NULL, *sc = NULL;
-  long long exp = 0, last_refresh = 0, due = 0;
-  int have, result = -1;
+  json_t *j = NULL;
+  const char *sc;
 
+  memset(st, 0, sizeof(*st));
   memset(&s, 0, sizeof(s));
-  if(!oa || oauth2_paths(cfg, name, store, sizeof(store), status, sizeof(status))) {
+  if(!oa || oauth2_paths(cfg, name, st->token_file, sizeof(st->token_file), st->status_file,
+                         sizeof(st->status_file))) {
     snprintf(err, errsz, "no [oauth2 %s] section in the configuration", name);
     return -1;
   }
+  st->flow = oa->flow;
+  st->provider = oa->provider;
+  st->cloud = cloud_of(oa->cloud)->name;
   if(oa->flow && !settings_from(cfg, oa, &s)) {
-    if(endpoint_url(&s, "token", url, sizeof(url)))
-      url[0] = '\0';
-    sc = default_scope(&s, scope, sizeof(scope));
+    if(endpoint_url(&s, "token", st->token_endpoint, sizeof(st->token_endpoint)))
+      st->token_endpoint[0] = '\0';
+    sc = default_scope(&s, st->scope, sizeof(st->scope));
+    if(sc && sc != st->scope)
+      str_copy(st->scope, sizeof(st->scope), sc);
+    st->has_scope = sc != NULL;
   }
-  j = json_load_file(status, 0, NULL);
-  have = json_is_object(j);
-  if(have) {
-    state = jstr(j, "state");
-    last = jstr(j, "last_error");
-    exp = jnum(j, "expires_at", 0);
-    last_refresh = jnum(j, "last_refresh", 0);
-    due = jnum(j, "refresh_due", 0);
+  j = json_load_file(st->status_file, 0, NULL);
+  st->have = json_is_object(j);
+  if(st->have) {
+    const char *state = jstr(j, "state"), *last = jstr(j, "last_error");
+    if(state)
+      str_copy(st->state, sizeof(st->state), state);
+    if(last)
+      str_copy(st->last_error, sizeof(st->last_error), last);
+    st->expires_at = jnum(j, "expires_at", 0);
+    st->last_refresh = jnum(j, "last_refresh", 0);
+    st->refresh_due = jnum(j, "refresh_due", 0);
+    st->has_refresh_token = json_is_true(json_object_get(j, "has_refresh_token"));
   }
-  if(json) {
-    o = json_object();
-    arr = json_array();
-    if(!o || !arr) {
-      snprintf(err, errsz, "out of memory");
-      goto out;
-    }
-    json_object_set_new(o, "name", json_string(name));
-    json_object_set_new(o, "state", json_string(state ? state : "unknown"));
-    json_object_set_new(o, "state_text", json_string(state_sentence(state)));
-    json_object_set_new(o, "flow", oa->flow ? json_string(oa->flow) : json_null());
-    json_object_set_new(o, "provider", oa->provider ? json_string(oa->provider) : json_null());
-    json_object_set_new(o, "cloud", json_string(cloud_of(oa->cloud)->name));
-    json_object_set_new(o, "token_endpoint", url[0] ? json_string(url) : json_null());
-    json_object_set_new(o, "scope", sc ? json_string(sc) : json_null());
-    json_object_set_new(o, "expires_at", iso_time(exp));
-    json_object_set_new(o, "expires_in_s", exp ? json_integer(exp - now_ms() / 1000) : json_null());
-    json_object_set_new(o, "last_refresh", iso_time(last_refresh));
-    json_object_set_new(o, "next_refresh", iso_time(due > 0 ? due : 0));
-    json_object_set_new(o, "has_refresh_token",
-                        json_boolean(json_is_true(json_object_get(j, "has_refresh_token"))));
-    json_object_set_new(o, "mail_held", json_boolean(state && !strcmp(state, "reauthorize")));
-    json_object_set_new(o, "last_error", last && last[0] ? json_string(last) : json_null());
-    json_object_set_new(o, "token_file", json_string(store));
-    json_array_append(arr, o);
-    json_dumpf(arr, out, JSON_INDENT(2));
-    fputc('\n', out);
-    result = 0;
-    goto out;
-  }
-  fprintf(out, "oauth2 %s: state=%s\n  %s\n", name, state ? state : "unknown",
-          state_sentence(state));
-  if(have) {
-    if(exp) {
-      when_words(exp, when, sizeof(when));
-      fprintf(out, "  access token expires: %s\n", when);
-    }
-    else
-      fprintf(out, "  access token: none\n");
-    if(last_refresh) {
-      when_words(last_refresh, when, sizeof(when));
-      fprintf(out, "  last refresh attempt: %s\n", when);
-    }
-    if(due > 0) {
-      when_words(due, when, sizeof(when));
-      fprintf(out, "  next refresh: %s\n", when);
-    }
-    fprintf(out, "  refresh token stored: %s\n",
-            json_is_true(json_object_get(j, "has_refresh_token")) ? "yes" : "no");
-    fprintf(out, "  last error: %s\n", last && last[0] ? last : "none");
-  }
-  else
-    fprintf(out, "  (no %s)\n", status);
-  if(url[0])
-    fprintf(out, "  token endpoint: %s\n", url);
-  fprintf(out, "  token file: %s%s\n", store,
-          !have && access(store, F_OK) ? " (none: run `posternctl oauth2 login` for delegated "
-                                         "flows)" : "");
-  result = 0;
-out:
   json_decref(j);
-  json_decref(o);
-  json_decref(arr);
   settings_free(&s);
-  return result;
+  return 0;
 }

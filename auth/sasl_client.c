@@ -2,6 +2,7 @@
  * strongest mechanism both sides have, never PLAIN or LOGIN in the clear; and the XOAUTH2 and
  * OAUTHBEARER initial responses, which are not Cyrus mechanisms but two string formats. */
 #include "auth/auth.h"
+#include "lib/limits.h"
 #include "auth/auth_int.h"
 #include "lib/buf.h"
 #include <limits.h>
@@ -11,7 +12,6 @@
 #include <string.h>
 
 #define MECH_LIST_MAX 128
-#define CHALLENGE_MAX (64u * 1024u)
 
 struct auth_client_session {
   sasl_conn_t *conn;
@@ -23,38 +23,6 @@ struct auth_client_session {
   const char *mech;                /* chosen, one of auth_mech_known's strings */
   int secure;
 };
-
-static pthread_mutex_t client_lock = PTHREAD_MUTEX_INITIALIZER;
-static int client_ready;
-
-static const sasl_callback_t client_global_cbs[] = {
-  { SASL_CB_LOG, AUTH_SASL_CB(auth_sasl_log), NULL },
-  { SASL_CB_LIST_END, NULL, NULL }
-};
-
-static int client_init(void)
-{
-  int result = AUTH_OK;
-  pthread_mutex_lock(&client_lock);
-  if(!client_ready) {
-    if(sasl_client_init(client_global_cbs) == SASL_OK)
-      client_ready = 1;
-    else
-      result = AUTH_ERROR;
-  }
-  pthread_mutex_unlock(&client_lock);
-  return result;
-}
-
-void auth_sasl_client_done(void)
-{
-  pthread_mutex_lock(&client_lock);
-  if(client_ready) {
-    sasl_client_done();
-    client_ready = 0;
-  }
-  pthread_mutex_unlock(&client_lock);
-}
 
 static int get_simple(void *context, int id, const char **result, unsigned *len)
 {
@@ -105,7 +73,7 @@ int auth_client_new(const char *service, const char *server_host, const char *us
   if(!service || !server_host || !username || !*username || has_ctl(username) ||
      (!password && pwlen) || pwlen > UINT_MAX / 2)
     return AUTH_FAIL;
-  result = client_init();
+  result = auth_sasl_client_ready();
   if(result)
     return result;
   c = calloc(1, sizeof(*c));
@@ -228,7 +196,7 @@ int auth_client_step(struct auth_client_session *c, const unsigned char *challen
   *outlen = 0;
   if(!c || !c->conn || !c->mech)
     return AUTH_ERROR;
-  if(len > CHALLENGE_MAX || (!challenge && len))
+  if(len > LIM_SASL_CHALLENGE || (!challenge && len))
     return AUTH_FAIL;
   rc = sasl_client_step(c->conn, challenge ? (const char *)challenge : "", (unsigned)len,
                         &interact, &cout, &coutlen);

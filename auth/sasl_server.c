@@ -1,9 +1,9 @@
 /* The submission side of SASL: Cyrus's server API answering AUTH from legacy applications,
- * with its options given by callback (no /etc/sasl2 file to install) and users in sasldb.
- * Also the process-wide Cyrus set-up shared by auth/, and base64 for the SMTP layer. */
+ * with users in sasldb (the Cyrus set-up it shares with the client side is sasl_common.c). */
 #include "auth/auth.h"
 #include "auth/auth_int.h"
 #include "lib/buf.h"
+#include "lib/limits.h"
 #include "lib/log.h"
 #include <errno.h>
 #include <limits.h>
@@ -15,7 +15,6 @@
 #include <sasl/saslutil.h>
 
 #define MECH_LIST_MAX 128          /* room for AUTH_MECHS_ALL with spaces */
-#define B64_MAX_IN (1u << 20)      /* far beyond any SMTP line; keeps Cyrus's unsigned happy */
 
 struct auth_server_session {
   sasl_conn_t *conn;
@@ -27,139 +26,6 @@ struct auth_server_session {
   int secure;
   int started;
 };
-
-static pthread_mutex_t server_lock = PTHREAD_MUTEX_INITIALIZER;
-static int server_ready;
-static char *server_sasldb;        /* set once by auth_server_init */
-static struct auth_opts global_opts = { NULL, AUTH_MECHS_ALL };
-
-/* ---- Cyrus callbacks ---------------------------------------------------------------------- */
-
-static int opt_get(void *context, const char *plugin_name, const char *option,
-                   const char **result, unsigned *len)
-{
-  const struct auth_opts *o = context;
-  const char *v = NULL;
-  if(!option || !result)
-    return SASL_BADPARAM;
-  /* Plain-text checks go through the auxprop store rather than saslauthd, and that store is
-   * sasldb: the one place CRAM-MD5 and SCRAM can find what they verify against. */
-  if(!strcmp(option, "pwcheck_method"))
-    v = "auxprop";
-  else if(!strcmp(option, "auxprop_plugin"))
-    v = "sasldb";
-  else if(!strcmp(option, "canon_user_plugin"))
-    v = "INTERNAL";
-  else if(!strcmp(option, "sasldb_path"))
-    v = o ? o->sasldb_path : NULL;
-  else if(!strcmp(option, "mech_list"))
-    v = o ? o->mech_list : NULL;
-  if(!v)
-    return SASL_FAIL;              /* Cyrus falls back to its default */
-  *result = v;
-  if(len)
-    *len = (unsigned)strlen(v);
-  return SASL_OK;
-}
-
-int auth_sasl_log(void *context, int level, const char *message)
-{
-  char safe[LOG_REPR_CAP * 4 + 8];
-  /* TRACE and PASS are protocol traces that may hold passwords; never let them through. */
-  if(!message || level > SASL_LOG_DEBUG)
-    return SASL_OK;
-  log_debug("sasl: %s", log_repr(safe, sizeof(safe), message, strlen(message)));
-  return SASL_OK;
-}
-
-static const sasl_callback_t global_cbs[] = {
-  { SASL_CB_GETOPT, AUTH_SASL_CB(opt_get), &global_opts },
-  { SASL_CB_LOG, AUTH_SASL_CB(auth_sasl_log), NULL },
-  { SASL_CB_LIST_END, NULL, NULL }
-};
-
-void auth_sasl_conn_callbacks(sasl_callback_t cbs[3], const struct auth_opts *opts)
-{
-  cbs[0].id = SASL_CB_GETOPT;
-  cbs[0].proc = AUTH_SASL_CB(opt_get);
-  cbs[0].context = (void *)opts;
-  cbs[1].id = SASL_CB_LOG;
-  cbs[1].proc = AUTH_SASL_CB(auth_sasl_log);
-  cbs[1].context = NULL;
-  cbs[2].id = SASL_CB_LIST_END;
-  cbs[2].proc = NULL;
-  cbs[2].context = NULL;
-}
-
-int auth_sasl_server_ready(char *err, size_t errsz)
-{
-  int result = AUTH_OK;
-  pthread_mutex_lock(&server_lock);
-  if(!server_ready) {
-    int rc = sasl_server_init(global_cbs, "postern");
-    if(rc != SASL_OK) {
-      snprintf(err, errsz, "cannot initialise Cyrus SASL: %s",
-               sasl_errstring(rc, NULL, NULL));
-      result = AUTH_ERROR;
-    }
-    else
-      server_ready = 1;
-  }
-  pthread_mutex_unlock(&server_lock);
-  return result;
-}
-
-void auth_done(void)
-{
-  pthread_mutex_lock(&server_lock);
-  if(server_ready) {
-    sasl_server_done();
-    server_ready = 0;
-  }
-  pthread_mutex_unlock(&server_lock);
-  auth_sasl_client_done();
-  oauth2_done();
-}
-
-/* ---- mechanism lists ---------------------------------------------------------------------- */
-
-const char *auth_mech_next(const char **cursor, size_t *len)
-{
-  const char *p = *cursor, *start;
-  while(*p == ' ' || *p == '\t' || *p == ',')
-    p++;
-  if(!*p) {
-    *cursor = p;
-    return NULL;
-  }
-  start = p;
-  while(*p && *p != ' ' && *p != '\t' && *p != ',')
-    p++;
-  *len = (size_t)(p - start);
-  *cursor = p;
-  return start;
-}
-
-const char *auth_mech_known(const char *mech, size_t len)
-{
-  static const char *const known[] = { "SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "PLAIN",
-                                       "LOGIN" };
-  size_t i;
-  for(i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-    if(strlen(known[i]) == len && !str_casecmp_n(mech, len, known[i]))
-      return known[i];
-  return NULL;
-}
-
-int auth_mech_listed(const char *list, const char *mech, size_t len)
-{
-  const char *tok, *cur = list;
-  size_t toklen;
-  while((tok = auth_mech_next(&cur, &toklen)))
-    if(toklen == len && !str_casecmp_n(tok, len, mech))
-      return 1;
-  return 0;
-}
 
 static int is_plaintext(const char *mech)
 {
@@ -199,22 +65,9 @@ int auth_server_init(const char *sasldb_path, char *err, size_t errsz)
     snprintf(err, errsz, "%s: %s", sasldb_path, strerror(errno));
     return AUTH_ERROR;
   }
-  pthread_mutex_lock(&server_lock);
-  if(server_sasldb && strcmp(server_sasldb, sasldb_path)) {
-    pthread_mutex_unlock(&server_lock);
-    snprintf(err, errsz, "the SASL server was already set up with %s", server_sasldb);
-    return AUTH_ERROR;
-  }
-  if(!server_sasldb) {
-    server_sasldb = strdup(sasldb_path);
-    global_opts.sasldb_path = server_sasldb;
-  }
-  pthread_mutex_unlock(&server_lock);
-  if(!server_sasldb) {
-    snprintf(err, errsz, "out of memory");
-    return AUTH_ERROR;
-  }
-  result = auth_sasl_server_ready(err, errsz);
+  result = auth_sasl_sasldb_set(sasldb_path, err, errsz);
+  if(!result)
+    result = auth_sasl_server_ready(err, errsz);
   return result;
 }
 
@@ -253,7 +106,7 @@ int auth_server_new(const char *service, const char *hostname, const char *mechs
 {
   struct auth_server_session *s = NULL;
   sasl_security_properties_t secprops;
-  const char *tok, *cur, *cyrus_list = NULL;
+  const char *tok, *cur, *cyrus_list = NULL, *sasldb;
   size_t toklen;
   unsigned plen;
   int pcount, rc, result = AUTH_OK;
@@ -262,7 +115,8 @@ int auth_server_new(const char *service, const char *hostname, const char *mechs
   *out = NULL;
   if(!service || !hostname || !*hostname || !mechs_allowed)
     return AUTH_ERROR;
-  if(!server_sasldb)               /* auth_server_init was not called */
+  sasldb = auth_sasl_sasldb();
+  if(!sasldb)                      /* auth_server_init was not called */
     return AUTH_ERROR;
   result = auth_sasl_server_ready(err, sizeof(err));
   if(result)
@@ -286,7 +140,7 @@ int auth_server_new(const char *service, const char *hostname, const char *mechs
     if(!auth_mech_listed(s->allowed, canon, strlen(canon)))
       list_add(s->allowed, sizeof(s->allowed), canon);
   }
-  s->opts.sasldb_path = server_sasldb;
+  s->opts.sasldb_path = sasldb;
   s->opts.mech_list = s->allowed;
   auth_sasl_conn_callbacks(s->cbs, &s->opts);
   /* No user_realm: Cyrus then looks "alice" up under serverFQDN = hostname, and the
@@ -369,7 +223,7 @@ int auth_server_step(struct auth_server_session *s, const char *mech,
     user[0] = '\0';
   if(!s || !s->conn)
     return AUTH_ERROR;
-  if(inlen > B64_MAX_IN || (!in && inlen))
+  if(inlen > LIM_SASL_B64_IN || (!in && inlen))
     return AUTH_FAIL;
   if(mech) {
     const char *canon = auth_mech_known(mech, strlen(mech));
@@ -407,68 +261,4 @@ void auth_server_free(struct auth_server_session *s)
     sasl_dispose(&s->conn);
   free(s->hostname);
   free(s);
-}
-
-/* ---- base64 ------------------------------------------------------------------------------- */
-
-int auth_b64_encode(const unsigned char *in, size_t inlen, char **out, size_t *outlen)
-{
-  size_t cap;
-  unsigned n = 0;
-  char *b;
-  *out = NULL;
-  *outlen = 0;
-  if(inlen > B64_MAX_IN || (!in && inlen))
-    return AUTH_FAIL;
-  cap = (inlen + 2) / 3 * 4 + 1;
-  b = malloc(cap);
-  if(!b)
-    return AUTH_ERROR;
-  if(sasl_encode64((const char *)in, (unsigned)inlen, b, (unsigned)cap, &n) != SASL_OK) {
-    free(b);
-    return AUTH_ERROR;
-  }
-  *out = b;
-  *outlen = n;
-  return AUTH_OK;
-}
-
-int auth_b64_decode(const char *in, size_t inlen, unsigned char **out, size_t *outlen)
-{
-  size_t cap;
-  unsigned n = 0;
-  char *b, *again = NULL;
-  size_t againlen = 0;
-  int rc, result = AUTH_OK;
-  *out = NULL;
-  *outlen = 0;
-  /* Whole quanta only: Cyrus would call a short tail "more to come" (SASL_CONTINUE). */
-  if(inlen > B64_MAX_IN || inlen % 4 || (!in && inlen))
-    return AUTH_FAIL;
-  cap = inlen / 4 * 3 + 1;
-  b = malloc(cap + 1);
-  if(!b)
-    return AUTH_ERROR;
-  rc = sasl_decode64(in ? in : "", (unsigned)inlen, b, (unsigned)cap, &n);
-  if(rc != SASL_OK) {
-    result = AUTH_FAIL;
-    goto out;
-  }
-  /* Cyrus ignores the unused bits of the last quantum ("QR==" reads as "A"); strict means
-   * the one canonical spelling, which re-encoding gives us. */
-  result = auth_b64_encode((unsigned char *)b, n, &again, &againlen);
-  if(result)
-    goto out;
-  if(againlen != inlen || memcmp(again, in, inlen))
-    result = AUTH_FAIL;
-out:
-  free(again);
-  if(result) {
-    auth_secret_free(b, cap + 1);
-    return result;
-  }
-  b[n] = '\0';
-  *out = (unsigned char *)b;
-  *outlen = n;
-  return AUTH_OK;
 }

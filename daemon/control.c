@@ -3,6 +3,7 @@
  * thread serves the clients one after another, each under a short deadline, so a silent or
  * hostile client delays other control clients by at most that deadline and never the mail. */
 #include "daemon/daemon.h"
+#include "lib/limits.h"
 #include "lib/conn.h"
 #include "lib/buf.h"
 #include "lib/log.h"
@@ -18,7 +19,6 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
-#define CONTROL_LINE_MAX 512          /* one command line, LF included */
 #define CONTROL_CLIENT_MS 5000        /* a client's whole exchange, reload included */
 
 struct control {
@@ -112,8 +112,8 @@ static void serve_one(struct control *c, int fd)
   conn_init(&conn, fd, CONTROL_CLIENT_MS);
   conn.deadline_ms = time_mono_ms() + CONTROL_CLIENT_MS;
   conn.wake_fd = c->stop_pipe[0];
-  buf_init(&line, CONTROL_LINE_MAX);
-  rc = conn_read_line(&conn, &line, CONTROL_LINE_MAX, &flags);
+  buf_init(&line, LIM_CONTROL_LINE);
+  rc = conn_read_line(&conn, &line, LIM_CONTROL_LINE, &flags);
   if(rc == CONN_TOO_LONG)
     reply = reply_error("command line too long");
   else if(rc != CONN_OK)

@@ -135,7 +135,7 @@ int inbound_form_parse(const char *body, size_t len, size_t max, struct inbound_
                        size_t *n, char **hold);
 
 /* ---- MIME -> correspondence record (inbound/mime.c, inbound/reply.c): pure functions, fuzzed --
- * The parsing half of correspondence records (issue 8). Given the bytes of one message it
+ * The parsing half of correspondence records. Given the bytes of one message it
  * yields the record fields that come from the message itself, as one JSON object text, plus
  * the decoded attachments. The caller (the record builder) adds what comes from the envelope
  * and the store: id, direction, source, received_at, envelope_*, thread_id, parent_id, spf,

@@ -1,4 +1,4 @@
-/* One message's bytes -> the record fields that come from the message itself (issue 8).
+/* One message's bytes -> the record fields that come from the message itself.
  * GMime builds the tree; this file applies Postern's parsing rules where GMime's differ (WHATWG
  * charset labels, the first of duplicated headers, bad base64 padding, the exact bytes of an
  * attached message), decides which parts a reader would show, enforces lib/limits.h and writes

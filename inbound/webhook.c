@@ -2,6 +2,7 @@
  * that the fuzz targets can run them: SendGrid event batches, the Inbound Parse envelope, and
  * Twilio's request signature. */
 #include "inbound/inbound.h"
+#include "lib/limits.h"
 #include "tls/tls.h"
 #include "lib/buf.h"
 #include <jansson.h>
@@ -186,7 +187,7 @@ int inbound_twilio_signature(const char *token, size_t tokenlen, const char *url
   struct buf b;
   size_t i;
   int result = -1;
-  buf_init(&b, (size_t)64 * 1024 * 1024);
+  buf_init(&b, LIM_WEBHOOK_SIGNED);
   if(!sorted)
     goto out;
   for(i = 0; i < n; i++)

@@ -1,6 +1,7 @@
 /* Capped, growable byte buffers and the bounded string helpers that replace the unbounded C
  * library calls DESIGN.md bans. */
 #include "lib/buf.h"
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -10,6 +11,8 @@
 
 void buf_init(struct buf *b, size_t max)
 {
+  /* a cap of 0 is a forgotten cap, not a buffer meant to stay empty */
+  assert(max > 0);
   b->ptr = NULL;
   b->len = 0;
   b->alloc = 0;

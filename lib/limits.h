@@ -19,6 +19,8 @@
 #define LIM_SMTP_PREAUTH_COMMANDS 100    /* commands before MAIL for an unauthenticated peer */
 #define LIM_SMTP_AUTH_LINE      12288    /* RFC 4954 4: an AUTH command or response line, CRLF
                                             included; only where AUTH is offered */
+#define LIM_SASL_B64_IN         (1u << 20)  /* base64 through Cyrus: far beyond any SMTP line,
+                                            and within its unsigned lengths */
 #define LIM_AUTH_FAILURES_DEFAULT 5      /* failed AUTHs from one address before 421 and close */
 #define LIM_AUTH_FAILURES_FREE  3        /* failures answered at once; later ones wait 1s, 2s... */
 #define LIM_AUTH_DELAY_SECONDS  16       /* the longest wait before a failure reply */
@@ -32,6 +34,9 @@
 #define LIM_ANVIL_PER_IP_MX     20       /* max_clients_per_ip defaults */
 #define LIM_ANVIL_PER_IP_SUBMISSION 50
 #define LIM_TLS_HANDSHAKE_SECONDS 60     /* a TLS handshake, within the session deadline */
+#define LIM_SMTP_CLIENT_LINE    4096     /* one reply line from an upstream, CRLF included
+                                            (RFC 5321 says 512: servers send longer) */
+#define LIM_SASL_CHALLENGE      (64u * 1024u)  /* one decoded SASL challenge from an upstream */
 #define LIM_SMTP_BDAT_CHUNK     (64u * 1024u * 1024u)
 #define LIM_SMTP_RCPT_DEFAULT   100
 #define LIM_SMTP_TRANSACTIONS_DEFAULT 100 /* MAIL transactions in one session */
@@ -53,6 +58,8 @@
 /* /emailInbound without max_http_size: the message (raw mode's email field, or parsed mode's
  * decoded parts) plus the other fields and the multipart framing */
 #define LIM_WEBHOOK_FORM_OVERHEAD (1024u * 1024u)
+#define LIM_WEBHOOK_SIGNED      (64u * 1024u * 1024u)  /* the text a Twilio signature covers
+                                            (the URL and the sorted parameters) */
 #define LIM_WEBHOOK_TIMEOUT_SECONDS 120  /* an idle HTTP connection */
 #define LIM_HTTP_CLIENTS        4096     /* clients the HTTP listener remembers beyond its slots */
 
@@ -75,9 +82,15 @@
 #define LIM_FORWARD_ANSWER      (64u * 1024u)    /* what is kept of forward_url's answer */
 #define LIM_FORWARD_TIMEOUT_SECONDS 60   /* one POST to forward_url */
 
+/* the control socket (daemon/control.c, tools/ctl_control.c) */
+#define LIM_CONTROL_LINE        512      /* one command line, LF included */
+#define LIM_CONTROL_REPLY       4096     /* one JSON reply line */
+
 /* HTTP clients (global/http.h) */
 #define LIM_HTTP_BODY           (64u * 1024u)    /* what is kept of an API's answer */
 #define LIM_OAUTH2_BODY         (64u * 1024u)    /* a token endpoint's answer; a certificate */
+#define LIM_OAUTH2_DEVICE_INTERVAL_SECONDS 60    /* the longest wait between device code polls */
+#define LIM_OAUTH2_DEVICE_CODE_SECONDS 3600      /* the longest a device code is waited for */
 
 /* metrics (global/metrics.c): label values come from the configuration, so their number is known
  * at start; past the cap (or for a name never registered) they count as "other" */

@@ -1,5 +1,6 @@
-/* posternctl check for the API upstreams: the transport's own credential check, run through
- * its function table, and the step records it fills for the doctor to print. */
+/* The step records of posternctl check that the transports' credential checks fill for the
+ * doctor to print (the check itself is run through the function table: router.c). A leaf: the
+ * transports call it, it calls nothing in relay/. */
 #include "relay/relay_int.h"
 #include "lib/buf.h"
 #include <stdarg.h>
@@ -31,14 +32,4 @@ int relay_check_add(struct relay_check *chk, const char *name, int ok, const cha
   relay_check_vadd(chk->steps, RELAY_CHECK_STEPS, &chk->nsteps, name, ok, hint, fmt, ap);
   va_end(ap);
   return !ok;
-}
-
-int relay_check_api(const struct config *cfg, const struct cfg_upstream *up,
-                    struct relay_check *out)
-{
-  const struct transport *t = transport_for(up->type);
-  memset(out, 0, sizeof(*out));
-  if(!t || !t->check)
-    return -1;
-  return t->check(cfg, up, out) ? 1 : 0;
 }

@@ -25,6 +25,17 @@ const struct transport *transport_for(const char *type)
   return NULL;
 }
 
+/* posternctl check for the API upstreams: the transport's own credential check */
+int relay_check_api(const struct config *cfg, const struct cfg_upstream *up,
+                    struct relay_check *out)
+{
+  const struct transport *t = transport_for(up->type);
+  memset(out, 0, sizeof(*out));
+  if(!t || !t->check)
+    return -1;
+  return t->check(cfg, up, out) ? 1 : 0;
+}
+
 static int glob_match(const char *glob, const char *s)
 {
   /* addresses compare case-insensitively; "*" must match across '@' and '.' */

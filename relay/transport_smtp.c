@@ -105,7 +105,7 @@ static int token_get(struct smtp_session *s, const struct config *cfg, const cha
 
 /* XOAUTH2/OAUTHBEARER with the engine's token. A 535 for a token that should be good (revoked,
  * or the provider's cache disagrees with its expiry) gets one forced refresh and one retry; a
- * 535 for that fresh token too defers the mail (issue 5): the endpoint still issues tokens, so
+ * 535 for that fresh token too defers the mail, not holds it: the endpoint still issues tokens, so
  * the grant is alive, and the provider's side (propagation of a new consent, a cache) is the
  * likelier cause than anything the operator must do. A refused refresh holds it instead. */
 static int session_login_managed(struct smtp_session *s, const struct config *cfg,

@@ -2,6 +2,7 @@
  * and AUTH): one upstream session over a struct conn, in steps that the smtp transport runs in
  * a row and the doctor runs one at a time. */
 #include "smtp/smtp.h"
+#include "lib/limits.h"
 #include "tls/tls.h"
 #include "auth/auth.h"
 #include "lib/buf.h"
@@ -21,7 +22,6 @@
 
 /* A reply line is at most 512 octets (RFC 5321 4.5.3.1.5), but servers that say more exist;
  * longer lines are read up to this and the rest dropped. */
-#define CLIENT_LINE_MAX 4096
 /* Lines of one multi-line reply (an EHLO list is about a dozen) before it is a protocol error */
 #define CLIENT_REPLY_LINES 200
 #define CLIENT_CONNECT_MS 30000
@@ -138,7 +138,7 @@ int smtp_client_new(const struct smtp_client_cfg *cfg, struct smtp_client **out)
     c->cfg.command_timeout_ms = CLIENT_COMMAND_MS;
   if(c->cfg.data_timeout_ms <= 0)
     c->cfg.data_timeout_ms = CLIENT_DATA_MS;
-  buf_init(&c->line, CLIENT_LINE_MAX + 1);
+  buf_init(&c->line, LIM_SMTP_CLIENT_LINE + 1);
   snprintf(c->peer, sizeof(c->peer), "%s:%d", c->host, c->cfg.port);
   *out = c;
   return SMTP_CLIENT_OK;
@@ -275,7 +275,7 @@ static int read_reply(struct smtp_client *c, struct smtp_reply *r, const char *w
   memset(r, 0, sizeof(*r));
   result = conn_flush(&c->conn);
   while(!result && more) {
-    result = conn_read_line(&c->conn, &c->line, CLIENT_LINE_MAX, &flags);
+    result = conn_read_line(&c->conn, &c->line, LIM_SMTP_CLIENT_LINE, &flags);
     if(result == CONN_TOO_LONG)
       result = CONN_OK;              /* keep the start of it */
     if(result)

@@ -56,7 +56,7 @@ static const char *const migrations[] = {
   " event TEXT, sg_message_id TEXT, email TEXT, timestamp INTEGER,"
   " payload TEXT NOT NULL);"
   "CREATE INDEX inbound_events_message ON inbound_events(sg_message_id);",
-  /* 4: correspondence records (issue 8). One row per record, made from one queue message
+  /* 4: correspondence records. One row per record, made from one queue message
    * (direction out) or one inbound message (direction in) in the same transaction that sets
    * the source row's `recorded` mark, so a crash never makes a record twice or never. json is
    * the record as made; status and events change afterwards (status_rank only rises, so

@@ -37,13 +37,17 @@ int ctl_ses(struct ctl *c);
 int ctl_init(struct ctl *c);
 int ctl_flush(struct ctl *c);                   /* ctl_daemon.c */
 int ctl_reload(struct ctl *c);
-int ctl_stats(struct ctl *c);
+int ctl_stats(struct ctl *c);                   /* ctl_stats.c */
 int ctl_queue_stats(struct ctl *c, int not_live);   /* every message; c->cfg loaded */
 
-/* the daemon's control socket (ctl_daemon.c); c->cfg must be loaded */
+/* the daemon's control socket (ctl_control.c); c->cfg must be loaded */
 #define CTL_DAEMON_DOWN (-1)  /* nothing answers on data_dir/control.sock */
 int ctl_control_call(struct ctl *c, const char *cmd, json_t **reply);
 void ctl_wake_daemon(struct ctl *c);            /* after a queue change; down is fine */
+/* "postern is not running" (what: what is done instead, or NULL); EX_UNAVAILABLE */
+int ctl_control_down(const struct ctl *c, const char *what);
+/* A reply {"ok": false, "error": ...} becomes a message and EX_SOFTWARE; 0 when ok. */
+int ctl_control_failed(json_t *reply, const char *cmd);
 int ctl_correspondence(struct ctl *c);
 
 /* options of one command: see ctl_common.c */
@@ -66,7 +70,8 @@ int ctl_user_set(const struct config *cfg, const char *name, const char *pw, siz
  * NULL). 0, or -1 at the end of input or when the line is too long. */
 int ctl_ask(const char *prompt, const char *def, char *out, size_t outsz);
 
-void ctl_usage(FILE *out);                      /* posternctl.c */
+/* Each program (posternctl, postern-sendmail) hands its usage text's printer over at start. */
+void ctl_usage_init(void (*usage)(FILE *out));
 int ctl_usage_error(const char *why, const char *what);   /* prints usage, EX_USAGE */
 int ctl_config(struct ctl *c);                             /* 0 or EX_CONFIG */
 int ctl_config_and_store(struct ctl *c, int flags);        /* 0, EX_CONFIG or EX_TEMPFAIL */

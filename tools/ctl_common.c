@@ -20,6 +20,13 @@
 #include <time.h>
 #include <unistd.h>
 
+static void (*usage_print)(FILE *out);
+
+void ctl_usage_init(void (*usage)(FILE *out))
+{
+  usage_print = usage;
+}
+
 int ctl_usage_error(const char *why, const char *what)
 {
   char shown[64];
@@ -28,7 +35,8 @@ int ctl_usage_error(const char *why, const char *what)
                                                             strlen(what)));
   else
     fprintf(stderr, "posternctl: %s\n", why);
-  ctl_usage(stderr);
+  if(usage_print)
+    usage_print(stderr);
   return EX_USAGE;
 }
 

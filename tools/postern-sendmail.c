@@ -55,7 +55,7 @@ static const char usage_text[] =
   " 77  the listener wants AUTH, or refused the login (EX_NOPERM)\n"
   " 78  the configuration has problems, or no submission listener (EX_CONFIG)\n";
 
-void ctl_usage(FILE *out)     /* what ctl_usage_error prints, here */
+static void usage(FILE *out)     /* what ctl_usage_error prints, here */
 {
   fputs(usage_text, out);
 }
@@ -116,7 +116,7 @@ static int parse_args(struct sm *s, int argc, char **argv)
       continue;
     }
     if(!strcmp(a, "--help")) {
-      ctl_usage(stdout);
+      usage(stdout);
       exit(0);
     }
     switch(a[1]) {
@@ -166,7 +166,7 @@ static int parse_args(struct sm *s, int argc, char **argv)
     continue;
 unknown:
     fprintf(stderr, "postern-sendmail: unknown option %s\n", a);
-    ctl_usage(stderr);
+    usage(stderr);
     return EX_USAGE;
   }
   for(; i < argc; i++) {                /* after "--": recipients only */
@@ -705,9 +705,11 @@ int main(int argc, char **argv)
   int result;
 
   memset(&s, 0, sizeof(s));
-  buf_init(&raw, 0);
-  buf_init(&msg, 0);
+  /* message_read and message_prepare set the caps (max_message_size) */
+  memset(&raw, 0, sizeof(raw));
+  memset(&msg, 0, sizeof(msg));
   log_open("postern-sendmail", 1, 0);
+  ctl_usage_init(usage);
   /* a daemon or peer closing mid-exchange is an error to report with our exit code, not a
    * signal that kills us with 141 */
   signal(SIGPIPE, SIG_IGN);

@@ -61,7 +61,7 @@ static const struct command {
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
-void ctl_usage(FILE *out)
+static void usage(FILE *out)
 {
   size_t i;
   const char *line, *nl;
@@ -96,7 +96,7 @@ static int parse_args(struct ctl *c, int argc, char **argv)
       if(!strcmp(a, "--json"))
         c->json = 1;
       else if(!strcmp(a, "-h") || !strcmp(a, "--help")) {
-        ctl_usage(stdout);
+        usage(stdout);
         exit(0);
       }
       else if(!strcmp(a, "-c")) {
@@ -129,6 +129,7 @@ int main(int argc, char **argv)
 
   memset(&c, 0, sizeof(c));
   log_open("posternctl", 1, 0);
+  ctl_usage_init(usage);
   /* a daemon or peer closing mid-exchange is an error to report with our exit code, not a
    * signal that kills us with 141 */
   signal(SIGPIPE, SIG_IGN);

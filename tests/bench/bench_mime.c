@@ -1,4 +1,4 @@
-/* MIME -> correspondence record throughput (issue 8's benchmark): records per second and MB/s
+/* MIME -> correspondence record throughput (BENCHMARKS.md): records per second and MB/s
  * of inbound_mime_parse over generated messages, and the process's peak memory (VmHWM).
  *   bench_mime small [N]   N realistic ~10 KB replies (default 20000): headers of a real
  *                          delivery path, text and HTML in quoted-printable, quoted history

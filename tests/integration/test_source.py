@@ -28,3 +28,37 @@ def test_layer_check_catches_an_upward_include(tmp_path):
     assert r.returncode == 1
     assert 'lib/bad.c:1: lib/ includes relay/relay.h' in r.stdout
     assert 'relay/bad.c:1: relay/ includes inbound/inbound.h' in r.stdout
+
+
+def test_no_call_cycle_between_files_of_one_folder():
+    """HACKING.md: within a folder, files call each other one way (read from nm of the objects
+    make left in the build directory)."""
+    from conftest import BUILDDIR
+    r = subprocess.run([os.path.join(SRC, 'tests', 'check-cycles'), BUILDDIR],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == '', r.stdout + r.stderr
+
+
+def test_cycle_check_finds_a_cycle(tmp_path):
+    """The checker itself: two files of one folder that call each other are a cycle; the same
+    calls one way are not."""
+    import shutil
+    cc = shutil.which('cc') or shutil.which('gcc')
+    assert cc, 'no C compiler'
+    d = tmp_path / 'auth'
+    d.mkdir()
+    srcs = {'a': 'int b(void); int a(void) { return b(); }',
+            'b': 'int a(void); int b(void) { return a(); }',
+            'c': 'int a(void); int c(void) { return a(); }'}
+    for name, text in srcs.items():
+        (tmp_path / f'{name}.c').write_text(text + '\n')
+        subprocess.run([cc, '-c', '-o', str(d / f'libpostern_auth_a-{name}.o'),
+                        str(tmp_path / f'{name}.c')], check=True)
+    check = os.path.join(SRC, 'tests', 'check-cycles')
+    r = subprocess.run([check, str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'auth/ (libpostern_auth_a): cycle between a.c, b.c:' in r.stdout, r.stdout
+    assert 'c.c' not in r.stdout.split(':')[1], r.stdout
+    (d / 'libpostern_auth_a-b.o').unlink()
+    r = subprocess.run([check, str(tmp_path)], capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (0, ''), r.stdout + r.stderr

@@ -4,7 +4,11 @@
 #include "lib/log.h"
 #include "tests/unit/unit.h"
 #include <limits.h>
+#include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static void test_cap_enforced(void)
 {
@@ -152,7 +156,31 @@ static void test_str_helpers(void)
   free(d);
 }
 
+/* A zero cap is a cap someone forgot: a debug build stops at buf_init, not at the first byte
+ * refused far away. Run in a child, which must die of the assertion. */
+static void test_zero_cap_refused(void)
+{
+#ifdef NDEBUG
+  CHECK(1);                      /* release builds without assertions: nothing to see */
+#else
+  int status = 0;
+  pid_t pid = fork();
+  if(pid == 0) {
+    struct buf b;
+    /* the assertion's message is expected: keep it out of the test's output */
+    if(!freopen("/dev/null", "w", stderr))
+      _exit(3);
+    buf_init(&b, 0);
+    _exit(0);
+  }
+  CHECK(pid > 0);
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+#endif
+}
+
 static const struct unit_case cases[] = {
+  { "zero_cap_refused", test_zero_cap_refused },
   { "cap_enforced", test_cap_enforced },
   { "growth_and_binary", test_growth_and_binary },
   { "reserve_overflow", test_reserve_overflow },
