@@ -284,9 +284,10 @@ static int event_add(struct inbound_records *r, const char *record_id,
   int result;
   event_map(e);
   result = store_record_event_add(r->st, record_id, e, NULL);
-  if(result)
-    log_error("%s: cannot record event %s (see the store error above; free space in data_dir)",
-              record_id, e->event);
+  if(result)     /* a store that refuses every write has said so once */
+    log_msg(store_writes_failing(r->st) ? LOG_LVL_DEBUG : LOG_LVL_ERROR,
+            "%s: cannot record event %s (see the store error above; free space in data_dir)",
+            record_id, e->event);
   return result;
 }
 
@@ -728,8 +729,9 @@ static size_t build_new(struct inbound_records *r, enum store_origin origin)
     int result = origin == STORE_ORIGIN_QUEUE ? build_outbound(r, ids[i])
                                               : build_inbound(r, ids[i]);
     if(result)
-      log_error("%s: cannot make its correspondence record; will try again (see the error above; "
-                "`posternctl inbound list` shows the raw message)", ids[i]);
+      log_msg(store_writes_failing(r->st) ? LOG_LVL_DEBUG : LOG_LVL_ERROR,
+              "%s: cannot make its correspondence record; will try again (see the error above; "
+              "`posternctl inbound list` shows the raw message)", ids[i]);
     else
       made++;
   }
