@@ -110,13 +110,12 @@ static void describe_upstream(const struct cfg_upstream *up, char *out, size_t o
              up->api_url ? up->api_url : "");
     return;
   }
-  tls = !up->tls || !strcmp(up->tls, "starttls") ? "STARTTLS"
-        : !strcmp(up->tls, "implicit") ? "TLS" : !strcmp(up->tls, "none") ? "no TLS"
-        : up->tls;
-  auth = up->auth ? up->auth : "auto";
-  if(!up->username || !strcmp(auth, "none"))
+  tls = up->tls == CFG_UTLS_STARTTLS ? "STARTTLS" : up->tls == CFG_UTLS_IMPLICIT ? "TLS"
+        : up->tls == CFG_UTLS_NONE ? "no TLS" : cfg_utls_words[up->tls];
+  auth = cfg_uauth_words[up->auth];
+  if(!up->username || up->auth == CFG_UAUTH_NONE)
     auth = "no AUTH";
-  else if(!strcmp(auth, "auto"))
+  else if(up->auth == CFG_UAUTH_AUTO)
     auth = "AUTH (the best mechanism offered)";
   else {
     for(i = 0; auth[i] && i + 1 < sizeof(mech); i++)
@@ -125,7 +124,7 @@ static void describe_upstream(const struct cfg_upstream *up, char *out, size_t o
     auth = mech;
   }
   snprintf(out, outsz, "upstream %s, %s:%ld %s, %s", up->name, up->host ? up->host : "?",
-           up->port ? up->port : (up->tls && !strcmp(up->tls, "implicit") ? 465 : 587), tls,
+           up->port ? up->port : (up->tls == CFG_UTLS_IMPLICIT ? 465 : 587), tls,
            auth);
 }
 
@@ -194,9 +193,9 @@ static int secret_file_check(const struct config *cfg, const struct cfg_upstream
 static int check_smtp_upstream(const struct config *cfg, const struct cfg_upstream *up, FILE *errs)
 {
   int problems = 0, bearer, in_clear;
-  const char *auth = up->auth ? up->auth : "auto";
-  bearer = !strcmp(auth, "xoauth2") || !strcmp(auth, "oauthbearer");
-  in_clear = up->tls && !strcmp(up->tls, "none");
+  const char *auth = cfg_uauth_words[up->auth];
+  bearer = up->auth == CFG_UAUTH_XOAUTH2 || up->auth == CFG_UAUTH_OAUTHBEARER;
+  in_clear = up->tls == CFG_UTLS_NONE;
   if(up->rate) {
     long long us;
     if(rate_interval_us(up->rate, &us)) {

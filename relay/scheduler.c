@@ -643,7 +643,7 @@ static void warn_unverified(const struct config *cfg)
   size_t i;
   for(i = 0; i < cfg->nupstreams; i++) {
     const struct cfg_upstream *up = &cfg->upstreams[i];
-    if(up->type && !strcmp(up->type, "smtp") && up->verify && !strcmp(up->verify, "none"))
+    if(up->type && !strcmp(up->type, "smtp") && up->verify == CFG_VERIFY_NONE)
       log_warn("upstream %s: verify = none: the TLS certificate of %s is not checked; anyone "
                "on the path can read and change the mail and the password: set verify = peer (and "
                "ca_file if needed) in [upstream %s]", up->name, up->host ? up->host : "?",
