@@ -92,7 +92,9 @@ static const char *const w_ltls[] = { "none", "starttls", "implicit", NULL };
 static const char *const w_lauth[] = { "none", "optional", "required", NULL };
 static const char *const w_mechs[] = {
   "PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", NULL };
-static const char *const w_utype[] = { "smtp", "sendgrid", "ses", "graph", "capture", NULL };
+/* "" stands for no word: an enum whose 0 means "not set" (never matched, never listed) */
+_Static_assert(CFG_UP_CAPTURE == 5, "cfg_utype_words follows enum cfg_utype");
+const char *const cfg_utype_words[] = { "", "smtp", "sendgrid", "ses", "graph", "capture", NULL };
 _Static_assert(CFG_UTLS_NONE == 3, "cfg_utls_words follows enum cfg_utls");
 _Static_assert(CFG_VERIFY_NONE == 1, "cfg_verify_words follows enum cfg_verify");
 _Static_assert(CFG_UAUTH_OAUTHBEARER == 6, "cfg_uauth_words follows enum cfg_uauth");
@@ -164,7 +166,7 @@ static const struct opt opts[] = {
   { SEC_LISTENER, "limits_exempt", T_ENUM, LI(limits_exempt), 0, "auto", 0, 0, w_exempt },
   { SEC_LISTENER, "helo_timeout", T_DURATION, LI(helo_timeout), 0, NULL, 1, DAY, NULL },
 
-  { SEC_UPSTREAM, "type", T_WORD, UP(type), 0, NULL, 0, 0, w_utype },
+  { SEC_UPSTREAM, "type", T_ENUM, UP(type), 0, NULL, 0, 0, cfg_utype_words },
   { SEC_UPSTREAM, "host", T_STR, UP(host), 0, NULL, 0, 0, NULL },
   /* port 0 = unset: smtp upstreams get 587, or 465 with tls = implicit, once all is read */
   { SEC_UPSTREAM, "port", T_LONG, UP(port), 0, NULL, 1, 65535, NULL },
@@ -410,7 +412,7 @@ static int word_find(const char *const *words, const char *s, size_t n)
 {
   int i;
   for(i = 0; words[i]; i++)
-    if(!str_casecmp_n(s, n, words[i]))
+    if(words[i][0] && !str_casecmp_n(s, n, words[i]))
       return i;
   return -1;
 }
@@ -420,7 +422,10 @@ static const char *words_join(char *out, size_t outsz, const char *const *words)
   size_t i, used = 0;
   out[0] = '\0';
   for(i = 0; words[i] && used < outsz; i++) {
-    int n = snprintf(out + used, outsz - used, "%s%s", i ? " " : "", words[i]);
+    int n;
+    if(!words[i][0])
+      continue;
+    n = snprintf(out + used, outsz - used, "%s%s", used ? " " : "", words[i]);
     if(n < 0)
       break;
     used += (size_t)n;
@@ -1202,19 +1207,19 @@ static void check_sections(struct loader *ld)
 
   for(i = 0; i < cfg->nupstreams; i++) {
     struct cfg_upstream *u = &cfg->upstreams[i];
-    if(!u->type) {
+    if(u->type == CFG_UP_NONE) {
       if(!rejected(ld, SEC_UPSTREAM, i, "type"))
         report(ld, u->line, "upstream %s: type is missing (smtp sendgrid ses graph capture)",
                u->name);
       continue;
     }
-    if(!strcmp(u->type, "smtp")) {
+    if(u->type == CFG_UP_SMTP) {
       if(!u->host)
         report(ld, u->line, "upstream %s: type = smtp needs host", u->name);
       if(!u->port)
         u->port = u->tls == CFG_UTLS_IMPLICIT ? 465 : 587;
     }
-    if(!strcmp(u->type, "graph") && !u->oauth2)
+    if(u->type == CFG_UP_GRAPH && !u->oauth2)
       report(ld, u->line, "upstream %s: type = graph needs oauth2 = NAME", u->name);
     if((u->auth == CFG_UAUTH_XOAUTH2 || u->auth == CFG_UAUTH_OAUTHBEARER) && !u->oauth2)
       report(ld, u->line, "upstream %s: auth = %s needs oauth2 = NAME", u->name,
@@ -1345,7 +1350,8 @@ static void env_apply(struct loader *ld)
     u = &cfg->upstreams[found];
   else if(!(u = (struct cfg_upstream *)(void *)section_add(ld, SEC_UPSTREAM, "env", 3, 0)))
     goto oom;
-  if(set_str(&u->type, "smtp", 4) || set_str(&u->host, host, strlen(host)) ||
+  u->type = CFG_UP_SMTP;
+  if(set_str(&u->host, host, strlen(host)) ||
      (user && set_str(&u->username, user, strlen(user))) ||
      (helo && set_str(&u->helo, helo, strlen(helo))))
     goto oom;
@@ -1385,7 +1391,7 @@ oom:
 
 const struct cfg_upstream *config_upstream(const struct config *cfg, const char *name)
 {
-  static const struct cfg_upstream capture = { .name = "capture", .type = "capture" };
+  static const struct cfg_upstream capture = { .name = "capture", .type = CFG_UP_CAPTURE };
   size_t i;
   if(!name)
     return NULL;

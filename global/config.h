@@ -26,6 +26,10 @@ enum cfg_utls { CFG_UTLS_STARTTLS = 0, CFG_UTLS_OPPORTUNISTIC, CFG_UTLS_IMPLICIT
 enum cfg_verify { CFG_VERIFY_PEER = 0, CFG_VERIFY_NONE };
 enum cfg_uauth { CFG_UAUTH_NONE = 0, CFG_UAUTH_AUTO, CFG_UAUTH_PLAIN, CFG_UAUTH_LOGIN,
                  CFG_UAUTH_CRAM_MD5, CFG_UAUTH_XOAUTH2, CFG_UAUTH_OAUTHBEARER };
+/* an [upstream]'s type; CFG_UP_NONE: the file gave none (an error) */
+enum cfg_utype { CFG_UP_NONE = 0, CFG_UP_SMTP, CFG_UP_SENDGRID, CFG_UP_SES, CFG_UP_GRAPH,
+                 CFG_UP_CAPTURE };
+extern const char *const cfg_utype_words[];     /* [CFG_UP_NONE] is "" */
 extern const char *const cfg_utls_words[];
 extern const char *const cfg_verify_words[];
 extern const char *const cfg_uauth_words[];
@@ -57,7 +61,7 @@ struct cfg_listener {
 struct cfg_upstream {
   char *name;
   int line;
-  char *type;                     /* smtp | sendgrid | ses | graph | capture */
+  enum cfg_utype type;
   char *host;
   long port;
   enum cfg_utls tls;

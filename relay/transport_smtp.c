@@ -382,7 +382,7 @@ static void smtp_describe(void *session, char *out, size_t outsz)
 }
 
 const struct transport transport_smtp = {
-  .type = "smtp",
+  .type = CFG_UP_SMTP,
   .delivered_status = RCPT_SENT,
   .open = smtp_open,
   .send = smtp_send,

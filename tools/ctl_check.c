@@ -629,7 +629,7 @@ static void check_api(struct report *rep, const struct config *cfg, const struct
   size_t i;
   if(relay_check_api(cfg, up, &chk) < 0) {
     step_add(rep, "config", 0, NULL, "type = %s cannot be checked by this build",
-             up->type ? up->type : "?");
+             up->type ? cfg_utype_words[up->type] : "?");
     return;
   }
   for(i = 0; i < chk.nsteps; i++)
@@ -640,12 +640,11 @@ static void check_api(struct report *rep, const struct config *cfg, const struct
 static void check_one(struct report *rep, const struct config *cfg, const struct cfg_upstream *up,
                       const struct check_opts *o)
 {
-  const char *type = up->type ? up->type : "smtp";
   rep->up = up;
-  if(!strcmp(type, "capture"))
+  if(up->type == CFG_UP_CAPTURE)
     step_add(rep, "capture", 1, NULL, "mail is kept in the store (posternctl queue list); "
              "nothing to check");
-  else if(!strcmp(type, "smtp"))
+  else if(up->type == CFG_UP_SMTP || up->type == CFG_UP_NONE)
     check_smtp(rep, cfg, up, o);
   else {
     if(o->send_to)
@@ -661,7 +660,7 @@ static void print_text(const struct report *rep)
   const struct cfg_upstream *up = rep->up;
   size_t i;
   json_t *line;
-  printf("upstream %s (type = %s", up->name, up->type ? up->type : "smtp");
+  printf("upstream %s (type = %s", up->name, cfg_utype_words[up->type ? up->type : CFG_UP_SMTP]);
   if(up->host)
     printf(", %s:%ld, tls = %s", up->host, up->port, tls_word(up));
   if(up->api_url)
@@ -698,7 +697,8 @@ static json_t *report_json(const struct report *rep)
     return NULL;
   }
   json_object_set_new(o, "upstream", ctl_jstr(rep->up->name));
-  json_object_set_new(o, "type", ctl_jstr(rep->up->type ? rep->up->type : "smtp"));
+  json_object_set_new(o, "type", ctl_jstr(cfg_utype_words[rep->up->type ? rep->up->type
+                                                                          : CFG_UP_SMTP]));
   if(rep->up->host) {
     json_object_set_new(o, "host", ctl_jstr(rep->up->host));
     json_object_set_new(o, "port", json_integer(rep->up->port));

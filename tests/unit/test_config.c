@@ -459,7 +459,7 @@ static void t_full(void)
   u = config_upstream(c, "office365");
   CHECK(u != NULL);
   if(u) {
-    CHECK_EQ_STR(u->type, "smtp");
+    CHECK_EQ_STR(cfg_utype_words[u->type], "smtp");
     CHECK_EQ_STR(u->host, "smtp.office365.com");
     CHECK_EQ_INT(u->port, 587);
     CHECK_EQ_STR(cfg_utls_words[u->tls], "starttls");
@@ -476,7 +476,7 @@ static void t_full(void)
   u = config_upstream(c, "smarthost");
   CHECK(u != NULL);
   if(u) {
-    CHECK_EQ_STR(u->type, "smtp");      /* words are stored as the table spells them */
+    CHECK_EQ_STR(cfg_utype_words[u->type], "smtp");   /* words match whatever their case */
     CHECK_EQ_INT(u->port, 465);         /* tls = implicit */
     CHECK_EQ_STR(cfg_verify_words[u->verify], "peer");
     CHECK_EQ_STR(u->password_file, "/etc/postern/smarthost.secret");
@@ -742,11 +742,11 @@ static void t_routes(void)
     CHECK_EQ_STR(l.cfg->routes[0].name, "b");
     CHECK_EQ_STR(l.cfg->routes[1].name, "a");
     u = config_upstream(l.cfg, "capture");
-    CHECK(u && !strcmp(u->type, "capture") && !strcmp(u->name, "capture"));
+    CHECK(u && u->type == CFG_UP_CAPTURE && !strcmp(u->name, "capture"));
   }
   loaded_free(&l);
   u = config_upstream(NULL, "capture");
-  CHECK(u && !strcmp(u->type, "capture"));
+  CHECK(u && u->type == CFG_UP_CAPTURE);
   CHECK(config_upstream(NULL, "other") == NULL);
 }
 
@@ -774,7 +774,7 @@ static void t_env(void)
     u = config_upstream(l.cfg, "env");
     CHECK(u != NULL);
     if(u) {
-      CHECK_EQ_STR(u->type, "smtp");
+      CHECK_EQ_STR(cfg_utype_words[u->type], "smtp");
       CHECK_EQ_STR(u->host, "smtp.example.net");
       CHECK_EQ_INT(u->port, 2587);
       CHECK_EQ_STR(cfg_utls_words[u->tls], "none");
