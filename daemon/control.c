@@ -89,6 +89,9 @@ static json_t *cmd_stats(struct control *c)
   json_object_set_new(o, "sessions", json_integer((json_int_t)daemon_sessions(c->env.d)));
   json_object_set_new(o, "deliveries_in_flight",
                       json_integer((json_int_t)relay_inflight(c->env.relay)));
+  /* results the store refused: deliveries pause while there are any */
+  json_object_set_new(o, "results_unrecorded",
+                      json_integer((json_int_t)relay_unrecorded(c->env.relay)));
   for(i = 0; i <= RCPT_CAPTURED; i++)
     json_object_set_new(q, rcpt_status_name((enum rcpt_status)i), json_integer(sc.rcpts[i]));
   json_object_set_new(o, "by_state", q);   /* the names of posternctl queue stats */

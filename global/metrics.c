@@ -42,6 +42,7 @@ static atomic_ullong inbound[METRICS_NSOURCES];
 static atomic_ullong webhook[METRICS_NPATHS][NSTATUS];
 static atomic_llong token_expiry_ms[NSLOTS];
 static atomic_ullong forward_set_aside;
+static atomic_llong results_unrecorded;
 
 static const char *const result_names[METRICS_NRESULTS] = {
   [METRICS_SENT] = "sent", [METRICS_DEFERRED] = "deferred", [METRICS_BOUNCED] = "bounced",
@@ -115,6 +116,7 @@ void metrics_reset(void)
   memset(webhook, 0, sizeof(webhook));
   memset(token_expiry_ms, 0, sizeof(token_expiry_ms));
   atomic_store(&forward_set_aside, 0);
+  atomic_store(&results_unrecorded, 0);
   pthread_mutex_unlock(&reg_lock);
 }
 
@@ -183,6 +185,11 @@ void metrics_webhook(enum metrics_path path, unsigned status)
 void metrics_forward_set_aside(void)
 {
   inc(&forward_set_aside);
+}
+
+void metrics_results_unrecorded(long long n)
+{
+  atomic_store_explicit(&results_unrecorded, n, memory_order_relaxed);
 }
 
 void metrics_oauth2_expiry(const char *identity, long long expires_ms)
@@ -394,6 +401,13 @@ static int render_gauges(struct buf *out, const struct metrics_queue *q, long lo
                     "Age of the oldest message with a recipient still waiting (0: none).") ||
              buf_addf(out, "postern_queue_oldest_age_seconds %lld\n", age < 0 ? 0 : age);
   }
+  if(!result)
+    result = family(out, "postern_results_unrecorded", "gauge",
+                    "Delivery results the store refused, kept in memory until it takes them "
+                    "(deliveries pause meanwhile).") ||
+             buf_addf(out, "postern_results_unrecorded %lld\n",
+                      (long long)atomic_load_explicit(&results_unrecorded,
+                                                      memory_order_relaxed));
   if(!result)
     result = family(out, "postern_oauth2_token_expiry_seconds", "gauge",
                     "Seconds until the current OAuth2 access token of an identity expires "

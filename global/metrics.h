@@ -43,6 +43,8 @@ void metrics_inbound(enum metrics_source src);
 void metrics_webhook(enum metrics_path path, unsigned status);
 /* A correspondence record the application kept refusing was set aside. */
 void metrics_forward_set_aside(void);
+/* Delivery results the store refused, kept in memory by the relay until it takes them. */
+void metrics_results_unrecorded(long long n);
 /* The expiry of an identity's current access token (wall clock ms), 0 when it has none. */
 void metrics_oauth2_expiry(const char *identity, long long expires_ms);
 

@@ -19,6 +19,9 @@ const struct config *relay_reload(struct relay *r, const struct config *cfg);
 void relay_kick(struct relay *r);
 /* Messages handed to delivery workers or waiting for one (the control socket's live stats). */
 size_t relay_inflight(struct relay *r);
+/* Delivery results the store refused, kept in memory until it takes them (their messages are
+ * not handed out again meanwhile, and deliveries pause while there are any). */
+size_t relay_unrecorded(struct relay *r);
 /* The upstream the router picks for a sender/recipient pair ("capture" when mail is kept),
  * or NULL when routes exist and none matches: what posternctl's --upstream filter and queue
  * stats attribute a recipient not yet tried to. */

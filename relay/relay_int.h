@@ -92,6 +92,12 @@ int  upstate_probe_next(struct upstates *u, long long now_ms, size_t *idx, long 
 int  upstate_name(struct upstates *u, size_t idx, char *out, size_t outsz);
 
 /* ---- DKIM signing (dkim.c) ------------------------------------------------------------------ */
+/* A message with a line over 998 octets, made fit for an SMTP upstream: each MIME part with
+ * such a line re-encoded as quoted-printable, each header field with one folded. *out: the
+ * message to send instead (CRLF line ends), malloc'd; NULL when no line is too long (the
+ * message goes byte for byte). 0, or -1 out of memory. Applied before DKIM signing. */
+int  longlines_encode(const char *body, size_t len, char **out, size_t *outlen);
+
 /* The [dkim] sections of cfg as signers for one smtp session (NULL when there are none); keys
  * are read at their first use. 0 ok, -1 out of memory. */
 struct dkim_signers;

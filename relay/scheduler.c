@@ -19,6 +19,20 @@
 /* Passes over the queue are at least this far apart: under load, one pass picks up the
  * messages of many sessions instead of one wake-up, query and hand-off per message. */
 #define RELAY_PASS_MIN_MS 10
+/* A delivery result the store refused is written again after 100 ms, doubling up to this. */
+#define RELAY_RESULT_RETRY_MAX_MS 5000
+
+/* A delivery result the store refused (disk full, an I/O error, a lock held elsewhere): kept
+ * with its strings until the store takes it. Its message stays in flight meanwhile, so it is
+ * not handed out (and sent) again. */
+struct kept_result {
+  char id[LIM_QUEUE_ID + 1];
+  struct store_rcpt_update *upd;    /* reply, upstream and held_by owned */
+  size_t n;
+  long long next_ms;                /* monotonic: when to write it again */
+  long long delay_ms;
+  struct kept_result *next;
+};
 
 struct relay_worker {
   struct relay *relay;
@@ -53,6 +67,11 @@ struct relay {
   char (*inflight)[LIM_QUEUE_ID + 1];
   size_t ninflight;
   size_t cap;
+  /* results the store refused, under mu; while there are any, deliveries pause */
+  struct kept_result *kept;
+  size_t nkept;
+  long long failing_since_ms;       /* monotonic; 0: the store takes results */
+  size_t kept_total;                /* results kept since writes started failing */
 };
 
 static int inflight_find(struct relay *r, const char *id)
@@ -81,6 +100,149 @@ size_t relay_inflight(struct relay *r)
   return n;
 }
 
+size_t relay_unrecorded(struct relay *r)
+{
+  size_t n;
+  pthread_mutex_lock(&r->mu);
+  n = r->nkept;
+  pthread_mutex_unlock(&r->mu);
+  return n;
+}
+
+/* Under mu: the message leaves the in-flight set (the scheduler may hand it out again). */
+static void inflight_drop(struct relay *r, const char *id)
+{
+  int idx = inflight_find(r, id);
+  if(idx >= 0)
+    memcpy(r->inflight[idx], r->inflight[--r->ninflight], sizeof(r->inflight[0]));
+}
+
+static void kept_free(struct kept_result *k)
+{
+  size_t i;
+  if(!k)
+    return;
+  for(i = 0; k->upd && i < k->n; i++) {
+    free((char *)k->upd[i].reply);
+    free((char *)k->upd[i].upstream);
+    free((char *)k->upd[i].held_by);
+  }
+  free(k->upd);
+  free(k);
+}
+
+static int dup_opt(const char *s, const char **out)
+{
+  *out = NULL;
+  if(!s)
+    return 0;
+  *out = str_dup_n(s, strlen(s));
+  return *out ? 0 : -1;
+}
+
+static void results_written(struct relay *r, const struct store_rcpt_update *upd, size_t n);
+
+/* Keeps a result the store refused; 0 kept, -1 out of memory (then it is lost, as before: the
+ * message may be sent again). Logs once when the store starts refusing. */
+static int result_keep(struct relay *r, const char *id, const struct store_rcpt_update *upd,
+                       size_t n)
+{
+  struct kept_result *k = calloc(1, sizeof(*k));
+  size_t i;
+  int bad = !k || !(k->upd = calloc(n, sizeof(*upd)));
+  for(i = 0; !bad && i < n; i++) {
+    k->upd[i] = upd[i];
+    k->n = i + 1;
+    bad = dup_opt(upd[i].reply, &k->upd[i].reply) ||
+          dup_opt(upd[i].upstream, &k->upd[i].upstream) ||
+          dup_opt(upd[i].held_by, &k->upd[i].held_by);
+  }
+  if(bad) {
+    kept_free(k);
+    return -1;
+  }
+  str_copy(k->id, sizeof(k->id), id);
+  k->delay_ms = 100;
+  k->next_ms = time_mono_ms() + k->delay_ms;
+  pthread_mutex_lock(&r->mu);
+  k->next = r->kept;
+  r->kept = k;
+  r->nkept++;
+  r->kept_total++;
+  if(!r->failing_since_ms) {
+    size_t w, keepw = 0;
+    r->failing_since_ms = time_mono_ms();
+    /* messages handed out but not started yet go back to the queue (login probes stay) */
+    for(w = 0; w < r->nwork; w++) {
+      if(r->work[w][0] == '#')
+        memcpy(r->work[keepw++], r->work[w], sizeof(r->work[0]));
+      else
+        inflight_drop(r, r->work[w]);
+    }
+    r->nwork = keepw;
+    log_error("relay: the store refuses delivery results (see the store error above; free "
+              "space in data_dir); they are kept in memory and written again, their messages "
+              "are not sent again, and deliveries pause until the store takes them");
+  }
+  metrics_results_unrecorded((long long)r->nkept);
+  pthread_mutex_unlock(&r->mu);
+  return 0;
+}
+
+/* Writes the kept results that are due again (the scheduler, without mu). Returns how long
+ * until the next one is due, or -1 when none is kept. */
+static long long results_retry(struct relay *r)
+{
+  struct kept_result *due = NULL, **pp, *k, *next;
+  long long now = time_mono_ms(), wake = -1;
+  pthread_mutex_lock(&r->mu);
+  for(pp = &r->kept; (k = *pp);) {
+    if(k->next_ms <= now) {
+      *pp = k->next;
+      k->next = due;
+      due = k;
+    }
+    else
+      pp = &k->next;
+  }
+  pthread_mutex_unlock(&r->mu);
+  for(k = due; k; k = next) {
+    int result = store_update(r->st, k->id, k->upd, k->n);
+    next = k->next;
+    pthread_mutex_lock(&r->mu);
+    if(result == STORE_OK || result == STORE_NOTFOUND) {
+      /* written, or the message was deleted meanwhile: nothing left to record */
+      r->nkept--;
+      inflight_drop(r, k->id);
+      pthread_mutex_unlock(&r->mu);
+      if(result == STORE_OK)
+        results_written(r, k->upd, k->n);
+      kept_free(k);
+      continue;
+    }
+    k->delay_ms = k->delay_ms * 2 > RELAY_RESULT_RETRY_MAX_MS ? RELAY_RESULT_RETRY_MAX_MS
+                                                               : k->delay_ms * 2;
+    k->next_ms = time_mono_ms() + k->delay_ms;
+    k->next = r->kept;
+    r->kept = k;
+    pthread_mutex_unlock(&r->mu);
+  }
+  pthread_mutex_lock(&r->mu);
+  for(k = r->kept; k; k = k->next)
+    if(wake < 0 || k->next_ms - now < wake)
+      wake = k->next_ms - now > 0 ? k->next_ms - now : 1;
+  if(!r->kept && r->failing_since_ms) {
+    log_warn("relay: the store takes delivery results again after %.1f s; %zu result(s) kept "
+             "meanwhile are written and deliveries go on", (time_mono_ms() -
+             r->failing_since_ms) / 1000.0, r->kept_total);
+    r->failing_since_ms = 0;
+    r->kept_total = 0;
+  }
+  metrics_results_unrecorded((long long)r->nkept);
+  pthread_mutex_unlock(&r->mu);
+  return wake;
+}
+
 static void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, long long ms)
 {
   struct timespec ts;
@@ -107,6 +269,7 @@ static void *sched_main(void *arg)
     long long now, when = -1, wait_ms = RELAY_MAX_WAIT_MS, probe_when = -1;
     long long since = time_mono_ms() - last_pass;
     int added = 0;
+    long long kept_wake;
     if(since < RELAY_PASS_MIN_MS) {
       cond_wait_ms(&r->sched_cond, &r->mu, RELAY_PASS_MIN_MS - since);
       continue;
@@ -114,6 +277,15 @@ static void *sched_main(void *arg)
     last_pass = time_mono_ms();
     r->kicked = 0;
     pthread_mutex_unlock(&r->mu);
+    /* while the store refuses results, nothing new goes out: each delivery would only add
+     * one more result to keep (and the store is what would fail next) */
+    kept_wake = r->nkept ? results_retry(r) : -1;
+    if(kept_wake >= 0) {
+      pthread_mutex_lock(&r->mu);
+      if(!r->stopping)
+        cond_wait_ms(&r->sched_cond, &r->mu, kept_wake);
+      continue;
+    }
     now = time_real_ms();
     if(store_due(r->st, now, ids, RELAY_BATCH, &n))
       log_warn("relay: cannot read the queue; will try again (see the store error above)");
@@ -483,7 +655,23 @@ static void bounce_notify(struct relay_worker *w, const struct config *cfg,
   }
 }
 
-static void deliver(struct relay_worker *w, const char *id)
+/* After a result is on disk: /metrics, and a hold that a working login already ended. */
+static void results_written(struct relay *r, const struct store_rcpt_update *upd, size_t n)
+{
+  size_t i;
+  count_results(upd, n);
+  /* a login may have worked (and released the upstream's mail) between our look at the hold
+   * and the write of ours: then ours is released too, or it would wait for the next failure */
+  for(i = 0; i < n; i++)
+    if(upd[i].status == RCPT_HELD && upd[i].held_by && !upstate_is_held(r->ups, upd[i].held_by)) {
+      store_release_upstream(r->st, upd[i].held_by, NULL);
+      relay_kick(r);
+    }
+}
+
+/* Delivers the due recipients of one message. Returns 1 when its result is kept in memory
+ * (the store refused it): the message then stays in flight. */
+static int deliver(struct relay_worker *w, const char *id)
 {
   struct relay *r = w->relay;
   const struct config *cfg;
@@ -496,6 +684,7 @@ static void deliver(struct relay_worker *w, const char *id)
   char (*replies)[LIM_SMTP_REPLY_LINE + 32] = NULL;
   unsigned char *done = NULL;
   long long now = time_real_ms();
+  int result, keep = 0;
 
   memset(&m, 0, sizeof(m));
   pthread_rwlock_rdlock(&r->cfg_lock);
@@ -531,18 +720,16 @@ static void deliver(struct relay_worker *w, const char *id)
     nupd += n;
   }
   bounce_notify(w, cfg, &m, body, len, upd, nupd);
-  if(nupd && store_update(r->st, m.id, upd, nupd))
-    log_error("%s: cannot record delivery results; the message will be tried again and may "
-              "arrive twice (see the store error above; free space in data_dir)", m.id);
-  else
-    count_results(upd, nupd);
-  /* a login may have worked (and released the upstream's mail) between our look at the hold
-   * and the write of ours: then ours is released too, or it would wait for the next failure */
-  for(i = 0; i < nupd; i++)
-    if(upd[i].status == RCPT_HELD && upd[i].held_by && !upstate_is_held(r->ups, upd[i].held_by)) {
-      store_release_upstream(r->st, upd[i].held_by, NULL);
-      relay_kick(r);
-    }
+  result = nupd ? store_update(r->st, m.id, upd, nupd) : STORE_OK;
+  if(result == STORE_OK)
+    results_written(r, upd, nupd);
+  else if(result != STORE_NOTFOUND) {
+    if(!result_keep(r, m.id, upd, nupd))
+      keep = 1;
+    else
+      log_error("%s: cannot record delivery results and out of memory to keep them; the "
+                "message will be tried again and may arrive twice", m.id);
+  }
 out:
   pthread_rwlock_unlock(&r->cfg_lock);
   free(tr);
@@ -552,6 +739,7 @@ out:
   free(done);
   free(body);
   store_msg_free(&m);
+  return keep;
 }
 
 /* Tries the login of a held upstream (no message involved); on success its mail is released
@@ -606,7 +794,7 @@ static void *worker_main(void *arg)
   char id[LIM_QUEUE_ID + 1];
   pthread_mutex_lock(&r->mu);
   for(;;) {
-    int idx;
+    int keep = 0;
     while(!r->stopping && !r->nwork) {
       long long t0 = time_mono_ms();
       cond_wait_ms(&r->work_cond, &r->mu, RELAY_SESSION_IDLE_MS);
@@ -625,11 +813,10 @@ static void *worker_main(void *arg)
     if(id[0] == '#')
       probe(w, (size_t)strtoul(id + 1, NULL, 10));
     else
-      deliver(w, id);
+      keep = deliver(w, id);
     pthread_mutex_lock(&r->mu);
-    idx = inflight_find(r, id);
-    if(idx >= 0)
-      memcpy(r->inflight[idx], r->inflight[--r->ninflight], sizeof(r->inflight[0]));
+    if(!keep)
+      inflight_drop(r, id);
     if(!r->nwork)                 /* the scheduler only needs us once the queue has drained */
       pthread_cond_signal(&r->sched_cond);
   }
@@ -743,6 +930,22 @@ void relay_stop(struct relay *r)
     pthread_join(r->sched, NULL);
   for(i = 0; i < r->nworkers; i++)
     pthread_join(r->workers[i].thread, NULL);
+  /* one last try for results the store refused; what it still refuses is lost, and those
+   * messages are delivered again after the restart */
+  if(r->nkept) {
+    struct kept_result *k;
+    for(k = r->kept; k; k = k->next)
+      k->next_ms = 0;
+    results_retry(r);
+    if(r->nkept)
+      log_error("relay: %zu delivery result(s) could not be written before stopping; those "
+                "messages will be delivered again after the restart", r->nkept);
+    while(r->kept) {
+      struct kept_result *next = r->kept->next;
+      kept_free(r->kept);
+      r->kept = next;
+    }
+  }
   pthread_rwlock_destroy(&r->cfg_lock);
   pthread_cond_destroy(&r->sched_cond);
   pthread_cond_destroy(&r->work_cond);

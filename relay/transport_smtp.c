@@ -298,13 +298,26 @@ static int smtp_send(void *session, const struct store_msg *m, const char *body,
   struct smtp_session *s = session;
   struct smtp_client_rcpt *cr = calloc(n ? n : 1, sizeof(*cr));
   struct smtp_client_msg msg;
-  char *signed_body = NULL;
-  size_t i, signed_len = 0;
+  char *signed_body = NULL, *fitted_body = NULL;
+  size_t i, signed_len = 0, fitted_len = 0;
   int result, tries;
 
   if(!cr) {
     smtp_reply_set(r, 451, "4.3.0", "out of memory");
     return TRANSPORT_FAILED;
+  }
+  /* strict upstreams refuse lines over 998 octets, which legacy applications write: such
+   * parts go quoted-printable (what a reader sees is the same) */
+  if(longlines_encode(body, len, &fitted_body, &fitted_len)) {
+    smtp_reply_set(r, 451, "4.3.0", "out of memory re-encoding long lines");
+    result = TRANSPORT_FAILED;
+    goto out;
+  }
+  if(fitted_body) {
+    log_info("%s: lines over 998 octets re-encoded as quoted-printable for %s (%zu -> %zu "
+             "bytes)", m->id, s->name, len, fitted_len);
+    body = fitted_body;
+    len = fitted_len;
   }
   /* the last change to the message: a signature covers what goes on the wire */
   if(dkim_sign_message(s->dkim, m->id, m->sender, body, len,
@@ -362,6 +375,7 @@ static int smtp_send(void *session, const struct store_msg *m, const char *body,
 out:
   free(cr);
   free(signed_body);
+  free(fitted_body);
   return result;
 }
 

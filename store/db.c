@@ -59,8 +59,9 @@ int db_fail(struct store_db *d, int rc, const char *what)
 {
   int prim = rc & 0xff;
   int sys = d->db ? sqlite3_system_errno(d->db) : 0;
-  log_error("store: %s: %s (%s); %s", what, d->db ? sqlite3_errmsg(d->db) : "no database",
-            sqlite3_errstr(rc), db_fail_hint(prim, sys));
+  log_msg(d->quiet ? LOG_LVL_DEBUG : LOG_LVL_ERROR, "store: %s: %s (%s); %s", what,
+          d->db ? sqlite3_errmsg(d->db) : "no database", sqlite3_errstr(rc),
+          db_fail_hint(prim, sys));
   if(prim == SQLITE_FULL)
     return STORE_FULL;
   if(prim == SQLITE_IOERR && (sys == ENOSPC || sys == EDQUOT))

@@ -42,6 +42,9 @@ struct store {
   pthread_cond_t qcond;           /* the writer waits here for work */
   struct store_job *head, **tailp;
   int stopping;
+  /* while commits fail (w.quiet): since when, and how many batches were refused */
+  long long failing_since_ms;
+  unsigned long long refused;
 };
 
 /* store_check's counts: a recipient always belongs to a message and a message has one */
@@ -97,7 +100,7 @@ static void batch_fail(struct store_job *jobs, int result)
 /* Runs a list of jobs in one transaction, each in its own savepoint so that one refused job
  * (a constraint, an unknown id) does not take the others down. Results are only final once
  * COMMIT is on disk: if it fails, every job gets its error. */
-static void db_run_batch(struct store_db *d, struct store_job *jobs)
+static int db_run_batch(struct store_db *d, struct store_job *jobs)
 {
   struct store_job *j;
   int result, relaxed = 1;
@@ -118,12 +121,12 @@ static void db_run_batch(struct store_db *d, struct store_job *jobs)
     d->sync_normal = relaxed;
   if(!relaxed && d->sync_normal) {
     batch_fail(jobs, STORE_ERROR);   /* never commit an accept without FULL */
-    return;
+    return STORE_ERROR;
   }
   result = db_simple(d, ST_BEGIN_IMMEDIATE);
   if(result) {
     batch_fail(jobs, result);
-    return;
+    return result;
   }
   for(j = jobs; j; j = j->next) {
     result = db_simple(d, ST_SAVEPOINT);
@@ -151,6 +154,35 @@ static void db_run_batch(struct store_db *d, struct store_job *jobs)
       db_simple(d, ST_ROLLBACK);
     batch_fail(jobs, result);
   }
+  return result;
+}
+
+int store_writes_failing(struct store *st)
+{
+  return __atomic_load_n(&st->w.quiet, __ATOMIC_RELAXED);
+}
+
+/* Says once that commits fail (a full disk, an I/O error, a lock held elsewhere: the first
+ * failure's own line says which) and once that they work again, instead of one error per
+ * refused write. Called by whoever owns the write connection. */
+static void write_health(struct store *st, int result)
+{
+  if(result) {
+    st->refused++;
+    if(!st->w.quiet) {
+      __atomic_store_n(&st->w.quiet, 1, __ATOMIC_RELAXED);
+      st->failing_since_ms = store_now_ms();
+      log_error("store: writes to postern.db fail (the line above says why); further "
+                "failures are logged at debug level until writes work again");
+    }
+  }
+  else if(st->w.quiet) {
+    __atomic_store_n(&st->w.quiet, 0, __ATOMIC_RELAXED);
+    log_warn("store: writes to postern.db work again after %.1f s (%llu write batch(es) "
+             "refused meanwhile)", (store_now_ms() - st->failing_since_ms) / 1000.0,
+             st->refused);
+    st->refused = 0;
+  }
 }
 
 static void *store_writer(void *arg)
@@ -169,7 +201,7 @@ static void *store_writer(void *arg)
     st->tailp = &st->head;
     pthread_mutex_unlock(&st->qlock);
 
-    db_run_batch(&st->w, batch);
+    write_health(st, db_run_batch(&st->w, batch));
 
     /* Woken without qlock held: waking each waiter under the lock made every one of them
      * block on it again at once (half the futex calls of a busy listener). */
@@ -195,7 +227,7 @@ static int store_submit(struct store *st, struct store_job *j)
   }
   if(!st->writer_running) {
     pthread_mutex_lock(&st->wlock);
-    db_run_batch(&st->w, j);
+    write_health(st, db_run_batch(&st->w, j));
     pthread_mutex_unlock(&st->wlock);
     return j->result;
   }

@@ -85,6 +85,10 @@ void store_close(struct store *st);        /* stops the writer after draining it
 /* An empty durable commit through the writer: is the store writable right now? (/healthz) */
 int store_ping(struct store *st);
 
+/* 1 while the store's commits fail (it said so once, and says once when they work again):
+ * callers that retry on their own log their failures at debug level meanwhile. */
+int store_writes_failing(struct store *st);
+
 /* Checks the database (integrity, orphans); 0 ok, else err says what. */
 int store_check(struct store *st, char *err, size_t errsz);
 

@@ -49,6 +49,7 @@ struct store_db {
   sqlite3 *db;
   sqlite3_stmt *stmt[ST_COUNT];
   int sync_normal;         /* the connection runs with synchronous=NORMAL right now */
+  int quiet;               /* its writes are failing and that was said: db_fail logs at debug */
 };
 
 /* ---- db.c: connection helpers (call nothing but SQLite) ------------------------------------ */

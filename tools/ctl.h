@@ -136,25 +136,6 @@ int ctl_ses_region_ok(const char *region);      /* "eu-west-1", "us-gov-west-1":
  * malloc'd (free with auth_secret_free). 0 or -1. */
 int ctl_ses_smtp_password(const char *key, size_t keylen, const char *region, char **out);
 
-/* ---- DNS through this machine's resolver (ctl_dns.c) --------------------------------------- */
-enum { CTL_DNS_MX = 15, CTL_DNS_SRV = 33 };     /* the RR types, as ns_t_mx and ns_t_srv */
-#define CTL_DNS_MAX 16                          /* records of one answer looked at */
-struct ctl_dns_rr {
-  char name[1025];            /* the target host (NS_MAXDNAME), without the final dot */
-  unsigned prio;              /* MX preference, SRV priority */
-  unsigned weight, port;      /* SRV only */
-};
-/* The type's records of name into rr (at most max). 0: *n records, and when there are none err
- * says "no such name" or "no record"; -1: the lookup failed (err says why). */
-int ctl_dns_query(const char *name, int type, struct ctl_dns_rr *rr, size_t max, size_t *n,
-                  char *err, size_t errsz);
-struct ctl_dns_txt {
-  char text[4096];            /* one record's strings joined; NUL-terminated */
-};
-/* The TXT records of name, as ctl_dns_query answers. */
-int ctl_dns_txt(const char *name, struct ctl_dns_txt *txt, size_t max, size_t *n, char *err,
-                size_t errsz);
-
 /* ---- DKIM keys (ctl_dkim.c) ---------------------------------------------------------------- */
 int ctl_dkim(struct ctl *c);
 

@@ -4,6 +4,7 @@
 #include "tools/ctl.h"
 #include "global/mailauth.h"
 #include "lib/buf.h"
+#include "lib/dns.h"
 #include "tls/tls.h"
 #include <pwd.h>
 #include <stdio.h>
@@ -141,7 +142,7 @@ static int dkim_keygen(struct ctl *c)
 static void check_one(struct ctl_report *rep, const struct cfg_dkim *d)
 {
   struct tls_dkim_key k;
-  struct ctl_dns_txt txt[8];
+  struct dns_txt txt[8];
   char name[600], err[512], rec[DKIM_RECORD_MAX], zone[DKIM_RECORD_MAX + 256];
   char fix[2 * DKIM_RECORD_MAX + 512], check[128];
   const char *found = NULL, *v, *p, *kk;
@@ -169,7 +170,7 @@ static void check_one(struct ctl_report *rep, const struct cfg_dkim *d)
   }
   record_text(&k, rec, sizeof(rec));
   zone_line(d->domain, d->selector, rec, zone, sizeof(zone));
-  if(ctl_dns_txt(name, txt, sizeof(txt) / sizeof(txt[0]), &n, err, sizeof(err))) {
+  if(dns_txt_query(name, txt, sizeof(txt) / sizeof(txt[0]), &n, err, sizeof(err))) {
     ctl_report(rep, CTL_UNCHECKED, check, "check this machine's resolver (/etc/resolv.conf)",
                "%s: %s", name, err);
     return;

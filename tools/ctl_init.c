@@ -6,6 +6,7 @@
 #include "tools/ctl.h"
 #include "auth/auth.h"
 #include "lib/buf.h"
+#include "lib/dns.h"
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -229,20 +230,20 @@ static const struct provider *provider_of_mx(const char *mx)
 static int srv_find(const char *service, const char *domain, char *host, size_t hostsz,
                     long *port, char *err, size_t errsz)
 {
-  struct ctl_dns_rr rr[CTL_DNS_MAX];
+  struct dns_rr rr[DNS_RR_MAX];
   char name[600];
-  size_t n, i, best = CTL_DNS_MAX;
+  size_t n, i, best = DNS_RR_MAX;
   snprintf(name, sizeof(name), "%s.%s", service, domain);
-  if(ctl_dns_query(name, CTL_DNS_SRV, rr, CTL_DNS_MAX, &n, err, errsz))
+  if(dns_query(name, DNS_SRV, rr, DNS_RR_MAX, &n, err, errsz))
     return 0;
   for(i = 0; i < n; i++) {
     if(!rr[i].name[0] || !strcmp(rr[i].name, ".") || !rr[i].port)
       continue;
-    if(best == CTL_DNS_MAX || rr[i].prio < rr[best].prio ||
+    if(best == DNS_RR_MAX || rr[i].prio < rr[best].prio ||
        (rr[i].prio == rr[best].prio && rr[i].weight > rr[best].weight))
       best = i;
   }
-  if(best == CTL_DNS_MAX)
+  if(best == DNS_RR_MAX)
     return 0;
   str_copy(host, hostsz, rr[best].name);
   *port = (long)rr[best].port;
@@ -252,18 +253,18 @@ static int srv_find(const char *service, const char *domain, char *host, size_t 
 /* From the domain's DNS: the provider, or an SMTP server (host, port), or nothing known. */
 static void provider_guess(struct init *in)
 {
-  struct ctl_dns_rr rr[CTL_DNS_MAX];
+  struct dns_rr rr[DNS_RR_MAX];
   char err[256], host[sizeof(rr[0].name)];
   size_t n = 0, i;
   long port = 0;
-  int failed = ctl_dns_query(in->domain, CTL_DNS_MX, rr, CTL_DNS_MAX, &n, err, sizeof(err));
+  int failed = dns_query(in->domain, DNS_MX, rr, DNS_RR_MAX, &n, err, sizeof(err));
 
-  size_t best = CTL_DNS_MAX;
+  size_t best = DNS_RR_MAX;
   /* the most preferred MX host that names a provider */
   for(i = 0; !failed && i < n; i++)
-    if(provider_of_mx(rr[i].name) && (best == CTL_DNS_MAX || rr[i].prio < rr[best].prio))
+    if(provider_of_mx(rr[i].name) && (best == DNS_RR_MAX || rr[i].prio < rr[best].prio))
       best = i;
-  if(best < CTL_DNS_MAX) {
+  if(best < DNS_RR_MAX) {
     in->prov = provider_of_mx(rr[best].name);
     snprintf(in->how, sizeof(in->how), "told by the MX record of %s: %s", in->domain,
              rr[best].name);

@@ -6,6 +6,7 @@
 #include "relay/relay.h"
 #include "tls/tls.h"
 #include "lib/buf.h"
+#include "lib/dns.h"
 #include "lib/log.h"
 #include <curl/curl.h>
 #include <stdio.h>
@@ -486,12 +487,12 @@ static void sg_check_scopes(struct sg *s)
  * lookup failed (err says why). */
 static int mx_lookup(const char *host, char *found, size_t foundsz, char *err, size_t errsz)
 {
-  struct ctl_dns_rr rr[CTL_DNS_MAX];
+  struct dns_rr rr[DNS_RR_MAX];
   size_t n, i, o = 0;
   int ours = 0, others = 0;
 
   found[0] = '\0';
-  if(ctl_dns_query(host, CTL_DNS_MX, rr, CTL_DNS_MAX, &n, err, errsz))
+  if(dns_query(host, DNS_MX, rr, DNS_RR_MAX, &n, err, errsz))
     return -1;
   for(i = 0; i < n; i++) {
     if(!strcasecmp(rr[i].name, SG_MX_HOST))

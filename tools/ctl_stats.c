@@ -44,6 +44,9 @@ int ctl_stats(struct ctl *c)
            (long long)json_integer_value(json_object_get(o, "sessions")));
     printf("deliveries in flight:  %lld\n",
            (long long)json_integer_value(json_object_get(o, "deliveries_in_flight")));
+    if(json_integer_value(json_object_get(o, "results_unrecorded")) > 0)
+      printf("results unrecorded:    %lld (the store refuses writes; deliveries pause)\n",
+             (long long)json_integer_value(json_object_get(o, "results_unrecorded")));
     printf("messages:              %lld (%lld Kbytes)\n",
            (long long)json_integer_value(json_object_get(o, "messages")),
            ((long long)json_integer_value(json_object_get(o, "bytes")) + 1023) / 1024);

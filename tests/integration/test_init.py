@@ -446,3 +446,19 @@ def test_readme_scripted_dry_run(tmp_path, ns):
     assert "The application: host 127.0.0.1, port 587, STARTTLS off, AUTH LOGIN (or PLAIN), " \
            "user app" in out, out
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_existing_configuration_is_replaced_only_with_yes(tmp_path, ns):
+    conf = tmp_path / "p.conf"
+    conf.write_text("[postern]\n")
+    key = secret_file(tmp_path / "sg", register_secret("SG.replace-test-key"))
+    args = ("--provider", "sendgrid", "--api-key-file", key, "-c", str(conf), "--data-dir",
+            str(tmp_path / "data"), "--no-check")
+    rc, out, err = init(ns, *args)
+    assert rc == 73 and "exists; nothing written (--yes replaces it" in err, out + err
+    assert conf.read_text() == "[postern]\n" and not os.path.exists(tmp_path / "sendgrid.key")
+    rc, out, err = init(ns, *args, "--yes")
+    assert rc == 0, out + err
+    assert "[upstream sendgrid]" in conf.read_text() and "The doctor" not in out
+    assert_secret_file(tmp_path / "sendgrid.key", "SG.replace-test-key")
+    postern_n(str(conf))

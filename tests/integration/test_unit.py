@@ -17,7 +17,8 @@ def _unit_binaries():
 
 
 UNIT_BINARIES = _unit_binaries()
-FUZZ_TARGETS = ["smtpgram", "session", "sendgrid_json", "inbound_events", "inbound_envelope", "mime", "content", "http_post", "anvil"]
+FUZZ_TARGETS = ["smtpgram", "session", "sendgrid_json", "inbound_events", "inbound_envelope", "mime", "content",
+                "http_post", "anvil", "longlines", "dns"]
 
 
 def _unit_params():

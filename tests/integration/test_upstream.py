@@ -556,3 +556,91 @@ def test_lf_smuggling_carrier_relayed_as_one_message(daemon_factory, upstreams):
     stored_body_matches(d, qid, got[0]["data"])
     assert b"harmless line\r\n.\r\nMAIL FROM:<evil@attacker.test>\r\n" in got[0]["data"]
     assert b"harmless line\r\n..\r\nMAIL FROM:" in bytes(up.raw), "the lone dot went out unstuffed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Lines over 998 octets. A legacy application's one-line HTML goes in through postern-sendmail
+# as PHP's mail() sends it (sendmail -t -i, LF line ends). The listener keeps the line; a strict
+# upstream (aiosmtpd, like Postfix's smtpd, answers "500 Line too long" at the end of DATA)
+# used to get it as it was stored and refuse the message.
+
+def php_mail_message(html):
+    # what PHP's mail($to, $subject, $html, "MIME-Version: 1.0\r\nContent-type: text/html;
+    # charset=UTF-8\r\nFrom: ...") pipes into sendmail -t -i
+    return (f"To: someone@example.net\nSubject: Monthly report\nX-PHP-Originating-Script: "
+            f"33:report.php\nMIME-Version: 1.0\nContent-type: text/html; charset=UTF-8\n"
+            f"From: App <{SENDER}>\n\n{html}\n").encode()
+
+
+def test_long_lines_reencoded_for_a_strict_upstream(daemon_factory, upstreams, tmp_path):
+    import random
+    up = upstreams()
+    rnd = random.Random(17)
+    cells = "".join(f"<td class=\"c{i}\">{rnd.randrange(10**6)} \u20ac \u00e9t\u00e9 =x</td>"
+                    for i in range(2500))
+    html = f"<html><body><table><tr>{cells}</tr></table></body></html>"
+    assert len(html.encode()) > 100_000 and "\n" not in html
+    # the upstream really refuses such a line: the message as stored, sent directly
+    with smtplib.SMTP("127.0.0.1", up.port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.mail(SENDER)
+        s.rcpt("someone@example.net")
+        code, resp = s.data(php_mail_message(html).replace(b"\n", b"\r\n"))
+    assert code == 500 and b"Line too long" in resp, (code, resp)
+    assert not up.messages
+
+    d = daemon_factory(FAST, upstream_conf(up.port, tls="none"))
+    p = subprocess.run([os.path.join(os.path.dirname(POSTERN), "postern-sendmail"), "-C", d.conf,
+                        "-t", "-i", "-f", SENDER], input=php_mail_message(html),
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    got = up.wait_messages(1)[0]
+    assert got["rcpts"] == ["someone@example.net"]
+    assert max(len(line) for line in got["data"].split(b"\r\n")) <= 998
+    msg = email.message_from_bytes(got["data"], policy=email.policy.default)
+    assert msg["Content-Transfer-Encoding"] == "quoted-printable"
+    assert msg.get_content_type() == "text/html"
+    assert msg.get_content().rstrip("\r\n") == html, "the body a reader sees changed"
+    assert msg["Subject"] == "Monthly report" and msg["X-PHP-Originating-Script"]
+    qid = re.search(r"([0-9A-F]+): lines over 998 octets re-encoded", d.log_text()).group(1)
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    # the store keeps the message as it came
+    assert html.encode() in d.queue_cat(qid)
+
+
+def test_long_lines_multipart_and_long_header(daemon_factory, upstreams):
+    # a CSV attachment on one long line inside multipart/mixed, a short text part left alone,
+    # and a References header of one 1,500-octet line
+    up = upstreams()
+    csv = ";".join(f"{i},{i * i}" for i in range(400)).encode()
+    refs = " ".join(f"<m{i}.{'x' * 20}@client.test>" for i in range(45))
+    assert len(refs) > 1000
+    m = email.message.EmailMessage()
+    m["From"], m["To"], m["Subject"] = SENDER, "someone@example.net", "csv"
+    m["References"] = refs
+    m.set_content("See the attached file.\n")
+    m.add_attachment(csv, maintype="text", subtype="csv", filename="data.csv", cte="8bit")
+    raw = m.as_bytes(policy=email.policy.SMTP.clone(max_line_length=0))
+    assert max(len(line) for line in raw.split(b"\r\n")) > 1000
+    d = daemon_factory(FAST, upstream_conf(up.port, tls="none"))
+    qid = submit(d, ["someone@example.net"], raw)
+    got = up.wait_messages(1)[0]
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    assert max(len(line) for line in got["data"].split(b"\r\n")) <= 998
+    out = email.message_from_bytes(got["data"], policy=email.policy.default)
+    text, att = list(out.iter_parts())
+    assert text.get_content().rstrip() == "See the attached file." and text["Content-Transfer-Encoding"] != "quoted-printable"
+    assert att["Content-Transfer-Encoding"] == "quoted-printable"
+    assert att.get_payload(decode=True).rstrip(b"\r\n") == csv
+    assert " ".join(out["References"].split()) == refs
+
+
+def test_short_lines_go_byte_for_byte(daemon_factory, upstreams):
+    up = upstreams()
+    d = daemon_factory(FAST, upstream_conf(up.port, tls="none"))
+    content = message("short", "X-Long-But-Fine: " + "y" * 900 + "\r\n")
+    qid = submit(d, ["someone@example.net"], content)
+    got = up.wait_messages(1)[0]
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    stored_body_matches(d, qid, got["data"])
+    assert "re-encoded" not in d.log_text()

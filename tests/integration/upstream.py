@@ -114,14 +114,16 @@ class Upstream:
     hold CRLF for a multi-line reply) instead of aiosmtpd's 535 5.7.8.
     require_starttls: every command but EHLO/HELO/NOOP/QUIT/STARTTLS gets 530 before TLS.
     auth_silent: seconds the server says nothing after an AUTH command before it closes the
-    connection (a provider that hangs on the login)."""
+    connection (a provider that hangs on the login).
+    data_delay: seconds each end of DATA takes before its answer (a slow provider)."""
 
     def __init__(self, directory, tls=None, cert=None, users=None, mechs=("PLAIN", "LOGIN", "CRAM-MD5"),
                  auth_require_tls=True, fail_first=0, temp_reply="451 4.3.0 Temporary failure, try again later",
                  reject=(), defer=(), throttle_first=0, size=None, port=None, host="127.0.0.1",
                  xoauth2=None, auth_fail_reply=None, require_starttls=False, oauthbearer=None,
-                 auth_silent=0):
+                 auth_silent=0, data_delay=0):
         self.dir = str(directory)
+        self.data_delay = data_delay
         self.auth_silent = auth_silent
         os.makedirs(self.dir, exist_ok=True)
         self.tls = tls
@@ -179,6 +181,8 @@ class Upstream:
                 return "250 2.1.5 Ok"
 
             async def handle_DATA(self, server, session, envelope):
+                if up.data_delay:
+                    await asyncio.sleep(up.data_delay)
                 with up.lock:
                     up.data_attempts += 1
                     n = up.data_attempts
