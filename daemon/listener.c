@@ -422,6 +422,7 @@ static void session_main(void *arg)
                   l->tls == CFG_TLS_IMPLICIT ? SMTP_TLS_IMPLICIT : SMTP_TLS_STARTTLS;
   /* an MX takes mail from anyone for our domains: it never offers AUTH */
   scfg.auth_mechs = l->auth != CFG_AUTH_NONE && l->role != CFG_ROLE_MX ? l->auth_mechanisms : NULL;
+  scfg.auth_plaintext_mechs = l->auth_plaintext_mechanisms;
   scfg.auth_available = d->auth_ok;
   scfg.loopback_listener = s->loopback;
   scfg.max_auth_failures = (int)cfg->max_auth_failures;

@@ -102,6 +102,7 @@ static const char *const w_provider[] = { "microsoft", "google", "generic", NULL
 static const char *const w_flow[] = { "client_credentials", "refresh_token", "device_code", NULL };
 static const char *const w_cloud[] = { "global", "usgov", "usgov-dod", "china", NULL };
 static const char *const w_spf[] = { "off", "tag", "reject", NULL };
+static const char *const w_dmarc[] = { "off", "tag", "enforce", NULL };
 static const char *const w_dkalg[] = { "rsa-sha256", "ed25519-sha256", NULL };
 static const char *const w_dkcanon[] = { "relaxed/relaxed", "relaxed/simple", "simple/relaxed",
   "simple/simple", "relaxed", "simple", NULL };
@@ -155,6 +156,8 @@ static const struct opt opts[] = {
   { SEC_LISTENER, "auth", T_ENUM, LI(auth), 0, "optional", 0, 0, w_lauth },
   { SEC_LISTENER, "auth_mechanisms", T_WORDLIST, LI(auth_mechanisms), 0, "PLAIN LOGIN CRAM-MD5",
     0, 0, w_mechs },
+  { SEC_LISTENER, "auth_plaintext_mechanisms", T_WORDLIST, LI(auth_plaintext_mechanisms), 0, NULL,
+    0, 0, w_mechs },
   { SEC_LISTENER, "trusted_networks", T_CIDRS, LI(trusted), LI(ntrusted), "127.0.0.0/8 ::1/128",
     0, 0, NULL },
   /* unset (0): the [postern] value, or the role's default (daemon/listener.c) */
@@ -205,6 +208,7 @@ static const struct opt opts[] = {
 
   { SEC_INBOUND, "domains", T_STR, IN(domains), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "spf", T_WORD, IN(spf), 0, "tag", 0, 0, w_spf },
+  { SEC_INBOUND, "dmarc", T_WORD, IN(dmarc), 0, "off", 0, 0, w_dmarc },
   { SEC_INBOUND, "http_address", T_HOSTPORT, IN(http_address), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "http_user", T_STR, IN(http_user), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "http_password_file", T_STR, IN(http_password_file), 0, NULL, 0, 0, NULL },

@@ -34,6 +34,8 @@ struct cfg_listener {
   char *tls_cert, *tls_key;
   enum cfg_auth auth;
   char *auth_mechanisms;          /* "PLAIN LOGIN CRAM-MD5" */
+  char *auth_plaintext_mechanisms; /* CRAM-MD5 / SCRAM-* offered before TLS on a listener not
+                                     bound to loopback; NULL: none */
   struct cidr *trusted;           /* trusted_networks */
   size_t ntrusted;
   /* per-listener limits; 0 = unset, the daemon applies the [postern] value or the role's */
@@ -110,6 +112,7 @@ struct cfg_inbound {
   int line;                       /* where [inbound] starts, for messages */
   char *domains;
   char *spf;
+  char *dmarc;                    /* off | tag | enforce */
   char *http_address, *http_user, *http_password_file, *event_public_key_file;
   char *http_auth;                /* basic | none (the webhooks open on purpose) */
   char *events_auth;              /* signature | basic (accounts without signed events) */

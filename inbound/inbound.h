@@ -4,6 +4,7 @@
 #ifndef POSTERN_INBOUND_H
 #define POSTERN_INBOUND_H
 #include <stdio.h>
+#include <jansson.h>
 #include "global/config.h"
 #include "store/store.h"
 #include "smtp/smtp.h"
@@ -30,6 +31,16 @@ struct inbound_policy_ctx {
   struct store *store;
   char spf[16];                  /* result for the current transaction; "" when not checked */
   char spf_header[1024];         /* the Received-SPF: field to prepend, CRLF-terminated */
+  /* this session's latest evaluations (the client does not change): a transaction with a
+   * sender and HELO seen before reuses the result instead of paying the look-ups again */
+  struct inbound_spf_cached {
+    int used;
+    char sender[LIM_SMTP_PATH + 1];
+    char helo[LIM_SMTP_HELO + 1];
+    char result[16];
+    char header[1024];
+  } spf_cache[4];
+  unsigned spf_cache_next;
 };
 
 /* ---- SPF (inbound/spf.c) ------------------------------------------------------------------- */
@@ -39,6 +50,43 @@ struct inbound_policy_ctx {
 int inbound_spf_check(int family, const unsigned char *addr, const char *helo,
                       const char *from, const char *receiver, char *result, size_t resultsz,
                       char *header, size_t headersz);
+
+/* ---- DKIM and DMARC (inbound/auth_results.c) ---------------------------------------------- */
+/* libopendkim and libopendmarc with the public suffix list, once per process (inbound_init
+ * does it); problems are written to errs and counted. */
+int inbound_auth_init(FILE *errs);
+void inbound_auth_done(void);
+#define INBOUND_AUTH_DKIM_MAX 8          /* signatures of one message reported */
+struct inbound_auth_in {
+  const char *id;                        /* queue id, for libopendkim's messages */
+  const char *authserv_id;               /* our hostname: the Authentication-Results id */
+  const char *mail_from, *helo;          /* SPF's identities */
+  const char *spf;                       /* SPF's result, or NULL when not checked */
+  int family;                            /* the client: AF_INET / AF_INET6 and its address */
+  const unsigned char *addr;
+};
+struct inbound_auth_dkim {
+  char domain[256], selector[128], result[16], why[64];
+};
+struct inbound_auth {
+  char spf[16], spf_domain[256];
+  int spf_helo;
+  struct inbound_auth_dkim dkim[INBOUND_AUTH_DKIM_MAX];
+  size_t ndkim;
+  char dmarc[16];                        /* pass | fail | none | temperror | permerror */
+  char dmarc_policy[16];                 /* the policy for the From: domain: none | quarantine |
+                                            reject; "" without a record */
+  char from_domain[256];
+  char header[4096];                     /* the Authentication-Results: field, CRLF-ended */
+};
+/* Every DKIM signature of msg (the DATA as received, our Received on top) verified, DMARC
+ * evaluated on its From: domain; DNS is asked with a few seconds' bound. */
+void inbound_auth_check(const struct inbound_auth_in *in, const char *msg, size_t len,
+                        struct inbound_auth *a);
+/* The verdicts of the Authentication-Results field this server put first on a stored message:
+ * {spf, dkim: [{domain, selector, result}], dmarc: {result, policy, from_domain}}; NULL when
+ * the first field is not ours. */
+json_t *inbound_auth_record(const char *msg, size_t len, const char *authserv_id);
 
 /* ---- the HTTP listener (inbound/http.c) ---------------------------------------------------- */
 struct inbound_http;

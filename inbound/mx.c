@@ -39,13 +39,38 @@ static int mx_mail(void *ctx, const struct smtp_session_info *s,
   struct inbound_policy_ctx *p = ctx;
   const char *mode = p->cfg->inbound.spf ? p->cfg->inbound.spf : "tag";
   char esc[LIM_LOG_FIELD * 4 + 8];
+  struct inbound_spf_cached *c = NULL;
+  size_t i;
 
   p->spf[0] = '\0';
   p->spf_header[0] = '\0';
   if(!strcmp(mode, "off"))
     return 0;
-  inbound_spf_check(s->family, s->peer_addr, s->helo, from->path, p->cfg->hostname, p->spf,
-                    sizeof(p->spf), p->spf_header, sizeof(p->spf_header));
+  /* the sender picks the record, and a record may cost up to 10 look-ups: a session that
+   * repeats its sender does not get to have them repeated */
+  for(i = 0; i < sizeof(p->spf_cache) / sizeof(p->spf_cache[0]); i++) {
+    c = &p->spf_cache[i];
+    if(c->used && !strcmp(c->sender, from->path) && !strcmp(c->helo, s->helo))
+      break;
+  }
+  if(i < sizeof(p->spf_cache) / sizeof(p->spf_cache[0])) {
+    str_copy(p->spf, sizeof(p->spf), c->result);
+    str_copy(p->spf_header, sizeof(p->spf_header), c->header);
+  }
+  else {
+    inbound_spf_check(s->family, s->peer_addr, s->helo, from->path, p->cfg->hostname, p->spf,
+                      sizeof(p->spf), p->spf_header, sizeof(p->spf_header));
+    log_debug("SPF evaluated for <%s> from [%s]: %s",
+              log_repr(esc, sizeof(esc), from->path, from->pathlen), s->peer_ip, p->spf);
+    if(strcmp(p->spf, "temperror")) {     /* a passing DNS outage is asked again */
+      c = &p->spf_cache[p->spf_cache_next++ % (sizeof(p->spf_cache) / sizeof(p->spf_cache[0]))];
+      c->used = 1;
+      str_copy(c->sender, sizeof(c->sender), from->path);
+      str_copy(c->helo, sizeof(c->helo), s->helo);
+      str_copy(c->result, sizeof(c->result), p->spf);
+      str_copy(c->header, sizeof(c->header), p->spf_header);
+    }
+  }
   if(!strcmp(mode, "reject")) {
     if(!strcmp(p->spf, "fail")) {
       log_info("NOQUEUE: reject: MAIL from %s: SPF fail for <%s>", s->peer_ip,
@@ -76,6 +101,34 @@ static int mx_rcpt(void *ctx, const struct smtp_session_info *s, const struct sm
   return 1;
 }
 
+/* DKIM and DMARC ([inbound] dmarc = tag | enforce): the verdicts in *auth (malloc'd; NULL
+ * with dmarc = off). 1 with r set when enforce refuses the message: a DMARC failure under
+ * p=reject; a p=quarantine failure is kept, its verdict in the record. */
+static int mx_authenticate(struct inbound_policy_ctx *p, const struct smtp_session_info *s,
+                           const struct smtp_envelope *env, const char *msg, size_t len,
+                           struct inbound_auth **auth, struct smtp_reply *r)
+{
+  const char *mode = p->cfg->inbound.dmarc ? p->cfg->inbound.dmarc : "off";
+  struct inbound_auth_in in = { env->id, p->cfg->hostname, env->mail.path, s->helo,
+                                p->spf[0] ? p->spf : NULL, s->family, s->peer_addr };
+  struct inbound_auth *a;
+  *auth = NULL;
+  if(!strcmp(mode, "off"))
+    return 0;
+  a = malloc(sizeof(*a));
+  if(!a)
+    return 0;                    /* the message is kept without verdicts rather than lost */
+  inbound_auth_check(&in, msg, len, a);
+  *auth = a;
+  if(strcmp(mode, "enforce") || strcmp(a->dmarc, "fail") || strcmp(a->dmarc_policy, "reject"))
+    return 0;
+  log_info("%s: reject: DMARC policy of %s (p=reject): no aligned SPF or DKIM pass; client=%s",
+           env->id, a->from_domain, s->peer_ip);
+  smtp_reply_set(r, 550, "5.7.1", "Message rejected: it fails the DMARC policy of %s",
+                 a->from_domain);
+  return 1;
+}
+
 static void mx_message(void *ctx, const struct smtp_session_info *s,
                        const struct smtp_envelope *env, const char *msg, size_t len,
                        struct smtp_reply *r)
@@ -86,19 +139,25 @@ static void mx_message(void *ctx, const struct smtp_session_info *s,
   char sha[TLS_SHA256_HEX_LEN + 1];
   char from[LIM_LOG_FIELD * 4 + 8];
   const char *data = msg;
-  size_t datalen = len, i, hlen = strlen(p->spf_header);
+  size_t datalen = len, i, hlen = strlen(p->spf_header), alen = 0;
   int result = STORE_ERROR;
+  struct inbound_auth *auth = NULL;
 
   memset(&m, 0, sizeof(m));
   buf_init(&to, env->nrcpts * (LIM_SMTP_PATH + 1) + 1);
-  buf_init(&body, len + hlen + 1);
+  if(mx_authenticate(p, s, env, msg, len, &auth, r))
+    goto done;
+  alen = auth ? strlen(auth->header) : 0;
+  buf_init(&body, len + hlen + alen + 1);
   for(i = 0; i < env->nrcpts; i++)
     if((i && buf_add(&to, "\n", 1)) || buf_add(&to, env->rcpts[i].path, env->rcpts[i].pathlen))
       goto out;
   /* RFC 7208 9.1: Received-SPF goes above the Received the engine added, so it is the
    * first field; one copy of the message is the price of a prepend */
-  if(hlen) {
-    if(buf_add(&body, p->spf_header, hlen) || buf_add(&body, msg, len))
+  if(hlen || alen) {
+    /* Authentication-Results right below it (RFC 8601 5), where the record builder reads it */
+    if(buf_add(&body, p->spf_header, hlen) || buf_add(&body, auth ? auth->header : "", alen) ||
+       buf_add(&body, msg, len))
       goto out;
     data = body.ptr;
     datalen = body.len;
@@ -134,8 +193,10 @@ out:
               "and retries)", env->id);
     smtp_reply_set(r, 451, "4.3.0", "Error: queue file write error, try again later");
   }
-  buf_free(&to);
   buf_free(&body);
+done:
+  free(auth);
+  buf_free(&to);
 }
 
 const struct smtp_policy inbound_mx_policy = {

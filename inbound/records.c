@@ -35,6 +35,7 @@ struct records_settings {
   long long retry_max_ms;
   size_t text_max;                 /* record_text_max */
   int forward_max_attempts;        /* refusals before a record is set aside */
+  char *authserv_id;               /* hostname: whose Authentication-Results field to read */
   long long forward_max_age_ms;    /* 0: no limit */
 };
 
@@ -93,6 +94,7 @@ static void settings_free(struct records_settings *set)
   free(set->forward_url);
   free(set->reply_prefix);
   free(set->reply_suffix);
+  free(set->authserv_id);
   free(set);
 }
 
@@ -132,6 +134,10 @@ static struct records_settings *settings_new(const struct config *cfg)
   set->forward_max_attempts = cfg->inbound.forward_max_attempts > 0
                               ? (int)cfg->inbound.forward_max_attempts : 20;
   set->forward_max_age_ms = cfg->inbound.forward_max_age * 1000LL;
+  set->authserv_id = str_dup_n(cfg->hostname ? cfg->hostname : "", cfg->hostname ?
+                               strlen(cfg->hostname) : 0);
+  if(!set->authserv_id)
+    goto fail;
   if(tok) {
     set->reply_prefix = str_dup_n(ra, (size_t)(tok - ra));
     set->reply_suffix = str_dup_n(tok + 7, strlen(tok + 7));
@@ -573,6 +579,17 @@ out:
   return result;
 }
 
+/* The verdicts the MX listener wrote on top of the message (inbound/auth_results.c). */
+static void authentication_add(struct inbound_records *r, const char *body, size_t len,
+                               json_t *parsed)
+{
+  struct records_settings *set = settings_get(r);
+  json_t *a = inbound_auth_record(body, len, set->authserv_id);
+  settings_put(r, set);
+  if(a)
+    json_object_set_new(parsed, "authentication", a);
+}
+
 static size_t text_max(struct inbound_records *r)
 {
   struct records_settings *set = settings_get(r);
@@ -700,6 +717,8 @@ static int build_inbound(struct inbound_records *r, const char *id)
                 : inbound_mime_parse(body, len, text_max(r), &mime);
     if(bad || !(parsed = json_loads(mime->json, 0, NULL)))
       goto out;
+    if(!strcmp(m.source, "mx"))
+      authentication_add(r, body, len, parsed);
   }
   to = lines_array(m.envelope_to);
   if(!to)

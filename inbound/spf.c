@@ -97,9 +97,9 @@ int inbound_init(FILE *errs)
 {
   const char *zone = getenv("POSTERN_SPF_ZONE_FILE");
   const char *ip = getenv("POSTERN_SPF_TEST_CLIENT_IP");
-  int problems = 0;
+  int problems = inbound_auth_init(errs);
   if(!zone || !zone[0])
-    return 0;
+    return problems;
   problems += zone_load(zone, errs);
   if(ip && ip[0]) {
     if(inet_pton(AF_INET, ip, test_addr) == 1)
@@ -119,6 +119,7 @@ int inbound_init(FILE *errs)
 
 void inbound_done(void)
 {
+  inbound_auth_done();
   if(test_zone)
     SPF_dns_free(test_zone);
   test_zone = NULL;

@@ -360,15 +360,53 @@ static int channel_secure(const struct session *s)
   return s->info.tls || (s->cfg->loopback_listener && s->info.peer_loopback);
 }
 
+static int word_listed(const char *list, const char *word);
+
+/* The mechanisms this session may offer. Before TLS on a listener that is not bound to
+ * loopback, CRAM-MD5 and SCRAM are left out too (a password-equivalent exchange in the clear
+ * is open to offline guessing and to a man in the middle choosing the mechanism), unless
+ * auth_plaintext_mechanisms lists them; PLAIN and LOGIN are auth/'s rule (channel_secure). */
+static const char *auth_offerable(const struct session *s, char *out, size_t outsz)
+{
+  const char *p = s->cfg->auth_mechs;
+  size_t len = 0;
+  if(s->info.tls || s->cfg->loopback_listener)
+    return p;
+  out[0] = '\0';
+  while(*p) {
+    char word[64];
+    size_t n = strcspn(p, " ");
+    if(n && n < sizeof(word)) {
+      memcpy(word, p, n);
+      word[n] = '\0';
+      if((!strcmp(word, "PLAIN") || !strcmp(word, "LOGIN") ||
+          (s->cfg->auth_plaintext_mechs && word_listed(s->cfg->auth_plaintext_mechs, word))) &&
+         len + n + 2 < outsz) {
+        if(len)
+          out[len++] = ' ';
+        memcpy(out + len, word, n);
+        len += n;
+        out[len] = '\0';
+      }
+    }
+    p += n;
+    while(*p == ' ')
+      p++;
+  }
+  return out;
+}
+
 /* A fresh SASL session: at the start, and after STARTTLS (which changes what may be offered
  * and forgets any exchange begun before it). */
 static void auth_open(struct session *s)
 {
+  char mechs[256];
   auth_server_free(s->auth);
   s->auth = NULL;
   if(!s->cfg->auth_available || !s->cfg->auth_mechs || !s->cfg->auth_mechs[0])
     return;
-  if(auth_server_new("smtp", s->host, s->cfg->auth_mechs, channel_secure(s), &s->auth)) {
+  if(auth_server_new("smtp", s->host, auth_offerable(s, mechs, sizeof(mechs)),
+                     channel_secure(s), &s->auth)) {
     s->auth = NULL;
     log_warn("AUTH not offered to [%s]: cannot start a SASL session (is libsasl2-modules "
              "installed? `posternctl user list` checks the user database)", s->info.peer_ip);
@@ -1053,8 +1091,7 @@ static void cmd_auth(struct session *s, const struct smtp_command *cmd)
       mech[result] = (char)(mech[result] - 'a' + 'A');
   if(!word_listed(auth_server_mechs(s->auth), mech)) {
     /* RFC 4954 6: a mechanism this listener has, but not without TLS */
-    if(!channel_secure(s) && (!strcmp(mech, "PLAIN") || !strcmp(mech, "LOGIN")) &&
-       word_listed(s->cfg->auth_mechs, mech))
+    if(!s->info.tls && word_listed(s->cfg->auth_mechs, mech))
       reply(s, 538, "5.7.11", "Encryption required for requested authentication mechanism");
     else
       reply(s, 504, "5.5.4", "Unrecognized authentication type");

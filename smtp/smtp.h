@@ -107,6 +107,8 @@ struct smtp_server_cfg {
   enum smtp_tls_mode tls_mode;
   struct tls_server_ctx *tls;         /* the listener's certificate; NULL: no TLS */
   const char *auth_mechs;             /* auth_mechanisms; NULL or "": AUTH not offered */
+  const char *auth_plaintext_mechs;   /* CRAM-MD5 / SCRAM-* offered before TLS on a listener
+                                         not bound to loopback; NULL: none */
   int auth_available;                 /* auth_server_init worked (the sasldb is usable) */
   int loopback_listener;              /* the socket is bound to a loopback address: a loopback
                                          peer may use PLAIN and LOGIN without TLS */

@@ -69,7 +69,7 @@ class DNS:
             args = [IP, "netns", "exec", self.name, DNSMASQ, "--keep-in-foreground",
                     "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root",
                     "--pid-file=", "--listen-address=127.0.0.1", "--bind-interfaces", "--port=53",
-                    "--local=/test.example/"]
+                    "--local=/example/", "--local=/org/"]
             for name, text in records.items():
                 # one character-string holds at most 255 octets (RFC 1035 3.3.14); dnsmasq
                 # takes each comma-separated piece as one (quotes would be kept as text)
@@ -372,3 +372,245 @@ def test_keygen_and_check(tmp_path):
         assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
     finally:
         dns.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inbound: DKIM verified and DMARC evaluated on mail to the MX listener. The daemon runs in the
+# namespace (its resolver is dnsmasq there); the test speaks SMTP to it from a thread that has
+# entered the namespace. Messages are signed here with dkimpy, whose verdicts are the reference.
+
+CLONE_NEWNET = 0x40000000
+
+
+class in_ns:
+    """The calling thread inside the network namespace for the with-block."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        import ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        there = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            assert self.libc.setns(there, CLONE_NEWNET) == 0
+        finally:
+            os.close(there)
+        return self
+
+    def __exit__(self, *a):
+        assert self.libc.setns(self.here, CLONE_NEWNET) == 0
+        os.close(self.here)
+
+
+SPF_ZONE = """\
+goodmail.org TXT v=spf1 ip4:192.0.2.10 -all
+quarmail.org TXT v=spf1 ip4:192.0.2.10 -all
+evilmail.org TXT v=spf1 -all
+"""
+
+
+@pytest.fixture(scope="module")
+def inbound_dns(tmp_path_factory, keys):
+    tmp = tmp_path_factory.mktemp("indns")
+    recs = {}
+    for dom in ("goodmail.org", "quarmail.org", "sub.parentmail.org", "strictmail.org",
+                "relaxedmail.org", "nonemail.org"):
+        recs[f"rsa1._domainkey.{dom}"] = dns_txt(keys["rsa"], "rsa")
+        recs[f"ed1._domainkey.{dom}"] = dns_txt(keys["ed25519"], "ed25519")
+    recs["_dmarc.goodmail.org"] = "v=DMARC1; p=reject"
+    recs["_dmarc.quarmail.org"] = "v=DMARC1; p=quarantine"
+    recs["_dmarc.parentmail.org"] = "v=DMARC1; p=none; sp=reject"
+    recs["_dmarc.strictmail.org"] = "v=DMARC1; p=reject; adkim=s; aspf=s"
+    recs["_dmarc.relaxedmail.org"] = "v=DMARC1; p=reject"
+    d = DNS(str(tmp), recs)
+    d.keys = keys
+    yield d
+    d.close()
+
+
+def ns_daemon(daemon_factory, dns, monkeypatch, tmp_path, mode):
+    zone = tmp_path / "spf.zone"
+    zone.write_text(SPF_ZONE)
+    monkeypatch.setenv("POSTERN_SPF_ZONE_FILE", str(zone))
+    monkeypatch.setenv("POSTERN_SPF_TEST_CLIENT_IP", "192.0.2.10")
+    port = free_mx_port()
+    d = daemon_factory(FAST, f"\n[listener mx]\naddress = 127.0.0.1:{port}\nrole = mx\n\n"
+                             f"[inbound]\ndomains = in.example\nspf = tag\ndmarc = {mode}\n",
+                       start=False)
+    d.mx_port = port
+    log = open(d.logpath, "ab")
+    d.proc = subprocess.Popen([IP, "netns", "exec", dns.name, POSTERN, "-c", d.conf, "-f"],
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=d.workdir)
+    log.close()
+    with in_ns(dns.name):
+        d.wait_ready()
+    return d
+
+
+def free_mx_port():
+    from upstream import free_port
+    return free_port()
+
+
+def mx_send(d, dns, sender, raw):
+    """(code, text) of the end of DATA for raw, sent to the MX listener inside the namespace."""
+    with in_ns(dns.name):
+        with smtplib.SMTP("127.0.0.1", d.mx_port, timeout=60) as s:
+            s.ehlo("client.test")
+            assert s.mail(sender)[0] == 250
+            assert s.rcpt("bob@in.example")[0] == 250
+            code, resp = s.data(raw)
+    return code, resp.decode()
+
+
+def sign(msg, domain, sel="rsa1", key="rsa", _at=None, _sel_tail="", **kw):
+    import dkim
+    if _at is not None:
+        now = time.time
+        time.time = lambda: _at
+        try:
+            return sign(msg, domain, sel, key, _sel_tail=_sel_tail, **kw)
+        finally:
+            time.time = now
+    with open(key if os.path.exists(key) else _KEYS[key], "rb") as f:
+        k = f.read()
+    if sel == "ed1":
+        der = _run(OPENSSL, "pkey", "-in", _KEYS["ed25519"], "-outform", "DER").stdout
+        k = base64.b64encode(der[-32:])
+        kw["signature_algorithm"] = b"ed25519-sha256"
+    return dkim.sign(msg, (sel + _sel_tail).encode(), domain.encode(), k, **kw) + msg
+
+
+_KEYS = {}
+
+
+def records_by_subject(d, n, timeout=30):
+    import json
+    deadline = time.monotonic() + timeout
+    while True:
+        recs = json.loads(d.ctl("correspondence", "list", "--json").stdout)
+        # keyed by the subject the Message-ID was made from (a test changes the Subject)
+        got = {(r.get("message_id") or "").strip("<>").split("@")[0].replace("-", " "): r
+               for r in recs if r.get("direction") == "in"}
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def plain(frm, subject, body="Hello there.\r\n"):
+    return (f"From: {frm}\r\nTo: bob@in.example\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{subject.replace(' ', '-')}@x>\r\n\r\n{body}").encode()
+
+
+def test_dkim_corpus_same_verdicts_as_dkimpy(daemon_factory, inbound_dns, monkeypatch, tmp_path):
+    _KEYS.update(inbound_dns.keys)
+    dns = inbound_dns
+    base = lambda s: plain("Alice <alice@goodmail.org>", s)
+    corpus = {}
+    corpus["good rsa"] = sign(base("good rsa"), "goodmail.org")
+    corpus["good ed25519"] = sign(base("good ed25519"), "goodmail.org", sel="ed1")
+    corpus["good simple"] = sign(base("good simple"), "goodmail.org",
+                                 canonicalize=(b"simple", b"simple"))
+    m = sign(base("body changed"), "goodmail.org")
+    corpus["body changed"] = m.replace(b"Hello there.", b"Hello there!")
+    m = sign(base("header changed"), "goodmail.org")
+    corpus["header changed"] = m.replace(b"Subject: header changed", b"Subject: header changeD")
+    corpus["wrong key"] = sign(base("wrong key"), "goodmail.org", key="other")
+    # dkimpy has no parameter for x=: the tag rides in on s= (tags are joined with "; "),
+    # signed two days ago with a minute's lifetime (dkimpy forgives 10 hours of clock skew)
+    past = int(time.time()) - 2 * 86400
+    corpus["expired"] = sign(base("expired"), "goodmail.org", _at=past,
+                             _sel_tail=f"; x={past + 60}")
+    m = sign(base("l= appended"), "goodmail.org", length=True)
+    corpus["l= appended"] = m + b"Appended after the signed length.\r\n"
+    m = sign(base("l= changed"), "goodmail.org", length=True)
+    corpus["l= changed"] = m.replace(b"Hello there.", b"Hello world.")
+    m = sign(base("duplicate From"), "goodmail.org")
+    corpus["duplicate From"] = b"From: ceo@goodmail.org\r\n" + m
+    ed = sign(base("two signatures"), "goodmail.org", sel="ed1")
+    corpus["two signatures"] = sign(ed, "goodmail.org")
+
+    d = ns_daemon(daemon_factory, dns, monkeypatch, tmp_path, "tag")
+    expect = {}
+    for subject, raw in corpus.items():
+        path = tmp_path / "m.eml"
+        path.write_bytes(raw)
+        ref = []
+        for i in range(len(signatures(raw))):
+            path.write_bytes(only_signature(raw, i))
+            py = dns.run(PY, "-c", DKIMPY, str(path))
+            ref.append(py.stdout.strip() == b"True")
+        expect[subject] = ref
+        code, text = mx_send(d, dns, "alice@goodmail.org", raw)
+        assert code == 250, (subject, code, text)
+    recs = records_by_subject(d, len(corpus))
+    got = {s: [k["result"] == "pass" for k in recs[s]["authentication"]["dkim"]] for s in corpus}
+    # signatures are listed top down by both
+    assert got == expect, (got, expect)
+    assert expect["good rsa"] == [True] and expect["body changed"] == [False], expect
+    a = recs["good rsa"]["authentication"]
+    assert a["spf"] == "pass"
+    assert a["dkim"] == [{"domain": "goodmail.org", "selector": "rsa1", "result": "pass"}]
+    assert a["dmarc"] == {"result": "pass", "policy": "reject", "from_domain": "goodmail.org"}
+    assert recs["duplicate From"]["authentication"]["dmarc"]["result"] == "permerror"
+
+
+@pytest.mark.parametrize("mode", ["tag", "enforce"])
+def test_dmarc_policies_and_alignment(daemon_factory, inbound_dns, monkeypatch, tmp_path, mode):
+    _KEYS.update(inbound_dns.keys)
+    dns = inbound_dns
+    cases = [
+        # (subject, MAIL FROM, message, dmarc result, policy, refused under enforce)
+        ("aligned dkim", "x@evilmail.org",
+         sign(plain("a@goodmail.org", "aligned dkim"), "goodmail.org"), "pass", "reject", False),
+        ("aligned spf", "bounce@goodmail.org", plain("a@goodmail.org", "aligned spf"),
+         "pass", "reject", False),
+        ("unaligned reject", "x@evilmail.org", plain("a@goodmail.org", "unaligned reject"),
+         "fail", "reject", True),
+        ("other domain signs", "x@evilmail.org",
+         sign(plain("a@goodmail.org", "other domain signs"), "quarmail.org"), "fail", "reject", True),
+        ("quarantine", "x@evilmail.org", plain("a@quarmail.org", "quarantine"),
+         "fail", "quarantine", False),
+        ("subdomain policy", "x@evilmail.org", plain("a@sub.parentmail.org", "subdomain policy"),
+         "fail", "reject", True),
+        ("strict alignment", "x@evilmail.org",
+         sign(plain("a@mail.strictmail.org", "strict alignment"), "strictmail.org"),
+         "fail", "reject", True),
+        ("relaxed alignment", "x@evilmail.org",
+         sign(plain("a@mail.relaxedmail.org", "relaxed alignment"), "relaxedmail.org"),
+         "pass", "reject", False),
+        ("no record", "x@evilmail.org", sign(plain("a@nonemail.org", "no record"), "nonemail.org"),
+         "none", None, False),
+    ]
+    d = ns_daemon(daemon_factory, dns, monkeypatch, tmp_path, mode)
+    kept = 0
+    for subject, sender, raw, *_ , refused in cases:
+        code, text = mx_send(d, dns, sender, raw)
+        if mode == "enforce" and refused:
+            assert code == 550 and text.startswith("5.7.1"), (subject, code, text)
+        else:
+            assert code == 250, (subject, code, text)
+            kept += 1
+    recs = records_by_subject(d, kept)
+    for subject, sender, raw, result, policy, refused in cases:
+        if mode == "enforce" and refused:
+            assert subject not in recs, subject
+            continue
+        dm = recs[subject]["authentication"]["dmarc"]
+        assert dm["result"] == result and dm["policy"] == policy, (subject, dm)
+        assert dm["from_domain"] == re.search(rb"^From: \S+@(\S+)\r$", raw, re.M).group(1).decode()
+    # the stored message carries the verdicts for any reader, below our Received-SPF
+    import sqlite3
+    con = sqlite3.connect(f"file:{d.data_dir}/postern.db?mode=ro", uri=True)
+    bodies = [r[0] for r in con.execute("SELECT body FROM inbound_messages")]
+    con.close()
+    q = next(b for b in bodies if b"Subject: quarantine" in b)
+    fields = header_fields(q)
+    assert fields[0].startswith(b"Received-SPF: ")
+    assert fields[1].startswith(b"Authentication-Results: relay.test.example;\r\n\tspf=fail "
+                                b"smtp.mailfrom=evilmail.org;\r\n\tdkim=none;\r\n\tdmarc=fail "
+                                b"(p=quarantine) header.from=quarmail.org\r\n"), fields[1]
+    if mode == "enforce":
+        assert "reject: DMARC policy of goodmail.org (p=reject)" in d.log_text()

@@ -10,6 +10,7 @@ import os
 import signal
 import shutil
 import sqlite3
+import smtplib
 import subprocess
 import threading
 import time
@@ -621,3 +622,24 @@ def test_store_error_is_not_acknowledged(daemon_factory, tmp_path, spf_env):
     rc, out = swaks(port, "alice@pass.test", "bob@reply.test")
     assert rc == 0, out
     assert len(inbound(d)) == 2
+
+
+def test_mx_spf_cached_within_a_session(daemon_factory, spf_env):
+    """A session that sends several transactions from one sender has SPF evaluated once (the
+    record is the sender's choice and may cost ten look-ups each time); another sender is
+    evaluated on its own, and every stored message carries its Received-SPF."""
+    d = mx_daemon(daemon_factory)
+    with smtplib.SMTP("127.0.0.1", d.mx_port, timeout=30) as s:
+        s.ehlo("client.test")
+        for i in range(3):
+            s.sendmail("alice@pass.test", ["bob@reply.test"], f"Subject: {i}\r\n\r\nx\r\n")
+        s.sendmail("carol@fail.test", ["bob@reply.test"], "Subject: f\r\n\r\nx\r\n")
+        s.sendmail("alice@pass.test", ["bob@reply.test"], "Subject: 4\r\n\r\nx\r\n")
+    log = d.log_text()
+    assert log.count("SPF evaluated for <alice@pass.test>") == 1, log[-3000:]
+    assert log.count("SPF evaluated for <carol@fail.test>") == 1
+    rows = inbound(d, source="mx")
+    assert sorted(r["spf"] for r in rows) == ["fail", "pass", "pass", "pass", "pass"], rows
+    for r in rows:
+        body = db_rows(d, "SELECT body FROM inbound_messages WHERE id = ?", (r["id"],))[0]["body"]
+        assert body.startswith(b"Received-SPF: " + r["spf"].encode()), body[:200]

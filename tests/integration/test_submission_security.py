@@ -395,10 +395,13 @@ def test_auth_plain_only_after_tls_on_wildcard_listener(daemon_factory, pki):
         c.expect(220)
         _, kw = c.ehlo()
         assert "STARTTLS" in kw
-        assert kw.get("AUTH") == ["CRAM-MD5"], kw
+        # CRAM-MD5 and SCRAM neither: a password-equivalent exchange in the clear invites
+        # offline guessing (auth_plaintext_mechanisms may name them for a legacy client)
+        assert "AUTH" not in kw, kw
         r = c.auth_plain("alice", PASSWORD)
         assert (r.code, r.enhanced) == (538, "5.7.11"), r
         c.cmd_expect("AUTH LOGIN", 538, "5.7.11")
+        c.cmd_expect("AUTH CRAM-MD5", 538, "5.7.11")
         c.starttls()
         _, kw = c.ehlo()
         assert set(kw["AUTH"]) == {"PLAIN", "LOGIN", "CRAM-MD5"}, kw
@@ -411,6 +414,45 @@ def test_auth_plain_only_after_tls_on_wildcard_listener(daemon_factory, pki):
         c.expect(220)
         _, kw = c.ehlo()
         assert "PLAIN" in kw["AUTH"], kw
+        c.cmd("QUIT")
+
+
+def test_auth_plaintext_mechanisms(daemon_factory, pki):
+    """auth_plaintext_mechanisms lets a legacy client on the LAN use CRAM-MD5 before TLS on a
+    wildcard listener; PLAIN and LOGIN stay inside TLS whatever it says."""
+    port = free_port()
+    d = make_daemon(daemon_factory, extra=listener("any", port, addr="0.0.0.0",
+                                                   trusted_networks=NOBODY_NET,
+                                                   auth_plaintext_mechanisms="CRAM-MD5",
+                                                   **tls_keys(pki)))
+    with Client(port, source="127.0.0.2") as c:
+        c.expect(220)
+        _, kw = c.ehlo()
+        assert kw.get("AUTH") == ["CRAM-MD5"], kw
+        c.cmd_expect("AUTH PLAIN", 538, "5.7.11")
+        r = c.cmd_expect("AUTH CRAM-MD5", 334)
+        chal = base64.b64decode(r.text)
+        mac = hmac.new(PASSWORD.encode(), chal, "md5").hexdigest()
+        c.cmd_expect(base64.b64encode(f"alice {mac}".encode()).decode(), 235)
+        c.cmd("QUIT")
+    assert d.running()
+
+
+def test_cram_only_listener_waits_for_tls(daemon_factory, pki):
+    """A wildcard listener offering only CRAM-MD5 offers nothing before STARTTLS (538 to
+    AUTH), and CRAM-MD5 inside TLS."""
+    port = free_port()
+    make_daemon(daemon_factory, extra=listener("any", port, addr="0.0.0.0",
+                                               trusted_networks=NOBODY_NET,
+                                               auth_mechanisms="CRAM-MD5", **tls_keys(pki)))
+    with Client(port, source="127.0.0.2") as c:
+        c.expect(220)
+        _, kw = c.ehlo()
+        assert "AUTH" not in kw, kw
+        c.cmd_expect("AUTH CRAM-MD5", 538, "5.7.11")
+        c.starttls()
+        _, kw = c.ehlo()
+        assert kw.get("AUTH") == ["CRAM-MD5"], kw
         c.cmd("QUIT")
 
 
