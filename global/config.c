@@ -26,7 +26,7 @@
 
 enum sec_kind {
   SEC_POSTERN, SEC_LISTENER, SEC_UPSTREAM, SEC_ROUTE, SEC_OAUTH2, SEC_INBOUND, SEC_USER,
-  SEC_DKIM, SEC_COUNT
+  SEC_DKIM, SEC_CONSOLE, SEC_COUNT
 };
 
 struct sec_desc {
@@ -52,6 +52,7 @@ static const struct sec_desc sections[SEC_COUNT] = {
   [SEC_INBOUND]  = SEC_ONE("inbound", offsetof(struct config, inbound)),
   [SEC_USER]     = SEC_NAMED("user", cfg_user, users, nusers),
   [SEC_DKIM]     = SEC_NAMED("dkim", cfg_dkim, dkims, ndkims),
+  [SEC_CONSOLE]  = SEC_ONE("console", offsetof(struct config, console)),
 };
 
 /* ---- the settings ---------------------------------------------------------------------- */
@@ -122,6 +123,7 @@ static const char *const w_events_auth[] = { "signature", "basic", NULL };
 #define RO(f) offsetof(struct cfg_route, f)
 #define OA(f) offsetof(struct cfg_oauth2, f)
 #define IN(f) offsetof(struct cfg_inbound, f)
+#define CO(f) offsetof(struct cfg_console, f)
 #define US(f) offsetof(struct cfg_user, f)
 #define DK(f) offsetof(struct cfg_dkim, f)
 
@@ -247,6 +249,12 @@ static const struct opt opts[] = {
     0, LIM_MESSAGE_SIZE_MAX, NULL },
 
   { SEC_USER, "senders", T_STR, US(senders), 0, NULL, 0, 0, NULL },
+
+  { SEC_CONSOLE, "enabled", T_BOOL, CO(enabled), 0, "no", 0, 0, NULL },
+  { SEC_CONSOLE, "users", T_STR, CO(users), 0, NULL, 0, 0, NULL },
+  { SEC_CONSOLE, "users_file", T_STR, CO(users_file), 0, NULL, 0, 0, NULL },
+  { SEC_CONSOLE, "session_timeout", T_DURATION, CO(session_timeout), 0, "8h", 60, 30 * DAY, NULL },
+  { SEC_CONSOLE, "secure_cookie", T_BOOL, CO(secure_cookie), 0, "no", 0, 0, NULL },
 
   { SEC_DKIM, "domain", T_STR, DK(domain), 0, NULL, 0, 0, NULL },
   { SEC_DKIM, "selector", T_STR, DK(selector), 0, NULL, 0, 0, NULL },
@@ -995,6 +1003,10 @@ static int header_read(struct loader *ld, const char *s)
       ld->cfg->inbound.present = 1;
       ld->cfg->inbound.line = line;
     }
+    if(kind == SEC_CONSOLE) {
+      ld->cfg->console.present = 1;
+      ld->cfg->console.line = line;
+    }
     ld->cur_index = 0;
     snprintf(ld->label, sizeof(ld->label), "%s", sections[kind].word);
   }
@@ -1469,6 +1481,7 @@ int config_load(const char *path, FILE *errs, struct config **out)
   }
   defaults_apply(&ld, SEC_POSTERN, section_base(ld.cfg, SEC_POSTERN, 0));
   defaults_apply(&ld, SEC_INBOUND, section_base(ld.cfg, SEC_INBOUND, 0));
+  defaults_apply(&ld, SEC_CONSOLE, section_base(ld.cfg, SEC_CONSOLE, 0));
 
   if(path) {
     ld.fp = fopen(path, "r");

@@ -144,6 +144,17 @@ struct cfg_inbound {
   long long record_text_max;      /* bytes of text, html, reply_text a record keeps; 0 all */
 };
 
+/* [console]: the web console on the HTTP listener */
+struct cfg_console {
+  int present;
+  int line;
+  int enabled;
+  char *users;                    /* "name:crypt-hash name:crypt-hash" */
+  char *users_file;               /* lines name:crypt-hash */
+  long long session_timeout;      /* seconds a login lasts without use */
+  int secure_cookie;              /* Secure on the cookie: behind a TLS reverse proxy */
+};
+
 struct config {
   char *path;
   /* [postern] */
@@ -175,6 +186,7 @@ struct config {
   int implicit_route;             /* no [route]: the one upstream got the catch-all "default" */
   struct cfg_oauth2 *oauth2s;     size_t noauth2s;
   struct cfg_inbound inbound;
+  struct cfg_console console;
   struct cfg_user *users;         size_t nusers;
   struct cfg_dkim *dkims;         size_t ndkims;
 };

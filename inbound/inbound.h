@@ -10,6 +10,7 @@
 #include "smtp/smtp.h"
 #include "lib/conn.h"
 #include "lib/buf.h"
+#include "global/web.h"
 #include <stdint.h>
 
 /* Process-wide set-up, once before any session: the SPF resolver (or, for the test suite
@@ -100,6 +101,9 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
  * secrets cannot be read (logged; the old ones stay). */
 int inbound_http_reload(struct inbound_http *h, const struct config *cfg);
 void inbound_http_stop(struct inbound_http *h);
+/* Mounts an application under /console/ (the daemon registers the web console before traffic
+ * comes): its requests go through the per-client limits and lockout like every other. */
+void inbound_http_set_console(struct inbound_http *h, web_handler fn, void *arg);
 
 /* ---- per-client limits of the HTTP listener (inbound/http_clients.c) ------------------------
  * Keys come from conn_client_key; now is a monotonic clock in ms. Thread-safe. */
