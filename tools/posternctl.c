@@ -37,7 +37,7 @@ static const struct command {
   { "sendgrid", ctl_sendgrid,
     "sendgrid setup --inbound-host HOST [--raw] [--upstream NAME] [--json]\n"
     "sendgrid check [--inbound-host HOST] [--upstream NAME] [--json]\n" },
-  { "twilio", ctl_twilio, "twilio check|setup NUMBER [--fix-service] [--json]\n" },
+  { "twilio", ctl_twilio, "twilio check|setup NUMBER [--fix-service] [--detach-app] [--json]\n" },
   { "migrate", ctl_migrate,
     "migrate postfix [--main-cf FILE] [--sasl-passwd FILE] [--name NAME] [--secret-file FILE]"
     " [--print-only]\n"
