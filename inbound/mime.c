@@ -137,32 +137,6 @@ const char *mime_charset_name(const char *label, size_t n)
   return NULL;
 }
 
-/* The length of the well-formed UTF-8 sequence at p (no overlongs, surrogates or values past
- * U+10FFFF), 0 when there is none. */
-static size_t utf8_seq(const unsigned char *p, size_t n)
-{
-  unsigned char c = p[0];
-  if(c < 0x80)
-    return 1;
-  if(c >= 0xc2 && c <= 0xdf)
-    return n >= 2 && (p[1] & 0xc0) == 0x80 ? 2 : 0;
-  if(c >= 0xe0 && c <= 0xef) {
-    if(n < 3 || (p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80)
-      return 0;
-    if((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0))
-      return 0;
-    return 3;
-  }
-  if(c >= 0xf0 && c <= 0xf4) {
-    if(n < 4 || (p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80 || (p[3] & 0xc0) != 0x80)
-      return 0;
-    if((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90))
-      return 0;
-    return 4;
-  }
-  return 0;
-}
-
 int mime_utf8_valid(const void *s, size_t n)
 {
   const unsigned char *p = s;
@@ -172,7 +146,7 @@ int mime_utf8_valid(const void *s, size_t n)
       i++;
       continue;
     }
-    k = utf8_seq(p + i, n - i);
+    k = str_utf8_seq(p + i, n - i);
     if(!k)
       return 0;
     i += k;
@@ -194,7 +168,7 @@ int mime_add_utf8(struct buf *o, const void *s, size_t n)
       run++;
       continue;
     }
-    k = p[i] ? utf8_seq(p + i, n - i) : 0;
+    k = p[i] ? str_utf8_seq(p + i, n - i) : 0;
     if(k) {
       i += k;
       run += k;

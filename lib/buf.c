@@ -141,6 +141,81 @@ int buf_addrepr(struct buf *b, const void *p, size_t n, size_t cap)
   return result;
 }
 
+/* The length of the well-formed UTF-8 sequence at p (no overlongs, surrogates or values past
+ * U+10FFFF), 0 when there is none. */
+size_t str_utf8_seq(const void *s, size_t n)
+{
+  const unsigned char *p = s;
+  unsigned char c;
+  if(!n)
+    return 0;
+  c = p[0];
+  if(c < 0x80)
+    return 1;
+  if(c >= 0xc2 && c <= 0xdf)
+    return n >= 2 && (p[1] & 0xc0) == 0x80 ? 2 : 0;
+  if(c >= 0xe0 && c <= 0xef) {
+    if(n < 3 || (p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80)
+      return 0;
+    if((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0))
+      return 0;
+    return 3;
+  }
+  if(c >= 0xf0 && c <= 0xf4) {
+    if(n < 4 || (p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80 || (p[3] & 0xc0) != 0x80)
+      return 0;
+    if((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90))
+      return 0;
+    return 4;
+  }
+  return 0;
+}
+
+/* the control characters a UTF-8 terminal acts on rather than shows: C0, DEL, C1, and the
+ * bidirectional controls that reorder what follows them (a subject could pose as another) */
+static int utf8_control(unsigned long cp)
+{
+  return cp < 0x20 || (cp >= 0x7f && cp < 0xa0) || cp == 0x200e || cp == 0x200f ||
+         (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
+int buf_addrepr_utf8(struct buf *b, const void *p, size_t n, size_t cap)
+{
+  static const char hex[] = "0123456789abcdef";
+  const unsigned char *s = p;
+  size_t i = 0, take = n > cap ? cap : n;
+  int result = BUF_OK;
+  while(i < take && !result) {
+    size_t k = str_utf8_seq(s + i, n - i), j;
+    unsigned long cp;
+    if(k > 1 && i + k > take)
+      break;                       /* the cap falls inside a character */
+    if(!k) {
+      char esc[4] = { '\\', 'x', hex[s[i] >> 4], hex[s[i] & 15] };
+      result = buf_add(b, esc, 4);
+      i++;
+      continue;
+    }
+    cp = k == 1 ? s[i] : k == 2 ? (s[i] & 0x1fu) : k == 3 ? (s[i] & 0x0fu) : (s[i] & 0x07u);
+    for(j = 1; j < k; j++)
+      cp = (cp << 6) | (s[i + j] & 0x3fu);
+    if(cp == '\\')
+      result = buf_add(b, "\\\\", 2);
+    else if(cp < 0x80 && utf8_control(cp)) {
+      char esc[4] = { '\\', 'x', hex[cp >> 4], hex[cp & 15] };
+      result = buf_add(b, esc, 4);
+    }
+    else if(utf8_control(cp))
+      result = buf_addf(b, "\\u{%04lx}", cp);
+    else
+      result = buf_add(b, s + i, k);
+    i += k;
+  }
+  if(!result && i < n)
+    result = buf_add(b, "...", 3);
+  return result;
+}
+
 size_t str_copy(char *dst, size_t dstsz, const char *src)
 {
   size_t n = strlen(src);

@@ -28,6 +28,15 @@ char *buf_steal(struct buf *b, size_t *len);   /* hands over the memory; b is le
  * cut at cap bytes of input with "..." (redis's sdscatrepr). */
 int  buf_addrepr(struct buf *b, const void *p, size_t n, size_t cap);
 
+/* The same for a UTF-8 terminal: well-formed UTF-8 as is, only control characters (C0, DEL,
+ * C1 as \xNN or \u{NNNN}, and the bidirectional controls) and ill-formed bytes escaped; the cap
+ * never splits a character. */
+int  buf_addrepr_utf8(struct buf *b, const void *p, size_t n, size_t cap);
+
+/* The length of the well-formed UTF-8 sequence at s[0..n) (no overlongs, surrogates or values
+ * past U+10FFFF), 0 when there is none. */
+size_t str_utf8_seq(const void *s, size_t n);
+
 /* bounded string helpers used instead of strcpy/strcat/sprintf/atoi */
 size_t str_copy(char *dst, size_t dstsz, const char *src);          /* truncates, always NUL-terminates */
 int    str_to_long(const char *s, size_t n, long min, long max, long *out); /* 0 ok, -1 bad */

@@ -49,6 +49,7 @@ int ctl_control_down(const struct ctl *c, const char *what);
 /* A reply {"ok": false, "error": ...} becomes a message and EX_SOFTWARE; 0 when ok. */
 int ctl_control_failed(json_t *reply, const char *cmd);
 int ctl_correspondence(struct ctl *c);
+int ctl_store_command(struct ctl *c);           /* ctl_store.c */
 
 /* options of one command: see ctl_common.c */
 int ctl_opt(struct ctl *c, const char *name, const char **value);
@@ -91,6 +92,9 @@ int ctl_store_failed(const char *what, int result);        /* message, EX_TEMPFA
 
 int ctl_id_parse(const char *arg, char out[LIM_QUEUE_ID + 1]);   /* hex id, upper-cased */
 void ctl_put_field(FILE *out, const char *s);   /* network bytes escaped, capped */
+/* Text of a record (names, subjects, bodies): on a UTF-8 locale, UTF-8 as is with only control
+ * characters escaped; elsewhere as ctl_put_field. */
+void ctl_put_text(FILE *out, const char *s);
 void ctl_time_iso(long long ms, char *out, size_t outsz);
 void ctl_time_human(long long ms, char *out, size_t outsz);
 void ctl_age_human(long long secs, char *out, size_t outsz);

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <langinfo.h>
+#include <locale.h>
 #include <pwd.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -45,6 +47,34 @@ void ctl_put_field(FILE *out, const char *s)
   struct buf b;
   buf_init(&b, FIELD_CAP * 4 + 4);
   if(s && !buf_addrepr(&b, s, strlen(s), FIELD_CAP) && b.ptr)
+    fwrite(b.ptr, 1, b.len, out);
+  buf_free(&b);
+}
+
+/* Whether the locale's character set (LC_ALL, LC_CTYPE, LANG) is UTF-8; asked once, and the
+ * locale put back, so nothing else in posternctl reads bytes by it. */
+static int ctl_locale_utf8(void)
+{
+  static int utf8 = -1;
+  if(utf8 < 0) {
+    const char *cur = setlocale(LC_CTYPE, NULL);
+    char *saved = cur ? str_dup_n(cur, strlen(cur)) : NULL;
+    utf8 = setlocale(LC_CTYPE, "") && !strcmp(nl_langinfo(CODESET), "UTF-8");
+    setlocale(LC_CTYPE, saved ? saved : "C");
+    free(saved);
+  }
+  return utf8;
+}
+
+void ctl_put_text(FILE *out, const char *s)
+{
+  struct buf b;
+  if(!ctl_locale_utf8()) {
+    ctl_put_field(out, s);
+    return;
+  }
+  buf_init(&b, FIELD_CAP * 8 + 4);
+  if(s && !buf_addrepr_utf8(&b, s, strlen(s), FIELD_CAP) && b.ptr)
     fwrite(b.ptr, 1, b.len, out);
   buf_free(&b);
 }

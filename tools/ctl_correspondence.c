@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sysexits.h>
 
 struct corr_list {
@@ -21,21 +22,59 @@ static const char *jval(const json_t *o, const char *key)
   return s ? s : "";
 }
 
-/* One line: id, when, direction and source, from -> first recipient, status, subject. */
+/* "Name <address>", or the address alone */
+static void put_mailbox(const json_t *m)
+{
+  const char *name = jval(m, "name");
+  if(*name) {
+    ctl_put_text(stdout, name);
+    fputs(" <", stdout);
+  }
+  ctl_put_text(stdout, jval(m, "address"));
+  if(*name)
+    fputc('>', stdout);
+}
+
+static int has_address(const json_t *list, const char *a)
+{
+  size_t i;
+  json_t *v;
+  json_array_foreach(list, i, v)
+    if(!strcasecmp(json_is_string(v) ? json_string_value(v) : jval(v, "address"), a))
+      return 1;
+  return 0;
+}
+
+/* One line: id, when, direction and source, from -> the envelope recipient (and how many more),
+ * To: where it names someone else (a reply address, a list, a Bcc), status, subject. */
 static void record_line(const struct store_record *r, const json_t *o)
 {
   char t[40];
-  const json_t *to = json_array_get(json_object_get(o, "to"), 0);
+  const json_t *env = json_object_get(o, "envelope_to"), *to = json_object_get(o, "to");
+  const json_t *to0 = json_array_get(to, 0);
+  const char *rcpt = json_string_value(json_array_get(env, 0));
   ctl_time_human(r->received_ms, t, sizeof(t));
   printf("%s  %s  %-3s %-13s ", r->id, t, r->direction, r->source);
-  ctl_put_field(stdout, jval(json_object_get(o, "from"), "address"));
+  put_mailbox(json_object_get(o, "from"));
   fputs(" -> ", stdout);
-  ctl_put_field(stdout, jval(to, "address"));
+  if(rcpt) {
+    ctl_put_text(stdout, rcpt);
+    if(json_array_size(env) > 1)
+      printf(" +%zu", json_array_size(env) - 1);
+  }
+  if(to0 && (!rcpt || !has_address(env, jval(to0, "address")))) {
+    fputs(rcpt ? " (To: " : "To: ", stdout);
+    put_mailbox(to0);
+    if(json_array_size(to) > 1)
+      printf(" +%zu", json_array_size(to) - 1);
+    if(rcpt)
+      fputc(')', stdout);
+  }
   printf("  thread=%s", r->thread_id ? r->thread_id : "");
   if(r->status)
     printf("  status=%s", r->status);
   fputs("  ", stdout);
-  ctl_put_field(stdout, jval(o, "subject"));
+  ctl_put_text(stdout, jval(o, "subject"));
   fputc('\n', stdout);
 }
 
@@ -72,11 +111,23 @@ static void show_human(const struct store_record *r, const json_t *o)
     if(!v)
       continue;
     printf("%s: ", fields[i]);
-    ctl_put_field(stdout, v);
+    ctl_put_text(stdout, v);
     fputc('\n', stdout);
   }
   printf("from: ");
-  ctl_put_field(stdout, jval(json_object_get(o, "from"), "address"));
+  put_mailbox(json_object_get(o, "from"));
+  fputs("\nenvelope_to: ", stdout);
+  for(i = 0; i < json_array_size(json_object_get(o, "envelope_to")); i++) {
+    if(i)
+      fputs(", ", stdout);
+    ctl_put_text(stdout, json_string_value(json_array_get(json_object_get(o, "envelope_to"), i)));
+  }
+  fputs("\nto: ", stdout);
+  for(i = 0; i < json_array_size(json_object_get(o, "to")); i++) {
+    if(i)
+      fputs(", ", stdout);
+    put_mailbox(json_array_get(json_object_get(o, "to"), i));
+  }
   printf("\nattachments: %zu\n", json_array_size(json_object_get(o, "attachments")));
   json_array_foreach(events, i, e) {
     /* the name is the webhook's text, like the recipient */
@@ -87,8 +138,8 @@ static void show_human(const struct store_record *r, const json_t *o)
     fputc('\n', stdout);
   }
   fputs("\n", stdout);
-  ctl_put_field(stdout, json_string_value(json_object_get(o, "reply_text")) ?
-                        jval(o, "reply_text") : jval(o, "text"));
+  ctl_put_text(stdout, json_string_value(json_object_get(o, "reply_text")) ?
+                       jval(o, "reply_text") : jval(o, "text"));
   fputc('\n', stdout);
 }
 

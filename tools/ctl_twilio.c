@@ -1,6 +1,8 @@
-/* posternctl twilio check|setup NUMBER: is the number's SMS webhook this Postern's /sms, does
- * its Messaging Service (if any) defer to that webhook, is twilio_auth_token_file the token the
- * account signs with; setup sets the webhook (and, with --fix-service, the service). */
+/* posternctl twilio check|setup NUMBER: is the number's SMS webhook this Postern's /sms (or,
+ * when the number is bound to a TwiML App, the App's, which Twilio then uses instead), does its
+ * Messaging Service (if any) defer to that webhook, is twilio_auth_token_file the account's
+ * primary Auth Token (the one Twilio signs webhooks with); setup sets the webhook (and, with
+ * --fix-service, the service; with --detach-app, unbinds the App from the number). */
 #include "tools/ctl.h"
 #include "auth/auth.h"
 #include "relay/relay.h"
@@ -18,6 +20,8 @@ struct tw {
   const struct cfg_inbound *in;
   char *sms_url;
   const char *number;
+  char *token;                /* twilio_auth_token_file's token: compared, never printed */
+  size_t tokenlen;
 };
 
 static const char *jstr(json_t *o, const char *key)
@@ -97,9 +101,7 @@ static int tw_call(struct tw *t, const char *check, const char *what, const char
 static int tw_open(struct tw *t)
 {
   struct http_opts o;
-  char err[256], *token = NULL;
-  size_t tokenlen = 0;
-  int result = EX_CONFIG;
+  char err[256];
   const char *missing = !t->in->public_url ? "public_url" :
                         !t->in->twilio_account_sid ? "twilio_account_sid" :
                         !t->in->twilio_auth_token_file ? "twilio_auth_token_file" : NULL;
@@ -111,7 +113,7 @@ static int tw_open(struct tw *t)
     fprintf(stderr, "posternctl: twilio: twilio_account_sid is not an account SID (AC...)\n");
     return EX_CONFIG;
   }
-  if(auth_secret_read(t->in->twilio_auth_token_file, &token, &tokenlen, err, sizeof(err))) {
+  if(auth_secret_read(t->in->twilio_auth_token_file, &t->token, &t->tokenlen, err, sizeof(err))) {
     fprintf(stderr, "posternctl: twilio: twilio_auth_token_file: %s\n", err);
     return EX_CONFIG;
   }
@@ -119,40 +121,142 @@ static int tw_open(struct tw *t)
   o.max_body = LIM_HTTP_BODY;
   t->sms_url = ctl_url_join(t->in->public_url, "/sms");
   if(!t->sms_url || http_client_new(&o, &t->hc) ||
-     http_client_basic(t->hc, t->in->twilio_account_sid, token)) {
+     http_client_basic(t->hc, t->in->twilio_account_sid, t->token)) {
     fprintf(stderr, "posternctl: twilio: out of memory\n");
-    result = EX_OSERR;
-    goto out;
+    return EX_OSERR;
   }
-  result = 0;
-out:
-  auth_secret_free(token, tokenlen);
-  return result;
+  return 0;
 }
 
-/* "Name=value" with value form-encoded, into a malloc'd string */
-static char *form1(const char *name, const char *value, const char *name2, const char *value2)
+/* "Name=value&..." of the NULL-terminated name, value pairs kv, form-encoded, malloc'd */
+static char *form_of(const char *const *kv)
 {
   char *r = NULL;
   struct buf b;
-  size_t n;
+  size_t n, i;
   buf_init(&b, 4096);
-  if(!http_form_add(&b, name, value) && !http_form_add(&b, name2, value2))
-    r = buf_steal(&b, &n);
+  for(i = 0; kv[i] && kv[i + 1]; i += 2)
+    if(http_form_add(&b, kv[i], kv[i + 1]))
+      goto out;
+  r = buf_steal(&b, &n);
+out:
   buf_free(&b);
   return r;
 }
 
-/* The number's webhook: checked, and set when fix. */
-static void tw_number(struct tw *t, json_t *num, int fix)
+/* Twilio signs webhooks with the account's primary Auth Token only: a secondary token (or one
+ * of another account the API also accepts) passes every API call while /sms refuses every
+ * post. The account resource shows the primary as auth_token. */
+static void tw_token(struct tw *t)
+{
+  char path[200];
+  json_t *ans = NULL;
+  const char *primary;
+  size_t n, i;
+  unsigned char diff = 0;
+  snprintf(path, sizeof(path), "/2010-04-01/Accounts/%s.json", t->in->twilio_account_sid);
+  if(tw_call(t, "auth-token", "reading the account", "GET", t->in->twilio_api_url, path, NULL,
+             &ans))
+    return;
+  primary = json_string_value(json_object_get(ans, "auth_token"));
+  if(!primary || !*primary)
+    ctl_report(&t->rep, CTL_UNCHECKED, "auth-token", "check twilio_account_sid: it must be the "
+               "account itself (AC...), not a subaccount seen from its parent",
+               "Twilio's account resource shows no auth_token: whether the token in %s is the "
+               "primary one, which signs webhooks, cannot be told", t->in->twilio_auth_token_file);
+  else {
+    n = strlen(primary);
+    diff = n != t->tokenlen;
+    for(i = 0; i < n && i < t->tokenlen; i++)        /* no early exit on a secret */
+      diff |= (unsigned char)(primary[i] ^ t->token[i]);
+    if(!diff)
+      ctl_report(&t->rep, CTL_OK, "auth-token", NULL, "the token in %s is the account's primary "
+                 "Auth Token: the one Twilio signs webhooks with", t->in->twilio_auth_token_file);
+    else
+      ctl_report(&t->rep, CTL_FINDING, "auth-token", "put the PRIMARY Auth Token in "
+                 "twilio_auth_token_file (Twilio Console > Account > API keys & tokens > Auth "
+                 "tokens; after a rotation, promote the secondary to primary first), then reload "
+                 "the daemon (SIGHUP)", "the API accepts the token in %s, but it is not the "
+                 "account's primary Auth Token (a secondary one?): Twilio signs webhooks with "
+                 "the primary only, so /sms would answer 403 to every post",
+                 t->in->twilio_auth_token_file);
+  }
+  json_decref(ans);
+}
+
+static int webhook_right(struct tw *t, const char *url, const char *method)
+{
+  return !strcmp(url, t->sms_url) && (!method[0] || !strcasecmp(method, "POST"));
+}
+
+/* One POST of a form to a resource of the account: 0 done, else reported. */
+static int tw_set(struct tw *t, const char *check, const char *what, const char *path,
+                  const char *const *kv)
+{
+  char *form = form_of(kv);
+  json_t *ans = NULL;
+  int result = -1;
+  if(!form)
+    ctl_report(&t->rep, CTL_UNCHECKED, check, NULL, "out of memory");
+  else
+    result = tw_call(t, check, what, "POST", t->in->twilio_api_url, path, form, &ans);
+  free(form);
+  json_decref(ans);
+  return result;
+}
+
+/* The number is bound to a TwiML App: Twilio posts its incoming SMS to the App's SmsUrl and
+ * ignores the number's own, so the App is what is judged and set. */
+static void tw_app(struct tw *t, const char *app, int fix)
 {
   char path[300];
-  char *form = NULL;
   json_t *ans = NULL;
+  const char *url, *method, *name;
+  const char *kv[] = { "SmsUrl", t->sms_url, "SmsMethod", "POST", NULL };
+  if(!sid_ok(app, "AP")) {
+    ctl_report(&t->rep, CTL_UNCHECKED, "sms-url", NULL, "%s is bound to a TwiML App whose sid "
+               "Twilio gave in a form Postern does not know", t->number);
+    return;
+  }
+  snprintf(path, sizeof(path), "/2010-04-01/Accounts/%s/Applications/%s.json",
+           t->in->twilio_account_sid, app);
+  if(tw_call(t, "sms-url", "reading the number's TwiML App", "GET", t->in->twilio_api_url, path,
+             NULL, &ans))
+    return;
+  url = jstr(ans, "sms_url");
+  method = jstr(ans, "sms_method");
+  name = jstr(ans, "friendly_name");
+  if(webhook_right(t, url, method))
+    ctl_report(&t->rep, CTL_OK, "sms-url", NULL, "%s uses TwiML App %s (%s), which sends "
+               "incoming SMS to %s", t->number, app, name, t->sms_url);
+  else if(!fix)
+    ctl_report(&t->rep, CTL_FINDING, "sms-url", "run: posternctl twilio setup NUMBER (sets the "
+               "App's SMS URL: every number using the App then posts here), or posternctl twilio "
+               "setup NUMBER --detach-app (the number alone uses its own webhook)",
+               "%s uses TwiML App %s (%s): Twilio sends its incoming SMS to the App's SMS URL, "
+               "%s%s%s, not to this Postern's %s (the number's own SMS URL is ignored)",
+               t->number, app, name, url[0] ? url : "none",
+               method[0] && strcasecmp(method, "POST") ? " with " : "",
+               method[0] && strcasecmp(method, "POST") ? method : "", t->sms_url);
+  else if(!tw_set(t, "sms-url", "setting the TwiML App's SMS URL", path, kv))
+    ctl_report(&t->rep, CTL_CHANGED, "sms-url", NULL, "TwiML App %s (%s) now sends incoming SMS "
+               "to %s, for %s and every other number using it", app, name, t->sms_url,
+               t->number);
+  json_decref(ans);
+}
+
+/* The number's webhook: checked, and set when fix. */
+static void tw_number(struct tw *t, json_t *num, int fix, int detach_app)
+{
+  char path[300];
   const char *url = jstr(num, "sms_url"), *method = jstr(num, "sms_method");
-  const char *sid = jstr(num, "sid");
-  int right = !strcmp(url, t->sms_url) && (!method[0] || !strcmp(method, "POST"));
-  if(right) {
+  const char *sid = jstr(num, "sid"), *app = jstr(num, "sms_application_sid");
+  const char *kv[] = { "SmsUrl", t->sms_url, "SmsMethod", "POST", NULL, NULL, NULL };
+  if(app[0] && !detach_app) {
+    tw_app(t, app, fix);
+    return;
+  }
+  if(!app[0] && webhook_right(t, url, method)) {
     ctl_report(&t->rep, CTL_OK, "sms-url", NULL, "%s sends incoming SMS to %s", t->number,
                t->sms_url);
     return;
@@ -170,15 +274,17 @@ static void tw_number(struct tw *t, json_t *num, int fix)
   }
   snprintf(path, sizeof(path), "/2010-04-01/Accounts/%s/IncomingPhoneNumbers/%s.json",
            t->in->twilio_account_sid, sid);
-  form = form1("SmsUrl", t->sms_url, "SmsMethod", "POST");
-  if(!form)
-    ctl_report(&t->rep, CTL_UNCHECKED, "sms-url", NULL, "out of memory");
-  else if(!tw_call(t, "sms-url", "setting the SMS URL", "POST", t->in->twilio_api_url, path,
-                   form, &ans))
+  if(app[0]) {
+    /* an empty SmsApplicationSid unbinds the App: the number's own webhook applies again */
+    kv[4] = "SmsApplicationSid";
+    kv[5] = "";
+    if(!tw_set(t, "sms-url", "detaching the TwiML App and setting the SMS URL", path, kv))
+      ctl_report(&t->rep, CTL_CHANGED, "sms-url", NULL, "%s no longer uses TwiML App %s and "
+                 "sends incoming SMS to %s", t->number, app, t->sms_url);
+  }
+  else if(!tw_set(t, "sms-url", "setting the SMS URL", path, kv))
     ctl_report(&t->rep, CTL_CHANGED, "sms-url", NULL, "%s now sends incoming SMS to %s",
                t->number, t->sms_url);
-  free(form);
-  json_decref(ans);
 }
 
 /* Is the number (its PN sid) in this service's number pool? 1 yes, 0 no, -1 unchecked */
@@ -262,10 +368,11 @@ int ctl_twilio(struct ctl *c)
   struct tw t;
   char path[300];
   json_t *ans = NULL, *nums, *num;
-  int fix, fix_service, result;
+  int fix, fix_service, detach_app, result;
 
   memset(&t, 0, sizeof(t));
   fix_service = ctl_opt(c, "--fix-service", NULL) > 0;
+  detach_app = ctl_opt(c, "--detach-app", NULL) > 0;
   if(ctl_no_options(c))
     return EX_USAGE;
   if(c->nargs != 3 || (strcmp(c->args[1], "setup") && strcmp(c->args[1], "check")))
@@ -274,6 +381,8 @@ int ctl_twilio(struct ctl *c)
   fix = !strcmp(c->args[1], "setup");
   if(fix_service && !fix)
     return ctl_usage_error("--fix-service goes with setup", NULL);
+  if(detach_app && !fix)
+    return ctl_usage_error("--detach-app goes with setup", NULL);
   t.number = c->args[2];
   if(!number_ok(t.number))
     return ctl_usage_error("not a phone number in E.164 form (+15551234567)", t.number);
@@ -291,8 +400,7 @@ int ctl_twilio(struct ctl *c)
            "%%2B%s", t.in->twilio_account_sid, t.number + 1);
   if(!tw_call(&t, "sms-url", "looking the number up", "GET", t.in->twilio_api_url, path, NULL,
               &ans)) {
-    ctl_report(&t.rep, CTL_OK, "auth-token", NULL, "the account accepts the token in %s: it is "
-               "the one Twilio signs webhooks with", t.in->twilio_auth_token_file);
+    tw_token(&t);
     nums = json_object_get(ans, "incoming_phone_numbers");
     num = json_array_get(nums, 0);
     if(!num)
@@ -300,7 +408,7 @@ int ctl_twilio(struct ctl *c)
                  "check the number, or twilio_account_sid (a subaccount has its own)",
                  "%s is not a number of account %s", t.number, t.in->twilio_account_sid);
     else {
-      tw_number(&t, num, fix);
+      tw_number(&t, num, fix, detach_app);
       tw_services(&t, jstr(num, "sid"), fix, fix_service);
     }
   }
@@ -308,6 +416,7 @@ int ctl_twilio(struct ctl *c)
 out:
   json_decref(ans);
   free(t.sms_url);
+  auth_secret_free(t.token, t.tokenlen);
   http_client_free(t.hc);
   return result;
 }

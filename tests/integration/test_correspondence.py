@@ -5,6 +5,7 @@
 # loopback plays the application behind forward_url (answering 500 at first, checking the
 # HMAC of every body).
 import base64
+import os
 import hashlib
 import hmac
 import json
@@ -20,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from conftest import free_port
+from conftest import POSTERNCTL, free_port
 from test_inbound import CURL, ZONE, db_rows, make_key, post, secret, sign, twilio_sig, wait_http
 from apiserver import APIServer
 from upstream import Upstream
@@ -565,3 +566,34 @@ def test_record_text_max(daemon_factory, tmp_path, sink, spf_env):
     assert rec["truncated"] == ["text"]
     (raw,) = json.loads(d.ctl("inbound", "list", "--json").stdout)
     assert raw["size"] >= len(msg)
+
+
+def test_list_prints_utf8_and_envelope(daemon_factory, tmp_path, sink, spf_env):
+    # the human list on a UTF-8 locale prints names and subjects as UTF-8, escaping only
+    # control characters; on another locale every non-ASCII byte is escaped. The envelope
+    # recipient is shown, and To: beside it where it names someone else.
+    d = corr_daemon(daemon_factory, tmp_path, sink)
+    mx_send(d, "zoe@pass.test", "someone@reply.test",
+            b"From: =?utf-8?q?Zo=C3=AB?= <zoe@pass.test>\r\nTo: Clinic list <list@clinic.test>\r\n"
+            b"Subject: =?utf-8?q?Rendez-vous_confirm=C3=A9_=1B]2;owned=07_=E2=80=AEtxt.exe?=\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nMerci\r\n")
+    mx_send(d, "pat@pass.test", "desk@reply.test",
+            b"From: Pat <pat@pass.test>\r\nTo: Desk <DESK@reply.test>\r\nSubject: same\r\n\r\nhi\r\n")
+    wait_records(d, 2)
+
+    def listing(locale):
+        env = dict(os.environ, LC_ALL=locale)
+        p = subprocess.run([POSTERNCTL, "-c", d.conf, "correspondence", "list"], env=env,
+                           capture_output=True, timeout=60, check=True)
+        return p.stdout
+
+    out = listing("C.UTF-8")
+    line = [l for l in out.split(b"\n") if b"Rendez-vous" in l][0]
+    assert "Zo\u00eb <zoe@pass.test> -> someone@reply.test (To: Clinic list <list@clinic.test>)".encode() in line, line
+    assert "Rendez-vous confirm\u00e9 \\x1b]2;owned\\x07 \\u{202e}txt.exe".encode() in line, line
+    assert b"\x1b" not in out and b"\x07" not in out and "\u202e".encode() not in out
+    same = [l for l in out.split(b"\n") if b"same" in l][0]
+    assert b"-> desk@reply.test  thread=" in same, same       # To: is the envelope's: not repeated
+    out = listing("C")
+    assert b"Zo\\xc3\\xab <zoe@pass.test>" in out and b"confirm\\xc3\\xa9" in out, out
+    assert all(b < 0x80 for b in out)

@@ -55,7 +55,12 @@ class Provider:
         self.domains = []
         self.numbers = {PN: {"sid": PN, "account_sid": TW_SID, "phone_number": NUMBER,
                              "sms_url": "https://demo.twilio.com/welcome/sms/reply",
-                             "sms_method": "POST", "voice_url": ""}}
+                             "sms_method": "POST", "voice_url": "", "sms_application_sid": None}}
+        # Twilio accepts the primary and the secondary Auth Token on its API; it signs webhooks
+        # with the primary, which the account resource shows as auth_token
+        self.tw_tokens = [TW_TOKEN]
+        self.tw_primary = TW_TOKEN
+        self.apps = {}                  # TwiML Apps: AP sid -> resource
         self.services = {}
         self.servers = [self._server(netns), self._server(netns)]
         self.url, self.msg_url = (f"http://127.0.0.1:{s.server_address[1]}" for s in self.servers)
@@ -123,8 +128,8 @@ class Provider:
             if headers.get("Authorization") != f"Bearer {SG_KEY}":
                 return 401, {"errors": [{"field": None, "message": "authorization required"}]}
             return self.sendgrid(method, p, json.loads(body) if body else None)
-        auth = "Basic " + base64.b64encode(f"{TW_SID}:{TW_TOKEN}".encode()).decode()
-        if headers.get("Authorization") != auth:
+        auths = ["Basic " + base64.b64encode(f"{TW_SID}:{t}".encode()).decode() for t in self.tw_tokens]
+        if headers.get("Authorization") not in auths:
             return 401, {"code": 20003, "message": "Authenticate", "more_info":
                          "https://www.twilio.com/docs/errors/20003", "status": 401}
         form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(), keep_blank_values=True).items()}
@@ -180,6 +185,18 @@ class Provider:
 
     def twilio(self, method, p, kind, q, form):
         acct = f"/2010-04-01/Accounts/{TW_SID}/IncomingPhoneNumbers"
+        apps = f"/2010-04-01/Accounts/{TW_SID}/Applications/"
+        if kind == "api" and method == "GET" and p == f"/2010-04-01/Accounts/{TW_SID}.json":
+            return 200, {"sid": TW_SID, "friendly_name": "Clinic", "status": "active",
+                         "type": "Full", "auth_token": self.tw_primary, "owner_account_sid": TW_SID}
+        if kind == "api" and p.startswith(apps) and p.endswith(".json"):
+            app = self.apps.get(p[len(apps):-5])
+            if not app:
+                return 404, {"code": 20404, "message": "not found", "status": 404}
+            for f, k in (("SmsUrl", "sms_url"), ("SmsMethod", "sms_method")):
+                if method == "POST" and f in form:
+                    app[k] = form[f]
+            return 200, app
         if kind == "api" and method == "GET" and p == acct + ".json":
             nums = [n for n in self.numbers.values()
                     if "PhoneNumber" not in q or n["phone_number"] == q["PhoneNumber"][0]]
@@ -189,9 +206,10 @@ class Provider:
             n = self.numbers.get(p[len(acct) + 1:-5])
             if not n:
                 return 404, {"code": 20404, "message": "not found", "status": 404}
-            for f, k in (("SmsUrl", "sms_url"), ("SmsMethod", "sms_method")):
+            for f, k in (("SmsUrl", "sms_url"), ("SmsMethod", "sms_method"),
+                         ("SmsApplicationSid", "sms_application_sid")):
                 if f in form:
-                    n[k] = form[f]
+                    n[k] = form[f] or None
             return 200, n
         if kind == "messaging" and method == "GET" and p == "/v1/Services":
             return 200, {"services": [{k: v for k, v in s.items() if k != "numbers"}
@@ -231,7 +249,8 @@ def ctl(conf, *args, netns=None):
     p = subprocess.run(pre + [POSTERNCTL, "-c", conf, *args], capture_output=True, timeout=120)
     out, err = p.stdout.decode(), p.stderr.decode()
     # nothing secret is ever printed or logged
-    for s in (SG_KEY, TW_TOKEN, HTTP_PASSWORD, urllib.parse.quote(HTTP_PASSWORD, safe="")):
+    for s in (SG_KEY, TW_TOKEN, "twilio-secondary-token-987654", HTTP_PASSWORD,
+              urllib.parse.quote(HTTP_PASSWORD, safe="")):
         assert s not in out and s not in err, f"a secret leaked: {out}{err}"
     return p.returncode, out, err
 
@@ -518,6 +537,81 @@ def test_twilio_number_outside_services_and_not_found(twilio):
     assert rc == 1
     (f,) = findings(out)
     assert "not a number of account" in f["detail"]
+
+
+TW_SECONDARY = "twilio-secondary-token-987654"
+AP = "AP" + "c" * 32
+
+
+def test_twilio_secondary_token_is_a_problem(twilio):
+    # the secondary Auth Token passes every API call, but Twilio signs webhooks with the
+    # primary only: check used to say "ok auth-token: ... the one Twilio signs webhooks with"
+    # and every /sms post would then get 403
+    prov, d, tok = twilio
+    prov.tw_tokens = [TW_TOKEN, TW_SECONDARY]
+    prov.services[MG]["numbers"] = []
+    prov.numbers[PN]["sms_url"] = "https://relay.test.example/sms"
+    with open(tok, "w") as f:
+        f.write(TW_SECONDARY + "\n")
+    rc, out, err = ctl(d.conf, "twilio", "check", NUMBER, "--json")
+    assert rc == 1, out + err
+    (f,) = findings(out)
+    assert f["check"] == "auth-token" and "not the account's primary Auth Token" in f["detail"]
+    assert "PRIMARY Auth Token" in f["fix"] and "twilio_auth_token_file" in f["fix"]
+    assert TW_SECONDARY not in out + err and TW_TOKEN not in out + err
+    rc, out, err = ctl(d.conf, "twilio", "check", NUMBER)
+    assert rc == 1 and "PROBLEM" in out and "fix: " in out
+    # the primary: ok
+    with open(tok, "w") as f:
+        f.write(TW_TOKEN + "\n")
+    rc, out, err = ctl(d.conf, "twilio", "check", NUMBER, "--json")
+    assert rc == 0, out + err
+    assert any(i["check"] == "auth-token" and i["status"] == "ok" and "primary" in i["detail"]
+               for i in json.loads(out))
+
+
+def test_twilio_twiml_app_is_judged_and_set(twilio):
+    # the number is bound to a TwiML App (SmsApplicationSid): Twilio posts its SMS to the
+    # App's SmsUrl and ignores the number's. check used to judge the number's own URL and setup
+    # to change it and say "changed" although Twilio would not use it
+    prov, d, _ = twilio
+    prov.services[MG]["numbers"] = []
+    prov.numbers[PN].update(sms_url="https://relay.test.example/sms", sms_application_sid=AP)
+    prov.apps[AP] = {"sid": AP, "account_sid": TW_SID, "friendly_name": "Clinic app",
+                     "sms_url": "https://app.example/twiml/sms", "sms_method": "GET",
+                     "voice_url": "https://app.example/twiml/voice"}
+    rc, out, err = ctl(d.conf, "twilio", "check", NUMBER, "--json")
+    assert rc == 1, out + err
+    (f,) = findings(out)
+    assert f["check"] == "sms-url" and AP in f["detail"] and "https://app.example/twiml/sms" in f["detail"]
+    assert "--detach-app" in f["fix"]
+    assert any(p == f"/2010-04-01/Accounts/{TW_SID}/Applications/{AP}.json" for _, p, _, _ in prov.requests)
+
+    # setup sets the App's SMS URL and method, and nothing on the number
+    rc, out, err = ctl(d.conf, "twilio", "setup", NUMBER)
+    assert rc == 0, out + err
+    assert prov.changes() == [("POST", f"/2010-04-01/Accounts/{TW_SID}/Applications/{AP}.json")]
+    assert prov.apps[AP]["sms_url"] == "https://relay.test.example/sms"
+    assert prov.apps[AP]["sms_method"] == "POST"
+    assert "TwiML App" in out and "changed" in out
+    rc, out, err = ctl(d.conf, "twilio", "check", NUMBER)
+    assert rc == 0 and "uses TwiML App" in out, out + err
+
+    # --detach-app: the number alone goes back to its own webhook
+    prov.apps[AP]["sms_url"] = "https://app.example/twiml/sms"
+    before = len(prov.changes())
+    rc, out, err = ctl(d.conf, "twilio", "setup", NUMBER, "--detach-app")
+    assert rc == 0, out + err
+    assert prov.changes()[before:] == [("POST", f"/2010-04-01/Accounts/{TW_SID}/IncomingPhoneNumbers/{PN}.json")]
+    body = [b for m, _, _, b in prov.requests if m == "POST"][-1]
+    assert urllib.parse.parse_qs(body.decode(), keep_blank_values=True) == {
+        "SmsUrl": ["https://relay.test.example/sms"], "SmsMethod": ["POST"], "SmsApplicationSid": [""]}
+    assert prov.numbers[PN]["sms_application_sid"] is None
+    assert prov.apps[AP]["sms_url"] == "https://app.example/twiml/sms"     # the App untouched
+    rc, out, err = ctl(d.conf, "twilio", "check", NUMBER)
+    assert rc == 0 and "TwiML App" not in out, out + err
+    rc, out, err = ctl(d.conf, "twilio", "check", NUMBER, "--detach-app")
+    assert rc == 64
 
 
 def test_twilio_wrong_token_cannot_check(twilio):

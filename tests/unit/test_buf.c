@@ -69,6 +69,36 @@ static void test_repr(void)
   }
 }
 
+/* for a UTF-8 terminal: characters as they are, controls and ill-formed bytes escaped, the cap
+ * never inside a character */
+static void test_repr_utf8(void)
+{
+  static const struct { const char *in; size_t n; size_t cap; const char *out; } rows[] = {
+    { "caf\xc3\xa9 \xe2\x9c\x94", 9, 100, "caf\xc3\xa9 \xe2\x9c\x94" },
+    { "a\r\n\tb", 5, 100, "a\\x0d\\x0a\\x09b" },
+    { "\x1b]2;x\x07", 6, 100, "\\x1b]2;x\\x07" },
+    { "del\x7f", 4, 100, "del\\x7f" },
+    { "c1\xc2\x9b", 4, 100, "c1\\u{009b}" },
+    { "rlo\xe2\x80\xaetxt", 9, 100, "rlo\\u{202e}txt" },
+    { "\xe2\x81\xa6iso", 6, 100, "\\u{2066}iso" },
+    { "bad \xff\xc3(", 7, 100, "bad \\xff\\xc3(" },
+    { "overlong \xc0\xaf", 11, 100, "overlong \\xc0\\xaf" },
+    { "surrogate \xed\xa0\x80", 13, 100, "surrogate \\xed\\xa0\\x80" },
+    { "\xf0\x9f\x98\x80!", 5, 100, "\xf0\x9f\x98\x80!" },
+    { "back\\slash", 10, 100, "back\\\\slash" },
+    { "ab\xc3\xa9", 4, 3, "ab..." },
+    { "ab\xc3\xa9", 4, 4, "ab\xc3\xa9" },
+  };
+  size_t i;
+  for(i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+    struct buf b;
+    buf_init(&b, 1000);
+    CHECK_EQ_INT(buf_addrepr_utf8(&b, rows[i].in, rows[i].n, rows[i].cap), BUF_OK);
+    CHECK_EQ_STR(b.ptr ? b.ptr : "", rows[i].out);
+    buf_free(&b);
+  }
+}
+
 static void test_log_repr_bounded(void)
 {
   char big[5000], out[64];
@@ -155,6 +185,7 @@ static const struct unit_case cases[] = {
   { "growth_and_binary", test_growth_and_binary },
   { "reserve_overflow", test_reserve_overflow },
   { "repr", test_repr },
+  { "repr_utf8", test_repr_utf8 },
   { "log_repr_bounded", test_log_repr_bounded },
   { "str_to_long", test_str_to_long },
   { "str_helpers", test_str_helpers },
