@@ -68,43 +68,6 @@ static void peer_fill(struct conn *c)
   }
 }
 
-int conn_client_key(const struct sockaddr *sa, unsigned char key[CONN_CLIENT_KEY_LEN])
-{
-  static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-  memset(key, 0, CONN_CLIENT_KEY_LEN);
-  if(sa->sa_family == AF_INET) {
-    const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
-    memcpy(key, mapped, sizeof(mapped));
-    memcpy(key + 12, &in->sin_addr, 4);
-    return 0;
-  }
-  if(sa->sa_family == AF_INET6) {
-    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
-    if(!memcmp(in6->sin6_addr.s6_addr, mapped, sizeof(mapped)))
-      memcpy(key, in6->sin6_addr.s6_addr, 16);
-    else
-      memcpy(key, in6->sin6_addr.s6_addr, 8);
-    return 0;
-  }
-  return -1;
-}
-
-void conn_client_key_text(const unsigned char key[CONN_CLIENT_KEY_LEN], char *out, size_t outsz)
-{
-  static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-  char text[INET6_ADDRSTRLEN];
-  if(!memcmp(key, mapped, sizeof(mapped))) {
-    if(inet_ntop(AF_INET, key + 12, text, sizeof(text)))
-      snprintf(out, outsz, "%s", text);
-    else
-      snprintf(out, outsz, "?");
-  }
-  else if(inet_ntop(AF_INET6, key, text, sizeof(text)))
-    snprintf(out, outsz, "%s/64", text);
-  else
-    snprintf(out, outsz, "?");
-}
-
 void conn_init(struct conn *c, int fd, int idle_ms)
 {
   int fl;

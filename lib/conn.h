@@ -48,15 +48,6 @@ struct conn {
                                            (the daemon's stop signal for idle sessions) */
 };
 
-/* The key per-client limits count under: an IPv4 address (also when v4-mapped), or the /64 an
- * IPv6 address is in (one host usually holds a whole /64, so counting /128s would let it rotate
- * addresses past any limit). 16 bytes; printable with conn_client_key_text. 0 ok, -1 for a
- * family that is neither. */
-#define CONN_CLIENT_KEY_LEN 16
-int conn_client_key(const struct sockaddr *sa, unsigned char key[CONN_CLIENT_KEY_LEN]);
-/* "192.0.2.7" or "2001:db8:1:2::/64" */
-void conn_client_key_text(const unsigned char key[CONN_CLIENT_KEY_LEN], char *out, size_t outsz);
-
 void conn_init(struct conn *c, int fd, int idle_ms);
 void conn_free(struct conn *c);          /* closes stream ops and fd */
 void conn_set_stream(struct conn *c, const struct conn_stream_ops *ops, void *ctx);

@@ -8,8 +8,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include <sys/socket.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 
 /* twilio.com/docs/usage/security: the documented example */
 static void test_twilio_vector(void)
@@ -272,87 +270,7 @@ static void test_spf_zone(void)
   unlink(zone);
 }
 
-/* The client key of an address written as text (IPv6 when it has a colon). */
-static void key_of(const char *text, unsigned char key[CONN_CLIENT_KEY_LEN])
-{
-  struct sockaddr_storage ss;
-  struct sockaddr_in *a4 = (struct sockaddr_in *)(void *)&ss;
-  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)(void *)&ss;
-  int v6 = strchr(text, ':') != NULL;
-  memset(&ss, 0, sizeof(ss));
-  ss.ss_family = v6 ? AF_INET6 : AF_INET;
-  CHECK(inet_pton(ss.ss_family, text, v6 ? (void *)&a6->sin6_addr : (void *)&a4->sin_addr) == 1);
-  CHECK(!conn_client_key((struct sockaddr *)&ss, key));
-}
-
-/* IPv6 clients count per /64; an IPv4 client is the same client on a dual-stack socket */
-static void test_client_key(void)
-{
-  static const struct { const char *a, *b; int same; const char *text; } t[] = {
-    { "2001:db8:1:2::1", "2001:db8:1:2:ffff:eeee:dddd:cccc", 1, "2001:db8:1:2::/64" },
-    { "2001:db8:1:2::1", "2001:db8:1:3::1", 0, "2001:db8:1:2::/64" },
-    { "192.0.2.7", "::ffff:192.0.2.7", 1, "192.0.2.7" },
-    { "192.0.2.7", "192.0.2.8", 0, "192.0.2.7" },
-  };
-  unsigned char a[CONN_CLIENT_KEY_LEN], b[CONN_CLIENT_KEY_LEN];
-  char text[64];
-  size_t i;
-  for(i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-    key_of(t[i].a, a);
-    key_of(t[i].b, b);
-    CHECK((memcmp(a, b, sizeof(a)) == 0) == t[i].same);
-    conn_client_key_text(a, text, sizeof(text));
-    CHECK_EQ_STR(text, t[i].text);
-  }
-}
-
-static void test_http_clients(void)
-{
-  struct http_limits lim = { 2, 3, 3, 10000 };
-  struct http_clients *t = http_clients_new(4);
-  unsigned char a[CONN_CLIENT_KEY_LEN], b[CONN_CLIENT_KEY_LEN], k[CONN_CLIENT_KEY_LEN];
-  int locked, log_now, i;
-  long long now = 1000000;
-  char addr[64];
-  CHECK(t);
-  key_of("2001:db8:1:2::1", a);
-  key_of("2001:db8:9:9::1", b);
-  /* connections at once */
-  CHECK(!http_clients_admit(t, a, &lim, now, &log_now));
-  http_clients_connected(t, a, now);
-  http_clients_connected(t, a, now);
-  CHECK(http_clients_admit(t, a, &lim, now, &log_now) == -1 && log_now);
-  CHECK(http_clients_admit(t, a, &lim, now, &log_now) == -1 && !log_now);   /* once a minute */
-  CHECK(!http_clients_admit(t, b, &lim, now, &log_now));
-  http_clients_closed(t, a, now);
-  CHECK(!http_clients_admit(t, a, &lim, now, &log_now));
-  http_clients_closed(t, a, now);
-  /* requests a minute */
-  for(i = 0; i < 3; i++)
-    CHECK(!http_clients_request(t, a, &lim, now, &locked, &log_now));
-  CHECK(http_clients_request(t, a, &lim, now + 1000, &locked, &log_now) == 59 && !locked);
-  CHECK(!http_clients_request(t, b, &lim, now, &locked, &log_now));
-  CHECK(!http_clients_request(t, a, &lim, now + 60000, &locked, &log_now));
-  /* wrong credentials: locked for lockout_ms, another address of the same /64 too */
-  CHECK(!http_clients_auth_failed(t, b, &lim, now));
-  CHECK(!http_clients_auth_failed(t, b, &lim, now));
-  CHECK(http_clients_auth_failed(t, b, &lim, now));
-  key_of("2001:db8:9:9:abcd::2", k);
-  CHECK(http_clients_request(t, k, &lim, now + 1, &locked, &log_now) == 10 && locked);
-  /* a full table forgets idle, unlocked clients first: the lockout survives 10 new ones */
-  for(i = 0; i < 10; i++) {
-    snprintf(addr, sizeof(addr), "192.0.2.%d", i + 1);
-    key_of(addr, k);
-    http_clients_request(t, k, &lim, now + 2 + i, &locked, &log_now);
-  }
-  CHECK(http_clients_request(t, b, &lim, now + 100, &locked, &log_now) && locked);
-  CHECK(!http_clients_request(t, b, &lim, now + 10000, &locked, &log_now) && !locked);
-  http_clients_free(t);
-}
-
 static const struct unit_case cases[] = {
-  { "client_key", test_client_key },
-  { "http_clients", test_http_clients },
   { "spf_zone", test_spf_zone },
   { "twilio_vector", test_twilio_vector },
   { "sendgrid_vector", test_sendgrid_vector },
