@@ -154,6 +154,9 @@ struct config {
   long max_recipients;
   long max_clients;
   long long queue_lifetime;       /* seconds */
+  long long retention;            /* seconds final mail is kept; 0: for ever */
+  long long capture_retention;    /* seconds captured mail is kept; 0: for ever */
+  long long records_retention;    /* seconds correspondence records are kept; 0: for ever */
   long long retry_min;            /* seconds */
   long long retry_max;            /* seconds */
   long long idle_timeout;         /* seconds */

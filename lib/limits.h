@@ -47,6 +47,7 @@
 #define LIM_LOG_FIELD           200      /* attacker bytes in one log field */
 #define LIM_CONFIG_VALUE        4096
 #define LIM_QUEUE_ID            24
+#define LIM_PRUNE_KEY           32   /* a key the store's pruner carries: a queue id or a rowid */
 #define LIM_HEADER_SCAN         (256u * 1024u) /* header section examined for Message-ID/Date */
 
 /* webhooks (inbound/http.c): the body cap is [inbound] max_http_size */

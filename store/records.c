@@ -19,6 +19,9 @@ static const char *const sql[ST_COUNT] = {
     " ON CONFLICT DO NOTHING",
   [ST_REC_BLOB] = "INSERT INTO attachments(sha256, size, data) VALUES(?1, ?2, ?3)"
     " ON CONFLICT(sha256) DO NOTHING",
+  /* which records use it: the last one to go takes it along (retention) */
+  [ST_REC_BLOB_LINK] = "INSERT INTO record_attachments(sha256, record_id) VALUES(?1, ?2)"
+    " ON CONFLICT DO NOTHING",
   [ST_REC_FWD] = "INSERT INTO forward_queue(seq, record_id, next_attempt_ms, queued_ms)"
     " SELECT seq, id, ?2, ?2 FROM records WHERE id = ?1",
   [ST_REC_MARK_QUEUE] = "UPDATE messages SET recorded = 1 WHERE id = ?1",
@@ -162,6 +165,10 @@ static int job_record_add(struct store_db *d, void *arg, size_t *changed)
       }
       result = db_exec_stmt(d, s, "insert attachment");
       sqlite3_clear_bindings(s);
+      if(!result) {
+        const char *v[2] = { a->att[i].sha256, r->id };
+        result = db_run_text(d, ST_REC_BLOB_LINK, sql, v, 2);
+      }
     }
     if(!result && a->forward) {
       s = db_stmt(d, ST_REC_FWD, sql);
