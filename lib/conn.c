@@ -41,8 +41,13 @@ static void peer_fill(struct conn *c)
     c->peerlen = 0;
     return;
   }
-  if(c->peer.ss_family == AF_INET6) {
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&c->peer;
+  conn_peer_set(c, &c->peer);
+}
+
+void conn_sockaddr_unmap(struct sockaddr_storage *ss, socklen_t *len)
+{
+  if(ss->ss_family == AF_INET6) {
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
     if(IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
       /* a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; everyone downstream
        * (logs, trusted_networks, Received) wants the IPv4 address */
@@ -51,11 +56,21 @@ static void peer_fill(struct conn *c)
       s4.sin_family = AF_INET;
       s4.sin_port = s6->sin6_port;
       memcpy(&s4.sin_addr, &s6->sin6_addr.s6_addr[12], 4);
-      memset(&c->peer, 0, sizeof(c->peer));
-      memcpy(&c->peer, &s4, sizeof(s4));
-      c->peerlen = sizeof(s4);
+      memset(ss, 0, sizeof(*ss));
+      memcpy(ss, &s4, sizeof(s4));
+      if(len)
+        *len = sizeof(s4);
     }
   }
+}
+
+void conn_peer_set(struct conn *c, const struct sockaddr_storage *ss)
+{
+  if(ss != &c->peer)
+    memcpy(&c->peer, ss, sizeof(c->peer));
+  c->peerlen = c->peer.ss_family == AF_INET ? sizeof(struct sockaddr_in) :
+               c->peer.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : c->peerlen;
+  conn_sockaddr_unmap(&c->peer, &c->peerlen);
   if(c->peer.ss_family == AF_INET) {
     struct sockaddr_in *s4 = (struct sockaddr_in *)&c->peer;
     inet_ntop(AF_INET, &s4->sin_addr, c->peer_ip, sizeof(c->peer_ip));
@@ -66,6 +81,43 @@ static void peer_fill(struct conn *c)
     inet_ntop(AF_INET6, &s6->sin6_addr, c->peer_ip, sizeof(c->peer_ip));
     c->peer_port = ntohs(s6->sin6_port);
   }
+}
+
+int conn_client_key(const struct sockaddr *sa, unsigned char key[CONN_CLIENT_KEY_LEN])
+{
+  static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+  memset(key, 0, CONN_CLIENT_KEY_LEN);
+  if(sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+    memcpy(key, mapped, sizeof(mapped));
+    memcpy(key + 12, &in->sin_addr, 4);
+    return 0;
+  }
+  if(sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+    if(!memcmp(in6->sin6_addr.s6_addr, mapped, sizeof(mapped)))
+      memcpy(key, in6->sin6_addr.s6_addr, 16);
+    else
+      memcpy(key, in6->sin6_addr.s6_addr, 8);
+    return 0;
+  }
+  return -1;
+}
+
+void conn_client_key_text(const unsigned char key[CONN_CLIENT_KEY_LEN], char *out, size_t outsz)
+{
+  static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+  char text[INET6_ADDRSTRLEN];
+  if(!memcmp(key, mapped, sizeof(mapped))) {
+    if(inet_ntop(AF_INET, key + 12, text, sizeof(text)))
+      snprintf(out, outsz, "%s", text);
+    else
+      snprintf(out, outsz, "?");
+  }
+  else if(inet_ntop(AF_INET6, key, text, sizeof(text)))
+    snprintf(out, outsz, "%s/64", text);
+  else
+    snprintf(out, outsz, "?");
 }
 
 void conn_init(struct conn *c, int fd, int idle_ms)

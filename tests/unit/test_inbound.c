@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 /* twilio.com/docs/usage/security: the documented example */
 static void test_twilio_vector(void)
@@ -270,7 +272,42 @@ static void test_spf_zone(void)
   unlink(zone);
 }
 
+/* The client key of an address written as text (IPv6 when it has a colon). */
+static void key_of(const char *text, unsigned char key[CONN_CLIENT_KEY_LEN])
+{
+  struct sockaddr_storage ss;
+  struct sockaddr_in *a4 = (struct sockaddr_in *)(void *)&ss;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)(void *)&ss;
+  int v6 = strchr(text, ':') != NULL;
+  memset(&ss, 0, sizeof(ss));
+  ss.ss_family = v6 ? AF_INET6 : AF_INET;
+  CHECK(inet_pton(ss.ss_family, text, v6 ? (void *)&a6->sin6_addr : (void *)&a4->sin_addr) == 1);
+  CHECK(!conn_client_key((struct sockaddr *)&ss, key));
+}
+
+/* IPv6 clients count per /64; an IPv4 client is the same client on a dual-stack socket */
+static void test_client_key(void)
+{
+  static const struct { const char *a, *b; int same; const char *text; } t[] = {
+    { "2001:db8:1:2::1", "2001:db8:1:2:ffff:eeee:dddd:cccc", 1, "2001:db8:1:2::/64" },
+    { "2001:db8:1:2::1", "2001:db8:1:3::1", 0, "2001:db8:1:2::/64" },
+    { "192.0.2.7", "::ffff:192.0.2.7", 1, "192.0.2.7" },
+    { "192.0.2.7", "192.0.2.8", 0, "192.0.2.7" },
+  };
+  unsigned char a[CONN_CLIENT_KEY_LEN], b[CONN_CLIENT_KEY_LEN];
+  char text[64];
+  size_t i;
+  for(i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+    key_of(t[i].a, a);
+    key_of(t[i].b, b);
+    CHECK((memcmp(a, b, sizeof(a)) == 0) == t[i].same);
+    conn_client_key_text(a, text, sizeof(text));
+    CHECK_EQ_STR(text, t[i].text);
+  }
+}
+
 static const struct unit_case cases[] = {
+  { "client_key", test_client_key },
   { "spf_zone", test_spf_zone },
   { "twilio_vector", test_twilio_vector },
   { "sendgrid_vector", test_sendgrid_vector },
