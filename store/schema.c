@@ -120,6 +120,18 @@ static const char *const migrations[] = {
   "ALTER TABLE forward_queue ADD COLUMN set_aside_ms INTEGER;"
   "UPDATE forward_queue SET queued_ms = CAST((julianday('now') - 2440587.5) * 86400000"
   " AS INTEGER);",
+  /* 6: the forward queue carries status changes too: a row with event 'record.status' says
+   * the record moved from old_status to status by the event event_key (NULL event: the record
+   * itself, 'record.created'). Its seq is its own from now on (the queue order), no longer the
+   * record's, since one record has several rows. records.dedupe is what an Inbound Parse post
+   * is recognised by when SendGrid posts it again (Message-ID and a hash of its content). */
+  "ALTER TABLE forward_queue ADD COLUMN event TEXT;"
+  "ALTER TABLE forward_queue ADD COLUMN old_status TEXT;"
+  "ALTER TABLE forward_queue ADD COLUMN status TEXT;"
+  "ALTER TABLE forward_queue ADD COLUMN event_key TEXT;"
+  "CREATE INDEX forward_queue_record ON forward_queue(record_id, seq);"
+  "ALTER TABLE records ADD COLUMN dedupe TEXT;"
+  "CREATE INDEX records_dedupe ON records(dedupe, received_ms) WHERE dedupe IS NOT NULL;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
