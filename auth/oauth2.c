@@ -141,7 +141,7 @@ static int used_by_graph(const struct config *cfg, const char *name)
 {
   size_t i;
   for(i = 0; i < cfg->nupstreams; i++)
-    if(cfg->upstreams[i].type && !strcmp(cfg->upstreams[i].type, "graph") &&
+    if(cfg->upstreams[i].type == CFG_UP_GRAPH &&
        cfg->upstreams[i].oauth2 && !strcmp(cfg->upstreams[i].oauth2, name))
       return 1;
   return 0;

@@ -450,21 +450,23 @@ static void session_main(void *arg)
     smtp_server_run(&c, &scfg, &inbound_mx_policy, &ictx);
   else
     smtp_server_run(&c, &scfg, &relay_submission_policy, &pctx);
-  pthread_mutex_lock(&d->mu);
-  s->fd = -1;         /* daemon_stop must not shut down a descriptor number reused elsewhere */
-  pthread_mutex_unlock(&d->mu);
-  conn_free(&c);      /* closes the socket */
+  /* The slot and the client's count are given back before the socket closes: a client that
+   * sees the connection end and connects again must find them free, not race this thread. */
   if(s->anvil_service)
     anvil_disconnect(s->anvil_service, s->anvil_key, time_mono_ms());
-  tls_thread_done();  /* the pool keeps this thread: free OpenSSL's state for it now */
-
   pthread_mutex_lock(&d->mu);
+  s->fd = -1;         /* daemon_stop must not shut down a descriptor number reused elsewhere */
   if(s->prev)
     s->prev->next = s->next;
   else
     d->sessions = s->next;
   if(s->next)
     s->next->prev = s->prev;
+  pthread_mutex_unlock(&d->mu);
+  conn_free(&c);      /* closes the socket */
+  tls_thread_done();  /* the pool keeps this thread: free OpenSSL's state for it now */
+
+  pthread_mutex_lock(&d->mu);
   d->nsessions--;
   gen_put(s->gen);
   pthread_cond_broadcast(&d->cond);

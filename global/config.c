@@ -92,10 +92,15 @@ static const char *const w_ltls[] = { "none", "starttls", "implicit", NULL };
 static const char *const w_lauth[] = { "none", "optional", "required", NULL };
 static const char *const w_mechs[] = {
   "PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", NULL };
-static const char *const w_utype[] = { "smtp", "sendgrid", "ses", "graph", "capture", NULL };
-static const char *const w_utls[] = { "starttls", "opportunistic", "implicit", "none", NULL };
-static const char *const w_verify[] = { "peer", "none", NULL };
-static const char *const w_uauth[] = {
+/* "" stands for no word: an enum whose 0 means "not set" (never matched, never listed) */
+_Static_assert(CFG_UP_CAPTURE == 5, "cfg_utype_words follows enum cfg_utype");
+const char *const cfg_utype_words[] = { "", "smtp", "sendgrid", "ses", "graph", "capture", NULL };
+_Static_assert(CFG_UTLS_NONE == 3, "cfg_utls_words follows enum cfg_utls");
+_Static_assert(CFG_VERIFY_NONE == 1, "cfg_verify_words follows enum cfg_verify");
+_Static_assert(CFG_UAUTH_OAUTHBEARER == 6, "cfg_uauth_words follows enum cfg_uauth");
+const char *const cfg_utls_words[] = { "starttls", "opportunistic", "implicit", "none", NULL };
+const char *const cfg_verify_words[] = { "peer", "none", NULL };
+const char *const cfg_uauth_words[] = {
   "none", "auto", "plain", "login", "cram-md5", "xoauth2", "oauthbearer", NULL };
 static const char *const w_tlsver[] = { "TLSv1.2", "TLSv1.3", NULL };
 static const char *const w_provider[] = { "microsoft", "google", "generic", NULL };
@@ -131,6 +136,11 @@ static const struct opt opts[] = {
   { SEC_POSTERN, "max_recipients", T_LONG, PO(max_recipients), 0, "100", 1, 100000, NULL },
   { SEC_POSTERN, "max_clients", T_LONG, PO(max_clients), 0, "200", 1, 100000, NULL },
   { SEC_POSTERN, "queue_lifetime", T_DURATION, PO(queue_lifetime), 0, "5d", 1, 365 * DAY, NULL },
+  { SEC_POSTERN, "retention", T_DURATION, PO(retention), 0, "30d", 0, 3650 * DAY, NULL },
+  { SEC_POSTERN, "capture_retention", T_DURATION, PO(capture_retention), 0, "7d", 0, 3650 * DAY,
+    NULL },
+  { SEC_POSTERN, "records_retention", T_DURATION, PO(records_retention), 0, "0", 0, 3650 * DAY,
+    NULL },
   { SEC_POSTERN, "retry_min", T_DURATION, PO(retry_min), 0, "1m", 1, DAY, NULL },
   { SEC_POSTERN, "retry_max", T_DURATION, PO(retry_max), 0, "1h", 1, 7 * DAY, NULL },
   { SEC_POSTERN, "idle_timeout", T_DURATION, PO(idle_timeout), 0, "5m", 1, DAY, NULL },
@@ -164,15 +174,15 @@ static const struct opt opts[] = {
   { SEC_LISTENER, "limits_exempt", T_ENUM, LI(limits_exempt), 0, "auto", 0, 0, w_exempt },
   { SEC_LISTENER, "helo_timeout", T_DURATION, LI(helo_timeout), 0, NULL, 1, DAY, NULL },
 
-  { SEC_UPSTREAM, "type", T_WORD, UP(type), 0, NULL, 0, 0, w_utype },
+  { SEC_UPSTREAM, "type", T_ENUM, UP(type), 0, NULL, 0, 0, cfg_utype_words },
   { SEC_UPSTREAM, "host", T_STR, UP(host), 0, NULL, 0, 0, NULL },
   /* port 0 = unset: smtp upstreams get 587, or 465 with tls = implicit, once all is read */
   { SEC_UPSTREAM, "port", T_LONG, UP(port), 0, NULL, 1, 65535, NULL },
-  { SEC_UPSTREAM, "tls", T_WORD, UP(tls), 0, "starttls", 0, 0, w_utls },
-  { SEC_UPSTREAM, "verify", T_WORD, UP(verify), 0, "peer", 0, 0, w_verify },
+  { SEC_UPSTREAM, "tls", T_ENUM, UP(tls), 0, "starttls", 0, 0, cfg_utls_words },
+  { SEC_UPSTREAM, "verify", T_ENUM, UP(verify), 0, "peer", 0, 0, cfg_verify_words },
   { SEC_UPSTREAM, "ca_file", T_STR, UP(ca_file), 0, NULL, 0, 0, NULL },
   { SEC_UPSTREAM, "helo", T_STR, UP(helo), 0, NULL, 0, 0, NULL },
-  { SEC_UPSTREAM, "auth", T_WORD, UP(auth), 0, "auto", 0, 0, w_uauth },
+  { SEC_UPSTREAM, "auth", T_ENUM, UP(auth), 0, "auto", 0, 0, cfg_uauth_words },
   { SEC_UPSTREAM, "username", T_STR, UP(username), 0, NULL, 0, 0, NULL },
   { SEC_UPSTREAM, "password_file", T_STR, UP(password_file), 0, NULL, 0, 0, NULL },
   { SEC_UPSTREAM, "oauth2", T_STR, UP(oauth2), 0, NULL, 0, 0, NULL },
@@ -412,7 +422,7 @@ static int word_find(const char *const *words, const char *s, size_t n)
 {
   int i;
   for(i = 0; words[i]; i++)
-    if(!str_casecmp_n(s, n, words[i]))
+    if(words[i][0] && !str_casecmp_n(s, n, words[i]))
       return i;
   return -1;
 }
@@ -422,7 +432,10 @@ static const char *words_join(char *out, size_t outsz, const char *const *words)
   size_t i, used = 0;
   out[0] = '\0';
   for(i = 0; words[i] && used < outsz; i++) {
-    int n = snprintf(out + used, outsz - used, "%s%s", i ? " " : "", words[i]);
+    int n;
+    if(!words[i][0])
+      continue;
+    n = snprintf(out + used, outsz - used, "%s%s", used ? " " : "", words[i]);
     if(n < 0)
       break;
     used += (size_t)n;
@@ -1204,23 +1217,23 @@ static void check_sections(struct loader *ld)
 
   for(i = 0; i < cfg->nupstreams; i++) {
     struct cfg_upstream *u = &cfg->upstreams[i];
-    if(!u->type) {
+    if(u->type == CFG_UP_NONE) {
       if(!rejected(ld, SEC_UPSTREAM, i, "type"))
         report(ld, u->line, "upstream %s: type is missing (smtp sendgrid ses graph capture)",
                u->name);
       continue;
     }
-    if(!strcmp(u->type, "smtp")) {
+    if(u->type == CFG_UP_SMTP) {
       if(!u->host)
         report(ld, u->line, "upstream %s: type = smtp needs host", u->name);
       if(!u->port)
-        u->port = u->tls && !strcmp(u->tls, "implicit") ? 465 : 587;
+        u->port = u->tls == CFG_UTLS_IMPLICIT ? 465 : 587;
     }
-    if(!strcmp(u->type, "graph") && !u->oauth2)
+    if(u->type == CFG_UP_GRAPH && !u->oauth2)
       report(ld, u->line, "upstream %s: type = graph needs oauth2 = NAME", u->name);
-    if(u->auth && (!strcmp(u->auth, "xoauth2") || !strcmp(u->auth, "oauthbearer")) &&
-       !u->oauth2)
-      report(ld, u->line, "upstream %s: auth = %s needs oauth2 = NAME", u->name, u->auth);
+    if((u->auth == CFG_UAUTH_XOAUTH2 || u->auth == CFG_UAUTH_OAUTHBEARER) && !u->oauth2)
+      report(ld, u->line, "upstream %s: auth = %s needs oauth2 = NAME", u->name,
+             cfg_uauth_words[u->auth]);
     if(u->oauth2 && section_find(cfg, SEC_OAUTH2, u->oauth2, strlen(u->oauth2)) < 0)
       report(ld, u->line, "upstream %s: oauth2 '%s' names no [oauth2] section", u->name,
              u->oauth2);
@@ -1300,9 +1313,11 @@ static void env_apply(struct loader *ld)
 {
   static const char *const w_envauth[] = { "plain", "login", "cram_md5", "none", "cram-md5",
                                            NULL };
-  static const char *const auth_as[] = { "plain", "login", "cram-md5", "none", "cram-md5" };
+  static const enum cfg_uauth auth_as[] = { CFG_UAUTH_PLAIN, CFG_UAUTH_LOGIN, CFG_UAUTH_CRAM_MD5,
+                                            CFG_UAUTH_NONE, CFG_UAUTH_CRAM_MD5 };
   struct config *cfg = ld->cfg;
-  const char *host = env_get("SMTP_HOST"), *v, *tls = NULL, *verify = NULL, *auth = NULL;
+  const char *host = env_get("SMTP_HOST"), *v;
+  int tls = -1, verify = -1, auth = -1;
   const char *user = env_get("SMTP_USERNAME"), *pass = env_get("SMTP_PASSWORD");
   const char *helo = env_get("SMTP_DOMAIN");
   struct cfg_upstream *u;
@@ -1321,21 +1336,21 @@ static void env_apply(struct loader *ld)
     if(w < 0)
       report_env(ld, "SMTP_START_TLS", "'%s' is not true or false", v);
     else
-      tls = w ? "starttls" : "none";
+      tls = w ? CFG_UTLS_STARTTLS : CFG_UTLS_NONE;
   }
   if((v = env_get("SMTP_OPENSSL_VERIFY_MODE"))) {
-    w = word_find(w_verify, v, strlen(v));
+    w = word_find(cfg_verify_words, v, strlen(v));
     if(w < 0)
       report_env(ld, "SMTP_OPENSSL_VERIFY_MODE", "'%s' is not peer or none", v);
     else
-      verify = w_verify[w];
+      verify = w;
   }
   if((v = env_get("SMTP_AUTH"))) {
     w = word_find(w_envauth, v, strlen(v));
     if(w < 0)
       report_env(ld, "SMTP_AUTH", "'%s' is not one of: plain login cram_md5 none", v);
     else
-      auth = auth_as[w];
+      auth = (int)auth_as[w];
   }
   if(ld->nerr != nerr)
     return;
@@ -1345,13 +1360,17 @@ static void env_apply(struct loader *ld)
     u = &cfg->upstreams[found];
   else if(!(u = (struct cfg_upstream *)(void *)section_add(ld, SEC_UPSTREAM, "env", 3, 0)))
     goto oom;
-  if(set_str(&u->type, "smtp", 4) || set_str(&u->host, host, strlen(host)) ||
-     (tls && set_str(&u->tls, tls, strlen(tls))) ||
-     (verify && set_str(&u->verify, verify, strlen(verify))) ||
-     (auth && set_str(&u->auth, auth, strlen(auth))) ||
+  u->type = CFG_UP_SMTP;
+  if(set_str(&u->host, host, strlen(host)) ||
      (user && set_str(&u->username, user, strlen(user))) ||
      (helo && set_str(&u->helo, helo, strlen(helo))))
     goto oom;
+  if(tls >= 0)
+    u->tls = (enum cfg_utls)tls;
+  if(verify >= 0)
+    u->verify = (enum cfg_verify)verify;
+  if(auth >= 0)
+    u->auth = (enum cfg_uauth)auth;
   if(pass) {
     secret_free(&u->password);
     if(!(u->password = str_dup_n(pass, strlen(pass))))
@@ -1360,7 +1379,7 @@ static void env_apply(struct loader *ld)
   if(port)
     u->port = port;
   else if(!u->port)
-    u->port = u->tls && !strcmp(u->tls, "implicit") ? 465 : 587;
+    u->port = u->tls == CFG_UTLS_IMPLICIT ? 465 : 587;
 
   for(i = 0; i < cfg->nroutes && !catchall; i++)
     if(!cfg->routes[i].sender && !cfg->routes[i].recipient)
@@ -1382,7 +1401,7 @@ oom:
 
 const struct cfg_upstream *config_upstream(const struct config *cfg, const char *name)
 {
-  static const struct cfg_upstream capture = { .name = "capture", .type = "capture" };
+  static const struct cfg_upstream capture = { .name = "capture", .type = CFG_UP_CAPTURE };
   size_t i;
   if(!name)
     return NULL;

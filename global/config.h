@@ -21,6 +21,18 @@ int cidr_parse(const char *s, struct cidr *out);   /* "10.0.0.0/8", "::1", ...; 
 enum cfg_role { CFG_ROLE_SUBMISSION = 0, CFG_ROLE_MX };
 enum cfg_tls { CFG_TLS_NONE = 0, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT, CFG_TLS_OPPORTUNISTIC };
 enum cfg_auth { CFG_AUTH_NONE = 0, CFG_AUTH_OPTIONAL, CFG_AUTH_REQUIRED };
+/* an smtp [upstream]'s tls, verify and auth; cfg_*_words[] spell them as the file does */
+enum cfg_utls { CFG_UTLS_STARTTLS = 0, CFG_UTLS_OPPORTUNISTIC, CFG_UTLS_IMPLICIT, CFG_UTLS_NONE };
+enum cfg_verify { CFG_VERIFY_PEER = 0, CFG_VERIFY_NONE };
+enum cfg_uauth { CFG_UAUTH_NONE = 0, CFG_UAUTH_AUTO, CFG_UAUTH_PLAIN, CFG_UAUTH_LOGIN,
+                 CFG_UAUTH_CRAM_MD5, CFG_UAUTH_XOAUTH2, CFG_UAUTH_OAUTHBEARER };
+/* an [upstream]'s type; CFG_UP_NONE: the file gave none (an error) */
+enum cfg_utype { CFG_UP_NONE = 0, CFG_UP_SMTP, CFG_UP_SENDGRID, CFG_UP_SES, CFG_UP_GRAPH,
+                 CFG_UP_CAPTURE };
+extern const char *const cfg_utype_words[];     /* [CFG_UP_NONE] is "" */
+extern const char *const cfg_utls_words[];
+extern const char *const cfg_verify_words[];
+extern const char *const cfg_uauth_words[];
 
 enum cfg_exempt { CFG_EXEMPT_AUTO = 0, CFG_EXEMPT_NONE, CFG_EXEMPT_LOOPBACK, CFG_EXEMPT_TRUSTED };
 
@@ -51,14 +63,14 @@ struct cfg_listener {
 struct cfg_upstream {
   char *name;
   int line;
-  char *type;                     /* smtp | sendgrid | ses | graph | capture */
+  enum cfg_utype type;
   char *host;
   long port;
-  char *tls;                      /* starttls | opportunistic | implicit | none */
-  char *verify;                   /* peer | none */
+  enum cfg_utls tls;
+  enum cfg_verify verify;
   char *ca_file;
   char *helo;
-  char *auth;                     /* none | auto | plain | login | cram-md5 | xoauth2 | oauthbearer */
+  enum cfg_uauth auth;
   char *username;
   char *password_file;
   char *password;                 /* from the environment only (SMTP_PASSWORD); never logged */
@@ -143,6 +155,9 @@ struct config {
   long max_recipients;
   long max_clients;
   long long queue_lifetime;       /* seconds */
+  long long retention;            /* seconds final mail is kept; 0: for ever */
+  long long capture_retention;    /* seconds captured mail is kept; 0: for ever */
+  long long records_retention;    /* seconds correspondence records are kept; 0: for ever */
   long long retry_min;            /* seconds */
   long long retry_max;            /* seconds */
   long long idle_timeout;         /* seconds */

@@ -77,6 +77,7 @@ struct request {
   int has_client;               /* a client the per-client limits apply to */
   int answered;                 /* a response was queued on an early call */
   int too_big;
+  size_t dropped;               /* bytes read past the cap (or past an early answer) */
   int form_error;               /* /events: the signature check failed to take the body */
   struct buf body;
   /* /events: the signature, decoded from its header before the body is read, and the check
@@ -696,13 +697,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 
   if(*upload_size) {
     if(!rq->answered && !rq->too_big) {
-      if(buf_add(&rq->body, upload, *upload_size))
+      if(buf_add(&rq->body, upload, *upload_size)) {
         rq->too_big = 1;
+        buf_free(&rq->body);    /* nothing of it will be used */
+      }
       else if(rq->verifier && tls_verifier_add(rq->verifier, upload, *upload_size))
         rq->form_error = 1;
       else if(rq->pp && MHD_post_process(rq->pp, upload, *upload_size) != MHD_YES)
         rq->form.error = 1;
     }
+    else if((rq->dropped += *upload_size) > LIM_WEBHOOK_DISCARD)
+      return MHD_NO;            /* a body without end (chunked): close, unanswered */
     *upload_size = 0;           /* consumed (or, past a cap or an answer, dropped) */
     return MHD_YES;
   }

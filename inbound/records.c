@@ -740,7 +740,7 @@ static int build_inbound(struct inbound_records *r, const char *id)
         goto out;
       snprintf(dedupe, strlen(mid ? mid : "") + sizeof(mime->content_sha256) + 2, "%s %s",
                mid ? mid : "", mime->content_sha256);
-      result = store_record_duplicate(r->st, dedupe, m.received_ms - window, first);
+      result = store_record_duplicate(r->st, mid, dedupe, m.received_ms - window, first);
       if(!result) {
         log_info("%s: the same Message-ID and content as record %s: a repeated post, no new "
                  "record", id, first);

@@ -82,6 +82,10 @@ struct relay_policy_ctx {
   struct relay *relay;
 };
 
+/* The SASL mechanism an smtp upstream's auth = names ("PLAIN", "XOAUTH2"...; *bearer set for
+ * the two that carry an OAuth2 token), NULL for auto and none (transport_smtp.c). */
+const char *relay_auth_mech(enum cfg_uauth a, int *bearer);
+
 /* ---- API clients (http.c): global/http.h's client set up for one [upstream] (its ca_file and
  * tls_min_version), keeping the answer headers the APIs report in. Shared with posternctl's
  * provider wiring (tools/ctl_sendgrid.c, tools/ctl_twilio.c). ---------------------------- */

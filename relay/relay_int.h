@@ -23,7 +23,7 @@ enum transport_result {
 };
 
 struct transport {
-  const char *type;                   /* the `type =` word of an [upstream] */
+  enum cfg_utype type;                /* the `type =` of an [upstream] */
   enum rcpt_status delivered_status;  /* what a 2xx reply means: SENT, or CAPTURED */
   /* Opens a session to the upstream (for the smtp transport: connected, TLS as configured,
    * logged in). Non-zero (enum transport_result): r says why. */
@@ -52,7 +52,7 @@ extern const struct transport transport_smtp;
 extern const struct transport transport_sendgrid;
 extern const struct transport transport_ses;
 extern const struct transport transport_graph;
-const struct transport *transport_for(const char *type);
+const struct transport *transport_for(enum cfg_utype type);
 
 /* ---- per-upstream state (upstate.c), by name, kept across reloads -------------------- */
 struct upstates;

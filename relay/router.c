@@ -6,7 +6,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-const struct cfg_upstream upstream_capture = { .name = (char *)"capture", .type = (char *)"capture" };
+const struct cfg_upstream upstream_capture = { .name = (char *)"capture", .type = CFG_UP_CAPTURE };
 
 static const struct transport *const transports[] = {
   &transport_capture,
@@ -16,11 +16,11 @@ static const struct transport *const transports[] = {
   &transport_graph,
 };
 
-const struct transport *transport_for(const char *type)
+const struct transport *transport_for(enum cfg_utype type)
 {
   size_t i;
-  for(i = 0; type && i < sizeof(transports) / sizeof(transports[0]); i++)
-    if(!strcmp(transports[i]->type, type))
+  for(i = 0; i < sizeof(transports) / sizeof(transports[0]); i++)
+    if(transports[i]->type == type)
       return transports[i];
   return NULL;
 }
@@ -97,26 +97,25 @@ int relay_route_warnings(const struct config *cfg, void (*warn)(void *arg, const
 /* "upstream office365, smtp.office365.com:587 STARTTLS, XOAUTH2" */
 static void describe_upstream(const struct cfg_upstream *up, char *out, size_t outsz)
 {
-  const char *type = up->type ? up->type : "smtp", *tls, *auth;
+  const char *type = cfg_utype_words[up->type ? up->type : CFG_UP_SMTP], *tls, *auth;
   char mech[32];
   size_t i;
-  if(!strcmp(type, "capture")) {
+  if(up->type == CFG_UP_CAPTURE) {
     snprintf(out, outsz, "%s (kept in the store: posternctl queue list shows it)",
              strcmp(up->name, "capture") ? up->name : "capture");
     return;
   }
-  if(strcmp(type, "smtp")) {
+  if(up->type != CFG_UP_SMTP && up->type != CFG_UP_NONE) {
     snprintf(out, outsz, "upstream %s, %s API%s%s", up->name, type, up->api_url ? " " : "",
              up->api_url ? up->api_url : "");
     return;
   }
-  tls = !up->tls || !strcmp(up->tls, "starttls") ? "STARTTLS"
-        : !strcmp(up->tls, "implicit") ? "TLS" : !strcmp(up->tls, "none") ? "no TLS"
-        : up->tls;
-  auth = up->auth ? up->auth : "auto";
-  if(!up->username || !strcmp(auth, "none"))
+  tls = up->tls == CFG_UTLS_STARTTLS ? "STARTTLS" : up->tls == CFG_UTLS_IMPLICIT ? "TLS"
+        : up->tls == CFG_UTLS_NONE ? "no TLS" : cfg_utls_words[up->tls];
+  auth = cfg_uauth_words[up->auth];
+  if(!up->username || up->auth == CFG_UAUTH_NONE)
     auth = "no AUTH";
-  else if(!strcmp(auth, "auto"))
+  else if(up->auth == CFG_UAUTH_AUTO)
     auth = "AUTH (the best mechanism offered)";
   else {
     for(i = 0; auth[i] && i + 1 < sizeof(mech); i++)
@@ -125,7 +124,7 @@ static void describe_upstream(const struct cfg_upstream *up, char *out, size_t o
     auth = mech;
   }
   snprintf(out, outsz, "upstream %s, %s:%ld %s, %s", up->name, up->host ? up->host : "?",
-           up->port ? up->port : (up->tls && !strcmp(up->tls, "implicit") ? 465 : 587), tls,
+           up->port ? up->port : (up->tls == CFG_UTLS_IMPLICIT ? 465 : 587), tls,
            auth);
 }
 
@@ -194,9 +193,9 @@ static int secret_file_check(const struct config *cfg, const struct cfg_upstream
 static int check_smtp_upstream(const struct config *cfg, const struct cfg_upstream *up, FILE *errs)
 {
   int problems = 0, bearer, in_clear;
-  const char *auth = up->auth ? up->auth : "auto";
-  bearer = !strcmp(auth, "xoauth2") || !strcmp(auth, "oauthbearer");
-  in_clear = up->tls && !strcmp(up->tls, "none");
+  const char *auth = cfg_uauth_words[up->auth];
+  bearer = up->auth == CFG_UAUTH_XOAUTH2 || up->auth == CFG_UAUTH_OAUTHBEARER;
+  in_clear = up->tls == CFG_UTLS_NONE;
   if(up->rate) {
     long long us;
     if(rate_interval_us(up->rate, &us)) {
@@ -271,7 +270,7 @@ static int check_api_upstream(const struct config *cfg, const struct cfg_upstrea
 {
   int problems = api_url_check(cfg, up, errs);
   const struct cfg_upstream *fb;
-  if(!strcmp(up->type, "sendgrid")) {
+  if(up->type == CFG_UP_SENDGRID) {
     if(!up->api_key_file) {
       fprintf(errs, "%s:%d: upstream %s: type = sendgrid needs api_key_file\n", cfg->path,
               up->line, up->name);
@@ -279,7 +278,7 @@ static int check_api_upstream(const struct config *cfg, const struct cfg_upstrea
     }
     problems += secret_file_check(cfg, up, "api_key_file", up->api_key_file, errs);
   }
-  if(!strcmp(up->type, "ses")) {
+  if(up->type == CFG_UP_SES) {
     if(!!up->access_key_id_file != !!up->secret_access_key_file) {
       fprintf(errs, "%s:%d: upstream %s: set both access_key_id_file and "
               "secret_access_key_file, or neither (then AWS_ACCESS_KEY_ID and "
@@ -309,12 +308,12 @@ int relay_check_config(const struct config *cfg, FILE *errs)
     const struct cfg_upstream *up = &cfg->upstreams[i];
     if(up->type && !transport_for(up->type)) {
       fprintf(errs, "%s:%d: upstream %s: type = %s is not available in this build of Postern\n",
-              cfg->path, up->line, up->name, up->type);
+              cfg->path, up->line, up->name, cfg_utype_words[up->type]);
       problems++;
     }
-    if(up->type && !strcmp(up->type, "smtp"))
+    if(up->type == CFG_UP_SMTP)
       problems += check_smtp_upstream(cfg, up, errs);
-    if(up->type && (!strcmp(up->type, "sendgrid") || !strcmp(up->type, "ses") || up->fallback))
+    if(up->type == CFG_UP_SENDGRID || up->type == CFG_UP_SES || up->fallback)
       problems += check_api_upstream(cfg, up, errs);
   }
   return problems + dkim_check_config(cfg, errs);

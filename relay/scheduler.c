@@ -472,7 +472,8 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
     failed = 1;
   }
   else if(!t) {
-    smtp_reply_set(&all, 451, "4.3.5", "Upstream type %s is not available in this build", up->type);
+    smtp_reply_set(&all, 451, "4.3.5", "Upstream type %s is not available in this build",
+                   cfg_utype_words[up->type]);
     failed = 1;
   }
   else if((hold = upstate_hold_check(r->ups, up->name, now, by_hand, held, sizeof(held))) ==
@@ -830,7 +831,7 @@ static void warn_unverified(const struct config *cfg)
   size_t i;
   for(i = 0; i < cfg->nupstreams; i++) {
     const struct cfg_upstream *up = &cfg->upstreams[i];
-    if(up->type && !strcmp(up->type, "smtp") && up->verify && !strcmp(up->verify, "none"))
+    if(up->type == CFG_UP_SMTP && up->verify == CFG_VERIFY_NONE)
       log_warn("upstream %s: verify = none: the TLS certificate of %s is not checked; anyone "
                "on the path can read and change the mail and the password: set verify = peer (and "
                "ca_file if needed) in [upstream %s]", up->name, up->host ? up->host : "?",

@@ -29,7 +29,7 @@ static void capture_describe(void *session, char *out, size_t outsz)
 }
 
 const struct transport transport_capture = {
-  .type = "capture",
+  .type = CFG_UP_CAPTURE,
   .delivered_status = RCPT_CAPTURED,
   .open = capture_open,
   .send = capture_send,

@@ -311,7 +311,7 @@ static int graph_check(const struct config *cfg, const struct cfg_upstream *up,
 }
 
 const struct transport transport_graph = {
-  .type = "graph",
+  .type = CFG_UP_GRAPH,
   .delivered_status = RCPT_SENT,
   .open = graph_open,
   .check = graph_check,

@@ -314,7 +314,7 @@ static void sg_describe(void *session, char *out, size_t outsz)
 }
 
 const struct transport transport_sendgrid = {
-  .type = "sendgrid",
+  .type = CFG_UP_SENDGRID,
   .delivered_status = RCPT_SENT,
   .open = sg_open,
   .send = sg_send,

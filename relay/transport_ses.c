@@ -300,7 +300,7 @@ static void ses_describe(void *session, char *out, size_t outsz)
 }
 
 const struct transport transport_ses = {
-  .type = "ses",
+  .type = CFG_UP_SES,
   .delivered_status = RCPT_SENT,
   .open = ses_open,
   .send = ses_send,

@@ -24,15 +24,29 @@ struct smtp_session {
   long long max_size;          /* what a signed message may grow to */
 };
 
-static enum smtp_client_tls tls_mode(const char *w)
+static enum smtp_client_tls tls_mode(enum cfg_utls t)
 {
-  if(!w || !strcmp(w, "starttls"))
-    return SMTP_CLIENT_TLS_STARTTLS;
-  if(!strcmp(w, "opportunistic"))
-    return SMTP_CLIENT_TLS_OPPORTUNISTIC;
-  if(!strcmp(w, "implicit"))
-    return SMTP_CLIENT_TLS_IMPLICIT;
-  return SMTP_CLIENT_TLS_NONE;
+  switch(t) {
+  case CFG_UTLS_OPPORTUNISTIC: return SMTP_CLIENT_TLS_OPPORTUNISTIC;
+  case CFG_UTLS_IMPLICIT: return SMTP_CLIENT_TLS_IMPLICIT;
+  case CFG_UTLS_NONE: return SMTP_CLIENT_TLS_NONE;
+  case CFG_UTLS_STARTTLS: break;
+  }
+  return SMTP_CLIENT_TLS_STARTTLS;
+}
+
+const char *relay_auth_mech(enum cfg_uauth a, int *bearer)
+{
+  *bearer = a == CFG_UAUTH_XOAUTH2 || a == CFG_UAUTH_OAUTHBEARER;
+  switch(a) {
+  case CFG_UAUTH_XOAUTH2: return "XOAUTH2";
+  case CFG_UAUTH_OAUTHBEARER: return "OAUTHBEARER";
+  case CFG_UAUTH_PLAIN: return "PLAIN";
+  case CFG_UAUTH_LOGIN: return "LOGIN";
+  case CFG_UAUTH_CRAM_MD5: return "CRAM-MD5";
+  case CFG_UAUTH_NONE: case CFG_UAUTH_AUTO: break;
+  }
+  return NULL;
 }
 
 /* A 4.7.x from the server is how providers say "too fast" (Gmail 4.7.0, Microsoft 4.7.x). */
@@ -208,7 +222,7 @@ void relay_smtp_client_cfg(const struct config *cfg, const struct cfg_upstream *
   cc->host = up->host;
   cc->port = (int)up->port;
   cc->tls = tls_mode(up->tls);
-  cc->verify_peer = !(up->verify && !strcmp(up->verify, "none"));
+  cc->verify_peer = up->verify != CFG_VERIFY_NONE;
   cc->ca_file = up->ca_file;
   /* the config says "TLSv1.2" / "TLSv1.3", tls/ takes "1.2" / "1.3" */
   cc->tls_min_version = up->tls_min_version && !strncmp(up->tls_min_version, "TLSv", 4)
@@ -223,7 +237,7 @@ static int smtp_open(const struct config *cfg, const struct cfg_upstream *up, vo
 {
   struct smtp_session *s = calloc(1, sizeof(*s));
   struct smtp_client_cfg cc;
-  int result = TRANSPORT_FAILED;
+  int result = TRANSPORT_FAILED, bearer;
 
   *session = NULL;
   if(!s) {
@@ -232,7 +246,7 @@ static int smtp_open(const struct config *cfg, const struct cfg_upstream *up, vo
   }
   str_copy(s->name, sizeof(s->name), up->name);
   s->tls = tls_mode(up->tls);
-  s->want_auth = up->username && up->auth && strcmp(up->auth, "none");
+  s->want_auth = up->username && up->auth != CFG_UAUTH_NONE;
   if(s->want_auth) {
     const struct cfg_oauth2 *oa = NULL;
     size_t i;
@@ -250,16 +264,11 @@ static int smtp_open(const struct config *cfg, const struct cfg_upstream *up, vo
       s->oauth2 = str_dup_n(oa->name, strlen(oa->name));
     else if(oa && oa->token_file)
       s->token_file = str_dup_n(oa->token_file, strlen(oa->token_file));
-    if(!strcmp(up->auth, "xoauth2"))
-      s->bearer = "XOAUTH2";
-    else if(!strcmp(up->auth, "oauthbearer"))
-      s->bearer = "OAUTHBEARER";
-    else if(!strcmp(up->auth, "plain"))
-      s->mechs = str_dup_n("PLAIN", 5);
-    else if(!strcmp(up->auth, "login"))
-      s->mechs = str_dup_n("LOGIN", 5);
-    else if(!strcmp(up->auth, "cram-md5"))
-      s->mechs = str_dup_n("CRAM-MD5", 8);
+    const char *mech = relay_auth_mech(up->auth, &bearer);
+    if(bearer)
+      s->bearer = mech;
+    else if(mech)
+      s->mechs = str_dup_n(mech, strlen(mech));
   }
   relay_smtp_client_cfg(cfg, up, &cc);
   s->max_size = cfg->max_message_size;
@@ -387,7 +396,7 @@ static void smtp_describe(void *session, char *out, size_t outsz)
 }
 
 const struct transport transport_smtp = {
-  .type = "smtp",
+  .type = CFG_UP_SMTP,
   .delivered_status = RCPT_SENT,
   .open = smtp_open,
   .send = smtp_send,

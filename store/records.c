@@ -19,14 +19,17 @@ static const char *const sql[ST_COUNT] = {
     " ON CONFLICT DO NOTHING",
   [ST_REC_BLOB] = "INSERT INTO attachments(sha256, size, data) VALUES(?1, ?2, ?3)"
     " ON CONFLICT(sha256) DO NOTHING",
+  /* which records use it: the last one to go takes it along (retention) */
+  [ST_REC_BLOB_LINK] = "INSERT INTO record_attachments(sha256, record_id) VALUES(?1, ?2)"
+    " ON CONFLICT DO NOTHING",
   /* seq left to SQLite: one past the largest, so the queue keeps the order rows join it in */
   [ST_REC_FWD] = "INSERT INTO forward_queue(record_id, next_attempt_ms, queued_ms)"
     " SELECT id, ?2, ?2 FROM records WHERE id = ?1",
   [ST_FWD_STATUS] = "INSERT INTO forward_queue(record_id, next_attempt_ms, queued_ms, event,"
     " old_status, status, event_key) VALUES(?1, ?2, ?2, 'record.status', ?3, ?4, ?5)",
   [ST_REV_STATUS_GET] = "SELECT status, status_rank FROM records WHERE id = ?1",
-  [ST_REC_DEDUPE] = "SELECT id FROM records WHERE dedupe = ?1 AND received_ms >= ?2"
-    " ORDER BY seq LIMIT 1",
+  [ST_REC_DEDUPE] = "SELECT id FROM records WHERE message_id IS ?1 AND dedupe = ?2"
+    " AND received_ms >= ?3 ORDER BY seq LIMIT 1",
   [ST_REC_MARK_QUEUE] = "UPDATE messages SET recorded = 1 WHERE id = ?1",
   [ST_REC_MARK_INBOUND] = "UPDATE inbound_messages SET recorded = 1 WHERE id = ?1",
   [ST_UNREC_QUEUE] = "SELECT id, created_ms FROM messages WHERE recorded = 0"
@@ -175,6 +178,10 @@ static int job_record_add(struct store_db *d, void *arg, size_t *changed)
       }
       result = db_exec_stmt(d, s, "insert attachment");
       sqlite3_clear_bindings(s);
+      if(!result) {
+        const char *v[2] = { a->att[i].sha256, r->id };
+        result = db_run_text(d, ST_REC_BLOB_LINK, sql, v, 2);
+      }
     }
     if(!result && a->forward) {
       s = db_stmt(d, ST_REC_FWD, sql);
@@ -637,8 +644,8 @@ void store_forward_free(struct store_forward *f)
   f->last_error = f->event = f->old_status = f->status = f->event_key = NULL;
 }
 
-int store_record_duplicate(struct store *st, const char *dedupe, long long since_ms,
-                           char id[LIM_QUEUE_ID + 1])
+int store_record_duplicate(struct store *st, const char *message_id, const char *dedupe,
+                           long long since_ms, char id[LIM_QUEUE_ID + 1])
 {
   struct store_db *d = store_reader(st);
   sqlite3_stmt *s = db_stmt(d, ST_REC_DEDUPE, sql);
@@ -647,8 +654,9 @@ int store_record_duplicate(struct store *st, const char *dedupe, long long since
     store_reader_done(st, d);
     return STORE_ERROR;
   }
-  rc = db_bind_text(s, 1, dedupe);
-  if(!rc) rc = sqlite3_bind_int64(s, 2, since_ms);
+  rc = db_bind_text(s, 1, message_id);
+  if(!rc) rc = db_bind_text(s, 2, dedupe);
+  if(!rc) rc = sqlite3_bind_int64(s, 3, since_ms);
   rc = rc ? rc : sqlite3_step(s);
   if(rc == SQLITE_ROW) {
     str_copy(id, LIM_QUEUE_ID + 1, db_col_str(s, 0) ? db_col_str(s, 0) : "");

@@ -90,7 +90,7 @@ static int reply_is(const struct smtp_reply *r, int code, const char *enh)
 
 static const char *hint_for_reply(const struct smtp_reply *r, const struct cfg_upstream *up)
 {
-  int tls_off = !up->tls || !strcmp(up->tls, "none") || !strcmp(up->tls, "opportunistic");
+  int tls_off = up->tls == CFG_UTLS_NONE || up->tls == CFG_UTLS_OPPORTUNISTIC;
   if(!strcmp(r->enh, "5.7.139"))
     return "Microsoft 365 has SMTP AUTH switched off for this mailbox or the tenant (or Security "
            "Defaults block it): turn on Authenticated SMTP for the mailbox (admin center > Users "
@@ -131,7 +131,7 @@ static const char *hint_for_reply(const struct smtp_reply *r, const struct cfg_u
 
 static const char *hint_for_tls(const struct cfg_upstream *up, const char *text)
 {
-  int implicit = up->tls && !strcmp(up->tls, "implicit");
+  int implicit = up->tls == CFG_UTLS_IMPLICIT;
   if(strstr(text, "hostname mismatch") || strstr(text, "IP address mismatch"))
     return "the certificate does not name the host we connect to: set host to one of the names "
            "it lists (above), or fix the server's certificate";
@@ -160,7 +160,7 @@ static const char *hint_for_tls(const struct cfg_upstream *up, const char *text)
 
 static const char *tls_word(const struct cfg_upstream *up)
 {
-  return up->tls ? up->tls : "starttls";
+  return cfg_utls_words[up->tls];
 }
 
 static void client_cfg(const struct config *cfg, const struct cfg_upstream *up,
@@ -252,7 +252,7 @@ static void step_certificate(struct report *rep, const struct config *cfg,
     return;
   }
   (void)cfg;
-  if(up->verify && !strcmp(up->verify, "none"))
+  if(up->verify == CFG_VERIFY_NONE)
     step_add(rep, "certificate", 1, "verify = none: anyone between here and the server can read "
              "the password; set verify = peer (and ca_file for a private CA)",
              "%s; NOT verified (verify = none)", desc);
@@ -356,7 +356,7 @@ static int secret_get(struct report *rep, const struct config *cfg, const struct
 static const char *hint_for_local_auth(const struct cfg_upstream *up, int result,
                                        const char *text)
 {
-  int tls_off = up->tls && (!strcmp(up->tls, "none") || !strcmp(up->tls, "opportunistic"));
+  int tls_off = up->tls == CFG_UTLS_NONE || up->tls == CFG_UTLS_OPPORTUNISTIC;
   if(result == SMTP_CLIENT_FAILED)
     return strstr(text, "timed out")
            ? "no rule fits: the server went silent during AUTH (it had the credentials; TLS "
@@ -378,30 +378,25 @@ static const char *hint_for_local_auth(const struct cfg_upstream *up, int result
 static void step_auth(struct report *rep, const struct config *cfg, const struct cfg_upstream *up,
                       struct smtp_client *c, int *ok)
 {
-  const char *bearer = NULL, *mechs = NULL;
+  const char *bearer = NULL, *mechs = NULL, *mech;
   struct smtp_reply r;
   char *secret = NULL, said[LIM_SMTP_REPLY_LINE + 32];
   size_t len = 0;
-  int result;
+  int result, is_bearer;
 
   *ok = 1;
-  if(!up->username || !up->auth || !strcmp(up->auth, "none")) {
+  if(!up->username || up->auth == CFG_UAUTH_NONE) {
     step_add(rep, "auth", 1, (smtp_client_caps(c)->flags & SMTP_CAP_AUTH) && !up->username
              ? "the server offers AUTH; if it refuses mail below, set auth, username and "
                "password_file" : NULL, "no login configured (auth = %s%s)",
-             up->auth ? up->auth : "none", up->username ? "" : ", no username");
+             cfg_uauth_words[up->auth], up->username ? "" : ", no username");
     return;
   }
-  if(!strcmp(up->auth, "xoauth2"))
-    bearer = "XOAUTH2";
-  else if(!strcmp(up->auth, "oauthbearer"))
-    bearer = "OAUTHBEARER";
-  else if(!strcmp(up->auth, "plain"))
-    mechs = "PLAIN";
-  else if(!strcmp(up->auth, "login"))
-    mechs = "LOGIN";
-  else if(!strcmp(up->auth, "cram-md5"))
-    mechs = "CRAM-MD5";
+  mech = relay_auth_mech(up->auth, &is_bearer);
+  if(is_bearer)
+    bearer = mech;
+  else
+    mechs = mech;
   if(secret_get(rep, cfg, up, bearer != NULL, &secret, &len)) {
     *ok = 0;
     return;
@@ -416,7 +411,7 @@ static void step_auth(struct report *rep, const struct config *cfg, const struct
   smtp_reply_str(&r, said, sizeof(said));
   if(result == SMTP_CLIENT_OK) {
     step_add(rep, "auth", 1, NULL, "logged in as %s with %s: %s", up->username,
-             bearer ? bearer : up->auth, said);
+             bearer ? bearer : cfg_uauth_words[up->auth], said);
     return;
   }
   *ok = 0;
@@ -634,7 +629,7 @@ static void check_api(struct report *rep, const struct config *cfg, const struct
   size_t i;
   if(relay_check_api(cfg, up, &chk) < 0) {
     step_add(rep, "config", 0, NULL, "type = %s cannot be checked by this build",
-             up->type ? up->type : "?");
+             up->type ? cfg_utype_words[up->type] : "?");
     return;
   }
   for(i = 0; i < chk.nsteps; i++)
@@ -645,12 +640,11 @@ static void check_api(struct report *rep, const struct config *cfg, const struct
 static void check_one(struct report *rep, const struct config *cfg, const struct cfg_upstream *up,
                       const struct check_opts *o)
 {
-  const char *type = up->type ? up->type : "smtp";
   rep->up = up;
-  if(!strcmp(type, "capture"))
+  if(up->type == CFG_UP_CAPTURE)
     step_add(rep, "capture", 1, NULL, "mail is kept in the store (posternctl queue list); "
              "nothing to check");
-  else if(!strcmp(type, "smtp"))
+  else if(up->type == CFG_UP_SMTP || up->type == CFG_UP_NONE)
     check_smtp(rep, cfg, up, o);
   else {
     if(o->send_to)
@@ -666,7 +660,7 @@ static void print_text(const struct report *rep)
   const struct cfg_upstream *up = rep->up;
   size_t i;
   json_t *line;
-  printf("upstream %s (type = %s", up->name, up->type ? up->type : "smtp");
+  printf("upstream %s (type = %s", up->name, cfg_utype_words[up->type ? up->type : CFG_UP_SMTP]);
   if(up->host)
     printf(", %s:%ld, tls = %s", up->host, up->port, tls_word(up));
   if(up->api_url)
@@ -703,7 +697,8 @@ static json_t *report_json(const struct report *rep)
     return NULL;
   }
   json_object_set_new(o, "upstream", ctl_jstr(rep->up->name));
-  json_object_set_new(o, "type", ctl_jstr(rep->up->type ? rep->up->type : "smtp"));
+  json_object_set_new(o, "type", ctl_jstr(cfg_utype_words[rep->up->type ? rep->up->type
+                                                                          : CFG_UP_SMTP]));
   if(rep->up->host) {
     json_object_set_new(o, "host", ctl_jstr(rep->up->host));
     json_object_set_new(o, "port", json_integer(rep->up->port));

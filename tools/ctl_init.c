@@ -313,8 +313,13 @@ static int ask_smtp_login(struct init *in, const char *default_user)
 
 static int need_microsoft(struct init *in)
 {
-  int result = answer(in, in->o.username, "--username", "Mailbox that sends (the login)",
-                      in->address[0] ? in->address : NULL, in->username, sizeof(in->username));
+  int result;
+  if(in->o.password_file)
+    return ctl_usage_error("Microsoft 365 is set up with OAuth2, its SMTP basic authentication "
+                           "being switched off (a password: --provider smtp --host "
+                           "smtp.office365.com)", "--password-file");
+  result = answer(in, in->o.username, "--username", "Mailbox that sends (the login)",
+                  in->address[0] ? in->address : NULL, in->username, sizeof(in->username));
   if(!result)
     result = answer(in, in->o.flow, "--flow", "OAuth2 flow: client_credentials (an app with a "
                     "secret) or device_code (someone signs in once)", "client_credentials",
@@ -331,9 +336,6 @@ static int need_microsoft(struct init *in)
     result = secret_take(in, in->o.client_secret_file, "--client-secret-file",
                          "Client secret (its value): ", "client secret", "client_secret_file",
                          "microsoft365-client.secret", 0);
-  if(!result && in->o.password_file)
-    return ctl_usage_error("Microsoft 365 takes OAuth2, not a password (SMTP basic "
-                           "authentication is switched off)", "--password-file");
   str_copy(in->auth, sizeof(in->auth), "xoauth2");
   return result;
 }

@@ -182,7 +182,7 @@ static int sg_open(struct sg *s, const char *upname)
   int result = EX_CONFIG;
 
   for(i = 0; i < cfg->nupstreams && !up; i++)
-    if(cfg->upstreams[i].type && !strcmp(cfg->upstreams[i].type, "sendgrid") &&
+    if(cfg->upstreams[i].type == CFG_UP_SENDGRID &&
        (!upname || !strcmp(cfg->upstreams[i].name, upname)))
       up = &cfg->upstreams[i];
   if(!up) {

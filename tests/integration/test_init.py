@@ -462,3 +462,17 @@ def test_existing_configuration_is_replaced_only_with_yes(tmp_path, ns):
     assert "[upstream sendgrid]" in conf.read_text() and "The doctor" not in out
     assert_secret_file(tmp_path / "sendgrid.key", "SG.replace-test-key")
     postern_n(str(conf))
+
+
+def test_a_red_doctor_is_the_exit_status(tmp_path, ns, inside, upstreams, certs):
+    user = f"office@{GMAIL}"
+    up = inside(lambda: upstreams(tls="starttls", cert=certs.good, users={user: PASSWORD}))
+    pw = secret_file(tmp_path / "pw", register_secret("not-the-app-password"))
+    rc, out, err = init(ns, user, *common(tmp_path, certs), "--password-file", pw,
+                        "--host", "localhost", "--port", str(up.port))
+    assert rc == 1, out + err
+    assert re.search(r"^  \[FAIL\] auth ", out, re.M), out
+    assert "the doctor found a problem (above); fix it in" in err, err
+    # the file is written all the same, and still one postern accepts
+    postern_n(str(tmp_path / "etc" / "postern.conf"))
+    assert [(login, ok) for _, login, ok, _ in up.auths] == [(user, False)]

@@ -157,6 +157,23 @@ def test_body_caps_per_endpoint(guarded):
                        input=body, capture_output=True, timeout=60)
     assert p.stdout == b"413", p
     assert inbound(d) == []
+    # a chunked body without end is not read for ever: past the cap and 1M more, the
+    # connection is closed (3M offered, and the end never sent: the old listener read on,
+    # waiting for it)
+    sent, chunk = 0, b"x" * 65536
+    with socket.create_connection(("127.0.0.1", d.http_port), timeout=10) as s:
+        s.sendall(b"POST /sms HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" + sms + b"\r\n")
+        try:
+            while sent < 3 * 1024 * 1024:
+                s.sendall(b"10000\r\n" + chunk + b"\r\n")
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            assert s.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+    assert inbound(d) == []
 
 
 def test_email_inbound_cap_follows_max_message_size(daemon_factory, tmp_path):

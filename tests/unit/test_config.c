@@ -459,14 +459,14 @@ static void t_full(void)
   u = config_upstream(c, "office365");
   CHECK(u != NULL);
   if(u) {
-    CHECK_EQ_STR(u->type, "smtp");
+    CHECK_EQ_STR(cfg_utype_words[u->type], "smtp");
     CHECK_EQ_STR(u->host, "smtp.office365.com");
     CHECK_EQ_INT(u->port, 587);
-    CHECK_EQ_STR(u->tls, "starttls");
-    CHECK_EQ_STR(u->verify, "none");
+    CHECK_EQ_STR(cfg_utls_words[u->tls], "starttls");
+    CHECK_EQ_STR(cfg_verify_words[u->verify], "none");
     CHECK_EQ_STR(u->ca_file, "/etc/ssl/certs/ca-certificates.crt");
     CHECK_EQ_STR(u->helo, "clinic.example");
-    CHECK_EQ_STR(u->auth, "xoauth2");
+    CHECK_EQ_STR(cfg_uauth_words[u->auth], "xoauth2");
     CHECK_EQ_STR(u->username, "noreply@clinic.example");
     CHECK_EQ_STR(u->oauth2, "contoso");
     CHECK_EQ_STR(u->rate, "30/m");
@@ -476,9 +476,9 @@ static void t_full(void)
   u = config_upstream(c, "smarthost");
   CHECK(u != NULL);
   if(u) {
-    CHECK_EQ_STR(u->type, "smtp");      /* words are stored as the table spells them */
+    CHECK_EQ_STR(cfg_utype_words[u->type], "smtp");   /* words match whatever their case */
     CHECK_EQ_INT(u->port, 465);         /* tls = implicit */
-    CHECK_EQ_STR(u->verify, "peer");
+    CHECK_EQ_STR(cfg_verify_words[u->verify], "peer");
     CHECK_EQ_STR(u->password_file, "/etc/postern/smarthost.secret");
   }
   u = config_upstream(c, "sendgrid");
@@ -562,9 +562,9 @@ static void t_defaults(void)
   CHECK_EQ_STR(c->listeners[0].auth_mechanisms, "PLAIN LOGIN CRAM-MD5");
   CHECK_EQ_INT(c->listeners[0].ntrusted, 2);
   CHECK_EQ_INT(c->upstreams[0].port, 587);
-  CHECK_EQ_STR(c->upstreams[0].tls, "starttls");
-  CHECK_EQ_STR(c->upstreams[0].verify, "peer");
-  CHECK_EQ_STR(c->upstreams[0].auth, "auto");
+  CHECK_EQ_STR(cfg_utls_words[c->upstreams[0].tls], "starttls");
+  CHECK_EQ_STR(cfg_verify_words[c->upstreams[0].verify], "peer");
+  CHECK_EQ_STR(cfg_uauth_words[c->upstreams[0].auth], "auto");
   CHECK_EQ_INT(c->inbound.present, 0);
   CHECK_EQ_STR(c->inbound.spf, "tag");
   CHECK_EQ_INT(c->inbound.event_max_age, 600);
@@ -742,11 +742,11 @@ static void t_routes(void)
     CHECK_EQ_STR(l.cfg->routes[0].name, "b");
     CHECK_EQ_STR(l.cfg->routes[1].name, "a");
     u = config_upstream(l.cfg, "capture");
-    CHECK(u && !strcmp(u->type, "capture") && !strcmp(u->name, "capture"));
+    CHECK(u && u->type == CFG_UP_CAPTURE && !strcmp(u->name, "capture"));
   }
   loaded_free(&l);
   u = config_upstream(NULL, "capture");
-  CHECK(u && !strcmp(u->type, "capture"));
+  CHECK(u && u->type == CFG_UP_CAPTURE);
   CHECK(config_upstream(NULL, "other") == NULL);
 }
 
@@ -774,12 +774,12 @@ static void t_env(void)
     u = config_upstream(l.cfg, "env");
     CHECK(u != NULL);
     if(u) {
-      CHECK_EQ_STR(u->type, "smtp");
+      CHECK_EQ_STR(cfg_utype_words[u->type], "smtp");
       CHECK_EQ_STR(u->host, "smtp.example.net");
       CHECK_EQ_INT(u->port, 2587);
-      CHECK_EQ_STR(u->tls, "none");
-      CHECK_EQ_STR(u->verify, "none");
-      CHECK_EQ_STR(u->auth, "cram-md5");
+      CHECK_EQ_STR(cfg_utls_words[u->tls], "none");
+      CHECK_EQ_STR(cfg_verify_words[u->verify], "none");
+      CHECK_EQ_STR(cfg_uauth_words[u->auth], "cram-md5");
       CHECK_EQ_STR(u->username, "app");
       CHECK_EQ_STR(u->password, "s3cret");
       CHECK_EQ_STR(u->helo, "clinic.example");
@@ -798,8 +798,8 @@ static void t_env(void)
   expect_ok("[route special]\nsender = *@x.example\nupstream = capture\n", &l);
   if(l.cfg) {
     u = config_upstream(l.cfg, "env");
-    CHECK(u && u->port == 587 && !strcmp(u->tls, "starttls") && !strcmp(u->verify, "peer") &&
-          !strcmp(u->auth, "auto") && !u->password && !u->username);
+    CHECK(u && u->port == 587 && u->tls == CFG_UTLS_STARTTLS && u->verify == CFG_VERIFY_PEER &&
+          u->auth == CFG_UAUTH_AUTO && !u->password && !u->username);
     CHECK_EQ_INT(l.cfg->nroutes, 2);
     CHECK_EQ_STR(l.cfg->routes[1].name, "default");
     CHECK_EQ_STR(l.cfg->routes[1].upstream, "env");
