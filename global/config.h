@@ -58,6 +58,9 @@ struct cfg_listener {
   long recipient_rate;            /* accepted RCPTs per client per minute; 0 none */
   enum cfg_exempt limits_exempt;  /* who the per-client limits spare */
   long long helo_timeout;         /* seconds from connect to HELO/EHLO */
+  int proxy_protocol;             /* a PROXY v1/v2 header comes first from proxy_networks */
+  struct cidr *proxy_nets;        /* proxy_networks */
+  size_t nproxy_nets;
 };
 
 struct cfg_upstream {

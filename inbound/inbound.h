@@ -8,7 +8,6 @@
 #include "global/config.h"
 #include "store/store.h"
 #include "smtp/smtp.h"
-#include "lib/conn.h"
 #include "lib/buf.h"
 #include <stdint.h>
 
@@ -100,33 +99,6 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
  * secrets cannot be read (logged; the old ones stay). */
 int inbound_http_reload(struct inbound_http *h, const struct config *cfg);
 void inbound_http_stop(struct inbound_http *h);
-
-/* ---- per-client limits of the HTTP listener (inbound/http_clients.c) ------------------------
- * Keys come from conn_client_key; now is a monotonic clock in ms. Thread-safe. */
-struct http_limits {
-  long per_ip;                  /* connections at once; 0 no limit */
-  long rate_per_minute;         /* requests a minute; 0 no limit */
-  long auth_failures;           /* wrong credentials before the lockout */
-  long long lockout_ms;         /* how long a lockout lasts (and failures are remembered) */
-};
-struct http_clients;
-/* A table of cap clients; NULL without memory. */
-struct http_clients *http_clients_new(size_t cap);
-void http_clients_free(struct http_clients *t);
-/* May this client open one more connection? 0 yes, -1 no (*log_now: log it, once a minute). */
-int http_clients_admit(struct http_clients *t, const unsigned char *key,
-                       const struct http_limits *lim, long long now, int *log_now);
-/* A connection of the client opened / closed. */
-void http_clients_connected(struct http_clients *t, const unsigned char *key, long long now);
-void http_clients_closed(struct http_clients *t, const unsigned char *key, long long now);
-/* A request begins: 0 go on, else the seconds to wait (answered 429 with Retry-After);
- * *locked when it is a lockout after wrong credentials, *log_now as above. */
-long http_clients_request(struct http_clients *t, const unsigned char *key,
-                          const struct http_limits *lim, long long now, int *locked,
-                          int *log_now);
-/* Wrong credentials from the client; 1 when that starts its lockout. */
-int http_clients_auth_failed(struct http_clients *t, const unsigned char *key,
-                             const struct http_limits *lim, long long now);
 
 /* ---- webhook parsing (inbound/webhook.c): pure functions, fuzzed -------------------------- */
 
