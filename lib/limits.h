@@ -65,7 +65,6 @@
 /* read past a body's cap (chunked: no length to refuse up front) to answer 413 at its end;
  * beyond this the connection is closed unanswered */
 #define LIM_WEBHOOK_DISCARD     (1024u * 1024u)
-#define LIM_HTTP_CLIENTS        4096     /* clients the HTTP listener remembers beyond its slots */
 
 /* the web console (console/) */
 #define LIM_CONSOLE_PAGE        (96u * 1024u * 1024u)  /* one answer (a raw message included) */
