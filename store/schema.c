@@ -135,6 +135,8 @@ static const char *const migrations[] = {
   " json_each(r.json, '$.attachments') j WHERE json_extract(j.value, '$.sha256') IS NOT NULL;"
   "CREATE INDEX records_received ON records(received_ms);"
   "CREATE INDEX inbound_events_applied ON inbound_events(received_ms) WHERE applied = 1;",
+  /* 7: the sender of a message delayed longer than delay_warning is told once */
+  "ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 /* an older store up to this size is rewritten for incremental vacuum when the daemon opens it
