@@ -173,6 +173,8 @@ static const struct opt opts[] = {
   { SEC_LISTENER, "message_rate", T_LONG, LI(message_rate), 0, "0", 0, 1000000, NULL },
   { SEC_LISTENER, "recipient_rate", T_LONG, LI(recipient_rate), 0, "0", 0, 10000000, NULL },
   { SEC_LISTENER, "limits_exempt", T_ENUM, LI(limits_exempt), 0, "auto", 0, 0, w_exempt },
+  { SEC_LISTENER, "proxy_protocol", T_BOOL, LI(proxy_protocol), 0, "no", 0, 0, NULL },
+  { SEC_LISTENER, "proxy_networks", T_CIDRS, LI(proxy_nets), LI(nproxy_nets), NULL, 0, 0, NULL },
   { SEC_LISTENER, "helo_timeout", T_DURATION, LI(helo_timeout), 0, NULL, 1, DAY, NULL },
 
   { SEC_UPSTREAM, "type", T_ENUM, UP(type), 0, NULL, 0, 0, cfg_utype_words },
@@ -244,6 +246,7 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "forward_max_age", T_DURATION, IN(forward_max_age), 0, "0", 0, 365 * DAY, NULL },
   { SEC_INBOUND, "max_http_size", T_SIZE, IN(max_http_size), 0, NULL,
     1, LIM_MESSAGE_SIZE_MAX, NULL },
+  { SEC_INBOUND, "dedupe_window", T_DURATION, IN(dedupe_window), 0, "3d", 0, 365 * DAY, NULL },
   { SEC_INBOUND, "record_text_max", T_SIZE, IN(record_text_max), 0, "1M",
     0, LIM_MESSAGE_SIZE_MAX, NULL },
 
@@ -1209,6 +1212,9 @@ static void check_sections(struct loader *ld)
     struct cfg_listener *l = &cfg->listeners[i];
     if(!l->naddresses && !rejected(ld, SEC_LISTENER, i, "address"))
       report(ld, l->line, "listener %s: address is missing (address = HOST:PORT)", l->name);
+    if(l->proxy_protocol && !l->nproxy_nets)
+      report(ld, l->line, "listener %s: proxy_protocol = yes needs proxy_networks (the load "
+             "balancers' addresses: only they may name the client)", l->name);
     if((l->tls == CFG_TLS_STARTTLS || l->tls == CFG_TLS_IMPLICIT) &&
        (!l->tls_cert || !l->tls_key))
       report(ld, l->line, "listener %s: tls = %s needs tls_cert and tls_key", l->name,
