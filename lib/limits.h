@@ -65,7 +65,6 @@
 /* read past a body's cap (chunked: no length to refuse up front) to answer 413 at its end;
  * beyond this the connection is closed unanswered */
 #define LIM_WEBHOOK_DISCARD     (1024u * 1024u)
-#define LIM_HTTP_CLIENTS        4096     /* clients the HTTP listener remembers beyond its slots */
 
 /* MIME -> correspondence records (inbound/mime.c): a message past these still becomes a record,
  * with what was read before the cap and a parse_error saying which cap */
