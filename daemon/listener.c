@@ -35,6 +35,7 @@ struct session {
   const struct cfg_listener *listener;
   unsigned anvil_service;          /* 0: the client is exempt from the per-client limits */
   unsigned char anvil_key[ANVIL_KEY_LEN];
+  int proxied;                     /* a PROXY protocol header comes first */
   struct tls_server_ctx *tls;
   int loopback;
   int fd;
@@ -363,17 +364,7 @@ static void peer_of(int fd, struct sockaddr_storage *ss, unsigned char addr[16])
   memset(addr, 0, 16);
   if(getpeername(fd, (struct sockaddr *)ss, &len))
     return;
-  if(ss->ss_family == AF_INET6) {
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-    if(IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
-      struct sockaddr_in s4;
-      memset(&s4, 0, sizeof(s4));
-      s4.sin_family = AF_INET;
-      memcpy(&s4.sin_addr, &s6->sin6_addr.s6_addr[12], 4);
-      memset(ss, 0, sizeof(*ss));
-      memcpy(ss, &s4, sizeof(s4));
-    }
-  }
+  conn_sockaddr_unmap(ss, &len);
   if(ss->ss_family == AF_INET)
     memcpy(addr, &((struct sockaddr_in *)ss)->sin_addr, 4);
   else if(ss->ss_family == AF_INET6)
@@ -394,6 +385,64 @@ static const char *const limit_words[] = {
   "", "max_clients_per_ip", "connection_rate", "message_rate", "recipient_rate",
   "the client table is full",
 };
+
+/* The per-client limits at connect: 0 admitted (*service set, 0 when exempt), else refused
+ * (logged once a minute per client, counted). Called with d->mu held or from the session. */
+static int client_admit(const struct cfg_listener *l, const struct sockaddr_storage *ss,
+                        const unsigned char *addr, unsigned *service,
+                        unsigned char key[ANVIL_KEY_LEN])
+{
+  struct anvil_limits lim;
+  enum anvil_verdict v;
+  int report = 0;
+  *service = 0;
+  memset(key, 0, ANVIL_KEY_LEN);
+  if(limits_exempt(l, ss))
+    return 0;
+  listener_limits(l, &lim);
+  anvil_key(ss->ss_family, addr, key);
+  v = anvil_connect(anvil_service(l->name), key, &lim, time_mono_ms(), &report);
+  if(v == ANVIL_OK) {
+    *service = anvil_service(l->name);
+    return 0;
+  }
+  metrics_limit_refused(l->name, v == ANVIL_CONCURRENCY ? METRICS_LIMIT_PER_IP :
+                                 v == ANVIL_CONN_RATE ? METRICS_LIMIT_CONN_RATE :
+                                 METRICS_LIMIT_TABLE);
+  if(report) {
+    char ip[64] = "unknown";
+    inet_ntop(ss->ss_family, addr, ip, sizeof(ip));
+    log_warn("client [%s] refused on listener %s: %s exceeded (%ld; logged once a minute per "
+             "client)", ip, l->name, limit_words[v],
+             v == ANVIL_CONCURRENCY ? lim.max_conc : lim.conn_rate);
+  }
+  return -1;
+}
+
+/* A connection from one of proxy_networks: the PROXY header names the client, which then
+ * goes through the per-client limits. 0: the connection is to be closed. */
+static int proxy_admit(struct session *s, struct conn *c, long long helo_ms, const char *host)
+{
+  char why[160];
+  unsigned char addr[16];
+  memset(addr, 0, sizeof(addr));
+  if(smtp_proxy_read(c, time_mono_ms() + (helo_ms > 0 ? helo_ms : 30000), why, sizeof(why))) {
+    log_info("PROXY protocol from [%s] on listener %s: %s; closing", c->peer_ip,
+             s->listener->name, why);
+    return 0;
+  }
+  if(c->peer.ss_family == AF_INET)
+    memcpy(addr, &((struct sockaddr_in *)&c->peer)->sin_addr, 4);
+  else if(c->peer.ss_family == AF_INET6)
+    memcpy(addr, &((struct sockaddr_in6 *)&c->peer)->sin6_addr, 16);
+  if(client_admit(s->listener, &c->peer, addr, &s->anvil_service, s->anvil_key)) {
+    conn_printf(c, "421 4.7.0 %s Error: too many connections from your address, try again "
+                "later\r\n", host);
+    conn_flush(c);
+    return 0;
+  }
+  return 1;
+}
 
 static void session_main(void *arg)
 {
@@ -445,26 +494,32 @@ static void session_main(void *arg)
   conn_init(&c, s->fd, scfg.idle_ms);
   if(scfg.session_ms > 0)
     c.deadline_ms = time_mono_ms() + scfg.session_ms;
+  if(s->proxied && !proxy_admit(s, &c, scfg.helo_ms, cfg->hostname))
+    goto done;
+  scfg.anvil_service = s->anvil_service;
   /* the daemon is the only code that knows both paths: the role picks the policy */
   if(l->role == CFG_ROLE_MX)
     smtp_server_run(&c, &scfg, &inbound_mx_policy, &ictx);
   else
     smtp_server_run(&c, &scfg, &relay_submission_policy, &pctx);
-  pthread_mutex_lock(&d->mu);
-  s->fd = -1;         /* daemon_stop must not shut down a descriptor number reused elsewhere */
-  pthread_mutex_unlock(&d->mu);
-  conn_free(&c);      /* closes the socket */
+done:
+  /* The slot and the client's count are given back before the socket closes: a client that
+   * sees the connection end and connects again must find them free, not race this thread. */
   if(s->anvil_service)
     anvil_disconnect(s->anvil_service, s->anvil_key, time_mono_ms());
-  tls_thread_done();  /* the pool keeps this thread: free OpenSSL's state for it now */
-
   pthread_mutex_lock(&d->mu);
+  s->fd = -1;         /* daemon_stop must not shut down a descriptor number reused elsewhere */
   if(s->prev)
     s->prev->next = s->next;
   else
     d->sessions = s->next;
   if(s->next)
     s->next->prev = s->prev;
+  pthread_mutex_unlock(&d->mu);
+  conn_free(&c);      /* closes the socket */
+  tls_thread_done();  /* the pool keeps this thread: free OpenSSL's state for it now */
+
+  pthread_mutex_lock(&d->mu);
   d->nsessions--;
   gen_put(s->gen);
   pthread_cond_broadcast(&d->cond);
@@ -513,11 +568,10 @@ static void *acceptor_main(void *arg)
       char host[256];           /* copied under the lock: a reload may free the generation */
       char lname[128];
       long max_clients;
-      int fd, on = 1, report = 0;
+      int fd, on = 1, proxied = 0;
       struct sockaddr_storage ss;
       unsigned char addr[16], key[ANVIL_KEY_LEN];
       unsigned service = 0;
-      enum anvil_verdict v = ANVIL_OK;
       if(!(pfd[i].revents & POLLIN))
         continue;
       fd = accept4(d->socks[i].fd, NULL, NULL, SOCK_CLOEXEC);
@@ -550,31 +604,15 @@ static void *acceptor_main(void *arg)
         refuse_busy(fd, host, "4.3.2", "too many connections");
         continue;
       }
-      /* per client: concurrency and connection rate (Postfix's anvil) */
+      /* per client: concurrency and connection rate (Postfix's anvil); behind a balancer
+       * speaking the PROXY protocol the client is known only once its header is read */
       peer_of(fd, &ss, addr);
-      if(!limits_exempt(l, &ss)) {
-        struct anvil_limits lim;
-        listener_limits(l, &lim);
-        service = anvil_service(l->name);
-        anvil_key(ss.ss_family, addr, key);
-        v = anvil_connect(service, key, &lim, time_mono_ms(), &report);
-        if(v) {
-          char ip[64] = "unknown";
-          enum metrics_limit why = v == ANVIL_CONCURRENCY ? METRICS_LIMIT_PER_IP :
-                                   v == ANVIL_CONN_RATE ? METRICS_LIMIT_CONN_RATE :
-                                   METRICS_LIMIT_TABLE;
-          str_copy(lname, sizeof(lname), l->name);
-          pthread_mutex_unlock(&d->mu);
-          metrics_limit_refused(lname, why);
-          if(report) {
-            inet_ntop(ss.ss_family, addr, ip, sizeof(ip));
-            log_warn("client [%s] refused on listener %s: %s exceeded (%ld; logged once a "
-                     "minute per client)", ip, lname, limit_words[v],
-                     v == ANVIL_CONCURRENCY ? lim.max_conc : lim.conn_rate);
-          }
-          refuse_busy(fd, host, "4.7.0", "too many connections from your address");
-          continue;
-        }
+      proxied = l->proxy_protocol &&
+                cidr_match(l->proxy_nets, l->nproxy_nets, ss.ss_family, addr);
+      if(!proxied && client_admit(l, &ss, addr, &service, key)) {
+        pthread_mutex_unlock(&d->mu);
+        refuse_busy(fd, host, "4.7.0", "too many connections from your address");
+        continue;
       }
       s = calloc(1, sizeof(*s));
       if(!s) {
@@ -589,6 +627,7 @@ static void *acceptor_main(void *arg)
       s->listener = l;
       s->anvil_service = service;
       memcpy(s->anvil_key, key, sizeof(key));
+      s->proxied = proxied;
       s->tls = d->gen->tls ? d->gen->tls[l - d->gen->cfg->listeners] : NULL;
       s->loopback = d->socks[i].loopback;
       s->next = d->sessions;

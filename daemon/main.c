@@ -190,6 +190,7 @@ struct reloader {
   struct daemon *d;
   struct inbound_http *http;
   struct inbound_records *records;
+  struct store_pruner *pruner;
   int auth_ok;
   struct config *cfg;           /* the one in use; the daemon owns it */
 };
@@ -215,9 +216,17 @@ static void log_routes(const struct config *cfg)
   log_info("%s", where);
 }
 
+static void retention_of(const struct config *cfg, struct store_retention *ret)
+{
+  ret->retention_ms = cfg->retention * 1000LL;
+  ret->capture_ms = cfg->capture_retention * 1000LL;
+  ret->records_ms = cfg->records_retention * 1000LL;
+}
+
 static int reload_run(void *arg, char *err, size_t errsz)
 {
   struct reloader *rl = arg;
+  struct store_retention ret;
   struct config *ncfg = NULL;
   struct tls_server_ctx **ntls = NULL;
   int n, result = -1;
@@ -252,6 +261,8 @@ static int reload_run(void *arg, char *err, size_t errsz)
     log_warn("reload: [inbound] http_address was not set at start; restart to listen on %s",
              ncfg->inbound.http_address);
   metrics_configure(ncfg);
+  retention_of(ncfg, &ret);
+  store_pruner_set(rl->pruner, &ret);
   daemon_reload(rl->d, ncfg, ntls);
   rl->cfg = ncfg;
   log_info("reload -- configuration %s", ncfg->path);
@@ -273,6 +284,8 @@ int main(int argc, char **argv)
   struct relay *relay = NULL;
   struct inbound_http *http = NULL;
   struct inbound_records *records = NULL;
+  struct store_pruner *pruner = NULL;
+  struct store_retention retention;
   struct passwd *pw = NULL;
   struct tls_server_ctx **tls = NULL;
   struct control *control = NULL;
@@ -383,6 +396,11 @@ int main(int argc, char **argv)
     log_error("cannot open the store in %s: %s", data_dir, err);
     goto out;
   }
+  retention_of(cfg, &retention);
+  if(store_pruner_start(st, &retention, &pruner)) {
+    log_error("cannot start the store's pruner thread (check ulimit -u and free memory)");
+    goto out;
+  }
   if(relay_start(cfg, st, &relay)) {
     log_error("cannot start the relay (see the messages above; `postern -n` checks the "
               "configuration)");
@@ -412,6 +430,7 @@ int main(int argc, char **argv)
   rl.d = d;
   rl.http = http;
   rl.records = records;
+  rl.pruner = pruner;
   rl.auth_ok = auth_ok;
   rl.cfg = cfg;
   memset(&cenv, 0, sizeof(cenv));
@@ -453,6 +472,7 @@ out:
   inbound_http_stop(http);
   inbound_records_stop(records);
   relay_stop(relay);
+  store_pruner_stop(pruner);
   store_close(st);
   if(d) {
     daemon_free(d);         /* frees the configurations it holds */

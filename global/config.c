@@ -136,6 +136,11 @@ static const struct opt opts[] = {
   { SEC_POSTERN, "max_recipients", T_LONG, PO(max_recipients), 0, "100", 1, 100000, NULL },
   { SEC_POSTERN, "max_clients", T_LONG, PO(max_clients), 0, "200", 1, 100000, NULL },
   { SEC_POSTERN, "queue_lifetime", T_DURATION, PO(queue_lifetime), 0, "5d", 1, 365 * DAY, NULL },
+  { SEC_POSTERN, "retention", T_DURATION, PO(retention), 0, "30d", 0, 3650 * DAY, NULL },
+  { SEC_POSTERN, "capture_retention", T_DURATION, PO(capture_retention), 0, "7d", 0, 3650 * DAY,
+    NULL },
+  { SEC_POSTERN, "records_retention", T_DURATION, PO(records_retention), 0, "0", 0, 3650 * DAY,
+    NULL },
   { SEC_POSTERN, "retry_min", T_DURATION, PO(retry_min), 0, "1m", 1, DAY, NULL },
   { SEC_POSTERN, "retry_max", T_DURATION, PO(retry_max), 0, "1h", 1, 7 * DAY, NULL },
   { SEC_POSTERN, "idle_timeout", T_DURATION, PO(idle_timeout), 0, "5m", 1, DAY, NULL },
@@ -167,6 +172,8 @@ static const struct opt opts[] = {
   { SEC_LISTENER, "message_rate", T_LONG, LI(message_rate), 0, "0", 0, 1000000, NULL },
   { SEC_LISTENER, "recipient_rate", T_LONG, LI(recipient_rate), 0, "0", 0, 10000000, NULL },
   { SEC_LISTENER, "limits_exempt", T_ENUM, LI(limits_exempt), 0, "auto", 0, 0, w_exempt },
+  { SEC_LISTENER, "proxy_protocol", T_BOOL, LI(proxy_protocol), 0, "no", 0, 0, NULL },
+  { SEC_LISTENER, "proxy_networks", T_CIDRS, LI(proxy_nets), LI(nproxy_nets), NULL, 0, 0, NULL },
   { SEC_LISTENER, "helo_timeout", T_DURATION, LI(helo_timeout), 0, NULL, 1, DAY, NULL },
 
   { SEC_UPSTREAM, "type", T_ENUM, UP(type), 0, NULL, 0, 0, cfg_utype_words },
@@ -238,6 +245,7 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "forward_max_age", T_DURATION, IN(forward_max_age), 0, "0", 0, 365 * DAY, NULL },
   { SEC_INBOUND, "max_http_size", T_SIZE, IN(max_http_size), 0, NULL,
     1, LIM_MESSAGE_SIZE_MAX, NULL },
+  { SEC_INBOUND, "dedupe_window", T_DURATION, IN(dedupe_window), 0, "3d", 0, 365 * DAY, NULL },
   { SEC_INBOUND, "record_text_max", T_SIZE, IN(record_text_max), 0, "1M",
     0, LIM_MESSAGE_SIZE_MAX, NULL },
 
@@ -1203,6 +1211,9 @@ static void check_sections(struct loader *ld)
     struct cfg_listener *l = &cfg->listeners[i];
     if(!l->naddresses && !rejected(ld, SEC_LISTENER, i, "address"))
       report(ld, l->line, "listener %s: address is missing (address = HOST:PORT)", l->name);
+    if(l->proxy_protocol && !l->nproxy_nets)
+      report(ld, l->line, "listener %s: proxy_protocol = yes needs proxy_networks (the load "
+             "balancers' addresses: only they may name the client)", l->name);
     if((l->tls == CFG_TLS_STARTTLS || l->tls == CFG_TLS_IMPLICIT) &&
        (!l->tls_cert || !l->tls_key))
       report(ld, l->line, "listener %s: tls = %s needs tls_cert and tls_key", l->name,

@@ -58,6 +58,9 @@ struct cfg_listener {
   long recipient_rate;            /* accepted RCPTs per client per minute; 0 none */
   enum cfg_exempt limits_exempt;  /* who the per-client limits spare */
   long long helo_timeout;         /* seconds from connect to HELO/EHLO */
+  int proxy_protocol;             /* a PROXY v1/v2 header comes first from proxy_networks */
+  struct cidr *proxy_nets;        /* proxy_networks */
+  size_t nproxy_nets;
 };
 
 struct cfg_upstream {
@@ -142,6 +145,7 @@ struct cfg_inbound {
   char *twilio_account_sid, *twilio_api_url, *twilio_messaging_url;
   long long max_http_size;        /* 0: max_message_size plus LIM_WEBHOOK_FORM_OVERHEAD */
   long long record_text_max;      /* bytes of text, html, reply_text a record keeps; 0 all */
+  long long dedupe_window;        /* seconds an Inbound Parse repeat is recognised; 0 never */
 };
 
 struct config {
@@ -154,6 +158,9 @@ struct config {
   long max_recipients;
   long max_clients;
   long long queue_lifetime;       /* seconds */
+  long long retention;            /* seconds final mail is kept; 0: for ever */
+  long long capture_retention;    /* seconds captured mail is kept; 0: for ever */
+  long long records_retention;    /* seconds correspondence records are kept; 0: for ever */
   long long retry_min;            /* seconds */
   long long retry_max;            /* seconds */
   long long idle_timeout;         /* seconds */

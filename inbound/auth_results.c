@@ -361,6 +361,7 @@ json_t *inbound_auth_record(const char *msg, size_t len, const char *authserv_id
     else if(!strcmp(method, "dmarc")) {
       const char *pp = memchr(v + start, '(', e - start);
       char pol[16] = "";
+      json_decref(dmarc);          /* one dmarc result is written; a second is not ours */
       dmarc = json_object();
       if(!dmarc)
         goto fail;

@@ -12,11 +12,20 @@
 #include <microhttpd.h>
 #include <pthread.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+
+/* The per-client limits ([inbound] http_clients_per_ip ...); 0 = no limit. */
+struct http_limits {
+  long per_ip;                  /* connections at once */
+  long rate_per_minute;         /* requests a minute */
+  long auth_failures;           /* wrong credentials before the lockout */
+  long long lockout_ms;
+};
 
 /* What a reload may change: copies (a reload frees the configuration they came from), shared
  * by reference count so that a request finishes with the settings it began with. */
@@ -50,7 +59,7 @@ struct inbound_http {
   struct store *st;
   pthread_mutex_t mu;
   struct http_settings *set;    /* the current ones; under mu */
-  struct http_clients *clients; /* per-client limits */
+  unsigned service;             /* its id in anvil, the per-client table */
   /* queue figures for /metrics, read at most once a second whatever the scrape rate */
   pthread_mutex_t qmu;
   long long q_at_ms;            /* monotonic time of the last read; 0 never */
@@ -73,7 +82,8 @@ struct request {
   enum endpoint ep;
   struct inbound_http *h;
   struct http_settings *set;    /* a reference, taken when the request began */
-  unsigned char client[CONN_CLIENT_KEY_LEN];
+  unsigned char client[ANVIL_KEY_LEN];
+  char client_text[INET6_ADDRSTRLEN];
   int has_client;               /* a client the per-client limits apply to */
   int answered;                 /* a response was queued on an early call */
   int too_big;
@@ -191,13 +201,12 @@ static enum MHD_Result refuse_auth(struct request *rq, struct MHD_Connection *c)
   /* wrong credentials count towards the client's lockout; none at all (a client that waits
    * for the challenge) do not */
   if(rq->has_client && header(c, MHD_HTTP_HEADER_AUTHORIZATION) &&
-     http_clients_auth_failed(rq->h->clients, rq->client, &rq->set->lim, time_mono_ms())) {
-    char who[64];
-    conn_client_key_text(rq->client, who, sizeof(who));
+     anvil_auth_failure(rq->client, (unsigned)rq->set->lim.auth_failures,
+                        rq->set->lim.lockout_ms, time_mono_ms()) >=
+     (unsigned)rq->set->lim.auth_failures)
     log_warn("http: %s sent wrong credentials %ld times; its requests get 429 for %llds "
-             "(http_auth_failures, http_auth_lockout in [inbound])", who,
+             "(http_auth_failures, http_auth_lockout in [inbound])", rq->client_text,
              rq->set->lim.auth_failures, rq->set->lim.lockout_ms / 1000);
-  }
   struct MHD_Response *r = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text,
                                                            MHD_RESPMEM_PERSISTENT);
   enum MHD_Result ret;
@@ -507,61 +516,77 @@ static enum MHD_Result respond_wait(struct request *rq, struct MHD_Connection *c
   return ret;
 }
 
-/* Is the client in http_exempt_networks (by default loopback: local processes, or a proxy in
- * front that keeps its own limits)? */
-static int exempt(const struct http_settings *set, const struct sockaddr *sa)
+/* The per-client table is the SMTP listeners' (anvil): the same client key, and a lockout
+ * earned by wrong passwords on either side holds on both. The listener's id in it is made from
+ * a name no [listener] section can have. */
+#define HTTP_ANVIL_SERVICE "[inbound] http_address"
+
+/* The client behind sa: its key, printable address, and whether the per-client limits apply
+ * (not to http_exempt_networks: by default loopback, local processes or a proxy in front that
+ * keeps its own limits). A v4-mapped IPv6 address is the IPv4 client. 1 limited, 0 not. */
+static int client_of(const struct http_settings *set, const struct sockaddr *sa,
+                     unsigned char key[ANVIL_KEY_LEN], char *text, size_t textsz)
 {
+  const unsigned char *addr;
+  int family = AF_INET;
+  if(!sa)
+    return 0;
   if(sa->sa_family == AF_INET)
-    return cidr_match(set->exempt, set->nexempt, AF_INET,
-                      &((const struct sockaddr_in *)(const void *)sa)->sin_addr);
-  if(sa->sa_family == AF_INET6)
-    return cidr_match(set->exempt, set->nexempt, AF_INET6,
-                      &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr);
-  return 0;
+    addr = (const unsigned char *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+  else if(sa->sa_family == AF_INET6) {
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+    addr = a6->s6_addr;
+    if(IN6_IS_ADDR_V4MAPPED(a6))
+      addr += 12;
+    else
+      family = AF_INET6;
+  }
+  else
+    return 0;
+  anvil_key(family, addr, key);
+  if(text && !inet_ntop(family, addr, text, (socklen_t)textsz))
+    str_copy(text, textsz, "?");
+  return !cidr_match(set->exempt, set->nexempt, family, addr);
 }
 
-static int client_key_of(struct MHD_Connection *c, unsigned char key[CONN_CLIENT_KEY_LEN])
+static const struct sockaddr *client_addr(struct MHD_Connection *c)
 {
   const union MHD_ConnectionInfo *ci =
     MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-  return ci && ci->client_addr ? conn_client_key(ci->client_addr, key) : -1;
+  return ci ? ci->client_addr : NULL;
 }
 
-/* The client's key, when the per-client limits apply to it. 0 yes, -1 no. */
-static int limited_client(const struct http_settings *set, struct MHD_Connection *c,
-                          unsigned char key[CONN_CLIENT_KEY_LEN])
+static void anvil_limits_of(const struct http_settings *set, struct anvil_limits *l)
 {
-  const union MHD_ConnectionInfo *ci =
-    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-  if(!ci || !ci->client_addr || exempt(set, ci->client_addr))
-    return -1;
-  return conn_client_key(ci->client_addr, key);
+  memset(l, 0, sizeof(*l));
+  l->max_conc = set->lim.per_ip;
+  l->msg_rate = set->lim.rate_per_minute;     /* a request is what a message is to SMTP */
 }
 
-/* A client over http_clients_per_ip is refused at accept, before it takes a thread. */
+/* A client over http_clients_per_ip is refused at accept, before it takes a thread; an
+ * admitted one holds its place in anvil until the connection closes. */
 static enum MHD_Result accept_client(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 {
   struct inbound_http *h = cls;
-  unsigned char key[CONN_CLIENT_KEY_LEN];
-  struct http_limits lim;
-  int log_now = 0, free_pass;
-  if(!addr || conn_client_key(addr, key))
-    return MHD_YES;
+  unsigned char key[ANVIL_KEY_LEN];
+  char who[INET6_ADDRSTRLEN];
+  struct anvil_limits lim;
+  int report = 0, limited;
+  enum anvil_verdict v;
+  (void)addrlen;
   pthread_mutex_lock(&h->mu);
-  lim = h->set->lim;
-  free_pass = exempt(h->set, addr);
+  limited = client_of(h->set, addr, key, who, sizeof(who));
+  anvil_limits_of(h->set, &lim);
   pthread_mutex_unlock(&h->mu);
-  if(free_pass)
+  if(!limited)
     return MHD_YES;
-  if(!http_clients_admit(h->clients, key, &lim, time_mono_ms(), &log_now))
+  v = anvil_connect(h->service, key, &lim, time_mono_ms(), &report);
+  if(v == ANVIL_OK)
     return MHD_YES;
   metrics_webhook(METRICS_PATH_OTHER, MHD_HTTP_TOO_MANY_REQUESTS);
-  if(log_now) {
-    char who[64];
-    conn_client_key_text(key, who, sizeof(who));
+  if(report)
     log_warn("http: %s has %ld connections open (http_clients_per_ip in [inbound]); further "
-             "ones are closed at once (logged once a minute)", who, lim.per_ip);
-  }
+             "ones are closed at once (logged once a minute)", who, lim.max_conc);
   return MHD_NO;
 }
 
@@ -569,14 +594,16 @@ static void connection_event(void *cls, struct MHD_Connection *c, void **socket_
                              enum MHD_ConnectionNotificationCode toe)
 {
   struct inbound_http *h = cls;
-  unsigned char key[CONN_CLIENT_KEY_LEN];
+  unsigned char key[ANVIL_KEY_LEN];
+  int limited;
   (void)socket_context;
-  if(client_key_of(c, key))
+  if(toe != MHD_CONNECTION_NOTIFY_CLOSED)
     return;
-  if(toe == MHD_CONNECTION_NOTIFY_STARTED)
-    http_clients_connected(h->clients, key, time_mono_ms());
-  else if(toe == MHD_CONNECTION_NOTIFY_CLOSED)
-    http_clients_closed(h->clients, key, time_mono_ms());
+  pthread_mutex_lock(&h->mu);
+  limited = client_of(h->set, client_addr(c), key, NULL, 0);
+  pthread_mutex_unlock(&h->mu);
+  if(limited)
+    anvil_disconnect(h->service, key, time_mono_ms());
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
@@ -609,22 +636,25 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       rq->ep = EP_EVENTS;
     else if(!strcmp(url, "/sms"))
       rq->ep = EP_SMS;
-    rq->has_client = !limited_client(rq->set, c, rq->client);
+    rq->has_client = client_of(rq->set, client_addr(c), rq->client, rq->client_text,
+                               sizeof(rq->client_text));
     /* /healthz stays cheap and open for load balancers and probes */
     if(rq->ep != EP_HEALTH && rq->has_client) {
-      int locked = 0, log_now = 0;
-      long wait = http_clients_request(h->clients, rq->client, &rq->set->lim, time_mono_ms(),
-                                       &locked, &log_now);
-      if(wait) {
-        if(log_now && !locked) {
-          char who[64];
-          conn_client_key_text(rq->client, who, sizeof(who));
-          log_warn("http: %s sends more than %ld requests a minute (http_request_rate in "
-                   "[inbound]); answered 429 (logged once a minute)", who,
-                   rq->set->lim.rate_per_minute);
-        }
+      long long now = time_mono_ms(), locked = anvil_auth_locked(rq->client, now);
+      struct anvil_limits lim;
+      int report = 0;
+      if(locked) {
         rq->answered = 1;
-        return respond_wait(rq, c, wait, locked);
+        return respond_wait(rq, c, (long)((locked + 999) / 1000), 1);
+      }
+      anvil_limits_of(rq->set, &lim);
+      if(anvil_message(h->service, rq->client, &lim, now, &report) != ANVIL_OK) {
+        if(report)
+          log_warn("http: %s sends more than %ld requests a minute (http_request_rate in "
+                   "[inbound]); answered 429 (logged once a minute)", rq->client_text,
+                   lim.msg_rate);
+        rq->answered = 1;
+        return respond_wait(rq, c, 60, 0);
       }
     }
     if(rq->ep == EP_NONE) {
@@ -776,7 +806,6 @@ void inbound_http_stop(struct inbound_http *h)
     settings_release(h, h->set);
   pthread_mutex_destroy(&h->mu);
   pthread_mutex_destroy(&h->qmu);
-  http_clients_free(h->clients);
   free(h);
 }
 
@@ -1009,9 +1038,8 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
   pthread_mutex_init(&h->mu, NULL);
   pthread_mutex_init(&h->qmu, NULL);
   h->st = st;
-  /* room for every connection slot, and as many clients again that are only remembered */
-  if(!(h->set = settings_new(cfg)) ||
-     !(h->clients = http_clients_new((size_t)cfg->max_clients + LIM_HTTP_CLIENTS)))
+  h->service = anvil_service(HTTP_ANVIL_SERVICE);
+  if(!(h->set = settings_new(cfg)))
     goto out;
   h->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                             MHD_USE_POLL | MHD_USE_ERROR_LOG, 0, accept_client, h, handle, h,

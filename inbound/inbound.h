@@ -8,7 +8,6 @@
 #include "global/config.h"
 #include "store/store.h"
 #include "smtp/smtp.h"
-#include "lib/conn.h"
 #include "lib/buf.h"
 #include <stdint.h>
 
@@ -101,33 +100,6 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
 int inbound_http_reload(struct inbound_http *h, const struct config *cfg);
 void inbound_http_stop(struct inbound_http *h);
 
-/* ---- per-client limits of the HTTP listener (inbound/http_clients.c) ------------------------
- * Keys come from conn_client_key; now is a monotonic clock in ms. Thread-safe. */
-struct http_limits {
-  long per_ip;                  /* connections at once; 0 no limit */
-  long rate_per_minute;         /* requests a minute; 0 no limit */
-  long auth_failures;           /* wrong credentials before the lockout */
-  long long lockout_ms;         /* how long a lockout lasts (and failures are remembered) */
-};
-struct http_clients;
-/* A table of cap clients; NULL without memory. */
-struct http_clients *http_clients_new(size_t cap);
-void http_clients_free(struct http_clients *t);
-/* May this client open one more connection? 0 yes, -1 no (*log_now: log it, once a minute). */
-int http_clients_admit(struct http_clients *t, const unsigned char *key,
-                       const struct http_limits *lim, long long now, int *log_now);
-/* A connection of the client opened / closed. */
-void http_clients_connected(struct http_clients *t, const unsigned char *key, long long now);
-void http_clients_closed(struct http_clients *t, const unsigned char *key, long long now);
-/* A request begins: 0 go on, else the seconds to wait (answered 429 with Retry-After);
- * *locked when it is a lockout after wrong credentials, *log_now as above. */
-long http_clients_request(struct http_clients *t, const unsigned char *key,
-                          const struct http_limits *lim, long long now, int *locked,
-                          int *log_now);
-/* Wrong credentials from the client; 1 when that starts its lockout. */
-int http_clients_auth_failed(struct http_clients *t, const unsigned char *key,
-                             const struct http_limits *lim, long long now);
-
 /* ---- webhook parsing (inbound/webhook.c): pure functions, fuzzed -------------------------- */
 
 /* The fields of an Inbound Parse post (multipart/form-data) the listener keeps, fed part by
@@ -213,6 +185,8 @@ struct inbound_mime {
   char *json;
   struct inbound_attachment *att;
   size_t natt;
+  char content_sha256[65];       /* hex SHA-256 of the message's bytes (a parsed-mode post: of
+                                    its headers, text and html), what a repeat is known by */
 };
 /* Any bytes give a record: what could not be read is left empty and parse_error says why
  * (caps of lib/limits.h LIM_MIME_*, an unreadable header section). text, html and reply_text
@@ -233,8 +207,9 @@ char *inbound_reply_text(const char *text, size_t textlen, const char *html, siz
 /* ---- correspondence records (inbound/records.c) --------------------------------------------
  * The record builder (a thread: new queue and inbound messages become records, threaded;
  * outbound recipients' states, DSNs and SendGrid events update outbound records) and, with
- * forward_url, the forwarder (a thread: each new record POSTed once a 2xx says so, in record
- * order, signed X-Postern-Signature: sha256=HEX, the HMAC-SHA256 of the body under
+ * forward_url, the forwarder (a thread: each new record and each status change POSTed once a
+ * 2xx says so, in the order they happened, X-Postern-Event record.created | record.status,
+ * signed X-Postern-Signature: t=UNIX,v1=HEX, the HMAC-SHA256 of "UNIX.body" under
  * forward_secret_file). What they need of cfg is copied (at start and on reload). */
 struct inbound_records;
 int inbound_records_start(const struct config *cfg, struct store *st,

@@ -41,8 +41,13 @@ static void peer_fill(struct conn *c)
     c->peerlen = 0;
     return;
   }
-  if(c->peer.ss_family == AF_INET6) {
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&c->peer;
+  conn_peer_set(c, &c->peer);
+}
+
+void conn_sockaddr_unmap(struct sockaddr_storage *ss, socklen_t *len)
+{
+  if(ss->ss_family == AF_INET6) {
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
     if(IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
       /* a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; everyone downstream
        * (logs, trusted_networks, Received) wants the IPv4 address */
@@ -51,11 +56,21 @@ static void peer_fill(struct conn *c)
       s4.sin_family = AF_INET;
       s4.sin_port = s6->sin6_port;
       memcpy(&s4.sin_addr, &s6->sin6_addr.s6_addr[12], 4);
-      memset(&c->peer, 0, sizeof(c->peer));
-      memcpy(&c->peer, &s4, sizeof(s4));
-      c->peerlen = sizeof(s4);
+      memset(ss, 0, sizeof(*ss));
+      memcpy(ss, &s4, sizeof(s4));
+      if(len)
+        *len = sizeof(s4);
     }
   }
+}
+
+void conn_peer_set(struct conn *c, const struct sockaddr_storage *ss)
+{
+  if(ss != &c->peer)
+    memcpy(&c->peer, ss, sizeof(c->peer));
+  c->peerlen = c->peer.ss_family == AF_INET ? sizeof(struct sockaddr_in) :
+               c->peer.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : c->peerlen;
+  conn_sockaddr_unmap(&c->peer, &c->peerlen);
   if(c->peer.ss_family == AF_INET) {
     struct sockaddr_in *s4 = (struct sockaddr_in *)&c->peer;
     inet_ntop(AF_INET, &s4->sin_addr, c->peer_ip, sizeof(c->peer_ip));

@@ -48,6 +48,13 @@ struct conn {
                                            (the daemon's stop signal for idle sessions) */
 };
 
+/* An IPv4-mapped IPv6 address (a dual-stack socket's IPv4 client) made the IPv4 address it
+ * is; *len (may be NULL) follows. */
+void conn_sockaddr_unmap(struct sockaddr_storage *ss, socklen_t *len);
+/* Makes ss (unmapped) the connection's peer, with peer_ip and peer_port (a PROXY protocol
+ * header names the client behind a balancer). */
+void conn_peer_set(struct conn *c, const struct sockaddr_storage *ss);
+
 /* The key per-client limits count under: an IPv4 address (also when v4-mapped), or the /64 an
  * IPv6 address is in (one host usually holds a whole /64, so counting /128s would let it rotate
  * addresses past any limit). 16 bytes; printable with conn_client_key_text. 0 ok, -1 for a

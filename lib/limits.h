@@ -47,6 +47,7 @@
 #define LIM_LOG_FIELD           200      /* attacker bytes in one log field */
 #define LIM_CONFIG_VALUE        4096
 #define LIM_QUEUE_ID            24
+#define LIM_PRUNE_KEY           32   /* a key the store's pruner carries: a queue id or a rowid */
 #define LIM_HEADER_SCAN         (256u * 1024u) /* header section examined for Message-ID/Date */
 
 /* webhooks (inbound/http.c): the body cap is [inbound] max_http_size */
@@ -64,7 +65,6 @@
 /* read past a body's cap (chunked: no length to refuse up front) to answer 413 at its end;
  * beyond this the connection is closed unanswered */
 #define LIM_WEBHOOK_DISCARD     (1024u * 1024u)
-#define LIM_HTTP_CLIENTS        4096     /* clients the HTTP listener remembers beyond its slots */
 
 /* MIME -> correspondence records (inbound/mime.c): a message past these still becomes a record,
  * with what was read before the cap and a parse_error saying which cap */

@@ -106,8 +106,9 @@ static void describe_upstream(const struct cfg_upstream *up, char *out, size_t o
     return;
   }
   if(up->type != CFG_UP_SMTP && up->type != CFG_UP_NONE) {
-    snprintf(out, outsz, "upstream %s, %s API%s%s", up->name, type, up->api_url ? " " : "",
-             up->api_url ? up->api_url : "");
+    snprintf(out, outsz, "upstream %s, %s API%s%s%s%s", up->name, type,
+             up->api_url ? " " : "", up->api_url ? up->api_url : "",
+             up->fallback ? ", fallback " : "", up->fallback ? up->fallback : "");
     return;
   }
   tls = up->tls == CFG_UTLS_STARTTLS ? "STARTTLS" : up->tls == CFG_UTLS_IMPLICIT ? "TLS"
@@ -123,9 +124,9 @@ static void describe_upstream(const struct cfg_upstream *up, char *out, size_t o
     mech[i] = '\0';
     auth = mech;
   }
-  snprintf(out, outsz, "upstream %s, %s:%ld %s, %s", up->name, up->host ? up->host : "?",
-           up->port ? up->port : (up->tls == CFG_UTLS_IMPLICIT ? 465 : 587), tls,
-           auth);
+  snprintf(out, outsz, "upstream %s, %s:%ld %s, %s%s%s", up->name, up->host ? up->host : "?",
+           up->port ? up->port : (up->tls == CFG_UTLS_IMPLICIT ? 465 : 587), tls, auth,
+           up->fallback ? ", fallback " : "", up->fallback ? up->fallback : "");
 }
 
 void relay_describe_routes(const struct config *cfg, char *out, size_t outsz)
@@ -161,7 +162,8 @@ void relay_describe_routes(const struct config *cfg, char *out, size_t outsz)
       break;                           /* later routes are never reached */
   }
   if(cfg->implicit_route && used < outsz)
-    snprintf(out + used, outsz - used, " (the only [upstream]; no [route] in %s)", cfg->path);
+    snprintf(out + used, outsz - used, " (no [route] in %s: the one [upstream] that is no "
+             "other's fallback)", cfg->path);
   for(i = 0; i < cfg->nroutes && (cfg->routes[i].sender || cfg->routes[i].recipient); i++)
     ;
   used = strlen(out);

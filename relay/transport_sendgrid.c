@@ -204,7 +204,9 @@ static int sg_check(const struct config *cfg, const struct cfg_upstream *up,
                              text[0] ? text : "no reason given");
   else if(resp.status != 200)
     result = relay_check_add(chk, "key", 0, "a wrong api_url answers this way, so does "
-                             "SendGrid in trouble (status.sendgrid.com)",
+                             "SendGrid in trouble (status.sendgrid.com), or a proxy that passes "
+                             "only mail/send; deliveries still try mail/send, whose answer "
+                             "decides",
                              "SendGrid answered HTTP %ld to the key check%s%s", resp.status,
                              text[0] ? ": " : "", text);
   else if((send = scopes_have_send(&resp, &nscopes)) == 1)

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 
 #define ANVIL_WINDOW_MS 60000LL    /* rates are per minute */
 
@@ -35,12 +36,15 @@ static struct anvil_auth_slot auth_slots[LIM_AUTH_FAILURE_ADDRS];
 
 void anvil_key(int family, const unsigned char *addr, unsigned char key[ANVIL_KEY_LEN])
 {
-  memset(key, 0, ANVIL_KEY_LEN);
-  key[0] = (unsigned char)(family == AF_INET ? 4 : family == AF_INET6 ? 6 : 0);
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof(ss));
+  ss.ss_family = (sa_family_t)family;
   if(family == AF_INET)
-    memcpy(key + 1, addr, 4);
+    memcpy(&((struct sockaddr_in *)&ss)->sin_addr, addr, 4);
   else if(family == AF_INET6)
-    memcpy(key + 1, addr, 8);      /* the /64 */
+    memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, addr, 16);
+  if(conn_client_key((const struct sockaddr *)&ss, key))
+    memset(key, 0, ANVIL_KEY_LEN);   /* a local socket: one client */
 }
 
 unsigned anvil_service(const char *name)

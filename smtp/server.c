@@ -7,6 +7,8 @@
 #include "lib/buf.h"
 #include "lib/log.h"
 #include "global/metrics.h"
+#include "global/proxy.h"
+#include <arpa/inet.h>
 #include "store/store.h"
 #include <netinet/in.h>
 #include <poll.h>
@@ -1473,4 +1475,58 @@ out:
   buf_free(&s->line);
   free(s->env.rcpts);
   free(s);
+}
+
+/* ---- PROXY protocol ----------------------------------------------------------------------- */
+
+int smtp_proxy_read(struct conn *c, long long deadline_ms, char *why, size_t whysz)
+{
+  struct proxy_info pi;
+  size_t used = 0;
+  int result = -1;
+  enum proxy_result pr = PROXY_MORE;
+  c->record_deadline_ms = deadline_ms;
+  while(pr == PROXY_MORE) {
+    int r;
+    pr = proxy_parse((const unsigned char *)c->rbuf + c->rstart, c->rend - c->rstart, &pi, &used);
+    if(pr != PROXY_MORE)
+      break;
+    if(c->rend - c->rstart >= PROXY_V2_MAX) {
+      pr = PROXY_BAD;
+      break;
+    }
+    r = conn_fill(c);
+    if(r) {
+      snprintf(why, whysz, "%s before the PROXY header ended",
+               r == CONN_TIMEOUT ? "timeout" : "connection lost");
+      goto out;
+    }
+  }
+  if(pr == PROXY_BAD) {
+    snprintf(why, whysz, "no valid PROXY protocol header (is proxy_protocol = yes right for "
+             "this balancer, and does it send version 1 or 2?)");
+    goto out;
+  }
+  c->rstart += used;
+  if(!pi.local) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    if(pi.family == AF_INET) {
+      struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+      s4->sin_family = AF_INET;
+      memcpy(&s4->sin_addr, pi.src, 4);
+      s4->sin_port = htons((unsigned short)pi.src_port);
+    }
+    else {
+      struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+      s6->sin6_family = AF_INET6;
+      memcpy(&s6->sin6_addr, pi.src, 16);
+      s6->sin6_port = htons((unsigned short)pi.src_port);
+    }
+    conn_peer_set(c, &ss);
+  }
+  result = 0;
+out:
+  c->record_deadline_ms = 0;
+  return result;
 }

@@ -44,7 +44,7 @@ struct smtp_policy {
 };
 
 /* ---- anvil: per-client limits shared by all sessions (smtp/anvil.c) ---------------------- */
-#define ANVIL_KEY_LEN 9               /* family, then an IPv4 address or an IPv6 /64 */
+#define ANVIL_KEY_LEN CONN_CLIENT_KEY_LEN /* an IPv4 address or an IPv6 /64 (lib/conn.h) */
 
 struct anvil_limits {
   long max_conc;                      /* sessions per client at once; 0 none */
@@ -119,6 +119,11 @@ struct smtp_server_cfg {
   unsigned anvil_service;
   struct anvil_limits anvil;
 };
+
+/* Reads the PROXY protocol header (v1 or v2) a load balancer sends first, before
+ * deadline_ms, and makes the client it names c's peer (a LOCAL/UNKNOWN header keeps the
+ * balancer's). 0 ok; -1 with why set (the connection is to be closed without a word). */
+int smtp_proxy_read(struct conn *c, long long deadline_ms, char *why, size_t whysz);
 
 /* Runs one session to its end on c (already accepted), then returns; c is not freed. */
 void smtp_server_run(struct conn *c, const struct smtp_server_cfg *cfg,

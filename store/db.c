@@ -182,7 +182,9 @@ int db_open(struct store_db *d, const char *path, int readonly, char *err, size_
     rc = sqlite3_busy_timeout(d->db, STORE_BUSY_TIMEOUT_MS);
   }
   if(rc == SQLITE_OK)
-    rc = sqlite3_exec(d->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL", NULL, NULL,
+    /* journal_size_limit: a burst grows the WAL; once checkpointed it shrinks back to this */
+    rc = sqlite3_exec(d->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;"
+                      " PRAGMA journal_size_limit = 67108864", NULL, NULL,
                       NULL);
   if(rc != SQLITE_OK) {
     snprintf(err, errsz, "cannot open %s: %s", path,

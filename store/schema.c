@@ -1,6 +1,7 @@
 /* The SQLite store's schema: its migrations, applied when the store is opened, and the check
  * that a store is one this program knows. */
 #include "store/store_int.h"
+#include "lib/log.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -120,8 +121,36 @@ static const char *const migrations[] = {
   "ALTER TABLE forward_queue ADD COLUMN set_aside_ms INTEGER;"
   "UPDATE forward_queue SET queued_ms = CAST((julianday('now') - 2440587.5) * 86400000"
   " AS INTEGER);",
+  /* 6: retention. record_attachments says which records use an attachment, so one that no
+   * record shares any more can go with the last of them (filled from the records' JSON for
+   * the records made before); the indexes find what is old enough to prune without reading
+   * what is not. */
+  "CREATE TABLE record_attachments("
+  " sha256 TEXT NOT NULL,"
+  " record_id TEXT NOT NULL REFERENCES records(id) ON DELETE CASCADE,"
+  " PRIMARY KEY(sha256, record_id)) WITHOUT ROWID;"
+  "CREATE INDEX record_attachments_record ON record_attachments(record_id);"
+  "INSERT OR IGNORE INTO record_attachments(sha256, record_id)"
+  " SELECT json_extract(j.value, '$.sha256'), r.id FROM records r,"
+  " json_each(r.json, '$.attachments') j WHERE json_extract(j.value, '$.sha256') IS NOT NULL;"
+  "CREATE INDEX records_received ON records(received_ms);"
+  "CREATE INDEX inbound_events_applied ON inbound_events(received_ms) WHERE applied = 1;",
+  /* 7: the forward queue carries status changes too: a row with event 'record.status' says
+   * the record moved from old_status to status by the event event_key (NULL event: the record
+   * itself, 'record.created'). Its seq is its own from now on (the queue order), no longer the
+   * record's, since one record has several rows. records.dedupe is what an Inbound Parse post
+   * is recognised by when SendGrid posts it again (a hash of its content; found through the
+   * Message-ID's index). */
+  "ALTER TABLE forward_queue ADD COLUMN event TEXT;"
+  "ALTER TABLE forward_queue ADD COLUMN old_status TEXT;"
+  "ALTER TABLE forward_queue ADD COLUMN status TEXT;"
+  "ALTER TABLE forward_queue ADD COLUMN event_key TEXT;"
+  "ALTER TABLE records ADD COLUMN dedupe TEXT;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
+/* an older store up to this size is rewritten for incremental vacuum when the daemon opens it
+ * (a second or so); a larger one waits for `posternctl store vacuum` */
+#define SCHEMA_VACUUM_AT_START (64LL * 1024 * 1024)
 
 /* Turns WAL on (it is persistent, but a fresh file starts in rollback mode) and applies the
  * missing migrations in one transaction, so a crash leaves either the old or the new schema. */
@@ -132,6 +161,9 @@ int schema_migrate(struct store_db *d, const char *path, char *err, size_t errsz
   int rc, v;
   const char *mode = NULL;
 
+  /* a new store shrinks as it is pruned (incremental vacuum); this only takes effect before
+   * anything is written to the file, and store_open converts an older small store */
+  sqlite3_exec(d->db, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, NULL);
   rc = sqlite3_prepare_v2(d->db, "PRAGMA journal_mode = WAL", -1, &s, NULL);
   if(rc == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
     mode = (const char *)sqlite3_column_text(s, 0);
@@ -194,4 +226,36 @@ int schema_check(struct store_db *d, const char *path, char *err, size_t errsz)
     return STORE_ERROR;
   }
   return STORE_OK;
+}
+
+int schema_vacuum(struct store_db *d, char *err, size_t errsz)
+{
+  int rc = sqlite3_exec(d->db, "PRAGMA auto_vacuum = INCREMENTAL; VACUUM", NULL, NULL, NULL);
+  if(rc != SQLITE_OK) {
+    snprintf(err, errsz, "VACUUM failed: %s (is postern or another program using the store?)",
+             sqlite3_errmsg(d->db));
+    return (rc & 0xff) == SQLITE_FULL ? STORE_FULL : STORE_ERROR;
+  }
+  return STORE_OK;
+}
+
+void schema_auto_vacuum(struct store_db *d, const char *path)
+{
+  long long mode = 0, pages = 0, page_size = 0;
+  char err[256];
+  if(db_pragma_int(d, "PRAGMA auto_vacuum", &mode) || mode == 2)
+    return;
+  db_pragma_int(d, "PRAGMA page_count", &pages);
+  db_pragma_int(d, "PRAGMA page_size", &page_size);
+  if(pages * page_size > SCHEMA_VACUUM_AT_START) {
+    log_warn("%s was made before incremental vacuum: pruning stops its growth but the file only "
+             "shrinks after `posternctl store vacuum` (postern stopped; it rewrites the file, so "
+             "it needs as much free space again)", path);
+    return;
+  }
+  if(schema_vacuum(d, err, sizeof(err)))
+    log_warn("%s: cannot switch to incremental vacuum now (%s); `posternctl store vacuum` does "
+             "it with postern stopped", path, err);
+  else
+    log_info("%s: rewritten once for incremental vacuum (it shrinks as it is pruned)", path);
 }

@@ -435,6 +435,7 @@ int store_open(const char *data_dir, int flags, struct store **out, char *err, s
     goto out;
 
   if(flags & STORE_OPEN_WRITER) {
+    schema_auto_vacuum(&st->w, path);
     if(pthread_create(&st->writer, NULL, store_writer, st)) {
       snprintf(err, errsz, "cannot start the store writer thread");
       result = STORE_ERROR;
@@ -450,6 +451,19 @@ out:
     st = NULL;
   }
   *out = st;
+  return result;
+}
+
+int store_vacuum(struct store *st, char *err, size_t errsz)
+{
+  int result;
+  if(st->readonly || st->writer_running) {
+    snprintf(err, errsz, "the store is open read-only or has a writer thread");
+    return STORE_ERROR;
+  }
+  pthread_mutex_lock(&st->wlock);
+  result = schema_vacuum(&st->w, err, errsz);
+  pthread_mutex_unlock(&st->wlock);
   return result;
 }
 

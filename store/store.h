@@ -225,6 +225,8 @@ struct store_record {
   char *reply_token, *provider_id;            /* may be NULL */
   char *json;                    /* the record as made (a JSON object) */
   long long seq;                 /* the record order (read side) */
+  char *dedupe;                  /* with message_id, what a repeat of the message is known by,
+                                    or NULL (write side) */
 };
 void store_record_free(struct store_record *r);   /* frees members, not r */
 
@@ -259,6 +261,10 @@ enum store_record_key { STORE_BY_MESSAGE_ID, STORE_BY_REPLY_TOKEN, STORE_BY_PROV
 int store_record_find(struct store *st, enum store_record_key key, const char *value,
                       char id[LIM_QUEUE_ID + 1], char thread[LIM_QUEUE_ID + 1]);
 int store_record_get(struct store *st, const char *id, struct store_record *out);
+/* The first record made since since_ms with that Message-ID (NULL: none) and dedupe key
+ * (STORE_NOTFOUND: none). */
+int store_record_duplicate(struct store *st, const char *message_id, const char *dedupe,
+                           long long since_ms, char id[LIM_QUEUE_ID + 1]);
 
 /* Appends an event to a record's history unless one with the same key is there (so applying
  * it twice changes nothing), and moves its status to status when rank is above the current
@@ -271,6 +277,7 @@ struct store_record_event {
   const char *detail;            /* a JSON object, or NULL */
   const char *status;            /* the record status it implies, or NULL */
   int rank;
+  int forward;                   /* a status it moves goes to the forward queue (record.status) */
 };
 int store_record_event_add(struct store *st, const char *record_id,
                            const struct store_record_event *e, int *added);
@@ -299,11 +306,54 @@ typedef int (*store_event_cb)(void *arg, const struct store_event *e, long long 
 int store_events_unapplied(struct store *st, size_t max, store_event_cb cb, void *arg);
 int store_event_applied(struct store *st, const char *key);
 
+/* ---- retention: what the store forgets, and when ------------------------------------------- */
+
+/* How long things are kept; 0 keeps them. */
+struct store_retention {
+  long long retention_ms;   /* a message whose recipients are all final (sent, bounced,
+                               captured), whose record is made and forwarded, counted from when
+                               it became final; inbound messages once recorded; with it, the
+                               text and HTML copies in an outbound record, and applied events
+                               (after at least 3 days) */
+  long long capture_ms;     /* a message whose recipients were all captured */
+  long long records_ms;     /* correspondence records, their events and the attachments no
+                               other record uses */
+};
+struct store_prune_counts {
+  long long messages, texts, inbound, events, records, attachments;
+};
+/* Removes what ret allows at now_ms, in small batches through the writer (each a short
+ * transaction), then gives freed pages back to the file system; with dry_run, only counts
+ * (texts is not counted then). */
+int store_prune(struct store *st, const struct store_retention *ret, long long now_ms,
+                int dry_run, struct store_prune_counts *out);
+/* The daemon's pruner: a thread that calls store_prune regularly (a quarter of the shortest
+ * retention, between 1 s and 1 min). */
+struct store_pruner;
+int store_pruner_start(struct store *st, const struct store_retention *ret,
+                       struct store_pruner **out);
+void store_pruner_set(struct store_pruner *p, const struct store_retention *ret);
+void store_pruner_stop(struct store_pruner *p);
+
+#define STORE_NTABLES 8
+struct store_stats {
+  long long file_bytes, wal_bytes, free_bytes;   /* free: pages a vacuum would give back */
+  struct {
+    const char *name;
+    long long rows;
+    long long oldest_ms;           /* -1: none, or the table has no time */
+  } tables[STORE_NTABLES];
+};
+int store_stats(struct store *st, struct store_stats *out);
+/* Rewrites the whole file so that it shrinks as it is pruned (an older store, made before
+ * incremental vacuum); needs the writer to itself (posternctl, daemon stopped). */
+int store_vacuum(struct store *st, char *err, size_t errsz);
+
 /* ---- the forward queue: records owed to forward_url ----------------------------------------- */
 
-/* One record in the forward queue. */
+/* One entry in the forward queue: a record made, or a status it moved to. */
 struct store_forward {
-  long long seq;                 /* its place: record order */
+  long long seq;                 /* its place: the order entries joined the queue */
   char id[LIM_QUEUE_ID + 1];
   int attempts;                  /* every attempt */
   int refusals;                  /* attempts the application answered with a refusal */
@@ -311,8 +361,13 @@ struct store_forward {
   long long queued_ms;           /* since when it waits (or since the last retry by hand) */
   long long set_aside_ms;        /* 0: in the queue */
   char *last_error;              /* the last answer (set-aside list only), or NULL */
+  char *event;                   /* NULL: record.created; "record.status" */
+  char *old_status, *status;     /* record.status: the move (old_status may be NULL) */
+  char *event_key;               /* record.status: the record event that moved it */
 };
-/* The oldest record still owed to forward_url and not set aside (STORE_NOTFOUND: none). */
+void store_forward_free(struct store_forward *f);   /* frees members, not f */
+/* The oldest entry still owed to forward_url, not set aside and not behind an entry of its
+ * record that is (STORE_NOTFOUND: none); free it with store_forward_free. */
 int store_forward_head(struct store *st, struct store_forward *out);
 enum store_forward_outcome {
   STORE_FORWARD_RETRY = 0,     /* attempts + 1, due again at next_ms, error kept */

@@ -33,12 +33,16 @@ enum stmt {
   ST_INBOUND_INSERT, ST_EVENT_INSERT, ST_INBOUND_LIST, ST_EVENT_LIST, ST_INBOUND_GET,
   ST_EV_UNAPPLIED, ST_EV_APPLIED,
   /* records.c */
-  ST_REC_INSERT, ST_REC_ADDR, ST_REC_BLOB, ST_REC_FWD, ST_REC_MARK_QUEUE, ST_REC_MARK_INBOUND,
+  ST_REC_INSERT, ST_REC_ADDR, ST_REC_BLOB, ST_REC_BLOB_LINK, ST_REC_FWD, ST_REC_MARK_QUEUE, ST_REC_MARK_INBOUND,
   ST_UNREC_QUEUE, ST_UNREC_INBOUND,
   ST_REC_BY_MSGID, ST_REC_BY_TOKEN, ST_REC_BY_PROVIDER, ST_REC_BY_ID, ST_REC_GET,
   ST_REV_INSERT, ST_REV_STATUS, ST_REC_RELAY, ST_REC_RELAY_PENDING, ST_REV_LIST,
   ST_REC_LIST, ST_FWD_HEAD, ST_FWD_DONE, ST_FWD_RETRY, ST_FWD_REFUSED, ST_FWD_SET_ASIDE, ST_FWD_RETRY_ASIDE,
-  ST_FWD_COUNTS, ST_FWD_ASIDE_LIST,
+  ST_FWD_COUNTS, ST_FWD_ASIDE_LIST, ST_REV_STATUS_GET, ST_FWD_STATUS, ST_REC_DEDUPE,
+  /* retention.c */
+  ST_PRUNE_MSG_LIST, ST_PRUNE_MSG_TEXT, ST_PRUNE_MSG, ST_PRUNE_INB_LIST, ST_PRUNE_INB,
+  ST_PRUNE_EV_LIST, ST_PRUNE_EV, ST_PRUNE_REC_LIST, ST_PRUNE_REC_BLOBS, ST_PRUNE_REC,
+  ST_PRUNE_BLOB, ST_STATS_OLDEST,
   ST_COUNT
 };
 
@@ -77,6 +81,10 @@ void db_close(struct store_db *d);
 int schema_migrate(struct store_db *d, const char *path, char *err, size_t errsz);
 /* Is the schema of this (read) connection the one this program knows? err says why not. */
 int schema_check(struct store_db *d, const char *path, char *err, size_t errsz);
+/* Rewrites the file with auto_vacuum = incremental (VACUUM: the connection to itself). */
+int schema_vacuum(struct store_db *d, char *err, size_t errsz);
+/* A store made before incremental vacuum: small ones are rewritten now, large ones said. */
+void schema_auto_vacuum(struct store_db *d, const char *path);
 
 /* ---- store.c: the writer and the read connection ------------------------------------------- */
 /* A write job: runs inside the writer's transaction, in its own savepoint; *changed is

@@ -49,6 +49,7 @@ int ctl_control_down(const struct ctl *c, const char *what);
 /* A reply {"ok": false, "error": ...} becomes a message and EX_SOFTWARE; 0 when ok. */
 int ctl_control_failed(json_t *reply, const char *cmd);
 int ctl_correspondence(struct ctl *c);
+int ctl_store_command(struct ctl *c);           /* ctl_store.c */
 
 /* options of one command: see ctl_common.c */
 int ctl_opt(struct ctl *c, const char *name, const char **value);

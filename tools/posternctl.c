@@ -26,6 +26,10 @@ static const struct command {
     "           --older-than DURATION (90, 30s, 10m, 1h, 5d)\n" },
   { "flush", ctl_flush, "flush   (the running daemon tries every deferred message now)\n" },
   { "reload", ctl_reload, "reload   (the running daemon reads its configuration again)\n" },
+  { "store", ctl_store_command,
+    "store stats [--json]   (file and WAL size, rows per table, what pruning removes next)\n"
+    "store prune [--dry-run] [--json]   (what retention allows, now)\n"
+    "store vacuum   (postern stopped: an older store rewritten to shrink as it is pruned)\n" },
   { "stats", ctl_stats,
     "stats [--live] [--json]   (the daemon's live counters; the store's when it is down)\n" },
   { "user", ctl_user,

@@ -250,3 +250,46 @@ EOC
       "$([ -n "$pf" ] && echo "$((f1 - f0))" || echo -)"
   done
 fi
+
+# ---- DKIM signing on the relay ----------------------------------------------------------------
+# The same end-to-end relay run through a second Postern whose [dkim] sections sign every message
+# (RSA-2048, then RSA-2048 and Ed25519 together) next to the unsigned relay above.
+# DKIM=0 skips this part.
+if [ "${UPSTREAM:-1}" = 1 ] && [ "${DKIM:-1}" = 1 ]; then
+  dkim_relay() {   # dkim_relay NAME SECTIONS -> starts a relay, prints its port
+    local dport dir=$work/$1
+    dport=$(free_port)
+    mkdir -p "$dir/data"
+    sed -e "s|^data_dir = .*|data_dir = $dir/data|" -e "s|^address = .*|address = 127.0.0.1:$dport|" \
+      "$work/relay.conf" >"$dir/relay.conf"
+    printf '%s\n' "$2" >>"$dir/relay.conf"
+    "$POSTERN" -c "$dir/relay.conf" -f 2>"$dir/relay.log" &
+    echo "$! $dport"
+  }
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/rsa.pem" 2>/dev/null
+  openssl genpkey -algorithm ed25519 -out "$work/ed.pem" 2>/dev/null
+  chmod 600 "$work/rsa.pem" "$work/ed.pem"
+  rsa_sec=$'[dkim rsa]\ndomain = clinic.test\nselector = r1\nkey_file = '"$work/rsa.pem"$'\nmatch = sender'
+  ed_sec=$'[dkim ed]\ndomain = clinic.test\nselector = e1\nkey_file = '"$work/ed.pem"$'\nalgorithm = ed25519-sha256\nmatch = sender'
+  read -r rsa_pid rsa_port < <(dkim_relay rsa "$rsa_sec")
+  read -r both_pid both_port < <(dkim_relay both "$rsa_sec"$'\n'"$ed_sec")
+  wait_port "$rsa_port" "$rsa_pid"
+  wait_port "$both_port" "$both_pid"
+  trap 'kill -TERM $rsa_pid $both_pid 2>/dev/null; wait $rsa_pid $both_pid 2>/dev/null; cleanup_relays' EXIT
+  pending_in() { sqlite3 -readonly "$work/$1/data/postern.db" \
+    "select count(*) from recipients where status in ('queued','deferred')"; }
+  rsa_pending() { pending_in rsa; }
+  both_pending() { pending_in both; }
+  echo
+  echo "DKIM signing: smtp-source -> relay -> smtp-sink, messages/s until the last one left the relay"
+  printf '%-10s %16s %16s %16s\n' sessions "not signed" "RSA-2048" "RSA + Ed25519"
+  for s in $SESSIONS; do
+    off=$(relay_median "$relay_port" "$s" postern_pending)
+    rsa=$(relay_median "$rsa_port" "$s" rsa_pending)
+    both=$(relay_median "$both_port" "$s" both_pending)
+    printf '%-10s %16s %16s %16s\n' "$s" "$off" "$rsa" "$both"
+  done
+  if ! grep -q . <(sqlite3 -readonly "$work/both/data/postern.db" "select 1 from recipients where status = 'sent' limit 1"); then
+    echo "bench: WARNING: the signing relay sent nothing" >&2
+  fi
+fi

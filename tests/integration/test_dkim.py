@@ -200,6 +200,10 @@ MESSAGES = {
                "trailing blanks   \r\n").encode(),
     "long": (f"From: {SENDER}\r\nTo: someone@example.net\r\nSubject: long lines\r\n\r\n"
              f"{LONG}\r\nshort\r\n{'word ' * 199}abc\r\n").encode(),
+    # over 998 octets: Postern re-encodes the part as quoted-printable, then signs
+    "reencoded": (f"From: {SENDER}\r\nTo: someone@example.net\r\nSubject: re-encoded\r\n"
+                  "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                  f"{'Zürich ' * 400}\r\nend\r\n").encode(),
     "8bit": (f"From: {SENDER}\r\nTo: someone@example.net\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n"
              "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
              "Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Zürich, ½ € ✓\r\n").encode(),
@@ -215,7 +219,8 @@ def test_signed_for_both_verifiers(daemon_factory, upstreams, keys, dns, tmp_pat
     up = upstreams()
     d = daemon_factory(FAST, relay_conf(up.port, dkim_sections(keys, canon)))
     for n, (tag, content) in enumerate(MESSAGES.items(), 1):
-        opts = {"8bit": ["BODY=8BITMIME"], "smtputf8": ["SMTPUTF8", "BODY=8BITMIME"]}.get(tag, [])
+        opts = {"8bit": ["BODY=8BITMIME"], "reencoded": ["BODY=8BITMIME"],
+                "smtputf8": ["SMTPUTF8", "BODY=8BITMIME"]}.get(tag, [])
         sender = f"jörg@{DOMAIN}" if tag == "smtputf8" else SENDER
         rcpt = "pépé@example.net" if tag == "smtputf8" else "someone@example.net"
         qid = submit(d, sender, [rcpt], content, opts)
@@ -223,6 +228,9 @@ def test_signed_for_both_verifiers(daemon_factory, upstreams, keys, dns, tmp_pat
         wait_rcpt(d, qid, rcpt, "sent")
         sigs = signatures(got)
         assert len(sigs) == 2, (tag, got[:800])
+        if tag == "reencoded":
+            assert b"Content-Transfer-Encoding: quoted-printable" in got, got[:1000]
+            assert max(len(l) for l in got.split(b"\r\n")) <= 998
         assert any(b"a=rsa-sha256" in s for s in sigs) and any(b"a=ed25519-sha256" in s for s in sigs)
         assert all(f"c={canon}".encode() in re.sub(rb"\s+", b"", s) for s in sigs), sigs
         got_v = sorted(verdicts(dns, tmp_path, got))

@@ -179,3 +179,107 @@ def test_flood_from_one_client_and_from_many_64s(ns, tmp_path):
         assert "too many connections on listener mx (max_clients=50)" in d.log_text()
     finally:
         d.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# PROXY protocol: a load balancer in front of a listener names the client.
+
+def proxy_v1(src, port=40000):
+    return f"PROXY TCP4 {src} 127.0.0.1 {port} 25\r\n".encode()
+
+
+def proxy_v2(src, port=40000):
+    import socket as _s
+    import struct
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    return (sig + bytes([0x21, 0x11]) + struct.pack(">H", 12) + _s.inet_aton(src)
+            + _s.inet_aton("127.0.0.1") + struct.pack(">HH", port, 25))
+
+
+def test_proxy_protocol(daemon_factory):
+    """From proxy_networks the header names the client: it is the client of Received, the logs,
+    trusted_networks and the per-client limits; a bad header closes the connection without a
+    greeting; a client outside proxy_networks is an ordinary client whose "PROXY" line is just
+    an unknown command."""
+    import socket
+    from conftest import SMTPConn, free_port
+    port = free_port()
+    d = daemon_factory(extra=f"\n[listener lb]\naddress = 127.0.0.1:{port}\nrole = submission\n"
+                             "proxy_protocol = yes\nproxy_networks = 127.0.0.1/32\n"
+                             "trusted_networks = 192.0.2.0/24\nmax_clients_per_ip = 2\n"
+                             "limits_exempt = none\nhelo_timeout = 3s\n")
+
+    ids = []
+    for hdr in (proxy_v1("192.0.2.5"), proxy_v2("192.0.2.6")):
+        with SMTPConn(port) as c:
+            c.send(hdr)
+            c.greet()
+            r = c.send_message("app@clinic.test", ["pat@example.test"],
+                               b"Subject: via balancer\r\n\r\nbody\r\n")
+            assert r.code == 250, r
+            ids.append(r.queue_id())
+            c.cmd("QUIT")
+    assert b"[192.0.2.5]" in d.queue_cat(ids[0]).split(b"\r\n\r\n")[0]
+    assert b"[192.0.2.6]" in d.queue_cat(ids[1]).split(b"\r\n\r\n")[0]
+    assert "connect from 192.0.2.5" in d.log_text()
+    # the per-client limit counts the named client, not the balancer
+    held = []
+    try:
+        for _ in range(2):
+            c = SMTPConn(port)
+            c.send(proxy_v1("198.51.100.7"))
+            c.expect(220)
+            held.append(c)
+        c = SMTPConn(port)
+        c.send(proxy_v1("198.51.100.7"))
+        r = c.read_reply()
+        assert (r.code, r.enhanced) == (421, "4.7.0"), r
+        c.close()
+        c = SMTPConn(port)
+        c.send(proxy_v1("198.51.100.8"))
+        c.expect(220)
+        held.append(c)
+    finally:
+        for c in held:
+            c.close()
+    # no header, a broken one, or none in time: closed without a greeting
+    for bad in (b"EHLO client.test\r\n", b"PROXY TCP4 300.1.1.1 127.0.0.1 1 25\r\n", b""):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(bad)
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        s.close()
+        assert not data.startswith(b"220"), (bad, data)
+    assert "no valid PROXY protocol header" in d.log_text()
+    assert "timeout before the PROXY header ended" in d.log_text()
+    # from outside proxy_networks the connection is the client itself
+    s = socket.socket()
+    s.bind(("127.0.0.2", 0))
+    s.connect(("127.0.0.1", port))
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"220")
+    s.sendall(proxy_v1("192.0.2.5"))
+    assert f.readline().startswith(b"500")
+    s.close()
+    assert_serving_port(d)
+
+
+def assert_serving_port(d):
+    from conftest import assert_serving
+    assert_serving(d, "proxy")
+
+
+def test_proxy_protocol_needs_proxy_networks(tmp_path):
+    conf = tmp_path / "p.conf"
+    conf.write_text(f"[postern]\ndata_dir = {tmp_path}\n\n[listener lb]\naddress = 127.0.0.1:2525\n"
+                    "proxy_protocol = yes\n")
+    p = subprocess.run([POSTERN, "-n", "-c", str(conf)], capture_output=True, timeout=60)
+    assert p.returncode == 1
+    assert "proxy_protocol = yes needs proxy_networks" in p.stderr.decode() + p.stdout.decode()

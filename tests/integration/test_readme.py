@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import BUILDDIR, POSTERN, SRCDIR, need_binary
+from conftest import BAD_LOG, BUILDDIR, POSTERN, SRCDIR, need_binary
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 
@@ -129,6 +129,9 @@ def test_readme_try_it_runs_as_written(tmp_path, netns):
                               stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     try:
         wait_port(netns, 587, daemon, log)
+        deadline = time.monotonic() + 20          # the start-up lines follow the bind
+        while "all mail ->" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         text = log.read_text()
         assert "configuration (embedded default)" in text, text
         assert "all mail -> capture" in text, text
@@ -160,6 +163,8 @@ def test_readme_try_it_runs_as_written(tmp_path, netns):
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+    text = log.read_text()
+    assert daemon.returncode == 0 and not BAD_LOG.search(text), text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -492,6 +492,11 @@ def test_several_upstreams_without_route_fail_the_check(tmp_path, upstreams):
     # the daemon does not start on it either
     p = subprocess.run([POSTERN, "-f", "-c", str(conf)], capture_output=True, timeout=30)
     assert p.returncode == 1 and "no [route]" in p.stderr.decode(), p.stderr.decode()
+    # one of them the other's fallback: the other carries the mail, nothing to warn about
+    conf.write_text(conf.read_text().replace("[upstream office365]\n",
+                                             "[upstream office365]\nfallback = backup\n"))
+    p = subprocess.run([POSTERN, "-n", "-c", str(conf)], capture_output=True, timeout=30)
+    assert p.returncode == 0 and not p.stderr, p.stderr.decode()
 
 
 def test_unrouted_upstream_is_a_warning(daemon_factory, upstreams, tmp_path):

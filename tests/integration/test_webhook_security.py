@@ -367,3 +367,30 @@ def test_per_client_request_rate_and_lockout(daemon_factory, tmp_path):
     assert PASSWORD not in d.log_text() and "guess" not in d.log_text()
     time.sleep(3.2)
     assert get_from("127.0.0.8", port, "/metrics", good)[0] == 200
+
+
+def test_lockout_shared_with_smtp_auth(daemon_factory, tmp_path):
+    """Wrong webhook passwords lock the client out of SMTP AUTH too: one table, one count."""
+    from test_submission_security import Client, PASSWORD as SMTP_PASSWORD, make_daemon
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+    port = free_port()
+    d = make_daemon(daemon_factory,
+                    extra=f"\n[inbound]\ndomains = reply.test\nhttp_address = 127.0.0.1:{port}\n"
+                          f"http_user = {USER}\nhttp_password_file = {pw}\n"
+                          "http_auth_failures = 3\nhttp_auth_lockout = 3s\n"
+                          "http_exempt_networks = 192.0.2.0/24\n")
+    d.http = f"http://127.0.0.1:{port}"
+    wait_http(d)
+    for _ in range(3):
+        assert get_from("127.0.0.11", port, "/metrics", (USER, "guess"))[0] == 401
+    with Client(d.port, source="127.0.0.11") as c:
+        c.greet()
+        r = c.auth_plain("alice", SMTP_PASSWORD)
+        assert (r.code, r.enhanced) == (454, "4.7.0"), r
+    with Client(d.port, source="127.0.0.12") as c:
+        c.greet()
+        assert c.auth_plain("alice", SMTP_PASSWORD).code == 235
+    time.sleep(3.2)
+    with Client(d.port, source="127.0.0.11") as c:
+        c.greet()
+        assert c.auth_plain("alice", SMTP_PASSWORD).code == 235

@@ -306,53 +306,8 @@ static void test_client_key(void)
   }
 }
 
-static void test_http_clients(void)
-{
-  struct http_limits lim = { 2, 3, 3, 10000 };
-  struct http_clients *t = http_clients_new(4);
-  unsigned char a[CONN_CLIENT_KEY_LEN], b[CONN_CLIENT_KEY_LEN], k[CONN_CLIENT_KEY_LEN];
-  int locked, log_now, i;
-  long long now = 1000000;
-  char addr[64];
-  CHECK(t);
-  key_of("2001:db8:1:2::1", a);
-  key_of("2001:db8:9:9::1", b);
-  /* connections at once */
-  CHECK(!http_clients_admit(t, a, &lim, now, &log_now));
-  http_clients_connected(t, a, now);
-  http_clients_connected(t, a, now);
-  CHECK(http_clients_admit(t, a, &lim, now, &log_now) == -1 && log_now);
-  CHECK(http_clients_admit(t, a, &lim, now, &log_now) == -1 && !log_now);   /* once a minute */
-  CHECK(!http_clients_admit(t, b, &lim, now, &log_now));
-  http_clients_closed(t, a, now);
-  CHECK(!http_clients_admit(t, a, &lim, now, &log_now));
-  http_clients_closed(t, a, now);
-  /* requests a minute */
-  for(i = 0; i < 3; i++)
-    CHECK(!http_clients_request(t, a, &lim, now, &locked, &log_now));
-  CHECK(http_clients_request(t, a, &lim, now + 1000, &locked, &log_now) == 59 && !locked);
-  CHECK(!http_clients_request(t, b, &lim, now, &locked, &log_now));
-  CHECK(!http_clients_request(t, a, &lim, now + 60000, &locked, &log_now));
-  /* wrong credentials: locked for lockout_ms, another address of the same /64 too */
-  CHECK(!http_clients_auth_failed(t, b, &lim, now));
-  CHECK(!http_clients_auth_failed(t, b, &lim, now));
-  CHECK(http_clients_auth_failed(t, b, &lim, now));
-  key_of("2001:db8:9:9:abcd::2", k);
-  CHECK(http_clients_request(t, k, &lim, now + 1, &locked, &log_now) == 10 && locked);
-  /* a full table forgets idle, unlocked clients first: the lockout survives 10 new ones */
-  for(i = 0; i < 10; i++) {
-    snprintf(addr, sizeof(addr), "192.0.2.%d", i + 1);
-    key_of(addr, k);
-    http_clients_request(t, k, &lim, now + 2 + i, &locked, &log_now);
-  }
-  CHECK(http_clients_request(t, b, &lim, now + 100, &locked, &log_now) && locked);
-  CHECK(!http_clients_request(t, b, &lim, now + 10000, &locked, &log_now) && !locked);
-  http_clients_free(t);
-}
-
 static const struct unit_case cases[] = {
   { "client_key", test_client_key },
-  { "http_clients", test_http_clients },
   { "spf_zone", test_spf_zone },
   { "twilio_vector", test_twilio_vector },
   { "sendgrid_vector", test_sendgrid_vector },

@@ -136,6 +136,27 @@ static void test_gauges_and_webhooks(void)
   free(t);
 }
 
+static void test_limit_refusals(void)
+{
+  char *t;
+  metrics_reset();
+  metrics_name_add(METRICS_LISTENERS, "mx");
+  metrics_name_add(METRICS_LISTENERS, "submission");
+  metrics_limit_refused("mx", METRICS_LIMIT_PER_IP);
+  metrics_limit_refused("mx", METRICS_LIMIT_PER_IP);
+  metrics_limit_refused("mx", METRICS_LIMIT_MAX_CLIENTS);
+  metrics_limit_refused("submission", METRICS_LIMIT_RCPT_RATE);
+  metrics_limit_refused("nowhere", METRICS_LIMIT_CONN_RATE);   /* never registered: other */
+  metrics_limit_refused("mx", METRICS_NLIMITS);                /* not a limit: ignored */
+  t = render(NULL, 0);
+  CHECK(has_line(t, "postern_client_limit_refusals_total{listener=\"mx\",limit=\"max_clients_per_ip\"} 2"));
+  CHECK(has_line(t, "postern_client_limit_refusals_total{listener=\"mx\",limit=\"max_clients\"} 1"));
+  CHECK(has_line(t, "postern_client_limit_refusals_total{listener=\"submission\",limit=\"recipient_rate\"} 1"));
+  CHECK(has_line(t, "postern_client_limit_refusals_total{listener=\"other\",limit=\"connection_rate\"} 1"));
+  CHECK(strstr(t, "# TYPE postern_client_limit_refusals_total counter") != NULL);
+  free(t);
+}
+
 static void test_buffer_cap(void)
 {
   struct buf b;
@@ -152,5 +173,6 @@ static const struct unit_case cases[] = {
   { "other_and_cap", test_other_and_cap },
   { "gauges_and_webhooks", test_gauges_and_webhooks },
   { "buffer_cap", test_buffer_cap },
+  { "limit_refusals", test_limit_refusals },
 };
 UNIT_MAIN(cases)

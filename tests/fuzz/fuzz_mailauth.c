@@ -1,0 +1,49 @@
+/* Fuzz target for what Postern reads itself in DKIM and DMARC work: the header walker and the
+ * RFC 6376 tag-list reader of global/mailauth.c (the signer's "signed already?" test, the key
+ * records posternctl compares) and the Authentication-Results reader of the record builder
+ * (inbound/auth_results.c). Signatures, keys and DMARC records themselves are libopendkim's
+ * and libopendmarc's. Every answer must lie inside the input and the walk must advance. */
+#include "global/mailauth.h"
+#include "inbound/inbound.h"
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void inside(const char *base, size_t size, const char *p, size_t n)
+{
+  if(n && (p < base || p + n > base + size))
+    abort();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+  static const char *const tags[] = { "v", "a", "b", "bh", "c", "d", "h", "i", "k", "l", "p",
+                                      "s", "t", "x" };
+  const char *msg = (const char *)data, *n, *v, *t;
+  size_t pos = 0, last = 0, nl, vl, tl, i, fields = 0;
+  json_t *j;
+
+  while(mailauth_header_next(msg, size, &pos, &n, &nl, &v, &vl)) {
+    if(pos <= last || pos > size)
+      abort();
+    last = pos;
+    inside(msg, size, n, nl);
+    inside(msg, size, v, vl);
+    for(i = 0; i < sizeof(tags) / sizeof(tags[0]); i++)
+      if(!mailauth_tag_find(v, vl, tags[i], &t, &tl))
+        inside(v, vl, t, tl);
+    if(++fields > size)
+      abort();
+  }
+  /* the whole input as one tag-list too (a DNS key record) */
+  for(i = 0; i < sizeof(tags) / sizeof(tags[0]); i++)
+    if(!mailauth_tag_find(msg, size, tags[i], &t, &tl))
+      inside(msg, size, t, tl);
+  j = inbound_auth_record(msg, size, "relay.test.example");
+  if(j && !json_is_array(json_object_get(j, "dkim")))
+    abort();
+  json_decref(j);
+  return 0;
+}
