@@ -201,6 +201,9 @@ int config_parse_duration(const char *s, long long *secs);  /* 5d, 1h, 30s, 10m,
 /* 1 when sending credentials to url would put them on the network in clear: http:// to a host
  * other than localhost, an IPv4 literal in 127.0.0.0/8 or [::1] (plain http is for tests). */
 int config_url_cleartext(const char *url);
+/* 1 when r is spelled as AWS names regions ("eu-west-1", "us-gov-west-1"): it goes into host
+ * names and signatures. */
+int config_aws_region_ok(const char *r);
 
 /* The [upstream NAME] section; "capture" is always there (a built-in one unless the file
  * defines its own). NULL when there is none. */

@@ -575,9 +575,12 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
     else {
       u->status = RCPT_DEFERRED;
       u->next_attempt_ms = now + backoff_ms(cfg, rc->attempts + 1, &w->seed);
-      /* the upstream named the time (HTTP 429 and its reset): sooner would be refused again */
+      /* the upstream named the time (HTTP 429 and its reset): sooner would be refused again;
+       * but no later than retry_max, whatever it said (a reset years ahead parks mail without
+       * a DSN) */
       if(!failed && tr[i].retry_at_ms > now)
-        u->next_attempt_ms = tr[i].retry_at_ms;
+        u->next_attempt_ms = tr[i].retry_at_ms < now + cfg->retry_max * 1000LL ?
+                             tr[i].retry_at_ms : now + cfg->retry_max * 1000LL;
       if(now - m->created_ms > cfg->queue_lifetime * 1000LL)
         u->status = RCPT_BOUNCED;
     }
