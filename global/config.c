@@ -136,6 +136,7 @@ static const struct opt opts[] = {
   { SEC_POSTERN, "max_recipients", T_LONG, PO(max_recipients), 0, "100", 1, 100000, NULL },
   { SEC_POSTERN, "max_clients", T_LONG, PO(max_clients), 0, "200", 1, 100000, NULL },
   { SEC_POSTERN, "queue_lifetime", T_DURATION, PO(queue_lifetime), 0, "5d", 1, 365 * DAY, NULL },
+  { SEC_POSTERN, "delay_warning", T_DURATION, PO(delay_warning), 0, "4h", 0, 365 * DAY, NULL },
   { SEC_POSTERN, "retention", T_DURATION, PO(retention), 0, "30d", 0, 3650 * DAY, NULL },
   { SEC_POSTERN, "capture_retention", T_DURATION, PO(capture_retention), 0, "7d", 0, 3650 * DAY,
     NULL },

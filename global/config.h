@@ -158,6 +158,7 @@ struct config {
   long max_recipients;
   long max_clients;
   long long queue_lifetime;       /* seconds */
+  long long delay_warning;        /* seconds before the sender hears of a delay; 0: never */
   long long retention;            /* seconds final mail is kept; 0: for ever */
   long long capture_retention;    /* seconds captured mail is kept; 0: for ever */
   long long records_retention;    /* seconds correspondence records are kept; 0: for ever */
