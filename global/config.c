@@ -245,6 +245,7 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "forward_max_age", T_DURATION, IN(forward_max_age), 0, "0", 0, 365 * DAY, NULL },
   { SEC_INBOUND, "max_http_size", T_SIZE, IN(max_http_size), 0, NULL,
     1, LIM_MESSAGE_SIZE_MAX, NULL },
+  { SEC_INBOUND, "dedupe_window", T_DURATION, IN(dedupe_window), 0, "3d", 0, 365 * DAY, NULL },
   { SEC_INBOUND, "record_text_max", T_SIZE, IN(record_text_max), 0, "1M",
     0, LIM_MESSAGE_SIZE_MAX, NULL },
 

@@ -145,6 +145,7 @@ struct cfg_inbound {
   char *twilio_account_sid, *twilio_api_url, *twilio_messaging_url;
   long long max_http_size;        /* 0: max_message_size plus LIM_WEBHOOK_FORM_OVERHEAD */
   long long record_text_max;      /* bytes of text, html, reply_text a record keeps; 0 all */
+  long long dedupe_window;        /* seconds an Inbound Parse repeat is recognised; 0 never */
 };
 
 struct config {

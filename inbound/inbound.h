@@ -189,6 +189,8 @@ struct inbound_mime {
   char *json;
   struct inbound_attachment *att;
   size_t natt;
+  char content_sha256[65];       /* hex SHA-256 of the message's bytes (a parsed-mode post: of
+                                    its headers, text and html), what a repeat is known by */
 };
 /* Any bytes give a record: what could not be read is left empty and parse_error says why
  * (caps of lib/limits.h LIM_MIME_*, an unreadable header section). text, html and reply_text
@@ -209,8 +211,9 @@ char *inbound_reply_text(const char *text, size_t textlen, const char *html, siz
 /* ---- correspondence records (inbound/records.c) --------------------------------------------
  * The record builder (a thread: new queue and inbound messages become records, threaded;
  * outbound recipients' states, DSNs and SendGrid events update outbound records) and, with
- * forward_url, the forwarder (a thread: each new record POSTed once a 2xx says so, in record
- * order, signed X-Postern-Signature: sha256=HEX, the HMAC-SHA256 of the body under
+ * forward_url, the forwarder (a thread: each new record and each status change POSTed once a
+ * 2xx says so, in the order they happened, X-Postern-Event record.created | record.status,
+ * signed X-Postern-Signature: t=UNIX,v1=HEX, the HMAC-SHA256 of "UNIX.body" under
  * forward_secret_file). What they need of cfg is copied (at start and on reload). */
 struct inbound_records;
 int inbound_records_start(const struct config *cfg, struct store *st,

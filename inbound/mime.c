@@ -1785,6 +1785,11 @@ int inbound_mime_parse(const void *raw, size_t len, size_t text_max, struct inbo
     walk(&c, g_mime_message_get_mime_part(m), 0, 1, 1, NULL);
   }
   result = mime_finish(&c, rec, m ? GMIME_OBJECT(m) : NULL, out);
+  if(!result && tls_sha256_hex(c.orig, c.origlen, (*out)->content_sha256)) {
+    inbound_mime_free(*out);
+    *out = NULL;
+    result = -1;
+  }
 out:
   json_decref(rec);
   if(m)

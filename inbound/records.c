@@ -34,6 +34,7 @@ struct records_settings {
   size_t secretlen;
   long long retry_max_ms;
   size_t text_max;                 /* record_text_max */
+  long long dedupe_window_ms;      /* dedupe_window */
   int forward_max_attempts;        /* refusals before a record is set aside */
   char *authserv_id;               /* hostname: whose Authentication-Results field to read */
   long long forward_max_age_ms;    /* 0: no limit */
@@ -131,6 +132,7 @@ static struct records_settings *settings_new(const struct config *cfg)
   set->refs = 1;
   set->retry_max_ms = cfg->retry_max > 0 ? cfg->retry_max * 1000LL : 3600000LL;
   set->text_max = (size_t)cfg->inbound.record_text_max;
+  set->dedupe_window_ms = cfg->inbound.dedupe_window * 1000LL;
   set->forward_max_attempts = cfg->inbound.forward_max_attempts > 0
                               ? (int)cfg->inbound.forward_max_attempts : 20;
   set->forward_max_age_ms = cfg->inbound.forward_max_age * 1000LL;
@@ -287,8 +289,11 @@ static void event_map(struct store_record_event *e)
 static int event_add(struct inbound_records *r, const char *record_id,
                      struct store_record_event *e)
 {
+  struct records_settings *set = settings_get(r);
   int result;
   event_map(e);
+  e->forward = set->forward_url != NULL;
+  settings_put(r, set);
   result = store_record_event_add(r->st, record_id, e, NULL);
   if(result)     /* a store that refuses every write has said so once */
     log_msg(store_writes_failing(r->st) ? LOG_LVL_DEBUG : LOG_LVL_ERROR,
@@ -503,7 +508,7 @@ static void addresses_add(struct buf *b, const json_t *v)
 static int record_make(struct inbound_records *r, enum store_origin origin, const char *id,
                        const char *direction, const char *source, long long received_ms,
                        const char *env_from, const json_t *env_to, const char *spf,
-                       const char *reply_token, json_t *parsed,
+                       const char *reply_token, const char *dedupe, json_t *parsed,
                        const struct inbound_attachment *att, size_t natt)
 {
   struct store_record rec;
@@ -558,6 +563,7 @@ static int record_make(struct inbound_records *r, enum store_origin origin, cons
   rec.parent_id = linked ? parent : NULL;
   rec.status = !strcmp(direction, "out") ? (char *)"queued" : NULL;
   rec.reply_token = (char *)reply_token;
+  rec.dedupe = (char *)dedupe;
   rec.json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
   if(!rec.json)
     goto out;
@@ -629,7 +635,7 @@ static int build_outbound(struct inbound_records *r, const char *id)
   for(i = 0; i < m.nrcpts; i++)
     json_array_append_new(to, jstr(m.rcpts[i].address));
   result = record_make(r, STORE_ORIGIN_QUEUE, id, "out", "submission", m.created_ms, m.sender,
-                       to, NULL, m.reply_token, parsed, mime->att, mime->natt);
+                       to, NULL, m.reply_token, NULL, parsed, mime->att, mime->natt);
 out:
   json_decref(to);
   json_decref(parsed);
@@ -695,7 +701,7 @@ static int build_inbound(struct inbound_records *r, const char *id)
   struct store_inbound m;
   struct inbound_mime *mime = NULL;
   json_t *parsed = NULL, *to = NULL;
-  char *hold = NULL, *body = NULL;
+  char *hold = NULL, *body = NULL, *dedupe = NULL;
   size_t len = 0;
   int result = store_inbound_get(r->st, id, &m, &hold);
   if(result == STORE_NOTFOUND)
@@ -720,16 +726,43 @@ static int build_inbound(struct inbound_records *r, const char *id)
     if(!strcmp(m.source, "mx"))
       authentication_add(r, body, len, parsed);
   }
+  if(mime && !strcmp(m.source, "inbound-parse")) {
+    /* SendGrid posts a message again when our 200 did not reach it: the same Message-ID and
+     * content within dedupe_window is that message, already a record */
+    struct records_settings *set = settings_get(r);
+    long long window = set->dedupe_window_ms;
+    char first[LIM_QUEUE_ID + 1];
+    settings_put(r, set);
+    if(window > 0) {
+      const char *mid = json_string_value(json_object_get(parsed, "message_id"));
+      dedupe = malloc(strlen(mid ? mid : "") + sizeof(mime->content_sha256) + 2);
+      if(!dedupe)
+        goto out;
+      snprintf(dedupe, strlen(mid ? mid : "") + sizeof(mime->content_sha256) + 2, "%s %s",
+               mid ? mid : "", mime->content_sha256);
+      result = store_record_duplicate(r->st, mid, dedupe, m.received_ms - window, first);
+      if(!result) {
+        log_info("%s: the same Message-ID and content as record %s: a repeated post, no new "
+                 "record", id, first);
+        result = store_record_skip(r->st, STORE_ORIGIN_INBOUND, id);
+        goto out;
+      }
+      if(result != STORE_NOTFOUND)
+        goto out;
+      result = STORE_ERROR;
+    }
+  }
   to = lines_array(m.envelope_to);
   if(!to)
     goto out;
   result = record_make(r, STORE_ORIGIN_INBOUND, id, "in", m.source, m.received_ms,
-                       m.envelope_from, to, m.spf, NULL, parsed, mime ? mime->att : NULL,
+                       m.envelope_from, to, m.spf, NULL, dedupe, parsed, mime ? mime->att : NULL,
                        mime ? mime->natt : 0);
 out:
   json_decref(to);
   json_decref(parsed);
   inbound_mime_free(mime);
+  free(dedupe);
   free(body);
   free(hold);
   return result;
@@ -813,6 +846,37 @@ struct json_t *inbound_record_object(struct store *st, const struct store_record
 
 /* ---- forward_url -------------------------------------------------------------------------- */
 
+struct event_find {
+  const char *key;
+  json_t *found;
+};
+
+static int event_by_key(void *arg, const struct store_record_event *e)
+{
+  struct event_find *f = arg;
+  json_t *one;
+  if(strcmp(e->key, f->key))
+    return 0;
+  one = json_array();
+  if(one) {
+    event_json(one, e);
+    f->found = json_incref(json_array_get(one, 0));
+    json_decref(one);
+  }
+  return 1;
+}
+
+/* The body of a record.status POST: which record, the move, and the event that made it. */
+static json_t *status_object(struct store *st, const struct store_record *rec,
+                             const struct store_forward *f)
+{
+  struct event_find ev = { f->event_key ? f->event_key : "", NULL };
+  store_record_events(st, rec->id, event_by_key, &ev);
+  return json_pack("{s:s, s:s, s:o, s:o, s:o, s:o}", "id", rec->id, "direction", rec->direction,
+                   "thread_id", jstr(rec->thread_id), "old_status", jstr(f->old_status),
+                   "status", jstr(f->status), "event", ev.found ? ev.found : json_null());
+}
+
 /* A POST in progress gives way to shutdown instead of holding it for the whole timeout. */
 static int forward_stop(void *arg)
 {
@@ -820,20 +884,40 @@ static int forward_stop(void *arg)
 }
 
 /* POSTs body; the HTTP status, or 0 when no answer came (err says why). */
-static long forward_post(const struct records_settings *set, struct http_client *c,
-                         const char *id, const char *body, size_t len, char *err, size_t errsz)
+/* X-Postern-Signature: t=UNIX,v1=HEX, HEX the HMAC-SHA256 under the secret of "t.body": the
+ * timestamp is signed with the body, so a receiver that refuses old ones cannot be fed a
+ * captured request again later (the scheme of Stripe's and the providers' webhooks). */
+static int forward_sign(const struct records_settings *set, const char *body, size_t len,
+                        char *line, size_t linesz)
 {
-  char sig[TLS_SHA256_HEX_LEN + 1], line[TLS_SHA256_HEX_LEN + 64], idline[64];
-  const char *headers[] = { "Content-Type: application/json", line, idline, NULL };
+  char sig[TLS_SHA256_HEX_LEN + 1], t[32];
+  struct buf signed_text;
+  int n = snprintf(t, sizeof(t), "%lld.", now_ms() / 1000), result;
+  buf_init(&signed_text, SIZE_MAX / 2);
+  result = buf_add(&signed_text, t, (size_t)n) || buf_add(&signed_text, body, len) ||
+           tls_hmac_sha256_hex(set->secret, set->secretlen, signed_text.ptr, signed_text.len,
+                               sig) ? -1 : 0;
+  buf_free(&signed_text);
+  if(!result)
+    snprintf(line, linesz, "X-Postern-Signature: t=%.*s,v1=%s", n - 1, t, sig);
+  return result;
+}
+
+static long forward_post(const struct records_settings *set, struct http_client *c,
+                         const char *id, const char *event, const char *body, size_t len,
+                         char *err, size_t errsz)
+{
+  char line[TLS_SHA256_HEX_LEN + 96], idline[64], evline[64];
+  const char *headers[] = { "Content-Type: application/json", line, idline, evline, NULL };
   struct http_response resp;
   long status = 0;
   err[0] = '\0';
-  if(tls_hmac_sha256_hex(set->secret, set->secretlen, body, len, sig)) {
+  if(forward_sign(set, body, len, line, sizeof(line))) {
     str_copy(err, errsz, "cannot sign");
     return 0;
   }
-  snprintf(line, sizeof(line), "X-Postern-Signature: sha256=%s", sig);
   snprintf(idline, sizeof(idline), "X-Postern-Record: %s", id);
+  snprintf(evline, sizeof(evline), "X-Postern-Event: %s", event);
   if(http_client_request(c, "POST", set->forward_url, headers, body, len, &resp))
     snprintf(err, errsz, "%s", resp.error);
   else if(resp.status < 200 || resp.status > 299)
@@ -897,17 +981,20 @@ static void *forwarder_main(void *arg)
     result = store_record_get(r->st, id, &rec);
     if(result == STORE_NOTFOUND) {
       store_forward_result(r->st, f.seq, STORE_FORWARD_DONE, 0, NULL);
+      store_forward_free(&f);
       continue;
     }
     if(result) {
+      store_forward_free(&f);
       records_wait(r, 1000);
       continue;
     }
-    o = inbound_record_object(r->st, &rec);
+    o = f.event ? status_object(r->st, &rec, &f) : inbound_record_object(r->st, &rec);
     body = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     store_record_free(&rec);
     if(!body) {
+      store_forward_free(&f);
       records_wait(r, 1000);
       continue;
     }
@@ -916,10 +1003,12 @@ static void *forwarder_main(void *arg)
       /* forward_url was taken out by a reload: what was queued waits for it to come back */
       settings_put(r, set);
       free(body);
+      store_forward_free(&f);
       records_wait(r, 1000);
       continue;
     }
-    status = forward_post(set, c, id, body, strlen(body), err, sizeof(err));
+    status = forward_post(set, c, id, f.event ? f.event : "record.created", body, strlen(body),
+                          err, sizeof(err));
     retry_max_ms = set->retry_max_ms;
     if(forward_refused(status))
       outcome = forward_refusal(set, &f);
@@ -928,7 +1017,8 @@ static void *forwarder_main(void *arg)
     if((status < 200 || status > 299) && records_stopping(r))
       break;                   /* cut short by shutdown: not an attempt that failed */
     if(status >= 200 && status <= 299) {
-      log_info("%s: forwarded, status=%ld, attempts=%d", id, status, attempts + 1);
+      log_info("%s: forwarded %s, status=%ld, attempts=%d", id,
+               f.event ? f.event : "record.created", status, attempts + 1);
       store_forward_result(r->st, f.seq, STORE_FORWARD_DONE, 0, NULL);
     }
     else if(outcome == STORE_FORWARD_SET_ASIDE) {
@@ -951,6 +1041,7 @@ static void *forwarder_main(void *arg)
                id, err, attempts + 1, delay / 1000);
       store_forward_result(r->st, f.seq, outcome, now_ms() + delay, err);
     }
+    store_forward_free(&f);
   }
   http_client_free(c);
   tls_thread_done();

@@ -16,8 +16,11 @@
 /* Does p[0..n) hold a line longer than LONGLINE_MAX octets (its CR LF not counted)? */
 static int has_long_line(const char *p, size_t n)
 {
-  const char *end = p + n, *nl;
+  const char *end, *nl;
   size_t line;
+  if(!p || !n)
+    return 0;
+  end = p + n;
   while(p < end) {
     nl = memchr(p, '\n', (size_t)(end - p));
     line = (size_t)((nl ? nl : end) - p);
@@ -83,6 +86,7 @@ int longlines_encode(const char *body, size_t len, char **out, size_t *outlen)
   GMimePartIter *it = NULL;
   GMimeFormatOptions *fmt = NULL;
   GByteArray *ba;
+  guint i;
   int result = -1, changed = 0, found;
 
   *out = NULL;
@@ -143,11 +147,16 @@ int longlines_encode(const char *body, size_t len, char **out, size_t *outlen)
     result = 0;
     goto out;
   }
-  *out = malloc(ba->len);
+  /* every line end CRLF, as the store holds them: GMime writes some raw text (a multipart
+   * it could not split, say) without its newline filter */
+  *out = malloc(2 * (size_t)ba->len);
   if(!*out)
     goto out;
-  memcpy(*out, ba->data, ba->len);
-  *outlen = ba->len;
+  for(i = 0; i < ba->len; i++) {
+    if(ba->data[i] == '\n' && (i == 0 || ba->data[i - 1] != '\r'))
+      (*out)[(*outlen)++] = '\r';
+    (*out)[(*outlen)++] = (char)ba->data[i];
+  }
   result = 0;
 out:
   if(it)

@@ -19,7 +19,7 @@ struct anvil_slot {
   unsigned conns, msgs, rcpts;     /* in the current window */
   long long window_ms;             /* when the current window started */
   long long seen_ms;               /* the latest connect, message or recipient */
-  long long logged_ms;             /* the latest refusal that was logged; 0 never */
+  long long logged_ms[ANVIL_FULL]; /* per limit, the latest refusal that was logged; 0 never */
 };
 
 struct anvil_auth_slot {
@@ -92,12 +92,13 @@ static struct anvil_slot *slot_get(unsigned service, const unsigned char *key, l
   return &slots[pick];
 }
 
-/* A refusal is logged at most once a minute per client and listener. */
-static int report_due(struct anvil_slot *a, long long now)
+/* A refusal is logged at most once a minute per client, listener and limit. */
+static int report_due(struct anvil_slot *a, enum anvil_verdict v, long long now)
 {
-  if(a->logged_ms && now - a->logged_ms < ANVIL_WINDOW_MS && now >= a->logged_ms)
+  long long *t = &a->logged_ms[(unsigned)v % ANVIL_FULL];
+  if(*t && now - *t < ANVIL_WINDOW_MS && now >= *t)
     return 0;
-  a->logged_ms = now;
+  *t = now;
   return 1;
 }
 
@@ -124,7 +125,7 @@ enum anvil_verdict anvil_connect(unsigned service, const unsigned char *key,
   else
     a->conc++;
   if(v)
-    *report = report_due(a, now);
+    *report = report_due(a, v, now);
 out:
   pthread_mutex_unlock(&anvil_lock);
   return v;
@@ -155,7 +156,7 @@ static enum anvil_verdict counted(unsigned service, const unsigned char *key, lo
     n = rcpt ? &a->rcpts : &a->msgs;
     if(rate > 0 && *n >= (unsigned long)rate) {
       v = rcpt ? ANVIL_RCPT_RATE : ANVIL_MSG_RATE;
-      *report = report_due(a, now);
+      *report = report_due(a, v, now);
     }
     else
       (*n)++;

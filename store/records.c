@@ -12,8 +12,8 @@
 
 static const char *const sql[ST_COUNT] = {
   [ST_REC_INSERT] = "INSERT INTO records(id, direction, source, received_ms, message_id,"
-    " thread_id, parent_id, status, status_rank, reply_token, provider_id, relay_done, json)"
-    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12)"
+    " thread_id, parent_id, status, status_rank, reply_token, provider_id, relay_done, json,"
+    " dedupe) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12, ?13)"
     " ON CONFLICT(id) DO NOTHING",
   [ST_REC_ADDR] = "INSERT INTO record_addresses(record_id, address) VALUES(?1, lower(?2))"
     " ON CONFLICT DO NOTHING",
@@ -22,8 +22,14 @@ static const char *const sql[ST_COUNT] = {
   /* which records use it: the last one to go takes it along (retention) */
   [ST_REC_BLOB_LINK] = "INSERT INTO record_attachments(sha256, record_id) VALUES(?1, ?2)"
     " ON CONFLICT DO NOTHING",
-  [ST_REC_FWD] = "INSERT INTO forward_queue(seq, record_id, next_attempt_ms, queued_ms)"
-    " SELECT seq, id, ?2, ?2 FROM records WHERE id = ?1",
+  /* seq left to SQLite: one past the largest, so the queue keeps the order rows join it in */
+  [ST_REC_FWD] = "INSERT INTO forward_queue(record_id, next_attempt_ms, queued_ms)"
+    " SELECT id, ?2, ?2 FROM records WHERE id = ?1",
+  [ST_FWD_STATUS] = "INSERT INTO forward_queue(record_id, next_attempt_ms, queued_ms, event,"
+    " old_status, status, event_key) VALUES(?1, ?2, ?2, 'record.status', ?3, ?4, ?5)",
+  [ST_REV_STATUS_GET] = "SELECT status, status_rank FROM records WHERE id = ?1",
+  [ST_REC_DEDUPE] = "SELECT id FROM records WHERE message_id IS ?1 AND dedupe = ?2"
+    " AND received_ms >= ?3 ORDER BY seq LIMIT 1",
   [ST_REC_MARK_QUEUE] = "UPDATE messages SET recorded = 1 WHERE id = ?1",
   [ST_REC_MARK_INBOUND] = "UPDATE inbound_messages SET recorded = 1 WHERE id = ?1",
   [ST_UNREC_QUEUE] = "SELECT id, created_ms FROM messages WHERE recorded = 0"
@@ -55,8 +61,13 @@ static const char *const sql[ST_COUNT] = {
     "  WHERE a.address = lower(?2) AND a.record_id = r.id))"
     " AND (?3 IS NULL OR thread_id = ?3) ORDER BY seq LIMIT ?4",
   /* set-aside rows are few (each one a record the application refused many times) */
+  /* a record's later entries wait behind one of its entries set aside: its changes reach the
+   * application in order once `forward retry` sends that one again */
   [ST_FWD_HEAD] = "SELECT seq, record_id, attempts, refusals, next_attempt_ms, queued_ms,"
-    " set_aside_ms, NULL FROM forward_queue WHERE set_aside_ms IS NULL ORDER BY seq LIMIT 1",
+    " set_aside_ms, NULL, event, old_status, status, event_key FROM forward_queue f"
+    " WHERE set_aside_ms IS NULL AND NOT EXISTS (SELECT 1 FROM forward_queue g WHERE"
+    " g.record_id = f.record_id AND g.seq < f.seq AND g.set_aside_ms IS NOT NULL)"
+    " ORDER BY seq LIMIT 1",
   [ST_FWD_DONE] = "DELETE FROM forward_queue WHERE seq = ?1",
   [ST_FWD_RETRY] = "UPDATE forward_queue SET attempts = attempts + 1, next_attempt_ms = ?2,"
     " last_error = ?3 WHERE seq = ?1",
@@ -71,7 +82,8 @@ static const char *const sql[ST_COUNT] = {
   [ST_FWD_COUNTS] = "SELECT count(*) - count(set_aside_ms), count(set_aside_ms)"
     " FROM forward_queue",
   [ST_FWD_ASIDE_LIST] = "SELECT seq, record_id, attempts, refusals, next_attempt_ms, queued_ms,"
-    " set_aside_ms, last_error FROM forward_queue WHERE set_aside_ms IS NOT NULL ORDER BY seq",
+    " set_aside_ms, last_error, event, old_status, status, event_key FROM forward_queue"
+    " WHERE set_aside_ms IS NOT NULL ORDER BY seq",
 };
 
 void store_record_free(struct store_record *r)
@@ -129,6 +141,7 @@ static int job_record_add(struct store_db *d, void *arg, size_t *changed)
   if(!rc) rc = db_bind_text(s, 10, r->provider_id);
   if(!rc) rc = sqlite3_bind_int(s, 11, strcmp(r->direction, "out") ? 1 : 0);
   if(!rc) rc = db_bind_text(s, 12, r->json);
+  if(!rc) rc = db_bind_text(s, 13, r->dedupe);
   if(rc) {
     sqlite3_reset(s);
     return db_fail(d, rc, "bind record");
@@ -400,17 +413,57 @@ static int job_record_event(struct store_db *d, void *arg, size_t *changed)
     return result;
   *changed = (size_t)sqlite3_changes(d->db);
   if(*changed && e->status) {
-    s = db_stmt(d, ST_REV_STATUS, sql);
+    char *old = NULL;
+    int old_rank = 0;
+    s = db_stmt(d, ST_REV_STATUS_GET, sql);
     if(!s)
       return STORE_ERROR;
+    rc = db_bind_text(s, 1, a->record_id);
+    rc = rc ? rc : sqlite3_step(s);
+    if(rc == SQLITE_ROW) {
+      old_rank = sqlite3_column_int(s, 1);
+      if(db_col_text(s, 0, &old)) {
+        sqlite3_reset(s);
+        return STORE_ERROR;
+      }
+    }
+    sqlite3_reset(s);
+    if(rc != SQLITE_ROW && rc != SQLITE_DONE)
+      return db_fail(d, rc, "record status");
+    s = db_stmt(d, ST_REV_STATUS, sql);
+    if(!s) {
+      free(old);
+      return STORE_ERROR;
+    }
     rc = db_bind_text(s, 1, a->record_id);
     if(!rc) rc = db_bind_text(s, 2, e->status);
     if(!rc) rc = sqlite3_bind_int(s, 3, e->rank);
     if(rc) {
       sqlite3_reset(s);
+      free(old);
       return db_fail(d, rc, "bind record status");
     }
     result = db_exec_stmt(d, s, "record status");
+    /* the move goes to forward_url in the same transaction: never lost, never twice */
+    if(!result && e->forward && e->rank > old_rank) {
+      s = db_stmt(d, ST_FWD_STATUS, sql);
+      if(!s) {
+        free(old);
+        return STORE_ERROR;
+      }
+      rc = db_bind_text(s, 1, a->record_id);
+      if(!rc) rc = sqlite3_bind_int64(s, 2, store_now_ms());
+      if(!rc) rc = db_bind_text(s, 3, old);
+      if(!rc) rc = db_bind_text(s, 4, e->status);
+      if(!rc) rc = db_bind_text(s, 5, e->key);
+      if(rc) {
+        sqlite3_reset(s);
+        free(old);
+        return db_fail(d, rc, "bind forward status");
+      }
+      result = db_exec_stmt(d, s, "queue forward status");
+    }
+    free(old);
   }
   return result;
 }
@@ -572,7 +625,50 @@ static int forward_from_row(sqlite3_stmt *s, struct store_forward *f)
   f->next_ms = sqlite3_column_int64(s, 4);
   f->queued_ms = sqlite3_column_int64(s, 5);
   f->set_aside_ms = sqlite3_column_int64(s, 6);
-  return db_col_text(s, 7, &f->last_error);
+  if(db_col_text(s, 7, &f->last_error) || db_col_text(s, 8, &f->event) ||
+     db_col_text(s, 9, &f->old_status) || db_col_text(s, 10, &f->status) ||
+     db_col_text(s, 11, &f->event_key)) {
+    store_forward_free(f);
+    return -1;
+  }
+  return 0;
+}
+
+void store_forward_free(struct store_forward *f)
+{
+  free(f->last_error);
+  free(f->event);
+  free(f->old_status);
+  free(f->status);
+  free(f->event_key);
+  f->last_error = f->event = f->old_status = f->status = f->event_key = NULL;
+}
+
+int store_record_duplicate(struct store *st, const char *message_id, const char *dedupe,
+                           long long since_ms, char id[LIM_QUEUE_ID + 1])
+{
+  struct store_db *d = store_reader(st);
+  sqlite3_stmt *s = db_stmt(d, ST_REC_DEDUPE, sql);
+  int rc, result;
+  if(!s) {
+    store_reader_done(st, d);
+    return STORE_ERROR;
+  }
+  rc = db_bind_text(s, 1, message_id);
+  if(!rc) rc = db_bind_text(s, 2, dedupe);
+  if(!rc) rc = sqlite3_bind_int64(s, 3, since_ms);
+  rc = rc ? rc : sqlite3_step(s);
+  if(rc == SQLITE_ROW) {
+    str_copy(id, LIM_QUEUE_ID + 1, db_col_str(s, 0) ? db_col_str(s, 0) : "");
+    result = STORE_OK;
+  }
+  else if(rc == SQLITE_DONE)
+    result = STORE_NOTFOUND;
+  else
+    result = db_fail(d, rc, "record dedupe");
+  sqlite3_reset(s);
+  store_reader_done(st, d);
+  return result;
 }
 
 int store_forward_head(struct store *st, struct store_forward *out)
@@ -721,7 +817,7 @@ int store_forward_set_aside_list(struct store *st, store_forward_cb cb, void *ar
     if(cb(arg, &ev[i]))
       break;
   for(i = 0; i < n; i++)
-    free(ev[i].last_error);
+    store_forward_free(&ev[i]);
   free(ev);
   return result;
 }

@@ -135,6 +135,17 @@ static const char *const migrations[] = {
   " json_each(r.json, '$.attachments') j WHERE json_extract(j.value, '$.sha256') IS NOT NULL;"
   "CREATE INDEX records_received ON records(received_ms);"
   "CREATE INDEX inbound_events_applied ON inbound_events(received_ms) WHERE applied = 1;",
+  /* 7: the forward queue carries status changes too: a row with event 'record.status' says
+   * the record moved from old_status to status by the event event_key (NULL event: the record
+   * itself, 'record.created'). Its seq is its own from now on (the queue order), no longer the
+   * record's, since one record has several rows. records.dedupe is what an Inbound Parse post
+   * is recognised by when SendGrid posts it again (a hash of its content; found through the
+   * Message-ID's index). */
+  "ALTER TABLE forward_queue ADD COLUMN event TEXT;"
+  "ALTER TABLE forward_queue ADD COLUMN old_status TEXT;"
+  "ALTER TABLE forward_queue ADD COLUMN status TEXT;"
+  "ALTER TABLE forward_queue ADD COLUMN event_key TEXT;"
+  "ALTER TABLE records ADD COLUMN dedupe TEXT;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 /* an older store up to this size is rewritten for incremental vacuum when the daemon opens it

@@ -225,6 +225,8 @@ struct store_record {
   char *reply_token, *provider_id;            /* may be NULL */
   char *json;                    /* the record as made (a JSON object) */
   long long seq;                 /* the record order (read side) */
+  char *dedupe;                  /* with message_id, what a repeat of the message is known by,
+                                    or NULL (write side) */
 };
 void store_record_free(struct store_record *r);   /* frees members, not r */
 
@@ -259,6 +261,10 @@ enum store_record_key { STORE_BY_MESSAGE_ID, STORE_BY_REPLY_TOKEN, STORE_BY_PROV
 int store_record_find(struct store *st, enum store_record_key key, const char *value,
                       char id[LIM_QUEUE_ID + 1], char thread[LIM_QUEUE_ID + 1]);
 int store_record_get(struct store *st, const char *id, struct store_record *out);
+/* The first record made since since_ms with that Message-ID (NULL: none) and dedupe key
+ * (STORE_NOTFOUND: none). */
+int store_record_duplicate(struct store *st, const char *message_id, const char *dedupe,
+                           long long since_ms, char id[LIM_QUEUE_ID + 1]);
 
 /* Appends an event to a record's history unless one with the same key is there (so applying
  * it twice changes nothing), and moves its status to status when rank is above the current
@@ -271,6 +277,7 @@ struct store_record_event {
   const char *detail;            /* a JSON object, or NULL */
   const char *status;            /* the record status it implies, or NULL */
   int rank;
+  int forward;                   /* a status it moves goes to the forward queue (record.status) */
 };
 int store_record_event_add(struct store *st, const char *record_id,
                            const struct store_record_event *e, int *added);
@@ -344,9 +351,9 @@ int store_vacuum(struct store *st, char *err, size_t errsz);
 
 /* ---- the forward queue: records owed to forward_url ----------------------------------------- */
 
-/* One record in the forward queue. */
+/* One entry in the forward queue: a record made, or a status it moved to. */
 struct store_forward {
-  long long seq;                 /* its place: record order */
+  long long seq;                 /* its place: the order entries joined the queue */
   char id[LIM_QUEUE_ID + 1];
   int attempts;                  /* every attempt */
   int refusals;                  /* attempts the application answered with a refusal */
@@ -354,8 +361,13 @@ struct store_forward {
   long long queued_ms;           /* since when it waits (or since the last retry by hand) */
   long long set_aside_ms;        /* 0: in the queue */
   char *last_error;              /* the last answer (set-aside list only), or NULL */
+  char *event;                   /* NULL: record.created; "record.status" */
+  char *old_status, *status;     /* record.status: the move (old_status may be NULL) */
+  char *event_key;               /* record.status: the record event that moved it */
 };
-/* The oldest record still owed to forward_url and not set aside (STORE_NOTFOUND: none). */
+void store_forward_free(struct store_forward *f);   /* frees members, not f */
+/* The oldest entry still owed to forward_url, not set aside and not behind an entry of its
+ * record that is (STORE_NOTFOUND: none); free it with store_forward_free. */
 int store_forward_head(struct store *st, struct store_forward *out);
 enum store_forward_outcome {
   STORE_FORWARD_RETRY = 0,     /* attempts + 1, due again at next_ms, error kept */

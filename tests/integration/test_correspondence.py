@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from conftest import POSTERNCTL, free_port
+from conftest import POSTERNCTL, SRCDIR, free_port
 from test_inbound import CURL, ZONE, db_rows, make_key, post, secret, sign, twilio_sig, wait_http
 from apiserver import APIServer
 from upstream import Upstream
@@ -64,23 +64,25 @@ class App:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def accepted(self):
-        """Records answered 2xx, in the order they came."""
+    def accepted(self, event="record.created"):
+        """Bodies of one X-Postern-Event (new records; status changes) answered 2xx, in the
+        order they came."""
         with self.lock:
-            return [json.loads(b) for s, h, b in self.requests if s == 200]
+            return [json.loads(b) for s, h, b in self.requests
+                    if s == 200 and h.get("X-Postern-Event") == event]
 
     def all(self):
         with self.lock:
             return list(self.requests)
 
-    def wait_accepted(self, n, timeout=40):
+    def wait_accepted(self, n, timeout=40, event="record.created"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            got = self.accepted()
+            got = self.accepted(event)
             if len(got) >= n:
                 return got
             time.sleep(0.1)
-        raise AssertionError(f"forward_url got {len(self.accepted())} record(s) with a 2xx, "
+        raise AssertionError(f"forward_url got {len(self.accepted(event))} {event} with a 2xx, "
                              f"expected {n}: {[(s, b[:200]) for s, h, b in self.all()]}")
 
     def stop(self):
@@ -218,9 +220,19 @@ def parse_post(d, email, to):
     assert p.returncode == 0 and p.stdout == b"200", (p.stdout, p.stderr)
 
 
+def readme_verifier():
+    """The receiver's check of X-Postern-Signature exactly as README.md shows it."""
+    with open(os.path.join(SRCDIR, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "def postern_verified(" in code
+    scope = {}
+    exec(code, scope)
+    return scope["postern_verified"]
+
+
 def hmac_ok(headers, body):
-    want = "sha256=" + hmac.new(FORWARD_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(headers.get("X-Postern-Signature", ""), want)
+    return readme_verifier()(FORWARD_SECRET.encode(), headers.get("X-Postern-Signature", ""), body)
 
 
 def sent_message(sink, n):
@@ -597,3 +609,103 @@ def test_list_prints_utf8_and_envelope(daemon_factory, tmp_path, sink, spf_env):
     out = listing("C")
     assert b"Zo\\xc3\\xab <zoe@pass.test>" in out and b"confirm\\xc3\\xa9" in out, out
     assert all(b < 0x80 for b in out)
+
+
+def test_status_changes_forwarded_across_restart(daemon_factory, tmp_path, sink, spf_env, app):
+    # the application hears of every status change, not only of new records: the relay's
+    # "sent", a signed SendGrid "delivered" and a DSN arriving at the MX listener each POST
+    # record.status once, in order, with the move and the event that made it, through a
+    # restart while the application is down; each request's signature covers its timestamp
+    fwd = app()
+    d = corr_daemon(daemon_factory, tmp_path, sink, fwd.url)
+    qid = send_out(d, "Status")
+    raw, msgid, _ = sent_message(sink, 1)
+    moves = fwd.wait_accepted(1, event="record.status")
+    assert moves[0]["id"] == qid and (moves[0]["old_status"], moves[0]["status"]) == ("queued", "sent")
+    assert moves[0]["event"]["event"] == "sent" and moves[0]["event"]["recipient"] == "pat@example.test"
+
+    fwd.failing = True
+    sg_events(d, [{"email": "pat@example.test", "event": "delivered", "sg_event_id": "ev-del-1",
+                   "sg_message_id": "sgid1.filter0001", "timestamp": int(time.time()),
+                   "postern_id": qid}])
+    wait_record(d, qid, lambda r: r["status"] == "delivered", what="delivered record")
+    dsn = ("From: Mail Delivery System <MAILER-DAEMON@pass.test>\r\nTo: app@clinic.test\r\n"
+           "Subject: Delivery Status Notification (Failure)\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n"
+           "--b1\r\nContent-Type: text/plain\r\n\r\nThe mailbox was closed.\r\n"
+           "--b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.pass.test\r\n\r\n"
+           "Final-Recipient: rfc822; pat@example.test\r\nAction: failed\r\nStatus: 5.2.1\r\n"
+           "Diagnostic-Code: smtp; 550 5.2.1 mailbox disabled\r\n\r\n"
+           f"--b1\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{msgid}>\r\n\r\n"
+           "--b1--\r\n")
+    mx_send(d, "", "bounces@reply.test", dsn.encode())
+    wait_record(d, qid, lambda r: r["status"] == "bounced", what="bounced record")
+    deadline = time.monotonic() + 20
+    while len(fwd.all()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    d.kill()
+    fwd.failing = False
+    d.start()
+    fwd.wait_accepted(3, event="record.status")
+    fwd.wait_accepted(2)                   # the outbound record and the DSN's own
+    time.sleep(2)
+
+    moves = fwd.accepted("record.status")
+    assert [(m["id"], m["old_status"], m["status"], m["event"]["event"]) for m in moves] == [
+        (qid, "queued", "sent", "sent"), (qid, "sent", "delivered", "delivered"),
+        (qid, "delivered", "bounced", "bounced")], moves
+    assert moves[2]["event"]["detail"]["status"] == "5.2.1"
+    assert moves[1]["event"]["detail"]["sg_event_id"] == "ev-del-1"
+    created = fwd.accepted()
+    assert [r["id"] for r in created][0] == qid and created[1]["dsn"]["recipients"][0]["action"] == "failed"
+    # each request once it was answered 2xx, and the application's view in queue order
+    ok = [(h["X-Postern-Event"], b) for s, h, b in fwd.all() if s == 200]
+    assert len(ok) == len(set(ok)) == 5
+    for s, h, b in fwd.all():
+        assert hmac_ok(h, b), h
+        t = int(h["X-Postern-Signature"].split(",")[0][2:])
+        assert abs(time.time() - t) < 120
+        assert h["X-Postern-Record"] == json.loads(b)["id"]
+    # a captured request presented again an hour later, or with another timestamp, is refused
+    # by the documented check
+    s, h, b = fwd.all()[0]
+    verified = readme_verifier()
+    assert not verified(FORWARD_SECRET.encode(), h["X-Postern-Signature"], b, now=time.time() + 3600)
+    moved = "t=%d,%s" % (int(time.time()), h["X-Postern-Signature"].split(",", 1)[1])
+    assert moved == h["X-Postern-Signature"] or not verified(FORWARD_SECRET.encode(), moved, b)
+    assert not verified(FORWARD_SECRET.encode(), h["X-Postern-Signature"], b + b" ")
+
+
+def test_inbound_parse_repeat_is_one_record(daemon_factory, tmp_path, sink, spf_env):
+    # SendGrid posts a message again when our 200 did not reach it: the same Message-ID and
+    # content within dedupe_window makes no second record (the post itself is kept raw); the
+    # same Message-ID with other content, or the same content under another id, is new
+    d = corr_daemon(daemon_factory, tmp_path, sink)
+    email = ("From: pat@example.test\r\nTo: someone@reply.test\r\nMessage-ID: <dup-1@example.test>\r\n"
+             "Subject: Twice\r\n\r\nPosted twice.\r\n")
+    parse_post(d, email, "someone@reply.test")
+    (first,) = wait_records(d, 1)
+    parse_post(d, email, "someone@reply.test")
+    parse_post(d, email.replace("Posted twice.", "Changed."), "someone@reply.test")
+    parse_post(d, email.replace("dup-1@", "dup-2@"), "someone@reply.test")
+    deadline = time.monotonic() + 20
+    while len(json.loads(d.ctl("inbound", "list", "--json").stdout)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    recs = wait_records(d, 3)
+    time.sleep(1.5)
+    recs = records(d)
+    assert [(r["message_id"], r["text"]) for r in recs] == [
+        ("dup-1@example.test", "Posted twice.\n"), ("dup-1@example.test", "Changed.\n"),
+        ("dup-2@example.test", "Posted twice.\n")], recs
+    assert recs[0]["id"] == first["id"]
+    assert f"the same Message-ID and content as record {first['id']}" in d.log_text()
+    assert len(json.loads(d.ctl("inbound", "list", "--json").stdout)) == 4
+
+
+def test_inbound_parse_repeat_window_off(daemon_factory, tmp_path, sink, spf_env):
+    d = corr_daemon(daemon_factory, tmp_path, sink, inbound_extra="dedupe_window = 0\n")
+    email = ("From: pat@example.test\r\nTo: someone@reply.test\r\nMessage-ID: <dup-1@example.test>\r\n"
+             "Subject: Twice\r\n\r\nPosted twice.\r\n")
+    parse_post(d, email, "someone@reply.test")
+    parse_post(d, email, "someone@reply.test")
+    assert len(wait_records(d, 2)) == 2

@@ -816,3 +816,52 @@ def test_mx_flood_does_not_starve_submission(daemon_factory):
     finally:
         for s in socks + locals().get("socks2", []):
             s.close()
+
+
+def test_per_client_rates(daemon_factory):
+    """connection_rate, message_rate and recipient_rate per client and minute on a listener
+    whose limits spare nobody: past them 421 4.7.0 at connect, 421 4.7.0 at MAIL (the session
+    ends), 452 4.7.0 at RCPT. Another client is not affected; refusals are logged once a minute."""
+    from conftest import SMTPConn
+    port = free_port_local()
+    d = daemon_factory(extra=f"\n[listener lan]\naddress = 127.0.0.1:{port}\nrole = submission\n"
+                             "limits_exempt = none\nconnection_rate = 3\nmessage_rate = 2\n"
+                             "recipient_rate = 3\n")
+
+    def connect(source):
+        c = SMTPConn.__new__(SMTPConn)
+        c.timeout = 10
+        c.sock = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                          source_address=(source, 0))
+        c.buf, c.log, c.eof = b"", [], False
+        return c
+
+    c = connect("127.0.0.21")
+    c.greet()
+    for i in range(2):
+        r = c.send_message("a@clinic.test", ["b@example.test"], MSG)
+        assert r.code == 250, r
+    c.cmd_expect("MAIL FROM:<a@clinic.test>", 421, "4.7.0")
+    c.close()
+    for _ in range(2):
+        c = connect("127.0.0.21")
+        c.greet()
+        c.cmd_expect("RSET", 250)
+        c.close()
+    c = connect("127.0.0.21")          # the fourth connection this minute
+    r = c.read_reply()
+    assert (r.code, r.enhanced) == (421, "4.7.0"), r
+    c.close()
+    c = connect("127.0.0.22")          # another client
+    c.greet()
+    c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+    for i in range(3):
+        c.cmd_expect(f"RCPT TO:<b{i}@example.test>", 250)
+    c.cmd_expect("RCPT TO:<b3@example.test>", 452, "4.7.0")
+    c.cmd_expect("RCPT TO:<b4@example.test>", 452, "4.7.0")
+    c.cmd_expect("RSET", 250)
+    c.close()
+    log = d.log_text()
+    assert log.count("recipient rate limit exceeded for [127.0.0.22]") == 1, log[-2000:]
+    assert "message rate limit exceeded for [127.0.0.21]" in log
+    assert "client [127.0.0.21] refused on listener lan: connection_rate exceeded" in log

@@ -229,8 +229,72 @@ static void test_forward_set_aside(void)
   dir_remove();
 }
 
+/* A status move with forward set joins the queue once, in the transaction that makes it; a
+ * record's entries wait behind one of its entries set aside, other records' go on. */
+static void test_forward_status(void)
+{
+  struct store *st;
+  struct store_forward f;
+  struct store_record_event e;
+  int added = 0;
+  size_t n = 0;
+
+  dir_make();
+  st = open_new(0);
+  record_forwarded(st, "00000000000A");
+  record_forwarded(st, "00000000000B");
+  memset(&e, 0, sizeof(e));
+  e.key = "rcpt:0:sent";
+  e.event = "sent";
+  e.status = "sent";
+  e.rank = 1;
+  e.forward = 1;
+  CHECK_EQ_INT(store_record_event_add(st, "00000000000A", &e, &added), STORE_OK);
+  CHECK_EQ_INT(added, 1);
+  CHECK_EQ_INT(store_record_event_add(st, "00000000000A", &e, &added), STORE_OK);  /* again */
+  CHECK_EQ_INT(added, 0);
+  e.key = "sg:late";                          /* a new event that moves nothing */
+  CHECK_EQ_INT(store_record_event_add(st, "00000000000A", &e, &added), STORE_OK);
+  CHECK_EQ_INT(added, 1);
+  e.key = "sg:open";                          /* moves, but not owed to forward_url */
+  e.status = "opened";
+  e.rank = 3;
+  e.forward = 0;
+  CHECK_EQ_INT(store_record_event_add(st, "00000000000B", &e, &added), STORE_OK);
+
+  /* A's record set aside: B goes on, A's status waits behind its record */
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_STR(f.id, "00000000000A");
+  CHECK(f.event == NULL);
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_SET_ASIDE, 0, "HTTP 400"), STORE_OK);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_STR(f.id, "00000000000B");
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_DONE, 0, NULL), STORE_OK);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_NOTFOUND);
+
+  /* retried: the record, then its move */
+  CHECK_EQ_INT(store_forward_retry(st, "00000000000A", &n), STORE_OK);
+  CHECK_EQ_INT(n, 1);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_STR(f.id, "00000000000A");
+  CHECK(f.event == NULL);
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_DONE, 0, NULL), STORE_OK);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_OK);
+  CHECK_EQ_STR(f.id, "00000000000A");
+  CHECK_EQ_STR(f.event ? f.event : "", "record.status");
+  CHECK(f.old_status == NULL);
+  CHECK_EQ_STR(f.status ? f.status : "", "sent");
+  CHECK_EQ_STR(f.event_key ? f.event_key : "", "rcpt:0:sent");
+  CHECK_EQ_INT(store_forward_result(st, f.seq, STORE_FORWARD_DONE, 0, NULL), STORE_OK);
+  store_forward_free(&f);
+  CHECK_EQ_INT(store_forward_head(st, &f), STORE_NOTFOUND);
+  store_close(st);
+  dir_remove();
+}
+
 static const struct unit_case cases[] = {
   { "records", test_records },
   { "forward_set_aside", test_forward_set_aside },
+  { "forward_status", test_forward_status },
 };
 UNIT_MAIN(cases)
