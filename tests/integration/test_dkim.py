@@ -634,8 +634,10 @@ def test_sendgrid_verdicts_kept_as_sendgrids(daemon_factory, tmp_path):
     code, text = curl_parse(d, fields + [("dkim", "{@example.test : pass, @ESP.example : fail}"),
                                          ("SPF", "SoftFail")])
     assert code == 200, text
-    code, text = curl_parse(d, [(k, "Re: no verdicts" if k == "subject" else v)
-                                for k, v in fields])
+    other = {"subject": "Re: no verdicts",
+             "headers": "From: Pat <pat@example.test>\nTo: reply+abc@reply.test\n"
+                        "Subject: Re: no verdicts\nMessage-ID: <no-verdicts@example.test>\n"}
+    code, text = curl_parse(d, [(k, other.get(k, v)) for k, v in fields])
     assert code == 200, text
     import json
     deadline = time.monotonic() + 30
@@ -645,6 +647,7 @@ def test_sendgrid_verdicts_kept_as_sendgrids(daemon_factory, tmp_path):
             break
         time.sleep(0.2)
     by = {r["subject"]: r for r in recs}
+    assert len(by) == 2, [(r["subject"], r.get("authentication")) for r in recs]
     assert by["Re: results"]["authentication"] == {
         "verdict_by": "sendgrid", "spf": "softfail", "dmarc": None,
         "dkim": [{"domain": "example.test", "selector": None, "result": "pass"},
