@@ -169,6 +169,10 @@ int oauth2_paths(const struct config *cfg, const char *name, char *store, size_t
 /* Writes a file atomically (temporary file, fsync, rename, fsync of the directory) with the
  * given mode. 0 ok, -1 with errno set. */
 int oauth2_file_write(const char *path, const char *data, size_t len, int mode);
+/* The same, owned by owner (NULL: by whoever writes it). */
+struct passwd;
+int oauth2_file_write_owned(const char *path, const char *data, size_t len, int mode,
+                            const struct passwd *owner);
 
 /* `posternctl oauth2 login NAME` is the device code flow in two steps the tool drives (it
  * shows the code and waits between polls). Start: asks the device authorisation endpoint for
@@ -210,6 +214,10 @@ struct oauth2_status {
 };
 int oauth2_status_get(const struct config *cfg, const char *name, struct oauth2_status *st,
                       char *err, size_t errsz);
+
+/* For posternctl: tokens of delegated flows (refresh tokens) are read from the token file and
+ * never refreshed, and no refresh thread starts; the daemon is the one refresher. */
+void oauth2_read_only(void);
 
 /* Stops the refresh thread and wipes the cached tokens (at exit; called by auth_done). */
 void oauth2_done(void);

@@ -12,12 +12,14 @@
 #include <jansson.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #define OAUTH2_EARLY_MS (10LL * 60 * 1000)    /* Microsoft refuses tokens close to expiry */
@@ -52,6 +54,8 @@ struct identity {
   char last_error[512];         /* plain words, never a secret */
   long long next_try_ms, backoff_ms, last_refresh_ms;
   struct stat store_st;         /* the file as we last read or wrote it */
+  int force_refresh;            /* the upstream refused the access token: a new one, not the
+                                 * file's (which may be that very token) */
 };
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -59,6 +63,7 @@ static pthread_cond_t reg_cv = PTHREAD_COND_INITIALIZER;
 static struct identity *registry;
 static pthread_t refresher;
 static int refresher_started, stopping, kicked;
+static int read_only;           /* posternctl: tokens are read, never refreshed */
 static long long now_ms(void)
 {
   struct timespec ts;
@@ -229,6 +234,12 @@ int oauth2_classify(long status, const char *error, const char *description)
 
 int oauth2_file_write(const char *path, const char *data, size_t len, int mode)
 {
+  return oauth2_file_write_owned(path, data, len, mode, NULL);
+}
+
+int oauth2_file_write_owned(const char *path, const char *data, size_t len, int mode,
+                            const struct passwd *owner)
+{
   char tmp[4200], dir[4096];
   const char *slash = strrchr(path, '/');
   int fd = -1, result = -1, n;
@@ -241,8 +252,10 @@ int oauth2_file_write(const char *path, const char *data, size_t len, int mode)
   fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
   if(fd < 0)
     return -1;
-  /* the umask must not widen nor narrow what we asked for */
-  if(fchmod(fd, (mode_t)mode))
+  /* the umask must not widen nor narrow what we asked for; the owner is set on the file
+   * written, before it has the name (a chown by name after the rename could follow whatever
+   * was put at that name meanwhile) */
+  if(fchmod(fd, (mode_t)mode) || (owner && fchown(fd, owner->pw_uid, owner->pw_gid)))
     goto out;
   while(off < len) {
     ssize_t w = write(fd, data + off, len - off);
@@ -691,6 +704,21 @@ static int form_secret(struct buf *form, const struct settings *s,
   return result;
 }
 
+static long long clamp(long long v, long long lo, long long hi)
+{
+  return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* A token goes into an Authorization header as is: visible ASCII only (RFC 6750's b64token
+ * is narrower still), so that an endpoint's answer can never add a header line. */
+static int token_ok(const char *t)
+{
+  for(; *t; t++)
+    if(*t < 0x21 || *t > 0x7e)
+      return 0;
+  return 1;
+}
+
 /* One request to the token endpoint with the grant the flow calls for. On OAUTH2_OK the new
  * tokens are in *access, *refresh (NULL: keep the old one), *expires_ms. */
 static int grant_request(const char *name, const struct settings *s, const char *refresh_in,
@@ -740,8 +768,15 @@ static int grant_request(const char *name, const struct settings *s, const char 
     goto out;
   endpoint_post(url, form.ptr, form.len, &status, &j, err, errsz);
   at = jstr(j, "access_token");
+  if(status == 200 && at && !token_ok(at)) {
+    snprintf(err, errsz, "the token endpoint's access_token holds characters an Authorization "
+             "header cannot carry (a space, CR, LF or another control); not used");
+    result = OAUTH2_TRANSIENT;
+    goto out;
+  }
   if(status == 200 && at) {
-    long long life = jnum(j, "expires_in", OAUTH2_DEFAULT_LIFETIME_S);
+    long long life = clamp(jnum(j, "expires_in", OAUTH2_DEFAULT_LIFETIME_S), 1,
+                           LIM_OAUTH2_LIFETIME_SECONDS);
     rt = jstr(j, "refresh_token");
     *access = str_dup_n(at, strlen(at));
     *refresh = rt ? str_dup_n(rt, strlen(rt)) : NULL;
@@ -752,7 +787,7 @@ static int grant_request(const char *name, const struct settings *s, const char 
       result = OAUTH2_TRANSIENT;
       goto out;
     }
-    *expires_ms = now_ms() + (life > 0 ? life : 1) * 1000;
+    *expires_ms = now_ms() + life * 1000;
     result = OAUTH2_OK;
     goto out;
   }
@@ -791,8 +826,11 @@ static long long lifetime_ms(const struct identity *id)
  * live less than 20 minutes. */
 static long long refresh_at(const struct identity *id)
 {
-  long long l = lifetime_ms(id);
-  return id->expires_ms - (l >= 2 * OAUTH2_EARLY_MS ? OAUTH2_EARLY_MS : l / 2);
+  long long l = lifetime_ms(id), at = id->expires_ms - (l >= 2 * OAUTH2_EARLY_MS ?
+                                                         OAUTH2_EARLY_MS : l / 2);
+  /* an endpoint that gives tokens of a second must not get a request every half second */
+  return at > id->obtained_ms + LIM_OAUTH2_REFRESH_MIN_MS ? at
+                                                          : id->obtained_ms + LIM_OAUTH2_REFRESH_MIN_MS;
 }
 
 /* A token is handed out only while it has some life left: it will be used a moment later,
@@ -827,6 +865,33 @@ static int usable(const struct identity *id, long long now)
   return id->access && now < use_until(id);
 }
 
+/* An exclusive lock on STORE.lock beside the token file, held from reading the tokens to writing
+ * the new ones; -1 when it cannot be had (then unlocked: as before, not worse). */
+static int token_file_lock(const struct settings *s)
+{
+  char path[4200];
+  int fd, n = snprintf(path, sizeof(path), "%s.lock", s->store_path);
+  if(n < 0 || (size_t)n >= sizeof(path))
+    return -1;
+  ensure_dir(s->dir);
+  fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if(fd < 0)
+    return -1;
+  while(flock(fd, LOCK_EX)) {
+    if(errno != EINTR) {
+      close(fd);
+      return -1;
+    }
+  }
+  return fd;
+}
+
+static void token_file_unlock(int fd)
+{
+  if(fd >= 0)
+    close(fd);                  /* closing the descriptor releases the lock */
+}
+
 /* One refresh; called with id->mu held and refreshing clear, returns with it held. Others
  * wanting a token meanwhile use the current one or wait on cv. */
 static int refresh_locked(struct identity *id)
@@ -834,12 +899,33 @@ static int refresh_locked(struct identity *id)
   struct settings s;
   char *refresh_in = NULL, *access = NULL, *refresh = NULL, err[512] = "";
   long long expires = 0, now;
-  int result;
+  int result, lockfd;
   enum id_state before = id->state;
 
   if(settings_copy(&s, &id->s))
     return OAUTH2_TRANSIENT;
   id->refreshing = 1;
+  /* Another process may use the same token file (a second daemon, a login): with providers
+   * that rotate refresh tokens and revoke the family on reuse, two refreshes at once lose
+   * both. So the file is locked from read to write, and read again once locked: if someone
+   * refreshed meanwhile, their tokens are used instead of a request of ours. */
+  pthread_mutex_unlock(&id->mu);
+  lockfd = token_file_lock(&s);
+  pthread_mutex_lock(&id->mu);
+  store_load(id);
+  now = now_ms();
+  if(id->access && refresh_at(id) > now && !id->force_refresh) {
+    id->refreshing = 0;
+    id->state = ST_OK;
+    id->backoff_ms = 0;
+    id->next_try_ms = 0;
+    id->last_error[0] = '\0';
+    status_write(id);
+    token_file_unlock(lockfd);
+    settings_free(&s);
+    pthread_cond_broadcast(&id->cv);
+    return OAUTH2_OK;
+  }
   refresh_in = dup_or_null(id->refresh);
   pthread_mutex_unlock(&id->mu);
   result = grant_request(id->name, &s, refresh_in, NULL, &access, &refresh, &expires, err,
@@ -847,6 +933,7 @@ static int refresh_locked(struct identity *id)
   secret_drop(&refresh_in);
   pthread_mutex_lock(&id->mu);
   id->refreshing = 0;
+  id->force_refresh = 0;
   now = now_ms();
   id->last_refresh_ms = now;
   if(result == OAUTH2_OK) {
@@ -892,6 +979,7 @@ static int refresh_locked(struct identity *id)
                "status %s`)", id->name, err, id->name, id->name);
   }
   status_write(id);
+  token_file_unlock(lockfd);
   settings_free(&s);
   pthread_cond_broadcast(&id->cv);
   return result;
@@ -1002,7 +1090,7 @@ static struct identity *identity_get(const struct config *cfg, const char *name,
   pthread_cond_init(&id->cv, NULL);
   id->next = registry;
   registry = id;
-  if(!refresher_started && !stopping) {
+  if(!refresher_started && !stopping && !read_only) {
     if(pthread_create(&refresher, NULL, refresher_main, NULL))
       log_warn("oauth2: cannot start the refresh thread; tokens are refreshed when needed "
                "(the system is short of threads or memory: check ulimit -u and free memory)");
@@ -1052,6 +1140,18 @@ int oauth2_token_get(const struct config *cfg, const char *name, const char *rej
     secret_drop(&id->access);
     id->expires_ms = 0;
     id->next_try_ms = 0;
+    id->force_refresh = 1;
+  }
+  /* a refresh token is the daemon's to use: a second refresher beside it, with a provider that
+   * rotates refresh tokens and revokes the family on reuse, would lose both */
+  if(read_only && strcmp(id->s.flow, "client_credentials")) {
+    if(usable(id, now_ms()))
+      result = OAUTH2_OK;
+    else
+      snprintf(err, errsz, "oauth2 %s: no access token with life left in %s; the daemon keeps "
+               "it fresh (is postern running? `posternctl oauth2 status %s`); posternctl reads "
+               "tokens, it does not refresh them", name, id->s.store_path, name);
+    goto done;
   }
   for(;;) {
     long long now = now_ms();
@@ -1077,6 +1177,7 @@ int oauth2_token_get(const struct config *cfg, const char *name, const char *rej
     refresh_locked(id);
     tried = 1;
   }
+done:
   if(result == OAUTH2_OK) {
     *token = str_dup_n(id->access, strlen(id->access));
     if(!*token) {
@@ -1093,6 +1194,11 @@ int oauth2_token_get(const struct config *cfg, const char *name, const char *rej
   if(changed)
     refresher_kick();
   return result;
+}
+
+void oauth2_read_only(void)
+{
+  read_only = 1;
 }
 
 void oauth2_start(const struct config *cfg)
@@ -1165,11 +1271,6 @@ static int login_settings(const struct config *cfg, const char *name, struct set
     return -1;
   }
   return 0;
-}
-
-static long long clamp(long long v, long long lo, long long hi)
-{
-  return v < lo ? lo : v > hi ? hi : v;
 }
 
 int oauth2_device_start(const struct config *cfg, const char *name, struct oauth2_device *dev,

@@ -5,6 +5,7 @@
 #include "auth/auth.h"
 #include "inbound/inbound.h"
 #include "lib/log.h"
+#include "lib/proc.h"
 #include "global/metrics.h"
 #include "lib/buf.h"
 #include <errno.h>
@@ -295,6 +296,8 @@ int main(int argc, char **argv)
   char *data_dir = NULL;
   sigset_t sigs;
 
+  /* before the first secret is read */
+  proc_no_core_dumps();
   while((opt = getopt(argc, argv, "c:fnVh")) != -1) {
     switch(opt) {
     case 'c': cpath = optarg; break;
@@ -379,6 +382,8 @@ int main(int argc, char **argv)
     goto out;
   if(pw && drop_privileges(pw))
     goto out;
+  /* a change of user made the process dumpable again */
+  proc_no_core_dumps();
   if(!foreground)
     detach();
   if(data_dir_lock(data_dir) < 0)

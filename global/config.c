@@ -136,6 +136,7 @@ static const struct opt opts[] = {
   { SEC_POSTERN, "max_recipients", T_LONG, PO(max_recipients), 0, "100", 1, 100000, NULL },
   { SEC_POSTERN, "max_clients", T_LONG, PO(max_clients), 0, "200", 1, 100000, NULL },
   { SEC_POSTERN, "queue_lifetime", T_DURATION, PO(queue_lifetime), 0, "5d", 1, 365 * DAY, NULL },
+  { SEC_POSTERN, "delay_warning", T_DURATION, PO(delay_warning), 0, "4h", 0, 365 * DAY, NULL },
   { SEC_POSTERN, "retention", T_DURATION, PO(retention), 0, "30d", 0, 3650 * DAY, NULL },
   { SEC_POSTERN, "capture_retention", T_DURATION, PO(capture_retention), 0, "7d", 0, 3650 * DAY,
     NULL },
@@ -1236,6 +1237,11 @@ static void check_sections(struct loader *ld)
     }
     if(u->type == CFG_UP_GRAPH && !u->oauth2)
       report(ld, u->line, "upstream %s: type = graph needs oauth2 = NAME", u->name);
+    /* without it the envelope sender would pick the mailbox: any local program that may submit
+     * could send as any mailbox the application may use */
+    if(u->type == CFG_UP_GRAPH && !u->username)
+      report(ld, u->line, "upstream %s: type = graph needs username = the mailbox to send as "
+             "(limit the application to it with an Exchange application access policy)", u->name);
     if((u->auth == CFG_UAUTH_XOAUTH2 || u->auth == CFG_UAUTH_OAUTHBEARER) && !u->oauth2)
       report(ld, u->line, "upstream %s: auth = %s needs oauth2 = NAME", u->name,
              cfg_uauth_words[u->auth]);
@@ -1527,6 +1533,17 @@ out:
   else
     *out = ld.cfg;
   return ld.nerr;
+}
+
+int config_aws_region_ok(const char *r)
+{
+  size_t i, n = r ? strlen(r) : 0;
+  if(!n || n > LIM_AWS_REGION || r[0] == '-' || r[n - 1] == '-')
+    return 0;
+  for(i = 0; i < n; i++)
+    if(!((r[i] >= 'a' && r[i] <= 'z') || (r[i] >= '0' && r[i] <= '9') || r[i] == '-'))
+      return 0;
+  return 1;
 }
 
 int config_url_cleartext(const char *url)

@@ -158,6 +158,7 @@ struct config {
   long max_recipients;
   long max_clients;
   long long queue_lifetime;       /* seconds */
+  long long delay_warning;        /* seconds before the sender hears of a delay; 0: never */
   long long retention;            /* seconds final mail is kept; 0: for ever */
   long long capture_retention;    /* seconds captured mail is kept; 0: for ever */
   long long records_retention;    /* seconds correspondence records are kept; 0: for ever */
@@ -201,6 +202,9 @@ int config_parse_duration(const char *s, long long *secs);  /* 5d, 1h, 30s, 10m,
 /* 1 when sending credentials to url would put them on the network in clear: http:// to a host
  * other than localhost, an IPv4 literal in 127.0.0.0/8 or [::1] (plain http is for tests). */
 int config_url_cleartext(const char *url);
+/* 1 when r is spelled as AWS names regions ("eu-west-1", "us-gov-west-1"): it goes into host
+ * names and signatures. */
+int config_aws_region_ok(const char *r);
 
 /* The [upstream NAME] section; "capture" is always there (a built-in one unless the file
  * defines its own). NULL when there is none. */

@@ -244,6 +244,11 @@ enum http_result http_client_request(struct http_client *c, const char *method,
   }
   c->plain = !strncasecmp(url, "http://", 7);
   for(i = 0; headers && headers[i]; i++) {
+    /* a value from elsewhere (a token, an id) must not end the line and add one of its own */
+    if(strpbrk(headers[i], "\r\n")) {
+      fail(resp, "a request header holds CR or LF; not sent");
+      goto out;
+    }
     nl = curl_slist_append(hl, headers[i]);
     if(!nl) {
       fail(resp, "out of memory");

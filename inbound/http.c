@@ -928,6 +928,28 @@ static int records_check_config(const struct cfg_inbound *in, FILE *errs, const 
   return problems;
 }
 
+/* Records (forward_url), the webhook password inside the Inbound Parse URL made from public_url,
+ * Twilio's token: what these URLs carry must not cross a network in clear. The HTTP client
+ * refuses such a request anyway (global/http.c); this says so at -n, before any is made. */
+static int urls_check(const struct config *cfg, FILE *errs)
+{
+  const struct { const char *key, *url; } urls[] = {
+    { "public_url", cfg->inbound.public_url }, { "forward_url", cfg->inbound.forward_url },
+    { "twilio_api_url", cfg->inbound.twilio_api_url },
+    { "twilio_messaging_url", cfg->inbound.twilio_messaging_url },
+  };
+  size_t i;
+  int problems = 0;
+  for(i = 0; i < sizeof(urls) / sizeof(urls[0]); i++)
+    if(config_url_cleartext(urls[i].url)) {
+      fprintf(errs, "%s:%d: [inbound] %s = %s would go over the network in clear; use https:// "
+              "(plain http only to this machine)\n", cfg->path, cfg->inbound.line, urls[i].key,
+              urls[i].url);
+      problems++;
+    }
+  return problems;
+}
+
 int inbound_check_config(const struct config *cfg, FILE *errs)
 {
   struct http_settings h;
@@ -941,6 +963,7 @@ int inbound_check_config(const struct config *cfg, FILE *errs)
   free(h.event_key_missing);
   explicit_bzero(h.cred_digest, sizeof(h.cred_digest));
   problems += records_check_config(&cfg->inbound, errs, cfg->path);
+  problems += urls_check(cfg, errs);
   for(i = 0; i < cfg->nlisteners; i++) {
     const struct cfg_listener *l = &cfg->listeners[i];
     if(l->role == CFG_ROLE_MX && (!cfg->inbound.domains || !cfg->inbound.domains[0])) {

@@ -90,8 +90,11 @@
 #define LIM_CONTROL_REPLY       4096     /* one JSON reply line */
 
 /* HTTP clients (global/http.h) */
+#define LIM_AWS_REGION          32       /* an AWS region name ("us-gov-west-1") */
 #define LIM_HTTP_BODY           (64u * 1024u)    /* what is kept of an API's answer */
 #define LIM_OAUTH2_BODY         (64u * 1024u)    /* a token endpoint's answer; a certificate */
+#define LIM_OAUTH2_LIFETIME_SECONDS (7L * 24 * 3600)  /* expires_in believed at most */
+#define LIM_OAUTH2_REFRESH_MIN_MS 1000           /* between two refreshes of one identity */
 #define LIM_OAUTH2_DEVICE_INTERVAL_SECONDS 60    /* the longest wait between device code polls */
 #define LIM_OAUTH2_DEVICE_CODE_SECONDS 3600      /* the longest a device code is waited for */
 

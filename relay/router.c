@@ -258,7 +258,8 @@ static int check_smtp_upstream(const struct config *cfg, const struct cfg_upstre
   return problems;
 }
 
-/* An API key sent in clear is a key given away: plain http is for loopback (tests) only. */
+/* An API key or a bearer token sent in clear is given away: plain http is for loopback (tests)
+ * only. The HTTP client refuses such a request anyway; this says so at -n. */
 static int api_url_check(const struct config *cfg, const struct cfg_upstream *up, FILE *errs)
 {
   if(!config_url_cleartext(up->api_url))
@@ -281,6 +282,12 @@ static int check_api_upstream(const struct config *cfg, const struct cfg_upstrea
     problems += secret_file_check(cfg, up, "api_key_file", up->api_key_file, errs);
   }
   if(up->type == CFG_UP_SES) {
+    /* it becomes part of a host name (email.REGION.amazonaws.com) and of the signature */
+    if(up->region && !config_aws_region_ok(up->region)) {
+      fprintf(errs, "%s:%d: upstream %s: region = %s is not an AWS region name (eu-west-1, "
+              "us-gov-west-1, ...)\n", cfg->path, up->line, up->name, up->region);
+      problems++;
+    }
     if(!!up->access_key_id_file != !!up->secret_access_key_file) {
       fprintf(errs, "%s:%d: upstream %s: set both access_key_id_file and "
               "secret_access_key_file, or neither (then AWS_ACCESS_KEY_ID and "
@@ -315,8 +322,17 @@ int relay_check_config(const struct config *cfg, FILE *errs)
     }
     if(up->type == CFG_UP_SMTP)
       problems += check_smtp_upstream(cfg, up, errs);
-    if(up->type == CFG_UP_SENDGRID || up->type == CFG_UP_SES || up->fallback)
+    if(up->type == CFG_UP_SENDGRID || up->type == CFG_UP_SES || up->type == CFG_UP_GRAPH ||
+       up->fallback)
       problems += check_api_upstream(cfg, up, errs);
   }
+  /* a token endpoint gets the client's secret or assertion */
+  for(i = 0; i < cfg->noauth2s; i++)
+    if(config_url_cleartext(cfg->oauth2s[i].token_url)) {
+      fprintf(errs, "%s:%d: [oauth2 %s] token_url = %s would send the client's credentials in "
+              "clear; use https://\n", cfg->path, cfg->oauth2s[i].line, cfg->oauth2s[i].name,
+              cfg->oauth2s[i].token_url);
+      problems++;
+    }
   return problems + dkim_check_config(cfg, errs);
 }

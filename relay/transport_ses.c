@@ -74,6 +74,11 @@ static int ses_open(const struct config *cfg, const struct cfg_upstream *up, voi
   str_copy(s->name, sizeof(s->name), up->name);
   str_copy(s->region, sizeof(s->region), up->region ? up->region :
            getenv("AWS_REGION") ? getenv("AWS_REGION") : "us-east-1");
+  if(!config_aws_region_ok(s->region)) {
+    smtp_reply_set(r, 451, "4.3.5", "upstream %s: region %s is not an AWS region name", up->name,
+                   s->region);
+    goto out;
+  }
   if(up->api_url)
     str_copy(s->base, sizeof(s->base), up->api_url);
   else

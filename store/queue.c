@@ -37,7 +37,16 @@ static const char *const sql[ST_COUNT] = {
     " WHERE message_id = ?3 AND status IN ('queued','deferred','held')",
   [ST_MSG_GET] = "SELECT " MSG_COLUMNS " FROM messages WHERE id = ?1",
   [ST_RCPT_GET] = "SELECT idx, address, orcpt, notify, status, attempts, next_attempt_ms,"
-    " updated_ms, last_reply, upstream FROM recipients WHERE message_id = ?1 ORDER BY idx",
+    " updated_ms, last_reply, upstream, held_by FROM recipients WHERE message_id = ?1"
+    " ORDER BY idx",
+  /* from the waiting recipients (recipients_due), never from all the mail stored */
+  [ST_OVERDUE_HELD] = "SELECT DISTINCT r.message_id FROM recipients r"
+    " JOIN messages m ON m.id = r.message_id WHERE (r.status IN ('queued','deferred')"
+    " OR r.status = 'held' AND r.held_by IS NOT NULL) AND m.created_ms < ?1 LIMIT ?2",
+  [ST_OVERDUE_UNWARNED] = "SELECT DISTINCT r.message_id FROM recipients r"
+    " JOIN messages m ON m.id = r.message_id WHERE r.status IN ('queued','deferred','held')"
+    " AND m.created_ms < ?1 AND m.delay_warned = 0 AND m.sender <> '' LIMIT ?2",
+  [ST_DELAY_WARNED] = "UPDATE messages SET delay_warned = 1 WHERE id = ?1",
   [ST_BODY_GET] = "SELECT body FROM messages WHERE id = ?1",
   /* driven by recipients_due, so the cost follows the due set, not the size of the store
    * (captured and sent mail stays there); earliest due first */
@@ -108,6 +117,7 @@ void store_msg_free(struct store_msg *m)
     free(r->notify);
     free(r->last_reply);
     free(r->upstream);
+    free(r->held_by);
   }
   free(m->rcpts);
   free(m->sender);
@@ -448,6 +458,7 @@ static int db_get_rcpts(struct store_db *d, struct store_msg *m)
     r->updated_ms = sqlite3_column_int64(s, 7);
     bad |= db_col_text(s, 8, &r->last_reply);
     bad |= db_col_text(s, 9, &r->upstream);
+    bad |= db_col_text(s, 10, &r->held_by);
     if(bad || !r->address) {
       log_error("store: out of memory reading recipients (free memory or lower max_clients in "
               "[postern])");
@@ -765,4 +776,42 @@ int store_counts(struct store *st, struct store_counts *out)
   result = begin_result ? begin_result : db_counts(d, out);
   store_read_end(st, d, begin_result);
   return result;
+}
+
+int store_overdue(struct store *st, enum store_overdue which, long long cutoff_ms,
+                  char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n)
+{
+  struct store_db *d = store_reader(st);
+  sqlite3_stmt *s = db_stmt(d, which == STORE_OVERDUE_EXPIRED ? ST_OVERDUE_HELD
+                                                           : ST_OVERDUE_UNWARNED, sql);
+  int rc = SQLITE_DONE, result = STORE_OK;
+  *n = 0;
+  if(!s) {
+    store_reader_done(st, d);
+    return STORE_ERROR;
+  }
+  sqlite3_bind_int64(s, 1, cutoff_ms);
+  sqlite3_bind_int64(s, 2, max > (size_t)LLONG_MAX ? LLONG_MAX : (sqlite3_int64)max);
+  while(*n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    str_copy(ids[*n], LIM_QUEUE_ID + 1, db_col_str(s, 0) ? db_col_str(s, 0) : "");
+    (*n)++;
+  }
+  if(*n < max && rc != SQLITE_DONE)
+    result = db_fail(d, rc, "overdue messages");
+  sqlite3_reset(s);
+  store_reader_done(st, d);
+  return result;
+}
+
+static int job_delay_warned(struct store_db *d, void *arg, size_t *changed)
+{
+  const char *v[1] = { arg };
+  (void)changed;
+  return db_run_text(d, ST_DELAY_WARNED, sql, v, 1);
+}
+
+int store_delay_warned(struct store *st, const char *id)
+{
+  /* relaxed: lost to a crash, the warning is sent again */
+  return store_call(st, job_delay_warned, (void *)id, STORE_SYNC_RELAXED, NULL);
 }

@@ -44,8 +44,8 @@ int tls_jwt_sign_rs256(const char *key_pem, size_t keylen, const char *cert_pem,
   EVP_MD_CTX *md = NULL;
   unsigned char thumb[EVP_MAX_MD_SIZE], *sig = NULL;
   unsigned int thumblen = 0;
-  char header[256], x5t[64];
-  size_t x5tlen = 0, siglen = 0, len = 0, cap;
+  char header[256], x5t[64], x5t256[64];
+  size_t x5tlen = 0, x5t256len = 0, siglen = 0, len = 0, cap;
   char *jwt = NULL;
   int result = -1;
 
@@ -70,13 +70,18 @@ int tls_jwt_sign_rs256(const char *key_pem, size_t keylen, const char *cert_pem,
     snprintf(err, errsz, "certificate_file and private_key_file do not belong together");
     goto out;
   }
-  /* x5t names the certificate the application registered: its SHA-1 thumbprint */
+  /* x5t and x5t#S256 name the certificate the application registered: its SHA-1 thumbprint,
+   * which Microsoft's endpoints read, and its SHA-256 one (RFC 7515 4.1.8), for endpoints that
+   * no longer accept SHA-1 */
   if(!X509_digest(cert, EVP_sha1(), thumb, &thumblen) ||
-     b64url(thumb, thumblen, x5t, sizeof(x5t), &x5tlen)) {
+     b64url(thumb, thumblen, x5t, sizeof(x5t), &x5tlen) ||
+     !X509_digest(cert, EVP_sha256(), thumb, &thumblen) ||
+     b64url(thumb, thumblen, x5t256, sizeof(x5t256), &x5t256len)) {
     snprintf(err, errsz, "cannot take the certificate's thumbprint");
     goto out;
   }
-  snprintf(header, sizeof(header), "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"x5t\":\"%s\"}", x5t);
+  snprintf(header, sizeof(header),
+           "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"x5t\":\"%s\",\"x5t#S256\":\"%s\"}", x5t, x5t256);
   cap = 4 * ((strlen(header) + 2) / 3) + 4 * ((claimslen + 2) / 3) +
         4 * (((size_t)EVP_PKEY_get_size(key) + 2) / 3) + 8;
   jwt = malloc(cap);

@@ -398,13 +398,9 @@ int ctl_secret_write(const char *path, const char *what, const char *secret, siz
     return EX_OSERR;
   memcpy(line, secret, len);
   line[len] = '\n';
-  if(oauth2_file_write(path, line, len + 1, 0600)) {
+  if(oauth2_file_write_owned(path, line, len + 1, 0600, pw)) {
     fprintf(stderr, "posternctl: cannot write %s: %s (%s)\n", path, strerror(errno), hint);
     result = EX_CANTCREAT;
-  }
-  else if(pw && lchown(path, pw->pw_uid, pw->pw_gid)) {
-    fprintf(stderr, "posternctl: %s: %s\n", path, strerror(errno));
-    result = EX_IOERR;
   }
   auth_secret_free(line, len + 1);
   if(!result)

@@ -369,15 +369,10 @@ static void sg_store_key(struct sg *s, const char *key)
     ctl_report(&s->rep, CTL_OK, "event-key", NULL, "%s already holds the webhook's key", path);
     return;
   }
-  if(oauth2_file_write(path, pem, strlen(pem), 0600)) {
-    ctl_report(&s->rep, CTL_UNCHECKED, "event-key", "make its directory writable by this user",
-               "cannot write %s", path);
-    return;
-  }
-  /* the daemon rereads it on SIGHUP, after it has dropped root */
-  if(ctl_give_to(path, ctl_daemon_user(s->c->cfg))) {
-    ctl_report(&s->rep, CTL_UNCHECKED, "event-key", "create the configured user, or chown it",
-               "wrote %s but cannot give it to the daemon's user", path);
+  /* the daemon rereads it on SIGHUP, after it has dropped root: it is its user's file */
+  if(oauth2_file_write_owned(path, pem, strlen(pem), 0600, ctl_daemon_user(s->c->cfg))) {
+    ctl_report(&s->rep, CTL_UNCHECKED, "event-key", "make its directory writable by this user "
+               "(and, as root, check that the configured user exists)", "cannot write %s", path);
     return;
   }
   ctl_report(&s->rep, CTL_CHANGED, "event-key", NULL,

@@ -11,18 +11,10 @@
 #include <string.h>
 #include <sysexits.h>
 
-#define SES_REGION_MAX 32
-
 /* a region name as AWS spells them: "eu-west-1", "us-gov-west-1" */
 int ctl_ses_region_ok(const char *r)
 {
-  size_t i, n = strlen(r);
-  if(!n || n > SES_REGION_MAX || r[0] == '-' || r[n - 1] == '-')
-    return 0;
-  for(i = 0; i < n; i++)
-    if(!((r[i] >= 'a' && r[i] <= 'z') || (r[i] >= '0' && r[i] <= '9') || r[i] == '-'))
-      return 0;
-  return 1;
+  return config_aws_region_ok(r);
 }
 
 /* sig = HMAC("AWS4" + key, "11111111"), then over region, "ses", "aws4_request" and

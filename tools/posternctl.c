@@ -1,6 +1,7 @@
 /* posternctl: the operator's tool. This file reads the command line and hands it to the
  * command's own file (tools/ctl_*.c); what they share is in tools/ctl.h. */
 #include "tools/ctl.h"
+#include "lib/proc.h"
 #include "auth/auth.h"
 #include "lib/log.h"
 #include <signal.h>
@@ -134,6 +135,9 @@ int main(int argc, char **argv)
   memset(&c, 0, sizeof(c));
   log_open("posternctl", 1, 0);
   ctl_usage_init(usage);
+  /* no core file with the keys and tokens the commands read */
+  proc_no_core_dumps();
+  oauth2_read_only();
   /* a daemon or peer closing mid-exchange is an error to report with our exit code, not a
    * signal that kills us with 141 */
   signal(SIGPIPE, SIG_IGN);

@@ -299,7 +299,8 @@ def test_sendgrid_429_defers_until_reset(daemon_factory, api, tmp_path):
              (429, {"X-RateLimit-Reset": reset, "X-RateLimit-Limit": 600},
               {"errors": [{"message": "too many requests"}]}),
              (202, {"X-Message-Id": "after-reset"}, b""))
-    d = daemon_factory(postern=FAST, extra=sendgrid_conf(api, key))
+    # retry_max above the reset: the reset is obeyed (past retry_max it is cut to retry_max)
+    d = daemon_factory(postern=dict(FAST, retry_max="10s"), extra=sendgrid_conf(api, key))
     qid = submit(d, ["slow@example.net"], simple("slow@example.net"))
     e = wait_all(d, qid, "deferred")
     r = e["recipients"][0]
@@ -698,7 +699,8 @@ def test_graph_429_defers_until_retry_after(daemon_factory, api, tmp_path):
     conf = (f"[upstream graph]\ntype = graph\napi_url = {api.url}\nusername = noreply@client.test\n"
             f"oauth2 = static\n\n[oauth2 static]\ntoken_file = {tok}\n\n"
             f"[route default]\nupstream = graph\n")
-    d = daemon_factory(postern=FAST, extra=conf)
+    # retry_max above Retry-After: it is obeyed (past retry_max it is cut to retry_max)
+    d = daemon_factory(postern=dict(FAST, retry_max="10s"), extra=conf)
     t0 = time.time()
     qid = submit(d, ["slowgraph@example.net"], simple("slowgraph@example.net"))
     e = wait_all(d, qid, "deferred")

@@ -143,8 +143,11 @@ class TokenServer:
         self.assertions.append((header, claims))
         cert = x509.load_pem_x509_certificate(self.assertion_certs[cid])
         thumb = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA1())).rstrip(b"=").decode()
+        thumb256 = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA256())).rstrip(b"=").decode()
         if header.get("alg") != "RS256" or header.get("x5t") != thumb:
             return "wrong alg or x5t"
+        if header.get("x5t#S256") != thumb256:
+            return "wrong x5t#S256"
         try:
             cert.public_key().verify(unb64(parts[2]), f"{parts[0]}.{parts[1]}".encode(),
                                      padding.PKCS1v15(), hashes.SHA256())
