@@ -15,7 +15,7 @@ BUILD_PKGS="build-essential autoconf automake pkg-config libssl-dev libcurl4-ope
 TEST_PKGS="python3 python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl curl openssl postfix
   sqlite3 iproute2 clang libclang-rt-14-dev python3-jsonschema dnsmasq-base systemd procps man-db
   groff-base mandoc nghttp2-server python3-prometheus-client python3-botocore python3-dkim
-  python3-nacl opendkim-tools chromium chromium-driver python3-selenium"
+  python3-nacl opendkim-tools php-cli chromium chromium-driver python3-selenium"
 
 need() {
   local missing=()
