@@ -455,3 +455,29 @@ def test_browser_captured_html_is_inert(console, browser):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_event_stream_counts_and_shutdown(console):
+    """/console/events sends the counters when they change, and an open stream does not hold
+    up the daemon's exit."""
+    c = Client(console.http_port)
+    assert c.login().status == 303
+    conn = http.client.HTTPConnection("127.0.0.1", console.http_port, timeout=15)
+    conn.request("GET", "/console/events",
+                 headers={"Cookie": f"postern_console={c.cookies['postern_console']}"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+    first = r.readline() + r.readline()
+    assert first.startswith(b"event: counts\ndata: {") and b'"captured":0' in first, first
+    r.readline()
+    submit(console, "alice@client.test", ["bob@example.test"])
+    deadline = time.monotonic() + 15
+    seen = b""
+    while b'"captured":1' not in seen and time.monotonic() < deadline:
+        seen += r.readline()
+    assert b'"captured":1' in seen, seen
+    started = time.monotonic()
+    assert console.stop(timeout=20) == 0
+    assert time.monotonic() - started < 10, "an open event stream held up the exit"
+    conn.close()
+    console.check_log()
