@@ -54,6 +54,15 @@ struct http_settings {
   size_t nexempt;
 };
 
+/* A refusal anyone on the internet can cause (a forged signature) is logged at most once a
+ * minute, with how many went unlogged: a forged post costs its sender a request, not the
+ * operator a log line. */
+enum log_gate_kind { GATE_EVENTS_SIG, GATE_SMS_SIG, GATE_N };
+struct log_gate {
+  long long last_ms;            /* the latest line; 0 never */
+  unsigned long skipped;        /* refusals since then */
+};
+
 struct inbound_http {
   struct MHD_Daemon *mhd;
   struct store *st;
@@ -65,9 +74,29 @@ struct inbound_http {
   long long q_at_ms;            /* monotonic time of the last read; 0 never */
   int q_ok;
   struct metrics_queue q;
+  struct log_gate gates[GATE_N];  /* under mu */
 };
 
 #define QUEUE_STATS_CACHE_MS 1000
+
+/* 1 when the refusal is to be logged now (*skipped: those left unlogged since the last line) */
+static int log_gate_due(struct inbound_http *h, enum log_gate_kind k, unsigned long *skipped)
+{
+  struct log_gate *g = &h->gates[k];
+  long long now = time_mono_ms();
+  int due;
+  pthread_mutex_lock(&h->mu);
+  due = !g->last_ms || now - g->last_ms >= 60000 || now < g->last_ms;
+  *skipped = g->skipped;
+  if(due) {
+    g->last_ms = now;
+    g->skipped = 0;
+  }
+  else
+    g->skipped++;
+  pthread_mutex_unlock(&h->mu);
+  return due;
+}
 
 enum endpoint { EP_NONE, EP_PARSE, EP_EVENTS, EP_SMS, EP_HEALTH, EP_METRICS };
 static const enum metrics_path endpoint_path[] = {
@@ -286,8 +315,12 @@ static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connecti
   if(rq->form_error)
     return respond_text(rq, c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory\n");
   if(rq->verifier && tls_verifier_end(rq->verifier, rq->sig, rq->siglen)) {
-    log_warn("events: signature verification failed; batch refused (if SendGrid sent it, "
-             "event_public_key_file in [inbound] is not its current verification key)");
+    unsigned long skipped;
+    if(log_gate_due(h, GATE_EVENTS_SIG, &skipped))
+      log_warn("events: signature verification failed from %s; batch refused (if SendGrid sent "
+               "it, event_public_key_file in [inbound] is not its current verification key; "
+               "logged once a minute, %lu more refused since the last such line)",
+               rq->client_text, skipped);
     return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
   }
   if(inbound_events_parse(rq->body.ptr ? rq->body.ptr : "", rq->body.len, LIM_WEBHOOK_EVENTS,
@@ -302,6 +335,16 @@ static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connecti
     log_error("events: store write error (batch of %zu; see the store error above, free space in "
               "data_dir): answered 5xx, SendGrid posts it again", n);
   return answer_store(rq, c, result, "text/plain; charset=utf-8", "OK\n");
+}
+
+static void sms_refused(struct inbound_http *h, const struct request *rq, const char *what)
+{
+  unsigned long skipped;
+  if(log_gate_due(h, GATE_SMS_SIG, &skipped))
+    log_warn("sms: X-Twilio-Signature %s from %s; request refused (if Twilio sent it, check "
+             "twilio_auth_token_file and public_url in [inbound]: public_url must be the URL "
+             "configured in Twilio, before any proxy; logged once a minute, %lu more refused "
+             "since the last such line)", what, rq->client_text, skipped);
 }
 
 static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection *c,
@@ -336,9 +379,7 @@ static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection 
     buf_free(&full);
     free(params);
     free(hold);
-    log_warn("sms: X-Twilio-Signature %s; request refused (if Twilio sent it, check "
-             "twilio_auth_token_file and public_url in [inbound]: public_url must be the URL "
-             "configured in Twilio, before any proxy)", sig ? "does not match" : "missing");
+    sms_refused(h, rq, sig ? "does not match" : "missing");
     return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
   }
   buf_free(&full);
@@ -697,7 +738,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     }
     if(rq->ep == EP_SMS && !header(c, "X-Twilio-Signature")) {
       rq->answered = 1;
-      log_warn("sms: X-Twilio-Signature missing; request refused");
+      sms_refused(h, rq, "missing");
       return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
     }
     cap = rq->ep == EP_PARSE ? rq->set->max_size :

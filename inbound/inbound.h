@@ -86,6 +86,10 @@ void inbound_auth_check(const struct inbound_auth_in *in, const char *msg, size_
  * {spf, dkim: [{domain, selector, result}], dmarc: {result, policy, from_domain}}; NULL when
  * the first field is not ours. */
 json_t *inbound_auth_record(const char *msg, size_t len, const char *authserv_id);
+/* SendGrid's verdicts from a parsed-mode Inbound Parse post ("dkim": "{@d : pass, ...}",
+ * "SPF": "pass"), marked as SendGrid's: {verdict_by: "sendgrid", spf, dkim: [{domain,
+ * selector: null, result}], dmarc: null}. Either may be NULL. */
+json_t *inbound_auth_sendgrid(const char *dkim, size_t dkimlen, const char *spf, size_t spflen);
 
 /* ---- the HTTP listener (inbound/http.c) ---------------------------------------------------- */
 struct inbound_http;

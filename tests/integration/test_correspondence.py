@@ -709,3 +709,30 @@ def test_inbound_parse_repeat_window_off(daemon_factory, tmp_path, sink, spf_env
     parse_post(d, email, "someone@reply.test")
     parse_post(d, email, "someone@reply.test")
     assert len(wait_records(d, 2)) == 2
+
+
+def test_inbound_parse_repeat_parsed_mode(daemon_factory, tmp_path, sink, spf_env):
+    # parsed mode (no raw "email" field): a repeat is the same header section, text and html,
+    # whatever boundary curl picks each time
+    d = corr_daemon(daemon_factory, tmp_path, sink)
+
+    def post_parsed(text):
+        fields = {"headers": "Message-ID: <parsed-1@example.test>\nFrom: pat@example.test\n"
+                             "To: someone@reply.test\nSubject: Parsed\n",
+                  "from": "pat@example.test", "to": "someone@reply.test", "subject": "Parsed",
+                  "text": text, "html": f"<p>{text}</p>",
+                  "envelope": json.dumps({"to": ["someone@reply.test"], "from": "pat@example.test"})}
+        args = [CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30"]
+        for k, v in fields.items():
+            args += ["--form-string", f"{k}={v}"]
+        p = subprocess.run(args + [d.http + "/emailInbound"], capture_output=True, timeout=60)
+        assert p.returncode == 0 and p.stdout == b"200", (p.stdout, p.stderr)
+
+    post_parsed("Once.")
+    wait_records(d, 1)
+    post_parsed("Once.")
+    post_parsed("Other words.")
+    wait_records(d, 2)
+    time.sleep(1.5)
+    assert [r["text"] for r in records(d)] == ["Once.", "Other words."]
+    assert "a repeated post, no new record" in d.log_text()
