@@ -150,6 +150,7 @@ struct cfg_inbound {
 
 struct config {
   char *path;
+  int embedded;                   /* no file: the embedded default */
   /* [postern] */
   char *hostname;
   char *data_dir;
