@@ -364,6 +364,9 @@ int main(int argc, char **argv)
     if(!pw)
       log_warn("user postern does not exist; running as root (create it: useradd --system postern)");
   }
+  else if(geteuid() == 0 && cfg->embedded)
+    log_info("embedded default: running as root on loopback, as started (a configuration "
+             "file drops to its user =, postern by default)");
   else if(geteuid() == 0)
     log_warn("running as root: set user = in [postern] to drop privileges after binding");
 

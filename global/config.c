@@ -2,7 +2,7 @@
  * max} checks and stores every value, and each problem becomes one "FILE:LINE: message" line.
  * Then the SMTP_* environment variables configure the default upstream. */
 #if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
-#define _POSIX_C_SOURCE 200809L   /* gethostname, getpwnam, inet_pton under -std=c11 */
+#define _POSIX_C_SOURCE 200809L   /* gethostname, inet_pton under -std=c11 */
 #endif
 #include "global/config.h"
 #include "lib/buf.h"
@@ -12,7 +12,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
-#include <pwd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1503,12 +1502,15 @@ int config_load(const char *path, FILE *errs, struct config **out)
     }
   }
   else {
-    /* the embedded default is INI text too, read by the same code */
+    /* the embedded default is INI text too, read by the same code. It stays as started: its
+     * data is ./postern-data wherever the reader is (a checkout under /root, 0700), which a
+     * system user made by a package cannot reach; the listener is loopback only */
     rc = snprintf(text, sizeof(text),
-                  "[postern]\ndata_dir = ./postern-data\n\n"
+                  "[postern]\ndata_dir = ./postern-data\nuser =\n\n"
                   "[listener submission]\naddress = 127.0.0.1:%d\nrole = submission\n",
                   geteuid() == 0 ? 587 : 2525);
     ld.mem = text;
+    ld.cfg->embedded = 1;
     ld.mem_len = (size_t)rc;
   }
 
@@ -1528,10 +1530,6 @@ int config_load(const char *path, FILE *errs, struct config **out)
     if(set_str(&ld.cfg->hostname, name, strlen(name)))
       nomem(&ld, 0);
   }
-  /* without a file nobody made the user: do not insist on dropping to one that is missing */
-  if(!path && ld.cfg->user && !getpwnam(ld.cfg->user))
-    set_str(&ld.cfg->user, NULL, 0);
-
   check_sections(&ld);
   env_apply(&ld);
   check_routes(&ld);                     /* after the environment: it may add upstream "env" */

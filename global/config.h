@@ -161,6 +161,7 @@ struct cfg_console {
 
 struct config {
   char *path;
+  int embedded;                   /* no file: the embedded default */
   /* [postern] */
   char *hostname;
   char *data_dir;
