@@ -388,3 +388,68 @@ fail:
   json_decref(o);
   return NULL;
 }
+
+/* ---- SendGrid's own verdicts (parsed-mode Inbound Parse) ---------------------------------- */
+
+/* One word of s[0..len) from *i: letters, digits, '.', '-', '_', '@' (lower-cased into out). */
+static size_t sg_word(const char *s, size_t len, size_t *i, char *out, size_t outsz)
+{
+  size_t n = 0;
+  while(*i < len && (s[*i] == ' ' || s[*i] == '\t' || s[*i] == '{' || s[*i] == ',' ||
+                     s[*i] == ':' || s[*i] == '\r' || s[*i] == '\n'))
+    (*i)++;
+  while(*i < len) {
+    char c = s[*i];
+    if(!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         c == '.' || c == '-' || c == '_' || c == '@'))
+      break;
+    if(n + 1 < outsz)
+      out[n++] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    (*i)++;
+  }
+  out[n] = '\0';
+  return n;
+}
+
+json_t *inbound_auth_sendgrid(const char *dkim, size_t dkimlen, const char *spf, size_t spflen)
+{
+  json_t *o = json_object(), *list = json_array();
+  char word[256], result[32];
+  size_t i = 0;
+  if(!o || !list)
+    goto fail;
+  json_object_set_new(o, "verdict_by", json_string("sendgrid"));
+  i = 0;
+  if(spf && sg_word(spf, spflen, &i, result, sizeof(result)))
+    json_object_set_new(o, "spf", json_string(result));
+  else
+    json_object_set_new(o, "spf", json_null());
+  /* "{@example.com : pass, @other.example : fail}", or "none" */
+  for(i = 0; dkim && i < dkimlen && json_array_size(list) < INBOUND_AUTH_DKIM_MAX; ) {
+    size_t before = i;
+    json_t *d;
+    if(!sg_word(dkim, dkimlen, &i, word, sizeof(word))) {
+      if(i == before)
+        i++;                      /* a character no word holds: past it */
+      continue;
+    }
+    if(word[0] != '@')
+      continue;                   /* "none", or a result without its domain */
+    if(!sg_word(dkim, dkimlen, &i, result, sizeof(result)))
+      break;
+    d = json_object();
+    if(!d)
+      goto fail;
+    json_object_set_new(d, "domain", json_string(word + 1));
+    json_object_set_new(d, "selector", json_null());
+    json_object_set_new(d, "result", json_string(result));
+    json_array_append_new(list, d);
+  }
+  json_object_set_new(o, "dkim", list);
+  json_object_set_new(o, "dmarc", json_null());
+  return o;
+fail:
+  json_decref(list);
+  json_decref(o);
+  return NULL;
+}

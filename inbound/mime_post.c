@@ -50,6 +50,24 @@ static int field_text(GMimeMultipart *form, json_t *charsets, const char *name, 
   return r;
 }
 
+/* SendGrid's own DKIM and SPF verdicts ("dkim", "SPF"), kept as SendGrid's; a field past the
+ * cap leaves them out rather than the record */
+static void authentication_sendgrid(GMimeMultipart *form, json_t *rec)
+{
+  struct buf dkim, spf;
+  int has_dkim, has_spf, r;
+  buf_init(&dkim, LIM_WEBHOOK_FIELD);
+  buf_init(&spf, LIM_WEBHOOK_FIELD);
+  r = field_text(form, NULL, "dkim", &dkim, &has_dkim) || field_text(form, NULL, "SPF", &spf,
+                                                                     &has_spf) ? -1 : 0;
+  if(!r && (has_dkim || has_spf))
+    json_object_set_new(rec, "authentication",
+                        inbound_auth_sendgrid(has_dkim ? dkim.ptr : NULL, dkim.len,
+                                              has_spf ? spf.ptr : NULL, spf.len));
+  buf_free(&dkim);
+  buf_free(&spf);
+}
+
 /* *hm: the posted header section as GMime read it (the caller unrefs it) */
 static int parsed_mode(struct mime_ctx *c, GMimeMultipart *form, json_t *rec, GMimeMessage **hmp)
 {
@@ -111,6 +129,7 @@ static int parsed_mode(struct mime_ctx *c, GMimeMultipart *form, json_t *rec, GM
     goto out;
   if(present)
     json_object_set_new(rec, "subject", mime_decode_unstructured(c, v.ptr ? v.ptr : ""));
+  authentication_sendgrid(form, rec);
   if(field_text(form, charsets, "text", &c->text, &present) ||
      field_text(form, charsets, "html", &c->html, &present))
     goto out;

@@ -972,6 +972,8 @@ static void *forwarder_main(void *arg)
     enum store_forward_outcome outcome = STORE_FORWARD_RETRY;
     int attempts, result = store_forward_head(r->st, &f);
     attempts = f.attempts;
+    if(!result && f.next_ms > now)
+      store_forward_free(&f);
     if(result || f.next_ms > now) {
       long long wait = result ? FORWARD_POLL_MS : f.next_ms - now;
       if(records_wait(r, wait < 1000 ? wait : 1000))
@@ -1014,8 +1016,10 @@ static void *forwarder_main(void *arg)
       outcome = forward_refusal(set, &f);
     settings_put(r, set);
     free(body);
-    if((status < 200 || status > 299) && records_stopping(r))
+    if((status < 200 || status > 299) && records_stopping(r)) {
+      store_forward_free(&f);
       break;                   /* cut short by shutdown: not an attempt that failed */
+    }
     if(status >= 200 && status <= 299) {
       log_info("%s: forwarded %s, status=%ld, attempts=%d", id,
                f.event ? f.event : "record.created", status, attempts + 1);

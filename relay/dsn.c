@@ -64,15 +64,16 @@ static int xtext_decode(struct buf *out, const char *s)
   return 0;
 }
 
-/* Does NOTIFY= (absent = the default, which includes FAILURE) ask for this notice? */
-static int wants_failure_notice(const char *notify)
+/* Does NOTIFY= (absent = the default, which includes FAILURE and DELAY) ask for this notice
+ * (what: "FAILURE" or "DELAY")? */
+static int wants_notice(const char *notify, const char *what)
 {
   const char *p;
   if(!notify || !notify[0])
     return 1;
   for(p = notify; *p; ) {
     size_t n = strcspn(p, ",");
-    if(!str_casecmp_n(p, n, "FAILURE"))
+    if(!str_casecmp_n(p, n, what))
       return 1;
     p += n;
     if(*p == ',')
@@ -120,9 +121,21 @@ static GMimeObject *part_with(const char *type, const char *subtype, const char 
   return GMIME_OBJECT(part);
 }
 
-int dsn_bounce(struct store *st, const struct config *cfg, const struct store_msg *m,
-               const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
-               char id[LIM_QUEUE_ID + 1])
+/* The recipients a report is about: bounced ones in a failure report, those still waiting in
+ * a delay warning; each only when its NOTIFY asks for that kind. */
+static int reported(int delayed, const struct store_rcpt_update *u, const struct store_rcpt *rc)
+{
+  if(!rc)
+    return 0;
+  if(delayed)
+    return u->status != RCPT_BOUNCED && u->status != RCPT_SENT && u->status != RCPT_CAPTURED &&
+           wants_notice(rc->notify, "DELAY");
+  return u->status == RCPT_BOUNCED && wants_notice(rc->notify, "FAILURE");
+}
+
+static int dsn_report(struct store *st, const struct config *cfg, const struct store_msg *m,
+                      const char *body, size_t len, const struct store_rcpt_update *upd,
+                      size_t n, int delayed, char id[LIM_QUEUE_ID + 1])
 {
   struct buf text, status, orcpt;
   GMimeMessage *msg = NULL;
@@ -131,7 +144,7 @@ int dsn_bounce(struct store *st, const struct config *cfg, const struct store_ms
   GMimeFormatOptions *fo = NULL;
   GMimeStream *out = NULL;
   GByteArray *bytes;
-  char *arrival = NULL, *now_date = NULL, *msgid = NULL;
+  char *arrival = NULL, *now_date = NULL, *msgid = NULL, *until = NULL;
   const char *host = cfg->hostname ? cfg->hostname : "localhost";
   struct store_msg d;
   struct store_rcpt to;
@@ -149,14 +162,27 @@ int dsn_bounce(struct store *st, const struct config *cfg, const struct store_ms
   buf_init(&orcpt, LIM_SMTP_PATH * 3 + 16);
   arrival = format_date(m->created_ms);
   now_date = format_date(now);
-  if(!arrival || !now_date)
+  until = format_date(m->created_ms + cfg->queue_lifetime * 1000LL);
+  if(!arrival || !now_date || !until)
     goto out;
 
-  if(buf_addf(&text, "This is the mail system at host %s.\n\n"
-              "I'm sorry to have to inform you that your message could not be delivered to "
-              "one or more\nrecipients. Its header section is attached below.\n\n"
-              "For further assistance, please contact your system administrator.\n\n"
-              "                   The mail system\n\n", host) ||
+  /* the words Postfix uses, which senders and their filters know */
+  if((delayed ?
+      buf_addf(&text, "This is the mail system at host %s.\n\n"
+               "####################################################################\n"
+               "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #\n"
+               "####################################################################\n\n"
+               "Your message could not be delivered for %.1f hours.\n"
+               "It will be retried until it is %.1f days old.\n\n"
+               "For further assistance, please contact your system administrator.\n\n"
+               "                   The mail system\n\n", host,
+               (double)(now - m->created_ms) / 3600000.0,
+               (double)cfg->queue_lifetime / 86400.0) :
+      buf_addf(&text, "This is the mail system at host %s.\n\n"
+               "I'm sorry to have to inform you that your message could not be delivered to "
+               "one or more\nrecipients. Its header section is attached below.\n\n"
+               "For further assistance, please contact your system administrator.\n\n"
+               "                   The mail system\n\n", host)) ||
      buf_addf(&status, "Reporting-MTA: dns; %s\nX-Postern-Queue-ID: %s\n"
               "X-Postern-Sender: rfc822; %s\n", host, m->id, m->sender) ||
      (m->envid && !smtp_dsn_value_valid(m->envid, strlen(m->envid), 0) &&
@@ -167,10 +193,13 @@ int dsn_bounce(struct store *st, const struct config *cfg, const struct store_ms
     const struct store_rcpt *rc = rcpt_of(m, upd[i].idx);
     const struct cfg_upstream *up = upd[i].upstream ? config_upstream(cfg, upd[i].upstream) : NULL;
     char st_code[16];
-    if(upd[i].status != RCPT_BOUNCED || !rc || !wants_failure_notice(rc->notify))
+    if(!reported(delayed, &upd[i], rc))
       continue;
     notices++;
-    status_of(upd[i].reply, st_code, sizeof(st_code));
+    if(delayed)
+      str_copy(st_code, sizeof(st_code), "4.4.7");
+    else
+      status_of(upd[i].reply, st_code, sizeof(st_code));
     if(buf_addf(&text, "<%s>: %s%s%s%s\n\n", rc->address, up && up->host ? "host " : "",
                 up && up->host ? up->host : "", up && up->host ? " said: " : "",
                 upd[i].reply ? upd[i].reply : "(no reply)") ||
@@ -182,7 +211,9 @@ int dsn_bounce(struct store *st, const struct config *cfg, const struct store_ms
          buf_addf(&status, "Original-Recipient: %s\n", orcpt.ptr))
         goto out;
     }
-    if(buf_addf(&status, "Action: failed\nStatus: %s\n", st_code) ||
+    if(buf_addf(&status, "Action: %s\nStatus: %s\n", delayed ? "delayed" : "failed",
+                st_code) ||
+       (delayed && buf_addf(&status, "Will-Retry-Until: %s\n", until)) ||
        (up && up->host && buf_addf(&status, "Remote-MTA: dns; %s\n", up->host)) ||
        (upd[i].reply && buf_addf(&status, "Diagnostic-Code: smtp; %s\n", upd[i].reply)) ||
        buf_addf(&status, "Last-Attempt-Date: %s\n", now_date))
@@ -197,7 +228,8 @@ int dsn_bounce(struct store *st, const struct config *cfg, const struct store_ms
   snprintf(from, sizeof(from), "MAILER-DAEMON@%s", host);
   g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_FROM, "Mail Delivery System", from);
   g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_TO, NULL, m->sender);
-  g_mime_message_set_subject(msg, "Undelivered Mail Returned to Sender", NULL);
+  g_mime_message_set_subject(msg, delayed ? "Delayed Mail (still being retried)"
+                                           : "Undelivered Mail Returned to Sender", NULL);
   {
     GDateTime *dt = g_date_time_new_from_unix_local(now / 1000);
     if(dt) {
@@ -260,8 +292,8 @@ int dsn_bounce(struct store *st, const struct config *cfg, const struct store_ms
   result = store_accept(st, &d, bytes->data, bytes->len);
   if(!result) {
     str_copy(id, LIM_QUEUE_ID + 1, qid);
-    log_info("%s: from=<>, size=%u, nrcpt=1 (non-delivery notification for %s)", qid,
-             bytes->len, m->id);
+    log_info("%s: from=<>, size=%u, nrcpt=1 (%s for %s)", qid, bytes->len,
+             delayed ? "delay notification" : "non-delivery notification", m->id);
   }
 out:
   if(out)
@@ -277,8 +309,23 @@ out:
   g_free(msgid);
   g_free(arrival);
   g_free(now_date);
+  g_free(until);
   buf_free(&text);
   buf_free(&status);
   buf_free(&orcpt);
   return result;
+}
+
+int dsn_bounce(struct store *st, const struct config *cfg, const struct store_msg *m,
+               const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
+               char id[LIM_QUEUE_ID + 1])
+{
+  return dsn_report(st, cfg, m, body, len, upd, n, 0, id);
+}
+
+int dsn_delay(struct store *st, const struct config *cfg, const struct store_msg *m,
+              const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
+              char id[LIM_QUEUE_ID + 1])
+{
+  return dsn_report(st, cfg, m, body, len, upd, n, 1, id);
 }

@@ -119,6 +119,11 @@ int  dkim_check_config(const struct config *cfg, FILE *errs);
  * bounced, accepted into the store (sender "", source "dsn") like any message. Nothing for the
  * null sender or for recipients whose NOTIFY excludes FAILURE. 0 ok (or nothing to do; *id
  * is then ""), else a store error. */
+/* The same as a delay warning (Action: delayed, Will-Retry-Until) for the recipients of upd
+ * still waiting, as Postfix's delay_warning_time sends it: once per message. */
+int dsn_delay(struct store *st, const struct config *cfg, const struct store_msg *m,
+              const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
+              char id[LIM_QUEUE_ID + 1]);
 int dsn_bounce(struct store *st, const struct config *cfg, const struct store_msg *m,
                const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
                char id[LIM_QUEUE_ID + 1]);

@@ -14,7 +14,9 @@
 #include <time.h>
 
 #define RELAY_BATCH 256
-#define RELAY_MAX_WAIT_MS 60000
+/* the longest sleep of the scheduler: held mail and delay warnings have no due time of their
+ * own, so the sweep looks this often */
+#define RELAY_MAX_WAIT_MS 2000
 #define RELAY_SESSION_IDLE_MS 30000
 /* Passes over the queue are at least this far apart: under load, one pass picks up the
  * messages of many sessions instead of one wake-up, query and hand-off per message. */
@@ -141,6 +143,8 @@ static int dup_opt(const char *s, const char **out)
 }
 
 static void results_written(struct relay *r, const struct store_rcpt_update *upd, size_t n);
+static void count_results(const struct store_rcpt_update *upd, size_t n);
+static void expired_reply(char *out, size_t outsz, const char *why);
 
 /* Keeps a result the store refused; 0 kept, -1 out of memory (then it is lost, as before: the
  * message may be sent again). Logs once when the store starts refusing. */
@@ -243,6 +247,140 @@ static long long results_retry(struct relay *r)
   return wake;
 }
 
+/* Mail that waits where no delivery pass looks: recipients held after a refused login expire
+ * at queue_lifetime like any other (a DSN, then bounced), and senders of mail older than
+ * delay_warning hear of it once. Runs in the scheduler, at most once a second. */
+#define SWEEP_BATCH 64
+
+/* The reply recorded for a recipient that waited past queue_lifetime: the expiry is its
+ * status (5.4.7 in the DSN), the reason it waited follows. */
+static void expired_reply(char *out, size_t outsz, const char *why)
+{
+  size_t l;
+  str_copy(out, outsz, "451 4.4.7 Message expired after queue_lifetime (");
+  l = strlen(out);
+  str_copy(out + l, outsz - l, why);
+  l = strlen(out);
+  str_copy(out + l, outsz - l, ")");
+}
+static void sweep_expire(struct relay *r, const struct config *cfg, const char *id,
+                         long long now)
+{
+  struct store_msg m;
+  struct store_rcpt_update *upd = NULL;
+  char (*replies)[LIM_SMTP_REPLY_LINE + 64] = NULL, dsn[LIM_QUEUE_ID + 1];
+  char esc[LIM_LOG_FIELD * 4 + 8];
+  char *body = NULL;
+  size_t len = 0, i, n = 0;
+  memset(&m, 0, sizeof(m));
+  if(store_get(r->st, id, &m) || store_body(r->st, id, &body, &len))
+    goto out;
+  upd = calloc(m.nrcpts + 1, sizeof(*upd));
+  replies = calloc(m.nrcpts + 1, sizeof(*replies));
+  if(!upd || !replies)
+    goto out;
+  for(i = 0; i < m.nrcpts; i++) {
+    const struct store_rcpt *rc = &m.rcpts[i];
+    /* a hold by hand is the operator's to end; what is due now, its delivery bounces */
+    if(rc->status == RCPT_HELD ? !rc->held_by
+       : (rc->status != RCPT_QUEUED && rc->status != RCPT_DEFERRED) ||
+         rc->next_attempt_ms <= now)
+      continue;
+    upd[n].idx = rc->idx;
+    upd[n].status = RCPT_BOUNCED;
+    upd[n].upstream = rc->status == RCPT_HELD ? rc->held_by : rc->upstream;
+    expired_reply(replies[n], sizeof(replies[n]),
+                  rc->last_reply ? rc->last_reply
+                  : rc->status == RCPT_HELD ? "held: the upstream refused the login"
+                  : "waiting for the rate limit of the upstream");
+    upd[n].reply = replies[n];
+    log_repr(esc, sizeof(esc), rc->address, strlen(rc->address));
+    log_info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=5.4.7, status=bounced (%s)", m.id,
+             esc, upd[n].upstream ? upd[n].upstream : "none",
+             (double)(now - m.created_ms) / 1000.0, replies[n]);
+    n++;
+  }
+  /* the DSN first: a crash in between sends it twice, never zero times */
+  if(!n || dsn_bounce(r->st, cfg, &m, body, len, upd, n, dsn))
+    goto out;
+  if(dsn[0])
+    log_info("%s: sender non-delivery notification: %s", m.id, dsn);
+  if(!store_update(r->st, m.id, upd, n))
+    count_results(upd, n);
+out:
+  free(upd);
+  free(replies);
+  free(body);
+  store_msg_free(&m);
+}
+
+static void sweep_delay_warn(struct relay *r, const struct config *cfg, const char *id)
+{
+  struct store_msg m;
+  struct store_rcpt_update *upd = NULL;
+  char dsn[LIM_QUEUE_ID + 1];
+  char *body = NULL;
+  size_t len = 0, i, n = 0;
+  memset(&m, 0, sizeof(m));
+  if(store_get(r->st, id, &m) || store_body(r->st, id, &body, &len))
+    goto out;
+  upd = calloc(m.nrcpts + 1, sizeof(*upd));
+  if(!upd)
+    goto out;
+  for(i = 0; i < m.nrcpts; i++) {
+    const struct store_rcpt *rc = &m.rcpts[i];
+    if(rc->status != RCPT_QUEUED && rc->status != RCPT_DEFERRED && rc->status != RCPT_HELD)
+      continue;
+    upd[n].idx = rc->idx;
+    upd[n].status = rc->status;
+    upd[n].upstream = rc->upstream;
+    upd[n].reply = rc->last_reply;
+    n++;
+  }
+  if(n && dsn_delay(r->st, cfg, &m, body, len, upd, n, dsn))
+    goto out;                 /* the store refused it: the next sweep tries again */
+  if(n && dsn[0]) {
+    log_info("%s: sender delay notification: %s", m.id, dsn);
+    relay_kick(r);
+  }
+  store_delay_warned(r->st, m.id);
+out:
+  free(upd);
+  free(body);
+  store_msg_free(&m);
+}
+
+/* A message a worker has (or will have) in hand is left to its delivery. */
+static int sweep_busy(struct relay *r, const char *id)
+{
+  int busy;
+  pthread_mutex_lock(&r->mu);
+  busy = inflight_find(r, id) >= 0;
+  pthread_mutex_unlock(&r->mu);
+  return busy;
+}
+
+static void sweep(struct relay *r)
+{
+  char ids[SWEEP_BATCH][LIM_QUEUE_ID + 1];
+  const struct config *cfg;
+  long long now = time_real_ms();
+  size_t n = 0, i;
+  pthread_rwlock_rdlock(&r->cfg_lock);
+  cfg = r->cfg;
+  if(!store_overdue(r->st, STORE_OVERDUE_EXPIRED, now - cfg->queue_lifetime * 1000LL, ids,
+                    SWEEP_BATCH, &n))
+    for(i = 0; i < n; i++)
+      if(!sweep_busy(r, ids[i]))
+        sweep_expire(r, cfg, ids[i], now);
+  if(cfg->delay_warning > 0 &&
+     !store_overdue(r->st, STORE_OVERDUE_UNWARNED, now - cfg->delay_warning * 1000LL, ids,
+                    SWEEP_BATCH, &n))
+    for(i = 0; i < n; i++)
+      sweep_delay_warn(r, cfg, ids[i]);
+  pthread_rwlock_unlock(&r->cfg_lock);
+}
+
 static void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, long long ms)
 {
   struct timespec ts;
@@ -262,7 +400,7 @@ static void *sched_main(void *arg)
   char (*ids)[LIM_QUEUE_ID + 1] = calloc(RELAY_BATCH, sizeof(*ids));
   if(!ids)
     log_fatal("relay: out of memory");
-  long long last_pass = 0;
+  long long last_pass = 0, last_sweep = 0;
   pthread_mutex_lock(&r->mu);
   while(!r->stopping) {
     size_t n = 0, i;
@@ -285,6 +423,10 @@ static void *sched_main(void *arg)
       if(!r->stopping)
         cond_wait_ms(&r->sched_cond, &r->mu, kept_wake);
       continue;
+    }
+    if(time_mono_ms() - last_sweep >= 1000) {
+      last_sweep = time_mono_ms();
+      sweep(r);
     }
     now = time_real_ms();
     if(store_due(r->st, now, ids, RELAY_BATCH, &n))
@@ -541,6 +683,18 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
     memset(u, 0, sizeof(*u));
     u->idx = rc->idx;
     log_repr(esc, sizeof(esc), rc->address, strlen(rc->address));
+    if((mode == GROUP_RATE_WAIT || mode == GROUP_HELD) &&
+       now - m->created_ms > cfg->queue_lifetime * 1000LL) {
+      /* waiting for a slot or a login for longer than queue_lifetime: the sender hears */
+      u->status = RCPT_BOUNCED;
+      u->upstream = up->name;
+      expired_reply(replies[i], sizeof(replies[i]), mode == GROUP_HELD ? held
+                    : "waiting for the rate limit of the upstream");
+      u->reply = replies[i];
+      log_info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=5.4.7, status=bounced (%s)", m->id, esc,
+               up->name, (double)(now - m->created_ms) / 1000.0, replies[i]);
+      continue;
+    }
     if(mode == GROUP_RATE_WAIT) {
       /* over the upstream's rate: back in the queue for its slot, no attempt, no failure */
       u->status = rc->status == RCPT_DEFERRED ? RCPT_DEFERRED : RCPT_QUEUED;

@@ -37,7 +37,16 @@ static const char *const sql[ST_COUNT] = {
     " WHERE message_id = ?3 AND status IN ('queued','deferred','held')",
   [ST_MSG_GET] = "SELECT " MSG_COLUMNS " FROM messages WHERE id = ?1",
   [ST_RCPT_GET] = "SELECT idx, address, orcpt, notify, status, attempts, next_attempt_ms,"
-    " updated_ms, last_reply, upstream FROM recipients WHERE message_id = ?1 ORDER BY idx",
+    " updated_ms, last_reply, upstream, held_by FROM recipients WHERE message_id = ?1"
+    " ORDER BY idx",
+  /* from the waiting recipients (recipients_due), never from all the mail stored */
+  [ST_OVERDUE_HELD] = "SELECT DISTINCT r.message_id FROM recipients r"
+    " JOIN messages m ON m.id = r.message_id WHERE (r.status IN ('queued','deferred')"
+    " OR r.status = 'held' AND r.held_by IS NOT NULL) AND m.created_ms < ?1 LIMIT ?2",
+  [ST_OVERDUE_UNWARNED] = "SELECT DISTINCT r.message_id FROM recipients r"
+    " JOIN messages m ON m.id = r.message_id WHERE r.status IN ('queued','deferred','held')"
+    " AND m.created_ms < ?1 AND m.delay_warned = 0 AND m.sender <> '' LIMIT ?2",
+  [ST_DELAY_WARNED] = "UPDATE messages SET delay_warned = 1 WHERE id = ?1",
   [ST_BODY_GET] = "SELECT body FROM messages WHERE id = ?1",
   /* driven by recipients_due, so the cost follows the due set, not the size of the store
    * (captured and sent mail stays there); earliest due first */
@@ -56,6 +65,14 @@ static const char *const sql[ST_COUNT] = {
     "  AND (?5 IS NULL OR r.status = ?5)))"
     " AND (?6 IS NULL OR created_ms < ?6)"
     " ORDER BY created_ms, id LIMIT ?7",
+  [ST_LIST_DESC] = "SELECT " MSG_COLUMNS " FROM messages m"
+    " WHERE (created_ms, id) < (?1, ?2)"
+    " AND (?3 IS NULL OR lower(sender) GLOB lower(?3))"
+    " AND (?4 IS NULL AND ?5 IS NULL OR EXISTS (SELECT 1 FROM recipients r"
+    "  WHERE r.message_id = m.id AND (?4 IS NULL OR lower(r.address) GLOB lower(?4))"
+    "  AND (?5 IS NULL OR r.status = ?5)))"
+    " AND (?6 IS NULL OR created_ms < ?6)"
+    " ORDER BY created_ms DESC, id DESC LIMIT ?7",
   [ST_RELEASE_UPSTREAM] = "UPDATE recipients SET status = 'queued', held_by = NULL,"
     " next_attempt_ms = ?1, updated_ms = ?1 WHERE status = 'held' AND held_by = ?2",
   [ST_HELD_UPSTREAMS] = "SELECT DISTINCT held_by FROM recipients"
@@ -108,6 +125,7 @@ void store_msg_free(struct store_msg *m)
     free(r->notify);
     free(r->last_reply);
     free(r->upstream);
+    free(r->held_by);
   }
   free(m->rcpts);
   free(m->sender);
@@ -448,6 +466,7 @@ static int db_get_rcpts(struct store_db *d, struct store_msg *m)
     r->updated_ms = sqlite3_column_int64(s, 7);
     bad |= db_col_text(s, 8, &r->last_reply);
     bad |= db_col_text(s, 9, &r->upstream);
+    bad |= db_col_text(s, 10, &r->held_by);
     if(bad || !r->address) {
       log_error("store: out of memory reading recipients (free memory or lower max_clients in "
               "[postern])");
@@ -651,7 +670,7 @@ static int db_list_page(struct store_db *d, const struct store_filter *f, long l
                         long long after_ms, const char *after_id, struct store_msg *page,
                         size_t *n)
 {
-  sqlite3_stmt *s = db_stmt(d, ST_LIST, sql);
+  sqlite3_stmt *s = db_stmt(d, f && f->newest_first ? ST_LIST_DESC : ST_LIST, sql);
   int rc, result = STORE_OK;
   *n = 0;
   if(!s)
@@ -696,6 +715,14 @@ int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, 
     return STORE_ERROR;
   if(f && f->older_than_ms > 0)
     cutoff = store_now_ms() - f->older_than_ms;
+  if(f && f->newest_first) {
+    after_ms = LLONG_MAX;
+    str_copy(after_id, sizeof(after_id), "~");   /* after every id: ids are hex */
+  }
+  if(f && f->after_id) {
+    after_ms = f->after_ms;
+    str_copy(after_id, sizeof(after_id), f->after_id);
+  }
   page = calloc(STORE_LIST_PAGE, sizeof(*page));
   if(!page)
     return STORE_ERROR;
@@ -765,4 +792,42 @@ int store_counts(struct store *st, struct store_counts *out)
   result = begin_result ? begin_result : db_counts(d, out);
   store_read_end(st, d, begin_result);
   return result;
+}
+
+int store_overdue(struct store *st, enum store_overdue which, long long cutoff_ms,
+                  char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n)
+{
+  struct store_db *d = store_reader(st);
+  sqlite3_stmt *s = db_stmt(d, which == STORE_OVERDUE_EXPIRED ? ST_OVERDUE_HELD
+                                                           : ST_OVERDUE_UNWARNED, sql);
+  int rc = SQLITE_DONE, result = STORE_OK;
+  *n = 0;
+  if(!s) {
+    store_reader_done(st, d);
+    return STORE_ERROR;
+  }
+  sqlite3_bind_int64(s, 1, cutoff_ms);
+  sqlite3_bind_int64(s, 2, max > (size_t)LLONG_MAX ? LLONG_MAX : (sqlite3_int64)max);
+  while(*n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    str_copy(ids[*n], LIM_QUEUE_ID + 1, db_col_str(s, 0) ? db_col_str(s, 0) : "");
+    (*n)++;
+  }
+  if(*n < max && rc != SQLITE_DONE)
+    result = db_fail(d, rc, "overdue messages");
+  sqlite3_reset(s);
+  store_reader_done(st, d);
+  return result;
+}
+
+static int job_delay_warned(struct store_db *d, void *arg, size_t *changed)
+{
+  const char *v[1] = { arg };
+  (void)changed;
+  return db_run_text(d, ST_DELAY_WARNED, sql, v, 1);
+}
+
+int store_delay_warned(struct store *st, const char *id)
+{
+  /* relaxed: lost to a crash, the warning is sent again */
+  return store_call(st, job_delay_warned, (void *)id, STORE_SYNC_RELAXED, NULL);
 }

@@ -146,6 +146,8 @@ static const char *const migrations[] = {
   "ALTER TABLE forward_queue ADD COLUMN status TEXT;"
   "ALTER TABLE forward_queue ADD COLUMN event_key TEXT;"
   "ALTER TABLE records ADD COLUMN dedupe TEXT;",
+  /* 8: the sender of a message delayed longer than delay_warning is told once */
+  "ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 /* an older store up to this size is rewritten for incremental vacuum when the daemon opens it

@@ -49,6 +49,8 @@ struct store_rcpt {
   long long updated_ms;
   char *last_reply;          /* "250 2.0.0 ..." or NULL */
   char *upstream;            /* the upstream that last handled it, or NULL */
+  char *held_by;             /* RCPT_HELD by the relay: the upstream whose login failed;
+                                NULL for a hold by hand */
 };
 
 struct store_msg {
@@ -126,6 +128,9 @@ int store_release_upstream(struct store *st, const char *upstream, size_t *relea
 /* Makes every deferred recipient due now (held ones stay held); *flushed gets the count. */
 int store_flush(struct store *st, size_t *flushed);
 
+/* The sender of this message was told it is delayed (one delay DSN per message). */
+int store_delay_warned(struct store *st, const char *id);
+
 /* ---- the queue: reads ----------------------------------------------------------------------- */
 
 /* Ids of messages that have a recipient in QUEUED or DEFERRED due at or before now_ms, oldest
@@ -145,10 +150,23 @@ struct store_filter {
   const char *recipient_glob;
   int status;                  /* -1 any, else enum rcpt_status: messages with such a recipient */
   long long older_than_ms;     /* created before now - this */
+  int newest_first;            /* newest first, else oldest first */
+  /* keyset paging: begin after the message (after_ms = its created_ms, after_id) in the
+   * order listed; after_id NULL: from the first */
+  long long after_ms;
+  const char *after_id;
 };
 typedef int (*store_msg_cb)(void *arg, const struct store_msg *m);  /* non-zero stops */
 int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, void *arg);
 
+/* Messages that wait too long, found from the waiting recipients only (the cost follows the
+ * queue, not the store): created before cutoff_ms with a recipient queued, deferred or held
+ * by the relay (held_by) (EXPIRED: queue_lifetime), or with a sender, not warned yet,
+ * created before cutoff_ms and a recipient queued, deferred or held (UNWARNED:
+ * delay_warning). At most max ids, in *n. */
+enum store_overdue { STORE_OVERDUE_EXPIRED, STORE_OVERDUE_UNWARNED };
+int store_overdue(struct store *st, enum store_overdue which, long long cutoff_ms,
+                  char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n);
 /* Calls cb with the name of each upstream that holds recipients (held_by); non-zero stops. */
 int store_held_upstreams(struct store *st, int (*cb)(void *arg, const char *upstream), void *arg);
 

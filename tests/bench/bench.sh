@@ -275,7 +275,8 @@ if [ "${UPSTREAM:-1}" = 1 ] && [ "${DKIM:-1}" = 1 ]; then
   read -r both_pid both_port < <(dkim_relay both "$rsa_sec"$'\n'"$ed_sec")
   wait_port "$rsa_port" "$rsa_pid"
   wait_port "$both_port" "$both_pid"
-  trap 'kill -TERM $rsa_pid $both_pid 2>/dev/null; wait $rsa_pid $both_pid 2>/dev/null; cleanup_relays' EXIT
+  # (they are not this shell's children: no wait; errexit must not cut the trap short)
+  trap 'kill -TERM $rsa_pid $both_pid 2>/dev/null || true; cleanup_relays' EXIT
   pending_in() { sqlite3 -readonly "$work/$1/data/postern.db" \
     "select count(*) from recipients where status in ('queued','deferred')"; }
   rsa_pending() { pending_in rsa; }

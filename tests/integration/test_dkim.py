@@ -622,3 +622,34 @@ def test_dmarc_policies_and_alignment(daemon_factory, inbound_dns, monkeypatch, 
                                 b"(p=quarantine) header.from=quarmail.org\r\n"), fields[1]
     if mode == "enforce":
         assert "reject: DMARC policy of goodmail.org (p=reject)" in d.log_text()
+
+
+def test_sendgrid_verdicts_kept_as_sendgrids(daemon_factory, tmp_path):
+    """A parsed-mode Inbound Parse post carries SendGrid's dkim and SPF fields: the record keeps
+    them as SendGrid's verdict, not as one of ours."""
+    from test_inbound import curl_parse, http_daemon, parsed_fields
+    d = http_daemon(daemon_factory, tmp_path, "http_auth = none\n")
+    fields = [(k, v) for k, v in parsed_fields(attachments=0) if k not in ("dkim", "SPF",
+                                                                          "attachment-info")]
+    code, text = curl_parse(d, fields + [("dkim", "{@example.test : pass, @ESP.example : fail}"),
+                                         ("SPF", "SoftFail")])
+    assert code == 200, text
+    other = {"subject": "Re: no verdicts",
+             "headers": "From: Pat <pat@example.test>\nTo: reply+abc@reply.test\n"
+                        "Subject: Re: no verdicts\nMessage-ID: <no-verdicts@example.test>\n"}
+    code, text = curl_parse(d, [(k, other.get(k, v)) for k, v in fields])
+    assert code == 200, text
+    import json
+    deadline = time.monotonic() + 30
+    while True:
+        recs = json.loads(d.ctl("correspondence", "list", "--json").stdout)
+        if len(recs) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    by = {r["subject"]: r for r in recs}
+    assert len(by) == 2, [(r["subject"], r.get("authentication")) for r in recs]
+    assert by["Re: results"]["authentication"] == {
+        "verdict_by": "sendgrid", "spf": "softfail", "dmarc": None,
+        "dkim": [{"domain": "example.test", "selector": None, "result": "pass"},
+                 {"domain": "esp.example", "selector": None, "result": "fail"}]}
+    assert "authentication" not in by["Re: no verdicts"]

@@ -394,3 +394,25 @@ def test_lockout_shared_with_smtp_auth(daemon_factory, tmp_path):
     with Client(d.port, source="127.0.0.11") as c:
         c.greet()
         assert c.auth_plain("alice", SMTP_PASSWORD).code == 235
+
+
+def test_forged_signatures_logged_once_a_minute(guarded):
+    """Anyone may post a forged /sms or /events: each is refused, but the warning that tells the
+    operator about a wrong token or key is written once a minute, not once per forged post."""
+    d = guarded
+    base = f"http://127.0.0.1:{d.http_port}"
+    params = {"MessageSid": "SM1", "From": "+15550001", "To": "+15550002", "Body": "hi"}
+    body = urllib.parse.urlencode(params).encode()
+    ts = str(int(time.time()))
+    for i in range(8):
+        assert post(base + "/sms", body, {"X-Twilio-Signature": "Zm9yZ2Vk"})[0] == 403
+        assert post(base + "/sms", body)[0] == 403
+        forged = sign(d.priv, ts, batch(f"other{i}"))
+        assert post(base + "/events", batch(f"e{i}"),
+                    {"X-Twilio-Email-Event-Webhook-Signature": forged,
+                     "X-Twilio-Email-Event-Webhook-Timestamp": ts})[0] == 403
+    log = d.log_text()
+    assert log.count("sms: X-Twilio-Signature") == 1, d.log_tail()
+    assert log.count("events: signature verification failed") == 1, d.log_tail()
+    assert "from 127.0.0.1" in log
+    assert inbound(d) == [] and events(d) == []

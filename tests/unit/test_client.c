@@ -190,6 +190,72 @@ static void client_pipelined_transactions(void)
   peer_end(&p);
 }
 
+/* DSN parameters go upstream in their checked xtext form; a stored value that is not (a row
+ * from before the check) is left out instead of sent as command bytes. */
+static void client_dsn_values(void)
+{
+  static const char *const script[] = {
+    "S:220 peer.test ESMTP\r\n",
+    "C:EHLO relay.test\r\n",
+    "S:250-peer.test\r\n250 DSN\r\n",
+    "C:MAIL FROM:<a@x.test> RET=HDRS ENVID=id+2B1\r\n",
+    "S:250 Ok\r\n",
+    "C:RCPT TO:<b@y.test> NOTIFY=FAILURE ORCPT=rfc822;b+2Bz@y.test\r\n",
+    "S:250 Ok\r\n",
+    "C:RCPT TO:<c@y.test>\r\n",
+    "S:250 Ok\r\n",
+    "C:DATA\r\n",
+    "S:354 Go\r\n",
+    "D:x\r\n.\r\n",
+    "S:250 2.0.0 Ok\r\n",
+    "C:RSET\r\n",
+    "S:250 Ok\r\n",
+    "C:MAIL FROM:<a@x.test>\r\n",
+    "S:250 Ok\r\n",
+    "C:RCPT TO:<b@y.test>\r\n",
+    "S:250 Ok\r\n",
+    "C:DATA\r\n",
+    "S:354 Go\r\n",
+    "D:x\r\n.\r\n",
+    "S:250 2.0.0 Ok\r\n",
+    "C:QUIT\r\n",
+    "S:221 Bye\r\n",
+    NULL
+  };
+  struct peer p;
+  struct smtp_client *c;
+  struct smtp_reply r;
+  struct smtp_client_rcpt rc[2];
+  struct smtp_client_msg m;
+  peer_start(&p, script, 0);
+  c = client_for(&p);
+  CHECK_EQ_INT(smtp_client_connect(c, &r), SMTP_CLIENT_OK);
+  CHECK_EQ_INT(smtp_client_ehlo(c, &r), SMTP_CLIENT_OK);
+  memset(rc, 0, sizeof(rc));
+  memset(&m, 0, sizeof(m));
+  m.sender = "a@x.test";
+  m.ret = "HDRS";
+  m.envid = "id+2B1";
+  m.body = "x\n";
+  m.len = 2;
+  rc[0].address = "b@y.test";
+  rc[0].notify = "FAILURE";
+  rc[0].orcpt = "rfc822;b+2Bz@y.test";
+  rc[1].address = "c@y.test";
+  rc[1].orcpt = "rfc822;c@y.test\r\nRSET";     /* not xtext: left out */
+  CHECK_EQ_INT(smtp_client_send(c, &m, rc, 2, &r), SMTP_CLIENT_OK);
+  CHECK_EQ_INT(rc[0].reply.code, 250);
+  m.ret = NULL;
+  m.envid = "x+0D+0AQUIT";                         /* decodes to CR LF: left out */
+  memset(rc, 0, sizeof(rc));
+  rc[0].address = "b@y.test";
+  CHECK_EQ_INT(smtp_client_send(c, &m, rc, 1, &r), SMTP_CLIENT_OK);
+  CHECK_EQ_INT(rc[0].reply.code, 250);
+  smtp_client_quit(c);
+  smtp_client_free(c);
+  peer_end(&p);
+}
+
 /* An old server: EHLO refused, HELO; no PIPELINING, so each command waits for its reply, and
  * no DATA when every recipient was refused. */
 static void client_helo_lockstep(void)
@@ -312,6 +378,7 @@ static void client_connect_refused(void)
 
 static const struct unit_case cases[] = {
   { "client_pipelined_transactions", client_pipelined_transactions },
+  { "client_dsn_values", client_dsn_values },
   { "client_helo_lockstep", client_helo_lockstep },
   { "client_size_and_stale", client_size_and_stale },
   { "client_connect_refused", client_connect_refused },
