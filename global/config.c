@@ -2,7 +2,7 @@
  * max} checks and stores every value, and each problem becomes one "FILE:LINE: message" line.
  * Then the SMTP_* environment variables configure the default upstream. */
 #if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
-#define _POSIX_C_SOURCE 200809L   /* gethostname, getpwnam, inet_pton under -std=c11 */
+#define _POSIX_C_SOURCE 200809L   /* gethostname, inet_pton under -std=c11 */
 #endif
 #include "global/config.h"
 #include "lib/buf.h"
@@ -12,7 +12,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
-#include <pwd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +25,7 @@
 
 enum sec_kind {
   SEC_POSTERN, SEC_LISTENER, SEC_UPSTREAM, SEC_ROUTE, SEC_OAUTH2, SEC_INBOUND, SEC_USER,
-  SEC_DKIM, SEC_COUNT
+  SEC_DKIM, SEC_CONSOLE, SEC_COUNT
 };
 
 struct sec_desc {
@@ -52,6 +51,7 @@ static const struct sec_desc sections[SEC_COUNT] = {
   [SEC_INBOUND]  = SEC_ONE("inbound", offsetof(struct config, inbound)),
   [SEC_USER]     = SEC_NAMED("user", cfg_user, users, nusers),
   [SEC_DKIM]     = SEC_NAMED("dkim", cfg_dkim, dkims, ndkims),
+  [SEC_CONSOLE]  = SEC_ONE("console", offsetof(struct config, console)),
 };
 
 /* ---- the settings ---------------------------------------------------------------------- */
@@ -122,6 +122,7 @@ static const char *const w_events_auth[] = { "signature", "basic", NULL };
 #define RO(f) offsetof(struct cfg_route, f)
 #define OA(f) offsetof(struct cfg_oauth2, f)
 #define IN(f) offsetof(struct cfg_inbound, f)
+#define CO(f) offsetof(struct cfg_console, f)
 #define US(f) offsetof(struct cfg_user, f)
 #define DK(f) offsetof(struct cfg_dkim, f)
 
@@ -252,6 +253,12 @@ static const struct opt opts[] = {
     0, LIM_MESSAGE_SIZE_MAX, NULL },
 
   { SEC_USER, "senders", T_STR, US(senders), 0, NULL, 0, 0, NULL },
+
+  { SEC_CONSOLE, "enabled", T_BOOL, CO(enabled), 0, "no", 0, 0, NULL },
+  { SEC_CONSOLE, "users", T_STR, CO(users), 0, NULL, 0, 0, NULL },
+  { SEC_CONSOLE, "users_file", T_STR, CO(users_file), 0, NULL, 0, 0, NULL },
+  { SEC_CONSOLE, "session_timeout", T_DURATION, CO(session_timeout), 0, "8h", 60, 30 * DAY, NULL },
+  { SEC_CONSOLE, "secure_cookie", T_BOOL, CO(secure_cookie), 0, "no", 0, 0, NULL },
 
   { SEC_DKIM, "domain", T_STR, DK(domain), 0, NULL, 0, 0, NULL },
   { SEC_DKIM, "selector", T_STR, DK(selector), 0, NULL, 0, 0, NULL },
@@ -1000,6 +1007,10 @@ static int header_read(struct loader *ld, const char *s)
       ld->cfg->inbound.present = 1;
       ld->cfg->inbound.line = line;
     }
+    if(kind == SEC_CONSOLE) {
+      ld->cfg->console.present = 1;
+      ld->cfg->console.line = line;
+    }
     ld->cur_index = 0;
     snprintf(ld->label, sizeof(ld->label), "%s", sections[kind].word);
   }
@@ -1482,6 +1493,7 @@ int config_load(const char *path, FILE *errs, struct config **out)
   }
   defaults_apply(&ld, SEC_POSTERN, section_base(ld.cfg, SEC_POSTERN, 0));
   defaults_apply(&ld, SEC_INBOUND, section_base(ld.cfg, SEC_INBOUND, 0));
+  defaults_apply(&ld, SEC_CONSOLE, section_base(ld.cfg, SEC_CONSOLE, 0));
 
   if(path) {
     ld.fp = fopen(path, "r");
@@ -1491,12 +1503,15 @@ int config_load(const char *path, FILE *errs, struct config **out)
     }
   }
   else {
-    /* the embedded default is INI text too, read by the same code */
+    /* the embedded default is INI text too, read by the same code. It stays as started: its
+     * data is ./postern-data wherever the reader is (a checkout under /root, 0700), which a
+     * system user made by a package cannot reach; the listener is loopback only */
     rc = snprintf(text, sizeof(text),
-                  "[postern]\ndata_dir = ./postern-data\n\n"
+                  "[postern]\ndata_dir = ./postern-data\nuser =\n\n"
                   "[listener submission]\naddress = 127.0.0.1:%d\nrole = submission\n",
                   geteuid() == 0 ? 587 : 2525);
     ld.mem = text;
+    ld.cfg->embedded = 1;
     ld.mem_len = (size_t)rc;
   }
 
@@ -1516,10 +1531,6 @@ int config_load(const char *path, FILE *errs, struct config **out)
     if(set_str(&ld.cfg->hostname, name, strlen(name)))
       nomem(&ld, 0);
   }
-  /* without a file nobody made the user: do not insist on dropping to one that is missing */
-  if(!path && ld.cfg->user && !getpwnam(ld.cfg->user))
-    set_str(&ld.cfg->user, NULL, 0);
-
   check_sections(&ld);
   env_apply(&ld);
   check_routes(&ld);                     /* after the environment: it may add upstream "env" */

@@ -149,8 +149,20 @@ struct cfg_inbound {
   long long dedupe_window;        /* seconds an Inbound Parse repeat is recognised; 0 never */
 };
 
+/* [console]: the web console on the HTTP listener */
+struct cfg_console {
+  int present;
+  int line;
+  int enabled;
+  char *users;                    /* "name:crypt-hash name:crypt-hash" */
+  char *users_file;               /* lines name:crypt-hash */
+  long long session_timeout;      /* seconds a login lasts without use */
+  int secure_cookie;              /* Secure on the cookie: behind a TLS reverse proxy */
+};
+
 struct config {
   char *path;
+  int embedded;                   /* no file: the embedded default */
   /* [postern] */
   char *hostname;
   char *data_dir;
@@ -181,6 +193,7 @@ struct config {
   int implicit_route;             /* no [route]: the one upstream got the catch-all "default" */
   struct cfg_oauth2 *oauth2s;     size_t noauth2s;
   struct cfg_inbound inbound;
+  struct cfg_console console;
   struct cfg_user *users;         size_t nusers;
   struct cfg_dkim *dkims;         size_t ndkims;
 };
