@@ -19,6 +19,8 @@ void console_security_headers(struct web_response *out, int mail_frame)
   web_header(out, "X-Content-Type-Options", "nosniff");
   web_header(out, "Referrer-Policy", "no-referrer");
   web_header(out, "Cache-Control", "no-store");
+  if(mail_frame)    /* not even a DNS look-up for the mail's links */
+    web_header(out, "X-DNS-Prefetch-Control", "off");
 }
 
 void console_redirect(struct web_response *out, const char *to)

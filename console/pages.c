@@ -468,6 +468,17 @@ static void page_message(struct pages_ctx *pc, const char *id, struct web_respon
   store_msg_free(&m);
 }
 
+/* <meta http-equiv="refresh" content="0;url=..."> could navigate the frame to another host
+ * (CSP does not govern navigation; Chromium's sandbox stops it, other browsers may not): every
+ * http-equiv becomes an attribute with no meaning, of the same length. */
+static void defuse_http_equiv(char *p, size_t n)
+{
+  size_t i;
+  for(i = 0; i + 10 <= n; i++)
+    if(!strncasecmp(p + i, "http-equiv", 10))
+      memcpy(p + i, "x-no-equiv", 10);
+}
+
 /* /msg/ID/raw, /msg/ID/html and /msg/ID/part/N */
 static void message_sub(struct pages_ctx *pc, const char *id, const char *what,
                         struct web_response *out)
@@ -490,8 +501,8 @@ static void message_sub(struct pages_ctx *pc, const char *id, const char *what,
     out->status = 200;
     out->content_type = "text/html; charset=utf-8";
     if(!mail_view_parse(body, len, &v)) {
-      if(v.html)
-        buf_addstr(&out->body, v.html);
+      if(v.html && !buf_addstr(&out->body, v.html))
+        defuse_http_equiv(out->body.ptr, out->body.len);
       mail_view_free(&v);
     }
   }

@@ -199,7 +199,8 @@ def test_every_post_needs_its_csrf_token(console):
 
 def test_headers_and_cookie(console):
     qid = submit(console, "alice@client.test", ["bob@example.test"],
-                 html="<p>hi<img src='http://127.0.0.1:9/x.png'></p>")
+                 html="<meta HTTP-Equiv='refresh' content='0;url=http://127.0.0.1:9/'>"
+                      "<p>hi<img src='http://127.0.0.1:9/x.png'></p>")
     c = Client(console.http_port)
     r = c.get("/console/login")
     csp = r.getheader("Content-Security-Policy")
@@ -227,6 +228,7 @@ def test_headers_and_cookie(console):
     # the mail's HTML: its own answer, with a CSP that fetches nothing and runs nothing
     r = c.get(f"/console/msg/{qid}/html")
     assert r.status == 200 and "<p>hi" in r.text
+    assert "http-equiv" not in r.text.lower() and "x-no-equiv" in r.text
     csp = r.getheader("Content-Security-Policy")
     assert "default-src 'none'" in csp and "img-src data:" in csp and "sandbox" in csp, csp
     assert "script-src" not in csp
@@ -416,7 +418,10 @@ def test_browser_captured_html_is_inert(console, browser):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         host = f"http://127.0.0.1:{hits_port}"
-        html = (f"<html><body><h2 id='mailhead'>Hello from the mail</h2>"
+        html = (f"<html><head><meta http-equiv='refresh' content='0;url={host}/refresh'>"
+                f"<META HTTP-EQUIV=\"Refresh\" CONTENT=\"1; URL={host}/refresh2\">"
+                f"<link rel='stylesheet' href='{host}/style.css'></head>"
+                f"<body><h2 id='mailhead'>Hello from the mail</h2>"
                 f"<script>alert('mail');parent.document.title='pwned';"
                 f"fetch('{host}/script');</script>"
                 f"<img src='{host}/remote.png' alt='remote'>"
