@@ -57,6 +57,7 @@ struct up_count {
   long long n[RCPT_CAPTURED + 1];
 };
 struct up_walk {
+  int status;                    /* the state this walk counts */
   struct up_count ups[32];
   size_t nups;
   size_t seen;
@@ -74,7 +75,7 @@ static int count_upstreams(void *arg, const struct store_msg *m)
   for(i = 0; i < m->nrcpts; i++) {
     const struct store_rcpt *r = &m->rcpts[i];
     const char *name = r->upstream ? r->upstream : "(not tried yet)";
-    if(r->status != RCPT_QUEUED && r->status != RCPT_DEFERRED && r->status != RCPT_HELD)
+    if((int)r->status != w->status)     /* each message counted in the walk of its state */
       continue;
     for(j = 0; j < w->nups && strcmp(w->ups[j].name, name); j++)
       ;
@@ -119,8 +120,12 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
   html_put(b, "<p>Oldest waiting message: <span data-count=\"oldest\">{}</span> UTC</p>"
            "</section>\n", sc.oldest_unfinished_ms < 0 ? "none" : t);
 
-  /* waiting recipients by the upstream that last had them */
-  store_list(pc->st, &f, count_upstreams, w);
+  /* waiting recipients by the upstream that last had them: only messages that have some */
+  for(i = 0; i < 3 && !w->capped; i++) {
+    static const enum rcpt_status waiting[3] = { RCPT_QUEUED, RCPT_DEFERRED, RCPT_HELD };
+    f.status = w->status = (int)waiting[i];
+    store_list(pc->st, &f, count_upstreams, w);
+  }
   html_lit(b, "<section aria-labelledby=\"ups\"><h2 id=\"ups\">Waiting recipients by upstream"
            "</h2>");
   if(!w->nups)
