@@ -103,9 +103,13 @@ const char *const cfg_verify_words[] = { "peer", "none", NULL };
 const char *const cfg_uauth_words[] = {
   "none", "auto", "plain", "login", "cram-md5", "xoauth2", "oauthbearer", NULL };
 static const char *const w_tlsver[] = { "TLSv1.2", "TLSv1.3", NULL };
-static const char *const w_provider[] = { "microsoft", "google", "generic", NULL };
-static const char *const w_flow[] = { "client_credentials", "refresh_token", "device_code", NULL };
-static const char *const w_cloud[] = { "global", "usgov", "usgov-dod", "china", NULL };
+_Static_assert(CFG_PROVIDER_GENERIC == 3, "cfg_provider_words follows enum cfg_provider");
+_Static_assert(CFG_FLOW_DEVICE_CODE == 3, "cfg_flow_words follows enum cfg_flow");
+_Static_assert(CFG_CLOUD_CHINA == 3, "cfg_cloud_words follows enum cfg_cloud");
+const char *const cfg_provider_words[] = { "", "microsoft", "google", "generic", NULL };
+const char *const cfg_flow_words[] = { "", "client_credentials", "refresh_token", "device_code",
+                                       NULL };
+const char *const cfg_cloud_words[] = { "global", "usgov", "usgov-dod", "china", NULL };
 static const char *const w_spf[] = { "off", "tag", "reject", NULL };
 static const char *const w_dmarc[] = { "off", "tag", "enforce", NULL };
 static const char *const w_dkalg[] = { "rsa-sha256", "ed25519-sha256", NULL };
@@ -203,8 +207,8 @@ static const struct opt opts[] = {
   { SEC_ROUTE, "recipient", T_STR, RO(recipient), 0, NULL, 0, 0, NULL },
   { SEC_ROUTE, "upstream", T_STR, RO(upstream), 0, NULL, 0, 0, NULL },
 
-  { SEC_OAUTH2, "provider", T_WORD, OA(provider), 0, NULL, 0, 0, w_provider },
-  { SEC_OAUTH2, "flow", T_WORD, OA(flow), 0, NULL, 0, 0, w_flow },
+  { SEC_OAUTH2, "provider", T_ENUM, OA(provider), 0, NULL, 0, 0, cfg_provider_words },
+  { SEC_OAUTH2, "flow", T_ENUM, OA(flow), 0, NULL, 0, 0, cfg_flow_words },
   { SEC_OAUTH2, "tenant", T_STR, OA(tenant), 0, NULL, 0, 0, NULL },
   { SEC_OAUTH2, "client_id", T_STR, OA(client_id), 0, NULL, 0, 0, NULL },
   { SEC_OAUTH2, "client_secret_file", T_STR, OA(client_secret_file), 0, NULL, 0, 0, NULL },
@@ -213,7 +217,7 @@ static const struct opt opts[] = {
   { SEC_OAUTH2, "certificate_file", T_STR, OA(certificate_file), 0, NULL, 0, 0, NULL },
   { SEC_OAUTH2, "private_key_file", T_STR, OA(private_key_file), 0, NULL, 0, 0, NULL },
   { SEC_OAUTH2, "token_file", T_STR, OA(token_file), 0, NULL, 0, 0, NULL },
-  { SEC_OAUTH2, "cloud", T_WORD, OA(cloud), 0, NULL, 0, 0, w_cloud },
+  { SEC_OAUTH2, "cloud", T_ENUM, OA(cloud), 0, "global", 0, 0, cfg_cloud_words },
 
   { SEC_INBOUND, "domains", T_STR, IN(domains), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "spf", T_WORD, IN(spf), 0, "tag", 0, 0, w_spf },
@@ -227,6 +231,7 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "http_request_rate", T_LONG, IN(http_request_rate), 0, "600", 0, 1000000, NULL },
   { SEC_INBOUND, "http_auth_failures", T_LONG, IN(http_auth_failures), 0, "5", 1, 1000, NULL },
   { SEC_INBOUND, "http_auth_lockout", T_DURATION, IN(http_auth_lockout), 0, "10m", 1, DAY, NULL },
+  { SEC_INBOUND, "http_request_timeout", T_DURATION, IN(http_request_timeout), 0, "5m", 1, DAY, NULL },
   { SEC_INBOUND, "http_exempt_networks", T_CIDRS, IN(http_exempt), IN(nhttp_exempt),
     "127.0.0.0/8 ::1/128", 0, 0, NULL },
   { SEC_INBOUND, "event_public_key_file", T_STR, IN(event_public_key_file), 0, NULL, 0, 0, NULL },
