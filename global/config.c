@@ -231,6 +231,7 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "http_request_rate", T_LONG, IN(http_request_rate), 0, "600", 0, 1000000, NULL },
   { SEC_INBOUND, "http_auth_failures", T_LONG, IN(http_auth_failures), 0, "5", 1, 1000, NULL },
   { SEC_INBOUND, "http_auth_lockout", T_DURATION, IN(http_auth_lockout), 0, "10m", 1, DAY, NULL },
+  { SEC_INBOUND, "http_request_timeout", T_DURATION, IN(http_request_timeout), 0, "5m", 1, DAY, NULL },
   { SEC_INBOUND, "http_exempt_networks", T_CIDRS, IN(http_exempt), IN(nhttp_exempt),
     "127.0.0.0/8 ::1/128", 0, 0, NULL },
   { SEC_INBOUND, "event_public_key_file", T_STR, IN(event_public_key_file), 0, NULL, 0, 0, NULL },

@@ -146,6 +146,7 @@ struct cfg_inbound {
    * limit), wrong credentials before a lockout of http_auth_lockout seconds */
   long http_clients_per_ip, http_request_rate, http_auth_failures;
   long long http_auth_lockout;
+  long long http_request_timeout;     /* seconds for one whole request, headers and body */
   struct cidr *http_exempt;       /* http_exempt_networks: clients no per-client limit applies to */
   size_t nhttp_exempt;
   long long event_max_age;
