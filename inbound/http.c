@@ -9,8 +9,13 @@
 #include "lib/conn.h"
 #include "lib/log.h"
 #include "global/metrics.h"
+#include "global/web.h"
 #include <microhttpd.h>
 #include <pthread.h>
+#include <poll.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <errno.h>
@@ -52,6 +57,25 @@ struct http_settings {
   struct http_limits lim;
   struct cidr *exempt;          /* http_exempt_networks */
   size_t nexempt;
+  long long request_ms;         /* http_request_timeout */
+};
+
+/* A refusal anyone on the internet can cause (a forged signature) is logged at most once a
+ * minute, with how many went unlogged: a forged post costs its sender a request, not the
+ * operator a log line. */
+enum log_gate_kind { GATE_EVENTS_SIG, GATE_SMS_SIG, GATE_DEADLINE, GATE_N };
+struct log_gate {
+  long long last_ms;            /* the latest line; 0 never */
+  unsigned long skipped;        /* refusals since then */
+};
+
+/* An open connection, for http_request_timeout: MHD's own timeout restarts on every byte, so
+ * one byte a minute would hold a connection (and its thread) for ever. */
+struct http_conn {
+  int fd;
+  long long since_ms;           /* the start of its current request; 0 while it is answered */
+  int cut;                      /* shut down for taking too long */
+  struct http_conn *next, *prev;
 };
 
 struct inbound_http {
@@ -60,20 +84,48 @@ struct inbound_http {
   pthread_mutex_t mu;
   struct http_settings *set;    /* the current ones; under mu */
   unsigned service;             /* its id in anvil, the per-client table */
+  /* the application under /console/ (registered by the daemon before any traffic), or NULL */
+  web_handler console;
+  void *console_arg;
   /* queue figures for /metrics, read at most once a second whatever the scrape rate */
   pthread_mutex_t qmu;
   long long q_at_ms;            /* monotonic time of the last read; 0 never */
   int q_ok;
   struct metrics_queue q;
+  struct log_gate gates[GATE_N];  /* under mu */
+  struct http_conn *conns;      /* under mu */
+  int watch_pipe[2];            /* written to stop the watcher */
+  pthread_t watcher;
+  int watcher_started;
 };
 
 #define QUEUE_STATS_CACHE_MS 1000
 
-enum endpoint { EP_NONE, EP_PARSE, EP_EVENTS, EP_SMS, EP_HEALTH, EP_METRICS };
+/* 1 when the refusal is to be logged now (*skipped: those left unlogged since the last line) */
+static int log_gate_due(struct inbound_http *h, enum log_gate_kind k, unsigned long *skipped)
+{
+  struct log_gate *g = &h->gates[k];
+  long long now = time_mono_ms();
+  int due;
+  pthread_mutex_lock(&h->mu);
+  due = !g->last_ms || now - g->last_ms >= 60000 || now < g->last_ms;
+  *skipped = g->skipped;
+  if(due) {
+    g->last_ms = now;
+    g->skipped = 0;
+  }
+  else
+    g->skipped++;
+  pthread_mutex_unlock(&h->mu);
+  return due;
+}
+
+enum endpoint { EP_NONE, EP_PARSE, EP_EVENTS, EP_SMS, EP_HEALTH, EP_METRICS, EP_CONSOLE };
 static const enum metrics_path endpoint_path[] = {
   [EP_NONE] = METRICS_PATH_OTHER, [EP_PARSE] = METRICS_PATH_PARSE,
   [EP_EVENTS] = METRICS_PATH_EVENTS, [EP_SMS] = METRICS_PATH_SMS,
   [EP_HEALTH] = METRICS_PATH_HEALTHZ, [EP_METRICS] = METRICS_PATH_METRICS,
+  [EP_CONSOLE] = METRICS_PATH_OTHER,
 };
 
 /* One request in progress. The raw body is kept once (capped); for Inbound Parse the post
@@ -145,8 +197,31 @@ static void request_free(struct request *rq)
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                               enum MHD_RequestTerminationCode toe)
 {
+  struct inbound_http *h = cls;
+  const union MHD_ConnectionInfo *ci =
+    MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  struct http_conn *hc = ci ? ci->socket_context : NULL;
   request_free(*con_cls);
   *con_cls = NULL;
+  if(hc) {                      /* the next request on this connection has its own time */
+    pthread_mutex_lock(&h->mu);
+    hc->since_ms = time_mono_ms();
+    pthread_mutex_unlock(&h->mu);
+  }
+}
+
+/* The whole request has arrived: the answer (a console stream may last) is not timed by
+ * http_request_timeout; the next request on the connection is (request_completed). */
+static void request_received(struct inbound_http *h, struct MHD_Connection *c)
+{
+  const union MHD_ConnectionInfo *ci =
+    MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  struct http_conn *hc = ci ? ci->socket_context : NULL;
+  if(hc) {
+    pthread_mutex_lock(&h->mu);
+    hc->since_ms = 0;
+    pthread_mutex_unlock(&h->mu);
+  }
 }
 
 static const char cred_key[] = "postern basic auth";
@@ -286,8 +361,12 @@ static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connecti
   if(rq->form_error)
     return respond_text(rq, c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory\n");
   if(rq->verifier && tls_verifier_end(rq->verifier, rq->sig, rq->siglen)) {
-    log_warn("events: signature verification failed; batch refused (if SendGrid sent it, "
-             "event_public_key_file in [inbound] is not its current verification key)");
+    unsigned long skipped;
+    if(log_gate_due(h, GATE_EVENTS_SIG, &skipped))
+      log_warn("events: signature verification failed from %s; batch refused (if SendGrid sent "
+               "it, event_public_key_file in [inbound] is not its current verification key; "
+               "logged once a minute, %lu more refused since the last such line)",
+               rq->client_text, skipped);
     return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
   }
   if(inbound_events_parse(rq->body.ptr ? rq->body.ptr : "", rq->body.len, LIM_WEBHOOK_EVENTS,
@@ -302,6 +381,16 @@ static enum MHD_Result finish_events(struct inbound_http *h, struct MHD_Connecti
     log_error("events: store write error (batch of %zu; see the store error above, free space in "
               "data_dir): answered 5xx, SendGrid posts it again", n);
   return answer_store(rq, c, result, "text/plain; charset=utf-8", "OK\n");
+}
+
+static void sms_refused(struct inbound_http *h, const struct request *rq, const char *what)
+{
+  unsigned long skipped;
+  if(log_gate_due(h, GATE_SMS_SIG, &skipped))
+    log_warn("sms: X-Twilio-Signature %s from %s; request refused (if Twilio sent it, check "
+             "twilio_auth_token_file and public_url in [inbound]: public_url must be the URL "
+             "configured in Twilio, before any proxy; logged once a minute, %lu more refused "
+             "since the last such line)", what, rq->client_text, skipped);
 }
 
 static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection *c,
@@ -336,9 +425,7 @@ static enum MHD_Result finish_sms(struct inbound_http *h, struct MHD_Connection 
     buf_free(&full);
     free(params);
     free(hold);
-    log_warn("sms: X-Twilio-Signature %s; request refused (if Twilio sent it, check "
-             "twilio_auth_token_file and public_url in [inbound]: public_url must be the URL "
-             "configured in Twilio, before any proxy)", sig ? "does not match" : "missing");
+    sms_refused(h, rq, sig ? "does not match" : "missing");
     return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
   }
   buf_free(&full);
@@ -596,14 +683,129 @@ static void connection_event(void *cls, struct MHD_Connection *c, void **socket_
   struct inbound_http *h = cls;
   unsigned char key[ANVIL_KEY_LEN];
   int limited;
-  (void)socket_context;
+  struct http_conn *hc = *socket_context;
+  if(toe == MHD_CONNECTION_NOTIFY_STARTED) {
+    const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if(!ci || !(hc = calloc(1, sizeof(*hc))))
+      return;                   /* MHD's idle timeout still applies */
+    hc->fd = ci->connect_fd;
+    hc->since_ms = time_mono_ms();
+    pthread_mutex_lock(&h->mu);
+    hc->next = h->conns;
+    if(h->conns)
+      h->conns->prev = hc;
+    h->conns = hc;
+    pthread_mutex_unlock(&h->mu);
+    *socket_context = hc;
+    return;
+  }
   if(toe != MHD_CONNECTION_NOTIFY_CLOSED)
     return;
   pthread_mutex_lock(&h->mu);
+  if(hc) {                      /* before MHD closes the descriptor: never shut down a reused one */
+    if(hc->prev)
+      hc->prev->next = hc->next;
+    else
+      h->conns = hc->next;
+    if(hc->next)
+      hc->next->prev = hc->prev;
+    free(hc);
+    *socket_context = NULL;
+  }
   limited = client_of(h->set, client_addr(c), key, NULL, 0);
   pthread_mutex_unlock(&h->mu);
   if(limited)
     anvil_disconnect(h->service, key, time_mono_ms());
+}
+
+static const char *console_value(void *ctx, enum web_kind kind, const char *name)
+{
+  return MHD_lookup_connection_value(ctx, kind == WEB_HEADER ? MHD_HEADER_KIND :
+                                     kind == WEB_COOKIE ? MHD_COOKIE_KIND : MHD_GET_ARGUMENT_KIND,
+                                     name);
+}
+
+static ssize_t console_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+  struct web_stream *s = cls;
+  ssize_t n;
+  (void)pos;
+  /* one thread per connection: the stream's read may wait for something to send */
+  while((n = s->read(s->arg, buf, max)) == 0)
+    ;
+  return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
+}
+
+static void console_stream_free(void *cls)
+{
+  struct web_stream *s = cls;
+  if(s->done)
+    s->done(s->arg);
+  free(s);
+}
+
+/* Hands the request to the console and sends what it answers. */
+static enum MHD_Result finish_console(struct inbound_http *h, struct MHD_Connection *c,
+                                      struct request *rq, const char *url, const char *method)
+{
+  struct web_request wr = {
+    .method = method, .path = url, .client = rq->client_text,
+    .body = rq->body.ptr ? rq->body.ptr : "", .bodylen = rq->body.len,
+    .value = console_value, .ctx = c,
+  };
+  struct web_response out = { 0 };
+  struct MHD_Response *r = NULL;
+  enum MHD_Result ret = MHD_NO;
+  size_t i;
+  buf_init(&out.body, LIM_CONSOLE_PAGE);
+  h->console(h->console_arg, &wr, &out);
+  /* the console's wrong passwords count towards the same lockout as the webhooks' */
+  if(out.auth_failed && rq->has_client &&
+     anvil_auth_failure(rq->client, (unsigned)rq->set->lim.auth_failures,
+                        rq->set->lim.lockout_ms, time_mono_ms()) >=
+     (unsigned)rq->set->lim.auth_failures)
+    log_warn("console: %s gave %ld wrong passwords; locked out for %lld s "
+             "(http_auth_failures, http_auth_lockout in [inbound])", rq->client_text,
+             rq->set->lim.auth_failures, rq->set->lim.lockout_ms / 1000);
+  if(out.stream.read) {
+    struct web_stream *s = malloc(sizeof(*s));
+    if(s) {
+      *s = out.stream;
+      r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, console_stream_read, s,
+                                            console_stream_free);
+      if(!r)
+        console_stream_free(s);
+    }
+    else if(out.stream.done)
+      out.stream.done(out.stream.arg);
+  }
+  else {
+    size_t len = 0;
+    char *body = buf_steal(&out.body, &len);
+    r = MHD_create_response_from_buffer(len, body ? body : (void *)"",
+                                        body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if(!r)
+      free(body);
+  }
+  if(r) {
+    unsigned status = out.status ? out.status : MHD_HTTP_INTERNAL_SERVER_ERROR;
+    if(out.content_type)
+      MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, out.content_type);
+    for(i = 0; i < out.nheaders; i++)
+      MHD_add_response_header(r, out.headers[i].name, out.headers[i].value);
+    counted(rq, status);
+    ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+  }
+  web_response_free(&out);
+  return ret;
+}
+
+void inbound_http_set_console(struct inbound_http *h, web_handler fn, void *arg)
+{
+  h->console = fn;
+  h->console_arg = arg;
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
@@ -636,6 +838,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       rq->ep = EP_EVENTS;
     else if(!strcmp(url, "/sms"))
       rq->ep = EP_SMS;
+    else if(h->console && (!strcmp(url, "/console") || !strncmp(url, "/console/", 9)))
+      rq->ep = EP_CONSOLE;
     rq->has_client = client_of(rq->set, client_addr(c), rq->client, rq->client_text,
                                sizeof(rq->client_text));
     /* /healthz stays cheap and open for load balancers and probes */
@@ -660,6 +864,16 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     if(rq->ep == EP_NONE) {
       rq->answered = 1;
       return respond_text(rq, c, MHD_HTTP_NOT_FOUND, "not found\n");
+    }
+    if(rq->ep == EP_CONSOLE) {
+      /* the console keeps its own logins; its wrong passwords count for the lockout above */
+      if(strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD) &&
+         strcmp(method, MHD_HTTP_METHOD_POST)) {
+        rq->answered = 1;
+        return respond_text(rq, c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET or POST only\n");
+      }
+      buf_init(&rq->body, WEB_BODY_MAX);
+      return MHD_YES;
     }
     if(rq->ep == EP_HEALTH || rq->ep == EP_METRICS) {
       if(strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD)) {
@@ -697,7 +911,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     }
     if(rq->ep == EP_SMS && !header(c, "X-Twilio-Signature")) {
       rq->answered = 1;
-      log_warn("sms: X-Twilio-Signature missing; request refused");
+      sms_refused(h, rq, "missing");
       return respond_text(rq, c, MHD_HTTP_FORBIDDEN, "signature verification failed\n");
     }
     cap = rq->ep == EP_PARSE ? rq->set->max_size :
@@ -744,6 +958,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
   if(rq->answered)
     return MHD_YES;
   rq->answered = 1;
+  request_received(h, c);
   if(rq->too_big)
     return respond_text(rq, c, MHD_HTTP_CONTENT_TOO_LARGE, "request too large\n");
   switch(rq->ep) {
@@ -758,6 +973,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     return finish_events(h, c, rq);
   case EP_SMS:
     return finish_sms(h, c, rq, url);
+  case EP_CONSOLE:
+    return finish_console(h, c, rq, url, method);
   default:
     return respond_text(rq, c, MHD_HTTP_NOT_FOUND, "not found\n");
   }
@@ -796,10 +1013,53 @@ static void settings_release(struct inbound_http *h, struct http_settings *set)
     settings_free(set);
 }
 
+/* Once a second: a connection whose current request has taken longer than
+ * http_request_timeout is shut down (its thread sees the end and closes it). */
+static void *watch_main(void *arg)
+{
+  struct inbound_http *h = arg;
+  for(;;) {
+    struct pollfd p;
+    struct http_conn *hc;
+    unsigned long cut = 0, skipped;
+    long long now, limit;
+    p.fd = h->watch_pipe[0];
+    p.events = POLLIN;
+    p.revents = 0;
+    if(poll(&p, 1, 1000) > 0)
+      break;
+    now = time_mono_ms();
+    pthread_mutex_lock(&h->mu);
+    limit = h->set->request_ms;
+    for(hc = h->conns; hc; hc = hc->next)
+      if(!hc->cut && hc->since_ms && limit > 0 && now - hc->since_ms >= limit) {
+        shutdown(hc->fd, SHUT_RDWR);
+        hc->cut = 1;
+        cut++;
+      }
+    pthread_mutex_unlock(&h->mu);
+    if(cut && log_gate_due(h, GATE_DEADLINE, &skipped))
+      log_warn("http: %lu connection(s) took longer than http_request_timeout (%llds, [inbound]) "
+               "for one request and were closed (logged once a minute, %lu more since the last "
+               "such line)", cut, limit / 1000, skipped);
+  }
+  return NULL;
+}
+
 void inbound_http_stop(struct inbound_http *h)
 {
   if(!h)
     return;
+  if(h->watcher_started) {
+    if(write(h->watch_pipe[1], "x", 1) != 1) {
+      /* a pipe of one byte: cannot be full */
+    }
+    pthread_join(h->watcher, NULL);
+  }
+  if(h->watch_pipe[0] >= 0) {
+    close(h->watch_pipe[0]);
+    close(h->watch_pipe[1]);
+  }
   if(h->mhd)
     MHD_stop_daemon(h->mhd);      /* requests have completed: theirs references are gone */
   if(h->set)
@@ -989,6 +1249,7 @@ static struct http_settings *settings_new(const struct config *cfg)
   set->lim.rate_per_minute = cfg->inbound.http_request_rate;
   set->lim.auth_failures = cfg->inbound.http_auth_failures;
   set->lim.lockout_ms = cfg->inbound.http_auth_lockout * 1000;
+  set->request_ms = cfg->inbound.http_request_timeout * 1000;
   if(cfg->inbound.nhttp_exempt) {
     set->exempt = calloc(cfg->inbound.nhttp_exempt, sizeof(*set->exempt));
     if(!set->exempt) {
@@ -1037,6 +1298,7 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
     goto out;
   pthread_mutex_init(&h->mu, NULL);
   pthread_mutex_init(&h->qmu, NULL);
+  h->watch_pipe[0] = h->watch_pipe[1] = -1;
   h->st = st;
   h->service = anvil_service(HTTP_ANVIL_SERVICE);
   if(!(h->set = settings_new(cfg)))
@@ -1055,8 +1317,18 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
               cfg->inbound.http_address);
     goto out;
   }
-  log_info("HTTP listener on %s: /emailInbound /events /sms /healthz /metrics",
-           cfg->inbound.http_address);
+  if(pipe2(h->watch_pipe, O_CLOEXEC)) {
+    h->watch_pipe[0] = h->watch_pipe[1] = -1;
+    log_error("cannot start the HTTP listener: pipe: %s", strerror(errno));
+    goto out;
+  }
+  if(pthread_create(&h->watcher, NULL, watch_main, h)) {
+    log_error("cannot start the HTTP listener's request timer (out of threads?)");
+    goto out;
+  }
+  h->watcher_started = 1;
+  log_info("HTTP listener on %s: /emailInbound /events /sms /healthz /metrics%s",
+           cfg->inbound.http_address, cfg->console.enabled ? " /console/" : "");
   *out = h;
   h = NULL;
   result = 0;

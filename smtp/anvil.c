@@ -28,6 +28,8 @@ struct anvil_auth_slot {
   unsigned failures;               /* within LIM_AUTH_FAILURE_MEMORY of the latest */
   long long last_ms;               /* the latest failure */
   long long locked_until_ms;       /* 0: not locked */
+  unsigned pending;                /* checks under way (anvil_auth_begin .. anvil_auth_end) */
+  long long logged_ms;             /* the latest refusal that was logged; 0 never */
 };
 
 static pthread_mutex_t anvil_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -210,46 +212,102 @@ long long anvil_auth_locked(const unsigned char *key, long long now)
   return left > 0 ? left : 0;
 }
 
-unsigned anvil_auth_failure(const unsigned char *key, unsigned max, long long lock_ms,
-                            long long now)
+/* A slot for a client not in the table: a free one, else the unlocked client without checks
+ * under way that failed longest ago; a locked client is never forgotten while its lock runs.
+ * NULL when every slot is locked or busy. Called with anvil_lock held. */
+static struct anvil_auth_slot *auth_make(const unsigned char *key, long long now)
 {
   struct anvil_auth_slot *f;
-  unsigned n;
   size_t i, pick = LIM_AUTH_FAILURE_ADDRS;
+  for(i = 0; i < LIM_AUTH_FAILURE_ADDRS; i++) {
+    struct anvil_auth_slot *g = &auth_slots[i];
+    if(g->used && g->locked_until_ms && now >= g->locked_until_ms)
+      g->locked_until_ms = 0;
+    if(!g->used || (!g->locked_until_ms && !g->pending &&
+                    now - g->last_ms > LIM_AUTH_FAILURE_MEMORY * 1000LL)) {
+      pick = i;
+      break;
+    }
+    if(!g->locked_until_ms && !g->pending &&
+       (pick == LIM_AUTH_FAILURE_ADDRS || g->last_ms < auth_slots[pick].last_ms))
+      pick = i;
+  }
+  if(pick == LIM_AUTH_FAILURE_ADDRS)
+    return NULL;
+  f = &auth_slots[pick];
+  memset(f, 0, sizeof(*f));
+  f->used = 1;
+  f->last_ms = now;
+  memcpy(f->key, key, ANVIL_KEY_LEN);
+  return f;
+}
+
+/* A refusal of a locked client is logged at most once a minute per client. */
+static int auth_report_due(struct anvil_auth_slot *f, long long now)
+{
+  if(f->logged_ms && now - f->logged_ms < ANVIL_WINDOW_MS && now >= f->logged_ms)
+    return 0;
+  f->logged_ms = now;
+  return 1;
+}
+
+long long anvil_auth_begin(const unsigned char *key, unsigned max, long long now, int *reserved,
+                           int *report)
+{
+  struct anvil_auth_slot *f;
+  long long left = 0;
+  *reserved = 0;
+  *report = 0;
   pthread_mutex_lock(&anvil_lock);
   f = auth_find(key, now);
-  if(!f) {
-    /* a free slot, else the unlocked client that failed longest ago; a locked client is
-     * never forgotten while its lock runs */
-    for(i = 0; i < LIM_AUTH_FAILURE_ADDRS; i++) {
-      struct anvil_auth_slot *g = &auth_slots[i];
-      if(g->used && g->locked_until_ms && now >= g->locked_until_ms)
-        g->locked_until_ms = 0;
-      if(!g->used || (!g->locked_until_ms &&
-                      now - g->last_ms > LIM_AUTH_FAILURE_MEMORY * 1000LL)) {
-        pick = i;
-        break;
-      }
-      if(!g->locked_until_ms &&
-         (pick == LIM_AUTH_FAILURE_ADDRS || g->last_ms < auth_slots[pick].last_ms))
-        pick = i;
-    }
-    if(pick == LIM_AUTH_FAILURE_ADDRS) {
-      /* every slot holds a locked client: this one is treated as one of them */
-      pthread_mutex_unlock(&anvil_lock);
-      return max ? max : 1;
-    }
-    f = &auth_slots[pick];
-    memset(f, 0, sizeof(*f));
-    f->used = 1;
-    memcpy(f->key, key, ANVIL_KEY_LEN);
+  if(!f)
+    f = auth_make(key, now);
+  if(!f)
+    goto out;              /* a full table: the first failure will count as the last */
+  if(f->locked_until_ms)
+    left = f->locked_until_ms - now;
+  else if(max && f->failures + f->pending >= max)
+    left = 1000;           /* the checks under way may reach the limit: none more until then */
+  if(left > 0) {
+    *report = auth_report_due(f, now);
+    goto out;
+  }
+  left = 0;
+  f->pending++;
+  *reserved = 1;
+out:
+  pthread_mutex_unlock(&anvil_lock);
+  return left;
+}
+
+unsigned anvil_auth_end(const unsigned char *key, int reserved, int failed, unsigned max,
+                        long long lock_ms, long long now)
+{
+  struct anvil_auth_slot *f;
+  unsigned n = 0;
+  pthread_mutex_lock(&anvil_lock);
+  f = auth_find(key, now);
+  if(f && reserved && f->pending)
+    f->pending--;
+  if(!failed)
+    goto out;
+  if(!f && !(f = auth_make(key, now))) {
+    n = max ? max : 1;     /* every slot holds a locked client: this one is treated as one */
+    goto out;
   }
   n = ++f->failures;
   f->last_ms = now;
   if(max && n >= max && !f->locked_until_ms)
     f->locked_until_ms = now + (lock_ms > 0 ? lock_ms : 1);
+out:
   pthread_mutex_unlock(&anvil_lock);
   return n;
+}
+
+unsigned anvil_auth_failure(const unsigned char *key, unsigned max, long long lock_ms,
+                            long long now)
+{
+  return anvil_auth_end(key, 0, 1, max, lock_ms, now);
 }
 
 void anvil_reset(void)

@@ -62,7 +62,6 @@ struct session {
   struct auth_server_session *auth;  /* NULL: AUTH is not offered in this session */
   char auth_user[AUTH_USER_MAX];      /* info.auth_user points here once AUTH succeeded */
   int auth_failures;                  /* failed AUTHs in this session */
-  int lock_logged;                    /* the lockout was logged for this session */
   char tls_desc[160];                 /* "TLSv1.3 TLS_AES_256_GCM_SHA384 256/256" */
 
   long long helo_deadline_ms;         /* until HELO/EHLO is done (helo_ms); 0 none */
@@ -1013,15 +1012,9 @@ static int auth_max_failures(const struct session *s)
 /* Failed AUTHs count per client (an IPv4 address or an IPv6 /64) across sessions and
  * listeners; at max_auth_failures the client is locked out for auth_lockout, and while it is
  * no credentials of its are checked at all (cmd_auth asks before the exchange starts). */
-static void auth_failed(struct session *s, const char *mech)
+static void auth_failed(struct session *s, const char *mech, unsigned n)
 {
-  unsigned char key[ANVIL_KEY_LEN];
   int max = auth_max_failures(s);
-  unsigned n;
-  anvil_key(s->info.family, s->info.peer_addr, key);
-  n = anvil_auth_failure(key, (unsigned)max, s->cfg->auth_lockout_ms > 0 ?
-                         s->cfg->auth_lockout_ms : LIM_AUTH_LOCKOUT_DEFAULT * 1000LL,
-                         time_mono_ms());
   s->auth_failures++;
   metrics_auth_failure(METRICS_SIDE_LISTENER);
   if(n < (unsigned)s->auth_failures)
@@ -1041,8 +1034,26 @@ static void auth_failed(struct session *s, const char *mech)
   reply(s, 535, "5.7.8", "Error: authentication failed");
 }
 
+/* A client locked out (or with as many checks under way as it has failures left): nothing it
+ * sends is checked, no guess costs us a hash or tells it anything. */
+static void auth_refuse_locked(struct session *s, long long left, int report)
+{
+  if(s->line.len)
+    explicit_bzero(s->line.ptr, s->line.len);
+  metrics_auth_failure(METRICS_SIDE_LISTENER);
+  reply(s, 454, "4.7.0", "Error: too many authentication failures; try again later");
+  s->errors++;     /* asking again and again ends the session like other errors do */
+  if(report)
+    log_info("AUTH from [%s] refused: locked out for %llds more after max_auth_failures "
+             "(logged once a minute per client)", s->info.peer_ip, (left + 999) / 1000);
+}
+
 static void cmd_auth(struct session *s, const struct smtp_command *cmd)
 {
+  unsigned char key[ANVIL_KEY_LEN];
+  long long lock_ms = s->cfg->auth_lockout_ms > 0 ? s->cfg->auth_lockout_ms :
+                      LIM_AUTH_LOCKOUT_DEFAULT * 1000LL;
+  unsigned max = (unsigned)auth_max_failures(s), failures = 0;
   char mech[32], esc[LIM_LOG_FIELD * 4 + 8];
   const char *ir;
   const unsigned char *chal;
@@ -1065,24 +1076,6 @@ static void cmd_auth(struct session *s, const struct smtp_command *cmd)
   if(s->in_mail) {
     reply(s, 503, "5.5.1", "Error: MAIL transaction in progress");
     return;
-  }
-  {
-    /* a locked-out client has nothing checked: no guess costs us a hash or tells it anything */
-    unsigned char key[ANVIL_KEY_LEN];
-    long long left;
-    anvil_key(s->info.family, s->info.peer_addr, key);
-    left = anvil_auth_locked(key, time_mono_ms());
-    if(left > 0) {
-      explicit_bzero(s->line.ptr, s->line.len);
-      metrics_auth_failure(METRICS_SIDE_LISTENER);
-      reply(s, 454, "4.7.0", "Error: too many authentication failures; try again later");
-      s->errors++;     /* asking again and again ends the session like other errors do */
-      if(!s->lock_logged)
-        log_info("AUTH from [%s] refused: locked out for %llds more after max_auth_failures",
-                 s->info.peer_ip, (left + 999) / 1000);
-      s->lock_logged = 1;
-      return;
-    }
   }
   if(auth_args(cmd, mech, sizeof(mech), &ir, &irlen)) {
     reply(s, 501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
@@ -1108,12 +1101,23 @@ static void cmd_auth(struct session *s, const struct smtp_command *cmd)
       return;
     }
   }
+  anvil_key(s->info.family, s->info.peer_addr, key);
   for(;;) {
     unsigned fl = 0;
     char *enc = NULL;
     size_t enclen = 0;
+    int reserved, report;
+    /* asked before every step, not once at AUTH: an exchange begun before the client was
+     * locked out (or many sent at once) gets no check past the limit */
+    long long left = anvil_auth_begin(key, max, time_mono_ms(), &reserved, &report);
+    if(left > 0) {
+      auth_secret_free(in, inlen);
+      auth_refuse_locked(s, left, report);
+      return;
+    }
     result = auth_server_step(s->auth, first ? mech : NULL, in, inlen, &chal, &challen,
                               s->auth_user, sizeof(s->auth_user));
+    failures = anvil_auth_end(key, reserved, result == AUTH_FAIL, max, lock_ms, time_mono_ms());
     auth_secret_free(in, inlen);
     in = NULL;
     inlen = 0;
@@ -1167,7 +1171,7 @@ static void cmd_auth(struct session *s, const struct smtp_command *cmd)
              log_repr(esc, sizeof(esc), s->auth_user, strlen(s->auth_user)));
     break;
   case AUTH_FAIL:
-    auth_failed(s, mech);
+    auth_failed(s, mech, failures);
     break;
   case AUTH_BAD_MECH:
     reply(s, 504, "5.5.4", "Unrecognized authentication type");

@@ -75,6 +75,15 @@ enum anvil_verdict anvil_rcpt(unsigned service, const unsigned char *key,
 long long anvil_auth_locked(const unsigned char *key, long long now_ms);
 unsigned  anvil_auth_failure(const unsigned char *key, unsigned max, long long lock_ms,
                              long long now_ms);
+/* Around each check of a client's credentials: begin returns the ms the client must wait
+ * (locked out, or the checks already under way could reach max) and checks nothing, else 0
+ * with one check reserved (*reserved) so that a burst of sessions cannot all get past the
+ * limit at once. *report: the refusal is to be logged (once a minute per client). end gives
+ * the reservation back and, when the check failed, counts it as anvil_auth_failure does. */
+long long anvil_auth_begin(const unsigned char *key, unsigned max, long long now_ms,
+                           int *reserved, int *report);
+unsigned  anvil_auth_end(const unsigned char *key, int reserved, int failed, unsigned max,
+                         long long lock_ms, long long now_ms);
 /* Forgets everything (tests, fuzzing). */
 void anvil_reset(void);
 

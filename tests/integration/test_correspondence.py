@@ -231,6 +231,20 @@ def readme_verifier():
     return scope["postern_verified"]
 
 
+def php_verified(tmp_path, header, body):
+    """README.md's PHP check of X-Postern-Signature, run by php on one request."""
+    with open(os.path.join(SRCDIR, "README.md"), encoding="utf-8") as f:
+        code = f.read().split("```php\n", 1)[1].split("```", 1)[0]
+    script, data = tmp_path / "verify.php", tmp_path / "body.json"
+    script.write_text("<?php\n" + code + "\necho postern_verified($argv[1], $argv[2], "
+                      "file_get_contents($argv[3])) ? 'ok' : 'bad';\n")
+    data.write_bytes(body)
+    p = subprocess.run(["php", str(script), FORWARD_SECRET, header, str(data)],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout == b"ok"
+
+
 def hmac_ok(headers, body):
     return readme_verifier()(FORWARD_SECRET.encode(), headers.get("X-Postern-Signature", ""), body)
 
@@ -674,6 +688,10 @@ def test_status_changes_forwarded_across_restart(daemon_factory, tmp_path, sink,
     moved = "t=%d,%s" % (int(time.time()), h["X-Postern-Signature"].split(",", 1)[1])
     assert moved == h["X-Postern-Signature"] or not verified(FORWARD_SECRET.encode(), moved, b)
     assert not verified(FORWARD_SECRET.encode(), h["X-Postern-Signature"], b + b" ")
+    # and the PHP one
+    assert php_verified(tmp_path, h["X-Postern-Signature"], b)
+    assert not php_verified(tmp_path, h["X-Postern-Signature"], b + b" ")
+    assert not php_verified(tmp_path, moved.replace("v1=", "v1=0"), b)
 
 
 def test_inbound_parse_repeat_is_one_record(daemon_factory, tmp_path, sink, spf_env):

@@ -283,3 +283,85 @@ def test_proxy_protocol_needs_proxy_networks(tmp_path):
     p = subprocess.run([POSTERN, "-n", "-c", str(conf)], capture_output=True, timeout=60)
     assert p.returncode == 1
     assert "proxy_protocol = yes needs proxy_networks" in p.stderr.decode() + p.stdout.decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# The lockout against guesses already on their way: exchanges begun before the limit was
+# reached, and a burst of them answered at once.
+
+def _session(port, src):
+    """A greeted session from src."""
+    import socket
+    from conftest import SMTPConn
+    c = SMTPConn.__new__(SMTPConn)
+    c.timeout = 30
+    c.sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(src, 0))
+    c.buf, c.eof, c.log = b"", False, []
+    c.greet()
+    return c
+
+
+def _login_prompt(port, src):
+    """A session from src waiting for the password of AUTH LOGIN."""
+    b64 = base64
+    from conftest import SMTPConn
+    c = _session(port, src)
+    c.send(b"AUTH LOGIN\r\n")
+    assert c.read_reply().code == 334
+    c.send(b64.b64encode(b"alice") + b"\r\n")
+    assert c.read_reply().code == 334
+    return c
+
+
+def test_lockout_holds_for_exchanges_under_way(daemon_factory):
+    """AUTH LOGIN exchanges begun before the client reached max_auth_failures have their
+    passwords checked only while it is not locked out, and a burst of passwords sent at once on
+    many sessions gets no more than max_auth_failures of them checked: the right password in the
+    burst, or after it, gets 454 4.7.0, never 235."""
+    b64 = base64
+    d = daemon_factory(postern={"max_auth_failures": "3", "auth_lockout": "6s"}, start=False)
+    register_secret(PASSWORD)
+    p = subprocess.run([POSTERNCTL, "-c", d.conf, "user", "add", "alice"], capture_output=True,
+                       input=(PASSWORD + "\n").encode(), timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    d.start()
+    src = "127.0.0.9"
+    # a burst: twelve sessions at the password prompt, eleven wrong passwords and the right one
+    # sent together
+    sessions = [_login_prompt(d.port, src) for _ in range(12)]
+    for i, c in enumerate(sessions):
+        pw = PASSWORD if i == 11 else f"wrong{i}"
+        c.send(b64.b64encode(pw.encode()) + b"\r\n")
+    codes = [c.read_reply(timeout=30).code for c in sessions]
+    checked = [x for x in codes if x in (235, 535, 421)]
+    assert len(checked) <= 3, codes
+    assert 235 not in codes, codes
+    assert codes.count(421) == 1, codes
+    assert all(x in (535, 421, 454) for x in codes), codes
+    for c in sessions:
+        c.close()
+    # exchanges begun during the lockout's last moments... and before it: prompts opened while
+    # not locked, the lock reached on other sessions, then the right password: 454
+    time.sleep(6.5)
+    sessions = [_login_prompt(d.port, src) for _ in range(4)]
+    for i, c in enumerate(sessions[:3]):
+        c.send(b64.b64encode(f"again{i}".encode()) + b"\r\n")
+        assert c.read_reply(timeout=30).code == (421 if i == 2 else 535)
+    sessions[3].send(b64.b64encode(PASSWORD.encode()) + b"\r\n")
+    r = sessions[3].read_reply(timeout=30)
+    assert (r.code, r.enhanced) == (454, "4.7.0"), r
+    for c in sessions:
+        c.close()
+    # refusals of a locked client are logged once a minute, not once per session
+    ir = b64.b64encode(f"\0alice\0{PASSWORD}".encode())
+    for _ in range(5):
+        c = _session(d.port, src)
+        c.send(b"AUTH PLAIN " + ir + b"\r\n")
+        assert c.read_reply().code == 454
+        c.close()
+    assert d.log_text().count(f"AUTH from [{src}] refused: locked out") == 1, d.log_tail()
+    time.sleep(6.5)
+    c = _session(d.port, src)
+    c.send(b"AUTH PLAIN " + ir + b"\r\n")
+    assert c.read_reply().code == 235
+    c.close()
