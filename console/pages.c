@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #define RAW_INLINE_MAX (256u * 1024u)   /* raw source shown on the message page; more: /raw */
-#define UPSTREAM_WALK_MAX 10000         /* waiting messages the overview counts by upstream */
+#define UPSTREAM_WALK_MAX 1000          /* waiting messages the overview counts by upstream */
 #define SEARCH_SCAN_MAX 20000           /* captured messages a search reads at most */
 #define STREAM_SECONDS 300              /* an event stream ends (the browser reconnects) */
 
@@ -123,6 +123,8 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
   /* waiting recipients by the upstream that last had them: only messages that have some */
   for(i = 0; i < 3 && !w->capped; i++) {
     static const enum rcpt_status waiting[3] = { RCPT_QUEUED, RCPT_DEFERRED, RCPT_HELD };
+    if(!sc.rcpts[waiting[i]])      /* a walk reads every message: none when none waits */
+      continue;
     f.status = w->status = (int)waiting[i];
     store_list(pc->st, &f, count_upstreams, w);
   }
@@ -145,7 +147,7 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
     }
     html_lit(b, "</tbody></table></div>");
     if(w->capped)
-      html_lit(b, "<p class=\"note\">Counted over the first 10000 messages.</p>");
+      html_lit(b, "<p class=\"note\">Counted over the oldest 1000 waiting messages.</p>");
   }
   html_lit(b, "</section>");
   console_page_end(b);
