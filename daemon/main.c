@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -96,6 +97,38 @@ static int auth_setup(const char *data_dir, int *auth_ok)
   return 0;
 }
 
+/* Gives what dirfd holds to pw, without following links, down to a few levels. Done when a
+ * data_dir made by a run as root (before the user existed) first meets its user: the store and
+ * the AUTH database there are root's 0600 files, which the user could not open. */
+static int chown_below(int dirfd, const char *dir, const struct passwd *pw, int depth)
+{
+  DIR *d;
+  struct dirent *e;
+  int result = 0;
+  d = fdopendir(dirfd);
+  if(!d) {
+    close(dirfd);
+    return -1;
+  }
+  while((e = readdir(d))) {
+    int sub;
+    if(!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+      continue;
+    if(fchownat(dirfd, e->d_name, pw->pw_uid, pw->pw_gid, AT_SYMLINK_NOFOLLOW)) {
+      log_error("cannot give %s/%s to user %s: %s; chown it by hand", dir, e->d_name,
+                pw->pw_name, strerror(errno));
+      result = -1;
+      continue;
+    }
+    if(depth > 0 &&
+       (sub = openat(dirfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) >= 0 &&
+       chown_below(sub, dir, pw, depth - 1))
+      result = -1;
+  }
+  closedir(d);
+  return result;
+}
+
 static int make_data_dir(const char *dir, const struct passwd *pw)
 {
   struct stat st;
@@ -117,10 +150,14 @@ static int make_data_dir(const char *dir, const struct passwd *pw)
     log_error("data_dir %s is writable by others; refusing to use it (chmod o-w)", dir);
     return -1;
   }
-  if(pw && st.st_uid != pw->pw_uid && chown(dir, pw->pw_uid, pw->pw_gid)) {
-    log_error("cannot give data_dir %s to user %s: %s; chown it to that user by hand", dir,
-              pw->pw_name, strerror(errno));
-    return -1;
+  if(pw && st.st_uid != pw->pw_uid) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if(chown(dir, pw->pw_uid, pw->pw_gid) || fd < 0 || chown_below(fd, dir, pw, 4)) {
+      log_error("cannot give data_dir %s to user %s: %s; chown -R it to that user by hand", dir,
+                pw->pw_name, strerror(errno));
+      return -1;
+    }
+    log_info("data_dir %s given to user %s", dir, pw->pw_name);
   }
   return 0;
 }
