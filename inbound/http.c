@@ -469,7 +469,7 @@ static const struct metrics_queue *queue_figures(struct inbound_http *h, struct 
   pthread_mutex_lock(&h->qmu);
   if(!h->q_at_ms || now - h->q_at_ms >= QUEUE_STATS_CACHE_MS) {
     struct store_counts sc;
-    h->q_ok = !store_counts(h->st, &sc);
+    h->q_ok = !store_counts_pending(h->st, &sc);
     h->q.queued = sc.rcpts[RCPT_QUEUED];
     h->q.deferred = sc.rcpts[RCPT_DEFERRED];
     h->q.held = sc.rcpts[RCPT_HELD];

@@ -47,6 +47,10 @@ static const char *const sql[ST_COUNT] = {
     " JOIN messages m ON m.id = r.message_id WHERE r.status IN ('queued','deferred','held')"
     " AND m.created_ms < ?1 AND m.delay_warned = 0 AND m.sender <> '' LIMIT ?2",
   [ST_DELAY_WARNED] = "UPDATE messages SET delay_warned = 1 WHERE id = ?1",
+  /* three range counts of recipients_due: the cost follows the queue, not the history */
+  [ST_COUNT_PENDING] = "SELECT (SELECT count(*) FROM recipients WHERE status = 'queued'),"
+    " (SELECT count(*) FROM recipients WHERE status = 'deferred'),"
+    " (SELECT count(*) FROM recipients WHERE status = 'held')",
   [ST_BODY_GET] = "SELECT body FROM messages WHERE id = ?1",
   /* each walks recipients_due in its order (no sort of the whole due set, which made a large
    * drain quadratic); store_due merges the two walks and keeps each message once */
@@ -770,19 +774,33 @@ int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, 
   return result;
 }
 
-static int db_counts(struct store_db *d, struct store_counts *out)
+static int db_counts(struct store_db *d, struct store_counts *out, int all)
 {
-  sqlite3_stmt *s = db_stmt(d, ST_COUNT_BY_STATUS, sql);
+  sqlite3_stmt *s = db_stmt(d, all ? ST_COUNT_BY_STATUS : ST_COUNT_PENDING, sql);
   int rc, result = STORE_OK;
   enum rcpt_status status;
   if(!s)
     return STORE_ERROR;
-  while((rc = sqlite3_step(s)) == SQLITE_ROW)
-    if(!rcpt_status_parse((const char *)sqlite3_column_text(s, 0), &status))
-      out->rcpts[status] = sqlite3_column_int64(s, 1);
+  if(!all) {
+    rc = sqlite3_step(s);
+    if(rc == SQLITE_ROW) {
+      out->rcpts[RCPT_QUEUED] = sqlite3_column_int64(s, 0);
+      out->rcpts[RCPT_DEFERRED] = sqlite3_column_int64(s, 1);
+      out->rcpts[RCPT_HELD] = sqlite3_column_int64(s, 2);
+      rc = SQLITE_DONE;
+    }
+  }
+  else
+    while((rc = sqlite3_step(s)) == SQLITE_ROW)
+      if(!rcpt_status_parse((const char *)sqlite3_column_text(s, 0), &status))
+        out->rcpts[status] = sqlite3_column_int64(s, 1);
   if(rc != SQLITE_DONE)
     result = db_fail(d, rc, "count by status");
   sqlite3_reset(s);
+  if(!all) {
+    out->messages = out->bytes = -1;
+    goto oldest;
+  }
   if(result || !(s = db_stmt(d, ST_COUNT_MESSAGES, sql)))
     return result ? result : STORE_ERROR;
   rc = sqlite3_step(s);
@@ -793,6 +811,7 @@ static int db_counts(struct store_db *d, struct store_counts *out)
   else
     result = db_fail(d, rc, "count messages");
   sqlite3_reset(s);
+oldest:
   if(result || !(s = db_stmt(d, ST_OLDEST_UNFINISHED, sql)))
     return result ? result : STORE_ERROR;
   rc = sqlite3_step(s);
@@ -804,16 +823,26 @@ static int db_counts(struct store_db *d, struct store_counts *out)
   return result;
 }
 
-int store_counts(struct store *st, struct store_counts *out)
+static int counts(struct store *st, struct store_counts *out, int all)
 {
   struct store_db *d;
   int begin_result, result;
   memset(out, 0, sizeof(*out));
   out->oldest_unfinished_ms = -1;
   begin_result = store_read_begin(st, &d);
-  result = begin_result ? begin_result : db_counts(d, out);
+  result = begin_result ? begin_result : db_counts(d, out, all);
   store_read_end(st, d, begin_result);
   return result;
+}
+
+int store_counts(struct store *st, struct store_counts *out)
+{
+  return counts(st, out, 1);
+}
+
+int store_counts_pending(struct store *st, struct store_counts *out)
+{
+  return counts(st, out, 0);
 }
 
 int store_overdue(struct store *st, enum store_overdue which, long long cutoff_ms,

@@ -243,8 +243,14 @@ def test_data_dir_of_a_root_run_goes_to_the_user_made_later(tmp_path, netns, sha
     # where the user can reach it (pytest's own directories are root's 0700)
     data = shared_dir / "data"
     conf = tmp_path / "postern.conf"
+    # and a password file as `posternctl init` run as root then wrote it: root's, 0600
+    secret = tmp_path / "smarthost.secret"
+    secret.write_text("app-password\n")
+    os.chmod(secret, 0o600)
     conf.write_text(f"[postern]\ndata_dir = {data}\n\n[listener submission]\n"
-                    "address = 127.0.0.1:2587\nrole = submission\n")
+                    "address = 127.0.0.1:2587\nrole = submission\n\n[upstream smarthost]\ntype = smtp\n"
+                    "host = 127.0.0.1\nport = 2599\ntls = none\nusername = app@example.test\n"
+                    f"password_file = {secret}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTERN_", "SMTP_"))}
     log = tmp_path / "postern.log"
     for run in ("before", "after"):
@@ -269,6 +275,9 @@ def test_data_dir_of_a_root_run_goes_to_the_user_made_later(tmp_path, netns, sha
     text = log.read_text()
     assert "user postern does not exist; running as root" in text, text
     assert f"data_dir {data} given to user postern" in text, text
+    # the password is read at each delivery, long after the start: the start says so
+    assert (f"{secret} is readable by its owner only and user postern does not own it" in text
+            and f"(chown postern {secret})" in text), text
 
 # ---------------------------------------------------------------------------------------------
 # Documents stand alone: none names a file the repository lacks.

@@ -499,6 +499,14 @@ static void test_flush_and_counts(void)
   CHECK_EQ_INT(sc.rcpts[RCPT_QUEUED], 1);
   CHECK_EQ_INT(sc.rcpts[RCPT_CAPTURED], 1);
   CHECK_EQ_INT(sc.oldest_unfinished_ms, 1000);   /* the second one is finished */
+  /* the pending counts (GET /metrics) agree, and leave the history alone */
+  CHECK_EQ_INT(store_counts_pending(st, &sc), STORE_OK);
+  CHECK_EQ_INT(sc.rcpts[RCPT_QUEUED], 1);
+  CHECK_EQ_INT(sc.rcpts[RCPT_DEFERRED], 1);
+  CHECK_EQ_INT(sc.rcpts[RCPT_HELD], 1);
+  CHECK_EQ_INT(sc.rcpts[RCPT_SENT], 0);
+  CHECK_EQ_INT(sc.messages, -1);
+  CHECK_EQ_INT(sc.oldest_unfinished_ms, 1000);
 
   /* the deferred one (not the held one) is due now; a second flush finds nothing */
   CHECK_EQ_INT(store_due(st, wall_ms() + 1000, ids, 4, &n), STORE_OK);
