@@ -35,8 +35,11 @@ static const char *const state_words[] = { "no-token", "ok", "retrying", "reauth
 
 /* What a refresh needs, copied from the configuration (the thread outlives reloads). */
 struct settings {
-  char *provider, *flow, *tenant, *client_id, *client_secret_file, *token_url, *scope;
-  char *certificate_file, *private_key_file, *cloud;
+  enum cfg_provider provider;
+  enum cfg_flow flow;
+  enum cfg_cloud cloud;
+  char *tenant, *client_id, *client_secret_file, *token_url, *scope;
+  char *certificate_file, *private_key_file;
   char *store_path, *status_path, *dir;
   int graph;                    /* a graph upstream uses it: Graph's scope, not Exchange's */
 };
@@ -85,9 +88,9 @@ static void secret_drop(char **p)
 
 static void settings_free(struct settings *s)
 {
-  free(s->provider); free(s->flow); free(s->tenant); free(s->client_id);
+  free(s->tenant); free(s->client_id);
   free(s->client_secret_file); free(s->token_url); free(s->scope);
-  free(s->certificate_file); free(s->private_key_file); free(s->cloud);
+  free(s->certificate_file); free(s->private_key_file);
   free(s->store_path); free(s->status_path); free(s->dir);
   memset(s, 0, sizeof(*s));
 }
@@ -95,8 +98,8 @@ static void settings_free(struct settings *s)
 static int settings_copy(struct settings *dst, const struct settings *src)
 {
   memset(dst, 0, sizeof(*dst));
-  dst->provider = dup_or_null(src->provider);
-  dst->flow = dup_or_null(src->flow);
+  dst->provider = src->provider;
+  dst->flow = src->flow;
   dst->tenant = dup_or_null(src->tenant);
   dst->client_id = dup_or_null(src->client_id);
   dst->client_secret_file = dup_or_null(src->client_secret_file);
@@ -107,9 +110,9 @@ static int settings_copy(struct settings *dst, const struct settings *src)
   dst->store_path = dup_or_null(src->store_path);
   dst->status_path = dup_or_null(src->status_path);
   dst->dir = dup_or_null(src->dir);
-  dst->cloud = dup_or_null(src->cloud);
+  dst->cloud = src->cloud;
   dst->graph = src->graph;
-  if(!dst->store_path || !dst->status_path || !dst->flow) {
+  if(!dst->store_path || !dst->status_path || dst->flow == CFG_FLOW_NONE) {
     settings_free(dst);
     return -1;
   }
@@ -187,13 +190,13 @@ static int str_eq(const char *a, const char *b)
 
 static int settings_same(const struct settings *a, const struct settings *b)
 {
-  return str_eq(a->provider, b->provider) && str_eq(a->flow, b->flow) &&
+  return a->provider == b->provider && a->flow == b->flow &&
          str_eq(a->tenant, b->tenant) && str_eq(a->client_id, b->client_id) &&
          str_eq(a->client_secret_file, b->client_secret_file) &&
          str_eq(a->token_url, b->token_url) && str_eq(a->scope, b->scope) &&
          str_eq(a->certificate_file, b->certificate_file) &&
          str_eq(a->private_key_file, b->private_key_file) &&
-         str_eq(a->cloud, b->cloud) && a->graph == b->graph &&
+         a->cloud == b->cloud && a->graph == b->graph &&
          str_eq(a->store_path, b->store_path);
 }
 
@@ -309,7 +312,7 @@ static void status_write(struct identity *id)
     return;
   json_object_set_new(o, "name", json_string(id->name));
   json_object_set_new(o, "state", json_string(state_words[id->state]));
-  json_object_set_new(o, "flow", json_string(id->s.flow));
+  json_object_set_new(o, "flow", json_string(cfg_flow_words[id->s.flow]));
   json_object_set_new(o, "expires_at", json_integer(id->access ? id->expires_ms / 1000 : 0));
   json_object_set_new(o, "last_refresh", json_integer(id->last_refresh_ms / 1000));
   json_object_set_new(o, "next_try", json_integer(id->next_try_ms / 1000));
@@ -376,7 +379,7 @@ static void store_load(struct identity *id)
     return;
   }
   if(text[0] != '{') {
-    if(strcmp(id->s.flow, "client_credentials")) {
+    if(id->s.flow != CFG_FLOW_CLIENT_CREDENTIALS) {
       secret_drop(&id->refresh);
       id->refresh = text;
       text = NULL;
@@ -494,7 +497,7 @@ static void refusal_words(const char *name, const struct settings *s, long statu
   }
   if(cls != OAUTH2_REAUTH)
     str_copy(action, sizeof(action), "will retry");
-  else if(!strcmp(s->flow, "client_credentials"))
+  else if(s->flow == CFG_FLOW_CLIENT_CREDENTIALS)
     str_copy(action, sizeof(action), "check client_id, the client secret or certificate, and "
              "the application's consent in the tenant");
   else
@@ -519,31 +522,29 @@ static const struct ms_cloud ms_clouds[] = {
     "https://partner.outlook.cn", "https://microsoftgraph.chinacloudapi.cn" },
 };
 
-static const struct ms_cloud *cloud_of(const char *name)
+_Static_assert(CFG_CLOUD_CHINA == 3, "ms_clouds follows enum cfg_cloud");
+
+static const struct ms_cloud *cloud_of(enum cfg_cloud c)
 {
-  size_t i;
-  for(i = 0; name && i < sizeof(ms_clouds) / sizeof(ms_clouds[0]); i++)
-    if(!strcmp(ms_clouds[i].name, name))
-      return &ms_clouds[i];
-  return &ms_clouds[0];
+  return (size_t)c < sizeof(ms_clouds) / sizeof(ms_clouds[0]) ? &ms_clouds[c] : &ms_clouds[0];
 }
 
-static int is_provider(const struct settings *s, const char *p)
+static int is_provider(const struct settings *s, enum cfg_provider p)
 {
-  return s->provider && !strcmp(s->provider, p);
+  return s->provider == p;
 }
 
 /* The scope asked for: scope =, else the provider's for SMTP (or for Graph when a graph
  * upstream uses the identity), in the identity's cloud. NULL: none (generic provider). */
 static const char *default_scope(const struct settings *s, char *buf, size_t bufsz)
 {
-  int app = !strcmp(s->flow, "client_credentials");
+  int app = s->flow == CFG_FLOW_CLIENT_CREDENTIALS;
   const struct ms_cloud *c = cloud_of(s->cloud);
   if(s->scope)
     return s->scope;
-  if(is_provider(s, "google"))
+  if(is_provider(s, CFG_PROVIDER_GOOGLE))
     return "https://mail.google.com/";
-  if(!is_provider(s, "microsoft"))
+  if(!is_provider(s, CFG_PROVIDER_MICROSOFT))
     return NULL;
   if(s->graph)
     snprintf(buf, bufsz, app ? "%s/.default" : "%s/Mail.Send offline_access", c->graph);
@@ -569,11 +570,11 @@ static int endpoint_url(const struct settings *s, const char *kind, char *out, s
              ? -1 : 0;
     return -1;
   }
-  if(is_provider(s, "google"))
+  if(is_provider(s, CFG_PROVIDER_GOOGLE))
     return snprintf(out, outsz, "%s", dev ? "https://oauth2.googleapis.com/device/code"
                                           : "https://oauth2.googleapis.com/token") >= (int)outsz
            ? -1 : 0;
-  if(is_provider(s, "microsoft"))
+  if(is_provider(s, CFG_PROVIDER_MICROSOFT))
     return snprintf(out, outsz, "%s/%s/oauth2/v2.0/%s", cloud_of(s->cloud)->login, tenant,
                     kind) >= (int)outsz ? -1 : 0;
   return -1;
@@ -582,7 +583,7 @@ static int endpoint_url(const struct settings *s, const char *kind, char *out, s
 const char *oauth2_graph_url(const struct config *cfg, const char *name)
 {
   const struct cfg_oauth2 *oa = name ? section(cfg, name) : NULL;
-  return cloud_of(oa ? oa->cloud : NULL)->graph;
+  return cloud_of(oa ? oa->cloud : CFG_CLOUD_GLOBAL)->graph;
 }
 
 /* Reads a public file (a certificate) of at most LIM_OAUTH2_BODY bytes; *out NUL-terminated. */
@@ -747,7 +748,7 @@ static int grant_request(const char *name, const struct settings *s, const char 
        http_form_add(&form, "device_code", device_code))
       goto nomem;
   }
-  else if(!strcmp(s->flow, "client_credentials")) {
+  else if(s->flow == CFG_FLOW_CLIENT_CREDENTIALS) {
     if(http_form_add(&form, "grant_type", "client_credentials") ||
        http_form_add(&form, "scope", default_scope(s, scope, sizeof(scope))))
       goto nomem;
@@ -853,7 +854,7 @@ static long long refresh_due(const struct identity *id)
   long long due;
   if(id->access)
     due = refresh_at(id);
-  else if(id->loaded && (id->refresh || !strcmp(id->s.flow, "client_credentials")))
+  else if(id->loaded && (id->refresh || id->s.flow == CFG_FLOW_CLIENT_CREDENTIALS))
     due = 0;
   else
     return -1;
@@ -1144,7 +1145,7 @@ int oauth2_token_get(const struct config *cfg, const char *name, const char *rej
   }
   /* a refresh token is the daemon's to use: a second refresher beside it, with a provider that
    * rotates refresh tokens and revokes the family on reuse, would lose both */
-  if(read_only && strcmp(id->s.flow, "client_credentials")) {
+  if(read_only && id->s.flow != CFG_FLOW_CLIENT_CREDENTIALS) {
     if(usable(id, now_ms()))
       result = OAUTH2_OK;
     else
@@ -1261,9 +1262,10 @@ static int login_settings(const struct config *cfg, const char *name, struct set
     snprintf(err, errsz, "no [oauth2 %s] section in the configuration", name);
     return -1;
   }
-  if(!oa->flow || !strcmp(oa->flow, "client_credentials")) {
+  if(!oa->flow || oa->flow == CFG_FLOW_CLIENT_CREDENTIALS) {
     snprintf(err, errsz, "[oauth2 %s] uses flow = %s: no login is needed (or possible); the "
-             "daemon gets its tokens itself", name, oa->flow ? oa->flow : "(none)");
+             "daemon gets its tokens itself", name,
+             oa->flow ? cfg_flow_words[oa->flow] : "(none)");
     return -1;
   }
   if(settings_from(cfg, oa, s)) {
@@ -1399,8 +1401,8 @@ int oauth2_status_get(const struct config *cfg, const char *name, struct oauth2_
     snprintf(err, errsz, "no [oauth2 %s] section in the configuration", name);
     return -1;
   }
-  st->flow = oa->flow;
-  st->provider = oa->provider;
+  st->flow = oa->flow ? cfg_flow_words[oa->flow] : NULL;
+  st->provider = oa->provider ? cfg_provider_words[oa->provider] : NULL;
   st->cloud = cloud_of(oa->cloud)->name;
   if(oa->flow && !settings_from(cfg, oa, &s)) {
     if(endpoint_url(&s, "token", st->token_endpoint, sizeof(st->token_endpoint)))

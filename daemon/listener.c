@@ -672,6 +672,21 @@ int daemon_serve(struct daemon *d, struct store *st, struct relay *r, int auth_o
   return 0;
 }
 
+/* The relay lets go of a configuration once no delivery uses it any more. */
+struct relay_letgo {
+  struct daemon *d;
+  struct generation *g;
+};
+
+static void relay_let_go(void *arg)
+{
+  struct relay_letgo *l = arg;
+  pthread_mutex_lock(&l->d->mu);
+  gen_put(l->g);
+  pthread_mutex_unlock(&l->d->mu);
+  free(l);
+}
+
 void daemon_reload(struct daemon *d, struct config *cfg, struct tls_server_ctx **tls)
 {
   struct generation *g = gen_new(cfg, tls, 2);   /* current + the relay's */
@@ -687,14 +702,26 @@ void daemon_reload(struct daemon *d, struct config *cfg, struct tls_server_ctx *
   pthread_mutex_unlock(&d->mu);
   if(d->pool)
     pool_set_max(d->pool, pool_size(cfg) + SESSION_THREAD_SLACK);
-  /* the relay lets go of the old configuration only when no delivery uses it */
-  if(d->relay)
-    relay_reload(d->relay, cfg);
+  /* the relay swaps at once and lets go of the old configuration when its last delivery
+   * ends: a reload never waits for deliveries */
   pthread_mutex_lock(&d->mu);
   oldrelay = d->relay_gen;
   d->relay_gen = g;
-  gen_put(oldrelay);
   pthread_mutex_unlock(&d->mu);
+  if(d->relay) {
+    struct relay_letgo *l = calloc(1, sizeof(*l));
+    if(!l)
+      log_fatal("out of memory");
+    l->d = d;
+    l->g = oldrelay;
+    if(relay_reload(d->relay, cfg, relay_let_go, l))
+      log_fatal("out of memory");
+  }
+  else {
+    pthread_mutex_lock(&d->mu);
+    gen_put(oldrelay);
+    pthread_mutex_unlock(&d->mu);
+  }
 }
 
 void daemon_stop(struct daemon *d, long long grace_ms)

@@ -3,6 +3,7 @@
 #include "build-config.h"
 #include "daemon/daemon.h"
 #include "auth/auth.h"
+#include "console/console.h"
 #include "inbound/inbound.h"
 #include "lib/log.h"
 #include "lib/proc.h"
@@ -54,7 +55,7 @@ static int check_environment(const struct config *cfg, FILE *errs,
                              struct tls_server_ctx ***tls)
 {
   struct tls_server_ctx **loaded = NULL;
-  int problems = inbound_check_config(cfg, errs);
+  int problems = inbound_check_config(cfg, errs) + console_check_config(cfg, errs);
   problems += daemon_tls_load(cfg, &loaded, errs);
   if(tls && !problems)
     *tls = loaded;
@@ -189,6 +190,7 @@ struct reloader {
   const char *path;
   struct daemon *d;
   struct inbound_http *http;
+  struct console *console;
   struct inbound_records *records;
   struct store_pruner *pruner;
   int auth_ok;
@@ -254,6 +256,11 @@ static int reload_run(void *arg, char *err, size_t errsz)
   if(rl->records && inbound_records_reload(rl->records, ncfg))
     log_error("reload: correspondence records keep the previous forward_url settings (see above: "
               "fix forward_url / forward_secret_file in [inbound] and send SIGHUP again)");
+  if(rl->console && console_reload(rl->console, ncfg))
+    log_error("reload: the console keeps its users (see above: fix [console] users or "
+              "users_file and send SIGHUP again)");
+  if(!rl->console && ncfg->console.enabled)
+    log_warn("reload: [console] was not enabled at start; restart to serve it");
   if(rl->http && inbound_http_reload(rl->http, ncfg))
     log_error("reload: the HTTP listener keeps its credentials and keys (see above: fix the "
               "files named in [inbound] and send SIGHUP again)");
@@ -283,6 +290,7 @@ int main(int argc, char **argv)
   struct store *st = NULL;
   struct relay *relay = NULL;
   struct inbound_http *http = NULL;
+  struct console *console = NULL;
   struct inbound_records *records = NULL;
   struct store_pruner *pruner = NULL;
   struct store_retention retention;
@@ -356,6 +364,9 @@ int main(int argc, char **argv)
     if(!pw)
       log_warn("user postern does not exist; running as root (create it: useradd --system postern)");
   }
+  else if(geteuid() == 0 && cfg->embedded)
+    log_info("embedded default: running as root on loopback, as started (a configuration "
+             "file drops to its user =, postern by default)");
   else if(geteuid() == 0)
     log_warn("running as root: set user = in [postern] to drop privileges after binding");
 
@@ -413,6 +424,11 @@ int main(int argc, char **argv)
               "in [inbound])");
     goto out;
   }
+  if(http && cfg->console.enabled) {
+    if(console_new(cfg, st, &console))
+      goto out;
+    inbound_http_set_console(http, console_handle, console);
+  }
   /* correspondence records: made from what the store holds, so mail accepted while the
    * daemon was down becomes records too */
   if(inbound_records_start(cfg, st, &records)) {
@@ -429,6 +445,7 @@ int main(int argc, char **argv)
   rl.path = path;
   rl.d = d;
   rl.http = http;
+  rl.console = console;
   rl.records = records;
   rl.pruner = pruner;
   rl.auth_ok = auth_ok;
@@ -470,6 +487,7 @@ out:
   if(d)
     daemon_stop(d, (cfg ? cfg->shutdown_grace : 30) * 1000LL);
   inbound_http_stop(http);
+  console_free(console);       /* after the listener: no request uses it any more */
   inbound_records_stop(records);
   relay_stop(relay);
   store_pruner_stop(pruner);

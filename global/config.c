@@ -2,7 +2,7 @@
  * max} checks and stores every value, and each problem becomes one "FILE:LINE: message" line.
  * Then the SMTP_* environment variables configure the default upstream. */
 #if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
-#define _POSIX_C_SOURCE 200809L   /* gethostname, getpwnam, inet_pton under -std=c11 */
+#define _POSIX_C_SOURCE 200809L   /* gethostname, inet_pton under -std=c11 */
 #endif
 #include "global/config.h"
 #include "lib/buf.h"
@@ -12,7 +12,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
-#include <pwd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +25,7 @@
 
 enum sec_kind {
   SEC_POSTERN, SEC_LISTENER, SEC_UPSTREAM, SEC_ROUTE, SEC_OAUTH2, SEC_INBOUND, SEC_USER,
-  SEC_DKIM, SEC_COUNT
+  SEC_DKIM, SEC_CONSOLE, SEC_COUNT
 };
 
 struct sec_desc {
@@ -52,6 +51,7 @@ static const struct sec_desc sections[SEC_COUNT] = {
   [SEC_INBOUND]  = SEC_ONE("inbound", offsetof(struct config, inbound)),
   [SEC_USER]     = SEC_NAMED("user", cfg_user, users, nusers),
   [SEC_DKIM]     = SEC_NAMED("dkim", cfg_dkim, dkims, ndkims),
+  [SEC_CONSOLE]  = SEC_ONE("console", offsetof(struct config, console)),
 };
 
 /* ---- the settings ---------------------------------------------------------------------- */
@@ -103,9 +103,13 @@ const char *const cfg_verify_words[] = { "peer", "none", NULL };
 const char *const cfg_uauth_words[] = {
   "none", "auto", "plain", "login", "cram-md5", "xoauth2", "oauthbearer", NULL };
 static const char *const w_tlsver[] = { "TLSv1.2", "TLSv1.3", NULL };
-static const char *const w_provider[] = { "microsoft", "google", "generic", NULL };
-static const char *const w_flow[] = { "client_credentials", "refresh_token", "device_code", NULL };
-static const char *const w_cloud[] = { "global", "usgov", "usgov-dod", "china", NULL };
+_Static_assert(CFG_PROVIDER_GENERIC == 3, "cfg_provider_words follows enum cfg_provider");
+_Static_assert(CFG_FLOW_DEVICE_CODE == 3, "cfg_flow_words follows enum cfg_flow");
+_Static_assert(CFG_CLOUD_CHINA == 3, "cfg_cloud_words follows enum cfg_cloud");
+const char *const cfg_provider_words[] = { "", "microsoft", "google", "generic", NULL };
+const char *const cfg_flow_words[] = { "", "client_credentials", "refresh_token", "device_code",
+                                       NULL };
+const char *const cfg_cloud_words[] = { "global", "usgov", "usgov-dod", "china", NULL };
 static const char *const w_spf[] = { "off", "tag", "reject", NULL };
 static const char *const w_dmarc[] = { "off", "tag", "enforce", NULL };
 static const char *const w_dkalg[] = { "rsa-sha256", "ed25519-sha256", NULL };
@@ -122,6 +126,7 @@ static const char *const w_events_auth[] = { "signature", "basic", NULL };
 #define RO(f) offsetof(struct cfg_route, f)
 #define OA(f) offsetof(struct cfg_oauth2, f)
 #define IN(f) offsetof(struct cfg_inbound, f)
+#define CO(f) offsetof(struct cfg_console, f)
 #define US(f) offsetof(struct cfg_user, f)
 #define DK(f) offsetof(struct cfg_dkim, f)
 
@@ -202,8 +207,8 @@ static const struct opt opts[] = {
   { SEC_ROUTE, "recipient", T_STR, RO(recipient), 0, NULL, 0, 0, NULL },
   { SEC_ROUTE, "upstream", T_STR, RO(upstream), 0, NULL, 0, 0, NULL },
 
-  { SEC_OAUTH2, "provider", T_WORD, OA(provider), 0, NULL, 0, 0, w_provider },
-  { SEC_OAUTH2, "flow", T_WORD, OA(flow), 0, NULL, 0, 0, w_flow },
+  { SEC_OAUTH2, "provider", T_ENUM, OA(provider), 0, NULL, 0, 0, cfg_provider_words },
+  { SEC_OAUTH2, "flow", T_ENUM, OA(flow), 0, NULL, 0, 0, cfg_flow_words },
   { SEC_OAUTH2, "tenant", T_STR, OA(tenant), 0, NULL, 0, 0, NULL },
   { SEC_OAUTH2, "client_id", T_STR, OA(client_id), 0, NULL, 0, 0, NULL },
   { SEC_OAUTH2, "client_secret_file", T_STR, OA(client_secret_file), 0, NULL, 0, 0, NULL },
@@ -212,7 +217,7 @@ static const struct opt opts[] = {
   { SEC_OAUTH2, "certificate_file", T_STR, OA(certificate_file), 0, NULL, 0, 0, NULL },
   { SEC_OAUTH2, "private_key_file", T_STR, OA(private_key_file), 0, NULL, 0, 0, NULL },
   { SEC_OAUTH2, "token_file", T_STR, OA(token_file), 0, NULL, 0, 0, NULL },
-  { SEC_OAUTH2, "cloud", T_WORD, OA(cloud), 0, NULL, 0, 0, w_cloud },
+  { SEC_OAUTH2, "cloud", T_ENUM, OA(cloud), 0, "global", 0, 0, cfg_cloud_words },
 
   { SEC_INBOUND, "domains", T_STR, IN(domains), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "spf", T_WORD, IN(spf), 0, "tag", 0, 0, w_spf },
@@ -251,6 +256,12 @@ static const struct opt opts[] = {
     0, LIM_MESSAGE_SIZE_MAX, NULL },
 
   { SEC_USER, "senders", T_STR, US(senders), 0, NULL, 0, 0, NULL },
+
+  { SEC_CONSOLE, "enabled", T_BOOL, CO(enabled), 0, "no", 0, 0, NULL },
+  { SEC_CONSOLE, "users", T_STR, CO(users), 0, NULL, 0, 0, NULL },
+  { SEC_CONSOLE, "users_file", T_STR, CO(users_file), 0, NULL, 0, 0, NULL },
+  { SEC_CONSOLE, "session_timeout", T_DURATION, CO(session_timeout), 0, "8h", 60, 30 * DAY, NULL },
+  { SEC_CONSOLE, "secure_cookie", T_BOOL, CO(secure_cookie), 0, "no", 0, 0, NULL },
 
   { SEC_DKIM, "domain", T_STR, DK(domain), 0, NULL, 0, 0, NULL },
   { SEC_DKIM, "selector", T_STR, DK(selector), 0, NULL, 0, 0, NULL },
@@ -999,6 +1010,10 @@ static int header_read(struct loader *ld, const char *s)
       ld->cfg->inbound.present = 1;
       ld->cfg->inbound.line = line;
     }
+    if(kind == SEC_CONSOLE) {
+      ld->cfg->console.present = 1;
+      ld->cfg->console.line = line;
+    }
     ld->cur_index = 0;
     snprintf(ld->label, sizeof(ld->label), "%s", sections[kind].word);
   }
@@ -1481,6 +1496,7 @@ int config_load(const char *path, FILE *errs, struct config **out)
   }
   defaults_apply(&ld, SEC_POSTERN, section_base(ld.cfg, SEC_POSTERN, 0));
   defaults_apply(&ld, SEC_INBOUND, section_base(ld.cfg, SEC_INBOUND, 0));
+  defaults_apply(&ld, SEC_CONSOLE, section_base(ld.cfg, SEC_CONSOLE, 0));
 
   if(path) {
     ld.fp = fopen(path, "r");
@@ -1490,12 +1506,15 @@ int config_load(const char *path, FILE *errs, struct config **out)
     }
   }
   else {
-    /* the embedded default is INI text too, read by the same code */
+    /* the embedded default is INI text too, read by the same code. It stays as started: its
+     * data is ./postern-data wherever the reader is (a checkout under /root, 0700), which a
+     * system user made by a package cannot reach; the listener is loopback only */
     rc = snprintf(text, sizeof(text),
-                  "[postern]\ndata_dir = ./postern-data\n\n"
+                  "[postern]\ndata_dir = ./postern-data\nuser =\n\n"
                   "[listener submission]\naddress = 127.0.0.1:%d\nrole = submission\n",
                   geteuid() == 0 ? 587 : 2525);
     ld.mem = text;
+    ld.cfg->embedded = 1;
     ld.mem_len = (size_t)rc;
   }
 
@@ -1515,10 +1534,6 @@ int config_load(const char *path, FILE *errs, struct config **out)
     if(set_str(&ld.cfg->hostname, name, strlen(name)))
       nomem(&ld, 0);
   }
-  /* without a file nobody made the user: do not insist on dropping to one that is missing */
-  if(!path && ld.cfg->user && !getpwnam(ld.cfg->user))
-    set_str(&ld.cfg->user, NULL, 0);
-
   check_sections(&ld);
   env_apply(&ld);
   check_routes(&ld);                     /* after the environment: it may add upstream "env" */

@@ -30,6 +30,15 @@ enum cfg_uauth { CFG_UAUTH_NONE = 0, CFG_UAUTH_AUTO, CFG_UAUTH_PLAIN, CFG_UAUTH_
 enum cfg_utype { CFG_UP_NONE = 0, CFG_UP_SMTP, CFG_UP_SENDGRID, CFG_UP_SES, CFG_UP_GRAPH,
                  CFG_UP_CAPTURE };
 extern const char *const cfg_utype_words[];     /* [CFG_UP_NONE] is "" */
+/* an [oauth2]'s provider, flow and cloud; NONE: not set */
+enum cfg_provider { CFG_PROVIDER_NONE = 0, CFG_PROVIDER_MICROSOFT, CFG_PROVIDER_GOOGLE,
+                    CFG_PROVIDER_GENERIC };
+enum cfg_flow { CFG_FLOW_NONE = 0, CFG_FLOW_CLIENT_CREDENTIALS, CFG_FLOW_REFRESH_TOKEN,
+                CFG_FLOW_DEVICE_CODE };
+enum cfg_cloud { CFG_CLOUD_GLOBAL = 0, CFG_CLOUD_USGOV, CFG_CLOUD_USGOV_DOD, CFG_CLOUD_CHINA };
+extern const char *const cfg_provider_words[];  /* [CFG_PROVIDER_NONE] is "" */
+extern const char *const cfg_flow_words[];      /* [CFG_FLOW_NONE] is "" */
+extern const char *const cfg_cloud_words[];
 extern const char *const cfg_utls_words[];
 extern const char *const cfg_verify_words[];
 extern const char *const cfg_uauth_words[];
@@ -99,9 +108,11 @@ struct cfg_route {
 struct cfg_oauth2 {
   char *name;
   int line;
-  char *provider, *flow, *tenant, *client_id, *client_secret_file, *token_url, *scope;
+  enum cfg_provider provider;
+  enum cfg_flow flow;             /* NONE: token_file holds a ready access token */
+  char *tenant, *client_id, *client_secret_file, *token_url, *scope;
   char *certificate_file, *private_key_file, *token_file;
-  char *cloud;                    /* microsoft: global | usgov | usgov-dod | china */
+  enum cfg_cloud cloud;           /* Microsoft's national clouds */
 };
 
 /* [user NAME]: what an authenticated submission user may put in MAIL FROM */
@@ -148,8 +159,20 @@ struct cfg_inbound {
   long long dedupe_window;        /* seconds an Inbound Parse repeat is recognised; 0 never */
 };
 
+/* [console]: the web console on the HTTP listener */
+struct cfg_console {
+  int present;
+  int line;
+  int enabled;
+  char *users;                    /* "name:crypt-hash name:crypt-hash" */
+  char *users_file;               /* lines name:crypt-hash */
+  long long session_timeout;      /* seconds a login lasts without use */
+  int secure_cookie;              /* Secure on the cookie: behind a TLS reverse proxy */
+};
+
 struct config {
   char *path;
+  int embedded;                   /* no file: the embedded default */
   /* [postern] */
   char *hostname;
   char *data_dir;
@@ -180,6 +203,7 @@ struct config {
   int implicit_route;             /* no [route]: the one upstream got the catch-all "default" */
   struct cfg_oauth2 *oauth2s;     size_t noauth2s;
   struct cfg_inbound inbound;
+  struct cfg_console console;
   struct cfg_user *users;         size_t nusers;
   struct cfg_dkim *dkims;         size_t ndkims;
 };

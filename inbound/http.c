@@ -9,6 +9,7 @@
 #include "lib/conn.h"
 #include "lib/log.h"
 #include "global/metrics.h"
+#include "global/web.h"
 #include <microhttpd.h>
 #include <pthread.h>
 #include <netinet/in.h>
@@ -69,6 +70,9 @@ struct inbound_http {
   pthread_mutex_t mu;
   struct http_settings *set;    /* the current ones; under mu */
   unsigned service;             /* its id in anvil, the per-client table */
+  /* the application under /console/ (registered by the daemon before any traffic), or NULL */
+  web_handler console;
+  void *console_arg;
   /* queue figures for /metrics, read at most once a second whatever the scrape rate */
   pthread_mutex_t qmu;
   long long q_at_ms;            /* monotonic time of the last read; 0 never */
@@ -98,11 +102,12 @@ static int log_gate_due(struct inbound_http *h, enum log_gate_kind k, unsigned l
   return due;
 }
 
-enum endpoint { EP_NONE, EP_PARSE, EP_EVENTS, EP_SMS, EP_HEALTH, EP_METRICS };
+enum endpoint { EP_NONE, EP_PARSE, EP_EVENTS, EP_SMS, EP_HEALTH, EP_METRICS, EP_CONSOLE };
 static const enum metrics_path endpoint_path[] = {
   [EP_NONE] = METRICS_PATH_OTHER, [EP_PARSE] = METRICS_PATH_PARSE,
   [EP_EVENTS] = METRICS_PATH_EVENTS, [EP_SMS] = METRICS_PATH_SMS,
   [EP_HEALTH] = METRICS_PATH_HEALTHZ, [EP_METRICS] = METRICS_PATH_METRICS,
+  [EP_CONSOLE] = METRICS_PATH_OTHER,
 };
 
 /* One request in progress. The raw body is kept once (capped); for Inbound Parse the post
@@ -647,6 +652,95 @@ static void connection_event(void *cls, struct MHD_Connection *c, void **socket_
     anvil_disconnect(h->service, key, time_mono_ms());
 }
 
+static const char *console_value(void *ctx, enum web_kind kind, const char *name)
+{
+  return MHD_lookup_connection_value(ctx, kind == WEB_HEADER ? MHD_HEADER_KIND :
+                                     kind == WEB_COOKIE ? MHD_COOKIE_KIND : MHD_GET_ARGUMENT_KIND,
+                                     name);
+}
+
+static ssize_t console_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+  struct web_stream *s = cls;
+  ssize_t n;
+  (void)pos;
+  /* one thread per connection: the stream's read may wait for something to send */
+  while((n = s->read(s->arg, buf, max)) == 0)
+    ;
+  return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
+}
+
+static void console_stream_free(void *cls)
+{
+  struct web_stream *s = cls;
+  if(s->done)
+    s->done(s->arg);
+  free(s);
+}
+
+/* Hands the request to the console and sends what it answers. */
+static enum MHD_Result finish_console(struct inbound_http *h, struct MHD_Connection *c,
+                                      struct request *rq, const char *url, const char *method)
+{
+  struct web_request wr = {
+    .method = method, .path = url, .client = rq->client_text,
+    .body = rq->body.ptr ? rq->body.ptr : "", .bodylen = rq->body.len,
+    .value = console_value, .ctx = c,
+  };
+  struct web_response out = { 0 };
+  struct MHD_Response *r = NULL;
+  enum MHD_Result ret = MHD_NO;
+  size_t i;
+  buf_init(&out.body, LIM_CONSOLE_PAGE);
+  h->console(h->console_arg, &wr, &out);
+  /* the console's wrong passwords count towards the same lockout as the webhooks' */
+  if(out.auth_failed && rq->has_client &&
+     anvil_auth_failure(rq->client, (unsigned)rq->set->lim.auth_failures,
+                        rq->set->lim.lockout_ms, time_mono_ms()) >=
+     (unsigned)rq->set->lim.auth_failures)
+    log_warn("console: %s gave %ld wrong passwords; locked out for %lld s "
+             "(http_auth_failures, http_auth_lockout in [inbound])", rq->client_text,
+             rq->set->lim.auth_failures, rq->set->lim.lockout_ms / 1000);
+  if(out.stream.read) {
+    struct web_stream *s = malloc(sizeof(*s));
+    if(s) {
+      *s = out.stream;
+      r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, console_stream_read, s,
+                                            console_stream_free);
+      if(!r)
+        console_stream_free(s);
+    }
+    else if(out.stream.done)
+      out.stream.done(out.stream.arg);
+  }
+  else {
+    size_t len = 0;
+    char *body = buf_steal(&out.body, &len);
+    r = MHD_create_response_from_buffer(len, body ? body : (void *)"",
+                                        body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if(!r)
+      free(body);
+  }
+  if(r) {
+    unsigned status = out.status ? out.status : MHD_HTTP_INTERNAL_SERVER_ERROR;
+    if(out.content_type)
+      MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, out.content_type);
+    for(i = 0; i < out.nheaders; i++)
+      MHD_add_response_header(r, out.headers[i].name, out.headers[i].value);
+    counted(rq, status);
+    ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+  }
+  web_response_free(&out);
+  return ret;
+}
+
+void inbound_http_set_console(struct inbound_http *h, web_handler fn, void *arg)
+{
+  h->console = fn;
+  h->console_arg = arg;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
                               const char *method, const char *version, const char *upload,
                               size_t *upload_size, void **con_cls)
@@ -677,6 +771,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       rq->ep = EP_EVENTS;
     else if(!strcmp(url, "/sms"))
       rq->ep = EP_SMS;
+    else if(h->console && (!strcmp(url, "/console") || !strncmp(url, "/console/", 9)))
+      rq->ep = EP_CONSOLE;
     rq->has_client = client_of(rq->set, client_addr(c), rq->client, rq->client_text,
                                sizeof(rq->client_text));
     /* /healthz stays cheap and open for load balancers and probes */
@@ -701,6 +797,16 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     if(rq->ep == EP_NONE) {
       rq->answered = 1;
       return respond_text(rq, c, MHD_HTTP_NOT_FOUND, "not found\n");
+    }
+    if(rq->ep == EP_CONSOLE) {
+      /* the console keeps its own logins; its wrong passwords count for the lockout above */
+      if(strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD) &&
+         strcmp(method, MHD_HTTP_METHOD_POST)) {
+        rq->answered = 1;
+        return respond_text(rq, c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET or POST only\n");
+      }
+      buf_init(&rq->body, WEB_BODY_MAX);
+      return MHD_YES;
     }
     if(rq->ep == EP_HEALTH || rq->ep == EP_METRICS) {
       if(strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD)) {
@@ -799,6 +905,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     return finish_events(h, c, rq);
   case EP_SMS:
     return finish_sms(h, c, rq, url);
+  case EP_CONSOLE:
+    return finish_console(h, c, rq, url, method);
   default:
     return respond_text(rq, c, MHD_HTTP_NOT_FOUND, "not found\n");
   }
@@ -1096,8 +1204,8 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
               cfg->inbound.http_address);
     goto out;
   }
-  log_info("HTTP listener on %s: /emailInbound /events /sms /healthz /metrics",
-           cfg->inbound.http_address);
+  log_info("HTTP listener on %s: /emailInbound /events /sms /healthz /metrics%s",
+           cfg->inbound.http_address, cfg->console.enabled ? " /console/" : "");
   *out = h;
   h = NULL;
   result = 0;

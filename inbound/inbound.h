@@ -9,6 +9,7 @@
 #include "store/store.h"
 #include "smtp/smtp.h"
 #include "lib/buf.h"
+#include "global/web.h"
 #include <stdint.h>
 
 /* Process-wide set-up, once before any session: the SPF resolver (or, for the test suite
@@ -103,6 +104,9 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
  * secrets cannot be read (logged; the old ones stay). */
 int inbound_http_reload(struct inbound_http *h, const struct config *cfg);
 void inbound_http_stop(struct inbound_http *h);
+/* Mounts an application under /console/ (the daemon registers the web console before traffic
+ * comes): its requests go through the per-client limits and lockout like every other. */
+void inbound_http_set_console(struct inbound_http *h, web_handler fn, void *arg);
 
 /* ---- webhook parsing (inbound/webhook.c): pure functions, fuzzed -------------------------- */
 

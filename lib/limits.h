@@ -66,6 +66,13 @@
  * beyond this the connection is closed unanswered */
 #define LIM_WEBHOOK_DISCARD     (1024u * 1024u)
 
+/* the web console (console/) */
+#define LIM_CONSOLE_PAGE        (96u * 1024u * 1024u)  /* one answer (a raw message included) */
+#define LIM_CONSOLE_SESSIONS    256      /* logged-in sessions at once; the oldest goes first */
+#define LIM_CONSOLE_USERS       64       /* [console] users and users_file entries */
+#define LIM_CONSOLE_FORM_FIELDS 1100     /* fields of one posted form (a bulk action's ids) */
+#define LIM_CONSOLE_PAGE_ROWS   50       /* queue rows per page */
+
 /* MIME -> correspondence records (inbound/mime.c): a message past these still becomes a record,
  * with what was read before the cap and a parse_error saying which cap */
 #define LIM_MIME_PARTS          1000     /* entities (parts, multiparts) walked in one message */

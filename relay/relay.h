@@ -13,8 +13,12 @@ struct relay;
 /* Starts the scheduler and cfg->delivery_workers workers over st. cfg must outlive the relay
  * or be replaced with relay_reload(). */
 int relay_start(const struct config *cfg, struct store *st, struct relay **out);
-/* Replaces the configuration once no delivery uses the old one; returns the old one. */
-const struct config *relay_reload(struct relay *r, const struct config *cfg);
+/* Replaces the configuration at once: new deliveries use cfg, those in flight keep the one
+ * they started with, and release(arg) is called (now, or from the thread that ends the last
+ * delivery using it) when the previous configuration is used no more. -1: out of memory, the
+ * previous one stays. */
+typedef void (*relay_release_fn)(void *arg);
+int relay_reload(struct relay *r, const struct config *cfg, relay_release_fn release, void *arg);
 /* New mail was committed: look at the queue now instead of at the next timer. */
 void relay_kick(struct relay *r);
 /* Messages handed to delivery workers or waiting for one (the control socket's live stats). */

@@ -236,13 +236,13 @@ static int check_smtp_upstream(const struct config *cfg, const struct cfg_upstre
         fprintf(errs, "%s:%d: [oauth2 %s] needs client_id\n", cfg->path, oa->line, oa->name);
         problems++;
       }
-      if(!strcmp(oa->flow, "client_credentials") && !oa->client_secret_file &&
+      if(oa->flow == CFG_FLOW_CLIENT_CREDENTIALS && !oa->client_secret_file &&
          !(oa->certificate_file && oa->private_key_file)) {
         fprintf(errs, "%s:%d: [oauth2 %s]: flow = client_credentials needs client_secret_file, "
                 "or certificate_file and private_key_file\n", cfg->path, oa->line, oa->name);
         problems++;
       }
-      if((!oa->provider || !strcmp(oa->provider, "generic")) && !oa->token_url) {
+      if((!oa->provider || oa->provider == CFG_PROVIDER_GENERIC) && !oa->token_url) {
         fprintf(errs, "%s:%d: [oauth2 %s]: provider = generic needs token_url\n", cfg->path,
                 oa->line, oa->name);
         problems++;

@@ -52,8 +52,9 @@ struct relay {
   pthread_mutex_t mu;
   pthread_cond_t sched_cond;
   pthread_cond_t work_cond;
-  pthread_rwlock_t cfg_lock;
-  const struct config *cfg;
+  /* the configuration: each delivery keeps the snapshot it started with, and a reload only
+   * swaps the pointer (under mu), so it never waits for a delivery */
+  struct relay_conf *conf;
   struct store *st;
   int stopping;
   int kicked;
@@ -75,6 +76,40 @@ struct relay {
   long long failing_since_ms;       /* monotonic; 0: the store takes results */
   size_t kept_total;                /* results kept since writes started failing */
 };
+
+/* A configuration snapshot, reference-counted under relay.mu: one reference while it is the
+ * current one, one per delivery, probe or sweep using it. When the last goes, release(arg)
+ * gives the configuration back to whoever owns it (the daemon's generation). */
+struct relay_conf {
+  const struct config *cfg;
+  unsigned refs;
+  relay_release_fn release;
+  void *arg;
+};
+
+static const struct config *conf_get(struct relay *r, struct relay_conf **c)
+{
+  pthread_mutex_lock(&r->mu);
+  *c = r->conf;
+  (*c)->refs++;
+  pthread_mutex_unlock(&r->mu);
+  return (*c)->cfg;
+}
+
+static void conf_put(struct relay *r, struct relay_conf *c)
+{
+  relay_release_fn release = NULL;
+  void *arg = NULL;
+  pthread_mutex_lock(&r->mu);
+  if(--c->refs == 0) {
+    release = c->release;
+    arg = c->arg;
+    free(c);
+  }
+  pthread_mutex_unlock(&r->mu);
+  if(release)
+    release(arg);       /* outside mu: it frees a whole configuration */
+}
 
 static int inflight_find(struct relay *r, const char *id)
 {
@@ -363,11 +398,11 @@ static int sweep_busy(struct relay *r, const char *id)
 static void sweep(struct relay *r)
 {
   char ids[SWEEP_BATCH][LIM_QUEUE_ID + 1];
+  struct relay_conf *conf;
   const struct config *cfg;
   long long now = time_real_ms();
   size_t n = 0, i;
-  pthread_rwlock_rdlock(&r->cfg_lock);
-  cfg = r->cfg;
+  cfg = conf_get(r, &conf);
   if(!store_overdue(r->st, STORE_OVERDUE_EXPIRED, now - cfg->queue_lifetime * 1000LL, ids,
                     SWEEP_BATCH, &n))
     for(i = 0; i < n; i++)
@@ -378,7 +413,7 @@ static void sweep(struct relay *r)
                     SWEEP_BATCH, &n))
     for(i = 0; i < n; i++)
       sweep_delay_warn(r, cfg, ids[i]);
-  pthread_rwlock_unlock(&r->cfg_lock);
+  conf_put(r, conf);
 }
 
 static void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, long long ms)
@@ -628,7 +663,7 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
   }
   else {
     long long t0 = mono_us();
-    if(w->open && (w->t != t || strcmp(w->upname, up->name) || w->gen != r->gen))
+    if(w->open && (w->t != t || strcmp(w->upname, up->name) || w->gen != __atomic_load_n(&r->gen, __ATOMIC_RELAXED)))
       worker_close_session(w);
     if(!w->open) {
       result = t->open(cfg, up, &w->session, &all);
@@ -637,7 +672,7 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
       else {
         w->open = 1;
         w->t = t;
-        w->gen = r->gen;
+        w->gen = __atomic_load_n(&r->gen, __ATOMIC_RELAXED);
         str_copy(w->upname, sizeof(w->upname), up->name);
         login_worked(r, up->name);
       }
@@ -840,12 +875,12 @@ static int deliver(struct relay_worker *w, const char *id)
   const struct cfg_upstream **ups = NULL;
   char (*replies)[LIM_SMTP_REPLY_LINE + 32] = NULL;
   unsigned char *done = NULL;
+  struct relay_conf *conf;
   long long now = time_real_ms();
   int result, keep = 0;
 
   memset(&m, 0, sizeof(m));
-  pthread_rwlock_rdlock(&r->cfg_lock);
-  cfg = r->cfg;
+  cfg = conf_get(r, &conf);
   if(store_get(r->st, id, &m) || store_body(r->st, id, &body, &len))
     goto out;     /* deleted meanwhile, or a store error: the scheduler will see it again */
   tr = calloc(m.nrcpts + 1, sizeof(*tr));
@@ -888,7 +923,7 @@ static int deliver(struct relay_worker *w, const char *id)
                 "message will be tried again and may arrive twice", m.id);
   }
 out:
-  pthread_rwlock_unlock(&r->cfg_lock);
+  conf_put(r, conf);
   free(tr);
   free(upd);
   free(ups);
@@ -908,13 +943,13 @@ static void probe(struct relay_worker *w, size_t idx)
   const struct cfg_upstream *up;
   const struct transport *t;
   struct smtp_reply rep;
+  struct relay_conf *conf;
   char name[256], text[LIM_SMTP_REPLY_LINE + 32];
   int result;
 
   if(upstate_name(r->ups, idx, name, sizeof(name)))
     return;
-  pthread_rwlock_rdlock(&r->cfg_lock);
-  cfg = r->cfg;
+  cfg = conf_get(r, &conf);
   up = config_upstream(cfg, name);
   t = up ? transport_for(up->type) : NULL;
   if(!up || !t) {
@@ -928,7 +963,7 @@ static void probe(struct relay_worker *w, size_t idx)
   if(!result) {
     w->open = 1;
     w->t = t;
-    w->gen = r->gen;
+    w->gen = __atomic_load_n(&r->gen, __ATOMIC_RELAXED);
     str_copy(w->upname, sizeof(w->upname), up->name);
     login_worked(r, name);
   }
@@ -941,7 +976,7 @@ static void probe(struct relay_worker *w, size_t idx)
     upstate_probe_abort(r->ups, name, time_real_ms() + cfg->retry_min * 1000LL);
   }
 out:
-  pthread_rwlock_unlock(&r->cfg_lock);
+  conf_put(r, conf);
 }
 
 static void *worker_main(void *arg)
@@ -1018,7 +1053,14 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out)
   }
   warn_unverified(cfg);
   oauth2_start(cfg);             /* tokens are kept fresh from the start, used or not */
-  r->cfg = cfg;
+  r->conf = calloc(1, sizeof(*r->conf));
+  if(!r->conf) {
+    upstates_free(r->ups);
+    free(r);
+    return -1;
+  }
+  r->conf->cfg = cfg;
+  r->conf->refs = 1;              /* the current one; its owner frees it after relay_stop */
   r->st = st;
   r->nworkers = cfg->delivery_workers > 0 ? (size_t)cfg->delivery_workers : 1;
   r->cap = RELAY_BATCH + r->nworkers;
@@ -1039,7 +1081,6 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out)
   pthread_cond_init(&r->sched_cond, &ca);
   pthread_cond_init(&r->work_cond, &ca);
   pthread_condattr_destroy(&ca);
-  pthread_rwlock_init(&r->cfg_lock, NULL);
   /* mail held by a refused login before a restart: those upstreams are tried first thing */
   if(store_held_upstreams(st, held_found, r))
     log_warn("relay: cannot read which upstreams hold mail (see the store error above); held "
@@ -1057,20 +1098,27 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out)
   return 0;
 }
 
-const struct config *relay_reload(struct relay *r, const struct config *cfg)
+int relay_reload(struct relay *r, const struct config *cfg, relay_release_fn release, void *arg)
 {
-  const struct config *old;
-  pthread_rwlock_wrlock(&r->cfg_lock);
-  old = r->cfg;
-  r->cfg = cfg;
-  r->gen++;
-  pthread_rwlock_unlock(&r->cfg_lock);
+  struct relay_conf *c = calloc(1, sizeof(*c)), *old;
+  if(!c)
+    return -1;
+  c->cfg = cfg;
+  c->refs = 1;
+  pthread_mutex_lock(&r->mu);
+  old = r->conf;
+  old->release = release;
+  old->arg = arg;
+  r->conf = c;
+  __atomic_add_fetch(&r->gen, 1, __ATOMIC_RELAXED);
+  pthread_mutex_unlock(&r->mu);
+  conf_put(r, old);              /* released now, or by the last delivery that uses it */
   warn_unverified(cfg);
   oauth2_start(cfg);
   /* new credentials, perhaps: held upstreams get a login try now */
   upstate_probe_all_now(r->ups, time_real_ms());
   relay_kick(r);
-  return old;
+  return 0;
 }
 
 void relay_stop(struct relay *r)
@@ -1103,7 +1151,7 @@ void relay_stop(struct relay *r)
       r->kept = next;
     }
   }
-  pthread_rwlock_destroy(&r->cfg_lock);
+  free(r->conf);                  /* the current one: its configuration is its owner's */
   pthread_cond_destroy(&r->sched_cond);
   pthread_cond_destroy(&r->work_cond);
   pthread_mutex_destroy(&r->mu);

@@ -11,11 +11,11 @@ SRC=$PWD
 BUILD_PKGS="build-essential autoconf automake pkg-config libssl-dev libcurl4-openssl-dev
   libsasl2-dev libsasl2-modules sasl2-bin libspf2-dev libsqlite3-dev libgmime-3.0-dev
   libjansson-dev libmicrohttpd-dev libinih-dev libsystemd-dev libopendkim-dev libopendmarc-dev
-  publicsuffix"
+  publicsuffix libcrypt-dev"
 TEST_PKGS="python3 python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl curl openssl postfix
   sqlite3 iproute2 clang libclang-rt-14-dev python3-jsonschema dnsmasq-base systemd procps man-db
   groff-base mandoc nghttp2-server python3-prometheus-client python3-botocore python3-dkim
-  python3-nacl opendkim-tools php-cli"
+  python3-nacl opendkim-tools php-cli chromium chromium-driver python3-selenium"
 
 need() {
   local missing=()

@@ -65,6 +65,14 @@ static const char *const sql[ST_COUNT] = {
     "  AND (?5 IS NULL OR r.status = ?5)))"
     " AND (?6 IS NULL OR created_ms < ?6)"
     " ORDER BY created_ms, id LIMIT ?7",
+  [ST_LIST_DESC] = "SELECT " MSG_COLUMNS " FROM messages m"
+    " WHERE (created_ms, id) < (?1, ?2)"
+    " AND (?3 IS NULL OR lower(sender) GLOB lower(?3))"
+    " AND (?4 IS NULL AND ?5 IS NULL OR EXISTS (SELECT 1 FROM recipients r"
+    "  WHERE r.message_id = m.id AND (?4 IS NULL OR lower(r.address) GLOB lower(?4))"
+    "  AND (?5 IS NULL OR r.status = ?5)))"
+    " AND (?6 IS NULL OR created_ms < ?6)"
+    " ORDER BY created_ms DESC, id DESC LIMIT ?7",
   [ST_RELEASE_UPSTREAM] = "UPDATE recipients SET status = 'queued', held_by = NULL,"
     " next_attempt_ms = ?1, updated_ms = ?1 WHERE status = 'held' AND held_by = ?2",
   [ST_HELD_UPSTREAMS] = "SELECT DISTINCT held_by FROM recipients"
@@ -662,7 +670,7 @@ static int db_list_page(struct store_db *d, const struct store_filter *f, long l
                         long long after_ms, const char *after_id, struct store_msg *page,
                         size_t *n)
 {
-  sqlite3_stmt *s = db_stmt(d, ST_LIST, sql);
+  sqlite3_stmt *s = db_stmt(d, f && f->newest_first ? ST_LIST_DESC : ST_LIST, sql);
   int rc, result = STORE_OK;
   *n = 0;
   if(!s)
@@ -707,6 +715,14 @@ int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, 
     return STORE_ERROR;
   if(f && f->older_than_ms > 0)
     cutoff = store_now_ms() - f->older_than_ms;
+  if(f && f->newest_first) {
+    after_ms = LLONG_MAX;
+    str_copy(after_id, sizeof(after_id), "~");   /* after every id: ids are hex */
+  }
+  if(f && f->after_id) {
+    after_ms = f->after_ms;
+    str_copy(after_id, sizeof(after_id), f->after_id);
+  }
   page = calloc(STORE_LIST_PAGE, sizeof(*page));
   if(!page)
     return STORE_ERROR;

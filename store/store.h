@@ -150,6 +150,11 @@ struct store_filter {
   const char *recipient_glob;
   int status;                  /* -1 any, else enum rcpt_status: messages with such a recipient */
   long long older_than_ms;     /* created before now - this */
+  int newest_first;            /* newest first, else oldest first */
+  /* keyset paging: begin after the message (after_ms = its created_ms, after_id) in the
+   * order listed; after_id NULL: from the first */
+  long long after_ms;
+  const char *after_id;
 };
 typedef int (*store_msg_cb)(void *arg, const struct store_msg *m);  /* non-zero stops */
 int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, void *arg);

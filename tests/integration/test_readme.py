@@ -167,6 +167,55 @@ def test_readme_try_it_runs_as_written(tmp_path, netns):
     assert daemon.returncode == 0 and not BAD_LOG.search(text), text
 
 
+
+def test_dev_run_starts_where_a_package_made_the_postern_user(tmp_path, netns):
+    """`scripts/dev.sh run` from a checkout under /root (0700) on a machine where the `postern`
+    system user exists (a package, or an earlier `make install` made it): the embedded default
+    keeps its mail in ./postern-data there, which that user cannot reach, so it stays as started
+    rather than drop to it and stop on "Permission denied"."""
+    need_binary(POSTERN)
+    if os.path.exists("/etc/postern/postern.conf"):
+        pytest.skip("/etc/postern/postern.conf exists: the daemon would use it")
+    home = tmp_path / "root"                 # as /root: nobody else may enter
+    repo = home / "postern"
+    (repo / "_build").mkdir(parents=True)
+    os.chmod(home, 0o700)
+    os.symlink(BUILDDIR, repo / "_build" / "release")
+    # the postern system user, as `adduser --system --group postern` makes it, seen only by
+    # this daemon (a mount namespace of its own): the machine's files stay as they are
+    passwd, group = tmp_path / "passwd", tmp_path / "group"
+    passwd.write_text(open("/etc/passwd").read() +
+                      "postern:x:64991:64991:Postern:/nonexistent:/usr/sbin/nologin\n")
+    group.write_text(open("/etc/group").read() + "postern:x:64991:\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTERN_", "SMTP_"))}
+    log = tmp_path / "postern.log"
+    script = (f"mount --bind {passwd} /etc/passwd && mount --bind {group} /etc/group && "
+              "getent passwd postern >/dev/null && exec _build/release/postern -f")
+    daemon = subprocess.Popen([IP, "netns", "exec", netns, "unshare", "-m", "sh", "-c", script],
+                              cwd=repo, env=env, stdin=subprocess.DEVNULL,
+                              stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_port(netns, 587, daemon, log)
+        p = subprocess.run([IP, "netns", "exec", netns, "bash", "-c",
+                            "printf 'Subject: hello\\n\\nIt works.\\n' | _build/release/"
+                            "postern-sendmail -f app@example.org someone@example.net"],
+                           cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr + log.read_text()
+        q = subprocess.run([IP, "netns", "exec", netns, "_build/release/posternctl", "queue",
+                            "list", "--json"], cwd=repo, env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert q.returncode == 0 and len(json.loads(q.stdout)) == 1, q.stdout + q.stderr
+        wait_captured(netns, repo, env, json.loads(q.stdout)[0]["id"])
+        text = log.read_text()
+        assert "embedded default: running as root on loopback" in text, text
+        assert "all mail -> capture" in text, text
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+    text = log.read_text()
+    assert daemon.returncode == 0 and not BAD_LOG.search(text), text
+    assert "Permission denied" not in text and "warning" not in text.lower(), text
+
 # ---------------------------------------------------------------------------------------------
 # Documents stand alone: none names a file the repository lacks.
 

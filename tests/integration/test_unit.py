@@ -18,7 +18,7 @@ def _unit_binaries():
 
 UNIT_BINARIES = _unit_binaries()
 FUZZ_TARGETS = ["smtpgram", "session", "sendgrid_json", "inbound_events", "inbound_envelope", "mime", "content",
-                "http_post", "anvil", "longlines", "dns", "proxy", "mailauth"]
+                "http_post", "anvil", "longlines", "dns", "proxy", "mailauth", "console_form"]
 
 
 def _unit_params():

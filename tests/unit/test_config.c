@@ -489,8 +489,8 @@ static void t_full(void)
 
   CHECK_EQ_INT(c->noauth2s, 1);
   o = &c->oauth2s[0];
-  CHECK_EQ_STR(o->provider, "microsoft");
-  CHECK_EQ_STR(o->flow, "client_credentials");
+  CHECK_EQ_STR(cfg_provider_words[o->provider], "microsoft");
+  CHECK_EQ_STR(cfg_flow_words[o->flow], "client_credentials");
   CHECK_EQ_STR(o->tenant, "contoso.onmicrosoft.com");
   CHECK_EQ_STR(o->client_secret_file, "/etc/postern/contoso.secret");
   CHECK_EQ_STR(o->token_url, "https://login.example/token");

@@ -1,0 +1,457 @@
+# The web console (console/): its security model checked over plain HTTP (no credentials, no
+# CSRF token, wrong passwords, the headers of every answer) and its pages in a real browser
+# (Debian's chromium through chromedriver and python3-selenium, headless) against a daemon
+# that takes real SMTP submissions. Screenshots of each page go to $POSTERN_BUILDDIR/screenshots.
+import http.client
+import http.server
+import os
+import re
+import shutil
+import smtplib
+import subprocess
+import threading
+import time
+import urllib.parse
+from email.message import EmailMessage
+
+import pytest
+
+from conftest import (BUILDDIR, POSTERN, SRCDIR, free_port, need_binary, register_secret)
+
+PASSWORD = register_secret("console-Pass-w0rd")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SHOTS = os.path.join(BUILDDIR, "screenshots")
+XSS = "<script>alert(1)</script>\"><img src=x onerror=alert(2)>"
+
+
+def crypt_hash(password):
+    """A sha512-crypt hash, as `openssl passwd -6` makes one (what doc/postern.conf.5 shows)."""
+    p = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password.encode(),
+                       capture_output=True, check=True)
+    h = p.stdout.decode().strip()
+    assert h.startswith("$6$"), h
+    return h
+
+
+def console_conf(http_port, dead_port, users=None, extra_console=""):
+    users = users or f"admin:{crypt_hash(PASSWORD)}"
+    return (f"\n[upstream down]\ntype = smtp\nhost = 127.0.0.1\nport = {dead_port}\n"
+            "tls = none\nhelo = relay.test.example\n\n"
+            "[route slow]\nrecipient = *@slow.test\nupstream = down\n\n"
+            "[route default]\nupstream = capture\n\n"
+            f"[inbound]\ndomains = reply.test\nhttp_address = 127.0.0.1:{http_port}\n"
+            "http_auth = none\n"
+            # loopback is exempt from the per-client limits by default; these tests are the
+            # client the limits are for
+            "http_exempt_networks = 192.0.2.0/24\nhttp_auth_failures = 3\n"
+            "http_auth_lockout = 10m\nhttp_request_rate = 100000\n\n"
+            f"[console]\nenabled = yes\nusers = {users}\n" + extra_console)
+
+
+@pytest.fixture
+def console(daemon_factory):
+    http_port, dead_port = free_port(), free_port()
+    d = daemon_factory(postern={"retry_min": "1h", "retry_max": "2h"},
+                       extra=console_conf(http_port, dead_port))
+    d.http_port = http_port
+    return d
+
+
+class Client:
+    """A browser-less client: cookies kept by hand, redirects not followed."""
+
+    def __init__(self, port):
+        self.port = port
+        self.cookies = {}
+
+    def request(self, method, path, fields=None, headers=None):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        h = dict(headers or {})
+        if self.cookies:
+            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        body = None
+        if fields is not None:
+            body = urllib.parse.urlencode(fields, doseq=True)
+            h["Content-Type"] = "application/x-www-form-urlencoded"
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        for k, v in r.getheaders():
+            if k.lower() == "set-cookie":
+                name, _, rest = v.partition("=")
+                value = rest.split(";", 1)[0]
+                if "Max-Age=0" in v:
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = value
+        c.close()
+        r.text = data.decode("utf-8", "replace")
+        return r
+
+    def get(self, path):
+        return self.request("GET", path)
+
+    def post(self, path, fields):
+        return self.request("POST", path, fields)
+
+    def csrf(self, text):
+        m = re.search(r'name="csrf" value="([0-9a-f]{64})"', text)
+        assert m, f"no CSRF token in the page:\n{text[:2000]}"
+        return m.group(1)
+
+    def login(self, user="admin", password=PASSWORD):
+        token = self.csrf(self.get("/console/login").text)
+        return self.post("/console/login", {"csrf": token, "user": user, "password": password})
+
+
+def submit(d, sender, rcpts, subject="hello", html=None, attach_name=None, from_name=None):
+    m = EmailMessage()
+    m["From"] = f'"{from_name}" <{sender}>' if from_name else sender
+    m["To"] = ", ".join(rcpts)
+    m["Subject"] = subject
+    m.set_content("plain text body\n")
+    if html:
+        m.add_alternative(html, subtype="html")
+    if attach_name:
+        m.add_attachment(b"attached bytes\n", maintype="application", subtype="octet-stream",
+                         filename=attach_name)
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=15) as s:
+        s.sendmail(sender, rcpts, m.as_bytes())
+    # the id of what was just accepted: the newest entry
+    entries = sorted(d.queue_list(), key=lambda e: (e["created"], e["id"]))
+    return entries[-1]["id"]
+
+
+def wait_state(d, qid, states, timeout=15):
+    deadline = time.monotonic() + timeout
+    e = None
+    while time.monotonic() < deadline:
+        e = d.queue_entry(qid)
+        if e and all(r["status"] in states for r in e["recipients"]):
+            return e
+        time.sleep(0.2)
+    raise AssertionError(f"{qid} did not reach {states}: {e}")
+
+
+# ---- the security model, over plain HTTP -----------------------------------------------------
+
+def test_refused_without_credentials(console):
+    qid = submit(console, "alice@client.test", ["bob@example.test"], subject="secret-subject")
+    c = Client(console.http_port)
+    for path in ("/console/", "/console/queue", "/console/captured", f"/console/msg/{qid}",
+                 f"/console/msg/{qid}/raw", f"/console/msg/{qid}/html", "/console/events"):
+        r = c.get(path)
+        assert r.status == 303 and r.getheader("Location") == "/console/login", (path, r.status)
+        assert "secret-subject" not in r.text and qid not in r.text, path
+    # a session id that is not one
+    c.cookies["postern_console"] = "0" * 64
+    assert c.get("/console/queue").status == 303
+    r = c.post("/console/action", {"action": "delete", "id": qid, "csrf": "0" * 64})
+    assert r.status == 403, r.status
+    assert console.queue_entry(qid), "a refused POST deleted the message"
+    # what is served without a login: the login page and the two embedded assets
+    assert c.get("/console/login").status == 200
+    css = c.get("/console/assets/console.css")
+    assert css.status == 200 and css.getheader("Content-Type").startswith("text/css")
+    with open(os.path.join(SRCDIR, "console", "assets", "console.css")) as f:
+        assert css.text == f.read(), "the CSS served is not the one in console/assets/"
+
+
+def test_every_post_needs_its_csrf_token(console):
+    qid = submit(console, "alice@client.test", ["carol@slow.test"])
+    wait_state(console, qid, ("queued", "deferred"))
+    c = Client(console.http_port)
+    assert c.login().status == 303
+    page = c.get(f"/console/msg/{qid}")
+    assert page.status == 200, page.status
+    token = c.csrf(page.text)
+    for fields in ({"action": "hold", "id": qid},
+                   {"action": "hold", "id": qid, "csrf": ""},
+                   {"action": "hold", "id": qid, "csrf": "0" * 64},
+                   {"action": "hold", "id": qid, "csrf": token[:-1]}):
+        r = c.post("/console/action", fields)
+        assert r.status == 403, (fields, r.status)
+        assert all(x["status"] != "held" for x in console.queue_entry(qid)["recipients"])
+    for path in ("/console/logout", "/console/action"):
+        assert c.post(path, {"action": "delete", "id": qid}).status == 403
+    assert console.queue_entry(qid), "deleted without a token"
+    # a login without the token its form carries is refused too
+    other = Client(console.http_port)
+    r = other.post("/console/login", {"user": "admin", "password": PASSWORD})
+    assert r.status == 403 and "postern_console" not in other.cookies
+    # with the token the same action works (so the refusals above are the token's doing)
+    r = c.post("/console/action", {"action": "hold", "id": qid, "csrf": token,
+                                   "back": f"/console/msg/{qid}"})
+    assert r.status == 303 and r.getheader("Location") == f"/console/msg/{qid}"
+    wait_state(console, qid, ("held",))
+    assert re.search(rf"console: admin: hold {qid}: done", console.log_text())
+    # an open redirect is not offered
+    r = c.post("/console/action", {"action": "release", "id": qid, "csrf": token,
+                                   "back": "//evil.example/"})
+    assert r.getheader("Location") == "/console/queue"
+    # log out ends the session on the server: the old cookie no longer opens a page
+    sid = c.cookies["postern_console"]
+    assert c.post("/console/logout", {"csrf": token}).status == 303
+    c.cookies["postern_console"] = sid
+    assert c.get("/console/queue").status == 303
+
+
+def test_headers_and_cookie(console):
+    qid = submit(console, "alice@client.test", ["bob@example.test"],
+                 html="<p>hi<img src='http://127.0.0.1:9/x.png'></p>")
+    c = Client(console.http_port)
+    r = c.get("/console/login")
+    csp = r.getheader("Content-Security-Policy")
+    for part in ("default-src 'none'", "script-src 'self'", "style-src 'self'",
+                 "img-src 'self' data:", "frame-src 'self'", "frame-ancestors 'none'"):
+        assert part in csp, csp
+    assert "unsafe-inline" not in csp and "http" not in csp
+    assert r.getheader("X-Frame-Options") == "DENY"
+    assert r.getheader("X-Content-Type-Options") == "nosniff"
+    token = c.csrf(r.text)
+    c2 = http.client.HTTPConnection("127.0.0.1", console.http_port, timeout=15)
+    c2.request("POST", "/console/login",
+               urllib.parse.urlencode({"csrf": token, "user": "admin", "password": PASSWORD}),
+               {"Content-Type": "application/x-www-form-urlencoded",
+                "Cookie": f"postern_console_login={c.cookies['postern_console_login']}"})
+    r = c2.getresponse()
+    r.read()
+    cookie = [v for k, v in r.getheaders() if k.lower() == "set-cookie" and
+              v.startswith("postern_console=")][0]
+    assert re.match(r"postern_console=[0-9a-f]{64}; ", cookie), cookie
+    for flag in ("HttpOnly", "SameSite=Strict", "Path=/console/"):
+        assert flag in cookie, cookie
+    assert "Secure" not in cookie      # secure_cookie = no: the listener speaks plain HTTP
+    c.cookies["postern_console"] = cookie.split(";")[0].split("=", 1)[1]
+    # the mail's HTML: its own answer, with a CSP that fetches nothing and runs nothing
+    r = c.get(f"/console/msg/{qid}/html")
+    assert r.status == 200 and "<p>hi" in r.text
+    csp = r.getheader("Content-Security-Policy")
+    assert "default-src 'none'" in csp and "img-src data:" in csp and "sandbox" in csp, csp
+    assert "script-src" not in csp
+    page = c.get(f"/console/msg/{qid}").text
+    assert re.search(r'<iframe class="mail" sandbox src="/console/msg/' + qid + '/html"', page)
+    # downloads are never rendered in the console's origin
+    r = c.get(f"/console/msg/{qid}/part/0")
+    assert r.getheader("Content-Disposition", "").startswith("attachment")
+    assert r.getheader("Content-Type") == "application/octet-stream"
+
+
+def test_wrong_password_is_rate_limited(console):
+    c = Client(console.http_port)
+    token = c.csrf(c.get("/console/login").text)
+    for i in range(3):
+        r = c.post("/console/login", {"csrf": token, "user": "admin", "password": f"wrong-{i}"})
+        assert r.status == 403 and "Wrong user name or password" in r.text, r.status
+        assert "postern_console" not in c.cookies
+    # locked out: even the right password is not looked at now, nor any page
+    r = c.post("/console/login", {"csrf": token, "user": "admin", "password": PASSWORD})
+    assert r.status == 429, r.status
+    assert c.get("/console/login").status == 429
+    assert "postern_console" not in c.cookies
+    assert r.getheader("Retry-After")
+    log = console.log_text()
+    assert "console: a wrong user name or password from 127.0.0.1" in log
+    assert "locked out" in log
+    assert "wrong-0" not in log
+
+
+def test_plain_password_refused(tmp_path):
+    need_binary(POSTERN)
+    conf = tmp_path / "postern.conf"
+    conf.write_text("[postern]\nhostname = relay.test\ndata_dir = " + str(tmp_path / "data") +
+                    "\n\n[listener submission]\naddress = 127.0.0.1:2525\n" +
+                    console_conf(free_port(), free_port(), users="admin:hunter2hunter2"))
+    p = subprocess.run([POSTERN, "-c", str(conf), "-n"], capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "not a crypt(3) hash" in p.stderr and "hunter2" not in p.stderr, p.stderr
+
+
+# ---- in a browser ------------------------------------------------------------------------------
+
+def _browser_missing():
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "python3-selenium is not installed (apt-get install python3-selenium)"
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            return f"{path} is missing (apt-get install chromium chromium-driver)"
+    return None
+
+
+class Hits(http.server.BaseHTTPRequestHandler):
+    """A test host on loopback: anything a message's script or image would fetch lands here."""
+    seen = []
+
+    def do_GET(self):
+        Hits.seen.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/gif")
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def browser():
+    why = _browser_missing()
+    if why:
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--disable-default-apps", "--disable-domain-reliability",
+              "--no-pings", "--dns-prefetch-disable", "--window-size=1280,900",
+              # nothing leaves loopback: every other host goes to a proxy that is not there
+              "--proxy-server=http://127.0.0.1:9"):
+        opts.add_argument(a)
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    drv.set_page_load_timeout(30)
+    os.makedirs(SHOTS, exist_ok=True)
+    yield drv
+    drv.quit()
+
+
+def shot(drv, name):
+    drv.save_screenshot(os.path.join(SHOTS, f"console-{name}.png"))
+
+
+def no_alert(drv):
+    from selenium.common.exceptions import NoAlertPresentException
+    try:
+        text = drv.switch_to.alert.text
+    except NoAlertPresentException:
+        return
+    raise AssertionError(f"a script ran: alert({text!r})")
+
+
+def browser_login(drv, console):
+    from selenium.webdriver.common.by import By
+    base = f"http://127.0.0.1:{console.http_port}"
+    drv.get(base + "/console/")
+    assert drv.current_url.endswith("/console/login")
+    shot(drv, "login")
+    drv.find_element(By.ID, "user").send_keys("admin")
+    drv.find_element(By.ID, "password").send_keys(PASSWORD)
+    drv.find_element(By.CSS_SELECTOR, "form.login button").click()
+    assert drv.current_url == base + "/console/", drv.current_url
+    return base
+
+
+def wait_for(cond, what, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_browser_queue_live_open_hold_release(console, browser):
+    from selenium.webdriver.common.by import By
+    drv = browser
+    first = submit(console, "alice@client.test", ["bob@example.test"], subject="first one")
+    base = browser_login(drv, console)
+    assert drv.find_element(By.CSS_SELECTOR, '[data-count="captured"]').text == "1"
+    shot(drv, "overview")
+    # the queue page open, a message arrives: its row appears without a reload
+    drv.get(base + "/console/queue")
+    assert first in drv.page_source
+    drv.execute_script("window.notReloaded = true;")
+    qid = submit(console, "alice@client.test", ["dave@slow.test"], subject="live arrival")
+    wait_for(lambda: drv.find_elements(By.LINK_TEXT, qid), "the new row to appear live")
+    assert drv.execute_script("return window.notReloaded === true;"), "the page was reloaded"
+    shot(drv, "queue")
+    # open it, hold it, release it
+    drv.find_element(By.LINK_TEXT, qid).click()
+    assert drv.find_element(By.TAG_NAME, "h1").text == "live arrival"
+    assert "dave@slow.test" in drv.page_source
+    shot(drv, "message")
+    wait_state(console, qid, ("queued", "deferred"))
+    drv.find_element(By.CSS_SELECTOR, 'button[value="hold"]').click()
+    wait_state(console, qid, ("held",))
+    assert drv.find_element(By.CSS_SELECTOR, ".state").text == "held"
+    drv.find_element(By.CSS_SELECTOR, 'button[value="release"]').click()
+    wait_state(console, qid, ("queued", "deferred"))
+    assert drv.find_element(By.CSS_SELECTOR, ".state").text in ("queued", "deferred")
+    log = console.log_text()
+    assert f"console: admin: hold {qid}: done" in log
+    assert f"console: admin: release {qid}: done" in log
+    # bulk: tick both, hold the one that can be held
+    drv.get(base + "/console/queue")
+    for box in drv.find_elements(By.CSS_SELECTOR, 'input[name="id"]'):
+        box.click()
+    drv.find_element(By.CSS_SELECTOR, '#bulk button[value="hold"]').click()
+    wait_state(console, qid, ("held",))
+    # on a phone's width
+    drv.set_window_size(390, 844)
+    drv.get(base + "/console/queue")
+    width = drv.execute_script("return document.documentElement.scrollWidth;")
+    assert width <= 400, f"the queue page is {width}px wide on a phone"
+    shot(drv, "queue-phone")
+    drv.set_window_size(1280, 900)
+
+
+def test_browser_captured_html_is_inert(console, browser):
+    from selenium.webdriver.common.by import By
+    drv = browser
+    hits_port = free_port()
+    Hits.seen = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", hits_port), Hits)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{hits_port}"
+        html = (f"<html><body><h2 id='mailhead'>Hello from the mail</h2>"
+                f"<script>alert('mail');parent.document.title='pwned';"
+                f"fetch('{host}/script');</script>"
+                f"<img src='{host}/remote.png' alt='remote'>"
+                f"<img src=x onerror=\"new Image().src='{host}/onerror'\">"
+                f"<a id='js' href=\"javascript:alert('link')\">click</a>"
+                f"<iframe src='{host}/frame'></iframe></body></html>")
+        qid = submit(console, "mallory@client.test", ["victim@example.test"],
+                     subject=XSS + " javascript:alert(5)", html=html,
+                     attach_name='"><img src=x onerror=alert(3)>.txt', from_name=XSS)
+        base = browser_login(drv, console)
+        pages = ["/console/", "/console/queue", "/console/captured",
+                 "/console/captured?q=" + urllib.parse.quote("<script>"),
+                 f"/console/msg/{qid}"]
+        for p in pages:
+            drv.get(base + p)
+            time.sleep(0.5)
+            no_alert(drv)
+            assert drv.title.endswith("Postern") and "pwned" not in drv.title, drv.title
+            # the payloads are text on the page, never elements
+            assert not drv.find_elements(By.CSS_SELECTOR, 'main img[src="x"], main script')
+        assert drv.find_element(By.TAG_NAME, "h1").text == XSS + " javascript:alert(5)"
+        assert XSS in drv.find_element(By.TAG_NAME, "main").text   # the From name, as text
+        assert '"><img src=x onerror=alert(3)>.txt' in drv.find_element(By.CSS_SELECTOR,
+                                                                          "ul.parts").text
+        # the HTML in its sandbox: shown, its script not run, nothing fetched
+        frame = drv.find_element(By.CSS_SELECTOR, "iframe.mail")
+        assert frame.get_attribute("sandbox") == ""
+        drv.switch_to.frame(frame)
+        assert drv.find_element(By.ID, "mailhead").text == "Hello from the mail"
+        drv.find_element(By.ID, "js").click()
+        drv.switch_to.default_content()
+        time.sleep(1)
+        no_alert(drv)
+        assert "pwned" not in drv.title
+        shot(drv, "message-html")
+        drv.get(base + "/console/captured")
+        shot(drv, "captured")
+        assert Hits.seen == [], f"the message reached the test host: {Hits.seen}"
+        # the frame's URL opened on its own is sandboxed by its CSP too
+        drv.get(base + f"/console/msg/{qid}/html")
+        time.sleep(0.5)
+        no_alert(drv)
+        assert Hits.seen == [], f"the message reached the test host: {Hits.seen}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
