@@ -18,14 +18,6 @@
 static const char *const state_names[] = { "queued", "deferred", "sent", "bounced", "held",
                                            "captured" };
 
-static void when(long long ms, char out[32])
-{
-  time_t t = (time_t)(ms / 1000);
-  struct tm tm;
-  if(ms <= 0 || !gmtime_r(&t, &tm) || !strftime(out, 32, "%Y-%m-%d %H:%M:%S", &tm))
-    str_copy(out, 32, "-");
-}
-
 static void num(long long v, char out[24])
 {
   snprintf(out, 24, "%lld", v);
@@ -42,53 +34,9 @@ static int id_ok(const char *id, size_t n)
   return 1;
 }
 
-/* ---- the frame of every page --------------------------------------------------------------- */
-
-static void page_begin(struct buf *b, const char *title, const struct console_session *s,
-                       const char *active)
-{
-  html_put(b, "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-           "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-           "<title>{} \xc2\xb7 Postern</title>"
-           "<link rel=\"stylesheet\" href=\"/console/assets/console.css\">"
-           "<script src=\"/console/assets/console.js\" defer></script></head>\n<body>"
-           "<a class=\"skip\" href=\"#main\">Skip to content</a>", title);
-  if(s) {
-    static const struct { const char *key, *href, *label; } nav[] = {
-      { "overview", "/console/", "Overview" },
-      { "queue", "/console/queue", "Queue" },
-      { "captured", "/console/captured", "Captured mail" },
-    };
-    size_t i;
-    html_lit(b, "<header><nav aria-label=\"Console\"><span class=\"brand\">Postern</span>");
-    for(i = 0; i < sizeof(nav) / sizeof(nav[0]); i++) {
-      if(!strcmp(active, nav[i].key))
-        html_put(b, "<a href=\"{}\" aria-current=\"page\">{}</a>", nav[i].href, nav[i].label);
-      else
-        html_put(b, "<a href=\"{}\">{}</a>", nav[i].href, nav[i].label);
-    }
-    html_put(b, "<form method=\"post\" action=\"/console/logout\" class=\"logout\">"
-             "<input type=\"hidden\" name=\"csrf\" value=\"{}\">"
-             "<button type=\"submit\">Log out {}</button></form></nav></header>",
-             s->csrf, s->user);
-  }
-  html_put(b, "<main id=\"main\"><h1>{}</h1>\n", title);
-}
-
-static void page_end(struct buf *b)
-{
-  html_lit(b, "</main></body></html>\n");
-}
-
-static void done_html(struct web_response *out)
-{
-  out->status = out->body.len && !out->status ? 200 : out->status;
-  out->content_type = "text/html; charset=utf-8";
-}
-
 void pages_login(struct buf *b, const char *token, const char *message)
 {
-  page_begin(b, "Log in", NULL, "");
+  console_page_begin(b, "Log in", NULL, "");
   if(message)
     html_put(b, "<p class=\"error\" role=\"alert\">{}</p>", message);
   html_put(b, "<form method=\"post\" action=\"/console/login\" class=\"login\">"
@@ -99,7 +47,7 @@ void pages_login(struct buf *b, const char *token, const char *message)
            "<input id=\"password\" name=\"password\" type=\"password\" "
            "autocomplete=\"current-password\" required>"
            "<button type=\"submit\">Log in</button></form>", token);
-  page_end(b);
+  console_page_end(b);
 }
 
 /* ---- overview ------------------------------------------------------------------------------ */
@@ -154,7 +102,7 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
     console_plain(out, 503, "the store cannot be read\n");
     return;
   }
-  page_begin(b, "Overview", pc->session, "overview");
+  console_page_begin(b, "Overview", pc->session, "overview");
   html_lit(b, "<section aria-labelledby=\"states\"><h2 id=\"states\">Recipients by state</h2>"
            "<dl class=\"counts\" data-live=\"counts\">");
   for(i = 0; i <= RCPT_CAPTURED; i++) {
@@ -167,7 +115,7 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
   html_put(b, "<div><dt>messages stored</dt><dd data-count=\"messages\">{}</dd></div>", n);
   num(sc.bytes, n);
   html_put(b, "<div><dt>bytes stored</dt><dd data-count=\"bytes\">{}</dd></div></dl>", n);
-  when(sc.oldest_unfinished_ms, t);
+  console_when(sc.oldest_unfinished_ms, t);
   html_put(b, "<p>Oldest waiting message: <span data-count=\"oldest\">{}</span> UTC</p>"
            "</section>\n", sc.oldest_unfinished_ms < 0 ? "none" : t);
 
@@ -195,9 +143,9 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
       html_lit(b, "<p class=\"note\">Counted over the first 10000 messages.</p>");
   }
   html_lit(b, "</section>");
-  page_end(b);
+  console_page_end(b);
   free(w);
-  done_html(out);
+  console_done_html(out);
 }
 
 /* ---- the queue and the captured inbox ------------------------------------------------------- */
@@ -264,7 +212,7 @@ static int list_row(void *arg, const struct store_msg *m)
   w->rows++;
   w->last_ms = m->created_ms;
   str_copy(w->last_id, sizeof(w->last_id), m->id);
-  when(m->created_ms, t);
+  console_when(m->created_ms, t);
   num(m->size, sz);
   html_put(b, "<tr><td><input type=\"checkbox\" name=\"id\" value=\"{}\" form=\"bulk\" "
            "aria-label=\"select {}\"></td><td><a href=\"/console/msg/{u}\">{}</a></td>"
@@ -357,7 +305,7 @@ static void page_list(struct pages_ctx *pc, struct web_response *out, int captur
     f.after_ms = ms;
     f.after_id = after_id;
   }
-  page_begin(b, captured ? "Captured mail" : "Queue", pc->session,
+  console_page_begin(b, captured ? "Captured mail" : "Queue", pc->session,
              captured ? "captured" : "queue");
   html_put(b, "<form method=\"get\" action=\"{}\" class=\"filters\" role=\"search\">",
            captured ? "/console/captured" : "/console/queue");
@@ -405,8 +353,8 @@ static void page_list(struct pages_ctx *pc, struct web_response *out, int captur
              w.last_id, sender, recipient, w.upstream, state, age, search);
   }
   html_lit(b, "</nav>");
-  page_end(b);
-  done_html(out);
+  console_page_end(b);
+  console_done_html(out);
 }
 
 /* ---- one message ---------------------------------------------------------------------------- */
@@ -445,12 +393,12 @@ static void page_message(struct pages_ctx *pc, const char *id, struct web_respon
   }
   if(!store_body(pc->st, id, &body, &len))
     mail_view_parse(body, len, &v);
-  page_begin(b, v.subject && *v.subject ? v.subject : "(no subject)", pc->session, "queue");
+  console_page_begin(b, v.subject && *v.subject ? v.subject : "(no subject)", pc->session, "queue");
   action_buttons(b, pc->session, m.id);
   html_lit(b, "<section aria-labelledby=\"env\"><h2 id=\"env\">Envelope</h2>"
            "<div class=\"scroll\"><table class=\"kv\"><tbody>");
   row(b, "Id", m.id);
-  when(m.created_ms, t);
+  console_when(m.created_ms, t);
   row(b, "Received (UTC)", t);
   row(b, "Sender", *m.sender ? m.sender : "<>");
   row(b, "From", v.from);
@@ -472,7 +420,7 @@ static void page_message(struct pages_ctx *pc, const char *id, struct web_respon
     const struct store_rcpt *rc = &m.rcpts[i];
     char a[24];
     num(rc->attempts, a);
-    when(rc->status == RCPT_QUEUED || rc->status == RCPT_DEFERRED ? rc->next_attempt_ms : 0, t);
+    console_when(rc->status == RCPT_QUEUED || rc->status == RCPT_DEFERRED ? rc->next_attempt_ms : 0, t);
     html_put(b, "<tr><td>{}</td><td><span class=\"state state-{}\">{}</span></td><td>{}</td>"
              "<td>{}</td><td>{}</td><td>{}</td></tr>", rc->address,
              rcpt_status_name(rc->status), rcpt_status_name(rc->status), a, t,
@@ -513,8 +461,8 @@ static void page_message(struct pages_ctx *pc, const char *id, struct web_respon
       html_lit(b, "\n[... cut: download it for the rest]");
     html_lit(b, "</pre></details></section>\n");
   }
-  page_end(b);
-  done_html(out);
+  console_page_end(b);
+  console_done_html(out);
   free(body);
   mail_view_free(&v);
   store_msg_free(&m);
@@ -709,6 +657,10 @@ void pages_route(struct pages_ctx *pc, const char *path, struct web_response *ou
     page_list(pc, out, 0);
   else if(!strcmp(path, "/captured"))
     page_list(pc, out, 1);
+  else if(!strcmp(path, "/threads"))
+    threads_list(pc, out);
+  else if(!strcmp(path, "/thread"))
+    threads_one(pc, out);
   else if(!strcmp(path, "/events"))
     events(pc, out);
   else if(!strncmp(path, "/msg/", 5)) {

@@ -110,7 +110,8 @@ const char *const cfg_provider_words[] = { "", "microsoft", "google", "generic",
 const char *const cfg_flow_words[] = { "", "client_credentials", "refresh_token", "device_code",
                                        NULL };
 const char *const cfg_cloud_words[] = { "global", "usgov", "usgov-dod", "china", NULL };
-static const char *const w_spf[] = { "off", "tag", "reject", NULL };
+_Static_assert(CFG_SPF_REJECT == 2, "cfg_spf_words follows enum cfg_spf");
+const char *const cfg_spf_words[] = { "off", "tag", "reject", NULL };
 static const char *const w_dmarc[] = { "off", "tag", "enforce", NULL };
 static const char *const w_dkalg[] = { "rsa-sha256", "ed25519-sha256", NULL };
 static const char *const w_dkcanon[] = { "relaxed/relaxed", "relaxed/simple", "simple/relaxed",
@@ -220,7 +221,7 @@ static const struct opt opts[] = {
   { SEC_OAUTH2, "cloud", T_ENUM, OA(cloud), 0, "global", 0, 0, cfg_cloud_words },
 
   { SEC_INBOUND, "domains", T_STR, IN(domains), 0, NULL, 0, 0, NULL },
-  { SEC_INBOUND, "spf", T_WORD, IN(spf), 0, "tag", 0, 0, w_spf },
+  { SEC_INBOUND, "spf", T_ENUM, IN(spf), 0, "tag", 0, 0, cfg_spf_words },
   { SEC_INBOUND, "dmarc", T_WORD, IN(dmarc), 0, "off", 0, 0, w_dmarc },
   { SEC_INBOUND, "http_address", T_HOSTPORT, IN(http_address), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "http_user", T_STR, IN(http_user), 0, NULL, 0, 0, NULL },
@@ -231,6 +232,7 @@ static const struct opt opts[] = {
   { SEC_INBOUND, "http_request_rate", T_LONG, IN(http_request_rate), 0, "600", 0, 1000000, NULL },
   { SEC_INBOUND, "http_auth_failures", T_LONG, IN(http_auth_failures), 0, "5", 1, 1000, NULL },
   { SEC_INBOUND, "http_auth_lockout", T_DURATION, IN(http_auth_lockout), 0, "10m", 1, DAY, NULL },
+  { SEC_INBOUND, "http_request_timeout", T_DURATION, IN(http_request_timeout), 0, "5m", 1, DAY, NULL },
   { SEC_INBOUND, "http_exempt_networks", T_CIDRS, IN(http_exempt), IN(nhttp_exempt),
     "127.0.0.0/8 ::1/128", 0, 0, NULL },
   { SEC_INBOUND, "event_public_key_file", T_STR, IN(event_public_key_file), 0, NULL, 0, 0, NULL },

@@ -39,6 +39,9 @@ enum cfg_cloud { CFG_CLOUD_GLOBAL = 0, CFG_CLOUD_USGOV, CFG_CLOUD_USGOV_DOD, CFG
 extern const char *const cfg_provider_words[];  /* [CFG_PROVIDER_NONE] is "" */
 extern const char *const cfg_flow_words[];      /* [CFG_FLOW_NONE] is "" */
 extern const char *const cfg_cloud_words[];
+/* [inbound] spf: what a failing SPF check does to mail for our domains */
+enum cfg_spf { CFG_SPF_OFF = 0, CFG_SPF_TAG, CFG_SPF_REJECT };
+extern const char *const cfg_spf_words[];
 extern const char *const cfg_utls_words[];
 extern const char *const cfg_verify_words[];
 extern const char *const cfg_uauth_words[];
@@ -137,7 +140,7 @@ struct cfg_inbound {
   int present;
   int line;                       /* where [inbound] starts, for messages */
   char *domains;
-  char *spf;
+  enum cfg_spf spf;
   char *dmarc;                    /* off | tag | enforce */
   char *http_address, *http_user, *http_password_file, *event_public_key_file;
   char *http_auth;                /* basic | none (the webhooks open on purpose) */
@@ -146,6 +149,7 @@ struct cfg_inbound {
    * limit), wrong credentials before a lockout of http_auth_lockout seconds */
   long http_clients_per_ip, http_request_rate, http_auth_failures;
   long long http_auth_lockout;
+  long long http_request_timeout;     /* seconds for one whole request, headers and body */
   struct cidr *http_exempt;       /* http_exempt_networks: clients no per-client limit applies to */
   size_t nhttp_exempt;
   long long event_max_age;

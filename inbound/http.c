@@ -12,6 +12,10 @@
 #include "global/web.h"
 #include <microhttpd.h>
 #include <pthread.h>
+#include <poll.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <errno.h>
@@ -53,15 +57,25 @@ struct http_settings {
   struct http_limits lim;
   struct cidr *exempt;          /* http_exempt_networks */
   size_t nexempt;
+  long long request_ms;         /* http_request_timeout */
 };
 
 /* A refusal anyone on the internet can cause (a forged signature) is logged at most once a
  * minute, with how many went unlogged: a forged post costs its sender a request, not the
  * operator a log line. */
-enum log_gate_kind { GATE_EVENTS_SIG, GATE_SMS_SIG, GATE_N };
+enum log_gate_kind { GATE_EVENTS_SIG, GATE_SMS_SIG, GATE_DEADLINE, GATE_N };
 struct log_gate {
   long long last_ms;            /* the latest line; 0 never */
   unsigned long skipped;        /* refusals since then */
+};
+
+/* An open connection, for http_request_timeout: MHD's own timeout restarts on every byte, so
+ * one byte a minute would hold a connection (and its thread) for ever. */
+struct http_conn {
+  int fd;
+  long long since_ms;           /* the start of its current request; 0 while it is answered */
+  int cut;                      /* shut down for taking too long */
+  struct http_conn *next, *prev;
 };
 
 struct inbound_http {
@@ -79,6 +93,10 @@ struct inbound_http {
   int q_ok;
   struct metrics_queue q;
   struct log_gate gates[GATE_N];  /* under mu */
+  struct http_conn *conns;      /* under mu */
+  int watch_pipe[2];            /* written to stop the watcher */
+  pthread_t watcher;
+  int watcher_started;
 };
 
 #define QUEUE_STATS_CACHE_MS 1000
@@ -179,8 +197,31 @@ static void request_free(struct request *rq)
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                               enum MHD_RequestTerminationCode toe)
 {
+  struct inbound_http *h = cls;
+  const union MHD_ConnectionInfo *ci =
+    MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  struct http_conn *hc = ci ? ci->socket_context : NULL;
   request_free(*con_cls);
   *con_cls = NULL;
+  if(hc) {                      /* the next request on this connection has its own time */
+    pthread_mutex_lock(&h->mu);
+    hc->since_ms = time_mono_ms();
+    pthread_mutex_unlock(&h->mu);
+  }
+}
+
+/* The whole request has arrived: the answer (a console stream may last) is not timed by
+ * http_request_timeout; the next request on the connection is (request_completed). */
+static void request_received(struct inbound_http *h, struct MHD_Connection *c)
+{
+  const union MHD_ConnectionInfo *ci =
+    MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  struct http_conn *hc = ci ? ci->socket_context : NULL;
+  if(hc) {
+    pthread_mutex_lock(&h->mu);
+    hc->since_ms = 0;
+    pthread_mutex_unlock(&h->mu);
+  }
 }
 
 static const char cred_key[] = "postern basic auth";
@@ -428,7 +469,7 @@ static const struct metrics_queue *queue_figures(struct inbound_http *h, struct 
   pthread_mutex_lock(&h->qmu);
   if(!h->q_at_ms || now - h->q_at_ms >= QUEUE_STATS_CACHE_MS) {
     struct store_counts sc;
-    h->q_ok = !store_counts(h->st, &sc);
+    h->q_ok = !store_counts_pending(h->st, &sc);
     h->q.queued = sc.rcpts[RCPT_QUEUED];
     h->q.deferred = sc.rcpts[RCPT_DEFERRED];
     h->q.held = sc.rcpts[RCPT_HELD];
@@ -642,10 +683,36 @@ static void connection_event(void *cls, struct MHD_Connection *c, void **socket_
   struct inbound_http *h = cls;
   unsigned char key[ANVIL_KEY_LEN];
   int limited;
-  (void)socket_context;
+  struct http_conn *hc = *socket_context;
+  if(toe == MHD_CONNECTION_NOTIFY_STARTED) {
+    const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if(!ci || !(hc = calloc(1, sizeof(*hc))))
+      return;                   /* MHD's idle timeout still applies */
+    hc->fd = ci->connect_fd;
+    hc->since_ms = time_mono_ms();
+    pthread_mutex_lock(&h->mu);
+    hc->next = h->conns;
+    if(h->conns)
+      h->conns->prev = hc;
+    h->conns = hc;
+    pthread_mutex_unlock(&h->mu);
+    *socket_context = hc;
+    return;
+  }
   if(toe != MHD_CONNECTION_NOTIFY_CLOSED)
     return;
   pthread_mutex_lock(&h->mu);
+  if(hc) {                      /* before MHD closes the descriptor: never shut down a reused one */
+    if(hc->prev)
+      hc->prev->next = hc->next;
+    else
+      h->conns = hc->next;
+    if(hc->next)
+      hc->next->prev = hc->prev;
+    free(hc);
+    *socket_context = NULL;
+  }
   limited = client_of(h->set, client_addr(c), key, NULL, 0);
   pthread_mutex_unlock(&h->mu);
   if(limited)
@@ -664,9 +731,9 @@ static ssize_t console_stream_read(void *cls, uint64_t pos, char *buf, size_t ma
   struct web_stream *s = cls;
   ssize_t n;
   (void)pos;
-  /* one thread per connection: the stream's read may wait for something to send */
-  while((n = s->read(s->arg, buf, max)) == 0)
-    ;
+  /* one thread per connection: the stream's read waits a little when it has nothing, and 0
+   * goes back to libmicrohttpd, which calls again unless the listener is stopping */
+  n = s->read(s->arg, buf, max);
   return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
 }
 
@@ -891,6 +958,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
   if(rq->answered)
     return MHD_YES;
   rq->answered = 1;
+  request_received(h, c);
   if(rq->too_big)
     return respond_text(rq, c, MHD_HTTP_CONTENT_TOO_LARGE, "request too large\n");
   switch(rq->ep) {
@@ -945,10 +1013,53 @@ static void settings_release(struct inbound_http *h, struct http_settings *set)
     settings_free(set);
 }
 
+/* Once a second: a connection whose current request has taken longer than
+ * http_request_timeout is shut down (its thread sees the end and closes it). */
+static void *watch_main(void *arg)
+{
+  struct inbound_http *h = arg;
+  for(;;) {
+    struct pollfd p;
+    struct http_conn *hc;
+    unsigned long cut = 0, skipped;
+    long long now, limit;
+    p.fd = h->watch_pipe[0];
+    p.events = POLLIN;
+    p.revents = 0;
+    if(poll(&p, 1, 1000) > 0)
+      break;
+    now = time_mono_ms();
+    pthread_mutex_lock(&h->mu);
+    limit = h->set->request_ms;
+    for(hc = h->conns; hc; hc = hc->next)
+      if(!hc->cut && hc->since_ms && limit > 0 && now - hc->since_ms >= limit) {
+        shutdown(hc->fd, SHUT_RDWR);
+        hc->cut = 1;
+        cut++;
+      }
+    pthread_mutex_unlock(&h->mu);
+    if(cut && log_gate_due(h, GATE_DEADLINE, &skipped))
+      log_warn("http: %lu connection(s) took longer than http_request_timeout (%llds, [inbound]) "
+               "for one request and were closed (logged once a minute, %lu more since the last "
+               "such line)", cut, limit / 1000, skipped);
+  }
+  return NULL;
+}
+
 void inbound_http_stop(struct inbound_http *h)
 {
   if(!h)
     return;
+  if(h->watcher_started) {
+    if(write(h->watch_pipe[1], "x", 1) != 1) {
+      /* a pipe of one byte: cannot be full */
+    }
+    pthread_join(h->watcher, NULL);
+  }
+  if(h->watch_pipe[0] >= 0) {
+    close(h->watch_pipe[0]);
+    close(h->watch_pipe[1]);
+  }
   if(h->mhd)
     MHD_stop_daemon(h->mhd);      /* requests have completed: theirs references are gone */
   if(h->set)
@@ -1138,6 +1249,7 @@ static struct http_settings *settings_new(const struct config *cfg)
   set->lim.rate_per_minute = cfg->inbound.http_request_rate;
   set->lim.auth_failures = cfg->inbound.http_auth_failures;
   set->lim.lockout_ms = cfg->inbound.http_auth_lockout * 1000;
+  set->request_ms = cfg->inbound.http_request_timeout * 1000;
   if(cfg->inbound.nhttp_exempt) {
     set->exempt = calloc(cfg->inbound.nhttp_exempt, sizeof(*set->exempt));
     if(!set->exempt) {
@@ -1186,6 +1298,7 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
     goto out;
   pthread_mutex_init(&h->mu, NULL);
   pthread_mutex_init(&h->qmu, NULL);
+  h->watch_pipe[0] = h->watch_pipe[1] = -1;
   h->st = st;
   h->service = anvil_service(HTTP_ANVIL_SERVICE);
   if(!(h->set = settings_new(cfg)))
@@ -1204,6 +1317,16 @@ int inbound_http_start(const struct config *cfg, struct store *st, int fd,
               cfg->inbound.http_address);
     goto out;
   }
+  if(pipe2(h->watch_pipe, O_CLOEXEC)) {
+    h->watch_pipe[0] = h->watch_pipe[1] = -1;
+    log_error("cannot start the HTTP listener: pipe: %s", strerror(errno));
+    goto out;
+  }
+  if(pthread_create(&h->watcher, NULL, watch_main, h)) {
+    log_error("cannot start the HTTP listener's request timer (out of threads?)");
+    goto out;
+  }
+  h->watcher_started = 1;
   log_info("HTTP listener on %s: /emailInbound /events /sms /healthz /metrics%s",
            cfg->inbound.http_address, cfg->console.enabled ? " /console/" : "");
   *out = h;

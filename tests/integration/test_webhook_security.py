@@ -416,3 +416,54 @@ def test_forged_signatures_logged_once_a_minute(guarded):
     assert log.count("events: signature verification failed") == 1, d.log_tail()
     assert "from 127.0.0.1" in log
     assert inbound(d) == [] and events(d) == []
+
+
+def _trickle(port, head, step=0.5, limit=15.0):
+    """Sends head one byte every step seconds, then more bytes the same way, until the server
+    closes the connection; returns the seconds it took (limit if it never did)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    t = time.monotonic()
+    data = head + b"x" * 1000
+    try:
+        for i in range(len(data)):
+            if time.monotonic() - t > limit:
+                return limit
+            s.sendall(data[i:i + 1])
+            s.settimeout(step)
+            try:
+                if s.recv(4096) == b"":
+                    return time.monotonic() - t
+            except socket.timeout:
+                pass
+    except OSError:
+        return time.monotonic() - t
+    finally:
+        s.close()
+    return limit
+
+
+def test_request_deadline(daemon_factory, tmp_path):
+    """http_request_timeout bounds a whole request, not the gap between two bytes: headers or a
+    body sent one byte every half second are cut off once it has passed; two requests on one
+    connection each get the whole time."""
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+    d = http_daemon(daemon_factory, tmp_path,
+                    f"http_user = {USER}\nhttp_password_file = {pw}\nhttp_request_timeout = 3s\n")
+    port = int(d.http.rsplit(":", 1)[1])
+    took = _trickle(port, b"")                                             # slow headers
+    assert 2.5 <= took < 8, took
+    took = _trickle(port, head(b"/emailInbound", 100000, auth_header(USER, PASSWORD) +
+                               b"Content-Type: multipart/form-data; boundary=x\r\n"), step=0.3)
+    assert took < 8, took                                                  # a slow body
+    # keep-alive: two quick requests 2 s apart (4 s in all) are both answered
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for _ in range(2):
+            s.sendall(head(b"/healthz", 0, method=b"GET"))
+            data = b""
+            while b"ok\n" not in data:
+                chunk = s.recv(4096)
+                assert chunk, data
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200"), data
+            time.sleep(2)
+    assert d.log_text().count("took longer than http_request_timeout (3s") == 1, d.log_tail()
