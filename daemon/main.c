@@ -188,11 +188,15 @@ static int make_data_dir(const char *dir, const struct passwd *pw)
   }
   if(pw && st.st_uid != pw->pw_uid) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if(chown(dir, pw->pw_uid, pw->pw_gid) || fd < 0 || chown_below(fd, dir, pw, 4)) {
+    if(fd < 0 || fchown(fd, pw->pw_uid, pw->pw_gid)) {
       log_error("cannot give data_dir %s to user %s: %s; chown -R it to that user by hand", dir,
                 pw->pw_name, strerror(errno));
+      if(fd >= 0)
+        close(fd);
       return -1;
     }
+    if(chown_below(fd, dir, pw, 4))       /* closes fd; says which file and why */
+      return -1;
     log_info("data_dir %s given to user %s", dir, pw->pw_name);
   }
   return 0;
