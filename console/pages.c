@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #define RAW_INLINE_MAX (256u * 1024u)   /* raw source shown on the message page; more: /raw */
-#define UPSTREAM_WALK_MAX 1000          /* waiting messages the overview counts by upstream */
 #define SEARCH_SCAN_MAX 20000           /* captured messages a search reads at most */
 #define STREAM_SECONDS 300              /* an event stream ends (the browser reconnects) */
 
@@ -57,36 +56,27 @@ struct up_count {
   long long n[RCPT_CAPTURED + 1];
 };
 struct up_walk {
-  int status;                    /* the state this walk counts */
   struct up_count ups[32];
   size_t nups;
-  size_t seen;
-  int capped;
+  int capped;                    /* more upstreams than the table shows */
 };
 
-static int count_upstreams(void *arg, const struct store_msg *m)
+static int count_upstream(void *arg, const char *upstream, enum rcpt_status st, long long n)
 {
   struct up_walk *w = arg;
-  size_t i, j;
-  if(++w->seen > UPSTREAM_WALK_MAX) {
-    w->capped = 1;
-    return 1;
-  }
-  for(i = 0; i < m->nrcpts; i++) {
-    const struct store_rcpt *r = &m->rcpts[i];
-    const char *name = r->upstream ? r->upstream : "(not tried yet)";
-    if((int)r->status != w->status)     /* each message counted in the walk of its state */
-      continue;
-    for(j = 0; j < w->nups && strcmp(w->ups[j].name, name); j++)
-      ;
-    if(j == w->nups) {
-      if(w->nups == sizeof(w->ups) / sizeof(w->ups[0]))
-        continue;
-      str_copy(w->ups[j].name, sizeof(w->ups[j].name), name);
-      w->nups++;
+  const char *name = upstream ? upstream : "(not tried yet)";
+  size_t j;
+  for(j = 0; j < w->nups && strcmp(w->ups[j].name, name); j++)
+    ;
+  if(j == w->nups) {
+    if(w->nups == sizeof(w->ups) / sizeof(w->ups[0])) {
+      w->capped = 1;
+      return 0;
     }
-    w->ups[j].n[r->status]++;
+    str_copy(w->ups[j].name, sizeof(w->ups[j].name), name);
+    w->nups++;
   }
+  w->ups[j].n[st] += n;
   return 0;
 }
 
@@ -95,7 +85,6 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
   struct buf *b = &out->body;
   struct store_counts sc;
   struct up_walk *w = calloc(1, sizeof(*w));
-  struct store_filter f = { .status = -1 };
   char t[32], n[24];
   size_t i;
   if(!w || store_counts(pc->st, &sc)) {
@@ -120,14 +109,8 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
   html_put(b, "<p>Oldest waiting message: <span data-count=\"oldest\">{}</span> UTC</p>"
            "</section>\n", sc.oldest_unfinished_ms < 0 ? "none" : t);
 
-  /* waiting recipients by the upstream that last had them: only messages that have some */
-  for(i = 0; i < 3 && !w->capped; i++) {
-    static const enum rcpt_status waiting[3] = { RCPT_QUEUED, RCPT_DEFERRED, RCPT_HELD };
-    if(!sc.rcpts[waiting[i]])      /* a walk reads every message: none when none waits */
-      continue;
-    f.status = w->status = (int)waiting[i];
-    store_list(pc->st, &f, count_upstreams, w);
-  }
+  /* waiting recipients by the upstream that last had them */
+  store_waiting_by_upstream(pc->st, count_upstream, w);
   html_lit(b, "<section aria-labelledby=\"ups\"><h2 id=\"ups\">Waiting recipients by upstream"
            "</h2>");
   if(!w->nups)
@@ -147,7 +130,7 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
     }
     html_lit(b, "</tbody></table></div>");
     if(w->capped)
-      html_lit(b, "<p class=\"note\">Counted over the oldest 1000 waiting messages.</p>");
+      html_lit(b, "<p class=\"note\">The first 32 upstreams are shown.</p>");
   }
   html_lit(b, "</section>");
   console_page_end(b);

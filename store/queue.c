@@ -80,6 +80,9 @@ static const char *const sql[ST_COUNT] = {
     " ORDER BY created_ms DESC, id DESC LIMIT ?7",
   [ST_RELEASE_UPSTREAM] = "UPDATE recipients SET status = 'queued', held_by = NULL,"
     " next_attempt_ms = ?1, updated_ms = ?1 WHERE status = 'held' AND held_by = ?2",
+  /* through recipients_due: only the waiting states are read */
+  [ST_WAITING_BY_UPSTREAM] = "SELECT upstream, status, count(*) FROM recipients"
+    " WHERE status IN ('queued', 'deferred', 'held') GROUP BY upstream, status",
   [ST_HELD_UPSTREAMS] = "SELECT DISTINCT held_by FROM recipients"
     " WHERE status = 'held' AND held_by IS NOT NULL",
   /* flush: deferred mail is due now; held mail stays held (release is a decision) */
@@ -611,6 +614,53 @@ out:
     if(s[k])
       sqlite3_reset(s[k]);
   store_reader_done(st, d);
+  return result;
+}
+
+int store_waiting_by_upstream(struct store *st, store_upstream_count_cb cb, void *arg)
+{
+  struct store_db *d;
+  sqlite3_stmt *s;
+  struct row { char *upstream; enum rcpt_status status; long long n; } *rows = NULL;
+  size_t n = 0, cap = 0, i;
+  int rc, result = STORE_OK;
+  /* collected first: the callback runs without the reader */
+  d = store_reader(st);
+  s = db_stmt(d, ST_WAITING_BY_UPSTREAM, sql);
+  if(!s) {
+    store_reader_done(st, d);
+    return STORE_ERROR;
+  }
+  while((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if(n == cap) {
+      struct row *nr = realloc(rows, (cap ? cap * 2 : 8) * sizeof(*rows));
+      if(!nr) {
+        result = STORE_ERROR;
+        break;
+      }
+      rows = nr;
+      cap = cap ? cap * 2 : 8;
+    }
+    rows[n].upstream = NULL;
+    if(db_col_text(s, 0, &rows[n].upstream) ||
+       rcpt_status_parse((const char *)sqlite3_column_text(s, 1), &rows[n].status)) {
+      free(rows[n].upstream);
+      result = STORE_ERROR;
+      break;
+    }
+    rows[n].n = sqlite3_column_int64(s, 2);
+    n++;
+  }
+  if(!result && rc != SQLITE_DONE)
+    result = db_fail(d, rc, "waiting by upstream");
+  sqlite3_reset(s);
+  store_reader_done(st, d);
+  for(i = 0; i < n; i++)
+    if(!result && cb(arg, rows[i].upstream, rows[i].status, rows[i].n))
+      break;
+  for(i = 0; i < n; i++)
+    free(rows[i].upstream);
+  free(rows);
   return result;
 }
 

@@ -167,6 +167,12 @@ int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, 
 enum store_overdue { STORE_OVERDUE_EXPIRED, STORE_OVERDUE_UNWARNED };
 int store_overdue(struct store *st, enum store_overdue which, long long cutoff_ms,
                   char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n);
+/* Waiting recipients (queued, deferred, held) counted by the upstream that last had them
+ * (NULL: none has yet), in one read; cb gets each upstream and state with its count. */
+typedef int (*store_upstream_count_cb)(void *arg, const char *upstream, enum rcpt_status s,
+                                       long long n);
+int store_waiting_by_upstream(struct store *st, store_upstream_count_cb cb, void *arg);
+
 /* Calls cb with the name of each upstream that holds recipients (held_by); non-zero stops. */
 int store_held_upstreams(struct store *st, int (*cb)(void *arg, const char *upstream), void *arg);
 

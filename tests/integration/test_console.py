@@ -186,6 +186,8 @@ def test_every_post_needs_its_csrf_token(console):
     assert r.status == 303 and r.getheader("Location") == f"/console/msg/{qid}"
     wait_state(console, qid, ("held",))
     assert re.search(rf"console: admin: hold {qid}: done", console.log_text())
+    # the overview counts it, held, on the upstream that last had it
+    assert re.search(r'>down</a></th><td>0</td><td>0</td><td>1</td>', c.get("/console/").text)
     # an open redirect is not offered
     r = c.post("/console/action", {"action": "release", "id": qid, "csrf": token,
                                    "back": "//evil.example/"})

@@ -456,8 +456,25 @@ static void test_set_pending(void)
   dir_remove();
 }
 
+struct by_upstream {
+  long long deferred_up1, held_none, other;
+};
+
+static int by_upstream_cb(void *arg, const char *upstream, enum rcpt_status st, long long n)
+{
+  struct by_upstream *b = arg;
+  if(upstream && !strcmp(upstream, "up1") && st == RCPT_DEFERRED)
+    b->deferred_up1 += n;
+  else if(!upstream && st == RCPT_HELD)
+    b->held_none += n;
+  else if(st != RCPT_QUEUED)
+    b->other += n;
+  return 0;
+}
+
 static void test_flush_and_counts(void)
 {
+  struct by_upstream bu = { 0, 0, 0 };
   struct store *st;
   struct store_msg m, got;
   struct store_rcpt r[4];
@@ -484,6 +501,7 @@ static void test_flush_and_counts(void)
   u[1].idx = 1;
   u[1].status = RCPT_DEFERRED;
   u[1].next_attempt_ms = wall_ms() + 3600000;
+  u[1].upstream = "up1";
   u[2].idx = 2;
   u[2].status = RCPT_HELD;
   CHECK_EQ_INT(store_update(st, "FL0000000001", u, 3), STORE_OK);
@@ -499,6 +517,11 @@ static void test_flush_and_counts(void)
   CHECK_EQ_INT(sc.rcpts[RCPT_QUEUED], 1);
   CHECK_EQ_INT(sc.rcpts[RCPT_CAPTURED], 1);
   CHECK_EQ_INT(sc.oldest_unfinished_ms, 1000);   /* the second one is finished */
+  /* the waiting ones by the upstream that last had them (the console's overview) */
+  CHECK_EQ_INT(store_waiting_by_upstream(st, by_upstream_cb, &bu), STORE_OK);
+  CHECK_EQ_INT(bu.deferred_up1, 1);
+  CHECK_EQ_INT(bu.held_none, 1);
+  CHECK_EQ_INT(bu.other, 0);
   /* the pending counts (GET /metrics) agree, and leave the history alone */
   CHECK_EQ_INT(store_counts_pending(st, &sc), STORE_OK);
   CHECK_EQ_INT(sc.rcpts[RCPT_QUEUED], 1);
