@@ -1,5 +1,7 @@
 /* The headers every console answer carries, and its short answers. */
 #include "console/pages.h"
+#include <string.h>
+#include <time.h>
 
 /* every page: nothing from elsewhere, no inline script, framed by nobody */
 #define CSP_PAGE "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " \
@@ -17,6 +19,8 @@ void console_security_headers(struct web_response *out, int mail_frame)
   web_header(out, "X-Content-Type-Options", "nosniff");
   web_header(out, "Referrer-Policy", "no-referrer");
   web_header(out, "Cache-Control", "no-store");
+  if(mail_frame)    /* not even a DNS look-up for the mail's links */
+    web_header(out, "X-DNS-Prefetch-Control", "off");
 }
 
 void console_redirect(struct web_response *out, const char *to)
@@ -33,5 +37,59 @@ void console_plain(struct web_response *out, unsigned status, const char *text)
   out->content_type = "text/plain; charset=utf-8";
   buf_reset(&out->body);
   buf_addstr(&out->body, text);
+}
+
+
+void console_when(long long ms, char out[32])
+{
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  if(ms <= 0 || !gmtime_r(&t, &tm) || !strftime(out, 32, "%Y-%m-%d %H:%M:%S", &tm))
+    str_copy(out, 32, "-");
+}
+
+/* ---- the frame of every page --------------------------------------------------------------- */
+
+void console_page_begin(struct buf *b, const char *title, const struct console_session *s,
+                       const char *active)
+{
+  html_put(b, "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+           "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+           "<title>{} \xc2\xb7 Postern</title>"
+           "<link rel=\"stylesheet\" href=\"/console/assets/console.css\">"
+           "<script src=\"/console/assets/console.js\" defer></script></head>\n<body>"
+           "<a class=\"skip\" href=\"#main\">Skip to content</a>", title);
+  if(s) {
+    static const struct { const char *key, *href, *label; } nav[] = {
+      { "overview", "/console/", "Overview" },
+      { "queue", "/console/queue", "Queue" },
+      { "captured", "/console/captured", "Captured mail" },
+      { "threads", "/console/threads", "Correspondence" },
+    };
+    size_t i;
+    html_lit(b, "<header><nav aria-label=\"Console\"><span class=\"brand\">Postern</span>");
+    for(i = 0; i < sizeof(nav) / sizeof(nav[0]); i++) {
+      if(!strcmp(active, nav[i].key))
+        html_put(b, "<a href=\"{}\" aria-current=\"page\">{}</a>", nav[i].href, nav[i].label);
+      else
+        html_put(b, "<a href=\"{}\">{}</a>", nav[i].href, nav[i].label);
+    }
+    html_put(b, "<form method=\"post\" action=\"/console/logout\" class=\"logout\">"
+             "<input type=\"hidden\" name=\"csrf\" value=\"{}\">"
+             "<button type=\"submit\">Log out {}</button></form></nav></header>",
+             s->csrf, s->user);
+  }
+  html_put(b, "<main id=\"main\"><h1>{}</h1>\n", title);
+}
+
+void console_page_end(struct buf *b)
+{
+  html_lit(b, "</main></body></html>\n");
+}
+
+void console_done_html(struct web_response *out)
+{
+  out->status = out->body.len && !out->status ? 200 : out->status;
+  out->content_type = "text/html; charset=utf-8";
 }
 

@@ -11,20 +11,12 @@
 #include <unistd.h>
 
 #define RAW_INLINE_MAX (256u * 1024u)   /* raw source shown on the message page; more: /raw */
-#define UPSTREAM_WALK_MAX 10000         /* waiting messages the overview counts by upstream */
+#define UPSTREAM_WALK_MAX 1000          /* waiting messages the overview counts by upstream */
 #define SEARCH_SCAN_MAX 20000           /* captured messages a search reads at most */
 #define STREAM_SECONDS 300              /* an event stream ends (the browser reconnects) */
 
 static const char *const state_names[] = { "queued", "deferred", "sent", "bounced", "held",
                                            "captured" };
-
-static void when(long long ms, char out[32])
-{
-  time_t t = (time_t)(ms / 1000);
-  struct tm tm;
-  if(ms <= 0 || !gmtime_r(&t, &tm) || !strftime(out, 32, "%Y-%m-%d %H:%M:%S", &tm))
-    str_copy(out, 32, "-");
-}
 
 static void num(long long v, char out[24])
 {
@@ -42,53 +34,9 @@ static int id_ok(const char *id, size_t n)
   return 1;
 }
 
-/* ---- the frame of every page --------------------------------------------------------------- */
-
-static void page_begin(struct buf *b, const char *title, const struct console_session *s,
-                       const char *active)
-{
-  html_put(b, "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-           "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-           "<title>{} \xc2\xb7 Postern</title>"
-           "<link rel=\"stylesheet\" href=\"/console/assets/console.css\">"
-           "<script src=\"/console/assets/console.js\" defer></script></head>\n<body>"
-           "<a class=\"skip\" href=\"#main\">Skip to content</a>", title);
-  if(s) {
-    static const struct { const char *key, *href, *label; } nav[] = {
-      { "overview", "/console/", "Overview" },
-      { "queue", "/console/queue", "Queue" },
-      { "captured", "/console/captured", "Captured mail" },
-    };
-    size_t i;
-    html_lit(b, "<header><nav aria-label=\"Console\"><span class=\"brand\">Postern</span>");
-    for(i = 0; i < sizeof(nav) / sizeof(nav[0]); i++) {
-      if(!strcmp(active, nav[i].key))
-        html_put(b, "<a href=\"{}\" aria-current=\"page\">{}</a>", nav[i].href, nav[i].label);
-      else
-        html_put(b, "<a href=\"{}\">{}</a>", nav[i].href, nav[i].label);
-    }
-    html_put(b, "<form method=\"post\" action=\"/console/logout\" class=\"logout\">"
-             "<input type=\"hidden\" name=\"csrf\" value=\"{}\">"
-             "<button type=\"submit\">Log out {}</button></form></nav></header>",
-             s->csrf, s->user);
-  }
-  html_put(b, "<main id=\"main\"><h1>{}</h1>\n", title);
-}
-
-static void page_end(struct buf *b)
-{
-  html_lit(b, "</main></body></html>\n");
-}
-
-static void done_html(struct web_response *out)
-{
-  out->status = out->body.len && !out->status ? 200 : out->status;
-  out->content_type = "text/html; charset=utf-8";
-}
-
 void pages_login(struct buf *b, const char *token, const char *message)
 {
-  page_begin(b, "Log in", NULL, "");
+  console_page_begin(b, "Log in", NULL, "");
   if(message)
     html_put(b, "<p class=\"error\" role=\"alert\">{}</p>", message);
   html_put(b, "<form method=\"post\" action=\"/console/login\" class=\"login\">"
@@ -99,7 +47,7 @@ void pages_login(struct buf *b, const char *token, const char *message)
            "<input id=\"password\" name=\"password\" type=\"password\" "
            "autocomplete=\"current-password\" required>"
            "<button type=\"submit\">Log in</button></form>", token);
-  page_end(b);
+  console_page_end(b);
 }
 
 /* ---- overview ------------------------------------------------------------------------------ */
@@ -109,6 +57,7 @@ struct up_count {
   long long n[RCPT_CAPTURED + 1];
 };
 struct up_walk {
+  int status;                    /* the state this walk counts */
   struct up_count ups[32];
   size_t nups;
   size_t seen;
@@ -126,7 +75,7 @@ static int count_upstreams(void *arg, const struct store_msg *m)
   for(i = 0; i < m->nrcpts; i++) {
     const struct store_rcpt *r = &m->rcpts[i];
     const char *name = r->upstream ? r->upstream : "(not tried yet)";
-    if(r->status != RCPT_QUEUED && r->status != RCPT_DEFERRED && r->status != RCPT_HELD)
+    if((int)r->status != w->status)     /* each message counted in the walk of its state */
       continue;
     for(j = 0; j < w->nups && strcmp(w->ups[j].name, name); j++)
       ;
@@ -154,7 +103,7 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
     console_plain(out, 503, "the store cannot be read\n");
     return;
   }
-  page_begin(b, "Overview", pc->session, "overview");
+  console_page_begin(b, "Overview", pc->session, "overview");
   html_lit(b, "<section aria-labelledby=\"states\"><h2 id=\"states\">Recipients by state</h2>"
            "<dl class=\"counts\" data-live=\"counts\">");
   for(i = 0; i <= RCPT_CAPTURED; i++) {
@@ -167,12 +116,18 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
   html_put(b, "<div><dt>messages stored</dt><dd data-count=\"messages\">{}</dd></div>", n);
   num(sc.bytes, n);
   html_put(b, "<div><dt>bytes stored</dt><dd data-count=\"bytes\">{}</dd></div></dl>", n);
-  when(sc.oldest_unfinished_ms, t);
+  console_when(sc.oldest_unfinished_ms, t);
   html_put(b, "<p>Oldest waiting message: <span data-count=\"oldest\">{}</span> UTC</p>"
            "</section>\n", sc.oldest_unfinished_ms < 0 ? "none" : t);
 
-  /* waiting recipients by the upstream that last had them */
-  store_list(pc->st, &f, count_upstreams, w);
+  /* waiting recipients by the upstream that last had them: only messages that have some */
+  for(i = 0; i < 3 && !w->capped; i++) {
+    static const enum rcpt_status waiting[3] = { RCPT_QUEUED, RCPT_DEFERRED, RCPT_HELD };
+    if(!sc.rcpts[waiting[i]])      /* a walk reads every message: none when none waits */
+      continue;
+    f.status = w->status = (int)waiting[i];
+    store_list(pc->st, &f, count_upstreams, w);
+  }
   html_lit(b, "<section aria-labelledby=\"ups\"><h2 id=\"ups\">Waiting recipients by upstream"
            "</h2>");
   if(!w->nups)
@@ -192,12 +147,12 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
     }
     html_lit(b, "</tbody></table></div>");
     if(w->capped)
-      html_lit(b, "<p class=\"note\">Counted over the first 10000 messages.</p>");
+      html_lit(b, "<p class=\"note\">Counted over the oldest 1000 waiting messages.</p>");
   }
   html_lit(b, "</section>");
-  page_end(b);
+  console_page_end(b);
   free(w);
-  done_html(out);
+  console_done_html(out);
 }
 
 /* ---- the queue and the captured inbox ------------------------------------------------------- */
@@ -264,7 +219,7 @@ static int list_row(void *arg, const struct store_msg *m)
   w->rows++;
   w->last_ms = m->created_ms;
   str_copy(w->last_id, sizeof(w->last_id), m->id);
-  when(m->created_ms, t);
+  console_when(m->created_ms, t);
   num(m->size, sz);
   html_put(b, "<tr><td><input type=\"checkbox\" name=\"id\" value=\"{}\" form=\"bulk\" "
            "aria-label=\"select {}\"></td><td><a href=\"/console/msg/{u}\">{}</a></td>"
@@ -357,7 +312,7 @@ static void page_list(struct pages_ctx *pc, struct web_response *out, int captur
     f.after_ms = ms;
     f.after_id = after_id;
   }
-  page_begin(b, captured ? "Captured mail" : "Queue", pc->session,
+  console_page_begin(b, captured ? "Captured mail" : "Queue", pc->session,
              captured ? "captured" : "queue");
   html_put(b, "<form method=\"get\" action=\"{}\" class=\"filters\" role=\"search\">",
            captured ? "/console/captured" : "/console/queue");
@@ -405,8 +360,8 @@ static void page_list(struct pages_ctx *pc, struct web_response *out, int captur
              w.last_id, sender, recipient, w.upstream, state, age, search);
   }
   html_lit(b, "</nav>");
-  page_end(b);
-  done_html(out);
+  console_page_end(b);
+  console_done_html(out);
 }
 
 /* ---- one message ---------------------------------------------------------------------------- */
@@ -445,12 +400,12 @@ static void page_message(struct pages_ctx *pc, const char *id, struct web_respon
   }
   if(!store_body(pc->st, id, &body, &len))
     mail_view_parse(body, len, &v);
-  page_begin(b, v.subject && *v.subject ? v.subject : "(no subject)", pc->session, "queue");
+  console_page_begin(b, v.subject && *v.subject ? v.subject : "(no subject)", pc->session, "queue");
   action_buttons(b, pc->session, m.id);
   html_lit(b, "<section aria-labelledby=\"env\"><h2 id=\"env\">Envelope</h2>"
            "<div class=\"scroll\"><table class=\"kv\"><tbody>");
   row(b, "Id", m.id);
-  when(m.created_ms, t);
+  console_when(m.created_ms, t);
   row(b, "Received (UTC)", t);
   row(b, "Sender", *m.sender ? m.sender : "<>");
   row(b, "From", v.from);
@@ -472,7 +427,7 @@ static void page_message(struct pages_ctx *pc, const char *id, struct web_respon
     const struct store_rcpt *rc = &m.rcpts[i];
     char a[24];
     num(rc->attempts, a);
-    when(rc->status == RCPT_QUEUED || rc->status == RCPT_DEFERRED ? rc->next_attempt_ms : 0, t);
+    console_when(rc->status == RCPT_QUEUED || rc->status == RCPT_DEFERRED ? rc->next_attempt_ms : 0, t);
     html_put(b, "<tr><td>{}</td><td><span class=\"state state-{}\">{}</span></td><td>{}</td>"
              "<td>{}</td><td>{}</td><td>{}</td></tr>", rc->address,
              rcpt_status_name(rc->status), rcpt_status_name(rc->status), a, t,
@@ -513,11 +468,22 @@ static void page_message(struct pages_ctx *pc, const char *id, struct web_respon
       html_lit(b, "\n[... cut: download it for the rest]");
     html_lit(b, "</pre></details></section>\n");
   }
-  page_end(b);
-  done_html(out);
+  console_page_end(b);
+  console_done_html(out);
   free(body);
   mail_view_free(&v);
   store_msg_free(&m);
+}
+
+/* <meta http-equiv="refresh" content="0;url=..."> could navigate the frame to another host
+ * (CSP does not govern navigation; Chromium's sandbox stops it, other browsers may not): every
+ * http-equiv becomes an attribute with no meaning, of the same length. */
+static void defuse_http_equiv(char *p, size_t n)
+{
+  size_t i;
+  for(i = 0; i + 10 <= n; i++)
+    if(!strncasecmp(p + i, "http-equiv", 10))
+      memcpy(p + i, "x-no-equiv", 10);
 }
 
 /* /msg/ID/raw, /msg/ID/html and /msg/ID/part/N */
@@ -542,8 +508,8 @@ static void message_sub(struct pages_ctx *pc, const char *id, const char *what,
     out->status = 200;
     out->content_type = "text/html; charset=utf-8";
     if(!mail_view_parse(body, len, &v)) {
-      if(v.html)
-        buf_addstr(&out->body, v.html);
+      if(v.html && !buf_addstr(&out->body, v.html))
+        defuse_http_equiv(out->body.ptr, out->body.len);
       mail_view_free(&v);
     }
   }
@@ -709,6 +675,10 @@ void pages_route(struct pages_ctx *pc, const char *path, struct web_response *ou
     page_list(pc, out, 0);
   else if(!strcmp(path, "/captured"))
     page_list(pc, out, 1);
+  else if(!strcmp(path, "/threads"))
+    threads_list(pc, out);
+  else if(!strcmp(path, "/thread"))
+    threads_one(pc, out);
   else if(!strcmp(path, "/events"))
     events(pc, out);
   else if(!strncmp(path, "/msg/", 5)) {

@@ -26,6 +26,19 @@ void console_security_headers(struct web_response *out, int mail_frame);
 void console_redirect(struct web_response *out, const char *to);
 void console_plain(struct web_response *out, unsigned status, const char *text);
 
+/* Wall-clock ms as "YYYY-MM-DD HH:MM:SS" (UTC), "-" for none. */
+void console_when(long long ms, char out[32]);
+/* The frame of every page: head, navigation (active: its key) and the h1; s NULL before a
+ * login. */
+void console_page_begin(struct buf *b, const char *title, const struct console_session *s,
+                        const char *active);
+void console_page_end(struct buf *b);
+void console_done_html(struct web_response *out);
+
+/* console/threads.c: correspondence threads */
+void threads_list(struct pages_ctx *pc, struct web_response *out);
+void threads_one(struct pages_ctx *pc, struct web_response *out);
+
 void pages_login(struct buf *b, const char *token, const char *message);
 void pages_route(struct pages_ctx *pc, const char *path, struct web_response *out);
 

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -96,6 +97,74 @@ static int auth_setup(const char *data_dir, int *auth_ok)
   return 0;
 }
 
+/* Gives what dirfd holds to pw, without following links, down to a few levels. Done when a
+ * data_dir made by a run as root (before the user existed) first meets its user: the store and
+ * the AUTH database there are root's 0600 files, which the user could not open. */
+static int chown_below(int dirfd, const char *dir, const struct passwd *pw, int depth)
+{
+  DIR *d;
+  struct dirent *e;
+  int result = 0;
+  d = fdopendir(dirfd);
+  if(!d) {
+    close(dirfd);
+    return -1;
+  }
+  while((e = readdir(d))) {
+    int sub;
+    if(!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+      continue;
+    if(fchownat(dirfd, e->d_name, pw->pw_uid, pw->pw_gid, AT_SYMLINK_NOFOLLOW)) {
+      log_error("cannot give %s/%s to user %s: %s; chown it by hand", dir, e->d_name,
+                pw->pw_name, strerror(errno));
+      result = -1;
+      continue;
+    }
+    if(depth > 0 &&
+       (sub = openat(dirfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) >= 0 &&
+       chown_below(sub, dir, pw, depth - 1))
+      result = -1;
+  }
+  closedir(d);
+  return result;
+}
+
+/* A secret file only another user may read (root's 0600, written by posternctl as root before
+ * the postern user existed) fails each delivery that reads it, long after the start: say so
+ * at the start, with the fix. */
+static void secret_readable(const char *path, const struct passwd *pw)
+{
+  struct stat st;
+  if(!path || stat(path, &st) || st.st_uid == pw->pw_uid ||
+     (st.st_mode & (S_IRGRP | S_IROTH)))
+    return;
+  log_warn("%s is readable by its owner only and user %s does not own it: what reads it will "
+           "fail (chown %s %s)", path, pw->pw_name, pw->pw_name, path);
+}
+
+static void secrets_readable(const struct config *cfg, const struct passwd *pw)
+{
+  size_t i;
+  for(i = 0; i < cfg->nupstreams; i++) {
+    secret_readable(cfg->upstreams[i].password_file, pw);
+    secret_readable(cfg->upstreams[i].api_key_file, pw);
+    secret_readable(cfg->upstreams[i].access_key_id_file, pw);
+    secret_readable(cfg->upstreams[i].secret_access_key_file, pw);
+  }
+  for(i = 0; i < cfg->noauth2s; i++) {
+    secret_readable(cfg->oauth2s[i].client_secret_file, pw);
+    secret_readable(cfg->oauth2s[i].private_key_file, pw);
+    secret_readable(cfg->oauth2s[i].token_file, pw);
+  }
+  for(i = 0; i < cfg->ndkims; i++)
+    secret_readable(cfg->dkims[i].key_file, pw);
+  secret_readable(cfg->inbound.http_password_file, pw);
+  secret_readable(cfg->inbound.event_public_key_file, pw);
+  secret_readable(cfg->inbound.twilio_auth_token_file, pw);
+  secret_readable(cfg->inbound.forward_secret_file, pw);
+  secret_readable(cfg->console.users_file, pw);
+}
+
 static int make_data_dir(const char *dir, const struct passwd *pw)
 {
   struct stat st;
@@ -117,10 +186,18 @@ static int make_data_dir(const char *dir, const struct passwd *pw)
     log_error("data_dir %s is writable by others; refusing to use it (chmod o-w)", dir);
     return -1;
   }
-  if(pw && st.st_uid != pw->pw_uid && chown(dir, pw->pw_uid, pw->pw_gid)) {
-    log_error("cannot give data_dir %s to user %s: %s; chown it to that user by hand", dir,
-              pw->pw_name, strerror(errno));
-    return -1;
+  if(pw && st.st_uid != pw->pw_uid) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if(fd < 0 || fchown(fd, pw->pw_uid, pw->pw_gid)) {
+      log_error("cannot give data_dir %s to user %s: %s; chown -R it to that user by hand", dir,
+                pw->pw_name, strerror(errno));
+      if(fd >= 0)
+        close(fd);
+      return -1;
+    }
+    if(chown_below(fd, dir, pw, 4))       /* closes fd; says which file and why */
+      return -1;
+    log_info("data_dir %s given to user %s", dir, pw->pw_name);
   }
   return 0;
 }
@@ -391,6 +468,8 @@ int main(int argc, char **argv)
   }
   if(make_data_dir(data_dir, pw))
     goto out;
+  if(pw)
+    secrets_readable(cfg, pw);
   if(pw && drop_privileges(pw))
     goto out;
   /* a change of user made the process dumpable again */

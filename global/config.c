@@ -110,7 +110,8 @@ const char *const cfg_provider_words[] = { "", "microsoft", "google", "generic",
 const char *const cfg_flow_words[] = { "", "client_credentials", "refresh_token", "device_code",
                                        NULL };
 const char *const cfg_cloud_words[] = { "global", "usgov", "usgov-dod", "china", NULL };
-static const char *const w_spf[] = { "off", "tag", "reject", NULL };
+_Static_assert(CFG_SPF_REJECT == 2, "cfg_spf_words follows enum cfg_spf");
+const char *const cfg_spf_words[] = { "off", "tag", "reject", NULL };
 static const char *const w_dmarc[] = { "off", "tag", "enforce", NULL };
 static const char *const w_dkalg[] = { "rsa-sha256", "ed25519-sha256", NULL };
 static const char *const w_dkcanon[] = { "relaxed/relaxed", "relaxed/simple", "simple/relaxed",
@@ -220,7 +221,7 @@ static const struct opt opts[] = {
   { SEC_OAUTH2, "cloud", T_ENUM, OA(cloud), 0, "global", 0, 0, cfg_cloud_words },
 
   { SEC_INBOUND, "domains", T_STR, IN(domains), 0, NULL, 0, 0, NULL },
-  { SEC_INBOUND, "spf", T_WORD, IN(spf), 0, "tag", 0, 0, w_spf },
+  { SEC_INBOUND, "spf", T_ENUM, IN(spf), 0, "tag", 0, 0, cfg_spf_words },
   { SEC_INBOUND, "dmarc", T_WORD, IN(dmarc), 0, "off", 0, 0, w_dmarc },
   { SEC_INBOUND, "http_address", T_HOSTPORT, IN(http_address), 0, NULL, 0, 0, NULL },
   { SEC_INBOUND, "http_user", T_STR, IN(http_user), 0, NULL, 0, 0, NULL },

@@ -39,6 +39,9 @@ enum cfg_cloud { CFG_CLOUD_GLOBAL = 0, CFG_CLOUD_USGOV, CFG_CLOUD_USGOV_DOD, CFG
 extern const char *const cfg_provider_words[];  /* [CFG_PROVIDER_NONE] is "" */
 extern const char *const cfg_flow_words[];      /* [CFG_FLOW_NONE] is "" */
 extern const char *const cfg_cloud_words[];
+/* [inbound] spf: what a failing SPF check does to mail for our domains */
+enum cfg_spf { CFG_SPF_OFF = 0, CFG_SPF_TAG, CFG_SPF_REJECT };
+extern const char *const cfg_spf_words[];
 extern const char *const cfg_utls_words[];
 extern const char *const cfg_verify_words[];
 extern const char *const cfg_uauth_words[];
@@ -137,7 +140,7 @@ struct cfg_inbound {
   int present;
   int line;                       /* where [inbound] starts, for messages */
   char *domains;
-  char *spf;
+  enum cfg_spf spf;
   char *dmarc;                    /* off | tag | enforce */
   char *http_address, *http_user, *http_password_file, *event_public_key_file;
   char *http_auth;                /* basic | none (the webhooks open on purpose) */

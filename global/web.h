@@ -27,8 +27,9 @@ struct web_request {
 };
 
 /* A response streamed piece by piece (Server-Sent Events): read() fills up to max bytes of
- * out and returns how many, 0 to be called again (it may wait a little), -1 at the end; done()
- * frees arg once the client has gone or the stream ended. */
+ * out and returns how many, 0 to be called again (after waiting a second at most: the
+ * listener can only stop between calls), -1 at the end; done() frees arg once the client has
+ * gone or the stream ended. */
 struct web_stream {
   ssize_t (*read)(void *arg, char *out, size_t max);
   void (*done)(void *arg);

@@ -469,7 +469,7 @@ static const struct metrics_queue *queue_figures(struct inbound_http *h, struct 
   pthread_mutex_lock(&h->qmu);
   if(!h->q_at_ms || now - h->q_at_ms >= QUEUE_STATS_CACHE_MS) {
     struct store_counts sc;
-    h->q_ok = !store_counts(h->st, &sc);
+    h->q_ok = !store_counts_pending(h->st, &sc);
     h->q.queued = sc.rcpts[RCPT_QUEUED];
     h->q.deferred = sc.rcpts[RCPT_DEFERRED];
     h->q.held = sc.rcpts[RCPT_HELD];
@@ -731,9 +731,9 @@ static ssize_t console_stream_read(void *cls, uint64_t pos, char *buf, size_t ma
   struct web_stream *s = cls;
   ssize_t n;
   (void)pos;
-  /* one thread per connection: the stream's read may wait for something to send */
-  while((n = s->read(s->arg, buf, max)) == 0)
-    ;
+  /* one thread per connection: the stream's read waits a little when it has nothing, and 0
+   * goes back to libmicrohttpd, which calls again unless the listener is stopping */
+  n = s->read(s->arg, buf, max);
   return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
 }
 

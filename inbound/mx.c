@@ -37,14 +37,14 @@ static int mx_mail(void *ctx, const struct smtp_session_info *s,
                    const struct smtp_path_params *from, struct smtp_reply *r)
 {
   struct inbound_policy_ctx *p = ctx;
-  const char *mode = p->cfg->inbound.spf ? p->cfg->inbound.spf : "tag";
+  enum cfg_spf mode = p->cfg->inbound.spf;
   char esc[LIM_LOG_FIELD * 4 + 8];
   struct inbound_spf_cached *c = NULL;
   size_t i;
 
   p->spf[0] = '\0';
   p->spf_header[0] = '\0';
-  if(!strcmp(mode, "off"))
+  if(mode == CFG_SPF_OFF)
     return 0;
   /* the sender picks the record, and a record may cost up to 10 look-ups: a session that
    * repeats its sender does not get to have them repeated */
@@ -71,7 +71,7 @@ static int mx_mail(void *ctx, const struct smtp_session_info *s,
       str_copy(c->header, sizeof(c->header), p->spf_header);
     }
   }
-  if(!strcmp(mode, "reject")) {
+  if(mode == CFG_SPF_REJECT) {
     if(!strcmp(p->spf, "fail")) {
       log_info("NOQUEUE: reject: MAIL from %s: SPF fail for <%s>", s->peer_ip,
                log_repr(esc, sizeof(esc), from->path, from->pathlen));

@@ -311,12 +311,22 @@ static void dsn_apply(struct inbound_records *r, const char *dsn_record, const j
   const json_t *rcpts = json_object_get(dsn, "recipients");
   json_t *v;
   size_t i;
+  struct store_record rec;
+  int out;
   /* the reported Message-ID, else whatever the DSN itself was threaded to */
   if(store_record_find(r->st, STORE_BY_MESSAGE_ID, orig, id, thread)) {
     if(!parent)
       return;
     str_copy(id, sizeof(id), parent);
   }
+  /* only mail Postern sent can bounce: anyone at the MX listener can name the Message-ID of a
+   * message of their own (or thread to one), and an inbound record has no status to move */
+  if(store_record_get(r->st, id, &rec))
+    return;
+  out = rec.direction && !strcmp(rec.direction, "out");
+  store_record_free(&rec);
+  if(!out)
+    return;
   json_array_foreach(rcpts, i, v) {
     struct store_record_event e;
     const char *action = jget(v, "action");

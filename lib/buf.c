@@ -171,11 +171,14 @@ size_t str_utf8_seq(const void *s, size_t n)
   return 0;
 }
 
-/* the control characters a UTF-8 terminal acts on rather than shows: C0, DEL, C1, and the
- * bidirectional controls that reorder what follows them (a subject could pose as another) */
+/* the control characters a UTF-8 terminal acts on rather than shows: C0, DEL, C1, every
+ * bidirectional control of Unicode's Bidi_Control set (they reorder what follows them: a subject
+ * could pose as another; U+061C ARABIC LETTER MARK is one of them), and the line and paragraph
+ * separators U+2028/U+2029, which some terminals and pagers take for a line end */
 static int utf8_control(unsigned long cp)
 {
-  return cp < 0x20 || (cp >= 0x7f && cp < 0xa0) || cp == 0x200e || cp == 0x200f ||
+  return cp < 0x20 || (cp >= 0x7f && cp < 0xa0) || cp == 0x061c || cp == 0x200e ||
+         cp == 0x200f || cp == 0x2028 || cp == 0x2029 ||
          (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
 }
 

@@ -35,24 +35,67 @@ static int has_long_line(const char *p, size_t n)
   return 0;
 }
 
-/* The part's content as it is encoded now has a long line. */
+/* The part's content as it is encoded now (what goes on the wire) has a long line. */
 static int part_has_long_line(GMimePart *part)
 {
   GMimeDataWrapper *dw = g_mime_part_get_content(part);
-  GMimeStream *mem;
+  GMimeStream *raw, *mem;
   GByteArray *ba;
   int found = 0;
-  if(!dw)
+  if(!dw || !(raw = g_mime_data_wrapper_get_stream(dw)))
     return 0;
   mem = g_mime_stream_mem_new();
   if(!mem)
     return -1;
-  if(g_mime_data_wrapper_write_to_stream(dw, mem) < 0)
+  g_mime_stream_reset(raw);
+  if(g_mime_stream_write_to_stream(raw, mem) < 0)
     found = -1;
   else if((ba = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(mem))))
     found = has_long_line((const char *)ba->data, ba->len);
+  g_mime_stream_reset(raw);
   g_object_unref(mem);
   return found;
+}
+
+/* A part already encoded (base64 or quoted-printable) with a long line: what a script writes
+ * with base64_encode() and no line breaks. Its content is replaced by the decoded octets, so
+ * GMime encodes them again, in the same encoding, in lines of 76. */
+static int part_reencode(GMimePart *part)
+{
+  GMimeDataWrapper *dw = g_mime_part_get_content(part), *plain;
+  GMimeStream *mem = g_mime_stream_mem_new();
+  int result = -1;
+  if(!mem)
+    return -1;
+  if(g_mime_data_wrapper_write_to_stream(dw, mem) < 0)
+    goto out;
+  g_mime_stream_reset(mem);
+  plain = g_mime_data_wrapper_new_with_stream(mem, GMIME_CONTENT_ENCODING_DEFAULT);
+  if(!plain)
+    goto out;
+  g_mime_part_set_content(part, plain);
+  g_object_unref(plain);
+  result = 0;
+out:
+  g_object_unref(mem);
+  return result;
+}
+
+/* The text around a multipart's parts is for readers without MIME, and ignored by the rest:
+ * a long line there goes, not the message. */
+static void multipart_trim(GMimeObject *obj)
+{
+  GMimeMultipart *mp;
+  const char *pro, *epi;
+  if(!GMIME_IS_MULTIPART(obj))
+    return;
+  mp = GMIME_MULTIPART(obj);
+  pro = g_mime_multipart_get_prologue(mp);
+  epi = g_mime_multipart_get_epilogue(mp);
+  if(pro && has_long_line(pro, strlen(pro)))
+    g_mime_multipart_set_prologue(mp, NULL);
+  if(epi && has_long_line(epi, strlen(epi)))
+    g_mime_multipart_set_epilogue(mp, NULL);
 }
 
 /* Folds the header fields of obj that have a long line: set again from their value, which
@@ -110,6 +153,7 @@ int longlines_encode(const char *body, size_t len, char **out, size_t *outlen)
   }
   headers_fold(GMIME_OBJECT(msg));
   if(g_mime_message_get_mime_part(msg)) {
+    multipart_trim(g_mime_message_get_mime_part(msg));    /* the walk starts below it */
     it = g_mime_part_iter_new(GMIME_OBJECT(msg));
     do {
       GMimeObject *cur = it ? g_mime_part_iter_get_current(it) : NULL;
@@ -117,19 +161,21 @@ int longlines_encode(const char *body, size_t len, char **out, size_t *outlen)
       if(!cur)
         break;
       headers_fold(cur);
+      multipart_trim(cur);
       if(!GMIME_IS_PART(cur))
-        continue;
-      enc = g_mime_part_get_content_encoding(GMIME_PART(cur));
-      if(enc != GMIME_CONTENT_ENCODING_DEFAULT && enc != GMIME_CONTENT_ENCODING_7BIT &&
-         enc != GMIME_CONTENT_ENCODING_8BIT && enc != GMIME_CONTENT_ENCODING_BINARY)
         continue;
       found = part_has_long_line(GMIME_PART(cur));
       if(found < 0)
         goto out;
-      if(found) {
+      if(!found)
+        continue;
+      enc = g_mime_part_get_content_encoding(GMIME_PART(cur));
+      if(enc == GMIME_CONTENT_ENCODING_DEFAULT || enc == GMIME_CONTENT_ENCODING_7BIT ||
+         enc == GMIME_CONTENT_ENCODING_8BIT || enc == GMIME_CONTENT_ENCODING_BINARY)
         g_mime_part_set_content_encoding(GMIME_PART(cur), GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE);
-        changed = 1;
-      }
+      else if(part_reencode(GMIME_PART(cur)))
+        goto out;
+      changed = 1;
     } while(g_mime_part_iter_next(it));
   }
   /* a Content-Transfer-Encoding means something only under MIME-Version */

@@ -47,12 +47,17 @@ static const char *const sql[ST_COUNT] = {
     " JOIN messages m ON m.id = r.message_id WHERE r.status IN ('queued','deferred','held')"
     " AND m.created_ms < ?1 AND m.delay_warned = 0 AND m.sender <> '' LIMIT ?2",
   [ST_DELAY_WARNED] = "UPDATE messages SET delay_warned = 1 WHERE id = ?1",
+  /* three range counts of recipients_due: the cost follows the queue, not the history */
+  [ST_COUNT_PENDING] = "SELECT (SELECT count(*) FROM recipients WHERE status = 'queued'),"
+    " (SELECT count(*) FROM recipients WHERE status = 'deferred'),"
+    " (SELECT count(*) FROM recipients WHERE status = 'held')",
   [ST_BODY_GET] = "SELECT body FROM messages WHERE id = ?1",
-  /* driven by recipients_due, so the cost follows the due set, not the size of the store
-   * (captured and sent mail stays there); earliest due first */
-  [ST_DUE] = "SELECT message_id, min(next_attempt_ms) AS due FROM recipients"
-    " WHERE status IN " PENDING " AND next_attempt_ms <= ?1"
-    " GROUP BY message_id ORDER BY due, message_id LIMIT ?2",
+  /* each walks recipients_due in its order (no sort of the whole due set, which made a large
+   * drain quadratic); store_due merges the two walks and keeps each message once */
+  [ST_DUE] = "SELECT message_id, next_attempt_ms FROM recipients"
+    " WHERE status = 'queued' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms",
+  [ST_DUE_DEFERRED] = "SELECT message_id, next_attempt_ms FROM recipients"
+    " WHERE status = 'deferred' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms",
   /* one min() per status, so each is a single probe of recipients_due instead of a scan */
   [ST_NEXT_DUE] = "SELECT (SELECT min(next_attempt_ms) FROM recipients WHERE status = 'queued'),"
     " (SELECT min(next_attempt_ms) FROM recipients WHERE status = 'deferred')",
@@ -559,31 +564,52 @@ out:
   return result;
 }
 
+static int due_seen(char (*ids)[LIM_QUEUE_ID + 1], size_t n, const char *id)
+{
+  size_t i;
+  for(i = 0; i < n; i++)
+    if(!strcmp(ids[i], id))
+      return 1;
+  return 0;
+}
+
 int store_due(struct store *st, long long now, char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n)
 {
   struct store_db *d;
-  sqlite3_stmt *s;
-  int rc = SQLITE_DONE, result = STORE_OK;
+  sqlite3_stmt *s[2] = { NULL, NULL };
+  int rc[2] = { SQLITE_DONE, SQLITE_DONE }, k, result = STORE_OK;
   *n = 0;
   if(!max)
     return STORE_OK;
   d = store_reader(st);
-  s = db_stmt(d, ST_DUE, sql);
-  if(!s) {
-    result = STORE_ERROR;
-    goto out;
+  for(k = 0; k < 2; k++) {
+    s[k] = db_stmt(d, k ? ST_DUE_DEFERRED : ST_DUE, sql);
+    if(!s[k]) {
+      result = STORE_ERROR;
+      goto out;
+    }
+    sqlite3_bind_int64(s[k], 1, now);
+    rc[k] = sqlite3_step(s[k]);
   }
-  sqlite3_bind_int64(s, 1, now);
-  sqlite3_bind_int64(s, 2, max > (size_t)LLONG_MAX ? LLONG_MAX : (sqlite3_int64)max);
-  while(*n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-    const unsigned char *id = sqlite3_column_text(s, 0);
-    str_copy(ids[*n], LIM_QUEUE_ID + 1, id ? (const char *)id : "");
-    (*n)++;
+  /* earliest due first across both walks; a message comes once, at its earliest recipient */
+  while(*n < max && (rc[0] == SQLITE_ROW || rc[1] == SQLITE_ROW)) {
+    const char *id;
+    k = rc[0] != SQLITE_ROW ? 1 : rc[1] != SQLITE_ROW ? 0
+        : sqlite3_column_int64(s[1], 1) < sqlite3_column_int64(s[0], 1);
+    id = db_col_str(s[k], 0) ? db_col_str(s[k], 0) : "";
+    if(!due_seen(ids, *n, id)) {
+      str_copy(ids[*n], LIM_QUEUE_ID + 1, id);
+      (*n)++;
+    }
+    rc[k] = sqlite3_step(s[k]);
   }
-  if(*n < max && rc != SQLITE_DONE)
-    result = db_fail(d, rc, "due messages");
-  sqlite3_reset(s);
+  for(k = 0; k < 2; k++)
+    if(rc[k] != SQLITE_DONE && rc[k] != SQLITE_ROW)
+      result = db_fail(d, rc[k], "due messages");
 out:
+  for(k = 0; k < 2; k++)
+    if(s[k])
+      sqlite3_reset(s[k]);
   store_reader_done(st, d);
   return result;
 }
@@ -748,19 +774,33 @@ int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, 
   return result;
 }
 
-static int db_counts(struct store_db *d, struct store_counts *out)
+static int db_counts(struct store_db *d, struct store_counts *out, int all)
 {
-  sqlite3_stmt *s = db_stmt(d, ST_COUNT_BY_STATUS, sql);
+  sqlite3_stmt *s = db_stmt(d, all ? ST_COUNT_BY_STATUS : ST_COUNT_PENDING, sql);
   int rc, result = STORE_OK;
   enum rcpt_status status;
   if(!s)
     return STORE_ERROR;
-  while((rc = sqlite3_step(s)) == SQLITE_ROW)
-    if(!rcpt_status_parse((const char *)sqlite3_column_text(s, 0), &status))
-      out->rcpts[status] = sqlite3_column_int64(s, 1);
+  if(!all) {
+    rc = sqlite3_step(s);
+    if(rc == SQLITE_ROW) {
+      out->rcpts[RCPT_QUEUED] = sqlite3_column_int64(s, 0);
+      out->rcpts[RCPT_DEFERRED] = sqlite3_column_int64(s, 1);
+      out->rcpts[RCPT_HELD] = sqlite3_column_int64(s, 2);
+      rc = SQLITE_DONE;
+    }
+  }
+  else
+    while((rc = sqlite3_step(s)) == SQLITE_ROW)
+      if(!rcpt_status_parse((const char *)sqlite3_column_text(s, 0), &status))
+        out->rcpts[status] = sqlite3_column_int64(s, 1);
   if(rc != SQLITE_DONE)
     result = db_fail(d, rc, "count by status");
   sqlite3_reset(s);
+  if(!all) {
+    out->messages = out->bytes = -1;
+    goto oldest;
+  }
   if(result || !(s = db_stmt(d, ST_COUNT_MESSAGES, sql)))
     return result ? result : STORE_ERROR;
   rc = sqlite3_step(s);
@@ -771,6 +811,7 @@ static int db_counts(struct store_db *d, struct store_counts *out)
   else
     result = db_fail(d, rc, "count messages");
   sqlite3_reset(s);
+oldest:
   if(result || !(s = db_stmt(d, ST_OLDEST_UNFINISHED, sql)))
     return result ? result : STORE_ERROR;
   rc = sqlite3_step(s);
@@ -782,16 +823,26 @@ static int db_counts(struct store_db *d, struct store_counts *out)
   return result;
 }
 
-int store_counts(struct store *st, struct store_counts *out)
+static int counts(struct store *st, struct store_counts *out, int all)
 {
   struct store_db *d;
   int begin_result, result;
   memset(out, 0, sizeof(*out));
   out->oldest_unfinished_ms = -1;
   begin_result = store_read_begin(st, &d);
-  result = begin_result ? begin_result : db_counts(d, out);
+  result = begin_result ? begin_result : db_counts(d, out, all);
   store_read_end(st, d, begin_result);
   return result;
+}
+
+int store_counts(struct store *st, struct store_counts *out)
+{
+  return counts(st, out, 1);
+}
+
+int store_counts_pending(struct store *st, struct store_counts *out)
+{
+  return counts(st, out, 0);
 }
 
 int store_overdue(struct store *st, enum store_overdue which, long long cutoff_ms,

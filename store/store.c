@@ -115,6 +115,10 @@ static int db_run_batch(struct store_db *d, struct store_job *jobs)
   for(j = jobs; j; j = j->next)
     if(j->sync != STORE_SYNC_RELAXED)
       relaxed = 0;
+  /* but at least once a second: a power cut during a long drain with nothing accepted must
+   * not lose (and so resend) more than a second of results */
+  if(relaxed && store_now_ms() - d->full_ms >= STORE_FULL_EVERY_MS)
+    relaxed = 0;
   if(relaxed != d->sync_normal &&
      sqlite3_exec(d->db, relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL",
                   NULL, NULL, NULL) == SQLITE_OK)
@@ -149,6 +153,8 @@ static int db_run_batch(struct store_db *d, struct store_job *jobs)
   }
   if(!result)
     result = db_simple(d, ST_COMMIT);
+  if(!result && !relaxed)
+    d->full_ms = store_now_ms();
   if(result) {
     if(!sqlite3_get_autocommit(d->db))
       db_simple(d, ST_ROLLBACK);

@@ -178,6 +178,9 @@ struct store_counts {
                                           deferred or held recipient; -1 when none */
 };
 int store_counts(struct store *st, struct store_counts *out);
+/* Only what waits (queued, deferred, held and the oldest of them; messages and bytes -1): its
+ * cost follows the queue, not the mail stored, for GET /metrics every scrape. */
+int store_counts_pending(struct store *st, struct store_counts *out);
 
 /* ---- inbound: the raw input of the MX listener and the webhooks, and provider events -------- */
 

@@ -14,6 +14,7 @@
 #define STORE_DB_NAME "postern.db"
 #define STORE_BUSY_TIMEOUT_MS 10000   /* posternctl and the daemon wait for each other's writes */
 #define STORE_LIST_PAGE 256           /* messages store_list holds in memory at once */
+#define STORE_FULL_EVERY_MS 1000      /* relaxed commits are made FULL at least this often */
 
 /* Every statement Postern runs, numbered so that each connection prepares it once. Each file
  * keeps the SQL of its own statements in a table indexed by these numbers. */
@@ -26,10 +27,10 @@ enum stmt {
   /* queue.c */
   ST_MSG_INSERT, ST_RCPT_INSERT, ST_RCPT_UPDATE, ST_MSG_EXISTS, ST_MSG_DELETE,
   ST_RCPT_SET_PENDING,
-  ST_MSG_GET, ST_RCPT_GET, ST_BODY_GET, ST_DUE, ST_NEXT_DUE, ST_LIST, ST_LIST_DESC,
+  ST_MSG_GET, ST_RCPT_GET, ST_BODY_GET, ST_DUE, ST_DUE_DEFERRED, ST_NEXT_DUE, ST_LIST, ST_LIST_DESC,
   ST_RELEASE_UPSTREAM, ST_HELD_UPSTREAMS,
   ST_FLUSH, ST_COUNT_BY_STATUS, ST_COUNT_MESSAGES, ST_OLDEST_UNFINISHED,
-  ST_OVERDUE_HELD, ST_OVERDUE_UNWARNED, ST_DELAY_WARNED,
+  ST_OVERDUE_HELD, ST_OVERDUE_UNWARNED, ST_DELAY_WARNED, ST_COUNT_PENDING,
   /* inbound.c */
   ST_INBOUND_INSERT, ST_EVENT_INSERT, ST_INBOUND_LIST, ST_EVENT_LIST, ST_INBOUND_GET,
   ST_EV_UNAPPLIED, ST_EV_APPLIED,
@@ -55,6 +56,7 @@ struct store_db {
   sqlite3_stmt *stmt[ST_COUNT];
   int sync_normal;         /* the connection runs with synchronous=NORMAL right now */
   int quiet;               /* its writes are failing and that was said: db_fail logs at debug */
+  long long full_ms;       /* when its last synchronous=FULL commit went through */
 };
 
 /* ---- db.c: connection helpers (call nothing but SQLite) ------------------------------------ */

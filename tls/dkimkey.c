@@ -181,3 +181,49 @@ out:
   EVP_PKEY_free(key);
   return result;
 }
+
+/* ---- Ed25519 signing, kept loaded ----------------------------------------------------------- */
+struct tls_ed25519_key {
+  EVP_PKEY *pkey;
+};
+
+int tls_ed25519_key_load(const char *pem, size_t len, struct tls_ed25519_key **out)
+{
+  BIO *bio = BIO_new_mem_buf(pem, (int)len);
+  EVP_PKEY *k = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+  BIO_free(bio);
+  ERR_clear_error();
+  *out = NULL;
+  if(!k || EVP_PKEY_get_base_id(k) != EVP_PKEY_ED25519 || !(*out = calloc(1, sizeof(**out)))) {
+    EVP_PKEY_free(k);
+    return -1;
+  }
+  (*out)->pkey = k;
+  return 0;
+}
+
+void tls_ed25519_key_free(struct tls_ed25519_key *k)
+{
+  if(!k)
+    return;
+  EVP_PKEY_free(k->pkey);
+  free(k);
+}
+
+int tls_ed25519_sign(struct tls_ed25519_key *k, const void *data, size_t len,
+                     unsigned char sig[64])
+{
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  size_t siglen = 64;
+  int ok = md && EVP_DigestSignInit(md, NULL, NULL, NULL, k->pkey) == 1 &&
+           EVP_DigestSign(md, sig, &siglen, data, len) == 1 && siglen == 64;
+  EVP_MD_CTX_free(md);
+  ERR_clear_error();
+  return ok ? 0 : -1;
+}
+
+int tls_sha256(const void *data, size_t len, unsigned char out[32])
+{
+  unsigned int n = 32;
+  return EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) == 1 && n == 32 ? 0 : -1;
+}

@@ -130,5 +130,13 @@ void tls_dkim_key_free(char *pem, size_t len);
  * existing file), PKCS#8 PEM, and describes it in info. */
 int tls_dkim_keygen(const char *kind, int bits, const char *path, struct tls_dkim_key *info,
                     char *err, size_t errsz);
+/* An Ed25519 private key (PEM) kept loaded for signing: RFC 8463 signs the SHA-256 of the
+ * canonicalized header fields with PureEdDSA. 0 or -1. */
+struct tls_ed25519_key;
+int tls_ed25519_key_load(const char *pem, size_t len, struct tls_ed25519_key **out);
+void tls_ed25519_key_free(struct tls_ed25519_key *k);
+int tls_ed25519_sign(struct tls_ed25519_key *k, const void *data, size_t len,
+                     unsigned char sig[64]);
+int tls_sha256(const void *data, size_t len, unsigned char out[32]);
 
 #endif

@@ -199,7 +199,8 @@ def test_every_post_needs_its_csrf_token(console):
 
 def test_headers_and_cookie(console):
     qid = submit(console, "alice@client.test", ["bob@example.test"],
-                 html="<p>hi<img src='http://127.0.0.1:9/x.png'></p>")
+                 html="<meta HTTP-Equiv='refresh' content='0;url=http://127.0.0.1:9/'>"
+                      "<p>hi<img src='http://127.0.0.1:9/x.png'></p>")
     c = Client(console.http_port)
     r = c.get("/console/login")
     csp = r.getheader("Content-Security-Policy")
@@ -227,6 +228,7 @@ def test_headers_and_cookie(console):
     # the mail's HTML: its own answer, with a CSP that fetches nothing and runs nothing
     r = c.get(f"/console/msg/{qid}/html")
     assert r.status == 200 and "<p>hi" in r.text
+    assert "http-equiv" not in r.text.lower() and "x-no-equiv" in r.text
     csp = r.getheader("Content-Security-Policy")
     assert "default-src 'none'" in csp and "img-src data:" in csp and "sandbox" in csp, csp
     assert "script-src" not in csp
@@ -319,6 +321,14 @@ def browser():
     drv.quit()
 
 
+@pytest.fixture
+def browser_optional(request):
+    """The browser when there is one (for screenshots), else None: the test runs without."""
+    if _browser_missing():
+        return None
+    return request.getfixturevalue("browser")
+
+
 def shot(drv, name):
     drv.save_screenshot(os.path.join(SHOTS, f"console-{name}.png"))
 
@@ -408,7 +418,10 @@ def test_browser_captured_html_is_inert(console, browser):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         host = f"http://127.0.0.1:{hits_port}"
-        html = (f"<html><body><h2 id='mailhead'>Hello from the mail</h2>"
+        html = (f"<html><head><meta http-equiv='refresh' content='0;url={host}/refresh'>"
+                f"<META HTTP-EQUIV=\"Refresh\" CONTENT=\"1; URL={host}/refresh2\">"
+                f"<link rel='stylesheet' href='{host}/style.css'></head>"
+                f"<body><h2 id='mailhead'>Hello from the mail</h2>"
                 f"<script>alert('mail');parent.document.title='pwned';"
                 f"fetch('{host}/script');</script>"
                 f"<img src='{host}/remote.png' alt='remote'>"
@@ -455,3 +468,72 @@ def test_browser_captured_html_is_inert(console, browser):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_event_stream_counts_and_shutdown(console):
+    """/console/events sends the counters when they change, and an open stream does not hold
+    up the daemon's exit."""
+    c = Client(console.http_port)
+    assert c.login().status == 303
+    conn = http.client.HTTPConnection("127.0.0.1", console.http_port, timeout=15)
+    conn.request("GET", "/console/events",
+                 headers={"Cookie": f"postern_console={c.cookies['postern_console']}"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+    first = r.readline() + r.readline()
+    assert first.startswith(b"event: counts\ndata: {") and b'"captured":0' in first, first
+    r.readline()
+    submit(console, "alice@client.test", ["bob@example.test"])
+    deadline = time.monotonic() + 15
+    seen = b""
+    while b'"captured":1' not in seen and time.monotonic() < deadline:
+        seen += r.readline()
+    assert b'"captured":1' in seen, seen
+    started = time.monotonic()
+    assert console.stop(timeout=20) == 0
+    assert time.monotonic() - started < 10, "an open event stream held up the exit"
+    conn.close()
+    console.check_log()
+
+
+def test_thread_with_a_reply(daemon_factory, browser_optional):
+    """An outbound message and the reply that answers it (through the MX listener) are one
+    thread on the correspondence pages, the reply's own text shown without the quote."""
+    http_port, dead_port, mx = free_port(), free_port(), free_port()
+    conf = console_conf(http_port, dead_port).replace(
+        "[inbound]\ndomains = reply.test\n", "[inbound]\ndomains = reply.test\nspf = off\n")
+    d = daemon_factory(postern={"retry_min": "1h", "retry_max": "2h"},
+                       extra=f"\n[listener mx]\naddress = 127.0.0.1:{mx}\nrole = mx\n" + conf)
+    qid = submit(d, "app@clinic.test", ["pat@example.test"], subject="Appointment " + XSS)
+    raw = d.queue_cat(qid).decode()
+    msgid = re.search(r"^Message-ID: (<[^>]+>)", raw, re.M | re.I).group(1)
+    reply = (f"From: Pat <pat@example.test>\r\nTo: <app@reply.test>\r\n"
+             f"Subject: Re: Appointment\r\nMessage-ID: <r1@example.test>\r\n"
+             f"In-Reply-To: {msgid}\r\nReferences: {msgid}\r\n"
+             "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+             "Tuesday works <b>fine</b>.\r\n\r\nOn Mon, Clinic wrote:\r\n> quoted text\r\n")
+    with smtplib.SMTP("127.0.0.1", mx, timeout=15) as s:
+        s.sendmail("pat@example.test", ["app@reply.test"], reply.encode())
+    c = Client(http_port)
+    assert c.login().status == 303
+    deadline = time.monotonic() + 30
+    page = ""
+    while time.monotonic() < deadline:
+        page = c.get("/console/threads").text
+        if "<td>2</td>" in page:
+            break
+        time.sleep(0.3)
+    assert "<td>2</td>" in page, page[-3000:]
+    assert XSS not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    link = re.search(r'href="(/console/thread\?id=[^"]+)"', page).group(1)
+    thread = c.get(link.replace("&amp;", "&"))
+    assert thread.status == 200
+    assert "Reply text" in thread.text and "Tuesday works &lt;b&gt;fine&lt;/b&gt;." in thread.text
+    assert "quoted text" not in thread.text.split("Reply text", 1)[1].split("</pre>", 1)[0]
+    assert f'href="/console/msg/{qid}"' in thread.text
+    assert c.get("/console/threads?q=nothing-like-this").text.count("/console/thread?id=") == 0
+    if browser_optional:
+        base = browser_login(browser_optional, type("D", (), {"http_port": http_port}))
+        browser_optional.get(base + link.replace("&amp;", "&"))
+        no_alert(browser_optional)
+        shot(browser_optional, "thread")

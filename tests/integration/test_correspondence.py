@@ -754,3 +754,29 @@ def test_inbound_parse_repeat_parsed_mode(daemon_factory, tmp_path, sink, spf_en
     time.sleep(1.5)
     assert [r["text"] for r in records(d)] == ["Once.", "Other words."]
     assert "a repeated post, no new record" in d.log_text()
+
+
+def test_dsn_moves_only_outbound_records(daemon_factory, tmp_path, sink, spf_env, app):
+    # anyone can reach the MX listener: a message of one's own followed by a "DSN" naming its
+    # Message-ID must not give that inbound record a status, nor tell the application of one
+    fwd = app()
+    d = corr_daemon(daemon_factory, tmp_path, sink, fwd.url)
+    mx_send(d, "eve@pass.test", "bounces@reply.test",
+            b"From: eve@pass.test\r\nTo: app@clinic.test\r\nSubject: hello\r\n"
+            b"Message-ID: <eve-1@pass.test>\r\n\r\nhi\r\n")
+    first = fwd.wait_accepted(1)[0]
+    assert first["message_id"] == "eve-1@pass.test" and first["status"] is None
+    dsn = ("From: Mail Delivery System <MAILER-DAEMON@pass.test>\r\nTo: app@clinic.test\r\n"
+           "Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n"
+           "--b1\r\nContent-Type: text/plain\r\n\r\nNo.\r\n"
+           "--b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.pass.test\r\n\r\n"
+           "Final-Recipient: rfc822; app@clinic.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+           "--b1\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <eve-1@pass.test>\r\n\r\n"
+           "--b1--\r\n")
+    mx_send(d, "", "bounces@reply.test", dsn.encode())
+    fwd.wait_accepted(2)                    # the DSN's own record
+    time.sleep(2)
+    assert record(d, first["id"])["status"] is None
+    assert not [e for e in record(d, first["id"])["events"] if e["event"] == "bounced"]
+    assert fwd.accepted("record.status") == []

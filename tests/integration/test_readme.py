@@ -168,6 +168,24 @@ def test_readme_try_it_runs_as_written(tmp_path, netns):
 
 
 
+POSTERN_UID = 64991
+
+
+def with_postern_user(tmp_path, ns, argv, cwd, env, log):
+    """Starts argv in ns where the postern system user exists, as `adduser --system --group
+    postern` makes it, seen only by this process (a mount namespace of its own): the machine's
+    files stay as they are."""
+    passwd, group = tmp_path / "passwd", tmp_path / "group"
+    passwd.write_text(open("/etc/passwd").read() +
+                      f"postern:x:{POSTERN_UID}:{POSTERN_UID}:Postern:/nonexistent:/usr/sbin/nologin\n")
+    group.write_text(open("/etc/group").read() + f"postern:x:{POSTERN_UID}:\n")
+    script = (f"mount --bind {passwd} /etc/passwd && mount --bind {group} /etc/group && "
+              'getent passwd postern >/dev/null && exec "$@"')
+    return subprocess.Popen([IP, "netns", "exec", ns, "unshare", "-m", "sh", "-c", script, "sh"]
+                            + argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+
 def test_dev_run_starts_where_a_package_made_the_postern_user(tmp_path, netns):
     """`scripts/dev.sh run` from a checkout under /root (0700) on a machine where the `postern`
     system user exists (a package, or an earlier `make install` made it): the embedded default
@@ -181,19 +199,9 @@ def test_dev_run_starts_where_a_package_made_the_postern_user(tmp_path, netns):
     (repo / "_build").mkdir(parents=True)
     os.chmod(home, 0o700)
     os.symlink(BUILDDIR, repo / "_build" / "release")
-    # the postern system user, as `adduser --system --group postern` makes it, seen only by
-    # this daemon (a mount namespace of its own): the machine's files stay as they are
-    passwd, group = tmp_path / "passwd", tmp_path / "group"
-    passwd.write_text(open("/etc/passwd").read() +
-                      "postern:x:64991:64991:Postern:/nonexistent:/usr/sbin/nologin\n")
-    group.write_text(open("/etc/group").read() + "postern:x:64991:\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTERN_", "SMTP_"))}
     log = tmp_path / "postern.log"
-    script = (f"mount --bind {passwd} /etc/passwd && mount --bind {group} /etc/group && "
-              "getent passwd postern >/dev/null && exec _build/release/postern -f")
-    daemon = subprocess.Popen([IP, "netns", "exec", netns, "unshare", "-m", "sh", "-c", script],
-                              cwd=repo, env=env, stdin=subprocess.DEVNULL,
-                              stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    daemon = with_postern_user(tmp_path, netns, ["_build/release/postern", "-f"], repo, env, log)
     try:
         wait_port(netns, 587, daemon, log)
         p = subprocess.run([IP, "netns", "exec", netns, "bash", "-c",
@@ -215,6 +223,61 @@ def test_dev_run_starts_where_a_package_made_the_postern_user(tmp_path, netns):
     text = log.read_text()
     assert daemon.returncode == 0 and not BAD_LOG.search(text), text
     assert "Permission denied" not in text and "warning" not in text.lower(), text
+
+
+@pytest.fixture
+def shared_dir():
+    import pathlib
+    import tempfile
+    d = tempfile.mkdtemp(prefix="postern-user-")
+    os.chmod(d, 0o755)
+    yield pathlib.Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_data_dir_of_a_root_run_goes_to_the_user_made_later(tmp_path, netns, shared_dir):
+    """A configuration run as root before the postern user existed (the daemon's warning says
+    to create it) leaves the store as root's 0600 files; once the user exists the daemon hands
+    the data_dir over, and does not stop on "cannot open the store: Permission denied"."""
+    need_binary(POSTERN)
+    # where the user can reach it (pytest's own directories are root's 0700)
+    data = shared_dir / "data"
+    conf = tmp_path / "postern.conf"
+    # and a password file as `posternctl init` run as root then wrote it: root's, 0600
+    secret = tmp_path / "smarthost.secret"
+    secret.write_text("app-password\n")
+    os.chmod(secret, 0o600)
+    conf.write_text(f"[postern]\ndata_dir = {data}\n\n[listener submission]\n"
+                    "address = 127.0.0.1:2587\nrole = submission\n\n[upstream smarthost]\ntype = smtp\n"
+                    "host = 127.0.0.1\nport = 2599\ntls = none\nusername = app@example.test\n"
+                    f"password_file = {secret}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTERN_", "SMTP_"))}
+    log = tmp_path / "postern.log"
+    for run in ("before", "after"):
+        argv = ["/bin/sh", "-c", 'exec "$@"', "sh"] if run == "before" else None
+        cmd = [os.path.abspath(POSTERN), "-f", "-c", str(conf)]
+        daemon = (subprocess.Popen([IP, "netns", "exec", netns] + argv + cmd, cwd=tmp_path,
+                                   env=env, stdin=subprocess.DEVNULL, stdout=open(log, "ab"),
+                                   stderr=subprocess.STDOUT)
+                  if argv else with_postern_user(tmp_path, netns, cmd, tmp_path, env, log))
+        try:
+            wait_port(netns, 2587, daemon, log)
+            deadline = time.monotonic() + 20
+            while log.read_text().count("daemon started") < (1 if run == "before" else 2):
+                assert time.monotonic() < deadline and daemon.poll() is None, log.read_text()
+                time.sleep(0.05)
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=30)
+        assert daemon.returncode == 0, log.read_text()
+        owner = 0 if run == "before" else POSTERN_UID
+        assert os.stat(data / "postern.db").st_uid == owner, (run, log.read_text())
+    text = log.read_text()
+    assert "user postern does not exist; running as root" in text, text
+    assert f"data_dir {data} given to user postern" in text, text
+    # the password is read at each delivery, long after the start: the start says so
+    assert (f"{secret} is readable by its owner only and user postern does not own it" in text
+            and f"(chown postern {secret})" in text), text
 
 # ---------------------------------------------------------------------------------------------
 # Documents stand alone: none names a file the repository lacks.

@@ -613,6 +613,48 @@ def test_long_lines_reencoded_for_a_strict_upstream(daemon_factory, upstreams, t
     assert html.encode() in d.queue_cat(qid)
 
 
+
+def relayed_fitting(daemon_factory, up, raw):
+    """raw relayed to the strict upstream up: what it got, every line within 998 octets, and
+    that parsed."""
+    d = daemon_factory(FAST, upstream_conf(up.port, tls="none"))
+    qid = submit(d, ["someone@example.net"], raw)
+    got = up.wait_messages(1)[0]
+    wait_rcpt(d, qid, "someone@example.net", "sent")
+    assert max(len(line) for line in got["data"].split(b"\r\n")) <= 998
+    return got, email.message_from_bytes(got["data"], policy=email.policy.default)
+
+
+def test_long_lines_in_encoded_parts_and_around_them(daemon_factory, upstreams):
+    """What PHP scripts build by hand: an attachment from base64_encode() with no chunk_split
+    (one 6,000-octet line), an HTML part declared quoted-printable but written without soft line
+    breaks, and a prologue on one long line. Each part is encoded again in its own encoding,
+    in short lines, and decodes to the same octets; the prologue (for readers without MIME)
+    goes. The upstream refuses any line over 998 octets."""
+    import base64
+    import random
+    up = upstreams()
+    pdf = bytes(random.Random(5).randrange(256) for _ in range(4500))
+    html = "<p>" + "caf\u00e9 ".join(str(i) for i in range(400)) + "</p>"
+    qp = html.replace("=", "=3D").encode().replace("\u00e9".encode(), b"=C3=A9")
+    raw = (f"From: {SENDER}\r\nTo: someone@example.net\r\nSubject: invoice\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XYZ\"\r\n\r\n"
+           + "This is a MIME message. " * 60 + "\r\n--XYZ\r\n"
+           "Content-Type: text/html; charset=UTF-8\r\nContent-Transfer-Encoding: quoted-printable"
+           "\r\n\r\n").encode() + qp + (
+           "\r\n--XYZ\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n"
+           "Content-Transfer-Encoding: base64\r\n"
+           "Content-Disposition: attachment; filename=\"invoice.pdf\"\r\n\r\n").encode() + \
+        base64.b64encode(pdf) + b"\r\n--XYZ--\r\n"
+    assert len(base64.b64encode(pdf)) > 998 and len(qp) > 998
+    got, out = relayed_fitting(daemon_factory, up, raw)
+    text, att = list(out.iter_parts())
+    assert text["Content-Transfer-Encoding"] == "quoted-printable"
+    assert text.get_content().rstrip("\r\n") == html
+    assert att["Content-Transfer-Encoding"] == "base64" and att.get_filename() == "invoice.pdf"
+    assert att.get_payload(decode=True) == pdf
+    assert b"This is a MIME message." not in got["data"]
+
 def test_long_lines_multipart_and_long_header(daemon_factory, upstreams):
     # a CSV attachment on one long line inside multipart/mixed, a short text part left alone,
     # and a References header of one 1,500-octet line
@@ -627,12 +669,7 @@ def test_long_lines_multipart_and_long_header(daemon_factory, upstreams):
     m.add_attachment(csv, maintype="text", subtype="csv", filename="data.csv", cte="8bit")
     raw = m.as_bytes(policy=email.policy.SMTP.clone(max_line_length=0))
     assert max(len(line) for line in raw.split(b"\r\n")) > 1000
-    d = daemon_factory(FAST, upstream_conf(up.port, tls="none"))
-    qid = submit(d, ["someone@example.net"], raw)
-    got = up.wait_messages(1)[0]
-    wait_rcpt(d, qid, "someone@example.net", "sent")
-    assert max(len(line) for line in got["data"].split(b"\r\n")) <= 998
-    out = email.message_from_bytes(got["data"], policy=email.policy.default)
+    got, out = relayed_fitting(daemon_factory, up, raw)
     text, att = list(out.iter_parts())
     assert text.get_content().rstrip() == "See the attached file." and text["Content-Transfer-Encoding"] != "quoted-printable"
     assert att["Content-Transfer-Encoding"] == "quoted-printable"

@@ -81,6 +81,8 @@ static void test_repr_utf8(void)
     { "c1\xc2\x9b", 4, 100, "c1\\u{009b}" },
     { "rlo\xe2\x80\xaetxt", 9, 100, "rlo\\u{202e}txt" },
     { "\xe2\x81\xa6iso", 6, 100, "\\u{2066}iso" },
+    { "alm\xd8\x9c" "1", 6, 100, "alm\\u{061c}1" },
+    { "l\xe2\x80\xa8p\xe2\x80\xa9", 8, 100, "l\\u{2028}p\\u{2029}" },
     { "bad \xff\xc3(", 7, 100, "bad \\xff\\xc3(" },
     { "overlong \xc0\xaf", 11, 100, "overlong \\xc0\\xaf" },
     { "surrogate \xed\xa0\x80", 13, 100, "surrogate \\xed\\xa0\\x80" },

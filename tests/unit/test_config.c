@@ -509,7 +509,7 @@ static void t_full(void)
 
   CHECK_EQ_INT(c->inbound.present, 1);
   CHECK_EQ_STR(c->inbound.domains, "reply.clinic.example");
-  CHECK_EQ_STR(c->inbound.spf, "reject");
+  CHECK_EQ_STR(cfg_spf_words[c->inbound.spf], "reject");
   CHECK_EQ_STR(c->inbound.http_address, "127.0.0.1:8025");
   CHECK_EQ_STR(c->inbound.http_user, "sendgrid");
   CHECK_EQ_STR(c->inbound.http_password_file, "/etc/postern/inbound.secret");
@@ -566,7 +566,7 @@ static void t_defaults(void)
   CHECK_EQ_STR(cfg_verify_words[c->upstreams[0].verify], "peer");
   CHECK_EQ_STR(cfg_uauth_words[c->upstreams[0].auth], "auto");
   CHECK_EQ_INT(c->inbound.present, 0);
-  CHECK_EQ_STR(c->inbound.spf, "tag");
+  CHECK_EQ_STR(cfg_spf_words[c->inbound.spf], "tag");
   CHECK_EQ_INT(c->inbound.event_max_age, 600);
   CHECK_EQ_INT(c->inbound.max_http_size, 0);   /* derived from max_message_size */
   CHECK_EQ_STR(c->inbound.http_auth, "basic");

@@ -499,6 +499,14 @@ static void test_flush_and_counts(void)
   CHECK_EQ_INT(sc.rcpts[RCPT_QUEUED], 1);
   CHECK_EQ_INT(sc.rcpts[RCPT_CAPTURED], 1);
   CHECK_EQ_INT(sc.oldest_unfinished_ms, 1000);   /* the second one is finished */
+  /* the pending counts (GET /metrics) agree, and leave the history alone */
+  CHECK_EQ_INT(store_counts_pending(st, &sc), STORE_OK);
+  CHECK_EQ_INT(sc.rcpts[RCPT_QUEUED], 1);
+  CHECK_EQ_INT(sc.rcpts[RCPT_DEFERRED], 1);
+  CHECK_EQ_INT(sc.rcpts[RCPT_HELD], 1);
+  CHECK_EQ_INT(sc.rcpts[RCPT_SENT], 0);
+  CHECK_EQ_INT(sc.messages, -1);
+  CHECK_EQ_INT(sc.oldest_unfinished_ms, 1000);
 
   /* the deferred one (not the held one) is due now; a second flush finds nothing */
   CHECK_EQ_INT(store_due(st, wall_ms() + 1000, ids, 4, &n), STORE_OK);
@@ -518,7 +526,44 @@ static void test_flush_and_counts(void)
   dir_remove();
 }
 
+/* store_due merges the queued and the deferred walks of the index: earliest due first, each
+ * message once (at its earliest recipient), at most max. */
+static void test_due_merges_walks(void)
+{
+  struct store *st;
+  struct store_msg m;
+  struct store_rcpt r[3];
+  struct store_rcpt_update u;
+  const char *addrs[3] = { "a@y", "b@y", "c@y" };
+  char ids[8][LIM_QUEUE_ID + 1];
+  size_t n = 0;
+
+  dir_make();
+  st = open_new(0);
+  msg_fill(&m, r, "00000000000X", "app@x", 5000, addrs, 3);       /* queued, due at 5000 */
+  CHECK_EQ_INT(store_accept(st, &m, "x", 1), STORE_OK);
+  CHECK_EQ_INT(accept_simple(st, "00000000000Z", "app@x", 3000, "z@y"), STORE_OK);
+  CHECK_EQ_INT(accept_simple(st, "00000000000Y", "app@x", 4000, "y@y"), STORE_OK);
+  memset(&u, 0, sizeof(u));
+  u.status = RCPT_DEFERRED;
+  u.next_attempt_ms = 1000;                                          /* deferred, due at 1000 */
+  CHECK_EQ_INT(store_update(st, "00000000000Y", &u, 1), STORE_OK);
+  CHECK_EQ_INT(store_due(st, 10000, ids, 8, &n), STORE_OK);
+  CHECK_EQ_INT(n, 3);
+  CHECK_EQ_STR(ids[0], "00000000000Y");
+  CHECK_EQ_STR(ids[1], "00000000000Z");
+  CHECK_EQ_STR(ids[2], "00000000000X");
+  CHECK_EQ_INT(store_due(st, 10000, ids, 2, &n), STORE_OK);
+  CHECK_EQ_INT(n, 2);
+  CHECK_EQ_STR(ids[1], "00000000000Z");
+  CHECK_EQ_INT(store_due(st, 3500, ids, 8, &n), STORE_OK);
+  CHECK_EQ_INT(n, 2);                                /* X is not due yet */
+  store_close(st);
+  dir_remove();
+}
+
 static const struct unit_case cases[] = {
+  { "due_merges_walks", test_due_merges_walks },
   { "accept_get_body", test_accept_get_body },
   { "due_next_due", test_due_next_due },
   { "update_statuses", test_update_statuses },
