@@ -539,3 +539,34 @@ def test_thread_with_a_reply(daemon_factory, browser_optional):
         browser_optional.get(base + link.replace("&amp;", "&"))
         no_alert(browser_optional)
         shot(browser_optional, "thread")
+
+
+def test_queue_pages_by_key(console):
+    """55 messages: the queue's first page has 50 and a link to the next, which has the other
+    5; together every message once. The captured inbox lists the newest first."""
+    with smtplib.SMTP("127.0.0.1", console.port, timeout=30) as s:
+        for i in range(55):
+            s.sendmail("pager@client.test", ["bob@example.test"],
+                       f"From: pager@client.test\r\nSubject: page {i}\r\n\r\nbody {i}\r\n")
+    ids = [e["id"] for e in sorted(console.queue_list(), key=lambda e: (e["created"], e["id"]))]
+    assert len(ids) == 55
+    c = Client(console.http_port)
+    assert c.login().status == 303
+    row = re.compile(r'<td><a href="/console/msg/([0-9A-F]+)">')
+    first = c.get("/console/queue").text
+    page1 = row.findall(first)
+    assert len(page1) == 50, len(page1)
+    nxt = re.search(r'rel="next" href="([^"]+)"', first).group(1).replace("&amp;", "&")
+    assert nxt.startswith("?after=")
+    second = c.get("/console/queue" + nxt).text
+    page2 = row.findall(second)
+    assert len(page2) == 5 and 'rel="next"' not in second, page2
+    walked = page1 + page2
+    assert len(set(walked)) == 55 and set(walked) == set(ids), "a message missed or twice"
+    # the inbox is the same order backwards (queue list's times are in seconds: the pages'
+    # order, by created_ms then id, is the reference)
+    inbox = row.findall(c.get("/console/captured").text)
+    assert inbox == list(reversed(walked))[:50]
+    hits = row.findall(c.get("/console/captured?q=page+54").text)
+    assert len(hits) == 1 and "page 54" in c.get(f"/console/msg/{hits[0]}").text, hits
+    assert c.get("/console/queue?after=garbage").status == 400
