@@ -838,3 +838,32 @@ def test_sendgrid_https_verified_and_http2(daemon_factory, certs, tmp_path):
         srv.terminate()
         srv.wait(timeout=10)
         out.close()
+
+
+def test_long_lines_go_unchanged_to_the_api_transports(daemon_factory, api, tmp_path, validator):
+    # Lines over 998 octets are re-encoded only for SMTP upstreams: SendGrid gets the text as
+    # it was written and SES the stored message byte for byte.
+    html = "<html><body>" + "<p>Row of a template written on one line</p>" * 2500 + "</body></html>"
+    assert len(html) > 100 * 1000
+    raw = (f"From: App <{SENDER}>\r\nTo: long@example.net\r\nSubject: one long line\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+           f"{html}\r\n").encode()
+    key = secret_file(tmp_path / "sg.key", api.key)
+    d = daemon_factory(postern=FAST, extra=sendgrid_conf(api, key))
+    qid = submit(d, ["long@example.net"], raw)
+    wait_all(d, qid, "sent")
+    (req,) = by_postern_id(api, qid)
+    body = req.json()
+    assert not list(validator.iter_errors(body))
+    got = [c["value"] for c in body["content"] if c["type"] == "text/html"][0]
+    assert got.rstrip("\r\n") == html
+    d.stop()
+
+    d = daemon_factory(postern=FAST, extra=ses_conf(api, tmp_path))
+    qid = submit(d, ["long@example.net"], raw)
+    wait_all(d, qid, "sent")
+    stored = d.queue_cat(qid)
+    assert html.encode() + b"\r\n" in stored
+    (req,) = [r for r in api.posts(SES)
+              if {"Name": "postern_id", "Value": qid} in r.json().get("EmailTags", [])]
+    assert base64.b64decode(req.json()["Content"]["Raw"]["Data"]) == stored
