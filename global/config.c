@@ -1335,7 +1335,7 @@ static const char *env_get(const char *name)
   return v && *v ? v : NULL;
 }
 
-/* The variables hosted applications already use (DESIGN.md) make an upstream "env" and send
+/* The variables hosted applications already use make an upstream "env" and send
  * the catch-all route through it. All are checked before anything changes. */
 static void env_apply(struct loader *ld)
 {

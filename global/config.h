@@ -215,7 +215,7 @@ struct config {
 /* Reads path (or, when path is NULL, the embedded default: one loopback submission listener on
  * 127.0.0.1:587 — 2525 when not root —, the capture route, data under ./postern-data).
  * Each problem is written to errs as "FILE:LINE: message\n" and counted; the environment
- * variables SMTP_HOST ... SMTP_DOMAIN (DESIGN.md) then configure and override the default
+ * variables SMTP_HOST ... SMTP_DOMAIN then configure and override the default
  * upstream. Returns the number of problems; *out is set only when it is 0. */
 int config_load(const char *path, FILE *errs, struct config **out);
 void config_free(struct config *cfg);

@@ -1,5 +1,5 @@
 /* Capped, growable byte buffers and the bounded string helpers that replace the unbounded C
- * library calls DESIGN.md bans. */
+ * library calls tests/check-source bans. */
 #include "lib/buf.h"
 #include <assert.h>
 #include <stdlib.h>

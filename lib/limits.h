@@ -1,4 +1,4 @@
-/* Every cap Postern puts on input, in one place (DESIGN.md: "All caps are named in one header").
+/* Every cap Postern puts on input, in one place, so that a reader finds every bound here.
  * Pre-authentication sessions and webhooks get the tighter ones. */
 #ifndef POSTERN_LIMITS_H
 #define POSTERN_LIMITS_H

@@ -95,7 +95,7 @@ int http_answer_reply(const char *api, const char *upstream, const struct http_r
     smtp_reply_set(r, 250, "2.0.0", "Ok: accepted by %s (HTTP %ld)%s%s", api, st,
                    accepted && *accepted ? ", " : "", accepted ? accepted : "");
   else if(st == 401 || st == 403) {
-    /* the key or token, not the recipient: the upstream's mail is held (DESIGN.md) */
+    /* the key or token, not the recipient: the upstream's mail is held */
     smtp_reply_set(r, 535, "5.7.8", "%s refused the credentials of upstream %s (HTTP %ld%s): %s",
                    api, upstream, st, type, text[0] ? text : "no reason given");
     return TRANSPORT_AUTH_FAILED;

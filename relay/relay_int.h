@@ -18,7 +18,7 @@ enum transport_result {
   TRANSPORT_OK = 0,
   TRANSPORT_FAILED,          /* r applies to every recipient: deferred, or bounced if 5xx */
   TRANSPORT_AUTH_FAILED,     /* the upstream refused our credentials: the mail is held, not
-                              * bounced, until a login works again (DESIGN.md) */
+                              * bounced, until a login works again */
   TRANSPORT_THROTTLED,       /* as FAILED, and the upstream asked us to slow down (4.7.x) */
 };
 

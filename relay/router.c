@@ -171,7 +171,7 @@ void relay_describe_routes(const struct config *cfg, char *out, size_t outsz)
     snprintf(out + used, outsz - used, "; other mail is deferred (no route matches it)");
 }
 
-/* Secrets must not be readable by others (DESIGN.md): refuse to start rather than use one
+/* Secrets must not be readable by others: refuse to start rather than use one
  * that is. A missing file is not refused here: the mail waits, held, until it appears. */
 static int secret_file_check(const struct config *cfg, const struct cfg_upstream *up,
                              const char *key, const char *path, FILE *errs)

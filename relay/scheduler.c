@@ -1017,7 +1017,7 @@ static void *worker_main(void *arg)
   return NULL;
 }
 
-/* DESIGN.md: verify = none is said at every start (and reload), so nobody forgets it. */
+/* verify = none is said at every start (and reload), so nobody forgets it. */
 static void warn_unverified(const struct config *cfg)
 {
   size_t i;

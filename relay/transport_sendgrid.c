@@ -121,7 +121,7 @@ static int sg_open(const struct config *cfg, const struct cfg_upstream *up, void
   if(result)
     goto out;
   /* The "login": a cheap authenticated GET, so that a held upstream is released only when its
-   * key works again (DESIGN.md: held mail goes out by itself after a successful login). */
+   * key works again (held mail goes out by itself after a successful login). */
   result = scopes_get(s, &resp, r);
   if(result)
     goto out;

@@ -1,5 +1,5 @@
 /* TLS and the cryptographic primitives the rest of Postern needs, with OpenSSL kept behind
- * this header (DESIGN.md: vendor types stay behind our interfaces). A TLS session slides under
+ * this header (vendor types stay behind our interfaces). A TLS session slides under
  * an open struct conn (lib/conn.h) through its stream function table. */
 #ifndef POSTERN_TLS_H
 #define POSTERN_TLS_H

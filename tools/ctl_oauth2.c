@@ -89,7 +89,7 @@ static const char *state_sentence(const char *state)
   return "no access token yet";
 }
 
-/* json: one object in an array (DESIGN.md's --json convention). */
+/* json: one object in an array (posternctl's --json convention). */
 static int status_print(const struct config *cfg, const char *name, int json, FILE *out,
                         char *err, size_t errsz)
 {

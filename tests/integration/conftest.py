@@ -23,7 +23,7 @@ BAD_LOG = re.compile(r"panic|ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtim
 
 # Every secret a test hands Postern (secret files, tokens the test servers issue, passwords
 # given to posternctl) is registered here, and no daemon log of the whole suite may contain one
-# (DESIGN.md: not at any verbosity -- so every daemon runs with debug = yes).
+# (not at any verbosity -- so every daemon runs with debug = yes).
 SECRETS = set()
 SECRET_MIN = 8          # shorter strings could turn up in a log by chance
 

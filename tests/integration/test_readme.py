@@ -282,7 +282,7 @@ def test_data_dir_of_a_root_run_goes_to_the_user_made_later(tmp_path, netns, sha
 # ---------------------------------------------------------------------------------------------
 # Documents stand alone: none names a file the repository lacks.
 
-DOCS = ["README.md"] + [os.path.join(d, f) for d in ("doc", "conf")
+DOCS = ["README.md", "HACKING.md"] + [os.path.join(d, f) for d in ("doc", "conf")
                         for f in sorted(os.listdir(os.path.join(SRCDIR, d)))]
 
 

@@ -1,4 +1,4 @@
-"""Source-tree checks as suite cases: banned C calls and the layering of DESIGN.md."""
+"""Source-tree checks as suite cases: banned C calls and the layering of HACKING.md."""
 import os
 import subprocess
 
