@@ -1408,14 +1408,20 @@ static void dsn_parse(struct mime_ctx *c, GMimeMultipart *report)
         else if((v = dsn_field(f->str, "Final-Recipient")) ||
                 (!cur && (v = dsn_field(f->str, "Original-Recipient")))) {
           if(!cur && json_array_size(rcpts) < LIM_MIME_DSN_RECIPIENTS) {
-            cur = json_pack("{s:s,s:s,s:s,s:s}", "address", "", "action", "", "status", "",
-                            "diagnostic", "");
+            cur = json_pack("{s:s,s:s,s:s,s:s,s:s}", "address", "", "original_recipient", "",
+                            "action", "", "status", "", "diagnostic", "");
             json_array_append_new(rcpts, cur);
           }
           if(cur && (dsn_field(f->str, "Final-Recipient") ||
                      !json_string_length(json_object_get(cur, "address"))))
             json_object_set_new(cur, "address", dsn_typed(v));
+          /* the ORCPT Postern sent comes back here: it names our recipient even when the
+           * final one is an alias of it */
+          if(cur && dsn_field(f->str, "Original-Recipient"))
+            json_object_set_new(cur, "original_recipient", dsn_typed(v));
         }
+        else if(cur && (v = dsn_field(f->str, "Original-Recipient")))
+          json_object_set_new(cur, "original_recipient", dsn_typed(v));
         else if(cur && (v = dsn_field(f->str, "Action"))) {
           char *a = g_ascii_strdown(v, -1);
           json_object_set_new(cur, "action", jstr(g_strstrip(a)));

@@ -302,6 +302,21 @@ static int event_add(struct inbound_records *r, const char *record_id,
   return result;
 }
 
+/* Whether a DSN's recipient block names one of the envelope recipients. */
+static int dsn_names_recipient(const json_t *envelope_to, const json_t *block)
+{
+  const char *names[2];
+  const json_t *a;
+  size_t i, k;
+  names[0] = jget(block, "original_recipient");
+  names[1] = jget(block, "address");
+  json_array_foreach(envelope_to, i, a)
+    for(k = 0; k < 2; k++)
+      if(names[k] && *names[k] && json_is_string(a) && !strcasecmp(names[k], json_string_value(a)))
+        return 1;
+  return 0;
+}
+
 /* A DSN arrived: each failed recipient bounces the outbound record it reports on. */
 static void dsn_apply(struct inbound_records *r, const char *dsn_record, const json_t *dsn,
                       const char *parent)
@@ -312,6 +327,7 @@ static void dsn_apply(struct inbound_records *r, const char *dsn_record, const j
   json_t *v;
   size_t i;
   struct store_record rec;
+  json_t *sent_to = NULL;
   int out;
   /* the reported Message-ID, else whatever the DSN itself was threaded to */
   if(store_record_find(r->st, STORE_BY_MESSAGE_ID, orig, id, thread)) {
@@ -324,9 +340,10 @@ static void dsn_apply(struct inbound_records *r, const char *dsn_record, const j
   if(store_record_get(r->st, id, &rec))
     return;
   out = rec.direction && !strcmp(rec.direction, "out");
+  sent_to = out && rec.json ? json_loads(rec.json, 0, NULL) : NULL;
   store_record_free(&rec);
   if(!out)
-    return;
+    goto out;
   json_array_foreach(rcpts, i, v) {
     struct store_record_event e;
     const char *action = jget(v, "action");
@@ -334,6 +351,13 @@ static void dsn_apply(struct inbound_records *r, const char *dsn_record, const j
     char *detail;
     if(!action)
       continue;
+    /* Every recipient knows the Message-ID: a report moves the record only for an address
+     * the message was sent to (as ORCPT brings it back, or as the final recipient). */
+    if(!dsn_names_recipient(json_object_get(sent_to, "envelope_to"), v)) {
+      log_info("%s: a DSN recipient block names no recipient of record %s; ignored",
+               dsn_record, id);
+      continue;
+    }
     memset(&e, 0, sizeof(e));
     snprintf(key, sizeof(key), "dsn:%s:%zu", dsn_record, i);
     detail = json_dumps(v, JSON_COMPACT);
@@ -346,6 +370,8 @@ static void dsn_apply(struct inbound_records *r, const char *dsn_record, const j
     event_add(r, id, &e);
     free(detail);
   }
+out:
+  json_decref(sent_to);
 }
 
 /* One stored SendGrid event onto its outbound record: found by the postern_id custom arg

@@ -780,3 +780,39 @@ def test_dsn_moves_only_outbound_records(daemon_factory, tmp_path, sink, spf_env
     assert record(d, first["id"])["status"] is None
     assert not [e for e in record(d, first["id"])["events"] if e["event"] == "bounced"]
     assert fwd.accepted("record.status") == []
+
+
+def _dsn(msgid, blocks):
+    return ("From: Mail Delivery System <MAILER-DAEMON@pass.test>\r\nTo: app@clinic.test\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n"
+            "--b1\r\nContent-Type: text/plain\r\n\r\nNo.\r\n"
+            "--b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.pass.test\r\n\r\n"
+            + "".join(b + "Action: failed\r\nStatus: 5.1.1\r\n\r\n" for b in blocks) +
+            f"--b1\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{msgid}>\r\n\r\n"
+            "--b1--\r\n").encode()
+
+
+def test_dsn_applies_only_to_recipients_of_the_record(daemon_factory, tmp_path, sink, spf_env):
+    # Every recipient knows the Message-ID of what it received: a "DSN" naming a stranger must
+    # not bounce the record; a real bounce for an alias comes back with our ORCPT and does.
+    d = corr_daemon(daemon_factory, tmp_path, sink)
+    q1 = send_out(d, "First", to="pat@example.test")
+    q2 = send_out(d, "Second", to="sam@example.test")
+    sink.wait_messages(2)
+    ids = {header(m["data"], "Subject"): header(m["data"], "Message-ID").strip("<>")
+           for m in sink.received()}
+    wait_record(d, q1, lambda r: r["status"] == "sent")
+    wait_record(d, q2, lambda r: r["status"] == "sent")
+    mx_send(d, "", "bounces@reply.test",
+            _dsn(ids["First"], ["Final-Recipient: rfc822; stranger@elsewhere.test\r\n"]))
+    mx_send(d, "", "bounces@reply.test",
+            _dsn(ids["Second"], ["Original-Recipient: rfc822;sam@example.test\r\n"
+                                 "Final-Recipient: rfc822; samuel@mailbox.example.test\r\n"]))
+    wait_record(d, q2, lambda r: r["status"] == "bounced", what="the aliased bounce applied")
+    wait_records(d, 4)                      # both DSNs made their own records
+    time.sleep(1)
+    r1 = record(d, q1)
+    assert r1["status"] == "sent", r1
+    assert not [e for e in r1["events"] if e["event"] == "bounced"], r1["events"]
+    assert "names no recipient of record " + q1 in d.log_text()
