@@ -5,6 +5,7 @@
  * Verification takes the public keys from a key file (libopendkim's DKIM_QUERY_FILE) so that
  * the figure is the CPU cost, not the resolver's; times are the process's CPU time. Not part of
  * the test suite. */
+#include "lib/buf.h"
 #include "relay/relay_int.h"
 #include "tls/tls.h"
 #include <opendkim/dkim.h>
@@ -114,7 +115,11 @@ static int verify_case(const char *alg, const char *keys, const char *msg, size_
 int main(int argc, char **argv)
 {
   static const char *const algs[2] = { "rsa-sha256", "ed25519-sha256" };
-  int n = argc > 3 ? atoi(argv[3]) : 2000, k;
+  long nl = 2000;
+  int n, k;
+  if(argc > 3 && str_to_long(argv[3], strlen(argv[3]), 1, 10000000, &nl))
+    nl = 0;
+  n = (int)nl;
   if(argc < 3 || n <= 0) {
     fprintf(stderr, "usage: bench_dkim RSA_KEY ED25519_KEY [N]\n");
     return 2;
