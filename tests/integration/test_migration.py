@@ -23,6 +23,16 @@ def test_store_of_the_previous_release_migrates(daemon_factory, upstreams):
     d = daemon_factory(FAST, conf, start=False)
     shutil.copyfile(FIXTURE, os.path.join(d.data_dir, "postern.db"))
     os.chmod(os.path.join(d.data_dir, "postern.db"), 0o600)
+    # The fixture's deferred recipient was due an hour after the fixture was made; keep it due
+    # a day from now so that the test, not the clock, decides when it goes out.
+    db = sqlite3.connect(os.path.join(d.data_dir, "postern.db"))
+    try:
+        with db:
+            n = db.execute("UPDATE recipients SET next_attempt_ms = ? WHERE status = 'deferred'",
+                           (int(time.time() * 1000) + 86400 * 1000,)).rowcount
+        assert n == 1, n
+    finally:
+        db.close()
     old = {e["id"]: e for e in json.loads(d.ctl("queue", "list", "--json", check=False).stdout
                                          or b"[]")}
     assert not old, "posternctl must not read an unmigrated store as if it were current"
