@@ -7,7 +7,9 @@
 #include "lib/log.h"
 #include "global/metrics.h"
 #include "lib/buf.h"
+#include "tls/tls.h"
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
@@ -861,6 +863,50 @@ static void results_written(struct relay *r, const struct store_rcpt_update *upd
     }
 }
 
+/* Is the stored copy the one accepted: its length, and its digest when one was taken? why
+ * gets what differs otherwise. */
+static int body_intact(const struct store_msg *m, const char *body, size_t len, char *why,
+                       size_t whysz)
+{
+  char sha[TLS_SHA256_HEX_LEN + 1];
+  if((long long)len != m->size) {
+    snprintf(why, whysz, "%zu of its %lld bytes are there", len, m->size);
+    return 0;
+  }
+  if(m->body_sha256 && m->body_sha256[0] &&
+     (tls_sha256_hex(len ? body : "", len, sha) || str_casecmp_n(sha, strlen(sha), m->body_sha256))) {
+    snprintf(why, whysz, "its SHA-256 digest is not the one taken when it was accepted");
+    return 0;
+  }
+  return 1;
+}
+
+/* A message whose stored copy cannot be read would fail the same way at every pass: its
+ * waiting recipients are held (a hold by hand: only the operator ends it) with the reason as
+ * their last reply, which `posternctl queue` shows. Returns how many updates it filled. */
+static size_t set_aside(const struct store_msg *m, const char *why,
+                        struct store_rcpt_update *upd, char (*replies)[LIM_SMTP_REPLY_LINE + 32])
+{
+  size_t i, n = 0;
+  char esc[LIM_LOG_FIELD * 4 + 8];
+  log_repr(esc, sizeof(esc), why, strlen(why));
+  log_error("%s: its stored copy cannot be read (%s); set aside (held): delete it, or repair "
+            "it and `posternctl queue release %s`", m->id, esc, m->id);
+  for(i = 0; i < m->nrcpts; i++) {
+    const struct store_rcpt *rc = &m->rcpts[i];
+    if(rc->status != RCPT_QUEUED && rc->status != RCPT_DEFERRED)
+      continue;
+    memset(&upd[n], 0, sizeof(upd[n]));
+    upd[n].idx = rc->idx;
+    upd[n].status = RCPT_HELD;
+    snprintf(replies[n], sizeof(replies[n]), "451 4.3.0 Set aside: the stored copy of the "
+             "message cannot be read (%s)", why);
+    upd[n].reply = replies[n];
+    n++;
+  }
+  return n;
+}
+
 /* Delivers the due recipients of one message. Returns 1 when its result is kept in memory
  * (the store refused it): the message then stays in flight. */
 static int deliver(struct relay_worker *w, const char *id)
@@ -878,10 +924,11 @@ static int deliver(struct relay_worker *w, const char *id)
   struct relay_conf *conf;
   long long now = time_real_ms();
   int result, keep = 0;
+  char why[160];
 
   memset(&m, 0, sizeof(m));
   cfg = conf_get(r, &conf);
-  if(store_get(r->st, id, &m) || store_body(r->st, id, &body, &len))
+  if(store_get(r->st, id, &m))
     goto out;     /* deleted meanwhile, or a store error: the scheduler will see it again */
   tr = calloc(m.nrcpts + 1, sizeof(*tr));
   upd = calloc(m.nrcpts + 1, sizeof(*upd));
@@ -890,6 +937,15 @@ static int deliver(struct relay_worker *w, const char *id)
   done = calloc(m.nrcpts + 1, 1);
   if(!tr || !upd || !ups || !replies || !done)
     goto out;
+  result = store_body(r->st, id, &body, &len);
+  if(result == STORE_DAMAGED)
+    str_copy(why, sizeof(why), "the database reports damage where it is stored");
+  else if(result)
+    goto out;     /* deleted meanwhile, or a store error: the scheduler will see it again */
+  if(result || !body_intact(&m, body, len, why, sizeof(why))) {
+    nupd = set_aside(&m, why, upd, replies);
+    goto write;
+  }
   for(i = 0; i < m.nrcpts; i++) {
     const struct store_rcpt *rc = &m.rcpts[i];
     int due = (rc->status == RCPT_QUEUED || rc->status == RCPT_DEFERRED) && rc->next_attempt_ms <= now;
@@ -912,6 +968,7 @@ static int deliver(struct relay_worker *w, const char *id)
     nupd += n;
   }
   bounce_notify(w, cfg, &m, body, len, upd, nupd);
+write:
   result = nupd ? store_update(r->st, m.id, upd, nupd) : STORE_OK;
   if(result == STORE_OK)
     results_written(r, upd, nupd);

@@ -8,7 +8,7 @@ import email.policy
 import time
 
 from conftest import secret_file
-from test_upstream import FAST, message, rcpt_statuses, submit, wait_rcpt
+from test_upstream import FAST, message, rcpt_statuses, submit, wait_for, wait_rcpt
 from upstream import free_port, upstream_section
 
 PASSWORD = "s3cret-Passw0rd"
@@ -112,3 +112,68 @@ def test_delay_warning_respects_notify(daemon_factory, upstreams):
         assert s.data(message("no-delay-notice"))[0] == 250
     time.sleep(5)
     assert reports(sink) == []
+
+
+def damage_body(d, qid, how):
+    """Changes the stored copy behind Postern's back, as a damaged disk or a bad restore would."""
+    import sqlite3
+    con = sqlite3.connect(f"{d.data_dir}/postern.db", isolation_level=None)
+    try:
+        (body,), = con.execute("SELECT body FROM messages WHERE id = ?", (qid,)).fetchall()
+        if how == "truncated":
+            body = body[:len(body) // 2]
+        else:                                  # same length, one byte changed
+            body = body[:-3] + bytes([body[-3] ^ 0x20]) + body[-2:]
+        con.execute("UPDATE messages SET body = ? WHERE id = ?", (body, qid))
+    finally:
+        con.close()
+
+
+def test_unreadable_stored_copy_is_set_aside(daemon_factory, upstreams):
+    # a message whose stored copy is not the one accepted is held with the reason, once, instead
+    # of being tried at every pass (or sent damaged); the others go out
+    up = upstreams()
+    down = free_port()
+    d = daemon_factory(dict(FAST, delay_warning="0"),
+                       upstream_section("up", down, host="127.0.0.1", tls="none"))
+    cut = submit(d, ["someone@example.net"], message("truncated"))
+    flipped = submit(d, ["someone@example.net", "other@example.net"], message("flipped"))
+    fine = submit(d, ["someone@example.net"], message("fine"))
+    for qid in (cut, flipped, fine):
+        wait_rcpt(d, qid, "someone@example.net", "deferred")
+    d.stop_and_check()
+    damage_body(d, cut, "truncated")
+    damage_body(d, flipped, "flipped")
+    d.write_config(dict(FAST, delay_warning="0"),
+                   upstream_section("up", up.port, host="127.0.0.1", tls="none"))
+    d.start()
+    d.ctl("queue", "flush")
+    wait_rcpt(d, fine, "someone@example.net", "sent")
+    r = wait_rcpt(d, cut, "someone@example.net", "held")
+    assert r["last_reply"].startswith("451 4.3.0 Set aside: the stored copy of the message "
+                                      "cannot be read"), r
+    assert "bytes are there" in r["last_reply"], r
+    for a in ("someone@example.net", "other@example.net"):
+        r = wait_rcpt(d, flipped, a, "held")
+        assert "SHA-256 digest" in r["last_reply"], r
+    attempts = {q: {a: r["attempts"] for a, r in rcpt_statuses(d, q).items()}
+                for q in (cut, flipped)}
+    time.sleep(4)                            # several passes and sweeps later: nothing moved
+    assert {q: {a: r["attempts"] for a, r in rcpt_statuses(d, q).items()}
+            for q in (cut, flipped)} == attempts
+    assert all(r["status"] == "held" for q in (cut, flipped)
+               for r in rcpt_statuses(d, q).values())
+    text = d.log_text()
+    assert text.count(f"{cut}: its stored copy cannot be read") == 1, d.log_tail(60)
+    assert text.count(f"{flipped}: its stored copy cannot be read") == 1, d.log_tail(60)
+    got = [m["data"] for m in up.received()]
+    assert len(got) == 1 and b"Body of fine." in got[0]
+    # the operator sees why in the plain listing too
+    listing = d.ctl("queue", "list").stdout.decode()
+    assert "Set aside: the stored copy of the message cannot be read" in listing, listing
+    # released by hand, it is looked at again, and set aside again: never sent damaged
+    d.ctl("queue", "release", cut)
+    wait_for(lambda: d.log_text().count(f"{cut}: its stored copy cannot be read") == 2, 15,
+             "set aside again after release")
+    wait_rcpt(d, cut, "someone@example.net", "held")
+    assert len(up.received()) == 1
