@@ -641,6 +641,7 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
   for(i = 0; i < n; i++) {
     memset(&tr[i].reply, 0, sizeof(tr[i].reply));
     tr[i].retry_at_ms = 0;
+    tr[i].dsn_taken = 0;
     /* queued again after an attempt: released or retried by hand (the relay itself retries
      * as "deferred") */
     if(tr[i].rcpt->status == RCPT_QUEUED && tr[i].rcpt->attempts > 0)
@@ -849,6 +850,38 @@ static void bounce_notify(struct relay_worker *w, const struct config *cfg,
   }
 }
 
+/* Recipients sent that asked NOTIFY=SUCCESS from an upstream that will not report on them
+ * (taken[i] 0: no DSN extension, or an HTTP API) get a "relayed" report now, before their
+ * status is written (a crash in between sends it twice, never zero times). A report that
+ * cannot be stored is logged, not retried: the mail itself went out. */
+static void success_notify(struct relay_worker *w, const struct config *cfg,
+                           const struct store_msg *m, const char *body, size_t len,
+                           const struct store_rcpt_update *upd, const unsigned char *taken,
+                           size_t n)
+{
+  struct store_rcpt_update *rel;
+  char id[LIM_QUEUE_ID + 1] = "";
+  size_t i, k = 0;
+  if(!m->sender[0])
+    return;
+  rel = calloc(n + 1, sizeof(*rel));
+  if(!rel) {
+    log_error("%s: out of memory for the success notification", m->id);
+    return;
+  }
+  for(i = 0; i < n; i++)
+    if(upd[i].status == RCPT_SENT && !taken[i])
+      rel[k++] = upd[i];
+  if(k && dsn_relayed(w->relay->st, cfg, m, body, len, rel, k, id))
+    log_error("%s: cannot store the success notification the sender asked for (see the store "
+              "error above)", m->id);
+  else if(id[0]) {
+    log_info("%s: sender success notification: %s", m->id, id);
+    relay_kick(w->relay);
+  }
+  free(rel);
+}
+
 /* After a result is on disk: /metrics, and a hold that a working login already ended. */
 static void results_written(struct relay *r, const struct store_rcpt_update *upd, size_t n)
 {
@@ -920,7 +953,7 @@ static int deliver(struct relay_worker *w, const char *id)
   struct store_rcpt_update *upd = NULL;
   const struct cfg_upstream **ups = NULL;
   char (*replies)[LIM_SMTP_REPLY_LINE + 32] = NULL;
-  unsigned char *done = NULL;
+  unsigned char *done = NULL, *taken = NULL;
   struct relay_conf *conf;
   long long now = time_real_ms();
   int result, keep = 0;
@@ -935,7 +968,8 @@ static int deliver(struct relay_worker *w, const char *id)
   ups = calloc(m.nrcpts + 1, sizeof(*ups));
   replies = calloc(m.nrcpts + 1, sizeof(*replies));
   done = calloc(m.nrcpts + 1, 1);
-  if(!tr || !upd || !ups || !replies || !done)
+  taken = calloc(m.nrcpts + 1, 1);
+  if(!tr || !upd || !ups || !replies || !done || !taken)
     goto out;
   result = store_body(r->st, id, &body, &len);
   if(result == STORE_DAMAGED)
@@ -965,9 +999,12 @@ static int deliver(struct relay_worker *w, const char *id)
       done[j] = 1;
     }
     deliver_group(w, cfg, &m, body, len, ups[i], tr, n, upd + nupd, replies + nupd, 1);
+    for(j = 0; j < n; j++)
+      taken[nupd + j] = (unsigned char)tr[j].dsn_taken;
     nupd += n;
   }
   bounce_notify(w, cfg, &m, body, len, upd, nupd);
+  success_notify(w, cfg, &m, body, len, upd, taken, nupd);
 write:
   result = nupd ? store_update(r->st, m.id, upd, nupd) : STORE_OK;
   if(result == STORE_OK)
@@ -986,6 +1023,7 @@ out:
   free(ups);
   free(replies);
   free(done);
+  free(taken);
   free(body);
   store_msg_free(&m);
   return keep;
