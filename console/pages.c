@@ -502,12 +502,18 @@ static void message_sub(struct pages_ctx *pc, const char *id, const char *what,
        mail_part_bytes(body, len, (size_t)idx, &out->body))
       console_plain(out, 404, "no such part\n");
     else {
-      char disp[64];
+      struct mail_view v;
+      const char *name = NULL;
+      int parsed = !mail_view_parse(body, len, &v);
+      if(parsed && (size_t)idx < v.nparts)
+        name = v.parts[idx].filename;
       /* never shown in the console's origin: a download, its type not to be guessed */
       out->status = 200;
       out->content_type = "application/octet-stream";
-      snprintf(disp, sizeof(disp), "attachment; filename=\"part-%ld\"", idx);
-      web_header(out, "Content-Disposition", disp);
+      if(console_disposition(out, name, idx))
+        console_plain(out, 500, "no room for the answer's headers\n");
+      if(parsed)
+        mail_view_free(&v);
     }
   }
   else

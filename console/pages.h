@@ -23,6 +23,9 @@ struct pages_ctx {
 };
 
 void console_security_headers(struct web_response *out, int mail_frame);
+/* Content-Disposition: attachment with filename (as the mail names it, made safe), or
+ * part-IDX; 0, or -1 (no room). */
+int console_disposition(struct web_response *out, const char *filename, long idx);
 void console_redirect(struct web_response *out, const char *to);
 void console_plain(struct web_response *out, unsigned status, const char *text);
 
