@@ -13,9 +13,22 @@
 #define CSP_MAIL "default-src 'none'; img-src data:; style-src 'unsafe-inline'; " \
   "frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox"
 
-void console_security_headers(struct web_response *out, int mail_frame)
+/* the same once the reader has asked for the remote images: images from anywhere, still
+ * nothing else (no script, no style sheet, no frame, no font, no fetch) */
+#define CSP_MAIL_IMAGES "default-src 'none'; img-src data: http: https:; " \
+  "style-src 'unsafe-inline'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'; " \
+  "sandbox"
+
+int console_wants_images(const struct web_request *rq)
 {
-  web_header(out, "Content-Security-Policy", mail_frame ? CSP_MAIL : CSP_PAGE);
+  const char *v = rq->value(rq->ctx, WEB_QUERY, "images");
+  return v && !strcmp(v, "1");
+}
+
+void console_security_headers(struct web_response *out, enum console_frame mail_frame)
+{
+  web_header(out, "Content-Security-Policy", mail_frame == FRAME_MAIL_IMAGES ? CSP_MAIL_IMAGES :
+             mail_frame == FRAME_MAIL ? CSP_MAIL : CSP_PAGE);
   web_header(out, "X-Frame-Options", mail_frame ? "SAMEORIGIN" : "DENY");
   web_header(out, "X-Content-Type-Options", "nosniff");
   web_header(out, "Referrer-Policy", "no-referrer");

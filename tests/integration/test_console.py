@@ -237,6 +237,19 @@ def test_headers_and_cookie(console):
     assert "script-src" not in csp
     page = c.get(f"/console/msg/{qid}").text
     assert re.search(r'<iframe class="mail" sandbox src="/console/msg/' + qid + '/html"', page)
+    assert f'href="/console/msg/{qid}?images=1#hb">Load remote images</a>' in page
+    # remote images when asked: images from anywhere, still no script, frame or style sheet
+    r = c.get(f"/console/msg/{qid}/html?images=1")
+    assert r.status == 200 and "<p>hi" in r.text
+    csp = r.getheader("Content-Security-Policy")
+    assert "default-src 'none'" in csp and "img-src data: http: https:" in csp, csp
+    assert "sandbox" in csp and "script-src" not in csp and "frame-src" not in csp, csp
+    page = c.get(f"/console/msg/{qid}?images=1").text
+    assert re.search(r'<iframe class="mail" sandbox src="/console/msg/' + qid +
+                     r'/html\?images=1"', page)
+    assert "Block remote images" in page
+    for other in ("/console/queue?images=1", f"/console/msg/{qid}/raw?images=1"):
+        assert "img-src 'self' data:;" in c.get(other).getheader("Content-Security-Policy")
     # downloads are never rendered in the console's origin
     r = c.get(f"/console/msg/{qid}/part/0")
     assert r.getheader("Content-Disposition", "").startswith("attachment")
@@ -528,6 +541,21 @@ def test_browser_captured_html_is_inert(console, browser):
         time.sleep(0.5)
         no_alert(drv)
         assert Hits.seen == [], f"the message reached the test host: {Hits.seen}"
+        # asked for, the remote image loads, and only it: still no script, style sheet,
+        # frame or refresh
+        drv.get(base + f"/console/msg/{qid}")
+        drv.find_element(By.LINK_TEXT, "Load remote images").click()
+        wait_for(lambda: drv.find_elements(By.CSS_SELECTOR, 'iframe.mail[src$="?images=1"]'),
+                 "the message page with remote images")
+        wait_for(lambda: "/remote.png" in Hits.seen, "the remote image to be fetched")
+        time.sleep(1.5)             # the refresh would have come after a second
+        no_alert(drv)
+        assert "pwned" not in drv.title
+        assert Hits.seen == ["/remote.png"], f"more than the image was fetched: {Hits.seen}"
+        shot(drv, "message-images")
+        drv.find_element(By.LINK_TEXT, "Block remote images").click()
+        wait_for(lambda: drv.find_elements(By.CSS_SELECTOR, 'iframe.mail[src$="/html"]'),
+                 "the message page without remote images")
     finally:
         srv.shutdown()
         srv.server_close()
