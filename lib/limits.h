@@ -49,6 +49,9 @@
 #define LIM_QUEUE_ID            24
 #define LIM_PRUNE_KEY           32   /* a key the store's pruner carries: a queue id or a rowid */
 #define LIM_HEADER_SCAN         (256u * 1024u) /* header section examined for Message-ID/Date */
+/* a failure DSN asked for with RET=FULL returns the whole message up to this size, and only
+ * its header section above it (Postfix's bounce_size_limit does the same, at 50 KB) */
+#define LIM_DSN_RETURN_FULL     (1024u * 1024u)
 
 /* webhooks (inbound/http.c): the body cap is [inbound] max_http_size */
 #define LIM_WEBHOOK_FIELD       (64u * 1024u)  /* one form field kept in memory (envelope, ...) */
