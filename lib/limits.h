@@ -39,6 +39,8 @@
 #define LIM_SASL_CHALLENGE      (64u * 1024u)  /* one decoded SASL challenge from an upstream */
 #define LIM_SMTP_BDAT_CHUNK     (64u * 1024u * 1024u)
 #define LIM_SMTP_RCPT_DEFAULT   100
+#define LIM_SMTP_RCPT_OVERSHOOT 1000     /* RCPTs past max_recipients answered 452 before they
+                                          * count as errors (Postfix's overshoot limit) */
 #define LIM_SMTP_TRANSACTIONS_DEFAULT 100 /* MAIL transactions in one session */
 #define LIM_SMTP_HELO_TIMEOUT_MX 30      /* seconds from connect to HELO/EHLO on an mx listener */
 #define LIM_MESSAGE_SIZE_DEFAULT (35u * 1024u * 1024u)

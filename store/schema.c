@@ -148,7 +148,9 @@ static const char *const migrations[] = {
   "ALTER TABLE records ADD COLUMN dedupe TEXT;",
   /* 8: the sender of a message delayed longer than delay_warning is told once */
   "ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;",
-  /* 9: the queue's totals (messages, bytes, recipients by status) kept as the rows change, so
+  /* 9: captured mail released to an upstream by hand goes there, whatever the routes say */
+  "ALTER TABLE recipients ADD COLUMN route_to TEXT;",
+  /* 10: the queue's totals (messages, bytes, recipients by status) kept as the rows change, so
    * that `posternctl stats` and the console read six numbers instead of counting every message
    * ever stored (counted once here for an existing store). A cascaded delete fires the
    * recipients' trigger too. */
