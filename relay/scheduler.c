@@ -1001,7 +1001,14 @@ static int deliver(struct relay_worker *w, const char *id)
     const struct store_rcpt *rc = &m.rcpts[i];
     int due = (rc->status == RCPT_QUEUED || rc->status == RCPT_DEFERRED) && rc->next_attempt_ms <= now;
     done[i] = !due;
-    if(due)
+    if(!due)
+      continue;
+    /* mail released to an upstream by hand goes there while that upstream exists */
+    ups[i] = rc->route_to ? config_upstream(cfg, rc->route_to) : NULL;
+    if(rc->route_to && !ups[i])
+      log_warn("%s: %s was released to upstream %s, which is no longer configured: it is "
+               "routed as usual", m.id, rc->address, rc->route_to);
+    if(!ups[i])
       ups[i] = route_for(cfg, m.sender, rc->address);
   }
   /* one transport call per upstream, with all of its recipients */
