@@ -298,7 +298,7 @@ static int read_reply(struct smtp_client *c, struct smtp_reply *r, const char *w
   if(result == CONN_TIMEOUT)
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "conversation with %s timed out while %s",
                 c->peer, what);
-  if(result && conn_cancelled())
+  if(result && conn_cancelled(c->conn.cancelable))
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.3.2", "conversation with %s interrupted "
                 "while %s: postern is stopping", c->peer, what);
   if(result)
@@ -364,13 +364,13 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, int *fdp)
     pfd[0].fd = fd;
     pfd[0].events = POLLOUT;
     pfd[0].revents = 0;
-    pfd[1].fd = conn_cancel_fd();          /* -1 is ignored by poll */
+    pfd[1].fd = conn_cancel_fd(CONN_CANCEL_EARLY);   /* -1 is ignored by poll */
     pfd[1].events = POLLIN;
     pfd[1].revents = 0;
     do
-      pr = conn_cancelled() ? 0 : poll(pfd, 2, timeout_ms);
+      pr = conn_cancelled(CONN_CANCEL_EARLY) ? 0 : poll(pfd, 2, timeout_ms);
     while(pr < 0 && errno == EINTR);
-    if(conn_cancelled())
+    if(conn_cancelled(CONN_CANCEL_EARLY))
       err = ECANCELED;
     else if(pr == 0)
       err = ETIMEDOUT;
@@ -434,7 +434,7 @@ int smtp_client_connect(struct smtp_client *c, struct smtp_reply *r)
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.1", "%s",
                 last[0] ? last : "no usable address for the upstream host");
   conn_init(&c->conn, fd, c->cfg.command_timeout_ms);
-  c->conn.cancelable = 1;          /* a shutdown does not wait for a silent upstream */
+  c->conn.cancelable = CONN_CANCEL_EARLY;   /* a shutdown does not wait for a silent upstream */
   c->connected = 1;
   snprintf(c->peer, sizeof(c->peer), "%s[%s]:%d", c->host, c->addr, c->cfg.port);
   note(c, "connected to %s", c->peer);
@@ -796,7 +796,7 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
   struct smtp_reply *last = &mail;   /* where the reply being read goes */
   int pipelining = (c->caps.flags & SMTP_CAP_PIPELINING) != 0;
   int dsn = (c->caps.flags & SMTP_CAP_DSN) != 0, reused = c->used;
-  int utf8 = 0;
+  int utf8 = 0, result;
   size_t i, accepted = 0;
   char size[32] = "";
 
@@ -907,13 +907,16 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
   if(data.code == 354) {
     if(send_body(c, m->body, m->len))
       goto lost;
+    /* the upstream has the whole message now: cutting this wait at a stop could make it send
+     * the message twice, so only the last stage of a stop does */
     c->conn.idle_ms = c->cfg.data_timeout_ms;
-    if(read_reply(c, last = &data,
-                  "sending end of data -- message may be sent more than once", 0)) {
-      c->conn.idle_ms = c->cfg.command_timeout_ms;
-      goto failed;
-    }
+    c->conn.cancelable = CONN_CANCEL_LATE;
+    result = read_reply(c, last = &data,
+                        "sending end of data -- message may be sent more than once", 0);
     c->conn.idle_ms = c->cfg.command_timeout_ms;
+    c->conn.cancelable = CONN_CANCEL_EARLY;
+    if(result)
+      goto failed;
   }
   for(i = 0; i < n; i++)
     if(rcpts[i].reply.code >= 200 && rcpts[i].reply.code < 300)
