@@ -17,6 +17,8 @@ from email.message import EmailMessage
 
 import pytest
 
+from test_correspondence import (corr_daemon, mx_send, send_out, sent_message, sg_events,  # noqa: F401
+                                 sink, spf_env, wait_record, wait_records)
 from conftest import (BUILDDIR, POSTERN, SRCDIR, free_port, need_binary, register_secret,
                       secret_file)
 
@@ -734,7 +736,9 @@ def test_overview_chart_health_sources_warnings(daemon_factory, upstreams, certs
         bars = drv.find_elements(By.CSS_SELECTOR, "figure.chart svg rect")
         assert bars and all(b.size["height"] > 0 for b in bars)
         no_alert(drv)
+        drv.set_window_size(1280, 1300)       # the whole page, for README's picture
         shot(drv, "overview-health")
+        drv.set_window_size(1280, 900)
 
 
 def test_thread_with_a_reply(daemon_factory, browser_optional):
@@ -809,3 +813,47 @@ def test_queue_pages_by_key(console):
     hits = row.findall(c.get("/console/captured?q=page+54").text)
     assert len(hits) == 1 and "page 54" in c.get(f"/console/msg/{hits[0]}").text, hits
     assert c.get("/console/queue?after=garbage").status == 400
+
+
+def test_browser_thread_with_reply_and_sendgrid_events(daemon_factory, tmp_path, sink, spf_env,
+                                                       browser):
+    """An outbound message, the reply through the MX listener, and SendGrid's signed events
+    posted to the real /events webhook: the browser opens the thread and sees all of it."""
+    from selenium.webdriver.common.by import By
+    d = corr_daemon(daemon_factory, tmp_path, sink, inbound_extra=(
+        f"\n[console]\nenabled = yes\nusers = admin:{crypt_hash(PASSWORD)}\n"))
+    qid = send_out(d, subject="Appointment reminder")
+    raw, msgid, reply_to = sent_message(sink, 1)
+    wait_record(d, qid, lambda r: r["status"] == "sent")
+    mx_send(d, "pat@pass.test", reply_to,
+            (f"From: Pat <pat@pass.test>\r\nTo: <{reply_to}>\r\n"
+             f"Subject: Re: Appointment reminder\r\nMessage-ID: <r1@pass.test>\r\n"
+             f"In-Reply-To: <{msgid}>\r\nReferences: <{msgid}>\r\n"
+             "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+             "Tuesday suits me.\r\n\r\nOn Mon, Clinic wrote:\r\n> quoted\r\n").encode())
+    wait_records(d, 2)
+    now = int(time.time())
+    sg_events(d, [{"email": "pat@example.test", "event": "delivered", "sg_event_id": "ev-d",
+                   "sg_message_id": "sgid1.filter0001", "timestamp": now, "postern_id": qid}])
+    sg_events(d, [{"email": "pat@example.test", "event": "open", "sg_event_id": "ev-o",
+                   "sg_message_id": "sgid1.filter0001", "timestamp": now + 5,
+                   "postern_id": qid}])
+    wait_record(d, qid, lambda r: r["status"] == "opened")
+    drv = browser
+    base = browser_login(drv, type("D", (), {"http_port": int(d.http.rsplit(":", 1)[1])}))
+    drv.get(base + "/console/threads")
+    link = drv.find_element(By.CSS_SELECTOR, 'a[href^="/console/thread?id="]')
+    link.click()
+    wait_for(lambda: "/console/thread?id=" in drv.current_url and
+             drv.find_elements(By.CSS_SELECTOR, "article.record"), "the thread page")
+    records = drv.find_elements(By.CSS_SELECTOR, "article.record")
+    assert len(records) == 2, [r.text for r in records]
+    out, reply = records[0].text, records[1].text
+    events = [e.text.split()[0] for e in
+              records[0].find_elements(By.CSS_SELECTOR, "ul.events li")]
+    assert events == ["sent", "delivered", "open"], events
+    assert "pat@example.test" in out
+    assert "Reply text" in reply and "Tuesday suits me." in reply
+    assert "quoted" not in reply.split("Reply text", 1)[1].split("Text", 1)[0]
+    no_alert(drv)
+    shot(drv, "thread-events")
