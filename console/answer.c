@@ -1,5 +1,6 @@
 /* The headers every console answer carries, and its short answers. */
 #include "console/pages.h"
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -12,15 +13,83 @@
 #define CSP_MAIL "default-src 'none'; img-src data:; style-src 'unsafe-inline'; " \
   "frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox"
 
-void console_security_headers(struct web_response *out, int mail_frame)
+/* the same once the reader has asked for the remote images: images from anywhere, still
+ * nothing else (no script, no style sheet, no frame, no font, no fetch) */
+#define CSP_MAIL_IMAGES "default-src 'none'; img-src data: http: https:; " \
+  "style-src 'unsafe-inline'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'; " \
+  "sandbox"
+
+int console_wants_images(const struct web_request *rq)
 {
-  web_header(out, "Content-Security-Policy", mail_frame ? CSP_MAIL : CSP_PAGE);
+  const char *v = rq->value(rq->ctx, WEB_QUERY, "images");
+  return v && !strcmp(v, "1");
+}
+
+void console_security_headers(struct web_response *out, enum console_frame mail_frame)
+{
+  web_header(out, "Content-Security-Policy", mail_frame == FRAME_MAIL_IMAGES ? CSP_MAIL_IMAGES :
+             mail_frame == FRAME_MAIL ? CSP_MAIL : CSP_PAGE);
   web_header(out, "X-Frame-Options", mail_frame ? "SAMEORIGIN" : "DENY");
   web_header(out, "X-Content-Type-Options", "nosniff");
   web_header(out, "Referrer-Policy", "no-referrer");
   web_header(out, "Cache-Control", "no-store");
   if(mail_frame)    /* not even a DNS look-up for the mail's links */
     web_header(out, "X-DNS-Prefetch-Control", "off");
+}
+
+/* A download's Content-Disposition (RFC 6266): the part's own file name, cut to its last path
+ * component, twice: as a quoted ASCII fallback (printable ASCII but " and \, each other
+ * character one _) and as filename* (RFC 5987: UTF-8, every byte outside attr-char
+ * percent-encoded), so no byte of the mail's name reaches the header unencoded. Without a
+ * usable name: part-IDX. */
+int console_disposition(struct web_response *out, const char *filename, long idx)
+{
+  static const char hex[] = "0123456789ABCDEF";
+  char v[64 + 4 * LIM_DOWNLOAD_NAME], fallback[32];
+  const char *base = filename, *p;
+  size_t n, i, o = 0;
+  if(base)
+    for(p = filename; *p; p++)
+      if(*p == '/' || *p == '\\')
+        base = p + 1;
+  n = base ? strlen(base) : 0;
+  if(n > LIM_DOWNLOAD_NAME) {
+    n = LIM_DOWNLOAD_NAME;
+    while(n && ((unsigned char)base[n] & 0xC0) == 0x80)    /* not inside a UTF-8 character */
+      n--;
+  }
+  for(i = 0; i < n && ((unsigned char)base[i] <= ' ' || base[i] == 0x7f || base[i] == '.'); i++)
+    ;
+  base += i;                   /* no hidden file, no name that starts blank */
+  n -= i;
+  if(!n) {                     /* nothing but dots, spaces and controls: no name */
+    snprintf(fallback, sizeof(fallback), "part-%ld", idx);
+    base = fallback;
+    n = strlen(base);
+  }
+  o = str_copy(v, sizeof(v), "attachment; filename=\"");
+  for(i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)base[i];
+    if(c < 0x20 || c == 0x7f || (c & 0xC0) == 0x80)   /* controls; a character is one _ */
+      continue;
+    v[o++] = c >= 0x80 || c == '"' || c == '\\' ? '_' : (char)c;
+  }
+  o += str_copy(v + o, sizeof(v) - o, "\"; filename*=UTF-8''");
+  for(i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)base[i];
+    if(c < 0x20 || c == 0x7f)
+      continue;
+    if((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+       (c < 0x80 && strchr("!#$&+-.^_`|~", c)))
+      v[o++] = (char)c;
+    else {
+      v[o++] = '%';
+      v[o++] = hex[c >> 4];
+      v[o++] = hex[c & 15];
+    }
+  }
+  v[o] = '\0';
+  return web_header(out, "Content-Disposition", v);
 }
 
 void console_redirect(struct web_response *out, const char *to)

@@ -372,7 +372,9 @@ void console_handle(void *arg, const struct web_request *rq, struct web_response
   struct form fm = { 0 };
   struct pages_ctx pc;
 
-  console_security_headers(out, !strncmp(path, "/msg/", 5) && strstr(path, "/html"));
+  console_security_headers(out, strncmp(path, "/msg/", 5) || !strstr(path, "/html") ?
+                           FRAME_PAGE : console_wants_images(rq) ? FRAME_MAIL_IMAGES :
+                           FRAME_MAIL);
   out->content_type = "text/html; charset=utf-8";
   if(!*path) {
     console_redirect(out, "/console/");

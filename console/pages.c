@@ -427,14 +427,23 @@ static void page_message(struct pages_ctx *pc, const char *id, struct web_respon
       html_text(b, v.text);
       html_lit(b, "</pre></section>\n");
     }
-    if(v.html)
-      /* no allow-scripts and no allow-same-origin: the mail's HTML runs nothing and reaches
-       * nothing; its own CSP (CSP_MAIL) blocks every fetch, remote images included */
+    /* no allow-scripts and no allow-same-origin: the mail's HTML runs nothing and reaches
+     * nothing; its own CSP (CSP_MAIL) blocks every fetch, remote images included, until the
+     * reader asks for them (a remote image tells the sender the mail was read) */
+    if(v.html && console_wants_images(pc->rq))
+      html_put(b, "<section aria-labelledby=\"hb\"><h2 id=\"hb\">HTML</h2>"
+               "<iframe class=\"mail\" sandbox src=\"/console/msg/{u}/html?images=1\" "
+               "title=\"The message's HTML, with remote images, without scripts\"></iframe>"
+               "<p class=\"note\" id=\"images\">Scripts are not run; remote images are "
+               "loaded. <a href=\"/console/msg/{u}#hb\">Block remote images</a></p>"
+               "</section>\n", m.id, m.id);
+    else if(v.html)
       html_put(b, "<section aria-labelledby=\"hb\"><h2 id=\"hb\">HTML</h2>"
                "<iframe class=\"mail\" sandbox src=\"/console/msg/{u}/html\" "
                "title=\"The message's HTML, without scripts or remote content\"></iframe>"
-               "<p class=\"note\">Scripts are not run and remote images are not loaded."
-               "</p></section>\n", m.id);
+               "<p class=\"note\" id=\"images\">Scripts are not run and remote images are "
+               "not loaded. <a href=\"/console/msg/{u}?images=1#hb\">Load remote images</a>"
+               "</p></section>\n", m.id, m.id);
     html_lit(b, "<section aria-labelledby=\"at\"><h2 id=\"at\">Parts</h2><ul class=\"parts\">");
     for(i = 0; i < v.nparts; i++) {
       char idx[24];
@@ -502,12 +511,18 @@ static void message_sub(struct pages_ctx *pc, const char *id, const char *what,
        mail_part_bytes(body, len, (size_t)idx, &out->body))
       console_plain(out, 404, "no such part\n");
     else {
-      char disp[64];
+      struct mail_view v;
+      const char *name = NULL;
+      int parsed = !mail_view_parse(body, len, &v);
+      if(parsed && (size_t)idx < v.nparts)
+        name = v.parts[idx].filename;
       /* never shown in the console's origin: a download, its type not to be guessed */
       out->status = 200;
       out->content_type = "application/octet-stream";
-      snprintf(disp, sizeof(disp), "attachment; filename=\"part-%ld\"", idx);
-      web_header(out, "Content-Disposition", disp);
+      if(console_disposition(out, name, idx))
+        console_plain(out, 500, "no room for the answer's headers\n");
+      if(parsed)
+        mail_view_free(&v);
     }
   }
   else

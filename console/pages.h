@@ -22,7 +22,15 @@ struct pages_ctx {
   const struct form *form;         /* a POST's fields (its CSRF token checked); NULL for GET */
 };
 
-void console_security_headers(struct web_response *out, int mail_frame);
+/* What an answer is, for its Content-Security-Policy: a console page, a mail's HTML (nothing
+ * fetched), or a mail's HTML whose remote images the reader asked for. */
+enum console_frame { FRAME_PAGE, FRAME_MAIL, FRAME_MAIL_IMAGES };
+/* 1 when the request asks for the mail's remote images (?images=1) */
+int console_wants_images(const struct web_request *rq);
+void console_security_headers(struct web_response *out, enum console_frame mail_frame);
+/* Content-Disposition: attachment with filename (as the mail names it, made safe), or
+ * part-IDX; 0, or -1 (no room). */
+int console_disposition(struct web_response *out, const char *filename, long idx);
 void console_redirect(struct web_response *out, const char *to);
 void console_plain(struct web_response *out, unsigned status, const char *text);
 

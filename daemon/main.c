@@ -569,7 +569,10 @@ out:
   inbound_http_stop(http);
   console_free(console);       /* after the listener: no request uses it any more */
   inbound_records_stop(records);
-  relay_stop(relay);
+  /* deliveries in progress get the sessions' grace, but never more than a few seconds once
+   * no client waits any more: a silent upstream must not hold the stop */
+  relay_stop(relay, cfg && cfg->shutdown_grace * 1000LL < RELAY_STOP_GRACE_MS ?
+             cfg->shutdown_grace * 1000LL : RELAY_STOP_GRACE_MS);
   store_pruner_stop(pruner);
   store_close(st);
   if(d) {

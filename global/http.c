@@ -1,6 +1,7 @@
 /* The one HTTP client: libcurl set up once, for every caller, with the rules of global/http.h. */
 #include "global/http.h"
 #include "global/config.h"
+#include "lib/conn.h"
 #include "lib/vendor.h"
 #include <curl/curl.h>
 #include <arpa/inet.h>
@@ -55,7 +56,8 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
   (void)dlnow;
   (void)ultotal;
   (void)ulnow;
-  return c->o.stop(c->o.stop_arg);
+  /* a shutdown does not wait for a silent API */
+  return conn_cancelled() || (c->o.stop && c->o.stop(c->o.stop_arg));
 }
 
 enum http_result http_client_new(const struct http_opts *o, struct http_client **out)
@@ -103,8 +105,7 @@ enum http_result http_client_new(const struct http_opts *o, struct http_client *
       * not carry an "Expect:" header of its own (see http_client_request) */
      curl_easy_setopt(c->curl, CURLOPT_EXPECT_100_TIMEOUT_MS, 0L))
     goto out;
-  if(c->o.stop &&
-     (curl_easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L) ||
+  if((curl_easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L) ||
       curl_easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, on_progress) ||
       curl_easy_setopt(c->curl, CURLOPT_XFERINFODATA, c)))
     goto out;

@@ -277,6 +277,72 @@ void inbound_auth_check(const struct inbound_auth_in *in, const char *msg, size_
   header_write(in->authserv_id, a);
 }
 
+/* ---- fields that claim to be ours (RFC 8601 5) -------------------------------------------- */
+
+/* Past blanks, line ends and (nested, backslash-quoted) comments from i. */
+static size_t cfws_skip(const char *v, size_t len, size_t i)
+{
+  int depth = 0;
+  for(; i < len; i++) {
+    char c = v[i];
+    if(depth && c == '\\')
+      i++;
+    else if(c == '(')
+      depth++;
+    else if(depth && c == ')')
+      depth--;
+    else if(!depth && c != ' ' && c != '\t' && c != '\r' && c != '\n')
+      break;
+  }
+  return i;
+}
+
+/* Does an Authentication-Results value name authserv_id? Read as loosely as any reader
+ * further on might read it: comments before it, a quoted-string, any case. */
+static int authserv_is(const char *v, size_t len, const char *authserv_id)
+{
+  char id[256];
+  size_t i = cfws_skip(v, len, 0), n = 0;
+  if(i < len && v[i] == '"') {
+    for(i++; i < len && v[i] != '"'; i++) {
+      if(v[i] == '\\' && i + 1 < len)
+        i++;
+      if(n + 1 >= sizeof(id))
+        return 0;
+      id[n++] = v[i];
+    }
+  }
+  else
+    for(; i < len && v[i] != ';' && v[i] != '(' && v[i] != ' ' && v[i] != '\t' &&
+          v[i] != '\r' && v[i] != '\n'; i++) {
+      if(n + 1 >= sizeof(id))
+        return 0;
+      id[n++] = v[i];
+    }
+  id[n] = '\0';
+  return n && !strcasecmp(id, authserv_id);
+}
+
+int inbound_auth_strip(const char *msg, size_t len, const char *authserv_id, struct buf *out,
+                       size_t *removed)
+{
+  size_t pos = 0, start = 0, nl, vl;
+  const char *n, *v;
+  *removed = 0;
+  for(;;) {
+    size_t field = pos;
+    if(!mailauth_header_next(msg, len, &pos, &n, &nl, &v, &vl))
+      break;
+    if(!str_casecmp_n(n, nl, "Authentication-Results") && authserv_is(v, vl, authserv_id)) {
+      if(buf_add(out, msg + start, field - start))
+        return -1;
+      start = pos;
+      ++*removed;
+    }
+  }
+  return buf_add(out, msg + start, len - start);
+}
+
 /* ---- back from the stored message: the record's "authentication" ------------------------- */
 
 /* The value of ptype.property ("header.d") in one result; 0 found. */

@@ -83,6 +83,11 @@ struct inbound_auth {
  * evaluated on its From: domain; DNS is asked with a few seconds' bound. */
 void inbound_auth_check(const struct inbound_auth_in *in, const char *msg, size_t len,
                         struct inbound_auth *a);
+/* msg appended to out without the Authentication-Results fields of its header section that
+ * claim authserv_id (RFC 8601 5: only this server may write them, so one that arrives with
+ * the message is a forgery); *removed counts them. 0, or -1 when out is full. */
+int inbound_auth_strip(const char *msg, size_t len, const char *authserv_id, struct buf *out,
+                       size_t *removed);
 /* The verdicts of the Authentication-Results field this server put first on a stored message:
  * {spf, dkim: [{domain, selector, result}], dmarc: {result, policy, from_domain}}; NULL when
  * the first field is not ours. */

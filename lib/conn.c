@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,6 +122,41 @@ void conn_client_key_text(const unsigned char key[CONN_CLIENT_KEY_LEN], char *ou
     snprintf(out, outsz, "?");
 }
 
+static pthread_once_t cancel_once = PTHREAD_ONCE_INIT;
+static int cancel_pipe[2] = { -1, -1 };
+static atomic_int cancel_flag;
+
+static void cancel_make(void)
+{
+  if(pipe2(cancel_pipe, O_CLOEXEC | O_NONBLOCK)) {
+    cancel_pipe[0] = -1;
+    cancel_pipe[1] = -1;
+  }
+}
+
+int conn_cancel_fd(void)
+{
+  pthread_once(&cancel_once, cancel_make);
+  return cancel_pipe[0];
+}
+
+int conn_cancelled(void)
+{
+  return atomic_load(&cancel_flag);
+}
+
+void conn_cancel_all(void)
+{
+  pthread_once(&cancel_once, cancel_make);
+  if(atomic_exchange(&cancel_flag, 1))
+    return;
+  /* never read: it stays readable for every wait from now on (should the write fail, the
+   * flag still ends each wait at its next turn) */
+  if(cancel_pipe[1] >= 0)
+    while(write(cancel_pipe[1], "x", 1) < 0 && errno == EINTR)
+      ;
+}
+
 void conn_init(struct conn *c, int fd, int idle_ms)
 {
   int fl;
@@ -172,9 +209,13 @@ static int conn_wait(struct conn *c, short events, long long start)
   for(;;) {
     long long now = time_mono_ms();
     long long left = -1;
-    struct pollfd pfd[2];
-    nfds_t n = 1;
+    struct pollfd pfd[3];
+    nfds_t n = 1, cancel_at = 0;
     int r;
+    if(c->cancelable && conn_cancelled()) {
+      errno = ECANCELED;
+      return CONN_ERROR;
+    }
     if(c->idle_ms > 0) {
       left = start + c->idle_ms - now;
       if(left <= 0)
@@ -196,7 +237,18 @@ static int conn_wait(struct conn *c, short events, long long start)
       pfd[1].revents = 0;
       n = 2;
     }
+    if(c->cancelable && conn_cancel_fd() >= 0) {
+      cancel_at = n;
+      pfd[n].fd = conn_cancel_fd();
+      pfd[n].events = POLLIN;
+      pfd[n].revents = 0;
+      n++;
+    }
     r = poll(pfd, n, left < 0 ? -1 : (int)(left > 60000 ? 60000 : left));
+    if(r > 0 && cancel_at && pfd[cancel_at].revents) {
+      errno = ECANCELED;
+      return CONN_ERROR;
+    }
     if(r > 0 && pfd[0].revents)
       return CONN_OK;      /* POLLHUP/POLLERR too: the next read or write tells what */
     if(r > 0)

@@ -72,6 +72,7 @@
 #define LIM_CONSOLE_USERS       64       /* [console] users and users_file entries */
 #define LIM_CONSOLE_FORM_FIELDS 1100     /* fields of one posted form (a bulk action's ids) */
 #define LIM_CONSOLE_PAGE_ROWS   50       /* queue rows per page */
+#define LIM_DOWNLOAD_NAME       200      /* bytes of an attachment's name a download keeps */
 
 /* MIME -> correspondence records (inbound/mime.c): a message past these still becomes a record,
  * with what was read before the cap and a parse_error saying which cap */

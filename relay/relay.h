@@ -31,8 +31,11 @@ size_t relay_unrecorded(struct relay *r);
  * stats attribute a recipient not yet tried to. */
 const char *relay_upstream_for(const struct config *cfg, const char *sender,
                                const char *recipient);
-/* Stops taking new work, waits for deliveries in progress, frees r. */
-void relay_stop(struct relay *r);
+/* Stops taking new work, gives deliveries in progress grace_ms to finish, then cuts the
+ * connections of those still running (conn_cancel_all: their mail stays queued), frees r. */
+void relay_stop(struct relay *r, long long grace_ms);
+/* The most a delivery in progress gets at shutdown once the sessions have ended */
+#define RELAY_STOP_GRACE_MS 10000
 
 /* Configuration problems only the relay can see (routes to transports this build lacks...),
  * written as FILE:LINE: message; returns how many. */

@@ -7,6 +7,7 @@
 #include "lib/log.h"
 #include "global/metrics.h"
 #include "lib/buf.h"
+#include "lib/conn.h"
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,7 @@ struct relay {
   int sched_started;
   struct relay_worker *workers;
   size_t nworkers;
+  size_t nrunning;                  /* workers that have not ended yet (relay_stop waits) */
   unsigned gen;                     /* bumped at each reload: sessions of older ones close */
   struct upstates *ups;
   /* ids handed to workers or waiting for one; never scheduled twice */
@@ -1014,6 +1016,10 @@ static void *worker_main(void *arg)
   }
   pthread_mutex_unlock(&r->mu);
   worker_close_session(w);
+  pthread_mutex_lock(&r->mu);
+  r->nrunning--;
+  pthread_cond_broadcast(&r->sched_cond);     /* relay_stop waits on it */
+  pthread_mutex_unlock(&r->mu);
   return NULL;
 }
 
@@ -1088,6 +1094,7 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out)
   for(i = 0; i < r->nworkers; i++) {
     r->workers[i].relay = r;
     r->workers[i].seed = (unsigned)(time_real_ms() ^ (long long)(i * 7919));
+    r->nrunning++;
     if(pthread_create(&r->workers[i].thread, NULL, worker_main, &r->workers[i]))
       log_fatal("relay: cannot start delivery worker");
   }
@@ -1121,15 +1128,28 @@ int relay_reload(struct relay *r, const struct config *cfg, relay_release_fn rel
   return 0;
 }
 
-void relay_stop(struct relay *r)
+void relay_stop(struct relay *r, long long grace_ms)
 {
   size_t i;
+  long long until;
   if(!r)
     return;
   pthread_mutex_lock(&r->mu);
   r->stopping = 1;
   pthread_cond_broadcast(&r->sched_cond);
   pthread_cond_broadcast(&r->work_cond);
+  until = time_mono_ms() + grace_ms;
+  while(r->nrunning && time_mono_ms() < until)
+    cond_wait_ms(&r->sched_cond, &r->mu, until - time_mono_ms());
+  if(r->nrunning) {
+    /* a delivery that has not finished by now is cut off where it is: its recipients stay
+     * queued and go again after the restart (should the upstream have taken the message just
+     * before the cut, it gets it twice: never lost) */
+    log_warn("relay: %zu delivery worker(s) still busy %lld s after the stop; closing their "
+             "upstream connections (the mail stays queued and is sent after the restart)",
+             r->nrunning, grace_ms / 1000);
+    conn_cancel_all();
+  }
   pthread_mutex_unlock(&r->mu);
   if(r->sched_started)
     pthread_join(r->sched, NULL);

@@ -298,6 +298,9 @@ static int read_reply(struct smtp_client *c, struct smtp_reply *r, const char *w
   if(result == CONN_TIMEOUT)
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "conversation with %s timed out while %s",
                 c->peer, what);
+  if(result && conn_cancelled())
+    return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.3.2", "conversation with %s interrupted "
+                "while %s: postern is stopping", c->peer, what);
   if(result)
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "lost connection with %s while %s",
                 c->peer, what);
@@ -347,7 +350,7 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, int *fdp)
 {
   int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), err = 0;
   socklen_t elen = sizeof(err);
-  struct pollfd pfd;
+  struct pollfd pfd[2];
   *fdp = -1;
   if(fd < 0)
     return errno;
@@ -358,13 +361,18 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, int *fdp)
       close(fd);
       return err;
     }
-    pfd.fd = fd;
-    pfd.events = POLLOUT;
-    pfd.revents = 0;
+    pfd[0].fd = fd;
+    pfd[0].events = POLLOUT;
+    pfd[0].revents = 0;
+    pfd[1].fd = conn_cancel_fd();          /* -1 is ignored by poll */
+    pfd[1].events = POLLIN;
+    pfd[1].revents = 0;
     do
-      pr = poll(&pfd, 1, timeout_ms);
+      pr = conn_cancelled() ? 0 : poll(pfd, 2, timeout_ms);
     while(pr < 0 && errno == EINTR);
-    if(pr == 0)
+    if(conn_cancelled())
+      err = ECANCELED;
+    else if(pr == 0)
       err = ETIMEDOUT;
     else if(pr < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen))
       err = errno;
@@ -426,6 +434,7 @@ int smtp_client_connect(struct smtp_client *c, struct smtp_reply *r)
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.1", "%s",
                 last[0] ? last : "no usable address for the upstream host");
   conn_init(&c->conn, fd, c->cfg.command_timeout_ms);
+  c->conn.cancelable = 1;          /* a shutdown does not wait for a silent upstream */
   c->connected = 1;
   snprintf(c->peer, sizeof(c->peer), "%s[%s]:%d", c->host, c->addr, c->cfg.port);
   note(c, "connected to %s", c->peer);

@@ -450,7 +450,7 @@ static int handshake_run(SSL *ssl, struct conn *c, int is_server, int verify_pee
   long long start = time_mono_ms();
   int limit = timeout_ms > 0 ? timeout_ms : c->idle_ms;
   for(;;) {
-    struct pollfd pfd;
+    struct pollfd pfd[2];
     int r, e, saved;
     ERR_clear_error();
     errno = 0;
@@ -478,10 +478,19 @@ static int handshake_run(SSL *ssl, struct conn *c, int is_server, int verify_pee
         errf(err, errsz, "TLS handshake timed out");
         return -1;
       }
-      pfd.fd = c->fd;
-      pfd.events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
-      pfd.revents = 0;
-      r = poll(&pfd, 1, !bounded ? -1 : (int)(left > 60000 ? 60000 : left));
+      if(c->cancelable && conn_cancelled()) {
+        errf(err, errsz, "TLS handshake interrupted: postern is stopping");
+        return -1;
+      }
+      pfd[0].fd = c->fd;
+      pfd[0].events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+      pfd[0].revents = 0;
+      pfd[1].fd = c->cancelable ? conn_cancel_fd() : -1;
+      pfd[1].events = POLLIN;
+      pfd[1].revents = 0;
+      r = poll(pfd, 2, !bounded ? -1 : (int)(left > 60000 ? 60000 : left));
+      if(r > 0 && pfd[1].revents)
+        continue;      /* the check above ends it */
       if(r > 0)
         break;         /* POLLHUP/POLLERR too: OpenSSL's next call says what happened */
       if(r < 0 && errno != EINTR) {

@@ -2,6 +2,7 @@
 # CSRF token, wrong passwords, the headers of every answer) and its pages in a real browser
 # (Debian's chromium through chromedriver and python3-selenium, headless) against a daemon
 # that takes real SMTP submissions. Screenshots of each page go to $POSTERN_BUILDDIR/screenshots.
+import html
 import http.client
 import http.server
 import os
@@ -236,10 +237,69 @@ def test_headers_and_cookie(console):
     assert "script-src" not in csp
     page = c.get(f"/console/msg/{qid}").text
     assert re.search(r'<iframe class="mail" sandbox src="/console/msg/' + qid + '/html"', page)
+    assert f'href="/console/msg/{qid}?images=1#hb">Load remote images</a>' in page
+    # remote images when asked: images from anywhere, still no script, frame or style sheet
+    r = c.get(f"/console/msg/{qid}/html?images=1")
+    assert r.status == 200 and "<p>hi" in r.text
+    csp = r.getheader("Content-Security-Policy")
+    assert "default-src 'none'" in csp and "img-src data: http: https:" in csp, csp
+    assert "sandbox" in csp and "script-src" not in csp and "frame-src" not in csp, csp
+    page = c.get(f"/console/msg/{qid}?images=1").text
+    assert re.search(r'<iframe class="mail" sandbox src="/console/msg/' + qid +
+                     r'/html\?images=1"', page)
+    assert "Block remote images" in page
+    for other in ("/console/queue?images=1", f"/console/msg/{qid}/raw?images=1"):
+        assert "img-src 'self' data:;" in c.get(other).getheader("Content-Security-Policy")
     # downloads are never rendered in the console's origin
     r = c.get(f"/console/msg/{qid}/part/0")
     assert r.getheader("Content-Disposition", "").startswith("attachment")
     assert r.getheader("Content-Type") == "application/octet-stream"
+
+
+def _disposition_name(value):
+    """The file name a browser takes from Content-Disposition: filename* (RFC 5987) first."""
+    m = re.search(r"filename\*=UTF-8''([^;\s]+)", value)
+    assert m, value
+    return urllib.parse.unquote(m.group(1), errors="strict")
+
+
+def test_download_keeps_the_attachments_name(console):
+    """An attachment downloads under its own name, made safe: only its last path component,
+    no control character, no leading dot, non-ASCII through filename* (RFC 5987) with an ASCII
+    fallback, and nothing of the name unencoded in the header."""
+    names = {"r\u00e9sum\u00e9 \u2713.pdf": "r\u00e9sum\u00e9 \u2713.pdf",
+             "../../etc/passwd": "passwd",
+             "..\\win\\boot.ini": "boot.ini",
+             '"; filename=evil.exe; x="': '"; filename=evil.exe; x="',
+             ".bashrc": "bashrc"}
+    for name, want in names.items():
+        m = EmailMessage()
+        m["From"] = "alice@client.test"
+        m["To"] = "bob@example.test"
+        m["Subject"] = "attachment " + want
+        m.set_content("see the attachment\n")
+        m.add_attachment(b"attached bytes\n", maintype="application",
+                         subtype="octet-stream", filename=name)
+        with smtplib.SMTP("127.0.0.1", console.port, timeout=15) as s:
+            s.sendmail("alice@client.test", ["bob@example.test"], m.as_bytes())
+    c = Client(console.http_port)
+    assert c.login().status == 303
+    for e in console.queue_list():
+        page = c.get(f"/console/msg/{e['id']}").text
+        subject = re.search(r"<h1>attachment (.*?)</h1>", page).group(1)
+        want = html.unescape(subject)
+        r = c.get(f"/console/msg/{e['id']}/part/1")
+        assert r.status == 200 and r.text == "attached bytes\n", (r.status, r.text)
+        value = r.getheader("Content-Disposition")
+        assert value.startswith('attachment; filename="'), value
+        assert _disposition_name(value) == want, (value, want)
+        # the quoted fallback is one quoted-string of printable ASCII, then filename*
+        fallback = re.fullmatch(r'attachment; filename="([\x20-\x7e]*)"; filename\*=\S+', value)
+        assert fallback and '"' not in fallback.group(1) and "\\" not in fallback.group(1), value
+        assert value.isascii() and "\r" not in value and "\n" not in value
+    # a part without a name is part-N
+    r = c.get(f"/console/msg/{e['id']}/part/0")
+    assert _disposition_name(r.getheader("Content-Disposition")) == "part-0"
 
 
 def test_login_over_a_tunnel_is_rate_limited(daemon_factory):
@@ -502,6 +562,21 @@ def test_browser_captured_html_is_inert(console, browser):
         time.sleep(0.5)
         no_alert(drv)
         assert Hits.seen == [], f"the message reached the test host: {Hits.seen}"
+        # asked for, the remote image loads, and only it: still no script, style sheet,
+        # frame or refresh
+        drv.get(base + f"/console/msg/{qid}")
+        drv.find_element(By.LINK_TEXT, "Load remote images").click()
+        wait_for(lambda: drv.find_elements(By.CSS_SELECTOR, 'iframe.mail[src$="?images=1"]'),
+                 "the message page with remote images")
+        wait_for(lambda: "/remote.png" in Hits.seen, "the remote image to be fetched")
+        time.sleep(1.5)             # the refresh would have come after a second
+        no_alert(drv)
+        assert "pwned" not in drv.title
+        assert Hits.seen == ["/remote.png"], f"more than the image was fetched: {Hits.seen}"
+        shot(drv, "message-images")
+        drv.find_element(By.LINK_TEXT, "Block remote images").click()
+        wait_for(lambda: drv.find_elements(By.CSS_SELECTOR, 'iframe.mail[src$="/html"]'),
+                 "the message page without remote images")
     finally:
         srv.shutdown()
         srv.server_close()

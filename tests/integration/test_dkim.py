@@ -653,3 +653,49 @@ def test_sendgrid_verdicts_kept_as_sendgrids(daemon_factory, tmp_path):
         "dkim": [{"domain": "example.test", "selector": None, "result": "pass"},
                  {"domain": "esp.example", "selector": None, "result": "fail"}]}
     assert "authentication" not in by["Re: no verdicts"]
+
+
+FORGED = [
+    # what a sender writes to have its mail taken for one we passed (RFC 8601 5): our name,
+    # and our name dressed up in a comment, quotes, another case and a version
+    b"Authentication-Results: relay.test.example;\r\n\tdkim=pass header.d=goodmail.org;\r\n"
+    b"\tdmarc=pass (p=reject) header.from=goodmail.org\r\n",
+    b"Authentication-Results: (ours) \"RELAY.Test.Example\" 1; dmarc=pass header.from=goodmail.org\r\n",
+]
+KEPT = b"Authentication-Results: mx.other.example; dkim=pass header.d=goodmail.org\r\n"
+
+
+def stored_bodies(d):
+    import sqlite3
+    con = sqlite3.connect(f"file:{d.data_dir}/postern.db?mode=ro", uri=True)
+    try:
+        return [r[0] for r in con.execute("SELECT body FROM inbound_messages ORDER BY received_ms")]
+    finally:
+        con.close()
+
+
+def test_forged_authentication_results_removed_smtp(daemon_factory, inbound_dns, monkeypatch,
+                                                    tmp_path):
+    """Authentication-Results fields that arrive over SMTP claiming our authserv-id are taken
+    out before ours goes on: the stored message and the record carry only our verdict."""
+    dns = inbound_dns
+    d = ns_daemon(daemon_factory, dns, monkeypatch, tmp_path, "tag")
+    msg = plain("a@goodmail.org", "forged verdict")
+    raw = FORGED[0] + KEPT + FORGED[1] + msg
+    code, text = mx_send(d, dns, "x@evilmail.org", raw)
+    assert code == 250, text
+    rec = records_by_subject(d, 1)["forged verdict"]
+    assert rec["authentication"]["dmarc"] == {"result": "fail", "policy": "reject",
+                                              "from_domain": "goodmail.org"}
+    assert rec["authentication"]["dkim"] == []
+    (body,) = stored_bodies(d)
+    fields = header_fields(body)
+    ours = [f for f in fields if f.lower().startswith(b"authentication-results:")]
+    assert len(ours) == 2 and ours[0] == fields[1] and ours[1] == KEPT, fields
+    assert ours[0].startswith(b"Authentication-Results: relay.test.example;\r\n\tspf=fail ")
+    assert b"dmarc=fail (p=reject)" in ours[0]
+    for f in FORGED:
+        assert f not in body
+    assert body.endswith(msg)
+    assert "removed 2 Authentication-Results fields that claimed to be ours" in d.log_text()
+

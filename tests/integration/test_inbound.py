@@ -163,6 +163,26 @@ def test_mx_spf_off(daemon_factory, spf_env):
     assert not body.startswith(b"Received-SPF:")
 
 
+def test_mx_forged_authentication_results_removed_without_dmarc(daemon_factory, spf_env):
+    """With dmarc = off no verdict of ours goes on, yet a field claiming our authserv-id is
+    still taken out (RFC 8601 5): a reader further on would take it for ours. Others stay."""
+    d = mx_daemon(daemon_factory, spf="off", extra="dmarc = off\n")
+    body = (b"Authentication-Results: relay.test.example; dkim=pass header.d=fail.test\r\n"
+            b"Authentication-Results: mx.other.example; spf=pass\r\n"
+            b"authentication-results : (c) RELAY.TEST.EXAMPLE;\r\n dmarc=pass\r\n"
+            b"Subject: forged\r\n\r\nhello\r\n")
+    with smtplib.SMTP("127.0.0.1", d.mx_port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.sendmail("mallory@fail.test", ["bob@reply.test"], body)
+    (r,) = inbound(d)
+    stored = db_rows(d, "SELECT body FROM inbound_messages")[0]["body"]
+    head = stored.split(b"\r\n\r\n")[0]
+    assert b"relay.test.example;" not in head.lower() and b"dmarc=pass" not in head, head
+    assert b"Authentication-Results: mx.other.example; spf=pass\r\n" in head
+    assert stored.startswith(b"Received: ") and stored.endswith(b"\r\nSubject: forged\r\n\r\nhello\r\n")
+    assert "removed 2 Authentication-Results fields" in d.log_text()
+
+
 def test_mx_starttls_without_auth(daemon_factory, spf_env, tmp_path):
     import smtplib
     import ssl

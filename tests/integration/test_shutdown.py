@@ -39,3 +39,52 @@ def test_sigterm_open_transaction_may_finish(daemon_factory):
     assert rc == 0, d.log_tail()
     d.start()
     assert d.queue_entry(qid) is not None
+
+
+def test_sigterm_does_not_wait_for_a_silent_upstream(daemon_factory):
+    """An upstream that takes the connection and never says a word (or stalls a TLS handshake)
+    must not hold the stop: the delivery is cut after its few seconds, the daemon exits 0 and
+    the mail is still queued for the restart."""
+    import socket
+    from upstream import upstream_section
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    held = []
+    try:
+        for tls in ("none", "implicit"):
+            conf = (upstream_section("mute", port, host="127.0.0.1", tls=tls, verify="none") +
+                    "\n[route default]\nupstream = mute\n")
+            d = daemon_factory({"shutdown_grace": "2s", "debug": "yes"}, conf, name=f"mute-{tls}")
+            with d.smtp() as c:
+                c.greet()
+                c.cmd_expect("EHLO client.test", 250)
+                c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+                c.cmd_expect("RCPT TO:<b@example.test>", 250)
+                c.cmd_expect("DATA", 354)
+                c.send(b"Subject: to a mute upstream\r\n\r\nbody\r\n.\r\n")
+                r = c.read_reply(10)
+                assert r.code == 250, r
+                qid = r.queue_id()
+                c.cmd_expect("QUIT", 221)
+            conn, _ = silent.accept()        # the delivery is now waiting for a greeting
+            held.append(conn)
+            t0 = time.monotonic()
+            d.signal(signal.SIGTERM)
+            rc = d.proc.wait(timeout=25)
+            took = time.monotonic() - t0
+            assert rc == 0, d.log_tail()
+            assert took < 15, f"the stop waited {took:.1f}s for a silent upstream"
+            assert "still busy" in d.log_text(), d.log_tail()
+            d.check_log()
+            d.start()
+            entry = d.queue_entry(qid)
+            assert entry is not None and entry["recipients"][0]["status"] in ("queued",
+                                                                              "deferred"), entry
+            d.signal(signal.SIGTERM)      # it connects again: the same cut, the same clean stop
+            assert d.proc.wait(timeout=25) == 0, d.log_tail()
+    finally:
+        for conn in held:
+            conn.close()
+        silent.close()
