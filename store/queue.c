@@ -559,8 +559,12 @@ int store_body(struct store *st, const char *id, char **body, size_t *len)
   }
   else if(rc == SQLITE_DONE)
     result = STORE_NOTFOUND;
-  else
+  else {
     result = db_fail(d, rc, "read body");
+    /* a damaged page stays damaged: the caller sets the message aside instead of retrying */
+    if((rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB)
+      result = STORE_DAMAGED;
+  }
   sqlite3_reset(s);
 out:
   store_reader_done(st, d);

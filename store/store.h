@@ -30,6 +30,8 @@ enum store_result {
   STORE_NOTFOUND,
   STORE_FULL,        /* disk full: the listener answers 452 4.3.1 */
   STORE_ERROR,       /* anything else: 451 4.3.0 */
+  STORE_DAMAGED,     /* what was stored cannot be read back (the database reports damage):
+                        trying again will not help */
 };
 
 enum rcpt_status {
@@ -141,7 +143,7 @@ int store_next_due(struct store *st, long long *when_ms);
 
 /* Reads one message's envelope and recipients (no body). */
 int store_get(struct store *st, const char *id, struct store_msg *out);
-/* Reads the stored message bytes; *body is malloc'd. */
+/* Reads the stored message bytes; *body is malloc'd. STORE_DAMAGED: they cannot be read. */
 int store_body(struct store *st, const char *id, char **body, size_t *len);
 
 /* Filters for listing; NULL / 0 fields do not filter. */

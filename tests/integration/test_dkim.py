@@ -448,6 +448,11 @@ def ns_daemon(daemon_factory, dns, monkeypatch, tmp_path, mode):
                              f"[inbound]\ndomains = in.example\nspf = tag\ndmarc = {mode}\n",
                        start=False)
     d.mx_port = port
+    return ns_start(d, dns)
+
+
+def ns_start(d, dns):
+    """Starts the daemon made with start=False inside the namespace (its DNS is dnsmasq)."""
     log = open(d.logpath, "ab")
     d.proc = subprocess.Popen([IP, "netns", "exec", dns.name, POSTERN, "-c", d.conf, "-f"],
                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=d.workdir)
@@ -698,4 +703,88 @@ def test_forged_authentication_results_removed_smtp(daemon_factory, inbound_dns,
         assert f not in body
     assert body.endswith(msg)
     assert "removed 2 Authentication-Results fields that claimed to be ours" in d.log_text()
+
+
+def ns_http_daemon(daemon_factory, dns, tmp_path, mode):
+    """A daemon inside the namespace whose Inbound Parse listener takes unauthenticated posts."""
+    port = free_mx_port()
+    d = daemon_factory(FAST, f"\n[inbound]\ndomains = in.example\nhttp_address = 127.0.0.1:{port}\n"
+                             f"http_auth = none\ndmarc = {mode}\n", start=False)
+    d.http = f"http://127.0.0.1:{port}"
+    return ns_start(d, dns)
+
+
+def post_raw(d, dns, sender, raw, spf):
+    """SendGrid's raw-mode post of raw, from inside the namespace: the message in "email",
+    SendGrid's own verdicts in "dkim" and "SPF" (which a record of ours must not take)."""
+    import json
+    from test_inbound import CURL
+    fields = [("email", raw.decode()), ("dkim", "{@goodmail.org : pass}"), ("SPF", spf),
+              ("sender_ip", "192.0.2.10"),
+              ("envelope", json.dumps({"to": ["bob@in.example"], "from": sender}))]
+    args = [CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30"]
+    for k, v in fields:
+        args += ["--form-string", f"{k}={v}"]
+    p = dns.run(*args, d.http + "/emailInbound")
+    assert p.returncode == 0, p.stderr
+    return int(p.stdout)
+
+
+def test_raw_inbound_parse_verified_like_mx(daemon_factory, inbound_dns, tmp_path):
+    """A raw-mode Inbound Parse post is DKIM and DMARC checked by the same code as a message
+    to the MX listener: the verdicts agree with dkimpy's, DMARC takes SendGrid's SPF verdict,
+    and an Authentication-Results field in the message that claims our name counts for
+    nothing."""
+    _KEYS.update(inbound_dns.keys)
+    dns = inbound_dns
+    cases = {
+        # subject: (envelope sender, SendGrid's SPF, message, dkim results, dmarc, policy)
+        "raw good": ("x@evilmail.org", "fail",
+                     sign(plain("a@goodmail.org", "raw good"), "goodmail.org"),
+                     ["pass"], "pass", "reject"),
+        "raw body changed": ("x@evilmail.org", "fail",
+                             sign(plain("a@goodmail.org", "raw body changed"), "goodmail.org")
+                             .replace(b"Hello there.", b"Hello there!"),
+                             ["fail"], "fail", "reject"),
+        "raw wrong key": ("x@evilmail.org", "fail",
+                          sign(plain("a@goodmail.org", "raw wrong key"), "goodmail.org",
+                               key="other"), ["fail"], "fail", "reject"),
+        "raw aligned spf": ("bounce@goodmail.org", "pass", plain("a@goodmail.org", "raw aligned spf"),
+                            [], "pass", "reject"),
+        "raw quarantine": ("x@evilmail.org", "fail", plain("a@quarmail.org", "raw quarantine"),
+                           [], "fail", "quarantine"),
+        "raw forged": ("x@evilmail.org", "fail",
+                       FORGED[0] + FORGED[1] + plain("a@goodmail.org", "raw forged"),
+                       [], "fail", "reject"),
+    }
+    d = ns_http_daemon(daemon_factory, dns, tmp_path, "tag")
+    for subject, (sender, spf, raw, *_) in cases.items():
+        assert post_raw(d, dns, sender, raw, spf) == 200, subject
+    recs = records_by_subject(d, len(cases))
+    for subject, (sender, spf, raw, dkims, dmarc, policy) in cases.items():
+        a = recs[subject]["authentication"]
+        assert "verdict_by" not in a, (subject, a)
+        assert a["spf"] == spf, (subject, a)
+        assert [k["result"] for k in a["dkim"]] == dkims, (subject, a)
+        for k in a["dkim"]:
+            assert (k["domain"], k["selector"]) == ("goodmail.org", "rsa1"), (subject, a)
+        assert a["dmarc"] == {"result": dmarc, "policy": policy,
+                              "from_domain": subject == "raw quarantine" and "quarmail.org"
+                              or "goodmail.org"}, (subject, a)
+        # dkimpy, asked in the same DNS, agrees on each signature
+        path = tmp_path / "raw.eml"
+        path.write_bytes(raw)
+        if dkims:
+            py = dns.run(PY, "-c", DKIMPY, str(path))
+            assert (py.stdout.strip() == b"True") == (dkims == ["pass"]), (subject, py.stdout)
+
+
+def test_raw_inbound_parse_not_verified_when_off(daemon_factory, inbound_dns, tmp_path):
+    """dmarc = off: a raw post's record has no verdicts of ours (nor SendGrid's)."""
+    _KEYS.update(inbound_dns.keys)
+    d = ns_http_daemon(daemon_factory, inbound_dns, tmp_path, "off")
+    raw = FORGED[0] + sign(plain("a@goodmail.org", "raw off"), "goodmail.org")
+    assert post_raw(d, inbound_dns, "x@evilmail.org", raw, "pass") == 200
+    rec = records_by_subject(d, 1)["raw off"]
+    assert "authentication" not in rec, rec
 
