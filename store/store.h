@@ -53,6 +53,8 @@ struct store_rcpt {
   char *upstream;            /* the upstream that last handled it, or NULL */
   char *held_by;             /* RCPT_HELD by the relay: the upstream whose login failed;
                                 NULL for a hold by hand */
+  char *route_to;            /* the upstream it was released to by hand (store_release_to):
+                                the routes are not asked; NULL for routed mail */
 };
 
 struct store_msg {
@@ -126,6 +128,11 @@ int store_set_pending(struct store *st, const char *id, enum rcpt_status status)
 /* Makes every recipient the relay held for upstream (held_by, after a failed login) due now,
  * once a login to it works again; holds by hand stay. *released gets the count (may be NULL). */
 int store_release_upstream(struct store *st, const char *upstream, size_t *released);
+
+/* Captured mail sent on after all: every RCPT_CAPTURED recipient of message id becomes queued,
+ * due now, for upstream (route_to) whatever the routes say. *released gets the count (may be
+ * NULL; 0 when nothing of it was captured). STORE_NOTFOUND without such a message. */
+int store_release_to(struct store *st, const char *id, const char *upstream, size_t *released);
 
 /* Makes every deferred recipient due now (held ones stay held); *flushed gets the count. */
 int store_flush(struct store *st, size_t *flushed);
