@@ -46,6 +46,7 @@ http_port=$(free_port)
 mkdir -p "$work/data"
 cat >"$work/postern.conf" <<CONF
 [postern]
+user =
 hostname = bench.test.example
 data_dir = $work/data
 max_clients = 500
