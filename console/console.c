@@ -28,6 +28,8 @@ struct console {
   size_t nusers;
   long long timeout_ms;
   int secure_cookie;
+  char **upstreams;             /* under mu: names of the [upstream]s that are not capture */
+  size_t nupstreams;
   struct console_session sessions[LIM_CONSOLE_SESSIONS];   /* under mu */
 };
 
@@ -162,6 +164,30 @@ int console_check_config(const struct config *cfg, FILE *errs)
     problems++;
   }
   return problems;
+}
+
+static void names_free(char **names, size_t n)
+{
+  size_t i;
+  for(i = 0; i < n; i++)
+    free(names[i]);
+  free(names);
+}
+
+/* A copy of names[0..n); -1 without memory. */
+static int names_copy(char *const *names, size_t n, char ***out)
+{
+  size_t i;
+  *out = n ? calloc(n, sizeof(**out)) : NULL;
+  if(n && !*out)
+    return -1;
+  for(i = 0; i < n; i++)
+    if(!((*out)[i] = str_dup_n(names[i], strlen(names[i])))) {
+      names_free(*out, n);
+      *out = NULL;
+      return -1;
+    }
+  return 0;
 }
 
 /* ---- passwords and sessions -------------------------------------------------------------- */
@@ -424,7 +450,15 @@ void console_handle(void *arg, const struct web_request *rq, struct web_response
   pc.session = &s;
   pc.rq = rq;
   pc.form = post ? &fm : NULL;
+  /* a copy: a reload may replace the list while the page is made */
+  pthread_mutex_lock(&c->mu);
+  if(names_copy(c->upstreams, c->nupstreams, &pc.upstreams))
+    pc.nupstreams = 0;
+  else
+    pc.nupstreams = c->nupstreams;
+  pthread_mutex_unlock(&c->mu);
   pages_route(&pc, path, out);
+  names_free(pc.upstreams, pc.nupstreams);
 out:
   form_free(&fm);
   explicit_bzero(&s, sizeof(s));
@@ -436,7 +470,19 @@ static void settings_apply(struct console *c, const struct config *cfg, struct c
                            size_t n)
 {
   struct console_user *old;
-  size_t nold;
+  size_t nold, i, nups = 0;
+  char **ups = cfg->nupstreams ? calloc(cfg->nupstreams, sizeof(*ups)) : NULL, **oldups;
+  for(i = 0; ups && i < cfg->nupstreams; i++)
+    if(cfg->upstreams[i].type != CFG_UP_CAPTURE && cfg->upstreams[i].name &&
+       (ups[nups] = str_dup_n(cfg->upstreams[i].name, strlen(cfg->upstreams[i].name))))
+      nups++;
+  pthread_mutex_lock(&c->mu);
+  oldups = c->upstreams;
+  c->upstreams = ups;
+  nold = c->nupstreams;
+  c->nupstreams = nups;
+  pthread_mutex_unlock(&c->mu);
+  names_free(oldups, nold);
   pthread_mutex_lock(&c->mu);
   old = c->users;
   nold = c->nusers;
@@ -487,6 +533,7 @@ void console_free(struct console *c)
   if(!c)
     return;
   users_free(c->users, c->nusers);
+  names_free(c->upstreams, c->nupstreams);
   explicit_bzero(c->sessions, sizeof(c->sessions));
   pthread_mutex_destroy(&c->mu);
   free(c);

@@ -20,6 +20,8 @@ struct pages_ctx {
   const struct console_session *session;
   const struct web_request *rq;
   const struct form *form;         /* a POST's fields (its CSRF token checked); NULL for GET */
+  char **upstreams;                /* the configured upstreams mail can be released to */
+  size_t nupstreams;
 };
 
 /* What an answer is, for its Content-Security-Policy: a console page, a mail's HTML (nothing

@@ -56,7 +56,7 @@ int inbound_spf_check(int family, const unsigned char *addr, const char *helo,
  * does it); problems are written to errs and counted. */
 int inbound_auth_init(FILE *errs);
 void inbound_auth_done(void);
-#define INBOUND_AUTH_DKIM_MAX 8          /* signatures of one message reported */
+#define INBOUND_AUTH_DKIM_MAX 8          /* signatures of one message checked and reported */
 struct inbound_auth_in {
   const char *id;                        /* queue id, for libopendkim's messages */
   const char *authserv_id;               /* our hostname: the Authentication-Results id */

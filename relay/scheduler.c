@@ -8,7 +8,9 @@
 #include "global/metrics.h"
 #include "lib/buf.h"
 #include "lib/conn.h"
+#include "tls/tls.h"
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
@@ -645,6 +647,7 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
   for(i = 0; i < n; i++) {
     memset(&tr[i].reply, 0, sizeof(tr[i].reply));
     tr[i].retry_at_ms = 0;
+    tr[i].dsn_taken = 0;
     /* queued again after an attempt: released or retried by hand (the relay itself retries
      * as "deferred") */
     if(tr[i].rcpt->status == RCPT_QUEUED && tr[i].rcpt->attempts > 0)
@@ -853,6 +856,38 @@ static void bounce_notify(struct relay_worker *w, const struct config *cfg,
   }
 }
 
+/* Recipients sent that asked NOTIFY=SUCCESS from an upstream that will not report on them
+ * (taken[i] 0: no DSN extension, or an HTTP API) get a "relayed" report now, before their
+ * status is written (a crash in between sends it twice, never zero times). A report that
+ * cannot be stored is logged, not retried: the mail itself went out. */
+static void success_notify(struct relay_worker *w, const struct config *cfg,
+                           const struct store_msg *m, const char *body, size_t len,
+                           const struct store_rcpt_update *upd, const unsigned char *taken,
+                           size_t n)
+{
+  struct store_rcpt_update *rel;
+  char id[LIM_QUEUE_ID + 1] = "";
+  size_t i, k = 0;
+  if(!m->sender[0])
+    return;
+  rel = calloc(n + 1, sizeof(*rel));
+  if(!rel) {
+    log_error("%s: out of memory for the success notification", m->id);
+    return;
+  }
+  for(i = 0; i < n; i++)
+    if(upd[i].status == RCPT_SENT && !taken[i])
+      rel[k++] = upd[i];
+  if(k && dsn_relayed(w->relay->st, cfg, m, body, len, rel, k, id))
+    log_error("%s: cannot store the success notification the sender asked for (see the store "
+              "error above)", m->id);
+  else if(id[0]) {
+    log_info("%s: sender success notification: %s", m->id, id);
+    relay_kick(w->relay);
+  }
+  free(rel);
+}
+
 /* After a result is on disk: /metrics, and a hold that a working login already ended. */
 static void results_written(struct relay *r, const struct store_rcpt_update *upd, size_t n)
 {
@@ -865,6 +900,50 @@ static void results_written(struct relay *r, const struct store_rcpt_update *upd
       store_release_upstream(r->st, upd[i].held_by, NULL);
       relay_kick(r);
     }
+}
+
+/* Is the stored copy the one accepted: its length, and its digest when one was taken? why
+ * gets what differs otherwise. */
+static int body_intact(const struct store_msg *m, const char *body, size_t len, char *why,
+                       size_t whysz)
+{
+  char sha[TLS_SHA256_HEX_LEN + 1];
+  if((long long)len != m->size) {
+    snprintf(why, whysz, "%zu of its %lld bytes are there", len, m->size);
+    return 0;
+  }
+  if(m->body_sha256 && m->body_sha256[0] &&
+     (tls_sha256_hex(len ? body : "", len, sha) || str_casecmp_n(sha, strlen(sha), m->body_sha256))) {
+    snprintf(why, whysz, "its SHA-256 digest is not the one taken when it was accepted");
+    return 0;
+  }
+  return 1;
+}
+
+/* A message whose stored copy cannot be read would fail the same way at every pass: its
+ * waiting recipients are held (a hold by hand: only the operator ends it) with the reason as
+ * their last reply, which `posternctl queue` shows. Returns how many updates it filled. */
+static size_t set_aside(const struct store_msg *m, const char *why,
+                        struct store_rcpt_update *upd, char (*replies)[LIM_SMTP_REPLY_LINE + 32])
+{
+  size_t i, n = 0;
+  char esc[LIM_LOG_FIELD * 4 + 8];
+  log_repr(esc, sizeof(esc), why, strlen(why));
+  log_error("%s: its stored copy cannot be read (%s); set aside (held): delete it, or repair "
+            "it and `posternctl queue release %s`", m->id, esc, m->id);
+  for(i = 0; i < m->nrcpts; i++) {
+    const struct store_rcpt *rc = &m->rcpts[i];
+    if(rc->status != RCPT_QUEUED && rc->status != RCPT_DEFERRED)
+      continue;
+    memset(&upd[n], 0, sizeof(upd[n]));
+    upd[n].idx = rc->idx;
+    upd[n].status = RCPT_HELD;
+    snprintf(replies[n], sizeof(replies[n]), "451 4.3.0 Set aside: the stored copy of the "
+             "message cannot be read (%s)", why);
+    upd[n].reply = replies[n];
+    n++;
+  }
+  return n;
 }
 
 /* Delivers the due recipients of one message. Returns 1 when its result is kept in memory
@@ -880,27 +959,45 @@ static int deliver(struct relay_worker *w, const char *id)
   struct store_rcpt_update *upd = NULL;
   const struct cfg_upstream **ups = NULL;
   char (*replies)[LIM_SMTP_REPLY_LINE + 32] = NULL;
-  unsigned char *done = NULL;
+  unsigned char *done = NULL, *taken = NULL;
   struct relay_conf *conf;
   long long now = time_real_ms();
   int result, keep = 0;
+  char why[160];
 
   memset(&m, 0, sizeof(m));
   cfg = conf_get(r, &conf);
-  if(store_get(r->st, id, &m) || store_body(r->st, id, &body, &len))
+  if(store_get(r->st, id, &m))
     goto out;     /* deleted meanwhile, or a store error: the scheduler will see it again */
   tr = calloc(m.nrcpts + 1, sizeof(*tr));
   upd = calloc(m.nrcpts + 1, sizeof(*upd));
   ups = calloc(m.nrcpts + 1, sizeof(*ups));
   replies = calloc(m.nrcpts + 1, sizeof(*replies));
   done = calloc(m.nrcpts + 1, 1);
-  if(!tr || !upd || !ups || !replies || !done)
+  taken = calloc(m.nrcpts + 1, 1);
+  if(!tr || !upd || !ups || !replies || !done || !taken)
     goto out;
+  result = store_body(r->st, id, &body, &len);
+  if(result == STORE_DAMAGED)
+    str_copy(why, sizeof(why), "the database reports damage where it is stored");
+  else if(result)
+    goto out;     /* deleted meanwhile, or a store error: the scheduler will see it again */
+  if(result || !body_intact(&m, body, len, why, sizeof(why))) {
+    nupd = set_aside(&m, why, upd, replies);
+    goto write;
+  }
   for(i = 0; i < m.nrcpts; i++) {
     const struct store_rcpt *rc = &m.rcpts[i];
     int due = (rc->status == RCPT_QUEUED || rc->status == RCPT_DEFERRED) && rc->next_attempt_ms <= now;
     done[i] = !due;
-    if(due)
+    if(!due)
+      continue;
+    /* mail released to an upstream by hand goes there while that upstream exists */
+    ups[i] = rc->route_to ? config_upstream(cfg, rc->route_to) : NULL;
+    if(rc->route_to && !ups[i])
+      log_warn("%s: %s was released to upstream %s, which is no longer configured: it is "
+               "routed as usual", m.id, rc->address, rc->route_to);
+    if(!ups[i])
       ups[i] = route_for(cfg, m.sender, rc->address);
   }
   /* one transport call per upstream, with all of its recipients */
@@ -915,9 +1012,13 @@ static int deliver(struct relay_worker *w, const char *id)
       done[j] = 1;
     }
     deliver_group(w, cfg, &m, body, len, ups[i], tr, n, upd + nupd, replies + nupd, 1);
+    for(j = 0; j < n; j++)
+      taken[nupd + j] = (unsigned char)tr[j].dsn_taken;
     nupd += n;
   }
   bounce_notify(w, cfg, &m, body, len, upd, nupd);
+  success_notify(w, cfg, &m, body, len, upd, taken, nupd);
+write:
   result = nupd ? store_update(r->st, m.id, upd, nupd) : STORE_OK;
   if(result == STORE_OK)
     results_written(r, upd, nupd);
@@ -935,6 +1036,7 @@ out:
   free(ups);
   free(replies);
   free(done);
+  free(taken);
   free(body);
   store_msg_free(&m);
   return keep;

@@ -148,6 +148,8 @@ static const char *const migrations[] = {
   "ALTER TABLE records ADD COLUMN dedupe TEXT;",
   /* 8: the sender of a message delayed longer than delay_warning is told once */
   "ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;",
+  /* 9: captured mail released to an upstream by hand goes there, whatever the routes say */
+  "ALTER TABLE recipients ADD COLUMN route_to TEXT;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 /* an older store up to this size is rewritten for incremental vacuum when the daemon opens it

@@ -174,7 +174,7 @@ def test_every_post_needs_its_csrf_token(console):
         r = c.post("/console/action", fields)
         assert r.status == 403, (fields, r.status)
         assert all(x["status"] != "held" for x in console.queue_entry(qid)["recipients"])
-    for path in ("/console/logout", "/console/action"):
+    for path in ("/console/logout", "/console/action", "/console/release-to"):
         assert c.post(path, {"action": "delete", "id": qid}).status == 403
     assert console.queue_entry(qid), "deleted without a token"
     # a login without the token its form carries is refused too
@@ -585,6 +585,84 @@ def test_event_stream_counts_and_shutdown(console):
     assert time.monotonic() - started < 10, "an open event stream held up the exit"
     conn.close()
     console.check_log()
+
+
+@pytest.fixture
+def console_sink(daemon_factory, upstreams):
+    """A console whose capture route keeps everything, and a real SMTP server on loopback as
+    [upstream sink] that no route uses: captured mail can be released to it by hand."""
+    up = upstreams()
+    http_port, dead_port = free_port(), free_port()
+    d = daemon_factory(postern={"retry_min": "1h", "retry_max": "2h"},
+                       extra=f"\n[upstream sink]\ntype = smtp\nhost = 127.0.0.1\nport = {up.port}\n"
+                             "tls = none\nhelo = relay.test.example\n" +
+                             console_conf(http_port, dead_port))
+    d.http_port = http_port
+    d.sink = up
+    return d
+
+
+def test_release_to_upstream_needs_token_and_confirmation(console_sink):
+    d = console_sink
+    qid = submit(d, "alice@client.test", ["bob@example.test"], subject="captured one")
+    wait_state(d, qid, ("captured",))
+    c = Client(d.http_port)
+    assert c.login().status == 303
+    page = c.get(f"/console/msg/{qid}").text
+    token = c.csrf(page)
+    # offered: the configured upstreams, not capture
+    assert sorted(re.findall(r"<option>([^<]*)</option>", page.split('id="release-upstream"')[1]
+                             .split("</select>")[0])) == ["down", "sink"]
+    # without the token: refused, nothing changes
+    for fields in ({"id": qid, "upstream": "sink", "confirm": "yes"},
+                   {"id": qid, "upstream": "sink", "confirm": "yes", "csrf": "0" * 64}):
+        assert c.post("/console/release-to", fields).status == 403
+    # with it but not confirmed: the page that asks, nothing changes
+    r = c.post("/console/release-to", {"id": qid, "upstream": "sink", "csrf": token})
+    assert r.status == 200 and "Release to upstream sink</button>" in r.text, r.text[-2000:]
+    assert "bob@example.test" in r.text
+    # an upstream that is not configured, or capture itself, is refused
+    for bad in ("nowhere", "capture", ""):
+        r = c.post("/console/release-to", {"id": qid, "upstream": bad, "csrf": token,
+                                           "confirm": "yes"})
+        assert r.status == 400, (bad, r.status)
+    time.sleep(1)
+    assert all(x["status"] == "captured" for x in d.queue_entry(qid)["recipients"])
+    assert d.sink.received() == []
+    # confirmed: delivered by the sink, logged with the console user
+    r = c.post("/console/release-to", {"id": qid, "upstream": "sink", "csrf": token,
+                                       "confirm": "yes"})
+    assert r.status == 303 and r.getheader("Location") == f"/console/msg/{qid}"
+    got = d.sink.wait_messages(1)
+    assert got[0]["rcpts"] == ["bob@example.test"] and b"captured one" in got[0]["data"]
+    wait_state(d, qid, ("sent",))
+    assert re.search(rf"console: admin: release {qid} to upstream sink: done \(1 captured",
+                     d.log_text())
+    assert 'id="release-upstream"' not in c.get(f"/console/msg/{qid}").text
+
+
+def test_browser_release_to_upstream(console_sink, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    d, drv = console_sink, browser
+    qid = submit(d, "alice@client.test", ["carol@example.test"], subject="release me")
+    wait_state(d, qid, ("captured",))
+    base = browser_login(drv, d)
+    drv.get(base + f"/console/msg/{qid}")
+    Select(drv.find_element(By.ID, "release-upstream")).select_by_visible_text("sink")
+    drv.find_element(By.ID, "release-to").click()
+    wait_for(lambda: drv.find_elements(By.ID, "confirm"), "the page that asks to confirm")
+    assert "carol@example.test" in drv.find_element(By.TAG_NAME, "main").text
+    shot(drv, "release-confirm")
+    assert d.sink.received() == [], "released before it was confirmed"
+    drv.find_element(By.ID, "confirm").click()
+    wait_for(lambda: drv.current_url == base + f"/console/msg/{qid}",
+             "the message page after the release")
+    got = d.sink.wait_messages(1)
+    assert got[0]["rcpts"] == ["carol@example.test"]
+    wait_state(d, qid, ("sent",))
+    drv.refresh()
+    wait_for(lambda: state_text(drv) == "sent", "the message page to show it sent")
 
 
 def test_thread_with_a_reply(daemon_factory, browser_optional):

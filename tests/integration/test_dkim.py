@@ -52,7 +52,7 @@ class DNS:
     """A network namespace whose loopback has dnsmasq answering TXT records; run() executes a
     command inside it (its resolv.conf points at that dnsmasq)."""
 
-    def __init__(self, tmp, records):
+    def __init__(self, tmp, records, log_queries=None):
         if not os.path.exists(DNSMASQ):
             pytest.fail("dnsmasq is not installed (dnsmasq-base, TEST_PKGS in scripts/dev.sh)")
         self.name = f"pdkim{os.getpid()}x{next(_ns_counter)}"
@@ -70,6 +70,8 @@ class DNS:
                     "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root",
                     "--pid-file=", "--listen-address=127.0.0.1", "--bind-interfaces", "--port=53",
                     "--local=/example/", "--local=/org/"]
+            if log_queries:
+                args += ["--log-queries", f"--log-facility={log_queries}"]
             for name, text in records.items():
                 # one character-string holds at most 255 octets (RFC 1035 3.3.14); dnsmasq
                 # takes each comma-separated piece as one (quotes would be kept as text)
@@ -821,3 +823,31 @@ def test_key_decoded_once_and_again_after_sighup(daemon_factory, upstreams, keys
         time.sleep(0.1)
     submit(d, SENDER, ["someone@example.net"], MESSAGES["long"])
     assert signed_with(3) == ["other"]
+
+
+def test_signatures_checked_are_capped(daemon_factory, keys, monkeypatch, tmp_path):
+    """The sender writes the DKIM-Signature fields, and each costs a key look-up and a hash of
+    the body: only the first 8 (the ones the record reports) are checked, however many come.
+    Seen from the DNS server: 8 selectors asked for of 20, and the stored message keeps all."""
+    _KEYS.update(keys)
+    qlog = tmp_path / "queries.log"
+    dns = DNS(str(tmp_path), {"rsa1._domainkey.goodmail.org": dns_txt(keys["rsa"], "rsa")},
+              log_queries=str(qlog))
+    try:
+        d = ns_daemon(daemon_factory, dns, monkeypatch, tmp_path, "tag")
+        raw = sign(plain("Alice <alice@goodmail.org>", "many signatures"), "goodmail.org")
+        junk = b"".join(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=goodmail.org;"
+                        b" s=k%d; l=%d; h=from; bh=AAAA; b=AAAA\r\n" % (i, 100 - i)
+                        for i in range(19))
+        code, text = mx_send(d, dns, "alice@goodmail.org", junk + raw)
+        assert code == 250, text
+        rec = records_by_subject(d, 1)["many signatures"]
+        assert [k["selector"] for k in rec["authentication"]["dkim"]] == \
+            [f"k{i}" for i in range(8)], rec["authentication"]
+        asked = set(re.findall(r"query\[\w+\] (k\d+)\._domainkey\.goodmail\.org", qlog.read_text()))
+        assert asked == {f"k{i}" for i in range(8)}, sorted(asked)
+        from test_inbound import db_rows
+        body = db_rows(d, "SELECT body FROM inbound_messages")[0]["body"]
+        assert body.count(b"DKIM-Signature:") == 20, body[:400]
+    finally:
+        dns.close()

@@ -378,12 +378,30 @@ static void test_delete_cascade(void)
   dir_remove();
 }
 
+/* id with recipients a@y, b@y, c@y: the first two set to s0 and s1 (due at next1), the third
+ * left queued */
+static void accept_three(struct store *st, const char *id, enum rcpt_status s0,
+                         enum rcpt_status s1, long long next1)
+{
+  struct store_msg m;
+  struct store_rcpt r[3];
+  const char *addrs[3] = { "a@y", "b@y", "c@y" };
+  struct store_rcpt_update u[2];
+  msg_fill(&m, r, id, "s@x", 10, addrs, 3);
+  CHECK_EQ_INT(store_accept(st, &m, "body", 4), STORE_OK);
+  memset(u, 0, sizeof(u));
+  u[0].idx = 0;
+  u[0].status = s0;
+  u[1].idx = 1;
+  u[1].status = s1;
+  u[1].next_attempt_ms = next1;
+  CHECK_EQ_INT(store_update(st, id, u, 2), STORE_OK);
+}
+
 static void test_set_pending(void)
 {
   struct store *st;
-  struct store_msg m, got;
-  struct store_rcpt r[3];
-  const char *addrs[3] = { "a@y", "b@y", "c@y" };
+  struct store_msg got;
   struct store_rcpt_update u[2];
   char ids[4][LIM_QUEUE_ID + 1];
   size_t n;
@@ -391,15 +409,7 @@ static void test_set_pending(void)
 
   dir_make();
   st = open_new(0);
-  msg_fill(&m, r, "SP0000000001", "s@x", 10, addrs, 3);
-  CHECK_EQ_INT(store_accept(st, &m, "body", 4), STORE_OK);
-  memset(u, 0, sizeof(u));
-  u[0].idx = 0;
-  u[0].status = RCPT_SENT;
-  u[1].idx = 1;
-  u[1].status = RCPT_DEFERRED;
-  u[1].next_attempt_ms = wall_ms() + 3600000;
-  CHECK_EQ_INT(store_update(st, "SP0000000001", u, 2), STORE_OK);
+  accept_three(st, "SP0000000001", RCPT_SENT, RCPT_DEFERRED, wall_ms() + 3600000);
 
   CHECK_EQ_INT(store_set_pending(st, "SP0000000001", RCPT_HELD), STORE_OK);
   CHECK_EQ_INT(store_get(st, "SP0000000001", &got), STORE_OK);
@@ -452,6 +462,47 @@ static void test_set_pending(void)
 
   CHECK_EQ_INT(store_set_pending(st, "FFFFFFFFFFFF", RCPT_QUEUED), STORE_NOTFOUND);
   CHECK_EQ_INT(store_set_pending(st, "SP0000000001", RCPT_SENT), STORE_ERROR);
+  store_close(st);
+  dir_remove();
+}
+
+static void test_release_to(void)
+{
+  struct store *st;
+  struct store_msg got;
+  size_t n = 99;
+  long long before;
+
+  dir_make();
+  st = open_new(0);
+  accept_three(st, "RT0000000001", RCPT_CAPTURED, RCPT_CAPTURED, 0);
+  CHECK_EQ_INT(store_get(st, "RT0000000001", &got), STORE_OK);
+  if(got.nrcpts == 3)
+    CHECK(!got.rcpts[0].route_to);                  /* routed mail has none */
+  store_msg_free(&got);
+
+  before = wall_ms();
+  CHECK_EQ_INT(store_release_to(st, "RT0000000001", "office", &n), STORE_OK);
+  CHECK_EQ_INT(n, 2);                               /* the captured ones only */
+  CHECK_EQ_INT(store_get(st, "RT0000000001", &got), STORE_OK);
+  if(got.nrcpts == 3) {
+    CHECK_EQ_INT(got.rcpts[0].status, RCPT_QUEUED);
+    CHECK(got.rcpts[0].next_attempt_ms >= before);
+    CHECK_EQ_STR(got.rcpts[0].route_to ? got.rcpts[0].route_to : "", "office");
+    CHECK_EQ_STR(got.rcpts[1].route_to ? got.rcpts[1].route_to : "", "office");
+    CHECK(!got.rcpts[2].route_to);                  /* queued all along: not released */
+  }
+  store_msg_free(&got);
+  /* a hold and a release keep where it was sent */
+  CHECK_EQ_INT(store_set_pending(st, "RT0000000001", RCPT_HELD), STORE_OK);
+  CHECK_EQ_INT(store_set_pending(st, "RT0000000001", RCPT_QUEUED), STORE_OK);
+  CHECK_EQ_INT(store_get(st, "RT0000000001", &got), STORE_OK);
+  if(got.nrcpts == 3)
+    CHECK_EQ_STR(got.rcpts[1].route_to ? got.rcpts[1].route_to : "", "office");
+  store_msg_free(&got);
+  CHECK_EQ_INT(store_release_to(st, "RT0000000001", "office", &n), STORE_OK);
+  CHECK_EQ_INT(n, 0);                               /* nothing captured any more */
+  CHECK_EQ_INT(store_release_to(st, "FFFFFFFFFFFF", "office", &n), STORE_NOTFOUND);
   store_close(st);
   dir_remove();
 }
@@ -593,6 +644,7 @@ static const struct unit_case cases[] = {
   { "list_filters", test_list_filters },
   { "delete_cascade", test_delete_cascade },
   { "set_pending", test_set_pending },
+  { "release_to", test_release_to },
   { "flush_and_counts", test_flush_and_counts },
 };
 UNIT_MAIN(cases)
