@@ -61,6 +61,9 @@ struct relay {
   struct store *st;
   int stopping;
   int kicked;
+  /* the scheduler waits for a kick (not just out its minimum time between passes): only then
+   * is a kick worth a wake-up; during the minimum wait the next pass comes anyway */
+  int sched_wakeable;
   pthread_t sched;
   int sched_started;
   struct relay_worker *workers;
@@ -132,7 +135,8 @@ void relay_kick(struct relay *r)
 {
   pthread_mutex_lock(&r->mu);
   r->kicked = 1;
-  pthread_cond_signal(&r->sched_cond);
+  if(r->sched_wakeable)
+    pthread_cond_signal(&r->sched_cond);
   pthread_mutex_unlock(&r->mu);
 }
 
@@ -449,7 +453,7 @@ static void *sched_main(void *arg)
     size_t n = 0, i;
     long long now, when = -1, wait_ms = RELAY_MAX_WAIT_MS, probe_when = -1;
     long long since = time_mono_ms() - last_pass;
-    int added = 0;
+    size_t added = 0;
     long long kept_wake;
     if(since < RELAY_PASS_MIN_MS) {
       cond_wait_ms(&r->sched_cond, &r->mu, RELAY_PASS_MIN_MS - since);
@@ -463,8 +467,11 @@ static void *sched_main(void *arg)
     kept_wake = r->nkept ? results_retry(r) : -1;
     if(kept_wake >= 0) {
       pthread_mutex_lock(&r->mu);
-      if(!r->stopping)
+      if(!r->stopping) {
+        r->sched_wakeable = 1;
         cond_wait_ms(&r->sched_cond, &r->mu, kept_wake);
+        r->sched_wakeable = 0;
+      }
       continue;
     }
     if(time_mono_ms() - last_sweep >= 1000) {
@@ -480,7 +487,7 @@ static void *sched_main(void *arg)
         continue;
       memcpy(r->inflight[r->ninflight++], ids[i], sizeof(ids[i]));
       memcpy(r->work[r->nwork++], ids[i], sizeof(ids[i]));
-      added = 1;
+      added++;
     }
     /* held upstreams whose login is due for another try */
     for(;;) {
@@ -493,10 +500,15 @@ static void *sched_main(void *arg)
       }
       snprintf(r->inflight[r->ninflight++], LIM_QUEUE_ID + 1, "#%zu", idx);
       snprintf(r->work[r->nwork++], LIM_QUEUE_ID + 1, "#%zu", idx);
-      added = 1;
+      added++;
     }
-    if(added)
+    /* one idle worker per new job: a broadcast for a single message woke every worker, and
+     * all but one went back to sleep */
+    if(added >= r->nworkers)
       pthread_cond_broadcast(&r->work_cond);
+    else
+      for(i = 0; i < added; i++)
+        pthread_cond_signal(&r->work_cond);
     pthread_mutex_unlock(&r->mu);
     if(!store_next_due(r->st, &when) && when >= 0)
       wait_ms = when - time_real_ms();
@@ -508,8 +520,11 @@ static void *sched_main(void *arg)
       wait_ms = (n == RELAY_BATCH && added) ? 0 : 1000;
     if(wait_ms > RELAY_MAX_WAIT_MS)
       wait_ms = RELAY_MAX_WAIT_MS;
-    if(!r->kicked && !r->stopping && wait_ms > 0)
+    if(!r->kicked && !r->stopping && wait_ms > 0) {
+      r->sched_wakeable = 1;
       cond_wait_ms(&r->sched_cond, &r->mu, wait_ms);
+      r->sched_wakeable = 0;
+    }
   }
   pthread_mutex_unlock(&r->mu);
   free(ids);
@@ -1117,7 +1132,9 @@ static void *worker_main(void *arg)
     pthread_mutex_lock(&r->mu);
     if(!keep)
       inflight_drop(r, id);
-    if(!r->nwork)                 /* the scheduler only needs us once the queue has drained */
+    /* the scheduler only needs us once the queue has drained, and only while it waits for
+     * a kick (in its minimum wait between passes it comes back anyway) */
+    if(!r->nwork && r->sched_wakeable)
       pthread_cond_signal(&r->sched_cond);
   }
   pthread_mutex_unlock(&r->mu);
