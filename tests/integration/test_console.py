@@ -309,6 +309,26 @@ def test_download_keeps_the_attachments_name(console):
     assert _disposition_name(r.getheader("Content-Disposition")) == "part-0"
 
 
+def test_sessions_outlive_a_reload_not_a_restart(console):
+    """As doc/postern.conf.5 says: sessions are in the daemon's memory; SIGHUP keeps them, a
+    restart ends them (the browser is sent to the login page, nothing is shown)."""
+    import signal as sig
+    c = Client(console.http_port)
+    assert c.login().status == 303
+    assert c.get("/console/queue").status == 200
+    console.signal(sig.SIGHUP)
+    deadline = time.monotonic() + 15
+    while "reload -- configuration" not in console.log_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "reload -- configuration" in console.log_text()
+    assert c.get("/console/queue").status == 200, "a reload ended the session"
+    assert console.stop() == 0
+    console.start()
+    r = c.get("/console/queue")
+    assert r.status == 303 and r.getheader("Location") == "/console/login"
+    assert c.login().status == 303 and c.get("/console/queue").status == 200
+
+
 def test_wrong_password_is_rate_limited(console):
     c = Client(console.http_port)
     token = c.csrf(c.get("/console/login").text)

@@ -1,9 +1,11 @@
 /* Unit tests of the SQLite store as a whole: schema creation and migration, queue ids, the
  * group-commit writer under concurrent accepts, isolation of one refused job in a batch, data
- * kept across a reopen, and the mapping of a full disk to STORE_FULL. Each case works in its
- * own mkdtemp directory (store_test.h). */
+ * kept across a reopen, the mapping of a full disk to STORE_FULL, and reads that do not wait
+ * for each other. Each case works in its own mkdtemp directory (store_test.h). */
 #include "tests/unit/store_test.h"
+#include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <sqlite3.h>
 
 static void test_open_create_migrate(void)
@@ -269,10 +271,11 @@ static void test_reopen_keeps_data(void)
 }
 
 /* A test-only way to fill the disk: every connection opened from now on gets a small
- * max_page_count, which SQLite reports as SQLITE_FULL. */
+ * max_page_count, which SQLite reports as SQLITE_FULL (the empty schema takes about 40 of
+ * them; a few 16 KB messages fill the rest). */
 static int small_db_init(sqlite3 *db, const char **errmsg, const void *api)
 {
-  sqlite3_exec(db, "PRAGMA max_page_count = 40", NULL, NULL, NULL);
+  sqlite3_exec(db, "PRAGMA max_page_count = 60", NULL, NULL, NULL);
   return SQLITE_OK;
 }
 
@@ -313,6 +316,98 @@ static void test_full_maps_to_store_full(void)
   dir_remove();
 }
 
+/* A test-only slow read: once stall_armed is set, the first read connection that runs a
+ * statement stops inside it (SQLite's progress handler) until stall_release is posted, as a
+ * long console or posternctl query would hold its connection. */
+static int stall_armed;
+static sem_t stall_reached, stall_release;
+
+static int stall_progress(void *arg)
+{
+  sqlite3 *db = arg;
+  int armed = 1;
+  if(sqlite3_db_readonly(db, "main") == 1 &&
+     __atomic_compare_exchange_n(&stall_armed, &armed, 0, 0, __ATOMIC_SEQ_CST,
+                                 __ATOMIC_SEQ_CST)) {
+    sem_post(&stall_reached);
+    while(sem_wait(&stall_release) && errno == EINTR)
+      ;
+  }
+  return 0;
+}
+
+static int stall_init(sqlite3 *db, const char **errmsg, const void *api)
+{
+  sqlite3_progress_handler(db, 1, stall_progress, db);
+  return SQLITE_OK;
+}
+
+struct slow_read {
+  struct store *st;
+  long long when;
+  int result;
+};
+
+static void *slow_read(void *p)
+{
+  struct slow_read *a = p;
+  a->result = store_next_due(a->st, &a->when);
+  return NULL;
+}
+
+static void *quick_read(void *p)
+{
+  struct slow_read *a = p;
+  struct store_msg m;
+  memset(&m, 0, sizeof(m));
+  a->result = store_get(a->st, "POOL00000001", &m);
+  store_msg_free(&m);
+  return NULL;
+}
+
+/* The daemon's store reads through a pool: while one read is stuck in a long query, the
+ * others (the scheduler's, a worker's store_get) go on; a tool's store has one connection. */
+static void test_read_pool(void)
+{
+  struct store *st;
+  pthread_t slow, quick;
+  struct slow_read a = { 0 }, b = { 0 };
+  struct timespec until;
+  int joined;
+
+  dir_make();
+  st = open_new(STORE_OPEN_WRITER);
+  CHECK_EQ_INT(accept_simple(st, "POOL00000001", "a@x", 1, "r@y"), STORE_OK);
+  sem_init(&stall_reached, 0, 0);
+  sem_init(&stall_release, 0, 0);
+  sqlite3_auto_extension((void (*)(void))stall_init);
+  store_close(st);
+  st = open_new(STORE_OPEN_WRITER);        /* its connections now carry the handler */
+  a.st = b.st = st;
+  __atomic_store_n(&stall_armed, 1, __ATOMIC_SEQ_CST);
+  pthread_create(&slow, NULL, slow_read, &a);
+  while(sem_wait(&stall_reached) && errno == EINTR)
+    ;
+  /* one connection is held inside a statement: another read must not wait for it */
+  pthread_create(&quick, NULL, quick_read, &b);
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 10;
+  joined = pthread_timedjoin_np(quick, NULL, &until);
+  CHECK_EQ_INT(joined, 0);
+  CHECK_EQ_INT(b.result, STORE_OK);
+  sem_post(&stall_release);
+  pthread_join(slow, NULL);
+  if(joined)
+    pthread_join(quick, NULL);
+  CHECK_EQ_INT(a.result, STORE_OK);
+  CHECK(a.when > 0);
+  store_close(st);
+  sqlite3_reset_auto_extension();
+  sem_destroy(&stall_reached);
+  sem_destroy(&stall_release);
+  dir_remove();
+}
+
 /* store_flush makes deferred mail due and nothing else; store_counts sees one snapshot */
 static const struct unit_case cases[] = {
   { "open_create_migrate", test_open_create_migrate },
@@ -321,5 +416,6 @@ static const struct unit_case cases[] = {
   { "batch_isolation", test_batch_isolation },
   { "reopen_keeps_data", test_reopen_keeps_data },
   { "full_maps_to_store_full", test_full_maps_to_store_full },
+  { "read_pool", test_read_pool },
 };
 UNIT_MAIN(cases)
