@@ -133,6 +133,7 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
       html_lit(b, "<p class=\"note\">The first 32 upstreams are shown.</p>");
   }
   html_lit(b, "</section>");
+  overview_more(pc, b, (long long)time(NULL) * 1000);
   console_page_end(b);
   free(w);
   console_done_html(out);

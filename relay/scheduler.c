@@ -1247,27 +1247,35 @@ int relay_reload(struct relay *r, const struct config *cfg, relay_release_fn rel
   return 0;
 }
 
-void relay_stop(struct relay *r, long long grace_ms)
+void relay_stop(struct relay *r, long long early_ms, long long late_ms)
 {
   size_t i;
-  long long until;
+  long long t0;
   if(!r)
     return;
   pthread_mutex_lock(&r->mu);
   r->stopping = 1;
   pthread_cond_broadcast(&r->sched_cond);
   pthread_cond_broadcast(&r->work_cond);
-  until = time_mono_ms() + grace_ms;
-  while(r->nrunning && time_mono_ms() < until)
-    cond_wait_ms(&r->sched_cond, &r->mu, until - time_mono_ms());
+  t0 = time_mono_ms();
+  while(r->nrunning && time_mono_ms() < t0 + early_ms)
+    cond_wait_ms(&r->sched_cond, &r->mu, t0 + early_ms - time_mono_ms());
   if(r->nrunning) {
-    /* a delivery that has not finished by now is cut off where it is: its recipients stay
-     * queued and go again after the restart (should the upstream have taken the message just
-     * before the cut, it gets it twice: never lost) */
+    /* deliveries not yet waiting for the upstream's word on a whole message are cut where
+     * they are: their recipients stay queued and go again after the restart */
     log_warn("relay: %zu delivery worker(s) still busy %lld s after the stop; closing their "
-             "upstream connections (the mail stays queued and is sent after the restart)",
-             r->nrunning, grace_ms / 1000);
-    conn_cancel_all();
+             "upstream connections unless a message is being taken (the mail stays queued and "
+             "is sent after the restart)", r->nrunning, early_ms / 1000);
+    conn_cancel(CONN_CANCEL_EARLY);
+  }
+  while(r->nrunning && time_mono_ms() < t0 + late_ms)
+    cond_wait_ms(&r->sched_cond, &r->mu, t0 + late_ms - time_mono_ms());
+  if(r->nrunning) {
+    /* the upstream had the whole message and did not answer: it may get it twice, never lost */
+    log_warn("relay: %zu delivery worker(s) still waiting for an upstream's answer %lld s after "
+             "the stop; closing those connections too (the upstream may get the message twice)",
+             r->nrunning, late_ms / 1000);
+    conn_cancel(CONN_CANCEL_LATE);
   }
   pthread_mutex_unlock(&r->mu);
   if(r->sched_started)

@@ -302,7 +302,7 @@ static int read_reply(struct smtp_client *c, struct smtp_reply *r, const char *w
   if(result == CONN_TIMEOUT)
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "conversation with %s timed out while %s",
                 c->peer, what);
-  if(result && conn_cancelled())
+  if(result && conn_cancelled(c->conn.cancelable))
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.3.2", "conversation with %s interrupted "
                 "while %s: postern is stopping", c->peer, what);
   if(result)
@@ -368,13 +368,13 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, int *fdp)
     pfd[0].fd = fd;
     pfd[0].events = POLLOUT;
     pfd[0].revents = 0;
-    pfd[1].fd = conn_cancel_fd();          /* -1 is ignored by poll */
+    pfd[1].fd = conn_cancel_fd(CONN_CANCEL_EARLY);   /* -1 is ignored by poll */
     pfd[1].events = POLLIN;
     pfd[1].revents = 0;
     do
-      pr = conn_cancelled() ? 0 : poll(pfd, 2, timeout_ms);
+      pr = conn_cancelled(CONN_CANCEL_EARLY) ? 0 : poll(pfd, 2, timeout_ms);
     while(pr < 0 && errno == EINTR);
-    if(conn_cancelled())
+    if(conn_cancelled(CONN_CANCEL_EARLY))
       err = ECANCELED;
     else if(pr == 0)
       err = ETIMEDOUT;
@@ -438,7 +438,7 @@ int smtp_client_connect(struct smtp_client *c, struct smtp_reply *r)
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.1", "%s",
                 last[0] ? last : "no usable address for the upstream host");
   conn_init(&c->conn, fd, c->cfg.command_timeout_ms);
-  c->conn.cancelable = 1;          /* a shutdown does not wait for a silent upstream */
+  c->conn.cancelable = CONN_CANCEL_EARLY;   /* a shutdown does not wait for a silent upstream */
   c->connected = 1;
   snprintf(c->peer, sizeof(c->peer), "%s[%s]:%d", c->host, c->addr, c->cfg.port);
   note(c, "connected to %s", c->peer);
@@ -803,7 +803,7 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
   /* a kept connection with no RSET to send: the reply to MAIL is the first sign that it is
    * still alive, so its loss (or a 421) is a stale connection, as a lost RSET reply is */
   int probe = c->kept && !c->used;
-  int utf8 = 0;
+  int utf8 = 0, result;
   size_t i, accepted = 0;
   char size[32] = "";
 
@@ -920,13 +920,16 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
   if(data.code == 354) {
     if(send_body(c, m->body, m->len))
       goto lost;
+    /* the upstream has the whole message now: cutting this wait at a stop could make it send
+     * the message twice, so only the last stage of a stop does */
     c->conn.idle_ms = c->cfg.data_timeout_ms;
-    if(read_reply(c, last = &data,
-                  "sending end of data -- message may be sent more than once", 0)) {
-      c->conn.idle_ms = c->cfg.command_timeout_ms;
-      goto failed;
-    }
+    c->conn.cancelable = CONN_CANCEL_LATE;
+    result = read_reply(c, last = &data,
+                        "sending end of data -- message may be sent more than once", 0);
     c->conn.idle_ms = c->cfg.command_timeout_ms;
+    c->conn.cancelable = CONN_CANCEL_EARLY;
+    if(result)
+      goto failed;
     c->used = 0;        /* accepted or refused, the transaction is over */
   }
   for(i = 0; i < n; i++)

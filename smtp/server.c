@@ -972,6 +972,10 @@ static void cmd_starttls(struct session *s, const struct smtp_command *cmd)
   transaction_reset(s);
   s->bdat_failed = 0;
   s->helo_done = 0;
+  /* the new EHLO gets a helo_timeout of its own: the first one ran from the connect, and
+   * may have passed while the client was (rightly) busy with EHLO and STARTTLS */
+  if(s->cfg->helo_ms > 0)
+    s->helo_deadline_ms = time_mono_ms() + s->cfg->helo_ms;
   s->info.helo[0] = '\0';
   s->info.esmtp = 0;
   s->info.auth_user = NULL;

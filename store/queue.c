@@ -91,8 +91,10 @@ static const char *const sql[ST_COUNT] = {
   /* flush: deferred mail is due now; held mail stays held (release is a decision) */
   [ST_FLUSH] = "UPDATE recipients SET next_attempt_ms = ?1, updated_ms = ?1"
     " WHERE status = 'deferred' AND next_attempt_ms > ?1",
-  [ST_COUNT_BY_STATUS] = "SELECT status, count(*) FROM recipients GROUP BY status",
-  [ST_COUNT_MESSAGES] = "SELECT count(*), coalesce(sum(size), 0) FROM messages",
+  /* the totals the triggers keep (schema 9): their cost does not grow with the mail stored */
+  [ST_COUNT_BY_STATUS] = "SELECT name, n FROM counts WHERE name NOT IN ('messages', 'bytes')",
+  [ST_COUNT_MESSAGES] = "SELECT (SELECT n FROM counts WHERE name = 'messages'),"
+    " (SELECT n FROM counts WHERE name = 'bytes')",
   /* driven by recipients_due over the waiting states: GET /metrics reads it every scrape, and
    * sent or captured mail (which stays in the store) must not make it slower */
   [ST_OLDEST_UNFINISHED] = "SELECT min(m.created_ms) FROM recipients r"
