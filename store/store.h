@@ -355,13 +355,21 @@ struct store_retention {
 };
 struct store_prune_counts {
   long long messages, texts, inbound, events, records, attachments;
+  long long walked;        /* messages read to find them */
 };
 /* Removes what ret allows at now_ms, in small batches through the writer (each a short
  * transaction), then gives freed pages back to the file system; with dry_run, only counts
  * (texts is not counted then). */
 int store_prune(struct store *st, const struct store_retention *ret, long long now_ms,
                 int dry_run, struct store_prune_counts *out);
-/* The daemon's pruner: a thread that calls store_prune regularly (a quarter of the shortest
+/* The same, as the daemon's pruner runs it: between the two cutoffs (where only the later
+ * rule applies: by default captured mail past capture_retention) the walk goes on from
+ * *window, which it moves, instead of reading weeks of kept mail at every pass; a window
+ * zeroed with ms = LLONG_MIN starts at the beginning. */
+struct store_cursor;
+int store_prune_on(struct store *st, const struct store_retention *ret, long long now_ms,
+                   struct store_cursor *window, struct store_prune_counts *out);
+/* The daemon's pruner: a thread that calls store_prune_on regularly (a quarter of the shortest
  * retention, between 1 s and 1 min). */
 struct store_pruner;
 int store_pruner_start(struct store *st, const struct store_retention *ret,
