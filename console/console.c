@@ -28,6 +28,7 @@ struct console {
   size_t nusers;
   long long timeout_ms;
   int secure_cookie;
+  struct pages_ctx view;        /* under mu: upstreams, oauth2 and sources from the config */
   struct console_session sessions[LIM_CONSOLE_SESSIONS];   /* under mu */
 };
 
@@ -162,6 +163,99 @@ int console_check_config(const struct config *cfg, FILE *errs)
     problems++;
   }
   return problems;
+}
+
+static void names_free(char **names, size_t n)
+{
+  size_t i;
+  for(i = 0; names && i < n; i++)
+    free(names[i]);
+  free(names);
+}
+
+/* A copy of names[0..n) (NULL entries stay NULL); -1 without memory. */
+static int names_copy(char *const *names, size_t n, char ***out)
+{
+  size_t i;
+  *out = n ? calloc(n, sizeof(**out)) : NULL;
+  if(n && !*out)
+    return -1;
+  for(i = 0; i < n; i++)
+    if(names[i] && !((*out)[i] = str_dup_n(names[i], strlen(names[i])))) {
+      names_free(*out, n);
+      *out = NULL;
+      return -1;
+    }
+  return 0;
+}
+
+static void view_free(struct pages_ctx *v)
+{
+  names_free(v->upstreams, v->nupstreams);
+  names_free(v->oauth2, v->nupstreams);
+  names_free(v->sources, v->nsources);
+  v->upstreams = v->oauth2 = v->sources = NULL;
+  v->nupstreams = v->nsources = 0;
+}
+
+/* the view's lists copied into pc; on failure pc has none (the pages say so) */
+static void view_copy(const struct pages_ctx *v, struct pages_ctx *pc)
+{
+  if(names_copy(v->upstreams, v->nupstreams, &pc->upstreams) ||
+     names_copy(v->oauth2, v->nupstreams, &pc->oauth2) ||
+     names_copy(v->sources, v->nsources, &pc->sources)) {
+    names_free(pc->upstreams, v->nupstreams);
+    names_free(pc->oauth2, v->nupstreams);
+    pc->upstreams = pc->oauth2 = pc->sources = NULL;
+    pc->nupstreams = pc->nsources = 0;
+    return;
+  }
+  pc->nupstreams = v->nupstreams;
+  pc->nsources = v->nsources;
+}
+
+/* What the pages show of cfg: the upstreams (with their OAuth2 identities) and the ways
+ * inbound mail arrives. Entries that cannot be had (no memory) are left out. */
+static void view_make(const struct config *cfg, struct pages_ctx *v)
+{
+  size_t i, j;
+  memset(v, 0, sizeof(*v));
+  v->upstreams = cfg->nupstreams ? calloc(cfg->nupstreams, sizeof(char *)) : NULL;
+  v->oauth2 = cfg->nupstreams ? calloc(cfg->nupstreams, sizeof(char *)) : NULL;
+  v->sources = calloc(cfg->nlisteners + 2, sizeof(char *));
+  if((cfg->nupstreams && (!v->upstreams || !v->oauth2)) || !v->sources) {
+    view_free(v);
+    return;
+  }
+  for(i = 0; i < cfg->nupstreams; i++) {
+    const struct cfg_upstream *up = &cfg->upstreams[i];
+    if(up->type == CFG_UP_CAPTURE || !up->name ||
+       !(v->upstreams[v->nupstreams] = str_dup_n(up->name, strlen(up->name))))
+      continue;
+    v->oauth2[v->nupstreams++] = up->oauth2 ? str_dup_n(up->oauth2, strlen(up->oauth2)) : NULL;
+  }
+  for(i = 0; i < cfg->nlisteners; i++) {
+    const struct cfg_listener *l = &cfg->listeners[i];
+    struct buf line;
+    if(l->role != CFG_ROLE_MX)
+      continue;
+    buf_init(&line, 1024);
+    buf_addf(&line, "SMTP (MX) listener %s on", l->name);
+    for(j = 0; j < l->naddresses; j++)
+      buf_addf(&line, "%s %s", j ? "," : "", l->addresses[j]);
+    if(line.ptr && (v->sources[v->nsources] = str_dup_n(line.ptr, line.len)))
+      v->nsources++;
+    buf_free(&line);
+  }
+  if(cfg->inbound.http_address) {
+    struct buf line;
+    buf_init(&line, 1024);
+    buf_addf(&line, "HTTP listener on %s: SendGrid Inbound Parse (/emailInbound), SendGrid "
+             "events (/events), SMS (/sms)", cfg->inbound.http_address);
+    if(line.ptr && (v->sources[v->nsources] = str_dup_n(line.ptr, line.len)))
+      v->nsources++;
+    buf_free(&line);
+  }
 }
 
 /* ---- passwords and sessions -------------------------------------------------------------- */
@@ -370,7 +464,7 @@ void console_handle(void *arg, const struct web_request *rq, struct web_response
   int post = !strcmp(rq->method, "POST");
   struct console_session s;
   struct form fm = { 0 };
-  struct pages_ctx pc;
+  struct pages_ctx pc = { 0 };
 
   console_security_headers(out, strncmp(path, "/msg/", 5) || !strstr(path, "/html") ?
                            FRAME_PAGE : console_wants_images(rq) ? FRAME_MAIL_IMAGES :
@@ -424,7 +518,12 @@ void console_handle(void *arg, const struct web_request *rq, struct web_response
   pc.session = &s;
   pc.rq = rq;
   pc.form = post ? &fm : NULL;
+  /* a copy: a reload may replace the lists while the page is made */
+  pthread_mutex_lock(&c->mu);
+  view_copy(&c->view, &pc);
+  pthread_mutex_unlock(&c->mu);
   pages_route(&pc, path, out);
+  view_free(&pc);
 out:
   form_free(&fm);
   explicit_bzero(&s, sizeof(s));
@@ -436,7 +535,14 @@ static void settings_apply(struct console *c, const struct config *cfg, struct c
                            size_t n)
 {
   struct console_user *old;
+  struct pages_ctx view, oldview;
   size_t nold;
+  view_make(cfg, &view);
+  pthread_mutex_lock(&c->mu);
+  oldview = c->view;
+  c->view = view;
+  pthread_mutex_unlock(&c->mu);
+  view_free(&oldview);
   pthread_mutex_lock(&c->mu);
   old = c->users;
   nold = c->nusers;
@@ -487,6 +593,7 @@ void console_free(struct console *c)
   if(!c)
     return;
   users_free(c->users, c->nusers);
+  view_free(&c->view);
   explicit_bzero(c->sessions, sizeof(c->sessions));
   pthread_mutex_destroy(&c->mu);
   free(c);

@@ -133,6 +133,7 @@ static void page_overview(struct pages_ctx *pc, struct web_response *out)
       html_lit(b, "<p class=\"note\">The first 32 upstreams are shown.</p>");
   }
   html_lit(b, "</section>");
+  overview_more(pc, b, (long long)time(NULL) * 1000);
   console_page_end(b);
   free(w);
   console_done_html(out);
@@ -362,6 +363,33 @@ static void action_buttons(struct buf *b, const struct console_session *s, const
            s->csrf, id, id);
 }
 
+/* Captured mail sent on after all: the upstream is picked here, the next page asks to confirm
+ * (release_to), and only that page's form does it. */
+static void release_form(struct pages_ctx *pc, const struct store_msg *m, struct buf *b)
+{
+  size_t i, captured = 0;
+  for(i = 0; i < m->nrcpts; i++)
+    captured += m->rcpts[i].status == RCPT_CAPTURED;
+  if(!captured)
+    return;
+  html_lit(b, "<section aria-labelledby=\"rl\"><h2 id=\"rl\">Send on</h2>");
+  if(!pc->nupstreams) {
+    html_lit(b, "<p>No [upstream] is configured to release captured mail to.</p></section>\n");
+    return;
+  }
+  html_put(b, "<form method=\"post\" action=\"/console/release-to\" class=\"actions\">"
+           "<input type=\"hidden\" name=\"csrf\" value=\"{}\">"
+           "<input type=\"hidden\" name=\"id\" value=\"{}\">"
+           "<label>Release to upstream <select name=\"upstream\" id=\"release-upstream\">",
+           pc->session->csrf, m->id);
+  for(i = 0; i < pc->nupstreams; i++)
+    html_put(b, "<option>{}</option>", pc->upstreams[i]);
+  html_lit(b, "</select></label><button type=\"submit\" id=\"release-to\">Release\xe2\x80\xa6"
+           "</button></form><p class=\"note\">Its captured recipients are delivered by that "
+           "upstream, whatever the routes say. You are asked to confirm first.</p>"
+           "</section>\n");
+}
+
 static void row(struct buf *b, const char *k, const char *v)
 {
   html_put(b, "<tr><th scope=\"row\">{}</th><td>{}</td></tr>", k, v ? v : "-");
@@ -417,6 +445,7 @@ static void page_message(struct pages_ctx *pc, const char *id, struct web_respon
              rc->upstream ? rc->upstream : "-", rc->last_reply ? rc->last_reply : "-");
   }
   html_lit(b, "</tbody></table></div></section>\n");
+  release_form(pc, &m, b);
   if(body) {
     hl = mail_header_len(body, len);
     html_lit(b, "<section aria-labelledby=\"hd\"><h2 id=\"hd\">Headers</h2><pre class=\"src\">");
@@ -579,6 +608,64 @@ static void action(struct pages_ctx *pc, struct web_response *out)
   console_redirect(out, safe_back(back) ? back : "/console/queue");
 }
 
+/* POST /release-to: id and upstream; without confirm=yes the page that asks, with it the
+ * release (logged with the console user) and back to the message. */
+static void release_to(struct pages_ctx *pc, struct web_response *out)
+{
+  const char *id = form_get(pc->form, "id"), *up = form_get(pc->form, "upstream"),
+             *confirm = form_get(pc->form, "confirm");
+  struct buf *b = &out->body;
+  struct store_msg m = { 0 };
+  char back[64];
+  size_t i, n = 0;
+  int r;
+  if(!id || !id_ok(id, strlen(id))) {
+    console_plain(out, 400, "no message id\n");
+    return;
+  }
+  for(i = 0; up && i < pc->nupstreams && strcmp(pc->upstreams[i], up); i++)
+    ;
+  if(!up || i == pc->nupstreams) {
+    console_plain(out, 400, "not a configured upstream\n");
+    return;
+  }
+  snprintf(back, sizeof(back), "/console/msg/%s", id);
+  if(!confirm || strcmp(confirm, "yes")) {
+    if((r = store_get(pc->st, id, &m)) != STORE_OK) {
+      console_plain(out, r == STORE_NOTFOUND ? 404 : 503, r == STORE_NOTFOUND ?
+                    "no such message\n" : "the store cannot be read\n");
+      return;
+    }
+    console_page_begin(b, "Release to an upstream?", pc->session, "captured");
+    html_put(b, "<p>Deliver the captured recipients of message <a href=\"{}\">{}</a> through "
+             "upstream <strong>{}</strong>? They leave the captured mail and go out for real:"
+             "</p><ul class=\"release\">", back, id, up);
+    for(i = 0; i < m.nrcpts; i++)
+      if(m.rcpts[i].status == RCPT_CAPTURED)
+        html_put(b, "<li>{}</li>", m.rcpts[i].address);
+    html_put(b, "</ul><form method=\"post\" action=\"/console/release-to\" class=\"actions\">"
+             "<input type=\"hidden\" name=\"csrf\" value=\"{}\">"
+             "<input type=\"hidden\" name=\"id\" value=\"{}\">"
+             "<input type=\"hidden\" name=\"upstream\" value=\"{}\">"
+             "<button name=\"confirm\" value=\"yes\" id=\"confirm\" class=\"danger\">"
+             "Release to upstream {}</button> <a href=\"{}\">Cancel</a></form>",
+             pc->session->csrf, id, up, up, back);
+    console_page_end(b);
+    console_done_html(out);
+    store_msg_free(&m);
+    return;
+  }
+  r = store_release_to(pc->st, id, up, &n);
+  log_info("console: %s: release %s to upstream %s: %s (%zu captured recipients)",
+           pc->session->user, id, up, r == STORE_OK ? "done" : r == STORE_NOTFOUND ?
+           "no such message" : "store error", n);
+  if(r != STORE_OK && r != STORE_NOTFOUND) {
+    console_plain(out, 503, "the store refused the change; see the log\n");
+    return;
+  }
+  console_redirect(out, r == STORE_NOTFOUND ? "/console/captured" : back);
+}
+
 /* ---- live counters: Server-Sent Events -------------------------------------------------------- */
 
 struct stream {
@@ -663,6 +750,8 @@ void pages_route(struct pages_ctx *pc, const char *path, struct web_response *ou
   if(pc->form) {
     if(!strcmp(path, "/action"))
       action(pc, out);
+    else if(!strcmp(path, "/release-to"))
+      release_to(pc, out);
     else
       console_plain(out, 404, "not found\n");
     return;

@@ -20,6 +20,12 @@ struct pages_ctx {
   const struct console_session *session;
   const struct web_request *rq;
   const struct form *form;         /* a POST's fields (its CSRF token checked); NULL for GET */
+  /* from the configuration (a copy: a reload may replace it meanwhile) */
+  char **upstreams;                /* the [upstream]s mail can be released to (not capture) */
+  char **oauth2;                   /* each one's [oauth2] identity, or NULL */
+  size_t nupstreams;
+  char **sources;                  /* where inbound mail comes in, one line each */
+  size_t nsources;
 };
 
 /* What an answer is, for its Content-Security-Policy: a console page, a mail's HTML (nothing
@@ -46,6 +52,9 @@ void console_done_html(struct web_response *out);
 /* console/threads.c: correspondence threads */
 void threads_list(struct pages_ctx *pc, struct web_response *out);
 void threads_one(struct pages_ctx *pc, struct web_response *out);
+
+/* console/overview.c: throughput chart, upstream health, inbound sources, warnings */
+void overview_more(struct pages_ctx *pc, struct buf *b, long long now_ms);
 
 void pages_login(struct buf *b, const char *token, const char *message);
 void pages_route(struct pages_ctx *pc, const char *path, struct web_response *out);

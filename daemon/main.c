@@ -568,10 +568,13 @@ out:
   inbound_http_stop(http);
   console_free(console);       /* after the listener: no request uses it any more */
   inbound_records_stop(records);
-  /* deliveries in progress get the sessions' grace, but never more than a few seconds once
-   * no client waits any more: a silent upstream must not hold the stop */
-  relay_stop(relay, cfg && cfg->shutdown_grace * 1000LL < RELAY_STOP_GRACE_MS ?
-             cfg->shutdown_grace * 1000LL : RELAY_STOP_GRACE_MS);
+  {
+    /* deliveries in progress get a few seconds once no client waits any more (a silent
+     * upstream must not hold the stop); one whose upstream is taking a message gets the whole
+     * grace, as cutting it could send the message twice */
+    long long grace = cfg ? cfg->shutdown_grace * 1000LL : 30000;
+    relay_stop(relay, grace < RELAY_STOP_EARLY_MS ? grace : RELAY_STOP_EARLY_MS, grace);
+  }
   store_pruner_stop(pruner);
   store_close(st);
   if(d) {

@@ -56,8 +56,9 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
   (void)dlnow;
   (void)ultotal;
   (void)ulnow;
-  /* a shutdown does not wait for a silent API */
-  return conn_cancelled() || (c->o.stop && c->o.stop(c->o.stop_arg));
+  /* a shutdown does not wait for a silent API; the request may be one the API is taking, so
+   * only the last stage of the stop cuts it */
+  return conn_cancelled(CONN_CANCEL_LATE) || (c->o.stop && c->o.stop(c->o.stop_arg));
 }
 
 enum http_result http_client_new(const struct http_opts *o, struct http_client **out)

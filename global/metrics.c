@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define OTHER LIM_METRICS_NAMES          /* the slot of "other" in every name set */
 #define NSLOTS (LIM_METRICS_NAMES + 1)
@@ -43,6 +44,15 @@ static atomic_ullong webhook[METRICS_NPATHS][NSTATUS];
 static atomic_llong token_expiry_ms[NSLOTS];
 static atomic_ullong forward_set_aside;
 static atomic_llong results_unrecorded;
+static atomic_int last_result[NSLOTS];          /* enum metrics_result + 1; 0 none yet */
+static atomic_llong last_result_ms[NSLOTS];
+/* The last hour, a slot per minute tagged with the minute it counts (since the epoch). The
+ * first increment of a new minute retags and clears the slot: an increment racing that
+ * clear may be lost, which a chart can afford and the hot path's lock-freedom is worth. */
+static struct {
+  atomic_llong minute;
+  atomic_ullong n[METRICS_NFLOWS];
+} flows[METRICS_MINUTES];
 
 static const char *const result_names[METRICS_NRESULTS] = {
   [METRICS_SENT] = "sent", [METRICS_DEFERRED] = "deferred", [METRICS_BOUNCED] = "bounced",
@@ -117,6 +127,9 @@ void metrics_reset(void)
   memset(token_expiry_ms, 0, sizeof(token_expiry_ms));
   atomic_store(&forward_set_aside, 0);
   atomic_store(&results_unrecorded, 0);
+  memset(last_result, 0, sizeof(last_result));
+  memset(last_result_ms, 0, sizeof(last_result_ms));
+  memset(flows, 0, sizeof(flows));
   pthread_mutex_unlock(&reg_lock);
 }
 
@@ -127,15 +140,93 @@ static void inc(atomic_ullong *c)
   atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
 }
 
+static long long wall_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void flow_add(enum metrics_flow f, long long now_ms)
+{
+  long long minute = now_ms / 60000, seen;
+  size_t i = (size_t)(minute % METRICS_MINUTES), k;
+  seen = atomic_load_explicit(&flows[i].minute, memory_order_acquire);
+  if(seen != minute &&
+     atomic_compare_exchange_strong_explicit(&flows[i].minute, &seen, minute,
+                                             memory_order_acq_rel, memory_order_acquire))
+    for(k = 0; k < METRICS_NFLOWS; k++)
+      atomic_store_explicit(&flows[i].n[k], 0, memory_order_relaxed);
+  inc(&flows[i].n[f]);
+}
+
 void metrics_accepted(const char *listener)
 {
   inc(&accepted[slot_of(METRICS_LISTENERS, listener)]);
+  flow_add(METRICS_FLOW_ACCEPTED, wall_ms());
 }
 
 void metrics_rcpt_result(const char *upstream, enum metrics_result r)
 {
-  if((unsigned)r < METRICS_NRESULTS)
-    inc(&rcpts[slot_of(METRICS_UPSTREAMS, upstream)][r]);
+  unsigned s = slot_of(METRICS_UPSTREAMS, upstream);
+  long long now = wall_ms();
+  if((unsigned)r >= METRICS_NRESULTS)
+    return;
+  inc(&rcpts[s][r]);
+  atomic_store_explicit(&last_result_ms[s], now, memory_order_relaxed);
+  atomic_store_explicit(&last_result[s], (int)r + 1, memory_order_relaxed);
+  flow_add(r == METRICS_SENT || r == METRICS_CAPTURED ? METRICS_FLOW_DELIVERED :
+           METRICS_FLOW_NOT, now);
+}
+
+void metrics_throughput(long long now_ms,
+                        unsigned long long out[METRICS_MINUTES][METRICS_NFLOWS])
+{
+  long long minute = now_ms / 60000;
+  size_t j, k;
+  for(j = 0; j < METRICS_MINUTES; j++) {
+    long long want = minute - (long long)(METRICS_MINUTES - 1 - j);
+    size_t i = (size_t)(want % METRICS_MINUTES);
+    int fresh = want >= 0 &&
+                atomic_load_explicit(&flows[i].minute, memory_order_acquire) == want;
+    for(k = 0; k < METRICS_NFLOWS; k++)
+      out[j][k] = fresh ? atomic_load_explicit(&flows[i].n[k], memory_order_relaxed) : 0;
+  }
+}
+
+void metrics_upstream_get(const char *upstream, struct metrics_upstream *out)
+{
+  unsigned s = slot_of(METRICS_UPSTREAMS, upstream), r;
+  memset(out, 0, sizeof(*out));
+  out->last = -1;
+  if(s == OTHER)
+    return;
+  for(r = 0; r < METRICS_NRESULTS; r++)
+    out->results[r] = atomic_load_explicit(&rcpts[s][r], memory_order_relaxed);
+  out->last = atomic_load_explicit(&last_result[s], memory_order_relaxed) - 1;
+  out->last_ms = atomic_load_explicit(&last_result_ms[s], memory_order_relaxed);
+}
+
+long long metrics_oauth2_expiry_get(const char *identity)
+{
+  unsigned s = slot_of(METRICS_IDENTITIES, identity);
+  return s == OTHER ? 0 : atomic_load_explicit(&token_expiry_ms[s], memory_order_relaxed);
+}
+
+unsigned long long metrics_inbound_get(enum metrics_source src)
+{
+  return (unsigned)src < METRICS_NSOURCES ?
+         atomic_load_explicit(&inbound[src], memory_order_relaxed) : 0;
+}
+
+const char *metrics_source_name(enum metrics_source src)
+{
+  return (unsigned)src < METRICS_NSOURCES ? source_names[src] : "other";
+}
+
+long long metrics_results_unrecorded_get(void)
+{
+  return atomic_load_explicit(&results_unrecorded, memory_order_relaxed);
 }
 
 void metrics_delivery_time(const char *upstream, long long usec)

@@ -58,6 +58,29 @@ struct metrics_queue {
  * the queue gauges are left out). now_ms is the wall clock. 0 ok, else a buf_result. */
 int metrics_render(struct buf *out, const struct metrics_queue *q, long long now_ms);
 
+/* ---- what the console's overview reads ------------------------------------------------------- */
+#define METRICS_MINUTES 60
+enum metrics_flow {
+  METRICS_FLOW_ACCEPTED,         /* messages accepted by a listener */
+  METRICS_FLOW_DELIVERED,        /* recipients sent or captured */
+  METRICS_FLOW_NOT,              /* recipients deferred, bounced or held */
+  METRICS_NFLOWS
+};
+/* Per minute over the last hour, out[METRICS_MINUTES - 1] being the minute of now_ms (wall
+ * clock). Counted since the daemon started. */
+void metrics_throughput(long long now_ms,
+                        unsigned long long out[METRICS_MINUTES][METRICS_NFLOWS]);
+struct metrics_upstream {
+  unsigned long long results[METRICS_NRESULTS];   /* recipients since the daemon started */
+  int last;                      /* the enum metrics_result of the latest, -1 none yet */
+  long long last_ms;             /* when, wall clock */
+};
+void metrics_upstream_get(const char *upstream, struct metrics_upstream *out);
+long long metrics_oauth2_expiry_get(const char *identity);   /* wall clock ms, 0 none */
+unsigned long long metrics_inbound_get(enum metrics_source src);
+const char *metrics_source_name(enum metrics_source src);
+long long metrics_results_unrecorded_get(void);
+
 /* Forgets every count and name (unit tests). */
 void metrics_reset(void);
 

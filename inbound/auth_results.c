@@ -125,6 +125,29 @@ static const char *dkim_verdict(DKIM_SIGINFO *sig, const char **why)
   return err == DKIM_SIGERROR_EXPIRED || err == DKIM_SIGERROR_FUTURE ? "fail" : "permerror";
 }
 
+/* Hands msg to the verifier with only the first INBOUND_AUTH_DKIM_MAX DKIM-Signature fields
+ * (the ones reported). The sender writes the signatures, and libopendkim looks up a key and
+ * hashes the body again for each (a distinct l= each): forty cost as much as forty messages.
+ * RFC 6376 6.1 lets a verifier limit how many it checks; the stored message keeps them all. */
+static DKIM_STAT dkim_feed(DKIM *d, const char *msg, size_t len)
+{
+  size_t pos = 0, from = 0, nl, vl, nsig = 0;
+  const char *n, *v;
+  DKIM_STAT st = DKIM_STAT_OK;
+  for(;;) {
+    size_t field = pos;
+    if(!mailauth_header_next(msg, len, &pos, &n, &nl, &v, &vl))
+      break;
+    if(str_casecmp_n(n, nl, "DKIM-Signature") || ++nsig <= INBOUND_AUTH_DKIM_MAX)
+      continue;
+    if(field > from && (st = dkim_chunk(d, (unsigned char *)msg + from, field - from)) !=
+       DKIM_STAT_OK)
+      return st;
+    from = pos;
+  }
+  return len > from ? dkim_chunk(d, (unsigned char *)msg + from, len - from) : st;
+}
+
 static void dkim_check(const char *id, const char *msg, size_t len, struct inbound_auth *a)
 {
   DKIM_STAT st;
@@ -136,7 +159,7 @@ static void dkim_check(const char *id, const char *msg, size_t len, struct inbou
   d = dkim_verify(dkim_lib, (const unsigned char *)id, NULL, &st);
   if(!d)
     return;
-  st = dkim_chunk(d, (unsigned char *)msg, len);
+  st = dkim_feed(d, msg, len);
   if(st == DKIM_STAT_OK)
     st = dkim_chunk(d, NULL, 0);
   if(st == DKIM_STAT_OK || st == DKIM_STAT_NOSIG)
@@ -275,6 +298,84 @@ void inbound_auth_check(const struct inbound_auth_in *in, const char *msg, size_
   else if(dmarc_ok)
     dmarc_check(in, a);
   header_write(in->authserv_id, a);
+}
+
+json_t *inbound_auth_verdicts(const struct inbound_auth_in *in, const char *msg, size_t len)
+{
+  struct inbound_auth *a = malloc(sizeof(*a));
+  json_t *j;
+  if(!a)
+    return NULL;
+  inbound_auth_check(in, msg, len, a);
+  j = inbound_auth_record(a->header, strlen(a->header), in->authserv_id);
+  free(a);
+  return j;
+}
+
+/* ---- fields that claim to be ours (RFC 8601 5) -------------------------------------------- */
+
+/* Past blanks, line ends and (nested, backslash-quoted) comments from i. */
+static size_t cfws_skip(const char *v, size_t len, size_t i)
+{
+  int depth = 0;
+  for(; i < len; i++) {
+    char c = v[i];
+    if(depth && c == '\\')
+      i++;
+    else if(c == '(')
+      depth++;
+    else if(depth && c == ')')
+      depth--;
+    else if(!depth && c != ' ' && c != '\t' && c != '\r' && c != '\n')
+      break;
+  }
+  return i;
+}
+
+/* Does an Authentication-Results value name authserv_id? Read as loosely as any reader
+ * further on might read it: comments before it, a quoted-string, any case. */
+static int authserv_is(const char *v, size_t len, const char *authserv_id)
+{
+  char id[256];
+  size_t i = cfws_skip(v, len, 0), n = 0;
+  if(i < len && v[i] == '"') {
+    for(i++; i < len && v[i] != '"'; i++) {
+      if(v[i] == '\\' && i + 1 < len)
+        i++;
+      if(n + 1 >= sizeof(id))
+        return 0;
+      id[n++] = v[i];
+    }
+  }
+  else
+    for(; i < len && v[i] != ';' && v[i] != '(' && v[i] != ' ' && v[i] != '\t' &&
+          v[i] != '\r' && v[i] != '\n'; i++) {
+      if(n + 1 >= sizeof(id))
+        return 0;
+      id[n++] = v[i];
+    }
+  id[n] = '\0';
+  return n && !strcasecmp(id, authserv_id);
+}
+
+int inbound_auth_strip(const char *msg, size_t len, const char *authserv_id, struct buf *out,
+                       size_t *removed)
+{
+  size_t pos = 0, start = 0, nl, vl;
+  const char *n, *v;
+  *removed = 0;
+  for(;;) {
+    size_t field = pos;
+    if(!mailauth_header_next(msg, len, &pos, &n, &nl, &v, &vl))
+      break;
+    if(!str_casecmp_n(n, nl, "Authentication-Results") && authserv_is(v, vl, authserv_id)) {
+      if(buf_add(out, msg + start, field - start))
+        return -1;
+      start = pos;
+      ++*removed;
+    }
+  }
+  return buf_add(out, msg + start, len - start);
 }
 
 /* ---- back from the stored message: the record's "authentication" ------------------------- */

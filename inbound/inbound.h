@@ -56,7 +56,7 @@ int inbound_spf_check(int family, const unsigned char *addr, const char *helo,
  * does it); problems are written to errs and counted. */
 int inbound_auth_init(FILE *errs);
 void inbound_auth_done(void);
-#define INBOUND_AUTH_DKIM_MAX 8          /* signatures of one message reported */
+#define INBOUND_AUTH_DKIM_MAX 8          /* signatures of one message checked and reported */
 struct inbound_auth_in {
   const char *id;                        /* queue id, for libopendkim's messages */
   const char *authserv_id;               /* our hostname: the Authentication-Results id */
@@ -83,6 +83,15 @@ struct inbound_auth {
  * evaluated on its From: domain; DNS is asked with a few seconds' bound. */
 void inbound_auth_check(const struct inbound_auth_in *in, const char *msg, size_t len,
                         struct inbound_auth *a);
+/* msg appended to out without the Authentication-Results fields of its header section that
+ * claim authserv_id (RFC 8601 5: only this server may write them, so one that arrives with
+ * the message is a forgery); *removed counts them. 0, or -1 when out is full. */
+int inbound_auth_strip(const char *msg, size_t len, const char *authserv_id, struct buf *out,
+                       size_t *removed);
+/* inbound_auth_check, its field read back by inbound_auth_record: the record's
+ * "authentication" for a message no Authentication-Results field can be put on (a raw-mode
+ * Inbound Parse post is kept as SendGrid posted it). NULL when memory runs out. */
+json_t *inbound_auth_verdicts(const struct inbound_auth_in *in, const char *msg, size_t len);
 /* The verdicts of the Authentication-Results field this server put first on a stored message:
  * {spf, dkim: [{domain, selector, result}], dmarc: {result, policy, from_domain}}; NULL when
  * the first field is not ours. */
@@ -195,6 +204,8 @@ struct inbound_mime {
   size_t natt;
   char content_sha256[65];       /* hex SHA-256 of the message's bytes (a parsed-mode post: of
                                     its headers, text and html), what a repeat is known by */
+  char *email;                   /* a raw-mode post's message as posted, NULL for any other */
+  size_t emaillen;
 };
 /* Any bytes give a record: what could not be read is left empty and parse_error says why
  * (caps of lib/limits.h LIM_MIME_*, an unreadable header section). text, html and reply_text

@@ -1812,5 +1812,6 @@ void inbound_mime_free(struct inbound_mime *m)
     return;
   att_free(m->att, m->natt);
   free(m->json);
+  free(m->email);
   free(m);
 }

@@ -244,6 +244,8 @@ int inbound_mime_parse_post(const void *body, size_t len, const char *content_ty
       buf_init(&raw, SIZE_MAX / 2);
       if(!mime_part_bytes(GMIME_PART(email), &raw))
         result = inbound_mime_parse(raw.ptr ? raw.ptr : "", raw.len, text_max, out);
+      if(!result)          /* kept for DKIM and DMARC, checked on it as on an MX message */
+        (*out)->email = buf_steal(&raw, &(*out)->emaillen);
       buf_free(&raw);
       goto out;
     }

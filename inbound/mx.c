@@ -139,7 +139,7 @@ static void mx_message(void *ctx, const struct smtp_session_info *s,
   char sha[TLS_SHA256_HEX_LEN + 1];
   char from[LIM_LOG_FIELD * 4 + 8];
   const char *data = msg;
-  size_t datalen = len, i, hlen = strlen(p->spf_header), alen = 0;
+  size_t datalen = len, i, hlen = strlen(p->spf_header), alen = 0, removed = 0;
   int result = STORE_ERROR;
   struct inbound_auth *auth = NULL;
 
@@ -153,15 +153,19 @@ static void mx_message(void *ctx, const struct smtp_session_info *s,
     if((i && buf_add(&to, "\n", 1)) || buf_add(&to, env->rcpts[i].path, env->rcpts[i].pathlen))
       goto out;
   /* RFC 7208 9.1: Received-SPF goes above the Received the engine added, so it is the
-   * first field; one copy of the message is the price of a prepend */
-  if(hlen || alen) {
-    /* Authentication-Results right below it (RFC 8601 5), where the record builder reads it */
-    if(buf_add(&body, p->spf_header, hlen) || buf_add(&body, auth ? auth->header : "", alen) ||
-       buf_add(&body, msg, len))
-      goto out;
+   * first field; Authentication-Results right below it (RFC 8601 5), where the record builder
+   * reads it. Fields that arrived claiming our name are forgeries and go (RFC 8601 5), whether
+   * or not we add ours: a reader further on would take them for our verdict. */
+  if(buf_add(&body, p->spf_header, hlen) || buf_add(&body, auth ? auth->header : "", alen) ||
+     inbound_auth_strip(msg, len, p->cfg->hostname, &body, &removed))
+    goto out;
+  if(hlen || alen || removed) {     /* one copy of the message is the price of a change */
     data = body.ptr;
     datalen = body.len;
   }
+  if(removed)
+    log_info("%s: removed %zu Authentication-Results field%s that claimed to be ours "
+             "(authserv-id %s)", env->id, removed, removed > 1 ? "s" : "", p->cfg->hostname);
   str_copy(m.id, sizeof(m.id), env->id);
   m.source = "mx";
   m.received_ms = time_real_ms();

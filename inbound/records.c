@@ -10,6 +10,7 @@
 #include "lib/buf.h"
 #include "lib/log.h"
 #include "lib/vendor.h"
+#include <arpa/inet.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -37,6 +38,7 @@ struct records_settings {
   long long dedupe_window_ms;      /* dedupe_window */
   int forward_max_attempts;        /* refusals before a record is set aside */
   char *authserv_id;               /* hostname: whose Authentication-Results field to read */
+  int dmarc;                       /* [inbound] dmarc is not off: raw posts are verified */
   long long forward_max_age_ms;    /* 0: no limit */
 };
 
@@ -140,6 +142,7 @@ static struct records_settings *settings_new(const struct config *cfg)
                                strlen(cfg->hostname) : 0);
   if(!set->authserv_id)
     goto fail;
+  set->dmarc = cfg->inbound.dmarc && strcmp(cfg->inbound.dmarc, "off");
   if(tok) {
     set->reply_prefix = str_dup_n(ra, (size_t)(tok - ra));
     set->reply_suffix = str_dup_n(tok + 7, strlen(tok + 7));
@@ -621,6 +624,35 @@ out:
   return result;
 }
 
+/* A raw-mode Inbound Parse post's message gets the checks an MX message gets, here rather
+ * than when it was posted because the post is kept as SendGrid sent it. SendGrid's SPF
+ * verdict (the only one there is: SendGrid's MX spoke to the sender) feeds DMARC. The post
+ * is never refused: SendGrid has accepted the mail already. */
+static void authentication_raw(struct inbound_records *r, const char *id,
+                               const struct store_inbound *m, const struct inbound_mime *mime,
+                               json_t *parsed)
+{
+  struct records_settings *set = settings_get(r);
+  unsigned char addr[16];
+  struct inbound_auth_in in;
+  json_t *a = NULL;
+  memset(&in, 0, sizeof(in));
+  in.id = id;
+  in.authserv_id = set->authserv_id;
+  in.mail_from = m->envelope_from;
+  in.spf = m->spf;
+  if(m->client_addr && inet_pton(AF_INET, m->client_addr, addr) == 1)
+    in.family = AF_INET;
+  else if(m->client_addr && inet_pton(AF_INET6, m->client_addr, addr) == 1)
+    in.family = AF_INET6;
+  in.addr = in.family ? addr : NULL;
+  if(set->dmarc)
+    a = inbound_auth_verdicts(&in, mime->email, mime->emaillen);
+  settings_put(r, set);
+  if(a)
+    json_object_set_new(parsed, "authentication", a);
+}
+
 /* The verdicts the MX listener wrote on top of the message (inbound/auth_results.c). */
 static void authentication_add(struct inbound_records *r, const char *body, size_t len,
                                json_t *parsed)
@@ -788,6 +820,8 @@ static int build_inbound(struct inbound_records *r, const char *id)
       result = STORE_ERROR;
     }
   }
+  if(mime && mime->email)
+    authentication_raw(r, id, &m, mime, parsed);
   to = lines_array(m.envelope_to);
   if(!to)
     goto out;

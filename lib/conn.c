@@ -123,38 +123,45 @@ void conn_client_key_text(const unsigned char key[CONN_CLIENT_KEY_LEN], char *ou
 }
 
 static pthread_once_t cancel_once = PTHREAD_ONCE_INIT;
-static int cancel_pipe[2] = { -1, -1 };
-static atomic_int cancel_flag;
+static int cancel_pipe[CONN_CANCEL_LATE + 1][2];
+static atomic_int cancel_level;
 
 static void cancel_make(void)
 {
-  if(pipe2(cancel_pipe, O_CLOEXEC | O_NONBLOCK)) {
-    cancel_pipe[0] = -1;
-    cancel_pipe[1] = -1;
-  }
+  int i;
+  for(i = 0; i <= CONN_CANCEL_LATE; i++)
+    if(i == 0 || pipe2(cancel_pipe[i], O_CLOEXEC | O_NONBLOCK)) {
+      cancel_pipe[i][0] = -1;
+      cancel_pipe[i][1] = -1;
+    }
 }
 
-int conn_cancel_fd(void)
+int conn_cancel_fd(int level)
 {
   pthread_once(&cancel_once, cancel_make);
-  return cancel_pipe[0];
+  return level > 0 && level <= CONN_CANCEL_LATE ? cancel_pipe[level][0] : -1;
 }
 
-int conn_cancelled(void)
+int conn_cancelled(int level)
 {
-  return atomic_load(&cancel_flag);
+  return level > 0 && atomic_load(&cancel_level) >= level;
 }
 
-void conn_cancel_all(void)
+void conn_cancel(int level)
 {
+  int i, was;
   pthread_once(&cancel_once, cancel_make);
-  if(atomic_exchange(&cancel_flag, 1))
-    return;
-  /* never read: it stays readable for every wait from now on (should the write fail, the
-   * flag still ends each wait at its next turn) */
-  if(cancel_pipe[1] >= 0)
-    while(write(cancel_pipe[1], "x", 1) < 0 && errno == EINTR)
-      ;
+  if(level > CONN_CANCEL_LATE)
+    level = CONN_CANCEL_LATE;
+  was = atomic_load(&cancel_level);
+  while(was < level && !atomic_compare_exchange_weak(&cancel_level, &was, level))
+    ;
+  /* never read: each pipe stays readable for every wait from now on (should a write fail,
+   * the level still ends each wait at its next turn) */
+  for(i = was + 1; i <= level; i++)
+    if(cancel_pipe[i][1] >= 0)
+      while(write(cancel_pipe[i][1], "x", 1) < 0 && errno == EINTR)
+        ;
 }
 
 void conn_init(struct conn *c, int fd, int idle_ms)
@@ -212,7 +219,7 @@ static int conn_wait(struct conn *c, short events, long long start)
     struct pollfd pfd[3];
     nfds_t n = 1, cancel_at = 0;
     int r;
-    if(c->cancelable && conn_cancelled()) {
+    if(conn_cancelled(c->cancelable)) {
       errno = ECANCELED;
       return CONN_ERROR;
     }
@@ -237,9 +244,9 @@ static int conn_wait(struct conn *c, short events, long long start)
       pfd[1].revents = 0;
       n = 2;
     }
-    if(c->cancelable && conn_cancel_fd() >= 0) {
+    if(conn_cancel_fd(c->cancelable) >= 0) {
       cancel_at = n;
-      pfd[n].fd = conn_cancel_fd();
+      pfd[n].fd = conn_cancel_fd(c->cancelable);
       pfd[n].events = POLLIN;
       pfd[n].revents = 0;
       n++;

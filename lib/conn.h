@@ -46,7 +46,7 @@ struct conn {
   int eof;
   int wake_fd;                          /* -1, or an fd whose readability ends a read wait
                                            (the daemon's stop signal for idle sessions) */
-  int cancelable;                       /* conn_cancel_all() ends its waits (outbound) */
+  int cancelable;                       /* 0, or the conn_cancel() level that ends its waits */
 };
 
 /* An IPv4-mapped IPv6 address (a dual-stack socket's IPv4 client) made the IPv4 address it
@@ -65,13 +65,17 @@ int conn_client_key(const struct sockaddr *sa, unsigned char key[CONN_CLIENT_KEY
 /* "192.0.2.7" or "2001:db8:1:2::/64" */
 void conn_client_key_text(const unsigned char key[CONN_CLIENT_KEY_LEN], char *out, size_t outsz);
 
-/* The stop for outbound connections at shutdown: once conn_cancel_all() has run, every wait of
- * a connection marked cancelable, and every wait that polls conn_cancel_fd(), ends at once as an
- * error with errno ECANCELED, so that stopping never waits for an upstream that went silent.
- * Process-wide and one-way: it is only called when the process is on its way out. */
-void conn_cancel_all(void);
-int  conn_cancelled(void);
-int  conn_cancel_fd(void);               /* readable once cancelled; -1 if none could be made */
+/* The stop for outbound connections at shutdown, in two stages so that a message an upstream
+ * may be taking is not cut with the rest: once conn_cancel(level) has run, every wait of a
+ * connection whose cancelable level is at most level, and every wait that polls
+ * conn_cancel_fd(level), ends at once as an error with errno ECANCELED, so that stopping never
+ * waits for an upstream that went silent. Process-wide and one-way: it is only called when the
+ * process is on its way out. */
+#define CONN_CANCEL_EARLY 1     /* nothing the peer has taken is at stake: cut at the first stage */
+#define CONN_CANCEL_LATE  2     /* the peer may be taking a message: cut only at the last */
+void conn_cancel(int level);
+int  conn_cancelled(int level);          /* level reached (0: never) */
+int  conn_cancel_fd(int level);          /* readable once level is reached; -1 if none */
 
 void conn_init(struct conn *c, int fd, int idle_ms);
 void conn_free(struct conn *c);          /* closes stream ops and fd */

@@ -39,6 +39,8 @@
 #define LIM_SASL_CHALLENGE      (64u * 1024u)  /* one decoded SASL challenge from an upstream */
 #define LIM_SMTP_BDAT_CHUNK     (64u * 1024u * 1024u)
 #define LIM_SMTP_RCPT_DEFAULT   100
+#define LIM_SMTP_RCPT_OVERSHOOT 1000     /* RCPTs past max_recipients answered 452 before they
+                                          * count as errors (Postfix's overshoot limit) */
 #define LIM_SMTP_TRANSACTIONS_DEFAULT 100 /* MAIL transactions in one session */
 #define LIM_SMTP_HELO_TIMEOUT_MX 30      /* seconds from connect to HELO/EHLO on an mx listener */
 #define LIM_MESSAGE_SIZE_DEFAULT (35u * 1024u * 1024u)
@@ -49,6 +51,9 @@
 #define LIM_QUEUE_ID            24
 #define LIM_PRUNE_KEY           32   /* a key the store's pruner carries: a queue id or a rowid */
 #define LIM_HEADER_SCAN         (256u * 1024u) /* header section examined for Message-ID/Date */
+/* a failure DSN asked for with RET=FULL returns the whole message up to this size, and only
+ * its header section above it (Postfix's bounce_size_limit does the same, at 50 KB) */
+#define LIM_DSN_RETURN_FULL     (1024u * 1024u)
 
 /* webhooks (inbound/http.c): the body cap is [inbound] max_http_size */
 #define LIM_WEBHOOK_FIELD       (64u * 1024u)  /* one form field kept in memory (envelope, ...) */

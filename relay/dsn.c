@@ -1,6 +1,8 @@
-/* Non-delivery notifications: RFC 3464 delivery status notifications (multipart/report,
- * report-type=delivery-status) composed with GMime, one per delivery attempt that bounced
- * recipients, accepted into the store and routed like any other message. */
+/* Delivery status notifications (RFC 3464, multipart/report; report-type=delivery-status)
+ * composed with GMime: one per delivery attempt that bounced recipients, one per delay
+ * warning, and one "relayed" report per attempt that passed recipients asking NOTIFY=SUCCESS
+ * to an upstream that will not report on them; each accepted into the store and routed like
+ * any other message. */
 #include "relay/relay_int.h"
 #include "global/smtpgram.h"
 #include "lib/vendor.h"
@@ -64,13 +66,13 @@ static int xtext_decode(struct buf *out, const char *s)
   return 0;
 }
 
-/* Does NOTIFY= (absent = the default, which includes FAILURE and DELAY) ask for this notice
- * (what: "FAILURE" or "DELAY")? */
+/* Does NOTIFY= ask for this notice (what: "FAILURE", "DELAY" or "SUCCESS")? Absent, it means
+ * FAILURE and DELAY (RFC 3461 4.1). */
 static int wants_notice(const char *notify, const char *what)
 {
   const char *p;
   if(!notify || !notify[0])
-    return 1;
+    return strcmp(what, "SUCCESS") != 0;
   for(p = notify; *p; ) {
     size_t n = strcspn(p, ",");
     if(!str_casecmp_n(p, n, what))
@@ -91,15 +93,18 @@ static const struct store_rcpt *rcpt_of(const struct store_msg *m, unsigned idx)
   return NULL;
 }
 
-/* The Status: of a bounced recipient: the reply's enhanced code when it is permanent, else
- * what the class of event says (an expired message is 5.4.7). */
-static void status_of(const char *reply, char *out, size_t outsz)
+/* The Status: of a reported recipient: the reply's enhanced code when it is of the report's
+ * class (cls: '5' failed, '2' relayed), else what the class of event says (an expired message
+ * is 5.4.7). */
+static void status_of(const char *reply, char cls, char *out, size_t outsz)
 {
   struct smtp_reply r;
   int more = 0;
   memset(&r, 0, sizeof(r));
-  if(reply && !smtp_reply_parse_line(reply, strlen(reply), &r, &more) && r.enh[0] == '5')
+  if(reply && !smtp_reply_parse_line(reply, strlen(reply), &r, &more) && r.enh[0] == cls)
     str_copy(out, outsz, r.enh);
+  else if(cls == '2')
+    str_copy(out, outsz, "2.0.0");
   else if(r.code >= 500)
     str_copy(out, outsz, "5.0.0");
   else
@@ -121,22 +126,41 @@ static GMimeObject *part_with(const char *type, const char *subtype, const char 
   return GMIME_OBJECT(part);
 }
 
+enum dsn_kind { DSN_FAILED, DSN_DELAYED, DSN_RELAYED };
+
 /* The recipients a report is about: bounced ones in a failure report, those still waiting in
- * a delay warning; each only when its NOTIFY asks for that kind. */
-static int reported(int delayed, const struct store_rcpt_update *u, const struct store_rcpt *rc)
+ * a delay warning, sent ones in a relayed report; each only when its NOTIFY asks for that
+ * kind. */
+static int reported(enum dsn_kind kind, const struct store_rcpt_update *u,
+                    const struct store_rcpt *rc)
 {
   if(!rc)
     return 0;
-  if(delayed)
+  switch(kind) {
+  case DSN_DELAYED:
     return u->status != RCPT_BOUNCED && u->status != RCPT_SENT && u->status != RCPT_CAPTURED &&
            wants_notice(rc->notify, "DELAY");
+  case DSN_RELAYED:
+    return u->status == RCPT_SENT && wants_notice(rc->notify, "SUCCESS");
+  case DSN_FAILED:
+    break;
+  }
   return u->status == RCPT_BOUNCED && wants_notice(rc->notify, "FAILURE");
+}
+
+/* RET=FULL (RFC 3461 4.3) asks for the whole message in a failure report; every other report,
+ * and a message over the cap, gets its header section. */
+static int return_full(enum dsn_kind kind, const struct store_msg *m, size_t len)
+{
+  return kind == DSN_FAILED && m->ret && !str_casecmp_n(m->ret, strlen(m->ret), "FULL") &&
+         len <= LIM_DSN_RETURN_FULL;
 }
 
 static int dsn_report(struct store *st, const struct config *cfg, const struct store_msg *m,
                       const char *body, size_t len, const struct store_rcpt_update *upd,
-                      size_t n, int delayed, char id[LIM_QUEUE_ID + 1])
+                      size_t n, enum dsn_kind kind, char id[LIM_QUEUE_ID + 1])
 {
+  int delayed = kind == DSN_DELAYED, full = return_full(kind, m, len);
   struct buf text, status, orcpt;
   GMimeMessage *msg = NULL;
   GMimeMultipart *report = NULL;
@@ -167,7 +191,13 @@ static int dsn_report(struct store *st, const struct config *cfg, const struct s
     goto out;
 
   /* the words Postfix uses, which senders and their filters know */
-  if((delayed ?
+  if((kind == DSN_RELAYED ?
+      buf_addf(&text, "This is the mail system at host %s.\n\n"
+               "Your message was successfully relayed to the destination(s) listed below,\n"
+               "whose mail system does not send delivery notifications: you will get no\n"
+               "further notice of its delivery from there (only, perhaps, of an error).\n\n"
+               "                   The mail system\n\n", host) :
+      delayed ?
       buf_addf(&text, "This is the mail system at host %s.\n\n"
                "####################################################################\n"
                "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #\n"
@@ -180,9 +210,10 @@ static int dsn_report(struct store *st, const struct config *cfg, const struct s
                (double)cfg->queue_lifetime / 86400.0) :
       buf_addf(&text, "This is the mail system at host %s.\n\n"
                "I'm sorry to have to inform you that your message could not be delivered to "
-               "one or more\nrecipients. Its header section is attached below.\n\n"
+               "one or more\nrecipients. %s is attached below.\n\n"
                "For further assistance, please contact your system administrator.\n\n"
-               "                   The mail system\n\n", host)) ||
+               "                   The mail system\n\n", host,
+               full ? "The message" : "Its header section")) ||
      buf_addf(&status, "Reporting-MTA: dns; %s\nX-Postern-Queue-ID: %s\n"
               "X-Postern-Sender: rfc822; %s\n", host, m->id, m->sender) ||
      (m->envid && !smtp_dsn_value_valid(m->envid, strlen(m->envid), 0) &&
@@ -193,15 +224,19 @@ static int dsn_report(struct store *st, const struct config *cfg, const struct s
     const struct store_rcpt *rc = rcpt_of(m, upd[i].idx);
     const struct cfg_upstream *up = upd[i].upstream ? config_upstream(cfg, upd[i].upstream) : NULL;
     char st_code[16];
-    if(!reported(delayed, &upd[i], rc))
+    if(!reported(kind, &upd[i], rc))
       continue;
     notices++;
     if(delayed)
       str_copy(st_code, sizeof(st_code), "4.4.7");
     else
-      status_of(upd[i].reply, st_code, sizeof(st_code));
-    if(buf_addf(&text, "<%s>: %s%s%s%s\n\n", rc->address, up && up->host ? "host " : "",
-                up && up->host ? up->host : "", up && up->host ? " said: " : "",
+      status_of(upd[i].reply, kind == DSN_RELAYED ? '2' : '5', st_code, sizeof(st_code));
+    if(buf_addf(&text, "<%s>: %s%s%s%s%s\n\n", rc->address,
+                kind == DSN_RELAYED ? "relayed via " : "",
+                up && up->host ? "host " : kind == DSN_RELAYED && upd[i].upstream ?
+                upd[i].upstream : "",
+                up && up->host ? up->host : "", up && up->host ? " said: " :
+                kind == DSN_RELAYED ? ": " : "",
                 upd[i].reply ? upd[i].reply : "(no reply)") ||
        buf_addf(&status, "\nFinal-Recipient: rfc822; %s\n", rc->address))
       goto out;
@@ -211,8 +246,8 @@ static int dsn_report(struct store *st, const struct config *cfg, const struct s
          buf_addf(&status, "Original-Recipient: %s\n", orcpt.ptr))
         goto out;
     }
-    if(buf_addf(&status, "Action: %s\nStatus: %s\n", delayed ? "delayed" : "failed",
-                st_code) ||
+    if(buf_addf(&status, "Action: %s\nStatus: %s\n", delayed ? "delayed" :
+                kind == DSN_RELAYED ? "relayed" : "failed", st_code) ||
        (delayed && buf_addf(&status, "Will-Retry-Until: %s\n", until)) ||
        (up && up->host && buf_addf(&status, "Remote-MTA: dns; %s\n", up->host)) ||
        (upd[i].reply && buf_addf(&status, "Diagnostic-Code: smtp; %s\n", upd[i].reply)) ||
@@ -228,8 +263,9 @@ static int dsn_report(struct store *st, const struct config *cfg, const struct s
   snprintf(from, sizeof(from), "MAILER-DAEMON@%s", host);
   g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_FROM, "Mail Delivery System", from);
   g_mime_message_add_mailbox(msg, GMIME_ADDRESS_TYPE_TO, NULL, m->sender);
-  g_mime_message_set_subject(msg, delayed ? "Delayed Mail (still being retried)"
-                                           : "Undelivered Mail Returned to Sender", NULL);
+  g_mime_message_set_subject(msg, delayed ? "Delayed Mail (still being retried)" :
+                             kind == DSN_RELAYED ? "Successful Mail Delivery Report" :
+                             "Undelivered Mail Returned to Sender", NULL);
   {
     GDateTime *dt = g_date_time_new_from_unix_local(now / 1000);
     if(dt) {
@@ -256,11 +292,14 @@ static int dsn_report(struct store *st, const struct config *cfg, const struct s
     g_mime_multipart_add(report, ds);
     g_object_unref(ds);
   }
-  hlen = header_length(body, len);
+  hlen = full ? len : header_length(body, len);
   eightbit = !smtp_text_is_ascii(body, hlen);
   {
-    GMimeObject *hp = part_with("text", "rfc822-headers", body, hlen, eightbit);
-    g_mime_object_set_header(hp, "Content-Description", "Undelivered Message Headers", NULL);
+    GMimeObject *hp = full ? part_with("message", "rfc822", body, hlen, eightbit)
+                           : part_with("text", "rfc822-headers", body, hlen, eightbit);
+    g_mime_object_set_header(hp, "Content-Description", full ? "Undelivered Message" :
+                             kind == DSN_RELAYED ? "Message Headers" :
+                             "Undelivered Message Headers", NULL);
     g_mime_multipart_add(report, hp);
     g_object_unref(hp);
   }
@@ -293,7 +332,8 @@ static int dsn_report(struct store *st, const struct config *cfg, const struct s
   if(!result) {
     str_copy(id, LIM_QUEUE_ID + 1, qid);
     log_info("%s: from=<>, size=%u, nrcpt=1 (%s for %s)", qid, bytes->len,
-             delayed ? "delay notification" : "non-delivery notification", m->id);
+             delayed ? "delay notification" : kind == DSN_RELAYED ? "success notification" :
+             "non-delivery notification", m->id);
   }
 out:
   if(out)
@@ -320,12 +360,19 @@ int dsn_bounce(struct store *st, const struct config *cfg, const struct store_ms
                const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
                char id[LIM_QUEUE_ID + 1])
 {
-  return dsn_report(st, cfg, m, body, len, upd, n, 0, id);
+  return dsn_report(st, cfg, m, body, len, upd, n, DSN_FAILED, id);
+}
+
+int dsn_relayed(struct store *st, const struct config *cfg, const struct store_msg *m,
+                const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
+                char id[LIM_QUEUE_ID + 1])
+{
+  return dsn_report(st, cfg, m, body, len, upd, n, DSN_RELAYED, id);
 }
 
 int dsn_delay(struct store *st, const struct config *cfg, const struct store_msg *m,
               const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
               char id[LIM_QUEUE_ID + 1])
 {
-  return dsn_report(st, cfg, m, body, len, upd, n, 1, id);
+  return dsn_report(st, cfg, m, body, len, upd, n, DSN_DELAYED, id);
 }

@@ -31,11 +31,13 @@ size_t relay_unrecorded(struct relay *r);
  * stats attribute a recipient not yet tried to. */
 const char *relay_upstream_for(const struct config *cfg, const char *sender,
                                const char *recipient);
-/* Stops taking new work, gives deliveries in progress grace_ms to finish, then cuts the
- * connections of those still running (conn_cancel_all: their mail stays queued), frees r. */
-void relay_stop(struct relay *r, long long grace_ms);
-/* The most a delivery in progress gets at shutdown once the sessions have ended */
-#define RELAY_STOP_GRACE_MS 10000
+/* Stops taking new work and gives deliveries in progress early_ms to finish; then cuts the
+ * connections of those still running except where an upstream is taking a message
+ * (conn_cancel: their mail stays queued), and those too at late_ms; frees r. */
+void relay_stop(struct relay *r, long long early_ms, long long late_ms);
+/* The most a delivery in progress gets at shutdown, once the sessions have ended, before it
+ * is cut (unless its upstream is taking the message: that one gets shutdown_grace) */
+#define RELAY_STOP_EARLY_MS 10000
 
 /* Configuration problems only the relay can see (routes to transports this build lacks...),
  * written as FILE:LINE: message; returns how many. */

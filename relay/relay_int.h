@@ -11,6 +11,8 @@ struct transport_rcpt {
   struct smtp_reply reply;
   long long retry_at_ms;     /* with a 4xx reply: the upstream said when to come back (HTTP
                               * 429 with a reset time), wall clock; 0: the usual backoff */
+  int dsn_taken;             /* the upstream was handed NOTIFY= (it offers DSN): it reports
+                              * on the recipient from now on, not us */
 };
 
 /* What open and send return. */
@@ -127,6 +129,12 @@ int dsn_delay(struct store *st, const struct config *cfg, const struct store_msg
 int dsn_bounce(struct store *st, const struct config *cfg, const struct store_msg *m,
                const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
                char id[LIM_QUEUE_ID + 1]);
+/* The same as a success report (Action: relayed, RFC 3461 6.2.2.3) for the recipients of upd
+ * that were sent and asked NOTIFY=SUCCESS: the caller passes only those whose upstream will
+ * not report on them (no DSN extension, or an HTTP API). */
+int dsn_relayed(struct store *st, const struct config *cfg, const struct store_msg *m,
+                const char *body, size_t len, const struct store_rcpt_update *upd, size_t n,
+                char id[LIM_QUEUE_ID + 1]);
 
 /* ---- API transports' answers -> replies (http.c; the client itself is in relay.h) ------- */
 /* Sets every reply of rcpts[from..to) that has none yet. */

@@ -8,7 +8,9 @@
 #include "global/metrics.h"
 #include "lib/buf.h"
 #include "lib/conn.h"
+#include "tls/tls.h"
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
@@ -59,6 +61,9 @@ struct relay {
   struct store *st;
   int stopping;
   int kicked;
+  /* the scheduler waits for a kick (not just out its minimum time between passes): only then
+   * is a kick worth a wake-up; during the minimum wait the next pass comes anyway */
+  int sched_wakeable;
   pthread_t sched;
   int sched_started;
   struct relay_worker *workers;
@@ -130,7 +135,8 @@ void relay_kick(struct relay *r)
 {
   pthread_mutex_lock(&r->mu);
   r->kicked = 1;
-  pthread_cond_signal(&r->sched_cond);
+  if(r->sched_wakeable)
+    pthread_cond_signal(&r->sched_cond);
   pthread_mutex_unlock(&r->mu);
 }
 
@@ -515,7 +521,7 @@ static void *sched_main(void *arg)
     size_t n = 0, i;
     long long now, when = -1, wait_ms = RELAY_MAX_WAIT_MS, probe_when = -1;
     long long since = time_mono_ms() - last_pass;
-    int added = 0;
+    size_t added = 0;
     long long kept_wake;
     if(since < RELAY_PASS_MIN_MS) {
       cond_wait_ms(&r->sched_cond, &r->mu, RELAY_PASS_MIN_MS - since);
@@ -529,8 +535,11 @@ static void *sched_main(void *arg)
     kept_wake = r->nkept ? results_retry(r) : -1;
     if(kept_wake >= 0) {
       pthread_mutex_lock(&r->mu);
-      if(!r->stopping)
+      if(!r->stopping) {
+        r->sched_wakeable = 1;
         cond_wait_ms(&r->sched_cond, &r->mu, kept_wake);
+        r->sched_wakeable = 0;
+      }
       continue;
     }
     if(time_mono_ms() - last_sweep >= 1000) {
@@ -546,7 +555,7 @@ static void *sched_main(void *arg)
         continue;
       memcpy(r->inflight[r->ninflight++], ids[i], sizeof(ids[i]));
       memcpy(r->work[r->nwork++], ids[i], sizeof(ids[i]));
-      added = 1;
+      added++;
     }
     /* held upstreams whose login is due for another try */
     for(;;) {
@@ -559,10 +568,15 @@ static void *sched_main(void *arg)
       }
       snprintf(r->inflight[r->ninflight++], LIM_QUEUE_ID + 1, "#%zu", idx);
       snprintf(r->work[r->nwork++], LIM_QUEUE_ID + 1, "#%zu", idx);
-      added = 1;
+      added++;
     }
-    if(added)
+    /* one idle worker per new job: a broadcast for a single message woke every worker, and
+     * all but one went back to sleep */
+    if(added >= r->nworkers)
       pthread_cond_broadcast(&r->work_cond);
+    else
+      for(i = 0; i < added; i++)
+        pthread_cond_signal(&r->work_cond);
     pthread_mutex_unlock(&r->mu);
     if(!store_next_due(r->st, &when) && when >= 0)
       wait_ms = when - time_real_ms();
@@ -574,8 +588,11 @@ static void *sched_main(void *arg)
       wait_ms = (n == RELAY_BATCH && added) ? 0 : 1000;
     if(wait_ms > RELAY_MAX_WAIT_MS)
       wait_ms = RELAY_MAX_WAIT_MS;
-    if(!r->kicked && !r->stopping && wait_ms > 0)
+    if(!r->kicked && !r->stopping && wait_ms > 0) {
+      r->sched_wakeable = 1;
       cond_wait_ms(&r->sched_cond, &r->mu, wait_ms);
+      r->sched_wakeable = 0;
+    }
   }
   pthread_mutex_unlock(&r->mu);
   free(ids);
@@ -713,6 +730,7 @@ static void deliver_group(struct relay_worker *w, const struct config *cfg,
   for(i = 0; i < n; i++) {
     memset(&tr[i].reply, 0, sizeof(tr[i].reply));
     tr[i].retry_at_ms = 0;
+    tr[i].dsn_taken = 0;
     /* queued again after an attempt: released or retried by hand (the relay itself retries
      * as "deferred") */
     if(tr[i].rcpt->status == RCPT_QUEUED && tr[i].rcpt->attempts > 0)
@@ -921,6 +939,38 @@ static void bounce_notify(struct relay_worker *w, const struct config *cfg,
   }
 }
 
+/* Recipients sent that asked NOTIFY=SUCCESS from an upstream that will not report on them
+ * (taken[i] 0: no DSN extension, or an HTTP API) get a "relayed" report now, before their
+ * status is written (a crash in between sends it twice, never zero times). A report that
+ * cannot be stored is logged, not retried: the mail itself went out. */
+static void success_notify(struct relay_worker *w, const struct config *cfg,
+                           const struct store_msg *m, const char *body, size_t len,
+                           const struct store_rcpt_update *upd, const unsigned char *taken,
+                           size_t n)
+{
+  struct store_rcpt_update *rel;
+  char id[LIM_QUEUE_ID + 1] = "";
+  size_t i, k = 0;
+  if(!m->sender[0])
+    return;
+  rel = calloc(n + 1, sizeof(*rel));
+  if(!rel) {
+    log_error("%s: out of memory for the success notification", m->id);
+    return;
+  }
+  for(i = 0; i < n; i++)
+    if(upd[i].status == RCPT_SENT && !taken[i])
+      rel[k++] = upd[i];
+  if(k && dsn_relayed(w->relay->st, cfg, m, body, len, rel, k, id))
+    log_error("%s: cannot store the success notification the sender asked for (see the store "
+              "error above)", m->id);
+  else if(id[0]) {
+    log_info("%s: sender success notification: %s", m->id, id);
+    relay_kick(w->relay);
+  }
+  free(rel);
+}
+
 /* After a result is on disk: /metrics, and a hold that a working login already ended. */
 static void results_written(struct relay *r, const struct store_rcpt_update *upd, size_t n)
 {
@@ -933,6 +983,50 @@ static void results_written(struct relay *r, const struct store_rcpt_update *upd
       store_release_upstream(r->st, upd[i].held_by, NULL);
       relay_kick(r);
     }
+}
+
+/* Is the stored copy the one accepted: its length, and its digest when one was taken? why
+ * gets what differs otherwise. */
+static int body_intact(const struct store_msg *m, const char *body, size_t len, char *why,
+                       size_t whysz)
+{
+  char sha[TLS_SHA256_HEX_LEN + 1];
+  if((long long)len != m->size) {
+    snprintf(why, whysz, "%zu of its %lld bytes are there", len, m->size);
+    return 0;
+  }
+  if(m->body_sha256 && m->body_sha256[0] &&
+     (tls_sha256_hex(len ? body : "", len, sha) || str_casecmp_n(sha, strlen(sha), m->body_sha256))) {
+    snprintf(why, whysz, "its SHA-256 digest is not the one taken when it was accepted");
+    return 0;
+  }
+  return 1;
+}
+
+/* A message whose stored copy cannot be read would fail the same way at every pass: its
+ * waiting recipients are held (a hold by hand: only the operator ends it) with the reason as
+ * their last reply, which `posternctl queue` shows. Returns how many updates it filled. */
+static size_t set_aside(const struct store_msg *m, const char *why,
+                        struct store_rcpt_update *upd, char (*replies)[LIM_SMTP_REPLY_LINE + 32])
+{
+  size_t i, n = 0;
+  char esc[LIM_LOG_FIELD * 4 + 8];
+  log_repr(esc, sizeof(esc), why, strlen(why));
+  log_error("%s: its stored copy cannot be read (%s); set aside (held): delete it, or repair "
+            "it and `posternctl queue release %s`", m->id, esc, m->id);
+  for(i = 0; i < m->nrcpts; i++) {
+    const struct store_rcpt *rc = &m->rcpts[i];
+    if(rc->status != RCPT_QUEUED && rc->status != RCPT_DEFERRED)
+      continue;
+    memset(&upd[n], 0, sizeof(upd[n]));
+    upd[n].idx = rc->idx;
+    upd[n].status = RCPT_HELD;
+    snprintf(replies[n], sizeof(replies[n]), "451 4.3.0 Set aside: the stored copy of the "
+             "message cannot be read (%s)", why);
+    upd[n].reply = replies[n];
+    n++;
+  }
+  return n;
 }
 
 /* Delivers the due recipients of one message. Returns 1 when its result is kept in memory
@@ -948,27 +1042,45 @@ static int deliver(struct relay_worker *w, const char *id)
   struct store_rcpt_update *upd = NULL;
   const struct cfg_upstream **ups = NULL;
   char (*replies)[LIM_SMTP_REPLY_LINE + 32] = NULL;
-  unsigned char *done = NULL;
+  unsigned char *done = NULL, *taken = NULL;
   struct relay_conf *conf;
   long long now = time_real_ms();
   int result, keep = 0;
+  char why[160];
 
   memset(&m, 0, sizeof(m));
   cfg = conf_get(r, &conf);
-  if(store_get(r->st, id, &m) || store_body(r->st, id, &body, &len))
+  if(store_get(r->st, id, &m))
     goto out;     /* deleted meanwhile, or a store error: the scheduler will see it again */
   tr = calloc(m.nrcpts + 1, sizeof(*tr));
   upd = calloc(m.nrcpts + 1, sizeof(*upd));
   ups = calloc(m.nrcpts + 1, sizeof(*ups));
   replies = calloc(m.nrcpts + 1, sizeof(*replies));
   done = calloc(m.nrcpts + 1, 1);
-  if(!tr || !upd || !ups || !replies || !done)
+  taken = calloc(m.nrcpts + 1, 1);
+  if(!tr || !upd || !ups || !replies || !done || !taken)
     goto out;
+  result = store_body(r->st, id, &body, &len);
+  if(result == STORE_DAMAGED)
+    str_copy(why, sizeof(why), "the database reports damage where it is stored");
+  else if(result)
+    goto out;     /* deleted meanwhile, or a store error: the scheduler will see it again */
+  if(result || !body_intact(&m, body, len, why, sizeof(why))) {
+    nupd = set_aside(&m, why, upd, replies);
+    goto write;
+  }
   for(i = 0; i < m.nrcpts; i++) {
     const struct store_rcpt *rc = &m.rcpts[i];
     int due = (rc->status == RCPT_QUEUED || rc->status == RCPT_DEFERRED) && rc->next_attempt_ms <= now;
     done[i] = !due;
-    if(due)
+    if(!due)
+      continue;
+    /* mail released to an upstream by hand goes there while that upstream exists */
+    ups[i] = rc->route_to ? config_upstream(cfg, rc->route_to) : NULL;
+    if(rc->route_to && !ups[i])
+      log_warn("%s: %s was released to upstream %s, which is no longer configured: it is "
+               "routed as usual", m.id, rc->address, rc->route_to);
+    if(!ups[i])
       ups[i] = route_for(cfg, m.sender, rc->address);
   }
   /* one transport call per upstream, with all of its recipients */
@@ -983,9 +1095,13 @@ static int deliver(struct relay_worker *w, const char *id)
       done[j] = 1;
     }
     deliver_group(w, cfg, &m, body, len, ups[i], tr, n, upd + nupd, replies + nupd, 1);
+    for(j = 0; j < n; j++)
+      taken[nupd + j] = (unsigned char)tr[j].dsn_taken;
     nupd += n;
   }
   bounce_notify(w, cfg, &m, body, len, upd, nupd);
+  success_notify(w, cfg, &m, body, len, upd, taken, nupd);
+write:
   result = nupd ? store_update(r->st, m.id, upd, nupd) : STORE_OK;
   if(result == STORE_OK)
     results_written(r, upd, nupd);
@@ -1003,6 +1119,7 @@ out:
   free(ups);
   free(replies);
   free(done);
+  free(taken);
   free(body);
   store_msg_free(&m);
   return keep;
@@ -1083,7 +1200,9 @@ static void *worker_main(void *arg)
     pthread_mutex_lock(&r->mu);
     if(!keep)
       inflight_drop(r, id);
-    if(!r->nwork)                 /* the scheduler only needs us once the queue has drained */
+    /* the scheduler only needs us once the queue has drained, and only while it waits for
+     * a kick (in its minimum wait between passes it comes back anyway) */
+    if(!r->nwork && r->sched_wakeable)
       pthread_cond_signal(&r->sched_cond);
   }
   pthread_mutex_unlock(&r->mu);
@@ -1200,27 +1319,35 @@ int relay_reload(struct relay *r, const struct config *cfg, relay_release_fn rel
   return 0;
 }
 
-void relay_stop(struct relay *r, long long grace_ms)
+void relay_stop(struct relay *r, long long early_ms, long long late_ms)
 {
   size_t i;
-  long long until;
+  long long t0;
   if(!r)
     return;
   pthread_mutex_lock(&r->mu);
   r->stopping = 1;
   pthread_cond_broadcast(&r->sched_cond);
   pthread_cond_broadcast(&r->work_cond);
-  until = time_mono_ms() + grace_ms;
-  while(r->nrunning && time_mono_ms() < until)
-    cond_wait_ms(&r->sched_cond, &r->mu, until - time_mono_ms());
+  t0 = time_mono_ms();
+  while(r->nrunning && time_mono_ms() < t0 + early_ms)
+    cond_wait_ms(&r->sched_cond, &r->mu, t0 + early_ms - time_mono_ms());
   if(r->nrunning) {
-    /* a delivery that has not finished by now is cut off where it is: its recipients stay
-     * queued and go again after the restart (should the upstream have taken the message just
-     * before the cut, it gets it twice: never lost) */
+    /* deliveries not yet waiting for the upstream's word on a whole message are cut where
+     * they are: their recipients stay queued and go again after the restart */
     log_warn("relay: %zu delivery worker(s) still busy %lld s after the stop; closing their "
-             "upstream connections (the mail stays queued and is sent after the restart)",
-             r->nrunning, grace_ms / 1000);
-    conn_cancel_all();
+             "upstream connections unless a message is being taken (the mail stays queued and "
+             "is sent after the restart)", r->nrunning, early_ms / 1000);
+    conn_cancel(CONN_CANCEL_EARLY);
+  }
+  while(r->nrunning && time_mono_ms() < t0 + late_ms)
+    cond_wait_ms(&r->sched_cond, &r->mu, t0 + late_ms - time_mono_ms());
+  if(r->nrunning) {
+    /* the upstream had the whole message and did not answer: it may get it twice, never lost */
+    log_warn("relay: %zu delivery worker(s) still waiting for an upstream's answer %lld s after "
+             "the stop; closing those connections too (the upstream may get the message twice)",
+             r->nrunning, late_ms / 1000);
+    conn_cancel(CONN_CANCEL_LATE);
   }
   pthread_mutex_unlock(&r->mu);
   if(r->sched_started)

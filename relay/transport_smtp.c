@@ -366,8 +366,12 @@ static int smtp_send(void *session, const struct store_msg *m, const char *body,
       goto out;
   }
   if(result == SMTP_CLIENT_OK) {
-    for(i = 0; i < n; i++)
+    /* an upstream offering DSN got NOTIFY= and reports success and failure from there on */
+    int taken = s->c && (smtp_client_caps(s->c)->flags & SMTP_CAP_DSN);
+    for(i = 0; i < n; i++) {
       rcpts[i].reply = cr[i].reply;
+      rcpts[i].dsn_taken = taken;
+    }
     result = TRANSPORT_OK;
   }
   else

@@ -44,7 +44,10 @@ struct smtp_client {
   char peer[LIM_SMTP_DOMAIN + 80];
   struct smtp_client_caps caps;
   struct buf line;
-  int used;          /* a transaction ran on this connection: RSET before the next one */
+  int used;          /* a transaction began and did not reach its end of data: RSET before
+                        the next one (after the reply to the end of data the server has reset
+                        itself, RFC 5321 4.1.1.4, so a kept connection needs no RSET) */
+  int kept;          /* a transaction ran on this connection before: it may have died idle */
   int from_server;   /* the last reply is the server's */
 };
 
@@ -103,6 +106,7 @@ static void close_conn(struct smtp_client *c)
   c->tls_active = 0;
   c->tls_info[0] = '\0';
   c->used = 0;
+  c->kept = 0;
 }
 
 static char *dup_or_null(const char *s)
@@ -298,7 +302,7 @@ static int read_reply(struct smtp_client *c, struct smtp_reply *r, const char *w
   if(result == CONN_TIMEOUT)
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "conversation with %s timed out while %s",
                 c->peer, what);
-  if(result && conn_cancelled())
+  if(result && conn_cancelled(c->conn.cancelable))
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.3.2", "conversation with %s interrupted "
                 "while %s: postern is stopping", c->peer, what);
   if(result)
@@ -364,13 +368,13 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, int *fdp)
     pfd[0].fd = fd;
     pfd[0].events = POLLOUT;
     pfd[0].revents = 0;
-    pfd[1].fd = conn_cancel_fd();          /* -1 is ignored by poll */
+    pfd[1].fd = conn_cancel_fd(CONN_CANCEL_EARLY);   /* -1 is ignored by poll */
     pfd[1].events = POLLIN;
     pfd[1].revents = 0;
     do
-      pr = conn_cancelled() ? 0 : poll(pfd, 2, timeout_ms);
+      pr = conn_cancelled(CONN_CANCEL_EARLY) ? 0 : poll(pfd, 2, timeout_ms);
     while(pr < 0 && errno == EINTR);
-    if(conn_cancelled())
+    if(conn_cancelled(CONN_CANCEL_EARLY))
       err = ECANCELED;
     else if(pr == 0)
       err = ETIMEDOUT;
@@ -434,7 +438,7 @@ int smtp_client_connect(struct smtp_client *c, struct smtp_reply *r)
     return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.1", "%s",
                 last[0] ? last : "no usable address for the upstream host");
   conn_init(&c->conn, fd, c->cfg.command_timeout_ms);
-  c->conn.cancelable = 1;          /* a shutdown does not wait for a silent upstream */
+  c->conn.cancelable = CONN_CANCEL_EARLY;   /* a shutdown does not wait for a silent upstream */
   c->connected = 1;
   snprintf(c->peer, sizeof(c->peer), "%s[%s]:%d", c->host, c->addr, c->cfg.port);
   note(c, "connected to %s", c->peer);
@@ -795,8 +799,11 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
   struct smtp_reply mail, data, rset;
   struct smtp_reply *last = &mail;   /* where the reply being read goes */
   int pipelining = (c->caps.flags & SMTP_CAP_PIPELINING) != 0;
-  int dsn = (c->caps.flags & SMTP_CAP_DSN) != 0, reused = c->used;
-  int utf8 = 0;
+  int dsn = (c->caps.flags & SMTP_CAP_DSN) != 0, rset_first = c->used;
+  /* a kept connection with no RSET to send: the reply to MAIL is the first sign that it is
+   * still alive, so its loss (or a 421) is a stale connection, as a lost RSET reply is */
+  int probe = c->kept && !c->used;
+  int utf8 = 0, result;
   size_t i, accepted = 0;
   char size[32] = "";
 
@@ -831,9 +838,10 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
     snprintf(size, sizeof(size), " SIZE=%zu", m->len);
 
   c->used = 1;
-  if(reused && send_line(c, NULL, "RSET"))
+  c->kept = 1;
+  if(rset_first && send_line(c, NULL, "RSET"))
     goto stale;
-  if(reused && !pipelining) {
+  if(rset_first && !pipelining) {
     if(read_reply(c, &rset, "sending RSET", 0) || rset.code == 421)
       goto stale;
     if(rset.code != 250) {
@@ -848,7 +856,7 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
                utf8 ? " SMTPUTF8" : "", dsn && m->ret ? " RET=" : "", dsn && m->ret ? m->ret : "",
                dsn && dsn_value(m->envid, 0) ? " ENVID=" : "",
                dsn && dsn_value(m->envid, 0) ? m->envid : ""))
-    goto lost;
+    goto mail_lost;
   if(pipelining) {
     /* RFC 2920: the whole envelope and DATA in one go, then the replies in order */
     for(i = 0; i < n; i++)
@@ -856,10 +864,12 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
         goto lost;
     if(send_line(c, NULL, "DATA"))
       goto lost;
-    if(reused && (read_reply(c, &rset, "sending RSET", 0) || rset.code == 421))
+    if(rset_first && (read_reply(c, &rset, "sending RSET", 0) || rset.code == 421))
       goto stale;
     if(read_reply(c, last = &mail, "sending MAIL FROM", 0))
-      goto failed;
+      goto mail_failed;
+    if(probe && mail.code == 421)
+      goto stale;
     for(i = 0; i < n; i++) {
       if(read_reply(c, last = &rcpts[i].reply, "sending RCPT TO", 0))
         goto failed;
@@ -876,12 +886,15 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
         goto lost;
       if(read_reply(c, last = &data, "sending end of data", 0))
         goto failed;
+      c->used = 0;
       return SMTP_CLIENT_OK;
     }
   }
   else {
     if(read_reply(c, last = &mail, "sending MAIL FROM", 0))
-      goto failed;
+      goto mail_failed;
+    if(probe && mail.code == 421)
+      goto stale;
     if(mail.code >= 300) {
       for(i = 0; i < n; i++)
         rcpts[i].reply = mail;
@@ -907,13 +920,17 @@ int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m,
   if(data.code == 354) {
     if(send_body(c, m->body, m->len))
       goto lost;
+    /* the upstream has the whole message now: cutting this wait at a stop could make it send
+     * the message twice, so only the last stage of a stop does */
     c->conn.idle_ms = c->cfg.data_timeout_ms;
-    if(read_reply(c, last = &data,
-                  "sending end of data -- message may be sent more than once", 0)) {
-      c->conn.idle_ms = c->cfg.command_timeout_ms;
-      goto failed;
-    }
+    c->conn.cancelable = CONN_CANCEL_LATE;
+    result = read_reply(c, last = &data,
+                        "sending end of data -- message may be sent more than once", 0);
     c->conn.idle_ms = c->cfg.command_timeout_ms;
+    c->conn.cancelable = CONN_CANCEL_EARLY;
+    if(result)
+      goto failed;
+    c->used = 0;        /* accepted or refused, the transaction is over */
   }
   for(i = 0; i < n; i++)
     if(rcpts[i].reply.code >= 200 && rcpts[i].reply.code < 300)
@@ -924,9 +941,15 @@ stale:
   /* nothing of this transaction was acknowledged: the caller may reconnect and try again */
   close_conn(c);
   return fail(c, r, SMTP_CLIENT_STALE, 451, "4.4.2", "the connection to %s was closed", c->peer);
+mail_lost:
+  if(probe)
+    goto stale;
 lost:
   close_conn(c);
   return fail(c, r, SMTP_CLIENT_FAILED, 451, "4.4.2", "lost connection with %s", c->peer);
+mail_failed:
+  if(probe)
+    goto stale;
 failed:
   /* a read failed: the connection is gone and *last says how */
   *r = *last;
@@ -956,6 +979,7 @@ int smtp_client_mail(struct smtp_client *c, const char *sender, struct smtp_repl
   char line[LIM_SMTP_PATH + 32];
   snprintf(line, sizeof(line), "MAIL FROM:<%s>", sender);
   c->used = 1;
+  c->kept = 1;
   return one_command(c, "sending MAIL FROM", line, r);
 }
 

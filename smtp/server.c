@@ -46,6 +46,7 @@ struct session {
   struct smtp_envelope env;
   size_t rcpt_alloc;
   int rcpt_tried;         /* RCPT commands in this transaction, accepted or not */
+  int rcpt_overshoot;     /* RCPTs past max_recipients in this transaction */
   long long max_size;
   long max_rcpt;
   int max_errors;
@@ -137,6 +138,7 @@ static void transaction_reset(struct session *s)
   s->bdat_active = 0;
   s->env.nrcpts = 0;
   s->rcpt_tried = 0;
+  s->rcpt_overshoot = 0;
   s->env.id[0] = '\0';
   memset(&s->env.mail, 0, sizeof(s->env.mail));
   memset(&s->scan, 0, sizeof(s->scan));
@@ -571,12 +573,17 @@ static void cmd_mail(struct session *s, const struct smtp_command *cmd)
   }
   if(r.code) {
     reply_send(s, &r, 1);
+    /* a refusal for now counts as an error too (Postfix's error_count): a sender whose SPF
+     * look-ups fail gets 451 and may not have them run again and again in one session */
+    if(r.code < 500)
+      s->errors++;
     log_reject(s, "MAIL", &r, &p, NULL, 0);
     return;
   }
   s->env.mail = p;
   s->env.nrcpts = 0;
   s->rcpt_tried = 0;
+  s->rcpt_overshoot = 0;
   s->in_mail = 1;
   s->transactions++;
   reply(s, 250, "2.1.0", "Ok");
@@ -604,8 +611,18 @@ static void cmd_rcpt(struct session *s, const struct smtp_command *cmd)
   }
   if(!s->env.mail.smtputf8 && !smtp_text_is_ascii(p.path, p.pathlen))
     smtp_reply_set(&r, 553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
-  else if(s->env.nrcpts >= (size_t)s->max_rcpt)
+  else if(s->env.nrcpts >= (size_t)s->max_rcpt) {
+    /* RFC 5321 4.5.3.1.10: a client sends the rest in another transaction. One line is
+     * logged per transaction, and past an overshoot as large as Postfix's the 452s count as
+     * errors: a client that never stops is neither a log flood nor a session without end. */
     smtp_reply_set(&r, 452, "4.5.3", "Error: too many recipients");
+    reply_send(s, &r, 1);
+    if(++s->rcpt_overshoot == 1)
+      log_reject(s, "RCPT", &r, &s->env.mail, p.path, p.pathlen);
+    if(s->rcpt_overshoot > LIM_SMTP_RCPT_OVERSHOOT)
+      s->errors++;
+    return;
+  }
   else if(s->pol->rcpt && s->pol->rcpt(s->pctx, &s->info, &s->env, &p, &r)) {
     if(r.code < 400 || r.code > 599)
       smtp_reply_set(&r, 550, "5.1.1", "Error: recipient rejected");
@@ -630,6 +647,8 @@ static void cmd_rcpt(struct session *s, const struct smtp_command *cmd)
   }
   if(r.code) {
     reply_send(s, &r, 1);
+    if(r.code < 500)
+      s->errors++;      /* as for MAIL: a temporary refusal is an error too */
     log_reject(s, "RCPT", &r, &s->env.mail, p.path, p.pathlen);
     return;
   }
@@ -953,6 +972,10 @@ static void cmd_starttls(struct session *s, const struct smtp_command *cmd)
   transaction_reset(s);
   s->bdat_failed = 0;
   s->helo_done = 0;
+  /* the new EHLO gets a helo_timeout of its own: the first one ran from the connect, and
+   * may have passed while the client was (rightly) busy with EHLO and STARTTLS */
+  if(s->cfg->helo_ms > 0)
+    s->helo_deadline_ms = time_mono_ms() + s->cfg->helo_ms;
   s->info.helo[0] = '\0';
   s->info.esmtp = 0;
   s->info.auth_user = NULL;

@@ -37,7 +37,8 @@ static const char *const sql[ST_COUNT] = {
     " WHERE message_id = ?3 AND status IN ('queued','deferred','held')",
   [ST_MSG_GET] = "SELECT " MSG_COLUMNS " FROM messages WHERE id = ?1",
   [ST_RCPT_GET] = "SELECT idx, address, orcpt, notify, status, attempts, next_attempt_ms,"
-    " updated_ms, last_reply, upstream, held_by FROM recipients WHERE message_id = ?1"
+    " updated_ms, last_reply, upstream, held_by, route_to FROM recipients"
+    " WHERE message_id = ?1"
     " ORDER BY idx",
   /* A step of a walk over the messages in the order they came (messages_created), from a
    * cursor to a cutoff: each message is looked at as it crosses the cutoff, not the whole
@@ -85,6 +86,8 @@ static const char *const sql[ST_COUNT] = {
     "  AND (?5 IS NULL OR r.status = ?5)))"
     " AND (?6 IS NULL OR created_ms < ?6)"
     " ORDER BY created_ms DESC, id DESC LIMIT ?7",
+  [ST_RELEASE_TO] = "UPDATE recipients SET status = 'queued', route_to = ?2,"
+    " next_attempt_ms = ?1, updated_ms = ?1 WHERE message_id = ?3 AND status = 'captured'",
   [ST_RELEASE_UPSTREAM] = "UPDATE recipients SET status = 'queued', held_by = NULL,"
     " next_attempt_ms = ?1, updated_ms = ?1 WHERE status = 'held' AND held_by = ?2",
   /* through recipients_due: only the waiting states are read */
@@ -95,8 +98,10 @@ static const char *const sql[ST_COUNT] = {
   /* flush: deferred mail is due now; held mail stays held (release is a decision) */
   [ST_FLUSH] = "UPDATE recipients SET next_attempt_ms = ?1, updated_ms = ?1"
     " WHERE status = 'deferred' AND next_attempt_ms > ?1",
-  [ST_COUNT_BY_STATUS] = "SELECT status, count(*) FROM recipients GROUP BY status",
-  [ST_COUNT_MESSAGES] = "SELECT count(*), coalesce(sum(size), 0) FROM messages",
+  /* the totals the triggers keep (schema 9): their cost does not grow with the mail stored */
+  [ST_COUNT_BY_STATUS] = "SELECT name, n FROM counts WHERE name NOT IN ('messages', 'bytes')",
+  [ST_COUNT_MESSAGES] = "SELECT (SELECT n FROM counts WHERE name = 'messages'),"
+    " (SELECT n FROM counts WHERE name = 'bytes')",
   /* driven by recipients_due over the waiting states: GET /metrics reads it every scrape, and
    * sent or captured mail (which stays in the store) must not make it slower */
   [ST_OLDEST_UNFINISHED] = "SELECT min(m.created_ms) FROM recipients r"
@@ -141,6 +146,7 @@ void store_msg_free(struct store_msg *m)
     free(r->last_reply);
     free(r->upstream);
     free(r->held_by);
+    free(r->route_to);
   }
   free(m->rcpts);
   free(m->sender);
@@ -323,16 +329,22 @@ static int job_set_pending(struct store_db *d, void *arg, size_t *changed)
   return db_exec_stmt(d, s, "set pending");
 }
 
-/* release upstream, and flush (the same shape without an upstream) */
+/* release upstream, flush (the same shape without an upstream), and release one message's
+ * captured recipients to an upstream (j->id set) */
 static int job_release_upstream(struct store_db *d, void *arg, size_t *changed)
 {
   const struct queue_job *j = arg;
-  sqlite3_stmt *s = db_stmt(d, j->flush ? ST_FLUSH : ST_RELEASE_UPSTREAM, sql);
-  int rc, result;
+  int one = *j->id != '\0';
+  sqlite3_stmt *s;
+  int rc, result = one ? job_exists(d, j->id) : STORE_OK;
+  if(result)
+    return result;
+  s = db_stmt(d, j->flush ? ST_FLUSH : one ? ST_RELEASE_TO : ST_RELEASE_UPSTREAM, sql);
   if(!s)
     return STORE_ERROR;
   rc = sqlite3_bind_int64(s, 1, store_now_ms());
   if(!rc && !j->flush) rc = db_bind_text(s, 2, j->upstream);
+  if(!rc && one) rc = db_bind_text(s, 3, j->id);
   if(rc) {
     sqlite3_reset(s);
     return db_fail(d, rc, "bind release upstream");
@@ -383,32 +395,36 @@ int store_set_pending(struct store *st, const char *id, enum rcpt_status status)
   return store_call(st, job_set_pending, &j, STORE_SYNC_FULL, NULL);
 }
 
-int store_release_upstream(struct store *st, const char *upstream, size_t *released)
+/* the three releases: id "" for every message; the count of recipients changed to *count */
+static int release(struct store *st, const char *id, const char *upstream, int flush,
+                   size_t *count)
 {
   struct queue_job j;
   size_t changed = 0;
   int result;
   memset(&j, 0, sizeof(j));
-  j.id = "";
+  j.id = id;
   j.upstream = upstream;
+  j.flush = flush;
   result = store_call(st, job_release_upstream, &j, STORE_SYNC_FULL, &changed);
-  if(released)
-    *released = changed;
+  if(count)
+    *count = changed;
   return result;
+}
+
+int store_release_upstream(struct store *st, const char *upstream, size_t *released)
+{
+  return release(st, "", upstream, 0, released);
+}
+
+int store_release_to(struct store *st, const char *id, const char *upstream, size_t *released)
+{
+  return release(st, id, upstream, 0, released);
 }
 
 int store_flush(struct store *st, size_t *flushed)
 {
-  struct queue_job j;
-  size_t changed = 0;
-  int result;
-  memset(&j, 0, sizeof(j));
-  j.id = "";
-  j.flush = 1;
-  result = store_call(st, job_release_upstream, &j, STORE_SYNC_FULL, &changed);
-  if(flushed)
-    *flushed = changed;
-  return result;
+  return release(st, "", NULL, 1, flushed);
 }
 
 /* ---- reads ---------------------------------------------------------------------------------- */
@@ -482,6 +498,7 @@ static int db_get_rcpts(struct store_db *d, struct store_msg *m)
     bad |= db_col_text(s, 8, &r->last_reply);
     bad |= db_col_text(s, 9, &r->upstream);
     bad |= db_col_text(s, 10, &r->held_by);
+    bad |= db_col_text(s, 11, &r->route_to);
     if(bad || !r->address) {
       log_error("store: out of memory reading recipients (free memory or lower max_clients in "
               "[postern])");
@@ -566,8 +583,12 @@ int store_body(struct store *st, const char *id, char **body, size_t *len)
   }
   else if(rc == SQLITE_DONE)
     result = STORE_NOTFOUND;
-  else
+  else {
     result = db_fail(d, rc, "read body");
+    /* a damaged page stays damaged: the caller sets the message aside instead of retrying */
+    if((rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB)
+      result = STORE_DAMAGED;
+  }
   sqlite3_reset(s);
 out:
   store_reader_done(st, d);

@@ -148,6 +148,32 @@ static const char *const migrations[] = {
   "ALTER TABLE records ADD COLUMN dedupe TEXT;",
   /* 8: the sender of a message delayed longer than delay_warning is told once */
   "ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;",
+  /* 9: captured mail released to an upstream by hand goes there, whatever the routes say */
+  "ALTER TABLE recipients ADD COLUMN route_to TEXT;",
+  /* 10: the queue's totals (messages, bytes, recipients by status) kept as the rows change, so
+   * that `posternctl stats` and the console read six numbers instead of counting every message
+   * ever stored (counted once here for an existing store). A cascaded delete fires the
+   * recipients' trigger too. */
+  "CREATE TABLE counts(name TEXT PRIMARY KEY NOT NULL, n INTEGER NOT NULL) WITHOUT ROWID;"
+  "INSERT INTO counts(name, n) VALUES ('messages', (SELECT count(*) FROM messages)),"
+  " ('bytes', (SELECT coalesce(sum(size), 0) FROM messages)),"
+  " ('queued', 0), ('deferred', 0), ('sent', 0), ('bounced', 0), ('held', 0), ('captured', 0);"
+  "UPDATE counts SET n = (SELECT count(*) FROM recipients r WHERE r.status = counts.name)"
+  " WHERE name NOT IN ('messages', 'bytes');"
+  "CREATE TRIGGER counts_message_in AFTER INSERT ON messages BEGIN"
+  " UPDATE counts SET n = n + 1 WHERE name = 'messages';"
+  " UPDATE counts SET n = n + new.size WHERE name = 'bytes'; END;"
+  "CREATE TRIGGER counts_message_out AFTER DELETE ON messages BEGIN"
+  " UPDATE counts SET n = n - 1 WHERE name = 'messages';"
+  " UPDATE counts SET n = n - old.size WHERE name = 'bytes'; END;"
+  "CREATE TRIGGER counts_rcpt_in AFTER INSERT ON recipients BEGIN"
+  " UPDATE counts SET n = n + 1 WHERE name = new.status; END;"
+  "CREATE TRIGGER counts_rcpt_out AFTER DELETE ON recipients BEGIN"
+  " UPDATE counts SET n = n - 1 WHERE name = old.status; END;"
+  "CREATE TRIGGER counts_rcpt_move AFTER UPDATE OF status ON recipients"
+  " WHEN old.status <> new.status BEGIN"
+  " UPDATE counts SET n = n - 1 WHERE name = old.status;"
+  " UPDATE counts SET n = n + 1 WHERE name = new.status; END;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 /* an older store up to this size is rewritten for incremental vacuum when the daemon opens it

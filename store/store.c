@@ -1,8 +1,8 @@
 /* The SQLite store: opening and closing it, the group-commit writer thread that runs every
- * write job, the read connection, and the checks of the whole database. What is stored lives
- * in the domain files (queue.c, inbound.c, records.c; the schema in schema.c); nothing of
- * SQLite leaks through store.h, so a PostgreSQL store can later stand behind the same
- * interface. */
+ * write job, the pool of read connections, and the checks of the whole database. What is
+ * stored lives in the domain files (queue.c, inbound.c, records.c; the schema in schema.c);
+ * nothing of SQLite leaks through store.h, so a PostgreSQL store can later stand behind the
+ * same interface. */
 #include "store/store_int.h"
 #include "lib/buf.h"
 #include "lib/log.h"
@@ -32,9 +32,12 @@ struct store_job {
 
 struct store {
   int readonly;
-  struct store_db r;              /* reads */
+  struct store_db r[STORE_READERS];   /* reads: a pool, so one slow read stops no other */
+  unsigned char rbusy[STORE_READERS];
+  size_t nreaders;
   struct store_db w;              /* writes; closed when readonly */
-  pthread_mutex_t rlock;
+  pthread_mutex_t rlock;          /* guards rbusy */
+  pthread_cond_t rcond;           /* a reader waits here while every connection is in use */
   pthread_mutex_t wlock;          /* direct writes when there is no writer thread */
   int writer_running;
   pthread_t writer;
@@ -259,13 +262,25 @@ static int store_submit(struct store *st, struct store_job *j)
 
 struct store_db *store_reader(struct store *st)
 {
+  size_t i;
   pthread_mutex_lock(&st->rlock);
-  return &st->r;
+  for(;;) {
+    for(i = 0; i < st->nreaders && st->rbusy[i]; i++)
+      ;
+    if(i < st->nreaders)
+      break;
+    pthread_cond_wait(&st->rcond, &st->rlock);
+  }
+  st->rbusy[i] = 1;
+  pthread_mutex_unlock(&st->rlock);
+  return &st->r[i];
 }
 
 void store_reader_done(struct store *st, struct store_db *d)
 {
-  (void)d;
+  pthread_mutex_lock(&st->rlock);
+  st->rbusy[d - st->r] = 0;
+  pthread_cond_signal(&st->rcond);
   pthread_mutex_unlock(&st->rlock);
 }
 
@@ -332,10 +347,11 @@ int store_check(struct store *st, char *err, size_t errsz)
   sqlite3_stmt *s = NULL;
   long long orphans = 0, empty = 0;
   int rc, result = STORE_OK;
+  struct store_db *d;
 
   snprintf(err, errsz, "ok");
-  pthread_mutex_lock(&st->rlock);
-  rc = sqlite3_prepare_v2(st->r.db, "PRAGMA integrity_check", -1, &s, NULL);
+  d = store_reader(st);
+  rc = sqlite3_prepare_v2(d->db, "PRAGMA integrity_check", -1, &s, NULL);
   if(rc == SQLITE_OK)
     rc = sqlite3_step(s);
   if(rc == SQLITE_ROW) {
@@ -346,23 +362,23 @@ int store_check(struct store *st, char *err, size_t errsz)
     }
   }
   else {
-    snprintf(err, errsz, "integrity check could not run: %s", sqlite3_errmsg(st->r.db));
+    snprintf(err, errsz, "integrity check could not run: %s", sqlite3_errmsg(d->db));
     result = STORE_ERROR;
   }
   sqlite3_finalize(s);
   if(!result) {
-    result = db_count(&st->r, ST_COUNT_ORPHAN_RCPTS, &orphans);
+    result = db_count(d, ST_COUNT_ORPHAN_RCPTS, &orphans);
     if(!result)
-      result = db_count(&st->r, ST_COUNT_EMPTY_MSGS, &empty);
+      result = db_count(d, ST_COUNT_EMPTY_MSGS, &empty);
     if(result)
-      snprintf(err, errsz, "cannot count orphans: %s", sqlite3_errmsg(st->r.db));
+      snprintf(err, errsz, "cannot count orphans: %s", sqlite3_errmsg(d->db));
     else if(orphans || empty) {
       snprintf(err, errsz, "%lld recipient(s) without a message, %lld message(s) without "
                "recipients", orphans, empty);
       result = STORE_ERROR;
     }
   }
-  pthread_mutex_unlock(&st->rlock);
+  store_reader_done(st, d);
   return result;
 }
 
@@ -422,6 +438,7 @@ int store_open(const char *data_dir, int flags, struct store **out, char *err, s
   st->readonly = readonly;
   st->tailp = &st->head;
   pthread_mutex_init(&st->rlock, NULL);
+  pthread_cond_init(&st->rcond, NULL);
   pthread_mutex_init(&st->wlock, NULL);
   pthread_mutex_init(&st->qlock, NULL);
   pthread_cond_init(&st->qcond, NULL);
@@ -433,10 +450,18 @@ int store_open(const char *data_dir, int flags, struct store **out, char *err, s
     if(result)
       goto out;
   }
-  /* the read connection cannot write even by mistake */
-  result = db_open(&st->r, path, 1, err, errsz);
+  /* the read connections cannot write even by mistake */
+  result = db_open(&st->r[0], path, 1, err, errsz);
   if(!result)
-    result = schema_check(&st->r, path, err, errsz);
+    result = schema_check(&st->r[0], path, err, errsz);
+  if(result)
+    goto out;
+  st->nreaders = 1;
+  while(!result && (flags & STORE_OPEN_WRITER) && st->nreaders < STORE_READERS) {
+    result = db_open(&st->r[st->nreaders], path, 1, err, errsz);
+    if(!result)
+      st->nreaders++;
+  }
   if(result)
     goto out;
 
@@ -475,6 +500,7 @@ int store_vacuum(struct store *st, char *err, size_t errsz)
 
 void store_close(struct store *st)
 {
+  size_t i;
   if(!st)
     return;
   if(st->writer_running) {
@@ -484,8 +510,10 @@ void store_close(struct store *st)
     pthread_mutex_unlock(&st->qlock);
     pthread_join(st->writer, NULL);
   }
-  db_close(&st->r);
+  for(i = 0; i < STORE_READERS; i++)
+    db_close(&st->r[i]);
   db_close(&st->w);
+  pthread_cond_destroy(&st->rcond);
   pthread_cond_destroy(&st->qcond);
   pthread_mutex_destroy(&st->qlock);
   pthread_mutex_destroy(&st->wlock);

@@ -30,6 +30,8 @@ enum store_result {
   STORE_NOTFOUND,
   STORE_FULL,        /* disk full: the listener answers 452 4.3.1 */
   STORE_ERROR,       /* anything else: 451 4.3.0 */
+  STORE_DAMAGED,     /* what was stored cannot be read back (the database reports damage):
+                        trying again will not help */
 };
 
 enum rcpt_status {
@@ -51,6 +53,8 @@ struct store_rcpt {
   char *upstream;            /* the upstream that last handled it, or NULL */
   char *held_by;             /* RCPT_HELD by the relay: the upstream whose login failed;
                                 NULL for a hold by hand */
+  char *route_to;            /* the upstream it was released to by hand (store_release_to):
+                                the routes are not asked; NULL for routed mail */
 };
 
 struct store_msg {
@@ -125,6 +129,11 @@ int store_set_pending(struct store *st, const char *id, enum rcpt_status status)
  * once a login to it works again; holds by hand stay. *released gets the count (may be NULL). */
 int store_release_upstream(struct store *st, const char *upstream, size_t *released);
 
+/* Captured mail sent on after all: every RCPT_CAPTURED recipient of message id becomes queued,
+ * due now, for upstream (route_to) whatever the routes say. *released gets the count (may be
+ * NULL; 0 when nothing of it was captured). STORE_NOTFOUND without such a message. */
+int store_release_to(struct store *st, const char *id, const char *upstream, size_t *released);
+
 /* Makes every deferred recipient due now (held ones stay held); *flushed gets the count. */
 int store_flush(struct store *st, size_t *flushed);
 
@@ -141,7 +150,7 @@ int store_next_due(struct store *st, long long *when_ms);
 
 /* Reads one message's envelope and recipients (no body). */
 int store_get(struct store *st, const char *id, struct store_msg *out);
-/* Reads the stored message bytes; *body is malloc'd. */
+/* Reads the stored message bytes; *body is malloc'd. STORE_DAMAGED: they cannot be read. */
 int store_body(struct store *st, const char *id, char **body, size_t *len);
 
 /* Filters for listing; NULL / 0 fields do not filter. */

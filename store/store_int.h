@@ -2,7 +2,7 @@
  * connection type, the statement numbers, the writer's job call and the SQLite helpers.
  *
  * Who calls whom (no cycles): queue.c, inbound.c and records.c call store.c (the writer and
- * the read connection) and db.c (statements, binding, errors); store.c calls schema.c and db.c;
+ * the read connections) and db.c (statements, binding, errors); store.c calls schema.c and db.c;
  * schema.c calls db.c; db.c calls only SQLite. The writer runs a domain's job through the
  * function pointer it was handed, never by name. */
 #ifndef POSTERN_STORE_INT_H
@@ -15,6 +15,10 @@
 #define STORE_BUSY_TIMEOUT_MS 10000   /* posternctl and the daemon wait for each other's writes */
 #define STORE_LIST_PAGE 256           /* messages store_list holds in memory at once */
 #define STORE_FULL_EVERY_MS 1000      /* relaxed commits are made FULL at least this often */
+/* Read connections of a daemon's store: a slow read (a console page, posternctl over a big
+ * store, a prune's count) must not stop the scheduler's due query or a worker's store_get. A
+ * tool that only reads has one. */
+#define STORE_READERS 4
 
 /* Every statement Postern runs, numbered so that each connection prepares it once. Each file
  * keeps the SQL of its own statements in a table indexed by these numbers. */
@@ -27,6 +31,7 @@ enum stmt {
   /* queue.c */
   ST_MSG_INSERT, ST_RCPT_INSERT, ST_RCPT_UPDATE, ST_MSG_EXISTS, ST_MSG_DELETE,
   ST_RCPT_SET_PENDING,
+  ST_RELEASE_TO,
   ST_MSG_GET, ST_RCPT_GET, ST_BODY_GET, ST_DUE, ST_DUE_DEFERRED, ST_NEXT_DUE, ST_LIST, ST_LIST_DESC,
   ST_RELEASE_UPSTREAM, ST_HELD_UPSTREAMS, ST_WAITING_BY_UPSTREAM,
   ST_FLUSH, ST_COUNT_BY_STATUS, ST_COUNT_MESSAGES, ST_OLDEST_UNFINISHED,
@@ -89,7 +94,7 @@ int schema_vacuum(struct store_db *d, char *err, size_t errsz);
 /* A store made before incremental vacuum: small ones are rewritten now, large ones said. */
 void schema_auto_vacuum(struct store_db *d, const char *path);
 
-/* ---- store.c: the writer and the read connection ------------------------------------------- */
+/* ---- store.c: the writer and the read connections ------------------------------------------- */
 /* A write job: runs inside the writer's transaction, in its own savepoint; *changed is
  * handed back to the caller of store_call. */
 typedef int (*store_job_fn)(struct store_db *d, void *arg, size_t *changed);
@@ -101,7 +106,7 @@ enum store_sync { STORE_SYNC_FULL, STORE_SYNC_RELAXED };
  * thread: posternctl). *changed (may be NULL) gets what the job reported, 0 on failure. */
 int store_call(struct store *st, store_job_fn call, void *arg, enum store_sync sync,
                size_t *changed);
-/* The read connection, held until store_reader_done. */
+/* A read connection of the pool (waits while all are in use), held until store_reader_done. */
 struct store_db *store_reader(struct store *st);
 void store_reader_done(struct store *st, struct store_db *d);
 /* The same with a read transaction around it, so that several reads see one snapshot;

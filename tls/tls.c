@@ -478,14 +478,14 @@ static int handshake_run(SSL *ssl, struct conn *c, int is_server, int verify_pee
         errf(err, errsz, "TLS handshake timed out");
         return -1;
       }
-      if(c->cancelable && conn_cancelled()) {
+      if(conn_cancelled(c->cancelable)) {
         errf(err, errsz, "TLS handshake interrupted: postern is stopping");
         return -1;
       }
       pfd[0].fd = c->fd;
       pfd[0].events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
       pfd[0].revents = 0;
-      pfd[1].fd = c->cancelable ? conn_cancel_fd() : -1;
+      pfd[1].fd = conn_cancel_fd(c->cancelable);
       pfd[1].events = POLLIN;
       pfd[1].revents = 0;
       r = poll(pfd, 2, !bounded ? -1 : (int)(left > 60000 ? 60000 : left));

@@ -38,7 +38,6 @@ int ctl_init(struct ctl *c);
 int ctl_flush(struct ctl *c);                   /* ctl_daemon.c */
 int ctl_reload(struct ctl *c);
 int ctl_stats(struct ctl *c);                   /* ctl_stats.c */
-int ctl_queue_stats(struct ctl *c, int not_live);   /* every message; c->cfg loaded */
 
 /* the daemon's control socket (ctl_control.c); c->cfg must be loaded */
 #define CTL_DAEMON_DOWN (-1)  /* nothing answers on data_dir/control.sock */

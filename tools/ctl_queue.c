@@ -593,18 +593,6 @@ static int queue_stats(struct ctl *c, const struct queue_sel *q, int not_live)
   return result;
 }
 
-/* posternctl stats with the daemon down: every message, from the store */
-int ctl_queue_stats(struct ctl *c, int not_live)
-{
-  struct queue_sel q;
-  memset(&q, 0, sizeof(q));
-  q.f.status = -1;
-  q.cfg = c->cfg;
-  if(ctl_store(c, STORE_OPEN_READONLY))
-    return EX_TEMPFAIL;
-  return queue_stats(c, &q, not_live);
-}
-
 static int is_change(const char *verb)
 {
   return !strcmp(verb, "retry") || !strcmp(verb, "hold") || !strcmp(verb, "release") ||

@@ -127,7 +127,20 @@ int ctl_store_command(struct ctl *c)
     return ctl_usage_error("store takes stats, prune [--dry-run] or vacuum", cmd);
   if(dry_run && strcmp(cmd, "prune"))
     return ctl_usage_error("--dry-run goes with store prune", NULL);
-  result = ctl_config_and_store(c, !strcmp(cmd, "stats") || dry_run ? STORE_OPEN_READONLY : 0);
+  result = ctl_config(c);
+  if(result)
+    return result;
+  if(!strcmp(cmd, "vacuum")) {
+    /* the rewrite holds the write lock for as long as it takes: a running daemon's accepts
+     * would wait, then answer 451, for all of it */
+    json_t *o = NULL;
+    if(ctl_control_call(c, "stats", &o) != CTL_DAEMON_DOWN) {
+      json_decref(o);
+      fprintf(stderr, "posternctl: postern is running: stop it before store vacuum\n");
+      return EX_TEMPFAIL;
+    }
+  }
+  result = ctl_store(c, !strcmp(cmd, "stats") || dry_run ? STORE_OPEN_READONLY : 0);
   if(result)
     return result;
   if(!strcmp(cmd, "stats"))

@@ -6,6 +6,7 @@
 #
 #   tests/bench/bench.sh                 # binaries from $POSTERN_BUILDDIR, else ., else the source tree
 #   MESSAGES=5000 SESSIONS="1 10 50" SIZE=4096 REPEAT=5 KEEP=1 tests/bench/bench.sh
+#   UPSTREAM=0 (no relay tables)  DKIM=0 (no signing table)  LATENCY=0 (no accept-latency run)
 #
 # Each run sends MESSAGES messages; smtp-source opens one connection per message unless
 # REUSE=1 (smtp-source -d: all messages of a session over one connection). Each figure is the
@@ -54,6 +55,12 @@ wait_port() {   # wait_port PORT PID
   echo "bench: nothing listens on 127.0.0.1:$1" >&2; return 1
 }
 now() { date +%s.%N; }
+# cpu_ticks PID: the process's user + system time so far, in clock ticks (/proc/PID/stat
+# fields 14 and 15, counted after the command name, which may hold spaces)
+cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+# cpu_us TICKS MESSAGES: CPU microseconds per message
+cpu_us() { /usr/bin/python3 -c "print('%.0f' % ($1 * 1e6 / $TICK / $2))"; }
 stored() {
   "$POSTERNCTL" -c "$work/postern.conf" queue list --json |
     /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
@@ -106,14 +113,18 @@ run() {   # run PORT SESSIONS -> prints messages/s
 
 echo "Postern $("$POSTERN" -V 2>&1 | head -1) on $(nproc) CPUs; $MESSAGES messages of $SIZE bytes per run, median of $REPEAT;" \
      "$([ "$REUSE" = 1 ] && echo "one connection per session" || echo "one connection per message")"
-printf '%-10s %16s %16s %8s %10s\n' sessions "smtp-sink msg/s" "postern msg/s" ratio stored
+printf '%-10s %16s %16s %8s %10s %12s\n' sessions "smtp-sink msg/s" "postern msg/s" ratio stored \
+  "CPU us/msg"
 before=$(stored)
 for s in $SESSIONS; do
   ceiling=$(median "$sink_port" "$s")
+  c0=$(cpu_ticks "$postern_pid")
   ours=$(median "$port" "$s")
+  c1=$(cpu_ticks "$postern_pid")
   after=$(stored)
   ratio=$(/usr/bin/python3 -c "print('%.2f' % ($ours / $ceiling))")
-  printf '%-10s %16s %16s %8s %10s\n' "$s" "$ceiling" "$ours" "$ratio" "$((after - before))"
+  printf '%-10s %16s %16s %8s %10s %12s\n' "$s" "$ceiling" "$ours" "$ratio" "$((after - before))" \
+    "$(cpu_us "$((c1 - c0))" "$((MESSAGES * REPEAT))")"
   if [ "$((after - before))" -ne "$((MESSAGES * REPEAT))" ]; then
     echo "bench: WARNING: $((after - before)) messages stored for $((MESSAGES * REPEAT)) sent" >&2
   fi
@@ -231,22 +242,65 @@ EOC
     printf '%s\n' "${out[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
   }
 
+  # Accept latency: one more session next to smtp-source's, submitting 4 KB messages one after
+  # the other (a new connection each, as smtp-source does) and timing each from connect to the
+  # 250 after DATA, until smtp-source is done. An extra run, not one of the timed ones.
+  latency_run() {   # latency_run PORT SESSIONS -> prints "p50 p99" in ms
+    local stop=$work/latency.stop args=(-s "$2" -l "$SIZE" -m "$MESSAGES" -f bench@clinic.test
+                                        -t rcpt@example.test -M bench.client.test)
+    [ "$REUSE" = 1 ] && args+=(-d)
+    rm -f "$stop"
+    /usr/bin/python3 - "$1" "$SIZE" "$stop" >"$work/latency.out" <<'PY' &
+import os, smtplib, sys, time
+port, size, stop = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+body = b"Subject: latency probe\r\n\r\n" + b"x" * 76 + b"\r\n"
+body = body * max(1, size // len(body))
+lat = []
+while not os.path.exists(stop) and len(lat) < 100000:
+    t0 = time.monotonic()
+    c = smtplib.SMTP("127.0.0.1", port, local_hostname="probe.test")
+    c.sendmail("probe@clinic.test", ["rcpt@example.test"], body)
+    lat.append(time.monotonic() - t0)
+    c.quit()
+lat.sort()
+print("%.1f %.1f" % (lat[len(lat) // 2] * 1000, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000)
+      if lat else "- -")
+PY
+    local probe=$!
+    "$SOURCE" "${args[@]}" "127.0.0.1:$1" >>"$work/source.log" 2>&1 || true
+    touch "$stop"
+    wait "$probe" || true
+    cat "$work/latency.out"
+  }
+
   echo
-  echo "Upstream relay: smtp-source -> relay -> smtp-sink, messages/s until the last one left the relay"
-  printf '%-10s %16s %16s %16s %10s %10s\n' sessions "smtp-sink alone" "postern relay" "postfix relay" \
-    "postern ok" "postfix ok"
+  echo "Upstream relay: smtp-source -> relay -> smtp-sink, messages/s until the last one left the relay;"
+  echo "CPU = the Postern relay's user + system time per message over its timed runs;"
+  echo "accept p50/p99 = connect to 250 after DATA of a probe session beside smtp-source (an extra run)"
+  printf '%-10s %14s %14s %14s %8s %11s %8s %8s %10s %10s\n' sessions "smtp-sink alone" "postern relay" \
+    "postfix relay" "ratio" "CPU us/msg" "p50 ms" "p99 ms" "postern ok" "postfix ok"
   for s in $SESSIONS; do
     ceiling=$(median "$sink_port" "$s")
     p0=$(postern_sent)
+    c0=$(cpu_ticks "$relay_pid")
     ours=$(relay_median "$relay_port" "$s" postern_pending)
+    c1=$(cpu_ticks "$relay_pid")
     p1=$(postern_sent)
+    lat="- -"
+    if [ "${LATENCY:-1}" = 1 ]; then
+      lat=$(latency_run "$relay_port" "$s")
+      for _ in $(seq 60000); do [ "$(postern_pending)" -eq 0 ] && break; sleep 0.01; done
+    fi
     theirs=- f0=0 f1=0
     if [ -n "$pf" ]; then
       f0=$(postfix_sent)
       theirs=$(relay_median "$pf_port" "$s" postfix_pending)
       f1=$(postfix_sent)
     fi
-    printf '%-10s %16s %16s %16s %10s %10s\n' "$s" "$ceiling" "$ours" "$theirs" "$((p1 - p0))" \
+    ratio=$(/usr/bin/python3 -c "print('%.2f' % ($ours / $ceiling))")
+    read -r p50 p99 <<<"$lat"
+    printf '%-10s %14s %14s %14s %8s %11s %8s %8s %10s %10s\n' "$s" "$ceiling" "$ours" "$theirs" \
+      "$ratio" "$(cpu_us "$((c1 - c0))" "$((MESSAGES * REPEAT))")" "$p50" "$p99" "$((p1 - p0))" \
       "$([ -n "$pf" ] && echo "$((f1 - f0))" || echo -)"
   done
 fi

@@ -1,10 +1,11 @@
 /* Fuzz target for what Postern reads itself in DKIM and DMARC work: the header walker and the
  * RFC 6376 tag-list reader of global/mailauth.c (the signer's "signed already?" test, the key
- * records posternctl compares) and the Authentication-Results reader of the record builder
- * (inbound/auth_results.c). Signatures, keys and DMARC records themselves are libopendkim's
+ * records posternctl compares), the Authentication-Results reader of the record builder and
+ * the remover of fields that claim our name (inbound/auth_results.c). Signatures, keys and DMARC records themselves are libopendkim's
  * and libopendmarc's. Every answer must lie inside the input and the walk must advance. */
 #include "global/mailauth.h"
 #include "inbound/inbound.h"
+#include "lib/buf.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   const char *msg = (const char *)data, *n, *v, *t;
   size_t pos = 0, last = 0, nl, vl, tl, i, fields = 0;
   json_t *j;
+  struct buf out;
 
   while(mailauth_header_next(msg, size, &pos, &n, &nl, &v, &vl)) {
     if(pos <= last || pos > size)
@@ -45,5 +47,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   if(j && !json_is_array(json_object_get(j, "dkim")))
     abort();
   json_decref(j);
+  /* only whole fields go: what is left is the input less some of its bytes */
+  buf_init(&out, size + 1);
+  if(inbound_auth_strip(msg, size, "relay.test.example", &out, &i) || out.len > size ||
+     (i == 0) != (out.len == size) || out.len < size - pos ||
+     (size > pos && memcmp(out.ptr + out.len - (size - pos), msg + pos, size - pos)))
+    abort();
+  buf_free(&out);
   return 0;
 }

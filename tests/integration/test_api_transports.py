@@ -867,3 +867,31 @@ def test_long_lines_go_unchanged_to_the_api_transports(daemon_factory, api, tmp_
     (req,) = [r for r in api.posts(SES)
               if {"Name": "postern_id", "Value": qid} in r.json().get("EmailTags", [])]
     assert base64.b64decode(req.json()["Content"]["Raw"]["Data"]) == stored
+
+
+def test_notify_success_gets_a_relayed_report_from_an_api_transport(daemon_factory, api,
+                                                                    upstreams, tmp_path):
+    # an HTTP API reports nothing back by DSN: the sender who asked NOTIFY=SUCCESS hears from
+    # Postern that the message was relayed (RFC 3461 6.2.2.3)
+    from upstream import upstream_section
+    key = secret_file(tmp_path / "sg.key", api.key)
+    sink = upstreams()
+    d = daemon_factory(postern=FAST, extra=(
+        f"[upstream sg]\ntype = sendgrid\napi_key_file = {key}\napi_url = {api.url}\n" +
+        upstream_section("sink", sink.port, host="127.0.0.1", tls="none") +
+        "\n[route notices]\nrecipient = *@client.test\nupstream = sink\n"
+        "\n[route default]\nupstream = sg\n"))
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=60) as s:
+        s.ehlo("client.test")
+        assert s.mail(SENDER)[0] == 250
+        assert s.rcpt("pat@example.net", ["NOTIFY=SUCCESS"])[0] == 250
+        code, resp = s.data(simple("pat@example.net"))
+        assert code == 250, resp
+    qid = re.search(rb"queued as ([0-9A-F]+)", resp).group(1).decode()
+    wait_all(d, qid, "sent")
+    msgs = sink.wait_messages(1)
+    text = msgs[0]["data"].decode("utf-8", "replace")
+    assert msgs[0]["mail_from"] == "" and msgs[0]["rcpts"] == [SENDER]
+    assert "Subject: Successful Mail Delivery Report" in text
+    assert "Action: relayed" in text and "Status: 2.0.0" in text, text
+    assert "Final-Recipient: rfc822; pat@example.net" in text

@@ -17,7 +17,10 @@ from email.message import EmailMessage
 
 import pytest
 
-from conftest import (BUILDDIR, POSTERN, SRCDIR, free_port, need_binary, register_secret)
+from test_correspondence import (corr_daemon, mx_send, send_out, sent_message, sg_events,  # noqa: F401
+                                 sink, spf_env, wait_record, wait_records)
+from conftest import (BUILDDIR, POSTERN, SRCDIR, free_port, need_binary, register_secret,
+                      secret_file)
 
 PASSWORD = register_secret("console-Pass-w0rd")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -118,10 +121,14 @@ def submit(d, sender, rcpts, subject="hello", html=None, attach_name=None, from_
         m.add_attachment(b"attached bytes\n", maintype="application", subtype="octet-stream",
                          filename=attach_name)
     with smtplib.SMTP("127.0.0.1", d.port, timeout=15) as s:
-        s.sendmail(sender, rcpts, m.as_bytes())
-    # the id of what was just accepted: the newest entry
-    entries = sorted(d.queue_list(), key=lambda e: (e["created"], e["id"]))
-    return entries[-1]["id"]
+        s.ehlo("client.test")
+        assert s.mail(sender)[0] == 250
+        for r in rcpts:
+            assert s.rcpt(r)[0] == 250
+        code, resp = s.data(m.as_bytes())
+        assert code == 250, resp
+    # the id of what was just accepted, from the answer to DATA
+    return re.search(rb"queued as ([0-9A-F]+)", resp).group(1).decode()
 
 
 def wait_state(d, qid, states, timeout=15):
@@ -174,7 +181,7 @@ def test_every_post_needs_its_csrf_token(console):
         r = c.post("/console/action", fields)
         assert r.status == 403, (fields, r.status)
         assert all(x["status"] != "held" for x in console.queue_entry(qid)["recipients"])
-    for path in ("/console/logout", "/console/action"):
+    for path in ("/console/logout", "/console/action", "/console/release-to"):
         assert c.post(path, {"action": "delete", "id": qid}).status == 403
     assert console.queue_entry(qid), "deleted without a token"
     # a login without the token its form carries is refused too
@@ -300,6 +307,26 @@ def test_download_keeps_the_attachments_name(console):
     # a part without a name is part-N
     r = c.get(f"/console/msg/{e['id']}/part/0")
     assert _disposition_name(r.getheader("Content-Disposition")) == "part-0"
+
+
+def test_sessions_outlive_a_reload_not_a_restart(console):
+    """As doc/postern.conf.5 says: sessions are in the daemon's memory; SIGHUP keeps them, a
+    restart ends them (the browser is sent to the login page, nothing is shown)."""
+    import signal as sig
+    c = Client(console.http_port)
+    assert c.login().status == 303
+    assert c.get("/console/queue").status == 200
+    console.signal(sig.SIGHUP)
+    deadline = time.monotonic() + 15
+    while "reload -- configuration" not in console.log_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "reload -- configuration" in console.log_text()
+    assert c.get("/console/queue").status == 200, "a reload ended the session"
+    assert console.stop() == 0
+    console.start()
+    r = c.get("/console/queue")
+    assert r.status == 303 and r.getheader("Location") == "/console/login"
+    assert c.login().status == 303 and c.get("/console/queue").status == 200
 
 
 def test_wrong_password_is_rate_limited(console):
@@ -587,6 +614,153 @@ def test_event_stream_counts_and_shutdown(console):
     console.check_log()
 
 
+@pytest.fixture
+def console_sink(daemon_factory, upstreams):
+    """A console whose capture route keeps everything, and a real SMTP server on loopback as
+    [upstream sink] that no route uses: captured mail can be released to it by hand."""
+    up = upstreams()
+    http_port, dead_port = free_port(), free_port()
+    d = daemon_factory(postern={"retry_min": "1h", "retry_max": "2h"},
+                       extra=f"\n[upstream sink]\ntype = smtp\nhost = 127.0.0.1\nport = {up.port}\n"
+                             "tls = none\nhelo = relay.test.example\n" +
+                             console_conf(http_port, dead_port))
+    d.http_port = http_port
+    d.sink = up
+    return d
+
+
+def test_release_to_upstream_needs_token_and_confirmation(console_sink):
+    d = console_sink
+    qid = submit(d, "alice@client.test", ["bob@example.test"], subject="captured one")
+    wait_state(d, qid, ("captured",))
+    c = Client(d.http_port)
+    assert c.login().status == 303
+    page = c.get(f"/console/msg/{qid}").text
+    token = c.csrf(page)
+    # offered: the configured upstreams, not capture
+    assert sorted(re.findall(r"<option>([^<]*)</option>", page.split('id="release-upstream"')[1]
+                             .split("</select>")[0])) == ["down", "sink"]
+    # without the token: refused, nothing changes
+    for fields in ({"id": qid, "upstream": "sink", "confirm": "yes"},
+                   {"id": qid, "upstream": "sink", "confirm": "yes", "csrf": "0" * 64}):
+        assert c.post("/console/release-to", fields).status == 403
+    # with it but not confirmed: the page that asks, nothing changes
+    r = c.post("/console/release-to", {"id": qid, "upstream": "sink", "csrf": token})
+    assert r.status == 200 and "Release to upstream sink</button>" in r.text, r.text[-2000:]
+    assert "bob@example.test" in r.text
+    # an upstream that is not configured, or capture itself, is refused
+    for bad in ("nowhere", "capture", ""):
+        r = c.post("/console/release-to", {"id": qid, "upstream": bad, "csrf": token,
+                                           "confirm": "yes"})
+        assert r.status == 400, (bad, r.status)
+    time.sleep(1)
+    assert all(x["status"] == "captured" for x in d.queue_entry(qid)["recipients"])
+    assert d.sink.received() == []
+    # confirmed: delivered by the sink, logged with the console user
+    r = c.post("/console/release-to", {"id": qid, "upstream": "sink", "csrf": token,
+                                       "confirm": "yes"})
+    assert r.status == 303 and r.getheader("Location") == f"/console/msg/{qid}"
+    got = d.sink.wait_messages(1)
+    assert got[0]["rcpts"] == ["bob@example.test"] and b"captured one" in got[0]["data"]
+    wait_state(d, qid, ("sent",))
+    assert re.search(rf"console: admin: release {qid} to upstream sink: done \(1 captured",
+                     d.log_text())
+    assert 'id="release-upstream"' not in c.get(f"/console/msg/{qid}").text
+
+
+def test_browser_release_to_upstream(console_sink, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    d, drv = console_sink, browser
+    qid = submit(d, "alice@client.test", ["carol@example.test"], subject="release me")
+    wait_state(d, qid, ("captured",))
+    base = browser_login(drv, d)
+    drv.get(base + f"/console/msg/{qid}")
+    Select(drv.find_element(By.ID, "release-upstream")).select_by_visible_text("sink")
+    drv.find_element(By.ID, "release-to").click()
+    wait_for(lambda: drv.find_elements(By.ID, "confirm"), "the page that asks to confirm")
+    assert "carol@example.test" in drv.find_element(By.TAG_NAME, "main").text
+    shot(drv, "release-confirm")
+    assert d.sink.received() == [], "released before it was confirmed"
+    drv.find_element(By.ID, "confirm").click()
+    wait_for(lambda: drv.current_url == base + f"/console/msg/{qid}",
+             "the message page after the release")
+    got = d.sink.wait_messages(1)
+    assert got[0]["rcpts"] == ["carol@example.test"]
+    wait_state(d, qid, ("sent",))
+    drv.refresh()
+    wait_for(lambda: state_text(drv) == "sent", "the message page to show it sent")
+
+
+def test_overview_chart_health_sources_warnings(daemon_factory, upstreams, certs, tmp_path,
+                                                browser_optional):
+    """The overview from the daemon's own counters: the last hour's throughput as an SVG
+    chart, each upstream's last result and credential hold, the inbound sources, and a
+    warning that names the fix when an upstream refuses the login."""
+    from upstream import upstream_section
+    up = upstreams(tls="starttls", cert=certs.good, users={"app": "right-Passw0rd"})
+    pw = secret_file(tmp_path / "pw", "wrong-password")
+    http_port, dead_port, mx = free_port(), free_port(), free_port()
+    conf = (upstream_section("locked", up.port, ca=certs.ca, auth="plain", username="app",
+                             password_file=pw) +
+            "\n[route locked]\nrecipient = *@locked.test\nupstream = locked\n" +
+            f"\n[listener mx]\naddress = 127.0.0.1:{mx}\nrole = mx\n" +
+            console_conf(http_port, dead_port))
+    d = daemon_factory(postern={"retry_min": "1h", "retry_max": "2h"}, extra=conf)
+    captured = [submit(d, "alice@client.test", [f"bob{i}@example.test"]) for i in range(2)]
+    deferred = submit(d, "alice@client.test", ["carol@slow.test"])
+    held = submit(d, "alice@client.test", ["dan@locked.test"])
+    for q in captured:
+        wait_state(d, q, ("captured",))
+    wait_state(d, deferred, ("deferred",))
+    wait_state(d, held, ("held",))
+    c = Client(http_port)
+    assert c.login().status == 303
+    page = c.get("/console/").text
+    # the chart: bars drawn by the server, totals in the caption
+    assert '<figure class="chart"><svg' in page and "<script" not in page.split("</head>")[1]
+    flows = dict(re.findall(r'data-flow="(\w+)">(\d+)<', page))
+    assert flows == {"accepted": "4", "delivered": "2", "failed": "2"}, flows
+    assert len(re.findall(r'<rect class="accepted"', page)) >= 1
+    assert len(re.findall(r'<rect class="delivered"', page)) >= 1
+    # upstream health: last result, the credential hold
+    rows = dict(re.findall(r'<tr><th scope="row"><a href="/console/queue\?upstream=\w+">(\w+)'
+                           r'</a></th>(.*?)</tr>', page.split('class="health"')[1]))
+    assert rows["capture"].startswith("<td>captured at "), rows["capture"]
+    assert rows["down"].startswith("<td>deferred at "), rows["down"]
+    assert "<td>held: its login failed</td>" in rows["locked"], rows["locked"]
+    assert "<td>no</td>" in rows["down"]
+    # inbound sources: the MX listener and the HTTP listener
+    assert f"SMTP (MX) listener mx on 127.0.0.1:{mx}" in page
+    assert f"HTTP listener on 127.0.0.1:{http_port}" in page
+    assert re.search(r'data-inbound="mx">0<', page)
+    # the warning names the fix, as the log does
+    warnings = page.split('id="wn"')[1]
+    assert "Upstream locked refused the login: its mail is held, not bounced." in warnings
+    assert "password_file" in warnings and "SIGHUP" in warnings
+    assert "wrong-password" not in page
+    # a message through the MX listener is counted
+    with smtplib.SMTP("127.0.0.1", mx, timeout=15) as s:
+        s.sendmail("pat@example.test", ["app@reply.test"],
+                   b"From: pat@example.test\r\nSubject: in\r\n\r\nhello\r\n")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if re.search(r'data-inbound="mx">1<', c.get("/console/").text):
+            break
+        time.sleep(0.3)
+    assert re.search(r'data-inbound="mx">1<', c.get("/console/").text)
+    if browser_optional:
+        drv = browser_optional
+        base = browser_login(drv, type("D", (), {"http_port": http_port}))
+        from selenium.webdriver.common.by import By
+        bars = drv.find_elements(By.CSS_SELECTOR, "figure.chart svg rect")
+        assert bars and all(b.size["height"] > 0 for b in bars)
+        no_alert(drv)
+        drv.set_window_size(1280, 1300)       # the whole page, for README's picture
+        shot(drv, "overview-health")
+        drv.set_window_size(1280, 900)
+
+
 def test_thread_with_a_reply(daemon_factory, browser_optional):
     """An outbound message and the reply that answers it (through the MX listener) are one
     thread on the correspondence pages, the reply's own text shown without the quote."""
@@ -659,3 +833,47 @@ def test_queue_pages_by_key(console):
     hits = row.findall(c.get("/console/captured?q=page+54").text)
     assert len(hits) == 1 and "page 54" in c.get(f"/console/msg/{hits[0]}").text, hits
     assert c.get("/console/queue?after=garbage").status == 400
+
+
+def test_browser_thread_with_reply_and_sendgrid_events(daemon_factory, tmp_path, sink, spf_env,
+                                                       browser):
+    """An outbound message, the reply through the MX listener, and SendGrid's signed events
+    posted to the real /events webhook: the browser opens the thread and sees all of it."""
+    from selenium.webdriver.common.by import By
+    d = corr_daemon(daemon_factory, tmp_path, sink, inbound_extra=(
+        f"\n[console]\nenabled = yes\nusers = admin:{crypt_hash(PASSWORD)}\n"))
+    qid = send_out(d, subject="Appointment reminder")
+    raw, msgid, reply_to = sent_message(sink, 1)
+    wait_record(d, qid, lambda r: r["status"] == "sent")
+    mx_send(d, "pat@pass.test", reply_to,
+            (f"From: Pat <pat@pass.test>\r\nTo: <{reply_to}>\r\n"
+             f"Subject: Re: Appointment reminder\r\nMessage-ID: <r1@pass.test>\r\n"
+             f"In-Reply-To: <{msgid}>\r\nReferences: <{msgid}>\r\n"
+             "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+             "Tuesday suits me.\r\n\r\nOn Mon, Clinic wrote:\r\n> quoted\r\n").encode())
+    wait_records(d, 2)
+    now = int(time.time())
+    sg_events(d, [{"email": "pat@example.test", "event": "delivered", "sg_event_id": "ev-d",
+                   "sg_message_id": "sgid1.filter0001", "timestamp": now, "postern_id": qid}])
+    sg_events(d, [{"email": "pat@example.test", "event": "open", "sg_event_id": "ev-o",
+                   "sg_message_id": "sgid1.filter0001", "timestamp": now + 5,
+                   "postern_id": qid}])
+    wait_record(d, qid, lambda r: r["status"] == "opened")
+    drv = browser
+    base = browser_login(drv, type("D", (), {"http_port": int(d.http.rsplit(":", 1)[1])}))
+    drv.get(base + "/console/threads")
+    link = drv.find_element(By.CSS_SELECTOR, 'a[href^="/console/thread?id="]')
+    link.click()
+    wait_for(lambda: "/console/thread?id=" in drv.current_url and
+             drv.find_elements(By.CSS_SELECTOR, "article.record"), "the thread page")
+    records = drv.find_elements(By.CSS_SELECTOR, "article.record")
+    assert len(records) == 2, [r.text for r in records]
+    out, reply = records[0].text, records[1].text
+    events = [e.text.split()[0] for e in
+              records[0].find_elements(By.CSS_SELECTOR, "ul.events li")]
+    assert events == ["sent", "delivered", "open"], events
+    assert "pat@example.test" in out
+    assert "Reply text" in reply and "Tuesday suits me." in reply
+    assert "quoted" not in reply.split("Reply text", 1)[1].split("Text", 1)[0]
+    no_alert(drv)
+    shot(drv, "thread-events")

@@ -52,7 +52,7 @@ class DNS:
     """A network namespace whose loopback has dnsmasq answering TXT records; run() executes a
     command inside it (its resolv.conf points at that dnsmasq)."""
 
-    def __init__(self, tmp, records):
+    def __init__(self, tmp, records, log_queries=None):
         if not os.path.exists(DNSMASQ):
             pytest.fail("dnsmasq is not installed (dnsmasq-base, TEST_PKGS in scripts/dev.sh)")
         self.name = f"pdkim{os.getpid()}x{next(_ns_counter)}"
@@ -70,6 +70,8 @@ class DNS:
                     "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root",
                     "--pid-file=", "--listen-address=127.0.0.1", "--bind-interfaces", "--port=53",
                     "--local=/example/", "--local=/org/"]
+            if log_queries:
+                args += ["--log-queries", f"--log-facility={log_queries}"]
             for name, text in records.items():
                 # one character-string holds at most 255 octets (RFC 1035 3.3.14); dnsmasq
                 # takes each comma-separated piece as one (quotes would be kept as text)
@@ -448,6 +450,11 @@ def ns_daemon(daemon_factory, dns, monkeypatch, tmp_path, mode):
                              f"[inbound]\ndomains = in.example\nspf = tag\ndmarc = {mode}\n",
                        start=False)
     d.mx_port = port
+    return ns_start(d, dns)
+
+
+def ns_start(d, dns):
+    """Starts the daemon made with start=False inside the namespace (its DNS is dnsmasq)."""
     log = open(d.logpath, "ab")
     d.proc = subprocess.Popen([IP, "netns", "exec", dns.name, POSTERN, "-c", d.conf, "-f"],
                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=d.workdir)
@@ -653,3 +660,160 @@ def test_sendgrid_verdicts_kept_as_sendgrids(daemon_factory, tmp_path):
         "dkim": [{"domain": "example.test", "selector": None, "result": "pass"},
                  {"domain": "esp.example", "selector": None, "result": "fail"}]}
     assert "authentication" not in by["Re: no verdicts"]
+
+
+FORGED = [
+    # what a sender writes to have its mail taken for one we passed (RFC 8601 5): our name,
+    # and our name dressed up in a comment, quotes, another case and a version
+    b"Authentication-Results: relay.test.example;\r\n\tdkim=pass header.d=goodmail.org;\r\n"
+    b"\tdmarc=pass (p=reject) header.from=goodmail.org\r\n",
+    b"Authentication-Results: (ours) \"RELAY.Test.Example\" 1; dmarc=pass header.from=goodmail.org\r\n",
+]
+KEPT = b"Authentication-Results: mx.other.example; dkim=pass header.d=goodmail.org\r\n"
+
+
+def stored_bodies(d):
+    import sqlite3
+    con = sqlite3.connect(f"file:{d.data_dir}/postern.db?mode=ro", uri=True)
+    try:
+        return [r[0] for r in con.execute("SELECT body FROM inbound_messages ORDER BY received_ms")]
+    finally:
+        con.close()
+
+
+def test_forged_authentication_results_removed_smtp(daemon_factory, inbound_dns, monkeypatch,
+                                                    tmp_path):
+    """Authentication-Results fields that arrive over SMTP claiming our authserv-id are taken
+    out before ours goes on: the stored message and the record carry only our verdict."""
+    dns = inbound_dns
+    d = ns_daemon(daemon_factory, dns, monkeypatch, tmp_path, "tag")
+    msg = plain("a@goodmail.org", "forged verdict")
+    raw = FORGED[0] + KEPT + FORGED[1] + msg
+    code, text = mx_send(d, dns, "x@evilmail.org", raw)
+    assert code == 250, text
+    rec = records_by_subject(d, 1)["forged verdict"]
+    assert rec["authentication"]["dmarc"] == {"result": "fail", "policy": "reject",
+                                              "from_domain": "goodmail.org"}
+    assert rec["authentication"]["dkim"] == []
+    (body,) = stored_bodies(d)
+    fields = header_fields(body)
+    ours = [f for f in fields if f.lower().startswith(b"authentication-results:")]
+    assert len(ours) == 2 and ours[0] == fields[1] and ours[1] == KEPT, fields
+    assert ours[0].startswith(b"Authentication-Results: relay.test.example;\r\n\tspf=fail ")
+    assert b"dmarc=fail (p=reject)" in ours[0]
+    for f in FORGED:
+        assert f not in body
+    assert body.endswith(msg)
+    assert "removed 2 Authentication-Results fields that claimed to be ours" in d.log_text()
+
+
+def ns_http_daemon(daemon_factory, dns, tmp_path, mode):
+    """A daemon inside the namespace whose Inbound Parse listener takes unauthenticated posts."""
+    port = free_mx_port()
+    d = daemon_factory(FAST, f"\n[inbound]\ndomains = in.example\nhttp_address = 127.0.0.1:{port}\n"
+                             f"http_auth = none\ndmarc = {mode}\n", start=False)
+    d.http = f"http://127.0.0.1:{port}"
+    return ns_start(d, dns)
+
+
+def post_raw(d, dns, sender, raw, spf):
+    """SendGrid's raw-mode post of raw, from inside the namespace: the message in "email",
+    SendGrid's own verdicts in "dkim" and "SPF" (which a record of ours must not take)."""
+    import json
+    from test_inbound import CURL
+    fields = [("email", raw.decode()), ("dkim", "{@goodmail.org : pass}"), ("SPF", spf),
+              ("sender_ip", "192.0.2.10"),
+              ("envelope", json.dumps({"to": ["bob@in.example"], "from": sender}))]
+    args = [CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30"]
+    for k, v in fields:
+        args += ["--form-string", f"{k}={v}"]
+    p = dns.run(*args, d.http + "/emailInbound")
+    assert p.returncode == 0, p.stderr
+    return int(p.stdout)
+
+
+def test_raw_inbound_parse_verified_like_mx(daemon_factory, inbound_dns, tmp_path):
+    """A raw-mode Inbound Parse post is DKIM and DMARC checked by the same code as a message
+    to the MX listener: the verdicts agree with dkimpy's, DMARC takes SendGrid's SPF verdict,
+    and an Authentication-Results field in the message that claims our name counts for
+    nothing."""
+    _KEYS.update(inbound_dns.keys)
+    dns = inbound_dns
+    cases = {
+        # subject: (envelope sender, SendGrid's SPF, message, dkim results, dmarc, policy)
+        "raw good": ("x@evilmail.org", "fail",
+                     sign(plain("a@goodmail.org", "raw good"), "goodmail.org"),
+                     ["pass"], "pass", "reject"),
+        "raw body changed": ("x@evilmail.org", "fail",
+                             sign(plain("a@goodmail.org", "raw body changed"), "goodmail.org")
+                             .replace(b"Hello there.", b"Hello there!"),
+                             ["fail"], "fail", "reject"),
+        "raw wrong key": ("x@evilmail.org", "fail",
+                          sign(plain("a@goodmail.org", "raw wrong key"), "goodmail.org",
+                               key="other"), ["fail"], "fail", "reject"),
+        "raw aligned spf": ("bounce@goodmail.org", "pass", plain("a@goodmail.org", "raw aligned spf"),
+                            [], "pass", "reject"),
+        "raw quarantine": ("x@evilmail.org", "fail", plain("a@quarmail.org", "raw quarantine"),
+                           [], "fail", "quarantine"),
+        "raw forged": ("x@evilmail.org", "fail",
+                       FORGED[0] + FORGED[1] + plain("a@goodmail.org", "raw forged"),
+                       [], "fail", "reject"),
+    }
+    d = ns_http_daemon(daemon_factory, dns, tmp_path, "tag")
+    for subject, (sender, spf, raw, *_) in cases.items():
+        assert post_raw(d, dns, sender, raw, spf) == 200, subject
+    recs = records_by_subject(d, len(cases))
+    for subject, (sender, spf, raw, dkims, dmarc, policy) in cases.items():
+        a = recs[subject]["authentication"]
+        assert "verdict_by" not in a, (subject, a)
+        assert a["spf"] == spf, (subject, a)
+        assert [k["result"] for k in a["dkim"]] == dkims, (subject, a)
+        for k in a["dkim"]:
+            assert (k["domain"], k["selector"]) == ("goodmail.org", "rsa1"), (subject, a)
+        assert a["dmarc"] == {"result": dmarc, "policy": policy,
+                              "from_domain": subject == "raw quarantine" and "quarmail.org"
+                              or "goodmail.org"}, (subject, a)
+        # dkimpy, asked in the same DNS, agrees on each signature
+        path = tmp_path / "raw.eml"
+        path.write_bytes(raw)
+        if dkims:
+            py = dns.run(PY, "-c", DKIMPY, str(path))
+            assert (py.stdout.strip() == b"True") == (dkims == ["pass"]), (subject, py.stdout)
+
+
+def test_raw_inbound_parse_not_verified_when_off(daemon_factory, inbound_dns, tmp_path):
+    """dmarc = off: a raw post's record has no verdicts of ours (nor SendGrid's)."""
+    _KEYS.update(inbound_dns.keys)
+    d = ns_http_daemon(daemon_factory, inbound_dns, tmp_path, "off")
+    raw = FORGED[0] + sign(plain("a@goodmail.org", "raw off"), "goodmail.org")
+    assert post_raw(d, inbound_dns, "x@evilmail.org", raw, "pass") == 200
+    rec = records_by_subject(d, 1)["raw off"]
+    assert "authentication" not in rec, rec
+
+
+def test_signatures_checked_are_capped(daemon_factory, keys, monkeypatch, tmp_path):
+    """The sender writes the DKIM-Signature fields, and each costs a key look-up and a hash of
+    the body: only the first 8 (the ones the record reports) are checked, however many come.
+    Seen from the DNS server: 8 selectors asked for of 20, and the stored message keeps all."""
+    _KEYS.update(keys)
+    qlog = tmp_path / "queries.log"
+    dns = DNS(str(tmp_path), {"rsa1._domainkey.goodmail.org": dns_txt(keys["rsa"], "rsa")},
+              log_queries=str(qlog))
+    try:
+        d = ns_daemon(daemon_factory, dns, monkeypatch, tmp_path, "tag")
+        raw = sign(plain("Alice <alice@goodmail.org>", "many signatures"), "goodmail.org")
+        junk = b"".join(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=goodmail.org;"
+                        b" s=k%d; l=%d; h=from; bh=AAAA; b=AAAA\r\n" % (i, 100 - i)
+                        for i in range(19))
+        code, text = mx_send(d, dns, "alice@goodmail.org", junk + raw)
+        assert code == 250, text
+        rec = records_by_subject(d, 1)["many signatures"]
+        assert [k["selector"] for k in rec["authentication"]["dkim"]] == \
+            [f"k{i}" for i in range(8)], rec["authentication"]
+        asked = set(re.findall(r"query\[\w+\] (k\d+)\._domainkey\.goodmail\.org", qlog.read_text()))
+        assert asked == {f"k{i}" for i in range(8)}, sorted(asked)
+        from test_inbound import db_rows
+        body = db_rows(d, "SELECT body FROM inbound_messages")[0]["body"]
+        assert body.count(b"DKIM-Signature:") == 20, body[:400]
+    finally:
+        dns.close()

@@ -163,22 +163,48 @@ def test_mx_spf_off(daemon_factory, spf_env):
     assert not body.startswith(b"Received-SPF:")
 
 
-def test_mx_starttls_without_auth(daemon_factory, spf_env, tmp_path):
-    import smtplib
+def test_mx_forged_authentication_results_removed_without_dmarc(daemon_factory, spf_env):
+    """With dmarc = off no verdict of ours goes on, yet a field claiming our authserv-id is
+    still taken out (RFC 8601 5): a reader further on would take it for ours. Others stay."""
+    d = mx_daemon(daemon_factory, spf="off", extra="dmarc = off\n")
+    body = (b"Authentication-Results: relay.test.example; dkim=pass header.d=fail.test\r\n"
+            b"Authentication-Results: mx.other.example; spf=pass\r\n"
+            b"authentication-results : (c) RELAY.TEST.EXAMPLE;\r\n dmarc=pass\r\n"
+            b"Subject: forged\r\n\r\nhello\r\n")
+    with smtplib.SMTP("127.0.0.1", d.mx_port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.sendmail("mallory@fail.test", ["bob@reply.test"], body)
+    (r,) = inbound(d)
+    stored = db_rows(d, "SELECT body FROM inbound_messages")[0]["body"]
+    head = stored.split(b"\r\n\r\n")[0]
+    assert b"relay.test.example;" not in head.lower() and b"dmarc=pass" not in head, head
+    assert b"Authentication-Results: mx.other.example; spf=pass\r\n" in head
+    assert stored.startswith(b"Received: ") and stored.endswith(b"\r\nSubject: forged\r\n\r\nhello\r\n")
+    assert "removed 2 Authentication-Results fields" in d.log_text()
+
+
+def mx_tls_daemon(daemon_factory, tmp_path, listener_extra=""):
+    """An mx listener with STARTTLS (a fresh self-signed certificate): (daemon, port, client
+    context that takes that certificate)."""
     import ssl
     cert, key = tmp_path / "mx.pem", tmp_path / "mx.key"
     subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
                     "-subj", "/CN=relay.test.example"], check=True, capture_output=True)
     os.chmod(key, 0o600)
-    # auth = optional is the listener default: an MX offers no AUTH whatever it says
     port = free_port()
     d = daemon_factory(extra=f"\n[listener mx]\naddress = 127.0.0.1:{port}\nrole = mx\n"
-                             f"tls = starttls\ntls_cert = {cert}\ntls_key = {key}\n\n"
+                             f"tls = starttls\ntls_cert = {cert}\ntls_key = {key}\n{listener_extra}\n"
                              "[inbound]\ndomains = reply.test\n")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    return d, port, ctx
+
+
+def test_mx_starttls_without_auth(daemon_factory, spf_env, tmp_path):
+    # auth = optional is the listener default: an MX offers no AUTH whatever it says
+    d, port, ctx = mx_tls_daemon(daemon_factory, tmp_path)
     with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=15) as s:
         s.ehlo()
         assert s.has_extn("starttls") and not s.has_extn("auth")
@@ -190,6 +216,21 @@ def test_mx_starttls_without_auth(daemon_factory, spf_env, tmp_path):
     assert r["spf"] == "pass"
     body = db_rows(d, "SELECT body FROM inbound_messages")[0]["body"]
     assert b"TLS" in body.split(b"\r\n\r\n")[0]
+
+
+def test_mx_starttls_after_helo_timeout(daemon_factory, spf_env, tmp_path):
+    """STARTTLS starts the session over (RFC 3207 4.2), and its new EHLO gets a helo_timeout of
+    its own: a client that said EHLO in time, then took longer than helo_timeout before
+    STARTTLS, is not cut off at once after the handshake."""
+    d, port, ctx = mx_tls_daemon(daemon_factory, tmp_path, "helo_timeout = 2s\n")
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=15) as s:
+        s.ehlo()
+        time.sleep(3)
+        s.starttls(context=ctx)
+        assert s.ehlo()[0] == 250
+        s.sendmail("alice@pass.test", ["bob@reply.test"], b"Subject: tls\r\n\r\nlate TLS\r\n")
+    (r,) = inbound(d)
+    assert "timeout after" not in d.log_text()
 
 
 def test_mx_needs_domains(tmp_path):

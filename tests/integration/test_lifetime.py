@@ -5,10 +5,11 @@
 # limited) and a sink upstream the notifications to the sender's domain are routed to.
 import email
 import email.policy
+import re
 import time
 
 from conftest import secret_file
-from test_upstream import FAST, message, rcpt_statuses, submit, wait_rcpt
+from test_upstream import FAST, message, rcpt_statuses, submit, wait_for, wait_rcpt
 from upstream import free_port, upstream_section
 
 PASSWORD = "s3cret-Passw0rd"
@@ -112,3 +113,175 @@ def test_delay_warning_respects_notify(daemon_factory, upstreams):
         assert s.data(message("no-delay-notice"))[0] == 250
     time.sleep(5)
     assert reports(sink) == []
+
+
+def damage_body(d, qid, how):
+    """Changes the stored copy behind Postern's back, as a damaged disk or a bad restore would."""
+    import sqlite3
+    con = sqlite3.connect(f"{d.data_dir}/postern.db", isolation_level=None)
+    try:
+        (body,), = con.execute("SELECT body FROM messages WHERE id = ?", (qid,)).fetchall()
+        if how == "truncated":
+            body = body[:len(body) // 2]
+        else:                                  # same length, one byte changed
+            body = body[:-3] + bytes([body[-3] ^ 0x20]) + body[-2:]
+        con.execute("UPDATE messages SET body = ? WHERE id = ?", (body, qid))
+    finally:
+        con.close()
+
+
+def test_unreadable_stored_copy_is_set_aside(daemon_factory, upstreams):
+    # a message whose stored copy is not the one accepted is held with the reason, once, instead
+    # of being tried at every pass (or sent damaged); the others go out
+    up = upstreams()
+    down = free_port()
+    d = daemon_factory(dict(FAST, delay_warning="0"),
+                       upstream_section("up", down, host="127.0.0.1", tls="none"))
+    cut = submit(d, ["someone@example.net"], message("truncated"))
+    flipped = submit(d, ["someone@example.net", "other@example.net"], message("flipped"))
+    fine = submit(d, ["someone@example.net"], message("fine"))
+    for qid in (cut, flipped, fine):
+        wait_rcpt(d, qid, "someone@example.net", "deferred")
+    d.stop_and_check()
+    damage_body(d, cut, "truncated")
+    damage_body(d, flipped, "flipped")
+    d.write_config(dict(FAST, delay_warning="0"),
+                   upstream_section("up", up.port, host="127.0.0.1", tls="none"))
+    d.start()
+    d.ctl("queue", "flush")
+    wait_rcpt(d, fine, "someone@example.net", "sent")
+    r = wait_rcpt(d, cut, "someone@example.net", "held")
+    assert r["last_reply"].startswith("451 4.3.0 Set aside: the stored copy of the message "
+                                      "cannot be read"), r
+    assert "bytes are there" in r["last_reply"], r
+    for a in ("someone@example.net", "other@example.net"):
+        r = wait_rcpt(d, flipped, a, "held")
+        assert "SHA-256 digest" in r["last_reply"], r
+    attempts = {q: {a: r["attempts"] for a, r in rcpt_statuses(d, q).items()}
+                for q in (cut, flipped)}
+    time.sleep(4)                            # several passes and sweeps later: nothing moved
+    assert {q: {a: r["attempts"] for a, r in rcpt_statuses(d, q).items()}
+            for q in (cut, flipped)} == attempts
+    assert all(r["status"] == "held" for q in (cut, flipped)
+               for r in rcpt_statuses(d, q).values())
+    text = d.log_text()
+    assert text.count(f"{cut}: its stored copy cannot be read") == 1, d.log_tail(60)
+    assert text.count(f"{flipped}: its stored copy cannot be read") == 1, d.log_tail(60)
+    got = [m["data"] for m in up.received()]
+    assert len(got) == 1 and b"Body of fine." in got[0]
+    # the operator sees why in the plain listing too
+    listing = d.ctl("queue", "list").stdout.decode()
+    assert "Set aside: the stored copy of the message cannot be read" in listing, listing
+    # released by hand, it is looked at again, and set aside again: never sent damaged
+    d.ctl("queue", "release", cut)
+    wait_for(lambda: d.log_text().count(f"{cut}: its stored copy cannot be read") == 2, 15,
+             "set aside again after release")
+    wait_rcpt(d, cut, "someone@example.net", "held")
+    assert len(up.received()) == 1
+
+
+def submit_dsn(d, rcpts, content, mail_options=()):
+    """rcpts: [(address, [rcpt options])]."""
+    import smtplib
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+        s.ehlo("client.test")
+        code, resp = s.mail("app@client.test", list(mail_options))
+        assert code == 250, resp
+        for a, opts in rcpts:
+            code, resp = s.rcpt(a, list(opts))
+            assert code == 250, resp
+        code, resp = s.data(content)
+        assert code == 250, resp
+    return re.search(rb"queued as ([0-9A-F]+)", resp).group(1).decode()
+
+
+def report_parts(text):
+    msg = email.message_from_string(text, policy=email.policy.compat32)
+    return [p.get_content_type() for p in msg.get_payload()], msg
+
+
+def test_ret_full_returns_the_whole_message_up_to_a_cap(daemon_factory, upstreams):
+    up = upstreams(reject=("gone@example.net",))
+    sink = upstreams()
+    d = daemon_factory(dict(FAST, delay_warning="0"), routed(
+        upstream_section("up", up.port, host="127.0.0.1", tls="none"), sink.port))
+    big = message("full-big").replace(b"Body of full-big.",
+                                      b"Body of full-big.\r\n" + (b"x" * 76 + b"\r\n") * 15000)
+    for tag, opts, content in (("full", ["RET=FULL"], message("full")),
+                               ("hdrs", ["RET=HDRS"], message("hdrs")),
+                               ("none", [], message("none")),
+                               ("full-big", ["RET=FULL"], big)):
+        qid = submit_dsn(d, [("gone@example.net", [])], content, opts)
+        wait_rcpt(d, qid, "gone@example.net", "bounced")
+    got = {}
+    for subject, text in wait_reports(sink, 4, d):
+        parts, msg = report_parts(text)
+        tag = re.search(r"Subject: test ([a-z-]+)", text).group(1)
+        got[tag] = (parts, text, msg)
+    parts, text, msg = got["full"]
+    assert parts == ["text/plain", "message/delivery-status", "message/rfc822"], parts
+    assert "Body of full." in text and "a line that starts with a dot" in text
+    assert "The message is attached below" in text
+    inner = msg.get_payload()[2].get_payload()[0]
+    assert inner["Message-ID"] == "<full@client.test>"
+    for tag in ("hdrs", "none", "full-big"):
+        parts, text, _ = got[tag]
+        assert parts == ["text/plain", "message/delivery-status", "text/rfc822-headers"], \
+            (tag, parts)
+        assert f"Body of {tag}." not in text, tag
+        assert f"Message-ID: <{tag}@client.test>" in text, tag
+    assert len(got["full-big"][1]) < 64 * 1024
+
+
+def test_notify_success_gets_a_relayed_report_when_the_upstream_does_not_speak_dsn(
+        daemon_factory, upstreams):
+    up = upstreams()                         # aiosmtpd: no DSN extension
+    sink = upstreams()
+    d = daemon_factory(dict(FAST, delay_warning="0"), routed(
+        upstream_section("up", up.port, host="127.0.0.1", tls="none"), sink.port))
+    qid = submit_dsn(d, [("someone@example.net", ["NOTIFY=SUCCESS,FAILURE",
+                                                  "ORCPT=rfc822;someone@example.net"]),
+                         ("other@example.net", []),
+                         ("quiet@example.net", ["NOTIFY=NEVER"])],
+                     message("success"), ["ENVID=env-42"])
+    for a in ("someone@example.net", "other@example.net", "quiet@example.net"):
+        wait_rcpt(d, qid, a, "sent")
+    (subject, text), = wait_reports(sink, 1, d)
+    assert subject == "Successful Mail Delivery Report"
+    assert text.count("Action: relayed") == 1, text
+    assert "Final-Recipient: rfc822; someone@example.net" in text
+    assert "Original-Recipient: rfc822;someone@example.net" in text
+    assert "Original-Envelope-Id: env-42" in text
+    assert "Status: 2.0.0" in text and "Diagnostic-Code: smtp; 250 2.0.0" in text, text
+    assert "other@example.net" not in text and "quiet@example.net" not in text
+    parts, _ = report_parts(text)
+    assert parts[-1] == "text/rfc822-headers" and "Body of success." not in text
+    assert f"{qid}: sender success notification:" in d.log_text()
+    time.sleep(2)
+    assert len(reports(sink)) == 1           # once
+
+
+def test_notify_success_is_left_to_an_upstream_that_speaks_dsn(daemon_factory, upstreams,
+                                                               tmp_path):
+    import os
+    import subprocess
+    from conftest import need_binary
+    need_binary("/usr/sbin/smtp-sink")
+    sink = upstreams()
+    port = free_port()
+    user = ["-u", "nobody"] if os.getuid() == 0 else []
+    # smtp-sink offers DSN (and takes NOTIFY= on to the destination)
+    dsn_up = subprocess.Popen(["/usr/sbin/smtp-sink", *user, f"127.0.0.1:{port}", "16"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        d = daemon_factory(dict(FAST, delay_warning="0"), routed(
+            upstream_section("up", port, host="127.0.0.1", tls="none"), sink.port))
+        qid = submit_dsn(d, [("someone@example.net", ["NOTIFY=SUCCESS"])],
+                         message("dsn-upstream"))
+        wait_rcpt(d, qid, "someone@example.net", "sent")
+        time.sleep(3)
+        assert reports(sink) == []
+        assert "success notification" not in d.log_text()
+    finally:
+        dsn_up.terminate()
+        dsn_up.wait(timeout=10)

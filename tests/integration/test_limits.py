@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import assert_serving, check_stored, dot_stuff, good_message
+from test_inbound import mx_daemon, spf_env, swaks  # noqa: F401 (spf_env is a fixture)
 
 MSG = b"From: a@clinic.test\r\nTo: b@example.test\r\nSubject: limits\r\n\r\nbody\r\n"
 
@@ -865,3 +866,52 @@ def test_per_client_rates(daemon_factory):
     assert log.count("recipient rate limit exceeded for [127.0.0.22]") == 1, log[-2000:]
     assert "message rate limit exceeded for [127.0.0.21]" in log
     assert "client [127.0.0.21] refused on listener lan: connection_rate exceeded" in log
+
+
+def refusals_until_close(c, line, most):
+    """Sends line up to most times, one at a time: the codes of its replies until the server
+    closed the session."""
+    codes = []
+    for _ in range(most):
+        try:
+            r = c.cmd(line, timeout=10)
+        except (EOFError, OSError):
+            break
+        codes.append(r.code)
+        if r.code == 421:
+            break
+    return codes
+
+
+def test_temporary_refusals_count_as_errors(daemon_factory, spf_env):
+    """A sender whose SPF look-ups fail is answered 451 (spf = reject) and, as in Postfix, each
+    such refusal is an error: the session ends at max_errors instead of having its SPF run
+    again for every MAIL without end."""
+    d = mx_daemon(daemon_factory, spf="reject")
+    from conftest import SMTPConn
+    with SMTPConn(d.mx_port) as c:
+        c.greet()
+        codes = refusals_until_close(c, "MAIL FROM:<x@temp.test>", 50)
+        assert codes[-1] == 421 and set(codes[:-1]) == {451}, codes
+        assert len(codes) <= 11, codes          # max_errors = 10
+        assert c.wait_closed(5)
+    rc, out = swaks(d.mx_port, "alice@pass.test", "bob@reply.test")
+    assert rc == 0, out
+
+
+def test_recipient_overshoot(daemon):
+    """RCPTs past max_recipients are answered 452 and logged once per transaction; a client that
+    never stops is closed once they pass Postfix's overshoot limit (1000), not answered (and
+    logged) for as long as it likes."""
+    d = daemon    # max_recipients = 100
+    with d.smtp() as c:
+        c.greet()
+        c.cmd_expect("MAIL FROM:<a@clinic.test>", 250)
+        for i in range(100):
+            c.cmd_expect(f"RCPT TO:<r{i}@example.test>", 250)
+        codes = refusals_until_close(c, "RCPT TO:<over@example.test>", 1100)
+        assert codes[-1] == 421, (len(codes), codes[-3:])
+        assert set(codes[:-1]) == {452} and 1000 < len(codes) < 1100, (len(codes), codes[-3:])
+        assert c.wait_closed(5)
+    assert d.log_text().count("Error: too many recipients") == 1
+    assert_serving(d, "overshoot")

@@ -362,7 +362,14 @@ def test_control_socket_stats_mode_and_garbage(daemon):
     assert not os.path.exists(path)
     p = daemon.ctl("stats", "--json")
     assert b"not running" in p.stderr
-    assert json.loads(p.stdout)[0]["live"] is False
+    down = json.loads(p.stdout)[0]
+    assert down["live"] is False
+    # the store's kept totals: the same figures the daemon gave
+    assert down["messages"] == 2 and down["bytes"] > 0, down
+    assert sum(down["by_state"].values()) == 2 and down["by_state"]["captured"] == 2, down
+    text = daemon.ctl("stats").stdout.decode()
+    assert "messages:              2" in text and "recipients captured" in text, text
+    assert "uptime" not in text
     assert daemon.ctl("stats", "--live", check=False).returncode == EX_UNAVAILABLE
     assert daemon.ctl("reload", check=False).returncode == EX_UNAVAILABLE
 

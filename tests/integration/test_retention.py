@@ -86,3 +86,48 @@ def test_retention_prunes_delivered_mail_and_the_file_shrinks(daemon_factory, up
     assert b"rewritten" in d.ctl("store", "vacuum").stdout
     d.start()
     assert stats(d)["tables"]["records"]["rows"] == 151
+
+
+def test_store_vacuum_shrinks_a_store_that_grew_large(daemon_factory, upstreams):
+    # a store made before incremental vacuum keeps its size after pruning (its pages are only
+    # freed inside the file) until `posternctl store vacuum`, which postern must not be
+    # running for
+    import os
+    import sqlite3
+    up = upstreams()
+    conf = upstream_section("up", up.port, host="127.0.0.1", tls="none") + \
+        "\n[route default]\nupstream = up\n"
+    d = daemon_factory(dict(FAST, retention="0"), conf)
+    ids = [send(d, i, size=40000) for i in range(60)]
+    up.wait_messages(60, timeout=60)
+    wait_for(lambda: (record(d, ids[-1]) or {}).get("status") == "sent", 60, "the last record")
+    p = d.ctl("store", "vacuum", check=False)
+    assert p.returncode == 75 and b"postern is running: stop it" in p.stderr, p.stderr
+    d.stop_and_check()
+    db = os.path.join(d.data_dir, "postern.db")
+    con = sqlite3.connect(db, isolation_level=None)
+    try:                                     # as an older version made it
+        con.execute("PRAGMA auto_vacuum = NONE")
+        con.execute("VACUUM")
+        assert con.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    finally:
+        con.close()
+    d.write_config(dict(FAST, retention="1s"), conf)     # read by posternctl
+    time.sleep(1.5)
+    out = d.ctl("store", "prune").stdout.decode()
+    assert out.startswith("removed: 60 message(s)"), out
+    grown = stats(d)
+    assert grown["free_bytes"] > 2_000_000 and grown["file_bytes"] > 2_000_000, grown
+    assert b"rewritten" in d.ctl("store", "vacuum").stdout
+    s = stats(d)
+    assert s["file_bytes"] < grown["file_bytes"] - 2_000_000, (s, grown)
+    assert s["free_bytes"] < 100_000, s
+    assert s["tables"]["records"]["rows"] == 60, s
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        assert con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2     # incremental now
+    finally:
+        con.close()
+    d.write_config(dict(FAST, retention="0"), conf)
+    d.start()
+    assert stats(d)["tables"]["messages"]["rows"] == 0

@@ -319,6 +319,32 @@ def test_twenty_messages_one_connection(daemon_factory, upstreams, certs, tmp_pa
     assert len(up.auths) == 1, f"{len(up.auths)} logins for 20 messages"
 
 
+def test_kept_connection_without_rset(daemon_factory, upstreams):
+    """After the reply to the end of data the upstream has reset itself (RFC 5321 4.1.1.4):
+    the next message on the kept connection starts with MAIL, not RSET (with an upstream that
+    does not pipeline, as this one, an RSET costs a round trip per message). A kept connection
+    the upstream has closed meanwhile is noticed at MAIL and the message goes out on a new one,
+    sent at its first attempt, never deferred."""
+    up = upstreams()
+    d = daemon_factory(dict(FAST, delivery_workers="1"),
+                       upstream_conf(up.port, host="127.0.0.1", tls="none"))
+    ids = submit_many(d, 5, tag="norset")
+    up.wait_messages(5, timeout=60)
+    for q in ids:
+        wait_rcpt(d, q, "someone@example.net", "sent")
+    raw = up.raw_bytes()
+    assert up.connections == 1, f"{up.connections} connections for 5 messages"
+    assert raw.count(b"MAIL FROM:") == 5 and b"RSET" not in raw, raw
+    # the upstream goes away and comes back on the same port: the kept connection is dead
+    up.stop()
+    up.start()
+    qid = submit(d, ["someone@example.net"], message("after-restart"))
+    up.wait_messages(1, timeout=60)
+    r = wait_rcpt(d, qid, "someone@example.net", "sent")
+    assert r["attempts"] == 1, r
+    assert "status=deferred" not in d.log_text(), d.log_tail()
+
+
 def test_rate_limit(daemon_factory, upstreams):
     up = upstreams()
     d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none", rate="10/s"))

@@ -4,6 +4,8 @@
 #include "global/metrics.h"
 #include "lib/limits.h"
 #include "tests/unit/unit.h"
+#include <stdlib.h>
+#include <time.h>
 
 static char *render(const struct metrics_queue *q, long long now)
 {
@@ -136,6 +138,47 @@ static void test_gauges_and_webhooks(void)
   free(t);
 }
 
+static void test_throughput_and_upstream_view(void)
+{
+  unsigned long long (*f)[METRICS_NFLOWS] = calloc(METRICS_MINUTES, sizeof(*f));
+  struct metrics_upstream mu;
+  struct timespec ts;
+  long long now;
+  size_t j;
+  metrics_reset();
+  metrics_name_add(METRICS_LISTENERS, "submission");
+  metrics_name_add(METRICS_UPSTREAMS, "office");
+  metrics_upstream_get("office", &mu);
+  CHECK_EQ_INT(mu.last, -1);
+  metrics_accepted("submission");
+  metrics_accepted("submission");
+  metrics_rcpt_result("office", METRICS_SENT);
+  metrics_rcpt_result("office", METRICS_DEFERRED);
+  clock_gettime(CLOCK_REALTIME, &ts);
+  now = (long long)ts.tv_sec * 1000;
+  metrics_throughput(now, f);
+  /* everything in the current minute (or the one before, had the minute just turned) */
+  CHECK_EQ_INT((int)(f[METRICS_MINUTES - 1][METRICS_FLOW_ACCEPTED] +
+                     f[METRICS_MINUTES - 2][METRICS_FLOW_ACCEPTED]), 2);
+  CHECK_EQ_INT((int)(f[METRICS_MINUTES - 1][METRICS_FLOW_DELIVERED] +
+                     f[METRICS_MINUTES - 2][METRICS_FLOW_DELIVERED]), 1);
+  CHECK_EQ_INT((int)(f[METRICS_MINUTES - 1][METRICS_FLOW_NOT] +
+                     f[METRICS_MINUTES - 2][METRICS_FLOW_NOT]), 1);
+  for(j = 0; j < METRICS_MINUTES - 2; j++)
+    CHECK_EQ_INT((int)f[j][METRICS_FLOW_ACCEPTED], 0);
+  /* an hour later the same slots count for nothing */
+  metrics_throughput(now + 3600 * 1000, f);
+  for(j = 0; j < METRICS_MINUTES; j++)
+    CHECK_EQ_INT((int)f[j][METRICS_FLOW_ACCEPTED], 0);
+  metrics_upstream_get("office", &mu);
+  CHECK_EQ_INT(mu.last, METRICS_DEFERRED);
+  CHECK(mu.last_ms >= now - 1000);
+  CHECK_EQ_INT((int)mu.results[METRICS_SENT], 1);
+  metrics_upstream_get("never-configured", &mu);
+  CHECK_EQ_INT(mu.last, -1);
+  free(f);
+}
+
 static void test_limit_refusals(void)
 {
   char *t;
@@ -168,6 +211,7 @@ static void test_buffer_cap(void)
 }
 
 static const struct unit_case cases[] = {
+  { "throughput_and_upstream_view", test_throughput_and_upstream_view },
   { "label_escaping", test_label_escaping },
   { "histogram_cumulative", test_histogram_cumulative },
   { "other_and_cap", test_other_and_cap },

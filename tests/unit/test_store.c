@@ -1,9 +1,11 @@
 /* Unit tests of the SQLite store as a whole: schema creation and migration, queue ids, the
  * group-commit writer under concurrent accepts, isolation of one refused job in a batch, data
- * kept across a reopen, and the mapping of a full disk to STORE_FULL. Each case works in its
- * own mkdtemp directory (store_test.h). */
+ * kept across a reopen, the mapping of a full disk to STORE_FULL, reads that do not wait
+ * for each other, and which commits reach the disk (synchronous=FULL). Each case works in its own mkdtemp directory (store_test.h). */
 #include "tests/unit/store_test.h"
+#include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <sqlite3.h>
 
 static void test_open_create_migrate(void)
@@ -269,10 +271,11 @@ static void test_reopen_keeps_data(void)
 }
 
 /* A test-only way to fill the disk: every connection opened from now on gets a small
- * max_page_count, which SQLite reports as SQLITE_FULL. */
+ * max_page_count, which SQLite reports as SQLITE_FULL (the empty schema takes about 40 of
+ * them; a few 16 KB messages fill the rest). */
 static int small_db_init(sqlite3 *db, const char **errmsg, const void *api)
 {
-  sqlite3_exec(db, "PRAGMA max_page_count = 40", NULL, NULL, NULL);
+  sqlite3_exec(db, "PRAGMA max_page_count = 60", NULL, NULL, NULL);
   return SQLITE_OK;
 }
 
@@ -313,6 +316,268 @@ static void test_full_maps_to_store_full(void)
   dir_remove();
 }
 
+/* A test-only slow read: once stall_armed is set, the first read connection that runs a
+ * statement stops inside it (SQLite's progress handler) until stall_release is posted, as a
+ * long console or posternctl query would hold its connection. */
+static int stall_armed;
+static sem_t stall_reached, stall_release;
+
+static int stall_progress(void *arg)
+{
+  sqlite3 *db = arg;
+  int armed = 1;
+  if(sqlite3_db_readonly(db, "main") == 1 &&
+     __atomic_compare_exchange_n(&stall_armed, &armed, 0, 0, __ATOMIC_SEQ_CST,
+                                 __ATOMIC_SEQ_CST)) {
+    sem_post(&stall_reached);
+    while(sem_wait(&stall_release) && errno == EINTR)
+      ;
+  }
+  return 0;
+}
+
+static int stall_init(sqlite3 *db, const char **errmsg, const void *api)
+{
+  sqlite3_progress_handler(db, 1, stall_progress, db);
+  return SQLITE_OK;
+}
+
+struct slow_read {
+  struct store *st;
+  long long when;
+  int result;
+};
+
+static void *slow_read(void *p)
+{
+  struct slow_read *a = p;
+  a->result = store_next_due(a->st, &a->when);
+  return NULL;
+}
+
+static void *quick_read(void *p)
+{
+  struct slow_read *a = p;
+  struct store_msg m;
+  memset(&m, 0, sizeof(m));
+  a->result = store_get(a->st, "POOL00000001", &m);
+  store_msg_free(&m);
+  return NULL;
+}
+
+/* The daemon's store reads through a pool: while one read is stuck in a long query, the
+ * others (the scheduler's, a worker's store_get) go on; a tool's store has one connection. */
+static void test_read_pool(void)
+{
+  struct store *st;
+  pthread_t slow, quick;
+  struct slow_read a = { 0 }, b = { 0 };
+  struct timespec until;
+  int joined;
+
+  dir_make();
+  st = open_new(STORE_OPEN_WRITER);
+  CHECK_EQ_INT(accept_simple(st, "POOL00000001", "a@x", 1, "r@y"), STORE_OK);
+  sem_init(&stall_reached, 0, 0);
+  sem_init(&stall_release, 0, 0);
+  sqlite3_auto_extension((void (*)(void))stall_init);
+  store_close(st);
+  st = open_new(STORE_OPEN_WRITER);        /* its connections now carry the handler */
+  a.st = b.st = st;
+  __atomic_store_n(&stall_armed, 1, __ATOMIC_SEQ_CST);
+  pthread_create(&slow, NULL, slow_read, &a);
+  while(sem_wait(&stall_reached) && errno == EINTR)
+    ;
+  /* one connection is held inside a statement: another read must not wait for it */
+  pthread_create(&quick, NULL, quick_read, &b);
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 10;
+  joined = pthread_timedjoin_np(quick, NULL, &until);
+  CHECK_EQ_INT(joined, 0);
+  CHECK_EQ_INT(b.result, STORE_OK);
+  sem_post(&stall_release);
+  pthread_join(slow, NULL);
+  if(joined)
+    pthread_join(quick, NULL);
+  CHECK_EQ_INT(a.result, STORE_OK);
+  CHECK(a.when > 0);
+  store_close(st);
+  sqlite3_reset_auto_extension();
+  sem_destroy(&stall_reached);
+  sem_destroy(&stall_release);
+  dir_remove();
+}
+
+/* A test-only VFS over the default one that counts the syncs of write-ahead logs: a commit
+ * with synchronous=FULL syncs the WAL, one with NORMAL does not (until a checkpoint). */
+static sqlite3_vfs *base_vfs;
+static sqlite3_vfs sync_vfs;
+static int wal_syncs;
+
+struct sync_file {
+  sqlite3_file base;
+  sqlite3_file *real;          /* base_vfs's file, right after this struct */
+  int wal;
+};
+
+#define REAL(f) (((struct sync_file *)(f))->real)
+static int sf_close(sqlite3_file *f)
+{
+  return REAL(f)->pMethods ? REAL(f)->pMethods->xClose(REAL(f)) : SQLITE_OK;
+}
+static int sf_read(sqlite3_file *f, void *p, int n, sqlite3_int64 off)
+{
+  return REAL(f)->pMethods->xRead(REAL(f), p, n, off);
+}
+static int sf_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
+{
+  return REAL(f)->pMethods->xWrite(REAL(f), p, n, off);
+}
+static int sf_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+  return REAL(f)->pMethods->xTruncate(REAL(f), size);
+}
+static int sf_sync(sqlite3_file *f, int flags)
+{
+  if(((struct sync_file *)f)->wal)
+    __atomic_add_fetch(&wal_syncs, 1, __ATOMIC_SEQ_CST);
+  return REAL(f)->pMethods->xSync(REAL(f), flags);
+}
+static int sf_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+  return REAL(f)->pMethods->xFileSize(REAL(f), size);
+}
+static int sf_lock(sqlite3_file *f, int l)
+{
+  return REAL(f)->pMethods->xLock(REAL(f), l);
+}
+static int sf_unlock(sqlite3_file *f, int l)
+{
+  return REAL(f)->pMethods->xUnlock(REAL(f), l);
+}
+static int sf_reserved(sqlite3_file *f, int *out)
+{
+  return REAL(f)->pMethods->xCheckReservedLock(REAL(f), out);
+}
+static int sf_control(sqlite3_file *f, int op, void *arg)
+{
+  return REAL(f)->pMethods->xFileControl(REAL(f), op, arg);
+}
+static int sf_sector(sqlite3_file *f)
+{
+  return REAL(f)->pMethods->xSectorSize(REAL(f));
+}
+static int sf_device(sqlite3_file *f)
+{
+  return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f));
+}
+static int sf_shm_map(sqlite3_file *f, int pg, int sz, int extend, void volatile **pp)
+{
+  return REAL(f)->pMethods->xShmMap(REAL(f), pg, sz, extend, pp);
+}
+static int sf_shm_lock(sqlite3_file *f, int off, int n, int flags)
+{
+  return REAL(f)->pMethods->xShmLock(REAL(f), off, n, flags);
+}
+static void sf_shm_barrier(sqlite3_file *f)
+{
+  REAL(f)->pMethods->xShmBarrier(REAL(f));
+}
+static int sf_shm_unmap(sqlite3_file *f, int del)
+{
+  return REAL(f)->pMethods->xShmUnmap(REAL(f), del);
+}
+static int sf_fetch(sqlite3_file *f, sqlite3_int64 off, int n, void **pp)
+{
+  return REAL(f)->pMethods->xFetch(REAL(f), off, n, pp);
+}
+static int sf_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p)
+{
+  return REAL(f)->pMethods->xUnfetch(REAL(f), off, p);
+}
+
+static const sqlite3_io_methods sync_io = {
+  3, sf_close, sf_read, sf_write, sf_truncate, sf_sync, sf_size, sf_lock, sf_unlock,
+  sf_reserved, sf_control, sf_sector, sf_device, sf_shm_map, sf_shm_lock, sf_shm_barrier,
+  sf_shm_unmap, sf_fetch, sf_unfetch,
+};
+
+static int sync_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags,
+                     int *outflags)
+{
+  struct sync_file *sf = (struct sync_file *)f;
+  int rc;
+  (void)vfs;
+  sf->real = (sqlite3_file *)(sf + 1);
+  sf->wal = !!(flags & SQLITE_OPEN_WAL);
+  rc = base_vfs->xOpen(base_vfs, name, sf->real, flags, outflags);
+  /* SQLite calls xClose even after a failed open when pMethods is set */
+  sf->base.pMethods = sf->real->pMethods ? &sync_io : NULL;
+  return rc;
+}
+
+static void sync_vfs_register(void)
+{
+  base_vfs = sqlite3_vfs_find(NULL);
+  sync_vfs = *base_vfs;
+  sync_vfs.zName = "test-sync-count";
+  sync_vfs.szOsFile = (int)sizeof(struct sync_file) + base_vfs->szOsFile;
+  sync_vfs.xOpen = sync_open;
+  sqlite3_vfs_register(&sync_vfs, 1);
+}
+
+static void sync_vfs_unregister(void)
+{
+  sqlite3_vfs_unregister(&sync_vfs);
+  sqlite3_vfs_register(base_vfs, 1);
+}
+
+/* A 250 is said once the accept is committed with synchronous=FULL: at one accept a second
+ * (nothing to group it with), every store_accept has synced the WAL before it returns.
+ * Delivery results alone commit with NORMAL, but at least once a second with FULL: a power
+ * cut in a long drain loses (and resends) at most a second of results, not the drain. */
+static void test_full_commits(void)
+{
+  struct store *st;
+  struct store_rcpt_update u;
+  char id[LIM_QUEUE_ID + 1];
+  long long t0;
+  int i, before, results = 0, full_results;
+
+  dir_make();
+  sync_vfs_register();
+  st = open_new(STORE_OPEN_WRITER);
+  for(i = 0; i < 3; i++) {
+    snprintf(id, sizeof(id), "SY%010d", i);
+    before = __atomic_load_n(&wal_syncs, __ATOMIC_SEQ_CST);
+    CHECK_EQ_INT(accept_simple(st, id, "a@x", 1, "r@y"), STORE_OK);
+    CHECK(__atomic_load_n(&wal_syncs, __ATOMIC_SEQ_CST) > before);
+    if(i < 2)
+      usleep(1000000);
+  }
+  /* 3.5 s of delivery results and nothing else, a few ms apart */
+  memset(&u, 0, sizeof(u));
+  before = __atomic_load_n(&wal_syncs, __ATOMIC_SEQ_CST);
+  t0 = wall_ms();
+  while(wall_ms() - t0 < 3500) {
+    u.status = results % 2 ? RCPT_DEFERRED : RCPT_QUEUED;
+    u.next_attempt_ms = wall_ms() + 60000;
+    u.add_attempt = 1;
+    CHECK_EQ_INT(store_update(st, "SY0000000000", &u, 1), STORE_OK);
+    results++;
+    usleep(20000);
+  }
+  full_results = __atomic_load_n(&wal_syncs, __ATOMIC_SEQ_CST) - before;
+  fprintf(stderr, "# %d delivery results in 3.5 s, %d of their commits synced\n", results,
+          full_results);
+  CHECK(results >= 30);
+  CHECK(full_results >= 2);                /* at least once a second */
+  CHECK(full_results <= 6);                /* not each of them */
+  store_close(st);
+  sync_vfs_unregister();
+  dir_remove();
+}
+
 /* store_flush makes deferred mail due and nothing else; store_counts sees one snapshot */
 static const struct unit_case cases[] = {
   { "open_create_migrate", test_open_create_migrate },
@@ -321,5 +586,7 @@ static const struct unit_case cases[] = {
   { "batch_isolation", test_batch_isolation },
   { "reopen_keeps_data", test_reopen_keeps_data },
   { "full_maps_to_store_full", test_full_maps_to_store_full },
+  { "read_pool", test_read_pool },
+  { "full_commits", test_full_commits },
 };
 UNIT_MAIN(cases)

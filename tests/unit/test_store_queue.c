@@ -378,12 +378,30 @@ static void test_delete_cascade(void)
   dir_remove();
 }
 
+/* id with recipients a@y, b@y, c@y: the first two set to s0 and s1 (due at next1), the third
+ * left queued */
+static void accept_three(struct store *st, const char *id, enum rcpt_status s0,
+                         enum rcpt_status s1, long long next1)
+{
+  struct store_msg m;
+  struct store_rcpt r[3];
+  const char *addrs[3] = { "a@y", "b@y", "c@y" };
+  struct store_rcpt_update u[2];
+  msg_fill(&m, r, id, "s@x", 10, addrs, 3);
+  CHECK_EQ_INT(store_accept(st, &m, "body", 4), STORE_OK);
+  memset(u, 0, sizeof(u));
+  u[0].idx = 0;
+  u[0].status = s0;
+  u[1].idx = 1;
+  u[1].status = s1;
+  u[1].next_attempt_ms = next1;
+  CHECK_EQ_INT(store_update(st, id, u, 2), STORE_OK);
+}
+
 static void test_set_pending(void)
 {
   struct store *st;
-  struct store_msg m, got;
-  struct store_rcpt r[3];
-  const char *addrs[3] = { "a@y", "b@y", "c@y" };
+  struct store_msg got;
   struct store_rcpt_update u[2];
   char ids[4][LIM_QUEUE_ID + 1];
   size_t n;
@@ -391,15 +409,7 @@ static void test_set_pending(void)
 
   dir_make();
   st = open_new(0);
-  msg_fill(&m, r, "SP0000000001", "s@x", 10, addrs, 3);
-  CHECK_EQ_INT(store_accept(st, &m, "body", 4), STORE_OK);
-  memset(u, 0, sizeof(u));
-  u[0].idx = 0;
-  u[0].status = RCPT_SENT;
-  u[1].idx = 1;
-  u[1].status = RCPT_DEFERRED;
-  u[1].next_attempt_ms = wall_ms() + 3600000;
-  CHECK_EQ_INT(store_update(st, "SP0000000001", u, 2), STORE_OK);
+  accept_three(st, "SP0000000001", RCPT_SENT, RCPT_DEFERRED, wall_ms() + 3600000);
 
   CHECK_EQ_INT(store_set_pending(st, "SP0000000001", RCPT_HELD), STORE_OK);
   CHECK_EQ_INT(store_get(st, "SP0000000001", &got), STORE_OK);
@@ -452,6 +462,47 @@ static void test_set_pending(void)
 
   CHECK_EQ_INT(store_set_pending(st, "FFFFFFFFFFFF", RCPT_QUEUED), STORE_NOTFOUND);
   CHECK_EQ_INT(store_set_pending(st, "SP0000000001", RCPT_SENT), STORE_ERROR);
+  store_close(st);
+  dir_remove();
+}
+
+static void test_release_to(void)
+{
+  struct store *st;
+  struct store_msg got;
+  size_t n = 99;
+  long long before;
+
+  dir_make();
+  st = open_new(0);
+  accept_three(st, "RT0000000001", RCPT_CAPTURED, RCPT_CAPTURED, 0);
+  CHECK_EQ_INT(store_get(st, "RT0000000001", &got), STORE_OK);
+  if(got.nrcpts == 3)
+    CHECK(!got.rcpts[0].route_to);                  /* routed mail has none */
+  store_msg_free(&got);
+
+  before = wall_ms();
+  CHECK_EQ_INT(store_release_to(st, "RT0000000001", "office", &n), STORE_OK);
+  CHECK_EQ_INT(n, 2);                               /* the captured ones only */
+  CHECK_EQ_INT(store_get(st, "RT0000000001", &got), STORE_OK);
+  if(got.nrcpts == 3) {
+    CHECK_EQ_INT(got.rcpts[0].status, RCPT_QUEUED);
+    CHECK(got.rcpts[0].next_attempt_ms >= before);
+    CHECK_EQ_STR(got.rcpts[0].route_to ? got.rcpts[0].route_to : "", "office");
+    CHECK_EQ_STR(got.rcpts[1].route_to ? got.rcpts[1].route_to : "", "office");
+    CHECK(!got.rcpts[2].route_to);                  /* queued all along: not released */
+  }
+  store_msg_free(&got);
+  /* a hold and a release keep where it was sent */
+  CHECK_EQ_INT(store_set_pending(st, "RT0000000001", RCPT_HELD), STORE_OK);
+  CHECK_EQ_INT(store_set_pending(st, "RT0000000001", RCPT_QUEUED), STORE_OK);
+  CHECK_EQ_INT(store_get(st, "RT0000000001", &got), STORE_OK);
+  if(got.nrcpts == 3)
+    CHECK_EQ_STR(got.rcpts[1].route_to ? got.rcpts[1].route_to : "", "office");
+  store_msg_free(&got);
+  CHECK_EQ_INT(store_release_to(st, "RT0000000001", "office", &n), STORE_OK);
+  CHECK_EQ_INT(n, 0);                               /* nothing captured any more */
+  CHECK_EQ_INT(store_release_to(st, "FFFFFFFFFFFF", "office", &n), STORE_NOTFOUND);
   store_close(st);
   dir_remove();
 }
@@ -659,8 +710,127 @@ static void test_overdue_walk(void)
   dir_remove();
 }
 
+/* The totals the store keeps agree with what a walk of every message finds, through accepts,
+ * updates, deletes and pruning; and reading them costs the same however much finished mail is
+ * stored (SQLite's own count of the instructions it ran, not a clock). */
+struct walk_counts {
+  long long rcpts[RCPT_CAPTURED + 1], messages, bytes;
+};
+
+static int walk_cb(void *arg, const struct store_msg *m)
+{
+  struct walk_counts *w = arg;
+  size_t i;
+  w->messages++;
+  w->bytes += m->size;
+  for(i = 0; i < m->nrcpts; i++)
+    w->rcpts[m->rcpts[i].status]++;
+  return 0;
+}
+
+static void counts_agree(struct store *st)
+{
+  struct walk_counts w;
+  struct store_counts sc;
+  int i;
+  memset(&w, 0, sizeof(w));
+  CHECK_EQ_INT(store_list(st, NULL, walk_cb, &w), STORE_OK);
+  CHECK_EQ_INT(store_counts(st, &sc), STORE_OK);
+  CHECK_EQ_INT(sc.messages, w.messages);
+  CHECK_EQ_INT(sc.bytes, w.bytes);
+  for(i = 0; i <= RCPT_CAPTURED; i++)
+    CHECK_EQ_INT(sc.rcpts[i], w.rcpts[i]);
+}
+
+static long long vm_steps;
+
+static int count_steps(void *arg)
+{
+  (void)arg;
+  __atomic_add_fetch(&vm_steps, 1, __ATOMIC_RELAXED);
+  return 0;
+}
+
+static int count_steps_init(sqlite3 *db, const char **errmsg, const void *api)
+{
+  sqlite3_progress_handler(db, 1, count_steps, NULL);
+  return SQLITE_OK;
+}
+
+static long long counts_cost(struct store *st)
+{
+  struct store_counts sc;
+  long long before = __atomic_load_n(&vm_steps, __ATOMIC_RELAXED);
+  CHECK_EQ_INT(store_counts(st, &sc), STORE_OK);
+  return __atomic_load_n(&vm_steps, __ATOMIC_RELAXED) - before;
+}
+
+static void test_counts_kept(void)
+{
+  struct store *st;
+  struct store_msg m;
+  struct store_rcpt r[3];
+  const char *addrs[3] = { "a@y", "b@y", "c@y" };
+  struct store_rcpt_update u[2];
+  struct store_retention ret = { 1000, 1000, 0 };
+  struct store_prune_counts pc;
+  char id[LIM_QUEUE_ID + 1];
+  long long few, many, now = wall_ms();
+  int i;
+
+  dir_make();
+  st = open_new(0);
+  counts_agree(st);
+  msg_fill(&m, r, "CK0000000001", "s@x", now, addrs, 3);
+  CHECK_EQ_INT(store_accept(st, &m, "hello", 5), STORE_OK);
+  CHECK_EQ_INT(accept_simple(st, "CK0000000002", "s@x", now, "d@y"), STORE_OK);
+  CHECK_EQ_INT(accept_simple(st, "CK0000000003", "s@x", now, "e@y"), STORE_OK);
+  counts_agree(st);
+  memset(u, 0, sizeof(u));
+  u[0].idx = 0;
+  u[0].status = RCPT_SENT;
+  u[1].idx = 2;
+  u[1].status = RCPT_DEFERRED;
+  u[1].next_attempt_ms = now + 60000;
+  CHECK_EQ_INT(store_update(st, "CK0000000001", u, 2), STORE_OK);
+  CHECK_EQ_INT(store_update(st, "CK0000000001", u, 2), STORE_OK);   /* no move: no change */
+  counts_agree(st);
+  CHECK_EQ_INT(store_set_pending(st, "CK0000000001", RCPT_HELD), STORE_OK);
+  CHECK_EQ_INT(store_delete(st, "CK0000000002"), STORE_OK);          /* with its recipient */
+  counts_agree(st);
+  u[0].idx = 0;
+  u[0].status = RCPT_CAPTURED;
+  CHECK_EQ_INT(store_update(st, "CK0000000003", u, 1), STORE_OK);
+  CHECK_EQ_INT(store_record_skip(st, STORE_ORIGIN_QUEUE, "CK0000000003"), STORE_OK);
+  CHECK_EQ_INT(store_prune(st, &ret, now + 10000, 0, &pc), STORE_OK);
+  CHECK_EQ_INT(pc.messages, 1);
+  counts_agree(st);
+  store_close(st);
+
+  sqlite3_auto_extension((void (*)(void))count_steps_init);
+  st = open_new(0);
+  few = counts_cost(st);
+  for(i = 0; i < 300; i++) {
+    snprintf(id, sizeof(id), "CKM%09d", i);
+    CHECK_EQ_INT(accept_simple(st, id, "s@x", now, "f@y"), STORE_OK);
+    u[0].idx = 0;
+    u[0].status = i % 2 ? RCPT_SENT : RCPT_BOUNCED;
+    CHECK_EQ_INT(store_update(st, id, u, 1), STORE_OK);
+  }
+  many = counts_cost(st);
+  fprintf(stderr, "# store_counts: %lld SQLite steps, %lld with 300 finished messages more\n", few,
+          many);
+  CHECK(few > 0);
+  CHECK(many <= few + 20);
+  counts_agree(st);
+  store_close(st);
+  sqlite3_reset_auto_extension();
+  dir_remove();
+}
+
 static const struct unit_case cases[] = {
   { "overdue_walk", test_overdue_walk },
+  { "counts_kept", test_counts_kept },
   { "due_merges_walks", test_due_merges_walks },
   { "accept_get_body", test_accept_get_body },
   { "due_next_due", test_due_next_due },
@@ -668,6 +838,7 @@ static const struct unit_case cases[] = {
   { "list_filters", test_list_filters },
   { "delete_cascade", test_delete_cascade },
   { "set_pending", test_set_pending },
+  { "release_to", test_release_to },
   { "flush_and_counts", test_flush_and_counts },
 };
 UNIT_MAIN(cases)
