@@ -494,7 +494,7 @@ void console_handle(void *arg, const struct web_request *rq, struct web_response
     if(post)
       console_plain(out, 403, "not logged in\n");
     else
-      console_redirect(out, "/console/login");
+      console_redirect(out, WEB_LOGIN_PATH);
     goto out;
   }
   if(post) {
@@ -510,7 +510,7 @@ void console_handle(void *arg, const struct web_request *rq, struct web_response
       session_end(c, s.id);
       log_info("console: %s logged out", s.user);
       set_cookie(c, out, COOKIE, "", 0);
-      console_redirect(out, "/console/login");
+      console_redirect(out, WEB_LOGIN_PATH);
       goto out;
     }
   }

@@ -422,6 +422,22 @@ int main(int argc, char **argv)
   }
 
   log_open("postern", foreground, cfg->debug);
+  if(geteuid() == 0 && cfg->user && cfg->user[0]) {
+    pw = getpwnam(cfg->user);
+    /* fail closed: a missing user (the default one too) must not leave an internet-facing
+     * daemon running as root; staying root is the operator's explicit choice (user =) */
+    if(!pw)
+      log_fatal("user %s does not exist; not starting as root in its place (create it: useradd "
+                "--system --home-dir /var/lib/postern --shell /usr/sbin/nologin %s; or set "
+                "user = empty in [postern] to stay root on purpose)", cfg->user, cfg->user);
+  }
+  else if(geteuid() == 0 && cfg->embedded)
+    log_info("embedded default: running as root on loopback, as started (a configuration "
+             "file drops to its user =, postern by default)");
+  else if(geteuid() == 0)
+    log_warn("running as root because user = is empty in [postern]: every listener and parser "
+             "keeps root's privileges; set user = to a system user to drop them after binding");
+
   /* the data directory is resolved now: detaching and dropping root must not move it */
   data_dir = realpath(cfg->data_dir, NULL);
   if(!data_dir) {
@@ -431,21 +447,6 @@ int main(int argc, char **argv)
     if(!data_dir)
       log_fatal("data_dir %s: %s", cfg->data_dir, strerror(errno));
   }
-
-  if(geteuid() == 0 && cfg->user && cfg->user[0]) {
-    pw = getpwnam(cfg->user);
-    /* the default user may not exist yet on a machine where Postern was only built; a user
-     * the operator named must exist */
-    if(!pw && strcmp(cfg->user, "postern"))
-      log_fatal("user %s does not exist (create it, or change user = in [postern])", cfg->user);
-    if(!pw)
-      log_warn("user postern does not exist; running as root (create it: useradd --system postern)");
-  }
-  else if(geteuid() == 0 && cfg->embedded)
-    log_info("embedded default: running as root on loopback, as started (a configuration "
-             "file drops to its user =, postern by default)");
-  else if(geteuid() == 0)
-    log_warn("running as root: set user = in [postern] to drop privileges after binding");
 
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);

@@ -440,6 +440,28 @@ int smtp_dsn_value_valid(const char *v, size_t vlen, int orcpt)
   return 0;
 }
 
+int smtp_orcpt_decode(const char *v, size_t vlen, char *out, size_t outsz)
+{
+  size_t i, o = 0;
+  int in_addr = 0;
+  if(smtp_dsn_value_valid(v, vlen, 1) || outsz <= vlen)
+    return -1;
+  for(i = 0; i < vlen; i++) {
+    unsigned char ch = (unsigned char)v[i];
+    /* xtext_valid said: each "+" of the address is followed by two upper-case hex digits */
+    if(in_addr && ch == '+') {
+      ch = (unsigned char)(hex_value((unsigned char)v[i + 1]) << 4 |
+                           hex_value((unsigned char)v[i + 2]));
+      i += 2;
+    }
+    else if(ch == ';')
+      in_addr = 1;
+    out[o++] = (char)ch;
+  }
+  out[o] = '\0';
+  return 0;
+}
+
 static void upcase_copy(char *dst, size_t dstsz, const char *p, size_t n)
 {
   size_t i;

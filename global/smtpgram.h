@@ -72,6 +72,12 @@ enum smtp_path_result smtp_path_parse(const char *arg, size_t arglen, int is_mai
  * stored value goes out. */
 int smtp_dsn_value_valid(const char *v, size_t vlen, int orcpt);
 
+/* ORCPT's value as a DSN's Original-Recipient field carries it (RFC 3461 4.2, RFC 3464
+ * 2.3.1): the addr-type as it is, ";", the address decoded from xtext ("rfc822;a+2Bb@x" ->
+ * "rfc822;a+b@x"), NUL-terminated in out. 0 good, -1 when v is no valid ORCPT value (see
+ * smtp_dsn_value_valid) or does not fit in outsz (which vlen + 1 always does). */
+int smtp_orcpt_decode(const char *v, size_t vlen, char *out, size_t outsz);
+
 /* Checks a mailbox "local@domain" (RFC 5321 4.1.2, with RFC 6531 UTF-8 when utf8 != 0).
  * 0 good, -1 bad. */
 int smtp_mailbox_valid(const char *p, size_t n, int utf8);

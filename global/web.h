@@ -11,6 +11,9 @@
 
 #define WEB_BODY_MAX (256u * 1024u)   /* a request body (forms) the listener collects */
 #define WEB_HEADERS_MAX 8             /* headers one response may add */
+/* A POST here checks a password: the listener reserves the check (and refuses it while the
+ * client is locked out) before the application sees it */
+#define WEB_LOGIN_PATH "/console/login"
 
 enum web_kind { WEB_HEADER, WEB_COOKIE, WEB_QUERY };
 

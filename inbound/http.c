@@ -137,6 +137,7 @@ struct request {
   unsigned char client[ANVIL_KEY_LEN];
   char client_text[INET6_ADDRSTRLEN];
   int has_client;               /* a client the per-client limits apply to */
+  int has_key;                  /* client is known: its wrong passwords count (exempt or not) */
   int answered;                 /* a response was queued on an early call */
   int too_big;
   size_t dropped;               /* bytes read past the cap (or past an early answer) */
@@ -273,15 +274,6 @@ static const char *header(struct MHD_Connection *c, const char *name)
 static enum MHD_Result refuse_auth(struct request *rq, struct MHD_Connection *c)
 {
   static const char text[] = "authentication required\n";
-  /* wrong credentials count towards the client's lockout; none at all (a client that waits
-   * for the challenge) do not */
-  if(rq->has_client && header(c, MHD_HTTP_HEADER_AUTHORIZATION) &&
-     anvil_auth_failure(rq->client, (unsigned)rq->set->lim.auth_failures,
-                        rq->set->lim.lockout_ms, time_mono_ms()) >=
-     (unsigned)rq->set->lim.auth_failures)
-    log_warn("http: %s sent wrong credentials %ld times; its requests get 429 for %llds "
-             "(http_auth_failures, http_auth_lockout in [inbound])", rq->client_text,
-             rq->set->lim.auth_failures, rq->set->lim.lockout_ms / 1000);
   struct MHD_Response *r = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text,
                                                            MHD_RESPMEM_PERSISTENT);
   enum MHD_Result ret;
@@ -516,6 +508,84 @@ static enum MHD_Result finish_metrics(struct inbound_http *h, struct MHD_Connect
   return ret;
 }
 
+/* 429 with the seconds to wait. */
+static enum MHD_Result respond_wait(struct request *rq, struct MHD_Connection *c, long wait,
+                                    int locked)
+{
+  static const char busy[] = "too many requests from this client\n";
+  static const char lock[] = "too many wrong credentials from this client\n";
+  struct MHD_Response *r = MHD_create_response_from_buffer(
+    locked ? sizeof(lock) - 1 : sizeof(busy) - 1, (void *)(locked ? lock : busy),
+    MHD_RESPMEM_PERSISTENT);
+  char secs[24];
+  enum MHD_Result ret;
+  if(!r)
+    return MHD_NO;
+  snprintf(secs, sizeof(secs), "%ld", wait);
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+  MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, secs);
+  counted(rq, MHD_HTTP_TOO_MANY_REQUESTS);
+  ret = MHD_queue_response(c, MHD_HTTP_TOO_MANY_REQUESTS, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+/* Around every check of a password on this listener (basic auth, the console's login), the
+ * reservation SMTP AUTH makes (anvil_auth_begin/end): many requests at once get no more
+ * guesses than one at a time, and a password cannot be tried faster over HTTP than over
+ * SMTP. It holds for http_exempt_networks too: they are spared the connection and request
+ * limits, never the failed-login throttling (AUTH on a loopback listener is not either).
+ * Returns the ms the client must wait (nothing checked), else 0 with *reserved set. */
+static long long cred_check_begin(struct request *rq, int *reserved)
+{
+  long long left;
+  int report = 0;
+  *reserved = 0;
+  if(!rq->has_key)
+    return 0;
+  left = anvil_auth_begin(rq->client, (unsigned)rq->set->lim.auth_failures, time_mono_ms(),
+                          reserved, &report);
+  if(left > 0 && report)
+    log_warn("http: %s is locked out after wrong credentials (http_auth_failures, "
+             "http_auth_lockout in [inbound]); answered 429 without a check (logged once a "
+             "minute)", rq->client_text);
+  return left;
+}
+
+static void cred_check_end(struct request *rq, int reserved, int failed, const char *what)
+{
+  long max = rq->set->lim.auth_failures;
+  if(!rq->has_key)
+    return;
+  if(anvil_auth_end(rq->client, reserved, failed, (unsigned)max, rq->set->lim.lockout_ms,
+                    time_mono_ms()) >= (unsigned)max && failed && max > 0)
+    log_warn("%s: %s sent wrong credentials %ld times; locked out for %lld s, its password "
+             "checks get 429 (http_auth_failures, http_auth_lockout in [inbound])", what,
+             rq->client_text, max, rq->set->lim.lockout_ms / 1000);
+}
+
+/* Basic auth for rq: 1 the credentials are right (or http_auth = none), else 0 with the
+ * answer queued in *ret: 429 while the client is locked out (no password is checked), else
+ * 401. Wrong credentials count towards the lockout; none at all (a client that waits for the
+ * challenge) do not. */
+static int auth_check(struct request *rq, struct MHD_Connection *c, enum MHD_Result *ret)
+{
+  long long left;
+  int reserved, ok;
+  if(rq->set->auth_none)
+    return 1;
+  left = cred_check_begin(rq, &reserved);
+  if(left > 0) {
+    *ret = respond_wait(rq, c, (long)((left + 999) / 1000), 1);
+    return 0;
+  }
+  ok = auth_ok(rq->set, c);
+  cred_check_end(rq, reserved, !ok && header(c, MHD_HTTP_HEADER_AUTHORIZATION), "http");
+  if(!ok)
+    *ret = refuse_auth(rq, c);
+  return ok;
+}
+
 /* /events before its body is read: basic auth (events_auth = basic), or the signature headers
  * decoded and their timestamp judged, the check started. 0 go on, 1 answered. */
 static int events_begin(struct request *rq, struct MHD_Connection *c, enum MHD_Result *ret)
@@ -525,12 +595,8 @@ static int events_begin(struct request *rq, struct MHD_Connection *c, enum MHD_R
   long t = 0;
   size_t tslen;
   *ret = MHD_YES;
-  if(set->events_basic) {
-    if(auth_ok(set, c))
-      return 0;
-    *ret = refuse_auth(rq, c);
-    return 1;
-  }
+  if(set->events_basic)
+    return auth_check(rq, c, ret) ? 0 : 1;
   if(set->event_key_missing) {
     int warn;
     pthread_mutex_lock(&rq->h->mu);
@@ -581,41 +647,22 @@ static int events_begin(struct request *rq, struct MHD_Connection *c, enum MHD_R
   return 0;
 }
 
-/* 429 with the seconds to wait. */
-static enum MHD_Result respond_wait(struct request *rq, struct MHD_Connection *c, long wait,
-                                    int locked)
-{
-  static const char busy[] = "too many requests from this client\n";
-  static const char lock[] = "too many wrong credentials from this client\n";
-  struct MHD_Response *r = MHD_create_response_from_buffer(
-    locked ? sizeof(lock) - 1 : sizeof(busy) - 1, (void *)(locked ? lock : busy),
-    MHD_RESPMEM_PERSISTENT);
-  char secs[24];
-  enum MHD_Result ret;
-  if(!r)
-    return MHD_NO;
-  snprintf(secs, sizeof(secs), "%ld", wait);
-  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
-  MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, secs);
-  counted(rq, MHD_HTTP_TOO_MANY_REQUESTS);
-  ret = MHD_queue_response(c, MHD_HTTP_TOO_MANY_REQUESTS, r);
-  MHD_destroy_response(r);
-  return ret;
-}
-
 /* The per-client table is the SMTP listeners' (anvil): the same client key, and a lockout
  * earned by wrong passwords on either side holds on both. The listener's id in it is made from
  * a name no [listener] section can have. */
 #define HTTP_ANVIL_SERVICE "[inbound] http_address"
 
-/* The client behind sa: its key, printable address, and whether the per-client limits apply
- * (not to http_exempt_networks: by default loopback, local processes or a proxy in front that
- * keeps its own limits). A v4-mapped IPv6 address is the IPv4 client. 1 limited, 0 not. */
+/* The client behind sa: its key (*keyed set when there is one), printable address, and
+ * whether the per-client limits apply (not to http_exempt_networks: by default loopback, local
+ * processes or a proxy in front that keeps its own limits). A v4-mapped IPv6 address is the
+ * IPv4 client. 1 limited, 0 not. */
 static int client_of(const struct http_settings *set, const struct sockaddr *sa,
-                     unsigned char key[ANVIL_KEY_LEN], char *text, size_t textsz)
+                     unsigned char key[ANVIL_KEY_LEN], char *text, size_t textsz, int *keyed)
 {
   const unsigned char *addr;
   int family = AF_INET;
+  if(keyed)
+    *keyed = 0;
   if(!sa)
     return 0;
   if(sa->sa_family == AF_INET)
@@ -631,6 +678,8 @@ static int client_of(const struct http_settings *set, const struct sockaddr *sa,
   else
     return 0;
   anvil_key(family, addr, key);
+  if(keyed)
+    *keyed = 1;
   if(text && !inet_ntop(family, addr, text, (socklen_t)textsz))
     str_copy(text, textsz, "?");
   return !cidr_match(set->exempt, set->nexempt, family, addr);
@@ -662,7 +711,7 @@ static enum MHD_Result accept_client(void *cls, const struct sockaddr *addr, soc
   enum anvil_verdict v;
   (void)addrlen;
   pthread_mutex_lock(&h->mu);
-  limited = client_of(h->set, addr, key, who, sizeof(who));
+  limited = client_of(h->set, addr, key, who, sizeof(who), NULL);
   anvil_limits_of(h->set, &lim);
   pthread_mutex_unlock(&h->mu);
   if(!limited)
@@ -713,7 +762,7 @@ static void connection_event(void *cls, struct MHD_Connection *c, void **socket_
     free(hc);
     *socket_context = NULL;
   }
-  limited = client_of(h->set, client_addr(c), key, NULL, 0);
+  limited = client_of(h->set, client_addr(c), key, NULL, 0, NULL);
   pthread_mutex_unlock(&h->mu);
   if(limited)
     anvil_disconnect(h->service, key, time_mono_ms());
@@ -758,16 +807,19 @@ static enum MHD_Result finish_console(struct inbound_http *h, struct MHD_Connect
   struct MHD_Response *r = NULL;
   enum MHD_Result ret = MHD_NO;
   size_t i;
+  /* a login is a check of a password like AUTH's: the same reservation and lockout, for
+   * every client (an SSH tunnel arrives from loopback) */
+  int login = !strcmp(url, WEB_LOGIN_PATH) && !strcmp(method, MHD_HTTP_METHOD_POST);
+  int reserved = 0;
+  if(login) {
+    long long left = cred_check_begin(rq, &reserved);
+    if(left > 0)
+      return respond_wait(rq, c, (long)((left + 999) / 1000), 1);
+  }
   buf_init(&out.body, LIM_CONSOLE_PAGE);
   h->console(h->console_arg, &wr, &out);
-  /* the console's wrong passwords count towards the same lockout as the webhooks' */
-  if(out.auth_failed && rq->has_client &&
-     anvil_auth_failure(rq->client, (unsigned)rq->set->lim.auth_failures,
-                        rq->set->lim.lockout_ms, time_mono_ms()) >=
-     (unsigned)rq->set->lim.auth_failures)
-    log_warn("console: %s gave %ld wrong passwords; locked out for %lld s "
-             "(http_auth_failures, http_auth_lockout in [inbound])", rq->client_text,
-             rq->set->lim.auth_failures, rq->set->lim.lockout_ms / 1000);
+  if(login)
+    cred_check_end(rq, reserved, out.auth_failed, "console");
   if(out.stream.read) {
     struct web_stream *s = malloc(sizeof(*s));
     if(s) {
@@ -841,7 +893,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     else if(h->console && (!strcmp(url, "/console") || !strncmp(url, "/console/", 9)))
       rq->ep = EP_CONSOLE;
     rq->has_client = client_of(rq->set, client_addr(c), rq->client, rq->client_text,
-                               sizeof(rq->client_text));
+                               sizeof(rq->client_text), &rq->has_key);
     /* /healthz stays cheap and open for load balancers and probes */
     if(rq->ep != EP_HEALTH && rq->has_client) {
       long long now = time_mono_ms(), locked = anvil_auth_locked(rq->client, now);
@@ -882,9 +934,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       }
       /* /healthz stays open for load balancers; /metrics names the upstreams and the traffic,
        * and this listener often faces the internet for the webhooks: it takes http_user */
-      if(rq->ep == EP_METRICS && !auth_ok(rq->set, c)) {
-        rq->answered = 1;
-        return refuse_auth(rq, c);
+      if(rq->ep == EP_METRICS) {
+        enum MHD_Result ret;
+        if(!auth_check(rq, c, &ret)) {
+          rq->answered = 1;
+          return ret;
+        }
       }
       return MHD_YES;
     }
@@ -894,9 +949,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     }
     /* who may post is decided here, from the headers, before any of the body is read (a
      * client sending Expect: 100-continue sends none of it) */
-    if(rq->ep == EP_PARSE && !auth_ok(rq->set, c)) {
-      rq->answered = 1;
-      return refuse_auth(rq, c);
+    if(rq->ep == EP_PARSE) {
+      enum MHD_Result ret;
+      if(!auth_check(rq, c, &ret)) {
+        rq->answered = 1;
+        return ret;
+      }
     }
     if(rq->ep == EP_EVENTS) {
       enum MHD_Result ret;

@@ -46,26 +46,6 @@ static size_t header_length(const char *body, size_t len)
   return cap;
 }
 
-/* ORCPT= is xtext (RFC 3461 4): "rfc822;a+2Bb@example" -> "rfc822;a+b@example" */
-static int xtext_decode(struct buf *out, const char *s)
-{
-  static const char hex[] = "0123456789ABCDEF";
-  size_t i, n = strlen(s);
-  for(i = 0; i < n; i++) {
-    const char *h1, *h2;
-    char ch = s[i];
-    if(ch == '+' && i + 2 < n && (h1 = strchr(hex, s[i + 1])) && (h2 = strchr(hex, s[i + 2]))) {
-      ch = (char)(((h1 - hex) << 4) | (h2 - hex));
-      i += 2;
-    }
-    if((unsigned char)ch < 0x20 || ch == 0x7f)
-      ch = '?';
-    if(buf_add(out, &ch, 1))
-      return -1;
-  }
-  return 0;
-}
-
 /* Does NOTIFY= ask for this notice (what: "FAILURE", "DELAY" or "SUCCESS")? Absent, it means
  * FAILURE and DELAY (RFC 3461 4.1). */
 static int wants_notice(const char *notify, const char *what)
@@ -161,7 +141,8 @@ static int dsn_report(struct store *st, const struct config *cfg, const struct s
                       size_t n, enum dsn_kind kind, char id[LIM_QUEUE_ID + 1])
 {
   int delayed = kind == DSN_DELAYED, full = return_full(kind, m, len);
-  struct buf text, status, orcpt;
+  struct buf text, status;
+  char orcpt[LIM_SMTP_PATH + 16];
   GMimeMessage *msg = NULL;
   GMimeMultipart *report = NULL;
   GMimeTextPart *human = NULL;
@@ -183,7 +164,6 @@ static int dsn_report(struct store *st, const struct config *cfg, const struct s
   vendor_gmime_start();
   buf_init(&text, DSN_TEXT_MAX);
   buf_init(&status, DSN_TEXT_MAX);
-  buf_init(&orcpt, LIM_SMTP_PATH * 3 + 16);
   arrival = format_date(m->created_ms);
   now_date = format_date(now);
   until = format_date(m->created_ms + cfg->queue_lifetime * 1000LL);
@@ -240,12 +220,11 @@ static int dsn_report(struct store *st, const struct config *cfg, const struct s
                 upd[i].reply ? upd[i].reply : "(no reply)") ||
        buf_addf(&status, "\nFinal-Recipient: rfc822; %s\n", rc->address))
       goto out;
-    if(rc->orcpt) {
-      buf_reset(&orcpt);
-      if(xtext_decode(&orcpt, rc->orcpt) ||
-         buf_addf(&status, "Original-Recipient: %s\n", orcpt.ptr))
-        goto out;
-    }
+    /* ORCPT came as xtext; the field carries the address decoded. A stored value that is no
+     * valid ORCPT (a store older than the check at RCPT) is left out, not guessed at. */
+    if(rc->orcpt && !smtp_orcpt_decode(rc->orcpt, strlen(rc->orcpt), orcpt, sizeof(orcpt)) &&
+       buf_addf(&status, "Original-Recipient: %s\n", orcpt))
+      goto out;
     if(buf_addf(&status, "Action: %s\nStatus: %s\n", delayed ? "delayed" :
                 kind == DSN_RELAYED ? "relayed" : "failed", st_code) ||
        (delayed && buf_addf(&status, "Will-Retry-Until: %s\n", until)) ||
@@ -352,7 +331,6 @@ out:
   g_free(until);
   buf_free(&text);
   buf_free(&status);
-  buf_free(&orcpt);
   return result;
 }
 

@@ -79,6 +79,7 @@ wait_port "$sink_port" "$sink_pid"
 mkdir -p "$work/data"
 cat >"$work/postern.conf" <<EOF
 [postern]
+user =
 hostname = bench.test.example
 data_dir = $work/data
 max_message_size = 35M
@@ -144,6 +145,7 @@ if [ "${UPSTREAM:-1}" = 1 ]; then
   mkdir -p "$work/relay-data"
   cat >"$work/relay.conf" <<EOC
 [postern]
+user =
 hostname = bench-relay.test.example
 data_dir = $work/relay-data
 max_clients = 500

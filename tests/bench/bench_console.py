@@ -56,7 +56,7 @@ def main():
                             capture_output=True, check=True).stdout.decode().strip()
     conf = os.path.join(work, "postern.conf")
     with open(conf, "w") as f:
-        f.write(f"[postern]\nhostname = bench.test\ndata_dir = {work}/data\nmax_clients = 200\n\n"
+        f.write(f"[postern]\nuser =\nhostname = bench.test\ndata_dir = {work}/data\nmax_clients = 200\n\n"
                 f"[listener submission]\naddress = 127.0.0.1:{sp}\nrole = submission\n"
                 "max_clients_per_ip = 200\n\n"
                 f"[inbound]\nhttp_address = 127.0.0.1:{hp}\nhttp_auth = none\n\n"

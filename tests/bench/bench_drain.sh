@@ -41,6 +41,7 @@ port=$(free_port)
 mkdir -p "$work/data"
 cat >"$work/postern.conf" <<CONF
 [postern]
+user =
 hostname = bench.test.example
 data_dir = $work/data
 max_clients = 500

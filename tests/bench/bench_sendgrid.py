@@ -100,6 +100,7 @@ def row(work, workers, reuse, scheme, cert):
     conf = os.path.join(data, "postern.conf")
     with open(conf, "w") as f:
         f.write(f"""[postern]
+user =
 hostname = bench.test.example
 data_dir = {data}/data
 max_clients = 500

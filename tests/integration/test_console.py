@@ -877,3 +877,24 @@ def test_browser_thread_with_reply_and_sendgrid_events(daemon_factory, tmp_path,
     assert "quoted" not in reply.split("Reply text", 1)[1].split("Text", 1)[0]
     no_alert(drv)
     shot(drv, "thread-events")
+
+
+def test_login_over_a_tunnel_is_rate_limited(daemon_factory):
+    """An SSH tunnel arrives from loopback, which http_exempt_networks spares by default: the
+    connection and request limits, not the lockout after wrong passwords."""
+    http_port, dead_port = free_port(), free_port()
+    conf = console_conf(http_port, dead_port).replace("http_exempt_networks = 192.0.2.0/24\n", "")
+    assert "http_exempt_networks" not in conf
+    d = daemon_factory(extra=conf)
+    c = Client(http_port)
+    token = c.csrf(c.get("/console/login").text)
+    for i in range(3):
+        r = c.post("/console/login", {"csrf": token, "user": "admin", "password": f"wrong-{i}"})
+        assert r.status == 403, r.status
+    r = c.post("/console/login", {"csrf": token, "user": "admin", "password": PASSWORD})
+    assert r.status == 429 and r.getheader("Retry-After"), r.status
+    assert "postern_console" not in c.cookies
+    # the pages themselves (no password in them) are not refused to loopback
+    assert c.get("/console/login").status == 200
+    assert "console: 127.0.0.1 sent wrong credentials 3 times" in d.log_text()
+    assert "wrong-0" not in d.log_text()

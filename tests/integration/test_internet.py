@@ -176,7 +176,8 @@ def test_flood_from_one_client_and_from_many_64s(ns, tmp_path):
         codes, sub = res[:-1], res[-1]
         assert codes.count(220) == 50 and codes.count(421) == 150, codes
         assert sub == ["submission", 220], sub
-        assert "too many connections on listener mx (max_clients=50)" in d.log_text()
+        # 150 refusals of a full listener, one line: a flood does not flood the log
+        assert d.log_text().count("too many connections on listener mx (max_clients=50)") == 1
     finally:
         d.stop()
 

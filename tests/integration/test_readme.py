@@ -236,9 +236,10 @@ def shared_dir():
 
 
 def test_data_dir_of_a_root_run_goes_to_the_user_made_later(tmp_path, netns, shared_dir):
-    """A configuration run as root before the postern user existed (the daemon's warning says
-    to create it) leaves the store as root's 0600 files; once the user exists the daemon hands
-    the data_dir over, and does not stop on "cannot open the store: Permission denied"."""
+    """Started as root before the postern user exists, the daemon refuses (it does not run as
+    root in the user's place) and says how to fix it; a run as root on purpose (user = empty)
+    leaves the store as root's 0600 files; once the user exists the daemon hands the data_dir
+    over, and does not stop on "cannot open the store: Permission denied"."""
     need_binary(POSTERN)
     # where the user can reach it (pytest's own directories are root's 0700)
     data = shared_dir / "data"
@@ -253,9 +254,21 @@ def test_data_dir_of_a_root_run_goes_to_the_user_made_later(tmp_path, netns, sha
                     f"password_file = {secret}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTERN_", "SMTP_"))}
     log = tmp_path / "postern.log"
+    # no postern user yet: refused, before anything is made or bound
+    p = subprocess.run([IP, "netns", "exec", netns, os.path.abspath(POSTERN), "-f", "-c",
+                        str(conf)], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert ("user postern does not exist; not starting as root in its place (create it: useradd "
+            "--system --home-dir /var/lib/postern --shell /usr/sbin/nologin postern; or set "
+            "user = empty in [postern] to stay root on purpose)") in p.stderr, p.stderr
+    assert "daemon started" not in p.stderr and not data.exists(), p.stderr
+    # the operator stays root on purpose for a while (user = empty: a loud warning)
+    as_root = tmp_path / "as-root.conf"
+    as_root.write_text(conf.read_text().replace("[postern]\n", "[postern]\nuser =\n", 1))
     for run in ("before", "after"):
         argv = ["/bin/sh", "-c", 'exec "$@"', "sh"] if run == "before" else None
-        cmd = [os.path.abspath(POSTERN), "-f", "-c", str(conf)]
+        cmd = [os.path.abspath(POSTERN), "-f", "-c", str(as_root if run == "before" else conf)]
         daemon = (subprocess.Popen([IP, "netns", "exec", netns] + argv + cmd, cwd=tmp_path,
                                    env=env, stdin=subprocess.DEVNULL, stdout=open(log, "ab"),
                                    stderr=subprocess.STDOUT)
@@ -273,7 +286,7 @@ def test_data_dir_of_a_root_run_goes_to_the_user_made_later(tmp_path, netns, sha
         owner = 0 if run == "before" else POSTERN_UID
         assert os.stat(data / "postern.db").st_uid == owner, (run, log.read_text())
     text = log.read_text()
-    assert "user postern does not exist; running as root" in text, text
+    assert "running as root because user = is empty in [postern]" in text, text
     assert f"data_dir {data} given to user postern" in text, text
     # the password is read at each delivery, long after the start: the start says so
     assert (f"{secret} is readable by its owner only and user postern does not own it" in text

@@ -646,6 +646,45 @@ def test_repeated_failures_delay_then_close(daemon_factory):
     assert_no_secret(d, PASSWORD, "wrong4", base64.b64encode(b"\0alice\0wrong4").decode())
 
 
+def daemon_cpu_seconds(d):
+    """User plus system CPU time of the daemon's process so far (/proc/PID/stat)."""
+    with open(f"/proc/{d.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_refusing_a_brute_force_keeps_the_cpu_low(daemon_factory):
+    """While it refuses a brute force the daemon does little work per attempt: 300 connections
+    over the client's connection_rate (421 4.7.0 at connect) and 150 sessions of a locked-out
+    client each trying the right password (454 4.7.0, nothing checked). What is measured is the
+    daemon's own CPU time (utime + stime from /proc, not a wall clock), against a bound far
+    above what a refusal costs (tens of microseconds): a refusal that spun, slept in a busy
+    loop, logged a line each time or checked the password would show."""
+    d = make_daemon(daemon_factory, extra="limits_exempt = none\nconnection_rate = 170\n",
+                    postern={"max_auth_failures": "2", "auth_lockout": "10m"})
+    src = "127.0.0.5"
+    for i in range(2):
+        with Client(d.port, source=src) as c:
+            c.greet()
+            c.auth_plain("alice", f"wrong{i}")
+    locked = refused = 0
+    before = daemon_cpu_seconds(d)
+    for _ in range(150):
+        with Client(d.port, source=src) as c:
+            c.greet()
+            r = c.auth_plain("alice", PASSWORD)
+            locked += (r.code, r.enhanced) == (454, "4.7.0")
+    for _ in range(300):
+        with socket.create_connection(("127.0.0.1", d.port), timeout=15,
+                                      source_address=(src, 0)) as s:
+            refused += s.recv(512).startswith(b"421 4.7.0")
+    used = daemon_cpu_seconds(d) - before
+    assert locked == 150 and refused >= 280, (locked, refused)
+    assert used <= 450 * 0.004, f"{used:.2f} s of CPU for 450 refusals"
+    assert d.log_text().count("refused on listener submission") <= 2
+    assert_no_secret(d, PASSWORD)
+
+
 # ---------------------------------------------------------------------------------------------
 # SIGHUP: new connections get the new certificate, older ones keep working.
 

@@ -279,6 +279,28 @@ def test_bounce_sends_dsn_and_mixed_recipients(daemon_factory, upstreams):
     assert d.wait_status(entries[0]["id"], "sent")
 
 
+def test_dsn_original_recipient_is_the_decoded_orcpt(daemon_factory, upstreams):
+    """ORCPT comes as xtext (RFC 3461 4.2); the DSN's Original-Recipient carries the address
+    decoded, its type as given."""
+    up = upstreams(reject={"nobody@example.net"})
+    d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none"))
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+        s.ehlo("client.test")
+        assert s.has_extn("dsn")
+        assert s.mail(SENDER)[0] == 250
+        code, resp = s.rcpt("nobody@example.net",
+                            ["NOTIFY=FAILURE", "ORCPT=rfc822;old+2Bname+40example.net"])
+        assert code == 250, resp
+        code, resp = s.data(message("orcpt"))
+        assert code == 250, resp
+    dsns = [m for m in up.wait_messages(1) if m["mail_from"] == ""]
+    assert len(dsns) == 1
+    status = dsns[0]["data"].decode().replace("\r\n", "\n")
+    status = status.split("Content-Type: message/delivery-status", 1)[1]
+    assert "Original-Recipient: rfc822;old+name@example.net\n" in status, status
+    assert "Final-Recipient: rfc822; nobody@example.net\n" in status, status
+
+
 def test_no_dsn_to_the_null_sender(daemon_factory, upstreams):
     up = upstreams(reject={"nobody@example.net"})
     d = daemon_factory(FAST, upstream_conf(up.port, host="127.0.0.1", tls="none"))

@@ -369,6 +369,67 @@ def test_per_client_request_rate_and_lockout(daemon_factory, tmp_path):
     assert get_from("127.0.0.8", port, "/metrics", good)[0] == 200
 
 
+def test_exempt_clients_still_locked_out_after_wrong_passwords(daemon_factory, tmp_path):
+    """http_exempt_networks (loopback by default: a proxy, an SSH tunnel) spares a client the
+    connection and request limits, never the failed-login throttling: a password is not
+    guessed over HTTP from loopback any faster than over SMTP AUTH. Real requests with curl."""
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+    d = http_daemon(daemon_factory, tmp_path,
+                    f"http_user = {USER}\nhttp_password_file = {pw}\nhttp_request_rate = 2\n"
+                    "http_auth_failures = 3\nhttp_auth_lockout = 3s\n")
+
+    def curl(path, auth=None, post=False):
+        argv = [CURL, "-sS", "-o", "/dev/null", "-D", "-", "-w", "%{http_code}"]
+        if post:
+            argv += ["--form-string", f"envelope={ENVELOPE}", "--form-string", "email=x"]
+        if auth:
+            argv += ["-u", f"{auth[0]}:{auth[1]}"]
+        out = subprocess.run(argv + [d.http + path], capture_output=True, text=True,
+                             timeout=30).stdout
+        return int(out[-3:]), out
+    # the request rate does not apply to loopback
+    for _ in range(4):
+        assert curl("/metrics", (USER, PASSWORD))[0] == 200
+    for i in range(3):
+        assert curl("/metrics", (USER, f"guess-{i}"))[0] == 401
+    # locked: the right password is not looked at until the lockout ends
+    code, head_text = curl("/metrics", (USER, PASSWORD))
+    assert code == 429 and "Retry-After:" in head_text, head_text
+    code, _ = curl("/emailInbound", (USER, PASSWORD), post=True)
+    assert code == 429
+    # what needs no password goes on
+    assert curl("/healthz")[0] == 200
+    assert "127.0.0.1 sent wrong credentials 3 times" in d.log_text()
+    time.sleep(3.2)
+    assert curl("/metrics", (USER, PASSWORD))[0] == 200
+
+
+def test_concurrent_guesses_get_no_more_checks_than_the_limit(daemon_factory, tmp_path):
+    """Many wrong passwords sent at once are checked no more often than one after another:
+    each check is reserved before it is made (as SMTP AUTH's are), so at most
+    http_auth_failures of them get 401; the others get 429 unchecked."""
+    import threading
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+    d = http_daemon(daemon_factory, tmp_path,
+                    f"http_user = {USER}\nhttp_password_file = {pw}\nhttp_clients_per_ip = 0\n"
+                    "http_request_rate = 0\nhttp_auth_failures = 3\nhttp_auth_lockout = 10m\n"
+                    "http_exempt_networks = 192.0.2.0/24\n")
+    port = int(d.http.rsplit(":", 1)[1])
+    codes, start = [], threading.Barrier(24)
+
+    def guess(i):
+        start.wait()
+        codes.append(get_from("127.0.0.21", port, "/metrics", (USER, f"guess-{i}"))[0])
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(codes) == 24 and set(codes) <= {401, 429}, codes
+    assert codes.count(401) <= 3, codes
+    assert get_from("127.0.0.21", port, "/metrics", (USER, PASSWORD))[0] == 429
+
+
 def test_lockout_shared_with_smtp_auth(daemon_factory, tmp_path):
     """Wrong webhook passwords lock the client out of SMTP AUTH too: one table, one count."""
     from test_submission_security import Client, PASSWORD as SMTP_PASSWORD, make_daemon

@@ -438,6 +438,49 @@ static void test_valid_table(void)
   }
 }
 
+/* ORCPT travels as xtext; a DSN's Original-Recipient carries the address decoded, the
+ * addr-type as it came (RFC 3461 4.2, RFC 3464 2.3.1) */
+static const struct { const char *in, *out; } orcpt_rows[] = {
+  { "rfc822;b@c.d", "rfc822;b@c.d" },
+  { "rfc822;a+2Bb@c.d", "rfc822;a+b@c.d" },
+  { "rfc822;b+40c.d", "rfc822;b@c.d" },
+  { "rfc822;+2B+3D+20x@c.d", "rfc822;+= x@c.d" },       /* each escape once, not again */
+  { "rfc822;a+2B2Bb@c.d", "rfc822;a+2Bb@c.d" },
+  { "x+41;a@b", "x+41;a@b" },                            /* the addr-type is not xtext */
+  { "RFC822;a;b@c", "RFC822;a;b@c" },
+  { "utf-8;user+40example.com", "utf-8;user@example.com" },
+  /* not valid ORCPT values: no field rather than a guess */
+  { "rfc822;b+0D+0ABcc:x@y", NULL },
+  { "rfc822;a+2b@c.d", NULL },                           /* hex digits are upper case */
+  { "rfc822;a+2", NULL },
+  { "rfc822;", NULL },
+  { ";a@b", NULL },
+  { "b@c.d", NULL },
+  { "rfc822;a b@c", NULL },
+  { "rfc822;a=b@c", NULL },
+};
+
+static void test_orcpt_decode(void)
+{
+  size_t i;
+  char out[LIM_SMTP_PATH + 16];
+  for(i = 0; i < sizeof(orcpt_rows) / sizeof(orcpt_rows[0]); i++) {
+    const char *in = orcpt_rows[i].in, *want = orcpt_rows[i].out;
+    int rc = smtp_orcpt_decode(in, strlen(in), out, sizeof(out));
+    if(want ? rc || strcmp(out, want) : rc != -1) {
+      fprintf(stderr, "orcpt row %zu \"%s\": %d \"%s\", expected %s\n", i, in, rc,
+              rc ? "" : out, want ? want : "-1");
+      unit_failed = 1;
+    }
+  }
+  /* the output is bounded by its size, never written past */
+  memset(out, 'Z', sizeof(out));
+  CHECK_EQ_INT(smtp_orcpt_decode("rfc822;a+2Bb@c.d", 16, out, 16), -1);
+  CHECK_EQ_INT(smtp_orcpt_decode("rfc822;a+2Bb@c.d", 16, out, 17), 0);
+  CHECK_EQ_STR(out, "rfc822;a+b@c.d");
+  CHECK(out[15] == 'Z' && out[16] == 'Z');
+}
+
 static void test_address_domain(void)
 {
   size_t n = 0;
@@ -1302,6 +1345,7 @@ static const struct unit_case cases[] = {
   { "reply_table", test_reply_table },
   { "reply_helpers", test_reply_helpers },
   { "valid_table", test_valid_table },
+  { "orcpt_decode", test_orcpt_decode },
   { "address_domain", test_address_domain },
   { "conn_lines", test_conn_lines },
   { "conn_stream", test_conn_stream },
