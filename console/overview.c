@@ -104,9 +104,21 @@ static void upstream_row(struct buf *b, const char *name, const char *identity,
                          const struct held *h, long long now)
 {
   struct metrics_upstream mu;
-  char s[24], d[24], bo[24], when[32], last[64], tok[64];
-  long long exp = identity ? metrics_oauth2_expiry_get(identity) : 0;
+  char s[24], d[24], bo[24], when[32], last[64], tok[64], pace[96];
+  long long exp = identity ? metrics_oauth2_expiry_get(identity) : 0, next;
+  int slow;
   metrics_upstream_get(name, &mu);
+  metrics_rate_get(name, &next, &slow);
+  if(next > now) {
+    console_when(next, when);
+    snprintf(pace, sizeof(pace), "next message at %s", when);
+  }
+  else
+    str_copy(pace, sizeof(pace), "none");
+  if(slow > 1) {
+    size_t at = strlen(pace);
+    snprintf(pace + at, sizeof(pace) - at, "; slowed down %dx after 4.7.x replies", slow);
+  }
   num(mu.results[METRICS_SENT] + mu.results[METRICS_CAPTURED], s);
   num(mu.results[METRICS_DEFERRED], d);
   num(mu.results[METRICS_BOUNCED], bo);
@@ -125,8 +137,9 @@ static void upstream_row(struct buf *b, const char *name, const char *identity,
     snprintf(tok, sizeof(tok), "%s: %s %s", identity, exp <= now ? "expired" : "until", when);
   }
   html_put(b, "<tr><th scope=\"row\"><a href=\"/console/queue?upstream={u}\">{}</a></th>"
-           "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", name,
-           name, last, s, d, bo, is_held(h, name) ? "held: its login failed" : "no", tok);
+           "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+           name, name, last, s, d, bo, is_held(h, name) ? "held: its login failed" : "no", tok,
+           pace);
 }
 
 static void warn(struct buf *b, size_t *n, const char *what, const char *fix)
@@ -152,7 +165,8 @@ void overview_more(struct pages_ctx *pc, struct buf *b, long long now)
            "<th scope=\"col\">Upstream</th><th scope=\"col\">Last result (UTC)</th>"
            "<th scope=\"col\">delivered</th><th scope=\"col\">deferred</th>"
            "<th scope=\"col\">bounced</th><th scope=\"col\">Credential hold</th>"
-           "<th scope=\"col\">OAuth2 token (UTC)</th></tr></thead><tbody>");
+           "<th scope=\"col\">OAuth2 token (UTC)</th><th scope=\"col\">Rate-limit wait (UTC)"
+           "</th></tr></thead><tbody>");
   for(i = 0; i < pc->nupstreams; i++)
     upstream_row(b, pc->upstreams[i], pc->oauth2 ? pc->oauth2[i] : NULL, h, now);
   upstream_row(b, "capture", NULL, h, now);

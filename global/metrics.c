@@ -44,6 +44,8 @@ static atomic_ullong webhook[METRICS_NPATHS][NSTATUS];
 static atomic_llong token_expiry_ms[NSLOTS];
 static atomic_ullong forward_set_aside;
 static atomic_llong results_unrecorded;
+static atomic_llong rate_next_ms[NSLOTS];
+static atomic_int rate_slow[NSLOTS];               /* 0 never set: as configured */
 static atomic_int last_result[NSLOTS];          /* enum metrics_result + 1; 0 none yet */
 static atomic_llong last_result_ms[NSLOTS];
 /* The last hour, a slot per minute tagged with the minute it counts (since the epoch). The
@@ -128,6 +130,8 @@ void metrics_reset(void)
   atomic_store(&forward_set_aside, 0);
   atomic_store(&results_unrecorded, 0);
   memset(last_result, 0, sizeof(last_result));
+  memset(rate_next_ms, 0, sizeof(rate_next_ms));
+  memset(rate_slow, 0, sizeof(rate_slow));
   memset(last_result_ms, 0, sizeof(last_result_ms));
   memset(flows, 0, sizeof(flows));
   pthread_mutex_unlock(&reg_lock);
@@ -222,6 +226,23 @@ unsigned long long metrics_inbound_get(enum metrics_source src)
 const char *metrics_source_name(enum metrics_source src)
 {
   return (unsigned)src < METRICS_NSOURCES ? source_names[src] : "other";
+}
+
+void metrics_rate_state(const char *upstream, long long next_slot_ms, int slow_factor)
+{
+  unsigned s = slot_of(METRICS_UPSTREAMS, upstream);
+  if(s == OTHER)
+    return;
+  atomic_store_explicit(&rate_next_ms[s], next_slot_ms, memory_order_relaxed);
+  atomic_store_explicit(&rate_slow[s], slow_factor, memory_order_relaxed);
+}
+
+void metrics_rate_get(const char *upstream, long long *next_slot_ms, int *slow_factor)
+{
+  unsigned s = slot_of(METRICS_UPSTREAMS, upstream);
+  int f = s == OTHER ? 0 : atomic_load_explicit(&rate_slow[s], memory_order_relaxed);
+  *next_slot_ms = s == OTHER ? 0 : atomic_load_explicit(&rate_next_ms[s], memory_order_relaxed);
+  *slow_factor = f ? f : 1;
 }
 
 long long metrics_results_unrecorded_get(void)

@@ -80,6 +80,11 @@ long long metrics_oauth2_expiry_get(const char *identity);   /* wall clock ms, 0
 unsigned long long metrics_inbound_get(enum metrics_source src);
 const char *metrics_source_name(enum metrics_source src);
 long long metrics_results_unrecorded_get(void);
+/* An upstream's sending pace (rate =, or slowed after 4.7.x replies): the wall-clock ms of its
+ * next free sending slot (0: one may go now) and how many times slower than configured it
+ * sends (1: as configured). Set by the relay, read by the console. */
+void metrics_rate_state(const char *upstream, long long next_slot_ms, int slow_factor);
+void metrics_rate_get(const char *upstream, long long *next_slot_ms, int *slow_factor);
 
 /* Forgets every count and name (unit tests). */
 void metrics_reset(void);

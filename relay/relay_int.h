@@ -100,17 +100,22 @@ int  upstate_name(struct upstates *u, size_t idx, char *out, size_t outsz);
  * message goes byte for byte). 0, or -1 out of memory. Applied before DKIM signing. */
 int  longlines_encode(const char *body, size_t len, char **out, size_t *outlen);
 
-/* The [dkim] sections of cfg as signers for one smtp session (NULL when there are none); keys
- * are read at their first use. 0 ok, -1 out of memory. */
+/* The [dkim] sections of cfg as signers (NULL when there are none); keys are read and decoded
+ * at their first use, then kept. The relay shares one set among all sessions of a
+ * configuration it runs (dkim_signers_share when it starts with or reloads to cfg, unshare
+ * when cfg is used no more); for any other cfg, get makes a set of its own. A session holds a
+ * reference from get to put. 0 ok, -1 out of memory. */
 struct dkim_signers;
-int  dkim_signers_new(const struct config *cfg, struct dkim_signers **out);
-void dkim_signers_free(struct dkim_signers *ds);
+int  dkim_signers_share(const struct config *cfg);
+void dkim_signers_unshare(const struct config *cfg);
+int  dkim_signers_get(const struct config *cfg, struct dkim_signers **out);
+void dkim_signers_put(struct dkim_signers *ds);
 /* Signs body (the message as it will be sent) with every signer whose domain is its From:
  * domain (or, with match = sender, the envelope sender's) and that has not signed it already.
  * *out: the message to send instead (DKIM-Signature fields in front, line ends CRLF), malloc'd;
  * NULL when nothing was signed. 0 ok; -1 with r (a 4xx: the mail waits rather than leaving
  * unsigned). max caps the message's growth. */
-int  dkim_sign_message(struct dkim_signers *ds, const char *id, const char *sender,
+int  dkim_sign_message(struct dkim_signers *ds, const char *sender,
                        const char *body, size_t len, long long max, char **out, size_t *outlen,
                        struct smtp_reply *r);
 /* postern -n: the [dkim] sections are complete and their keys usable; problems counted. */

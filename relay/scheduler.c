@@ -111,13 +111,17 @@ static void conf_put(struct relay *r, struct relay_conf *c)
 {
   relay_release_fn release = NULL;
   void *arg = NULL;
+  const struct config *gone = NULL;
   pthread_mutex_lock(&r->mu);
   if(--c->refs == 0) {
     release = c->release;
     arg = c->arg;
+    gone = c->cfg;
     free(c);
   }
   pthread_mutex_unlock(&r->mu);
+  if(gone)
+    dkim_signers_unshare(gone);
   if(release)
     release(arg);       /* outside mu: it frees a whole configuration */
 }
@@ -1258,6 +1262,8 @@ int relay_start(const struct config *cfg, struct store *st, struct relay **out)
   }
   r->conf->cfg = cfg;
   r->conf->refs = 1;              /* the current one; its owner frees it after relay_stop */
+  /* DKIM keys decoded once for all sessions; out of memory, each session makes its own */
+  (void)dkim_signers_share(cfg);
   r->st = st;
   r->nworkers = cfg->delivery_workers > 0 ? (size_t)cfg->delivery_workers : 1;
   r->cap = RELAY_BATCH + r->nworkers;
@@ -1303,6 +1309,7 @@ int relay_reload(struct relay *r, const struct config *cfg, relay_release_fn rel
     return -1;
   c->cfg = cfg;
   c->refs = 1;
+  (void)dkim_signers_share(cfg);  /* the new keys, read at their first use */
   pthread_mutex_lock(&r->mu);
   old = r->conf;
   old->release = release;
@@ -1370,6 +1377,7 @@ void relay_stop(struct relay *r, long long early_ms, long long late_ms)
       r->kept = next;
     }
   }
+  dkim_signers_unshare(r->conf->cfg);
   free(r->conf);                  /* the current one: its configuration is its owner's */
   pthread_cond_destroy(&r->sched_cond);
   pthread_cond_destroy(&r->work_cond);

@@ -73,7 +73,7 @@ static void session_free(struct smtp_session *s)
   free(s->token_file);
   free(s->mechs);
   free(s->oauth2);
-  dkim_signers_free(s->dkim);
+  dkim_signers_put(s->dkim);
   free(s);
 }
 
@@ -272,7 +272,7 @@ static int smtp_open(const struct config *cfg, const struct cfg_upstream *up, vo
   }
   relay_smtp_client_cfg(cfg, up, &cc);
   s->max_size = cfg->max_message_size;
-  if(dkim_signers_new(cfg, &s->dkim)) {
+  if(dkim_signers_get(cfg, &s->dkim)) {
     smtp_reply_set(r, 451, "4.3.0", "upstream %s: out of memory", up->name);
     goto out;
   }
@@ -320,7 +320,7 @@ static int smtp_send(void *session, const struct store_msg *m, const char *body,
     len = fitted_len;
   }
   /* the last change to the message: a signature covers what goes on the wire */
-  if(dkim_sign_message(s->dkim, m->id, m->sender, body, len,
+  if(dkim_sign_message(s->dkim, m->sender, body, len,
                        2 * (long long)len + s->max_size / 8 + 65536, &signed_body, &signed_len,
                        r)) {
     result = TRANSPORT_FAILED;

@@ -4,6 +4,7 @@
 #include "relay/relay_int.h"
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "global/metrics.h"
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +191,9 @@ long long upstate_rate_admit(struct upstates *u, const struct cfg_upstream *up, 
   at = (s->tat_us + 999) / 1000;
   s->tat_us += eff;
 out:
+  if(s)   /* what the console's overview shows as the upstream's rate-limit wait */
+    metrics_rate_state(up->name, s->tat_us > now_us ? (s->tat_us + 999) / 1000 : 0,
+                       s->slow_factor);
   pthread_mutex_unlock(&u->mu);
   return at;
 }
@@ -212,6 +216,7 @@ void upstate_throttled(struct upstates *u, const struct cfg_upstream *up, long l
                "next %lld minutes (a lower rate = in [upstream %s] avoids it)", up->name,
                (double)((base ? base : UNRATED_BASE_US) * s->slow_factor) / 1e6,
                SLOW_FOR_MS / 60000, up->name);
+      metrics_rate_state(up->name, (s->tat_us + 999) / 1000, s->slow_factor);
     }
   }
   pthread_mutex_unlock(&u->mu);

@@ -183,26 +183,29 @@ out:
 }
 
 /* ---- Ed25519 signing, kept loaded ----------------------------------------------------------- */
-struct tls_ed25519_key {
+struct tls_dkim_signkey {
   EVP_PKEY *pkey;
+  int rsa;
 };
 
-int tls_ed25519_key_load(const char *pem, size_t len, struct tls_ed25519_key **out)
+int tls_dkim_signkey_load(const char *pem, size_t len, struct tls_dkim_signkey **out)
 {
   BIO *bio = BIO_new_mem_buf(pem, (int)len);
   EVP_PKEY *k = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+  int id = k ? EVP_PKEY_get_base_id(k) : 0;
   BIO_free(bio);
   ERR_clear_error();
   *out = NULL;
-  if(!k || EVP_PKEY_get_base_id(k) != EVP_PKEY_ED25519 || !(*out = calloc(1, sizeof(**out)))) {
+  if((id != EVP_PKEY_ED25519 && id != EVP_PKEY_RSA) || !(*out = calloc(1, sizeof(**out)))) {
     EVP_PKEY_free(k);
     return -1;
   }
   (*out)->pkey = k;
+  (*out)->rsa = id == EVP_PKEY_RSA;
   return 0;
 }
 
-void tls_ed25519_key_free(struct tls_ed25519_key *k)
+void tls_dkim_signkey_free(struct tls_dkim_signkey *k)
 {
   if(!k)
     return;
@@ -210,14 +213,28 @@ void tls_ed25519_key_free(struct tls_ed25519_key *k)
   free(k);
 }
 
-int tls_ed25519_sign(struct tls_ed25519_key *k, const void *data, size_t len,
-                     unsigned char sig[64])
+int tls_dkim_sign_digest(struct tls_dkim_signkey *k, const unsigned char digest[32],
+                         unsigned char *sig, size_t sigsz, size_t *siglen)
 {
-  EVP_MD_CTX *md = EVP_MD_CTX_new();
-  size_t siglen = 64;
-  int ok = md && EVP_DigestSignInit(md, NULL, NULL, NULL, k->pkey) == 1 &&
-           EVP_DigestSign(md, sig, &siglen, data, len) == 1 && siglen == 64;
-  EVP_MD_CTX_free(md);
+  int ok;
+  *siglen = sigsz;
+  if(k->rsa) {
+    /* RSASSA-PKCS1-v1_5 over the SHA-256 digest (RFC 6376 3.3.1): the DigestInfo is built by
+     * OpenSSL from the signature digest named here */
+    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new(k->pkey, NULL);
+    ok = pc && EVP_PKEY_sign_init(pc) == 1 &&
+         EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PADDING) == 1 &&
+         EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) == 1 &&
+         EVP_PKEY_sign(pc, sig, siglen, digest, 32) == 1;
+    EVP_PKEY_CTX_free(pc);
+  }
+  else {
+    /* PureEdDSA over the digest itself (RFC 8463 3) */
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    ok = md && EVP_DigestSignInit(md, NULL, NULL, NULL, k->pkey) == 1 &&
+         EVP_DigestSign(md, sig, siglen, digest, 32) == 1 && *siglen == 64;
+    EVP_MD_CTX_free(md);
+  }
   ERR_clear_error();
   return ok ? 0 : -1;
 }

@@ -130,13 +130,17 @@ void tls_dkim_key_free(char *pem, size_t len);
  * existing file), PKCS#8 PEM, and describes it in info. */
 int tls_dkim_keygen(const char *kind, int bits, const char *path, struct tls_dkim_key *info,
                     char *err, size_t errsz);
-/* An Ed25519 private key (PEM) kept loaded for signing: RFC 8463 signs the SHA-256 of the
- * canonicalized header fields with PureEdDSA. 0 or -1. */
-struct tls_ed25519_key;
-int tls_ed25519_key_load(const char *pem, size_t len, struct tls_ed25519_key **out);
-void tls_ed25519_key_free(struct tls_ed25519_key *k);
-int tls_ed25519_sign(struct tls_ed25519_key *k, const void *data, size_t len,
-                     unsigned char sig[64]);
+/* A DKIM private key (PEM, RSA or Ed25519) decoded once and kept for signing: decoding costs
+ * about as much as an RSA-2048 signature. Usable from several threads at once. 0 or -1. */
+struct tls_dkim_signkey;
+int tls_dkim_signkey_load(const char *pem, size_t len, struct tls_dkim_signkey **out);
+void tls_dkim_signkey_free(struct tls_dkim_signkey *k);
+#define TLS_DKIM_SIG_MAX 1024           /* an RSA-8192 signature */
+/* The signature of the SHA-256 digest of the canonicalized header fields: RSASSA-PKCS1-v1_5
+ * (rsa-sha256, RFC 6376) or PureEdDSA over the digest (ed25519-sha256, RFC 8463). sig holds
+ * sigsz bytes; *siglen gets the length. */
+int tls_dkim_sign_digest(struct tls_dkim_signkey *k, const unsigned char digest[32],
+                         unsigned char *sig, size_t sigsz, size_t *siglen);
 int tls_sha256(const void *data, size_t len, unsigned char out[32]);
 
 #endif

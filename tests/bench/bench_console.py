@@ -49,8 +49,10 @@ def request(hp, method, path, cookies, fields=None):
     return r.status, text
 
 
-def main():
-    work = tempfile.mkdtemp(prefix="bench-console.", dir=BUILD)
+def start_daemon(prefix, listener_extra=""):
+    """A daemon in a fresh directory under BUILD with a submission listener and the console
+    (user bench); returns (work, process, smtp port, http port) once it accepts connections."""
+    work = tempfile.mkdtemp(prefix=prefix, dir=BUILD)
     sp, hp = port(), port()
     hashed = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=PASSWORD.encode(),
                             capture_output=True, check=True).stdout.decode().strip()
@@ -58,19 +60,31 @@ def main():
     with open(conf, "w") as f:
         f.write(f"[postern]\nuser =\nhostname = bench.test\ndata_dir = {work}/data\nmax_clients = 200\n\n"
                 f"[listener submission]\naddress = 127.0.0.1:{sp}\nrole = submission\n"
-                "max_clients_per_ip = 200\n\n"
+                "max_clients_per_ip = 200\n" + listener_extra + "\n"
                 f"[inbound]\nhttp_address = 127.0.0.1:{hp}\nhttp_auth = none\n\n"
                 f"[console]\nenabled = yes\nusers = bench:{hashed}\n")
     log = open(os.path.join(work, "postern.log"), "wb")
     d = subprocess.Popen([os.path.join(BUILD, "postern"), "-c", conf, "-f"], stdout=log,
                          stderr=log)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", sp), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return work, d, sp, hp
+
+
+def stop_daemon(work, d):
+    d.send_signal(signal.SIGTERM)
+    d.wait(timeout=60)
+    if not os.environ.get("KEEP"):
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    work, d, sp, hp = start_daemon("bench-console.")
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", sp), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         t = time.monotonic()
         subprocess.run([SOURCE, "-s", "50", "-m", str(MESSAGES), "-l", "2048", "-f",
                         "app@bench.test", "-t", "someone@example.test", f"127.0.0.1:{sp}"],
@@ -107,10 +121,7 @@ def main():
                 assert status == 200, (path, status)
             print(f"| {name} | {statistics.median(times):.1f} | {max(times):.1f} |", flush=True)
     finally:
-        d.send_signal(signal.SIGTERM)
-        d.wait(timeout=60)
-        if not os.environ.get("KEEP"):
-            shutil.rmtree(work, ignore_errors=True)
+        stop_daemon(work, d)
 
 
 if __name__ == "__main__":

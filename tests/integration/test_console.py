@@ -699,17 +699,24 @@ def test_overview_chart_health_sources_warnings(daemon_factory, upstreams, certs
     warning that names the fix when an upstream refuses the login."""
     from upstream import upstream_section
     up = upstreams(tls="starttls", cert=certs.good, users={"app": "right-Passw0rd"})
+    paced = upstreams()
     pw = secret_file(tmp_path / "pw", "wrong-password")
     http_port, dead_port, mx = free_port(), free_port(), free_port()
     conf = (upstream_section("locked", up.port, ca=certs.ca, auth="plain", username="app",
                              password_file=pw) +
-            "\n[route locked]\nrecipient = *@locked.test\nupstream = locked\n" +
+            "\n[route locked]\nrecipient = *@locked.test\nupstream = locked\n\n" +
+            upstream_section("paced", paced.port, host="127.0.0.1", tls="none", rate="1/m") +
+            "\n[route paced]\nrecipient = *@paced.test\nupstream = paced\n" +
             f"\n[listener mx]\naddress = 127.0.0.1:{mx}\nrole = mx\n" +
             console_conf(http_port, dead_port))
     d = daemon_factory(postern={"retry_min": "1h", "retry_max": "2h"}, extra=conf)
     captured = [submit(d, "alice@client.test", [f"bob{i}@example.test"]) for i in range(2)]
     deferred = submit(d, "alice@client.test", ["carol@slow.test"])
     held = submit(d, "alice@client.test", ["dan@locked.test"])
+    # one a minute: the first goes, the second waits for its slot
+    submit(d, "alice@client.test", ["erin@paced.test"])
+    submit(d, "alice@client.test", ["fred@paced.test"])
+    paced.wait_messages(1)
     for q in captured:
         wait_state(d, q, ("captured",))
     wait_state(d, deferred, ("deferred",))
@@ -720,7 +727,7 @@ def test_overview_chart_health_sources_warnings(daemon_factory, upstreams, certs
     # the chart: bars drawn by the server, totals in the caption
     assert '<figure class="chart"><svg' in page and "<script" not in page.split("</head>")[1]
     flows = dict(re.findall(r'data-flow="(\w+)">(\d+)<', page))
-    assert flows == {"accepted": "4", "delivered": "2", "failed": "2"}, flows
+    assert flows == {"accepted": "6", "delivered": "3", "failed": "2"}, flows
     assert len(re.findall(r'<rect class="accepted"', page)) >= 1
     assert len(re.findall(r'<rect class="delivered"', page)) >= 1
     # upstream health: last result, the credential hold
@@ -730,6 +737,9 @@ def test_overview_chart_health_sources_warnings(daemon_factory, upstreams, certs
     assert rows["down"].startswith("<td>deferred at "), rows["down"]
     assert "<td>held: its login failed</td>" in rows["locked"], rows["locked"]
     assert "<td>no</td>" in rows["down"]
+    assert rows["down"].endswith("<td>none</td>"), rows["down"]
+    assert re.search(r"<td>next message at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>$",
+                     rows["paced"]), rows["paced"]
     # inbound sources: the MX listener and the HTTP listener
     assert f"SMTP (MX) listener mx on 127.0.0.1:{mx}" in page
     assert f"HTTP listener on 127.0.0.1:{http_port}" in page

@@ -791,6 +791,40 @@ def test_raw_inbound_parse_not_verified_when_off(daemon_factory, inbound_dns, tm
     assert "authentication" not in rec, rec
 
 
+def test_key_decoded_once_and_again_after_sighup(daemon_factory, upstreams, keys, tmp_path):
+    """The key is read once per configuration: a key file replaced under a running daemon is
+    not picked up until SIGHUP brings a new configuration, and then it is."""
+    import shutil as sh
+    import signal
+    import dkim
+    key = tmp_path / "k.pem"
+    sh.copyfile(keys["rsa"], key)
+    os.chmod(key, 0o600)
+    up = upstreams()
+    conf = relay_conf(up.port, f"\n[dkim k]\ndomain = {DOMAIN}\nselector = rsa1\n"
+                               f"key_file = {key}\nalgorithm = rsa-sha256\n")
+    d = daemon_factory(FAST, conf)
+    txt = {kind: dns_txt(keys[kind], "rsa").encode() for kind in ("rsa", "other")}
+
+    def signed_with(n):
+        got = up.wait_messages(n)[-1]["data"]
+        return [k for k, t in txt.items()
+                if dkim.verify(got, dnsfunc=lambda name, timeout=5, t=t: t)]
+
+    submit(d, SENDER, ["someone@example.net"], MESSAGES["plain"])
+    assert signed_with(1) == ["rsa"]
+    sh.copyfile(keys["other"], key)
+    submit(d, SENDER, ["someone@example.net"], MESSAGES["folded"])
+    assert signed_with(2) == ["rsa"]          # the running configuration keeps its key
+    d.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while d.log_text().count("reload -- configuration") < 1:
+        assert time.monotonic() < deadline, d.log_tail()
+        time.sleep(0.1)
+    submit(d, SENDER, ["someone@example.net"], MESSAGES["long"])
+    assert signed_with(3) == ["other"]
+
+
 def test_signatures_checked_are_capped(daemon_factory, keys, monkeypatch, tmp_path):
     """The sender writes the DKIM-Signature fields, and each costs a key look-up and a hash of
     the body: only the first 8 (the ones the record reports) are checked, however many come.
