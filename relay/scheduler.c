@@ -82,6 +82,10 @@ struct relay {
   size_t nkept;
   long long failing_since_ms;       /* monotonic; 0: the store takes results */
   size_t kept_total;                /* results kept since writes started failing */
+  /* the sweep's walks (scheduler thread only): where each goes on from, and when they last
+   * went back to the oldest waiting message (monotonic; 0: not yet) */
+  struct store_cursor sweep_at[2];
+  long long sweep_reset_ms;
 };
 
 /* A configuration snapshot, reference-counted under relay.mu: one reference while it is the
@@ -296,8 +300,14 @@ static long long results_retry(struct relay *r)
 
 /* Mail that waits where no delivery pass looks: recipients held after a refused login expire
  * at queue_lifetime like any other (a DSN, then bounced), and senders of mail older than
- * delay_warning hear of it once. Runs in the scheduler, at most once a second. */
+ * delay_warning hear of it once. Runs in the scheduler, at most once a second. Each walks the
+ * messages in the order they came, from where it stopped, up to its cutoff: a message is read
+ * once as it crosses it, so a queue of 100,000 deferred messages costs nothing per second. */
 #define SWEEP_BATCH 64
+#define SWEEP_WALK_MAX 4096          /* messages one sweep walks at most, per walk */
+/* How often the walks go back to the oldest waiting message: a message held by hand is
+ * passed by, and may be released (and held again after a refused login) long after. */
+#define SWEEP_RESET_MS 3600000LL
 
 /* The reply recorded for a recipient that waited past queue_lifetime: the expiry is its
  * status (5.4.7 in the DSN), the reason it waited follows. */
@@ -310,8 +320,10 @@ static void expired_reply(char *out, size_t outsz, const char *why)
   l = strlen(out);
   str_copy(out + l, outsz - l, ")");
 }
-static void sweep_expire(struct relay *r, const struct config *cfg, const char *id,
-                         long long now)
+/* 1 when nothing of the message is left for the sweep: bounced, deleted meanwhile, or only
+ * what a delivery or the operator ends; 0 when it must be looked at again. */
+static int sweep_expire(struct relay *r, const struct config *cfg, const char *id,
+                        long long now)
 {
   struct store_msg m;
   struct store_rcpt_update *upd = NULL;
@@ -319,16 +331,25 @@ static void sweep_expire(struct relay *r, const struct config *cfg, const char *
   char esc[LIM_LOG_FIELD * 4 + 8];
   char *body = NULL;
   size_t len = 0, i, n = 0;
+  int result, due = 0, done = 0;
   memset(&m, 0, sizeof(m));
-  if(store_get(r->st, id, &m) || store_body(r->st, id, &body, &len))
+  result = store_get(r->st, id, &m);
+  if(!result)
+    result = store_body(r->st, id, &body, &len);
+  if(result) {
+    done = result == STORE_NOTFOUND;
     goto out;
+  }
   upd = calloc(m.nrcpts + 1, sizeof(*upd));
   replies = calloc(m.nrcpts + 1, sizeof(*replies));
   if(!upd || !replies)
     goto out;
   for(i = 0; i < m.nrcpts; i++) {
     const struct store_rcpt *rc = &m.rcpts[i];
-    /* a hold by hand is the operator's to end; what is due now, its delivery bounces */
+    /* a hold by hand is the operator's to end; what is due now, its delivery bounces (and
+     * until it has, the walk comes back here) */
+    if((rc->status == RCPT_QUEUED || rc->status == RCPT_DEFERRED) && rc->next_attempt_ms <= now)
+      due = 1;
     if(rc->status == RCPT_HELD ? !rc->held_by
        : (rc->status != RCPT_QUEUED && rc->status != RCPT_DEFERRED) ||
          rc->next_attempt_ms <= now)
@@ -347,30 +368,44 @@ static void sweep_expire(struct relay *r, const struct config *cfg, const char *
              (double)(now - m.created_ms) / 1000.0, replies[n]);
     n++;
   }
+  if(!n) {
+    done = !due;
+    goto out;
+  }
   /* the DSN first: a crash in between sends it twice, never zero times */
-  if(!n || dsn_bounce(r->st, cfg, &m, body, len, upd, n, dsn))
+  if(dsn_bounce(r->st, cfg, &m, body, len, upd, n, dsn))
     goto out;
   if(dsn[0])
     log_info("%s: sender non-delivery notification: %s", m.id, dsn);
-  if(!store_update(r->st, m.id, upd, n))
+  if(!store_update(r->st, m.id, upd, n)) {
     count_results(upd, n);
+    done = !due;
+  }
 out:
   free(upd);
   free(replies);
   free(body);
   store_msg_free(&m);
+  return done;
 }
 
-static void sweep_delay_warn(struct relay *r, const struct config *cfg, const char *id)
+/* 1 when the sender has been told (or the message is gone), 0 to look again. */
+static int sweep_delay_warn(struct relay *r, const struct config *cfg, const char *id)
 {
   struct store_msg m;
   struct store_rcpt_update *upd = NULL;
   char dsn[LIM_QUEUE_ID + 1];
   char *body = NULL;
   size_t len = 0, i, n = 0;
+  int result, done = 0;
   memset(&m, 0, sizeof(m));
-  if(store_get(r->st, id, &m) || store_body(r->st, id, &body, &len))
+  result = store_get(r->st, id, &m);
+  if(!result)
+    result = store_body(r->st, id, &body, &len);
+  if(result) {
+    done = result == STORE_NOTFOUND;
     goto out;
+  }
   upd = calloc(m.nrcpts + 1, sizeof(*upd));
   if(!upd)
     goto out;
@@ -390,11 +425,12 @@ static void sweep_delay_warn(struct relay *r, const struct config *cfg, const ch
     log_info("%s: sender delay notification: %s", m.id, dsn);
     relay_kick(r);
   }
-  store_delay_warned(r->st, m.id);
+  done = !store_delay_warned(r->st, m.id);
 out:
   free(upd);
   free(body);
   store_msg_free(&m);
+  return done;
 }
 
 /* A message a worker has (or will have) in hand is left to its delivery. */
@@ -407,24 +443,60 @@ static int sweep_busy(struct relay *r, const char *id)
   return busy;
 }
 
+/* Walks one kind of overdue mail from where it stopped to cutoff; stops at a message it could
+ * not deal with (in flight, due for a delivery, the store refused), which the next sweep
+ * meets first again. */
+static void sweep_walk(struct relay *r, const struct config *cfg, enum store_overdue which,
+                       long long cutoff, long long now)
+{
+  struct store_overdue_row rows[SWEEP_BATCH];
+  struct store_cursor *at = &r->sweep_at[which];
+  size_t n = 0, i, walked = 0;
+  while(walked < SWEEP_WALK_MAX) {
+    if(store_overdue(r->st, which, at, cutoff, rows, SWEEP_BATCH, &n) || !n)
+      return;
+    for(i = 0; i < n; i++) {
+      if(rows[i].overdue) {
+        int done = which == STORE_OVERDUE_EXPIRED
+                   ? !sweep_busy(r, rows[i].id) && sweep_expire(r, cfg, rows[i].id, now)
+                   : sweep_delay_warn(r, cfg, rows[i].id);
+        if(!done)
+          return;
+      }
+      at->ms = rows[i].created_ms;
+      str_copy(at->id, sizeof(at->id), rows[i].id);
+    }
+    walked += n;
+    if(n < SWEEP_BATCH)
+      return;
+  }
+}
+
 static void sweep(struct relay *r)
 {
-  char ids[SWEEP_BATCH][LIM_QUEUE_ID + 1];
   struct relay_conf *conf;
   const struct config *cfg;
   long long now = time_real_ms();
-  size_t n = 0, i;
   cfg = conf_get(r, &conf);
-  if(!store_overdue(r->st, STORE_OVERDUE_EXPIRED, now - cfg->queue_lifetime * 1000LL, ids,
-                    SWEEP_BATCH, &n))
-    for(i = 0; i < n; i++)
-      if(!sweep_busy(r, ids[i]))
-        sweep_expire(r, cfg, ids[i], now);
-  if(cfg->delay_warning > 0 &&
-     !store_overdue(r->st, STORE_OVERDUE_UNWARNED, now - cfg->delay_warning * 1000LL, ids,
-                    SWEEP_BATCH, &n))
-    for(i = 0; i < n; i++)
-      sweep_delay_warn(r, cfg, ids[i]);
+  if(!r->sweep_reset_ms || time_mono_ms() - r->sweep_reset_ms >= SWEEP_RESET_MS) {
+    struct store_counts c;
+    if(!store_counts_pending(r->st, &c)) {
+      /* a minute back: mail accepted while this was read has an older time than now */
+      long long from = (c.oldest_unfinished_ms >= 0 && c.oldest_unfinished_ms < now ?
+                        c.oldest_unfinished_ms : now) - 60000;
+      int k;
+      for(k = 0; k < 2; k++) {
+        r->sweep_at[k].ms = from;
+        r->sweep_at[k].id[0] = '\0';
+      }
+      r->sweep_reset_ms = time_mono_ms();
+    }
+  }
+  if(r->sweep_reset_ms) {
+    sweep_walk(r, cfg, STORE_OVERDUE_EXPIRED, now - cfg->queue_lifetime * 1000LL, now);
+    if(cfg->delay_warning > 0)
+      sweep_walk(r, cfg, STORE_OVERDUE_UNWARNED, now - cfg->delay_warning * 1000LL, now);
+  }
   conf_put(r, conf);
 }
 

@@ -40,13 +40,20 @@ static const char *const sql[ST_COUNT] = {
     " updated_ms, last_reply, upstream, held_by, route_to FROM recipients"
     " WHERE message_id = ?1"
     " ORDER BY idx",
-  /* from the waiting recipients (recipients_due), never from all the mail stored */
-  [ST_OVERDUE_HELD] = "SELECT DISTINCT r.message_id FROM recipients r"
-    " JOIN messages m ON m.id = r.message_id WHERE (r.status IN ('queued','deferred')"
-    " OR r.status = 'held' AND r.held_by IS NOT NULL) AND m.created_ms < ?1 LIMIT ?2",
-  [ST_OVERDUE_UNWARNED] = "SELECT DISTINCT r.message_id FROM recipients r"
-    " JOIN messages m ON m.id = r.message_id WHERE r.status IN ('queued','deferred','held')"
-    " AND m.created_ms < ?1 AND m.delay_warned = 0 AND m.sender <> '' LIMIT ?2",
+  /* A step of a walk over the messages in the order they came (messages_created), from a
+   * cursor to a cutoff: each message is looked at as it crosses the cutoff, not the whole
+   * queue at every sweep. The third column says whether it is overdue; the row's own columns
+   * are read only for a message that still waits (a deferred seek). */
+  [ST_OVERDUE_HELD] = "SELECT m.id, m.created_ms, EXISTS (SELECT 1 FROM recipients r"
+    " WHERE r.message_id = m.id AND (r.status IN ('queued','deferred')"
+    " OR r.status = 'held' AND r.held_by IS NOT NULL)) FROM messages m"
+    " WHERE (m.created_ms, m.id) > (?1, ?2) AND m.created_ms < ?3"
+    " ORDER BY m.created_ms, m.id LIMIT ?4",
+  [ST_OVERDUE_UNWARNED] = "SELECT m.id, m.created_ms, CASE WHEN EXISTS (SELECT 1 FROM"
+    " recipients r WHERE r.message_id = m.id AND r.status IN ('queued','deferred','held'))"
+    " THEN m.delay_warned = 0 AND m.sender <> '' ELSE 0 END FROM messages m"
+    " WHERE (m.created_ms, m.id) > (?1, ?2) AND m.created_ms < ?3"
+    " ORDER BY m.created_ms, m.id LIMIT ?4",
   [ST_DELAY_WARNED] = "UPDATE messages SET delay_warned = 1 WHERE id = ?1",
   /* three range counts of recipients_due: the cost follows the queue, not the history */
   [ST_COUNT_PENDING] = "SELECT (SELECT count(*) FROM recipients WHERE status = 'queued'),"
@@ -916,8 +923,8 @@ int store_counts_pending(struct store *st, struct store_counts *out)
   return counts(st, out, 0);
 }
 
-int store_overdue(struct store *st, enum store_overdue which, long long cutoff_ms,
-                  char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n)
+int store_overdue(struct store *st, enum store_overdue which, const struct store_cursor *at,
+                  long long cutoff_ms, struct store_overdue_row *rows, size_t max, size_t *n)
 {
   struct store_db *d = store_reader(st);
   sqlite3_stmt *s = db_stmt(d, which == STORE_OVERDUE_EXPIRED ? ST_OVERDUE_HELD
@@ -928,10 +935,20 @@ int store_overdue(struct store *st, enum store_overdue which, long long cutoff_m
     store_reader_done(st, d);
     return STORE_ERROR;
   }
-  sqlite3_bind_int64(s, 1, cutoff_ms);
-  sqlite3_bind_int64(s, 2, max > (size_t)LLONG_MAX ? LLONG_MAX : (sqlite3_int64)max);
+  rc = sqlite3_bind_int64(s, 1, at->ms);
+  if(!rc) rc = db_bind_text(s, 2, at->id);
+  if(!rc) rc = sqlite3_bind_int64(s, 3, cutoff_ms);
+  if(!rc) rc = sqlite3_bind_int64(s, 4, max > (size_t)LLONG_MAX ? LLONG_MAX : (sqlite3_int64)max);
+  if(rc) {
+    sqlite3_reset(s);
+    store_reader_done(st, d);
+    return db_fail(d, rc, "bind overdue");
+  }
   while(*n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-    str_copy(ids[*n], LIM_QUEUE_ID + 1, db_col_str(s, 0) ? db_col_str(s, 0) : "");
+    struct store_overdue_row *o = &rows[*n];
+    str_copy(o->id, sizeof(o->id), db_col_str(s, 0) ? db_col_str(s, 0) : "");
+    o->created_ms = sqlite3_column_int64(s, 1);
+    o->overdue = sqlite3_column_int(s, 2);
     (*n)++;
   }
   if(*n < max && rc != SQLITE_DONE)

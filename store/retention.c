@@ -19,18 +19,24 @@
 #define PRUNE_EVENT_KEEP_MS (3LL * 86400000) /* SendGrid retries an event for 72 hours */
 #define PRUNE_INTERVAL_MAX_MS 60000
 #define PRUNE_INTERVAL_MIN_MS 1000
+#define PRUNE_WALK_STEP 256                  /* messages one read of the walk takes at most */
+/* how often the pruner's walk between the two cutoffs starts again from its beginning (what
+ * it passed while a record was still owed to forward_url is found then) */
+#define PRUNE_WINDOW_RESET_MS 3600000LL
 
 /* A message whose recipients are all final, whose record is made (recorded), forwarded and
  * no longer follows them, final before ?1 (?2 when every recipient was captured). */
-#define MSG_PRUNABLE \
+#define MSG_FINAL \
   " m.recorded = 1" \
   " AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id" \
   "  AND r.status NOT IN ('sent','bounced','captured'))" \
   " AND NOT EXISTS (SELECT 1 FROM forward_queue f WHERE f.record_id = m.id)" \
-  " AND NOT EXISTS (SELECT 1 FROM records c WHERE c.id = m.id AND c.relay_done = 0)" \
-  " AND (SELECT max(r.updated_ms) FROM recipients r WHERE r.message_id = m.id) <" \
-  "  CASE WHEN EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id" \
+  " AND NOT EXISTS (SELECT 1 FROM records c WHERE c.id = m.id AND c.relay_done = 0)"
+#define MSG_FINAL_MS "(SELECT max(r.updated_ms) FROM recipients r WHERE r.message_id = m.id)"
+#define MSG_CUTOFF \
+  " CASE WHEN EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id" \
   "   AND r.status <> 'captured') THEN ?1 ELSE ?2 END"
+#define MSG_PRUNABLE MSG_FINAL " AND " MSG_FINAL_MS " <" MSG_CUTOFF
 /* an inbound message made into its record (and forwarded) before ?1 */
 #define INB_PRUNABLE \
   " i.recorded = 1 AND i.received_ms < ?1" \
@@ -41,8 +47,13 @@
   " AND NOT EXISTS (SELECT 1 FROM forward_queue f WHERE f.record_id = c.id)"
 
 static const char *const sql[ST_COUNT] = {
-  [ST_PRUNE_MSG_LIST] = "SELECT m.id FROM messages m WHERE m.created_ms < max(?1, ?2) AND"
-    MSG_PRUNABLE " ORDER BY m.created_ms, m.id LIMIT ?3",
+  /* a bounded step of the walk over messages_created from a cursor (?4, ?5) to ?6, each row
+   * with whether it may go (1), or is final and will once its rule's time comes (2; ?7 is
+   * the cutoff of a rule that does not apply) */
+  [ST_PRUNE_MSG_LIST] = "SELECT m.id, m.created_ms, CASE WHEN" MSG_FINAL " THEN CASE WHEN "
+    MSG_FINAL_MS " <" MSG_CUTOFF " THEN 1 WHEN" MSG_CUTOFF " <> ?7 THEN 2 ELSE 0 END ELSE 0"
+    " END FROM messages m WHERE (m.created_ms, m.id) > (?4, ?5) AND m.created_ms < ?6"
+    " ORDER BY m.created_ms, m.id LIMIT ?3",
   /* what threading and status need stays; the copies of the text go with the message */
   [ST_PRUNE_MSG_TEXT] = "UPDATE records SET json = json_set(json, '$.text', '', '$.html', '',"
     " '$.reply_text', '', '$.content_pruned', json('true'))"
@@ -231,8 +242,133 @@ static int job_vacuum(struct store_db *d, void *arg, size_t *changed)
   return STORE_OK;
 }
 
-int store_prune(struct store *st, const struct store_retention *ret, long long now,
-                int dry_run, struct store_prune_counts *out)
+/* Hands a batch of listed keys to the writer, which checks each again before it goes. */
+static int prune_batch(struct store *st, enum prune_kind kind, long long cut1, long long cut2,
+                       char (*keys)[LIM_PRUNE_KEY], size_t n, struct store_prune_counts *out,
+                       size_t *gone)
+{
+  struct prune_job j;
+  memset(&j, 0, sizeof(j));
+  j.kind = kind;
+  j.cut1 = cut1;
+  j.cut2 = cut2;
+  j.keys = keys;
+  j.n = n;
+  j.counts = out;
+  /* relaxed: a batch lost to a crash is only pruned again */
+  return store_call(st, job_prune, &j, STORE_SYNC_RELAXED, gone);
+}
+
+/* One step of the walk over messages from *at to before upto, at most PRUNE_WALK_STEP rows:
+ * the keys of those that may go (under cut1, cut2) appended to keys at *n, up to max (keys
+ * NULL: only counted); *at moves past every row read, *safe (when given) only up to the first
+ * one that is final but not old enough yet (*held then), which a later pass must read again;
+ * *end once upto is reached. */
+static int prune_msg_step(struct store *st, long long cut1, long long cut2, long long upto,
+                          struct store_cursor *at, struct store_cursor *safe, int *held,
+                          char (*keys)[LIM_PRUNE_KEY], size_t max, size_t *n, int *end,
+                          long long *out_walked)
+{
+  struct store_db *d = store_reader(st);
+  sqlite3_stmt *s = db_stmt(d, ST_PRUNE_MSG_LIST, sql);
+  int rc = SQLITE_DONE, result = STORE_OK;
+  size_t walked = 0;
+  *end = 0;
+  if(!s) {
+    store_reader_done(st, d);
+    return STORE_ERROR;
+  }
+  rc = bind_prune(s, cut1, cut2, PRUNE_WALK_STEP, NULL);
+  if(!rc) rc = sqlite3_bind_int64(s, 4, at->ms);
+  if(!rc) rc = db_bind_text(s, 5, at->id);
+  if(!rc) rc = sqlite3_bind_int64(s, 6, upto);
+  if(!rc) rc = sqlite3_bind_int64(s, 7, LLONG_MIN);
+  if(rc == SQLITE_OK)
+    rc = sqlite3_step(s);
+  for(; rc == SQLITE_ROW; rc = sqlite3_step(s)) {
+    const char *id = db_col_str(s, 0) ? db_col_str(s, 0) : "";
+    int state = sqlite3_column_int(s, 2);
+    at->ms = sqlite3_column_int64(s, 1);
+    str_copy(at->id, sizeof(at->id), id);
+    walked++;
+    (*out_walked)++;
+    if(state == 2)
+      *held = 1;
+    if(safe && !*held)
+      *safe = *at;
+    if(state == 1) {
+      if(keys)
+        str_copy(keys[*n], sizeof(keys[0]), id);
+      (*n)++;
+      if(keys && *n == max)
+        break;                       /* the batch is full: the walk goes on after this row */
+    }
+  }
+  if(rc == SQLITE_DONE)
+    *end = walked < PRUNE_WALK_STEP;
+  else if(rc != SQLITE_ROW)
+    result = db_fail(d, rc, "prune candidates");
+  sqlite3_reset(s);
+  store_reader_done(st, d);
+  return result;
+}
+
+/* Walks the messages from *from to before upto and removes (dry: counts) those that may go,
+ * a writer job per batch; the read lock is let go between steps, so nothing waits long behind
+ * a walk over weeks of mail. *safe (may be NULL) is moved as far as a later pass need not
+ * read again. */
+static int prune_msg_walk(struct store *st, long long cut1, long long cut2, long long upto,
+                          const struct store_cursor *from, struct store_cursor *safe,
+                          int dry_run, char (*keys)[LIM_PRUNE_KEY],
+                          struct store_prune_counts *out)
+{
+  struct store_cursor at = *from;
+  size_t n = 0;
+  int result = STORE_OK, end = 0, held = 0;
+  while(!result && !end) {
+    result = prune_msg_step(st, cut1, cut2, upto, &at, safe, &held, dry_run ? NULL : keys,
+                            PRUNE_BATCH, &n, &end, &out->walked);
+    if(dry_run) {
+      out->messages += (long long)n;
+      n = 0;
+    }
+    else if(!result && n && (n == PRUNE_BATCH || end)) {
+      result = prune_batch(st, PRUNE_MESSAGES, cut1, cut2, keys, n, out, NULL);
+      n = 0;
+    }
+  }
+  return result;
+}
+
+/* Messages: those older than both cutoffs may go under either rule and are walked from the
+ * oldest at every pass (what stays there is mail that cannot go yet: waiting, or owed to
+ * forward_url); between the two cutoffs only the later rule applies (the default: captured
+ * mail after capture_retention, the rest of it kept for retention), and that span is walked
+ * on from *window (NULL: from its start), so a pass does not read weeks of kept mail again. */
+static int prune_messages(struct store *st, long long cut1, long long cut2,
+                          struct store_cursor *window, int dry_run,
+                          char (*keys)[LIM_PRUNE_KEY], struct store_prune_counts *out)
+{
+  long long early = cut1 < cut2 ? cut1 : cut2, late = cut1 < cut2 ? cut2 : cut1;
+  struct store_cursor start;
+  int result = STORE_OK;
+  memset(&start, 0, sizeof(start));
+  start.ms = LLONG_MIN;
+  if(early != LLONG_MIN)
+    result = prune_msg_walk(st, cut1, cut2, early, &start, NULL, dry_run, keys, out);
+  if(result || late == early)
+    return result;
+  start.ms = early;                  /* (early, "") is before every message of that time */
+  if(window && window->ms < early)
+    *window = start;
+  /* in the span, the earlier rule cannot match yet; what is not final when the walk passes
+   * it goes by the earlier rule once that one's time comes */
+  return prune_msg_walk(st, cut1 == late ? cut1 : LLONG_MIN, cut2 == late ? cut2 : LLONG_MIN,
+                        late, window ? window : &start, window, dry_run, keys, out);
+}
+
+static int prune_all(struct store *st, const struct store_retention *ret, long long now,
+                     struct store_cursor *window, int dry_run, struct store_prune_counts *out)
 {
   char (*keys)[LIM_PRUNE_KEY] = NULL;
   long long cuts[PRUNE_KINDS][2];
@@ -251,6 +387,10 @@ int store_prune(struct store *st, const struct store_retention *ret, long long n
     long long *slot[PRUNE_KINDS] = { &out->messages, &out->inbound, &out->events, &out->records };
     if(cuts[k][0] == LLONG_MIN && cuts[k][1] == LLONG_MIN)
       continue;
+    if(k == PRUNE_MESSAGES) {
+      result = prune_messages(st, cuts[k][0], cuts[k][1], window, dry_run, keys, out);
+      continue;
+    }
     if(dry_run) {
       size_t n = 0;
       result = prune_list(st, (enum prune_kind)k, cuts[k][0], cuts[k][1], NULL, 0, &n);
@@ -258,20 +398,12 @@ int store_prune(struct store *st, const struct store_retention *ret, long long n
       continue;
     }
     for(;;) {
-      struct prune_job j;
       size_t n = 0, gone = 0;
       result = prune_list(st, (enum prune_kind)k, cuts[k][0], cuts[k][1], keys, PRUNE_BATCH, &n);
       if(result || !n)
         break;
-      memset(&j, 0, sizeof(j));
-      j.kind = (enum prune_kind)k;
-      j.cut1 = cuts[k][0];
-      j.cut2 = cuts[k][1];
-      j.keys = keys;
-      j.n = n;
-      j.counts = out;
-      /* relaxed: a batch lost to a crash is only pruned again */
-      result = store_call(st, job_prune, &j, STORE_SYNC_RELAXED, &gone);
+      result = prune_batch(st, (enum prune_kind)k, cuts[k][0], cuts[k][1], keys, n, out,
+                           &gone);
       if(result || !gone || n < PRUNE_BATCH)
         break;                 /* done, or what was listed changed meanwhile */
     }
@@ -288,6 +420,18 @@ int store_prune(struct store *st, const struct store_retention *ret, long long n
   return result;
 }
 
+int store_prune(struct store *st, const struct store_retention *ret, long long now,
+                int dry_run, struct store_prune_counts *out)
+{
+  return prune_all(st, ret, now, NULL, dry_run, out);
+}
+
+int store_prune_on(struct store *st, const struct store_retention *ret, long long now,
+                   struct store_cursor *window, struct store_prune_counts *out)
+{
+  return prune_all(st, ret, now, window, 0, out);
+}
+
 /* ---- the pruner thread of the daemon -------------------------------------------------------- */
 
 struct store_pruner {
@@ -297,7 +441,18 @@ struct store_pruner {
   pthread_cond_t cond;
   struct store_retention ret;     /* under mu */
   int stopping;
+  /* where the walk between the two cutoffs goes on from (pruner thread only), and since when
+   * (monotonic) */
+  struct store_cursor window;
+  long long window_since_ms;
 };
+
+static long long mono_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* Often enough that a short retention is kept, seldom enough to cost nothing. */
 static long long prune_interval(const struct store_retention *r)
@@ -323,7 +478,12 @@ static void *pruner_main(void *arg)
     struct timespec ts;
     long long wait;
     pthread_mutex_unlock(&p->mu);
-    if(!store_prune(p->st, &ret, store_now_ms(), 0, &c) &&
+    if(!p->window_since_ms || mono_ms() - p->window_since_ms >= PRUNE_WINDOW_RESET_MS) {
+      memset(&p->window, 0, sizeof(p->window));
+      p->window.ms = LLONG_MIN;
+      p->window_since_ms = mono_ms();
+    }
+    if(!store_prune_on(p->st, &ret, store_now_ms(), &p->window, &c) &&
        c.messages + c.inbound + c.events + c.records > 0)
       log_info("store: pruned %lld message(s) (%lld record text(s)), %lld inbound message(s), "
                "%lld event(s), %lld record(s), %lld attachment(s)", c.messages, c.texts,

@@ -168,14 +168,21 @@ struct store_filter {
 typedef int (*store_msg_cb)(void *arg, const struct store_msg *m);  /* non-zero stops */
 int store_list(struct store *st, const struct store_filter *f, store_msg_cb cb, void *arg);
 
-/* Messages that wait too long, found from the waiting recipients only (the cost follows the
- * queue, not the store): created before cutoff_ms with a recipient queued, deferred or held
- * by the relay (held_by) (EXPIRED: queue_lifetime), or with a sender, not warned yet,
- * created before cutoff_ms and a recipient queued, deferred or held (UNWARNED:
- * delay_warning). At most max ids, in *n. */
+/* Messages that wait too long: one step of a walk over the messages created before
+ * cutoff_ms, oldest first, from after *at, at most max of them, each with whether it is
+ * overdue: EXPIRED (queue_lifetime), a recipient queued, deferred or held by the relay
+ * (held_by); UNWARNED (delay_warning), a sender, not warned yet and a recipient queued,
+ * deferred or held. The caller moves *at past what it has dealt with, so a message is read
+ * as it crosses the cutoff, not at every sweep (the cost follows the traffic, not the queue). */
 enum store_overdue { STORE_OVERDUE_EXPIRED, STORE_OVERDUE_UNWARNED };
-int store_overdue(struct store *st, enum store_overdue which, long long cutoff_ms,
-                  char (*ids)[LIM_QUEUE_ID + 1], size_t max, size_t *n);
+struct store_overdue_row {
+  char id[LIM_QUEUE_ID + 1];
+  long long created_ms;
+  int overdue;
+};
+struct store_cursor;
+int store_overdue(struct store *st, enum store_overdue which, const struct store_cursor *at,
+                  long long cutoff_ms, struct store_overdue_row *rows, size_t max, size_t *n);
 /* Waiting recipients (queued, deferred, held) counted by the upstream that last had them
  * (NULL: none has yet), in one read; cb gets each upstream and state with its count. */
 typedef int (*store_upstream_count_cb)(void *arg, const char *upstream, enum rcpt_status s,
@@ -357,13 +364,21 @@ struct store_retention {
 };
 struct store_prune_counts {
   long long messages, texts, inbound, events, records, attachments;
+  long long walked;        /* messages read to find them */
 };
 /* Removes what ret allows at now_ms, in small batches through the writer (each a short
  * transaction), then gives freed pages back to the file system; with dry_run, only counts
  * (texts is not counted then). */
 int store_prune(struct store *st, const struct store_retention *ret, long long now_ms,
                 int dry_run, struct store_prune_counts *out);
-/* The daemon's pruner: a thread that calls store_prune regularly (a quarter of the shortest
+/* The same, as the daemon's pruner runs it: between the two cutoffs (where only the later
+ * rule applies: by default captured mail past capture_retention) the walk goes on from
+ * *window, which it moves, instead of reading weeks of kept mail at every pass; a window
+ * zeroed with ms = LLONG_MIN starts at the beginning. */
+struct store_cursor;
+int store_prune_on(struct store *st, const struct store_retention *ret, long long now_ms,
+                   struct store_cursor *window, struct store_prune_counts *out);
+/* The daemon's pruner: a thread that calls store_prune_on regularly (a quarter of the shortest
  * retention, between 1 s and 1 min). */
 struct store_pruner;
 int store_pruner_start(struct store *st, const struct store_retention *ret,

@@ -636,6 +636,80 @@ static void test_due_merges_walks(void)
   dir_remove();
 }
 
+/* The overdue walks: messages in the order they came, from a cursor to a cutoff, each with
+ * whether it is overdue; a walk moved past them reads none of them again (a queue of waiting
+ * mail is not read at every sweep), and the cutoff bounds it. */
+static void test_overdue_walk(void)
+{
+  struct store *st;
+  struct store_rcpt_update u;
+  struct store_overdue_row rows[8];
+  struct store_cursor at;
+  size_t n = 0;
+
+  dir_make();
+  st = open_new(0);
+  CHECK_EQ_INT(accept_simple(st, "00000000000A", "app@x", 1000, "a@y"), STORE_OK);  /* queued */
+  CHECK_EQ_INT(accept_simple(st, "00000000000B", "app@x", 2000, "b@y"), STORE_OK);  /* sent */
+  CHECK_EQ_INT(accept_simple(st, "00000000000C", "app@x", 3000, "c@y"), STORE_OK);  /* by hand */
+  CHECK_EQ_INT(accept_simple(st, "00000000000D", "app@x", 4000, "d@y"), STORE_OK);  /* login */
+  CHECK_EQ_INT(accept_simple(st, "00000000000E", "", 5000, "e@y"), STORE_OK);       /* a DSN */
+  CHECK_EQ_INT(accept_simple(st, "00000000000F", "app@x", 9000, "f@y"), STORE_OK);  /* young */
+  memset(&u, 0, sizeof(u));
+  u.status = RCPT_SENT;
+  CHECK_EQ_INT(store_update(st, "00000000000B", &u, 1), STORE_OK);
+  CHECK_EQ_INT(store_set_pending(st, "00000000000C", RCPT_HELD), STORE_OK);
+  u.status = RCPT_HELD;
+  u.held_by = "up";
+  CHECK_EQ_INT(store_update(st, "00000000000D", &u, 1), STORE_OK);
+
+  memset(&at, 0, sizeof(at));
+  at.ms = LLONG_MIN;
+  CHECK_EQ_INT(store_overdue(st, STORE_OVERDUE_EXPIRED, &at, 6000, rows, 8, &n), STORE_OK);
+  CHECK_EQ_INT(n, 5);                    /* F is younger than the cutoff */
+  if(n == 5) {
+    CHECK_EQ_STR(rows[0].id, "00000000000A");
+    CHECK_EQ_INT(rows[0].created_ms, 1000);
+    CHECK_EQ_INT(rows[0].overdue, 1);
+    CHECK_EQ_INT(rows[1].overdue, 0);    /* sent */
+    CHECK_EQ_INT(rows[2].overdue, 0);    /* held by hand: the operator's to end */
+    CHECK_EQ_INT(rows[3].overdue, 1);    /* held after a refused login */
+    CHECK_EQ_INT(rows[4].overdue, 1);
+  }
+  CHECK_EQ_INT(store_overdue(st, STORE_OVERDUE_UNWARNED, &at, 6000, rows, 8, &n), STORE_OK);
+  CHECK_EQ_INT(n, 5);
+  if(n == 5) {
+    CHECK_EQ_INT(rows[0].overdue, 1);
+    CHECK_EQ_INT(rows[1].overdue, 0);
+    CHECK_EQ_INT(rows[2].overdue, 1);    /* held by hand: still waiting, the sender hears */
+    CHECK_EQ_INT(rows[3].overdue, 1);
+    CHECK_EQ_INT(rows[4].overdue, 0);    /* no sender to tell */
+  }
+  CHECK_EQ_INT(store_delay_warned(st, "00000000000A"), STORE_OK);
+  CHECK_EQ_INT(store_overdue(st, STORE_OVERDUE_UNWARNED, &at, 6000, rows, 8, &n), STORE_OK);
+  CHECK(n == 5 && rows[0].overdue == 0);
+
+  /* a step of two, then on from the last one: each message once, in order */
+  CHECK_EQ_INT(store_overdue(st, STORE_OVERDUE_EXPIRED, &at, 6000, rows, 2, &n), STORE_OK);
+  CHECK(n == 2 && !strcmp(rows[1].id, "00000000000B"));
+  at.ms = rows[1].created_ms;
+  snprintf(at.id, sizeof(at.id), "%s", rows[1].id);
+  CHECK_EQ_INT(store_overdue(st, STORE_OVERDUE_EXPIRED, &at, 6000, rows, 8, &n), STORE_OK);
+  CHECK(n == 3 && !strcmp(rows[0].id, "00000000000C"));
+  at.ms = rows[2].created_ms;
+  snprintf(at.id, sizeof(at.id), "%s", rows[2].id);
+  /* walked to the cutoff: nothing is read again, however much waits behind it */
+  CHECK_EQ_INT(store_overdue(st, STORE_OVERDUE_EXPIRED, &at, 6000, rows, 8, &n), STORE_OK);
+  CHECK_EQ_INT(n, 0);
+  CHECK_EQ_INT(store_overdue(st, STORE_OVERDUE_UNWARNED, &at, 6000, rows, 8, &n), STORE_OK);
+  CHECK_EQ_INT(n, 0);
+  /* a later cutoff lets the next one in */
+  CHECK_EQ_INT(store_overdue(st, STORE_OVERDUE_EXPIRED, &at, 10000, rows, 8, &n), STORE_OK);
+  CHECK(n == 1 && !strcmp(rows[0].id, "00000000000F") && rows[0].overdue == 1);
+  store_close(st);
+  dir_remove();
+}
+
 /* The totals the store keeps agree with what a walk of every message finds, through accepts,
  * updates, deletes and pruning; and reading them costs the same however much finished mail is
  * stored (SQLite's own count of the instructions it ran, not a clock). */
@@ -755,6 +829,7 @@ static void test_counts_kept(void)
 }
 
 static const struct unit_case cases[] = {
+  { "overdue_walk", test_overdue_walk },
   { "counts_kept", test_counts_kept },
   { "due_merges_walks", test_due_merges_walks },
   { "accept_get_body", test_accept_get_body },
