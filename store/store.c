@@ -166,6 +166,38 @@ static int db_run_batch(struct store_db *d, struct store_job *jobs)
   return result;
 }
 
+/* SQLite's automatic checkpoint (passive, from 1000 frames), and a note when the WAL has grown
+ * so far that the passive ones cannot be keeping up. */
+static int wal_grown(void *arg, sqlite3 *db, const char *name, int frames)
+{
+  struct store_db *d = arg;
+  if(frames >= 1000)
+    sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+  if(frames >= STORE_WAL_RESTART_FRAMES)
+    d->wal_restart = 1;
+  return SQLITE_OK;
+}
+
+/* After a batch's waiters have their answer: a checkpoint that waits (busy timeout) for the
+ * readers of older snapshots, so the next commit starts the WAL from its beginning and
+ * journal_size_limit gives the file back. Accepts queue behind it (at most about a second)
+ * once per 64 MB written. */
+static void wal_restart(struct store_db *d)
+{
+  int logged = 0, done = 0, rc;
+  if(!d->wal_restart)
+    return;
+  d->wal_restart = 0;
+  /* a read longer than this (a big posternctl query) only puts it off to a later commit */
+  sqlite3_busy_timeout(d->db, STORE_WAL_RESTART_WAIT_MS);
+  rc = sqlite3_wal_checkpoint_v2(d->db, NULL, SQLITE_CHECKPOINT_RESTART, &logged, &done);
+  sqlite3_busy_timeout(d->db, STORE_BUSY_TIMEOUT_MS);
+  if(rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
+    db_fail(d, rc, "checkpoint");
+  else if(rc == SQLITE_OK)
+    log_debug("store: write-ahead log checkpointed and restarted (%d frames)", logged);
+}
+
 int store_writes_failing(struct store *st)
 {
   return __atomic_load_n(&st->w.quiet, __ATOMIC_RELAXED);
@@ -218,6 +250,7 @@ static void *store_writer(void *arg)
       next = j->next;                /* j belongs to its waiter once posted */
       sem_post(&j->done);
     }
+    wal_restart(&st->w);
     pthread_mutex_lock(&st->qlock);
   }
   pthread_mutex_unlock(&st->qlock);
@@ -237,6 +270,7 @@ static int store_submit(struct store *st, struct store_job *j)
   if(!st->writer_running) {
     pthread_mutex_lock(&st->wlock);
     write_health(st, db_run_batch(&st->w, j));
+    wal_restart(&st->w);
     pthread_mutex_unlock(&st->wlock);
     return j->result;
   }
@@ -449,6 +483,7 @@ int store_open(const char *data_dir, int flags, struct store **out, char *err, s
       result = schema_migrate(&st->w, path, err, errsz);
     if(result)
       goto out;
+    sqlite3_wal_hook(st->w.db, wal_grown, &st->w);
   }
   /* the read connections cannot write even by mistake */
   result = db_open(&st->r[0], path, 1, err, errsz);

@@ -19,6 +19,12 @@
  * store, a prune's count) must not stop the scheduler's due query or a worker's store_get. A
  * tool that only reads has one. */
 #define STORE_READERS 4
+/* Readers that overlap without a pause (the pool, under load) keep a passive checkpoint from
+ * ever reaching the end of the WAL, which then grows without bound (a gigabyte in a few
+ * minutes of a 100,000-message burst): past this many frames (64 MB of 4 KB pages, the
+ * journal_size_limit) the writer waits for the readers once and starts the WAL afresh. */
+#define STORE_WAL_RESTART_FRAMES 16384
+#define STORE_WAL_RESTART_WAIT_MS 1000
 
 /* Every statement Postern runs, numbered so that each connection prepares it once. Each file
  * keeps the SQL of its own statements in a table indexed by these numbers. */
@@ -62,6 +68,7 @@ struct store_db {
   int sync_normal;         /* the connection runs with synchronous=NORMAL right now */
   int quiet;               /* its writes are failing and that was said: db_fail logs at debug */
   long long full_ms;       /* when its last synchronous=FULL commit went through */
+  int wal_restart;         /* the writer's: the WAL grew past STORE_WAL_RESTART_FRAMES */
 };
 
 /* ---- db.c: connection helpers (call nothing but SQLite) ------------------------------------ */

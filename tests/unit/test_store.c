@@ -578,6 +578,82 @@ static void test_full_commits(void)
   dir_remove();
 }
 
+/* Reads that overlap without a pause (the pool under load) while 85 MB are accepted: the
+ * WAL still starts afresh and is cut back to the journal_size_limit (64 MB) instead of
+ * holding everything written since the readers began. */
+struct hog {
+  struct store *st;
+  int stop;
+};
+
+/* each read takes a while (a millisecond every few dozen SQLite steps), as under load */
+static int slow_read_progress(void *arg)
+{
+  if(sqlite3_db_readonly(arg, "main") == 1)
+    usleep(1000);
+  return 0;
+}
+
+static int slow_read_init(sqlite3 *db, const char **errmsg, const void *api)
+{
+  sqlite3_progress_handler(db, 30, slow_read_progress, db);
+  return SQLITE_OK;
+}
+
+static void *read_hog(void *p)
+{
+  struct hog *h = p;
+  long long when;
+  struct store_msg m;
+  while(!__atomic_load_n(&h->stop, __ATOMIC_RELAXED)) {
+    store_next_due(h->st, &when);
+    memset(&m, 0, sizeof(m));
+    if(store_get(h->st, "WR0000000000", &m) == STORE_OK)
+      store_msg_free(&m);
+  }
+  return NULL;
+}
+
+static void test_wal_restarts_under_readers(void)
+{
+  struct store *st;
+  struct hog h;
+  pthread_t th[3];
+  struct store_msg m;
+  struct store_rcpt r[1];
+  const char *addrs[1] = { "r@y" };
+  static char body[128 * 1024];
+  char id[LIM_QUEUE_ID + 1], wal[PATH_MAX + 32];
+  struct stat sb;
+  int i;
+
+  dir_make();
+  sqlite3_auto_extension((void (*)(void))slow_read_init);
+  st = open_new(STORE_OPEN_WRITER);
+  memset(body, 'w', sizeof(body));
+  h.st = st;
+  h.stop = 0;
+  for(i = 0; i < 3; i++) {
+    pthread_create(&th[i], NULL, read_hog, &h);
+    usleep(3000);                          /* staggered: some read is always under way */
+  }
+  for(i = 0; i < 680; i++) {
+    snprintf(id, sizeof(id), "WR%010d", i);
+    msg_fill(&m, r, id, "a@x", 1, addrs, 1);
+    CHECK_EQ_INT(store_accept(st, &m, body, sizeof(body)), STORE_OK);
+  }
+  __atomic_store_n(&h.stop, 1, __ATOMIC_RELAXED);
+  for(i = 0; i < 3; i++)
+    pthread_join(th[i], NULL);
+  snprintf(wal, sizeof(wal), "%s/postern.db-wal", datadir);
+  CHECK_EQ_INT(stat(wal, &sb), 0);
+  fprintf(stderr, "# 85 MB accepted under readers: the WAL is %.1f MB\n", sb.st_size / 1e6);
+  CHECK(sb.st_size < 72 * 1000 * 1000);
+  store_close(st);
+  sqlite3_reset_auto_extension();
+  dir_remove();
+}
+
 /* store_flush makes deferred mail due and nothing else; store_counts sees one snapshot */
 static const struct unit_case cases[] = {
   { "open_create_migrate", test_open_create_migrate },
@@ -588,5 +664,6 @@ static const struct unit_case cases[] = {
   { "full_maps_to_store_full", test_full_maps_to_store_full },
   { "read_pool", test_read_pool },
   { "full_commits", test_full_commits },
+  { "wal_restarts_under_readers", test_wal_restarts_under_readers },
 };
 UNIT_MAIN(cases)
