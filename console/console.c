@@ -330,6 +330,38 @@ static int session_find(struct console *c, const struct web_request *rq,
   return found;
 }
 
+static const struct console_user *user_find(const struct console_user *u, size_t n,
+                                            const char *name)
+{
+  size_t i;
+  for(i = 0; i < n; i++)
+    if(!strcmp(u[i].name, name))
+      return &u[i];
+  return NULL;
+}
+
+/* Under mu, the new users in place: a session ends when its user is gone or has another
+ * password hash now (removing a user, or changing a leaked password, must lock its holder out
+ * at the reload, not when the session times out; a new hash of the same password cannot be
+ * told from a new password, so it ends the session too). */
+static void sessions_revoke(struct console *c, const struct console_user *old, size_t nold)
+{
+  size_t i;
+  for(i = 0; i < LIM_CONSOLE_SESSIONS; i++) {
+    struct console_session *s = &c->sessions[i];
+    const struct console_user *was, *now;
+    if(!s->used)
+      continue;
+    was = user_find(old, nold, s->user);
+    now = user_find(c->users, c->nusers, s->user);
+    if(now && was && !strcmp(now->hash, was->hash))
+      continue;
+    log_info("console: the session of %s ended: the user was %s by a reload", s->user,
+             now ? "given another password hash" : "removed");
+    explicit_bzero(s, sizeof(*s));
+  }
+}
+
 static int session_new(struct console *c, const char *user, struct console_session *out)
 {
   size_t i, slot = 0;
@@ -550,6 +582,7 @@ static void settings_apply(struct console *c, const struct config *cfg, struct c
   c->nusers = n;
   c->timeout_ms = cfg->console.session_timeout * 1000;
   c->secure_cookie = cfg->console.secure_cookie;
+  sessions_revoke(c, old, nold);
   pthread_mutex_unlock(&c->mu);
   users_free(old, nold);
 }

@@ -337,7 +337,9 @@ static int sweep_expire(struct relay *r, const struct config *cfg, const char *i
   if(!result)
     result = store_body(r->st, id, &body, &len);
   if(result) {
-    done = result == STORE_NOTFOUND;
+    /* gone, or a stored copy the database reports damaged: the delivery sets that one aside
+     * and says so; waiting for it here would hold up every message behind it */
+    done = result == STORE_NOTFOUND || result == STORE_DAMAGED;
     goto out;
   }
   upd = calloc(m.nrcpts + 1, sizeof(*upd));
@@ -403,7 +405,9 @@ static int sweep_delay_warn(struct relay *r, const struct config *cfg, const cha
   if(!result)
     result = store_body(r->st, id, &body, &len);
   if(result) {
-    done = result == STORE_NOTFOUND;
+    /* gone, or a stored copy the database reports damaged: the delivery sets that one aside
+     * and says so; waiting for it here would hold up every message behind it */
+    done = result == STORE_NOTFOUND || result == STORE_DAMAGED;
     goto out;
   }
   upd = calloc(m.nrcpts + 1, sizeof(*upd));

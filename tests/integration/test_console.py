@@ -908,3 +908,47 @@ def test_login_over_a_tunnel_is_rate_limited(daemon_factory):
     assert c.get("/console/login").status == 200
     assert "console: 127.0.0.1 sent wrong credentials 3 times" in d.log_text()
     assert "wrong-0" not in d.log_text()
+
+
+def test_reload_ends_sessions_of_removed_users_and_changed_passwords(daemon_factory, tmp_path):
+    """A reload keeps sessions, except those of a user it removed or gave another password:
+    taking a user out (or changing a leaked password) locks the holder out at once, not when
+    the session times out."""
+    import signal as sig
+    http_port, dead_port = free_port(), free_port()
+    other = register_secret("other-Pass-w0rd")
+    users_file = tmp_path / "console.users"
+    users_file.write_text(f"ops:{crypt_hash(other)}\n")
+    users_file.chmod(0o600)
+    settings = {"retry_min": "1h", "retry_max": "2h"}
+
+    def conf(admin_hash):
+        return console_conf(http_port, dead_port, users=f"admin:{admin_hash}",
+                            extra_console=f"users_file = {users_file}\n")
+    admin_hash = crypt_hash(PASSWORD)
+    d = daemon_factory(postern=settings, extra=conf(admin_hash))
+    admin, ops = Client(http_port), Client(http_port)
+    assert admin.login().status == 303
+    assert ops.login(user="ops", password=other).status == 303
+    assert admin.get("/console/queue").status == 200 and ops.get("/console/queue").status == 200
+
+    def reload(admin_hash):
+        n = d.log_text().count("reload -- configuration")
+        d.write_config(settings, conf(admin_hash))
+        d.signal(sig.SIGHUP)
+        deadline = time.monotonic() + 15
+        while d.log_text().count("reload -- configuration") == n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert d.log_text().count("reload -- configuration") == n + 1, d.log_tail(20)
+
+    users_file.write_text("# ops has left\n")
+    reload(admin_hash)
+    r = ops.get("/console/queue")
+    assert r.status == 303 and r.getheader("Location") == "/console/login"
+    assert admin.get("/console/queue").status == 200, "an unchanged user lost the session"
+    assert "the session of ops ended: the user was removed" in d.log_text()
+
+    reload(crypt_hash("a-New-Pass-w0rd-x"))               # admin's password changed
+    r = admin.get("/console/queue")
+    assert r.status == 303 and r.getheader("Location") == "/console/login"
+    assert "the session of admin ended: the user was given another password hash" in d.log_text()

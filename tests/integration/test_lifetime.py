@@ -285,3 +285,47 @@ def test_notify_success_is_left_to_an_upstream_that_speaks_dsn(daemon_factory, u
     finally:
         dsn_up.terminate()
         dsn_up.wait(timeout=10)
+
+
+def damage_pages(d, table):
+    """Breaks the overflow chains of a table's rows on disk (a bad sector, a torn restore):
+    SQLite then reports corruption when such a row's large column is read."""
+    import sqlite3
+    path = f"{d.data_dir}/postern.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = con.execute("PRAGMA page_size").fetchone()[0]
+        pages = [p for (p,) in con.execute(
+            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'overflow'", (table,))]
+    finally:
+        con.close()
+    assert pages, "no overflow page to damage"
+    with open(path, "r+b") as f:
+        for p in pages:
+            f.seek((p - 1) * size)
+            f.write(b"\x7f\xff\xff\xf0")       # the next page of the chain: past the file's end
+
+
+def test_damaged_message_does_not_stop_delay_warnings(daemon_factory, upstreams):
+    # the sweeps walk the queue in order and stop at a message they cannot deal with yet: one
+    # whose stored copy the database reports damaged must not keep every later sender from
+    # hearing of their delayed mail
+    sink = upstreams()
+    down = free_port()
+    conf = routed(upstream_section("up", down, host="127.0.0.1", tls="none"), sink.port)
+    d = daemon_factory(dict(FAST, delay_warning="0"), conf)
+    big = submit(d, ["someone@example.net"], message("big") + b"x" * 70 + b"\r\n" * 1 +
+                 (b"y" * 70 + b"\r\n") * 900)
+    small = submit(d, ["someone@example.net"], message("small"))
+    for qid in (big, small):
+        wait_rcpt(d, qid, "someone@example.net", "deferred")
+        wait_for(lambda: d.ctl("correspondence", "show", qid, check=False).returncode == 0, 30,
+                 f"the record of {qid}")
+    d.stop_and_check()
+    damage_pages(d, "messages")
+    d.write_config(dict(FAST, delay_warning="2s"), conf)
+    d.start()
+    (subject, text), = wait_reports(sink, 1, d)
+    assert f"X-Postern-Queue-ID: {small}" in text, text
+    assert subject == "Delayed Mail (still being retried)"
