@@ -369,13 +369,13 @@ int inbound_auth_strip(const char *msg, size_t len, const char *authserv_id, str
     if(!mailauth_header_next(msg, len, &pos, &n, &nl, &v, &vl))
       break;
     if(!str_casecmp_n(n, nl, "Authentication-Results") && authserv_is(v, vl, authserv_id)) {
-      if(buf_add(out, msg + start, field - start))
+      if(out && buf_add(out, msg + start, field - start))
         return -1;
       start = pos;
       ++*removed;
     }
   }
-  return buf_add(out, msg + start, len - start);
+  return out ? buf_add(out, msg + start, len - start) : 0;
 }
 
 /* ---- back from the stored message: the record's "authentication" ------------------------- */

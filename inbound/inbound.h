@@ -85,7 +85,8 @@ void inbound_auth_check(const struct inbound_auth_in *in, const char *msg, size_
                         struct inbound_auth *a);
 /* msg appended to out without the Authentication-Results fields of its header section that
  * claim authserv_id (RFC 8601 5: only this server may write them, so one that arrives with
- * the message is a forgery); *removed counts them. 0, or -1 when out is full. */
+ * the message is a forgery); *removed counts them (out NULL: counts only, copies nothing).
+ * 0, or -1 when out is full. */
 int inbound_auth_strip(const char *msg, size_t len, const char *authserv_id, struct buf *out,
                        size_t *removed);
 /* inbound_auth_check, its field read back by inbound_auth_record: the record's

@@ -156,10 +156,11 @@ static void mx_message(void *ctx, const struct smtp_session_info *s,
    * first field; Authentication-Results right below it (RFC 8601 5), where the record builder
    * reads it. Fields that arrived claiming our name are forgeries and go (RFC 8601 5), whether
    * or not we add ours: a reader further on would take them for our verdict. */
-  if(buf_add(&body, p->spf_header, hlen) || buf_add(&body, auth ? auth->header : "", alen) ||
-     inbound_auth_strip(msg, len, p->cfg->hostname, &body, &removed))
-    goto out;
+  inbound_auth_strip(msg, len, p->cfg->hostname, NULL, &removed);     /* counts only */
   if(hlen || alen || removed) {     /* one copy of the message is the price of a change */
+    if(buf_add(&body, p->spf_header, hlen) || buf_add(&body, auth ? auth->header : "", alen) ||
+       inbound_auth_strip(msg, len, p->cfg->hostname, &body, &removed))
+      goto out;
     data = body.ptr;
     datalen = body.len;
   }
