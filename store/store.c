@@ -173,7 +173,7 @@ static int wal_grown(void *arg, sqlite3 *db, const char *name, int frames)
   struct store_db *d = arg;
   if(frames >= 1000)
     sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-  if(frames >= STORE_WAL_RESTART_FRAMES)
+  if(frames >= STORE_WAL_RESTART_FRAMES && store_now_ms() >= d->wal_restart_after_ms)
     d->wal_restart = 1;
   return SQLITE_OK;
 }
@@ -192,6 +192,9 @@ static void wal_restart(struct store_db *d)
   sqlite3_busy_timeout(d->db, STORE_WAL_RESTART_WAIT_MS);
   rc = sqlite3_wal_checkpoint_v2(d->db, NULL, SQLITE_CHECKPOINT_RESTART, &logged, &done);
   sqlite3_busy_timeout(d->db, STORE_BUSY_TIMEOUT_MS);
+  /* a reader that outlasted the wait: not again for a while, or every commit would wait */
+  if(rc != SQLITE_OK)
+    d->wal_restart_after_ms = store_now_ms() + STORE_WAL_RESTART_PAUSE_MS;
   if(rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
     db_fail(d, rc, "checkpoint");
   else if(rc == SQLITE_OK)
@@ -312,6 +315,13 @@ struct store_db *store_reader(struct store *st)
 
 void store_reader_done(struct store *st, struct store_db *d)
 {
+  sqlite3_stmt *s = NULL;
+  /* a statement left part-way (its caller read the row it wanted) keeps its read snapshot
+   * while the connection waits in the pool, and no checkpoint can pass it: the WAL would grow
+   * from there on */
+  while((s = sqlite3_next_stmt(d->db, s)))
+    if(sqlite3_stmt_busy(s))
+      sqlite3_reset(s);
   pthread_mutex_lock(&st->rlock);
   st->rbusy[d - st->r] = 0;
   pthread_cond_signal(&st->rcond);

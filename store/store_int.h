@@ -25,6 +25,7 @@
  * journal_size_limit) the writer waits for the readers once and starts the WAL afresh. */
 #define STORE_WAL_RESTART_FRAMES 16384
 #define STORE_WAL_RESTART_WAIT_MS 1000
+#define STORE_WAL_RESTART_PAUSE_MS 10000   /* after a restart the readers did not allow */
 
 /* Every statement Postern runs, numbered so that each connection prepares it once. Each file
  * keeps the SQL of its own statements in a table indexed by these numbers. */
@@ -69,6 +70,7 @@ struct store_db {
   int quiet;               /* its writes are failing and that was said: db_fail logs at debug */
   long long full_ms;       /* when its last synchronous=FULL commit went through */
   int wal_restart;         /* the writer's: the WAL grew past STORE_WAL_RESTART_FRAMES */
+  long long wal_restart_after_ms;   /* not before then (a restart failed) */
 };
 
 /* ---- db.c: connection helpers (call nothing but SQLite) ------------------------------------ */
