@@ -75,6 +75,7 @@ struct http_conn {
   int fd;
   long long since_ms;           /* the start of its current request; 0 while it is answered */
   int cut;                      /* shut down for taking too long */
+  int counted;                  /* holds a place in anvil (not exempt when it came) */
   struct http_conn *next, *prev;
 };
 
@@ -741,6 +742,9 @@ static void connection_event(void *cls, struct MHD_Connection *c, void **socket_
     hc->fd = ci->connect_fd;
     hc->since_ms = time_mono_ms();
     pthread_mutex_lock(&h->mu);
+    /* what accept_client decided, kept: a reload that changes http_exempt_networks while the
+     * connection is open must not release a place it never took, or keep one for good */
+    hc->counted = client_of(h->set, client_addr(c), key, NULL, 0, NULL);
     hc->next = h->conns;
     if(h->conns)
       h->conns->prev = hc;
@@ -752,7 +756,9 @@ static void connection_event(void *cls, struct MHD_Connection *c, void **socket_
   if(toe != MHD_CONNECTION_NOTIFY_CLOSED)
     return;
   pthread_mutex_lock(&h->mu);
+  limited = client_of(h->set, client_addr(c), key, NULL, 0, NULL);
   if(hc) {                      /* before MHD closes the descriptor: never shut down a reused one */
+    limited = hc->counted;
     if(hc->prev)
       hc->prev->next = hc->next;
     else
@@ -762,7 +768,6 @@ static void connection_event(void *cls, struct MHD_Connection *c, void **socket_
     free(hc);
     *socket_context = NULL;
   }
-  limited = client_of(h->set, client_addr(c), key, NULL, 0, NULL);
   pthread_mutex_unlock(&h->mu);
   if(limited)
     anvil_disconnect(h->service, key, time_mono_ms());

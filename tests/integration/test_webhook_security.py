@@ -528,3 +528,45 @@ def test_request_deadline(daemon_factory, tmp_path):
             assert data.startswith(b"HTTP/1.1 200"), data
             time.sleep(2)
     assert d.log_text().count("took longer than http_request_timeout (3s") == 1, d.log_tail()
+
+
+def test_connection_place_given_back_across_a_reload(daemon_factory, tmp_path):
+    """A connection's place among http_clients_per_ip is given back as it was taken: a reload
+    that makes the client exempt while the connection is open must not keep the place for
+    good (nor one that makes it limited release a place never taken)."""
+    import signal as sig
+    pw = secret(tmp_path, "inbound.secret", PASSWORD)
+
+    def settings(exempt):
+        return (f"http_user = {USER}\nhttp_password_file = {pw}\nhttp_clients_per_ip = 1\n"
+                f"http_exempt_networks = {exempt}\n")
+    d = http_daemon(daemon_factory, tmp_path, settings("192.0.2.0/24"))
+    port = int(d.http.rsplit(":", 1)[1])
+
+    def reload(exempt):
+        n = d.log_text().count("reload -- configuration")
+        d.write_config(d.settings, f"\n[inbound]\ndomains = reply.test\n"
+                                   f"http_address = 127.0.0.1:{port}\n" + settings(exempt))
+        d.signal(sig.SIGHUP)
+        deadline = time.monotonic() + 15
+        while d.log_text().count("reload -- configuration") == n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.log_text().count("reload -- configuration") == n + 1, d.log_tail(20)
+
+    idle = socket.socket()
+    idle.bind(("127.0.0.6", 0))
+    idle.connect(("127.0.0.1", port))          # holds 127.0.0.6's one place
+    time.sleep(0.3)
+    reload("127.0.0.0/8")                       # now exempt while the connection is open
+    idle.close()
+    time.sleep(0.5)
+    reload("192.0.2.0/24")                      # limited again: its place must be free
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if get_from("127.0.0.6", port, "/healthz")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the place of a closed connection was kept"
+        time.sleep(0.2)
