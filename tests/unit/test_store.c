@@ -642,11 +642,22 @@ static void test_wal_restarts_under_readers(void)
     msg_fill(&m, r, id, "a@x", 1, addrs, 1);
     CHECK_EQ_INT(store_accept(st, &m, body, sizeof(body)), STORE_OK);
   }
+  snprintf(wal, sizeof(wal), "%s/postern.db-wal", datadir);
+  CHECK_EQ_INT(stat(wal, &sb), 0);
+  /* on a slow machine (a sanitizer build) the readers may outlast the writer's wait once;
+   * the writer tries again after its pause, as the daemon's would on its next commits */
+  if(sb.st_size >= 72 * 1000 * 1000) {
+    usleep(10500000);                    /* its pause after a refused restart: 10 s */
+    for(i = 680; i < 700; i++) {
+      snprintf(id, sizeof(id), "WR%010d", i);
+      msg_fill(&m, r, id, "a@x", 1, addrs, 1);
+      CHECK_EQ_INT(store_accept(st, &m, body, sizeof(body)), STORE_OK);
+    }
+    CHECK_EQ_INT(stat(wal, &sb), 0);
+  }
   __atomic_store_n(&h.stop, 1, __ATOMIC_RELAXED);
   for(i = 0; i < 3; i++)
     pthread_join(th[i], NULL);
-  snprintf(wal, sizeof(wal), "%s/postern.db-wal", datadir);
-  CHECK_EQ_INT(stat(wal, &sb), 0);
   fprintf(stderr, "# 85 MB accepted under readers: the WAL is %.1f MB\n", sb.st_size / 1e6);
   CHECK(sb.st_size < 72 * 1000 * 1000);
   store_close(st);
