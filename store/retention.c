@@ -48,10 +48,12 @@
 
 static const char *const sql[ST_COUNT] = {
   /* a bounded step of the walk over messages_created from a cursor (?4, ?5) to ?6, each row
-   * with whether it may go (1), or is final and will once its rule's time comes (2; ?7 is
-   * the cutoff of a rule that does not apply) */
+   * with whether it may go (1), or will under the rule this walk applies once it is final and
+   * its time comes (2: a later pass must read it again; ?7 is the cutoff of a rule that does
+   * not apply, whose messages are 0) */
   [ST_PRUNE_MSG_LIST] = "SELECT m.id, m.created_ms, CASE WHEN" MSG_FINAL " THEN CASE WHEN "
-    MSG_FINAL_MS " <" MSG_CUTOFF " THEN 1 WHEN" MSG_CUTOFF " <> ?7 THEN 2 ELSE 0 END ELSE 0"
+    MSG_FINAL_MS " <" MSG_CUTOFF " THEN 1 WHEN" MSG_CUTOFF " <> ?7 THEN 2 ELSE 0 END"
+    " WHEN" MSG_CUTOFF " <> ?7 THEN 2 ELSE 0"
     " END FROM messages m WHERE (m.created_ms, m.id) > (?4, ?5) AND m.created_ms < ?6"
     " ORDER BY m.created_ms, m.id LIMIT ?3",
   /* what threading and status need stays; the copies of the text go with the message */
@@ -262,7 +264,8 @@ static int prune_batch(struct store *st, enum prune_kind kind, long long cut1, l
 /* One step of the walk over messages from *at to before upto, at most PRUNE_WALK_STEP rows:
  * the keys of those that may go (under cut1, cut2) appended to keys at *n, up to max (keys
  * NULL: only counted); *at moves past every row read, *safe (when given) only up to the first
- * one that is final but not old enough yet (*held then), which a later pass must read again;
+ * one that is not final or not old enough yet (*held then), which a later pass must read again
+ * (with retention shorter than the queue's life, mail still waiting is in that span);
  * *end once upto is reached. */
 static int prune_msg_step(struct store *st, long long cut1, long long cut2, long long upto,
                           struct store_cursor *at, struct store_cursor *safe, int *held,
@@ -361,8 +364,9 @@ static int prune_messages(struct store *st, long long cut1, long long cut2,
   start.ms = early;                  /* (early, "") is before every message of that time */
   if(window && window->ms < early)
     *window = start;
-  /* in the span, the earlier rule cannot match yet; what is not final when the walk passes
-   * it goes by the earlier rule once that one's time comes */
+  /* in the span, the earlier rule cannot match yet; what the later rule will take once it is
+   * final holds the window there (read again at the next pass), the rest goes by the earlier
+   * rule once that one's time comes */
   return prune_msg_walk(st, cut1 == late ? cut1 : LLONG_MIN, cut2 == late ? cut2 : LLONG_MIN,
                         late, window ? window : &start, window, dry_run, keys, out);
 }

@@ -255,7 +255,38 @@ static void test_prune_window_waits(void)
   dir_remove();
 }
 
+/* Retention shorter than the queue's life: a message the walk between the cutoffs passes
+ * while it still waits is read again once it is final, not an hour later. */
+static void test_prune_window_unfinished(void)
+{
+  struct store *st;
+  struct store_retention ret = { 60000, 1 * DAY_MS, 0 };
+  struct store_prune_counts c;
+  struct store_cursor window;
+  long long now = wall_ms();
+
+  dir_make();
+  st = open_new(0);
+  CHECK_EQ_INT(accept_simple(st, "00000000000Z", "app@x", now - 5000, "z@y"), STORE_OK);
+  CHECK_EQ_INT(accept_simple(st, "0000000000ZZ", "app@x", now - 4000, "zz@y"), STORE_OK);
+  set_status(st, "0000000000ZZ", RCPT_SENT);
+  record_out(st, "0000000000ZZ", now, NULL, 0);
+  memset(&window, 0, sizeof(window));
+  window.ms = LLONG_MIN;
+  CHECK_EQ_INT(store_prune_on(st, &ret, now + 120000, &window, &c), STORE_OK);
+  CHECK_EQ_INT(c.messages, 1);                          /* ZZ; Z still waits */
+  CHECK_EQ_INT(rows(st, "messages"), 1);
+  set_status(st, "00000000000Z", RCPT_SENT);
+  record_out(st, "00000000000Z", now, NULL, 0);
+  CHECK_EQ_INT(store_prune_on(st, &ret, now + 180000, &window, &c), STORE_OK);
+  CHECK_EQ_INT(c.messages, 1);
+  CHECK_EQ_INT(rows(st, "messages"), 0);
+  store_close(st);
+  dir_remove();
+}
+
 static const struct unit_case cases[] = {
+  { "prune_window_unfinished", test_prune_window_unfinished },
   { "prune_window_waits", test_prune_window_waits },
   { "prune_window", test_prune_window },
   { "prune_messages", test_prune_messages },
