@@ -103,7 +103,8 @@ static int mx_rcpt(void *ctx, const struct smtp_session_info *s, const struct sm
 
 /* DKIM and DMARC ([inbound] dmarc = tag | enforce): the verdicts in *auth (malloc'd; NULL
  * with dmarc = off). 1 with r set when enforce refuses the message: a DMARC failure under
- * p=reject; a p=quarantine failure is kept, its verdict in the record. */
+ * p=reject (451 while a DNS failure may hide a pass); a p=quarantine failure is kept, its
+ * verdict in the record. */
 static int mx_authenticate(struct inbound_policy_ctx *p, const struct smtp_session_info *s,
                            const struct smtp_envelope *env, const char *msg, size_t len,
                            struct inbound_auth **auth, struct smtp_reply *r)
@@ -112,6 +113,7 @@ static int mx_authenticate(struct inbound_policy_ctx *p, const struct smtp_sessi
   struct inbound_auth_in in = { env->id, p->cfg->hostname, env->mail.path, s->helo,
                                 p->spf[0] ? p->spf : NULL, s->family, s->peer_addr };
   struct inbound_auth *a;
+  size_t k;
   *auth = NULL;
   if(!strcmp(mode, "off"))
     return 0;
@@ -122,6 +124,17 @@ static int mx_authenticate(struct inbound_policy_ctx *p, const struct smtp_sessi
   *auth = a;
   if(strcmp(mode, "enforce") || strcmp(a->dmarc, "fail") || strcmp(a->dmarc_policy, "reject"))
     return 0;
+  /* a pass that a DNS failure kept from being seen is no failure: the sender is asked to come
+   * back (a 5xx here would bounce mail that a working resolver would have taken) */
+  for(k = 0; k < a->ndkim && strcmp(a->dkim[k].result, "temperror"); k++)
+    ;
+  if(k < a->ndkim || !strcmp(a->spf, "temperror")) {
+    log_info("%s: deferred: DMARC policy of %s (p=reject) not met while a DNS lookup failed; "
+             "client=%s", env->id, a->from_domain, s->peer_ip);
+    smtp_reply_set(r, 451, "4.7.1", "DMARC of %s cannot be evaluated now (a DNS lookup "
+                   "failed); try again later", a->from_domain);
+    return 1;
+  }
   log_info("%s: reject: DMARC policy of %s (p=reject): no aligned SPF or DKIM pass; client=%s",
            env->id, a->from_domain, s->peer_ip);
   smtp_reply_set(r, 550, "5.7.1", "Message rejected: it fails the DMARC policy of %s",

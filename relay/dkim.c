@@ -514,7 +514,8 @@ int dkim_sign_message(struct dkim_signers *ds, const char *sender,
   if(!ds || !ds->n)
     return 0;
   buf_init(&msg, (size_t)max);
-  buf_init(&sigs, 64u * 1024u);
+  /* the signature fields, then the whole message after them */
+  buf_init(&sigs, 64u * 1024u + (size_t)max);
   if(crlf_copy(body, len, &msg)) {
     smtp_reply_set(r, 451, "4.3.0", "out of memory");
     goto out;

@@ -209,6 +209,14 @@ MESSAGES = {
     "8bit": (f"From: {SENDER}\r\nTo: someone@example.net\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n"
              "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
              "Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Zürich, ½ € ✓\r\n").encode(),
+    # bigger than any buffer of the signer's own: an attachment of 300 KB
+    "large": (f"From: {SENDER}\r\nTo: someone@example.net\r\nSubject: large\r\n"
+              "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+              "--b\r\nContent-Type: text/plain\r\n\r\nSee the file.\r\n--b\r\n"
+              "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+              "Content-Disposition: attachment; filename=a.bin\r\n\r\n" +
+              ("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx\r\n"
+               * 4200) + "--b--\r\n").encode(),
     "smtputf8": (f"From: Jörg <jörg@{DOMAIN}>\r\nTo: pépé@example.net\r\nSubject: Grüße\r\n"
                  "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
                  "Content-Transfer-Encoding: 8bit\r\n\r\nÜmlauts everywhere\r\n").encode(),
