@@ -23,13 +23,19 @@ def test_store_of_the_previous_release_migrates(daemon_factory, upstreams):
     d = daemon_factory(FAST, conf, start=False)
     shutil.copyfile(FIXTURE, os.path.join(d.data_dir, "postern.db"))
     os.chmod(os.path.join(d.data_dir, "postern.db"), 0o600)
-    # The fixture's deferred recipient was due an hour after the fixture was made; keep it due
-    # a day from now so that the test, not the clock, decides when it goes out.
+    # The fixture was made on a given day: its mail is moved to a minute ago, and its deferred
+    # recipient kept due a day from now, so that the test, not the clock, decides what happens
+    # (left as made, the deferred one would be delivered at start an hour later, get a delay
+    # warning after four hours and expire after five days).
+    now_ms = int(time.time() * 1000)
     db = sqlite3.connect(os.path.join(d.data_dir, "postern.db"))
     try:
         with db:
+            assert db.execute("UPDATE messages SET created_ms = ?",
+                              (now_ms - 60000,)).rowcount == 2
+            db.execute("UPDATE recipients SET updated_ms = ?", (now_ms - 60000,))
             n = db.execute("UPDATE recipients SET next_attempt_ms = ? WHERE status = 'deferred'",
-                           (int(time.time() * 1000) + 86400 * 1000,)).rowcount
+                           (now_ms + 86400 * 1000,)).rowcount
         assert n == 1, n
     finally:
         db.close()
