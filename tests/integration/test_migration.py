@@ -26,7 +26,8 @@ def test_store_of_the_previous_release_migrates(daemon_factory, upstreams):
     # The fixture was made on a given day: its mail is moved to a minute ago, and its deferred
     # recipient kept due a day from now, so that the test, not the clock, decides what happens
     # (left as made, the deferred one would be delivered at start an hour later, get a delay
-    # warning after four hours and expire after five days).
+    # warning after four hours and expire after five days, and retention would take it all
+    # after thirty).
     now_ms = int(time.time() * 1000)
     db = sqlite3.connect(os.path.join(d.data_dir, "postern.db"))
     try:
@@ -34,6 +35,7 @@ def test_store_of_the_previous_release_migrates(daemon_factory, upstreams):
             assert db.execute("UPDATE messages SET created_ms = ?",
                               (now_ms - 60000,)).rowcount == 2
             db.execute("UPDATE recipients SET updated_ms = ?", (now_ms - 60000,))
+            db.execute("UPDATE records SET received_ms = ?", (now_ms - 60000,))
             n = db.execute("UPDATE recipients SET next_attempt_ms = ? WHERE status = 'deferred'",
                            (now_ms + 86400 * 1000,)).rowcount
         assert n == 1, n
